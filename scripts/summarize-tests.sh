@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Counts what pg_regress, pg_isolation_regress and prove printed and ends with
+# the plain "N passed, N failed" line.  Exits non-zero when anything failed or
+# when no test ran at all.
+set -u
+out=$1 rc=${2:-0}
+
+# pg_regress and pg_isolation_regress (PostgreSQL 15): "test name ... ok" lines.
+reg_ok=$(grep -cE '^(test |     )?[ ]*[a-z0-9_]+ +\.\.\. ok' "$out")
+reg_fail=$(grep -cE '\.\.\. FAILED' "$out")
+iso_section=$(awk '/pg_isolation_regress/{f=1} f' "$out")
+iso_ok=$(printf '%s\n' "$iso_section" | grep -cE '\.\.\. ok')
+iso_fail=$(printf '%s\n' "$iso_section" | grep -cE '\.\.\. FAILED')
+sql_ok=$((reg_ok - iso_ok)) sql_fail=$((reg_fail - iso_fail))
+# prove: each TAP assertion.
+tap_ok=$(grep -cE '^ *ok [0-9]+' "$out")
+tap_fail=$(grep -cE '^ *not ok [0-9]+' "$out")
+tap_files_fail=$(grep -cE '^t/.*(Dubious|Failed)|^test/t/.*(Dubious|Failed)' "$out")
+
+echo
+echo "pg_regress:  $sql_ok passed, $sql_fail failed"
+echo "isolation:   $iso_ok passed, $iso_fail failed"
+echo "TAP:         $tap_ok passed, $tap_fail failed (scripts that died: $tap_files_fail)"
+passed=$((sql_ok + iso_ok + tap_ok))
+failed=$((sql_fail + iso_fail + tap_fail + tap_files_fail))
+if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then
+  echo "make installcheck exited with $rc although no test reported a failure"
+  failed=1
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,9 @@
+/*
+ * loyalty.h — declarations shared across the C files.
+ */
+#ifndef LOYALTY_H
+#define LOYALTY_H
+
+#include "compat.h"
+
+#endif

@@ -1,0 +1,1 @@
+\echo Use "CREATE EXTENSION loyalty" to load this file. \quit
