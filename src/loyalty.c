@@ -1,8 +1,19 @@
 /*
- * loyalty.c — module entry: the magic block and backend-wide set-up.
+ * loyalty.c — module entry: the magic block, cache invalidation callbacks,
+ * the switch to the extension owner, and small helpers for batched SPI.
  */
 #include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 
 #include "loyalty.h"
 
@@ -10,8 +21,227 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-/* Registers the cache invalidation callbacks every backend needs. */
+bool		loyalty_config_valid = false;
+bool		loyalty_accounts_valid = false;
+
+static Oid	program_rel = InvalidOid;
+static Oid	account_rel = InvalidOid;
+
+/* ERP tables whose definition our cached expressions depend on. */
+#define MAX_WATCHED 64
+static Oid	watched[MAX_WATCHED];
+static int	nwatched = 0;
+
+static void
+relcache_callback(Datum arg, Oid relid)
+{
+	int			i;
+
+	if (!OidIsValid(relid) || relid == program_rel)
+	{
+		loyalty_config_valid = false;
+		loyalty_accounts_valid = false;
+		return;
+	}
+	if (relid == account_rel)
+	{
+		loyalty_accounts_valid = false;
+		return;
+	}
+	for (i = 0; i < nwatched; i++)
+		if (watched[i] == relid)
+		{
+			loyalty_config_valid = false;
+			return;
+		}
+}
+
+void
+loyalty_set_sentinels(Oid program, Oid account)
+{
+	program_rel = program;
+	account_rel = account;
+	nwatched = 0;
+}
+
+void
+loyalty_watch_relation(Oid relid)
+{
+	if (nwatched < MAX_WATCHED)
+		watched[nwatched++] = relid;
+	else
+		loyalty_config_valid = false;	/* too many: rebuild every time */
+}
+
+/* Registers the cache invalidation callback every backend needs. */
 void
 _PG_init(void)
 {
+	CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
+}
+
+PG_FUNCTION_INFO_V1(loyalty_invalidate);
+/* Trigger on configuration tables: tell every backend to rebuild its caches. */
+Datum
+loyalty_invalidate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Oid			target;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._invalidate() must be called as a trigger")));
+	/* tgargs[0] names the sentinel: "config" or "accounts" */
+	target = get_relname_relid(trigdata->tg_trigger->tgnargs > 0 &&
+							   strcmp(trigdata->tg_trigger->tgargs[0], "accounts") == 0
+							   ? "account" : "program",
+							   RelationGetNamespace(trigdata->tg_relation));
+	if (OidIsValid(target))
+		CacheInvalidateRelcacheByRelid(target);
+	return PointerGetDatum(NULL);
+}
+
+static Oid
+extension_owner(void)
+{
+	static Oid	owner = InvalidOid;
+	static bool owner_valid = false;
+
+	if (!owner_valid || !loyalty_config_valid)
+	{
+		bool		isnull;
+		int			ret;
+
+		ret = SPI_execute("SELECT extowner FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'loyalty'",
+						  true, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "extension loyalty is not installed in this database");
+		owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		owner_valid = true;
+	}
+	return owner;
+}
+
+/*
+ * Become the extension owner, as RI triggers and pg_cron do, so that the
+ * ERP's role needs no privilege on loyalty tables; pin search_path so that
+ * nothing the session set can capture our queries.  Must be called inside
+ * an SPI connection.
+ */
+void
+loyalty_enter_owner(OwnerScope *scope)
+{
+	Oid			owner = extension_owner();
+
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
+	SetUserIdAndSecContext(owner, scope->save_sec_context |
+						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	scope->guc_nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+void
+loyalty_leave_owner(OwnerScope *scope)
+{
+	AtEOXact_GUC(true, scope->guc_nest_level);
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+}
+
+SPIPlanPtr
+loyalty_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+Datum
+loyalty_text_array(char **values, bool *nulls, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = (nulls && nulls[i]) ? (Datum) 0 : CStringGetTextDatum(values[i]);
+	return PointerGetDatum(construct_md_array(d, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+Datum
+loyalty_int8_array(int64 *values, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = Int64GetDatum(values[i]);
+	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+Datum
+loyalty_int4_array(int32 *values, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = Int32GetDatum(values[i]);
+	return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT));
+}
+
+Datum
+loyalty_numeric_array(Numeric *values, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = NumericGetDatum(values[i]);
+	return PointerGetDatum(construct_array(d, n, NUMERICOID, -1, false, TYPALIGN_INT));
+}
+
+Datum
+loyalty_date_array(DateADT *values, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = DateADTGetDatum(values[i]);
+	return PointerGetDatum(construct_array(d, n, DATEOID, 4, true, TYPALIGN_INT));
+}
+
+DateADT
+loyalty_month_start(DateADT d)
+{
+	int			y,
+				m,
+				day;
+
+	if (DATE_NOT_FINITE(d))
+		return d;
+	j2date(d + POSTGRES_EPOCH_JDATE, &y, &m, &day);
+	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+DateADT
+loyalty_add_months(DateADT d, int months)
+{
+	int			y,
+				m,
+				day,
+				total;
+
+	if (DATE_NOT_FINITE(d))
+		return d;
+	j2date(d + POSTGRES_EPOCH_JDATE, &y, &m, &day);
+	total = y * 12 + (m - 1) + months;
+	return date2j(total / 12, total % 12 + 1, 1) - POSTGRES_EPOCH_JDATE;
 }

@@ -1,9 +1,49 @@
 /*
- * loyalty.h — declarations shared across the C files.
+ * loyalty.h — declarations shared across the C files: the extension owner
+ * switch, the backend caches and their invalidation.
  */
 #ifndef LOYALTY_H
 #define LOYALTY_H
 
 #include "compat.h"
+
+#include "executor/spi.h"
+#include "utils/date.h"
+#include "utils/numeric.h"
+
+/* Writes to loyalty tables run as the extension owner with a pinned path. */
+typedef struct OwnerScope
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			guc_nest_level;
+} OwnerScope;
+
+extern void loyalty_enter_owner(OwnerScope *scope);
+extern void loyalty_leave_owner(OwnerScope *scope);
+
+/*
+ * Cache validity.  Relcache invalidations of loyalty.program (sent by the
+ * triggers on the configuration tables) clear config_valid; those of
+ * loyalty.account (account and tier history changes) clear accounts_valid.
+ * Callbacks only flip flags: caches are rebuilt at the start of the next
+ * statement, never under a running one.
+ */
+extern bool loyalty_config_valid;
+extern bool loyalty_accounts_valid;
+extern void loyalty_watch_relation(Oid relid);
+extern void loyalty_set_sentinels(Oid program_rel, Oid account_rel);
+
+/* SPI helpers */
+extern SPIPlanPtr loyalty_prepare(const char *sql, int nargs, Oid *argtypes);
+extern Datum loyalty_text_array(char **values, bool *nulls, int n);
+extern Datum loyalty_int8_array(int64 *values, int n);
+extern Datum loyalty_int4_array(int32 *values, int n);
+extern Datum loyalty_numeric_array(Numeric *values, int n);
+extern Datum loyalty_date_array(DateADT *values, int n);
+
+/* dates */
+extern DateADT loyalty_month_start(DateADT d);
+extern DateADT loyalty_add_months(DateADT d, int months);
 
 #endif

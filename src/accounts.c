@@ -1,0 +1,252 @@
+/*
+ * accounts.c — the account cache.  A statement resolves all its accounts
+ * with one query for those not cached yet; unknown accounts of an
+ * auto-enrolment program are enrolled with one INSERT, in ascending key
+ * order.  Changes to loyalty.account or loyalty.tier_history (from any
+ * backend) reset the cache.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#include "accounts.h"
+
+typedef struct AccountKey
+{
+	int32		program_id;
+	const char *key;
+} AccountKey;
+
+typedef struct AccountEntry
+{
+	AccountKey	k;
+	AccountInfo *info;
+} AccountEntry;
+
+static MemoryContext account_cxt = NULL;
+static HTAB *account_cache = NULL;
+
+static uint32
+account_hash(const void *key, Size keysize)
+{
+	const AccountKey *k = key;
+
+	return hash_bytes((const unsigned char *) k->key, strlen(k->key)) ^ (uint32) k->program_id;
+}
+
+static int
+account_match(const void *a, const void *b, Size keysize)
+{
+	const AccountKey *x = a,
+			   *y = b;
+
+	return (x->program_id == y->program_id && strcmp(x->key, y->key) == 0) ? 0 : 1;
+}
+
+static void
+ensure_cache(void)
+{
+	HASHCTL		ctl;
+
+	if (loyalty_accounts_valid && account_cxt != NULL)
+		return;
+	if (account_cxt != NULL)
+		MemoryContextDelete(account_cxt);
+	account_cxt = AllocSetContextCreate(CacheMemoryContext, "loyalty account cache",
+										ALLOCSET_DEFAULT_SIZES);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(AccountKey);
+	ctl.entrysize = sizeof(AccountEntry);
+	ctl.hash = account_hash;
+	ctl.match = account_match;
+	ctl.hcxt = account_cxt;
+	account_cache = hash_create("loyalty accounts", 1024, &ctl,
+								HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	loyalty_accounts_valid = true;
+}
+
+static AccountInfo *
+new_info(const char *key, bool enrolled)
+{
+	AccountInfo *a = MemoryContextAllocZero(account_cxt, sizeof(AccountInfo));
+
+	a->key = MemoryContextStrdup(account_cxt, key);
+	a->enrolled = enrolled;
+	a->enrolled_from = DATEVAL_NOBEGIN;
+	return a;
+}
+
+static AccountEntry *
+cache_enter(int32 program_id, const char *key)
+{
+	AccountKey	k = {program_id, key};
+	AccountEntry *e;
+	bool		found;
+
+	e = hash_search(account_cache, &k, HASH_ENTER, &found);
+	if (!found)
+	{
+		e->k.key = MemoryContextStrdup(account_cxt, key);
+		e->info = NULL;
+	}
+	return e;
+}
+
+static char *
+copy_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	char	   *v = SPI_getvalue(tup, desc, col);
+
+	return v ? MemoryContextStrdup(account_cxt, v) : NULL;
+}
+
+static void
+load_accounts(int32 program_id, char **keys, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[2] = {INT4OID, TEXTARRAYOID};
+	Datum		args[2];
+	uint64		i;
+
+	if (plan == NULL)
+		plan = loyalty_prepare(
+			"SELECT a.account_key, a.enrolled_from, a.cohort OPERATOR(pg_catalog.=) 'control',"
+			" a.cooperation_model, a.industry, a.region, a.tier,"
+			" ARRAY(SELECT th.effective_from FROM loyalty.tier_history th"
+			"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id"
+			"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key"
+			"       ORDER BY th.effective_from, th.change_no),"
+			" ARRAY(SELECT th.new_tier FROM loyalty.tier_history th"
+			"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id"
+			"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key"
+			"       ORDER BY th.effective_from, th.change_no)"
+			" FROM loyalty.account a"
+			" WHERE a.program_id OPERATOR(pg_catalog.=) $1"
+			"   AND a.account_key OPERATOR(pg_catalog.=) ANY ($2)", 2, argtypes);
+
+	args[0] = Int32GetDatum(program_id);
+	args[1] = loyalty_text_array(keys, NULL, n);
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.account");
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *key = SPI_getvalue(tup, desc, 1);
+		AccountEntry *e = cache_enter(program_id, key);
+		AccountInfo *a = new_info(key, true);
+		bool		isnull;
+		Datum	   *from,
+				   *tier;
+		bool	   *tier_nulls;
+		int			nf,
+					nt,
+					j;
+
+		a->enrolled_from = DatumGetDateADT(SPI_getbinval(tup, desc, 2, &isnull));
+		a->control = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)) && !isnull;
+		a->segment[SEG_COOPERATION_MODEL] = copy_text(tup, desc, 4);
+		a->segment[SEG_INDUSTRY] = copy_text(tup, desc, 5);
+		a->segment[SEG_REGION] = copy_text(tup, desc, 6);
+		a->tier = copy_text(tup, desc, 7);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 8, &isnull)),
+						  DATEOID, 4, true, TYPALIGN_INT, &from, NULL, &nf);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 9, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &tier, &tier_nulls, &nt);
+		a->nhist = nf;
+		a->hist_from = MemoryContextAlloc(account_cxt, sizeof(DateADT) * (nf + 1));
+		a->hist_tier = MemoryContextAlloc(account_cxt, sizeof(char *) * (nf + 1));
+		for (j = 0; j < nf; j++)
+		{
+			a->hist_from[j] = DatumGetDateADT(from[j]);
+			a->hist_tier[j] = tier_nulls[j] ? NULL :
+				MemoryContextStrdup(account_cxt, TextDatumGetCString(tier[j]));
+		}
+		e->info = a;
+	}
+}
+
+static int
+cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+static void
+enroll_accounts(int32 program_id, char **keys, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[2] = {INT4OID, TEXTARRAYOID};
+	Datum		args[2];
+	OwnerScope	scope;
+
+	if (plan == NULL)
+		plan = loyalty_prepare(
+			"INSERT INTO loyalty.account (program_id, account_key, enrolled_by, enrolled_from)"
+			" SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2) AS k ORDER BY k"
+			" ON CONFLICT DO NOTHING", 2, argtypes);
+	qsort(keys, n, sizeof(char *), cmp_str);
+	args[0] = Int32GetDatum(program_id);
+	args[1] = loyalty_text_array(keys, NULL, n);
+	loyalty_enter_owner(&scope);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not enrol accounts");
+	loyalty_leave_owner(&scope);
+}
+
+AccountInfo **
+accounts_resolve(Program *prog, char **keys, int n, bool enroll)
+{
+	AccountInfo **out = palloc0(sizeof(AccountInfo *) * (n > 0 ? n : 1));
+	char	  **missing = palloc(sizeof(char *) * (n > 0 ? n : 1));
+	int			nmissing = 0;
+	int			i;
+
+	ensure_cache();
+	for (i = 0; i < n; i++)
+	{
+		AccountKey	k = {prog->id, keys[i]};
+		AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
+
+		if (e == NULL || e->info == NULL)
+			missing[nmissing++] = keys[i];
+	}
+	if (nmissing > 0)
+	{
+		load_accounts(prog->id, missing, nmissing);
+		if (enroll && prog->auto_enroll)
+		{
+			int			nnew = 0;
+
+			for (i = 0; i < nmissing; i++)
+			{
+				AccountKey	k = {prog->id, missing[i]};
+				AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
+
+				if (e == NULL || e->info == NULL)
+					missing[nnew++] = missing[i];
+			}
+			if (nnew > 0)
+			{
+				enroll_accounts(prog->id, missing, nnew);
+				for (i = 0; i < nnew; i++)
+					cache_enter(prog->id, missing[i])->info = new_info(missing[i], true);
+			}
+		}
+	}
+	for (i = 0; i < n; i++)
+	{
+		AccountEntry *e = cache_enter(prog->id, keys[i]);
+
+		if (e->info == NULL)
+			e->info = new_info(keys[i], false);	/* not enrolled: remember that too */
+		out[i] = e->info;
+	}
+	return out;
+}

@@ -1,0 +1,18 @@
+/*
+ * accounts.h — per-backend cache of account facts (enrolment, cohort,
+ * segments, tier history), filled in one batched query per statement.
+ */
+#ifndef LOYALTY_ACCOUNTS_H
+#define LOYALTY_ACCOUNTS_H
+
+#include "rules.h"
+
+/*
+ * Resolves keys[0..n) (distinct) of a program; auto-enrols unknown accounts
+ * when the program says so (as the extension owner).  Returns one
+ * AccountInfo per key, never NULL (enrolled = false when unknown).  Caller
+ * is connected to SPI.
+ */
+extern AccountInfo **accounts_resolve(Program *prog, char **keys, int n, bool enroll);
+
+#endif

@@ -1,0 +1,994 @@
+/*
+ * accrual.c — the accrual triggers: the hot path of every ERP insert, update,
+ * delete and bulk load.
+ *
+ * Per statement: read the transition rows in C (twice: once for the keys,
+ * once for the points), resolve accounts and header rows with one query
+ * each, sum per (account, document month) in memory, and hand the sums to
+ * ledger.c.  No SQL runs per row, and a hot account costs a hash lookup per
+ * row, not a lock or a ledger row.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/typcache.h"
+
+#include "accounts.h"
+#include "accrual.h"
+#include "ledger.h"
+
+/* ---- string-keyed hash tables ---- */
+
+typedef struct StrEntry
+{
+	const char *key;
+	void	   *value;
+	bool		in_new;			/* seen in an added row */
+	Datum		raw;			/* header key in its own type */
+} StrEntry;
+
+static uint32
+str_hash(const void *key, Size keysize)
+{
+	const char *s = *(const char *const *) key;
+
+	return hash_bytes((const unsigned char *) s, strlen(s));
+}
+
+static int
+str_match(const void *a, const void *b, Size keysize)
+{
+	return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+static HTAB *
+str_table(const char *name, MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(char *);
+	ctl.entrysize = sizeof(StrEntry);
+	ctl.hash = str_hash;
+	ctl.match = str_match;
+	ctl.hcxt = cxt;
+	return hash_create(name, 256, &ctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+}
+
+static StrEntry *
+str_enter(HTAB *h, const char *key, MemoryContext cxt, bool *found)
+{
+	StrEntry   *e = hash_search(h, &key, HASH_ENTER, found);
+
+	if (!*found)
+	{
+		e->key = MemoryContextStrdup(cxt, key);
+		e->value = NULL;
+		e->in_new = false;
+		e->raw = (Datum) 0;
+	}
+	return e;
+}
+
+static StrEntry *
+str_find(HTAB *h, const char *key)
+{
+	return hash_search(h, &key, HASH_FIND, NULL);
+}
+
+HTAB *
+accrual_header_map(MemoryContext cxt)
+{
+	return str_table("loyalty header facts", cxt);
+}
+
+/* ---- (account, month) sums ---- */
+
+typedef struct MonthKey
+{
+	const char *account;
+	DateADT		month;
+} MonthKey;
+
+typedef struct MonthEntry
+{
+	MonthKey	key;
+	MonthDelta	delta;
+} MonthEntry;
+
+static uint32
+month_hash(const void *key, Size keysize)
+{
+	const MonthKey *k = key;
+
+	return hash_bytes((const unsigned char *) k->account, strlen(k->account)) ^ (uint32) k->month * 0x9e3779b1u;
+}
+
+static int
+month_match(const void *a, const void *b, Size keysize)
+{
+	const MonthKey *x = a,
+			   *y = b;
+
+	return (x->month == y->month && strcmp(x->account, y->account) == 0) ? 0 : 1;
+}
+
+static int
+month_cmp(const void *a, const void *b)
+{
+	const MonthDelta *x = a,
+			   *y = b;
+	int			c = strcmp(x->account, y->account);
+
+	return c != 0 ? c : (x->month < y->month ? -1 : x->month > y->month ? 1 : 0);
+}
+
+/* ---- header rows deleted in this transaction ---- */
+
+static HTAB *header_stash = NULL;
+
+static void
+stash_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		header_stash = NULL;	/* its memory goes with TopTransactionContext */
+}
+
+const HeaderFacts *
+accrual_stashed_header(int32 attachment_id, const char *key)
+{
+	char	   *k;
+	StrEntry   *e;
+
+	if (header_stash == NULL || key == NULL)
+		return NULL;
+	k = psprintf("%d/%s", attachment_id, key);
+	e = str_find(header_stash, k);
+	return e ? (const HeaderFacts *) e->value : NULL;
+}
+
+/* ---- the batch ---- */
+
+typedef struct Batch
+{
+	Attachment *att;
+	Program    *prog;
+	MemoryContext cxt;			/* lives for the statement */
+	MemoryContext rowcxt;		/* reset per row */
+	ExprContext *econtext;
+	TupleTableSlot *store_slot; /* minimal tuples from a transition table */
+	TupleTableSlot *heap_slot;	/* heap tuples from a query */
+	TupleTableSlot *header_slot;
+	HTAB	   *accounts;		/* key -> AccountInfo */
+	HTAB	   *headers;		/* key -> HeaderFacts (looked up) */
+	HTAB	   *months;
+	HTAB	   *unenrolled;		/* key -> UnenrolledSum */
+	List	   *rejects;
+	Numeric		zero;
+} Batch;
+
+typedef struct Reject
+{
+	char	   *row_key;
+	char	   *account;
+	char	   *reason;
+	char	   *row_json;
+} Reject;
+
+typedef struct UnenrolledSum
+{
+	int64		rows;
+	Numeric		amount;
+} UnenrolledSum;
+
+static TupleTableSlot *
+next_row(Batch *b, RowSet *rs, int *pos)
+{
+	if (rs->store != NULL)
+		return tuplestore_gettupleslot(rs->store, true, false, b->store_slot) ? b->store_slot : NULL;
+	if (*pos >= rs->ntuples)
+		return NULL;
+	return ExecStoreHeapTuple(rs->tuples[(*pos)++], b->heap_slot, false);
+}
+
+static void
+rewind_set(RowSet *rs)
+{
+	if (rs->store != NULL)
+		tuplestore_rescan(rs->store);
+}
+
+static void
+note_account(Batch *b, const char *account, bool in_new)
+{
+	bool		found;
+	StrEntry   *e;
+
+	if (account == NULL)
+		return;
+	e = str_enter(b->accounts, account, b->cxt, &found);
+	e->in_new |= in_new;
+}
+
+/* Pass 1: which accounts and header rows does the statement touch? */
+static void
+collect_keys(Batch *b, RowSet *sets, int nsets)
+{
+	Attachment *att = b->att;
+	int			s;
+
+	for (s = 0; s < nsets; s++)
+	{
+		RowSet	   *rs = &sets[s];
+		TupleTableSlot *slot;
+		int			pos = 0;
+
+		rewind_set(rs);
+		while ((slot = next_row(b, rs, &pos)) != NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(b->rowcxt);
+
+			ResetExprContext(b->econtext);
+			if (att->has_header)
+			{
+				if (rs->header_facts == NULL)
+				{
+					Datum		raw;
+					bool		isnull,
+								found;
+					char	   *key = mapping_header_key(att, b->econtext, slot, &raw, &isnull);
+
+					if (!isnull)
+					{
+						StrEntry   *e = str_enter(b->headers, key, b->cxt, &found);
+
+						e->in_new |= rs->sign > 0;
+						if (!found)
+						{
+							int16		typlen;
+							bool		typbyval;
+
+							get_typlenbyval(att->header_key_type, &typlen, &typbyval);
+							MemoryContextSwitchTo(b->cxt);
+							e->raw = datumCopy(raw, typbyval, typlen);
+						}
+					}
+				}
+			}
+			else
+			{
+				bool		isnull;
+				Datum		d;
+
+				b->econtext->ecxt_scantuple = slot;
+				d = ExecEvalExprSwitchContext(att->src[F_ACCOUNT], b->econtext, &isnull);
+				if (!isnull)
+					note_account(b, TextDatumGetCString(d), rs->sign > 0);
+			}
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(b->rowcxt);
+		}
+	}
+}
+
+/* One query for every header row the statement's lines point at. */
+static void
+lookup_headers(Batch *b)
+{
+	Attachment *att = b->att;
+	long		n = hash_get_num_entries(b->headers);
+	Datum	   *raw;
+	HASH_SEQ_STATUS seq;
+	StrEntry   *e;
+	int			i = 0;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	Datum		arg;
+	uint64		r;
+
+	if (n == 0)
+		return;
+	raw = palloc(sizeof(Datum) * n);
+	hash_seq_init(&seq, b->headers);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		raw[i++] = e->raw;
+	get_typlenbyvalalign(att->header_key_type, &typlen, &typbyval, &typalign);
+	arg = PointerGetDatum(construct_array(raw, i, att->header_key_type, typlen, typbyval, typalign));
+	if (SPI_execute_plan(att->header_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the header rows of %s", att->source_name);
+
+	for (r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+		HeapTupleHeader th = DatumGetHeapTupleHeader(d);
+		HeapTupleData tmp;
+		HeaderFacts hf;
+		char	   *key;
+		MemoryContext old = MemoryContextSwitchTo(b->cxt);
+
+		tmp.t_len = HeapTupleHeaderGetDatumLength(th);
+		ItemPointerSetInvalid(&tmp.t_self);
+		tmp.t_tableOid = InvalidOid;
+		tmp.t_data = th;
+		ExecStoreHeapTuple(&tmp, b->header_slot, false);
+		ResetExprContext(b->econtext);
+		key = mapping_header_facts(att, b->econtext, b->header_slot, &hf);
+		if (key != NULL && (e = str_find(b->headers, key)) != NULL)
+		{
+			HeaderFacts *copy = palloc(sizeof(HeaderFacts));
+
+			*copy = hf;
+			e->value = copy;
+		}
+		ExecClearTuple(b->header_slot);
+		MemoryContextSwitchTo(old);
+	}
+
+	/* headers deleted earlier in this transaction (e.g. ON DELETE CASCADE) */
+	{
+		HASH_SEQ_STATUS seq2;
+
+		hash_seq_init(&seq2, b->headers);
+		while ((e = hash_seq_search(&seq2)) != NULL)
+			if (e->value == NULL)
+				e->value = (void *) accrual_stashed_header(att->id, e->key);
+	}
+}
+
+static void
+note_header_accounts(Batch *b, HTAB *map)
+{
+	HASH_SEQ_STATUS seq;
+	StrEntry   *e;
+
+	hash_seq_init(&seq, map);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->value != NULL)
+			note_account(b, ((HeaderFacts *) e->value)->account, e->in_new);
+}
+
+static void
+resolve_accounts(Batch *b)
+{
+	long		n = hash_get_num_entries(b->accounts);
+	char	  **enroll = palloc(sizeof(char *) * (n + 1));
+	char	  **lookup = palloc(sizeof(char *) * (n + 1));
+	StrEntry  **ee = palloc(sizeof(StrEntry *) * (n + 1));
+	StrEntry  **le = palloc(sizeof(StrEntry *) * (n + 1));
+	int			ne = 0,
+				nl = 0,
+				i;
+	HASH_SEQ_STATUS seq;
+	StrEntry   *e;
+	AccountInfo **info;
+
+	hash_seq_init(&seq, b->accounts);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		/* only added rows enrol; a removed row of an unknown account earned nothing */
+		if (e->in_new)
+		{
+			ee[ne] = e;
+			enroll[ne++] = (char *) e->key;
+		}
+		else
+		{
+			le[nl] = e;
+			lookup[nl++] = (char *) e->key;
+		}
+	}
+	info = accounts_resolve(b->prog, enroll, ne, true);
+	for (i = 0; i < ne; i++)
+		ee[i]->value = info[i];
+	info = accounts_resolve(b->prog, lookup, nl, false);
+	for (i = 0; i < nl; i++)
+		le[i]->value = info[i];
+}
+
+static Numeric
+add_into(Batch *b, Numeric sum, Numeric x)
+{
+	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+	Numeric		r = numeric_add_opt_error(sum, x, NULL);
+
+	MemoryContextSwitchTo(old);
+	if (sum != b->zero)
+		pfree(sum);
+	return r;
+}
+
+static void
+add_reject(Batch *b, TupleTableSlot *slot, const RowFacts *f, const RowResult *r, TupleDesc desc)
+{
+	Reject	   *rj;
+	char	   *row_key = mapping_row_key(b->att, b->econtext, slot);
+	Datum		row = ExecFetchSlotHeapTupleDatum(slot);
+	char	   *json = TextDatumGetCString(DirectFunctionCall1(row_to_json, row));
+	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+
+	if (b->prog->strict)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("row %s of %s cannot be accrued by loyalty program \"%s\"",
+						row_key ? row_key : "(no key)", b->att->source_name, b->prog->name),
+				 errdetail("The row's %s.", r->reason),
+				 errhint("Fix the row, or set strict = false on the program to park such rows in loyalty.rejected_event.")));
+	rj = palloc(sizeof(Reject));
+	rj->row_key = row_key ? pstrdup(row_key) : NULL;
+	rj->account = f->account ? pstrdup(f->account) : NULL;
+	rj->reason = pstrdup(r->reason);
+	rj->row_json = pstrdup(json);
+	b->rejects = lappend(b->rejects, rj);
+	MemoryContextSwitchTo(old);
+}
+
+/* Pass 2: the points of every row, summed per (account, month). */
+static void
+sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
+{
+	Attachment *att = b->att;
+	int			s;
+
+	for (s = 0; s < nsets; s++)
+	{
+		RowSet	   *rs = &sets[s];
+		HTAB	   *hmap = rs->header_facts ? rs->header_facts : b->headers;
+		TupleTableSlot *slot;
+		int			pos = 0;
+
+		rewind_set(rs);
+		while ((slot = next_row(b, rs, &pos)) != NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(b->rowcxt);
+			RowFacts	f;
+			RowResult	r;
+			AccountInfo *info = NULL;
+
+			ResetExprContext(b->econtext);
+			mapping_source_facts(att, b->econtext, slot, &f);
+			if (att->has_header)
+			{
+				Datum		raw;
+				bool		isnull;
+				char	   *key = mapping_header_key(att, b->econtext, slot, &raw, &isnull);
+				StrEntry   *e = isnull ? NULL : str_find(hmap, key);
+
+				mapping_apply_header(att, e ? (HeaderFacts *) e->value : NULL, &f);
+			}
+			if (f.account != NULL)
+			{
+				StrEntry   *e = str_find(b->accounts, f.account);
+
+				info = e ? (AccountInfo *) e->value : NULL;
+			}
+			rules_row_points(b->prog, info, &f, &r);
+
+			switch (r.status)
+			{
+				case ROW_EARNS:
+				case ROW_BELOW_MINIMUM:
+				case ROW_CONTROL:
+					{
+						MonthKey	k = {f.account, r.month};
+						bool		found;
+						MonthEntry *me = hash_search(b->months, &k, HASH_ENTER, &found);
+						MonthDelta *d = &me->delta;
+
+						if (!found)
+						{
+							memset(d, 0, sizeof(MonthDelta));
+							me->key.account = d->account = (char *) str_find(b->accounts, f.account)->key;
+							d->month = r.month;
+							d->qual_new = d->qual_old = b->zero;
+						}
+						if (rs->sign > 0)
+						{
+							d->points_new += r.points;
+							d->bonus_new += r.bonus;
+							d->qual_new = add_into(b, d->qual_new, r.qualifying);
+							d->rows_new++;
+						}
+						else
+						{
+							d->points_old += r.points;
+							d->bonus_old += r.bonus;
+							d->qual_old = add_into(b, d->qual_old, r.qualifying);
+							d->rows_old++;
+						}
+					}
+					break;
+				case ROW_NOT_ENROLLED:
+					if (!b->prog->auto_enroll)
+					{
+						bool		found;
+						StrEntry   *e = str_enter(b->unenrolled, f.account, b->cxt, &found);
+						UnenrolledSum *u = e->value;
+
+						if (!found)
+						{
+							u = MemoryContextAllocZero(b->cxt, sizeof(UnenrolledSum));
+							u->amount = b->zero;
+							e->value = u;
+						}
+						u->rows += rs->sign;
+						u->amount = add_into(b, u->amount, rs->sign > 0 ? r.basis :
+											 DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(r.basis))));
+					}
+					break;
+				case ROW_REJECTED:
+					if (rs->sign > 0)
+						add_reject(b, slot, &f, &r, desc);
+					break;
+			}
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(b->rowcxt);
+		}
+	}
+}
+
+static void
+write_rejects(Batch *b)
+{
+	static SPIPlanPtr plan = NULL;
+	int			n = list_length(b->rejects);
+	char	  **k,
+			  **a,
+			  **r,
+			  **j;
+	bool	   *kn,
+			   *an;
+	Datum		args[6];
+	ListCell   *lc;
+	int			i = 0;
+	OwnerScope	scope;
+
+	if (n == 0)
+		return;
+	if (plan == NULL)
+	{
+		Oid			t[6] = {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+
+		plan = loyalty_prepare(
+			"INSERT INTO loyalty.rejected_event (program_id, attachment_id, row_key, account_key, reason, row_data)"
+			" SELECT $1, $2, u.k, u.a, u.r, u.j::pg_catalog.jsonb"
+			" FROM pg_catalog.unnest($3, $4, $5, $6) AS u(k, a, r, j)", 6, t);
+	}
+	k = palloc(sizeof(char *) * n);
+	a = palloc(sizeof(char *) * n);
+	r = palloc(sizeof(char *) * n);
+	j = palloc(sizeof(char *) * n);
+	kn = palloc(sizeof(bool) * n);
+	an = palloc(sizeof(bool) * n);
+	foreach(lc, b->rejects)
+	{
+		Reject	   *rj = lfirst(lc);
+
+		k[i] = rj->row_key;
+		kn[i] = rj->row_key == NULL;
+		a[i] = rj->account;
+		an[i] = rj->account == NULL;
+		r[i] = rj->reason;
+		j[i] = rj->row_json;
+		i++;
+	}
+	args[0] = Int32GetDatum(b->prog->id);
+	args[1] = Int32GetDatum(b->att->id);
+	args[2] = loyalty_text_array(k, kn, n);
+	args[3] = loyalty_text_array(a, an, n);
+	args[4] = loyalty_text_array(r, NULL, n);
+	args[5] = loyalty_text_array(j, NULL, n);
+	loyalty_enter_owner(&scope);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write loyalty.rejected_event");
+	loyalty_leave_owner(&scope);
+}
+
+static int
+cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+static void
+write_unenrolled(Batch *b)
+{
+	static SPIPlanPtr plan = NULL;
+	long		n = hash_get_num_entries(b->unenrolled);
+	char	  **k;
+	int64	   *rows;
+	Numeric    *amt;
+	HASH_SEQ_STATUS seq;
+	StrEntry   *e;
+	int			i = 0;
+	Datum		args[5];
+	OwnerScope	scope;
+
+	if (n == 0)
+		return;
+	if (plan == NULL)
+	{
+		Oid			t[5] = {INT4OID, INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID};
+
+		plan = loyalty_prepare(
+			"INSERT INTO loyalty.unenrolled_activity AS x (program_id, attachment_id, account_key, source_rows, amount)"
+			" SELECT $1, $2, u.k, u.r, u.a FROM pg_catalog.unnest($3, $4, $5) AS u(k, r, a) ORDER BY u.k"
+			" ON CONFLICT (program_id, account_key, attachment_id) DO UPDATE"
+			" SET source_rows = x.source_rows OPERATOR(pg_catalog.+) excluded.source_rows,"
+			"     amount = x.amount OPERATOR(pg_catalog.+) excluded.amount, last_seen = pg_catalog.now()", 5, t);
+	}
+	k = palloc(sizeof(char *) * n);
+	hash_seq_init(&seq, b->unenrolled);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		k[i++] = (char *) e->key;
+	qsort(k, n, sizeof(char *), cmp_str);
+	rows = palloc(sizeof(int64) * n);
+	amt = palloc(sizeof(Numeric) * n);
+	for (i = 0; i < n; i++)
+	{
+		UnenrolledSum *u = str_find(b->unenrolled, k[i])->value;
+
+		rows[i] = u->rows;
+		amt[i] = u->amount;
+	}
+	args[0] = Int32GetDatum(b->prog->id);
+	args[1] = Int32GetDatum(b->att->id);
+	args[2] = loyalty_text_array(k, NULL, n);
+	args[3] = loyalty_int8_array(rows, n);
+	args[4] = loyalty_numeric_array(amt, n);
+	loyalty_enter_owner(&scope);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write loyalty.unenrolled_activity");
+	loyalty_leave_owner(&scope);
+}
+
+/*
+ * Accrues a statement's rows.  Caller is connected to SPI; desc is the
+ * source table's descriptor.
+ */
+void
+accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const char *reason)
+{
+	Batch		b;
+	HASHCTL		ctl;
+	MemoryContext old;
+	long		n;
+	MonthDelta *deltas;
+	HASH_SEQ_STATUS seq;
+	MonthEntry *me;
+	int			i = 0,
+				s;
+
+	memset(&b, 0, sizeof(b));
+	b.att = att;
+	b.prog = att->program;
+	b.cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty accrual", ALLOCSET_DEFAULT_SIZES);
+	b.rowcxt = AllocSetContextCreate(b.cxt, "loyalty accrual row", ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(b.cxt);
+	b.econtext = CreateStandaloneExprContext();
+	b.store_slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	b.heap_slot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+	if (att->has_header)
+	{
+		b.header_slot = MakeSingleTupleTableSlot(lookup_rowtype_tupdesc_copy(att->header_rowtype, -1),
+												 &TTSOpsHeapTuple);
+		b.headers = str_table("loyalty headers", b.cxt);
+	}
+	b.accounts = str_table("loyalty accounts", b.cxt);
+	b.unenrolled = str_table("loyalty unenrolled", b.cxt);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(MonthKey);
+	ctl.entrysize = sizeof(MonthEntry);
+	ctl.hash = month_hash;
+	ctl.match = month_match;
+	ctl.hcxt = b.cxt;
+	b.months = hash_create("loyalty months", 1024, &ctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	b.zero = int64_to_numeric(0);
+
+	collect_keys(&b, sets, nsets);
+	if (att->has_header)
+	{
+		lookup_headers(&b);
+		note_header_accounts(&b, b.headers);
+		for (s = 0; s < nsets; s++)
+			if (sets[s].header_facts)
+			{
+				HASH_SEQ_STATUS hs;
+				StrEntry   *e;
+
+				hash_seq_init(&hs, sets[s].header_facts);
+				while ((e = hash_seq_search(&hs)) != NULL)
+					e->in_new = sets[s].sign > 0;
+				note_header_accounts(&b, sets[s].header_facts);
+			}
+	}
+	resolve_accounts(&b);
+	sum_points(&b, sets, nsets, desc);
+
+	n = hash_get_num_entries(b.months);
+	deltas = palloc(sizeof(MonthDelta) * (n + 1));
+	hash_seq_init(&seq, b.months);
+	while ((me = hash_seq_search(&seq)) != NULL)
+		deltas[i++] = me->delta;
+	qsort(deltas, n, sizeof(MonthDelta), month_cmp);
+	ledger_post(b.prog, att->id, deltas, (int) n, "earn", "reverse", reason);
+	write_unenrolled(&b);
+	write_rejects(&b);
+
+	ExecDropSingleTupleTableSlot(b.store_slot);
+	ExecDropSingleTupleTableSlot(b.heap_slot);
+	if (b.header_slot)
+		ExecDropSingleTupleTableSlot(b.header_slot);
+	FreeExprContext(b.econtext, true);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(b.cxt);
+}
+
+static TriggerData *
+check_trigger(FunctionCallInfo fcinfo, const char *fname, bool row_level)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s() was not called by the trigger manager", fname)));
+	if (row_level ? !TRIGGER_FIRED_FOR_ROW(td->tg_event) || !TRIGGER_FIRED_BEFORE(td->tg_event)
+		: !TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) || !TRIGGER_FIRED_AFTER(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s() must be fired %s", fname, row_level ? "BEFORE ... FOR EACH ROW" : "AFTER ... FOR EACH STATEMENT"),
+				 errhint("Create accrual triggers with loyalty.attach().")));
+	if (td->tg_trigger->tgnargs != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s() takes one trigger argument, the attachment id", fname),
+				 errhint("Create accrual triggers with loyalty.attach().")));
+	return td;
+}
+
+static Attachment *
+trigger_attachment(TriggerData *td, bool on_header)
+{
+	int32		id = pg_strtoint32(td->tg_trigger->tgargs[0]);
+	Attachment *att = mapping_get(id);
+	Oid			expected = on_header ? att->header : att->source;
+
+	if (RelationGetRelid(td->tg_relation) != expected)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty trigger \"%s\" on %s belongs to attachment %d of another table",
+						td->tg_trigger->tgname, RelationGetRelationName(td->tg_relation), id)));
+	return att;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_accrue);
+/* AFTER INSERT OR UPDATE OR DELETE ... FOR EACH STATEMENT on an ERP table. */
+Datum
+loyalty_accrue(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = check_trigger(fcinfo, "loyalty.accrue", false);
+	Attachment *att;
+	RowSet		sets[2];
+	int			nsets = 0;
+	const char *reason;
+
+	if (td->tg_oldtable == NULL && td->tg_newtable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty.accrue() needs transition tables"),
+				 errhint("Create accrual triggers with loyalty.attach().")));
+
+	SPI_connect();
+	att = trigger_attachment(td, false);
+	memset(sets, 0, sizeof(sets));
+	if (td->tg_oldtable && !TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	{
+		sets[nsets].store = td->tg_oldtable;
+		sets[nsets++].sign = -1;
+	}
+	if (td->tg_newtable && !TRIGGER_FIRED_BY_DELETE(td->tg_event))
+	{
+		sets[nsets].store = td->tg_newtable;
+		sets[nsets++].sign = 1;
+	}
+	reason = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? "INSERT" :
+		TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? "UPDATE" : "DELETE";
+	accrual_process(att, RelationGetDescr(td->tg_relation), sets, nsets, reason);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+static bool
+same_text(const char *a, const char *b)
+{
+	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static bool
+same_header(const HeaderFacts *a, const HeaderFacts *b)
+{
+	return same_text(a->account, b->account) && a->has_date == b->has_date &&
+		(!a->has_date || a->date == b->date) && same_text(a->currency, b->currency) &&
+		same_text(a->doc_type, b->doc_type) && a->has_due == b->has_due &&
+		(!a->has_due || a->due == b->due) && a->has_paid == b->has_paid &&
+		(!a->has_paid || a->paid == b->paid);
+}
+
+PG_FUNCTION_INFO_V1(loyalty_accrue_header);
+/*
+ * AFTER UPDATE ... FOR EACH STATEMENT on a header table: when a header's
+ * account, date, currency, document type or payment dates change, its lines
+ * are reversed with the old facts and accrued with the new ones (this is how
+ * the on-time bonus follows the paid date).
+ */
+Datum
+loyalty_accrue_header(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = check_trigger(fcinfo, "loyalty.accrue_header", false);
+	Attachment *att;
+	MemoryContext cxt;
+	MemoryContext old;
+	HTAB	   *old_map,
+			   *new_map;
+	TupleDesc	hdesc = RelationGetDescr(td->tg_relation);
+	TupleTableSlot *oslot,
+			   *nslot;
+	ExprContext *econtext;
+	char	  **keys;
+	int			nkeys = 0,
+				cap = 64;
+
+	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event) || td->tg_oldtable == NULL || td->tg_newtable == NULL)
+		return PointerGetDatum(NULL);
+	SPI_connect();
+	att = trigger_attachment(td, true);
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty header", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	old_map = accrual_header_map(cxt);
+	new_map = accrual_header_map(cxt);
+	oslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);
+	nslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);
+	econtext = CreateStandaloneExprContext();
+	keys = palloc(sizeof(char *) * cap);
+
+	/* old and new transition rows of an UPDATE come in the same order */
+	tuplestore_rescan(td->tg_oldtable);
+	tuplestore_rescan(td->tg_newtable);
+	while (tuplestore_gettupleslot(td->tg_oldtable, true, false, oslot) &&
+		   tuplestore_gettupleslot(td->tg_newtable, true, false, nslot))
+	{
+		HeaderFacts *of = palloc(sizeof(HeaderFacts));
+		HeaderFacts *nf = palloc(sizeof(HeaderFacts));
+		char	   *okey,
+				   *nkey;
+		bool		found;
+
+		ResetExprContext(econtext);
+		okey = mapping_header_facts(att, econtext, oslot, of);
+		nkey = mapping_header_facts(att, econtext, nslot, nf);
+		if (okey == NULL || !same_text(okey, nkey) || same_header(of, nf))
+			continue;			/* key changes are followed by the lines' own trigger */
+		str_enter(old_map, okey, cxt, &found)->value = of;
+		str_enter(new_map, okey, cxt, &found)->value = nf;
+		if (!found)
+		{
+			if (nkeys == cap)
+				keys = repalloc(keys, sizeof(char *) * (cap *= 2));
+			keys[nkeys++] = okey;
+		}
+	}
+
+	if (nkeys > 0)
+	{
+		Oid			argtypes[1] = {TEXTARRAYOID};
+		Datum		arg = loyalty_text_array(keys, NULL, nkeys);
+		char	   *sql;
+		HeapTuple  *tuples;
+		uint64		i;
+		RowSet		sets[2];
+		Relation	src = table_open(att->source, AccessShareLock);
+
+		/* the lines of the changed headers, in one query */
+		sql = psprintf("SELECT s FROM ONLY %s s WHERE s.%s OPERATOR(pg_catalog.=) ANY (($1)::%s[])",
+					   att->source_name, quote_identifier(att->header_key_column),
+					   format_type_be_qualified(att->header_key_type));
+		if (SPI_execute_with_args(sql, 1, argtypes, &arg, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the lines of changed headers");
+		tuples = palloc(sizeof(HeapTuple) * (SPI_processed + 1));
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
+																	   SPI_tuptable->tupdesc, 1, &isnull));
+			HeapTupleData tmp;
+
+			tmp.t_len = HeapTupleHeaderGetDatumLength(th);
+			ItemPointerSetInvalid(&tmp.t_self);
+			tmp.t_tableOid = att->source;
+			tmp.t_data = th;
+			tuples[i] = heap_copytuple(&tmp);
+		}
+		memset(sets, 0, sizeof(sets));
+		sets[0] = (RowSet) {NULL, tuples, (int) SPI_processed, -1, old_map};
+		sets[1] = (RowSet) {NULL, tuples, (int) SPI_processed, 1, new_map};
+		if (SPI_processed > 0)
+			accrual_process(att, RelationGetDescr(src), sets, 2, "UPDATE of header");
+		table_close(src, AccessShareLock);
+	}
+
+	ExecDropSingleTupleTableSlot(oslot);
+	ExecDropSingleTupleTableSlot(nslot);
+	FreeExprContext(econtext, true);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+PG_FUNCTION_INFO_V1(loyalty_stash_header);
+/*
+ * BEFORE DELETE ... FOR EACH ROW on a header table: remember the deleted
+ * header's facts until the end of the transaction, so that lines deleted
+ * after it (ON DELETE CASCADE) are still reversed exactly.
+ */
+Datum
+loyalty_stash_header(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = check_trigger(fcinfo, "loyalty.stash_header", true);
+	Attachment *att;
+	static bool registered = false;
+	MemoryContext old;
+	TupleTableSlot *slot;
+	ExprContext *econtext;
+	HeaderFacts *hf;
+	char	   *key;
+
+	if (!TRIGGER_FIRED_BY_DELETE(td->tg_event))
+		return PointerGetDatum(td->tg_trigtuple);
+	SPI_connect();
+	att = trigger_attachment(td, true);
+	if (!registered)
+	{
+		RegisterXactCallback(stash_xact_callback, NULL);
+		registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	if (header_stash == NULL)
+		header_stash = str_table("loyalty deleted headers", TopTransactionContext);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
+	ExecStoreHeapTuple(td->tg_trigtuple, slot, false);
+	econtext = CreateStandaloneExprContext();
+	hf = palloc(sizeof(HeaderFacts));
+	key = mapping_header_facts(att, econtext, slot, hf);
+	if (key != NULL)
+	{
+		bool		found;
+		char	   *k = psprintf("%d/%s", att->id, key);
+
+		str_enter(header_stash, k, TopTransactionContext, &found)->value = hf;
+	}
+	FreeExprContext(econtext, true);
+	ExecDropSingleTupleTableSlot(slot);
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+	return PointerGetDatum(td->tg_trigtuple);
+}

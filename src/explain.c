@@ -1,0 +1,213 @@
+/*
+ * explain.c — the points function seen from SQL: loyalty.explain_points,
+ * loyalty.verify and loyalty.backfill call these with the facts their own
+ * set-based queries map from the ERP rows, so that all of them compute
+ * exactly what the trigger computes.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "accounts.h"
+#include "ledger.h"
+#include "mapping.h"
+
+static char *
+arg_text(FunctionCallInfo fcinfo, int i)
+{
+	return PG_ARGISNULL(i) ? NULL : TextDatumGetCString(PG_GETARG_DATUM(i));
+}
+
+static Numeric
+arg_numeric(FunctionCallInfo fcinfo, int i)
+{
+	return PG_ARGISNULL(i) ? NULL : PG_GETARG_NUMERIC(i);
+}
+
+static bool
+arg_date(FunctionCallInfo fcinfo, int i, DateADT *out)
+{
+	if (PG_ARGISNULL(i))
+		return false;
+	*out = PG_GETARG_DATEADT(i);
+	return true;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_row_points);
+/*
+ * loyalty._row_points(attachment, account, amount, quantity, doc_date,
+ * product_line, currency, doc_type, due_date, paid_date, header_found):
+ * one row's points, with every step of the computation.
+ */
+Datum
+loyalty_row_points(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Attachment *att;
+	RowFacts	f;
+	RowResult	r;
+	AccountInfo *info = NULL;
+	Datum		values[15];
+	bool		nulls[15];
+	char	   *doc_type;
+	int			i;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("attachment must not be NULL")));
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+
+	SPI_connect();
+	att = mapping_get(PG_GETARG_INT32(0));
+	memset(&f, 0, sizeof(f));
+	f.account = arg_text(fcinfo, 1);
+	f.amount = arg_numeric(fcinfo, 2);
+	f.quantity = arg_numeric(fcinfo, 3);
+	f.has_date = arg_date(fcinfo, 4, &f.date);
+	f.product_line = arg_text(fcinfo, 5);
+	f.currency_mapped = att->mapped[F_CURRENCY];
+	f.currency = arg_text(fcinfo, 6);
+	doc_type = arg_text(fcinfo, 7);
+	for (i = 0; doc_type && i < att->ncredit; i++)
+		if (strcmp(att->credit_types[i], doc_type) == 0)
+			f.credit_note = true;
+	f.has_due = arg_date(fcinfo, 8, &f.due);
+	f.has_paid = arg_date(fcinfo, 9, &f.paid);
+	f.header_missing = !PG_ARGISNULL(10) && !PG_GETARG_BOOL(10);
+	if (f.account)
+		info = accounts_resolve(att->program, &f.account, 1, false)[0];
+	rules_row_points(att->program, info, &f, &r);
+	SPI_finish();
+
+	memset(nulls, true, sizeof(nulls));
+#define SET(i_, d_) do { values[i_] = (d_); nulls[i_] = false; } while (0)
+	SET(0, CStringGetTextDatum(rules_status_name(r.status)));
+	if (r.reason)
+		SET(1, CStringGetTextDatum(r.reason));
+	if (r.rule)
+	{
+		SET(2, DateADTGetDatum(r.rule->valid_from));
+		SET(4, NumericGetDatum(r.rule->points_per_unit));
+	}
+	if (r.basis)
+		SET(3, NumericGetDatum(r.basis));
+	if (r.pl_factor)
+		SET(5, NumericGetDatum(r.pl_factor));
+	if (r.tier_on_date)
+		SET(6, CStringGetTextDatum(r.tier_on_date));
+	if (r.tier_factor)
+		SET(7, NumericGetDatum(r.tier_factor));
+	if (r.segment_factor)
+		SET(8, NumericGetDatum(r.segment_factor));
+	if (r.raw_points)
+		SET(9, NumericGetDatum(r.raw_points));
+	SET(10, CStringGetTextDatum(rules_rounding_name(att->program->rounding)));
+	SET(11, Int64GetDatum(r.points));
+	SET(12, Int64GetDatum(r.bonus));
+	if (r.qualifying)
+		SET(13, NumericGetDatum(r.qualifying));
+	if (r.status != ROW_REJECTED)
+		SET(14, DateADTGetDatum(r.month));
+#undef SET
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(loyalty_cap_for_month);
+/* loyalty._cap_for_month(program, month): the cap period a month falls in. */
+Datum
+loyalty_cap_for_month(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Program    *prog;
+	DateADT		ps = 0,
+				pe = 0;
+	int64		cap;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+	SPI_connect();
+	prog = mapping_get_program(PG_GETARG_INT32(0));
+	cap = ledger_cap_for_month(prog, loyalty_month_start(PG_GETARG_DATEADT(1)), &ps, &pe);
+	SPI_finish();
+	if (cap == 0)
+		PG_RETURN_NULL();
+	values[0] = DateADTGetDatum(ps);
+	values[1] = DateADTGetDatum(pe);
+	values[2] = Int64GetDatum(cap);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(loyalty_post_backfill);
+/*
+ * loyalty._post_backfill(attachment, accounts text[], months date[],
+ * points int8[], qualifying numeric[], rows int8[]): posts what backfill
+ * found missing, through the same path as the trigger (caps, balances,
+ * tier upgrades).  Arrays must be sorted by (account, month).
+ */
+Datum
+loyalty_post_backfill(PG_FUNCTION_ARGS)
+{
+	Attachment *att;
+	Datum	   *k,
+			   *m,
+			   *p,
+			   *q,
+			   *r;
+	int			nk,
+				nm,
+				np,
+				nq,
+				nr,
+				i;
+	MonthDelta *d;
+	Numeric		zero = int64_to_numeric(0);
+
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false, TYPALIGN_INT, &k, NULL, &nk);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), DATEOID, 4, true, TYPALIGN_INT, &m, NULL, &nm);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &p, NULL, &np);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(4), NUMERICOID, -1, false, TYPALIGN_INT, &q, NULL, &nq);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(5), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &r, NULL, &nr);
+	if (nm != nk || np != nk || nq != nk || nr != nk)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("backfill arrays differ in length")));
+	d = palloc0(sizeof(MonthDelta) * (nk + 1));
+	for (i = 0; i < nk; i++)
+	{
+		int64		pts = DatumGetInt64(p[i]);
+		int64		rows = DatumGetInt64(r[i]);
+		Numeric		qual = DatumGetNumeric(q[i]);
+
+		d[i].account = TextDatumGetCString(k[i]);
+		d[i].month = DatumGetDateADT(m[i]);
+		/* signed: what the month lacks (or, after drift, has too much) */
+		d[i].points_new = pts;
+		d[i].qual_new = qual;
+		d[i].qual_old = zero;
+		d[i].rows_new = rows;
+	}
+	SPI_connect();
+	att = mapping_get(PG_GETARG_INT32(0));
+	{
+		char	  **keys = palloc(sizeof(char *) * (nk + 1));
+		int			nkeys = 0;
+
+		for (i = 0; i < nk; i++)
+			if (nkeys == 0 || strcmp(keys[nkeys - 1], d[i].account) != 0)
+				keys[nkeys++] = d[i].account;
+		(void) accounts_resolve(att->program, keys, nkeys, true);
+	}
+	ledger_post(att->program, att->id, d, nk, "backfill", "backfill", "backfill");
+	SPI_finish();
+	PG_RETURN_VOID();
+}

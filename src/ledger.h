@@ -1,0 +1,38 @@
+/*
+ * ledger.h — the write side of accrual: per-month sums, caps, ledger
+ * entries, balances and tier upgrades, each as one batched statement in
+ * ascending account order, as the extension owner.
+ */
+#ifndef LOYALTY_LEDGER_H
+#define LOYALTY_LEDGER_H
+
+#include "rules.h"
+
+/* Change of one account's sums for one document month. */
+typedef struct MonthDelta
+{
+	char	   *account;
+	DateADT		month;
+	int64		points_new;		/* rows added: base points */
+	int64		points_old;		/* rows removed: base points */
+	int64		bonus_new;
+	int64		bonus_old;
+	Numeric		qual_new;
+	Numeric		qual_old;
+	int64		rows_new;
+	int64		rows_old;
+} MonthDelta;
+
+/*
+ * Posts a statement's deltas; deltas[] must be sorted by (account, month).
+ * kind_new / kind_old name the ledger kinds of the added and removed rows
+ * ("earn"/"reverse" for the trigger, "backfill" for backfill).
+ */
+extern void ledger_post(Program *prog, int32 attachment_id, MonthDelta *deltas, int n,
+						const char *kind_new, const char *kind_old, const char *reason);
+
+/* The cap that applies to a document month: period and points (0 = none). */
+extern int64 ledger_cap_for_month(const Program *prog, DateADT month,
+								  DateADT *period_start, DateADT *period_end);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * mapping.h — attachments: how an ERP table's columns (or expressions of
+ * them, or its header table's columns) map onto RowFacts.  Built from
+ * loyalty.attachment once per backend, as executor expressions.
+ */
+#ifndef LOYALTY_MAPPING_H
+#define LOYALTY_MAPPING_H
+
+#include "executor/executor.h"
+#include "rules.h"
+
+typedef enum MapField
+{
+	F_ACCOUNT,
+	F_AMOUNT,
+	F_QUANTITY,
+	F_DATE,
+	F_PRODUCT_LINE,
+	F_CURRENCY,
+	F_DOC_TYPE,
+	F_DUE,
+	F_PAID,
+	F_HEADER_KEY,				/* source: the raw key; header: the match key as text */
+	F_ROW_KEY,					/* source only: the row key as text */
+	F_COUNT
+} MapField;
+
+/* The header's part of a row's facts. */
+typedef struct HeaderFacts
+{
+	char	   *account;
+	bool		has_date;
+	DateADT		date;
+	char	   *currency;
+	char	   *doc_type;
+	bool		has_due;
+	DateADT		due;
+	bool		has_paid;
+	DateADT		paid;
+} HeaderFacts;
+
+typedef struct Attachment
+{
+	int32		id;
+	Oid			source;
+	char	   *source_name;
+	Program    *program;
+	bool		mapped[F_COUNT];
+	ExprState  *src[F_COUNT];	/* over source rows */
+	bool		has_header;
+	Oid			header;
+	ExprState  *hdr[F_COUNT];	/* over header rows */
+	char	   *header_key_column;	/* the source's column naming the header */
+	Oid			header_key_type;	/* its type */
+	SPIPlanPtr	header_plan;	/* SELECT h FROM header h WHERE match = ANY($1) */
+	Oid			header_rowtype;
+	int			ncredit;
+	char	  **credit_types;
+} Attachment;
+
+/* Caller is connected to SPI.  Errors if the attachment is gone. */
+extern Attachment *mapping_get(int32 attachment_id);
+extern Program *mapping_get_program(int32 program_id);
+extern void mapping_refresh(void);
+
+extern void mapping_source_facts(Attachment *att, ExprContext *econtext,
+								 TupleTableSlot *slot, RowFacts *facts);
+extern char *mapping_header_key(Attachment *att, ExprContext *econtext,
+								TupleTableSlot *slot, Datum *raw, bool *isnull);
+extern char *mapping_row_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot);
+extern char *mapping_header_facts(Attachment *att, ExprContext *econtext,
+								  TupleTableSlot *slot, HeaderFacts *hf);
+extern void mapping_apply_header(Attachment *att, const HeaderFacts *hf, RowFacts *facts);
+
+#endif

@@ -1,0 +1,427 @@
+/*
+ * rules.c — programs and their versioned earning rules, loaded once per
+ * backend, and rules_row_points(): the pure function from one mapped ERP row
+ * to its points.  Accrual, reversal, explain_points, verify and backfill all
+ * call it, which is what makes a reversal exact.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/memutils.h"
+
+#include "rules.h"
+
+static Numeric
+num_mul(Numeric a, Numeric b)
+{
+	return numeric_mul_opt_error(a, b, NULL);
+}
+
+static int
+num_cmp(Numeric a, Numeric b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(a), NumericGetDatum(b)));
+}
+
+static Numeric
+num_abs(Numeric a)
+{
+	return DatumGetNumeric(DirectFunctionCall1(numeric_abs, NumericGetDatum(a)));
+}
+
+static Numeric
+num_neg(Numeric a)
+{
+	return DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(a)));
+}
+
+static bool
+num_is_one(Numeric a)
+{
+	static Numeric one = NULL;
+
+	if (one == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		one = int64_to_numeric(1);
+		MemoryContextSwitchTo(old);
+	}
+	return num_cmp(a, one) == 0;
+}
+
+/* Rounds to a whole number of points, symmetrically around zero. */
+static int64
+round_points(Numeric x, RoundingMode mode)
+{
+	Numeric		r;
+
+	switch (mode)
+	{
+		case ROUND_FLOOR:
+			r = DatumGetNumeric(DirectFunctionCall2(numeric_trunc, NumericGetDatum(x), Int32GetDatum(0)));
+			break;
+		case ROUND_HALF_UP:
+			r = DatumGetNumeric(DirectFunctionCall2(numeric_round, NumericGetDatum(x), Int32GetDatum(0)));
+			break;
+		case ROUND_HALF_EVEN:
+		default:
+			{
+				Numeric		t = DatumGetNumeric(DirectFunctionCall2(numeric_trunc, NumericGetDatum(x), Int32GetDatum(0)));
+				Numeric		frac = num_abs(numeric_sub_opt_error(x, t, NULL));
+				int			c = num_cmp(frac, DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum("0.5"),
+																				ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1))));
+				int64		ti = DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(t)));
+				int			sign = num_cmp(x, int64_to_numeric(0));
+
+				if (c > 0 || (c == 0 && (ti % 2) != 0))
+					ti += sign;
+				return ti;
+			}
+	}
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(r)));
+}
+
+static void
+load_map(MultiplierMap *map, Datum keys, Datum values, bool isnull)
+{
+	Datum	   *k,
+			   *v;
+	int			nk,
+				nv,
+				i;
+
+	map->n = 0;
+	map->items = NULL;
+	if (isnull)
+		return;
+	deconstruct_array(DatumGetArrayTypeP(keys), TEXTOID, -1, false, TYPALIGN_INT, &k, NULL, &nk);
+	deconstruct_array(DatumGetArrayTypeP(values), NUMERICOID, -1, false, TYPALIGN_INT, &v, NULL, &nv);
+	if (nk != nv)
+		elog(ERROR, "multiplier map keys and values differ in length");
+	map->n = nk;
+	map->items = palloc(sizeof(Multiplier) * (nk > 0 ? nk : 1));
+	for (i = 0; i < nk; i++)
+	{
+		map->items[i].key = TextDatumGetCString(k[i]);
+		map->items[i].factor = DatumGetNumericCopy(v[i]);
+	}
+}
+
+static Numeric
+map_lookup(const MultiplierMap *map, const char *key)
+{
+	int			i;
+
+	if (key == NULL)
+		return NULL;
+	for (i = 0; i < map->n; i++)
+		if (strcmp(map->items[i].key, key) == 0)
+			return map->items[i].factor;
+	return NULL;
+}
+
+#define MAP_COLS(expr) \
+	"ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(" expr ") e ORDER BY e.key), " \
+	"ARRAY(SELECT (e.value)::text::pg_catalog.numeric FROM pg_catalog.jsonb_each(" expr ") e ORDER BY e.key)"
+
+/*
+ * Loads a program and all its rule versions into cxt.  Caller is connected
+ * to SPI.
+ */
+Program *
+rules_load_program(int32 program_id, MemoryContext cxt)
+{
+	static SPIPlanPtr prog_plan = NULL;
+	static SPIPlanPtr rule_plan = NULL;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(program_id)};
+	Program    *p;
+	MemoryContext old;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *s;
+	uint64		i;
+
+	if (prog_plan == NULL)
+		prog_plan = loyalty_prepare(
+			"SELECT name, currency, ladder, basis, rounding,"
+			" (pg_catalog.date_part('year', qualification_window) * 12"
+			"  + pg_catalog.date_part('month', qualification_window)"
+			"  + pg_catalog.round(pg_catalog.date_part('day', qualification_window) / 30))::int4,"
+			" enrollment, strict"
+			" FROM loyalty.program WHERE program_id OPERATOR(pg_catalog.=) $1", 1, argtypes);
+	if (rule_plan == NULL)
+		rule_plan = loyalty_prepare(
+			"SELECT valid_from, points_per_unit, min_amount, on_time_bonus_pct, cap_points, cap_period, "
+			MAP_COLS("product_line_multipliers") ", "
+			MAP_COLS("tier_multipliers") ", "
+			MAP_COLS("COALESCE(segment_multipliers OPERATOR(pg_catalog.->) 'cooperation_model', '{}')") ", "
+			MAP_COLS("COALESCE(segment_multipliers OPERATOR(pg_catalog.->) 'industry', '{}')") ", "
+			MAP_COLS("COALESCE(segment_multipliers OPERATOR(pg_catalog.->) 'region', '{}')")
+			" FROM loyalty.rule WHERE program_id OPERATOR(pg_catalog.=) $1 ORDER BY valid_from", 1, argtypes);
+
+	if (SPI_execute_plan(prog_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.program");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("loyalty program %d does not exist", program_id)));
+
+	old = MemoryContextSwitchTo(cxt);
+	p = palloc0(sizeof(Program));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	p->id = program_id;
+	p->name = SPI_getvalue(tup, desc, 1);
+	strlcpy(p->currency, SPI_getvalue(tup, desc, 2), sizeof(p->currency));
+	{
+		Datum		d = SPI_getbinval(tup, desc, 3, &isnull);
+
+		p->ladder = isnull ? NULL : (TierLadder *) pg_detoast_datum_copy((struct varlena *) DatumGetPointer(d));
+	}
+	p->basis_quantity = strcmp(SPI_getvalue(tup, desc, 4), "quantity") == 0;
+	s = SPI_getvalue(tup, desc, 5);
+	p->rounding = strcmp(s, "half_up") == 0 ? ROUND_HALF_UP :
+		strcmp(s, "half_even") == 0 ? ROUND_HALF_EVEN : ROUND_FLOOR;
+	p->window_months = Max(1, DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull)));
+	p->auto_enroll = strcmp(SPI_getvalue(tup, desc, 7), "auto") == 0;
+	p->strict = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	MemoryContextSwitchTo(old);
+
+	if (SPI_execute_plan(rule_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.rule");
+
+	old = MemoryContextSwitchTo(cxt);
+	desc = SPI_tuptable->tupdesc;
+	p->nrules = (int) SPI_processed;
+	p->rules = palloc0(sizeof(RuleVersion) * (p->nrules > 0 ? p->nrules : 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		RuleVersion *r = &p->rules[i];
+		Datum		d;
+		int			m;
+
+		tup = SPI_tuptable->vals[i];
+		r->valid_from = DatumGetDateADT(SPI_getbinval(tup, desc, 1, &isnull));
+		r->points_per_unit = DatumGetNumericCopy(SPI_getbinval(tup, desc, 2, &isnull));
+		r->min_amount = DatumGetNumericCopy(SPI_getbinval(tup, desc, 3, &isnull));
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		r->bonus_pct = NULL;
+		if (num_cmp(DatumGetNumeric(d), int64_to_numeric(0)) > 0)
+			r->bonus_pct = numeric_div_opt_error(DatumGetNumeric(d), int64_to_numeric(100), NULL);
+		d = SPI_getbinval(tup, desc, 5, &isnull);
+		r->cap_points = isnull ? 0 : DatumGetInt64(d);
+		s = SPI_getvalue(tup, desc, 6);
+		r->cap_period = s == NULL ? 0 : s[0];	/* month, quarter, year */
+		if (r->cap_points > 0)
+			p->has_caps = true;
+		for (m = 0; m < 2 + SEG_COUNT; m++)
+		{
+			MultiplierMap *map = m == 0 ? &r->product_line : m == 1 ? &r->tier : &r->segment[m - 2];
+			Datum		keys = SPI_getbinval(tup, desc, 7 + 2 * m, &isnull);
+			Datum		vals = SPI_getbinval(tup, desc, 8 + 2 * m, &isnull);
+
+			load_map(map, keys, vals, isnull);
+		}
+	}
+	MemoryContextSwitchTo(old);
+	return p;
+}
+
+const RuleVersion *
+rules_version_on(const Program *prog, DateADT d)
+{
+	int			lo = 0,
+				hi = prog->nrules - 1,
+				found = -1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (prog->rules[mid].valid_from <= d)
+		{
+			found = mid;
+			lo = mid + 1;
+		}
+		else
+			hi = mid - 1;
+	}
+	return found < 0 ? NULL : &prog->rules[found];
+}
+
+DateADT
+rules_cap_period_start(char period, DateADT d)
+{
+	int			y,
+				m,
+				day;
+
+	j2date(d + POSTGRES_EPOCH_JDATE, &y, &m, &day);
+	if (period == 'q')
+		m = ((m - 1) / 3) * 3 + 1;
+	else if (period == 'y')
+		m = 1;
+	return date2j(y, m, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+DateADT
+rules_cap_period_next(char period, DateADT start)
+{
+	return loyalty_add_months(start, period == 'q' ? 3 : period == 'y' ? 12 : 1);
+}
+
+const char *
+rules_status_name(RowStatus status)
+{
+	switch (status)
+	{
+		case ROW_EARNS:
+			return "earns";
+		case ROW_BELOW_MINIMUM:
+			return "below_minimum";
+		case ROW_CONTROL:
+			return "control_cohort";
+		case ROW_NOT_ENROLLED:
+			return "not_enrolled";
+		case ROW_REJECTED:
+			return "rejected";
+	}
+	return "?";
+}
+
+const char *
+rules_rounding_name(RoundingMode mode)
+{
+	return mode == ROUND_HALF_UP ? "half_up" : mode == ROUND_HALF_EVEN ? "half_even" : "floor";
+}
+
+static const char *
+tier_on(const AccountInfo *acct, DateADT d)
+{
+	const char *t = NULL;
+	int			i;
+
+	for (i = 0; i < acct->nhist && acct->hist_from[i] <= d; i++)
+		t = acct->hist_tier[i];
+	return t;
+}
+
+static bool
+numeric_not_finite(Numeric n)
+{
+	return numeric_is_nan(n) || numeric_is_inf(n);
+}
+
+static void
+reject(RowResult *r, const char *fmt, const char *arg)
+{
+	r->status = ROW_REJECTED;
+	r->reason = psprintf(fmt, arg);
+	r->points = r->bonus = 0;
+	r->qualifying = NULL;
+}
+
+/*
+ * The points of one row.  Pure: the result depends only on the row, the
+ * program's rules (versions are immutable once in force) and the account's
+ * enrolment and tier history, never on the order rows arrive in.  Caps are
+ * not applied here; they act on the per-period sums (ledger.c).
+ */
+void
+rules_row_points(const Program *prog, const AccountInfo *acct,
+				 const RowFacts *f, RowResult *r)
+{
+	Numeric		basis;
+	Numeric		amount;
+	Numeric		factor;
+	const RuleVersion *rule;
+	int			s;
+
+	memset(r, 0, sizeof(RowResult));
+
+	if (f->header_missing)
+		return reject(r, "header row not found%s", "");
+	if (f->account == NULL)
+		return reject(r, "account is NULL%s", "");
+	if (!f->has_date || DATE_NOT_FINITE(f->date))
+		return reject(r, "document date is NULL or infinite%s", "");
+	if (f->currency_mapped && (f->currency == NULL || strcmp(f->currency, prog->currency) != 0))
+		return reject(r, "currency %s is not the program currency",
+					  f->currency ? f->currency : "NULL");
+
+	basis = prog->basis_quantity ? f->quantity : f->amount;
+	if (basis == NULL)
+		return reject(r, "%s is NULL", prog->basis_quantity ? "quantity" : "amount");
+	if (numeric_not_finite(basis) || (f->amount && numeric_not_finite(f->amount)))
+		return reject(r, "%s is NaN or infinite", prog->basis_quantity ? "quantity or amount" : "amount");
+
+	rule = rules_version_on(prog, f->date);
+	if (rule == NULL)
+		return reject(r, "no rule in force on %s",
+					  DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(f->date))));
+
+	if (f->credit_note)
+	{
+		basis = num_neg(num_abs(basis));
+		amount = f->amount ? num_neg(num_abs(f->amount)) : NULL;
+	}
+	else
+		amount = f->amount;
+
+	r->rule = rule;
+	r->basis = basis;
+	r->month = loyalty_month_start(f->date);
+	r->qualifying = amount ? amount : basis;
+	r->points = r->bonus = 0;
+
+	if (acct == NULL || !acct->enrolled || f->date < acct->enrolled_from)
+	{
+		r->status = ROW_NOT_ENROLLED;
+		r->qualifying = NULL;
+		return;
+	}
+
+	/* base rate times every multiplier that applies */
+	factor = rule->points_per_unit;
+	r->pl_factor = map_lookup(&rule->product_line, f->product_line);
+	if (r->pl_factor)
+		factor = num_mul(factor, r->pl_factor);
+	r->tier_on_date = tier_on(acct, f->date);
+	r->tier_factor = map_lookup(&rule->tier, r->tier_on_date);
+	if (r->tier_factor)
+		factor = num_mul(factor, r->tier_factor);
+	for (s = 0; s < SEG_COUNT; s++)
+	{
+		Numeric		sf = map_lookup(&rule->segment[s], acct->segment[s]);
+
+		if (sf)
+		{
+			factor = num_mul(factor, sf);
+			r->segment_factor = r->segment_factor ? num_mul(r->segment_factor, sf) : sf;
+		}
+	}
+
+	if (acct->control)
+	{
+		r->status = ROW_CONTROL;
+		return;
+	}
+	if (num_cmp(num_abs(basis), rule->min_amount) < 0)
+	{
+		r->status = ROW_BELOW_MINIMUM;
+		return;
+	}
+
+	r->status = ROW_EARNS;
+	r->raw_points = num_is_one(factor) ? basis : num_mul(basis, factor);
+	r->points = round_points(r->raw_points, prog->rounding);
+	if (rule->bonus_pct && f->has_due && f->has_paid && f->paid <= f->due && r->points != 0)
+		r->bonus = round_points(num_mul(int64_to_numeric(r->points), rule->bonus_pct), prog->rounding);
+}

@@ -1,0 +1,135 @@
+/*
+ * rules.h — programs, versioned earning rules and the one pure points
+ * function that accrual, explain_points, verify and backfill all use.
+ */
+#ifndef LOYALTY_RULES_H
+#define LOYALTY_RULES_H
+
+#include "loyalty.h"
+#include "tier_ladder.h"
+
+typedef enum RoundingMode
+{
+	ROUND_FLOOR,				/* toward zero */
+	ROUND_HALF_UP,				/* half away from zero */
+	ROUND_HALF_EVEN
+} RoundingMode;
+
+typedef enum SegmentAttr
+{
+	SEG_COOPERATION_MODEL,
+	SEG_INDUSTRY,
+	SEG_REGION,
+	SEG_COUNT
+} SegmentAttr;
+
+typedef struct Multiplier
+{
+	char	   *key;
+	Numeric		factor;
+} Multiplier;
+
+typedef struct MultiplierMap
+{
+	int			n;
+	Multiplier *items;
+} MultiplierMap;
+
+typedef struct RuleVersion
+{
+	DateADT		valid_from;
+	Numeric		points_per_unit;
+	Numeric		min_amount;
+	Numeric		bonus_pct;		/* NULL when there is no on-time bonus */
+	int64		cap_points;		/* 0 when uncapped */
+	char		cap_period;		/* 'm', 'q', 'y' or 0 */
+	MultiplierMap product_line;
+	MultiplierMap tier;
+	MultiplierMap segment[SEG_COUNT];
+} RuleVersion;
+
+typedef struct Program
+{
+	int32		id;
+	char	   *name;
+	char		currency[4];
+	bool		basis_quantity;
+	RoundingMode rounding;
+	int			window_months;
+	bool		auto_enroll;
+	bool		strict;
+	TierLadder *ladder;			/* NULL: no tiers */
+	bool		has_caps;
+	int			nrules;
+	RuleVersion *rules;			/* ascending valid_from */
+} Program;
+
+/* What the points function needs to know about an account. */
+typedef struct AccountInfo
+{
+	char	   *key;
+	bool		enrolled;
+	DateADT		enrolled_from;	/* documents before it do not earn */
+	bool		control;
+	char	   *segment[SEG_COUNT];
+	char	   *tier;			/* current tier */
+	int			nhist;
+	DateADT    *hist_from;		/* tier history, ascending effective_from */
+	char	  **hist_tier;
+} AccountInfo;
+
+/* One ERP row, mapped: what the attachment's expressions produced. */
+typedef struct RowFacts
+{
+	char	   *account;		/* NULL when the column was NULL */
+	Numeric		amount;
+	Numeric		quantity;
+	bool		has_date;
+	DateADT		date;
+	char	   *product_line;
+	bool		currency_mapped;
+	char	   *currency;
+	bool		credit_note;
+	bool		has_due;
+	DateADT		due;
+	bool		has_paid;
+	DateADT		paid;
+	bool		header_missing;
+} RowFacts;
+
+typedef enum RowStatus
+{
+	ROW_EARNS,					/* points and qualifying spend */
+	ROW_BELOW_MINIMUM,			/* qualifying spend only */
+	ROW_CONTROL,				/* control cohort: qualifying spend only */
+	ROW_NOT_ENROLLED,			/* ignored, counted */
+	ROW_REJECTED				/* dead letter */
+} RowStatus;
+
+typedef struct RowResult
+{
+	RowStatus	status;
+	char	   *reason;			/* for ROW_REJECTED */
+	const RuleVersion *rule;
+	Numeric		basis;			/* signed */
+	Numeric		pl_factor;
+	const char *tier_on_date;
+	Numeric		tier_factor;
+	Numeric		segment_factor;
+	Numeric		raw_points;
+	int64		points;
+	int64		bonus;
+	Numeric		qualifying;		/* signed; NULL when nothing qualifies */
+	DateADT		month;
+} RowResult;
+
+extern Program *rules_load_program(int32 program_id, MemoryContext cxt);
+extern const char *rules_status_name(RowStatus status);
+extern const char *rules_rounding_name(RoundingMode mode);
+extern void rules_row_points(const Program *prog, const AccountInfo *acct,
+							 const RowFacts *facts, RowResult *result);
+extern const RuleVersion *rules_version_on(const Program *prog, DateADT d);
+extern DateADT rules_cap_period_start(char period, DateADT d);
+extern DateADT rules_cap_period_next(char period, DateADT start);
+
+#endif

@@ -1,0 +1,472 @@
+-- The domain model (ARCHITECTURE.md §2).  Every loyalty table carries the
+-- program and the ERP's account key so that it can be co-located with the
+-- ERP's own tables; nothing on the accrual path draws from a sequence.
+
+-- Roles: created when absent, never dropped by DROP EXTENSION (roles are
+-- cluster-wide and may be shared by several databases).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'loyalty_reader') THEN
+        CREATE ROLE loyalty_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'loyalty_operator') THEN
+        CREATE ROLE loyalty_operator NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'loyalty_admin') THEN
+        CREATE ROLE loyalty_admin NOLOGIN;
+    END IF;
+END
+$roles$;
+
+-- Multiplier maps are JSON objects of positive numbers, e.g. {"SOLAR": 2};
+-- segment maps nest one level: {"cooperation_model": {"distributor": 1.1}}.
+CREATE FUNCTION @extschema@._valid_multipliers(m pg_catalog.jsonb, nested boolean)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN pg_catalog.jsonb_typeof(m) OPERATOR(pg_catalog.=) 'object'
+   AND NOT EXISTS (
+        SELECT FROM pg_catalog.jsonb_each(m) AS e
+        WHERE CASE WHEN nested
+                   THEN e.key OPERATOR(pg_catalog.<>) ALL (ARRAY['cooperation_model', 'industry', 'region'])
+                        OR NOT @extschema@._valid_multipliers(e.value, false)
+                   ELSE pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.<>) 'number'
+                        OR (e.value)::text::pg_catalog.numeric OPERATOR(pg_catalog.<=) 0
+              END);
+COMMENT ON FUNCTION @extschema@._valid_multipliers(pg_catalog.jsonb, boolean) IS
+    'Internal: CHECK helper for the multiplier maps of loyalty.rule.';
+
+CREATE TABLE @extschema@.program (
+    program_id           integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name                 text NOT NULL UNIQUE
+                         CHECK (name OPERATOR(pg_catalog.~) '^[^[:cntrl:]]{1,63}$' AND name OPERATOR(pg_catalog.=) pg_catalog.btrim(name)),
+    currency             text NOT NULL CHECK (currency OPERATOR(pg_catalog.~) '^[A-Z]{3}$'),
+    ladder               @extschema@.tier_ladder,
+    basis                text NOT NULL DEFAULT 'amount' CHECK (basis IN ('amount', 'quantity')),
+    rounding             text NOT NULL DEFAULT 'floor' CHECK (rounding IN ('floor', 'half_up', 'half_even')),
+    qualification_window interval NOT NULL DEFAULT '12 months'
+                         CHECK (qualification_window OPERATOR(pg_catalog.>=) '1 month'::interval
+                                AND qualification_window OPERATOR(pg_catalog.<=) '10 years'::interval),
+    enrollment           text NOT NULL DEFAULT 'auto' CHECK (enrollment IN ('auto', 'explicit')),
+    strict               boolean NOT NULL DEFAULT false,
+    settlement_period    text NOT NULL DEFAULT 'quarter' CHECK (settlement_period IN ('month', 'quarter', 'year')),
+    point_lifetime       interval CHECK (point_lifetime OPERATOR(pg_catalog.>) '0'::interval),
+    rebate               @extschema@.rebate_schedule,
+    created_at           timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE @extschema@.program IS 'One loyalty or partner program: currency, accrual basis, rounding, tier ladder, qualification window, settlement period, point lifetime, enrolment policy.';
+COMMENT ON COLUMN @extschema@.program.program_id IS 'Surrogate key; every other loyalty table carries it.';
+COMMENT ON COLUMN @extschema@.program.name IS 'The name users type in every loyalty function (unique, 1 to 63 characters).';
+COMMENT ON COLUMN @extschema@.program.currency IS 'ISO 4217 code; invoice rows in another currency are rejected to loyalty.rejected_event.';
+COMMENT ON COLUMN @extschema@.program.ladder IS 'Tier ladder applied to rolling qualifying spend; NULL for a program without tiers.';
+COMMENT ON COLUMN @extschema@.program.basis IS 'amount: points per currency unit; quantity: points per unit of the mapped quantity column (e.g. per cubic metre).';
+COMMENT ON COLUMN @extschema@.program.rounding IS 'How a row''s points are made whole: floor (toward zero), half_up (half away from zero) or half_even. Applied symmetrically, so a credit note reverses exactly what the same invoice earned.';
+COMMENT ON COLUMN @extschema@.program.qualification_window IS 'Rolling window of qualifying spend that decides the tier, counted in whole calendar months ending with the current month.';
+COMMENT ON COLUMN @extschema@.program.enrollment IS 'auto: every customer that invoices is enrolled; explicit: only accounts enrolled with loyalty.enroll earn.';
+COMMENT ON COLUMN @extschema@.program.strict IS 'When true, an invoice row the program cannot accrue fails the ERP statement instead of going to loyalty.rejected_event.';
+COMMENT ON COLUMN @extschema@.program.settlement_period IS 'Period of settlement runs: month, quarter or year.';
+COMMENT ON COLUMN @extschema@.program.point_lifetime IS 'How long earned points stay valid before expiry at settlement; NULL = points never expire.';
+COMMENT ON COLUMN @extschema@.program.rebate IS 'Volume rebate schedule settled per period; NULL = no rebate.';
+COMMENT ON COLUMN @extschema@.program.created_at IS 'When the program was created.';
+
+CREATE TABLE @extschema@.account (
+    program_id        integer NOT NULL REFERENCES @extschema@.program,
+    account_key       text NOT NULL CHECK (account_key OPERATOR(pg_catalog.<>) ''),
+    cooperation_model text CHECK (cooperation_model IN ('direct', 'distributor', 'integrator', 'reseller')),
+    industry          text,
+    region            text,
+    potential_spend   numeric CHECK (potential_spend OPERATOR(pg_catalog.>=) 0),
+    cohort            text CHECK (cohort IN ('pilot', 'control')),
+    tier              text,
+    tier_since        timestamptz,
+    enrolled_by       text NOT NULL DEFAULT 'explicit' CHECK (enrolled_by IN ('explicit', 'auto')),
+    enrolled_from     date NOT NULL DEFAULT '-infinity',
+    enrolled_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key),
+    CHECK ((tier IS NULL) = (tier_since IS NULL))
+);
+COMMENT ON TABLE @extschema@.account IS 'A B2B customer or partner enrolled in a program, keyed by the ERP''s own customer key.';
+COMMENT ON COLUMN @extschema@.account.program_id IS 'The program (loyalty.program).';
+COMMENT ON COLUMN @extschema@.account.account_key IS 'The ERP''s customer key in text form (an int or bigint key is stored as its decimal text).';
+COMMENT ON COLUMN @extschema@.account.cooperation_model IS 'Segment: direct, distributor, integrator or reseller.';
+COMMENT ON COLUMN @extschema@.account.industry IS 'Segment: industry.';
+COMMENT ON COLUMN @extschema@.account.region IS 'Segment: region.';
+COMMENT ON COLUMN @extschema@.account.potential_spend IS 'Estimated annual wallet, the denominator of share of wallet.';
+COMMENT ON COLUMN @extschema@.account.cohort IS 'pilot or control for ROI measurement; control accounts accrue qualifying spend but no points. NULL = not in the experiment.';
+COMMENT ON COLUMN @extschema@.account.tier IS 'Current tier name from the program''s ladder; NULL below the first threshold.';
+COMMENT ON COLUMN @extschema@.account.tier_since IS 'When the current tier was reached.';
+COMMENT ON COLUMN @extschema@.account.enrolled_by IS 'explicit (loyalty.enroll) or auto (first invoice under an auto-enrolment program).';
+COMMENT ON COLUMN @extschema@.account.enrolled_at IS 'When the account was enrolled.';
+COMMENT ON COLUMN @extschema@.account.enrolled_from IS 'First document date that earns (-infinity: all of them). Documents dated before it are ignored, so that enrolling never changes what an older document earned.';
+
+CREATE TABLE @extschema@.member (
+    program_id  integer NOT NULL,
+    account_key text NOT NULL,
+    member_id   text NOT NULL CHECK (member_id OPERATOR(pg_catalog.<>) ''),
+    name        text,
+    email       text,
+    role        text NOT NULL CHECK (role IN ('economic_buyer', 'technical_buyer', 'end_user', 'champion')),
+    PRIMARY KEY (program_id, account_key, member_id),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
+);
+COMMENT ON TABLE @extschema@.member IS 'A person at an account; points may be earned by the account or by a member.';
+COMMENT ON COLUMN @extschema@.member.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.member.account_key IS 'The account the person works for.';
+COMMENT ON COLUMN @extschema@.member.member_id IS 'The person''s key (e.g. the ERP contact id or an e-mail).';
+COMMENT ON COLUMN @extschema@.member.name IS 'Display name.';
+COMMENT ON COLUMN @extschema@.member.email IS 'Contact e-mail.';
+COMMENT ON COLUMN @extschema@.member.role IS 'economic_buyer, technical_buyer, end_user or champion.';
+
+CREATE TABLE @extschema@.rule (
+    program_id               integer NOT NULL REFERENCES @extschema@.program,
+    valid_from               date NOT NULL,
+    points_per_unit          numeric NOT NULL CHECK (points_per_unit OPERATOR(pg_catalog.>=) 0 AND points_per_unit OPERATOR(pg_catalog.<) 1000000),
+    min_amount               numeric NOT NULL DEFAULT 0 CHECK (min_amount OPERATOR(pg_catalog.>=) 0),
+    product_line_multipliers jsonb NOT NULL DEFAULT '{}' CHECK (@extschema@._valid_multipliers(product_line_multipliers, false)),
+    tier_multipliers         jsonb NOT NULL DEFAULT '{}' CHECK (@extschema@._valid_multipliers(tier_multipliers, false)),
+    segment_multipliers      jsonb NOT NULL DEFAULT '{}' CHECK (@extschema@._valid_multipliers(segment_multipliers, true)),
+    on_time_bonus_pct        numeric NOT NULL DEFAULT 0 CHECK (on_time_bonus_pct OPERATOR(pg_catalog.>=) 0 AND on_time_bonus_pct OPERATOR(pg_catalog.<=) 1000),
+    cap_points               bigint CHECK (cap_points OPERATOR(pg_catalog.>) 0),
+    cap_period               text CHECK (cap_period IN ('month', 'quarter', 'year')),
+    created_at               timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, valid_from),
+    CHECK ((cap_points IS NULL) = (cap_period IS NULL)),
+    CHECK (valid_from OPERATOR(pg_catalog.<>) 'infinity'::date)
+);
+COMMENT ON TABLE @extschema@.rule IS 'Versioned earning rules: an invoice row earns by the version in force on its own document date. Versions in force are immutable; change the rules by adding a version (loyalty.add_rule).';
+COMMENT ON COLUMN @extschema@.rule.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.rule.valid_from IS 'First document date this version applies to (-infinity for the program''s first version).';
+COMMENT ON COLUMN @extschema@.rule.points_per_unit IS 'Base rate: points per currency unit (basis amount) or per quantity unit (basis quantity).';
+COMMENT ON COLUMN @extschema@.rule.min_amount IS 'Rows whose absolute basis value is below this earn no points (they still count as qualifying spend).';
+COMMENT ON COLUMN @extschema@.rule.product_line_multipliers IS 'Multiplier by product line, e.g. {"SOLAR": 2}; lines not listed get 1.';
+COMMENT ON COLUMN @extschema@.rule.tier_multipliers IS 'Multiplier by the account''s tier on the document date, e.g. {"Gold": 1.25}.';
+COMMENT ON COLUMN @extschema@.rule.segment_multipliers IS 'Multipliers by segment attribute, e.g. {"cooperation_model": {"distributor": 1.1}, "region": {"North": 1.05}}; several that apply multiply.';
+COMMENT ON COLUMN @extschema@.rule.on_time_bonus_pct IS 'Bonus, in percent of the row''s points, when the document is paid on or before its due date.';
+COMMENT ON COLUMN @extschema@.rule.cap_points IS 'Most points an account can earn from invoices in one cap period; NULL = no cap.';
+COMMENT ON COLUMN @extschema@.rule.cap_period IS 'Calendar period of the cap: month, quarter or year (the version in force on the period''s first day decides).';
+COMMENT ON COLUMN @extschema@.rule.created_at IS 'When the version was added.';
+
+CREATE TABLE @extschema@.attachment (
+    attachment_id       integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    program_id          integer NOT NULL REFERENCES @extschema@.program,
+    source              regclass NOT NULL,
+    source_name         text NOT NULL,
+    key_columns         text[] NOT NULL CHECK (pg_catalog.cardinality(key_columns) OPERATOR(pg_catalog.>) 0),
+    account_expr        text NOT NULL,
+    amount_expr         text,
+    quantity_expr       text,
+    date_expr           text NOT NULL,
+    product_line_expr   text,
+    currency_expr       text,
+    doc_type_expr       text,
+    credit_note_types   text[],
+    due_date_expr       text,
+    paid_date_expr      text,
+    header              regclass,
+    header_key_column   text,
+    header_match_column text,
+    attached_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    detached_at         timestamptz,
+    CHECK (amount_expr IS NOT NULL OR quantity_expr IS NOT NULL),
+    CHECK ((header IS NULL) = (header_key_column IS NULL) AND (header IS NULL) = (header_match_column IS NULL)),
+    CHECK ((doc_type_expr IS NULL) = (credit_note_types IS NULL))
+);
+CREATE UNIQUE INDEX attachment_active_uniq ON @extschema@.attachment (program_id, source) WHERE detached_at IS NULL;
+COMMENT ON TABLE @extschema@.attachment IS 'How an ERP table feeds a program (loyalty.attach): the column mapping, validated at attach time. Expressions are SQL over the source table (alias s) or its header table (alias h). Detached attachments stay for the audit trail.';
+COMMENT ON COLUMN @extschema@.attachment.attachment_id IS 'Surrogate key; the accrual trigger''s argument.';
+COMMENT ON COLUMN @extschema@.attachment.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.attachment.source IS 'The ERP table (invoices or invoice lines).';
+COMMENT ON COLUMN @extschema@.attachment.source_name IS 'The source''s qualified name when it was attached, kept for the audit trail.';
+COMMENT ON COLUMN @extschema@.attachment.key_columns IS 'Columns that identify a row of the source (its primary key by default; several for a composite key).';
+COMMENT ON COLUMN @extschema@.attachment.account_expr IS 'SQL for the account key.';
+COMMENT ON COLUMN @extschema@.attachment.amount_expr IS 'SQL for the amount (a column or an expression of the row''s columns).';
+COMMENT ON COLUMN @extschema@.attachment.quantity_expr IS 'SQL for the quantity (basis quantity).';
+COMMENT ON COLUMN @extschema@.attachment.date_expr IS 'SQL for the document date.';
+COMMENT ON COLUMN @extschema@.attachment.product_line_expr IS 'SQL for the product line.';
+COMMENT ON COLUMN @extschema@.attachment.currency_expr IS 'SQL for the document currency.';
+COMMENT ON COLUMN @extschema@.attachment.doc_type_expr IS 'SQL for the document type.';
+COMMENT ON COLUMN @extschema@.attachment.credit_note_types IS 'Document types that are credit notes: their amount and quantity count as negative whatever sign the row stores.';
+COMMENT ON COLUMN @extschema@.attachment.due_date_expr IS 'SQL for the payment due date (on-time bonus).';
+COMMENT ON COLUMN @extschema@.attachment.paid_date_expr IS 'SQL for the paid date (on-time bonus).';
+COMMENT ON COLUMN @extschema@.attachment.header IS 'Header table holding the account, date, currency, document type and payment dates of a lines table.';
+COMMENT ON COLUMN @extschema@.attachment.header_key_column IS 'Column of the source that references the header.';
+COMMENT ON COLUMN @extschema@.attachment.header_match_column IS 'Column of the header it references.';
+COMMENT ON COLUMN @extschema@.attachment.attached_at IS 'When loyalty.attach ran.';
+COMMENT ON COLUMN @extschema@.attachment.detached_at IS 'When loyalty.detach ran; NULL while attached.';
+
+CREATE TABLE @extschema@.ledger (
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    entry_no      bigint NOT NULL CHECK (entry_no OPERATOR(pg_catalog.>) 0),
+    kind          text NOT NULL CHECK (kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill',
+                                                'redeem', 'expire', 'adjust', 'award', 'rebate', 'mdf')),
+    points        bigint NOT NULL DEFAULT 0,
+    qualifying    numeric NOT NULL DEFAULT 0,
+    rebate        numeric NOT NULL DEFAULT 0,
+    mdf           numeric NOT NULL DEFAULT 0,
+    member_id     text,
+    attachment_id integer REFERENCES @extschema@.attachment,
+    source_rows   integer NOT NULL DEFAULT 0 CHECK (source_rows OPERATOR(pg_catalog.>=) 0),
+    corrects      bigint,
+    reason        text,
+    posted_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    PRIMARY KEY (program_id, account_key, entry_no),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    CHECK (corrects IS NULL OR corrects OPERATOR(pg_catalog.<) entry_no)
+);
+COMMENT ON TABLE @extschema@.ledger IS 'Append-only journal of every movement. Nothing is updated or deleted; corrections are new entries. Wallets are columns: points, qualifying (tier spend), rebate and mdf (money).';
+COMMENT ON COLUMN @extschema@.ledger.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.ledger.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.ledger.entry_no IS 'Entry number within the account, gap-free from 1 (the account''s balance row hands them out, so no global sequence is involved).';
+COMMENT ON COLUMN @extschema@.ledger.kind IS 'earn / reverse: what an ERP statement''s new / old rows earn; bonus: on-time payment bonus; cap: points withheld (or given back) by a cap; backfill: history accrued by loyalty.backfill; redeem, expire, adjust, award, rebate, mdf.';
+COMMENT ON COLUMN @extschema@.ledger.points IS 'Points moved (negative for reversals, redemptions, expiry).';
+COMMENT ON COLUMN @extschema@.ledger.qualifying IS 'Tier-qualifying spend moved, in program currency.';
+COMMENT ON COLUMN @extschema@.ledger.rebate IS 'Rebate money moved.';
+COMMENT ON COLUMN @extschema@.ledger.mdf IS 'Market development funds moved.';
+COMMENT ON COLUMN @extschema@.ledger.member_id IS 'The member who earned or spent, when not the account as a whole.';
+COMMENT ON COLUMN @extschema@.ledger.attachment_id IS 'The ERP table mapping whose rows produced the entry.';
+COMMENT ON COLUMN @extschema@.ledger.source_rows IS 'How many ERP rows the entry sums.';
+COMMENT ON COLUMN @extschema@.ledger.corrects IS 'Entry number (same account) this entry corrects, if any.';
+COMMENT ON COLUMN @extschema@.ledger.reason IS 'Free text: the statement kind for accruals, the reason for adjustments.';
+COMMENT ON COLUMN @extschema@.ledger.posted_at IS 'Transaction timestamp of the posting.';
+COMMENT ON COLUMN @extschema@.ledger.posted_xid IS 'Transaction that posted the entry.';
+
+CREATE TABLE @extschema@.balance (
+    program_id  integer NOT NULL,
+    account_key text NOT NULL,
+    points      bigint NOT NULL DEFAULT 0,
+    qualifying  numeric NOT NULL DEFAULT 0,
+    rebate      numeric NOT NULL DEFAULT 0,
+    mdf         numeric NOT NULL DEFAULT 0,
+    entry_count bigint NOT NULL DEFAULT 0 CHECK (entry_count OPERATOR(pg_catalog.>=) 0),
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
+);
+COMMENT ON TABLE @extschema@.balance IS 'Running totals per account, kept equal to the sums of loyalty.ledger in the same transaction: the O(1) read path.';
+COMMENT ON COLUMN @extschema@.balance.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.balance.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.balance.points IS 'Points available (sum of ledger.points).';
+COMMENT ON COLUMN @extschema@.balance.qualifying IS 'Lifetime qualifying spend (sum of ledger.qualifying); the rolling figure that decides tiers is loyalty.balance(program, account).rolling_qualifying.';
+COMMENT ON COLUMN @extschema@.balance.rebate IS 'Rebate money (sum of ledger.rebate).';
+COMMENT ON COLUMN @extschema@.balance.mdf IS 'MDF money (sum of ledger.mdf).';
+COMMENT ON COLUMN @extschema@.balance.entry_count IS 'Number of ledger entries of the account, i.e. the last entry_no.';
+COMMENT ON COLUMN @extschema@.balance.updated_at IS 'Last change.';
+
+CREATE TABLE @extschema@.accrual_month (
+    program_id    integer NOT NULL,
+    attachment_id integer NOT NULL REFERENCES @extschema@.attachment,
+    account_key   text NOT NULL,
+    month         date NOT NULL CHECK (pg_catalog.date_trunc('month', month)::date OPERATOR(pg_catalog.=) month),
+    points        bigint NOT NULL DEFAULT 0,
+    qualifying    numeric NOT NULL DEFAULT 0,
+    source_rows   bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (program_id, account_key, month, attachment_id),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
+);
+COMMENT ON TABLE @extschema@.accrual_month IS 'What each account''s invoices earned per document month and source, before caps: the rolling qualifying window, caps and loyalty.verify read it.';
+COMMENT ON COLUMN @extschema@.accrual_month.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.accrual_month.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.accrual_month.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.accrual_month.month IS 'First day of the documents'' month.';
+COMMENT ON COLUMN @extschema@.accrual_month.points IS 'Points earned by the rows of that month (bonus included, cap not applied).';
+COMMENT ON COLUMN @extschema@.accrual_month.qualifying IS 'Qualifying spend of the rows of that month.';
+COMMENT ON COLUMN @extschema@.accrual_month.source_rows IS 'Net number of rows accrued (inserts minus deletes).';
+
+CREATE TABLE @extschema@.unenrolled_activity (
+    program_id    integer NOT NULL REFERENCES @extschema@.program,
+    attachment_id integer NOT NULL REFERENCES @extschema@.attachment,
+    account_key   text NOT NULL,
+    source_rows   bigint NOT NULL DEFAULT 0,
+    amount        numeric NOT NULL DEFAULT 0,
+    first_seen    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    last_seen     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key, attachment_id)
+);
+COMMENT ON TABLE @extschema@.unenrolled_activity IS 'Customers that invoiced under an explicit-enrolment program without being enrolled: ignored by accrual, counted here (candidates to enrol).';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.account_key IS 'The ERP customer key.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.source_rows IS 'Net rows seen (inserts minus deletes).';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.amount IS 'Net basis amount seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.first_seen IS 'First time seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.last_seen IS 'Last time seen.';
+
+CREATE TABLE @extschema@.reward (
+    program_id        integer NOT NULL REFERENCES @extschema@.program,
+    reward_id         text NOT NULL CHECK (reward_id OPERATOR(pg_catalog.<>) ''),
+    name              text NOT NULL,
+    points_price      bigint NOT NULL CHECK (points_price OPERATOR(pg_catalog.>) 0),
+    min_tier          text,
+    stock             integer CHECK (stock OPERATOR(pg_catalog.>=) 0),
+    per_account_limit integer CHECK (per_account_limit OPERATOR(pg_catalog.>) 0),
+    active            boolean NOT NULL DEFAULT true,
+    PRIMARY KEY (program_id, reward_id)
+);
+COMMENT ON TABLE @extschema@.reward IS 'Catalogue of rewards (goods, discounts, business services) with their points price.';
+COMMENT ON COLUMN @extschema@.reward.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.reward.reward_id IS 'The reward''s code.';
+COMMENT ON COLUMN @extschema@.reward.name IS 'What the partner sees.';
+COMMENT ON COLUMN @extschema@.reward.points_price IS 'Points per unit.';
+COMMENT ON COLUMN @extschema@.reward.min_tier IS 'Lowest tier that may redeem it; NULL = any.';
+COMMENT ON COLUMN @extschema@.reward.stock IS 'Units left; NULL = unlimited.';
+COMMENT ON COLUMN @extschema@.reward.per_account_limit IS 'Most units one account may redeem; NULL = unlimited.';
+COMMENT ON COLUMN @extschema@.reward.active IS 'Whether it can be redeemed now.';
+
+CREATE TABLE @extschema@.redemption (
+    program_id      integer NOT NULL,
+    redemption_id   bigint GENERATED ALWAYS AS IDENTITY,
+    account_key     text NOT NULL,
+    reward_id       text NOT NULL,
+    quantity        integer NOT NULL CHECK (quantity OPERATOR(pg_catalog.>) 0),
+    points          bigint NOT NULL CHECK (points OPERATOR(pg_catalog.>) 0),
+    status          text NOT NULL DEFAULT 'requested' CHECK (status IN ('requested', 'approved', 'fulfilled', 'cancelled')),
+    requested_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    cancelled_at    timestamptz,
+    ledger_entry_no bigint,
+    PRIMARY KEY (program_id, redemption_id),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    FOREIGN KEY (program_id, reward_id) REFERENCES @extschema@.reward,
+    CHECK ((status = 'cancelled') = (cancelled_at IS NOT NULL))
+);
+COMMENT ON TABLE @extschema@.redemption IS 'Rewards redeemed; a cancellation posts a reversing ledger entry.';
+COMMENT ON COLUMN @extschema@.redemption.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.redemption.redemption_id IS 'Surrogate key.';
+COMMENT ON COLUMN @extschema@.redemption.account_key IS 'The redeeming account.';
+COMMENT ON COLUMN @extschema@.redemption.reward_id IS 'The reward.';
+COMMENT ON COLUMN @extschema@.redemption.quantity IS 'Units.';
+COMMENT ON COLUMN @extschema@.redemption.points IS 'Points spent (quantity x price).';
+COMMENT ON COLUMN @extschema@.redemption.status IS 'requested, approved, fulfilled or cancelled.';
+COMMENT ON COLUMN @extschema@.redemption.requested_at IS 'When it was requested.';
+COMMENT ON COLUMN @extschema@.redemption.cancelled_at IS 'When it was cancelled.';
+COMMENT ON COLUMN @extschema@.redemption.ledger_entry_no IS 'The ledger entry that spent the points.';
+
+CREATE TABLE @extschema@.tier_history (
+    program_id         integer NOT NULL,
+    account_key        text NOT NULL,
+    change_no          bigint GENERATED ALWAYS AS IDENTITY,
+    changed_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    effective_from     date NOT NULL,
+    old_tier           text,
+    new_tier           text,
+    reason             text NOT NULL CHECK (reason IN ('upgrade_on_accrual', 'requalification', 'manual')),
+    rolling_qualifying numeric,
+    PRIMARY KEY (program_id, account_key, change_no),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    CHECK (old_tier IS DISTINCT FROM new_tier)
+);
+COMMENT ON TABLE @extschema@.tier_history IS 'Every tier change with its reason. A document earns tier multipliers by the tier in force on its date, and a change takes effect from the day after it happens, so what a document earned never changes after the fact.';
+COMMENT ON COLUMN @extschema@.tier_history.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.tier_history.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.tier_history.change_no IS 'Surrogate key, ascending in time.';
+COMMENT ON COLUMN @extschema@.tier_history.changed_at IS 'When the change was recorded.';
+COMMENT ON COLUMN @extschema@.tier_history.effective_from IS 'First document date the new tier applies to.';
+COMMENT ON COLUMN @extschema@.tier_history.old_tier IS 'Tier before (NULL: none).';
+COMMENT ON COLUMN @extschema@.tier_history.new_tier IS 'Tier after (NULL: none).';
+COMMENT ON COLUMN @extschema@.tier_history.reason IS 'upgrade_on_accrual, requalification (settlement) or manual.';
+COMMENT ON COLUMN @extschema@.tier_history.rolling_qualifying IS 'Rolling qualifying spend that justified the change.';
+
+CREATE TABLE @extschema@.settlement_run (
+    program_id   integer NOT NULL REFERENCES @extschema@.program,
+    period_start date NOT NULL,
+    period_end   date NOT NULL,
+    status       text NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'done', 'failed')),
+    started_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    finished_at  timestamptz,
+    accounts     integer CHECK (accounts OPERATOR(pg_catalog.>=) 0),
+    points_expired bigint,
+    rebate_total numeric,
+    PRIMARY KEY (program_id, period_end),
+    CHECK (period_end OPERATOR(pg_catalog.>) period_start),
+    CHECK ((status = 'done') <= (finished_at IS NOT NULL))
+);
+COMMENT ON TABLE @extschema@.settlement_run IS 'One row per program and settlement period: the idempotency key of settlement.';
+COMMENT ON COLUMN @extschema@.settlement_run.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.settlement_run.period_start IS 'First day of the period.';
+COMMENT ON COLUMN @extschema@.settlement_run.period_end IS 'Day after the period''s last day (exclusive end).';
+COMMENT ON COLUMN @extschema@.settlement_run.status IS 'running, done or failed.';
+COMMENT ON COLUMN @extschema@.settlement_run.started_at IS 'Start.';
+COMMENT ON COLUMN @extschema@.settlement_run.finished_at IS 'End.';
+COMMENT ON COLUMN @extschema@.settlement_run.accounts IS 'Accounts settled.';
+COMMENT ON COLUMN @extschema@.settlement_run.points_expired IS 'Points expired.';
+COMMENT ON COLUMN @extschema@.settlement_run.rebate_total IS 'Rebates posted.';
+
+CREATE TABLE @extschema@.rejected_event (
+    program_id    integer NOT NULL REFERENCES @extschema@.program,
+    event_id      bigint GENERATED ALWAYS AS IDENTITY,
+    attachment_id integer NOT NULL REFERENCES @extschema@.attachment,
+    row_key       text,
+    account_key   text,
+    reason        text NOT NULL,
+    row_data      jsonb,
+    rejected_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    resolved_at   timestamptz,
+    PRIMARY KEY (program_id, event_id)
+);
+COMMENT ON TABLE @extschema@.rejected_event IS 'Dead letters: invoice rows a program could not accrue, with the reason; the ERP''s insert went through (unless the program is strict).';
+COMMENT ON COLUMN @extschema@.rejected_event.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.rejected_event.event_id IS 'Surrogate key.';
+COMMENT ON COLUMN @extschema@.rejected_event.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.rejected_event.row_key IS 'The row''s key in text form.';
+COMMENT ON COLUMN @extschema@.rejected_event.account_key IS 'The account, when known.';
+COMMENT ON COLUMN @extschema@.rejected_event.reason IS 'Why it could not be accrued.';
+COMMENT ON COLUMN @extschema@.rejected_event.row_data IS 'The source row as JSON.';
+COMMENT ON COLUMN @extschema@.rejected_event.rejected_at IS 'When.';
+COMMENT ON COLUMN @extschema@.rejected_event.resolved_at IS 'When someone marked it handled.';
+
+-- pg_dump keeps the contents of extension tables only when they are registered.
+SELECT pg_catalog.pg_extension_config_dump(t, '')
+FROM pg_catalog.unnest(ARRAY['@extschema@.program', '@extschema@.account', '@extschema@.member',
+        '@extschema@.rule', '@extschema@.attachment', '@extschema@.ledger', '@extschema@.balance',
+        '@extschema@.accrual_month', '@extschema@.unenrolled_activity', '@extschema@.reward',
+        '@extschema@.redemption', '@extschema@.tier_history', '@extschema@.settlement_run',
+        '@extschema@.rejected_event',
+        '@extschema@.program_program_id_seq', '@extschema@.attachment_attachment_id_seq',
+        '@extschema@.redemption_redemption_id_seq', '@extschema@.tier_history_change_no_seq',
+        '@extschema@.rejected_event_event_id_seq']::pg_catalog.regclass[]) AS t;
+
+-- The ledger is append-only.
+CREATE FUNCTION @extschema@._ledger_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'loyalty.ledger is append-only'
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              DETAIL = pg_catalog.format('%s on loyalty.ledger is refused: entries are never changed or removed.', TG_OP),
+              HINT = 'Post a correcting entry instead, e.g. with loyalty.adjust().';
+END
+$$;
+COMMENT ON FUNCTION @extschema@._ledger_append_only() IS 'Internal: refuses UPDATE, DELETE and TRUNCATE on loyalty.ledger.';
+CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON @extschema@.ledger
+    FOR EACH ROW EXECUTE FUNCTION @extschema@._ledger_append_only();
+CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON @extschema@.ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._ledger_append_only();
+
+-- Rule versions in force are part of the audit trail: a document's points
+-- must be recomputable forever.
+CREATE FUNCTION @extschema@._rule_immutable() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.valid_from OPERATOR(pg_catalog.<=) CURRENT_DATE THEN
+        RAISE EXCEPTION 'rule version valid from % of program % is in force and cannot be changed', OLD.valid_from, OLD.program_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Documents dated on or after it may already have earned by it.',
+                  HINT = 'Add a new version with loyalty.add_rule(program, valid_from => ...).';
+    END IF;
+    RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._rule_immutable() IS 'Internal: refuses changes to rule versions already in force.';
+CREATE TRIGGER rule_immutable BEFORE UPDATE OR DELETE ON @extschema@.rule
+    FOR EACH ROW EXECUTE FUNCTION @extschema@._rule_immutable();
+
+-- Least privilege.  Readers see everything, operators run the day-to-day
+-- functions, admins configure programs.  Writes to the accrual tables happen
+-- through the extension's functions and triggers, which run as its owner.
+GRANT USAGE ON SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
+GRANT INSERT, UPDATE ON @extschema@.member, @extschema@.reward TO loyalty_operator, loyalty_admin;
+GRANT UPDATE (cooperation_model, industry, region, potential_spend) ON @extschema@.account TO loyalty_operator, loyalty_admin;
+GRANT UPDATE (resolved_at) ON @extschema@.rejected_event TO loyalty_operator, loyalty_admin;
+GRANT INSERT, UPDATE ON @extschema@.program, @extschema@.rule, @extschema@.attachment TO loyalty_admin;
+GRANT INSERT ON @extschema@.account TO loyalty_operator, loyalty_admin;
+GRANT UPDATE (cohort, enrolled_from) ON @extschema@.account TO loyalty_admin;

@@ -1,0 +1,188 @@
+-- Programs, rules and enrolment: the names DBAs and integrations type.
+
+CREATE FUNCTION @extschema@._invalidate() RETURNS trigger
+AS 'MODULE_PATHNAME', 'loyalty_invalidate' LANGUAGE C;
+COMMENT ON FUNCTION @extschema@._invalidate() IS 'Internal: tells every backend to rebuild its loyalty caches after a configuration or account change.';
+
+CREATE TRIGGER program_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.program
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('config');
+CREATE TRIGGER rule_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.rule
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('config');
+CREATE TRIGGER attachment_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.attachment
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('config');
+CREATE TRIGGER account_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.account
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('accounts');
+CREATE TRIGGER tier_history_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.tier_history
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('accounts');
+
+CREATE FUNCTION @extschema@._program_id(program text) RETURNS integer
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id integer;
+BEGIN
+    SELECT p.program_id INTO id FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._program_id(text) IS 'Internal: a program''s id by name, with a clear error when there is none.';
+
+CREATE FUNCTION @extschema@._check_choice(param text, value text, allowed text[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF value IS NULL OR NOT value OPERATOR(pg_catalog.=) ANY (allowed) THEN
+        RAISE EXCEPTION 'invalid value for %: %', param, coalesce(pg_catalog.quote_literal(value), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('%s must be one of %s.', param, pg_catalog.array_to_string(allowed, ', ')),
+                  HINT = pg_catalog.format('For example %s => %L.', param, allowed[1]);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._check_choice(text, text, text[]) IS 'Internal: validates an enumerated parameter.';
+
+CREATE FUNCTION @extschema@.create_program(
+    name                 text,
+    currency             text DEFAULT 'EUR',
+    ladder               @extschema@.tier_ladder DEFAULT NULL,
+    points_per_unit      numeric DEFAULT 1,
+    basis                text DEFAULT 'amount',
+    rounding             text DEFAULT 'floor',
+    qualification_window interval DEFAULT '12 months',
+    enrollment           text DEFAULT 'auto',
+    strict               boolean DEFAULT false,
+    starts_on            date DEFAULT NULL,
+    settlement_period    text DEFAULT 'quarter',
+    point_lifetime       interval DEFAULT NULL,
+    rebate               @extschema@.rebate_schedule DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id integer;
+BEGIN
+    PERFORM @extschema@._check_choice('basis', basis, ARRAY['amount', 'quantity']);
+    PERFORM @extschema@._check_choice('rounding', rounding, ARRAY['floor', 'half_up', 'half_even']);
+    PERFORM @extschema@._check_choice('enrollment', enrollment, ARRAY['auto', 'explicit']);
+    PERFORM @extschema@._check_choice('settlement_period', settlement_period, ARRAY['month', 'quarter', 'year']);
+    IF currency IS NULL OR currency !~ '^[A-Z]{3}$' THEN
+        RAISE EXCEPTION 'invalid currency: %', coalesce(quote_literal(currency), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an ISO 4217 code in capitals, e.g. currency => ''EUR''.';
+    END IF;
+    IF points_per_unit IS NULL OR points_per_unit < 0 THEN
+        RAISE EXCEPTION 'points_per_unit must be zero or positive, not %', coalesce(points_per_unit::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.program p WHERE p.name = create_program.name) THEN
+        RAISE EXCEPTION 'loyalty program "%" already exists', name
+            USING ERRCODE = 'duplicate_object', HINT = 'Choose another name, or change the existing program''s rules with loyalty.add_rule().';
+    END IF;
+    INSERT INTO @extschema@.program AS p (name, currency, ladder, basis, rounding, qualification_window,
+                                          enrollment, strict, settlement_period, point_lifetime, rebate)
+    VALUES (name, currency, ladder, basis, rounding, qualification_window,
+            enrollment, strict, settlement_period, point_lifetime, rebate)
+    RETURNING p.program_id INTO id;
+    INSERT INTO @extschema@.rule (program_id, valid_from, points_per_unit)
+    VALUES (id, coalesce(starts_on, '-infinity'), points_per_unit);
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.create_program(text, text, @extschema@.tier_ladder, numeric, text, text, interval, text, boolean, date, text, interval, @extschema@.rebate_schedule) IS
+    'Creates a program and its first rule version (points_per_unit from starts_on, or from the beginning of time). Returns the program id.';
+
+CREATE FUNCTION @extschema@.add_rule(
+    program                  text,
+    valid_from               date,
+    points_per_unit          numeric,
+    min_amount               numeric DEFAULT 0,
+    product_line_multipliers jsonb DEFAULT '{}',
+    tier_multipliers         jsonb DEFAULT '{}',
+    segment_multipliers      jsonb DEFAULT '{}',
+    on_time_bonus_pct        numeric DEFAULT 0,
+    cap_points               bigint DEFAULT NULL,
+    cap_period               text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    last_month date;
+BEGIN
+    IF valid_from IS NULL THEN
+        RAISE EXCEPTION 'valid_from must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Give the first document date the version applies to.';
+    END IF;
+    IF cap_period IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cap_period', cap_period, ARRAY['month', 'quarter', 'year']);
+    END IF;
+    IF (cap_points IS NULL) <> (cap_period IS NULL) THEN
+        RAISE EXCEPTION 'cap_points and cap_period go together' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'For example cap_points => 10000, cap_period => ''quarter''.';
+    END IF;
+    -- A version must not change what documents already accrued have earned.
+    SELECT max(m.month) INTO last_month FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.month >= date_trunc('month', valid_from)::date;
+    IF last_month IS NOT NULL THEN
+        RAISE EXCEPTION 'a rule version valid from % would change points already accrued', valid_from
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Program "%s" has accrued documents dated in %s.', program, to_char(last_month, 'YYYY-MM')),
+                  HINT = pg_catalog.format('Start the version after the last accrued month, e.g. valid_from => %L.', (last_month + interval '1 month')::date);
+    END IF;
+    INSERT INTO @extschema@.rule (program_id, valid_from, points_per_unit, min_amount, product_line_multipliers,
+                                  tier_multipliers, segment_multipliers, on_time_bonus_pct, cap_points, cap_period)
+    VALUES (pid, valid_from, points_per_unit, min_amount, product_line_multipliers,
+            tier_multipliers, segment_multipliers, on_time_bonus_pct, cap_points, cap_period);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.add_rule(text, date, numeric, numeric, jsonb, jsonb, jsonb, numeric, bigint, text) IS
+    'Adds a rule version: documents dated from valid_from earn by it. Refused when documents already accrued would change.';
+
+CREATE FUNCTION @extschema@.enroll(
+    program           text,
+    account_key       text,
+    cooperation_model text DEFAULT NULL,
+    industry          text DEFAULT NULL,
+    region            text DEFAULT NULL,
+    potential_spend   numeric DEFAULT NULL,
+    cohort            text DEFAULT NULL,
+    enrolled_from     date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    policy text;
+BEGIN
+    IF account_key IS NULL OR account_key = '' THEN
+        RAISE EXCEPTION 'account_key must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cohort IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cohort', cohort, ARRAY['pilot', 'control']);
+    END IF;
+    IF cooperation_model IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cooperation_model', cooperation_model,
+                                          ARRAY['direct', 'distributor', 'integrator', 'reseller']);
+    END IF;
+    SELECT p.enrollment INTO policy FROM @extschema@.program p WHERE p.program_id = pid;
+    INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
+                                          potential_spend, cohort, enrolled_by, enrolled_from)
+    VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit',
+            coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE current_date END))
+    ON CONFLICT ON CONSTRAINT account_pkey DO UPDATE
+    SET cooperation_model = coalesce(excluded.cooperation_model, a.cooperation_model),
+        industry = coalesce(excluded.industry, a.industry),
+        region = coalesce(excluded.region, a.region),
+        potential_spend = coalesce(excluded.potential_spend, a.potential_spend),
+        cohort = coalesce(excluded.cohort, a.cohort),
+        enrolled_from = coalesce(enroll.enrolled_from, a.enrolled_from);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.enroll(text, text, text, text, text, numeric, text, date) IS
+    'Enrols an account (or updates the segment attributes of an enrolled one). Under explicit enrolment, documents dated before enrolled_from (default today) do not earn.';
+
+REVOKE ALL ON FUNCTION @extschema@.create_program(text, text, @extschema@.tier_ladder, numeric, text, text, interval, text, boolean, date, text, interval, @extschema@.rebate_schedule),
+                      @extschema@.add_rule(text, date, numeric, numeric, jsonb, jsonb, jsonb, numeric, bigint, text),
+                      @extschema@.enroll(text, text, text, text, text, numeric, text, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.create_program(text, text, @extschema@.tier_ladder, numeric, text, text, interval, text, boolean, date, text, interval, @extschema@.rebate_schedule),
+                          @extschema@.add_rule(text, date, numeric, numeric, jsonb, jsonb, jsonb, numeric, bigint, text) TO loyalty_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.enroll(text, text, text, text, text, numeric, text, date) TO loyalty_operator, loyalty_admin;
