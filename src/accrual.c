@@ -570,7 +570,7 @@ write_rejects(Batch *b)
 		plan = loyalty_prepare(
 			"INSERT INTO loyalty.rejected_event (program_id, attachment_id, row_key, account_key, reason, row_data)"
 			" SELECT $1, $2, u.k, u.a, u.r, u.j::pg_catalog.jsonb"
-			" FROM pg_catalog.unnest($3, $4, $5, $6) AS u(k, a, r, j)", 6, t);
+			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(k, a, r, j)", 6, t);
 	}
 	k = palloc(sizeof(char *) * n);
 	a = palloc(sizeof(char *) * n);
@@ -630,7 +630,7 @@ write_unenrolled(Batch *b)
 
 		plan = loyalty_prepare(
 			"INSERT INTO loyalty.unenrolled_activity AS x (program_id, attachment_id, account_key, source_rows, amount)"
-			" SELECT $1, $2, u.k, u.r, u.a FROM pg_catalog.unnest($3, $4, $5) AS u(k, r, a) ORDER BY u.k"
+			" SELECT $1, $2, u.k, u.r, u.a FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(k, r, a) ORDER BY u.k"
 			" ON CONFLICT (program_id, account_key, attachment_id) DO UPDATE"
 			" SET source_rows = x.source_rows OPERATOR(pg_catalog.+) excluded.source_rows,"
 			"     amount = x.amount OPERATOR(pg_catalog.+) excluded.amount, last_seen = pg_catalog.now()", 5, t);

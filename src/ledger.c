@@ -27,7 +27,7 @@ prepare_plans(void)
 			"INSERT INTO loyalty.accrual_month AS m"
 			" (program_id, attachment_id, account_key, month, points, qualifying, source_rows)"
 			" SELECT $1, $2, u.k, u.m, u.p, u.q, u.r"
-			" FROM pg_catalog.unnest($3, $4, $5, $6, $7) AS u(k, m, p, q, r) ORDER BY u.k, u.m"
+			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(k, m, p, q, r) ORDER BY u.k, u.m"
 			" ON CONFLICT (program_id, account_key, month, attachment_id) DO UPDATE"
 			" SET points = m.points OPERATOR(pg_catalog.+) excluded.points,"
 			"     qualifying = m.qualifying OPERATOR(pg_catalog.+) excluded.qualifying,"
@@ -40,14 +40,14 @@ prepare_plans(void)
 			"SELECT COALESCE((SELECT pg_catalog.sum(m.points) FROM loyalty.accrual_month m"
 			"   WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.account_key OPERATOR(pg_catalog.=) u.k"
 			"     AND m.month OPERATOR(pg_catalog.>=) u.ps AND m.month OPERATOR(pg_catalog.<) u.pe), 0)::pg_catalog.int8"
-			" FROM pg_catalog.unnest($2, $3, $4) WITH ORDINALITY AS u(k, ps, pe, i) ORDER BY u.i", 4, t);
+			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) WITH ORDINALITY AS u(k, ps, pe, i) ORDER BY u.i", 4, t);
 	}
 	{
 		Oid			t[5] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
 
 		balance_plan = loyalty_prepare(
 			"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count)"
-			" SELECT $1, u.k, u.p, u.q, u.n FROM pg_catalog.unnest($2, $3, $4, $5) AS u(k, p, q, n) ORDER BY u.k"
+			" SELECT $1, u.k, u.p, u.q, u.n FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(k, p, q, n) ORDER BY u.k"
 			" ON CONFLICT (program_id, account_key) DO UPDATE"
 			" SET points = b.points OPERATOR(pg_catalog.+) excluded.points,"
 			"     qualifying = b.qualifying OPERATOR(pg_catalog.+) excluded.qualifying,"
@@ -63,7 +63,7 @@ prepare_plans(void)
 			"INSERT INTO loyalty.ledger"
 			" (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
 			" SELECT $1, u.k, u.e, u.kind, u.p, u.q, $2, u.r, $3"
-			" FROM pg_catalog.unnest($4, $5, $6, $7, $8, $9) AS u(k, e, kind, p, q, r)", 9, t);
+			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)", 9, t);
 	}
 	{
 		Oid			t[4] = {INT4OID, TEXTARRAYOID, DATEOID, DATEOID};
@@ -86,7 +86,7 @@ prepare_plans(void)
 		Oid			t[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NUMERICARRAYOID};
 
 		upgrade_plan = loyalty_prepare(
-			"WITH u AS (SELECT * FROM pg_catalog.unnest($2, $3, $4, $5) AS u(k, old_tier, new_tier, q)),"
+			"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(k, old_tier, new_tier, q)),"
 			" upd AS (UPDATE loyalty.account a SET tier = u.new_tier, tier_since = pg_catalog.now()"
 			"   FROM u WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k)"
 			" INSERT INTO loyalty.tier_history"

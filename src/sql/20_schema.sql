@@ -22,8 +22,8 @@ $roles$;
 -- segment maps nest one level: {"cooperation_model": {"distributor": 1.1}}.
 CREATE FUNCTION @extschema@._valid_multipliers(m pg_catalog.jsonb, nested boolean)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN pg_catalog.jsonb_typeof(m) OPERATOR(pg_catalog.=) 'object'
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT pg_catalog.jsonb_typeof(m) OPERATOR(pg_catalog.=) 'object'
    AND NOT EXISTS (
         SELECT FROM pg_catalog.jsonb_each(m) AS e
         WHERE CASE WHEN nested
@@ -31,7 +31,8 @@ RETURN pg_catalog.jsonb_typeof(m) OPERATOR(pg_catalog.=) 'object'
                         OR NOT @extschema@._valid_multipliers(e.value, false)
                    ELSE pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.<>) 'number'
                         OR (e.value)::text::pg_catalog.numeric OPERATOR(pg_catalog.<=) 0
-              END);
+              END)
+$$;
 COMMENT ON FUNCTION @extschema@._valid_multipliers(pg_catalog.jsonb, boolean) IS
     'Internal: CHECK helper for the multiplier maps of loyalty.rule.';
 
@@ -415,15 +416,25 @@ COMMENT ON COLUMN @extschema@.rejected_event.rejected_at IS 'When.';
 COMMENT ON COLUMN @extschema@.rejected_event.resolved_at IS 'When someone marked it handled.';
 
 -- pg_dump keeps the contents of extension tables only when they are registered.
-SELECT pg_catalog.pg_extension_config_dump(t, '')
-FROM pg_catalog.unnest(ARRAY['@extschema@.program', '@extschema@.account', '@extschema@.member',
-        '@extschema@.rule', '@extschema@.attachment', '@extschema@.ledger', '@extschema@.balance',
-        '@extschema@.accrual_month', '@extschema@.unenrolled_activity', '@extschema@.reward',
-        '@extschema@.redemption', '@extschema@.tier_history', '@extschema@.settlement_run',
-        '@extschema@.rejected_event',
-        '@extschema@.program_program_id_seq', '@extschema@.attachment_attachment_id_seq',
-        '@extschema@.redemption_redemption_id_seq', '@extschema@.tier_history_change_no_seq',
-        '@extschema@.rejected_event_event_id_seq']::pg_catalog.regclass[]) AS t;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.program', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.account', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.member', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rule', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ledger', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.accrual_month', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_activity', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.reward', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_history', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.settlement_run', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.program_program_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment_attachment_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption_redemption_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_history_change_no_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event_event_id_seq', '');
 
 -- The ledger is append-only.
 CREATE FUNCTION @extschema@._ledger_append_only() RETURNS trigger
