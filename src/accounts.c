@@ -48,8 +48,13 @@ account_match(const void *a, const void *b, Size keysize)
 	return (x->program_id == y->program_id && strcmp(x->key, y->key) == 0) ? 0 : 1;
 }
 
-static void
-ensure_cache(void)
+/*
+ * Drops the cache if accounts changed since it was filled.  Called at the
+ * start of a statement only: AccountInfo pointers handed out stay valid
+ * until the next call, even when the statement's own enrolments invalidate.
+ */
+void
+accounts_begin(void)
 {
 	HASHCTL		ctl;
 
@@ -208,7 +213,8 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 	int			nmissing = 0;
 	int			i;
 
-	ensure_cache();
+	if (account_cxt == NULL)
+		accounts_begin();
 	for (i = 0; i < n; i++)
 	{
 		AccountKey	k = {prog->id, keys[i]};

@@ -13,6 +13,7 @@
  * AccountInfo per key, never NULL (enrolled = false when unknown).  Caller
  * is connected to SPI.
  */
+extern void accounts_begin(void);
 extern AccountInfo **accounts_resolve(Program *prog, char **keys, int n, bool enroll);
 
 #endif

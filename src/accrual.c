@@ -462,6 +462,7 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 			RowFacts	f;
 			RowResult	r;
 			AccountInfo *info = NULL;
+			StrEntry   *acct = NULL;
 
 			ResetExprContext(b->econtext);
 			mapping_source_facts(att, b->econtext, slot, &f);
@@ -476,9 +477,8 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 			}
 			if (f.account != NULL)
 			{
-				StrEntry   *e = str_find(b->accounts, f.account);
-
-				info = e ? (AccountInfo *) e->value : NULL;
+				acct = str_find(b->accounts, f.account);
+				info = acct ? (AccountInfo *) acct->value : NULL;
 			}
 			rules_row_points(b->prog, info, &f, &r);
 
@@ -496,7 +496,8 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 						if (!found)
 						{
 							memset(d, 0, sizeof(MonthDelta));
-							me->key.account = d->account = (char *) str_find(b->accounts, f.account)->key;
+							me->key.account = d->account = (char *) acct->key;
+							d->tier = info->tier;
 							d->month = r.month;
 							d->qual_new = d->qual_old = b->zero;
 						}
@@ -677,6 +678,7 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 	int			i = 0,
 				s;
 
+	accounts_begin();
 	memset(&b, 0, sizeof(b));
 	b.att = att;
 	b.prog = att->program;

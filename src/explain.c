@@ -81,6 +81,7 @@ loyalty_row_points(PG_FUNCTION_ARGS)
 	f.has_due = arg_date(fcinfo, 8, &f.due);
 	f.has_paid = arg_date(fcinfo, 9, &f.paid);
 	f.header_missing = !PG_ARGISNULL(10) && !PG_GETARG_BOOL(10);
+	accounts_begin();
 	if (f.account)
 		info = accounts_resolve(att->program, &f.account, 1, false)[0];
 	rules_row_points(att->program, info, &f, &r);
@@ -198,6 +199,7 @@ loyalty_post_backfill(PG_FUNCTION_ARGS)
 	}
 	SPI_connect();
 	att = mapping_get(PG_GETARG_INT32(0));
+	accounts_begin();
 	{
 		char	  **keys = palloc(sizeof(char *) * (nk + 1));
 		int			nkeys = 0;

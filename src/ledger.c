@@ -1,59 +1,67 @@
 /*
- * ledger.c — posting.  Everything here runs as the extension owner and
- * touches rows in ascending (account, month) order, so two statements never
- * wait on each other in a cycle; each step is one statement over arrays,
- * never one per row.  Arrays, not the transition table's name, carry the
- * data, which keeps the trigger working on Citus shards.
+ * ledger.c — posting.  Everything here runs as the extension owner.  A
+ * statement writes one balance row per account (its totals and per-month
+ * sums together), in ascending account order, so two statements never wait
+ * on each other in a cycle; then one ledger insert and, rarely, the tier
+ * upgrades.  Each step is one statement over arrays, never one per row;
+ * arrays, not the transition table's name, carry the data, which keeps the
+ * trigger working on Citus shards.
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 
 #include "ledger.h"
 
-static SPIPlanPtr month_plan, cap_plan, balance_plan, ledger_plan, rolling_plan, lock_plan, upgrade_plan;
+static SPIPlanPtr balance_plan, capfix_plan, ledger_plan, lock_plan, upgrade_plan;
 
 static void
 prepare_plans(void)
 {
-	if (month_plan != NULL)
+	if (balance_plan != NULL)
 		return;
 	{
-		Oid			t[7] = {INT4OID, INT4OID, TEXTARRAYOID, DATEARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
+		Oid			t[7] = {INT4OID, INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, BYTEAARRAYOID};
 
-		month_plan = loyalty_prepare(
-			"INSERT INTO loyalty.accrual_month AS m"
-			" (program_id, attachment_id, account_key, month, points, qualifying, source_rows)"
-			" SELECT $1, $2, u.k, u.m, u.p, u.q, u.r"
-			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(k, m, p, q, r) ORDER BY u.k, u.m"
-			" ON CONFLICT (program_id, account_key, month, attachment_id) DO UPDATE"
-			" SET points = m.points OPERATOR(pg_catalog.+) excluded.points,"
-			"     qualifying = m.qualifying OPERATOR(pg_catalog.+) excluded.qualifying,"
-			"     source_rows = m.source_rows OPERATOR(pg_catalog.+) excluded.source_rows", 7, t);
-	}
-	{
-		Oid			t[4] = {INT4OID, TEXTARRAYOID, DATEARRAYOID, DATEARRAYOID};
-
-		cap_plan = loyalty_prepare(
-			"SELECT COALESCE((SELECT pg_catalog.sum(m.points) FROM loyalty.accrual_month m"
-			"   WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.account_key OPERATOR(pg_catalog.=) u.k"
-			"     AND m.month OPERATOR(pg_catalog.>=) u.ps AND m.month OPERATOR(pg_catalog.<) u.pe), 0)::pg_catalog.int8"
-			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) WITH ORDINALITY AS u(k, ps, pe, i) ORDER BY u.i", 4, t);
-	}
-	{
-		Oid			t[5] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
-
+		/*
+		 * One row per account: the totals, the entry numbers handed out, and
+		 * the per-month sums merged in.  ORDER BY gives the lock order.
+		 */
 		balance_plan = loyalty_prepare(
-			"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count)"
-			" SELECT $1, u.k, u.p, u.q, u.n FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(k, p, q, n) ORDER BY u.k"
+			"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count,"
+			"  m_month, m_attachment, m_points, m_qualifying, m_source_rows)"
+			" SELECT $1, u.k, u.p, u.q, u.n, x.m_month, x.m_attachment, x.m_points, x.m_qualifying, x.m_source_rows"
+			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+			"                 pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(k, p, q, n, d)"
+			"  CROSS JOIN LATERAL loyalty._month_delta(u.d, $2) AS x"
+			" ORDER BY u.k"
 			" ON CONFLICT (program_id, account_key) DO UPDATE"
 			" SET points = b.points OPERATOR(pg_catalog.+) excluded.points,"
 			"     qualifying = b.qualifying OPERATOR(pg_catalog.+) excluded.qualifying,"
 			"     entry_count = b.entry_count OPERATOR(pg_catalog.+) excluded.entry_count,"
-			"     updated_at = pg_catalog.now()"
-			" RETURNING b.account_key, b.entry_count", 5, t);
+			"     updated_at = pg_catalog.now(),"
+			"     (m_month, m_attachment, m_points, m_qualifying, m_source_rows) ="
+			"       (SELECT y.m_month, y.m_attachment, y.m_points, y.m_qualifying, y.m_source_rows"
+			"        FROM loyalty._month_merge(b.m_month, b.m_attachment, b.m_points, b.m_qualifying, b.m_source_rows,"
+			"             excluded.m_month, excluded.m_attachment, excluded.m_points, excluded.m_qualifying,"
+			"             excluded.m_source_rows) AS y)"
+			" RETURNING b.account_key, b.entry_count, b.m_month, b.m_points, b.m_qualifying", 7, t);
+	}
+	{
+		Oid			t[3] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID};
+
+		/* rows are already locked by balance_plan in this transaction */
+		capfix_plan = loyalty_prepare(
+			"UPDATE loyalty.balance AS b SET points = b.points OPERATOR(pg_catalog.+) u.c,"
+			"  entry_count = b.entry_count OPERATOR(pg_catalog.+) 1"
+			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, c)"
+			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) u.k"
+			" RETURNING b.account_key, b.entry_count", 3, t);
 	}
 	{
 		Oid			t[9] = {INT4OID, INT4OID, TEXTOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
@@ -63,16 +71,9 @@ prepare_plans(void)
 			"INSERT INTO loyalty.ledger"
 			" (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
 			" SELECT $1, u.k, u.e, u.kind, u.p, u.q, $2, u.r, $3"
-			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)", 9, t);
-	}
-	{
-		Oid			t[4] = {INT4OID, TEXTARRAYOID, DATEOID, DATEOID};
-
-		rolling_plan = loyalty_prepare(
-			"SELECT m.account_key, pg_catalog.sum(m.qualifying) FROM loyalty.accrual_month m"
-			" WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.account_key OPERATOR(pg_catalog.=) ANY ($2)"
-			"   AND m.month OPERATOR(pg_catalog.>=) $3 AND m.month OPERATOR(pg_catalog.<=) $4"
-			" GROUP BY m.account_key", 4, t);
+			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+			"                 pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)",
+			9, t);
 	}
 	{
 		Oid			t[2] = {INT4OID, TEXTARRAYOID};
@@ -86,7 +87,8 @@ prepare_plans(void)
 		Oid			t[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NUMERICARRAYOID};
 
 		upgrade_plan = loyalty_prepare(
-			"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(k, old_tier, new_tier, q)),"
+			"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			"                                    pg_catalog.unnest($5)) AS u(k, old_tier, new_tier, q)),"
 			" upd AS (UPDATE loyalty.account a SET tier = u.new_tier, tier_since = pg_catalog.now()"
 			"   FROM u WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k)"
 			" INSERT INTO loyalty.tier_history"
@@ -120,12 +122,6 @@ ledger_cap_for_month(const Program *prog, DateADT month, DateADT *ps, DateADT *p
 	return 0;
 }
 
-static Numeric
-num_add(Numeric a, Numeric b)
-{
-	return numeric_add_opt_error(a, b, NULL);
-}
-
 static bool
 num_eq(Numeric a, Numeric b)
 {
@@ -139,9 +135,233 @@ num_positive(Numeric a)
 											 NumericGetDatum(int64_to_numeric(0)))) > 0;
 }
 
+/* ---- per-month sums kept as parallel arrays on the balance row ---- */
+
+typedef struct MonthArrays
+{
+	int			n;
+	DateADT    *month;
+	int32	   *attachment;
+	int64	   *points;
+	Numeric    *qualifying;
+	int64	   *rows;
+} MonthArrays;
+
+static void
+arrays_read(MonthArrays *m, Datum mo, Datum at, Datum pt, Datum qu, Datum ro)
+{
+	Datum	   *d;
+	int			n,
+				i;
+
+	deconstruct_array(DatumGetArrayTypeP(mo), DATEOID, 4, true, TYPALIGN_INT, &d, NULL, &n);
+	m->n = n;
+	m->month = palloc(sizeof(DateADT) * (n + 1));
+	for (i = 0; i < n; i++)
+		m->month[i] = DatumGetDateADT(d[i]);
+	m->attachment = palloc(sizeof(int32) * (n + 1));
+	m->points = palloc(sizeof(int64) * (n + 1));
+	m->qualifying = palloc(sizeof(Numeric) * (n + 1));
+	m->rows = palloc(sizeof(int64) * (n + 1));
+#define READ(arr, oid, len, byval, align, field, conv) \
+	do { int n2; \
+		deconstruct_array(DatumGetArrayTypeP(arr), oid, len, byval, align, &d, NULL, &n2); \
+		if (n2 != n) elog(ERROR, "loyalty.balance month arrays differ in length"); \
+		for (i = 0; i < n; i++) m->field[i] = conv(d[i]); } while (0)
+	if (at != (Datum) 0)
+		READ(at, INT4OID, 4, true, TYPALIGN_INT, attachment, DatumGetInt32);
+	READ(pt, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, points, DatumGetInt64);
+	READ(qu, NUMERICOID, -1, false, TYPALIGN_INT, qualifying, DatumGetNumeric);
+	if (ro != (Datum) 0)
+		READ(ro, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, rows, DatumGetInt64);
+#undef READ
+}
+
+static Datum
+arrays_result(FunctionCallInfo fcinfo, MonthArrays *m)
+{
+	TupleDesc	desc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = loyalty_date_array(m->month, m->n);
+	values[1] = loyalty_int4_array(m->attachment, m->n);
+	values[2] = loyalty_int8_array(m->points, m->n);
+	values[3] = loyalty_numeric_array(m->qualifying, m->n);
+	values[4] = loyalty_int8_array(m->rows, m->n);
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls));
+}
+
+/*
+ * A statement's month deltas for one account travel as one bytea (so that
+ * the balance upsert takes one array element per account): a sequence of
+ * (month int32, points int64, rows int64, qualifying numeric varlena).
+ */
+static bytea *
+delta_encode(MonthDelta *d, int n)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, "\0\0\0\0", VARHDRSZ);
+	for (i = 0; i < n; i++)
+	{
+		int32		month = d[i].month;
+		int64		points = d[i].points_new + d[i].bonus_new - d[i].points_old - d[i].bonus_old;
+		int64		rows = d[i].rows_new - d[i].rows_old;
+		Numeric		q = numeric_sub_opt_error(d[i].qual_new, d[i].qual_old, NULL);
+		uint32		len = VARSIZE_ANY(q);
+
+		appendBinaryStringInfo(&buf, (char *) &month, sizeof(month));
+		appendBinaryStringInfo(&buf, (char *) &points, sizeof(points));
+		appendBinaryStringInfo(&buf, (char *) &rows, sizeof(rows));
+		appendBinaryStringInfo(&buf, (char *) &len, sizeof(len));
+		appendBinaryStringInfo(&buf, (char *) q, len);
+	}
+	SET_VARSIZE(buf.data, buf.len);
+	return (bytea *) buf.data;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_month_delta);
+/* loyalty._month_delta(bytea, attachment): decodes a statement's deltas. */
+Datum
+loyalty_month_delta(PG_FUNCTION_ARGS)
+{
+	bytea	   *b = PG_GETARG_BYTEA_PP(0);
+	int32		attachment = PG_GETARG_INT32(1);
+	const char *p = VARDATA_ANY(b);
+	const char *end = p + VARSIZE_ANY_EXHDR(b);
+	MonthArrays m;
+	int			cap = 16;
+
+	m.n = 0;
+	m.month = palloc(sizeof(DateADT) * cap);
+	m.attachment = palloc(sizeof(int32) * cap);
+	m.points = palloc(sizeof(int64) * cap);
+	m.qualifying = palloc(sizeof(Numeric) * cap);
+	m.rows = palloc(sizeof(int64) * cap);
+	while (p < end)
+	{
+		uint32		len;
+
+		if (end - p < 24)
+			elog(ERROR, "corrupt loyalty month delta");
+		if (m.n == cap)
+		{
+			cap *= 2;
+			m.month = repalloc(m.month, sizeof(DateADT) * cap);
+			m.attachment = repalloc(m.attachment, sizeof(int32) * cap);
+			m.points = repalloc(m.points, sizeof(int64) * cap);
+			m.qualifying = repalloc(m.qualifying, sizeof(Numeric) * cap);
+			m.rows = repalloc(m.rows, sizeof(int64) * cap);
+		}
+		memcpy(&m.month[m.n], p, 4);
+		memcpy(&m.points[m.n], p + 4, 8);
+		memcpy(&m.rows[m.n], p + 12, 8);
+		memcpy(&len, p + 20, 4);
+		p += 24;
+		if (len < VARHDRSZ || (uint32) (end - p) < len)
+			elog(ERROR, "corrupt loyalty month delta");
+		m.qualifying[m.n] = palloc(len);
+		memcpy(m.qualifying[m.n], p, len);
+		p += len;
+		m.attachment[m.n] = attachment;
+		m.n++;
+	}
+	PG_RETURN_DATUM(arrays_result(fcinfo, &m));
+}
+
+static int
+entry_cmp(DateADT ma, int32 aa, DateADT mb, int32 ab)
+{
+	if (ma != mb)
+		return ma < mb ? -1 : 1;
+	return aa < ab ? -1 : aa > ab ? 1 : 0;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_month_merge);
+/*
+ * loyalty._month_merge(five arrays, five arrays): adds two sorted sets of
+ * per-month sums; elements that net to nothing disappear.
+ */
+Datum
+loyalty_month_merge(PG_FUNCTION_ARGS)
+{
+	MonthArrays a,
+				b,
+				r;
+	int			i = 0,
+				j = 0;
+	Numeric		zero = int64_to_numeric(0);
+
+	arrays_read(&a, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), PG_GETARG_DATUM(2), PG_GETARG_DATUM(3), PG_GETARG_DATUM(4));
+	arrays_read(&b, PG_GETARG_DATUM(5), PG_GETARG_DATUM(6), PG_GETARG_DATUM(7), PG_GETARG_DATUM(8), PG_GETARG_DATUM(9));
+	r.n = 0;
+	r.month = palloc(sizeof(DateADT) * (a.n + b.n + 1));
+	r.attachment = palloc(sizeof(int32) * (a.n + b.n + 1));
+	r.points = palloc(sizeof(int64) * (a.n + b.n + 1));
+	r.qualifying = palloc(sizeof(Numeric) * (a.n + b.n + 1));
+	r.rows = palloc(sizeof(int64) * (a.n + b.n + 1));
+	while (i < a.n || j < b.n)
+	{
+		int			c = i >= a.n ? 1 : j >= b.n ? -1 :
+			entry_cmp(a.month[i], a.attachment[i], b.month[j], b.attachment[j]);
+		int			k = r.n;
+
+		if (c < 0)
+		{
+			r.month[k] = a.month[i];
+			r.attachment[k] = a.attachment[i];
+			r.points[k] = a.points[i];
+			r.qualifying[k] = a.qualifying[i];
+			r.rows[k] = a.rows[i];
+			i++;
+		}
+		else if (c > 0)
+		{
+			r.month[k] = b.month[j];
+			r.attachment[k] = b.attachment[j];
+			r.points[k] = b.points[j];
+			r.qualifying[k] = b.qualifying[j];
+			r.rows[k] = b.rows[j];
+			j++;
+		}
+		else
+		{
+			r.month[k] = a.month[i];
+			r.attachment[k] = a.attachment[i];
+			r.points[k] = a.points[i] + b.points[j];
+			r.qualifying[k] = numeric_add_opt_error(a.qualifying[i], b.qualifying[j], NULL);
+			r.rows[k] = a.rows[i] + b.rows[j];
+			i++;
+			j++;
+		}
+		if (r.points[k] != 0 || r.rows[k] != 0 || !num_eq(r.qualifying[k], zero))
+			r.n++;
+	}
+	PG_RETURN_DATUM(arrays_result(fcinfo, &r));
+}
+
+static bool
+months_change(MonthDelta *d, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (d[i].points_new + d[i].bonus_new != d[i].points_old + d[i].bonus_old ||
+			d[i].rows_new != d[i].rows_old || !num_eq(d[i].qual_new, d[i].qual_old))
+			return true;
+	return false;
+}
+
 typedef struct AccountSums
 {
 	char	   *account;
+	int			first_delta;	/* its deltas are d[first_delta .. +ndeltas) */
+	int			ndeltas;
 	int64		pn,
 				po,
 				bonus,
@@ -152,127 +372,103 @@ typedef struct AccountSums
 				ro;
 	bool		has_old;		/* write an entry for removed rows */
 	bool		has_new;		/* write an entry for added rows */
-	int			nentries;
+	int			nentries;		/* without the cap entry */
 	int64		first_entry;
+	int64		cap_entry;
+	Numeric		rolling;		/* rolling qualifying spend after the statement */
+	bool		written;		/* its balance row was written */
+	const char *tier;			/* cached current tier, NULL if none or unknown */
 } AccountSums;
 
-/* Per-(account, cap period) change, to turn uncapped sums into capped ones. */
-typedef struct CapDelta
+static int
+find_sums(AccountSums *sums, int nsums, const char *key)
 {
-	int			account;		/* index into sums */
-	DateADT		ps,
-				pe;
-	int64		cap;
-	int64		delta;
-} CapDelta;
+	int			lo = 0,
+				hi = nsums - 1;
 
-static void
-apply_caps(Program *prog, MonthDelta *d, int n, AccountSums *sums, int *acct_of)
-{
-	CapDelta   *caps = palloc(sizeof(CapDelta) * n);
-	int			ncaps = 0;
-	int			i;
-	char	  **k;
-	DateADT    *ps,
-			   *pe;
-	Datum		args[4];
-
-	for (i = 0; i < n; i++)
+	while (lo < hi)
 	{
-		int64		delta = d[i].points_new + d[i].bonus_new - d[i].points_old - d[i].bonus_old;
-		DateADT		s,
-					e;
-		int64		cap;
+		int			mid = (lo + hi) / 2;
 
-		if (delta == 0 || (cap = ledger_cap_for_month(prog, d[i].month, &s, &e)) == 0)
-			continue;
-		if (ncaps > 0 && caps[ncaps - 1].account == acct_of[i] && caps[ncaps - 1].ps == s)
-			caps[ncaps - 1].delta += delta;
+		if (strcmp(sums[mid].account, key) < 0)
+			lo = mid + 1;
 		else
-			caps[ncaps++] = (CapDelta) {acct_of[i], s, e, cap, delta};
+			hi = mid;
 	}
-	if (ncaps == 0)
-		return;
+	if (nsums == 0 || strcmp(sums[lo].account, key) != 0)
+		elog(ERROR, "account \"%s\" came back from loyalty.balance unasked", key);
+	return lo;
+}
 
-	k = palloc(sizeof(char *) * ncaps);
-	ps = palloc(sizeof(DateADT) * ncaps);
-	pe = palloc(sizeof(DateADT) * ncaps);
-	for (i = 0; i < ncaps; i++)
-	{
-		k[i] = sums[caps[i].account].account;
-		ps[i] = caps[i].ps;
-		pe[i] = caps[i].pe;
-	}
-	args[0] = Int32GetDatum(prog->id);
-	args[1] = loyalty_text_array(k, NULL, ncaps);
-	args[2] = loyalty_date_array(ps, ncaps);
-	args[3] = loyalty_date_array(pe, ncaps);
-	if (SPI_execute_plan(cap_plan, args, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != (uint64) ncaps)
-		elog(ERROR, "could not read cap periods");
-	for (i = 0; i < ncaps; i++)
-	{
-		bool		isnull;
-		int64		now_total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		int64		before = now_total - caps[i].delta;
-		int64		capped_delta = Min(caps[i].cap, now_total) - Min(caps[i].cap, before);
+/*
+ * Caps act on the sums of whole cap periods: what the period earned after
+ * the statement, capped, minus what it earned before, capped.
+ */
+static void
+apply_caps(Program *prog, MonthDelta *d, AccountSums *s, MonthArrays *after)
+{
+	int			i;
 
-		sums[caps[i].account].cap += capped_delta - caps[i].delta;
+	for (i = s->first_delta; i < s->first_delta + s->ndeltas; i++)
+	{
+		DateADT		ps,
+					pe;
+		int64		cap = ledger_cap_for_month(prog, d[i].month, &ps, &pe);
+		int64		delta = 0,
+					total = 0;
+		int			j;
+
+		if (cap == 0)
+			continue;
+		/* each period once: only at its first delta month */
+		if (i > s->first_delta && d[i - 1].month >= ps)
+			continue;
+		for (j = i; j < s->first_delta + s->ndeltas && d[j].month < pe; j++)
+			delta += d[j].points_new + d[j].bonus_new - d[j].points_old - d[j].bonus_old;
+		for (j = 0; j < after->n; j++)
+			if (after->month[j] >= ps && after->month[j] < pe)
+				total += after->points[j];
+		s->cap += (Min(cap, total) - Min(cap, total - delta)) - delta;
 	}
 }
 
 static void
 upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 {
-	char	  **keys = palloc(sizeof(char *) * nsums);
-	int			nkeys = 0;
-	DateADT		today = GetSQLCurrentDate();
-	DateADT		last = loyalty_month_start(today);
-	DateADT		first = loyalty_add_months(last, -(prog->window_months - 1));
-	Datum		args[5];
-	uint64		i;
-	char	  **rk;
-	int		   *rank;
-	Numeric    *rq;
+	char	  **rk = palloc(sizeof(char *) * (nsums + 1));
+	int		   *rank = palloc(sizeof(int) * (nsums + 1));
+	Numeric    *rq = palloc(sizeof(Numeric) * (nsums + 1));
 	int			nr = 0;
 	char	  **uk,
 			  **uo,
 			  **un;
 	Numeric    *uq;
+	bool	   *onulls;
 	int			nu = 0;
+	Datum		args[5];
+	uint64		i;
 	int			j;
 
 	for (j = 0; j < nsums; j++)
-		if (num_positive(num_add(sums[j].qn, DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(sums[j].qo))))))
-			keys[nkeys++] = sums[j].account;
-	if (nkeys == 0)
-		return;
-
-	args[0] = Int32GetDatum(prog->id);
-	args[1] = loyalty_text_array(keys, NULL, nkeys);
-	args[2] = DateADTGetDatum(first);
-	args[3] = DateADTGetDatum(last);
-	if (SPI_execute_plan(rolling_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read rolling qualifying spend");
-	rk = palloc(sizeof(char *) * (SPI_processed + 1));
-	rank = palloc(sizeof(int) * (SPI_processed + 1));
-	rq = palloc(sizeof(Numeric) * (SPI_processed + 1));
-	for (i = 0; i < SPI_processed; i++)
 	{
-		bool		isnull;
-		Numeric		q = DatumGetNumericCopy(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		int			idx = isnull ? -1 : tier_ladder_index(prog->ladder, q);
+		int			idx;
 
-		if (idx < 0)
+		if (sums[j].rolling == NULL)
 			continue;
-		rk[nr] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		idx = tier_ladder_index(prog->ladder, sums[j].rolling);
+		/* most statements move no account past its next threshold */
+		if (idx < 0 || (sums[j].tier && idx <= tier_ladder_find(prog->ladder, sums[j].tier)))
+			continue;
+		rk[nr] = sums[j].account;
 		rank[nr] = idx;
-		rq[nr] = q;
+		rq[nr] = sums[j].rolling;
 		nr++;
 	}
 	if (nr == 0)
 		return;
 
 	/* lock the candidates in key order, then compare with their real tier */
+	args[0] = Int32GetDatum(prog->id);
 	args[1] = loyalty_text_array(rk, NULL, nr);
 	if (SPI_execute_plan(lock_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not lock accounts");
@@ -280,6 +476,7 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 	uo = palloc(sizeof(char *) * nr);
 	un = palloc(sizeof(char *) * nr);
 	uq = palloc(sizeof(Numeric) * nr);
+	onulls = palloc(sizeof(bool) * nr);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		char	   *key = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
@@ -293,22 +490,17 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 			continue;
 		uk[nu] = key;
 		uo[nu] = cur;
+		onulls[nu] = (cur == NULL);
 		un[nu] = pstrdup(tier_ladder_name(prog->ladder, rank[j]));
 		uq[nu] = rq[j];
 		nu++;
 	}
 	if (nu == 0)
 		return;
-	{
-		bool	   *onulls = palloc(sizeof(bool) * nu);
-
-		for (j = 0; j < nu; j++)
-			onulls[j] = (uo[j] == NULL);
-		args[1] = loyalty_text_array(uk, NULL, nu);
-		args[2] = loyalty_text_array(uo, onulls, nu);
-		args[3] = loyalty_text_array(un, NULL, nu);
-		args[4] = loyalty_numeric_array(uq, nu);
-	}
+	args[1] = loyalty_text_array(uk, NULL, nu);
+	args[2] = loyalty_text_array(uo, onulls, nu);
+	args[3] = loyalty_text_array(un, NULL, nu);
+	args[4] = loyalty_numeric_array(uq, nu);
 	if (SPI_execute_plan(upgrade_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record tier upgrades");
 }
@@ -319,17 +511,25 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 {
 	OwnerScope	scope;
 	AccountSums *sums = palloc0(sizeof(AccountSums) * (n > 0 ? n : 1));
-	int		   *acct_of = palloc(sizeof(int) * (n > 0 ? n : 1));
 	int			nsums = 0;
-	int			nm = 0;
 	int			i;
 	Numeric		zero = int64_to_numeric(0);
+	DateADT		window_last = 0,
+				window_first = 0;
+	char	  **capk;
+	int64	   *capv;
+	int			ncap = 0;
 
 	if (n == 0)
 		return;
 	prepare_plans();
+	if (prog->ladder != NULL)
+	{
+		window_last = loyalty_month_start(GetSQLCurrentDate());
+		window_first = loyalty_add_months(window_last, -(prog->window_months - 1));
+	}
 
-	/* per-account sums; months whose change nets to nothing are dropped */
+	/* per-account sums of the (account, month)-sorted deltas */
 	for (i = 0; i < n; i++)
 	{
 		AccountSums *s;
@@ -338,64 +538,128 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		{
 			s = &sums[nsums++];
 			s->account = d[i].account;
+			s->tier = d[i].tier;
+			s->first_delta = i;
 			s->qn = s->qo = zero;
 		}
 		s = &sums[nsums - 1];
-		acct_of[i] = nsums - 1;
+		s->ndeltas++;
 		s->pn += d[i].points_new;
 		s->po += d[i].points_old;
 		s->bonus += d[i].bonus_new - d[i].bonus_old;
-		s->qn = num_add(s->qn, d[i].qual_new);
-		s->qo = num_add(s->qo, d[i].qual_old);
+		s->qn = numeric_add_opt_error(s->qn, d[i].qual_new, NULL);
+		s->qo = numeric_add_opt_error(s->qo, d[i].qual_old, NULL);
 		s->rn += d[i].rows_new;
 		s->ro += d[i].rows_old;
 	}
 
 	loyalty_enter_owner(&scope);
 
-	/* 1. per-month sums, which caps and the tier window read */
+	/* 1. balances with their per-month sums: one row per account */
 	{
-		char	  **k = palloc(sizeof(char *) * n);
-		DateADT    *m = palloc(sizeof(DateADT) * n);
-		int64	   *p = palloc(sizeof(int64) * n);
-		Numeric    *q = palloc(sizeof(Numeric) * n);
-		int64	   *r = palloc(sizeof(int64) * n);
+		char	  **k = palloc(sizeof(char *) * nsums);
+		int64	   *p = palloc(sizeof(int64) * nsums);
+		Numeric    *q = palloc(sizeof(Numeric) * nsums);
+		int64	   *e = palloc(sizeof(int64) * nsums);
+		Datum	   *deltas = palloc(sizeof(Datum) * nsums);
 		Datum		args[7];
+		uint64		j;
 
-		for (i = 0; i < n; i++)
+		int			nb = 0;
+
+		for (i = 0; i < nsums; i++)
 		{
-			int64		dp = d[i].points_new + d[i].bonus_new - d[i].points_old - d[i].bonus_old;
-			Numeric		dq = numeric_sub_opt_error(d[i].qual_new, d[i].qual_old, NULL);
-			int64		dr = d[i].rows_new - d[i].rows_old;
+			AccountSums *s = &sums[i];
+			bool		cancels = (s->pn == s->po && s->rn == s->ro && num_eq(s->qn, s->qo));
 
-			if (dp == 0 && dr == 0 && num_eq(dq, zero))
+			s->has_old = !cancels && (s->ro != 0 || s->po != 0 || !num_eq(s->qo, zero));
+			s->has_new = !cancels && (s->rn != 0 || s->pn != 0 || !num_eq(s->qn, zero));
+			s->nentries = s->has_old + s->has_new + (s->bonus != 0);
+			/* an UPDATE that changed nothing loyalty-relevant writes nothing */
+			if (s->nentries == 0 && !months_change(&d[s->first_delta], s->ndeltas))
 				continue;
-			k[nm] = d[i].account;
-			m[nm] = d[i].month;
-			p[nm] = dp;
-			q[nm] = dq;
-			r[nm] = dr;
-			nm++;
+			k[nb] = s->account;
+			p[nb] = (cancels ? 0 : s->pn - s->po) + s->bonus;
+			q[nb] = cancels ? zero : numeric_sub_opt_error(s->qn, s->qo, NULL);
+			e[nb] = s->nentries;
+			deltas[nb] = PointerGetDatum(delta_encode(&d[s->first_delta], s->ndeltas));
+			nb++;
 		}
-		if (nm > 0)
+		if (nb == 0)
 		{
-			args[0] = Int32GetDatum(prog->id);
-			args[1] = Int32GetDatum(attachment_id);
-			args[2] = loyalty_text_array(k, NULL, nm);
-			args[3] = loyalty_date_array(m, nm);
-			args[4] = loyalty_int8_array(p, nm);
-			args[5] = loyalty_numeric_array(q, nm);
-			args[6] = loyalty_int8_array(r, nm);
-			if (SPI_execute_plan(month_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not update loyalty.accrual_month");
+			loyalty_leave_owner(&scope);
+			return;
+		}
+		args[0] = Int32GetDatum(prog->id);
+		args[1] = Int32GetDatum(attachment_id);
+		args[2] = loyalty_text_array(k, NULL, nb);
+		args[3] = loyalty_int8_array(p, nb);
+		args[4] = loyalty_numeric_array(q, nb);
+		args[5] = loyalty_int8_array(e, nb);
+		args[6] = PointerGetDatum(construct_array(deltas, nb, BYTEAOID, -1, false, TYPALIGN_INT));
+		if (SPI_execute_plan(balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+			SPI_processed != (uint64) nb)
+			elog(ERROR, "could not update loyalty.balance");
+
+		capk = palloc(sizeof(char *) * nsums);
+		capv = palloc(sizeof(int64) * nsums);
+		for (j = 0; j < SPI_processed; j++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[j];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			AccountSums *s = &sums[find_sums(sums, nsums, SPI_getvalue(tup, desc, 1))];
+			MonthArrays after;
+			int			m;
+
+			s->written = true;
+			s->first_entry = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)) - s->nentries + 1;
+			if (!prog->has_caps && !(prog->ladder && num_positive(numeric_sub_opt_error(s->qn, s->qo, NULL))))
+				continue;
+			arrays_read(&after, SPI_getbinval(tup, desc, 3, &isnull), (Datum) 0,
+						SPI_getbinval(tup, desc, 4, &isnull), SPI_getbinval(tup, desc, 5, &isnull), (Datum) 0);
+			if (prog->has_caps)
+			{
+				apply_caps(prog, d, s, &after);
+				if (s->cap != 0)
+				{
+					capk[ncap] = s->account;
+					capv[ncap++] = s->cap;
+				}
+			}
+			/* an upgrade is possible only when qualifying spend grew */
+			if (prog->ladder && num_positive(numeric_sub_opt_error(s->qn, s->qo, NULL)))
+			{
+				s->rolling = zero;
+				for (m = 0; m < after.n; m++)
+					if (after.month[m] >= window_first && after.month[m] <= window_last)
+						s->rolling = numeric_add_opt_error(s->rolling, after.qualifying[m], NULL);
+			}
 		}
 	}
 
-	/* 2. caps act on the period sums just written */
-	if (prog->has_caps)
-		apply_caps(prog, d, n, sums, acct_of);
+	/* 2. what caps withheld or gave back: one more entry per account */
+	if (ncap > 0)
+	{
+		Datum		args[3];
+		uint64		j;
 
-	/* 3. ledger entries and balances */
+		args[0] = Int32GetDatum(prog->id);
+		args[1] = loyalty_text_array(capk, NULL, ncap);
+		args[2] = loyalty_int8_array(capv, ncap);
+		if (SPI_execute_plan(capfix_plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
+			SPI_processed != (uint64) ncap)
+			elog(ERROR, "could not apply caps to loyalty.balance");
+		for (j = 0; j < SPI_processed; j++)
+		{
+			bool		isnull;
+			AccountSums *s = &sums[find_sums(sums, nsums, SPI_getvalue(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1))];
+
+			s->cap_entry = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 2, &isnull));
+		}
+	}
+
+	/* 3. the ledger entries */
 	{
 		int			maxe = nsums * 4;
 		char	  **ek = palloc(sizeof(char *) * maxe);
@@ -405,95 +669,43 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		Numeric    *eq = palloc(sizeof(Numeric) * maxe);
 		int32	   *er = palloc(sizeof(int32) * maxe);
 		int			ne = 0;
-		char	  **bk = palloc(sizeof(char *) * nsums);
-		int64	   *bp = palloc(sizeof(int64) * nsums);
-		Numeric    *bq = palloc(sizeof(Numeric) * nsums);
-		int64	   *bn = palloc(sizeof(int64) * nsums);
-		int			nb = 0;
-		int		   *bidx = palloc(sizeof(int) * nsums);
 		Datum		args[9];
-		uint64		j;
 
 		for (i = 0; i < nsums; i++)
 		{
 			AccountSums *s = &sums[i];
-			bool		cancels = (s->pn == s->po && s->rn == s->ro && num_eq(s->qn, s->qo));
-
-			s->has_old = !cancels && (s->ro != 0 || s->po != 0 || !num_eq(s->qo, zero));
-			s->has_new = !cancels && (s->rn != 0 || s->pn != 0 || !num_eq(s->qn, zero));
-			s->nentries = s->has_old + s->has_new + (s->bonus != 0) + (s->cap != 0);
-			if (s->nentries == 0)
-				continue;
-			bk[nb] = s->account;
-			bp[nb] = (cancels ? 0 : s->pn - s->po) + s->bonus + s->cap;
-			bq[nb] = cancels ? zero : numeric_sub_opt_error(s->qn, s->qo, NULL);
-			bn[nb] = s->nentries;
-			bidx[nb] = i;
-			nb++;
-		}
-		if (nb == 0)
-		{
-			loyalty_leave_owner(&scope);
-			return;
-		}
-		args[0] = Int32GetDatum(prog->id);
-		args[1] = loyalty_text_array(bk, NULL, nb);
-		args[2] = loyalty_int8_array(bp, nb);
-		args[3] = loyalty_numeric_array(bq, nb);
-		args[4] = loyalty_int8_array(bn, nb);
-		if (SPI_execute_plan(balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
-			SPI_processed != (uint64) nb)
-			elog(ERROR, "could not update loyalty.balance");
-
-		/* entry numbers: the balance row handed out the last nentries */
-		for (j = 0; j < SPI_processed; j++)
-		{
-			bool		isnull;
-			char	   *key = SPI_getvalue(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 1);
-			int64		last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 2, &isnull));
-			int			lo = 0,
-						hi = nb - 1;
-
-			while (lo < hi)
-			{
-				int			mid = (lo + hi) / 2;
-
-				if (strcmp(bk[mid], key) < 0)
-					lo = mid + 1;
-				else
-					hi = mid;
-			}
-			sums[bidx[lo]].first_entry = last - sums[bidx[lo]].nentries + 1;
-		}
-		for (i = 0; i < nb; i++)
-		{
-			AccountSums *s = &sums[bidx[i]];
 			int64		e = s->first_entry;
 
-#define ENTRY(kind_, p_, q_, r_) \
-			do { ek[ne] = s->account; eno[ne] = e++; ekind[ne] = (char *) (kind_); \
+			if (!s->written)
+				continue;
+
+#define ENTRY(no_, kind_, p_, q_, r_) \
+			do { ek[ne] = s->account; eno[ne] = (no_); ekind[ne] = (char *) (kind_); \
 				 ep[ne] = (p_); eq[ne] = (q_); er[ne] = (int32) (r_); ne++; } while (0)
 			if (s->has_old)
-				ENTRY(kind_old, -s->po, DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(s->qo))), Abs(s->ro));
+				ENTRY(e++, kind_old, -s->po, DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(s->qo))), Abs(s->ro));
 			if (s->has_new)
-				ENTRY(kind_new, s->pn, s->qn, Abs(s->rn));
+				ENTRY(e++, kind_new, s->pn, s->qn, Abs(s->rn));
 			if (s->bonus != 0)
-				ENTRY("bonus", s->bonus, zero, 0);
+				ENTRY(e++, "bonus", s->bonus, zero, 0);
 			if (s->cap != 0)
-				ENTRY("cap", s->cap, zero, 0);
+				ENTRY(s->cap_entry, "cap", s->cap, zero, 0);
 #undef ENTRY
 		}
-		args[0] = Int32GetDatum(prog->id);
-		args[1] = Int32GetDatum(attachment_id);
-		args[2] = CStringGetTextDatum(reason);
-		args[3] = loyalty_text_array(ek, NULL, ne);
-		args[4] = loyalty_int8_array(eno, ne);
-		args[5] = loyalty_text_array(ekind, NULL, ne);
-		args[6] = loyalty_int8_array(ep, ne);
-		args[7] = loyalty_numeric_array(eq, ne);
-		args[8] = loyalty_int4_array(er, ne);
-		if (SPI_execute_plan(ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not write loyalty.ledger");
+		if (ne > 0)
+		{
+			args[0] = Int32GetDatum(prog->id);
+			args[1] = Int32GetDatum(attachment_id);
+			args[2] = CStringGetTextDatum(reason);
+			args[3] = loyalty_text_array(ek, NULL, ne);
+			args[4] = loyalty_int8_array(eno, ne);
+			args[5] = loyalty_text_array(ekind, NULL, ne);
+			args[6] = loyalty_int8_array(ep, ne);
+			args[7] = loyalty_numeric_array(eq, ne);
+			args[8] = loyalty_int4_array(er, ne);
+			if (SPI_execute_plan(ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not write loyalty.ledger");
+		}
 	}
 
 	/* 4. upgrades on accrual; downgrades wait for settlement */

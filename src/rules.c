@@ -211,6 +211,8 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 		r->valid_from = DatumGetDateADT(SPI_getbinval(tup, desc, 1, &isnull));
 		r->points_per_unit = DatumGetNumericCopy(SPI_getbinval(tup, desc, 2, &isnull));
 		r->min_amount = DatumGetNumericCopy(SPI_getbinval(tup, desc, 3, &isnull));
+		r->no_minimum = num_cmp(r->min_amount, int64_to_numeric(0)) == 0;
+		r->unit_rate = num_is_one(r->points_per_unit);
 		d = SPI_getbinval(tup, desc, 4, &isnull);
 		r->bonus_pct = NULL;
 		if (num_cmp(DatumGetNumeric(d), int64_to_numeric(0)) > 0)
@@ -388,22 +390,22 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 		return;
 	}
 
-	/* base rate times every multiplier that applies */
-	factor = rule->points_per_unit;
+	/* base rate times every multiplier that applies; NULL stands for 1 */
+	factor = rule->unit_rate ? NULL : rule->points_per_unit;
 	r->pl_factor = map_lookup(&rule->product_line, f->product_line);
 	if (r->pl_factor)
-		factor = num_mul(factor, r->pl_factor);
+		factor = factor ? num_mul(factor, r->pl_factor) : r->pl_factor;
 	r->tier_on_date = tier_on(acct, f->date);
 	r->tier_factor = map_lookup(&rule->tier, r->tier_on_date);
 	if (r->tier_factor)
-		factor = num_mul(factor, r->tier_factor);
+		factor = factor ? num_mul(factor, r->tier_factor) : r->tier_factor;
 	for (s = 0; s < SEG_COUNT; s++)
 	{
 		Numeric		sf = map_lookup(&rule->segment[s], acct->segment[s]);
 
 		if (sf)
 		{
-			factor = num_mul(factor, sf);
+			factor = factor ? num_mul(factor, sf) : sf;
 			r->segment_factor = r->segment_factor ? num_mul(r->segment_factor, sf) : sf;
 		}
 	}
@@ -413,14 +415,14 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 		r->status = ROW_CONTROL;
 		return;
 	}
-	if (num_cmp(num_abs(basis), rule->min_amount) < 0)
+	if (!rule->no_minimum && num_cmp(num_abs(basis), rule->min_amount) < 0)
 	{
 		r->status = ROW_BELOW_MINIMUM;
 		return;
 	}
 
 	r->status = ROW_EARNS;
-	r->raw_points = num_is_one(factor) ? basis : num_mul(basis, factor);
+	r->raw_points = factor ? num_mul(basis, factor) : basis;
 	r->points = round_points(r->raw_points, prog->rounding);
 	if (rule->bonus_pct && f->has_due && f->has_paid && f->paid <= f->due && r->points != 0)
 		r->bonus = round_points(num_mul(int64_to_numeric(r->points), rule->bonus_pct), prog->rounding);

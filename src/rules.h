@@ -40,6 +40,8 @@ typedef struct RuleVersion
 	DateADT		valid_from;
 	Numeric		points_per_unit;
 	Numeric		min_amount;
+	bool		no_minimum;		/* min_amount = 0: skip the comparison */
+	bool		unit_rate;		/* points_per_unit = 1: skip the product */
 	Numeric		bonus_pct;		/* NULL when there is no on-time bonus */
 	int64		cap_points;		/* 0 when uncapped */
 	char		cap_period;		/* 'm', 'q', 'y' or 0 */

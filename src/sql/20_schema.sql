@@ -205,7 +205,7 @@ CREATE TABLE @extschema@.ledger (
     rebate        numeric NOT NULL DEFAULT 0,
     mdf           numeric NOT NULL DEFAULT 0,
     member_id     text,
-    attachment_id integer REFERENCES @extschema@.attachment,
+    attachment_id integer,
     source_rows   integer NOT NULL DEFAULT 0 CHECK (source_rows OPERATOR(pg_catalog.>=) 0),
     corrects      bigint,
     reason        text,
@@ -240,9 +240,18 @@ CREATE TABLE @extschema@.balance (
     rebate      numeric NOT NULL DEFAULT 0,
     mdf         numeric NOT NULL DEFAULT 0,
     entry_count bigint NOT NULL DEFAULT 0 CHECK (entry_count OPERATOR(pg_catalog.>=) 0),
+    m_month        date[] NOT NULL DEFAULT '{}',
+    m_attachment   integer[] NOT NULL DEFAULT '{}',
+    m_points       bigint[] NOT NULL DEFAULT '{}',
+    m_qualifying   numeric[] NOT NULL DEFAULT '{}',
+    m_source_rows  bigint[] NOT NULL DEFAULT '{}',
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (program_id, account_key),
-    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    CHECK (pg_catalog.cardinality(m_month) OPERATOR(pg_catalog.=) pg_catalog.cardinality(m_attachment)
+       AND pg_catalog.cardinality(m_month) OPERATOR(pg_catalog.=) pg_catalog.cardinality(m_points)
+       AND pg_catalog.cardinality(m_month) OPERATOR(pg_catalog.=) pg_catalog.cardinality(m_qualifying)
+       AND pg_catalog.cardinality(m_month) OPERATOR(pg_catalog.=) pg_catalog.cardinality(m_source_rows))
 );
 COMMENT ON TABLE @extschema@.balance IS 'Running totals per account, kept equal to the sums of loyalty.ledger in the same transaction: the O(1) read path.';
 COMMENT ON COLUMN @extschema@.balance.program_id IS 'The program.';
@@ -252,20 +261,20 @@ COMMENT ON COLUMN @extschema@.balance.qualifying IS 'Lifetime qualifying spend (
 COMMENT ON COLUMN @extschema@.balance.rebate IS 'Rebate money (sum of ledger.rebate).';
 COMMENT ON COLUMN @extschema@.balance.mdf IS 'MDF money (sum of ledger.mdf).';
 COMMENT ON COLUMN @extschema@.balance.entry_count IS 'Number of ledger entries of the account, i.e. the last entry_no.';
+COMMENT ON COLUMN @extschema@.balance.m_month IS 'Per-month sums, one element per (document month, attachment), sorted: the months. Read them through the view loyalty.accrual_month. They live on the balance row so that a statement writes one row per account, whatever the number of months its documents span.';
+COMMENT ON COLUMN @extschema@.balance.m_attachment IS 'Per-month sums: the attachment (ERP table mapping) of each element.';
+COMMENT ON COLUMN @extschema@.balance.m_points IS 'Per-month sums: points earned by the documents of the month (bonus included, caps not applied).';
+COMMENT ON COLUMN @extschema@.balance.m_qualifying IS 'Per-month sums: qualifying spend of the documents of the month.';
+COMMENT ON COLUMN @extschema@.balance.m_source_rows IS 'Per-month sums: net number of ERP rows accrued.';
 COMMENT ON COLUMN @extschema@.balance.updated_at IS 'Last change.';
 
-CREATE TABLE @extschema@.accrual_month (
-    program_id    integer NOT NULL,
-    attachment_id integer NOT NULL REFERENCES @extschema@.attachment,
-    account_key   text NOT NULL,
-    month         date NOT NULL CHECK (pg_catalog.date_trunc('month', month)::date OPERATOR(pg_catalog.=) month),
-    points        bigint NOT NULL DEFAULT 0,
-    qualifying    numeric NOT NULL DEFAULT 0,
-    source_rows   bigint NOT NULL DEFAULT 0,
-    PRIMARY KEY (program_id, account_key, month, attachment_id),
-    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
-);
-COMMENT ON TABLE @extschema@.accrual_month IS 'What each account''s invoices earned per document month and source, before caps: the rolling qualifying window, caps and loyalty.verify read it.';
+CREATE VIEW @extschema@.accrual_month AS
+SELECT b.program_id, x.attachment_id, b.account_key, x.month, x.points, x.qualifying, x.source_rows
+FROM @extschema@.balance b,
+     ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment), pg_catalog.unnest(b.m_points),
+                pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))
+         AS x(month, attachment_id, points, qualifying, source_rows);
+COMMENT ON VIEW @extschema@.accrual_month IS 'What each account''s documents earned per document month and ERP table, before caps: the rolling qualification window, caps and loyalty.verify read it.';
 COMMENT ON COLUMN @extschema@.accrual_month.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.accrual_month.attachment_id IS 'The ERP table mapping.';
 COMMENT ON COLUMN @extschema@.accrual_month.account_key IS 'The account.';
@@ -423,7 +432,6 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.rule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.accrual_month', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_activity', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.reward', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');

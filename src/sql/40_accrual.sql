@@ -397,8 +397,15 @@ DECLARE
     pid integer := @extschema@._program_id(program);
     a @extschema@.attachment;
 BEGIN
+    -- 0. an attached table that was dropped cannot be checked
+    RETURN QUERY
+    SELECT NULL::text, NULL::date, x.attachment_id, 'source_dropped: ' || x.source_name, NULL::numeric, NULL::numeric
+    FROM @extschema@.attachment x
+    WHERE x.program_id = pid AND x.detached_at IS NULL AND NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = x.source);
+
     -- 1. every source row recomputed vs the per-month sums
-    FOR a IN SELECT * FROM @extschema@.attachment x WHERE x.program_id = pid AND x.detached_at IS NULL LOOP
+    FOR a IN SELECT * FROM @extschema@.attachment x WHERE x.program_id = pid AND x.detached_at IS NULL
+             AND EXISTS (SELECT FROM pg_class c WHERE c.oid = x.source) LOOP
         RETURN QUERY EXECUTE format($q$
             WITH src AS (
                 SELECT f.account_key, r.month, sum(r.points + r.on_time_bonus) AS points,
@@ -538,3 +545,17 @@ GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, t
                           @extschema@.detach(regclass, text),
                           @extschema@.backfill(regclass, text, date),
                           @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[]) TO loyalty_admin;
+
+-- The per-month sums on loyalty.balance: decoded and merged in C inside the
+-- balance upsert, so that a statement writes one row per account.
+CREATE FUNCTION @extschema@._month_delta(delta bytea, attachment integer,
+    OUT m_month date[], OUT m_attachment integer[], OUT m_points bigint[], OUT m_qualifying numeric[], OUT m_source_rows bigint[])
+AS 'MODULE_PATHNAME', 'loyalty_month_delta' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._month_delta(bytea, integer) IS 'Internal: decodes a statement''s per-month deltas for one account.';
+
+CREATE FUNCTION @extschema@._month_merge(a_month date[], a_attachment integer[], a_points bigint[], a_qualifying numeric[], a_source_rows bigint[],
+                                         b_month date[], b_attachment integer[], b_points bigint[], b_qualifying numeric[], b_source_rows bigint[],
+    OUT m_month date[], OUT m_attachment integer[], OUT m_points bigint[], OUT m_qualifying numeric[], OUT m_source_rows bigint[])
+AS 'MODULE_PATHNAME', 'loyalty_month_merge' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._month_merge(date[], integer[], bigint[], numeric[], bigint[], date[], integer[], bigint[], numeric[], bigint[]) IS
+    'Internal: adds two sorted sets of per-month sums.';
