@@ -12,10 +12,12 @@ iso_section=$(awk '/pg_isolation_regress/{f=1} f' "$out")
 iso_ok=$(printf '%s\n' "$iso_section" | grep -cE '\.\.\. ok')
 iso_fail=$(printf '%s\n' "$iso_section" | grep -cE '\.\.\. FAILED')
 sql_ok=$((reg_ok - iso_ok)) sql_fail=$((reg_fail - iso_fail))
-# prove: each TAP assertion.
-tap_ok=$(grep -cE '^ *ok [0-9]+' "$out")
-tap_fail=$(grep -cE '^ *not ok [0-9]+' "$out")
-tap_files_fail=$(grep -cE '^t/.*(Dubious|Failed)|^test/t/.*(Dubious|Failed)' "$out")
+# prove: its closing "Files=N, Tests=M" line counts the assertions run;
+# failed ones are listed as "Failed tests: ..." / "Failed X/Y subtests".
+tap_total=$(grep -oE '^Files=[0-9]+, Tests=[0-9]+' "$out" | grep -oE '[0-9]+$' | awk '{s+=$1} END {print s+0}')
+tap_fail=$(grep -oE 'Failed [0-9]+/[0-9]+ subtests' "$out" | awk '{split($2, a, "/"); s+=a[1]} END {print s+0}')
+tap_ok=$((tap_total - tap_fail))
+tap_files_fail=$(grep -cE 'Dubious, test returned|No plan found in TAP output|Parse errors:' "$out")
 
 echo
 echo "pg_regress:  $sql_ok passed, $sql_fail failed"

@@ -40,6 +40,9 @@ typedef struct StrEntry
 	void	   *value;
 	bool		in_new;			/* seen in an added row */
 	Datum		raw;			/* header key in its own type */
+	MonthDelta *months;			/* accounts: sums per document month, sorted */
+	int			nmonths;
+	int			mcap;
 } StrEntry;
 
 static uint32
@@ -81,6 +84,8 @@ str_enter(HTAB *h, const char *key, MemoryContext cxt, bool *found)
 		e->value = NULL;
 		e->in_new = false;
 		e->raw = (Datum) 0;
+		e->months = NULL;
+		e->nmonths = e->mcap = 0;
 	}
 	return e;
 }
@@ -99,43 +104,49 @@ accrual_header_map(MemoryContext cxt)
 
 /* ---- (account, month) sums ---- */
 
-typedef struct MonthKey
-{
-	const char *account;
-	DateADT		month;
-} MonthKey;
-
-typedef struct MonthEntry
-{
-	MonthKey	key;
-	MonthDelta	delta;
-} MonthEntry;
-
-static uint32
-month_hash(const void *key, Size keysize)
-{
-	const MonthKey *k = key;
-
-	return hash_bytes((const unsigned char *) k->account, strlen(k->account)) ^ (uint32) k->month * 0x9e3779b1u;
-}
-
 static int
-month_match(const void *a, const void *b, Size keysize)
-{
-	const MonthKey *x = a,
-			   *y = b;
-
-	return (x->month == y->month && strcmp(x->account, y->account) == 0) ? 0 : 1;
-}
-
-static int
-month_cmp(const void *a, const void *b)
+delta_cmp(const void *a, const void *b)
 {
 	const MonthDelta *x = a,
 			   *y = b;
 	int			c = strcmp(x->account, y->account);
 
 	return c != 0 ? c : (x->month < y->month ? -1 : x->month > y->month ? 1 : 0);
+}
+
+/*
+ * The sums of one account's month.  An account's documents span few months,
+ * so a short sorted array per account beats a hash table keyed by (account,
+ * month): one account lookup per row, then a scan of a handful of months.
+ */
+static MonthDelta *
+account_month(StrEntry *acct, DateADT month, Numeric zero, MemoryContext cxt)
+{
+	int			i;
+
+	for (i = acct->nmonths - 1; i >= 0; i--)
+	{
+		if (acct->months[i].month == month)
+			return &acct->months[i];
+		if (acct->months[i].month < month)
+			break;
+	}
+	/* insert after i */
+	if (acct->nmonths == acct->mcap)
+	{
+		acct->mcap = acct->mcap ? acct->mcap * 2 : 4;
+		acct->months = acct->months
+			? repalloc(acct->months, sizeof(MonthDelta) * acct->mcap)
+			: MemoryContextAlloc(cxt, sizeof(MonthDelta) * acct->mcap);
+	}
+	i++;
+	memmove(&acct->months[i + 1], &acct->months[i], sizeof(MonthDelta) * (acct->nmonths - i));
+	acct->nmonths++;
+	memset(&acct->months[i], 0, sizeof(MonthDelta));
+	acct->months[i].account = (char *) acct->key;
+	acct->months[i].month = month;
+	acct->months[i].qual_new = acct->months[i].qual_old = zero;
+	return &acct->months[i];
 }
 
 /* ---- header rows deleted in this transaction ---- */
@@ -176,9 +187,9 @@ typedef struct Batch
 	TupleTableSlot *store_slot; /* minimal tuples from a transition table */
 	TupleTableSlot *heap_slot;	/* heap tuples from a query */
 	TupleTableSlot *header_slot;
-	HTAB	   *accounts;		/* key -> AccountInfo */
+	HTAB	   *accounts;		/* key -> AccountInfo, and the account's month sums */
+	StrEntry   *last_noted;		/* the account of the previous row */
 	HTAB	   *headers;		/* key -> HeaderFacts (looked up) */
-	HTAB	   *months;
 	HTAB	   *unenrolled;		/* key -> UnenrolledSum */
 	List	   *rejects;
 	Numeric		zero;
@@ -219,12 +230,12 @@ static void
 note_account(Batch *b, const char *account, bool in_new)
 {
 	bool		found;
-	StrEntry   *e;
 
 	if (account == NULL)
 		return;
-	e = str_enter(b->accounts, account, b->cxt, &found);
-	e->in_new |= in_new;
+	if (b->last_noted == NULL || strcmp(b->last_noted->key, account) != 0)
+		b->last_noted = str_enter(b->accounts, account, b->cxt, &found);
+	b->last_noted->in_new |= in_new;
 }
 
 /* Pass 1: which accounts and header rows does the statement touch? */
@@ -454,6 +465,7 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 		HTAB	   *hmap = rs->header_facts ? rs->header_facts : b->headers;
 		TupleTableSlot *slot;
 		int			pos = 0;
+		StrEntry   *last = NULL;
 
 		rewind_set(rs);
 		while ((slot = next_row(b, rs, &pos)) != NULL)
@@ -477,7 +489,10 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 			}
 			if (f.account != NULL)
 			{
-				acct = str_find(b->accounts, f.account);
+				/* bulk loads come in runs of one customer's lines */
+				if (last == NULL || strcmp(last->key, f.account) != 0)
+					last = str_find(b->accounts, f.account);
+				acct = last;
 				info = acct ? (AccountInfo *) acct->value : NULL;
 			}
 			rules_row_points(b->prog, info, &f, &r);
@@ -488,19 +503,9 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 				case ROW_BELOW_MINIMUM:
 				case ROW_CONTROL:
 					{
-						MonthKey	k = {f.account, r.month};
-						bool		found;
-						MonthEntry *me = hash_search(b->months, &k, HASH_ENTER, &found);
-						MonthDelta *d = &me->delta;
+						MonthDelta *d = account_month(acct, r.month, b->zero, b->cxt);
 
-						if (!found)
-						{
-							memset(d, 0, sizeof(MonthDelta));
-							me->key.account = d->account = (char *) acct->key;
-							d->tier = info->tier;
-							d->month = r.month;
-							d->qual_new = d->qual_old = b->zero;
-						}
+						d->tier = info->tier;
 						if (rs->sign > 0)
 						{
 							d->points_new += r.points;
@@ -669,12 +674,9 @@ void
 accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const char *reason)
 {
 	Batch		b;
-	HASHCTL		ctl;
 	MemoryContext old;
 	long		n;
 	MonthDelta *deltas;
-	HASH_SEQ_STATUS seq;
-	MonthEntry *me;
 	int			i = 0,
 				s;
 
@@ -696,13 +698,6 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 	}
 	b.accounts = str_table("loyalty accounts", b.cxt);
 	b.unenrolled = str_table("loyalty unenrolled", b.cxt);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(MonthKey);
-	ctl.entrysize = sizeof(MonthEntry);
-	ctl.hash = month_hash;
-	ctl.match = month_match;
-	ctl.hcxt = b.cxt;
-	b.months = hash_create("loyalty months", 1024, &ctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 	b.zero = int64_to_numeric(0);
 
 	collect_keys(&b, sets, nsets);
@@ -725,12 +720,24 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 	resolve_accounts(&b);
 	sum_points(&b, sets, nsets, desc);
 
-	n = hash_get_num_entries(b.months);
-	deltas = palloc(sizeof(MonthDelta) * (n + 1));
-	hash_seq_init(&seq, b.months);
-	while ((me = hash_seq_search(&seq)) != NULL)
-		deltas[i++] = me->delta;
-	qsort(deltas, n, sizeof(MonthDelta), month_cmp);
+	/* every account's months, in (account, month) order */
+	{
+		HASH_SEQ_STATUS seq;
+		StrEntry   *e;
+
+		n = 0;
+		hash_seq_init(&seq, b.accounts);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			n += e->nmonths;
+		deltas = palloc(sizeof(MonthDelta) * (n + 1));
+		hash_seq_init(&seq, b.accounts);
+		while ((e = hash_seq_search(&seq)) != NULL)
+		{
+			memcpy(&deltas[i], e->months, sizeof(MonthDelta) * e->nmonths);
+			i += e->nmonths;
+		}
+		qsort(deltas, n, sizeof(MonthDelta), delta_cmp);
+	}
 	ledger_post(b.prog, att->id, deltas, (int) n, "earn", "reverse", reason);
 	write_unenrolled(&b);
 	write_rejects(&b);

@@ -372,7 +372,8 @@ BEGIN
                  FROM unnest(a.key_columns) WITH ORDINALITY AS u(c, o));
         RETURN QUERY EXECUTE format(
             'SELECT p.name, f.account_key, f.doc_date, r.status, r.reason, r.rule_valid_from, r.basis, r.points_per_unit,'
-            ' f.product_line, r.product_line_multiplier, r.tier_on_date, r.tier_multiplier, r.segment_multiplier,'
+            ' f.product_line, coalesce(r.product_line_multiplier, 1), r.tier_on_date, coalesce(r.tier_multiplier, 1),'
+            ' coalesce(r.segment_multiplier, 1),'
             ' r.raw_points, r.rounding, r.points, r.on_time_bonus, r.qualifying,'
             ' (SELECT format(''%%s points per account from %%s to %%s'', c.cap_points, c.period_start, c.period_end - 1)'
             '  FROM @extschema@._cap_for_month(%s, r.month) c WHERE c.cap_points IS NOT NULL)'
