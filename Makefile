@@ -31,5 +31,8 @@ ifneq ($(MAJORVERSION),15)
 $(error loyalty is built and tested against PostgreSQL 15; this pg_config reports $(MAJORVERSION))
 endif
 
+# PGXS tracks no header dependencies: rebuild everything when a header changes.
+$(OBJS): $(wildcard src/*.h)
+
 $(DATA_built): $(SQL_PARTS) $(EXTENSION).control
 	cat $(SQL_PARTS) > $@

@@ -505,19 +505,20 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 					{
 						MonthDelta *d = account_month(acct, r.month, b->zero, b->cxt);
 
+						MemoryContextSwitchTo(b->cxt);	/* sums outlive the row */
 						d->tier = info->tier;
 						if (rs->sign > 0)
 						{
 							d->points_new += r.points;
 							d->bonus_new += r.bonus;
-							d->qual_new = add_into(b, d->qual_new, r.qualifying);
+							fixed_sum_add(&d->qual_new_sum, r.qualifying, 1);
 							d->rows_new++;
 						}
 						else
 						{
 							d->points_old += r.points;
 							d->bonus_old += r.bonus;
-							d->qual_old = add_into(b, d->qual_old, r.qualifying);
+							fixed_sum_add(&d->qual_old_sum, r.qualifying, 1);
 							d->rows_old++;
 						}
 					}
@@ -733,8 +734,16 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 		hash_seq_init(&seq, b.accounts);
 		while ((e = hash_seq_search(&seq)) != NULL)
 		{
-			memcpy(&deltas[i], e->months, sizeof(MonthDelta) * e->nmonths);
-			i += e->nmonths;
+			int			j;
+
+			for (j = 0; j < e->nmonths; j++)
+			{
+				MonthDelta *d = &e->months[j];
+
+				d->qual_new = fixed_sum_value(&d->qual_new_sum);
+				d->qual_old = fixed_sum_value(&d->qual_old_sum);
+				deltas[i++] = *d;
+			}
 		}
 		qsort(deltas, n, sizeof(MonthDelta), delta_cmp);
 	}

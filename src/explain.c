@@ -81,6 +81,7 @@ loyalty_row_points(PG_FUNCTION_ARGS)
 	f.has_due = arg_date(fcinfo, 8, &f.due);
 	f.has_paid = arg_date(fcinfo, 9, &f.paid);
 	f.header_missing = !PG_ARGISNULL(10) && !PG_GETARG_BOOL(10);
+	f.explain = true;
 	accounts_begin();
 	if (f.account)
 		info = accounts_resolve(att->program, &f.account, 1, false)[0];

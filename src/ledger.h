@@ -6,6 +6,7 @@
 #ifndef LOYALTY_LEDGER_H
 #define LOYALTY_LEDGER_H
 
+#include "fixedpoint.h"
 #include "rules.h"
 
 /* Change of one account's sums for one document month. */
@@ -20,6 +21,8 @@ typedef struct MonthDelta
 	int64		bonus_old;
 	Numeric		qual_new;
 	Numeric		qual_old;
+	FixedSum	qual_new_sum;	/* accrual sums here, then fills qual_new/old */
+	FixedSum	qual_old_sum;
 	int64		rows_new;
 	int64		rows_old;
 } MonthDelta;

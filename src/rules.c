@@ -86,6 +86,24 @@ round_points(Numeric x, RoundingMode mode)
 	return DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(r)));
 }
 
+/* The same rounding on a fixed-point product: p is scaled by unit. */
+static bool
+round_fixed(int128 p, int128 unit, RoundingMode mode, int64 *out)
+{
+	int128		q = p / unit;	/* truncates toward zero */
+	int128		r = p % unit;
+	int128		ar = r < 0 ? -r : r;
+	int			sign = p < 0 ? -1 : 1;
+
+	if (mode == ROUND_HALF_UP ? 2 * ar >= unit :
+		mode == ROUND_HALF_EVEN ? (2 * ar > unit || (2 * ar == unit && q % 2 != 0)) : false)
+		q += sign;
+	if (q > PG_INT64_MAX || q < PG_INT64_MIN)
+		return false;
+	*out = (int64) q;
+	return true;
+}
+
 static void
 load_map(MultiplierMap *map, Datum keys, Datum values, bool isnull)
 {
@@ -213,10 +231,20 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 		r->min_amount = DatumGetNumericCopy(SPI_getbinval(tup, desc, 3, &isnull));
 		r->no_minimum = num_cmp(r->min_amount, int64_to_numeric(0)) == 0;
 		r->unit_rate = num_is_one(r->points_per_unit);
+		{
+			int			ds;
+
+			r->min_fixed_ok = fixed_from_numeric(r->min_amount, &r->min_fixed, &ds);
+		}
 		d = SPI_getbinval(tup, desc, 4, &isnull);
 		r->bonus_pct = NULL;
 		if (num_cmp(DatumGetNumeric(d), int64_to_numeric(0)) > 0)
+		{
+			int			ds;
+
 			r->bonus_pct = numeric_div_opt_error(DatumGetNumeric(d), int64_to_numeric(100), NULL);
+			r->bonus_fixed_ok = fixed_from_numeric(r->bonus_pct, &r->bonus_fixed, &ds);
+		}
 		d = SPI_getbinval(tup, desc, 5, &isnull);
 		r->cap_points = isnull ? 0 : DatumGetInt64(d);
 		s = SPI_getvalue(tup, desc, 6);
@@ -415,15 +443,33 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 		r->status = ROW_CONTROL;
 		return;
 	}
-	if (!rule->no_minimum && num_cmp(num_abs(basis), rule->min_amount) < 0)
 	{
-		r->status = ROW_BELOW_MINIMUM;
-		return;
-	}
+		int64		bfx,
+					ffx = FIXED_ONE;
+		int			ds;
+		bool		fast = fixed_from_numeric(basis, &bfx, &ds) &&
+			(factor == NULL || fixed_from_numeric(factor, &ffx, &ds));
 
-	r->status = ROW_EARNS;
-	r->raw_points = factor ? num_mul(basis, factor) : basis;
-	r->points = round_points(r->raw_points, prog->rounding);
+		if (!rule->no_minimum &&
+			(fast && rule->min_fixed_ok ? (bfx < 0 ? -bfx : bfx) < rule->min_fixed
+			 : num_cmp(num_abs(basis), rule->min_amount) < 0))
+		{
+			r->status = ROW_BELOW_MINIMUM;
+			return;
+		}
+
+		r->status = ROW_EARNS;
+		if (f->explain || !fast ||
+			!round_fixed((int128) bfx * ffx, (int128) FIXED_ONE * FIXED_ONE, prog->rounding, &r->points))
+		{
+			r->raw_points = factor ? num_mul(basis, factor) : basis;
+			r->points = round_points(r->raw_points, prog->rounding);
+		}
+	}
 	if (rule->bonus_pct && f->has_due && f->has_paid && f->paid <= f->due && r->points != 0)
-		r->bonus = round_points(num_mul(int64_to_numeric(r->points), rule->bonus_pct), prog->rounding);
+	{
+		if (!rule->bonus_fixed_ok ||
+			!round_fixed((int128) r->points * rule->bonus_fixed, FIXED_ONE, prog->rounding, &r->bonus))
+			r->bonus = round_points(num_mul(int64_to_numeric(r->points), rule->bonus_pct), prog->rounding);
+	}
 }
