@@ -136,7 +136,14 @@ load_accounts(int32 program_id, char **keys, int n)
 
 	args[0] = Int32GetDatum(program_id);
 	args[1] = loyalty_text_array(keys, NULL, n);
-	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+
+	/*
+	 * Not read-only: under READ COMMITTED that takes a fresh snapshot.  A
+	 * statement that waited for a concurrent transaction and then changed
+	 * the row version it wrote must see the accounts that transaction
+	 * enrolled, or it would not reverse what that version earned.
+	 */
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.account");
 
 	for (i = 0; i < SPI_processed; i++)

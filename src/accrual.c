@@ -323,7 +323,8 @@ lookup_headers(Batch *b)
 		raw[i++] = e->raw;
 	get_typlenbyvalalign(att->header_key_type, &typlen, &typbyval, &typalign);
 	arg = PointerGetDatum(construct_array(raw, i, att->header_key_type, typlen, typbyval, typalign));
-	if (SPI_execute_plan(att->header_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+	/* a fresh snapshot, for the same reason as the account look-up */
+	if (SPI_execute_plan(att->header_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the header rows of %s", att->source_name);
 
 	for (r = 0; r < SPI_processed; r++)
