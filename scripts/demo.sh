@@ -1,18 +1,72 @@
 #!/usr/bin/env bash
 # Builds and installs the extension, starts a throwaway cluster, loads the
-# demo ERP, runs the program scenarios and prints the results.
-# DEMO_CUSTOMERS / DEMO_LINES change the size of the generated ERP.
+# demo ERP, runs the program scenarios and prints the results (a copy goes
+# to demo/out/demo.txt).
+#
+#   DEMO_CUSTOMERS  customers to generate     (default 2000)
+#   DEMO_LINES      invoice lines to generate (default 200000)
+#   DEMO_ACCRUAL    0 skips the accrual part  (default: run it when the
+#                   build has loyalty.attach)
+#
+# Steps: demo/erp_schema.sql (the ERP's tables), demo/generate.sql (customers,
+# products, and two years of documents staged for posting), then
+#   - with the accrual engine installed: demo/accrual.sql creates the
+#     Distributor Club program, attaches it to the ERP's invoice lines and
+#     posts the documents (demo/load.sql), so points accrue inside the ERP's
+#     own inserts and updates; then it reports balances, tiers,
+#     explain_points, rejected rows and verify();
+#   - without it: demo/load.sql posts the documents;
+# and finally demo/scenarios.sql: tiers and rebates with loyalty's types.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
+
+CUSTOMERS=${DEMO_CUSTOMERS:-2000}
+LINES=${DEMO_LINES:-200000}
+[[ $CUSTOMERS =~ ^[1-9][0-9]*$ ]] || die "DEMO_CUSTOMERS must be a positive integer, got '$CUSTOMERS'"
+[[ $LINES =~ ^[1-9][0-9]*$ ]] || die "DEMO_LINES must be a positive integer, got '$LINES'"
+
+OUT_DIR=$ROOT/demo/out
+OUT=$OUT_DIR/demo.txt
 
 ensure_packages
 build_and_install
 trap cluster_stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 cluster_start
 
+mkdir -p "$OUT_DIR"
+: >"$OUT"
+# psql against the demo database, its output shown and kept in $OUT.
+demo_sql() { pg_sql -d demo -P pager=off "$@" 2>&1 | tee -a "$OUT"; }
+has_function() {
+  [ "$(pg_sql -d demo -tAc "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                             WHERE n.nspname = 'loyalty' AND p.proname = '$1'")" != 0 ]
+}
+
 pg_sql -q -c "CREATE DATABASE demo"
-log "loading the demo ERP (${DEMO_CUSTOMERS:-2000} customers, ${DEMO_LINES:-200000} invoice lines)"
+pg_sql -q -d demo -c "CREATE EXTENSION loyalty"
+
+log "creating the demo ERP ($CUSTOMERS customers, $LINES invoice lines)"
 pg_sql -q -d demo -f "$ROOT/demo/erp_schema.sql"
-pg_sql -q -d demo -v customers="${DEMO_CUSTOMERS:-2000}" -v lines="${DEMO_LINES:-200000}" -f "$ROOT/demo/generate.sql"
-log "running the program scenarios"
-pg_sql -d demo -P pager=off -f "$ROOT/demo/scenarios.sql"
+demo_sql -q -v customers="$CUSTOMERS" -v lines="$LINES" -f "$ROOT/demo/generate.sql"
+
+if [ "${DEMO_ACCRUAL:-1}" = 0 ]; then
+  log "accrual part skipped (DEMO_ACCRUAL=0); posting the ERP documents without a program"
+  demo_sql -f "$ROOT/demo/load.sql"
+elif has_function attach; then
+  log "Distributor Club: program, attach, load with accrual, results (demo/accrual.sql)"
+  demo_sql -f "$ROOT/demo/accrual.sql"
+else
+  log "accrual part skipped: this build has no loyalty.attach yet; posting the ERP documents without a program"
+  demo_sql -f "$ROOT/demo/load.sql"
+fi
+
+if has_function tier_of && has_function rebate; then
+  log "tiers and rebates with loyalty's types (demo/scenarios.sql)"
+  demo_sql -f "$ROOT/demo/scenarios.sql"
+else
+  log "types part skipped: this build has no loyalty.tier_of / loyalty.rebate yet"
+fi
+
+log "demo finished in ${SECONDS}s; output kept in ${OUT#"$ROOT"/}"

@@ -64,13 +64,13 @@ mapping_refresh(void)
 	loyalty_set_sentinels(get_relname_relid("program", nsp), get_relname_relid("account", nsp));
 }
 
-Program *
-mapping_get_program(int32 program_id)
+/* Without a refresh: the caches may be mid-build. */
+static Program *
+cached_program(int32 program_id)
 {
 	IdEntry    *e;
 	bool		found;
 
-	mapping_refresh();
 	e = hash_search(programs, &program_id, HASH_ENTER, &found);
 	if (!found)
 	{
@@ -78,6 +78,13 @@ mapping_get_program(int32 program_id)
 		e->ptr = rules_load_program(program_id, config_cxt);
 	}
 	return (Program *) e->ptr;
+}
+
+Program *
+mapping_get_program(int32 program_id)
+{
+	mapping_refresh();
+	return cached_program(program_id);
 }
 
 static char *
@@ -251,10 +258,13 @@ load_attachment(int32 id)
 		q = psprintf("SELECT h FROM ONLY %s h WHERE h.%s OPERATOR(pg_catalog.=) ANY ($1)",
 					 hname, quote_identifier(hm));
 		att->header_plan = loyalty_prepare(q, 1, hktypes);
+		/* SPI calls leave CurrentMemoryContext at SPI's own: come back */
+		MemoryContextSwitchTo(config_cxt);
 		loyalty_watch_relation(att->header);
 	}
 
 	/* parse with a pinned search_path: the stored text is fully qualified */
+	MemoryContextSwitchTo(config_cxt);
 	nest = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
@@ -265,7 +275,12 @@ load_attachment(int32 id)
 
 	att->program = NULL;
 	MemoryContextSwitchTo(old);
-	att->program = mapping_get_program(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)));
+	/*
+	 * No refresh here: an invalidation that arrived while we parsed (a lock
+	 * taken processes pending messages) must not free what we are building;
+	 * it only marks the cache stale for the next statement.
+	 */
+	att->program = cached_program(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)));
 	loyalty_watch_relation(att->source);
 	return att;
 }
