@@ -2,8 +2,8 @@
  * accounts.c — the account cache.  A statement resolves all its accounts
  * with one query for those not cached yet; unknown accounts of an
  * auto-enrolment program are enrolled with one INSERT, in ascending key
- * order.  Changes to loyalty.account or loyalty.tier_history (from any
- * backend) reset the cache.
+ * order.  Only enrolled accounts are cached; changes to their segments,
+ * cohort or enrolment date (from any backend) reset the cache.
  */
 #include "postgres.h"
 
@@ -30,6 +30,8 @@ typedef struct AccountEntry
 
 static MemoryContext account_cxt = NULL;
 static HTAB *account_cache = NULL;
+/* Programs whose accounts were all loaded since the cache was last reset. */
+static List *preloaded_programs = NIL;
 
 static uint32
 account_hash(const void *key, Size keysize)
@@ -72,7 +74,21 @@ accounts_begin(void)
 	ctl.hcxt = account_cxt;
 	account_cache = hash_create("loyalty accounts", 1024, &ctl,
 								HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	preloaded_programs = NIL;	/* it lived in the context just deleted */
 	loyalty_accounts_valid = true;
+}
+
+static bool
+preloaded(Program *prog)
+{
+	MemoryContext old;
+
+	if (list_member_int(preloaded_programs, prog->id))
+		return true;
+	old = MemoryContextSwitchTo(account_cxt);
+	preloaded_programs = lappend_int(preloaded_programs, prog->id);
+	MemoryContextSwitchTo(old);
+	return false;
 }
 
 static AccountInfo *
@@ -110,32 +126,45 @@ copy_text(HeapTuple tup, TupleDesc desc, int col)
 	return v ? MemoryContextStrdup(account_cxt, v) : NULL;
 }
 
+#define ACCOUNT_COLS \
+	"SELECT a.account_key, a.enrolled_from, a.cohort OPERATOR(pg_catalog.=) 'control'," \
+	" a.cooperation_model, a.industry, a.region, a.tier,"
+#define TIER_HISTORY_COLS \
+	" ARRAY(SELECT th.effective_from FROM loyalty.tier_history th" \
+	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
+	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key" \
+	"       ORDER BY th.effective_from, th.change_no)," \
+	" ARRAY(SELECT th.new_tier FROM loyalty.tier_history th" \
+	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
+	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key" \
+	"       ORDER BY th.effective_from, th.change_no)"
+
+/*
+ * Loads accounts into the cache: keys[0..n), or every account of the
+ * program when keys is NULL.  The tier history is read only when a rule
+ * multiplies by tier.
+ */
 static void
-load_accounts(int32 program_id, char **keys, int n)
+load_accounts(Program *prog, char **keys, int n)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2][2];	/* [all][with history] */
 	Oid			argtypes[2] = {INT4OID, TEXTARRAYOID};
 	Datum		args[2];
+	bool		all = (keys == NULL);
+	bool		hist = prog->uses_tier_multipliers;
 	uint64		i;
 
-	if (plan == NULL)
-		plan = loyalty_prepare(
-			"SELECT a.account_key, a.enrolled_from, a.cohort OPERATOR(pg_catalog.=) 'control',"
-			" a.cooperation_model, a.industry, a.region, a.tier,"
-			" ARRAY(SELECT th.effective_from FROM loyalty.tier_history th"
-			"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id"
-			"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key"
-			"       ORDER BY th.effective_from, th.change_no),"
-			" ARRAY(SELECT th.new_tier FROM loyalty.tier_history th"
-			"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id"
-			"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key"
-			"       ORDER BY th.effective_from, th.change_no)"
-			" FROM loyalty.account a"
-			" WHERE a.program_id OPERATOR(pg_catalog.=) $1"
-			"   AND a.account_key OPERATOR(pg_catalog.=) ANY ($2)", 2, argtypes);
+	if (plans[all][hist] == NULL)
+		plans[all][hist] = loyalty_prepare(
+			psprintf("%s %s FROM loyalty.account a WHERE a.program_id OPERATOR(pg_catalog.=) $1 %s",
+					 ACCOUNT_COLS,
+					 hist ? TIER_HISTORY_COLS : "'{}'::pg_catalog.date[], '{}'::pg_catalog.text[]",
+					 all ? "" : "AND a.account_key OPERATOR(pg_catalog.=) ANY ($2)"),
+			all ? 1 : 2, argtypes);
 
-	args[0] = Int32GetDatum(program_id);
-	args[1] = loyalty_text_array(keys, NULL, n);
+	args[0] = Int32GetDatum(prog->id);
+	if (!all)
+		args[1] = loyalty_text_array(keys, NULL, n);
 
 	/*
 	 * Not read-only: under READ COMMITTED that takes a fresh snapshot.  A
@@ -143,7 +172,7 @@ load_accounts(int32 program_id, char **keys, int n)
 	 * the row version it wrote must see the accounts that transaction
 	 * enrolled, or it would not reverse what that version earned.
 	 */
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plans[all][hist], args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.account");
 
 	for (i = 0; i < SPI_processed; i++)
@@ -151,7 +180,7 @@ load_accounts(int32 program_id, char **keys, int n)
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		char	   *key = SPI_getvalue(tup, desc, 1);
-		AccountEntry *e = cache_enter(program_id, key);
+		AccountEntry *e = cache_enter(prog->id, key);
 		AccountInfo *a = new_info(key, true);
 		bool		isnull;
 		Datum	   *from,
@@ -218,7 +247,8 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 	AccountInfo **out = palloc0(sizeof(AccountInfo *) * (n > 0 ? n : 1));
 	char	  **missing = palloc(sizeof(char *) * (n > 0 ? n : 1));
 	int			nmissing = 0;
-	int			i;
+	int			i,
+				n2;
 
 	if (account_cxt == NULL)
 		accounts_begin();
@@ -230,9 +260,22 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 		if (e == NULL || e->info == NULL)
 			missing[nmissing++] = keys[i];
 	}
+	if (nmissing > 0 && !preloaded(prog))
+	{
+		/* first use of the program in this backend: take all its accounts at once */
+		load_accounts(prog, NULL, 0);
+		for (i = 0, n2 = nmissing, nmissing = 0; i < n2; i++)
+		{
+			AccountKey	k = {prog->id, missing[i]};
+			AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
+
+			if (e == NULL || e->info == NULL)
+				missing[nmissing++] = missing[i];
+		}
+	}
 	if (nmissing > 0)
 	{
-		load_accounts(prog->id, missing, nmissing);
+		load_accounts(prog, missing, nmissing);
 		if (enroll && prog->auto_enroll)
 		{
 			int			nnew = 0;
@@ -255,11 +298,21 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 	}
 	for (i = 0; i < n; i++)
 	{
-		AccountEntry *e = cache_enter(prog->id, keys[i]);
+		AccountKey	k = {prog->id, keys[i]};
+		AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
 
-		if (e->info == NULL)
-			e->info = new_info(keys[i], false);	/* not enrolled: remember that too */
-		out[i] = e->info;
+		/*
+		 * Not enrolled: not cached, asked again next time, since another
+		 * session may enrol it without telling our cache.
+		 */
+		if (e && e->info)
+			out[i] = e->info;
+		else
+		{
+			out[i] = palloc0(sizeof(AccountInfo));
+			out[i]->key = keys[i];
+			out[i]->enrolled_from = DATEVAL_NOBEGIN;
+		}
 	}
 	return out;
 }

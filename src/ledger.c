@@ -18,7 +18,21 @@
 
 #include "ledger.h"
 
-static SPIPlanPtr balance_plan, capfix_plan, ledger_plan, lock_plan, upgrade_plan;
+static SPIPlanPtr balance_plan, balance_one_plan, capfix_plan, ledger_plan, ledger_one_plan, lock_plan, upgrade_plan;
+
+#define BALANCE_UPSERT_TAIL \
+	" ON CONFLICT (program_id, account_key) DO UPDATE" \
+	" SET points = b.points OPERATOR(pg_catalog.+) excluded.points," \
+	"     qualifying = b.qualifying OPERATOR(pg_catalog.+) excluded.qualifying," \
+	"     entry_count = b.entry_count OPERATOR(pg_catalog.+) excluded.entry_count," \
+	"     updated_at = pg_catalog.now()," \
+	"     (m_month, m_attachment, m_points, m_qualifying, m_source_rows) =" \
+	"       (SELECT y.m_month, y.m_attachment, y.m_points, y.m_qualifying, y.m_source_rows" \
+	"        FROM loyalty._month_merge(b.m_month, b.m_attachment, b.m_points, b.m_qualifying, b.m_source_rows," \
+	"             excluded.m_month, excluded.m_attachment, excluded.m_points, excluded.m_qualifying," \
+	"             excluded.m_source_rows) AS y)" \
+	" RETURNING b.account_key, b.entry_count, b.m_month, b.m_points, b.m_qualifying"
+
 
 static void
 prepare_plans(void)
@@ -40,17 +54,18 @@ prepare_plans(void)
 			"                 pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(k, p, q, n, d)"
 			"  CROSS JOIN LATERAL loyalty._month_delta(u.d, $2) AS x"
 			" ORDER BY u.k"
-			" ON CONFLICT (program_id, account_key) DO UPDATE"
-			" SET points = b.points OPERATOR(pg_catalog.+) excluded.points,"
-			"     qualifying = b.qualifying OPERATOR(pg_catalog.+) excluded.qualifying,"
-			"     entry_count = b.entry_count OPERATOR(pg_catalog.+) excluded.entry_count,"
-			"     updated_at = pg_catalog.now(),"
-			"     (m_month, m_attachment, m_points, m_qualifying, m_source_rows) ="
-			"       (SELECT y.m_month, y.m_attachment, y.m_points, y.m_qualifying, y.m_source_rows"
-			"        FROM loyalty._month_merge(b.m_month, b.m_attachment, b.m_points, b.m_qualifying, b.m_source_rows,"
-			"             excluded.m_month, excluded.m_attachment, excluded.m_points, excluded.m_qualifying,"
-			"             excluded.m_source_rows) AS y)"
-			" RETURNING b.account_key, b.entry_count, b.m_month, b.m_points, b.m_qualifying", 7, t);
+			BALANCE_UPSERT_TAIL, 7, t);
+	}
+	{
+		Oid			t[7] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID, BYTEAOID};
+
+		/* the same for one account (single-row ERP transactions): less to plan and start */
+		balance_one_plan = loyalty_prepare(
+			"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count,"
+			"  m_month, m_attachment, m_points, m_qualifying, m_source_rows)"
+			" SELECT $1, $3, $4, $5, $6, x.m_month, x.m_attachment, x.m_points, x.m_qualifying, x.m_source_rows"
+			" FROM loyalty._month_delta($7, $2) AS x"
+			BALANCE_UPSERT_TAIL, 7, t);
 	}
 	{
 		Oid			t[3] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID};
@@ -74,6 +89,14 @@ prepare_plans(void)
 			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
 			"                 pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)",
 			9, t);
+	}
+	{
+		Oid			t[9] = {INT4OID, INT4OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, INT8OID, NUMERICOID, INT4OID};
+
+		ledger_one_plan = loyalty_prepare(
+			"INSERT INTO loyalty.ledger"
+			" (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
+			" VALUES ($1, $4, $5, $6, $7, $8, $2, $9, $3)", 9, t);
 	}
 	{
 		Oid			t[2] = {INT4OID, TEXTARRAYOID};
@@ -592,12 +615,23 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		}
 		args[0] = Int32GetDatum(prog->id);
 		args[1] = Int32GetDatum(attachment_id);
-		args[2] = loyalty_text_array(k, NULL, nb);
-		args[3] = loyalty_int8_array(p, nb);
-		args[4] = loyalty_numeric_array(q, nb);
-		args[5] = loyalty_int8_array(e, nb);
-		args[6] = PointerGetDatum(construct_array(deltas, nb, BYTEAOID, -1, false, TYPALIGN_INT));
-		if (SPI_execute_plan(balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		if (nb == 1)
+		{
+			args[2] = CStringGetTextDatum(k[0]);
+			args[3] = Int64GetDatum(p[0]);
+			args[4] = NumericGetDatum(q[0]);
+			args[5] = Int64GetDatum(e[0]);
+			args[6] = deltas[0];
+		}
+		else
+		{
+			args[2] = loyalty_text_array(k, NULL, nb);
+			args[3] = loyalty_int8_array(p, nb);
+			args[4] = loyalty_numeric_array(q, nb);
+			args[5] = loyalty_int8_array(e, nb);
+			args[6] = PointerGetDatum(construct_array(deltas, nb, BYTEAOID, -1, false, TYPALIGN_INT));
+		}
+		if (SPI_execute_plan(nb == 1 ? balance_one_plan : balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 			SPI_processed != (uint64) nb)
 			elog(ERROR, "could not update loyalty.balance");
 
@@ -697,13 +731,25 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			args[0] = Int32GetDatum(prog->id);
 			args[1] = Int32GetDatum(attachment_id);
 			args[2] = CStringGetTextDatum(reason);
-			args[3] = loyalty_text_array(ek, NULL, ne);
-			args[4] = loyalty_int8_array(eno, ne);
-			args[5] = loyalty_text_array(ekind, NULL, ne);
-			args[6] = loyalty_int8_array(ep, ne);
-			args[7] = loyalty_numeric_array(eq, ne);
-			args[8] = loyalty_int4_array(er, ne);
-			if (SPI_execute_plan(ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			if (ne == 1)
+			{
+				args[3] = CStringGetTextDatum(ek[0]);
+				args[4] = Int64GetDatum(eno[0]);
+				args[5] = CStringGetTextDatum(ekind[0]);
+				args[6] = Int64GetDatum(ep[0]);
+				args[7] = NumericGetDatum(eq[0]);
+				args[8] = Int32GetDatum(er[0]);
+			}
+			else
+			{
+				args[3] = loyalty_text_array(ek, NULL, ne);
+				args[4] = loyalty_int8_array(eno, ne);
+				args[5] = loyalty_text_array(ekind, NULL, ne);
+				args[6] = loyalty_int8_array(ep, ne);
+				args[7] = loyalty_numeric_array(eq, ne);
+				args[8] = loyalty_int4_array(er, ne);
+			}
+			if (SPI_execute_plan(ne == 1 ? ledger_one_plan : ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 				elog(ERROR, "could not write loyalty.ledger");
 		}
 	}

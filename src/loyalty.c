@@ -152,7 +152,12 @@ loyalty_leave_owner(OwnerScope *scope)
 SPIPlanPtr
 loyalty_prepare(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	/*
+	 * Generic plans: the arguments are arrays whose values do not change the
+	 * best plan, and re-planning per statement would cost more than the
+	 * accrual itself on single-row inserts.
+	 */
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));

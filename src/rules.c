@@ -259,6 +259,8 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 
 			load_map(map, keys, vals, isnull);
 		}
+		if (r->tier.n > 0)
+			p->uses_tier_multipliers = true;
 	}
 	MemoryContextSwitchTo(old);
 	return p;

@@ -67,6 +67,7 @@ typedef struct Program
 	bool		strict;
 	TierLadder *ladder;			/* NULL: no tiers */
 	bool		has_caps;
+	bool		uses_tier_multipliers;	/* accounts' tier history is needed */
 	int			nrules;
 	RuleVersion *rules;			/* ascending valid_from */
 } Program;

@@ -247,11 +247,7 @@ CREATE TABLE @extschema@.balance (
     m_source_rows  bigint[] NOT NULL DEFAULT '{}',
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (program_id, account_key),
-    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
-    CHECK (pg_catalog.cardinality(m_month) OPERATOR(pg_catalog.=) pg_catalog.cardinality(m_attachment)
-       AND pg_catalog.cardinality(m_month) OPERATOR(pg_catalog.=) pg_catalog.cardinality(m_points)
-       AND pg_catalog.cardinality(m_month) OPERATOR(pg_catalog.=) pg_catalog.cardinality(m_qualifying)
-       AND pg_catalog.cardinality(m_month) OPERATOR(pg_catalog.=) pg_catalog.cardinality(m_source_rows))
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
 );
 COMMENT ON TABLE @extschema@.balance IS 'Running totals per account, kept equal to the sums of loyalty.ledger in the same transaction: the O(1) read path.';
 COMMENT ON COLUMN @extschema@.balance.program_id IS 'The program.';

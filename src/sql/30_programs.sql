@@ -10,9 +10,14 @@ CREATE TRIGGER rule_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extsc
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('config');
 CREATE TRIGGER attachment_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.attachment
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('config');
-CREATE TRIGGER account_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.account
+-- Account caches hold only enrolled accounts, so a new account (an INSERT)
+-- cannot make them stale; nor can a tier upgrade (it takes effect from the
+-- next day, and the cached current tier is only a lower bound).  What can:
+CREATE TRIGGER account_cache
+    AFTER UPDATE OF program_id, account_key, cooperation_model, industry, region, cohort, enrolled_from
+       OR DELETE OR TRUNCATE ON @extschema@.account
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('accounts');
-CREATE TRIGGER tier_history_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.tier_history
+CREATE TRIGGER tier_history_cache AFTER UPDATE OR DELETE OR TRUNCATE ON @extschema@.tier_history
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('accounts');
 
 CREATE FUNCTION @extschema@._program_id(program text) RETURNS integer
