@@ -460,12 +460,21 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 	Attachment *att = b->att;
 	int			s;
 
+	/*
+	 * The old and new rows of an UPDATE come in the same order.  A row that
+	 * was rejected before and still is, for the same reason, is not parked
+	 * again (a header update re-reads every line of the document).
+	 */
+	char	  **old_reasons = NULL;
+	int64		nold = 0;
+
 	for (s = 0; s < nsets; s++)
 	{
 		RowSet	   *rs = &sets[s];
 		HTAB	   *hmap = rs->header_facts ? rs->header_facts : b->headers;
 		TupleTableSlot *slot;
 		int			pos = 0;
+		int64		rowno = 0;
 		StrEntry   *last = NULL;
 
 		rewind_set(rs);
@@ -543,13 +552,24 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 					}
 					break;
 				case ROW_REJECTED:
-					if (rs->sign > 0)
+					if (rs->sign < 0)
+					{
+						if (old_reasons == NULL)
+							old_reasons = MemoryContextAllocZero(b->cxt, sizeof(char *) * (rs->store ?
+																		 tuplestore_tuple_count(rs->store) : rs->ntuples) + 1);
+						old_reasons[rowno] = MemoryContextStrdup(b->cxt, r.reason);
+					}
+					else if (!(old_reasons && rowno < nold && old_reasons[rowno] &&
+							   strcmp(old_reasons[rowno], r.reason) == 0))
 						add_reject(b, slot, &f, &r, desc);
 					break;
 			}
+			rowno++;
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(b->rowcxt);
 		}
+		if (rs->sign < 0)
+			nold = rowno;
 	}
 }
 
