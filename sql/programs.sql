@@ -9,6 +9,7 @@
 \set SHOW_CONTEXT never
 \pset null '(null)'
 SET datestyle = 'ISO, YMD';
+SET intervalstyle = 'postgres';
 
 CREATE SCHEMA prg;
 -- A program's settings and its rule versions, by program name.

@@ -30,6 +30,8 @@ typedef struct AccountEntry
 
 static MemoryContext account_cxt = NULL;
 static HTAB *account_cache = NULL;
+static void load_segment_history(AccountInfo *a, HeapTuple tup, TupleDesc desc);
+
 /* Programs whose accounts were all loaded since the cache was last reset. */
 static List *preloaded_programs = NIL;
 
@@ -128,7 +130,8 @@ copy_text(HeapTuple tup, TupleDesc desc, int col)
 
 #define ACCOUNT_COLS \
 	"SELECT a.account_key, a.enrolled_from, a.cohort OPERATOR(pg_catalog.=) 'control'," \
-	" a.cooperation_model, a.industry, a.region, a.tier,"
+	" a.cooperation_model, a.industry, a.region, a.tier," \
+	" hh.until, hh.coop, hh.industry, hh.region, hh.control,"
 #define TIER_HISTORY_COLS \
 	" ARRAY(SELECT th.effective_from FROM loyalty.tier_history th" \
 	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
@@ -156,7 +159,15 @@ load_accounts(Program *prog, char **keys, int n)
 
 	if (plans[all][hist] == NULL)
 		plans[all][hist] = loyalty_prepare(
-			psprintf("%s %s FROM loyalty.account a WHERE a.program_id OPERATOR(pg_catalog.=) $1 %s",
+			psprintf("%s %s FROM loyalty.account a"
+					 " LEFT JOIN LATERAL (SELECT pg_catalog.array_agg(h.valid_until ORDER BY h.valid_until) AS until,"
+					 "   pg_catalog.array_agg(h.cooperation_model ORDER BY h.valid_until) AS coop,"
+					 "   pg_catalog.array_agg(h.industry ORDER BY h.valid_until) AS industry,"
+					 "   pg_catalog.array_agg(h.region ORDER BY h.valid_until) AS region,"
+					 "   pg_catalog.array_agg(h.cohort IS NOT DISTINCT FROM 'control' ORDER BY h.valid_until) AS control"
+					 "   FROM loyalty.account_history h WHERE h.program_id OPERATOR(pg_catalog.=) a.program_id"
+					 "   AND h.account_key OPERATOR(pg_catalog.=) a.account_key) hh ON true"
+					 " WHERE a.program_id OPERATOR(pg_catalog.=) $1 %s",
 					 ACCOUNT_COLS,
 					 hist ? TIER_HISTORY_COLS : "'{}'::pg_catalog.date[], '{}'::pg_catalog.text[]",
 					 all ? "" : "AND a.account_key OPERATOR(pg_catalog.=) ANY ($2)"),
@@ -196,9 +207,10 @@ load_accounts(Program *prog, char **keys, int n)
 		a->segment[SEG_INDUSTRY] = copy_text(tup, desc, 5);
 		a->segment[SEG_REGION] = copy_text(tup, desc, 6);
 		a->tier = copy_text(tup, desc, 7);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 8, &isnull)),
+		load_segment_history(a, tup, desc);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 13, &isnull)),
 						  DATEOID, 4, true, TYPALIGN_INT, &from, NULL, &nf);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 9, &isnull)),
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 14, &isnull)),
 						  TEXTOID, -1, false, TYPALIGN_INT, &tier, &tier_nulls, &nt);
 		a->nhist = nf;
 		a->hist_from = MemoryContextAlloc(account_cxt, sizeof(DateADT) * (nf + 1));
@@ -211,6 +223,45 @@ load_accounts(Program *prog, char **keys, int n)
 		}
 		e->info = a;
 	}
+}
+
+/* Columns 8..12: the account's earlier segments and cohorts, if any. */
+static void
+load_segment_history(AccountInfo *a, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	Datum		until = SPI_getbinval(tup, desc, 8, &isnull);
+	Datum	   *u,
+			   *v;
+	bool	   *vn;
+	int			n,
+				m,
+				i,
+				s;
+
+	if (isnull)
+		return;
+	deconstruct_array(DatumGetArrayTypeP(until), DATEOID, 4, true, TYPALIGN_INT, &u, NULL, &n);
+	a->nseg_hist = n;
+	a->seg_until = MemoryContextAlloc(account_cxt, sizeof(DateADT) * n);
+	a->seg_hist = MemoryContextAlloc(account_cxt, sizeof(char **) * n);
+	a->control_hist = MemoryContextAlloc(account_cxt, sizeof(bool) * n);
+	for (i = 0; i < n; i++)
+	{
+		a->seg_until[i] = DatumGetDateADT(u[i]);
+		a->seg_hist[i] = MemoryContextAllocZero(account_cxt, sizeof(char *) * SEG_COUNT);
+	}
+	for (s = 0; s < SEG_COUNT; s++)
+	{
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 9 + s, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &v, &vn, &m);
+		for (i = 0; i < m && i < n; i++)
+			a->seg_hist[i][s] = vn[i] ? NULL : MemoryContextStrdup(account_cxt, TextDatumGetCString(v[i]));
+	}
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 12, &isnull)),
+					  BOOLOID, 1, true, TYPALIGN_CHAR, &v, NULL, &m);
+	for (i = 0; i < m && i < n; i++)
+		a->control_hist[i] = DatumGetBool(v[i]);
 }
 
 static int
@@ -315,4 +366,33 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 		}
 	}
 	return out;
+}
+
+void
+accounts_note_tier(Program *prog, const char *key, const char *tier, DateADT effective_from)
+{
+	AccountKey	k = {prog->id, key};
+	AccountEntry *e;
+	AccountInfo *a;
+
+	if (account_cache == NULL)
+		return;
+	e = hash_search(account_cache, &k, HASH_FIND, NULL);
+	if (e == NULL || e->info == NULL)
+		return;
+	a = e->info;
+	a->tier = MemoryContextStrdup(account_cxt, tier);
+	if (a->hist_from == NULL)
+	{
+		a->hist_from = MemoryContextAlloc(account_cxt, sizeof(DateADT));
+		a->hist_tier = MemoryContextAlloc(account_cxt, sizeof(char *));
+	}
+	else
+	{
+		a->hist_from = repalloc(a->hist_from, sizeof(DateADT) * (a->nhist + 1));
+		a->hist_tier = repalloc(a->hist_tier, sizeof(char *) * (a->nhist + 1));
+	}
+	a->hist_from[a->nhist] = effective_from;
+	a->hist_tier[a->nhist] = a->tier;
+	a->nhist++;
 }

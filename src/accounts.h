@@ -16,4 +16,7 @@
 extern void accounts_begin(void);
 extern AccountInfo **accounts_resolve(Program *prog, char **keys, int n, bool enroll);
 
+/* An upgrade this backend recorded: keep its own cache exact. */
+extern void accounts_note_tier(Program *prog, const char *key, const char *tier, DateADT effective_from);
+
 #endif

@@ -985,9 +985,10 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(loyalty_stash_header);
 /*
- * BEFORE DELETE ... FOR EACH ROW on a header table: remember the deleted
- * header's facts until the end of the transaction, so that lines deleted
- * after it (ON DELETE CASCADE) are still reversed exactly.
+ * BEFORE DELETE or UPDATE OF <key> ... FOR EACH ROW on a header table:
+ * remember the facts of a header that is deleted or renumbered until the end
+ * of the transaction, so that its lines, deleted or re-keyed after it (ON
+ * DELETE / ON UPDATE CASCADE), are still reversed exactly.
  */
 Datum
 loyalty_stash_header(PG_FUNCTION_ARGS)
@@ -1001,8 +1002,10 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	HeaderFacts *hf;
 	char	   *key;
 
-	if (!TRIGGER_FIRED_BY_DELETE(td->tg_event))
-		return PointerGetDatum(td->tg_trigtuple);
+	HeapTuple	result = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+
+	if (!TRIGGER_FIRED_BY_DELETE(td->tg_event) && !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		return PointerGetDatum(result);
 	SPI_connect();
 	att = trigger_attachment(td, true);
 	if (!registered)
@@ -1018,6 +1021,17 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	econtext = CreateStandaloneExprContext();
 	hf = palloc(sizeof(HeaderFacts));
 	key = mapping_header_facts(att, econtext, slot, hf);
+	if (key != NULL && TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		/* only a renumbered header needs remembering */
+		HeaderFacts nf;
+		char	   *nkey;
+
+		ExecStoreHeapTuple(td->tg_newtuple, slot, false);
+		nkey = mapping_header_facts(att, econtext, slot, &nf);
+		if (nkey != NULL && strcmp(nkey, key) == 0)
+			key = NULL;
+	}
 	if (key != NULL)
 	{
 		bool		found;
@@ -1029,5 +1043,5 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	ExecDropSingleTupleTableSlot(slot);
 	MemoryContextSwitchTo(old);
 	SPI_finish();
-	return PointerGetDatum(td->tg_trigtuple);
+	return PointerGetDatum(result);
 }

@@ -84,7 +84,15 @@ loyalty_row_points(PG_FUNCTION_ARGS)
 	f.explain = true;
 	accounts_begin();
 	if (f.account)
+	{
 		info = accounts_resolve(att->program, &f.account, 1, false)[0];
+		/*
+		 * Under auto enrolment the trigger would have enrolled an unknown
+		 * customer (info is then a private copy, not the cache's).
+		 */
+		if (!info->enrolled && att->program->auto_enroll)
+			info->enrolled = true;
+	}
 	rules_row_points(att->program, info, &f, &r);
 	SPI_finish();
 
@@ -210,7 +218,13 @@ loyalty_post_backfill(PG_FUNCTION_ARGS)
 				keys[nkeys++] = d[i].account;
 		(void) accounts_resolve(att->program, keys, nkeys, true);
 	}
-	ledger_post(att->program, att->id, d, nk, "backfill", "backfill", "backfill");
+	{
+		char	   *kind = PG_NARGS() > 6 ? TextDatumGetCString(PG_GETARG_DATUM(6)) : "backfill";
+
+		if (strcmp(kind, "backfill") != 0 && strcmp(kind, "restate") != 0)
+			elog(ERROR, "unknown posting kind \"%s\"", kind);
+		ledger_post(att->program, att->id, d, nk, kind, kind, kind);
+	}
 	SPI_finish();
 	PG_RETURN_VOID();
 }

@@ -141,7 +141,9 @@ fixed_sum_add(FixedSum *s, Numeric n, int sign)
 	}
 	if (sign < 0)
 		n = DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(n)));
-	s->rest = s->rest ? numeric_add_opt_error(s->rest, n, NULL) : n;
+	/* the sum outlives the row: never keep a pointer to the caller's value */
+	s->rest = s->rest ? numeric_add_opt_error(s->rest, n, NULL)
+		: DatumGetNumericCopy(NumericGetDatum(n));
 }
 
 Numeric

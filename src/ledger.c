@@ -16,6 +16,7 @@
 #include "utils/builtins.h"
 #include "utils/date.h"
 
+#include "accounts.h"
 #include "ledger.h"
 
 static SPIPlanPtr balance_plan, balance_one_plan, capfix_plan, ledger_plan, ledger_one_plan, lock_plan, upgrade_plan;
@@ -403,6 +404,19 @@ typedef struct AccountSums
 	const char *tier;			/* cached current tier, NULL if none or unknown */
 } AccountSums;
 
+/* Did the statement add qualifying spend to the rolling window? */
+static bool
+window_grew(MonthDelta *d, AccountSums *s, DateADT first, DateADT last)
+{
+	Numeric		sum = int64_to_numeric(0);
+	int			i;
+
+	for (i = s->first_delta; i < s->first_delta + s->ndeltas; i++)
+		if (d[i].month >= first && d[i].month <= last)
+			sum = numeric_add_opt_error(sum, numeric_sub_opt_error(d[i].qual_new, d[i].qual_old, NULL), NULL);
+	return num_positive(sum);
+}
+
 static int
 find_sums(AccountSums *sums, int nsums, const char *key)
 {
@@ -526,6 +540,8 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 	args[4] = loyalty_numeric_array(uq, nu);
 	if (SPI_execute_plan(upgrade_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record tier upgrades");
+	for (j = 0; j < nu; j++)
+		accounts_note_tier(prog, uk[j], un[j], GetSQLCurrentDate() + 1);
 }
 
 void
@@ -648,7 +664,7 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 
 			s->written = true;
 			s->first_entry = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)) - s->nentries + 1;
-			if (!prog->has_caps && !(prog->ladder && num_positive(numeric_sub_opt_error(s->qn, s->qo, NULL))))
+			if (!prog->has_caps && !(prog->ladder && window_grew(d, s, window_first, window_last)))
 				continue;
 			arrays_read(&after, SPI_getbinval(tup, desc, 3, &isnull), (Datum) 0,
 						SPI_getbinval(tup, desc, 4, &isnull), SPI_getbinval(tup, desc, 5, &isnull), (Datum) 0);
@@ -661,8 +677,8 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 					capv[ncap++] = s->cap;
 				}
 			}
-			/* an upgrade is possible only when qualifying spend grew */
-			if (prog->ladder && num_positive(numeric_sub_opt_error(s->qn, s->qo, NULL)))
+			/* an upgrade is possible only when the window's spend grew */
+			if (prog->ladder && window_grew(d, s, window_first, window_last))
 			{
 				s->rolling = zero;
 				for (m = 0; m < after.n; m++)

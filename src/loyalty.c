@@ -4,6 +4,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -73,11 +74,32 @@ loyalty_watch_relation(Oid relid)
 		loyalty_config_valid = false;	/* too many: rebuild every time */
 }
 
-/* Registers the cache invalidation callback every backend needs. */
+/*
+ * What a rolled-back (sub)transaction enrolled or configured is gone, but
+ * our caches may remember it; aborts are rare, so forget everything.
+ */
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		loyalty_config_valid = loyalty_accounts_valid = false;
+}
+
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		loyalty_config_valid = loyalty_accounts_valid = false;
+}
+
+/* Registers the cache invalidation callbacks every backend needs. */
 void
 _PG_init(void)
 {
 	CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
+	RegisterXactCallback(xact_callback, NULL);
+	RegisterSubXactCallback(subxact_callback, NULL);
 }
 
 PG_FUNCTION_INFO_V1(loyalty_invalidate);

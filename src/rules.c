@@ -375,6 +375,8 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 	Numeric		factor;
 	const RuleVersion *rule;
 	int			s;
+	char	   *const *segment;
+	bool		control;
 
 	memset(r, 0, sizeof(RowResult));
 
@@ -396,8 +398,15 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 
 	rule = rules_version_on(prog, f->date);
 	if (rule == NULL)
-		return reject(r, "no rule in force on %s",
-					  DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(f->date))));
+	{
+		int			y,
+					m,
+					dd;
+
+		/* ISO, whatever the session's DateStyle: reasons are compared and grouped */
+		j2date(f->date + POSTGRES_EPOCH_JDATE, &y, &m, &dd);
+		return reject(r, "no rule in force on %s", psprintf("%04d-%02d-%02d", y, m, dd));
+	}
 
 	if (f->credit_note)
 	{
@@ -420,6 +429,17 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 		return;
 	}
 
+	/* the segment and cohort in force on the document date */
+	segment = acct->segment;
+	control = acct->control;
+	for (s = 0; s < acct->nseg_hist; s++)
+		if (f->date < acct->seg_until[s])
+		{
+			segment = acct->seg_hist[s];
+			control = acct->control_hist[s];
+			break;
+		}
+
 	/* base rate times every multiplier that applies; NULL stands for 1 */
 	factor = rule->unit_rate ? NULL : rule->points_per_unit;
 	r->pl_factor = map_lookup(&rule->product_line, f->product_line);
@@ -431,7 +451,7 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 		factor = factor ? num_mul(factor, r->tier_factor) : r->tier_factor;
 	for (s = 0; s < SEG_COUNT; s++)
 	{
-		Numeric		sf = map_lookup(&rule->segment[s], acct->segment[s]);
+		Numeric		sf = map_lookup(&rule->segment[s], segment[s]);
 
 		if (sf)
 		{
@@ -440,7 +460,7 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 		}
 	}
 
-	if (acct->control)
+	if (control)
 	{
 		r->status = ROW_CONTROL;
 		return;

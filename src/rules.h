@@ -81,6 +81,10 @@ typedef struct AccountInfo
 	bool		control;
 	char	   *segment[SEG_COUNT];
 	char	   *tier;			/* current tier */
+	int			nseg_hist;		/* earlier segments and cohorts, ascending valid_until */
+	DateADT    *seg_until;
+	char	 ***seg_hist;		/* [i][SEG_COUNT] */
+	bool	   *control_hist;
 	int			nhist;
 	DateADT    *hist_from;		/* tier history, ascending effective_from */
 	char	  **hist_tier;

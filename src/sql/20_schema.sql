@@ -92,12 +92,34 @@ COMMENT ON COLUMN @extschema@.account.cooperation_model IS 'Segment: direct, dis
 COMMENT ON COLUMN @extschema@.account.industry IS 'Segment: industry.';
 COMMENT ON COLUMN @extschema@.account.region IS 'Segment: region.';
 COMMENT ON COLUMN @extschema@.account.potential_spend IS 'Estimated annual wallet, the denominator of share of wallet.';
-COMMENT ON COLUMN @extschema@.account.cohort IS 'pilot or control for ROI measurement; control accounts accrue qualifying spend but no points. NULL = not in the experiment.';
+COMMENT ON COLUMN @extschema@.account.cohort IS 'pilot or control for ROI measurement; control accounts accrue qualifying spend but no points. NULL = not in the experiment. Earlier values: loyalty.account_history.';
 COMMENT ON COLUMN @extschema@.account.tier IS 'Current tier name from the program''s ladder; NULL below the first threshold.';
 COMMENT ON COLUMN @extschema@.account.tier_since IS 'When the current tier was reached.';
 COMMENT ON COLUMN @extschema@.account.enrolled_by IS 'explicit (loyalty.enroll) or auto (first invoice under an auto-enrolment program).';
 COMMENT ON COLUMN @extschema@.account.enrolled_at IS 'When the account was enrolled.';
 COMMENT ON COLUMN @extschema@.account.enrolled_from IS 'First document date that earns (-infinity: all of them). Documents dated before it are ignored, so that enrolling never changes what an older document earned.';
+
+CREATE TABLE @extschema@.account_history (
+    program_id        integer NOT NULL,
+    account_key       text NOT NULL,
+    valid_until       date NOT NULL,
+    cooperation_model text,
+    industry          text,
+    region            text,
+    cohort            text,
+    changed_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key, valid_until),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
+);
+COMMENT ON TABLE @extschema@.account_history IS 'Earlier segments and cohorts of an account. Documents dated before valid_until earn by the values of the first row that ends after them; later documents by loyalty.account''s current values. A change takes effect from the day after it is made, so what a document earned never changes after the fact.';
+COMMENT ON COLUMN @extschema@.account_history.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.account_history.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.account_history.valid_until IS 'First document date these values no longer apply to.';
+COMMENT ON COLUMN @extschema@.account_history.cooperation_model IS 'Segment: cooperation model, as it was.';
+COMMENT ON COLUMN @extschema@.account_history.industry IS 'Segment: industry, as it was.';
+COMMENT ON COLUMN @extschema@.account_history.region IS 'Segment: region, as it was.';
+COMMENT ON COLUMN @extschema@.account_history.cohort IS 'Cohort, as it was.';
+COMMENT ON COLUMN @extschema@.account_history.changed_at IS 'When the change was made.';
 
 CREATE TABLE @extschema@.member (
     program_id  integer NOT NULL,
@@ -198,7 +220,7 @@ CREATE TABLE @extschema@.ledger (
     program_id    integer NOT NULL,
     account_key   text NOT NULL,
     entry_no      bigint NOT NULL CHECK (entry_no OPERATOR(pg_catalog.>) 0),
-    kind          text NOT NULL CHECK (kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill',
+    kind          text NOT NULL CHECK (kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate',
                                                 'redeem', 'expire', 'adjust', 'award', 'rebate', 'mdf')),
     points        bigint NOT NULL DEFAULT 0,
     qualifying    numeric NOT NULL DEFAULT 0,
@@ -219,7 +241,7 @@ COMMENT ON TABLE @extschema@.ledger IS 'Append-only journal of every movement. N
 COMMENT ON COLUMN @extschema@.ledger.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.ledger.account_key IS 'The account.';
 COMMENT ON COLUMN @extschema@.ledger.entry_no IS 'Entry number within the account, gap-free from 1 (the account''s balance row hands them out, so no global sequence is involved).';
-COMMENT ON COLUMN @extschema@.ledger.kind IS 'earn / reverse: what an ERP statement''s new / old rows earn; bonus: on-time payment bonus; cap: points withheld (or given back) by a cap; backfill: history accrued by loyalty.backfill; redeem, expire, adjust, award, rebate, mdf.';
+COMMENT ON COLUMN @extschema@.ledger.kind IS 'earn / reverse: what an ERP statement''s new / old rows earn; bonus: on-time payment bonus; cap: points withheld (or given back) by a cap; backfill: history accrued by loyalty.backfill; restate: what an account''s documents earn differently after its enrolment date changed; redeem, expire, adjust, award, rebate, mdf.';
 COMMENT ON COLUMN @extschema@.ledger.points IS 'Points moved (negative for reversals, redemptions, expiry).';
 COMMENT ON COLUMN @extschema@.ledger.qualifying IS 'Tier-qualifying spend moved, in program currency.';
 COMMENT ON COLUMN @extschema@.ledger.rebate IS 'Rebate money moved.';
@@ -423,6 +445,7 @@ COMMENT ON COLUMN @extschema@.rejected_event.resolved_at IS 'When someone marked
 -- pg_dump keeps the contents of extension tables only when they are registered.
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.program', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.account', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.account_history', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.member', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment', '');
@@ -459,12 +482,15 @@ CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON @extschema@.ledger
 -- Rule versions in force are part of the audit trail: a document's points
 -- must be recomputable forever.
 CREATE FUNCTION @extschema@._rule_immutable() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF OLD.valid_from OPERATOR(pg_catalog.<=) CURRENT_DATE THEN
-        RAISE EXCEPTION 'rule version valid from % of program % is in force and cannot be changed', OLD.valid_from, OLD.program_id
+    IF OLD.valid_from <= CURRENT_DATE
+       OR EXISTS (SELECT FROM @extschema@.accrual_month m
+                  WHERE m.program_id = OLD.program_id AND m.month >= date_trunc('month', OLD.valid_from)::date) THEN
+        RAISE EXCEPTION 'rule version valid from % of program "%" cannot be changed', OLD.valid_from,
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id = OLD.program_id)
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Documents dated on or after it may already have earned by it.',
+                  DETAIL = 'It is in force, or documents dated in its months have already earned by it.',
                   HINT = 'Add a new version with loyalty.add_rule(program, valid_from => ...).';
     END IF;
     RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;

@@ -153,10 +153,13 @@ CREATE FUNCTION @extschema@.enroll(
     cohort            text DEFAULT NULL,
     enrolled_from     date DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := @extschema@._program_id(program);
     policy text;
+    before @extschema@.account;
+    after @extschema@.account;
+    att integer;
 BEGIN
     IF account_key IS NULL OR account_key = '' THEN
         RAISE EXCEPTION 'account_key must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
@@ -169,6 +172,7 @@ BEGIN
                                           ARRAY['direct', 'distributor', 'integrator', 'reseller']);
     END IF;
     SELECT p.enrollment INTO policy FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = enroll.account_key;
     INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
                                           potential_spend, cohort, enrolled_by, enrolled_from)
     VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit',
@@ -180,10 +184,35 @@ BEGIN
         potential_spend = coalesce(excluded.potential_spend, a.potential_spend),
         cohort = coalesce(excluded.cohort, a.cohort),
         enrolled_from = coalesce(enroll.enrolled_from, a.enrolled_from);
+
+    SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = enroll.account_key;
+
+    -- A new segment or cohort applies to documents dated from tomorrow; the
+    -- old values stay for the documents before (the first change of a day
+    -- keeps them: values that were never in force for any date are dropped).
+    IF before.account_key IS NOT NULL
+       AND (before.cooperation_model, before.industry, before.region, before.cohort)
+           IS DISTINCT FROM (after.cooperation_model, after.industry, after.region, after.cohort) THEN
+        INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
+                                                 industry, region, cohort)
+        VALUES (pid, enroll.account_key, current_date + 1, before.cooperation_model, before.industry,
+                before.region, before.cohort)
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    -- A new enrolment date changes which documents earn at all: restate them.
+    IF before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
+       AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = enroll.account_key) THEN
+        FOR att IN SELECT x.attachment_id FROM @extschema@.attachment x
+                   WHERE x.program_id = pid AND x.detached_at IS NULL
+                     AND EXISTS (SELECT FROM pg_class c WHERE c.oid = x.source) LOOP
+            PERFORM @extschema@._reconcile(att, '-infinity', enroll.account_key, 'restate');
+        END LOOP;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.enroll(text, text, text, text, text, numeric, text, date) IS
-    'Enrols an account (or updates the segment attributes of an enrolled one). Under explicit enrolment, documents dated before enrolled_from (default today) do not earn.';
+    'Enrols an account (or updates the segment attributes of an enrolled one). Under explicit enrolment, documents dated before enrolled_from (default today) do not earn. A new segment or cohort applies to documents dated from tomorrow (the old values are kept in loyalty.account_history); a new enrolled_from restates the account''s documents (ledger kind restate).';
 
 REVOKE ALL ON FUNCTION @extschema@.create_program(text, text, @extschema@.tier_ladder, numeric, text, text, interval, text, boolean, date, text, interval, @extschema@.rebate_schedule),
                       @extschema@.add_rule(text, date, numeric, numeric, jsonb, jsonb, jsonb, numeric, bigint, text),

@@ -11,7 +11,7 @@ COMMENT ON FUNCTION @extschema@.accrue_header() IS 'Statement-level trigger on a
 
 CREATE FUNCTION @extschema@.stash_header() RETURNS trigger
 AS 'MODULE_PATHNAME', 'loyalty_stash_header' LANGUAGE C;
-COMMENT ON FUNCTION @extschema@.stash_header() IS 'Row trigger on a header table: keeps a deleted header''s facts until commit so that its lines are reversed exactly.';
+COMMENT ON FUNCTION @extschema@.stash_header() IS 'Row trigger on a header table: keeps the facts of a deleted or renumbered header until commit so that its lines are reversed exactly.';
 
 CREATE FUNCTION @extschema@._refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -56,11 +56,12 @@ AS 'MODULE_PATHNAME', 'loyalty_cap_for_month' LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION @extschema@._cap_for_month(integer, date) IS 'Internal: the cap period a document month falls in, NULL when uncapped.';
 
 CREATE FUNCTION @extschema@._post_backfill(attachment integer, accounts text[], months date[],
-                                           points bigint[], qualifying numeric[], source_rows bigint[])
+                                           points bigint[], qualifying numeric[], source_rows bigint[],
+                                           kind text DEFAULT 'backfill')
 RETURNS void
 AS 'MODULE_PATHNAME', 'loyalty_post_backfill' LANGUAGE C STRICT;
-COMMENT ON FUNCTION @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[]) IS
-    'Internal: posts backfilled sums through the trigger''s own posting path.';
+COMMENT ON FUNCTION @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[], text) IS
+    'Internal: posts reconciled sums (backfill or restate) through the trigger''s own posting path.';
 
 -- The facts of every row of an attachment's source, as SQL: the set-based
 -- twin of the trigger's C mapping (mapping.c), over the same expressions.
@@ -78,7 +79,10 @@ BEGIN
     END IF;
     key := CASE WHEN cardinality(a.key_columns) = 1 THEN format('(s.%I)::text', a.key_columns[1])
                 ELSE format('(ROW(%s))::text', (SELECT string_agg(format('s.%I', c), ', ') FROM unnest(a.key_columns) c)) END;
-    from_clause := format('FROM ONLY %s s', a.source);
+    -- a partitioned table is read with its partitions; a plain one alone
+    from_clause := format('FROM %s %s s',
+                          CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.source) = 'p' THEN '' ELSE 'ONLY' END,
+                          a.source);
     IF a.header IS NULL THEN
         hdr := format('(%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency, (%s)::text AS doc_type,'
                       ' (%s)::date AS due_date, (%s)::date AS paid_date, true AS header_found',
@@ -131,6 +135,14 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._check_column(regclass, text, text, regtype[], text) IS 'Internal: attach-time validation of one mapped column.';
 
+CREATE FUNCTION @extschema@._as_local(rel regclass, col text, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col)
+                 = 'timestamp with time zone'::regtype
+            THEN format('(%s AT TIME ZONE %L)', expr, current_setting('TimeZone'))
+            ELSE expr END;
+COMMENT ON FUNCTION @extschema@._as_local(regclass, text, text) IS 'Internal: pins a timestamptz column to the time zone in force at attach time.';
+
 CREATE FUNCTION @extschema@.attach(
     source              regclass,
     program             text,
@@ -166,7 +178,11 @@ DECLARE
     trg text;
 BEGIN
     SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
-    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) NOT IN ('r', 'p') THEN
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) = 'p' THEN
+        RAISE NOTICE 'rows written straight into a partition of % will not accrue', source
+            USING DETAIL = 'Statement triggers on a partitioned table see the rows written through it, not those written to a partition directly, and TRUNCATE of a partition is not refused.',
+                  HINT = 'Make the ERP write through the partitioned table.';
+    ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) <> 'r' THEN
         RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type',
             HINT = 'Attach the table the ERP writes invoices or invoice lines to.';
     END IF;
@@ -204,6 +220,11 @@ BEGIN
     amt := @extschema@._check_column(source, 'amount_column', amount_column, nums, 'numeric or integer (money is never float)');
     qty := @extschema@._check_column(source, 'quantity_column', quantity_column, nums || ARRAY['real', 'double precision']::regtype[], 'numeric');
     pl := @extschema@._check_column(source, 'product_line_column', product_line_column, texts || ints, 'text or integer');
+    -- a timestamptz becomes a date in the time zone in force at attach time,
+    -- fixed in the mapping, so that no session setting can move a document
+    dat := @extschema@._as_local(dside, date_column, dat);
+    due := @extschema@._as_local(dside, due_date_column, due);
+    paid := @extschema@._as_local(dside, paid_date_column, paid);
     IF header IS NOT NULL THEN
         acc := replace(acc, 's.', 'h.'); dat := replace(dat, 's.', 'h.');
         cur := replace(cur, 's.', 'h.'); dt := replace(dt, 's.', 'h.');
@@ -278,8 +299,8 @@ BEGIN
     IF header IS NOT NULL THEN
         EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
                        ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header', header, id);
-        EXECUTE format('CREATE TRIGGER %I BEFORE DELETE ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.stash_header(%s)',
-                       trg || '_header_delete', header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE DELETE OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.stash_header(%s)',
+                       trg || '_header_delete', hm, header, id);
         EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
                        trg || '_header_truncate', header);
     END IF;
@@ -415,8 +436,13 @@ BEGIN
                      f.product_line, f.currency, f.doc_type, f.due_date, f.paid_date, f.header_found) r
                 WHERE r.status IN ('earns', 'below_minimum', 'control_cohort')
                 GROUP BY 1, 2),
-            acc AS (SELECT m.account_key, m.month, m.points, m.qualifying, m.source_rows
-                    FROM @extschema@.accrual_month m WHERE m.program_id = %s AND m.attachment_id = %s),
+            acc AS (SELECT m.account_key, m.month, sum(m.points) AS points, sum(m.qualifying) AS qualifying,
+                           sum(m.source_rows) AS source_rows
+                    FROM @extschema@.accrual_month m
+                    WHERE m.program_id = %s AND m.attachment_id IN
+                          (SELECT x.attachment_id FROM @extschema@.attachment x
+                           WHERE x.program_id = %s AND x.source = %s::oid)
+                    GROUP BY 1, 2),
             j AS (SELECT coalesce(s.account_key, c.account_key) AS k, coalesce(s.month, c.month) AS m,
                          coalesce(s.points, 0) AS sp, coalesce(c.points, 0) AS cp,
                          coalesce(s.qualifying, 0) AS sq, coalesce(c.qualifying, 0) AS cq,
@@ -426,7 +452,7 @@ BEGIN
                 LATERAL (VALUES ('points', j.sp::numeric, j.cp::numeric), ('qualifying', j.sq, j.cq),
                                 ('source_rows', j.sr::numeric, j.cr::numeric)) AS v(item, e, a)
             WHERE v.e IS DISTINCT FROM v.a$q$,
-            @extschema@._facts_sql(a.attachment_id), a.attachment_id, pid, a.attachment_id, a.attachment_id);
+            @extschema@._facts_sql(a.attachment_id), a.attachment_id, pid, pid, a.source::oid, a.attachment_id);
     END LOOP;
 
     -- 2. the per-month sums, capped, vs the ledger's accrual entries
@@ -446,7 +472,7 @@ BEGIN
     posted AS (
         SELECT l.account_key, sum(l.points) AS points, sum(l.qualifying) AS qualifying
         FROM @extschema@.ledger l
-        WHERE l.program_id = pid AND l.kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill')
+        WHERE l.program_id = pid AND l.kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate')
         GROUP BY 1)
     SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
     FROM expected e FULL JOIN posted p ON p.account_key = e.account_key,
@@ -471,6 +497,61 @@ $$;
 COMMENT ON FUNCTION @extschema@.verify(text) IS
     'Recomputes every attached source row, the per-month sums, the ledger and the balances of a program, and returns each difference (expected vs actual). Empty means every point reconciles with the invoices.';
 
+-- What the ERP rows of an attachment's source should have accrued since a
+-- month, minus what was accrued (under any attachment of the same source),
+-- posted as one batch: backfill for history, restate for one account whose
+-- segment, cohort or enrolment date changed.
+CREATE FUNCTION @extschema@._reconcile(attachment integer, since_month date, account text, kind text,
+                                       OUT accounts integer, OUT months integer, OUT source_rows bigint,
+                                       OUT points bigint, OUT qualifying numeric)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a @extschema@.attachment;
+    d record;
+BEGIN
+    SELECT * INTO a FROM @extschema@.attachment x WHERE x.attachment_id = attachment;
+    EXECUTE format($q$
+        WITH src AS (
+            SELECT f.account_key, r.month, sum(r.points + r.on_time_bonus) AS points,
+                   sum(r.qualifying) AS qualifying, count(*) AS source_rows
+            FROM (%s) f, @extschema@._row_points(%s, f.account_key, f.amount, f.quantity, f.doc_date,
+                 f.product_line, f.currency, f.doc_type, f.due_date, f.paid_date, f.header_found) r
+            WHERE r.status IN ('earns', 'below_minimum', 'control_cohort') AND r.month >= %L
+              AND (%L::text IS NULL OR f.account_key = %L::text)
+            GROUP BY 1, 2),
+        acc AS (SELECT m.account_key, m.month, sum(m.points) AS points, sum(m.qualifying) AS qualifying,
+                       sum(m.source_rows) AS source_rows
+                FROM @extschema@.accrual_month m
+                WHERE m.program_id = %s AND m.month >= %L
+                  AND (%L::text IS NULL OR m.account_key = %L::text)
+                  AND m.attachment_id IN (SELECT x.attachment_id FROM @extschema@.attachment x
+                                          WHERE x.program_id = %s AND x.source = %s::oid)
+                GROUP BY 1, 2),
+        diff AS (SELECT coalesce(s.account_key, c.account_key) AS k, coalesce(s.month, c.month) AS m,
+                        (coalesce(s.points, 0) - coalesce(c.points, 0))::bigint AS p,
+                        coalesce(s.qualifying, 0) - coalesce(c.qualifying, 0) AS q,
+                        (coalesce(s.source_rows, 0) - coalesce(c.source_rows, 0))::bigint AS r
+                 FROM src s FULL JOIN acc c ON c.account_key = s.account_key AND c.month = s.month)
+        SELECT array_agg(k ORDER BY k COLLATE "C", m) AS k, array_agg(m ORDER BY k COLLATE "C", m) AS m,
+               array_agg(p ORDER BY k COLLATE "C", m) AS p, array_agg(q ORDER BY k COLLATE "C", m) AS q,
+               array_agg(r ORDER BY k COLLATE "C", m) AS r,
+               count(DISTINCT k)::int AS accounts, count(*)::int AS months,
+               coalesce(sum(r), 0)::bigint AS source_rows, coalesce(sum(p), 0)::bigint AS points,
+               coalesce(sum(q), 0) AS qualifying
+        FROM diff WHERE p <> 0 OR q <> 0 OR r <> 0$q$,
+        @extschema@._facts_sql(a.attachment_id), a.attachment_id, since_month, account, account,
+        a.program_id, since_month, account, account, a.program_id, a.source::oid)
+    INTO d;
+    accounts := d.accounts; months := d.months; source_rows := d.source_rows;
+    points := d.points; qualifying := d.qualifying;
+    IF d.months > 0 THEN
+        PERFORM @extschema@._post_backfill(a.attachment_id, d.k, d.m, d.p, d.q, d.r, kind);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile(integer, date, text, text) IS
+    'Internal: posts what the source rows of an attachment should have accrued and did not (backfill, restate).';
+
 CREATE FUNCTION @extschema@.backfill(source regclass, program text, since date,
                                      OUT accounts integer, OUT months integer, OUT source_rows bigint,
                                      OUT points bigint, OUT qualifying numeric)
@@ -479,7 +560,6 @@ DECLARE
     pid integer := @extschema@._program_id(program);
     a @extschema@.attachment;
     since_month date := date_trunc('month', since)::date;
-    d record;
 BEGIN
     SELECT * INTO a FROM @extschema@.attachment x
     WHERE x.program_id = pid AND x.source = backfill.source AND x.detached_at IS NULL;
@@ -502,37 +582,8 @@ BEGIN
                        pid, @extschema@._facts_sql(a.attachment_id), since_month);
     END IF;
 
-    -- what whole months since `since` should hold, minus what they hold
-    EXECUTE format($q$
-        WITH src AS (
-            SELECT f.account_key, r.month, sum(r.points + r.on_time_bonus) AS points,
-                   sum(r.qualifying) AS qualifying, count(*) AS source_rows
-            FROM (%s) f, @extschema@._row_points(%s, f.account_key, f.amount, f.quantity, f.doc_date,
-                 f.product_line, f.currency, f.doc_type, f.due_date, f.paid_date, f.header_found) r
-            WHERE r.status IN ('earns', 'below_minimum', 'control_cohort') AND r.month >= %L
-            GROUP BY 1, 2),
-        acc AS (SELECT m.account_key, m.month, m.points, m.qualifying, m.source_rows
-                FROM @extschema@.accrual_month m
-                WHERE m.program_id = %s AND m.attachment_id = %s AND m.month >= %L),
-        diff AS (SELECT coalesce(s.account_key, c.account_key) AS k, coalesce(s.month, c.month) AS m,
-                        coalesce(s.points, 0) - coalesce(c.points, 0) AS p,
-                        coalesce(s.qualifying, 0) - coalesce(c.qualifying, 0) AS q,
-                        coalesce(s.source_rows, 0) - coalesce(c.source_rows, 0) AS r
-                 FROM src s FULL JOIN acc c ON c.account_key = s.account_key AND c.month = s.month)
-        SELECT array_agg(k ORDER BY k COLLATE "C", m) AS k, array_agg(m ORDER BY k COLLATE "C", m) AS m,
-               array_agg(p ORDER BY k COLLATE "C", m) AS p, array_agg(q ORDER BY k COLLATE "C", m) AS q,
-               array_agg(r ORDER BY k COLLATE "C", m) AS r,
-               count(DISTINCT k)::int AS accounts, count(*)::int AS months,
-               coalesce(sum(r), 0)::bigint AS source_rows, coalesce(sum(p), 0)::bigint AS points,
-               coalesce(sum(q), 0) AS qualifying
-        FROM diff WHERE p <> 0 OR q <> 0 OR r <> 0$q$,
-        @extschema@._facts_sql(a.attachment_id), a.attachment_id, since_month, pid, a.attachment_id, since_month)
-    INTO d;
-    accounts := d.accounts; months := d.months; source_rows := d.source_rows;
-    points := d.points; qualifying := d.qualifying;
-    IF d.months > 0 THEN
-        PERFORM @extschema@._post_backfill(a.attachment_id, d.k, d.m, d.p, d.q, d.r);
-    END IF;
+    SELECT * INTO accounts, months, source_rows, points, qualifying
+    FROM @extschema@._reconcile(a.attachment_id, since_month, NULL, 'backfill');
 END
 $$;
 COMMENT ON FUNCTION @extschema@.backfill(regclass, text, date) IS
@@ -541,11 +592,13 @@ COMMENT ON FUNCTION @extschema@.backfill(regclass, text, date) IS
 REVOKE ALL ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text),
                       @extschema@.detach(regclass, text),
                       @extschema@.backfill(regclass, text, date),
-                      @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[]) FROM PUBLIC;
+                      @extschema@._reconcile(integer, date, text, text),
+                      @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[], text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text),
                           @extschema@.detach(regclass, text),
                           @extschema@.backfill(regclass, text, date),
-                          @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[]) TO loyalty_admin;
+                          @extschema@._reconcile(integer, date, text, text),
+                          @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[], text) TO loyalty_admin;
 
 -- The per-month sums on loyalty.balance: decoded and merged in C inside the
 -- balance upsert, so that a statement writes one row per account.
