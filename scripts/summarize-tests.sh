@@ -5,13 +5,18 @@
 set -u
 out=$1 rc=${2:-0}
 
-# pg_regress and pg_isolation_regress (PostgreSQL 15): "test name ... ok" lines.
-reg_ok=$(grep -cE '^(test |     )?[ ]*[a-z0-9_]+ +\.\.\. ok' "$out")
-reg_fail=$(grep -cE '\.\.\. FAILED' "$out")
-iso_section=$(awk '/pg_isolation_regress/{f=1} f' "$out")
-iso_ok=$(printf '%s\n' "$iso_section" | grep -cE '\.\.\. ok')
-iso_fail=$(printf '%s\n' "$iso_section" | grep -cE '\.\.\. FAILED')
-sql_ok=$((reg_ok - iso_ok)) sql_fail=$((reg_fail - iso_fail))
+# pg_regress and pg_isolation_regress (PostgreSQL 15) print one
+# "test name ... ok|FAILED" line per test, each suite after its "+++" banner.
+count() {  # section, result
+  awk -v sec="$1" -v res="$2" '
+    /^\+\+\+ regress /   { s = "regress" }
+    /^\+\+\+ isolation / { s = "isolation" }
+    /^\+\+\+ tap /       { s = "tap" }
+    s == sec && /^test [^ ]+ +\.\.\. / && $0 ~ ("\\.\\.\\. " res) { n++ }
+    END { print n + 0 }' "$out"
+}
+sql_ok=$(count regress ok); sql_fail=$(count regress FAILED)
+iso_ok=$(count isolation ok); iso_fail=$(count isolation FAILED)
 # prove: its closing "Files=N, Tests=M" line counts the assertions run;
 # failed ones are listed as "Failed tests: ..." / "Failed X/Y subtests".
 tap_total=$(grep -oE '^Files=[0-9]+, Tests=[0-9]+' "$out" | grep -oE '[0-9]+$' | awk '{s+=$1} END {print s+0}')

@@ -145,8 +145,7 @@ SELECT loyalty.add_rule('programs_rules', '2024-03-20', 2);
 SELECT loyalty.add_rule('programs_rules', '2024-01-01', 2);
 
 -- From April on, two points per euro (and no product-line multipliers).
--- One version per day: a second one for 1 April is refused by the table's
--- primary key (its DETAIL would show the program id, so message only).
+-- One version per day: a second one for 1 April is refused.
 SELECT loyalty.add_rule('programs_rules', '2024-04-01', 2);
 \set VERBOSITY terse
 SELECT loyalty.add_rule('programs_rules', '2024-04-01', 3);

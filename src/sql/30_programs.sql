@@ -80,6 +80,19 @@ BEGIN
         RAISE EXCEPTION 'points_per_unit must be zero or positive, not %', coalesce(points_per_unit::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF name IS NULL OR name !~ '^[^[:cntrl:]]{1,63}$' OR name <> btrim(name) THEN
+        RAISE EXCEPTION 'invalid program name: %', coalesce(quote_literal(name), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A program name has 1 to 63 characters, no control characters and no leading or trailing spaces.';
+    END IF;
+    IF qualification_window IS NULL OR qualification_window < '1 month' OR qualification_window > '10 years' THEN
+        RAISE EXCEPTION 'qualification_window must be between 1 month and 10 years, not %', coalesce(qualification_window::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example qualification_window => ''12 months''.';
+    END IF;
+    IF points_per_unit >= 1000000 THEN
+        RAISE EXCEPTION 'points_per_unit must be below 1000000, not %', points_per_unit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF EXISTS (SELECT FROM @extschema@.program p WHERE p.name = create_program.name) THEN
         RAISE EXCEPTION 'loyalty program "%" already exists', name
             USING ERRCODE = 'duplicate_object', HINT = 'Choose another name, or change the existing program''s rules with loyalty.add_rule().';
@@ -120,6 +133,23 @@ BEGIN
     END IF;
     IF cap_period IS NOT NULL THEN
         PERFORM @extschema@._check_choice('cap_period', cap_period, ARRAY['month', 'quarter', 'year']);
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.rule r WHERE r.program_id = pid AND r.valid_from = add_rule.valid_from) THEN
+        RAISE EXCEPTION 'program "%" already has a rule version valid from %', program, valid_from
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Versions are immutable once documents earned by them; add one with another valid_from.';
+    END IF;
+    IF points_per_unit IS NULL OR points_per_unit < 0 OR points_per_unit >= 1000000 THEN
+        RAISE EXCEPTION 'points_per_unit must be at least 0 and below 1000000, not %', coalesce(points_per_unit::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT @extschema@._valid_multipliers(coalesce(product_line_multipliers, 'null'), false)
+       OR NOT @extschema@._valid_multipliers(coalesce(tier_multipliers, 'null'), false)
+       OR NOT @extschema@._valid_multipliers(coalesce(segment_multipliers, 'null'), true) THEN
+        RAISE EXCEPTION 'invalid multiplier map'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Multipliers are JSON objects of positive numbers; segment multipliers nest them under cooperation_model, industry or region.',
+                  HINT = 'For example product_line_multipliers => ''{"SOLAR": 2}'', segment_multipliers => ''{"region": {"North": 1.1}}''.';
     END IF;
     IF (cap_points IS NULL) <> (cap_period IS NULL) THEN
         RAISE EXCEPTION 'cap_points and cap_period go together' USING ERRCODE = 'invalid_parameter_value',
