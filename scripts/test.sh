@@ -21,10 +21,22 @@ trap cluster_stop EXIT
 cluster_start
 
 OUT=$RUN_DIR/test-output.txt
+: >"$OUT"
+installcheck() {
+  as_pg env PGHOST="$SOCK_DIR" PGPORT="$CLUSTER_PORT" PGUSER=postgres \
+    make -C "$WORK" PG_CONFIG=$PGBIN/pg_config installcheck "$@" 2>&1 | tee -a "$OUT"
+  return "${PIPESTATUS[0]}"
+}
 set +e
-as_pg env PGHOST="$SOCK_DIR" PGPORT="$CLUSTER_PORT" PGUSER=postgres \
-  make -C "$WORK" -k PG_CONFIG=$PGBIN/pg_config installcheck "$@" 2>&1 | tee "$OUT"
-rc=${PIPESTATUS[0]}
+rc=0
+if [ $# -gt 0 ]; then
+  installcheck "$@" || rc=$?
+else
+  # each suite on its own, so that a failure in one does not hide the others
+  installcheck ISOLATION= TAP_TESTS= || rc=$?
+  installcheck REGRESS= TAP_TESTS= || rc=$?
+  installcheck REGRESS= ISOLATION= || rc=$?
+fi
 set -e
 
 # Collect every diff for the reader.

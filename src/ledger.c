@@ -19,7 +19,7 @@
 #include "accounts.h"
 #include "ledger.h"
 
-static SPIPlanPtr balance_plan, balance_one_plan, capfix_plan, ledger_plan, ledger_one_plan, lock_plan, upgrade_plan;
+static SPIPlanPtr balance_plan, balance_one_plan, balance_update_plan, capfix_plan, ledger_plan, ledger_one_plan, lock_plan, upgrade_plan;
 
 #define BALANCE_UPSERT_TAIL \
 	" ON CONFLICT (program_id, account_key) DO UPDATE" \
@@ -58,15 +58,36 @@ prepare_plans(void)
 			BALANCE_UPSERT_TAIL, 7, t);
 	}
 	{
-		Oid			t[7] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID, BYTEAOID};
+		Oid			t[11] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID,
+		DATEARRAYOID, INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
 
 		/* the same for one account (single-row ERP transactions): less to plan and start */
 		balance_one_plan = loyalty_prepare(
 			"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count,"
 			"  m_month, m_attachment, m_points, m_qualifying, m_source_rows)"
-			" SELECT $1, $3, $4, $5, $6, x.m_month, x.m_attachment, x.m_points, x.m_qualifying, x.m_source_rows"
-			" FROM loyalty._month_delta($7, $2) AS x"
-			BALANCE_UPSERT_TAIL, 7, t);
+			" VALUES ($1, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+			BALANCE_UPSERT_TAIL, 11, t);
+	}
+	{
+		Oid			t[11] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID,
+		DATEARRAYOID, INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
+
+		/*
+		 * An account seen before has its row: a plain (HOT) update costs less
+		 * than the speculative insertion of an upsert.
+		 */
+		balance_update_plan = loyalty_prepare(
+			"UPDATE loyalty.balance AS b"
+			" SET points = b.points OPERATOR(pg_catalog.+) $4,"
+			"     qualifying = b.qualifying OPERATOR(pg_catalog.+) $5,"
+			"     entry_count = b.entry_count OPERATOR(pg_catalog.+) $6,"
+			"     updated_at = pg_catalog.now(),"
+			"     (m_month, m_attachment, m_points, m_qualifying, m_source_rows) ="
+			"       (SELECT y.m_month, y.m_attachment, y.m_points, y.m_qualifying, y.m_source_rows"
+			"        FROM loyalty._month_merge(b.m_month, b.m_attachment, b.m_points, b.m_qualifying, b.m_source_rows,"
+			"             $7, $8, $9, $10, $11) AS y)"
+			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $3"
+			" RETURNING b.account_key, b.entry_count, b.m_month, b.m_points, b.m_qualifying", 11, t);
 	}
 	{
 		Oid			t[3] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID};
@@ -86,7 +107,7 @@ prepare_plans(void)
 		ledger_plan = loyalty_prepare(
 			"INSERT INTO loyalty.ledger"
 			" (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
-			" SELECT $1, u.k, u.e, u.kind, u.p, u.q, $2, u.r, $3"
+			" SELECT $1, u.k, u.e, u.kind::loyalty.ledger_kind, u.p, u.q, $2, u.r, $3"
 			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
 			"                 pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)",
 			9, t);
@@ -97,7 +118,7 @@ prepare_plans(void)
 		ledger_one_plan = loyalty_prepare(
 			"INSERT INTO loyalty.ledger"
 			" (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
-			" VALUES ($1, $4, $5, $6, $7, $8, $2, $9, $3)", 9, t);
+			" VALUES ($1, $4, $5, $6::loyalty.ledger_kind, $7, $8, $2, $9, $3)", 9, t);
 	}
 	{
 		Oid			t[2] = {INT4OID, TEXTARRAYOID};
@@ -247,6 +268,28 @@ delta_encode(MonthDelta *d, int n)
 	}
 	SET_VARSIZE(buf.data, buf.len);
 	return (bytea *) buf.data;
+}
+
+/* The same deltas as parallel arrays, for a single-account statement. */
+static void
+delta_arrays(MonthDelta *d, int n, int32 attachment, MonthArrays *m)
+{
+	int			i;
+
+	m->n = n;
+	m->month = palloc(sizeof(DateADT) * (n + 1));
+	m->attachment = palloc(sizeof(int32) * (n + 1));
+	m->points = palloc(sizeof(int64) * (n + 1));
+	m->qualifying = palloc(sizeof(Numeric) * (n + 1));
+	m->rows = palloc(sizeof(int64) * (n + 1));
+	for (i = 0; i < n; i++)
+	{
+		m->month[i] = d[i].month;
+		m->attachment[i] = attachment;
+		m->points[i] = d[i].points_new + d[i].bonus_new - d[i].points_old - d[i].bonus_old;
+		m->qualifying[i] = numeric_sub_opt_error(d[i].qual_new, d[i].qual_old, NULL);
+		m->rows[i] = d[i].rows_new - d[i].rows_old;
+	}
 }
 
 PG_FUNCTION_INFO_V1(loyalty_month_delta);
@@ -601,10 +644,10 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		Numeric    *q = palloc(sizeof(Numeric) * nsums);
 		int64	   *e = palloc(sizeof(int64) * nsums);
 		Datum	   *deltas = palloc(sizeof(Datum) * nsums);
-		Datum		args[7];
+		Datum		args[11];
 		uint64		j;
-
 		int			nb = 0;
+		int		   *which = palloc(sizeof(int) * nsums);	/* sums index of each row */
 
 		for (i = 0; i < nsums; i++)
 		{
@@ -621,9 +664,10 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			p[nb] = (cancels ? 0 : s->pn - s->po) + s->bonus;
 			q[nb] = cancels ? zero : numeric_sub_opt_error(s->qn, s->qo, NULL);
 			e[nb] = s->nentries;
-			deltas[nb] = PointerGetDatum(delta_encode(&d[s->first_delta], s->ndeltas));
-			nb++;
+			which[nb++] = i;
 		}
+		for (i = 0; nb > 1 && i < nb; i++)
+			deltas[i] = PointerGetDatum(delta_encode(&d[sums[which[i]].first_delta], sums[which[i]].ndeltas));
 		if (nb == 0)
 		{
 			loyalty_leave_owner(&scope);
@@ -633,11 +677,20 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		args[1] = Int32GetDatum(attachment_id);
 		if (nb == 1)
 		{
+			/* one account: its month sums as arrays, no bytea to decode */
+			AccountSums *s = &sums[which[0]];
+			MonthArrays m;
+
+			delta_arrays(&d[s->first_delta], s->ndeltas, attachment_id, &m);
 			args[2] = CStringGetTextDatum(k[0]);
 			args[3] = Int64GetDatum(p[0]);
 			args[4] = NumericGetDatum(q[0]);
 			args[5] = Int64GetDatum(e[0]);
-			args[6] = deltas[0];
+			args[6] = loyalty_date_array(m.month, m.n);
+			args[7] = loyalty_int4_array(m.attachment, m.n);
+			args[8] = loyalty_int8_array(m.points, m.n);
+			args[9] = loyalty_numeric_array(m.qualifying, m.n);
+			args[10] = loyalty_int8_array(m.rows, m.n);
 		}
 		else
 		{
@@ -647,8 +700,17 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			args[5] = loyalty_int8_array(e, nb);
 			args[6] = PointerGetDatum(construct_array(deltas, nb, BYTEAOID, -1, false, TYPALIGN_INT));
 		}
-		if (SPI_execute_plan(nb == 1 ? balance_one_plan : balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
-			SPI_processed != (uint64) nb)
+		if (nb == 1)
+		{
+			if (SPI_execute_plan(balance_update_plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+				elog(ERROR, "could not update loyalty.balance");
+			if (SPI_processed == 0 &&
+				SPI_execute_plan(balance_one_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+				elog(ERROR, "could not update loyalty.balance");
+		}
+		else if (SPI_execute_plan(balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not update loyalty.balance");
+		if (SPI_processed != (uint64) nb)
 			elog(ERROR, "could not update loyalty.balance");
 
 		capk = palloc(sizeof(char *) * nsums);

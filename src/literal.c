@@ -20,6 +20,8 @@
  */
 #include "postgres.h"
 
+#include "common/hashfn.h"
+
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "parser/scansup.h"
@@ -487,4 +489,17 @@ lit_name_cmp_ci(const char *a, const char *b)
 		if (ca == '\0')
 			return 0;
 	}
+}
+
+bool
+lit_same_bytes(struct varlena *a, struct varlena *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
+Datum
+lit_hash_bytes(struct varlena *v)
+{
+	return hash_any((unsigned char *) VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
 }

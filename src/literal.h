@@ -62,6 +62,10 @@ extern void lit_append_name(StringInfo buf, const char *name);
 extern void lit_append_quoted(StringInfo buf, const char *name);
 extern int	lit_name_cmp_ci(const char *a, const char *b);
 
+/* Both types store a canonical form: equal values have equal bytes. */
+extern bool lit_same_bytes(struct varlena *a, struct varlena *b);
+extern Datum lit_hash_bytes(struct varlena *v);
+
 extern void lit_error(const LiteralScanner *s, const char *fmt,...)
 			pg_attribute_printf(2, 3) pg_attribute_noreturn();
 

@@ -455,11 +455,7 @@ loyalty_rebate_schedule_recv(PG_FUNCTION_ARGS)
 static bool
 rebate_schedule_same(FunctionCallInfo fcinfo)
 {
-	struct varlena *a = PG_GETARG_VARLENA_PP(0);
-	struct varlena *b = PG_GETARG_VARLENA_PP(1);
-
-	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
-		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+	return lit_same_bytes(PG_GETARG_VARLENA_PP(0), PG_GETARG_VARLENA_PP(1));
 }
 
 /* The = operator: same mode, same brackets. */
@@ -483,9 +479,7 @@ PG_FUNCTION_INFO_V1(loyalty_rebate_schedule_hash);
 Datum
 loyalty_rebate_schedule_hash(PG_FUNCTION_ARGS)
 {
-	struct varlena *v = PG_GETARG_VARLENA_PP(0);
-
-	return hash_any((unsigned char *) VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
+	return lit_hash_bytes(PG_GETARG_VARLENA_PP(0));
 }
 
 /* rebate(schedule, volume): the exact rebate, never rounded. */

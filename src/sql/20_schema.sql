@@ -216,12 +216,15 @@ COMMENT ON COLUMN @extschema@.attachment.header_match_column IS 'Column of the h
 COMMENT ON COLUMN @extschema@.attachment.attached_at IS 'When loyalty.attach ran.';
 COMMENT ON COLUMN @extschema@.attachment.detached_at IS 'When loyalty.detach ran; NULL while attached.';
 
+-- An enum rather than a CHECK: the check would be re-parsed on every posting.
+CREATE TYPE @extschema@.ledger_kind AS ENUM ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate', 'redeem', 'expire', 'adjust', 'award', 'rebate', 'mdf');
+COMMENT ON TYPE @extschema@.ledger_kind IS 'What a ledger entry records: earn, reverse, bonus, cap, backfill, restate, redeem, expire, adjust, award, rebate, mdf.';
+
 CREATE TABLE @extschema@.ledger (
     program_id    integer NOT NULL,
     account_key   text NOT NULL,
     entry_no      bigint NOT NULL CHECK (entry_no OPERATOR(pg_catalog.>) 0),
-    kind          text NOT NULL CHECK (kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate',
-                                                'redeem', 'expire', 'adjust', 'award', 'rebate', 'mdf')),
+    kind          @extschema@.ledger_kind NOT NULL,
     points        bigint NOT NULL DEFAULT 0,
     qualifying    numeric NOT NULL DEFAULT 0,
     rebate        numeric NOT NULL DEFAULT 0,
@@ -234,7 +237,8 @@ CREATE TABLE @extschema@.ledger (
     posted_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
     PRIMARY KEY (program_id, account_key, entry_no),
-    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    -- no foreign key to account: its check would run a query per posting on
+    -- the hot path; accounts with postings cannot be deleted (account_keep)
     CHECK (corrects IS NULL OR corrects OPERATOR(pg_catalog.<) entry_no)
 );
 COMMENT ON TABLE @extschema@.ledger IS 'Append-only journal of every movement. Nothing is updated or deleted; corrections are new entries. Wallets are columns: points, qualifying (tier spend), rebate and mdf (money).';
@@ -268,8 +272,8 @@ CREATE TABLE @extschema@.balance (
     m_qualifying   numeric[] NOT NULL DEFAULT '{}',
     m_source_rows  bigint[] NOT NULL DEFAULT '{}',
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    PRIMARY KEY (program_id, account_key),
-    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
+    PRIMARY KEY (program_id, account_key)
+    -- no foreign key to account, as for the ledger (account_keep)
 );
 COMMENT ON TABLE @extschema@.balance IS 'Running totals per account, kept equal to the sums of loyalty.ledger in the same transaction: the O(1) read path.';
 COMMENT ON COLUMN @extschema@.balance.program_id IS 'The program.';
@@ -478,6 +482,29 @@ CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON @extschema@.ledger
     FOR EACH ROW EXECUTE FUNCTION @extschema@._ledger_append_only();
 CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON @extschema@.ledger
     FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._ledger_append_only();
+
+-- An account with postings is part of the audit trail: it stays.  (This
+-- replaces foreign keys from the ledger and balances, whose per-row checks
+-- would cost every ERP insert a query.)
+CREATE FUNCTION @extschema@._account_keep() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' OR EXISTS (SELECT FROM @extschema@.balance b
+                                     WHERE b.program_id = OLD.program_id AND b.account_key = OLD.account_key) THEN
+        RAISE EXCEPTION 'loyalty accounts with ledger entries cannot be removed'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = CASE WHEN TG_OP = 'TRUNCATE' THEN 'TRUNCATE of loyalty.account is refused.'
+                                ELSE pg_catalog.format('Account %s has postings in the ledger.', OLD.account_key) END,
+                  HINT = 'Leave the account enrolled; move it out of the program''s cohorts instead.';
+    END IF;
+    RETURN OLD;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._account_keep() IS 'Internal: refuses to delete accounts that have ledger entries.';
+CREATE TRIGGER account_keep BEFORE DELETE ON @extschema@.account
+    FOR EACH ROW EXECUTE FUNCTION @extschema@._account_keep();
+CREATE TRIGGER account_no_truncate BEFORE TRUNCATE ON @extschema@.account
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._account_keep();
 
 -- Rule versions in force are part of the audit trail: a document's points
 -- must be recomputable forever.

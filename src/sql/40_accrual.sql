@@ -310,19 +310,30 @@ $$;
 COMMENT ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text) IS
     'Maps an ERP invoice (or invoice-line) table onto a program and creates its accrual triggers. Columns are validated now; with header, the account, date, currency, document type and payment dates are read from the header table. Returns the attachment id. Rows that existed before: loyalty.backfill().';
 
-CREATE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- The active attachment of a program on a table, or a clear error.
+CREATE FUNCTION @extschema@._attachment_of(source regclass, program text) RETURNS @extschema@.attachment
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := @extschema@._program_id(program);
     a @extschema@.attachment;
-    trg text;
 BEGIN
     SELECT * INTO a FROM @extschema@.attachment x
-    WHERE x.program_id = pid AND x.source = detach.source AND x.detached_at IS NULL;
+    WHERE x.program_id = pid AND x.source = _attachment_of.source AND x.detached_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'program "%" is not attached to %', program, source USING ERRCODE = 'undefined_object',
-            HINT = 'SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
+            HINT = 'Attach it with loyalty.attach(); SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
     END IF;
+    RETURN a;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._attachment_of(regclass, text) IS 'Internal: the active attachment of a program on a table.';
+
+CREATE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a @extschema@.attachment := @extschema@._attachment_of(source, program);
+    trg text;
+BEGIN
     trg := 'loyalty_accrual_' || a.attachment_id;
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_ins', source);
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_upd', source);
@@ -557,16 +568,10 @@ CREATE FUNCTION @extschema@.backfill(source regclass, program text, since date,
                                      OUT points bigint, OUT qualifying numeric)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
-    a @extschema@.attachment;
+    a @extschema@.attachment := @extschema@._attachment_of(source, program);
+    pid integer := a.program_id;
     since_month date := date_trunc('month', since)::date;
 BEGIN
-    SELECT * INTO a FROM @extschema@.attachment x
-    WHERE x.program_id = pid AND x.source = backfill.source AND x.detached_at IS NULL;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'program "%" is not attached to %', program, source USING ERRCODE = 'undefined_object',
-            HINT = 'Attach it first with loyalty.attach().';
-    END IF;
     IF since IS NULL THEN
         RAISE EXCEPTION 'since must not be NULL' USING ERRCODE = 'null_value_not_allowed',
             HINT = 'Use ''-infinity'' to backfill the whole history.';
