@@ -382,7 +382,7 @@ mapping_source_facts(Attachment *att, ExprContext *econtext,
 	}
 }
 
-/* The account key of a source row without a header (NULL if NULL). */
+/* The header key of a source row, raw and as text (NULL if NULL). */
 char *
 mapping_header_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot,
 				   Datum *raw, bool *isnull)
