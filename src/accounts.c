@@ -156,6 +156,7 @@ load_accounts(Program *prog, char **keys, int n)
 	bool		all = (keys == NULL);
 	bool		hist = prog->uses_tier_multipliers;
 	uint64		i;
+	OwnerScope	scope;
 
 	if (plans[all][hist] == NULL)
 		plans[all][hist] = loyalty_prepare(
@@ -183,8 +184,10 @@ load_accounts(Program *prog, char **keys, int n)
 	 * the row version it wrote must see the accounts that transaction
 	 * enrolled, or it would not reverse what that version earned.
 	 */
+	loyalty_enter_owner(&scope);
 	if (SPI_execute_plan(plans[all][hist], args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.account");
+	loyalty_leave_owner(&scope);
 
 	for (i = 0; i < SPI_processed; i++)
 	{

@@ -179,8 +179,13 @@ loyalty_prepare(const char *sql, int nargs, Oid *argtypes)
 	 * best plan, and re-planning per statement would cost more than the
 	 * accrual itself on single-row inserts.
 	 */
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+	OwnerScope	scope;
+	SPIPlanPtr	plan;
 
+	/* parsed as the owner: the ERP's role may not even see schema loyalty */
+	loyalty_enter_owner(&scope);
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+	loyalty_leave_owner(&scope);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	if (SPI_keepplan(plan) != 0)

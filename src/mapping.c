@@ -83,8 +83,14 @@ cached_program(int32 program_id)
 Program *
 mapping_get_program(int32 program_id)
 {
+	OwnerScope	scope;
+	Program    *p;
+
 	mapping_refresh();
-	return cached_program(program_id);
+	loyalty_enter_owner(&scope);	/* the ERP's role cannot read loyalty tables */
+	p = cached_program(program_id);
+	loyalty_leave_owner(&scope);
+	return p;
 }
 
 static char *
@@ -296,8 +302,13 @@ mapping_get(int32 attachment_id)
 	if (found)
 		return (Attachment *) e->ptr;
 	{
-		Attachment *att = load_attachment(attachment_id);
+		OwnerScope	scope;
+		Attachment *att;
 
+		/* read loyalty's tables as their owner: the ERP's role has no rights on them */
+		loyalty_enter_owner(&scope);
+		att = load_attachment(attachment_id);
+		loyalty_leave_owner(&scope);
 		e = hash_search(attachments, &attachment_id, HASH_ENTER, &found);
 		e->ptr = att;
 		return att;
