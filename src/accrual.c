@@ -105,13 +105,9 @@ accrual_header_map(MemoryContext cxt)
 /* ---- (account, month) sums ---- */
 
 static int
-delta_cmp(const void *a, const void *b)
+entry_cmp(const void *a, const void *b)
 {
-	const MonthDelta *x = a,
-			   *y = b;
-	int			c = strcmp(x->account, y->account);
-
-	return c != 0 ? c : (x->month < y->month ? -1 : x->month > y->month ? 1 : 0);
+	return strcmp((*(StrEntry *const *) a)->key, (*(StrEntry *const *) b)->key);
 }
 
 /*
@@ -226,16 +222,17 @@ rewind_set(RowSet *rs)
 		tuplestore_rescan(rs->store);
 }
 
-static void
+static StrEntry *
 note_account(Batch *b, const char *account, bool in_new)
 {
 	bool		found;
 
 	if (account == NULL)
-		return;
+		return NULL;
 	if (b->last_noted == NULL || strcmp(b->last_noted->key, account) != 0)
 		b->last_noted = str_enter(b->accounts, account, b->cxt, &found);
 	b->last_noted->in_new |= in_new;
+	return b->last_noted;
 }
 
 /* Pass 1: which accounts and header rows does the statement touch? */
@@ -250,7 +247,12 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 		RowSet	   *rs = &sets[s];
 		TupleTableSlot *slot;
 		int			pos = 0;
+		int64		rowno = 0;
 
+		/* remember each row's account, so that the second pass need not map it again */
+		if (!att->has_header)
+			rs->accounts = MemoryContextAllocHuge(b->cxt, sizeof(StrEntry *) *
+												  ((rs->store ? tuplestore_tuple_count(rs->store) : rs->ntuples) + 1));
 		rewind_set(rs);
 		while ((slot = next_row(b, rs, &pos)) != NULL)
 		{
@@ -290,9 +292,9 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 
 				b->econtext->ecxt_scantuple = slot;
 				d = ExecEvalExprSwitchContext(att->src[F_ACCOUNT], b->econtext, &isnull);
-				if (!isnull)
-					note_account(b, TextDatumGetCString(d), rs->sign > 0);
+				rs->accounts[rowno] = isnull ? NULL : note_account(b, TextDatumGetCString(d), rs->sign > 0);
 			}
+			rowno++;
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(b->rowcxt);
 		}
@@ -487,8 +489,14 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 			StrEntry   *acct = NULL;
 
 			ResetExprContext(b->econtext);
-			mapping_source_facts(att, b->econtext, slot, &f);
-			if (att->has_header)
+			mapping_source_facts(att, b->econtext, slot, &f, rs->accounts == NULL);
+			if (rs->accounts)
+			{
+				/* mapped by the first pass */
+				acct = rs->accounts[rowno];
+				f.account = acct ? (char *) acct->key : NULL;
+			}
+			else if (att->has_header)
 			{
 				Datum		raw;
 				bool		isnull;
@@ -497,14 +505,14 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 
 				mapping_apply_header(att, e ? (HeaderFacts *) e->value : NULL, &f);
 			}
-			if (f.account != NULL)
+			if (f.account != NULL && acct == NULL)
 			{
 				/* bulk loads come in runs of one customer's lines */
 				if (last == NULL || strcmp(last->key, f.account) != 0)
 					last = str_find(b->accounts, f.account);
 				acct = last;
-				info = acct ? (AccountInfo *) acct->value : NULL;
 			}
+			info = acct ? (AccountInfo *) acct->value : NULL;
 			rules_row_points(b->prog, info, &f, &r);
 
 			switch (r.status)
@@ -742,31 +750,40 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 	resolve_accounts(&b);
 	sum_points(&b, sets, nsets, desc);
 
-	/* every account's months, in (account, month) order */
+	/*
+	 * Every account's months in (account, month) order: sort the accounts,
+	 * whose months are kept sorted already.
+	 */
 	{
 		HASH_SEQ_STATUS seq;
 		StrEntry   *e;
+		StrEntry  **accts = palloc(sizeof(StrEntry *) * (hash_get_num_entries(b.accounts) + 1));
+		int			na = 0,
+					a;
 
 		n = 0;
 		hash_seq_init(&seq, b.accounts);
 		while ((e = hash_seq_search(&seq)) != NULL)
-			n += e->nmonths;
+			if (e->nmonths > 0)
+			{
+				accts[na++] = e;
+				n += e->nmonths;
+			}
+		qsort(accts, na, sizeof(StrEntry *), entry_cmp);
 		deltas = palloc(sizeof(MonthDelta) * (n + 1));
-		hash_seq_init(&seq, b.accounts);
-		while ((e = hash_seq_search(&seq)) != NULL)
+		for (a = 0; a < na; a++)
 		{
 			int			j;
 
-			for (j = 0; j < e->nmonths; j++)
+			for (j = 0; j < accts[a]->nmonths; j++)
 			{
-				MonthDelta *d = &e->months[j];
+				MonthDelta *d = &accts[a]->months[j];
 
 				d->qual_new = fixed_sum_value(&d->qual_new_sum);
 				d->qual_old = fixed_sum_value(&d->qual_old_sum);
 				deltas[i++] = *d;
 			}
 		}
-		qsort(deltas, n, sizeof(MonthDelta), delta_cmp);
 	}
 	ledger_post(b.prog, att->id, deltas, (int) n, "earn", "reverse", reason);
 	write_unenrolled(&b);

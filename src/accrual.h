@@ -16,6 +16,7 @@ typedef struct RowSet
 	int			ntuples;
 	int			sign;
 	HTAB	   *header_facts;	/* header key -> HeaderFacts; NULL: look up */
+	struct StrEntry **accounts; /* filled by the first pass: each row's account */
 } RowSet;
 
 extern void accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets,

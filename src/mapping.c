@@ -374,7 +374,7 @@ is_credit_type(Attachment *att, const char *doc_type)
  */
 void
 mapping_source_facts(Attachment *att, ExprContext *econtext,
-					 TupleTableSlot *slot, RowFacts *f)
+					 TupleTableSlot *slot, RowFacts *f, bool with_account)
 {
 	memset(f, 0, sizeof(RowFacts));
 	econtext->ecxt_scantuple = slot;
@@ -384,7 +384,8 @@ mapping_source_facts(Attachment *att, ExprContext *econtext,
 	f->currency_mapped = att->mapped[F_CURRENCY];
 	if (!att->has_header)
 	{
-		f->account = eval_text(att->src[F_ACCOUNT], econtext);
+		if (with_account)
+			f->account = eval_text(att->src[F_ACCOUNT], econtext);
 		f->has_date = eval_date(att->src[F_DATE], econtext, &f->date);
 		f->currency = eval_text(att->src[F_CURRENCY], econtext);
 		f->credit_note = is_credit_type(att, eval_text(att->src[F_DOC_TYPE], econtext));

@@ -64,7 +64,7 @@ extern Program *mapping_get_program(int32 program_id);
 extern void mapping_refresh(void);
 
 extern void mapping_source_facts(Attachment *att, ExprContext *econtext,
-								 TupleTableSlot *slot, RowFacts *facts);
+								 TupleTableSlot *slot, RowFacts *facts, bool with_account);
 extern char *mapping_header_key(Attachment *att, ExprContext *econtext,
 								TupleTableSlot *slot, Datum *raw, bool *isnull);
 extern char *mapping_row_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot);
