@@ -206,49 +206,23 @@ loyalty_text_array(char **values, bool *nulls, int n)
 	return PointerGetDatum(construct_md_array(d, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-Datum
-loyalty_int8_array(int64 *values, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		d[i] = Int64GetDatum(values[i]);
-	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+/* C arrays of fixed-width values as SQL arrays, to pass as one parameter. */
+#define SQL_ARRAY_OF(fname, ctype, to_datum, typid, typlen, typbyval, typalign) \
+Datum \
+fname(ctype *values, int n) \
+{ \
+	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1)); \
+	int			i; \
+\
+	for (i = 0; i < n; i++) \
+		d[i] = to_datum(values[i]); \
+	return PointerGetDatum(construct_array(d, n, typid, typlen, typbyval, typalign)); \
 }
 
-Datum
-loyalty_int4_array(int32 *values, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		d[i] = Int32GetDatum(values[i]);
-	return PointerGetDatum(construct_array(d, n, INT4OID, 4, true, TYPALIGN_INT));
-}
-
-Datum
-loyalty_numeric_array(Numeric *values, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		d[i] = NumericGetDatum(values[i]);
-	return PointerGetDatum(construct_array(d, n, NUMERICOID, -1, false, TYPALIGN_INT));
-}
-
-Datum
-loyalty_date_array(DateADT *values, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * (n > 0 ? n : 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		d[i] = DateADTGetDatum(values[i]);
-	return PointerGetDatum(construct_array(d, n, DATEOID, 4, true, TYPALIGN_INT));
-}
+SQL_ARRAY_OF(loyalty_int8_array, int64, Int64GetDatum, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)
+SQL_ARRAY_OF(loyalty_int4_array, int32, Int32GetDatum, INT4OID, 4, true, TYPALIGN_INT)
+SQL_ARRAY_OF(loyalty_numeric_array, Numeric, NumericGetDatum, NUMERICOID, -1, false, TYPALIGN_INT)
+SQL_ARRAY_OF(loyalty_date_array, DateADT, DateADTGetDatum, DATEOID, 4, true, TYPALIGN_INT)
 
 DateADT
 loyalty_month_start(DateADT d)
