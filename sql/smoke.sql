@@ -1,1 +1,0 @@
-SELECT extname FROM pg_extension WHERE extname = 'loyalty';
