@@ -5,7 +5,8 @@ EXTVERSION  = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTEN
 MODULE_big  = loyalty
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 PG_CPPFLAGS = -I$(srcdir)/src
-PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -Werror
+# -Wextra's unused-parameter fires inside PostgreSQL's own headers
+PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Werror
 
 # The install script is assembled from one SQL file per concern, in name order.
 SQL_PARTS   = $(sort $(wildcard src/sql/*.sql))

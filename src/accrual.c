@@ -984,8 +984,8 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 			tuples[i] = heap_copytuple(&tmp);
 		}
 		memset(sets, 0, sizeof(sets));
-		sets[0] = (RowSet) {NULL, tuples, (int) SPI_processed, -1, old_map};
-		sets[1] = (RowSet) {NULL, tuples, (int) SPI_processed, 1, new_map};
+		sets[0] = (RowSet) {.tuples = tuples, .ntuples = (int) SPI_processed, .sign = -1, .header_facts = old_map};
+		sets[1] = (RowSet) {.tuples = tuples, .ntuples = (int) SPI_processed, .sign = 1, .header_facts = new_map};
 		if (SPI_processed > 0)
 			accrual_process(att, RelationGetDescr(src), sets, 2, "UPDATE of header");
 		table_close(src, AccessShareLock);
