@@ -236,3 +236,24 @@ SELECT b.account_key, b.points, b.qualifying,
        (SELECT sum(points) FROM exa.main m WHERE m.account_key = b.account_key) AS ledger_points
   FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
  WHERE p.name = 'exactness_main' ORDER BY b.account_key::int;
+
+--
+-- 8. Dead letters are settled when their row is fixed or deleted
+--
+
+-- A parked row stays open while it is still wrong (and is not parked twice);
+-- fixing it, or deleting it, settles its dead letter.
+CREATE TABLE exa.dead (id int PRIMARY KEY, customer_id int, doc_date date, amount numeric(12,2));
+SELECT loyalty.create_program('exactness_dead') > 0 AS created;
+SELECT loyalty.attach('exa.dead', 'exactness_dead', account_column => 'customer_id',
+                      amount_column => 'amount', date_column => 'doc_date') > 0 AS attached;
+INSERT INTO exa.dead VALUES (1, 1, '2024-01-10', NULL), (2, 1, '2024-01-10', NULL),
+                            (3, NULL, '2024-01-10', 5), (4, 2, '2024-01-10', NULL);
+UPDATE exa.dead SET amount = 10 WHERE id = 1;
+UPDATE exa.dead SET doc_date = '2024-01-11' WHERE id = 2;
+UPDATE exa.dead SET customer_id = 3 WHERE id = 3;
+DELETE FROM exa.dead WHERE id = 4;
+SELECT e.row_key, e.reason, e.resolved_at IS NOT NULL AS settled
+  FROM loyalty.rejected_event e JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'exactness_dead' ORDER BY e.row_key;
+SELECT count(*) AS drift FROM loyalty.verify('exactness_dead');

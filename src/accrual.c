@@ -188,6 +188,8 @@ typedef struct Batch
 	HTAB	   *headers;		/* key -> HeaderFacts (looked up) */
 	HTAB	   *unenrolled;		/* key -> UnenrolledSum */
 	List	   *rejects;
+	char	  **settled_keys;	/* keys of removed rows whose dead letters are settled */
+	int64		nsettled;
 	Numeric		zero;
 } Batch;
 
@@ -562,13 +564,24 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 				case ROW_REJECTED:
 					if (rs->sign < 0)
 					{
+						/* a removed row that was parked: its dead letter is settled ... */
 						if (old_reasons == NULL)
-							old_reasons = MemoryContextAllocZero(b->cxt, sizeof(char *) * (rs->store ?
-																		 tuplestore_tuple_count(rs->store) : rs->ntuples) + 1);
+						{
+							int64		n = (rs->store ? tuplestore_tuple_count(rs->store) : rs->ntuples) + 1;
+
+							old_reasons = MemoryContextAllocZero(b->cxt, sizeof(char *) * n);
+							b->settled_keys = MemoryContextAllocZero(b->cxt, sizeof(char *) * n);
+						}
 						old_reasons[rowno] = MemoryContextStrdup(b->cxt, r.reason);
+						b->settled_keys[rowno] = mapping_row_key(att, b->econtext, slot);
+						if (b->settled_keys[rowno])
+							b->settled_keys[rowno] = MemoryContextStrdup(b->cxt, b->settled_keys[rowno]);
+						b->nsettled = rowno + 1;
 					}
-					else if (!(old_reasons && rowno < nold && old_reasons[rowno] &&
-							   strcmp(old_reasons[rowno], r.reason) == 0))
+					else if (old_reasons && rowno < nold && old_reasons[rowno] &&
+							 strcmp(old_reasons[rowno], r.reason) == 0)
+						b->settled_keys[rowno] = NULL;	/* ... unless its new version is parked for the same reason */
+					else
 						add_reject(b, slot, &f, &r, desc);
 					break;
 			}
@@ -635,6 +648,43 @@ write_rejects(Batch *b)
 	loyalty_enter_owner(&scope);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not write loyalty.rejected_event");
+	loyalty_leave_owner(&scope);
+}
+
+/* Dead letters of rows deleted, or updated into rows that accrue, are settled. */
+static void
+settle_rejects(Batch *b)
+{
+	static SPIPlanPtr plan = NULL;
+	char	  **keys;
+	int			n = 0;
+	int64		i;
+	Datum		args[3];
+	OwnerScope	scope;
+
+	if (b->nsettled == 0)
+		return;
+	keys = palloc(sizeof(char *) * b->nsettled);
+	for (i = 0; i < b->nsettled; i++)
+		if (b->settled_keys[i])
+			keys[n++] = b->settled_keys[i];
+	if (n == 0)
+		return;
+	if (plan == NULL)
+	{
+		Oid			t[3] = {INT4OID, INT4OID, TEXTARRAYOID};
+
+		plan = loyalty_prepare(
+			"UPDATE loyalty.rejected_event SET resolved_at = pg_catalog.now()"
+			" WHERE program_id OPERATOR(pg_catalog.=) $1 AND attachment_id OPERATOR(pg_catalog.=) $2"
+			"   AND row_key OPERATOR(pg_catalog.=) ANY ($3) AND resolved_at IS NULL", 3, t);
+	}
+	args[0] = Int32GetDatum(b->prog->id);
+	args[1] = Int32GetDatum(b->att->id);
+	args[2] = loyalty_text_array(keys, NULL, n);
+	loyalty_enter_owner(&scope);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not settle loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 }
 
@@ -787,6 +837,7 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 	}
 	ledger_post(b.prog, att->id, deltas, (int) n, "earn", "reverse", reason);
 	write_unenrolled(&b);
+	settle_rejects(&b);
 	write_rejects(&b);
 
 	ExecDropSingleTupleTableSlot(b.store_slot);

@@ -435,6 +435,7 @@ CREATE TABLE @extschema@.rejected_event (
     resolved_at   timestamptz,
     PRIMARY KEY (program_id, event_id)
 );
+CREATE INDEX rejected_event_open ON @extschema@.rejected_event (attachment_id, row_key) WHERE resolved_at IS NULL;
 COMMENT ON TABLE @extschema@.rejected_event IS 'Dead letters: invoice rows a program could not accrue, with the reason; the ERP''s insert went through (unless the program is strict).';
 COMMENT ON COLUMN @extschema@.rejected_event.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.rejected_event.event_id IS 'Surrogate key.';
@@ -444,7 +445,7 @@ COMMENT ON COLUMN @extschema@.rejected_event.account_key IS 'The account, when k
 COMMENT ON COLUMN @extschema@.rejected_event.reason IS 'Why it could not be accrued.';
 COMMENT ON COLUMN @extschema@.rejected_event.row_data IS 'The source row as JSON.';
 COMMENT ON COLUMN @extschema@.rejected_event.rejected_at IS 'When.';
-COMMENT ON COLUMN @extschema@.rejected_event.resolved_at IS 'When someone marked it handled.';
+COMMENT ON COLUMN @extschema@.rejected_event.resolved_at IS 'When it was settled: the row was deleted, or updated into a row that accrues (or parked for another reason); or when someone marked it handled.';
 
 -- pg_dump keeps the contents of extension tables only when they are registered.
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.program', '');
