@@ -534,8 +534,7 @@ CREATE TRIGGER rule_immutable BEFORE UPDATE OR DELETE ON @extschema@.rule
 GRANT USAGE ON SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT INSERT, UPDATE ON @extschema@.member, @extschema@.reward TO loyalty_operator, loyalty_admin;
-GRANT UPDATE (cooperation_model, industry, region, potential_spend) ON @extschema@.account TO loyalty_operator, loyalty_admin;
+GRANT UPDATE (cooperation_model, industry, region, potential_spend, cohort, enrolled_from) ON @extschema@.account TO loyalty_operator, loyalty_admin;
 GRANT UPDATE (resolved_at) ON @extschema@.rejected_event TO loyalty_operator, loyalty_admin;
 GRANT INSERT, UPDATE ON @extschema@.program, @extschema@.rule, @extschema@.attachment TO loyalty_admin;
-GRANT INSERT ON @extschema@.account TO loyalty_operator, loyalty_admin;
-GRANT UPDATE (cohort, enrolled_from) ON @extschema@.account TO loyalty_admin;
+GRANT INSERT ON @extschema@.account, @extschema@.account_history TO loyalty_operator, loyalty_admin;

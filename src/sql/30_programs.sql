@@ -183,7 +183,7 @@ CREATE FUNCTION @extschema@.enroll(
     cohort            text DEFAULT NULL,
     enrolled_from     date DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := @extschema@._program_id(program);
     policy text;
@@ -233,6 +233,12 @@ BEGIN
     -- A new enrolment date changes which documents earn at all: restate them.
     IF before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
        AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = enroll.account_key) THEN
+        IF NOT has_function_privilege('@extschema@._reconcile(integer, date, text, text)', 'EXECUTE') THEN
+            RAISE EXCEPTION 'changing enrolled_from of account "%" restates its documents', enroll.account_key
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'The account has postings; which of its documents earn would change.',
+                      HINT = 'Ask a member of loyalty_admin to change it.';
+        END IF;
         FOR att IN SELECT x.attachment_id FROM @extschema@.attachment x
                    WHERE x.program_id = pid AND x.detached_at IS NULL
                      AND EXISTS (SELECT FROM pg_class c WHERE c.oid = x.source) LOOP
