@@ -21,18 +21,23 @@
 
 static SPIPlanPtr balance_plan, balance_one_plan, balance_update_plan, capfix_plan, ledger_plan, ledger_one_plan, lock_plan, upgrade_plan;
 
-#define BALANCE_UPSERT_TAIL \
-	" ON CONFLICT (program_id, account_key) DO UPDATE" \
-	" SET points = b.points OPERATOR(pg_catalog.+) excluded.points," \
-	"     qualifying = b.qualifying OPERATOR(pg_catalog.+) excluded.qualifying," \
-	"     entry_count = b.entry_count OPERATOR(pg_catalog.+) excluded.entry_count," \
+/* Adds a change to a balance row: totals, entry count, month sums merged. */
+#define BALANCE_ADD(points, qualifying, entries, month, att, pts, qual, rows) \
+	" SET points = b.points OPERATOR(pg_catalog.+) " points "," \
+	"     qualifying = b.qualifying OPERATOR(pg_catalog.+) " qualifying "," \
+	"     entry_count = b.entry_count OPERATOR(pg_catalog.+) " entries "," \
 	"     updated_at = pg_catalog.now()," \
 	"     (m_month, m_attachment, m_points, m_qualifying, m_source_rows) =" \
 	"       (SELECT y.m_month, y.m_attachment, y.m_points, y.m_qualifying, y.m_source_rows" \
 	"        FROM loyalty._month_merge(b.m_month, b.m_attachment, b.m_points, b.m_qualifying, b.m_source_rows," \
-	"             excluded.m_month, excluded.m_attachment, excluded.m_points, excluded.m_qualifying," \
-	"             excluded.m_source_rows) AS y)" \
+	"             " month ", " att ", " pts ", " qual ", " rows ") AS y)"
+#define BALANCE_RETURNING \
 	" RETURNING b.account_key, b.entry_count, b.m_month, b.m_points, b.m_qualifying"
+#define BALANCE_UPSERT_TAIL \
+	" ON CONFLICT (program_id, account_key) DO UPDATE" \
+	BALANCE_ADD("excluded.points", "excluded.qualifying", "excluded.entry_count", "excluded.m_month", \
+				"excluded.m_attachment", "excluded.m_points", "excluded.m_qualifying", "excluded.m_source_rows") \
+	BALANCE_RETURNING
 
 
 static void
@@ -78,16 +83,9 @@ prepare_plans(void)
 		 */
 		balance_update_plan = loyalty_prepare(
 			"UPDATE loyalty.balance AS b"
-			" SET points = b.points OPERATOR(pg_catalog.+) $4,"
-			"     qualifying = b.qualifying OPERATOR(pg_catalog.+) $5,"
-			"     entry_count = b.entry_count OPERATOR(pg_catalog.+) $6,"
-			"     updated_at = pg_catalog.now(),"
-			"     (m_month, m_attachment, m_points, m_qualifying, m_source_rows) ="
-			"       (SELECT y.m_month, y.m_attachment, y.m_points, y.m_qualifying, y.m_source_rows"
-			"        FROM loyalty._month_merge(b.m_month, b.m_attachment, b.m_points, b.m_qualifying, b.m_source_rows,"
-			"             $7, $8, $9, $10, $11) AS y)"
+			BALANCE_ADD("$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11")
 			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $3"
-			" RETURNING b.account_key, b.entry_count, b.m_month, b.m_points, b.m_qualifying", 11, t);
+			BALANCE_RETURNING, 11, t);
 	}
 	{
 		Oid			t[3] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID};
@@ -239,38 +237,14 @@ arrays_result(FunctionCallInfo fcinfo, MonthArrays *m)
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls));
 }
 
-/*
- * A statement's month deltas for one account travel as one bytea (so that
- * the balance upsert takes one array element per account): a sequence of
- * (month int32, points int64, rows int64, qualifying numeric varlena).
- */
-static bytea *
-delta_encode(MonthDelta *d, int n)
+/* A month's net change: what was added minus what was removed. */
+static int64
+net_points(const MonthDelta *d)
 {
-	StringInfoData buf;
-	int			i;
-
-	initStringInfo(&buf);
-	appendBinaryStringInfo(&buf, "\0\0\0\0", VARHDRSZ);
-	for (i = 0; i < n; i++)
-	{
-		int32		month = d[i].month;
-		int64		points = d[i].points_new + d[i].bonus_new - d[i].points_old - d[i].bonus_old;
-		int64		rows = d[i].rows_new - d[i].rows_old;
-		Numeric		q = numeric_sub_opt_error(d[i].qual_new, d[i].qual_old, NULL);
-		uint32		len = VARSIZE_ANY(q);
-
-		appendBinaryStringInfo(&buf, (char *) &month, sizeof(month));
-		appendBinaryStringInfo(&buf, (char *) &points, sizeof(points));
-		appendBinaryStringInfo(&buf, (char *) &rows, sizeof(rows));
-		appendBinaryStringInfo(&buf, (char *) &len, sizeof(len));
-		appendBinaryStringInfo(&buf, (char *) q, len);
-	}
-	SET_VARSIZE(buf.data, buf.len);
-	return (bytea *) buf.data;
+	return d->points_new + d->bonus_new - d->points_old - d->bonus_old;
 }
 
-/* The same deltas as parallel arrays, for a single-account statement. */
+/* One account's month changes as parallel arrays (one element per month). */
 static void
 delta_arrays(MonthDelta *d, int n, int32 attachment, MonthArrays *m)
 {
@@ -286,10 +260,40 @@ delta_arrays(MonthDelta *d, int n, int32 attachment, MonthArrays *m)
 	{
 		m->month[i] = d[i].month;
 		m->attachment[i] = attachment;
-		m->points[i] = d[i].points_new + d[i].bonus_new - d[i].points_old - d[i].bonus_old;
+		m->points[i] = net_points(&d[i]);
 		m->qualifying[i] = numeric_sub_opt_error(d[i].qual_new, d[i].qual_old, NULL);
 		m->rows[i] = d[i].rows_new - d[i].rows_old;
 	}
+}
+
+/*
+ * For a multi-account statement the same arrays travel as one bytea per
+ * account (so that the balance upsert takes one array element per account):
+ * a sequence of (month int32, points int64, rows int64, qualifying numeric).
+ */
+static bytea *
+delta_encode(MonthDelta *d, int n)
+{
+	StringInfoData buf;
+	MonthArrays m;
+	int			i;
+
+	delta_arrays(d, n, 0, &m);
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, "\0\0\0\0", VARHDRSZ);
+	for (i = 0; i < m.n; i++)
+	{
+		int32		month = m.month[i];
+		uint32		len = VARSIZE_ANY(m.qualifying[i]);
+
+		appendBinaryStringInfo(&buf, (char *) &month, sizeof(month));
+		appendBinaryStringInfo(&buf, (char *) &m.points[i], sizeof(int64));
+		appendBinaryStringInfo(&buf, (char *) &m.rows[i], sizeof(int64));
+		appendBinaryStringInfo(&buf, (char *) &len, sizeof(len));
+		appendBinaryStringInfo(&buf, (char *) m.qualifying[i], len);
+	}
+	SET_VARSIZE(buf.data, buf.len);
+	return (bytea *) buf.data;
 }
 
 PG_FUNCTION_INFO_V1(loyalty_month_delta);
@@ -418,7 +422,7 @@ months_change(MonthDelta *d, int n)
 	int			i;
 
 	for (i = 0; i < n; i++)
-		if (d[i].points_new + d[i].bonus_new != d[i].points_old + d[i].bonus_old ||
+		if (net_points(&d[i]) != 0 ||
 			d[i].rows_new != d[i].rows_old || !num_eq(d[i].qual_new, d[i].qual_old))
 			return true;
 	return false;
@@ -504,7 +508,7 @@ apply_caps(Program *prog, MonthDelta *d, AccountSums *s, MonthArrays *after)
 		if (i > s->first_delta && d[i - 1].month >= ps)
 			continue;
 		for (j = i; j < s->first_delta + s->ndeltas && d[j].month < pe; j++)
-			delta += d[j].points_new + d[j].bonus_new - d[j].points_old - d[j].bonus_old;
+			delta += net_points(&d[j]);
 		for (j = 0; j < after->n; j++)
 			if (after->month[j] >= ps && after->month[j] < pe)
 				total += after->points[j];
