@@ -8,10 +8,12 @@ PG_CPPFLAGS = -I$(srcdir)/src
 # -Wextra's unused-parameter fires inside PostgreSQL's own headers
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Werror
 
-# The install script is assembled from one SQL file per concern, in name order.
+# The install script of the current version is assembled from one SQL file
+# per concern, in name order.  Released versions' scripts are frozen as
+# committed files (loyalty--1.0.sql), with the upgrade scripts between them.
 SQL_PARTS   = $(sort $(wildcard src/sql/*.sql))
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
-DATA        = $(filter-out $(DATA_built),$(wildcard $(EXTENSION)--*--*.sql))
+DATA        = $(filter-out $(DATA_built),$(wildcard $(EXTENSION)--*.sql))
 
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION)
