@@ -4,7 +4,7 @@
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGVER=15
-PGBIN=/usr/lib/postgresql/$PGVER/bin
+PGBIN=${LOYALTY_PGBIN:-/usr/lib/postgresql/$PGVER/bin}  # override: a private copy of the server tree
 RUN_DIR=${LOYALTY_RUN_DIR:-$ROOT/.run}  # ignored by git; override to run two suites at once
 CLUSTER_DIR=$RUN_DIR/cluster
 SOCK_DIR=$RUN_DIR/sock
