@@ -179,13 +179,15 @@ load_accounts(Program *prog, char **keys, int n)
 		args[1] = loyalty_text_array(keys, NULL, n);
 
 	/*
-	 * Not read-only: under READ COMMITTED that takes a fresh snapshot.  A
-	 * statement that waited for a concurrent transaction and then changed
-	 * the row version it wrote must see the accounts that transaction
-	 * enrolled, or it would not reverse what that version earned.
+	 * The latest committed state, not the statement's snapshot: a statement
+	 * that waited for a concurrent transaction and then changed the row
+	 * version it wrote must see the accounts that transaction enrolled, or
+	 * it would not reverse what that version earned; and an account enrolled
+	 * concurrently (our own enrolment lost the race) must be seen as it was
+	 * enrolled, not with our defaults.
 	 */
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_plan(plans[all][hist], args, NULL, false, 0) != SPI_OK_SELECT)
+	if (loyalty_execute_latest(plans[all][hist], args, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.account");
 	loyalty_leave_owner(&scope);
 
@@ -273,26 +275,50 @@ cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-static void
+/*
+ * Enrols keys[0..n) with the program's defaults.  Returns how many of them
+ * it inserted, moved to the front of keys; the others were enrolled by a
+ * concurrent transaction that committed first (ON CONFLICT DO NOTHING
+ * waited for it) and must be read back, not assumed to have our defaults.
+ */
+static int
 enroll_accounts(int32 program_id, char **keys, int n)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[2] = {INT4OID, TEXTARRAYOID};
 	Datum		args[2];
 	OwnerScope	scope;
+	int			ninserted = 0;
+	uint64		i;
 
 	if (plan == NULL)
 		plan = loyalty_prepare(
 			"INSERT INTO loyalty.account (program_id, account_key, enrolled_by, enrolled_from)"
 			" SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2) AS k ORDER BY k"
-			" ON CONFLICT DO NOTHING", 2, argtypes);
+			" ON CONFLICT DO NOTHING RETURNING account_key", 2, argtypes);
 	qsort(keys, n, sizeof(char *), cmp_str);
 	args[0] = Int32GetDatum(program_id);
 	args[1] = loyalty_text_array(keys, NULL, n);
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not enrol accounts");
 	loyalty_leave_owner(&scope);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		char	   *k = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		int			j;
+
+		for (j = ninserted; j < n; j++)
+			if (strcmp(keys[j], k) == 0)
+			{
+				char	   *t = keys[ninserted];
+
+				keys[ninserted++] = keys[j];
+				keys[j] = t;
+				break;
+			}
+	}
+	return ninserted;
 }
 
 AccountInfo **
@@ -344,9 +370,13 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 			}
 			if (nnew > 0)
 			{
-				enroll_accounts(prog->id, missing, nnew);
-				for (i = 0; i < nnew; i++)
+				int			ninserted = enroll_accounts(prog->id, missing, nnew);
+
+				for (i = 0; i < ninserted; i++)
 					cache_enter(prog->id, missing[i])->info = new_info(missing[i], true);
+				/* enrolled meanwhile by someone else: as they enrolled it */
+				if (ninserted < nnew)
+					load_accounts(prog, missing + ninserted, nnew - ninserted);
 			}
 		}
 	}

@@ -40,10 +40,18 @@ static SPIPlanPtr balance_plan, balance_one_plan, balance_update_plan, capfix_pl
 	BALANCE_RETURNING
 
 
+/*
+ * Prepares every posting plan, or none: a preparation that fails (a
+ * lock_timeout, a cancel) must not leave some plans set and others NULL,
+ * or every later posting of the backend would fail.  Plans prepared before
+ * the failure are prepared again next time (a few kilobytes lost, once).
+ */
 static void
 prepare_plans(void)
 {
-	if (balance_plan != NULL)
+	static bool prepared = false;
+
+	if (prepared)
 		return;
 	{
 		Oid			t[7] = {INT4OID, INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, BYTEAARRAYOID};
@@ -127,18 +135,19 @@ prepare_plans(void)
 			" ORDER BY a.account_key FOR NO KEY UPDATE", 2, t);
 	}
 	{
-		Oid			t[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NUMERICARRAYOID};
+		Oid			t[6] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, DATEARRAYOID};
 
 		upgrade_plan = loyalty_prepare(
 			"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
-			"                                    pg_catalog.unnest($5)) AS u(k, old_tier, new_tier, q)),"
+			"                                    pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(k, old_tier, new_tier, q, eff)),"
 			" upd AS (UPDATE loyalty.account a SET tier = u.new_tier, tier_since = pg_catalog.now()"
 			"   FROM u WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k)"
 			" INSERT INTO loyalty.tier_history"
 			" (program_id, account_key, effective_from, old_tier, new_tier, reason, rolling_qualifying)"
-			" SELECT $1, u.k, CURRENT_DATE OPERATOR(pg_catalog.+) 1, u.old_tier, u.new_tier, 'upgrade_on_accrual', u.q"
-			" FROM u ORDER BY u.k", 5, t);
+			" SELECT $1, u.k, u.eff, u.old_tier, u.new_tier, 'upgrade_on_accrual', u.q"
+			" FROM u ORDER BY u.k", 6, t);
 	}
+	prepared = true;
 }
 
 int64
@@ -447,6 +456,7 @@ typedef struct AccountSums
 	int64		first_entry;
 	int64		cap_entry;
 	Numeric		rolling;		/* rolling qualifying spend after the statement */
+	DateADT		last_doc_date;	/* the latest document date ever accrued (0: none) */
 	bool		written;		/* its balance row was written */
 	const char *tier;			/* cached current tier, NULL if none or unknown */
 } AccountSums;
@@ -516,20 +526,36 @@ apply_caps(Program *prog, MonthDelta *d, AccountSums *s, MonthArrays *after)
 	}
 }
 
+/*
+ * An upgrade counts for documents dated from tomorrow, in the program's
+ * time zone, but never for a document already accrued: when the account
+ * has accruals dated later (an invoice dated in the future), the upgrade
+ * waits for the day after the latest of them.  Otherwise reversing such a
+ * document would price it with a tier it did not earn with.
+ */
+static DateADT
+upgrade_effective_from(DateADT tomorrow, DateADT last_doc_date)
+{
+	return last_doc_date >= tomorrow ? last_doc_date + 1 : tomorrow;
+}
+
 static void
 upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 {
 	char	  **rk = palloc(sizeof(char *) * (nsums + 1));
 	int		   *rank = palloc(sizeof(int) * (nsums + 1));
 	Numeric    *rq = palloc(sizeof(Numeric) * (nsums + 1));
+	DateADT    *rlast = palloc(sizeof(DateADT) * (nsums + 1));
 	int			nr = 0;
 	char	  **uk,
 			  **uo,
 			  **un;
 	Numeric    *uq;
+	DateADT    *ueff;
+	DateADT		tomorrow = rules_today(prog) + 1;
 	bool	   *onulls;
 	int			nu = 0;
-	Datum		args[5];
+	Datum		args[6];
 	uint64		i;
 	int			j;
 
@@ -546,6 +572,7 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 		rk[nr] = sums[j].account;
 		rank[nr] = idx;
 		rq[nr] = sums[j].rolling;
+		rlast[nr] = sums[j].last_doc_date;
 		nr++;
 	}
 	if (nr == 0)
@@ -560,6 +587,7 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 	uo = palloc(sizeof(char *) * nr);
 	un = palloc(sizeof(char *) * nr);
 	uq = palloc(sizeof(Numeric) * nr);
+	ueff = palloc(sizeof(DateADT) * nr);
 	onulls = palloc(sizeof(bool) * nr);
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -577,6 +605,7 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 		onulls[nu] = (cur == NULL);
 		un[nu] = pstrdup(tier_ladder_name(prog->ladder, rank[j]));
 		uq[nu] = rq[j];
+		ueff[nu] = upgrade_effective_from(tomorrow, rlast[j]);
 		nu++;
 	}
 	if (nu == 0)
@@ -585,10 +614,11 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 	args[2] = loyalty_text_array(uo, onulls, nu);
 	args[3] = loyalty_text_array(un, NULL, nu);
 	args[4] = loyalty_numeric_array(uq, nu);
+	args[5] = loyalty_date_array(ueff, nu);
 	if (SPI_execute_plan(upgrade_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record tier upgrades");
 	for (j = 0; j < nu; j++)
-		accounts_note_tier(prog, uk[j], un[j], GetSQLCurrentDate() + 1);
+		accounts_note_tier(prog, uk[j], un[j], ueff[j]);
 }
 
 void
@@ -611,7 +641,7 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 	prepare_plans();
 	if (prog->ladder != NULL)
 	{
-		window_last = loyalty_month_start(GetSQLCurrentDate());
+		window_last = loyalty_month_start(rules_today(prog));
 		window_first = loyalty_add_months(window_last, -(prog->window_months - 1));
 	}
 

@@ -15,6 +15,7 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 
 #include "loyalty.h"
 
@@ -76,12 +77,15 @@ loyalty_watch_relation(Oid relid)
 
 /*
  * What a rolled-back (sub)transaction enrolled or configured is gone, but
- * our caches may remember it; aborts are rare, so forget everything.
+ * our caches may remember it; aborts are rare, so forget everything.  A
+ * prepared transaction's fate is decided elsewhere (COMMIT or ROLLBACK
+ * PREPARED, maybe in another session): forget what it did here as well.
  */
 static void
 xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
 		loyalty_config_valid = loyalty_accounts_valid = false;
 }
 
@@ -169,6 +173,20 @@ loyalty_leave_owner(OwnerScope *scope)
 {
 	AtEOXact_GUC(true, scope->guc_nest_level);
 	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+}
+
+/*
+ * Runs a read-only plan with the latest committed state (plus this
+ * transaction's own earlier commands), whatever the isolation level: loyalty's
+ * configuration and accounts are read like catalogs, so that a cache
+ * rebuilt after an invalidation never holds what the invalidation was
+ * about.  Caller is connected to SPI.
+ */
+int
+loyalty_execute_latest(SPIPlanPtr plan, Datum *args, long tcount)
+{
+	return SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+								true, false, tcount);
 }
 
 SPIPlanPtr

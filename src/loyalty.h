@@ -36,6 +36,7 @@ extern void loyalty_set_sentinels(Oid program_rel, Oid account_rel);
 
 /* SPI helpers */
 extern SPIPlanPtr loyalty_prepare(const char *sql, int nargs, Oid *argtypes);
+extern int	loyalty_execute_latest(SPIPlanPtr plan, Datum *args, long tcount);
 extern Datum loyalty_text_array(char **values, bool *nulls, int n);
 extern Datum loyalty_int8_array(int64 *values, int n);
 extern Datum loyalty_int4_array(int32 *values, int n);

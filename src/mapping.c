@@ -176,7 +176,7 @@ load_attachment(int32 id)
 			" credit_note_types, header, header_key_column, header_match_column"
 			" FROM loyalty.attachment"
 			" WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND detached_at IS NULL", 1, argtypes);
-	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (loyalty_execute_latest(plan, args, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.attachment");
 	if (SPI_processed != 1)
 		ereport(ERROR,

@@ -6,12 +6,14 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "rules.h"
 
@@ -169,10 +171,7 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 	if (prog_plan == NULL)
 		prog_plan = loyalty_prepare(
 			"SELECT name, currency, ladder, basis, rounding,"
-			" (pg_catalog.date_part('year', qualification_window) * 12"
-			"  + pg_catalog.date_part('month', qualification_window)"
-			"  + pg_catalog.round(pg_catalog.date_part('day', qualification_window) / 30))::int4,"
-			" enrollment, strict"
+			" loyalty._window_months(qualification_window), enrollment, strict, time_zone"
 			" FROM loyalty.program WHERE program_id OPERATOR(pg_catalog.=) $1", 1, argtypes);
 	if (rule_plan == NULL)
 		rule_plan = loyalty_prepare(
@@ -184,7 +183,7 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 			MAP_COLS("COALESCE(segment_multipliers OPERATOR(pg_catalog.->) 'region', '{}')")
 			" FROM loyalty.rule WHERE program_id OPERATOR(pg_catalog.=) $1 ORDER BY valid_from", 1, argtypes);
 
-	if (SPI_execute_plan(prog_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (loyalty_execute_latest(prog_plan, args, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.program");
 	if (SPI_processed != 1)
 		ereport(ERROR,
@@ -210,9 +209,10 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 	p->window_months = Max(1, DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull)));
 	p->auto_enroll = strcmp(SPI_getvalue(tup, desc, 7), "auto") == 0;
 	p->strict = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	p->time_zone = SPI_getvalue(tup, desc, 9);
 	MemoryContextSwitchTo(old);
 
-	if (SPI_execute_plan(rule_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (loyalty_execute_latest(rule_plan, args, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.rule");
 
 	old = MemoryContextSwitchTo(cxt);
@@ -494,4 +494,14 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 			!round_fixed((int128) r->points * rule->bonus_fixed, FIXED_ONE, prog->rounding, &r->bonus))
 			r->bonus = round_points(num_mul(int64_to_numeric(r->points), rule->bonus_pct), prog->rounding);
 	}
+}
+
+DateADT
+rules_today(const Program *prog)
+{
+	Datum		local = DirectFunctionCall2(timestamptz_zone,
+											CStringGetTextDatum(prog->time_zone),
+											TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()));
+
+	return DatumGetDateADT(DirectFunctionCall1(timestamp_date, local));
 }

@@ -63,6 +63,7 @@ typedef struct Program
 	bool		basis_quantity;
 	RoundingMode rounding;
 	int			window_months;
+	char	   *time_zone;		/* the program's calendar: "today", document dates */
 	bool		auto_enroll;
 	bool		strict;
 	TierLadder *ladder;			/* NULL: no tiers */
@@ -144,5 +145,8 @@ extern void rules_row_points(const Program *prog, const AccountInfo *acct,
 extern const RuleVersion *rules_version_on(const Program *prog, DateADT d);
 extern DateADT rules_cap_period_start(char period, DateADT d);
 extern DateADT rules_cap_period_next(char period, DateADT start);
+
+/* Today in the program's time zone (the transaction's start, as now()). */
+extern DateADT rules_today(const Program *prog);
 
 #endif

@@ -52,7 +52,9 @@ CREATE TABLE @extschema@.program (
     settlement_period    text NOT NULL DEFAULT 'quarter' CHECK (settlement_period IN ('month', 'quarter', 'year')),
     point_lifetime       interval CHECK (point_lifetime OPERATOR(pg_catalog.>) '0'::interval),
     rebate               @extschema@.rebate_schedule,
-    created_at           timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    time_zone            text NOT NULL DEFAULT pg_catalog.current_setting('TimeZone')
+                         CHECK (pg_catalog.timezone(time_zone, '2000-01-01 00:00+00'::timestamptz) IS NOT NULL)
 );
 COMMENT ON TABLE @extschema@.program IS 'One loyalty or partner program: currency, accrual basis, rounding, tier ladder, qualification window, settlement period, point lifetime, enrolment policy.';
 COMMENT ON COLUMN @extschema@.program.program_id IS 'Surrogate key; every other loyalty table carries it.';
@@ -68,6 +70,7 @@ COMMENT ON COLUMN @extschema@.program.settlement_period IS 'Period of settlement
 COMMENT ON COLUMN @extschema@.program.point_lifetime IS 'How long earned points stay valid before expiry at settlement; NULL = points never expire.';
 COMMENT ON COLUMN @extschema@.program.rebate IS 'Volume rebate schedule settled per period; NULL = no rebate.';
 COMMENT ON COLUMN @extschema@.program.created_at IS 'When the program was created.';
+COMMENT ON COLUMN @extschema@.program.time_zone IS 'The program''s calendar: what "today" is for tier upgrades, segment changes and the rolling window, whichever time zone the posting session uses (default: the creating session''s TimeZone).';
 
 CREATE TABLE @extschema@.account (
     program_id        integer NOT NULL REFERENCES @extschema@.program,

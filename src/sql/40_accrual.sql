@@ -351,7 +351,8 @@ COMMENT ON FUNCTION @extschema@.detach(regclass, text) IS 'Drops the accrual tri
 
 CREATE FUNCTION @extschema@._rolling_start(program_id integer) RETURNS date
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT (date_trunc('month', current_date) - p.qualification_window + interval '1 month')::date
+RETURN (SELECT (pg_catalog.date_trunc('month', @extschema@._today(p.program_id)::timestamp)
+                - pg_catalog.make_interval(months => @extschema@._window_months(p.qualification_window) - 1))::date
         FROM @extschema@.program p WHERE p.program_id = _rolling_start.program_id);
 COMMENT ON FUNCTION @extschema@._rolling_start(integer) IS 'Internal: first month of the rolling qualification window.';
 
@@ -361,20 +362,21 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := @extschema@._program_id(program);
 BEGIN
+    -- a customer without an account (not enrolled, or not yet invoiced) has
+    -- nothing: a zero row, so that a set-based BI query does not abort
     SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account_key, program
-            USING ERRCODE = 'no_data_found',
-                  HINT = 'Accounts are enrolled by loyalty.enroll() or, under auto enrolment, by their first invoice.';
-    END IF;
     SELECT coalesce(b.points, 0), coalesce(b.qualifying, 0) INTO points, qualifying
     FROM (SELECT) x LEFT JOIN @extschema@.balance b ON b.program_id = pid AND b.account_key = balance.account_key;
     SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
     WHERE m.program_id = pid AND m.account_key = balance.account_key
-      AND m.month >= @extschema@._rolling_start(pid) AND m.month <= current_date;
+      AND m.month >= @extschema@._rolling_start(pid) AND m.month <= @extschema@._today(pid);
+    -- below every upgrade, the first tier applies when its threshold is 0
+    IF tier IS NULL THEN
+        SELECT @extschema@.tier_of(p.ladder, 0) INTO tier FROM @extschema@.program p WHERE p.program_id = pid;
+    END IF;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.balance(text, text) IS 'An account''s points, lifetime qualifying spend, rolling qualifying spend (the tier window) and tier.';
+COMMENT ON FUNCTION @extschema@.balance(text, text) IS 'An account''s points, lifetime qualifying spend, rolling qualifying spend (the tier window) and tier; zeros (and the first tier when its threshold is 0) for a customer with no account yet.';
 
 CREATE FUNCTION @extschema@.tier(program text, account_key text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
