@@ -13,6 +13,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "commands/trigger.h"
@@ -26,9 +27,11 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/typcache.h"
 
 #include "accounts.h"
+#include "keymap.h"
 #include "accrual.h"
 #include "ledger.h"
 
@@ -39,7 +42,6 @@ typedef struct StrEntry
 	const char *key;
 	void	   *value;
 	bool		in_new;			/* seen in an added row */
-	Datum		raw;			/* header key in its own type */
 	MonthDelta *months;			/* accounts: sums per document month, sorted */
 	int			nmonths;
 	int			mcap;
@@ -83,7 +85,6 @@ str_enter(HTAB *h, const char *key, MemoryContext cxt, bool *found)
 		e->key = MemoryContextStrdup(cxt, key);
 		e->value = NULL;
 		e->in_new = false;
-		e->raw = (Datum) 0;
 		e->months = NULL;
 		e->nmonths = e->mcap = 0;
 	}
@@ -99,7 +100,7 @@ str_find(HTAB *h, const char *key)
 HTAB *
 accrual_header_map(MemoryContext cxt)
 {
-	return str_table("loyalty header facts", cxt);
+	return keymap_create("loyalty header facts", cxt);
 }
 
 /* ---- (account, month) sums ---- */
@@ -145,7 +146,13 @@ account_month(StrEntry *acct, DateADT month, Numeric zero, MemoryContext cxt)
 	return &acct->months[i];
 }
 
-/* ---- header rows deleted in this transaction ---- */
+/* ---- header rows deleted in this transaction, per attachment ---- */
+
+typedef struct StashEntry
+{
+	int32		attachment_id;
+	HTAB	   *headers;		/* header key -> HeaderFacts */
+} StashEntry;
 
 static HTAB *header_stash = NULL;
 
@@ -158,16 +165,38 @@ stash_xact_callback(XactEvent event, void *arg)
 		header_stash = NULL;	/* its memory goes with TopTransactionContext */
 }
 
-const HeaderFacts *
-accrual_stashed_header(int32 attachment_id, const char *key)
+static HTAB *
+stash_of(Attachment *att, bool create)
 {
-	char	   *k;
-	StrEntry   *e;
+	StashEntry *se;
+	bool		found;
 
-	if (header_stash == NULL || key == NULL)
+	if (header_stash == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (!create)
+			return NULL;
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(int32);
+		ctl.entrysize = sizeof(StashEntry);
+		ctl.hcxt = TopTransactionContext;
+		header_stash = hash_create("loyalty deleted headers", 8, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	se = hash_search(header_stash, &att->id, create ? HASH_ENTER : HASH_FIND, &found);
+	if (se == NULL)
 		return NULL;
-	k = psprintf("%d/%s", attachment_id, key);
-	e = str_find(header_stash, k);
+	if (!found)
+		se->headers = keymap_create("loyalty deleted headers of an attachment", TopTransactionContext);
+	return se->headers;
+}
+
+const HeaderFacts *
+accrual_stashed_header(Attachment *att, Datum key)
+{
+	HTAB	   *map = stash_of(att, false);
+	KeyMapEntry *e = map ? keymap_find(map, att->header_key, key) : NULL;
+
 	return e ? (const HeaderFacts *) e->value : NULL;
 }
 
@@ -185,7 +214,7 @@ typedef struct Batch
 	TupleTableSlot *header_slot;
 	HTAB	   *accounts;		/* key -> AccountInfo, and the account's month sums */
 	StrEntry   *last_noted;		/* the account of the previous row */
-	HTAB	   *headers;		/* key -> HeaderFacts (looked up) */
+	HTAB	   *headers;		/* header key -> HeaderFacts (looked up), a keymap */
 	HTAB	   *unenrolled;		/* key -> UnenrolledSum */
 	List	   *rejects;
 	char	  **settled_keys;	/* keys of removed rows whose dead letters are settled */
@@ -265,26 +294,12 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 			{
 				if (rs->header_facts == NULL)
 				{
-					Datum		raw;
 					bool		isnull,
 								found;
-					char	   *key = mapping_header_key(att, b->econtext, slot, &raw, &isnull);
+					Datum		key = mapping_header_key(att, b->econtext, slot, &isnull);
 
 					if (!isnull)
-					{
-						StrEntry   *e = str_enter(b->headers, key, b->cxt, &found);
-
-						e->in_new |= rs->sign > 0;
-						if (!found)
-						{
-							int16		typlen;
-							bool		typbyval;
-
-							get_typlenbyval(att->header_key_type, &typlen, &typbyval);
-							MemoryContextSwitchTo(b->cxt);
-							e->raw = datumCopy(raw, typbyval, typlen);
-						}
-					}
+						keymap_enter(b->headers, att->header_key, key, b->cxt, &found)->in_new |= rs->sign > 0;
 				}
 			}
 			else
@@ -303,42 +318,97 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 	}
 }
 
+/*
+ * FROM clause item for an ERP table: ONLY for a plain table (inheritance is
+ * refused at attach), the whole tree for a partitioned one.
+ */
+static char *
+table_ref(Oid relid, const char *qualified_name)
+{
+	return psprintf("%s%s", get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
+					qualified_name);
+}
+
+/* The key type's equality operator, schema-qualified, for SQL text. */
+static char *
+equality_operator(Oid typid)
+{
+	TypeCacheEntry *tc = lookup_type_cache(typid, TYPECACHE_EQ_OPR);
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(tc->eq_opr));
+	Form_pg_operator op;
+	char	   *r;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", tc->eq_opr);
+	op = (Form_pg_operator) GETSTRUCT(tup);
+	r = psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(op->oprnamespace)),
+				 NameStr(op->oprname));
+	ReleaseSysCache(tup);
+	return r;
+}
+
+/*
+ * Prepared as the role running the statement, like everything that reads
+ * the ERP's own tables: its privileges and row-level security apply, and
+ * nothing of the key type runs with the extension owner's rights.
+ */
+static SPIPlanPtr
+header_plan(Attachment *att)
+{
+	if (att->header_plan == NULL)
+	{
+		Oid			argtype = get_array_type(att->header_key_type);
+		char	   *sql = psprintf("SELECT u.k, h FROM pg_catalog.unnest($1) AS u(k) JOIN %s h"
+								   " ON h.%s %s u.k",
+								   table_ref(att->header, att->header_name),
+								   quote_identifier(att->header_match_column),
+								   equality_operator(att->header_key_type));
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, 1, &argtype, CURSOR_OPT_GENERIC_PLAN);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the header look-up of %s: %s", att->source_name,
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		att->header_plan = plan;
+	}
+	return att->header_plan;
+}
+
 /* One query for every header row the statement's lines point at. */
 static void
 lookup_headers(Batch *b)
 {
 	Attachment *att = b->att;
 	long		n = hash_get_num_entries(b->headers);
-	Datum	   *raw;
+	Datum	   *keys;
 	HASH_SEQ_STATUS seq;
-	StrEntry   *e;
+	KeyMapEntry *e;
 	int			i = 0;
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
 	Datum		arg;
 	uint64		r;
 
 	if (n == 0)
 		return;
-	raw = palloc(sizeof(Datum) * n);
+	keys = palloc(sizeof(Datum) * n);
 	hash_seq_init(&seq, b->headers);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		raw[i++] = e->raw;
-	get_typlenbyvalalign(att->header_key_type, &typlen, &typbyval, &typalign);
-	arg = PointerGetDatum(construct_array(raw, i, att->header_key_type, typlen, typbyval, typalign));
+		keys[i++] = e->key.value;
+	arg = PointerGetDatum(construct_array(keys, i, att->header_key_type, att->header_key->typlen,
+										  att->header_key->typbyval, att->header_key->typalign));
 	/* a fresh snapshot, for the same reason as the account look-up */
-	if (SPI_execute_plan(att->header_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(header_plan(att), &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the header rows of %s", att->source_name);
 
 	for (r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		k = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull);
 		HeapTupleHeader th = DatumGetHeapTupleHeader(d);
 		HeapTupleData tmp;
 		HeaderFacts hf;
-		char	   *key;
+		bool		keynull;
 		MemoryContext old = MemoryContextSwitchTo(b->cxt);
 
 		tmp.t_len = HeapTupleHeaderGetDatumLength(th);
@@ -347,8 +417,8 @@ lookup_headers(Batch *b)
 		tmp.t_data = th;
 		ExecStoreHeapTuple(&tmp, b->header_slot, false);
 		ResetExprContext(b->econtext);
-		key = mapping_header_facts(att, b->econtext, b->header_slot, &hf);
-		if (key != NULL && (e = str_find(b->headers, key)) != NULL)
+		(void) mapping_header_facts(att, b->econtext, b->header_slot, &hf, &keynull);
+		if ((e = keymap_find(b->headers, att->header_key, k)) != NULL)
 		{
 			HeaderFacts *copy = palloc(sizeof(HeaderFacts));
 
@@ -360,21 +430,17 @@ lookup_headers(Batch *b)
 	}
 
 	/* headers deleted earlier in this transaction (e.g. ON DELETE CASCADE) */
-	{
-		HASH_SEQ_STATUS seq2;
-
-		hash_seq_init(&seq2, b->headers);
-		while ((e = hash_seq_search(&seq2)) != NULL)
-			if (e->value == NULL)
-				e->value = (void *) accrual_stashed_header(att->id, e->key);
-	}
+	hash_seq_init(&seq, b->headers);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->value == NULL)
+			e->value = (void *) accrual_stashed_header(att, e->key.value);
 }
 
 static void
 note_header_accounts(Batch *b, HTAB *map)
 {
 	HASH_SEQ_STATUS seq;
-	StrEntry   *e;
+	KeyMapEntry *e;
 
 	hash_seq_init(&seq, map);
 	while ((e = hash_seq_search(&seq)) != NULL)
@@ -500,10 +566,9 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 			}
 			else if (att->has_header)
 			{
-				Datum		raw;
 				bool		isnull;
-				char	   *key = mapping_header_key(att, b->econtext, slot, &raw, &isnull);
-				StrEntry   *e = isnull ? NULL : str_find(hmap, key);
+				Datum		key = mapping_header_key(att, b->econtext, slot, &isnull);
+				KeyMapEntry *e = isnull ? NULL : keymap_find(hmap, att->header_key, key);
 
 				mapping_apply_header(att, e ? (HeaderFacts *) e->value : NULL, &f);
 			}
@@ -774,7 +839,7 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 	{
 		b.header_slot = MakeSingleTupleTableSlot(lookup_rowtype_tupdesc_copy(att->header_rowtype, -1),
 												 &TTSOpsHeapTuple);
-		b.headers = str_table("loyalty headers", b.cxt);
+		b.headers = keymap_create("loyalty headers", b.cxt);
 	}
 	b.accounts = str_table("loyalty accounts", b.cxt);
 	b.unenrolled = str_table("loyalty unenrolled", b.cxt);
@@ -789,7 +854,7 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 			if (sets[s].header_facts)
 			{
 				HASH_SEQ_STATUS hs;
-				StrEntry   *e;
+				KeyMapEntry *e;
 
 				hash_seq_init(&hs, sets[s].header_facts);
 				while ((e = hash_seq_search(&hs)) != NULL)
@@ -940,6 +1005,47 @@ same_header(const HeaderFacts *a, const HeaderFacts *b)
 		(!a->has_paid || a->paid == b->paid);
 }
 
+/* The lines of the given header keys, in one query, as the running role. */
+static HeapTuple *
+lines_of_headers(Attachment *att, Datum *keys, int nkeys, uint64 *nlines)
+{
+	Oid			argtype = get_array_type(att->header_key_type);
+	Datum		arg = PointerGetDatum(construct_array(keys, nkeys, att->header_key_type,
+													  att->header_key->typlen, att->header_key->typbyval,
+													  att->header_key->typalign));
+	char	   *sql = psprintf("SELECT s FROM %s s WHERE s.%s %s ANY ($1)",
+							   table_ref(att->source, att->source_name),
+							   quote_identifier(att->header_key_column),
+							   equality_operator(att->header_key_type));
+	HeapTuple  *tuples;
+	uint64		i;
+
+	if (SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the lines of changed headers of %s", att->source_name);
+	tuples = palloc(sizeof(HeapTuple) * (SPI_processed + 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
+																   SPI_tuptable->tupdesc, 1, &isnull));
+		HeapTupleData tmp;
+
+		tmp.t_len = HeapTupleHeaderGetDatumLength(th);
+		ItemPointerSetInvalid(&tmp.t_self);
+		tmp.t_tableOid = att->source;
+		tmp.t_data = th;
+		tuples[i] = heap_copytuple(&tmp);
+	}
+	*nlines = SPI_processed;
+	return tuples;
+}
+
+static bool
+same_key(Attachment *att, Datum a, Datum b)
+{
+	return DatumGetBool(FunctionCall2Coll(&att->header_key->eq, att->header_key->collation, a, b));
+}
+
 PG_FUNCTION_INFO_V1(loyalty_accrue_header);
 /*
  * AFTER UPDATE ... FOR EACH STATEMENT on a header table: when a header's
@@ -960,7 +1066,7 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 	TupleTableSlot *oslot,
 			   *nslot;
 	ExprContext *econtext;
-	char	  **keys;
+	Datum	   *keys;
 	int			nkeys = 0,
 				cap = 64;
 
@@ -975,7 +1081,7 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 	oslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);
 	nslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);
 	econtext = CreateStandaloneExprContext();
-	keys = palloc(sizeof(char *) * cap);
+	keys = palloc(sizeof(Datum) * cap);
 
 	/* old and new transition rows of an UPDATE come in the same order */
 	tuplestore_rescan(td->tg_oldtable);
@@ -985,59 +1091,41 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 	{
 		HeaderFacts *of = palloc(sizeof(HeaderFacts));
 		HeaderFacts *nf = palloc(sizeof(HeaderFacts));
-		char	   *okey,
-				   *nkey;
-		bool		found;
+		Datum		okey,
+					nkey;
+		bool		onull,
+					nnull,
+					found;
+		KeyMapEntry *e;
 
 		ResetExprContext(econtext);
-		okey = mapping_header_facts(att, econtext, oslot, of);
-		nkey = mapping_header_facts(att, econtext, nslot, nf);
-		if (okey == NULL || !same_text(okey, nkey) || same_header(of, nf))
-			continue;			/* key changes are followed by the lines' own trigger */
-		str_enter(old_map, okey, cxt, &found)->value = of;
-		str_enter(new_map, okey, cxt, &found)->value = nf;
+		okey = mapping_header_facts(att, econtext, oslot, of, &onull);
+		nkey = mapping_header_facts(att, econtext, nslot, nf, &nnull);
+		/* key changes are followed by the lines' own trigger */
+		if (onull || nnull || !same_key(att, okey, nkey) || same_header(of, nf))
+			continue;
+		e = keymap_enter(old_map, att->header_key, okey, cxt, &found);
+		e->value = of;
+		keymap_enter(new_map, att->header_key, okey, cxt, &found)->value = nf;
 		if (!found)
 		{
 			if (nkeys == cap)
-				keys = repalloc(keys, sizeof(char *) * (cap *= 2));
-			keys[nkeys++] = okey;
+				keys = repalloc(keys, sizeof(Datum) * (cap *= 2));
+			keys[nkeys++] = e->key.value;
 		}
 	}
 
 	if (nkeys > 0)
 	{
-		Oid			argtypes[1] = {TEXTARRAYOID};
-		Datum		arg = loyalty_text_array(keys, NULL, nkeys);
-		char	   *sql;
-		HeapTuple  *tuples;
-		uint64		i;
+		uint64		nlines;
+		HeapTuple  *tuples = lines_of_headers(att, keys, nkeys, &nlines);
 		RowSet		sets[2];
 		Relation	src = table_open(att->source, AccessShareLock);
 
-		/* the lines of the changed headers, in one query */
-		sql = psprintf("SELECT s FROM ONLY %s s WHERE s.%s OPERATOR(pg_catalog.=) ANY (($1)::%s[])",
-					   att->source_name, quote_identifier(att->header_key_column),
-					   format_type_be_qualified(att->header_key_type));
-		if (SPI_execute_with_args(sql, 1, argtypes, &arg, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read the lines of changed headers");
-		tuples = palloc(sizeof(HeapTuple) * (SPI_processed + 1));
-		for (i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
-																	   SPI_tuptable->tupdesc, 1, &isnull));
-			HeapTupleData tmp;
-
-			tmp.t_len = HeapTupleHeaderGetDatumLength(th);
-			ItemPointerSetInvalid(&tmp.t_self);
-			tmp.t_tableOid = att->source;
-			tmp.t_data = th;
-			tuples[i] = heap_copytuple(&tmp);
-		}
 		memset(sets, 0, sizeof(sets));
-		sets[0] = (RowSet) {.tuples = tuples, .ntuples = (int) SPI_processed, .sign = -1, .header_facts = old_map};
-		sets[1] = (RowSet) {.tuples = tuples, .ntuples = (int) SPI_processed, .sign = 1, .header_facts = new_map};
-		if (SPI_processed > 0)
+		sets[0] = (RowSet) {.tuples = tuples, .ntuples = (int) nlines, .sign = -1, .header_facts = old_map};
+		sets[1] = (RowSet) {.tuples = tuples, .ntuples = (int) nlines, .sign = 1, .header_facts = new_map};
+		if (nlines > 0)
 			accrual_process(att, RelationGetDescr(src), sets, 2, "UPDATE of header");
 		table_close(src, AccessShareLock);
 	}
@@ -1068,7 +1156,8 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	TupleTableSlot *slot;
 	ExprContext *econtext;
 	HeaderFacts *hf;
-	char	   *key;
+	Datum		key;
+	bool		isnull;
 
 	HeapTuple	result = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
 
@@ -1082,30 +1171,29 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 		registered = true;
 	}
 	old = MemoryContextSwitchTo(TopTransactionContext);
-	if (header_stash == NULL)
-		header_stash = str_table("loyalty deleted headers", TopTransactionContext);
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
 	ExecStoreHeapTuple(td->tg_trigtuple, slot, false);
 	econtext = CreateStandaloneExprContext();
 	hf = palloc(sizeof(HeaderFacts));
-	key = mapping_header_facts(att, econtext, slot, hf);
-	if (key != NULL && TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	key = mapping_header_facts(att, econtext, slot, hf, &isnull);
+	if (!isnull && TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
 		/* only a renumbered header needs remembering */
 		HeaderFacts nf;
-		char	   *nkey;
+		bool		nnull;
+		Datum		nkey;
 
+		key = datumCopy(key, att->header_key->typbyval, att->header_key->typlen);
 		ExecStoreHeapTuple(td->tg_newtuple, slot, false);
-		nkey = mapping_header_facts(att, econtext, slot, &nf);
-		if (nkey != NULL && strcmp(nkey, key) == 0)
-			key = NULL;
+		nkey = mapping_header_facts(att, econtext, slot, &nf, &nnull);
+		if (!nnull && same_key(att, key, nkey))
+			isnull = true;
 	}
-	if (key != NULL)
+	if (!isnull)
 	{
 		bool		found;
-		char	   *k = psprintf("%d/%s", att->id, key);
 
-		str_enter(header_stash, k, TopTransactionContext, &found)->value = hf;
+		keymap_enter(stash_of(att, true), att->header_key, key, TopTransactionContext, &found)->value = hf;
 	}
 	FreeExprContext(econtext, true);
 	ExecDropSingleTupleTableSlot(slot);

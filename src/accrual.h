@@ -15,13 +15,13 @@ typedef struct RowSet
 	HeapTuple  *tuples;			/* rows fetched by a query */
 	int			ntuples;
 	int			sign;
-	HTAB	   *header_facts;	/* header key -> HeaderFacts; NULL: look up */
+	HTAB	   *header_facts;	/* header key -> HeaderFacts (a keymap); NULL: look up */
 	struct StrEntry **accounts; /* filled by the first pass: each row's account */
 } RowSet;
 
 extern void accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets,
 							const char *reason);
 extern HTAB *accrual_header_map(MemoryContext cxt);
-extern const HeaderFacts *accrual_stashed_header(int32 attachment_id, const char *key);
+extern const HeaderFacts *accrual_stashed_header(Attachment *att, Datum key);
 
 #endif

@@ -25,6 +25,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+#include "keymap.h"
 #include "mapping.h"
 
 static MemoryContext config_cxt = NULL;
@@ -144,6 +145,42 @@ build_exprs(const char *relname, const char *alias, char **exprs, ExprState **ou
 	}
 }
 
+/*
+ * The lines' header key and the header's match column: both of one type,
+ * compared with that type's own equality.
+ */
+static void
+header_key_type(Attachment *att, const char *hname)
+{
+	AttrNumber	lk = get_attnum(att->source, att->header_key_column);
+	AttrNumber	hm = get_attnum(att->header, att->header_match_column);
+	Oid			lt,
+				ht,
+				lc,
+				hc;
+	int32		typmod;
+
+	if (lk == InvalidAttrNumber || hm == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("loyalty attachment %d maps a header key column that no longer exists", att->id),
+				 errdetail("Lines column \"%s\" of %s, header column \"%s\" of %s.",
+						   att->header_key_column, att->source_name, att->header_match_column, hname),
+				 errhint("Detach the program with loyalty.detach() and attach it again.")));
+	get_atttypetypmodcoll(att->source, lk, &lt, &typmod, &lc);
+	get_atttypetypmodcoll(att->header, hm, &ht, &typmod, &hc);
+	if (getBaseType(lt) != getBaseType(ht) || lc != hc)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("loyalty attachment %d: lines column \"%s\" is %s but header column \"%s\" is %s",
+						att->id, att->header_key_column, format_type_be(lt),
+						att->header_match_column, format_type_be(ht)),
+				 errdetail("Lines are matched with their header by the key type's own equality and collation."),
+				 errhint("Give both columns the same type and collation, or detach the program.")));
+	att->header_key_type = getBaseType(lt);
+	att->header_key = keytype_get(att->header_key_type, lc, config_cxt);
+}
+
 static char *
 cast(const char *expr, const char *type)
 {
@@ -246,26 +283,16 @@ load_attachment(int32 id)
 	{
 		char	   *hk = SPI_getvalue(tup, desc, 16);
 		char	   *hm = SPI_getvalue(tup, desc, 17);
-		Relation	rel;
 		char	   *hname = rel_qualified_name(att->header);
-		Oid			hktypes[1];
-		char	   *q;
 
 		att->header_key_column = pstrdup(hk);
+		att->header_match_column = pstrdup(hm);
+		att->header_name = hname;
 		src_exprs[F_HEADER_KEY] = psprintf("s.%s", quote_identifier(hk));
-		hdr_exprs[F_HEADER_KEY] = psprintf("(h.%s)::pg_catalog.text", quote_identifier(hm));
+		hdr_exprs[F_HEADER_KEY] = psprintf("h.%s", quote_identifier(hm));
 		att->mapped[F_HEADER_KEY] = true;
-
-		rel = relation_open(att->source, AccessShareLock);
-		att->header_key_type = get_atttype(att->source, get_attnum(att->source, hk));
-		relation_close(rel, AccessShareLock);
+		header_key_type(att, hname);
 		att->header_rowtype = get_rel_type_id(att->header);
-		hktypes[0] = get_array_type(att->header_key_type);
-		q = psprintf("SELECT h FROM ONLY %s h WHERE h.%s OPERATOR(pg_catalog.=) ANY ($1)",
-					 hname, quote_identifier(hm));
-		att->header_plan = loyalty_prepare(q, 1, hktypes);
-		/* SPI calls leave CurrentMemoryContext at SPI's own: come back */
-		MemoryContextSwitchTo(config_cxt);
 		loyalty_watch_relation(att->header);
 	}
 
@@ -394,22 +421,12 @@ mapping_source_facts(Attachment *att, ExprContext *econtext,
 	}
 }
 
-/* The header key of a source row, raw and as text (NULL if NULL). */
-char *
-mapping_header_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot,
-				   Datum *raw, bool *isnull)
+/* The header key of a source row, in its own type. */
+Datum
+mapping_header_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot, bool *isnull)
 {
-	Datum		d;
-	Oid			typoutput;
-	bool		varlena;
-
 	econtext->ecxt_scantuple = slot;
-	d = eval(att->src[F_HEADER_KEY], econtext, isnull);
-	*raw = d;
-	if (*isnull)
-		return NULL;
-	getTypeOutputInfo(att->header_key_type, &typoutput, &varlena);
-	return OidOutputFunctionCall(typoutput, d);
+	return eval(att->src[F_HEADER_KEY], econtext, isnull);
 }
 
 char *
@@ -420,9 +437,9 @@ mapping_row_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot)
 }
 
 /* Evaluates the header expressions on a header row; returns its match key. */
-char *
+Datum
 mapping_header_facts(Attachment *att, ExprContext *econtext, TupleTableSlot *slot,
-					 HeaderFacts *hf)
+					 HeaderFacts *hf, bool *isnull)
 {
 	memset(hf, 0, sizeof(HeaderFacts));
 	econtext->ecxt_scantuple = slot;
@@ -432,7 +449,7 @@ mapping_header_facts(Attachment *att, ExprContext *econtext, TupleTableSlot *slo
 	hf->doc_type = eval_text(att->hdr[F_DOC_TYPE], econtext);
 	hf->has_due = eval_date(att->hdr[F_DUE], econtext, &hf->due);
 	hf->has_paid = eval_date(att->hdr[F_PAID], econtext, &hf->paid);
-	return eval_text(att->hdr[F_HEADER_KEY], econtext);
+	return eval(att->hdr[F_HEADER_KEY], econtext, isnull);
 }
 
 void

@@ -20,7 +20,7 @@ typedef enum MapField
 	F_DOC_TYPE,
 	F_DUE,
 	F_PAID,
-	F_HEADER_KEY,				/* source: the raw key; header: the match key as text */
+	F_HEADER_KEY,				/* source: the raw key; header: the raw match key */
 	F_ROW_KEY,					/* source only: the row key as text */
 	F_COUNT
 } MapField;
@@ -51,8 +51,11 @@ typedef struct Attachment
 	Oid			header;
 	ExprState  *hdr[F_COUNT];	/* over header rows */
 	char	   *header_key_column;	/* the source's column naming the header */
-	Oid			header_key_type;	/* its type */
-	SPIPlanPtr	header_plan;	/* SELECT h FROM header h WHERE match = ANY($1) */
+	char	   *header_match_column;	/* the header's column it matches */
+	char	   *header_name;	/* the header table, schema-qualified */
+	Oid			header_key_type;	/* the type of both */
+	struct KeyType *header_key; /* its hash and equality, with the column's collation */
+	SPIPlanPtr	header_plan;	/* the header rows of an array of keys (accrual.c) */
 	Oid			header_rowtype;
 	int			ncredit;
 	char	  **credit_types;
@@ -65,11 +68,11 @@ extern void mapping_refresh(void);
 
 extern void mapping_source_facts(Attachment *att, ExprContext *econtext,
 								 TupleTableSlot *slot, RowFacts *facts, bool with_account);
-extern char *mapping_header_key(Attachment *att, ExprContext *econtext,
-								TupleTableSlot *slot, Datum *raw, bool *isnull);
+extern Datum mapping_header_key(Attachment *att, ExprContext *econtext,
+								TupleTableSlot *slot, bool *isnull);
 extern char *mapping_row_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot);
-extern char *mapping_header_facts(Attachment *att, ExprContext *econtext,
-								  TupleTableSlot *slot, HeaderFacts *hf);
+extern Datum mapping_header_facts(Attachment *att, ExprContext *econtext,
+								  TupleTableSlot *slot, HeaderFacts *hf, bool *isnull);
 extern void mapping_apply_header(Attachment *att, const HeaderFacts *hf, RowFacts *facts);
 
 #endif
