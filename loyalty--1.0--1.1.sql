@@ -57,3 +57,52 @@ END
 $$;
 
 COMMENT ON FUNCTION @extschema@.balance(text, text) IS 'An account''s points, lifetime qualifying spend, rolling qualifying spend (the tier window) and tier; zeros (and the first tier when its threshold is 0) for a customer with no account yet.';
+
+-- header keys: joined by the key type's own equality; partitioned headers read whole
+CREATE FUNCTION @extschema@._equality_operator(type regtype) RETURNS text
+AS 'MODULE_PATHNAME', 'loyalty_equality_operator' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._equality_operator(regtype) IS 'Internal: a type''s own equality operator as SQL text, for joins on ERP keys.';
+REVOKE ALL ON FUNCTION @extschema@._equality_operator(regtype) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION @extschema@._facts_sql(attachment integer) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a @extschema@.attachment;
+    key text;
+    from_clause text;
+    hdr text;
+BEGIN
+    SELECT * INTO a FROM @extschema@.attachment x WHERE x.attachment_id = attachment;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'loyalty attachment % does not exist', attachment USING ERRCODE = 'undefined_object';
+    END IF;
+    key := CASE WHEN cardinality(a.key_columns) = 1 THEN format('(s.%I)::text', a.key_columns[1])
+                ELSE format('(ROW(%s))::text', (SELECT string_agg(format('s.%I', c), ', ') FROM unnest(a.key_columns) c)) END;
+    -- a partitioned table is read with its partitions; a plain one alone
+    from_clause := format('FROM %s %s s',
+                          CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.source) = 'p' THEN '' ELSE 'ONLY' END,
+                          a.source);
+    IF a.header IS NULL THEN
+        hdr := format('(%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency, (%s)::text AS doc_type,'
+                      ' (%s)::date AS due_date, (%s)::date AS paid_date, true AS header_found',
+                      a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
+                      coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'));
+    ELSE
+        hdr := 'hh.account_key, hh.doc_date, hh.currency, hh.doc_type, hh.due_date, hh.paid_date, hh.found IS NOT NULL AS header_found';
+        from_clause := from_clause || format(
+            ' LEFT JOIN LATERAL (SELECT (%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency,'
+            ' (%s)::text AS doc_type, (%s)::date AS due_date, (%s)::date AS paid_date, true AS found'
+            ' FROM %s %s h WHERE h.%I %s s.%I) hh ON true',
+            a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
+            coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'),
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.header) = 'p' THEN '' ELSE 'ONLY' END,
+            a.header, a.header_match_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.header_key_column)::regtype),
+            a.header_key_column);
+    END IF;
+    RETURN format('SELECT %s AS row_key, %s, (%s)::numeric AS amount, (%s)::numeric AS quantity, (%s)::text AS product_line %s',
+                  key, hdr, coalesce(a.amount_expr, 'NULL'), coalesce(a.quantity_expr, 'NULL'),
+                  coalesce(a.product_line_expr, 'NULL'), from_clause);
+END
+$$;
+

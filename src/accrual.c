@@ -329,24 +329,6 @@ table_ref(Oid relid, const char *qualified_name)
 					qualified_name);
 }
 
-/* The key type's equality operator, schema-qualified, for SQL text. */
-static char *
-equality_operator(Oid typid)
-{
-	TypeCacheEntry *tc = lookup_type_cache(typid, TYPECACHE_EQ_OPR);
-	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(tc->eq_opr));
-	Form_pg_operator op;
-	char	   *r;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for operator %u", tc->eq_opr);
-	op = (Form_pg_operator) GETSTRUCT(tup);
-	r = psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(op->oprnamespace)),
-				 NameStr(op->oprname));
-	ReleaseSysCache(tup);
-	return r;
-}
-
 /*
  * Prepared as the role running the statement, like everything that reads
  * the ERP's own tables: its privileges and row-level security apply, and
@@ -362,7 +344,7 @@ header_plan(Attachment *att)
 								   " ON h.%s %s u.k",
 								   table_ref(att->header, att->header_name),
 								   quote_identifier(att->header_match_column),
-								   equality_operator(att->header_key_type));
+								   keytype_equality_operator(att->header_key_type));
 		SPIPlanPtr	plan = SPI_prepare_cursor(sql, 1, &argtype, CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
@@ -1016,7 +998,7 @@ lines_of_headers(Attachment *att, Datum *keys, int nkeys, uint64 *nlines)
 	char	   *sql = psprintf("SELECT s FROM %s s WHERE s.%s %s ANY ($1)",
 							   table_ref(att->source, att->source_name),
 							   quote_identifier(att->header_key_column),
-							   equality_operator(att->header_key_type));
+							   keytype_equality_operator(att->header_key_type));
 	HeapTuple  *tuples;
 	uint64		i;
 

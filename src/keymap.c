@@ -5,9 +5,12 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "catalog/pg_operator.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 #include "utils/typcache.h"
 
 #include "keymap.h"
@@ -101,4 +104,34 @@ keytype_out(const KeyType *type, Datum value)
 
 	getTypeOutputInfo(type->typid, &typoutput, &varlena);
 	return OidOutputFunctionCall(typoutput, value);
+}
+
+char *
+keytype_equality_operator(Oid typid)
+{
+	TypeCacheEntry *tc = lookup_type_cache(typid, TYPECACHE_EQ_OPR);
+	HeapTuple	tup;
+	Form_pg_operator op;
+	char	   *r;
+
+	if (!OidIsValid(tc->eq_opr))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("type %s has no equality operator", format_type_be(typid))));
+	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(tc->eq_opr));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", tc->eq_opr);
+	op = (Form_pg_operator) GETSTRUCT(tup);
+	r = psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(op->oprnamespace)),
+				 NameStr(op->oprname));
+	ReleaseSysCache(tup);
+	return r;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_equality_operator);
+/* loyalty._equality_operator(regtype): the SQL twin, for verify's joins. */
+Datum
+loyalty_equality_operator(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(keytype_equality_operator(getBaseType(PG_GETARG_OID(0)))));
 }

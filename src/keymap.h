@@ -42,6 +42,8 @@ extern HTAB *keymap_create(const char *name, MemoryContext cxt);
 extern KeyMapEntry *keymap_enter(HTAB *map, const KeyType *type, Datum value,
 								 MemoryContext cxt, bool *found);
 extern KeyMapEntry *keymap_find(HTAB *map, const KeyType *type, Datum value);
+/* The type's default equality operator as SQL text: OPERATOR(schema.=). */
+extern char *keytype_equality_operator(Oid typid);
 /* The value's text form, for messages and row keys. */
 extern char *keytype_out(const KeyType *type, Datum value);
 

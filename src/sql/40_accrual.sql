@@ -63,6 +63,11 @@ AS 'MODULE_PATHNAME', 'loyalty_post_backfill' LANGUAGE C STRICT;
 COMMENT ON FUNCTION @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[], text) IS
     'Internal: posts reconciled sums (backfill or restate) through the trigger''s own posting path.';
 
+CREATE FUNCTION @extschema@._equality_operator(type regtype) RETURNS text
+AS 'MODULE_PATHNAME', 'loyalty_equality_operator' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._equality_operator(regtype) IS 'Internal: a type''s own equality operator as SQL text, for joins on ERP keys.';
+REVOKE ALL ON FUNCTION @extschema@._equality_operator(regtype) FROM PUBLIC;
+
 -- The facts of every row of an attachment's source, as SQL: the set-based
 -- twin of the trigger's C mapping (mapping.c), over the same expressions.
 CREATE FUNCTION @extschema@._facts_sql(attachment integer) RETURNS text
@@ -93,10 +98,14 @@ BEGIN
         from_clause := from_clause || format(
             ' LEFT JOIN LATERAL (SELECT (%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency,'
             ' (%s)::text AS doc_type, (%s)::date AS due_date, (%s)::date AS paid_date, true AS found'
-            ' FROM ONLY %s h WHERE h.%I OPERATOR(pg_catalog.=) s.%I) hh ON true',
+            ' FROM %s %s h WHERE h.%I %s s.%I) hh ON true',
             a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
             coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'),
-            a.header, a.header_match_column, a.header_key_column);
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.header) = 'p' THEN '' ELSE 'ONLY' END,
+            a.header, a.header_match_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.header_key_column)::regtype),
+            a.header_key_column);
     END IF;
     RETURN format('SELECT %s AS row_key, %s, (%s)::numeric AS amount, (%s)::numeric AS quantity, (%s)::text AS product_line %s',
                   key, hdr, coalesce(a.amount_expr, 'NULL'), coalesce(a.quantity_expr, 'NULL'),
