@@ -4,7 +4,7 @@ EXTVERSION  = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTEN
 
 MODULE_big  = loyalty
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
-PG_CPPFLAGS = -I$(srcdir)/src
+PG_CPPFLAGS = -I$(srcdir)/src -DLOYALTY_VERSION='"$(EXTVERSION)"'
 # -Wextra's unused-parameter fires inside PostgreSQL's own headers
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Werror
 

@@ -505,6 +505,24 @@ add_reject(Batch *b, TupleTableSlot *slot, const RowFacts *f, const RowResult *r
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Is the new version of an updated row parked as its old version was: for
+ * the same reason and under the same row key?  Then its dead letter stays
+ * as it is.  A changed key settles the old letter and parks a new one.
+ */
+static bool
+still_parked(Batch *b, Attachment *att, TupleTableSlot *slot, char **old_reasons, int64 nold,
+			 int64 rowno, const char *reason)
+{
+	char	   *key;
+
+	if (old_reasons == NULL || rowno >= nold || old_reasons[rowno] == NULL ||
+		strcmp(old_reasons[rowno], reason) != 0)
+		return false;
+	key = mapping_row_key(att, b->econtext, slot);
+	return key != NULL && b->settled_keys[rowno] != NULL && strcmp(key, b->settled_keys[rowno]) == 0;
+}
+
 /* Pass 2: the points of every row, summed per (account, month). */
 static void
 sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
@@ -625,8 +643,7 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 							b->settled_keys[rowno] = MemoryContextStrdup(b->cxt, b->settled_keys[rowno]);
 						b->nsettled = rowno + 1;
 					}
-					else if (old_reasons && rowno < nold && old_reasons[rowno] &&
-							 strcmp(old_reasons[rowno], r.reason) == 0)
+					else if (still_parked(b, att, slot, old_reasons, nold, rowno, r.reason))
 						b->settled_keys[rowno] = NULL;	/* ... unless its new version is parked for the same reason */
 					else
 						add_reject(b, slot, &f, &r, desc);
@@ -1028,8 +1045,153 @@ same_key(Attachment *att, Datum a, Datum b)
 	return DatumGetBool(FunctionCall2Coll(&att->header_key->eq, att->header_key->collation, a, b));
 }
 
+/* The row keys among keys[0..n) that have an open dead letter for reason. */
+static HTAB *
+open_dead_letters(Attachment *att, char **keys, int n, const char *reason)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[3];
+	OwnerScope	scope;
+	HTAB	   *found = str_table("loyalty open dead letters", CurrentMemoryContext);
+	uint64		i;
+
+	if (plan == NULL)
+	{
+		Oid			t[3] = {INT4OID, TEXTARRAYOID, TEXTOID};
+
+		plan = loyalty_prepare(
+			"SELECT row_key FROM loyalty.rejected_event WHERE attachment_id OPERATOR(pg_catalog.=) $1"
+			" AND row_key OPERATOR(pg_catalog.=) ANY ($2) AND reason OPERATOR(pg_catalog.=) $3"
+			" AND resolved_at IS NULL", 3, t);
+	}
+	args[0] = Int32GetDatum(att->id);
+	args[1] = loyalty_text_array(keys, NULL, n);
+	args[2] = CStringGetTextDatum(reason);
+	loyalty_enter_owner(&scope);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.rejected_event");
+	loyalty_leave_owner(&scope);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		dup;
+
+		str_enter(found, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+				  CurrentMemoryContext, &dup);
+	}
+	return found;
+}
+
+static void
+settle_dead_letters(Attachment *att, char **keys, int n, const char *reason)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[3];
+	OwnerScope	scope;
+
+	if (plan == NULL)
+	{
+		Oid			t[3] = {INT4OID, TEXTARRAYOID, TEXTOID};
+
+		plan = loyalty_prepare(
+			"UPDATE loyalty.rejected_event SET resolved_at = pg_catalog.now()"
+			" WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND row_key OPERATOR(pg_catalog.=) ANY ($2)"
+			"   AND reason OPERATOR(pg_catalog.=) $3 AND resolved_at IS NULL", 3, t);
+	}
+	args[0] = Int32GetDatum(att->id);
+	args[1] = loyalty_text_array(keys, NULL, n);
+	args[2] = CStringGetTextDatum(reason);
+	loyalty_enter_owner(&scope);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not settle loyalty.rejected_event");
+	loyalty_leave_owner(&scope);
+}
+
+/*
+ * Headers inserted after their lines (a deferred foreign key, or an ERP
+ * that writes lines first): the lines waiting for them in the dead-letter
+ * table accrue now, and their letters are settled.  Lines that accrued
+ * already (with a header deleted and inserted again) are left alone.
+ */
+static void
+header_inserted(TriggerData *td, Attachment *att)
+{
+	TupleTableSlot *hslot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsMinimalTuple);
+	ExprContext *econtext = CreateStandaloneExprContext();
+	HTAB	   *seen = keymap_create("loyalty inserted headers", CurrentMemoryContext);
+	Datum	   *keys = palloc(sizeof(Datum) * (tuplestore_tuple_count(td->tg_newtable) + 1));
+	int			nkeys = 0;
+	Relation	src;
+	TupleTableSlot *lslot;
+	HeapTuple  *lines;
+	uint64		nlines,
+				i;
+	char	  **rowkeys;
+	HTAB	   *waiting;
+	int			nwaiting = 0;
+	RowSet		set;
+	const char *reason = rules_header_missing_reason();
+
+	tuplestore_rescan(td->tg_newtable);
+	while (tuplestore_gettupleslot(td->tg_newtable, true, false, hslot))
+	{
+		HeaderFacts hf;
+		bool		isnull,
+					found;
+		Datum		k;
+
+		ResetExprContext(econtext);
+		k = mapping_header_facts(att, econtext, hslot, &hf, &isnull);
+		if (!isnull)
+		{
+			KeyMapEntry *e = keymap_enter(seen, att->header_key, k, CurrentMemoryContext, &found);
+
+			if (!found)
+				keys[nkeys++] = e->key.value;
+		}
+	}
+	ExecDropSingleTupleTableSlot(hslot);
+	if (nkeys == 0)
+		return;
+	lines = lines_of_headers(att, keys, nkeys, &nlines);
+	if (nlines == 0)
+		return;
+
+	/* which of those lines wait in the dead-letter table */
+	src = table_open(att->source, AccessShareLock);
+	lslot = MakeSingleTupleTableSlot(RelationGetDescr(src), &TTSOpsHeapTuple);
+	rowkeys = palloc(sizeof(char *) * nlines);
+	for (i = 0; i < nlines; i++)
+	{
+		ExecStoreHeapTuple(lines[i], lslot, false);
+		ResetExprContext(econtext);
+		rowkeys[i] = mapping_row_key(att, econtext, lslot);
+		rowkeys[i] = rowkeys[i] ? pstrdup(rowkeys[i]) : "";
+	}
+	waiting = open_dead_letters(att, rowkeys, (int) nlines, reason);
+	for (i = 0; i < nlines; i++)
+		if (str_find(waiting, rowkeys[i]) != NULL)
+		{
+			rowkeys[nwaiting] = rowkeys[i];
+			lines[nwaiting++] = lines[i];
+		}
+	if (nwaiting > 0)
+	{
+		memset(&set, 0, sizeof(set));
+		set.tuples = lines;
+		set.ntuples = nwaiting;
+		set.sign = 1;
+		settle_dead_letters(att, rowkeys, nwaiting, reason);
+		accrual_process(att, RelationGetDescr(src), &set, 1, "INSERT of header");
+	}
+	ExecDropSingleTupleTableSlot(lslot);
+	table_close(src, AccessShareLock);
+}
+
 PG_FUNCTION_INFO_V1(loyalty_accrue_header);
 /*
+ * AFTER INSERT ... FOR EACH STATEMENT on a header table: see
+ * header_inserted().
+ *
  * AFTER UPDATE ... FOR EACH STATEMENT on a header table: when a header's
  * account, date, currency, document type or payment dates change, its lines
  * are reversed with the old facts and accrued with the new ones (this is how
@@ -1052,12 +1214,21 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 	int			nkeys = 0,
 				cap = 64;
 
-	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event) || td->tg_oldtable == NULL || td->tg_newtable == NULL)
+	if (td->tg_newtable == NULL ||
+		(TRIGGER_FIRED_BY_UPDATE(td->tg_event) && td->tg_oldtable == NULL))
 		return PointerGetDatum(NULL);
 	SPI_connect();
 	att = trigger_attachment(td, true);
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty header", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	{
+		header_inserted(td, att);
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
 	old_map = accrual_header_map(cxt);
 	new_map = accrual_header_map(cxt);
 	oslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);

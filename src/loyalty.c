@@ -150,6 +150,31 @@ extension_owner(void)
 }
 
 /*
+ * The library serves the SQL objects of its own version only.  Between
+ * installing a new package and ALTER EXTENSION loyalty UPDATE, the triggers
+ * would otherwise run new code against the old tables: refuse, and say
+ * what to do.  Checked whenever the configuration cache is rebuilt.
+ */
+void
+loyalty_check_version(void)
+{
+	char	   *installed;
+
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'loyalty'",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension loyalty is not installed in this database")));
+	installed = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (strcmp(installed, LOYALTY_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("loyalty's library is version %s, but this database has loyalty %s", LOYALTY_VERSION, installed),
+				 errdetail("Accrual, explain_points, verify and backfill need the SQL objects of the library's version."),
+				 errhint("Run ALTER EXTENSION loyalty UPDATE in this database.")));
+}
+
+/*
  * Become the extension owner, as RI triggers and pg_cron do, so that the
  * ERP's role needs no privilege on loyalty tables; pin search_path so that
  * nothing the session set can capture our queries.  Must be called inside

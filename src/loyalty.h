@@ -33,6 +33,7 @@ extern bool loyalty_config_valid;
 extern bool loyalty_accounts_valid;
 extern void loyalty_watch_relation(Oid relid);
 extern void loyalty_set_sentinels(Oid program_rel, Oid account_rel);
+extern void loyalty_check_version(void);
 
 /* SPI helpers */
 extern SPIPlanPtr loyalty_prepare(const char *sql, int nargs, Oid *argtypes);

@@ -47,6 +47,7 @@ mapping_refresh(void)
 
 	if (loyalty_config_valid && config_cxt != NULL)
 		return;
+	loyalty_check_version();
 	if (config_cxt != NULL)
 		MemoryContextDelete(config_cxt);
 	config_cxt = AllocSetContextCreate(CacheMemoryContext, "loyalty config cache",

@@ -381,7 +381,7 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 	memset(r, 0, sizeof(RowResult));
 
 	if (f->header_missing)
-		return reject(r, "header row not found%s", "");
+		return reject(r, "%s", rules_header_missing_reason());
 	if (f->account == NULL)
 		return reject(r, "account is NULL%s", "");
 	if (!f->has_date || DATE_NOT_FINITE(f->date))
@@ -504,4 +504,11 @@ rules_today(const Program *prog)
 											TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()));
 
 	return DatumGetDateADT(DirectFunctionCall1(timestamp_date, local));
+}
+
+/* The dead-letter reason of a line whose header row is not there (yet). */
+const char *
+rules_header_missing_reason(void)
+{
+	return "header row not found";
 }

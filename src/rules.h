@@ -146,6 +146,8 @@ extern const RuleVersion *rules_version_on(const Program *prog, DateADT d);
 extern DateADT rules_cap_period_start(char period, DateADT d);
 extern DateADT rules_cap_period_next(char period, DateADT start);
 
+extern const char *rules_header_missing_reason(void);
+
 /* Today in the program's time zone (the transaction's start, as now()). */
 extern DateADT rules_today(const Program *prog);
 

@@ -7,7 +7,7 @@ COMMENT ON FUNCTION @extschema@.accrue() IS 'Statement-level accrual trigger cre
 
 CREATE FUNCTION @extschema@.accrue_header() RETURNS trigger
 AS 'MODULE_PATHNAME', 'loyalty_accrue_header' LANGUAGE C;
-COMMENT ON FUNCTION @extschema@.accrue_header() IS 'Statement-level trigger on a header table: re-accrues the lines of headers whose account, date, currency, document type or payment dates changed.';
+COMMENT ON FUNCTION @extschema@.accrue_header() IS 'Statement-level triggers on a header table: re-accrue the lines of headers whose account, date, currency, document type or payment dates changed, and accrue the lines that were waiting for a header inserted after them.';
 
 CREATE FUNCTION @extschema@.stash_header() RETURNS trigger
 AS 'MODULE_PATHNAME', 'loyalty_stash_header' LANGUAGE C;
@@ -308,6 +308,8 @@ BEGIN
     IF header IS NOT NULL THEN
         EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
                        ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header', header, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header_ins', header, id);
         EXECUTE format('CREATE TRIGGER %I BEFORE DELETE OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.stash_header(%s)',
                        trg || '_header_delete', hm, header, id);
         EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
@@ -350,6 +352,7 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_truncate', source);
     IF a.header IS NOT NULL THEN
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_ins', a.header);
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_delete', a.header);
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_truncate', a.header);
     END IF;

@@ -25,18 +25,32 @@ $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('postgres', 'CREATE DATABASE upgraded');
 $node->safe_psql('fresh', 'CREATE EXTENSION loyalty');
 
-# 1.0 with data: a program, an attachment, accruals, a credit note
+# 1.0 with configuration and ERP data.  Only this version's library is
+# installed, and it refuses to run against 1.0's SQL objects, so the
+# invoices of the 1.0 days are written with the triggers off and accrued by
+# backfill() after the update.
 $node->safe_psql('upgraded', q{
 CREATE EXTENSION loyalty VERSION '1.0';
 CREATE TABLE inv (id int PRIMARY KEY, customer_id int, inv_date date, amount numeric(12,2));
 SELECT loyalty.create_program('Club', ladder => 'Member:0, Silver:1000');
 SELECT loyalty.attach('inv', 'Club', account_column => 'customer_id', amount_column => 'amount',
                       date_column => 'inv_date');
+CREATE TABLE hdr (id int PRIMARY KEY, customer_id int, inv_date date);
+CREATE TABLE line (hdr_id int, line_no int, amount numeric(12,2), PRIMARY KEY (hdr_id, line_no));
+SELECT loyalty.attach('line', 'Club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'inv_date', header => 'hdr', header_key_column => 'hdr_id');
+SET session_replication_role = replica;
 INSERT INTO inv SELECT g, g % 7, date '2026-01-01' + g, 100 + g FROM generate_series(1, 50) g;
 INSERT INTO inv VALUES (51, 3, date '2026-03-01', -75);
+INSERT INTO hdr SELECT g, g % 5, date '2026-02-01' + g FROM generate_series(1, 10) g;
+INSERT INTO line SELECT g, l, 10 * l FROM generate_series(1, 10) g, generate_series(1, 3) l;
 });
 is($node->safe_psql('upgraded',
 	q{SELECT extversion FROM pg_extension WHERE extname = 'loyalty'}), '1.0', 'installed 1.0');
+
+my ($rc, $out, $err) = $node->psql('upgraded', q{INSERT INTO inv VALUES (99, 1, '2026-01-02', 10)});
+like($err, qr/loyalty's library is version \S+, but this database has loyalty 1\.0.*\n.*\n?HINT:\s+Run ALTER EXTENSION loyalty UPDATE/s,
+	'before the update, the new library refuses the 1.0 objects with a clear error');
 
 $node->safe_psql('upgraded', 'ALTER EXTENSION loyalty UPDATE');
 is($node->safe_psql('upgraded',
@@ -119,16 +133,25 @@ else
 	fail('1.0 + upgrade script gives the same catalog as a fresh install');
 }
 
-# the data of 1.0 accrues and verifies on
+# the data of 1.0 accrues (backfill), and accrues and verifies on
 $node->safe_psql('upgraded', q{
+SELECT loyalty.backfill('inv', 'Club', '-infinity');
+SELECT loyalty.backfill('line', 'Club', '-infinity');
 INSERT INTO inv SELECT g, g % 7, date '2026-04-01' + g, 10 + g FROM generate_series(52, 80) g;
 UPDATE inv SET amount = amount * 2 WHERE id % 5 = 0;
 DELETE FROM inv WHERE id % 11 = 0;
+UPDATE hdr SET customer_id = 9 WHERE id <= 3;
+INSERT INTO line VALUES (11, 1, 500);
+INSERT INTO hdr VALUES (11, 4, '2026-05-01');
 });
 is($node->safe_psql('upgraded', q{SELECT count(*) FROM loyalty.verify('Club')}), '0',
 	'verify() is empty after accruing on upgraded data');
 is($node->safe_psql('upgraded', q{
-	SELECT sum(b.points) = (SELECT sum(floor(amount)) FROM inv)
-	FROM loyalty.balance b}), 't', 'balances equal the invoices, summed independently');
+	SELECT (SELECT sum(b.points) FROM loyalty.balance b)
+	     = (SELECT sum(trunc(amount)) FROM inv) + (SELECT sum(trunc(amount)) FROM line)}), 't',
+	'balances equal the invoices and lines, summed independently');
+is($node->safe_psql('upgraded', q{
+	SELECT count(*) FROM pg_trigger WHERE tgrelid = 'hdr'::regclass AND tgname LIKE 'loyalty_accrual_%_header_ins'}),
+	'1', 'the upgrade added the header-insert trigger to the 1.0 header attachment');
 
 done_testing();
