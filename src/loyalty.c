@@ -145,6 +145,13 @@ extension_owner(void)
 	return owner;
 }
 
+/* The extension owner, for the checks that nothing of the users' runs as it. */
+Oid
+loyalty_extension_owner(void)
+{
+	return extension_owner();
+}
+
 /*
  * Become the extension owner, as RI triggers and pg_cron do, so that the
  * ERP's role needs no privilege on loyalty tables; pin search_path so that
