@@ -146,10 +146,13 @@ SELECT account_key, points, qualifying FROM loyalty.balance
 -- 4. loyalty's own tables are not ERP tables
 --
 
+-- (Their writes are the accrual's own: an accrual trigger on the ledger
+-- would post into the ledger, which fires it again, and again.)
 SELECT loyalty.attach('loyalty.ledger', 'mapping_quoted', account_column => 'account_key',
-                      date_column => 'created_at', amount_column => 'points');
+                      date_column => 'posted_at', amount_column => 'points');
 SELECT loyalty.attach('mex.order_line', 'mapping_nw', header => 'loyalty.account', header_key_column => 'order no',
-                      account_column => 'account_key', date_column => 'enrolled_from', amount_column => 's.amount');
+                      header_match_column => 'account_key', account_column => 'account_key',
+                      date_column => 'enrolled_from', amount_column => 's.amount');
 
 --
 -- 5. Renaming a mapped column
