@@ -78,13 +78,15 @@ SELECT loyalty.detach('mex.order_details', 'mapping_nw');
 
 CREATE TABLE mex.invoice (id int PRIMARY KEY, customer_id int NOT NULL, amount numeric(12,2) NOT NULL,
                           discount numeric(4,3) NOT NULL DEFAULT 0, invoice_date date NOT NULL);
--- A second statement, a FROM clause, ORDER BY or UNION: not one expression.
+-- A second statement, a FROM clause, a UNION or a bare *: not one expression.
 SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
                       amount_expression => 'amount; DROP TABLE mex.invoice');
 SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
                       amount_expression => 'amount FROM mex.invoice');
 SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
                       amount_expression => 'amount UNION SELECT 1');
+SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
+                      amount_expression => '*');
 -- Sub-selects, aggregates, window and set-returning functions would make
 -- every later ERP write fail: refused now.
 SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',

@@ -165,6 +165,7 @@ attach_as_owner(FunctionCallInfo fcinfo, const char *amount)
 	char		nulls[ATTACH_NARGS];
 	StringInfoData sql;
 	OwnerScope	scope;
+	MemoryContext cxt = CurrentMemoryContext;
 	bool		isnull;
 	int32		id;
 	int			i;
@@ -182,9 +183,24 @@ attach_as_owner(FunctionCallInfo fcinfo, const char *amount)
 	nulls[ARG_AMOUNT_EXPRESSION] = amount ? ' ' : 'n';
 
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_with_args(sql.data, ATTACH_NARGS, (Oid *) types, values, nulls, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not run loyalty._attach");
+	PG_TRY();
+	{
+		if (SPI_execute_with_args(sql.data, ATTACH_NARGS, (Oid *) types, values, nulls, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not run loyalty._attach");
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* the error is attach()'s: no CONTEXT naming the internal function */
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		edata->context = NULL;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
 	id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	loyalty_leave_owner(&scope);
 	return id;

@@ -169,11 +169,16 @@ raw_expression(const char *text, const char *what)
 {
 	List	   *raw = raw_parser(psprintf("SELECT %s", text), RAW_PARSE_DEFAULT);
 	SelectStmt *sel;
-	ResTarget  *rt;
+	ResTarget  *rt = NULL;
 
 	sel = list_length(raw) == 1 && IsA(linitial_node(RawStmt, raw)->stmt, SelectStmt)
 		? (SelectStmt *) linitial_node(RawStmt, raw)->stmt : NULL;
-	if (sel == NULL || list_length(sel->targetList) != 1 ||
+	if (sel != NULL && list_length(sel->targetList) == 1)
+		rt = linitial_node(ResTarget, sel->targetList);
+	/* a * (or s.*) is a list of columns, which only a target list expands */
+	if (rt != NULL && IsA(rt->val, ColumnRef) && IsA(llast(((ColumnRef *) rt->val)->fields), A_Star))
+		rt = NULL;
+	if (rt == NULL ||
 		sel->op != SETOP_NONE || sel->distinctClause != NIL || sel->intoClause != NULL ||
 		sel->fromClause != NIL || sel->whereClause != NULL || sel->groupClause != NIL ||
 		sel->havingClause != NULL || sel->windowClause != NIL || sel->valuesLists != NIL ||
@@ -184,7 +189,6 @@ raw_expression(const char *text, const char *what)
 				 errmsg("%s must be one expression of the row's columns", what),
 				 errdetail("It was: %s", text),
 				 errhint("Write a single scalar expression such as quantity * unit_price, without FROM, WHERE, ORDER BY, LIMIT, UNION or a second statement.")));
-	rt = linitial_node(ResTarget, sel->targetList);
 	return rt->val;
 }
 
