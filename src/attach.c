@@ -171,7 +171,7 @@ attach_as_owner(FunctionCallInfo fcinfo, const char *amount)
 	int			i;
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s._attach(", quote_identifier("loyalty"));
+	appendStringInfoString(&sql, "SELECT loyalty._attach(");
 	for (i = 0; i < ATTACH_NARGS; i++)
 	{
 		appendStringInfo(&sql, "%s$%d", i > 0 ? ", " : "", i + 1);
@@ -224,7 +224,7 @@ loyalty_attach(PG_FUNCTION_ARGS)
 				 errmsg("source must not be NULL"),
 				 errhint("Name the ERP table to attach, e.g. loyalty.attach('erp.invoice', 'Club', ...).")));
 	source = PG_GETARG_OID(ARG_SOURCE);
-	relation_name(source);		/* exists */
+	(void) relation_name(source);	/* it exists */
 
 	SPI_connect();
 	refuse_own_table(source, "source");
