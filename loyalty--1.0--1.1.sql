@@ -126,24 +126,84 @@ BEGIN
     END LOOP;
 END
 $$;
-CREATE OR REPLACE FUNCTION @extschema@.attach(
+CREATE OR REPLACE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a @extschema@.attachment := @extschema@._attachment_of(source, program);
+    trg text;
+BEGIN
+    trg := 'loyalty_accrual_' || a.attachment_id;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_ins', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_upd', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_del', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_truncate', source);
+    IF a.header IS NOT NULL THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_ins', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_delete', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_truncate', a.header);
+    END IF;
+    UPDATE @extschema@.attachment x SET detached_at = now() WHERE x.attachment_id = a.attachment_id;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Mapping expressions are parsed, planned and run as the role that writes
+-- the ERP rows, never as the extension owner.  attach() becomes C: it checks
+-- the caller's TRIGGER and SELECT privileges and validates amount_expression
+-- from its parse tree as the caller (one deterministic scalar expression,
+-- never float), refuses loyalty's own tables, and hands the canonical text
+-- to the owner-only _attach(), which maps columns from the catalog
+-- (format('%I.%I', alias, column), no text replacement) and creates the
+-- triggers.  An event trigger refuses an ALTER TABLE that breaks a mapping.
+CREATE OR REPLACE FUNCTION @extschema@._check_column(rel regclass, param text, col text, accepted regtype[], expected text)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    typ regtype;
+    name text;
+BEGIN
+    IF col IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT a.atttypid::regtype, a.attname INTO typ, name FROM pg_attribute a
+    WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF typ IS NULL THEN
+        RAISE EXCEPTION 'column "%" of relation % does not exist', col, rel
+            USING ERRCODE = 'undefined_column',
+                  DETAIL = pg_catalog.format('%s names a column of %s.', param, rel),
+                  HINT = pg_catalog.format('Columns of %s: %s.', rel,
+                         (SELECT string_agg(quote_ident(x.attname), ', ' ORDER BY x.attnum) FROM pg_attribute x
+                          WHERE x.attrelid = rel AND x.attnum > 0 AND NOT x.attisdropped));
+    END IF;
+    IF accepted IS NOT NULL AND NOT typ = ANY (accepted) THEN
+        RAISE EXCEPTION 'column "%" of relation % has type %, but % must be %', col, rel, typ, param, expected
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = 'Map a column of the expected type, or an expression (amount_expression) that casts it.';
+    END IF;
+    RETURN name;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._check_column(regclass, text, text, regtype[], text) IS 'Internal: attach-time validation of one mapped column; returns its name.';
+
+CREATE FUNCTION @extschema@._attach(
     source              regclass,
     program             text,
-    account_column      text DEFAULT NULL,
-    amount_column       text DEFAULT NULL,
-    quantity_column     text DEFAULT NULL,
-    date_column         text DEFAULT NULL,
-    key_column          text DEFAULT NULL,
-    product_line_column text DEFAULT NULL,
-    currency_column     text DEFAULT NULL,
-    doc_type_column     text DEFAULT NULL,
-    credit_note_types   text[] DEFAULT NULL,
-    due_date_column     text DEFAULT NULL,
-    paid_date_column    text DEFAULT NULL,
-    amount_expression   text DEFAULT NULL,
-    header              regclass DEFAULT NULL,
-    header_key_column   text DEFAULT NULL,
-    header_match_column text DEFAULT NULL)
+    account_column      text,
+    amount_column       text,
+    quantity_column     text,
+    date_column         text,
+    key_column          text,
+    product_line_column text,
+    currency_column     text,
+    doc_type_column     text,
+    credit_note_types   text[],
+    due_date_column     text,
+    paid_date_column    text,
+    amount_expression   text,
+    header              regclass,
+    header_key_column   text,
+    header_match_column text)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -151,6 +211,7 @@ DECLARE
     prog @extschema@.program;
     keys text[];
     dside regclass := coalesce(header, source);
+    dalias text := CASE WHEN header IS NULL THEN 's' ELSE 'h' END;
     ints regtype[] := ARRAY['smallint', 'integer', 'bigint']::regtype[];
     texts regtype[] := ARRAY['text', 'character varying', 'character']::regtype[];
     nums regtype[] := ARRAY['numeric', 'smallint', 'integer', 'bigint']::regtype[];
@@ -169,7 +230,7 @@ BEGIN
         RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type',
             HINT = 'Attach the table the ERP writes invoices or invoice lines to.';
     END IF;
-    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.program_id = pid AND x.source = attach.source AND x.detached_at IS NULL) THEN
+    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.program_id = pid AND x.source = _attach.source AND x.detached_at IS NULL) THEN
         RAISE EXCEPTION 'program "%" is already attached to %', program, source USING ERRCODE = 'duplicate_object',
             HINT = 'Detach it first with loyalty.detach() to change the mapping.';
     END IF;
@@ -190,7 +251,7 @@ BEGIN
             RAISE EXCEPTION 'header % has no single-column primary key', header USING ERRCODE = 'invalid_parameter_value',
                 HINT = 'Name the header column the lines reference with header_match_column.';
         END IF;
-        PERFORM @extschema@._check_column(header, 'header_match_column', hm, NULL, NULL);
+        hm := @extschema@._check_column(header, 'header_match_column', hm, NULL, NULL);
     END IF;
 
     -- account, date and document columns live on the header when there is one
@@ -203,16 +264,19 @@ BEGIN
     amt := @extschema@._check_column(source, 'amount_column', amount_column, nums, 'numeric or integer (money is never float)');
     qty := @extschema@._check_column(source, 'quantity_column', quantity_column, nums || ARRAY['real', 'double precision']::regtype[], 'numeric');
     pl := @extschema@._check_column(source, 'product_line_column', product_line_column, texts || ints, 'text or integer');
-    -- a timestamptz becomes a date in the time zone in force at attach time,
-    -- fixed in the mapping, so that no session setting can move a document
-    dat := @extschema@._as_local(dside, date_column, dat);
-    due := @extschema@._as_local(dside, due_date_column, due);
-    paid := @extschema@._as_local(dside, paid_date_column, paid);
-    IF header IS NOT NULL THEN
-        acc := replace(acc, 's.', 'h.'); dat := replace(dat, 's.', 'h.');
-        cur := replace(cur, 's.', 'h.'); dt := replace(dt, 's.', 'h.');
-        due := replace(due, 's.', 'h.'); paid := replace(paid, 's.', 'h.');
-    END IF;
+    -- each column as alias.column, quoted from its catalog name: s for the
+    -- source, h for the header; a timestamptz becomes a date in the time
+    -- zone in force at attach time, fixed in the mapping, so that no
+    -- session setting can move a document
+    acc := format('%I.%I', dalias, acc);
+    dat := @extschema@._as_local(dside, dat, format('%I.%I', dalias, dat));
+    cur := CASE WHEN cur IS NOT NULL THEN format('%I.%I', dalias, cur) END;
+    dt := CASE WHEN dt IS NOT NULL THEN format('%I.%I', dalias, dt) END;
+    due := CASE WHEN due IS NOT NULL THEN @extschema@._as_local(dside, due, format('%I.%I', dalias, due)) END;
+    paid := CASE WHEN paid IS NOT NULL THEN @extschema@._as_local(dside, paid, format('%I.%I', dalias, paid)) END;
+    amt := CASE WHEN amt IS NOT NULL THEN format('s.%I', amt) END;
+    qty := CASE WHEN qty IS NOT NULL THEN format('s.%I', qty) END;
+    pl := CASE WHEN pl IS NOT NULL THEN format('s.%I', pl) END;
     IF (doc_type_column IS NULL) <> (credit_note_types IS NULL) THEN
         RAISE EXCEPTION 'doc_type_column and credit_note_types go together' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'For example doc_type_column => ''doc_type'', credit_note_types => ''{CRN}''.';
@@ -221,15 +285,7 @@ BEGIN
         IF amount_column IS NOT NULL THEN
             RAISE EXCEPTION 'give amount_column or amount_expression, not both' USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        BEGIN
-            EXECUTE format('SELECT (%s)::numeric FROM ONLY %s s LIMIT 0', amount_expression, source);
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'invalid amount_expression for %: %', source, SQLERRM
-                USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = pg_catalog.format('The expression was: %s', amount_expression),
-                      HINT = 'Write an expression of the table''s columns, e.g. ''quantity * unit_price * (1 - discount)''; qualify functions with their schema.';
-        END;
-        amt := '(' || amount_expression || ')';
+        amt := amount_expression;
     END IF;
     IF prog.basis = 'quantity' AND qty IS NULL THEN
         RAISE EXCEPTION 'program "%" accrues per quantity: quantity_column is required', program
@@ -267,7 +323,7 @@ BEGIN
         quantity_expr, date_expr, product_line_expr, currency_expr, doc_type_expr, credit_note_types,
         due_date_expr, paid_date_expr, header, header_key_column, header_match_column)
     VALUES (pid, source, source::text, keys, acc, amt, qty, dat, pl, cur, dt, credit_note_types,
-            due, paid, header, header_key_column, hm)
+            due, paid, header, hk, hm)
     RETURNING x.attachment_id INTO id;
 
     trg := 'loyalty_accrual_' || id;
@@ -293,24 +349,40 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a @extschema@.attachment := @extschema@._attachment_of(source, program);
-    trg text;
-BEGIN
-    trg := 'loyalty_accrual_' || a.attachment_id;
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_ins', source);
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_upd', source);
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_del', source);
-    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_truncate', source);
-    IF a.header IS NOT NULL THEN
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header', a.header);
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_ins', a.header);
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_delete', a.header);
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_truncate', a.header);
-    END IF;
-    UPDATE @extschema@.attachment x SET detached_at = now() WHERE x.attachment_id = a.attachment_id;
-END
-$$;
+COMMENT ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text) IS
+    'Internal: the extension owner''s part of attach(): column checks, the attachment row and the triggers.';
+REVOKE ALL ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@.attach(
+    source              regclass,
+    program             text,
+    account_column      text DEFAULT NULL,
+    amount_column       text DEFAULT NULL,
+    quantity_column     text DEFAULT NULL,
+    date_column         text DEFAULT NULL,
+    key_column          text DEFAULT NULL,
+    product_line_column text DEFAULT NULL,
+    currency_column     text DEFAULT NULL,
+    doc_type_column     text DEFAULT NULL,
+    credit_note_types   text[] DEFAULT NULL,
+    due_date_column     text DEFAULT NULL,
+    paid_date_column    text DEFAULT NULL,
+    amount_expression   text DEFAULT NULL,
+    header              regclass DEFAULT NULL,
+    header_key_column   text DEFAULT NULL,
+    header_match_column text DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'loyalty_attach' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text) IS
+    'Maps an ERP invoice (or invoice-line) table onto a program and creates its accrual triggers. The caller needs TRIGGER and SELECT on the table (and on header). Columns are validated now; amount_expression must be one deterministic expression of the row''s columns, numeric or integer, never float, and is stored in canonical form. With header, the account, date, currency, document type and payment dates are read from the header table. Returns the attachment id. Rows that existed before: loyalty.backfill().';
+
+-- A rename, drop or type change of a mapped column is checked when the
+-- ALTER TABLE ends: each attachment of the table must still parse, as the
+-- role that altered it, or the ALTER fails with what to do.
+CREATE FUNCTION @extschema@._check_mapped_columns() RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'loyalty_check_mapped_columns' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._check_mapped_columns() IS 'Internal: event trigger refusing an ALTER TABLE that breaks the mapping of an attached table.';
+REVOKE ALL ON FUNCTION @extschema@._check_mapped_columns() FROM PUBLIC;
+CREATE EVENT TRIGGER loyalty_check_mapped_columns ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION @extschema@._check_mapped_columns();
 

@@ -65,7 +65,7 @@ loyalty_row_points(PG_FUNCTION_ARGS)
 	desc = BlessTupleDesc(desc);
 
 	SPI_connect();
-	att = mapping_get(PG_GETARG_INT32(0));
+	att = mapping_get_config(PG_GETARG_INT32(0));
 	memset(&f, 0, sizeof(f));
 	f.account = arg_text(fcinfo, 1);
 	f.amount = arg_numeric(fcinfo, 2);
@@ -207,7 +207,7 @@ loyalty_post_backfill(PG_FUNCTION_ARGS)
 		d[i].rows_new = rows;
 	}
 	SPI_connect();
-	att = mapping_get(PG_GETARG_INT32(0));
+	att = mapping_get_config(PG_GETARG_INT32(0));
 	accounts_begin();
 	{
 		char	  **keys = palloc(sizeof(char *) * (nk + 1));

@@ -149,6 +149,13 @@ extension_owner(void)
 	return owner;
 }
 
+/* The extension owner, for the checks that nothing of the users' runs as it. */
+Oid
+loyalty_extension_owner(void)
+{
+	return extension_owner();
+}
+
 /*
  * The library serves the SQL objects of its own version only.  Between
  * installing a new package and ALTER EXTENSION loyalty UPDATE, the triggers

@@ -19,6 +19,7 @@ typedef struct OwnerScope
 	int			guc_nest_level;
 } OwnerScope;
 
+extern Oid	loyalty_extension_owner(void);	/* under SPI */
 extern void loyalty_enter_owner(OwnerScope *scope);
 extern void loyalty_leave_owner(OwnerScope *scope);
 

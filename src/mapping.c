@@ -7,29 +7,55 @@
  * executor expressions, so that mapping a row runs no SQL: a plain column is
  * a Var, an amount such as quantity * unit_price * (1 - discount) an
  * ordinary expression.
+ *
+ * Who runs what.  The stored values are read from loyalty.attachment as the
+ * extension owner, and nothing else is: parse analysis runs type input
+ * functions, the planner folds immutable functions and inlines SQL
+ * functions and casts, the header look-up runs the key type's equality and
+ * obeys row-level security.  All of that is code or policy the ERP's roles
+ * own, so it runs as the role that writes the ERP rows, and a cached
+ * attachment is only used by the role it was built for.
+ *
+ * attach() validates a user's amount expression with the same parser
+ * (mapping_parse_expr), then stores the canonical text mapping_deparse
+ * prints, every non-catalog name schema-qualified.
  */
 #include "postgres.h"
 
 #include "access/relation.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
-#include "parser/analyze.h"
+#include "parser/parse_coerce.h"
+#include "parser/parse_collate.h"
+#include "parser/parse_expr.h"
+#include "parser/parse_node.h"
+#include "parser/parse_relation.h"
 #include "parser/parser.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/resowner.h"
 #include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/syscache.h"
 
 #include "keymap.h"
 #include "mapping.h"
 
 static MemoryContext config_cxt = NULL;
-static HTAB *attachments = NULL;	/* attachment_id -> Attachment * */
+static HTAB *attachments = NULL;	/* (attachment_id, role) -> Attachment * */
 static HTAB *programs = NULL;	/* program_id -> Program * */
 
 typedef struct IdEntry
@@ -37,6 +63,30 @@ typedef struct IdEntry
 	int32		id;
 	void	   *ptr;
 } IdEntry;
+
+/* role InvalidOid: the stored values, read as the owner, no expressions */
+typedef struct AttKey
+{
+	int32		id;
+	Oid			role;
+} AttKey;
+
+typedef struct AttEntry
+{
+	AttKey		key;
+	Attachment *att;
+} AttEntry;
+
+/* What each mapped field is cast to, and the attach() parameter naming it. */
+static const Oid field_type[F_COUNT] = {
+	TEXTOID, NUMERICOID, NUMERICOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
+	DATEOID, DATEOID, InvalidOid /* raw, in the key column's own type */ , TEXTOID
+};
+static const char *const field_param[F_COUNT] = {
+	"account_column", "amount", "quantity_column", "date_column",
+	"product_line_column", "currency_column", "doc_type_column",
+	"due_date_column", "paid_date_column", "header_key_column", "key_column"
+};
 
 /* Drops every cached attachment and program when configuration changed. */
 void
@@ -56,8 +106,10 @@ mapping_refresh(void)
 	ctl.keysize = sizeof(int32);
 	ctl.entrysize = sizeof(IdEntry);
 	ctl.hcxt = config_cxt;
-	attachments = hash_create("loyalty attachments", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	programs = hash_create("loyalty programs", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = sizeof(AttKey);
+	ctl.entrysize = sizeof(AttEntry);
+	attachments = hash_create("loyalty attachments", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	/* set valid first: an invalidation arriving while we build flips it back */
 	loyalty_config_valid = true;
@@ -110,40 +162,36 @@ rel_qualified_name(Oid relid)
 }
 
 /*
- * Parses "SELECT e1, e2, ... FROM ONLY rel alias" and turns each target into
- * an ExprState over the relation's rows (varno 1 is the scan tuple).
+ * Parsing one expression
  */
-static void
-build_exprs(const char *relname, const char *alias, char **exprs, ExprState **out)
+
+/* The raw parse tree of text, which must be one expression and nothing else. */
+static Node *
+raw_expression(const char *text, const char *what)
 {
-	StringInfoData sql;
-	List	   *raw;
-	Query	   *query;
-	ListCell   *lc;
-	int			i;
+	List	   *raw = raw_parser(psprintf("SELECT %s", text), RAW_PARSE_DEFAULT);
+	SelectStmt *sel;
+	ResTarget  *rt = NULL;
 
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "SELECT ");
-	for (i = 0; i < F_COUNT; i++)
-		appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "", exprs[i] ? exprs[i] : "NULL");
-	appendStringInfo(&sql, " FROM ONLY %s %s", relname, alias);
-
-	raw = raw_parser(sql.data, RAW_PARSE_DEFAULT);
-	query = parse_analyze_fixedparams(linitial_node(RawStmt, raw), sql.data, NULL, 0, NULL);
-	if (list_length(query->rtable) != 1 || query->hasAggs || query->hasWindowFuncs ||
-		query->hasSubLinks || query->hasTargetSRFs)
+	sel = list_length(raw) == 1 && IsA(linitial_node(RawStmt, raw)->stmt, SelectStmt)
+		? (SelectStmt *) linitial_node(RawStmt, raw)->stmt : NULL;
+	if (sel != NULL && list_length(sel->targetList) == 1)
+		rt = linitial_node(ResTarget, sel->targetList);
+	/* a * (or s.*) is a list of columns, which only a target list expands */
+	if (rt != NULL && IsA(rt->val, ColumnRef) && IsA(llast(((ColumnRef *) rt->val)->fields), A_Star))
+		rt = NULL;
+	if (rt == NULL ||
+		sel->op != SETOP_NONE || sel->distinctClause != NIL || sel->intoClause != NULL ||
+		sel->fromClause != NIL || sel->whereClause != NULL || sel->groupClause != NIL ||
+		sel->havingClause != NULL || sel->windowClause != NIL || sel->valuesLists != NIL ||
+		sel->sortClause != NIL || sel->limitOffset != NULL || sel->limitCount != NULL ||
+		sel->lockingClause != NIL || sel->withClause != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a loyalty mapping expression must be a plain expression of the row's columns"),
-				 errdetail("Mapping query: %s", sql.data)));
-	i = 0;
-	foreach(lc, query->targetList)
-	{
-		TargetEntry *te = lfirst_node(TargetEntry, lc);
-
-		out[i] = exprs[i] ? ExecInitExpr(expression_planner(te->expr), NULL) : NULL;
-		i++;
-	}
+				 errmsg("%s must be one expression of the row's columns", what),
+				 errdetail("It was: %s", text),
+				 errhint("Write a single scalar expression such as quantity * unit_price, without FROM, WHERE, ORDER BY, LIMIT, UNION or a second statement.")));
+	return rt->val;
 }
 
 /*
@@ -182,14 +230,270 @@ header_key_type(Attachment *att, const char *hname)
 	att->header_key = keytype_get(att->header_key_type, lc, config_cxt);
 }
 
-static char *
-cast(const char *expr, const char *type)
+/* Refuses references to anything but the row's own user columns. */
+static bool
+foreign_var_walker(Node *node, void *context)
 {
-	return expr ? psprintf("(%s)::pg_catalog.%s", expr, type) : NULL;
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var))
+	{
+		Var		   *v = (Var *) node;
+
+		if (v->varlevelsup != 0 || v->varno != 1 || v->varattno <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s may only name the row's own columns", (const char *) context),
+					 errdetail("Whole-row references and system columns are not mapped.")));
+		return false;
+	}
+	return expression_tree_walker(node, foreign_var_walker, context);
 }
 
+/*
+ * Analyses text, an expression of rel's row under alias, as the current
+ * user with the current search_path; nothing is planned or run (but the
+ * input functions of typed constants).  Sub-selects, aggregates, window and
+ * set-returning functions are refused: the trigger maps one row at a time.
+ */
+Node *
+mapping_parse_expr(Relation rel, const char *alias, const char *text, const char *what)
+{
+	ParseState *pstate = make_parsestate(NULL);
+	ParseNamespaceItem *nsitem;
+	Node	   *raw = raw_expression(text, what);
+	Node	   *expr;
+	const char *refused = NULL;
+
+	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
+										   makeAlias(alias, NIL), false, true);
+	addNSItemToQuery(pstate, nsitem, false, true, true);
+	expr = transformExpr(pstate, raw, EXPR_KIND_SELECT_TARGET);
+	if (pstate->p_hasSubLinks)
+		refused = "a sub-select";
+	else if (pstate->p_hasAggs)
+		refused = "an aggregate";
+	else if (pstate->p_hasWindowFuncs)
+		refused = "a window function";
+	else if (pstate->p_hasTargetSRFs || expression_returns_set(expr))
+		refused = "a set-returning function";
+	if (refused)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not contain %s", what, refused),
+				 errdetail("A mapping is a scalar expression of one row's columns; it was: %s", text),
+				 errhint("Map a column, or an expression of the row's columns.")));
+	(void) foreign_var_walker(expr, (void *) what);
+	assign_expr_collations(pstate, expr);
+	free_parsestate(pstate);
+	return expr;
+}
+
+static Oid
+type_namespace(Oid typid)
+{
+	HeapTuple	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	Oid			nsp;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for type %u", typid);
+	nsp = ((Form_pg_type) GETSTRUCT(tup))->typnamespace;
+	ReleaseSysCache(tup);
+	return nsp;
+}
+
+static bool
+volatile_checker(Oid funcid, void *context)
+{
+	if (func_volatile(funcid) != PROVOLATILE_VOLATILE)
+		return false;
+	*(Oid *) context = funcid;
+	return true;
+}
+
+static bool
+temp_checker(Oid funcid, void *context)
+{
+	if (!isAnyTempNamespace(get_func_namespace(funcid)))
+		return false;
+	*(Oid *) context = funcid;
+	return true;
+}
+
+static bool
+volatile_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, volatile_checker, context))
+		return true;
+	return expression_tree_walker(node, volatile_walker, context);
+}
+
+static bool
+temp_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, temp_checker, context))
+		return true;
+	if (!IsA(node, List) && !IsA(node, CaseWhen) &&
+		isAnyTempNamespace(type_namespace(exprType(node))))
+	{
+		*(Oid *) context = InvalidOid;
+		return true;
+	}
+	return expression_tree_walker(node, temp_walker, context);
+}
+
+/*
+ * Refuses volatile functions (a reversal recomputes what a row earned, and
+ * must get the same number) and temporary objects (they vanish with the
+ * session that made them, and every later ERP write would fail).
+ */
+void
+mapping_check_deterministic(Node *expr, const char *what)
+{
+	Oid			funcid = InvalidOid;
+
+	if (volatile_walker(expr, &funcid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not call volatile function %s", what, format_procedure(funcid)),
+				 errdetail("An update or delete of a row takes back exactly what the row earned, by computing its mapping again: it must give the same value every time."),
+				 errhint("Use immutable or stable functions only, or mark the function IMMUTABLE if it is.")));
+	if (temp_walker(expr, &funcid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not refer to temporary objects", what),
+				 OidIsValid(funcid)
+				 ? errdetail("Function %s() lives in a temporary schema, which is dropped with its session.",
+							 get_func_name(funcid))
+				 : errdetail("A type of the expression lives in a temporary schema, which is dropped with its session."),
+				 errhint("Use functions and types of a permanent schema.")));
+}
+
+static bool
+is_float(Oid typid)
+{
+	typid = getBaseType(typid);
+	return typid == FLOAT4OID || typid == FLOAT8OID;
+}
+
+/* A cast to numeric of a float column or constant: exact from there on. */
+static bool
+is_numeric_cast_of_float(Node *node)
+{
+	Node	   *arg;
+
+	if (!IsA(node, FuncExpr) || ((FuncExpr *) node)->funcresulttype != NUMERICOID ||
+		(((FuncExpr *) node)->funcformat != COERCE_EXPLICIT_CAST &&
+		 ((FuncExpr *) node)->funcformat != COERCE_IMPLICIT_CAST) ||
+		list_length(((FuncExpr *) node)->args) != 1)
+		return false;
+	arg = linitial(((FuncExpr *) node)->args);
+	while (IsA(arg, RelabelType))
+		arg = (Node *) ((RelabelType *) arg)->arg;
+	return (IsA(arg, Var) || IsA(arg, Const)) && is_float(exprType(arg));
+}
+
+/* The first float node, and the first float column, not under a numeric cast. */
+typedef struct FloatFound
+{
+	Node	   *node;
+	Var		   *var;
+} FloatFound;
+
+static bool
+float_walker(Node *node, void *context)
+{
+	FloatFound *found = (FloatFound *) context;
+
+	if (node == NULL || is_numeric_cast_of_float(node))
+		return false;
+	if (!IsA(node, List) && !IsA(node, CaseWhen) && is_float(exprType(node)))
+	{
+		if (found->node == NULL)
+			found->node = node;
+		if (IsA(node, Var))
+		{
+			found->var = (Var *) node;
+			return true;
+		}
+	}
+	return expression_tree_walker(node, float_walker, context);
+}
+
+/*
+ * Money is never float: no node of the expression may compute in real or
+ * double precision.  A float column (or constant) is accepted only directly
+ * under a cast to numeric, where its stored value becomes exact.
+ */
+void
+mapping_check_no_float(Node *expr, const char *what, Oid relid)
+{
+	FloatFound	found = {NULL, NULL};
+
+	(void) float_walker(expr, &found);
+	if (found.node == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_DATATYPE_MISMATCH),
+			 errmsg("%s computes in floating point", what),
+			 found.var
+			 ? errdetail("Column %s has type %s: money is never float, a float product or sum is off by fractions of a cent.",
+						 quote_identifier(get_attname(relid, found.var->varattno, false)),
+						 format_type_be(found.var->vartype))
+			 : errdetail("Part of it has type %s: money is never float, a float product or sum is off by fractions of a cent.",
+						 format_type_be(exprType(found.node))),
+			 errhint("Cast each float column to numeric first, e.g. unit_price::numeric * quantity * (1 - discount::numeric).")));
+}
+
+/*
+ * The canonical text of an analysed expression over alias: printed with
+ * search_path = pg_catalog, so that every function, operator and type of
+ * another schema comes out schema-qualified and means the same thing
+ * whatever search_path reads it later.
+ */
+char *
+mapping_deparse(Node *expr, Oid relid, const char *alias)
+{
+	int			nest = NewGUCNestLevel();
+	char	   *text;
+
+	(void) set_config_option("search_path", "pg_catalog",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	text = deparse_expression(expr, deparse_context_for(alias, relid), true, false);
+	AtEOXact_GUC(true, nest);
+	return text;
+}
+
+/*
+ * Reading an attachment (as the owner: values only)
+ */
+
+static char *
+key_expression(Datum key_columns)
+{
+	Datum	   *items;
+	int			n;
+	int			i;
+	StringInfoData key;
+
+	deconstruct_array(DatumGetArrayTypeP(key_columns), TEXTOID, -1, false, TYPALIGN_INT, &items, NULL, &n);
+	initStringInfo(&key);
+	if (n > 1)
+		appendStringInfoString(&key, "ROW(");
+	for (i = 0; i < n; i++)
+		appendStringInfo(&key, "%ss.%s", i > 0 ? ", " : "", quote_identifier(TextDatumGetCString(items[i])));
+	if (n > 1)
+		appendStringInfoChar(&key, ')');
+	return key.data;
+}
+
+/* Fills the stored values of an attachment.  Runs as the owner, under SPI. */
 static Attachment *
-load_attachment(int32 id)
+load_config(int32 id)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			argtypes[1] = {INT4OID};
@@ -197,14 +501,11 @@ load_attachment(int32 id)
 	HeapTuple	tup;
 	TupleDesc	desc;
 	Attachment *att;
-	char	   *src_exprs[F_COUNT] = {0};
-	char	   *hdr_exprs[F_COUNT] = {0};
 	char	   *e[F_COUNT] = {0};
 	bool		isnull;
 	Datum		d;
 	MemoryContext old;
 	int			i;
-	int			nest;
 
 	if (plan == NULL)
 		plan = loyalty_prepare(
@@ -248,69 +549,35 @@ load_attachment(int32 id)
 	if (att->has_header)
 		att->header = DatumGetObjectId(d);
 
-	/* the row key: one column, or a ROW() of several */
+	att->src_text[F_ROW_KEY] = key_expression(SPI_getbinval(tup, desc, 4, &isnull));
+	att->src_text[F_AMOUNT] = e[F_AMOUNT];
+	att->src_text[F_QUANTITY] = e[F_QUANTITY];
+	att->src_text[F_PRODUCT_LINE] = e[F_PRODUCT_LINE];
 	{
-		Datum	   *items;
-		int			n;
-		StringInfoData key;
+		char	  **side = att->has_header ? att->hdr_text : att->src_text;
 
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 4, &isnull)),
-						  TEXTOID, -1, false, TYPALIGN_INT, &items, NULL, &n);
-		initStringInfo(&key);
-		appendStringInfoString(&key, n > 1 ? "(ROW(" : "((");
-		for (i = 0; i < n; i++)
-			appendStringInfo(&key, "%ss.%s", i > 0 ? ", " : "", quote_identifier(TextDatumGetCString(items[i])));
-		appendStringInfoString(&key, n > 1 ? "))::pg_catalog.text" : "))::pg_catalog.text");
-		src_exprs[F_ROW_KEY] = key.data;
+		side[F_ACCOUNT] = e[F_ACCOUNT];
+		side[F_DATE] = e[F_DATE];
+		side[F_CURRENCY] = e[F_CURRENCY];
+		side[F_DOC_TYPE] = e[F_DOC_TYPE];
+		side[F_DUE] = e[F_DUE];
+		side[F_PAID] = e[F_PAID];
 	}
-
-	src_exprs[F_AMOUNT] = cast(e[F_AMOUNT], "numeric");
-	src_exprs[F_QUANTITY] = cast(e[F_QUANTITY], "numeric");
-	src_exprs[F_PRODUCT_LINE] = cast(e[F_PRODUCT_LINE], "text");
-	{
-		char	  **side = att->has_header ? hdr_exprs : src_exprs;
-
-		side[F_ACCOUNT] = cast(e[F_ACCOUNT], "text");
-		side[F_DATE] = cast(e[F_DATE], "date");
-		side[F_CURRENCY] = cast(e[F_CURRENCY], "text");
-		side[F_DOC_TYPE] = cast(e[F_DOC_TYPE], "text");
-		side[F_DUE] = cast(e[F_DUE], "date");
-		side[F_PAID] = cast(e[F_PAID], "date");
-	}
-	for (i = 0; i < F_COUNT; i++)
-		att->mapped[i] = (src_exprs[i] != NULL || hdr_exprs[i] != NULL || (i <= F_PAID && e[i] != NULL));
-
 	if (att->has_header)
 	{
-		char	   *hk = SPI_getvalue(tup, desc, 16);
-		char	   *hm = SPI_getvalue(tup, desc, 17);
-		char	   *hname = rel_qualified_name(att->header);
-
-		att->header_key_column = pstrdup(hk);
-		att->header_match_column = pstrdup(hm);
-		att->header_name = hname;
-		src_exprs[F_HEADER_KEY] = psprintf("s.%s", quote_identifier(hk));
-		hdr_exprs[F_HEADER_KEY] = psprintf("h.%s", quote_identifier(hm));
-		att->mapped[F_HEADER_KEY] = true;
-		header_key_type(att, hname);
-		att->header_rowtype = get_rel_type_id(att->header);
+		att->header_key_column = SPI_getvalue(tup, desc, 16);
+		att->header_match_column = SPI_getvalue(tup, desc, 17);
+		att->header_name = rel_qualified_name(att->header);
+		att->src_text[F_HEADER_KEY] = psprintf("s.%s", quote_identifier(att->header_key_column));
+		att->hdr_text[F_HEADER_KEY] = psprintf("h.%s", quote_identifier(att->header_match_column));
 		loyalty_watch_relation(att->header);
 	}
-
-	/* parse with a pinned search_path: the stored text is fully qualified */
-	MemoryContextSwitchTo(config_cxt);
-	nest = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	build_exprs(rel_qualified_name(att->source), "s", src_exprs, att->src);
-	if (att->has_header)
-		build_exprs(rel_qualified_name(att->header), "h", hdr_exprs, att->hdr);
-	AtEOXact_GUC(true, nest);
-
-	att->program = NULL;
+	for (i = 0; i < F_COUNT; i++)
+		att->mapped[i] = att->src_text[i] != NULL || att->hdr_text[i] != NULL;
 	MemoryContextSwitchTo(old);
+
 	/*
-	 * No refresh here: an invalidation that arrived while we parsed (a lock
+	 * No refresh here: an invalidation that arrived while we read (a lock
 	 * taken processes pending messages) must not free what we are building;
 	 * it only marks the cache stale for the next statement.
 	 */
@@ -319,28 +586,314 @@ load_attachment(int32 id)
 	return att;
 }
 
+static Attachment *
+config_entry(int32 id)
+{
+	AttKey		key = {id, InvalidOid};
+	AttEntry   *e;
+	bool		found;
+	OwnerScope	scope;
+	Attachment *att;
+
+	e = hash_search(attachments, &key, HASH_FIND, &found);
+	if (found)
+		return e->att;
+	/* read loyalty's tables as their owner: the ERP's role has no rights on them */
+	loyalty_enter_owner(&scope);
+	att = load_config(id);
+	loyalty_leave_owner(&scope);
+	e = hash_search(attachments, &key, HASH_ENTER, &found);
+	e->att = att;
+	return att;
+}
+
+Attachment *
+mapping_get_config(int32 attachment_id)
+{
+	mapping_refresh();
+	return config_entry(attachment_id);
+}
+
+/*
+ * Building the expressions (as the current user)
+ */
+
+/* Which stored expression is being built, for the error that names it. */
+typedef struct BuildStep
+{
+	Attachment *att;
+	Oid			rel;
+	const char *param;
+	const char *text;
+} BuildStep;
+
+/*
+ * Parses one stored expression over rel and casts it to type (InvalidOid:
+ * left as it is).  Returns the analysed tree: nothing planned yet.
+ */
+static Node *
+analyse_stored(Relation rel, const char *alias, const char *text, Oid type, const char *what)
+{
+	Node	   *expr = mapping_parse_expr(rel, alias, text, what);
+	Oid			from = exprType(expr);
+
+	if (OidIsValid(type) && from != type)
+	{
+		ParseState *pstate = make_parsestate(NULL);
+		Node	   *cast = coerce_to_target_type(pstate, expr, from, type, -1, COERCION_EXPLICIT,
+												 COERCE_EXPLICIT_CAST, -1);
+
+		if (cast == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_CANNOT_COERCE),
+					 errmsg("cannot cast type %s to %s", format_type_be(from), format_type_be(type))));
+		assign_expr_collations(pstate, cast);
+		free_parsestate(pstate);
+		expr = cast;
+	}
+	return expr;
+}
+
+static const char *
+step_param(MapField f, bool header_side)
+{
+	return f == F_HEADER_KEY && header_side ? "header_match_column" : field_param[f];
+}
+
+/* Analyses every stored expression of one side; out (if given) gets them. */
+static void
+analyse_side(Attachment *att, bool header_side, BuildStep *step, Node **out)
+{
+	Oid			relid = header_side ? att->header : att->source;
+	char	  **text = header_side ? att->hdr_text : att->src_text;
+	Relation	rel = relation_open(relid, AccessShareLock);
+	int			i;
+
+	step->rel = relid;
+	for (i = 0; i < F_COUNT; i++)
+	{
+		Oid			type = field_type[i];
+
+		if (text[i] == NULL)
+			continue;
+		step->param = step_param(i, header_side);
+		step->text = text[i];
+		out[i] = analyse_stored(rel, header_side ? "h" : "s", text[i], type, step->param);
+	}
+	step->param = NULL;
+	relation_close(rel, NoLock);
+}
+
+/*
+ * Errors about the mapping itself: a column or function gone, a type that
+ * no longer casts, a stored text that is not one expression.  Others (a
+ * cancel, a privilege, a function of the expression raising) pass as they
+ * are.
+ */
+static bool
+is_mapping_error(BuildStep *step, int code)
+{
+	return step->param != NULL && code != ERRCODE_INSUFFICIENT_PRIVILEGE &&
+		(ERRCODE_TO_CATEGORY(code) == ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION ||
+		 code == ERRCODE_INVALID_PARAMETER_VALUE || code == ERRCODE_FEATURE_NOT_SUPPORTED);
+}
+
+/*
+ * Raises a mapping error again with what it is about: the program, the
+ * table, and how to repair it.  for_ddl: raised by the ALTER TABLE check.
+ */
+static void
+report_mapping_error(BuildStep *step, ErrorData *edata, bool for_ddl)
+{
+	char	   *detach = psprintf("SELECT loyalty.detach(%s, %s)",
+								  quote_literal_cstr(step->att->source_name),
+								  quote_literal_cstr(step->att->program->name));
+	char	   *relname = rel_qualified_name(step->rel);
+
+	if (for_ddl)
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 step->rel == step->att->source
+				 ? errmsg("this change to %s breaks its loyalty mapping of program \"%s\"",
+						  relname, step->att->program->name)
+				 : errmsg("this change to %s breaks the loyalty mapping of program \"%s\" on %s",
+						  relname, step->att->program->name, step->att->source_name),
+				 errdetail("Its %s mapping %s fails after the change: %s.", step->param, step->text, edata->message),
+				 errhint("Detach the program first (%s), change the table, then attach it again.", detach)));
+	ereport(ERROR,
+			(errcode(edata->sqlerrcode),
+			 errmsg("the loyalty mapping of program \"%s\" on %s no longer matches %s",
+					step->att->program->name, step->att->source_name,
+					step->rel == step->att->source ? "the table" : relname),
+			 errdetail("Its %s mapping %s fails: %s.", step->param, step->text, edata->message),
+			 errhint("Run %s, then attach the table again with its current columns.", detach)));
+}
+
+static void
+check_header_privilege(Attachment *att, Oid role)
+{
+	if (pg_class_aclcheck(att->header, role, ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck_all(att->header, role, ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for table %s", rel_qualified_name(att->header)),
+			 errdetail("Loyalty program \"%s\" reads the header rows of the lines written to %s as the role that writes them, %s.",
+					   att->program->name, att->source_name, GetUserNameFromId(role, false)),
+			 errhint("GRANT SELECT ON %s TO %s;", rel_qualified_name(att->header),
+					 quote_identifier(GetUserNameFromId(role, false)))));
+}
+
+/*
+ * Builds the executor expressions (and the header look-up) of an
+ * attachment for the current user, in config_cxt.  The stored text is
+ * fully qualified: search_path is pinned so that nothing the session set
+ * can capture its names.
+ */
+static void
+build_exprs(Attachment *att, bool header_side, BuildStep *step)
+{
+	Node	   *tree[F_COUNT] = {0};
+	ExprState **out = header_side ? att->hdr : att->src;
+	int			i;
+
+	analyse_side(att, header_side, step, tree);
+	for (i = 0; i < F_COUNT; i++)
+	{
+		if (tree[i] == NULL)
+			continue;
+		step->param = step_param(i, header_side);
+		step->text = header_side ? att->hdr_text[i] : att->src_text[i];
+		out[i] = ExecInitExpr((Expr *) expression_planner((Expr *) tree[i]), NULL);
+		if (i == F_HEADER_KEY && !header_side)
+			att->header_key_type = exprType(tree[i]);
+	}
+	step->param = NULL;
+}
+
+static Attachment *
+build_for_user(Attachment *config, Oid role)
+{
+	MemoryContext old = MemoryContextSwitchTo(config_cxt);
+	Attachment *att = palloc(sizeof(Attachment));
+	BuildStep	step = {att, config->source, NULL, NULL};
+	int			nest;
+
+	*att = *config;
+	att->built_for = role;
+	nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	PG_TRY();
+	{
+		build_exprs(att, false, &step);
+		if (att->has_header)
+			build_exprs(att, true, &step);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(old);
+		edata = CopyErrorData();
+		if (!is_mapping_error(&step, edata->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+		report_mapping_error(&step, edata, false);
+	}
+	PG_END_TRY();
+	if (att->has_header)
+	{
+		check_header_privilege(att, role);
+		header_key_type(att, att->header_name);
+		att->header_rowtype = get_rel_type_id(att->header);
+		att->header_plan = NULL;	/* prepared on first use (accrual.c), as this user */
+	}
+	AtEOXact_GUC(true, nest);
+	MemoryContextSwitchTo(old);
+	return att;
+}
+
+/*
+ * The attachment with its expressions, built for (and only ever used by)
+ * the current user.  Building runs the user's code: never as the owner.
+ */
 Attachment *
 mapping_get(int32 attachment_id)
 {
-	IdEntry    *e;
+	Oid			role = GetUserId();
+	AttKey		key = {attachment_id, role};
+	AttEntry   *e;
 	bool		found;
+	Attachment *att;
 
 	mapping_refresh();
-	e = hash_search(attachments, &attachment_id, HASH_FIND, &found);
+	e = hash_search(attachments, &key, HASH_FIND, &found);
 	if (found)
-		return (Attachment *) e->ptr;
-	{
-		OwnerScope	scope;
-		Attachment *att;
+		return e->att;
+	if (InSecurityRestrictedOperation() && role == loyalty_extension_owner())
+		elog(ERROR, "loyalty mapping expressions must not be built as the extension owner");
+	att = build_for_user(config_entry(attachment_id), role);
+	e = hash_search(attachments, &key, HASH_ENTER, &found);
+	e->att = att;
+	return att;
+}
 
-		/* read loyalty's tables as their owner: the ERP's role has no rights on them */
-		loyalty_enter_owner(&scope);
-		att = load_attachment(attachment_id);
-		loyalty_leave_owner(&scope);
-		e = hash_search(attachments, &attachment_id, HASH_ENTER, &found);
-		e->ptr = att;
-		return att;
+/*
+ * Parses (without planning) every stored expression of an attachment as
+ * the current user, with the error that says what to do when one fails:
+ * the check an ALTER TABLE of a mapped table gets before it commits.  A
+ * role that may not even look up what the mapping names (a schema without
+ * USAGE) cannot tell: its ALTER goes on.
+ */
+void
+mapping_recheck(int32 attachment_id)
+{
+	Attachment *att;
+	BuildStep	step;
+	Node	   *tree[F_COUNT];
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	int			nest;
+
+	mapping_refresh();
+	att = config_entry(attachment_id);
+	step.att = att;
+	step.rel = att->source;
+	step.param = NULL;
+	step.text = NULL;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		nest = NewGUCNestLevel();
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		analyse_side(att, false, &step, tree);
+		if (att->has_header)
+			analyse_side(att, true, &step, tree);
+		AtEOXact_GUC(true, nest);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
 	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE)
+			return;
+		if (!is_mapping_error(&step, edata->sqlerrcode))
+			ReThrowError(edata);
+		report_mapping_error(&step, edata, true);
+	}
+	PG_END_TRY();
 }
 
 static Datum
@@ -396,6 +949,15 @@ is_credit_type(Attachment *att, const char *doc_type)
 	return false;
 }
 
+/* Expressions are evaluated only where they were built for the current user. */
+static inline void
+require_built(Attachment *att)
+{
+	if (att->built_for != GetUserId())
+		elog(ERROR, "loyalty attachment %d was built for role %u, not for the current role %u",
+			 att->id, att->built_for, GetUserId());
+}
+
 /*
  * Fills facts from a source row.  Values live in the econtext's per-tuple
  * memory (or CurrentMemoryContext for text): reset between rows.
@@ -404,6 +966,7 @@ void
 mapping_source_facts(Attachment *att, ExprContext *econtext,
 					 TupleTableSlot *slot, RowFacts *f, bool with_account)
 {
+	require_built(att);
 	memset(f, 0, sizeof(RowFacts));
 	econtext->ecxt_scantuple = slot;
 	f->amount = eval_numeric(att->src[F_AMOUNT], econtext);
@@ -426,6 +989,7 @@ mapping_source_facts(Attachment *att, ExprContext *econtext,
 Datum
 mapping_header_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot, bool *isnull)
 {
+	require_built(att);
 	econtext->ecxt_scantuple = slot;
 	return eval(att->src[F_HEADER_KEY], econtext, isnull);
 }
@@ -433,6 +997,7 @@ mapping_header_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot,
 char *
 mapping_row_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot)
 {
+	require_built(att);
 	econtext->ecxt_scantuple = slot;
 	return eval_text(att->src[F_ROW_KEY], econtext);
 }
@@ -442,6 +1007,7 @@ Datum
 mapping_header_facts(Attachment *att, ExprContext *econtext, TupleTableSlot *slot,
 					 HeaderFacts *hf, bool *isnull)
 {
+	require_built(att);
 	memset(hf, 0, sizeof(HeaderFacts));
 	econtext->ecxt_scantuple = slot;
 	hf->account = eval_text(att->hdr[F_ACCOUNT], econtext);

@@ -1,7 +1,9 @@
 /*
  * mapping.h — attachments: how an ERP table's columns (or expressions of
- * them, or its header table's columns) map onto RowFacts.  Built from
- * loyalty.attachment once per backend, as executor expressions.
+ * them, or its header table's columns) map onto RowFacts.  The stored
+ * mapping is read from loyalty.attachment as the extension owner (values
+ * only); its expressions are parsed, planned and run as the role that
+ * writes the ERP rows, once per backend and role.
  */
 #ifndef LOYALTY_MAPPING_H
 #define LOYALTY_MAPPING_H
@@ -42,6 +44,8 @@ typedef struct HeaderFacts
 typedef struct Attachment
 {
 	int32		id;
+	Oid			built_for;		/* role the expressions were built as;
+								 * InvalidOid: stored values only */
 	Oid			source;
 	char	   *source_name;
 	Program    *program;
@@ -59,10 +63,19 @@ typedef struct Attachment
 	Oid			header_rowtype;
 	int			ncredit;
 	char	  **credit_types;
+	char	   *src_text[F_COUNT];	/* the stored mapping SQL, NULL: unmapped */
+	char	   *hdr_text[F_COUNT];
 } Attachment;
 
-/* Caller is connected to SPI.  Errors if the attachment is gone. */
+/*
+ * Caller is connected to SPI.  Errors if the attachment is gone.
+ * mapping_get: with its expressions, built for the current user.
+ * mapping_get_config: the stored values only (program, credit-note types),
+ * for callers that evaluate no expression; safe as the extension owner.
+ */
 extern Attachment *mapping_get(int32 attachment_id);
+extern Attachment *mapping_get_config(int32 attachment_id);
+extern void mapping_recheck(int32 attachment_id);
 extern Program *mapping_get_program(int32 program_id);
 extern void mapping_refresh(void);
 
@@ -74,5 +87,11 @@ extern char *mapping_row_key(Attachment *att, ExprContext *econtext, TupleTableS
 extern Datum mapping_header_facts(Attachment *att, ExprContext *econtext,
 								  TupleTableSlot *slot, HeaderFacts *hf, bool *isnull);
 extern void mapping_apply_header(Attachment *att, const HeaderFacts *hf, RowFacts *facts);
+
+/* One user-written expression of a relation's row, analysed as the current user. */
+extern Node *mapping_parse_expr(Relation rel, const char *alias, const char *text, const char *what);
+extern void mapping_check_deterministic(Node *expr, const char *what);
+extern void mapping_check_no_float(Node *expr, const char *what, Oid relid);
+extern char *mapping_deparse(Node *expr, Oid relid, const char *alias);
 
 #endif
