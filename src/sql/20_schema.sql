@@ -533,7 +533,7 @@ CREATE TRIGGER rule_immutable BEFORE UPDATE OR DELETE ON @extschema@.rule
 CREATE FUNCTION @extschema@._rejected_resolved_once() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RAISE EXCEPTION 'dead letter % of loyalty.rejected_event is already settled', OLD.event_id
+    RAISE EXCEPTION 'the dead letter of row % is already settled', coalesce(OLD.row_key, '(no key)')
         USING ERRCODE = 'object_not_in_prerequisite_state',
               DETAIL = pg_catalog.format('It was settled at %s; resolved_at is set once and never changed.', OLD.resolved_at),
               HINT = 'Leave it as it is; open dead letters are those WHERE resolved_at IS NULL.';
