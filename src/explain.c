@@ -1,8 +1,8 @@
 /*
- * explain.c — the points function seen from SQL: loyalty.explain_points,
- * loyalty.verify and loyalty.backfill call these with the facts their own
- * set-based queries map from the ERP rows, so that all of them compute
- * exactly what the trigger computes.
+ * explain.c — the points function seen from SQL: loyalty.explain_points
+ * shows every step of a row's points, computed by the trigger's own
+ * function from the facts the attaching user's mapping yields (read as the
+ * caller, see reconcile.c); and the cap period of a month, for verify.
  */
 #include "postgres.h"
 
@@ -11,122 +11,40 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/tuplestore.h"
 
 #include "accounts.h"
 #include "ledger.h"
-#include "mapping.h"
+#include "reconcile.h"
 
-static char *
-arg_text(FunctionCallInfo fcinfo, int i)
+/* Internal functions of loyalty 1.0 that 1.1 dropped: their symbols stay for 1.0's script. */
+static void
+removed_in_1_1(const char *name)
 {
-	return PG_ARGISNULL(i) ? NULL : TextDatumGetCString(PG_GETARG_DATUM(i));
-}
-
-static Numeric
-arg_numeric(FunctionCallInfo fcinfo, int i)
-{
-	return PG_ARGISNULL(i) ? NULL : PG_GETARG_NUMERIC(i);
-}
-
-static bool
-arg_date(FunctionCallInfo fcinfo, int i, DateADT *out)
-{
-	if (PG_ARGISNULL(i))
-		return false;
-	*out = PG_GETARG_DATEADT(i);
-	return true;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("%s was removed in loyalty 1.1", name),
+			 errhint("Run ALTER EXTENSION loyalty UPDATE.")));
 }
 
 PG_FUNCTION_INFO_V1(loyalty_row_points);
-/*
- * loyalty._row_points(attachment, account, amount, quantity, doc_date,
- * product_line, currency, doc_type, due_date, paid_date, header_found):
- * one row's points, with every step of the computation.
- */
+/* loyalty._row_points() of 1.0: explain_points, verify and backfill price rows in C now. */
 Datum
 loyalty_row_points(PG_FUNCTION_ARGS)
 {
-	TupleDesc	desc;
-	Attachment *att;
-	RowFacts	f;
-	RowResult	r;
-	AccountInfo *info = NULL;
-	Datum		values[15];
-	bool		nulls[15];
-	char	   *doc_type;
-	int			i;
+	removed_in_1_1("loyalty._row_points()");
+	PG_RETURN_NULL();
+}
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("attachment must not be NULL")));
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	desc = BlessTupleDesc(desc);
-
-	SPI_connect();
-	att = mapping_get_config(PG_GETARG_INT32(0));
-	memset(&f, 0, sizeof(f));
-	f.account = arg_text(fcinfo, 1);
-	f.amount = arg_numeric(fcinfo, 2);
-	f.quantity = arg_numeric(fcinfo, 3);
-	f.has_date = arg_date(fcinfo, 4, &f.date);
-	f.product_line = arg_text(fcinfo, 5);
-	f.currency_mapped = att->mapped[F_CURRENCY];
-	f.currency = arg_text(fcinfo, 6);
-	doc_type = arg_text(fcinfo, 7);
-	for (i = 0; doc_type && i < att->ncredit; i++)
-		if (strcmp(att->credit_types[i], doc_type) == 0)
-			f.credit_note = true;
-	f.has_due = arg_date(fcinfo, 8, &f.due);
-	f.has_paid = arg_date(fcinfo, 9, &f.paid);
-	f.header_missing = !PG_ARGISNULL(10) && !PG_GETARG_BOOL(10);
-	f.explain = true;
-	accounts_begin();
-	if (f.account)
-	{
-		info = accounts_resolve(att->program, &f.account, 1, false)[0];
-		/*
-		 * Under auto enrolment the trigger would have enrolled an unknown
-		 * customer (info is then a private copy, not the cache's).
-		 */
-		if (!info->enrolled && att->program->auto_enroll)
-			info->enrolled = true;
-	}
-	rules_row_points(att->program, info, &f, &r);
-	SPI_finish();
-
-	memset(nulls, true, sizeof(nulls));
-#define SET(i_, d_) do { values[i_] = (d_); nulls[i_] = false; } while (0)
-	SET(0, CStringGetTextDatum(rules_status_name(r.status)));
-	if (r.reason)
-		SET(1, CStringGetTextDatum(r.reason));
-	if (r.rule)
-	{
-		SET(2, DateADTGetDatum(r.rule->valid_from));
-		SET(4, NumericGetDatum(r.rule->points_per_unit));
-	}
-	if (r.basis)
-		SET(3, NumericGetDatum(r.basis));
-	if (r.pl_factor)
-		SET(5, NumericGetDatum(r.pl_factor));
-	if (r.tier_on_date)
-		SET(6, CStringGetTextDatum(r.tier_on_date));
-	if (r.tier_factor)
-		SET(7, NumericGetDatum(r.tier_factor));
-	if (r.segment_factor)
-		SET(8, NumericGetDatum(r.segment_factor));
-	if (r.raw_points)
-		SET(9, NumericGetDatum(r.raw_points));
-	SET(10, CStringGetTextDatum(rules_rounding_name(att->program->rounding)));
-	SET(11, Int64GetDatum(r.points));
-	SET(12, Int64GetDatum(r.bonus));
-	if (r.qualifying)
-		SET(13, NumericGetDatum(r.qualifying));
-	if (r.status != ROW_REJECTED)
-		SET(14, DateADTGetDatum(r.month));
-#undef SET
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+PG_FUNCTION_INFO_V1(loyalty_post_backfill);
+/* loyalty._post_backfill() of 1.0: backfill and restatements post from C now. */
+Datum
+loyalty_post_backfill(PG_FUNCTION_ARGS)
+{
+	removed_in_1_1("loyalty._post_backfill()");
+	PG_RETURN_VOID();
 }
 
 PG_FUNCTION_INFO_V1(loyalty_cap_for_month);
@@ -157,74 +75,231 @@ loyalty_cap_for_month(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
-PG_FUNCTION_INFO_V1(loyalty_post_backfill);
+
+/* An attachment of the explained table, as the owner reads it. */
+typedef struct Explained
+{
+	int32		attachment_id;
+	char	   *program;
+	int			ncols;
+	char	  **cols;
+	char	   *facts_sql;
+} Explained;
+
+static Explained *
+explained_attachments(Oid source, MemoryContext cxt, int *n)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		arg = ObjectIdGetDatum(source);
+	Explained  *t;
+	uint64		i;
+	MemoryContext old;
+
+	reconcile_owner_query("SELECT x.attachment_id, p.name, x.key_columns, loyalty._facts_sql(x.attachment_id)"
+						  " FROM loyalty.attachment x JOIN loyalty.program p"
+						  "   ON p.program_id OPERATOR(pg_catalog.=) x.program_id"
+						  " WHERE x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
+						  " ORDER BY x.attachment_id", 1, argtypes, &arg, NULL, true);
+	old = MemoryContextSwitchTo(cxt);
+	t = palloc0(sizeof(Explained) * (SPI_processed + 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum	   *cols;
+		int			c;
+
+		t[i].attachment_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		t[i].program = SPI_getvalue(tup, desc, 2);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &cols, NULL, &t[i].ncols);
+		t[i].cols = palloc(sizeof(char *) * t[i].ncols);
+		for (c = 0; c < t[i].ncols; c++)
+			t[i].cols[c] = TextDatumGetCString(cols[c]);
+		t[i].facts_sql = SPI_getvalue(tup, desc, 4);
+	}
+	*n = (int) SPI_processed;
+	MemoryContextSwitchTo(old);
+	SPI_freetuptable(SPI_tuptable);
+	return t;
+}
+
+static char *
+column_list(const Explained *t)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < t->ncols; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "", t->cols[i]);
+	return buf.data;
+}
+
+/* s.col = ($1)[i]::its type, for each key column: the key values in the table's own types. */
+static char *
+key_condition(Oid source, const char *source_name, const Explained *t)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < t->ncols; i++)
+	{
+		AttrNumber	attnum = get_attnum(source, t->cols[i]);
+		Oid			typid,
+					collid;
+		int32		typmod;
+
+		if (attnum == InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("key column \"%s\" of %s does not exist", t->cols[i], source_name),
+					 errhint("The table changed since it was attached to program \"%s\"; detach and attach it again.",
+							 t->program)));
+		get_atttypetypmodcoll(source, attnum, &typid, &typmod, &collid);
+		appendStringInfo(&buf, "%ss.%s = ($1)[%d]::%s", i > 0 ? " AND " : "",
+						 quote_identifier(t->cols[i]), i + 1, format_type_with_typemod(typid, typmod));
+	}
+	return buf.data;
+}
+
+static void
+put_explained(ReturnSetInfo *rsi, const char *program, Program *prog,
+			  const RowFacts *f, const RowResult *r)
+{
+	Datum		values[19];
+	bool		nulls[19];
+	Numeric		one = int64_to_numeric(1);
+
+	memset(nulls, true, sizeof(nulls));
+#define SET(i_, d_) do { values[i_] = (d_); nulls[i_] = false; } while (0)
+	SET(0, CStringGetTextDatum(program));
+	if (f->account)
+		SET(1, CStringGetTextDatum(f->account));
+	if (f->has_date)
+		SET(2, DateADTGetDatum(f->date));
+	SET(3, CStringGetTextDatum(rules_status_name(r->status)));
+	if (r->reason)
+		SET(4, CStringGetTextDatum(r->reason));
+	if (r->rule)
+	{
+		SET(5, DateADTGetDatum(r->rule->valid_from));
+		SET(7, NumericGetDatum(r->rule->points_per_unit));
+	}
+	if (r->basis)
+		SET(6, NumericGetDatum(r->basis));
+	if (f->product_line)
+		SET(8, CStringGetTextDatum(f->product_line));
+	SET(9, NumericGetDatum(r->pl_factor ? r->pl_factor : one));
+	if (r->tier_on_date)
+		SET(10, CStringGetTextDatum(r->tier_on_date));
+	SET(11, NumericGetDatum(r->tier_factor ? r->tier_factor : one));
+	SET(12, NumericGetDatum(r->segment_factor ? r->segment_factor : one));
+	if (r->raw_points)
+		SET(13, NumericGetDatum(r->raw_points));
+	SET(14, CStringGetTextDatum(rules_rounding_name(prog->rounding)));
+	SET(15, Int64GetDatum(r->points));
+	SET(16, Int64GetDatum(r->bonus));
+	if (r->qualifying)
+		SET(17, NumericGetDatum(r->qualifying));
+	if (r->status != ROW_REJECTED)
+	{
+		DateADT		ps,
+					pe;
+		int64		cap = ledger_cap_for_month(prog, r->month, &ps, &pe);
+
+		if (cap > 0)
+		{
+			char	   *from = DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(ps)));
+			char	   *to = DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(pe - 1)));
+
+			SET(18, CStringGetTextDatum(psprintf(INT64_FORMAT " points per account from %s to %s",
+												 cap, from, to)));
+		}
+	}
+#undef SET
+	tuplestore_putvalues(rsi->setResult, rsi->setDesc, values, nulls);
+}
+
+PG_FUNCTION_INFO_V1(loyalty_explain_points);
 /*
- * loyalty._post_backfill(attachment, accounts text[], months date[],
- * points int8[], qualifying numeric[], rows int8[]): posts what backfill
- * found missing, through the same path as the trigger (caps, balances,
- * tier upgrades).  Arrays must be sorted by (account, month).
+ * loyalty.explain_points(source, VARIADIC key): for each program attached
+ * to the table, how the row with that key earns.  The row is read as the
+ * caller, who sees what they may see.
  */
 Datum
-loyalty_post_backfill(PG_FUNCTION_ARGS)
+loyalty_explain_points(PG_FUNCTION_ARGS)
 {
-	Attachment *att;
-	Datum	   *k,
-			   *m,
-			   *p,
-			   *q,
-			   *r;
-	int			nk,
-				nm,
-				np,
-				nq,
-				nr,
+	ReturnSetInfo *rsi = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt,
+				rowcxt;
+	Oid			source;
+	char	   *source_name;
+	Oid			argtypes[1] = {TEXTARRAYOID};
+	Datum		key;
+	int			nkey;
+	Explained  *t;
+	int			n,
 				i;
-	MonthDelta *d;
-	Numeric		zero = int64_to_numeric(0);
 
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false, TYPALIGN_INT, &k, NULL, &nk);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), DATEOID, 4, true, TYPALIGN_INT, &m, NULL, &nm);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &p, NULL, &np);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(4), NUMERICOID, -1, false, TYPALIGN_INT, &q, NULL, &nq);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(5), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &r, NULL, &nr);
-	if (nm != nk || np != nk || nq != nk || nr != nk)
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("backfill arrays differ in length")));
-	d = palloc0(sizeof(MonthDelta) * (nk + 1));
-	for (i = 0; i < nk; i++)
-	{
-		int64		pts = DatumGetInt64(p[i]);
-		int64		rows = DatumGetInt64(r[i]);
-		Numeric		qual = DatumGetNumeric(q[i]);
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", PG_ARGISNULL(0) ? "source" : "key"),
+				 errhint("For example loyalty.explain_points('erp.invoice_line', '90017', '3').")));
+	source = PG_GETARG_OID(0);
+	key = PG_GETARG_DATUM(1);
+	nkey = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(key)), ARR_DIMS(DatumGetArrayTypeP(key)));
+	InitMaterializedSRF(fcinfo, 0);
+	cxt = CurrentMemoryContext;
+	rowcxt = AllocSetContextCreate(cxt, "loyalty explain row", ALLOCSET_DEFAULT_SIZES);
+	source_name = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(source)));
 
-		d[i].account = TextDatumGetCString(k[i]);
-		d[i].month = DatumGetDateADT(m[i]);
-		/* signed: what the month lacks (or, after drift, has too much) */
-		d[i].points_new = pts;
-		d[i].qual_new = qual;
-		d[i].qual_old = zero;
-		d[i].rows_new = rows;
-	}
 	SPI_connect();
-	att = mapping_get_config(PG_GETARG_INT32(0));
-	accounts_begin();
+	t = explained_attachments(source, cxt, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no loyalty program is attached to %s", source_name)));
+	for (i = 0; i < n; i++)
 	{
-		char	  **keys = palloc(sizeof(char *) * (nk + 1));
-		int			nkeys = 0;
+		Attachment *att;
+		char	   *sql;
+		SPITupleTable *tt;
+		uint64		nrows,
+					r;
 
-		for (i = 0; i < nk; i++)
-			if (nkeys == 0 || strcmp(keys[nkeys - 1], d[i].account) != 0)
-				keys[nkeys++] = d[i].account;
-		(void) accounts_resolve(att->program, keys, nkeys, true);
-	}
-	{
-		char	   *kind = PG_NARGS() > 6 ? TextDatumGetCString(PG_GETARG_DATUM(6)) : "backfill";
+		if (nkey != t[i].ncols)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s is keyed by %d column(s) (%s), %d value(s) given",
+							source_name, t[i].ncols, column_list(&t[i]), nkey)));
+		sql = psprintf("SELECT " RECONCILE_FACTS_COLUMNS " FROM (%s WHERE %s) f",
+					   t[i].facts_sql, key_condition(source, source_name, &t[i]));
+		att = mapping_get(t[i].attachment_id);
+		accounts_begin();
+		/* as the caller: the mapping is the attaching user's SQL */
+		if (SPI_execute_with_args(sql, 1, argtypes, &key, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read %s", source_name);
+		tt = SPI_tuptable;
+		nrows = SPI_processed;	/* account look-ups below run SPI too */
+		for (r = 0; r < nrows; r++)
+		{
+			RowFacts	f;
+			RowResult	res;
 
-		if (strcmp(kind, "backfill") != 0 && strcmp(kind, "restate") != 0)
-			elog(ERROR, "unknown posting kind \"%s\"", kind);
-		ledger_post(att->program, att->id, d, nk, kind, kind, kind);
+			MemoryContextSwitchTo(rowcxt);
+			reconcile_row_facts(att, tt->vals[r], tt->tupdesc, &f);
+			f.explain = true;
+			rules_row_points(att->program, f.account ? reconcile_account(att->program, f.account) : NULL,
+							 &f, &res);
+			put_explained(rsi, t[i].program, att->program, &f, &res);
+			MemoryContextReset(rowcxt);
+		}
+		SPI_freetuptable(tt);
 	}
 	SPI_finish();
-	PG_RETURN_VOID();
+	return (Datum) 0;
 }

@@ -133,5 +133,8 @@ PG_FUNCTION_INFO_V1(loyalty_equality_operator);
 Datum
 loyalty_equality_operator(PG_FUNCTION_ARGS)
 {
+	/* not STRICT: a NULL call must reach the EXECUTE check, not be folded away */
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(keytype_equality_operator(getBaseType(PG_GETARG_OID(0)))));
 }

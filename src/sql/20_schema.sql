@@ -22,7 +22,7 @@ $roles$;
 -- segment maps nest one level: {"cooperation_model": {"distributor": 1.1}}.
 CREATE FUNCTION @extschema@._valid_multipliers(m pg_catalog.jsonb, nested boolean)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 SELECT pg_catalog.jsonb_typeof(m) OPERATOR(pg_catalog.=) 'object'
    AND NOT EXISTS (
         SELECT FROM pg_catalog.jsonb_each(m) AS e
@@ -473,7 +473,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event_event_id_
 
 -- The ledger is append-only.
 CREATE FUNCTION @extschema@._ledger_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'loyalty.ledger is append-only'
         USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -531,13 +531,29 @@ COMMENT ON FUNCTION @extschema@._rule_immutable() IS 'Internal: refuses changes 
 CREATE TRIGGER rule_immutable BEFORE UPDATE OR DELETE ON @extschema@.rule
     FOR EACH ROW EXECUTE FUNCTION @extschema@._rule_immutable();
 
+-- A dead letter marked handled stays handled: resolved_at is the one column
+-- operators may write on loyalty.rejected_event, once.
+CREATE FUNCTION @extschema@._rejected_resolved_once() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'the dead letter of row % is already settled', coalesce(OLD.row_key, '(no key)')
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              DETAIL = pg_catalog.format('It was settled at %s; resolved_at is set once and never changed.', OLD.resolved_at),
+              HINT = 'Leave it as it is; open dead letters are those WHERE resolved_at IS NULL.';
+END
+$$;
+COMMENT ON FUNCTION @extschema@._rejected_resolved_once() IS 'Internal: refuses changes to resolved_at of a settled dead letter.';
+CREATE TRIGGER rejected_event_resolved_once BEFORE UPDATE OF resolved_at ON @extschema@.rejected_event
+    FOR EACH ROW WHEN (OLD.resolved_at IS NOT NULL AND NEW.resolved_at IS DISTINCT FROM OLD.resolved_at)
+    EXECUTE FUNCTION @extschema@._rejected_resolved_once();
+
 -- Least privilege.  Readers see everything, operators run the day-to-day
--- functions, admins configure programs.  Writes to the accrual tables happen
--- through the extension's functions and triggers, which run as its owner.
+-- functions, admins configure programs.  No role writes the accrual or
+-- configuration tables directly: the functions that check what a change
+-- may do are the only way in (they write as the extension owner), so no
+-- direct write can bypass their checks.  Members and rewards have no
+-- functions yet and stay writable; of a dead letter, only resolved_at.
 GRANT USAGE ON SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT INSERT, UPDATE ON @extschema@.member, @extschema@.reward TO loyalty_operator, loyalty_admin;
-GRANT UPDATE (cooperation_model, industry, region, potential_spend, cohort, enrolled_from) ON @extschema@.account TO loyalty_operator, loyalty_admin;
 GRANT UPDATE (resolved_at) ON @extschema@.rejected_event TO loyalty_operator, loyalty_admin;
-GRANT INSERT, UPDATE ON @extschema@.program, @extschema@.rule, @extschema@.attachment TO loyalty_admin;
-GRANT INSERT ON @extschema@.account, @extschema@.account_history TO loyalty_operator, loyalty_admin;

@@ -1,7 +1,7 @@
 -- Programs, rules and enrolment: the names DBAs and integrations type.
 
 CREATE FUNCTION @extschema@._invalidate() RETURNS trigger
-AS 'MODULE_PATHNAME', 'loyalty_invalidate' LANGUAGE C;
+AS 'MODULE_PATHNAME', 'loyalty_invalidate' LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._invalidate() IS 'Internal: tells every backend to rebuild its loyalty caches after a configuration or account change.';
 
 CREATE TRIGGER program_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.program
@@ -47,7 +47,7 @@ COMMENT ON FUNCTION @extschema@._today(integer) IS 'Internal: today in the progr
 -- Windows of 1.0 programs may hold days: 30 days count as a month, as 1.0's
 -- trigger counted them.  New programs give whole months.
 CREATE FUNCTION @extschema@._window_months(w interval) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN GREATEST(1, (pg_catalog.date_part('year', w) OPERATOR(pg_catalog.*) 12
                                OPERATOR(pg_catalog.+) pg_catalog.date_part('month', w)
                                OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', w) OPERATOR(pg_catalog./) 30))::integer);
@@ -82,7 +82,7 @@ CREATE FUNCTION @extschema@.create_program(
     point_lifetime       interval DEFAULT NULL,
     rebate               @extschema@.rebate_schedule DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id integer;
 BEGIN
@@ -140,7 +140,7 @@ CREATE FUNCTION @extschema@.add_rule(
     cap_points               bigint DEFAULT NULL,
     cap_period               text DEFAULT NULL)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := @extschema@._program_id(program);
     last_month date;
@@ -191,23 +191,26 @@ $$;
 COMMENT ON FUNCTION @extschema@.add_rule(text, date, numeric, numeric, jsonb, jsonb, jsonb, numeric, bigint, text) IS
     'Adds a rule version: documents dated from valid_from earn by it. Refused when documents already accrued would change.';
 
-CREATE FUNCTION @extschema@.enroll(
+-- The writes of enroll(), as the extension owner: they evaluate nothing a
+-- user defined.  Returns whether the account's documents must be restated
+-- (enroll() then recomputes them as its caller).
+CREATE FUNCTION @extschema@._enroll(
     program           text,
     account_key       text,
-    cooperation_model text DEFAULT NULL,
-    industry          text DEFAULT NULL,
-    region            text DEFAULT NULL,
-    potential_spend   numeric DEFAULT NULL,
-    cohort            text DEFAULT NULL,
-    enrolled_from     date DEFAULT NULL)
-RETURNS void
+    cooperation_model text,
+    industry          text,
+    region            text,
+    potential_spend   numeric,
+    cohort            text,
+    enrolled_from     date,
+    OUT enrolled_program integer,
+    OUT restate       boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := @extschema@._program_id(program);
     policy text;
     before @extschema@.account;
     after @extschema@.account;
-    att integer;
 BEGIN
     IF account_key IS NULL OR account_key = '' THEN
         RAISE EXCEPTION 'account_key must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
@@ -220,7 +223,7 @@ BEGIN
                                           ARRAY['direct', 'distributor', 'integrator', 'reseller']);
     END IF;
     SELECT p.enrollment INTO policy FROM @extschema@.program p WHERE p.program_id = pid;
-    SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = enroll.account_key;
+    SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
     INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
                                           potential_spend, cohort, enrolled_by, enrolled_from)
     VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit',
@@ -231,9 +234,9 @@ BEGIN
         region = coalesce(excluded.region, a.region),
         potential_spend = coalesce(excluded.potential_spend, a.potential_spend),
         cohort = coalesce(excluded.cohort, a.cohort),
-        enrolled_from = coalesce(enroll.enrolled_from, a.enrolled_from);
+        enrolled_from = coalesce(_enroll.enrolled_from, a.enrolled_from);
 
-    SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = enroll.account_key;
+    SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
 
     -- A new segment or cohort applies to documents dated from tomorrow; the
     -- old values stay for the documents before (the first change of a day
@@ -243,28 +246,33 @@ BEGIN
            IS DISTINCT FROM (after.cooperation_model, after.industry, after.region, after.cohort) THEN
         INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
                                                  industry, region, cohort)
-        VALUES (pid, enroll.account_key, current_date + 1, before.cooperation_model, before.industry,
+        VALUES (pid, _enroll.account_key, current_date + 1, before.cooperation_model, before.industry,
                 before.region, before.cohort)
         ON CONFLICT DO NOTHING;
     END IF;
 
-    -- A new enrolment date changes which documents earn at all: restate them.
-    IF before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
-       AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = enroll.account_key) THEN
-        IF NOT has_function_privilege('@extschema@._reconcile(integer, date, text, text)', 'EXECUTE') THEN
-            RAISE EXCEPTION 'changing enrolled_from of account "%" restates its documents', enroll.account_key
-                USING ERRCODE = 'insufficient_privilege',
-                      DETAIL = 'The account has postings; which of its documents earn would change.',
-                      HINT = 'Ask a member of loyalty_admin to change it.';
-        END IF;
-        FOR att IN SELECT x.attachment_id FROM @extschema@.attachment x
-                   WHERE x.program_id = pid AND x.detached_at IS NULL
-                     AND EXISTS (SELECT FROM pg_class c WHERE c.oid = x.source) LOOP
-            PERFORM @extschema@._reconcile(att, '-infinity', enroll.account_key, 'restate');
-        END LOOP;
-    END IF;
+    -- A new enrolment date changes which documents earn at all.
+    enrolled_program := pid;
+    restate := before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
+               AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = _enroll.account_key);
 END
 $$;
+COMMENT ON FUNCTION @extschema@._enroll(text, text, text, text, text, numeric, text, date) IS
+    'Internal: the writes of loyalty.enroll(); returns whether the account''s documents must be restated.';
+
+-- Runs as its caller: a restatement evaluates the attachments' mapping
+-- expressions, which must never run with the owner's rights.
+CREATE FUNCTION @extschema@.enroll(
+    program           text,
+    account_key       text,
+    cooperation_model text DEFAULT NULL,
+    industry          text DEFAULT NULL,
+    region            text DEFAULT NULL,
+    potential_spend   numeric DEFAULT NULL,
+    cohort            text DEFAULT NULL,
+    enrolled_from     date DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'loyalty_enroll' LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.enroll(text, text, text, text, text, numeric, text, date) IS
     'Enrols an account (or updates the segment attributes of an enrolled one). Under explicit enrolment, documents dated before enrolled_from (default today) do not earn. A new segment or cohort applies to documents dated from tomorrow (the old values are kept in loyalty.account_history); a new enrolled_from restates the account''s documents (ledger kind restate).';
 

@@ -2,19 +2,19 @@
 -- explain, verify and backfill what the triggers post.
 
 CREATE FUNCTION @extschema@.accrue() RETURNS trigger
-AS 'MODULE_PATHNAME', 'loyalty_accrue' LANGUAGE C;
+AS 'MODULE_PATHNAME', 'loyalty_accrue' LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.accrue() IS 'Statement-level accrual trigger created by loyalty.attach(); its argument is the attachment id.';
 
 CREATE FUNCTION @extschema@.accrue_header() RETURNS trigger
-AS 'MODULE_PATHNAME', 'loyalty_accrue_header' LANGUAGE C;
+AS 'MODULE_PATHNAME', 'loyalty_accrue_header' LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.accrue_header() IS 'Statement-level triggers on a header table: re-accrue the lines of headers whose account, date, currency, document type or payment dates changed, and accrue the lines that were waiting for a header inserted after them.';
 
 CREATE FUNCTION @extschema@.stash_header() RETURNS trigger
-AS 'MODULE_PATHNAME', 'loyalty_stash_header' LANGUAGE C;
+AS 'MODULE_PATHNAME', 'loyalty_stash_header' LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.stash_header() IS 'Row trigger on a header table: keeps the facts of a deleted or renumbered header until commit so that its lines are reversed exactly.';
 
 CREATE FUNCTION @extschema@._refuse_truncate() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'TRUNCATE of %.% would bypass loyalty accrual', TG_TABLE_SCHEMA, TG_TABLE_NAME
         USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -24,47 +24,13 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._refuse_truncate() IS 'Internal: refuses TRUNCATE on attached ERP tables.';
 
-CREATE TYPE @extschema@.row_points AS (
-    status                  text,
-    reason                  text,
-    rule_valid_from         date,
-    basis                   numeric,
-    points_per_unit         numeric,
-    product_line_multiplier numeric,
-    tier_on_date            text,
-    tier_multiplier         numeric,
-    segment_multiplier      numeric,
-    raw_points              numeric,
-    rounding                text,
-    points                  bigint,
-    on_time_bonus           bigint,
-    qualifying              numeric,
-    month                   date);
-COMMENT ON TYPE @extschema@.row_points IS 'Every step of one row''s points: status, rule version, basis, multipliers, rounding, bonus, qualifying spend.';
-
-CREATE FUNCTION @extschema@._row_points(attachment integer, account_key text, amount numeric, quantity numeric,
-                                        doc_date date, product_line text, currency text, doc_type text,
-                                        due_date date, paid_date date, header_found boolean)
-RETURNS @extschema@.row_points
-AS 'MODULE_PATHNAME', 'loyalty_row_points' LANGUAGE C STABLE;
-COMMENT ON FUNCTION @extschema@._row_points(integer, text, numeric, numeric, date, text, text, text, date, date, boolean) IS
-    'Internal: the accrual trigger''s points function, for explain_points, verify and backfill.';
-
 CREATE FUNCTION @extschema@._cap_for_month(program_id integer, month date,
                                            OUT period_start date, OUT period_end date, OUT cap_points bigint)
-AS 'MODULE_PATHNAME', 'loyalty_cap_for_month' LANGUAGE C STABLE STRICT;
+AS 'MODULE_PATHNAME', 'loyalty_cap_for_month' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._cap_for_month(integer, date) IS 'Internal: the cap period a document month falls in, NULL when uncapped.';
 
-CREATE FUNCTION @extschema@._post_backfill(attachment integer, accounts text[], months date[],
-                                           points bigint[], qualifying numeric[], source_rows bigint[],
-                                           kind text DEFAULT 'backfill')
-RETURNS void
-AS 'MODULE_PATHNAME', 'loyalty_post_backfill' LANGUAGE C STRICT;
-COMMENT ON FUNCTION @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[], text) IS
-    'Internal: posts reconciled sums (backfill or restate) through the trigger''s own posting path.';
-
 CREATE FUNCTION @extschema@._equality_operator(type regtype) RETURNS text
-AS 'MODULE_PATHNAME', 'loyalty_equality_operator' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
+AS 'MODULE_PATHNAME', 'loyalty_equality_operator' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._equality_operator(regtype) IS 'Internal: a type''s own equality operator as SQL text, for joins on ERP keys.';
 REVOKE ALL ON FUNCTION @extschema@._equality_operator(regtype) FROM PUBLIC;
 
@@ -379,8 +345,10 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._attachment_of(regclass, text) IS 'Internal: the active attachment of a program on a table.';
 
+-- As the owner: the triggers are the owner's (attach creates them so), and
+-- nothing a user defined runs here.
 CREATE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a @extschema@.attachment := @extschema@._attachment_of(source, program);
     trg text;
@@ -408,9 +376,10 @@ RETURN (SELECT (pg_catalog.date_trunc('month', @extschema@._today(p.program_id):
         FROM @extschema@.program p WHERE p.program_id = _rolling_start.program_id);
 COMMENT ON FUNCTION @extschema@._rolling_start(integer) IS 'Internal: first month of the rolling qualification window.';
 
+-- As the owner: it reads loyalty's tables only, with the internal helpers.
 CREATE FUNCTION @extschema@.balance(program text, account_key text,
                                     OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer := @extschema@._program_id(program);
 BEGIN
@@ -435,229 +404,143 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 RETURN (SELECT b.tier FROM @extschema@.balance(program, account_key) b);
 COMMENT ON FUNCTION @extschema@.tier(text, text) IS 'An account''s current tier (NULL below the first threshold).';
 
+-- explain_points, verify, backfill (and enroll's restatement) recompute what
+-- the rows of an attached table earn: the facts query (_facts_sql, the
+-- attaching user's mapping expressions) runs as the caller, the points
+-- function is the trigger's own (src/reconcile.c), and loyalty's tables are
+-- read and written as the owner.
 CREATE FUNCTION @extschema@.explain_points(source regclass, VARIADIC key text[])
 RETURNS TABLE (program text, account_key text, document_date date, status text, reason text,
                rule_valid_from date, basis numeric, points_per_unit numeric, product_line text,
                product_line_multiplier numeric, tier_on_date text, tier_multiplier numeric,
                segment_multiplier numeric, raw_points numeric, rounding text, points bigint,
                on_time_bonus bigint, qualifying numeric, cap text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a @extschema@.attachment;
-    cond text;
-    n integer := 0;
-BEGIN
-    FOR a IN SELECT * FROM @extschema@.attachment x WHERE x.source = explain_points.source AND x.detached_at IS NULL
-             ORDER BY x.attachment_id LOOP
-        IF cardinality(key) <> cardinality(a.key_columns) THEN
-            RAISE EXCEPTION '% is keyed by % column(s) (%), % value(s) given', source, cardinality(a.key_columns),
-                array_to_string(a.key_columns, ', '), cardinality(key) USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        cond := (SELECT string_agg(format('s.%I = ($1)[%s]::%s', c, o,
-                        (SELECT format_type(t.atttypid, t.atttypmod) FROM pg_attribute t WHERE t.attrelid = source AND t.attname = c)), ' AND ')
-                 FROM unnest(a.key_columns) WITH ORDINALITY AS u(c, o));
-        RETURN QUERY EXECUTE format(
-            'SELECT p.name, f.account_key, f.doc_date, r.status, r.reason, r.rule_valid_from, r.basis, r.points_per_unit,'
-            ' f.product_line, coalesce(r.product_line_multiplier, 1), r.tier_on_date, coalesce(r.tier_multiplier, 1),'
-            ' coalesce(r.segment_multiplier, 1),'
-            ' r.raw_points, r.rounding, r.points, r.on_time_bonus, r.qualifying,'
-            ' (SELECT format(''%%s points per account from %%s to %%s'', c.cap_points, c.period_start, c.period_end - 1)'
-            '  FROM @extschema@._cap_for_month(%s, r.month) c WHERE c.cap_points IS NOT NULL)'
-            ' FROM (%s WHERE %s) f, @extschema@._row_points(%s, f.account_key, f.amount, f.quantity, f.doc_date,'
-            ' f.product_line, f.currency, f.doc_type, f.due_date, f.paid_date, f.header_found) r,'
-            ' @extschema@.program p WHERE p.program_id = %s',
-            a.program_id, @extschema@._facts_sql(a.attachment_id), cond, a.attachment_id, a.program_id) USING key;
-        n := n + 1;
-    END LOOP;
-    IF n = 0 THEN
-        RAISE EXCEPTION 'no loyalty program is attached to %', source USING ERRCODE = 'undefined_object';
-    END IF;
-END
-$$;
+AS 'MODULE_PATHNAME', 'loyalty_explain_points' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.explain_points(regclass, text[]) IS
     'How a row''s points were computed, per attached program: rule version, basis, multipliers, rounding, bonus, cap. Give the key columns'' values in order.';
 
+-- What verify checks besides the source rows, as the owner (it reads
+-- loyalty's tables and the catalog only).  An attached table that was
+-- dropped cannot be checked; one whose triggers are missing, disabled or
+-- doubled does not accrue what it should.
+CREATE FUNCTION @extschema@._verify_attachments(program_id integer)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+WITH att AS (
+    SELECT x.attachment_id, x.source::oid AS source, x.header::oid AS header,
+           pg_catalog.decode(x.attachment_id::text OPERATOR(pg_catalog.||) E'\\000', 'escape') AS arg
+    FROM @extschema@.attachment x
+    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
+      AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::oid)),
+-- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update, 32 truncate, 64 instead;
+-- an accrual trigger must fire once, the TRUNCATE guard (shared by every
+-- attachment of a table) at least once
+need (attachment_id, rel, fn, arg, what, mask, bits, once) AS (
+    SELECT a.attachment_id, a.source, '@extschema@.accrue()'::regprocedure::oid, a.arg, 'accrue AFTER ' OPERATOR(pg_catalog.||) e.event,
+           67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
+    FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit)
+  UNION ALL
+    SELECT a.attachment_id, a.source, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+    FROM att a
+  UNION ALL
+    SELECT a.attachment_id, a.header, '@extschema@.accrue_header()'::regprocedure::oid, a.arg, 'accrue_header AFTER UPDATE', 83, 16, true
+    FROM att a WHERE a.header IS NOT NULL
+  UNION ALL
+    SELECT a.attachment_id, a.header, '@extschema@.stash_header()'::regprocedure::oid, a.arg,
+           'stash_header BEFORE ' OPERATOR(pg_catalog.||) e.event OPERATOR(pg_catalog.||) ' FOR EACH ROW',
+           67 OPERATOR(pg_catalog.|) e.bit, 3 OPERATOR(pg_catalog.|) e.bit, true
+    FROM att a, (VALUES ('DELETE', 8), ('UPDATE', 16)) AS e(event, bit) WHERE a.header IS NOT NULL
+  UNION ALL
+    SELECT a.attachment_id, a.header, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+    FROM att a WHERE a.header IS NOT NULL)
+SELECT NULL::text, NULL::date, x.attachment_id, 'source_dropped: ' OPERATOR(pg_catalog.||) x.source_name, NULL::numeric, NULL::numeric
+FROM @extschema@.attachment x
+WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::oid)
+UNION ALL
+SELECT NULL::text, NULL::date, n.attachment_id,
+       CASE WHEN t.enabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_duplicate: '
+            WHEN t.disabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_disabled: '
+            ELSE 'trigger_missing: ' END
+       OPERATOR(pg_catalog.||) n.what OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) n.rel::regclass::text,
+       1::numeric, t.enabled::numeric
+FROM need n,
+     LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"char"[])) AS enabled,
+                     pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{D,R}'::"char"[])) AS disabled
+              FROM pg_catalog.pg_trigger g
+              WHERE g.tgrelid OPERATOR(pg_catalog.=) n.rel AND g.tgfoid OPERATOR(pg_catalog.=) n.fn
+                AND g.tgargs OPERATOR(pg_catalog.=) n.arg
+                AND (g.tgtype::integer OPERATOR(pg_catalog.&) n.mask) OPERATOR(pg_catalog.=) n.bits) AS t
+WHERE t.enabled OPERATOR(pg_catalog.=) 0 OR (n.once AND t.enabled OPERATOR(pg_catalog.>) 1)
+$$;
+COMMENT ON FUNCTION @extschema@._verify_attachments(integer) IS
+    'Internal: verify''s checks of a program''s attached tables: dropped tables, and accrual triggers missing, disabled or doubled.';
+
+-- The checks of verify that read loyalty's tables only, as the owner.
+CREATE FUNCTION @extschema@._verify_books(program_id integer)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- the per-month sums, capped, vs the ledger's accrual entries
+WITH months AS (
+    SELECT m.account_key, m.month, pg_catalog.sum(m.points) AS points, pg_catalog.sum(m.qualifying) AS qualifying
+    FROM @extschema@.accrual_month m WHERE m.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1, 2),
+periods AS (
+    SELECT mo.account_key, coalesce(c.period_start, mo.month) AS ps, c.cap_points,
+           pg_catalog.sum(mo.points) AS points, pg_catalog.sum(mo.qualifying) AS qualifying
+    FROM months mo LEFT JOIN LATERAL @extschema@._cap_for_month($1, mo.month) c ON true
+    GROUP BY 1, 2, 3),
+expected AS (
+    SELECT p.account_key, pg_catalog.sum(CASE WHEN p.cap_points IS NULL THEN p.points ELSE LEAST(p.points, p.cap_points) END) AS points,
+           pg_catalog.sum(p.qualifying) AS qualifying
+    FROM periods p GROUP BY 1),
+posted AS (
+    SELECT l.account_key, pg_catalog.sum(l.points) AS points, pg_catalog.sum(l.qualifying) AS qualifying
+    FROM @extschema@.ledger l
+    WHERE l.program_id OPERATOR(pg_catalog.=) $1
+      AND l.kind OPERATOR(pg_catalog.=) ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[])
+    GROUP BY 1)
+SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+FROM expected e FULL JOIN posted p ON p.account_key OPERATOR(pg_catalog.=) e.account_key,
+     LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
+                     ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+UNION ALL
+-- the ledger vs the balances
+SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying, pg_catalog.count(*) AS n
+      FROM @extschema@.ledger x WHERE x.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1) l
+     FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.entry_count AS n
+                FROM @extschema@.balance x WHERE x.program_id OPERATOR(pg_catalog.=) $1) b
+       ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
+     LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
+                     ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
+                     ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+$$;
+COMMENT ON FUNCTION @extschema@._verify_books(integer) IS
+    'Internal: verify''s checks of the per-month sums against the ledger and of the ledger against the balances.';
+
 CREATE FUNCTION @extschema@.verify(program text)
 RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    pid integer := @extschema@._program_id(program);
-    a @extschema@.attachment;
-BEGIN
-    -- 0. an attached table that was dropped cannot be checked
-    RETURN QUERY
-    SELECT NULL::text, NULL::date, x.attachment_id, 'source_dropped: ' || x.source_name, NULL::numeric, NULL::numeric
-    FROM @extschema@.attachment x
-    WHERE x.program_id = pid AND x.detached_at IS NULL AND NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = x.source);
-
-    -- 1. every source row recomputed vs the per-month sums
-    FOR a IN SELECT * FROM @extschema@.attachment x WHERE x.program_id = pid AND x.detached_at IS NULL
-             AND EXISTS (SELECT FROM pg_class c WHERE c.oid = x.source) LOOP
-        RETURN QUERY EXECUTE format($q$
-            WITH src AS (
-                SELECT f.account_key, r.month, sum(r.points + r.on_time_bonus) AS points,
-                       sum(r.qualifying) AS qualifying, count(*) AS source_rows
-                FROM (%s) f, @extschema@._row_points(%s, f.account_key, f.amount, f.quantity, f.doc_date,
-                     f.product_line, f.currency, f.doc_type, f.due_date, f.paid_date, f.header_found) r
-                WHERE r.status IN ('earns', 'below_minimum', 'control_cohort')
-                GROUP BY 1, 2),
-            acc AS (SELECT m.account_key, m.month, sum(m.points) AS points, sum(m.qualifying) AS qualifying,
-                           sum(m.source_rows) AS source_rows
-                    FROM @extschema@.accrual_month m
-                    WHERE m.program_id = %s AND m.attachment_id IN
-                          (SELECT x.attachment_id FROM @extschema@.attachment x
-                           WHERE x.program_id = %s AND x.source = %s::oid)
-                    GROUP BY 1, 2),
-            j AS (SELECT coalesce(s.account_key, c.account_key) AS k, coalesce(s.month, c.month) AS m,
-                         coalesce(s.points, 0) AS sp, coalesce(c.points, 0) AS cp,
-                         coalesce(s.qualifying, 0) AS sq, coalesce(c.qualifying, 0) AS cq,
-                         coalesce(s.source_rows, 0) AS sr, coalesce(c.source_rows, 0) AS cr
-                  FROM src s FULL JOIN acc c ON c.account_key = s.account_key AND c.month = s.month)
-            SELECT j.k, j.m, %s, v.item, v.e, v.a FROM j,
-                LATERAL (VALUES ('points', j.sp::numeric, j.cp::numeric), ('qualifying', j.sq, j.cq),
-                                ('source_rows', j.sr::numeric, j.cr::numeric)) AS v(item, e, a)
-            WHERE v.e IS DISTINCT FROM v.a$q$,
-            @extschema@._facts_sql(a.attachment_id), a.attachment_id, pid, pid, a.source::oid, a.attachment_id);
-    END LOOP;
-
-    -- 2. the per-month sums, capped, vs the ledger's accrual entries
-    RETURN QUERY
-    WITH months AS (
-        SELECT m.account_key, m.month, sum(m.points) AS points, sum(m.qualifying) AS qualifying
-        FROM @extschema@.accrual_month m WHERE m.program_id = pid GROUP BY 1, 2),
-    periods AS (
-        SELECT mo.account_key, coalesce(c.period_start, mo.month) AS ps, c.cap_points,
-               sum(mo.points) AS points, sum(mo.qualifying) AS qualifying
-        FROM months mo LEFT JOIN LATERAL @extschema@._cap_for_month(pid, mo.month) c ON true
-        GROUP BY 1, 2, 3),
-    expected AS (
-        SELECT p.account_key, sum(CASE WHEN p.cap_points IS NULL THEN p.points ELSE least(p.points, p.cap_points) END) AS points,
-               sum(p.qualifying) AS qualifying
-        FROM periods p GROUP BY 1),
-    posted AS (
-        SELECT l.account_key, sum(l.points) AS points, sum(l.qualifying) AS qualifying
-        FROM @extschema@.ledger l
-        WHERE l.program_id = pid AND l.kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate')
-        GROUP BY 1)
-    SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
-    FROM expected e FULL JOIN posted p ON p.account_key = e.account_key,
-         LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
-                         ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
-    WHERE v.e IS DISTINCT FROM v.a;
-
-    -- 3. the ledger vs the balances
-    RETURN QUERY
-    WITH l AS (SELECT x.account_key, sum(x.points) AS points, sum(x.qualifying) AS qualifying, count(*) AS n
-               FROM @extschema@.ledger x WHERE x.program_id = pid GROUP BY 1),
-         b AS (SELECT x.account_key, x.points, x.qualifying, x.entry_count AS n
-               FROM @extschema@.balance x WHERE x.program_id = pid)
-    SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
-    FROM l FULL JOIN b ON b.account_key = l.account_key,
-         LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
-                         ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
-                         ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
-    WHERE v.e IS DISTINCT FROM v.a;
-END
-$$;
+AS 'MODULE_PATHNAME', 'loyalty_verify' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.verify(text) IS
-    'Recomputes every attached source row, the per-month sums, the ledger and the balances of a program, and returns each difference (expected vs actual). Empty means every point reconciles with the invoices.';
-
--- What the ERP rows of an attachment's source should have accrued since a
--- month, minus what was accrued (under any attachment of the same source),
--- posted as one batch: backfill for history, restate for one account whose
--- segment, cohort or enrolment date changed.
-CREATE FUNCTION @extschema@._reconcile(attachment integer, since_month date, account text, kind text,
-                                       OUT accounts integer, OUT months integer, OUT source_rows bigint,
-                                       OUT points bigint, OUT qualifying numeric)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a @extschema@.attachment;
-    d record;
-BEGIN
-    SELECT * INTO a FROM @extschema@.attachment x WHERE x.attachment_id = attachment;
-    EXECUTE format($q$
-        WITH src AS (
-            SELECT f.account_key, r.month, sum(r.points + r.on_time_bonus) AS points,
-                   sum(r.qualifying) AS qualifying, count(*) AS source_rows
-            FROM (%s) f, @extschema@._row_points(%s, f.account_key, f.amount, f.quantity, f.doc_date,
-                 f.product_line, f.currency, f.doc_type, f.due_date, f.paid_date, f.header_found) r
-            WHERE r.status IN ('earns', 'below_minimum', 'control_cohort') AND r.month >= %L
-              AND (%L::text IS NULL OR f.account_key = %L::text)
-            GROUP BY 1, 2),
-        acc AS (SELECT m.account_key, m.month, sum(m.points) AS points, sum(m.qualifying) AS qualifying,
-                       sum(m.source_rows) AS source_rows
-                FROM @extschema@.accrual_month m
-                WHERE m.program_id = %s AND m.month >= %L
-                  AND (%L::text IS NULL OR m.account_key = %L::text)
-                  AND m.attachment_id IN (SELECT x.attachment_id FROM @extschema@.attachment x
-                                          WHERE x.program_id = %s AND x.source = %s::oid)
-                GROUP BY 1, 2),
-        diff AS (SELECT coalesce(s.account_key, c.account_key) AS k, coalesce(s.month, c.month) AS m,
-                        (coalesce(s.points, 0) - coalesce(c.points, 0))::bigint AS p,
-                        coalesce(s.qualifying, 0) - coalesce(c.qualifying, 0) AS q,
-                        (coalesce(s.source_rows, 0) - coalesce(c.source_rows, 0))::bigint AS r
-                 FROM src s FULL JOIN acc c ON c.account_key = s.account_key AND c.month = s.month)
-        SELECT array_agg(k ORDER BY k COLLATE "C", m) AS k, array_agg(m ORDER BY k COLLATE "C", m) AS m,
-               array_agg(p ORDER BY k COLLATE "C", m) AS p, array_agg(q ORDER BY k COLLATE "C", m) AS q,
-               array_agg(r ORDER BY k COLLATE "C", m) AS r,
-               count(DISTINCT k)::int AS accounts, count(*)::int AS months,
-               coalesce(sum(r), 0)::bigint AS source_rows, coalesce(sum(p), 0)::bigint AS points,
-               coalesce(sum(q), 0) AS qualifying
-        FROM diff WHERE p <> 0 OR q <> 0 OR r <> 0$q$,
-        @extschema@._facts_sql(a.attachment_id), a.attachment_id, since_month, account, account,
-        a.program_id, since_month, account, account, a.program_id, a.source::oid)
-    INTO d;
-    accounts := d.accounts; months := d.months; source_rows := d.source_rows;
-    points := d.points; qualifying := d.qualifying;
-    IF d.months > 0 THEN
-        PERFORM @extschema@._post_backfill(a.attachment_id, d.k, d.m, d.p, d.q, d.r, kind);
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION @extschema@._reconcile(integer, date, text, text) IS
-    'Internal: posts what the source rows of an attachment should have accrued and did not (backfill, restate).';
+    'Recomputes every attached source row, the per-month sums, the ledger and the balances of a program, and returns each difference (expected vs actual); also attached tables dropped, and accrual triggers missing, disabled or doubled. Empty means every point reconciles with the invoices. Refused unless the caller can read every row of the attached tables.';
 
 CREATE FUNCTION @extschema@.backfill(source regclass, program text, since date,
                                      OUT accounts integer, OUT months integer, OUT source_rows bigint,
                                      OUT points bigint, OUT qualifying numeric)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a @extschema@.attachment := @extschema@._attachment_of(source, program);
-    pid integer := a.program_id;
-    since_month date := date_trunc('month', since)::date;
-BEGIN
-    IF since IS NULL THEN
-        RAISE EXCEPTION 'since must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Use ''-infinity'' to backfill the whole history.';
-    END IF;
-    -- one backfill of a program at a time; concurrent ERP writes go on
-    PERFORM pg_advisory_xact_lock(hashtext('loyalty.backfill'), a.attachment_id);
-
-    -- auto enrolment: the customers of the history are members from day one
-    IF (SELECT p.enrollment FROM @extschema@.program p WHERE p.program_id = pid) = 'auto' THEN
-        EXECUTE format('INSERT INTO @extschema@.account (program_id, account_key, enrolled_by, enrolled_from)'
-                       ' SELECT DISTINCT %s, f.account_key, ''auto'', ''-infinity''::date FROM (%s) f'
-                       ' WHERE f.account_key IS NOT NULL AND f.doc_date >= %L ORDER BY 2 ON CONFLICT DO NOTHING',
-                       pid, @extschema@._facts_sql(a.attachment_id), since_month);
-    END IF;
-
-    SELECT * INTO accounts, months, source_rows, points, qualifying
-    FROM @extschema@._reconcile(a.attachment_id, since_month, NULL, 'backfill');
-END
-$$;
+AS 'MODULE_PATHNAME', 'loyalty_backfill' LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.backfill(regclass, text, date) IS
     'Accrues the rows of an attached table dated from since (rounded down to its month) that the triggers have not accrued, set-based. Idempotent: what is already accrued is not posted again, so a second or interrupted run is safe.';
 
 REVOKE ALL ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text),
                       @extschema@.detach(regclass, text),
-                      @extschema@.backfill(regclass, text, date),
-                      @extschema@._reconcile(integer, date, text, text),
-                      @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[], text) FROM PUBLIC;
+                      @extschema@.backfill(regclass, text, date) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text),
                           @extschema@.detach(regclass, text),
-                          @extschema@.backfill(regclass, text, date),
-                          @extschema@._reconcile(integer, date, text, text),
-                          @extschema@._post_backfill(integer, text[], date[], bigint[], numeric[], bigint[], text) TO loyalty_admin;
+                          @extschema@.backfill(regclass, text, date) TO loyalty_admin;
 
 -- The per-month sums on loyalty.balance: decoded and merged in C inside the
 -- balance upsert, so that a statement writes one row per account.

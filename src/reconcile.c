@@ -1,0 +1,895 @@
+/*
+ * reconcile.c — what the rows of an attached ERP table should have accrued,
+ * recomputed: loyalty.verify compares it with what was accrued, and
+ * loyalty.backfill and enroll()'s restatement post the difference.
+ *
+ * Who runs what.  The facts query (loyalty._facts_sql: the attaching user's
+ * mapping expressions over the ERP's tables) runs as the calling role, never
+ * as the extension owner, and with row_security off: a scan that cannot see
+ * every row fails instead of reconciling a part.  Each row is priced in C
+ * with rules_row_points(), the trigger's own function, and summed per
+ * (account, document month) in memory, fetched in batches.  loyalty's own
+ * tables are read, compared and written as the owner, with the sums already
+ * computed.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "common/int.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/tuplestore.h"
+
+#include "accounts.h"
+#include "ledger.h"
+#include "reconcile.h"
+
+#define SCAN_BATCH 1000
+
+/* An attachment to reconcile, as read by the owner. */
+typedef struct Target
+{
+	int32		attachment_id;
+	int32		program_id;
+	Oid			source;
+	char	   *facts_sql;
+} Target;
+
+typedef struct SumKey
+{
+	const char *account;
+	DateADT		month;
+} SumKey;
+
+/* What the rows of one account and document month earn. */
+typedef struct SumEntry
+{
+	SumKey		key;
+	int128		points;			/* points and bonus: no int64 overflow */
+	FixedSum	qualifying;
+	int64		rows;
+} SumEntry;
+
+typedef struct AccountEntry
+{
+	const char *key;
+	AccountInfo *info;			/* NULL: the row does not earn */
+	bool		from_since;		/* has a row dated from the scan's since */
+} AccountEntry;
+
+typedef struct SourceScan
+{
+	Attachment *att;
+	MemoryContext cxt;			/* sums and accounts, for the scan */
+	MemoryContext batch_cxt;	/* reset after each fetched batch */
+	DateADT		since;			/* months before it are left out */
+	const char *account;		/* only this account; NULL: every one */
+	const char *what;			/* the public function, for errors */
+	HTAB	   *sums;
+	HTAB	   *accounts;
+} SourceScan;
+
+/* ---- running queries as the owner ---- */
+
+int
+reconcile_owner_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
+					  const char *nulls, bool read_only)
+{
+	OwnerScope	scope;
+	int			ret;
+
+	loyalty_enter_owner(&scope);
+	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, 0);
+	loyalty_leave_owner(&scope);
+	if (ret < 0)
+		elog(ERROR, "SPI_execute_with_args failed for \"%s\": %s", sql, SPI_result_code_string(ret));
+	return ret;
+}
+
+/* The attachments a query of the owner lists: (attachment, program, source, facts sql). */
+static Target *
+read_targets(const char *sql, int nargs, Oid *argtypes, Datum *values, const char *nulls,
+			 MemoryContext cxt, int *n)
+{
+	Target	   *t;
+	uint64		i;
+
+	reconcile_owner_query(sql, nargs, argtypes, values, nulls, true);
+	t = MemoryContextAllocZero(cxt, sizeof(Target) * (SPI_processed + 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		t[i].attachment_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		t[i].program_id = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		t[i].source = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		t[i].facts_sql = MemoryContextStrdup(cxt, SPI_getvalue(tup, desc, 4));
+	}
+	*n = (int) SPI_processed;
+	SPI_freetuptable(SPI_tuptable);
+	return t;
+}
+
+#define TARGET_COLUMNS \
+	"x.attachment_id, x.program_id, x.source::pg_catalog.oid, loyalty._facts_sql(x.attachment_id)"
+#define SOURCE_EXISTS \
+	"EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::pg_catalog.oid)"
+
+/* The active attachments of a program whose table still exists. */
+static Target *
+program_targets(int32 program_id, MemoryContext cxt, int *n)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(program_id)};
+
+	return read_targets("SELECT " TARGET_COLUMNS " FROM loyalty.attachment x"
+						" WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
+						" AND " SOURCE_EXISTS " ORDER BY x.attachment_id",
+						1, argtypes, values, NULL, cxt, n);
+}
+
+/* ---- one row ---- */
+
+static char *
+col_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static bool
+col_date(HeapTuple tup, TupleDesc desc, int col, DateADT *out)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	if (!isnull)
+		*out = DatumGetDateADT(d);
+	return !isnull;
+}
+
+static Numeric
+col_numeric(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? NULL : DatumGetNumeric(d);
+}
+
+/*
+ * Values point into the tuple (or CurrentMemoryContext when detoasted):
+ * they live as long as both.
+ */
+void
+reconcile_row_facts(Attachment *att, HeapTuple tup, TupleDesc desc, RowFacts *f)
+{
+	char	   *doc_type;
+	bool		isnull;
+	Datum		found;
+	int			i;
+
+	memset(f, 0, sizeof(RowFacts));
+	f->account = col_text(tup, desc, 2);
+	f->has_date = col_date(tup, desc, 3, &f->date);
+	f->amount = col_numeric(tup, desc, 4);
+	f->quantity = col_numeric(tup, desc, 5);
+	f->product_line = col_text(tup, desc, 6);
+	f->currency_mapped = att->mapped[F_CURRENCY];
+	f->currency = col_text(tup, desc, 7);
+	doc_type = col_text(tup, desc, 8);
+	for (i = 0; doc_type && i < att->ncredit; i++)
+		if (strcmp(att->credit_types[i], doc_type) == 0)
+			f->credit_note = true;
+	f->has_due = col_date(tup, desc, 9, &f->due);
+	f->has_paid = col_date(tup, desc, 10, &f->paid);
+	found = SPI_getbinval(tup, desc, 11, &isnull);
+	f->header_missing = !isnull && !DatumGetBool(found);
+}
+
+/*
+ * An account as the points function takes it: under automatic enrolment the
+ * trigger would have enrolled a customer it did not know, with the defaults
+ * (no segment, no cohort, no tier, every document earns).  NULL when the
+ * account does not earn at all.
+ */
+static AccountInfo *
+as_earning(Program *prog, AccountInfo *info, const char *key, MemoryContext cxt)
+{
+	AccountInfo *a;
+
+	if (info->enrolled)
+		return info;
+	if (!prog->auto_enroll)
+		return NULL;
+	a = MemoryContextAllocZero(cxt, sizeof(AccountInfo));
+	a->key = (char *) key;
+	a->enrolled = true;
+	a->enrolled_from = DATEVAL_NOBEGIN;
+	return a;
+}
+
+AccountInfo *
+reconcile_account(Program *prog, const char *key)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *k = (char *) key;
+	AccountInfo *info = accounts_resolve(prog, &k, 1, false)[0];
+
+	MemoryContextSwitchTo(cxt); /* SPI leaves us in its own */
+	return as_earning(prog, info, key, cxt);
+}
+
+/* ---- the scan: what the source rows earn ---- */
+
+static uint32
+sum_hash(const void *key, Size keysize)
+{
+	const SumKey *k = key;
+
+	return hash_bytes((const unsigned char *) k->account, strlen(k->account)) ^
+		murmurhash32((uint32) k->month);
+}
+
+static int
+sum_match(const void *a, const void *b, Size keysize)
+{
+	const SumKey *x = a,
+			   *y = b;
+
+	return (x->month == y->month && strcmp(x->account, y->account) == 0) ? 0 : 1;
+}
+
+static uint32
+key_hash(const void *key, Size keysize)
+{
+	const char *s = *(const char *const *) key;
+
+	return hash_bytes((const unsigned char *) s, strlen(s));
+}
+
+static int
+key_match(const void *a, const void *b, Size keysize)
+{
+	return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+static HTAB *
+scan_table(const char *name, Size keysize, Size entrysize, HashValueFunc hash,
+		   HashCompareFunc match, MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = keysize;
+	ctl.entrysize = entrysize;
+	ctl.hash = hash;
+	ctl.match = match;
+	ctl.hcxt = cxt;
+	return hash_create(name, 1024, &ctl, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+}
+
+/* A scan of one attachment's table; the caller is connected to SPI. */
+static void
+scan_init(SourceScan *s, MemoryContext parent, int32 attachment_id, DateADT since,
+		  const char *account, const char *what)
+{
+	memset(s, 0, sizeof(SourceScan));
+	s->att = mapping_get(attachment_id);
+	s->since = since;
+	s->account = account;
+	s->what = what;
+	s->cxt = AllocSetContextCreate(parent, "loyalty reconcile", ALLOCSET_DEFAULT_SIZES);
+	s->batch_cxt = AllocSetContextCreate(s->cxt, "loyalty reconcile batch", ALLOCSET_DEFAULT_SIZES);
+	s->sums = scan_table("loyalty reconcile sums", sizeof(SumKey), sizeof(SumEntry),
+						 sum_hash, sum_match, s->cxt);
+	s->accounts = scan_table("loyalty reconcile accounts", sizeof(char *), sizeof(AccountEntry),
+							 key_hash, key_match, s->cxt);
+}
+
+static bool
+wanted(SourceScan *s, const char *account)
+{
+	return account != NULL && (s->account == NULL || strcmp(account, s->account) == 0);
+}
+
+/* The accounts of a batch that the scan has not met yet, in one look-up. */
+static void
+resolve_accounts(SourceScan *s, RowFacts *rows, int n)
+{
+	char	  **keys = palloc(sizeof(char *) * (n + 1));
+	AccountEntry **ents = palloc(sizeof(AccountEntry *) * (n + 1));
+	AccountInfo **info;
+	int			nk = 0,
+				i;
+
+	for (i = 0; i < n; i++)
+	{
+		AccountEntry *e;
+		bool		found;
+
+		if (!wanted(s, rows[i].account))
+			continue;
+		e = hash_search(s->accounts, &rows[i].account, HASH_ENTER, &found);
+		if (found)
+			continue;
+		e->key = MemoryContextStrdup(s->cxt, rows[i].account);
+		e->info = NULL;
+		e->from_since = false;
+		keys[nk] = (char *) e->key;
+		ents[nk++] = e;
+	}
+	if (nk == 0)
+		return;
+	info = accounts_resolve(s->att->program, keys, nk, false);
+	MemoryContextSwitchTo(s->batch_cxt);
+	for (i = 0; i < nk; i++)
+		ents[i]->info = as_earning(s->att->program, info[i], ents[i]->key, s->cxt);
+}
+
+static void
+add_row(SourceScan *s, RowFacts *f)
+{
+	AccountEntry *e;
+	RowResult	r;
+	SumKey		k;
+	SumEntry   *sum;
+	bool		found;
+	MemoryContext old;
+
+	if (!wanted(s, f->account))
+		return;
+	e = hash_search(s->accounts, &f->account, HASH_FIND, NULL);
+	if (f->has_date && f->date >= s->since)
+		e->from_since = true;
+	rules_row_points(s->att->program, e->info, f, &r);
+	if ((r.status != ROW_EARNS && r.status != ROW_BELOW_MINIMUM && r.status != ROW_CONTROL) ||
+		r.month < s->since)
+		return;
+	k.account = e->key;
+	k.month = r.month;
+	sum = hash_search(s->sums, &k, HASH_ENTER, &found);
+	if (!found)
+	{
+		sum->points = 0;
+		memset(&sum->qualifying, 0, sizeof(FixedSum));
+		sum->rows = 0;
+	}
+	sum->points += (int128) r.points + r.bonus;
+	sum->rows++;
+	old = MemoryContextSwitchTo(s->cxt);	/* the sum outlives the batch */
+	fixed_sum_add(&sum->qualifying, r.qualifying, 1);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Opens the facts query as the caller.  A role that may not read every row
+ * (no SELECT on the table or its header, or a row-level security policy
+ * that applies: with row_security off, PostgreSQL refuses instead of
+ * filtering) gets loyalty's error, never a partial reconciliation.
+ */
+static Portal
+open_facts(SourceScan *s, const char *sql)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Portal volatile portal = NULL;
+
+	PG_TRY();
+	{
+		portal = SPI_cursor_open_with_args(NULL, sql, 0, NULL, NULL, NULL, true, 0);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_INSUFFICIENT_PRIVILEGE)
+			PG_RE_THROW();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s cannot read every row of %s", s->what, s->att->source_name),
+				 errdetail("%s", edata->message),
+				 errhint("Run it as a role that may read every row of the table%s: one with SELECT on %s that no row-level security policy filters (the table's owner, or a role with BYPASSRLS).",
+						 s->att->has_header ? " and of its header table" : "",
+						 s->att->has_header ? "both" : "it")));
+	}
+	PG_END_TRY();
+	return portal;
+}
+
+/* Scans the source as the caller; the caller is connected to SPI. */
+static void
+scan_source(SourceScan *s, const char *facts_sql)
+{
+	char	   *sql = psprintf("SELECT " RECONCILE_FACTS_COLUMNS " FROM (%s) f", facts_sql);
+	int			nest = NewGUCNestLevel();
+	Portal		portal;
+
+	(void) set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	accounts_begin();
+	portal = open_facts(s, sql);
+	for (;;)
+	{
+		SPITupleTable *batch;
+		RowFacts   *rows;
+		uint64		n,
+					i;
+
+		SPI_cursor_fetch(portal, true, SCAN_BATCH);
+		if (SPI_processed == 0)
+			break;
+		batch = SPI_tuptable;
+		n = SPI_processed;
+		MemoryContextSwitchTo(s->batch_cxt);
+		rows = palloc(sizeof(RowFacts) * n);
+		for (i = 0; i < n; i++)
+			reconcile_row_facts(s->att, batch->vals[i], batch->tupdesc, &rows[i]);
+		resolve_accounts(s, rows, (int) n);
+		for (i = 0; i < n; i++)
+			add_row(s, &rows[i]);
+		SPI_freetuptable(batch);
+		MemoryContextReset(s->batch_cxt);
+	}
+	SPI_cursor_close(portal);
+	AtEOXact_GUC(true, nest);
+}
+
+/* ---- comparing with what was accrued, as the owner ---- */
+
+static Numeric
+int128_numeric(int128 v)
+{
+	const int64 base = INT64CONST(1000000000000000000);
+
+	if (v >= PG_INT64_MIN && v <= PG_INT64_MAX)
+		return int64_to_numeric((int64) v);
+	return numeric_add_opt_error(numeric_mul_opt_error(int64_to_numeric((int64) (v / base)),
+													   int64_to_numeric(base), NULL),
+								 int64_to_numeric((int64) (v % base)), NULL);
+}
+
+/*
+ * The (account, month)s whose sums differ from what the attachments of the
+ * same table accrued: (account, month, points expected, accrued, qualifying
+ * expected, accrued, rows expected, accrued), in (account, month) order.
+ */
+#define DIFF_SQL \
+	"WITH src AS (" \
+	"  SELECT u.k, u.m, u.p, u.q, u.r FROM ROWS FROM (pg_catalog.unnest($5::pg_catalog.text[])," \
+	"    pg_catalog.unnest($6::pg_catalog.date[]), pg_catalog.unnest($7::pg_catalog.numeric[])," \
+	"    pg_catalog.unnest($8::pg_catalog.numeric[]), pg_catalog.unnest($9::pg_catalog.int8[])) AS u(k, m, p, q, r))," \
+	" acc AS (" \
+	"  SELECT m.account_key AS k, m.month AS m, pg_catalog.sum(m.points) AS p," \
+	"         pg_catalog.sum(m.qualifying) AS q, pg_catalog.sum(m.source_rows) AS r" \
+	"  FROM loyalty.accrual_month m" \
+	"  WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.month OPERATOR(pg_catalog.>=) $3" \
+	"    AND ($4::pg_catalog.text IS NULL OR m.account_key OPERATOR(pg_catalog.=) $4)" \
+	"    AND m.attachment_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.attachment_id FROM loyalty.attachment x" \
+	"        WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $2))" \
+	"  GROUP BY 1, 2)," \
+	" j AS (" \
+	"  SELECT coalesce(s.k, c.k) AS k, coalesce(s.m, c.m) AS m," \
+	"         coalesce(s.p, 0) AS sp, coalesce(c.p, 0) AS cp, coalesce(s.q, 0) AS sq, coalesce(c.q, 0) AS cq," \
+	"         coalesce(s.r, 0)::pg_catalog.numeric AS sr, coalesce(c.r, 0) AS cr" \
+	"  FROM src s FULL JOIN acc c ON c.k OPERATOR(pg_catalog.=) s.k AND c.m OPERATOR(pg_catalog.=) s.m)" \
+	" SELECT j.k, j.m, j.sp, j.cp, j.sq, j.cq, j.sr, j.cr FROM j" \
+	" WHERE j.sp OPERATOR(pg_catalog.<>) j.cp OR j.sq OPERATOR(pg_catalog.<>) j.cq" \
+	"    OR j.sr OPERATOR(pg_catalog.<>) j.cr" \
+	" ORDER BY j.k COLLATE \"C\", j.m"
+
+/* Leaves the differences in SPI_tuptable. */
+static void
+diff_accrued(SourceScan *s, const Target *t)
+{
+	long		n = hash_get_num_entries(s->sums);
+	char	  **k = palloc(sizeof(char *) * (n + 1));
+	DateADT    *m = palloc(sizeof(DateADT) * (n + 1));
+	Numeric    *p = palloc(sizeof(Numeric) * (n + 1));
+	Numeric    *q = palloc(sizeof(Numeric) * (n + 1));
+	int64	   *r = palloc(sizeof(int64) * (n + 1));
+	Oid			argtypes[9] = {INT4OID, OIDOID, DATEOID, TEXTOID, TEXTARRAYOID, DATEARRAYOID,
+	NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
+	Datum		values[9];
+	char		nulls[10] = "         ";
+	HASH_SEQ_STATUS seq;
+	SumEntry   *e;
+	int			i = 0;
+
+	hash_seq_init(&seq, s->sums);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		k[i] = (char *) e->key.account;
+		m[i] = e->key.month;
+		p[i] = int128_numeric(e->points);
+		q[i] = fixed_sum_value(&e->qualifying);
+		r[i++] = e->rows;
+	}
+	values[0] = Int32GetDatum(t->program_id);
+	values[1] = ObjectIdGetDatum(t->source);
+	values[2] = DateADTGetDatum(s->since);
+	values[3] = s->account ? CStringGetTextDatum(s->account) : (Datum) 0;
+	nulls[3] = s->account ? ' ' : 'n';
+	values[4] = loyalty_text_array(k, NULL, i);
+	values[5] = loyalty_date_array(m, i);
+	values[6] = loyalty_numeric_array(p, i);
+	values[7] = loyalty_numeric_array(q, i);
+	values[8] = loyalty_int8_array(r, i);
+	reconcile_owner_query(DIFF_SQL, 9, argtypes, values, nulls, true);
+}
+
+/* ---- verify ---- */
+
+static void
+put_item(ReturnSetInfo *rsi, HeapTuple tup, TupleDesc desc, int32 attachment_id,
+		 const char *item, int col)
+{
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
+	Datum		e = SPI_getbinval(tup, desc, col, &nulls[4]);
+	Datum		a = SPI_getbinval(tup, desc, col + 1, &nulls[5]);
+
+	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, e, a)) == 0)
+		return;
+	values[0] = SPI_getbinval(tup, desc, 1, &nulls[0]);
+	values[1] = SPI_getbinval(tup, desc, 2, &nulls[1]);
+	values[2] = Int32GetDatum(attachment_id);
+	values[3] = CStringGetTextDatum(item);
+	values[4] = e;
+	values[5] = a;
+	tuplestore_putvalues(rsi->setResult, rsi->setDesc, values, nulls);
+}
+
+/* Rows of an owner's query with verify's own columns, as they are. */
+static void
+put_owner_rows(ReturnSetInfo *rsi, const char *sql, int32 program_id)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		arg = Int32GetDatum(program_id);
+	uint64		i;
+
+	reconcile_owner_query(sql, 1, argtypes, &arg, NULL, true);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		Datum		values[6];
+		bool		nulls[6];
+		int			c;
+
+		for (c = 0; c < 6; c++)
+			values[c] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+		tuplestore_putvalues(rsi->setResult, rsi->setDesc, values, nulls);
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+static int32
+program_id_of(Datum program, bool isnull)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	bool		nullres;
+
+	reconcile_owner_query("SELECT loyalty._program_id($1)", 1, argtypes, &program,
+						  isnull ? "n" : NULL, true);
+	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &nullres));
+}
+
+PG_FUNCTION_INFO_V1(loyalty_verify);
+/*
+ * loyalty.verify(program): every difference between what the attached
+ * tables' rows earn and what was accrued, and between the per-month sums,
+ * the ledger and the balances; the attached tables' triggers.
+ */
+Datum
+loyalty_verify(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsi = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt;
+	int32		pid;
+	Target	   *targets;
+	int			ntargets,
+				i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	cxt = CurrentMemoryContext;
+	SPI_connect();
+	pid = program_id_of(PG_GETARG_DATUM(0), PG_ARGISNULL(0));
+	put_owner_rows(rsi, "SELECT * FROM loyalty._verify_attachments($1)", pid);
+
+	targets = program_targets(pid, cxt, &ntargets);
+	for (i = 0; i < ntargets; i++)
+	{
+		SourceScan		s;
+		uint64		j;
+
+		scan_init(&s, cxt, targets[i].attachment_id, DATEVAL_NOBEGIN, NULL, "loyalty.verify()");
+		scan_source(&s, targets[i].facts_sql);
+		MemoryContextSwitchTo(s.cxt);
+		diff_accrued(&s, &targets[i]);
+		for (j = 0; j < SPI_processed; j++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[j];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+
+			put_item(rsi, tup, desc, targets[i].attachment_id, "points", 3);
+			put_item(rsi, tup, desc, targets[i].attachment_id, "qualifying", 5);
+			put_item(rsi, tup, desc, targets[i].attachment_id, "source_rows", 7);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		MemoryContextDelete(s.cxt);
+	}
+
+	put_owner_rows(rsi, "SELECT * FROM loyalty._verify_books($1)", pid);
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/* ---- backfill and restatement: posting the difference ---- */
+
+typedef struct Posted
+{
+	MemoryContext cxt;			/* of qualifying */
+	int32		accounts;
+	int32		months;
+	int64		source_rows;
+	int64		points;
+	Numeric		qualifying;
+} Posted;
+
+static int64
+numeric_difference_int8(Datum a, Datum b)
+{
+	Numeric		d = numeric_sub_opt_error(DatumGetNumeric(a), DatumGetNumeric(b), NULL);
+
+	return DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(d)));
+}
+
+/*
+ * Posts the differences in SPI_tuptable through the trigger's own path
+ * (caps, balances, tier upgrades), and adds them up into *out.
+ */
+static void
+post_differences(SourceScan *s, const char *kind, Posted *out)
+{
+	SPITupleTable *tt = SPI_tuptable;
+	uint64		n = SPI_processed,
+				i;
+	MonthDelta *d;
+	char	  **keys;
+	int			nkeys = 0;
+	Numeric		zero;
+
+	MemoryContextSwitchTo(s->cxt);
+	d = palloc0(sizeof(MonthDelta) * (n + 1));
+	keys = palloc(sizeof(char *) * (n + 1));
+	zero = int64_to_numeric(0);
+	for (i = 0; i < n; i++)
+	{
+		HeapTuple	tup = tt->vals[i];
+		TupleDesc	desc = tt->tupdesc;
+		bool		isnull;
+
+		d[i].account = SPI_getvalue(tup, desc, 1);
+		d[i].month = DatumGetDateADT(SPI_getbinval(tup, desc, 2, &isnull));
+		/* signed: what the month lacks (or, after drift, has too much) */
+		d[i].points_new = numeric_difference_int8(SPI_getbinval(tup, desc, 3, &isnull),
+												  SPI_getbinval(tup, desc, 4, &isnull));
+		d[i].qual_new = numeric_sub_opt_error(DatumGetNumeric(SPI_getbinval(tup, desc, 5, &isnull)),
+											  DatumGetNumeric(SPI_getbinval(tup, desc, 6, &isnull)), NULL);
+		d[i].qual_old = zero;
+		d[i].rows_new = numeric_difference_int8(SPI_getbinval(tup, desc, 7, &isnull),
+												SPI_getbinval(tup, desc, 8, &isnull));
+		if (nkeys == 0 || strcmp(keys[nkeys - 1], d[i].account) != 0)
+			keys[nkeys++] = d[i].account;
+		out->source_rows += d[i].rows_new;
+		if (pg_add_s64_overflow(out->points, d[i].points_new, &out->points))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("the points %s would post are out of range for type bigint", s->what)));
+		MemoryContextSwitchTo(out->cxt);
+		out->qualifying = numeric_add_opt_error(out->qualifying, d[i].qual_new, NULL);
+		MemoryContextSwitchTo(s->cxt);
+	}
+	SPI_freetuptable(tt);
+	out->accounts += nkeys;
+	out->months += (int32) n;
+	if (n == 0)
+		return;
+	/* accounts the trigger would have enrolled are enrolled first */
+	(void) accounts_resolve(s->att->program, keys, nkeys, true);
+	MemoryContextSwitchTo(s->cxt);
+	ledger_post(s->att->program, s->att->id, d, (int) n, kind, kind, kind);
+	MemoryContextSwitchTo(s->cxt);
+}
+
+/*
+ * Under automatic enrolment the customers of the rows from since on are
+ * members from day one, as their first invoice would have made them.
+ */
+static void
+enroll_customers(SourceScan *s)
+{
+	HASH_SEQ_STATUS seq;
+	AccountEntry *e;
+	char	  **keys = palloc(sizeof(char *) * (hash_get_num_entries(s->accounts) + 1));
+	int			n = 0;
+
+	if (!s->att->program->auto_enroll)
+		return;
+	hash_seq_init(&seq, s->accounts);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->from_since)
+			keys[n++] = (char *) e->key;
+	if (n > 0)
+		(void) accounts_resolve(s->att->program, keys, n, true);
+	MemoryContextSwitchTo(s->cxt);
+}
+
+/*
+ * Recomputes one attachment's rows (of one account, or all) from a month
+ * on and posts what they lack.  Reads under a snapshot taken now, after
+ * whatever lock or write came before, so that what the scan sees and what
+ * it compares with are the same moment.
+ */
+static void
+reconcile_post(const Target *t, DateADT since, const char *account, const char *kind,
+			   const char *what, bool enroll, Posted *out)
+{
+	SourceScan		s;
+
+	scan_init(&s, out->cxt, t->attachment_id, since, account, what);
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	scan_source(&s, t->facts_sql);
+	if (enroll)
+		enroll_customers(&s);
+	MemoryContextSwitchTo(s.cxt);
+	diff_accrued(&s, t);
+	post_differences(&s, kind, out);
+	PopActiveSnapshot();
+	MemoryContextSwitchTo(out->cxt);
+	MemoryContextDelete(s.cxt);
+}
+
+PG_FUNCTION_INFO_V1(loyalty_backfill);
+/*
+ * loyalty.backfill(source, program, since): posts what the rows dated from
+ * since's month on earn and have not accrued.
+ */
+Datum
+loyalty_backfill(PG_FUNCTION_ARGS)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	TupleDesc	desc;
+	Oid			argtypes[2] = {REGCLASSOID, TEXTOID};
+	Datum		args[2];
+	char		nulls[3] = "  ";
+	Target	   *t;
+	int			n;
+	Posted		posted = {0};
+	Datum		values[5];
+	bool		rnulls[5] = {false, false, false, false, false};
+	HeapTuple	result;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = PG_GETARG_DATUM(1);
+	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
+	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+
+	SPI_connect();
+	t = read_targets("SELECT " TARGET_COLUMNS " FROM loyalty._attachment_of($1, $2) x",
+					 2, argtypes, args, nulls, cxt, &n);
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("since must not be NULL"),
+				 errhint("Use '-infinity' to backfill the whole history.")));
+	/* one backfill of an attachment at a time; concurrent ERP writes go on */
+	args[0] = Int32GetDatum(t->attachment_id);
+	argtypes[0] = INT4OID;
+	reconcile_owner_query("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.backfill'), $1)",
+						  1, argtypes, args, NULL, false);
+
+	MemoryContextSwitchTo(cxt);
+	posted.cxt = cxt;
+	posted.qualifying = int64_to_numeric(0);
+	reconcile_post(t, loyalty_month_start(PG_GETARG_DATEADT(2)), NULL, "backfill",
+				   "loyalty.backfill()", true, &posted);
+
+	MemoryContextSwitchTo(cxt);
+	values[0] = Int32GetDatum(posted.accounts);
+	values[1] = Int32GetDatum(posted.months);
+	values[2] = Int64GetDatum(posted.source_rows);
+	values[3] = Int64GetDatum(posted.points);
+	values[4] = NumericGetDatum(posted.qualifying);
+	result = heap_form_tuple(desc, values, rnulls);
+	SPI_finish();
+	return HeapTupleGetDatum(result);
+}
+
+/* ---- enroll ---- */
+
+/* Whoever may backfill may restate: both post what documents earn anew. */
+static bool
+may_restate(void)
+{
+	bool		isnull;
+
+	if (SPI_execute("SELECT pg_catalog.has_function_privilege("
+					"'loyalty.backfill(pg_catalog.regclass, pg_catalog.text, pg_catalog.date)', 'EXECUTE')",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not check the privileges of a restatement");
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+PG_FUNCTION_INFO_V1(loyalty_enroll);
+/*
+ * loyalty.enroll(program, account_key, ...): the writes as the owner
+ * (loyalty._enroll); when the enrolment date changed for an account with
+ * postings, its documents are recomputed as the caller and restated.
+ */
+Datum
+loyalty_enroll(PG_FUNCTION_ARGS)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Oid			argtypes[8] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, NUMERICOID, TEXTOID, DATEOID};
+	Datum		args[8];
+	char		nulls[9];
+	bool		isnull;
+	int32		pid;
+	bool		restate;
+	char	   *account;
+	int			i;
+
+	for (i = 0; i < 8; i++)
+	{
+		args[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	nulls[8] = '\0';
+
+	SPI_connect();
+	reconcile_owner_query("SELECT e.enrolled_program, e.restate FROM loyalty._enroll($1, $2, $3, $4, $5, $6, $7, $8) e",
+						  8, argtypes, args, nulls, false);
+	pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	restate = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (restate)
+	{
+		Target	   *t;
+		int			n;
+		Posted		posted = {0};
+
+		MemoryContextSwitchTo(cxt);
+		account = TextDatumGetCString(PG_GETARG_DATUM(1));
+		if (!may_restate())
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("changing enrolled_from of account \"%s\" restates its documents", account),
+					 errdetail("The account has postings; which of its documents earn would change."),
+					 errhint("Ask a member of loyalty_admin to change it.")));
+		t = program_targets(pid, cxt, &n);
+		MemoryContextSwitchTo(cxt);
+		posted.cxt = cxt;
+		posted.qualifying = int64_to_numeric(0);
+		for (i = 0; i < n; i++)
+			reconcile_post(&t[i], DATEVAL_NOBEGIN, account, "restate",
+						   "the restatement of enroll()", false, &posted);
+	}
+	SPI_finish();
+	PG_RETURN_VOID();
+}

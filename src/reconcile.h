@@ -1,0 +1,29 @@
+/*
+ * reconcile.h — what the rows of an attached ERP table should have accrued,
+ * recomputed with the trigger's own points function: read as the caller,
+ * compared and posted as the extension owner.
+ */
+#ifndef LOYALTY_RECONCILE_H
+#define LOYALTY_RECONCILE_H
+
+#include "mapping.h"
+
+/*
+ * The columns of a facts query: SELECT RECONCILE_FACTS_COLUMNS FROM
+ * (<loyalty._facts_sql(attachment)>) f.
+ */
+#define RECONCILE_FACTS_COLUMNS \
+	"f.row_key, f.account_key, f.doc_date, f.amount, f.quantity, f.product_line," \
+	" f.currency, f.doc_type, f.due_date, f.paid_date, f.header_found"
+
+/* A row of a facts query as the points function takes it. */
+extern void reconcile_row_facts(Attachment *att, HeapTuple tup, TupleDesc desc, RowFacts *f);
+
+/* The account of a row as the points function takes it (auto enrolment included). */
+extern AccountInfo *reconcile_account(Program *prog, const char *key);
+
+/* Runs a query as the extension owner; the caller is connected to SPI. */
+extern int	reconcile_owner_query(const char *sql, int nargs, Oid *argtypes,
+								  Datum *values, const char *nulls, bool read_only);
+
+#endif
