@@ -37,6 +37,51 @@ arg_date(FunctionCallInfo fcinfo, int i, DateADT *out)
 	return true;
 }
 
+/*
+ * The row_points tuple of a result.  Called in the caller's memory context
+ * while still connected to SPI: r's numerics and strings live in SPI's
+ * procedure context, which SPI_finish() releases, so everything they hold is
+ * copied into the tuple first.
+ */
+static HeapTuple
+row_points_tuple(TupleDesc desc, const Attachment *att, const RowResult *r)
+{
+	Datum		values[15];
+	bool		nulls[15];
+
+	memset(nulls, true, sizeof(nulls));
+#define SET(i_, d_) do { values[i_] = (d_); nulls[i_] = false; } while (0)
+	SET(0, CStringGetTextDatum(rules_status_name(r->status)));
+	if (r->reason)
+		SET(1, CStringGetTextDatum(r->reason));
+	if (r->rule)
+	{
+		SET(2, DateADTGetDatum(r->rule->valid_from));
+		SET(4, NumericGetDatum(r->rule->points_per_unit));
+	}
+	if (r->basis)
+		SET(3, NumericGetDatum(r->basis));
+	if (r->pl_factor)
+		SET(5, NumericGetDatum(r->pl_factor));
+	if (r->tier_on_date)
+		SET(6, CStringGetTextDatum(r->tier_on_date));
+	if (r->tier_factor)
+		SET(7, NumericGetDatum(r->tier_factor));
+	if (r->segment_factor)
+		SET(8, NumericGetDatum(r->segment_factor));
+	if (r->raw_points)
+		SET(9, NumericGetDatum(r->raw_points));
+	SET(10, CStringGetTextDatum(rules_rounding_name(att->program->rounding)));
+	SET(11, Int64GetDatum(r->points));
+	SET(12, Int64GetDatum(r->bonus));
+	if (r->qualifying)
+		SET(13, NumericGetDatum(r->qualifying));
+	if (r->status != ROW_REJECTED)
+		SET(14, DateADTGetDatum(r->month));
+#undef SET
+	return heap_form_tuple(desc, values, nulls);
+}
+
 PG_FUNCTION_INFO_V1(loyalty_row_points);
 /*
  * loyalty._row_points(attachment, account, amount, quantity, doc_date,
@@ -46,13 +91,13 @@ PG_FUNCTION_INFO_V1(loyalty_row_points);
 Datum
 loyalty_row_points(PG_FUNCTION_ARGS)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	TupleDesc	desc;
 	Attachment *att;
 	RowFacts	f;
 	RowResult	r;
 	AccountInfo *info = NULL;
-	Datum		values[15];
-	bool		nulls[15];
+	HeapTuple	result;
 	char	   *doc_type;
 	int			i;
 
@@ -94,39 +139,12 @@ loyalty_row_points(PG_FUNCTION_ARGS)
 			info->enrolled = true;
 	}
 	rules_row_points(att->program, info, &f, &r);
-	SPI_finish();
 
-	memset(nulls, true, sizeof(nulls));
-#define SET(i_, d_) do { values[i_] = (d_); nulls[i_] = false; } while (0)
-	SET(0, CStringGetTextDatum(rules_status_name(r.status)));
-	if (r.reason)
-		SET(1, CStringGetTextDatum(r.reason));
-	if (r.rule)
-	{
-		SET(2, DateADTGetDatum(r.rule->valid_from));
-		SET(4, NumericGetDatum(r.rule->points_per_unit));
-	}
-	if (r.basis)
-		SET(3, NumericGetDatum(r.basis));
-	if (r.pl_factor)
-		SET(5, NumericGetDatum(r.pl_factor));
-	if (r.tier_on_date)
-		SET(6, CStringGetTextDatum(r.tier_on_date));
-	if (r.tier_factor)
-		SET(7, NumericGetDatum(r.tier_factor));
-	if (r.segment_factor)
-		SET(8, NumericGetDatum(r.segment_factor));
-	if (r.raw_points)
-		SET(9, NumericGetDatum(r.raw_points));
-	SET(10, CStringGetTextDatum(rules_rounding_name(att->program->rounding)));
-	SET(11, Int64GetDatum(r.points));
-	SET(12, Int64GetDatum(r.bonus));
-	if (r.qualifying)
-		SET(13, NumericGetDatum(r.qualifying));
-	if (r.status != ROW_REJECTED)
-		SET(14, DateADTGetDatum(r.month));
-#undef SET
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	/* the result outlives SPI_finish(): form it in the caller's context */
+	MemoryContextSwitchTo(caller);
+	result = row_points_tuple(desc, att, &r);
+	SPI_finish();
+	PG_RETURN_DATUM(HeapTupleGetDatum(result));
 }
 
 PG_FUNCTION_INFO_V1(loyalty_cap_for_month);
