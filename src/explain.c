@@ -163,6 +163,8 @@ loyalty_cap_for_month(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	desc = BlessTupleDesc(desc);
+	if (DATE_NOT_FINITE(PG_GETARG_DATEADT(1)))
+		PG_RETURN_NULL();		/* no calendar period holds it */
 	SPI_connect();
 	prog = mapping_get_program(PG_GETARG_INT32(0));
 	cap = ledger_cap_for_month(prog, loyalty_month_start(PG_GETARG_DATEADT(1)), &ps, &pe);
@@ -175,74 +177,98 @@ loyalty_cap_for_month(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
+/*
+ * _post_backfill's arrays as MonthDelta: one per (account, month), in
+ * strictly ascending (account, month) order, keys that could be enrolled,
+ * finite first days of months and finite numbers, or a clear error.
+ */
+static MonthDelta *
+backfill_deltas(FunctionCallInfo fcinfo, int *n)
+{
+	Datum	   *k = loyalty_array_items(PG_GETARG_DATUM(1), TEXTOID, "", "accounts", -1, NULL, n);
+	Datum	   *m = loyalty_array_items(PG_GETARG_DATUM(2), DATEOID, "", "months", *n, "accounts", n);
+	Datum	   *p = loyalty_array_items(PG_GETARG_DATUM(3), INT8OID, "", "points", *n, "accounts", n);
+	Datum	   *q = loyalty_array_items(PG_GETARG_DATUM(4), NUMERICOID, "", "qualifying", *n, "accounts", n);
+	Datum	   *r = loyalty_array_items(PG_GETARG_DATUM(5), INT8OID, "", "source_rows", *n, "accounts", n);
+	MonthDelta *d = palloc0(sizeof(MonthDelta) * (*n + 1));
+	Numeric		zero = int64_to_numeric(0);
+	int			i;
+
+	for (i = 0; i < *n; i++)
+	{
+		const char *problem;
+
+		d[i].account = TextDatumGetCString(k[i]);
+		d[i].month = DatumGetDateADT(m[i]);
+		/* signed: what the month lacks (or, after drift, has too much) */
+		d[i].points_new = DatumGetInt64(p[i]);
+		d[i].qual_new = DatumGetNumeric(q[i]);
+		d[i].qual_old = zero;
+		d[i].rows_new = DatumGetInt64(r[i]);
+		if ((problem = rules_account_key_problem(d[i].account)) != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("accounts element %d is invalid: %s", i + 1, problem)));
+		if (DATE_NOT_FINITE(d[i].month))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("months element %d is not a finite date", i + 1)));
+		if (loyalty_month_start(d[i].month) != d[i].month)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("months element %d is not the first day of a month", i + 1)));
+		if (numeric_is_nan(d[i].qual_new) || numeric_is_inf(d[i].qual_new))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("qualifying element %d is not a finite number", i + 1)));
+		if (i > 0)
+		{
+			int			c = strcmp(d[i - 1].account, d[i].account);
+
+			if (c > 0 || (c == 0 && d[i - 1].month >= d[i].month))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("backfill sums must be in strictly ascending (account, month) order"),
+						 errdetail("Element %d does not follow element %d.", i + 1, i)));
+		}
+	}
+	return d;
+}
+
 PG_FUNCTION_INFO_V1(loyalty_post_backfill);
 /*
  * loyalty._post_backfill(attachment, accounts text[], months date[],
- * points int8[], qualifying numeric[], rows int8[]): posts what backfill
- * found missing, through the same path as the trigger (caps, balances,
- * tier upgrades).  Arrays must be sorted by (account, month).
+ * points int8[], qualifying numeric[], rows int8[], kind): posts what
+ * backfill found missing, through the same path as the trigger (caps,
+ * balances, tier upgrades).  Arrays must be sorted by (account, month).
  */
 Datum
 loyalty_post_backfill(PG_FUNCTION_ARGS)
 {
 	Attachment *att;
-	Datum	   *k,
-			   *m,
-			   *p,
-			   *q,
-			   *r;
-	int			nk,
-				nm,
-				np,
-				nq,
-				nr,
-				i;
+	char	   *kind = PG_NARGS() > 6 ? TextDatumGetCString(PG_GETARG_DATUM(6)) : "backfill";
 	MonthDelta *d;
-	Numeric		zero = int64_to_numeric(0);
+	char	  **keys;
+	int			n,
+				nkeys = 0,
+				i;
 
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false, TYPALIGN_INT, &k, NULL, &nk);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), DATEOID, 4, true, TYPALIGN_INT, &m, NULL, &nm);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &p, NULL, &np);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(4), NUMERICOID, -1, false, TYPALIGN_INT, &q, NULL, &nq);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(5), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &r, NULL, &nr);
-	if (nm != nk || np != nk || nq != nk || nr != nk)
+	if (strcmp(kind, "backfill") != 0 && strcmp(kind, "restate") != 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("backfill arrays differ in length")));
-	d = palloc0(sizeof(MonthDelta) * (nk + 1));
-	for (i = 0; i < nk; i++)
-	{
-		int64		pts = DatumGetInt64(p[i]);
-		int64		rows = DatumGetInt64(r[i]);
-		Numeric		qual = DatumGetNumeric(q[i]);
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown posting kind \"%s\"", kind),
+				 errhint("The kinds are backfill and restate.")));
+	d = backfill_deltas(fcinfo, &n);
+	keys = palloc(sizeof(char *) * (n + 1));
+	for (i = 0; i < n; i++)
+		if (nkeys == 0 || strcmp(keys[nkeys - 1], d[i].account) != 0)
+			keys[nkeys++] = d[i].account;
 
-		d[i].account = TextDatumGetCString(k[i]);
-		d[i].month = DatumGetDateADT(m[i]);
-		/* signed: what the month lacks (or, after drift, has too much) */
-		d[i].points_new = pts;
-		d[i].qual_new = qual;
-		d[i].qual_old = zero;
-		d[i].rows_new = rows;
-	}
 	SPI_connect();
 	att = mapping_get(PG_GETARG_INT32(0));
 	accounts_begin();
-	{
-		char	  **keys = palloc(sizeof(char *) * (nk + 1));
-		int			nkeys = 0;
-
-		for (i = 0; i < nk; i++)
-			if (nkeys == 0 || strcmp(keys[nkeys - 1], d[i].account) != 0)
-				keys[nkeys++] = d[i].account;
-		(void) accounts_resolve(att->program, keys, nkeys, true);
-	}
-	{
-		char	   *kind = PG_NARGS() > 6 ? TextDatumGetCString(PG_GETARG_DATUM(6)) : "backfill";
-
-		if (strcmp(kind, "backfill") != 0 && strcmp(kind, "restate") != 0)
-			elog(ERROR, "unknown posting kind \"%s\"", kind);
-		ledger_post(att->program, att->id, d, nk, kind, kind, kind);
-	}
+	(void) accounts_resolve(att->program, keys, nkeys, true);
+	ledger_post(att->program, att->id, d, n, kind, kind, kind);
 	SPI_finish();
 	PG_RETURN_VOID();
 }
