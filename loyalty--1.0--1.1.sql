@@ -676,3 +676,12 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.balance(text, text), @extschema@.tier(text, text),
     @extschema@.explain_points(regclass, text[]), @extschema@.verify(text)
 TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+-- ---------------------------------------------------------------------------
+-- The balance upsert passes a statement's per-month sums as typed arrays
+-- (rows of loyalty.balance): nothing decodes raw bytes any more, and the
+-- decoder, which crafted bytes could crash, is gone.
+DROP FUNCTION @extschema@._month_delta(bytea, integer);
+
+-- Row keys over 1024 bytes are stored shortened in the indexed row_key.
+COMMENT ON COLUMN @extschema@.rejected_event.row_key IS 'The row''s key in text form (a key over 1024 bytes: its first bytes and the MD5 of the whole, since the column is indexed).';

@@ -88,7 +88,6 @@ INSERT INTO decision VALUES
 ('loyalty._cap_for_month(integer,date)', '', false, true, 'internal'),
 -- Called per balance row inside the posting statement, as the owner; pure
 -- C, no SQL, no name resolved: no SET clause.
-('loyalty._month_delta(bytea,integer)', '', false, false, 'internal, per balance row'),
 ('loyalty._month_merge(date[],integer[],bigint[],numeric[],bigint[],date[],integer[],bigint[],numeric[],bigint[])',
  '', false, false, 'internal, per balance row');
 

@@ -16,9 +16,11 @@
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/md5.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -42,6 +44,7 @@ typedef struct StrEntry
 	const char *key;
 	void	   *value;
 	bool		in_new;			/* seen in an added row */
+	bool		bad_key;		/* accounts: a key that is never looked up or written */
 	MonthDelta *months;			/* accounts: sums per document month, sorted */
 	int			nmonths;
 	int			mcap;
@@ -85,6 +88,7 @@ str_enter(HTAB *h, const char *key, MemoryContext cxt, bool *found)
 		e->key = MemoryContextStrdup(cxt, key);
 		e->value = NULL;
 		e->in_new = false;
+		e->bad_key = false;
 		e->months = NULL;
 		e->nmonths = e->mcap = 0;
 	}
@@ -261,7 +265,12 @@ note_account(Batch *b, const char *account, bool in_new)
 	if (account == NULL)
 		return NULL;
 	if (b->last_noted == NULL || strcmp(b->last_noted->key, account) != 0)
+	{
 		b->last_noted = str_enter(b->accounts, account, b->cxt, &found);
+		/* empty or too long to index: its rows are rejected (rules.c) */
+		if (!found)
+			b->last_noted->bad_key = rules_account_key_problem(account) != NULL;
+	}
 	b->last_noted->in_new |= in_new;
 	return b->last_noted;
 }
@@ -448,6 +457,8 @@ resolve_accounts(Batch *b)
 	hash_seq_init(&seq, b->accounts);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
+		if (e->bad_key)
+			continue;
 		/* only added rows enrol; a removed row of an unknown account earned nothing */
 		if (e->in_new)
 		{
@@ -480,11 +491,33 @@ add_into(Batch *b, Numeric sum, Numeric x)
 	return r;
 }
 
+/*
+ * A row key as loyalty.rejected_event stores it.  The column is indexed (a
+ * btree entry holds about 2.7 kB), so a key longer than LOYALTY_MAX_KEY_BYTES
+ * is stored as its first bytes and the MD5 of the whole: never an error from
+ * our own INSERT, and the same text again when the row is settled.
+ */
+static char *
+stored_row_key(char *key)
+{
+	size_t		len;
+	char		md5[33];
+	const char *errstr = NULL;
+
+	if (key == NULL || (len = strlen(key)) <= LOYALTY_MAX_KEY_BYTES)
+		return key;
+	if (!pg_md5_hash(key, len, md5, &errstr))
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not compute the MD5 of a row key: %s", errstr)));
+	return psprintf("%.*s... (md5 %s)", pg_mbcliplen(key, (int) len, LOYALTY_MAX_KEY_BYTES - 64), key, md5);
+}
+
 static void
 add_reject(Batch *b, TupleTableSlot *slot, const RowFacts *f, const RowResult *r, TupleDesc desc)
 {
 	Reject	   *rj;
-	char	   *row_key = mapping_row_key(b->att, b->econtext, slot);
+	char	   *row_key = stored_row_key(mapping_row_key(b->att, b->econtext, slot));
 	Datum		row = ExecFetchSlotHeapTupleDatum(slot);
 	char	   *json = TextDatumGetCString(DirectFunctionCall1(row_to_json, row));
 	MemoryContext old = MemoryContextSwitchTo(b->cxt);
@@ -594,15 +627,15 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 						d->tier = info->tier;
 						if (rs->sign > 0)
 						{
-							d->points_new += r.points;
-							d->bonus_new += r.bonus;
+							d->points_new = ledger_add_points(d->points_new, r.points, b->prog, acct->key);
+							d->bonus_new = ledger_add_points(d->bonus_new, r.bonus, b->prog, acct->key);
 							fixed_sum_add(&d->qual_new_sum, r.qualifying, 1);
 							d->rows_new++;
 						}
 						else
 						{
-							d->points_old += r.points;
-							d->bonus_old += r.bonus;
+							d->points_old = ledger_add_points(d->points_old, r.points, b->prog, acct->key);
+							d->bonus_old = ledger_add_points(d->bonus_old, r.bonus, b->prog, acct->key);
 							fixed_sum_add(&d->qual_old_sum, r.qualifying, 1);
 							d->rows_old++;
 						}
@@ -638,7 +671,7 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 							b->settled_keys = MemoryContextAllocZero(b->cxt, sizeof(char *) * n);
 						}
 						old_reasons[rowno] = MemoryContextStrdup(b->cxt, r.reason);
-						b->settled_keys[rowno] = mapping_row_key(att, b->econtext, slot);
+						b->settled_keys[rowno] = stored_row_key(mapping_row_key(att, b->econtext, slot));
 						if (b->settled_keys[rowno])
 							b->settled_keys[rowno] = MemoryContextStrdup(b->cxt, b->settled_keys[rowno]);
 						b->nsettled = rowno + 1;

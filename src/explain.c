@@ -63,6 +63,8 @@ loyalty_cap_for_month(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	desc = BlessTupleDesc(desc);
+	if (DATE_NOT_FINITE(PG_GETARG_DATEADT(1)))
+		PG_RETURN_NULL();		/* no calendar period holds it */
 	SPI_connect();
 	prog = mapping_get_program(PG_GETARG_INT32(0));
 	cap = ledger_cap_for_month(prog, loyalty_month_start(PG_GETARG_DATEADT(1)), &ps, &pe);

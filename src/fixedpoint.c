@@ -134,6 +134,10 @@ fixed_sum_add(FixedSum *s, Numeric n, int sign)
 
 	if (fixed_from_numeric(n, &v, &dscale))
 	{
+		/*
+		 * Cannot overflow: each term is below 2^63 in magnitude, so int128
+		 * holds the sum of any number of rows a statement can have (2^63).
+		 */
 		s->fixed += sign > 0 ? (int128) v : -(int128) v;
 		if (dscale > s->dscale)
 			s->dscale = dscale;

@@ -10,16 +10,97 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "common/int.h"
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/lsyscache.h"
+#include "utils/typcache.h"
 
 #include "accounts.h"
 #include "ledger.h"
 
 static SPIPlanPtr balance_plan, balance_one_plan, balance_update_plan, capfix_plan, ledger_plan, ledger_one_plan, lock_plan, upgrade_plan;
+
+/* loyalty.balance's row type, the element type of balance_plan's array */
+static Oid	balance_type = InvalidOid;
+
+/*
+ * Points overflow.  A statement whose points for one account add up beyond
+ * bigint fails with this error instead of posting a wrapped sum: every row
+ * of it is valid on its own (a row whose own points do not fit is parked by
+ * rules.c), so there is no row to park, and parking an arbitrary one would
+ * make the result depend on the order of the rows.  The ERP's statement
+ * fails; no balance is ever corrupted.
+ */
+static void
+points_overflow(const Program *prog, const char *account, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("%s of account \"%s\" in loyalty program \"%s\" would exceed the bigint range",
+					what, account, prog->name),
+			 errdetail("Points are bigint: an account's balance, ledger entries and per-month sums must stay between -9223372036854775808 and 9223372036854775807."),
+			 errhint("The statement was not applied. Check the amounts of this account's rows.")));
+}
+
+int64
+ledger_add_points(int64 a, int64 b, const Program *prog, const char *account)
+{
+	int64		r;
+
+	if (unlikely(pg_add_s64_overflow(a, b, &r)))
+		points_overflow(prog, account, "points");
+	return r;
+}
+
+static int64
+sub_points(int64 a, int64 b, const Program *prog, const char *account)
+{
+	int64		r;
+
+	if (unlikely(pg_sub_s64_overflow(a, b, &r)))
+		points_overflow(prog, account, "points");
+	return r;
+}
+
+static int64
+add_rows(int64 a, int64 b, const Program *prog, const char *account)
+{
+	int64		r;
+
+	if (unlikely(pg_add_s64_overflow(a, b, &r)))
+		points_overflow(prog, account, "source rows");
+	return r;
+}
+
+/* A ledger entry's source_rows column is an integer. */
+static int32
+entry_rows(int64 rows, const Program *prog, const char *account)
+{
+	if (rows < 0 ? rows < -(int64) PG_INT32_MAX : rows > PG_INT32_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("source rows of account \"%s\" in loyalty program \"%s\" exceed the integer range",
+						account, prog->name),
+				 errdetail("One ledger entry sums %lld rows; loyalty.ledger.source_rows is an integer.",
+						   (long long) rows),
+				 errhint("Load the rows in several statements.")));
+	return (int32) Abs(rows);
+}
+
+/*
+ * Whether b.points + add stays in bigint, as SQL that cannot itself fail: a
+ * balance row that would overflow is left alone and missing from RETURNING,
+ * and ledger_post() names the account in a clear error.
+ */
+#define POINTS_FIT(add) \
+	" ((" add " OPERATOR(pg_catalog.>=) 0 AND b.points OPERATOR(pg_catalog.<=) (9223372036854775807 OPERATOR(pg_catalog.-) " add "))" \
+	"  OR (" add " OPERATOR(pg_catalog.<) 0 AND b.points OPERATOR(pg_catalog.>=) ((-9223372036854775807 OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.-) " add ")))"
 
 /* Adds a change to a balance row: totals, entry count, month sums merged. */
 #define BALANCE_ADD(points, qualifying, entries, month, att, pts, qual, rows) \
@@ -37,8 +118,50 @@ static SPIPlanPtr balance_plan, balance_one_plan, balance_update_plan, capfix_pl
 	" ON CONFLICT (program_id, account_key) DO UPDATE" \
 	BALANCE_ADD("excluded.points", "excluded.qualifying", "excluded.entry_count", "excluded.m_month", \
 				"excluded.m_attachment", "excluded.m_points", "excluded.m_qualifying", "excluded.m_source_rows") \
+	" WHERE" POINTS_FIT("excluded.points") \
 	BALANCE_RETURNING
 
+/* The row type of loyalty.balance as it is now (it changes when the extension is re-created). */
+static Oid
+current_balance_type(void)
+{
+	Oid			rel = get_relname_relid("balance", get_namespace_oid("loyalty", false));
+
+	if (!OidIsValid(rel))
+		elog(ERROR, "relation loyalty.balance does not exist");
+	return get_rel_type_id(rel);
+}
+
+
+static void
+prepare_balance_plan(void)
+{
+	Oid			type = current_balance_type();
+	Oid			t[2] = {INT4OID, InvalidOid};
+
+	if (balance_plan != NULL && type == balance_type)
+		return;
+	if (balance_plan != NULL)
+		SPI_freeplan(balance_plan);
+	balance_plan = NULL;
+	t[1] = get_array_type(type);
+
+	/*
+	 * One row per account: the totals, the entry numbers handed out, and
+	 * the per-month sums merged in.  The changes come as rows of the table's
+	 * own type, each with its month sums as typed arrays, so that nothing
+	 * has to be encoded or decoded.  ORDER BY gives the lock order.
+	 */
+	balance_plan = loyalty_prepare(
+		"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count,"
+		"  m_month, m_attachment, m_points, m_qualifying, m_source_rows)"
+		" SELECT $1, u.account_key, u.points, u.qualifying, u.entry_count,"
+		"  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows"
+		" FROM pg_catalog.unnest($2) AS u"
+		" ORDER BY u.account_key"
+		BALANCE_UPSERT_TAIL, 2, t);
+	balance_type = type;
+}
 
 /*
  * Prepares every posting plan, or none: a preparation that fails (a
@@ -51,25 +174,9 @@ prepare_plans(void)
 {
 	static bool prepared = false;
 
+	prepare_balance_plan();
 	if (prepared)
 		return;
-	{
-		Oid			t[7] = {INT4OID, INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, BYTEAARRAYOID};
-
-		/*
-		 * One row per account: the totals, the entry numbers handed out, and
-		 * the per-month sums merged in.  ORDER BY gives the lock order.
-		 */
-		balance_plan = loyalty_prepare(
-			"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count,"
-			"  m_month, m_attachment, m_points, m_qualifying, m_source_rows)"
-			" SELECT $1, u.k, u.p, u.q, u.n, x.m_month, x.m_attachment, x.m_points, x.m_qualifying, x.m_source_rows"
-			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-			"                 pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(k, p, q, n, d)"
-			"  CROSS JOIN LATERAL loyalty._month_delta(u.d, $2) AS x"
-			" ORDER BY u.k"
-			BALANCE_UPSERT_TAIL, 7, t);
-	}
 	{
 		Oid			t[11] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID,
 		DATEARRAYOID, INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
@@ -93,6 +200,7 @@ prepare_plans(void)
 			"UPDATE loyalty.balance AS b"
 			BALANCE_ADD("$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11")
 			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $3"
+			"   AND" POINTS_FIT("$4")
 			BALANCE_RETURNING, 11, t);
 	}
 	{
@@ -104,6 +212,7 @@ prepare_plans(void)
 			"  entry_count = b.entry_count OPERATOR(pg_catalog.+) 1"
 			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, c)"
 			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) u.k"
+			"   AND" POINTS_FIT("u.c")
 			" RETURNING b.account_key, b.entry_count", 3, t);
 	}
 	{
@@ -199,34 +308,83 @@ typedef struct MonthArrays
 	int64	   *rows;
 } MonthArrays;
 
+static char *
+iso_date(DateADT d)
+{
+	int			y,
+				m,
+				day;
+
+	if (DATE_NOT_FINITE(d))
+		return pstrdup(DATE_IS_NOBEGIN(d) ? "-infinity" : "infinity");
+	j2date(d + POSTGRES_EPOCH_JDATE, &y, &m, &day);
+	return psprintf("%04d-%02d-%02d", y, m, day);
+}
+
+/*
+ * Reads the five arrays (attachments and rows may be left out: (Datum) 0).
+ * Months are finite, in ascending (month, attachment) order without
+ * duplicates, sums of qualifying spend are finite numbers.
+ */
 static void
-arrays_read(MonthArrays *m, Datum mo, Datum at, Datum pt, Datum qu, Datum ro)
+arrays_read(MonthArrays *m, const char *prefix, Datum mo, Datum at, Datum pt, Datum qu, Datum ro)
 {
 	Datum	   *d;
 	int			n,
 				i;
 
-	deconstruct_array(DatumGetArrayTypeP(mo), DATEOID, 4, true, TYPALIGN_INT, &d, NULL, &n);
+	d = loyalty_array_items(mo, DATEOID, prefix, "month", -1, NULL, &n);
 	m->n = n;
 	m->month = palloc(sizeof(DateADT) * (n + 1));
 	for (i = 0; i < n; i++)
 		m->month[i] = DatumGetDateADT(d[i]);
-	m->attachment = palloc(sizeof(int32) * (n + 1));
+	m->attachment = palloc0(sizeof(int32) * (n + 1));
 	m->points = palloc(sizeof(int64) * (n + 1));
 	m->qualifying = palloc(sizeof(Numeric) * (n + 1));
-	m->rows = palloc(sizeof(int64) * (n + 1));
-#define READ(arr, oid, len, byval, align, field, conv) \
-	do { int n2; \
-		deconstruct_array(DatumGetArrayTypeP(arr), oid, len, byval, align, &d, NULL, &n2); \
-		if (n2 != n) elog(ERROR, "loyalty.balance month arrays differ in length"); \
-		for (i = 0; i < n; i++) m->field[i] = conv(d[i]); } while (0)
+	m->rows = palloc0(sizeof(int64) * (n + 1));
 	if (at != (Datum) 0)
-		READ(at, INT4OID, 4, true, TYPALIGN_INT, attachment, DatumGetInt32);
-	READ(pt, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, points, DatumGetInt64);
-	READ(qu, NUMERICOID, -1, false, TYPALIGN_INT, qualifying, DatumGetNumeric);
+	{
+		d = loyalty_array_items(at, INT4OID, prefix, "attachment", n, "month", &n);
+		for (i = 0; i < n; i++)
+			m->attachment[i] = DatumGetInt32(d[i]);
+	}
+	d = loyalty_array_items(pt, INT8OID, prefix, "points", n, "month", &n);
+	for (i = 0; i < n; i++)
+		m->points[i] = DatumGetInt64(d[i]);
+	d = loyalty_array_items(qu, NUMERICOID, prefix, "qualifying", n, "month", &n);
+	for (i = 0; i < n; i++)
+	{
+		m->qualifying[i] = DatumGetNumeric(d[i]);
+		if (numeric_is_nan(m->qualifying[i]) || numeric_is_inf(m->qualifying[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%squalifying must hold finite numbers", prefix),
+					 errdetail("Element %d is %s.", i + 1,
+							   numeric_is_nan(m->qualifying[i]) ? "NaN" : "infinite")));
+	}
 	if (ro != (Datum) 0)
-		READ(ro, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, rows, DatumGetInt64);
-#undef READ
+	{
+		d = loyalty_array_items(ro, INT8OID, prefix, "source_rows", n, "month", &n);
+		for (i = 0; i < n; i++)
+			m->rows[i] = DatumGetInt64(d[i]);
+	}
+	for (i = 0; i < n; i++)
+	{
+		if (DATE_NOT_FINITE(m->month[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%smonth must hold finite dates", prefix),
+					 errdetail("Element %d is %s.", i + 1, iso_date(m->month[i]))));
+		if (at != (Datum) 0 && i > 0 &&
+			(m->month[i] < m->month[i - 1] ||
+			 (m->month[i] == m->month[i - 1] && m->attachment[i] <= m->attachment[i - 1])))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("per-month sums must be in ascending (month, attachment) order without duplicates"),
+					 errdetail("%smonth element %d (%s, attachment %d) follows (%s, attachment %d).", prefix,
+							   i + 1, iso_date(m->month[i]), m->attachment[i],
+							   iso_date(m->month[i - 1]), m->attachment[i - 1])));
+	}
 }
 
 static Datum
@@ -248,14 +406,17 @@ arrays_result(FunctionCallInfo fcinfo, MonthArrays *m)
 
 /* A month's net change: what was added minus what was removed. */
 static int64
-net_points(const MonthDelta *d)
+net_points(const Program *prog, const MonthDelta *d)
 {
-	return d->points_new + d->bonus_new - d->points_old - d->bonus_old;
+	int64		added = ledger_add_points(d->points_new, d->bonus_new, prog, d->account);
+	int64		removed = ledger_add_points(d->points_old, d->bonus_old, prog, d->account);
+
+	return sub_points(added, removed, prog, d->account);
 }
 
 /* One account's month changes as parallel arrays (one element per month). */
 static void
-delta_arrays(MonthDelta *d, int n, int32 attachment, MonthArrays *m)
+delta_arrays(const Program *prog, MonthDelta *d, int n, int32 attachment, MonthArrays *m)
 {
 	int			i;
 
@@ -269,89 +430,27 @@ delta_arrays(MonthDelta *d, int n, int32 attachment, MonthArrays *m)
 	{
 		m->month[i] = d[i].month;
 		m->attachment[i] = attachment;
-		m->points[i] = net_points(&d[i]);
+		m->points[i] = net_points(prog, &d[i]);
 		m->qualifying[i] = numeric_sub_opt_error(d[i].qual_new, d[i].qual_old, NULL);
-		m->rows[i] = d[i].rows_new - d[i].rows_old;
+		if (unlikely(pg_sub_s64_overflow(d[i].rows_new, d[i].rows_old, &m->rows[i])))
+			points_overflow(prog, d[i].account, "source rows");
 	}
-}
-
-/*
- * For a multi-account statement the same arrays travel as one bytea per
- * account (so that the balance upsert takes one array element per account):
- * a sequence of (month int32, points int64, rows int64, qualifying numeric).
- */
-static bytea *
-delta_encode(MonthDelta *d, int n)
-{
-	StringInfoData buf;
-	MonthArrays m;
-	int			i;
-
-	delta_arrays(d, n, 0, &m);
-	initStringInfo(&buf);
-	appendBinaryStringInfo(&buf, "\0\0\0\0", VARHDRSZ);
-	for (i = 0; i < m.n; i++)
-	{
-		int32		month = m.month[i];
-		uint32		len = VARSIZE_ANY(m.qualifying[i]);
-
-		appendBinaryStringInfo(&buf, (char *) &month, sizeof(month));
-		appendBinaryStringInfo(&buf, (char *) &m.points[i], sizeof(int64));
-		appendBinaryStringInfo(&buf, (char *) &m.rows[i], sizeof(int64));
-		appendBinaryStringInfo(&buf, (char *) &len, sizeof(len));
-		appendBinaryStringInfo(&buf, (char *) m.qualifying[i], len);
-	}
-	SET_VARSIZE(buf.data, buf.len);
-	return (bytea *) buf.data;
 }
 
 PG_FUNCTION_INFO_V1(loyalty_month_delta);
-/* loyalty._month_delta(bytea, attachment): decodes a statement's deltas. */
+/*
+ * loyalty._month_delta(bytea, attachment) of 1.0 decoded raw bytes into
+ * numerics: crafted bytes crashed the backend.  Statements now pass the
+ * per-month sums as typed arrays; the symbol stays for 1.0's install script.
+ */
 Datum
 loyalty_month_delta(PG_FUNCTION_ARGS)
 {
-	bytea	   *b = PG_GETARG_BYTEA_PP(0);
-	int32		attachment = PG_GETARG_INT32(1);
-	const char *p = VARDATA_ANY(b);
-	const char *end = p + VARSIZE_ANY_EXHDR(b);
-	MonthArrays m;
-	int			cap = 16;
-
-	m.n = 0;
-	m.month = palloc(sizeof(DateADT) * cap);
-	m.attachment = palloc(sizeof(int32) * cap);
-	m.points = palloc(sizeof(int64) * cap);
-	m.qualifying = palloc(sizeof(Numeric) * cap);
-	m.rows = palloc(sizeof(int64) * cap);
-	while (p < end)
-	{
-		uint32		len;
-
-		if (end - p < 24)
-			elog(ERROR, "corrupt loyalty month delta");
-		if (m.n == cap)
-		{
-			cap *= 2;
-			m.month = repalloc(m.month, sizeof(DateADT) * cap);
-			m.attachment = repalloc(m.attachment, sizeof(int32) * cap);
-			m.points = repalloc(m.points, sizeof(int64) * cap);
-			m.qualifying = repalloc(m.qualifying, sizeof(Numeric) * cap);
-			m.rows = repalloc(m.rows, sizeof(int64) * cap);
-		}
-		memcpy(&m.month[m.n], p, 4);
-		memcpy(&m.points[m.n], p + 4, 8);
-		memcpy(&m.rows[m.n], p + 12, 8);
-		memcpy(&len, p + 20, 4);
-		p += 24;
-		if (len < VARHDRSZ || (uint32) (end - p) < len)
-			elog(ERROR, "corrupt loyalty month delta");
-		m.qualifying[m.n] = palloc(len);
-		memcpy(m.qualifying[m.n], p, len);
-		p += len;
-		m.attachment[m.n] = attachment;
-		m.n++;
-	}
-	PG_RETURN_DATUM(arrays_result(fcinfo, &m));
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("loyalty._month_delta() was removed in loyalty 1.1"),
+			 errhint("Run ALTER EXTENSION loyalty UPDATE.")));
+	PG_RETURN_NULL();
 }
 
 static int
@@ -360,6 +459,21 @@ entry_cmp(DateADT ma, int32 aa, DateADT mb, int32 ab)
 	if (ma != mb)
 		return ma < mb ? -1 : 1;
 	return aa < ab ? -1 : aa > ab ? 1 : 0;
+}
+
+/* The sum of one month's element on both sides, or a clear error. */
+static int64
+merge_add(int64 a, int64 b, const char *what, DateADT month)
+{
+	int64		r;
+
+	if (unlikely(pg_add_s64_overflow(a, b, &r)))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("per-month %s of %s would exceed the bigint range", what, iso_date(month)),
+				 errdetail("%lld + %lld does not fit in a bigint.", (long long) a, (long long) b),
+				 errhint("The statement was not applied. Check the amounts of the rows dated in that month.")));
+	return r;
 }
 
 PG_FUNCTION_INFO_V1(loyalty_month_merge);
@@ -377,8 +491,8 @@ loyalty_month_merge(PG_FUNCTION_ARGS)
 				j = 0;
 	Numeric		zero = int64_to_numeric(0);
 
-	arrays_read(&a, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), PG_GETARG_DATUM(2), PG_GETARG_DATUM(3), PG_GETARG_DATUM(4));
-	arrays_read(&b, PG_GETARG_DATUM(5), PG_GETARG_DATUM(6), PG_GETARG_DATUM(7), PG_GETARG_DATUM(8), PG_GETARG_DATUM(9));
+	arrays_read(&a, "a_", PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), PG_GETARG_DATUM(2), PG_GETARG_DATUM(3), PG_GETARG_DATUM(4));
+	arrays_read(&b, "b_", PG_GETARG_DATUM(5), PG_GETARG_DATUM(6), PG_GETARG_DATUM(7), PG_GETARG_DATUM(8), PG_GETARG_DATUM(9));
 	r.n = 0;
 	r.month = palloc(sizeof(DateADT) * (a.n + b.n + 1));
 	r.attachment = palloc(sizeof(int32) * (a.n + b.n + 1));
@@ -413,9 +527,9 @@ loyalty_month_merge(PG_FUNCTION_ARGS)
 		{
 			r.month[k] = a.month[i];
 			r.attachment[k] = a.attachment[i];
-			r.points[k] = a.points[i] + b.points[j];
+			r.points[k] = merge_add(a.points[i], b.points[j], "points", a.month[i]);
 			r.qualifying[k] = numeric_add_opt_error(a.qualifying[i], b.qualifying[j], NULL);
-			r.rows[k] = a.rows[i] + b.rows[j];
+			r.rows[k] = merge_add(a.rows[i], b.rows[j], "source rows", a.month[i]);
 			i++;
 			j++;
 		}
@@ -426,12 +540,12 @@ loyalty_month_merge(PG_FUNCTION_ARGS)
 }
 
 static bool
-months_change(MonthDelta *d, int n)
+months_change(const Program *prog, MonthDelta *d, int n)
 {
 	int			i;
 
 	for (i = 0; i < n; i++)
-		if (net_points(&d[i]) != 0 ||
+		if (net_points(prog, &d[i]) != 0 ||
 			d[i].rows_new != d[i].rows_old || !num_eq(d[i].qual_new, d[i].qual_old))
 			return true;
 	return false;
@@ -518,11 +632,17 @@ apply_caps(Program *prog, MonthDelta *d, AccountSums *s, MonthArrays *after)
 		if (i > s->first_delta && d[i - 1].month >= ps)
 			continue;
 		for (j = i; j < s->first_delta + s->ndeltas && d[j].month < pe; j++)
-			delta += net_points(&d[j]);
+			delta = ledger_add_points(delta, net_points(prog, &d[j]), prog, s->account);
 		for (j = 0; j < after->n; j++)
 			if (after->month[j] >= ps && after->month[j] < pe)
-				total += after->points[j];
-		s->cap += (Min(cap, total) - Min(cap, total - delta)) - delta;
+				total = ledger_add_points(total, after->points[j], prog, s->account);
+		{
+			int64		before = sub_points(total, delta, prog, s->account);
+			int64		capped = sub_points(Min(cap, total), Min(cap, before), prog, s->account);
+
+			s->cap = ledger_add_points(s->cap, sub_points(capped, delta, prog, s->account),
+									   prog, s->account);
+		}
 	}
 }
 
@@ -621,6 +741,63 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 		accounts_note_tier(prog, uk[j], un[j], ueff[j]);
 }
 
+/*
+ * The multi-account upsert's argument: for each account, a loyalty.balance
+ * row holding the change (totals, entries handed out, month sums), as an
+ * array of the table's own row type.
+ */
+static Datum
+balance_changes(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSums *sums,
+				const int *which, int nb, const int64 *p, const Numeric *q, const int64 *e)
+{
+	static const char *const names[] = {"account_key", "points", "qualifying", "entry_count",
+	"m_month", "m_attachment", "m_points", "m_qualifying", "m_source_rows"};
+	TupleDesc	desc = lookup_rowtype_tupdesc(balance_type, -1);
+	int			col[lengthof(names)];
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	Datum	   *rows = palloc(sizeof(Datum) * nb);
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			i,
+				a;
+
+	for (i = 0; i < (int) lengthof(names); i++)
+	{
+		for (a = 0; a < desc->natts; a++)
+			if (!TupleDescAttr(desc, a)->attisdropped &&
+				strcmp(NameStr(TupleDescAttr(desc, a)->attname), names[i]) == 0)
+				break;
+		if (a == desc->natts)
+			elog(ERROR, "loyalty.balance has no column %s", names[i]);
+		col[i] = a;
+	}
+	for (i = 0; i < nb; i++)
+	{
+		AccountSums *s = &sums[which[i]];
+		MonthArrays m;
+
+		delta_arrays(prog, &d[s->first_delta], s->ndeltas, attachment_id, &m);
+		memset(nulls, true, sizeof(bool) * desc->natts);
+		for (a = 0; a < (int) lengthof(names); a++)
+			nulls[col[a]] = false;
+		values[col[0]] = CStringGetTextDatum(s->account);
+		values[col[1]] = Int64GetDatum(p[i]);
+		values[col[2]] = NumericGetDatum(q[i]);
+		values[col[3]] = Int64GetDatum(e[i]);
+		values[col[4]] = loyalty_date_array(m.month, m.n);
+		values[col[5]] = loyalty_int4_array(m.attachment, m.n);
+		values[col[6]] = loyalty_int8_array(m.points, m.n);
+		values[col[7]] = loyalty_numeric_array(m.qualifying, m.n);
+		values[col[8]] = loyalty_int8_array(m.rows, m.n);
+		rows[i] = HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
+	}
+	ReleaseTupleDesc(desc);
+	get_typlenbyvalalign(balance_type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(rows, nb, balance_type, typlen, typbyval, typalign));
+}
+
 void
 ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			const char *kind_new, const char *kind_old, const char *reason)
@@ -660,13 +837,14 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		}
 		s = &sums[nsums - 1];
 		s->ndeltas++;
-		s->pn += d[i].points_new;
-		s->po += d[i].points_old;
-		s->bonus += d[i].bonus_new - d[i].bonus_old;
+		s->pn = ledger_add_points(s->pn, d[i].points_new, prog, s->account);
+		s->po = ledger_add_points(s->po, d[i].points_old, prog, s->account);
+		s->bonus = ledger_add_points(s->bonus, sub_points(d[i].bonus_new, d[i].bonus_old, prog, s->account),
+									 prog, s->account);
 		s->qn = numeric_add_opt_error(s->qn, d[i].qual_new, NULL);
 		s->qo = numeric_add_opt_error(s->qo, d[i].qual_old, NULL);
-		s->rn += d[i].rows_new;
-		s->ro += d[i].rows_old;
+		s->rn = add_rows(s->rn, d[i].rows_new, prog, s->account);
+		s->ro = add_rows(s->ro, d[i].rows_old, prog, s->account);
 	}
 
 	loyalty_enter_owner(&scope);
@@ -677,7 +855,6 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		int64	   *p = palloc(sizeof(int64) * nsums);
 		Numeric    *q = palloc(sizeof(Numeric) * nsums);
 		int64	   *e = palloc(sizeof(int64) * nsums);
-		Datum	   *deltas = palloc(sizeof(Datum) * nsums);
 		Datum		args[11];
 		uint64		j;
 		int			nb = 0;
@@ -692,16 +869,15 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			s->has_new = !cancels && (s->rn != 0 || s->pn != 0 || !num_eq(s->qn, zero));
 			s->nentries = s->has_old + s->has_new + (s->bonus != 0);
 			/* an UPDATE that changed nothing loyalty-relevant writes nothing */
-			if (s->nentries == 0 && !months_change(&d[s->first_delta], s->ndeltas))
+			if (s->nentries == 0 && !months_change(prog, &d[s->first_delta], s->ndeltas))
 				continue;
 			k[nb] = s->account;
-			p[nb] = (cancels ? 0 : s->pn - s->po) + s->bonus;
+			p[nb] = ledger_add_points(cancels ? 0 : sub_points(s->pn, s->po, prog, s->account), s->bonus,
+									  prog, s->account);
 			q[nb] = cancels ? zero : numeric_sub_opt_error(s->qn, s->qo, NULL);
 			e[nb] = s->nentries;
 			which[nb++] = i;
 		}
-		for (i = 0; nb > 1 && i < nb; i++)
-			deltas[i] = PointerGetDatum(delta_encode(&d[sums[which[i]].first_delta], sums[which[i]].ndeltas));
 		if (nb == 0)
 		{
 			loyalty_leave_owner(&scope);
@@ -711,11 +887,11 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		args[1] = Int32GetDatum(attachment_id);
 		if (nb == 1)
 		{
-			/* one account: its month sums as arrays, no bytea to decode */
+			/* one account: its month sums as plain parameters */
 			AccountSums *s = &sums[which[0]];
 			MonthArrays m;
 
-			delta_arrays(&d[s->first_delta], s->ndeltas, attachment_id, &m);
+			delta_arrays(prog, &d[s->first_delta], s->ndeltas, attachment_id, &m);
 			args[2] = CStringGetTextDatum(k[0]);
 			args[3] = Int64GetDatum(p[0]);
 			args[4] = NumericGetDatum(q[0]);
@@ -727,13 +903,7 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			args[10] = loyalty_int8_array(m.rows, m.n);
 		}
 		else
-		{
-			args[2] = loyalty_text_array(k, NULL, nb);
-			args[3] = loyalty_int8_array(p, nb);
-			args[4] = loyalty_numeric_array(q, nb);
-			args[5] = loyalty_int8_array(e, nb);
-			args[6] = PointerGetDatum(construct_array(deltas, nb, BYTEAOID, -1, false, TYPALIGN_INT));
-		}
+			args[1] = balance_changes(prog, attachment_id, d, sums, which, nb, p, q, e);
 		if (nb == 1)
 		{
 			if (SPI_execute_plan(balance_update_plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
@@ -744,7 +914,7 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		}
 		else if (SPI_execute_plan(balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not update loyalty.balance");
-		if (SPI_processed != (uint64) nb)
+		if (SPI_processed > (uint64) nb)
 			elog(ERROR, "could not update loyalty.balance");
 
 		capk = palloc(sizeof(char *) * nsums);
@@ -762,7 +932,7 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			s->first_entry = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)) - s->nentries + 1;
 			if (!prog->has_caps && !(prog->ladder && window_grew(d, s, window_first, window_last)))
 				continue;
-			arrays_read(&after, SPI_getbinval(tup, desc, 3, &isnull), (Datum) 0,
+			arrays_read(&after, "m_", SPI_getbinval(tup, desc, 3, &isnull), (Datum) 0,
 						SPI_getbinval(tup, desc, 4, &isnull), SPI_getbinval(tup, desc, 5, &isnull), (Datum) 0);
 			if (prog->has_caps)
 			{
@@ -782,6 +952,10 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 						s->rolling = numeric_add_opt_error(s->rolling, after.qualifying[m], NULL);
 			}
 		}
+		/* a row left out of RETURNING is one whose points would overflow */
+		for (i = 0; i < nb; i++)
+			if (!sums[which[i]].written)
+				points_overflow(prog, sums[which[i]].account, "points balance");
 	}
 
 	/* 2. what caps withheld or gave back: one more entry per account */
@@ -794,7 +968,7 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		args[1] = loyalty_text_array(capk, NULL, ncap);
 		args[2] = loyalty_int8_array(capv, ncap);
 		if (SPI_execute_plan(capfix_plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
-			SPI_processed != (uint64) ncap)
+			SPI_processed > (uint64) ncap)
 			elog(ERROR, "could not apply caps to loyalty.balance");
 		for (j = 0; j < SPI_processed; j++)
 		{
@@ -803,6 +977,9 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 
 			s->cap_entry = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, 2, &isnull));
 		}
+		for (i = 0; i < nsums; i++)
+			if (sums[i].cap != 0 && sums[i].cap_entry == 0)
+				points_overflow(prog, sums[i].account, "points balance");
 	}
 
 	/* 3. the ledger entries */
@@ -829,9 +1006,11 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			do { ek[ne] = s->account; eno[ne] = (no_); ekind[ne] = (char *) (kind_); \
 				 ep[ne] = (p_); eq[ne] = (q_); er[ne] = (int32) (r_); ne++; } while (0)
 			if (s->has_old)
-				ENTRY(e++, kind_old, -s->po, DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(s->qo))), Abs(s->ro));
+				ENTRY(e++, kind_old, sub_points(0, s->po, prog, s->account),
+					  DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(s->qo))),
+					  entry_rows(s->ro, prog, s->account));
 			if (s->has_new)
-				ENTRY(e++, kind_new, s->pn, s->qn, Abs(s->rn));
+				ENTRY(e++, kind_new, s->pn, s->qn, entry_rows(s->rn, prog, s->account));
 			if (s->bonus != 0)
 				ENTRY(e++, "bonus", s->bonus, zero, 0);
 			if (s->cap != 0)

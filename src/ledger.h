@@ -35,6 +35,9 @@ typedef struct MonthDelta
 extern void ledger_post(Program *prog, int32 attachment_id, MonthDelta *deltas, int n,
 						const char *kind_new, const char *kind_old, const char *reason);
 
+/* a + b points of one account, or a clear error naming it (never a wrapped sum) */
+extern int64 ledger_add_points(int64 a, int64 b, const Program *prog, const char *account);
+
 /* The cap that applies to a document month: period and points (0 = none). */
 extern int64 ledger_cap_for_month(const Program *prog, DateADT month,
 								  DateADT *period_start, DateADT *period_end);

@@ -274,6 +274,43 @@ SQL_ARRAY_OF(loyalty_int4_array, int32, Int32GetDatum, INT4OID, 4, true, TYPALIG
 SQL_ARRAY_OF(loyalty_numeric_array, Numeric, NumericGetDatum, NUMERICOID, -1, false, TYPALIGN_INT)
 SQL_ARRAY_OF(loyalty_date_array, DateADT, DateADTGetDatum, DATEOID, 4, true, TYPALIGN_INT)
 
+/*
+ * The elements of an array argument of an internal function.  Arrays are
+ * SQL values anyone who can call the function can craft: one dimension, no
+ * NULL, and expect elements (as many as the array named expect_name; any
+ * number when expect < 0), or a clear error.
+ */
+Datum *
+loyalty_array_items(Datum array, Oid elemtype, const char *prefix, const char *name,
+					int expect, const char *expect_name, int *n)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(array);
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	Datum	   *items;
+
+	if (ARR_ELEMTYPE(arr) != elemtype)
+		elog(ERROR, "%s%s is an array of type %u, not %u", prefix, name, ARR_ELEMTYPE(arr), elemtype);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s%s must be a one-dimensional array", prefix, name),
+				 errdetail("It has %d dimensions.", ARR_NDIM(arr))));
+	if (array_contains_nulls(arr))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s%s must not contain NULL elements", prefix, name)));
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	deconstruct_array(arr, elemtype, typlen, typbyval, typalign, &items, NULL, n);
+	if (expect >= 0 && *n != expect)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s%s and %s%s differ in length", prefix, expect_name, prefix, name),
+				 errdetail("%s%s has length %d, %s%s has length %d.", prefix, expect_name, expect, prefix, name, *n)));
+	return items;
+}
+
 DateADT
 loyalty_month_start(DateADT d)
 {

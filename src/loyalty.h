@@ -44,6 +44,8 @@ extern Datum loyalty_int8_array(int64 *values, int n);
 extern Datum loyalty_int4_array(int32 *values, int n);
 extern Datum loyalty_numeric_array(Numeric *values, int n);
 extern Datum loyalty_date_array(DateADT *values, int n);
+extern Datum *loyalty_array_items(Datum array, Oid elemtype, const char *prefix, const char *name,
+								  int expect, const char *expect_name, int *n);
 
 /* dates */
 extern DateADT loyalty_month_start(DateADT d);

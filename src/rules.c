@@ -8,6 +8,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/int.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -56,9 +57,36 @@ num_is_one(Numeric a)
 	return num_cmp(a, one) == 0;
 }
 
-/* Rounds to a whole number of points, symmetrically around zero. */
-static int64
-round_points(Numeric x, RoundingMode mode)
+/*
+ * A whole number as points.  numeric_int8() would raise an error: a row
+ * whose points do not fit in a bigint is parked instead (rules_row_points).
+ */
+static bool
+numeric_to_points(Numeric x, int64 *out)
+{
+	static Numeric min = NULL,
+				max = NULL;
+
+	if (min == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		max = int64_to_numeric(PG_INT64_MAX);
+		min = int64_to_numeric(PG_INT64_MIN);
+		MemoryContextSwitchTo(old);
+	}
+	if (num_cmp(x, min) < 0 || num_cmp(x, max) > 0)
+		return false;
+	*out = DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(x)));
+	return true;
+}
+
+/*
+ * Rounds to a whole number of points, symmetrically around zero; false when
+ * the result does not fit in a bigint.
+ */
+static bool
+round_points(Numeric x, RoundingMode mode, int64 *out)
 {
 	Numeric		r;
 
@@ -77,15 +105,18 @@ round_points(Numeric x, RoundingMode mode)
 				Numeric		frac = num_abs(numeric_sub_opt_error(x, t, NULL));
 				int			c = num_cmp(frac, DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum("0.5"),
 																				ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1))));
-				int64		ti = DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(t)));
+				int64		ti;
 				int			sign = num_cmp(x, int64_to_numeric(0));
 
-				if (c > 0 || (c == 0 && (ti % 2) != 0))
-					ti += sign;
-				return ti;
+				if (!numeric_to_points(t, &ti))
+					return false;
+				if ((c > 0 || (c == 0 && (ti % 2) != 0)) && pg_add_s64_overflow(ti, sign, &ti))
+					return false;
+				*out = ti;
+				return true;
 			}
 	}
-	return DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(r)));
+	return numeric_to_points(r, out);
 }
 
 /* The same rounding on a fixed-point product: p is scaled by unit. */
@@ -345,6 +376,16 @@ tier_on(const AccountInfo *acct, DateADT d)
 	return t;
 }
 
+const char *
+rules_account_key_problem(const char *key)
+{
+	if (key[0] == '\0')
+		return "account key is empty";
+	if (strnlen(key, LOYALTY_MAX_KEY_BYTES + 1) > LOYALTY_MAX_KEY_BYTES)
+		return "account key is longer than " CppAsString2(LOYALTY_MAX_KEY_BYTES) " bytes";
+	return NULL;
+}
+
 static bool
 numeric_not_finite(Numeric n)
 {
@@ -377,6 +418,8 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 	int			s;
 	char	   *const *segment;
 	bool		control;
+	const char *key_problem;
+	int64		total;
 
 	memset(r, 0, sizeof(RowResult));
 
@@ -384,6 +427,8 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 		return reject(r, "%s", rules_header_missing_reason());
 	if (f->account == NULL)
 		return reject(r, "account is NULL%s", "");
+	if ((key_problem = rules_account_key_problem(f->account)) != NULL)
+		return reject(r, "%s", key_problem);
 	if (!f->has_date || DATE_NOT_FINITE(f->date))
 		return reject(r, "document date is NULL or infinite%s", "");
 	if (f->currency_mapped && (f->currency == NULL || strcmp(f->currency, prog->currency) != 0))
@@ -485,14 +530,19 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 			!round_fixed((int128) bfx * ffx, (int128) FIXED_ONE * FIXED_ONE, prog->rounding, &r->points))
 		{
 			r->raw_points = factor ? num_mul(basis, factor) : basis;
-			r->points = round_points(r->raw_points, prog->rounding);
+			if (!round_points(r->raw_points, prog->rounding, &r->points))
+				return reject(r, "points exceed the bigint range%s", "");
 		}
 	}
 	if (rule->bonus_pct && f->has_due && f->has_paid && f->paid <= f->due && r->points != 0)
 	{
-		if (!rule->bonus_fixed_ok ||
-			!round_fixed((int128) r->points * rule->bonus_fixed, FIXED_ONE, prog->rounding, &r->bonus))
-			r->bonus = round_points(num_mul(int64_to_numeric(r->points), rule->bonus_pct), prog->rounding);
+		if ((!rule->bonus_fixed_ok ||
+			 !round_fixed((int128) r->points * rule->bonus_fixed, FIXED_ONE, prog->rounding, &r->bonus)) &&
+			!round_points(num_mul(int64_to_numeric(r->points), rule->bonus_pct), prog->rounding, &r->bonus))
+			return reject(r, "on-time bonus exceeds the bigint range%s", "");
+		/* the row's points and bonus are summed into one month's sum */
+		if (pg_add_s64_overflow(r->points, r->bonus, &total))
+			return reject(r, "points with the on-time bonus exceed the bigint range%s", "");
 	}
 }
 

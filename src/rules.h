@@ -137,6 +137,14 @@ typedef struct RowResult
 	DateADT		month;
 } RowResult;
 
+/*
+ * Account keys are btree-indexed (loyalty.account, balance, ledger), and a
+ * btree entry holds at most about 2.7 kB: a row whose key is longer than
+ * this, or empty, is rejected before anything is written.
+ */
+#define LOYALTY_MAX_KEY_BYTES 1024
+
+extern const char *rules_account_key_problem(const char *key);
 extern Program *rules_load_program(int32 program_id, MemoryContext cxt);
 extern const char *rules_status_name(RowStatus status);
 extern const char *rules_rounding_name(RoundingMode mode);

@@ -443,7 +443,7 @@ COMMENT ON TABLE @extschema@.rejected_event IS 'Dead letters: invoice rows a pro
 COMMENT ON COLUMN @extschema@.rejected_event.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.rejected_event.event_id IS 'Surrogate key.';
 COMMENT ON COLUMN @extschema@.rejected_event.attachment_id IS 'The ERP table mapping.';
-COMMENT ON COLUMN @extschema@.rejected_event.row_key IS 'The row''s key in text form.';
+COMMENT ON COLUMN @extschema@.rejected_event.row_key IS 'The row''s key in text form (a key over 1024 bytes: its first bytes and the MD5 of the whole, since the column is indexed).';
 COMMENT ON COLUMN @extschema@.rejected_event.account_key IS 'The account, when known.';
 COMMENT ON COLUMN @extschema@.rejected_event.reason IS 'Why it could not be accrued.';
 COMMENT ON COLUMN @extschema@.rejected_event.row_data IS 'The source row as JSON.';

@@ -542,13 +542,10 @@ GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, t
                           @extschema@.detach(regclass, text),
                           @extschema@.backfill(regclass, text, date) TO loyalty_admin;
 
--- The per-month sums on loyalty.balance: decoded and merged in C inside the
--- balance upsert, so that a statement writes one row per account.
-CREATE FUNCTION @extschema@._month_delta(delta bytea, attachment integer,
-    OUT m_month date[], OUT m_attachment integer[], OUT m_points bigint[], OUT m_qualifying numeric[], OUT m_source_rows bigint[])
-AS 'MODULE_PATHNAME', 'loyalty_month_delta' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION @extschema@._month_delta(bytea, integer) IS 'Internal: decodes a statement''s per-month deltas for one account.';
-
+-- The per-month sums on loyalty.balance: merged in C inside the balance
+-- upsert, so that a statement writes one row per account.  The statement's
+-- sums come as typed arrays (one loyalty.balance row per account), never as
+-- bytes to decode.
 CREATE FUNCTION @extschema@._month_merge(a_month date[], a_attachment integer[], a_points bigint[], a_qualifying numeric[], a_source_rows bigint[],
                                          b_month date[], b_attachment integer[], b_points bigint[], b_qualifying numeric[], b_source_rows bigint[],
     OUT m_month date[], OUT m_attachment integer[], OUT m_points bigint[], OUT m_qualifying numeric[], OUT m_source_rows bigint[])
