@@ -183,3 +183,19 @@ FROM lim.parked WHERE name = 'limits_lax';
 SELECT p.name, count(v.*) AS drift
   FROM loyalty.program p LEFT JOIN LATERAL loyalty.verify(p.name) v ON true
  WHERE p.name LIKE 'limits%' GROUP BY 1 ORDER BY 1;
+
+--
+-- backfill() under automatic enrolment enrols the history's customers, but
+-- never a key that cannot be an account's (empty, or over the limit): those
+-- rows earn nothing, as in the trigger.
+--
+CREATE TABLE lim.history (id int PRIMARY KEY, customer text, doc_date date, amount numeric(12,2));
+INSERT INTO lim.history VALUES (1, '', '2026-01-01', 10), (2, repeat('x', 3000), '2026-01-01', 20),
+                               (3, 'H', '2026-01-01', 30);
+SELECT loyalty.create_program('lim_backfill') > 0 AS created;
+SELECT loyalty.attach('lim.history', 'lim_backfill', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'doc_date') > 0 AS attached;
+SELECT * FROM loyalty.backfill('lim.history', 'lim_backfill', '-infinity');
+SELECT account_key, points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'lim_backfill';
+SELECT count(*) AS drift FROM loyalty.verify('lim_backfill');

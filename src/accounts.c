@@ -365,7 +365,8 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 				AccountKey	k = {prog->id, missing[i]};
 				AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
 
-				if (e == NULL || e->info == NULL)
+				/* a key that cannot be an account's is never enrolled: its rows are parked */
+				if ((e == NULL || e->info == NULL) && rules_account_key_problem(missing[i]) == NULL)
 					missing[nnew++] = missing[i];
 			}
 			if (nnew > 0)
