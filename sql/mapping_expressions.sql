@@ -100,6 +100,14 @@ SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_i
 -- A volatile function: a reversal must recompute exactly what was earned.
 SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
                       amount_expression => 'amount * random()::numeric');
+-- Nor the session's clock, time zone or settings: built-in stable functions
+-- and CURRENT_DATE-style values give another amount on another day.
+SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
+                      amount_expression => 'CASE WHEN now() < ''2027-01-01'' THEN amount ELSE 0 END');
+SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
+                      amount_expression => 'amount * (current_date - invoice_date)');
+SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
+                      amount_expression => 'amount * current_setting(''my.rate'')::numeric');
 -- System columns and whole-row references are not the row's columns.
 SELECT loyalty.attach('mex.invoice', 'mapping_nw', account_column => 'customer_id', date_column => 'invoice_date',
                       amount_expression => 'xmin::text::numeric');

@@ -25,6 +25,7 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -302,10 +303,20 @@ type_namespace(Oid typid)
 	return nsp;
 }
 
+/*
+ * Volatile functions, and PostgreSQL's own stable ones: those depend on the
+ * session (now(), the TimeZone of a timestamptz cast, current_setting()),
+ * so a reversal in another session or on another day could compute another
+ * amount.  A stable function of the user's (a dated rate-table look-up) is
+ * the user's promise to give the same answer for the same row.
+ */
 static bool
 volatile_checker(Oid funcid, void *context)
 {
-	if (func_volatile(funcid) != PROVOLATILE_VOLATILE)
+	char		v = func_volatile(funcid);
+
+	if (v == PROVOLATILE_IMMUTABLE ||
+		(v == PROVOLATILE_STABLE && get_func_namespace(funcid) != PG_CATALOG_NAMESPACE))
 		return false;
 	*(Oid *) context = funcid;
 	return true;
@@ -327,6 +338,11 @@ volatile_walker(Node *node, void *context)
 		return false;
 	if (check_functions_in_node(node, volatile_checker, context))
 		return true;
+	if (IsA(node, SQLValueFunction) || IsA(node, NextValueExpr))
+	{
+		*(Oid *) context = InvalidOid;	/* CURRENT_DATE, CURRENT_USER, nextval */
+		return true;
+	}
 	return expression_tree_walker(node, volatile_walker, context);
 }
 
@@ -359,9 +375,14 @@ mapping_check_deterministic(Node *expr, const char *what)
 	if (volatile_walker(expr, &funcid))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not call volatile function %s", what, format_procedure(funcid)),
+				 OidIsValid(funcid) && func_volatile(funcid) == PROVOLATILE_VOLATILE
+				 ? errmsg("%s must not call volatile function %s", what, format_procedure(funcid))
+				 : OidIsValid(funcid)
+				 ? errmsg("%s must not call %s, which depends on the session (its clock, time zone or settings)",
+						  what, format_procedure(funcid))
+				 : errmsg("%s must not read the session's clock, user or a sequence", what),
 				 errdetail("An update or delete of a row takes back exactly what the row earned, by computing its mapping again: it must give the same value every time."),
-				 errhint("Use immutable or stable functions only, or mark the function IMMUTABLE if it is.")));
+				 errhint("Use immutable functions, or stable functions of your own that give the same answer for the same row; convert timestamps with AT TIME ZONE and a fixed zone.")));
 	if (temp_walker(expr, &funcid))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
