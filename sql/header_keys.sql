@@ -106,3 +106,26 @@ SELECT account_key, points FROM loyalty.balance b JOIN loyalty.program p USING (
 SELECT h.customer, sum(trunc(l.amount)) AS expected
   FROM hk.line_h l JOIN hk.inv_h h ON h.id = l.inv_id GROUP BY 1 ORDER BY 1;
 SELECT count(*) AS drift FROM loyalty.verify('hk_lines');
+
+--
+-- 6. Inheritance: a parent with children, a child, and a partition attached
+--    on its own are refused (their rows would accrue incompletely, or be
+--    reversed without having earned); as header tables too.
+--
+CREATE TABLE hk.inh_parent (id int PRIMARY KEY, customer text, inv_date date, amount numeric(12,2));
+CREATE TABLE hk.inh_child () INHERITS (hk.inh_parent);
+SELECT loyalty.create_program('hk_inh') > 0 AS created;
+SELECT loyalty.attach('hk.inh_parent', 'hk_inh', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'inv_date');
+SELECT loyalty.attach('hk.inh_child', 'hk_inh', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'inv_date', key_column => 'id');
+SELECT loyalty.attach('hk.line_h0', 'hk_inh', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'inv_date', header => 'hk.inv_h', header_key_column => 'inv_id');
+SELECT loyalty.attach('hk.line_p', 'hk_inh', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'inv_date', header => 'hk.inh_parent', header_key_column => 'inv_id',
+                      header_match_column => 'id');
+SELECT loyalty.attach('hk.line_p', 'hk_inh', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'inv_date', header => 'hk.inv_p_2026', header_key_column => 'inv_id',
+                      header_match_column => 'id');
+SELECT count(*) AS attachments FROM loyalty.attachment x JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'hk_inh';

@@ -20,6 +20,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
+#include "catalog/pg_inherits.h"
 #include "commands/extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -64,6 +65,32 @@ refuse_own_table(Oid relid, const char *param)
 			 errmsg("%s is a table of the loyalty extension", relation_name(relid)),
 			 errdetail("%s names one of loyalty's own tables, which the accrual writes itself.", param),
 			 errhint("Attach the ERP table the invoices or invoice lines are written to.")));
+}
+
+/*
+ * Statement triggers fire for the table a statement names.  Rows of an
+ * inheritance child are written to the child and never reach the parent's
+ * triggers, but a DELETE or UPDATE through the parent changes them too, and
+ * would reverse what they never earned; a partition or child attached on
+ * its own misses what is written through its parent.  Only a plain table
+ * without inheritance, or a partitioned table as a whole, accrues exactly.
+ */
+static void
+refuse_inheritance(Oid relid, const char *param)
+{
+	if (get_rel_relkind(relid) == RELKIND_RELATION && has_subclass(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s has inheritance children", relation_name(relid)),
+				 errdetail("%s: rows written to a child table fire none of the parent's statement triggers, but a DELETE or UPDATE through the parent changes them too.", param),
+				 errhint("Make it a partitioned table (PARTITION BY) and attach that, or attach a table without children.")));
+	if (has_superclass(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s is %s of another table", relation_name(relid),
+						get_rel_relispartition(relid) ? "a partition" : "an inheritance child"),
+				 errdetail("%s: what is written through its parent fires the parent's statement triggers, not this table's.", param),
+				 errhint("Attach the parent table.")));
 }
 
 /*
@@ -236,6 +263,9 @@ loyalty_attach(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("%s is not a table", relation_name(source)),
 				 errhint("Attach the table the ERP writes invoices or invoice lines to.")));
+	refuse_inheritance(source, "source");
+	if (!PG_ARGISNULL(ARG_HEADER))
+		refuse_inheritance(PG_GETARG_OID(ARG_HEADER), "header");
 	check_privileges(source);
 	if (!PG_ARGISNULL(ARG_HEADER))
 		check_privileges(PG_GETARG_OID(ARG_HEADER));
