@@ -685,3 +685,91 @@ DROP FUNCTION @extschema@._month_delta(bytea, integer);
 
 -- Row keys over 1024 bytes are stored shortened in the indexed row_key.
 COMMENT ON COLUMN @extschema@.rejected_event.row_key IS 'The row''s key in text form (a key over 1024 bytes: its first bytes and the MD5 of the whole, since the column is indexed).';
+
+-- ---------------------------------------------------------------------------
+-- The latest document date an account ever accrued: tier upgrades and
+-- segment changes take effect after it, so that a document dated in the
+-- future is reversed with what it earned.  Accounts of 1.0 get the last
+-- day of their latest accrued month (an upper bound).
+ALTER TABLE @extschema@.balance ADD COLUMN last_doc_date date;
+COMMENT ON COLUMN @extschema@.balance.last_doc_date IS 'The latest document date the account ever accrued (never decreases): tier and segment changes take effect after it, so that no accrued document changes what it earned.';
+UPDATE @extschema@.balance b
+   SET last_doc_date = (SELECT (pg_catalog.max(m) + interval '1 month' - interval '1 day')::date
+                          FROM pg_catalog.unnest(b.m_month) AS m)
+ WHERE pg_catalog.cardinality(b.m_month) > 0;
+
+-- _enroll: dates in the program's calendar; a segment change waits for the account's latest
+-- document; a first enrolment of a customer with ignored documents restates them
+CREATE OR REPLACE FUNCTION @extschema@._enroll(
+    program           text,
+    account_key       text,
+    cooperation_model text,
+    industry          text,
+    region            text,
+    potential_spend   numeric,
+    cohort            text,
+    enrolled_from     date,
+    OUT enrolled_program integer,
+    OUT restate       boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    policy text;
+    before @extschema@.account;
+    after @extschema@.account;
+BEGIN
+    IF account_key IS NULL OR account_key = '' THEN
+        RAISE EXCEPTION 'account_key must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cohort IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cohort', cohort, ARRAY['pilot', 'control']);
+    END IF;
+    IF cooperation_model IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cooperation_model', cooperation_model,
+                                          ARRAY['direct', 'distributor', 'integrator', 'reseller']);
+    END IF;
+    SELECT p.enrollment INTO policy FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
+    INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
+                                          potential_spend, cohort, enrolled_by, enrolled_from)
+    VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit',
+            coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE @extschema@._today(pid) END))
+    ON CONFLICT ON CONSTRAINT account_pkey DO UPDATE
+    SET cooperation_model = coalesce(excluded.cooperation_model, a.cooperation_model),
+        industry = coalesce(excluded.industry, a.industry),
+        region = coalesce(excluded.region, a.region),
+        potential_spend = coalesce(excluded.potential_spend, a.potential_spend),
+        cohort = coalesce(excluded.cohort, a.cohort),
+        enrolled_from = coalesce(_enroll.enrolled_from, a.enrolled_from);
+
+    SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
+
+    -- A new segment or cohort applies to documents dated from tomorrow (in
+    -- the program's calendar), and never to a document already accrued: after
+    -- the account's latest document date if that is later.  The old values
+    -- stay for the documents before (the first change of a day keeps them:
+    -- values that were never in force for any date are dropped).
+    IF before.account_key IS NOT NULL
+       AND (before.cooperation_model, before.industry, before.region, before.cohort)
+           IS DISTINCT FROM (after.cooperation_model, after.industry, after.region, after.cohort) THEN
+        INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
+                                                 industry, region, cohort)
+        VALUES (pid, _enroll.account_key,
+                GREATEST(@extschema@._today(pid) + 1,
+                         (SELECT b.last_doc_date + 1 FROM @extschema@.balance b
+                          WHERE b.program_id = pid AND b.account_key = _enroll.account_key)),
+                before.cooperation_model, before.industry, before.region, before.cohort)
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    -- A new enrolment date changes which documents earn at all; so does a
+    -- first enrolment of a customer whose documents were ignored so far.
+    enrolled_program := pid;
+    restate := (before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
+                AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = _enroll.account_key))
+               OR (before.account_key IS NULL
+                   AND EXISTS (SELECT FROM @extschema@.unenrolled_activity u
+                               WHERE u.program_id = pid AND u.account_key = _enroll.account_key AND u.source_rows <> 0));
+END
+$$;
+

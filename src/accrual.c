@@ -627,6 +627,7 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 						d->tier = info->tier;
 						if (rs->sign > 0)
 						{
+							d->max_date = Max(d->max_date, f.date);
 							d->points_new = ledger_add_points(d->points_new, r.points, b->prog, acct->key);
 							d->bonus_new = ledger_add_points(d->bonus_new, r.bonus, b->prog, acct->key);
 							fixed_sum_add(&d->qual_new_sum, r.qualifying, 1);

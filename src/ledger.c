@@ -103,8 +103,9 @@ entry_rows(int64 rows, const Program *prog, const char *account)
 	"  OR (" add " OPERATOR(pg_catalog.<) 0 AND b.points OPERATOR(pg_catalog.>=) ((-9223372036854775807 OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.-) " add ")))"
 
 /* Adds a change to a balance row: totals, entry count, month sums merged. */
-#define BALANCE_ADD(points, qualifying, entries, month, att, pts, qual, rows) \
+#define BALANCE_ADD(points, qualifying, entries, month, att, pts, qual, rows, last) \
 	" SET points = b.points OPERATOR(pg_catalog.+) " points "," \
+	"     last_doc_date = GREATEST(b.last_doc_date, " last ")," \
 	"     qualifying = b.qualifying OPERATOR(pg_catalog.+) " qualifying "," \
 	"     entry_count = b.entry_count OPERATOR(pg_catalog.+) " entries "," \
 	"     updated_at = pg_catalog.now()," \
@@ -113,11 +114,12 @@ entry_rows(int64 rows, const Program *prog, const char *account)
 	"        FROM loyalty._month_merge(b.m_month, b.m_attachment, b.m_points, b.m_qualifying, b.m_source_rows," \
 	"             " month ", " att ", " pts ", " qual ", " rows ") AS y)"
 #define BALANCE_RETURNING \
-	" RETURNING b.account_key, b.entry_count, b.m_month, b.m_points, b.m_qualifying"
+	" RETURNING b.account_key, b.entry_count, b.m_month, b.m_points, b.m_qualifying, b.last_doc_date"
 #define BALANCE_UPSERT_TAIL \
 	" ON CONFLICT (program_id, account_key) DO UPDATE" \
 	BALANCE_ADD("excluded.points", "excluded.qualifying", "excluded.entry_count", "excluded.m_month", \
-				"excluded.m_attachment", "excluded.m_points", "excluded.m_qualifying", "excluded.m_source_rows") \
+				"excluded.m_attachment", "excluded.m_points", "excluded.m_qualifying", "excluded.m_source_rows", \
+				"excluded.last_doc_date") \
 	" WHERE" POINTS_FIT("excluded.points") \
 	BALANCE_RETURNING
 
@@ -154,9 +156,9 @@ prepare_balance_plan(void)
 	 */
 	balance_plan = loyalty_prepare(
 		"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count,"
-		"  m_month, m_attachment, m_points, m_qualifying, m_source_rows)"
+		"  m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date)"
 		" SELECT $1, u.account_key, u.points, u.qualifying, u.entry_count,"
-		"  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows"
+		"  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows, u.last_doc_date"
 		" FROM pg_catalog.unnest($2) AS u"
 		" ORDER BY u.account_key"
 		BALANCE_UPSERT_TAIL, 2, t);
@@ -178,19 +180,19 @@ prepare_plans(void)
 	if (prepared)
 		return;
 	{
-		Oid			t[11] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID,
-		DATEARRAYOID, INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
+		Oid			t[12] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID,
+		DATEARRAYOID, INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, DATEOID};
 
 		/* the same for one account (single-row ERP transactions): less to plan and start */
 		balance_one_plan = loyalty_prepare(
 			"INSERT INTO loyalty.balance AS b (program_id, account_key, points, qualifying, entry_count,"
-			"  m_month, m_attachment, m_points, m_qualifying, m_source_rows)"
-			" VALUES ($1, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-			BALANCE_UPSERT_TAIL, 11, t);
+			"  m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date)"
+			" VALUES ($1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+			BALANCE_UPSERT_TAIL, 12, t);
 	}
 	{
-		Oid			t[11] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID,
-		DATEARRAYOID, INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
+		Oid			t[12] = {INT4OID, INT4OID, TEXTOID, INT8OID, NUMERICOID, INT8OID,
+		DATEARRAYOID, INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, DATEOID};
 
 		/*
 		 * An account seen before has its row: a plain (HOT) update costs less
@@ -198,10 +200,10 @@ prepare_plans(void)
 		 */
 		balance_update_plan = loyalty_prepare(
 			"UPDATE loyalty.balance AS b"
-			BALANCE_ADD("$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11")
+			BALANCE_ADD("$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12")
 			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $3"
 			"   AND" POINTS_FIT("$4")
-			BALANCE_RETURNING, 11, t);
+			BALANCE_RETURNING, 12, t);
 	}
 	{
 		Oid			t[3] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID};
@@ -570,6 +572,7 @@ typedef struct AccountSums
 	int64		first_entry;
 	int64		cap_entry;
 	Numeric		rolling;		/* rolling qualifying spend after the statement */
+	DateADT		max_date;		/* the latest document date this statement adds (0: none) */
 	DateADT		last_doc_date;	/* the latest document date ever accrued (0: none) */
 	bool		written;		/* its balance row was written */
 	const char *tier;			/* cached current tier, NULL if none or unknown */
@@ -751,7 +754,7 @@ balance_changes(const Program *prog, int32 attachment_id, MonthDelta *d, Account
 				const int *which, int nb, const int64 *p, const Numeric *q, const int64 *e)
 {
 	static const char *const names[] = {"account_key", "points", "qualifying", "entry_count",
-	"m_month", "m_attachment", "m_points", "m_qualifying", "m_source_rows"};
+	"m_month", "m_attachment", "m_points", "m_qualifying", "m_source_rows", "last_doc_date"};
 	TupleDesc	desc = lookup_rowtype_tupdesc(balance_type, -1);
 	int			col[lengthof(names)];
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
@@ -791,6 +794,8 @@ balance_changes(const Program *prog, int32 attachment_id, MonthDelta *d, Account
 		values[col[6]] = loyalty_int8_array(m.points, m.n);
 		values[col[7]] = loyalty_numeric_array(m.qualifying, m.n);
 		values[col[8]] = loyalty_int8_array(m.rows, m.n);
+		values[col[9]] = DateADTGetDatum(s->max_date);
+		nulls[col[9]] = (s->max_date == 0);
 		rows[i] = HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
 	}
 	ReleaseTupleDesc(desc);
@@ -845,6 +850,7 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		s->qo = numeric_add_opt_error(s->qo, d[i].qual_old, NULL);
 		s->rn = add_rows(s->rn, d[i].rows_new, prog, s->account);
 		s->ro = add_rows(s->ro, d[i].rows_old, prog, s->account);
+		s->max_date = Max(s->max_date, d[i].max_date);
 	}
 
 	loyalty_enter_owner(&scope);
@@ -855,7 +861,9 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		int64	   *p = palloc(sizeof(int64) * nsums);
 		Numeric    *q = palloc(sizeof(Numeric) * nsums);
 		int64	   *e = palloc(sizeof(int64) * nsums);
-		Datum		args[11];
+		Datum		args[12];
+		bool		nulls[12] = {0};
+		char		nullchars[13];
 		uint64		j;
 		int			nb = 0;
 		int		   *which = palloc(sizeof(int) * nsums);	/* sums index of each row */
@@ -901,15 +909,20 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			args[8] = loyalty_int8_array(m.points, m.n);
 			args[9] = loyalty_numeric_array(m.qualifying, m.n);
 			args[10] = loyalty_int8_array(m.rows, m.n);
+			args[11] = DateADTGetDatum(s->max_date);
+			nulls[11] = (s->max_date == 0);
 		}
 		else
 			args[1] = balance_changes(prog, attachment_id, d, sums, which, nb, p, q, e);
 		if (nb == 1)
 		{
-			if (SPI_execute_plan(balance_update_plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+			for (i = 0; i < 12; i++)
+				nullchars[i] = nulls[i] ? 'n' : ' ';
+			nullchars[12] = '\0';
+			if (SPI_execute_plan(balance_update_plan, args, nullchars, false, 0) != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "could not update loyalty.balance");
 			if (SPI_processed == 0 &&
-				SPI_execute_plan(balance_one_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+				SPI_execute_plan(balance_one_plan, args, nullchars, false, 0) != SPI_OK_INSERT_RETURNING)
 				elog(ERROR, "could not update loyalty.balance");
 		}
 		else if (SPI_execute_plan(balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
@@ -930,6 +943,9 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 
 			s->written = true;
 			s->first_entry = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull)) - s->nentries + 1;
+			s->last_doc_date = DatumGetDateADT(SPI_getbinval(tup, desc, 6, &isnull));
+			if (isnull)
+				s->last_doc_date = 0;
 			if (!prog->has_caps && !(prog->ladder && window_grew(d, s, window_first, window_last)))
 				continue;
 			arrays_read(&after, "m_", SPI_getbinval(tup, desc, 3, &isnull), (Datum) 0,

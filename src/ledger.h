@@ -25,6 +25,7 @@ typedef struct MonthDelta
 	FixedSum	qual_old_sum;
 	int64		rows_new;
 	int64		rows_old;
+	DateADT		max_date;		/* the latest document date of the rows added (0: none) */
 } MonthDelta;
 
 /*

@@ -691,6 +691,9 @@ post_differences(SourceScan *s, const char *kind, Posted *out)
 		d[i].qual_old = zero;
 		d[i].rows_new = numeric_difference_int8(SPI_getbinval(tup, desc, 7, &isnull),
 												SPI_getbinval(tup, desc, 8, &isnull));
+		/* the month's documents, dated at the latest on its last day */
+		if (d[i].rows_new > 0)
+			d[i].max_date = loyalty_add_months(d[i].month, 1) - 1;
 		if (nkeys == 0 || strcmp(keys[nkeys - 1], d[i].account) != 0)
 			keys[nkeys++] = d[i].account;
 		out->source_rows += d[i].rows_new;
@@ -837,6 +840,39 @@ may_restate(void)
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* Is (program name, account key) enrolled already?  Read as the owner. */
+static bool
+account_exists(Datum *args, const char *nulls)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	bool		isnull;
+
+	if (nulls[0] == 'n' || nulls[1] == 'n')
+		return false;
+	reconcile_owner_query("SELECT EXISTS (SELECT FROM loyalty.account a JOIN loyalty.program p"
+						  " ON p.program_id OPERATOR(pg_catalog.=) a.program_id"
+						  " WHERE p.name OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2)",
+						  2, argtypes, args, NULL, true);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* Was the account enrolled from a day before today (the program's)? */
+static bool
+back_dated(int32 program_id, const char *account)
+{
+	Oid			argtypes[2] = {INT4OID, TEXTOID};
+	Datum		args[2] = {Int32GetDatum(program_id), CStringGetTextDatum(account)};
+	bool		isnull;
+
+	reconcile_owner_query("SELECT a.enrolled_from OPERATOR(pg_catalog.<) loyalty._today(a.program_id)"
+						  " FROM loyalty.account a WHERE a.program_id OPERATOR(pg_catalog.=) $1"
+						  " AND a.account_key OPERATOR(pg_catalog.=) $2", 2, argtypes, args, NULL, false);
+	if (SPI_processed != 1)
+		elog(ERROR, "account \"%s\" was not enrolled", account);
+	return
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 PG_FUNCTION_INFO_V1(loyalty_enroll);
 /*
  * loyalty.enroll(program, account_key, ...): the writes as the owner
@@ -853,6 +889,7 @@ loyalty_enroll(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int32		pid;
 	bool		restate;
+	bool		first;
 	char	   *account;
 	int			i;
 
@@ -864,6 +901,7 @@ loyalty_enroll(PG_FUNCTION_ARGS)
 	nulls[8] = '\0';
 
 	SPI_connect();
+	first = !account_exists(args, nulls);
 	reconcile_owner_query("SELECT e.enrolled_program, e.restate FROM loyalty._enroll($1, $2, $3, $4, $5, $6, $7, $8) e",
 						  8, argtypes, args, nulls, false);
 	pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -876,12 +914,20 @@ loyalty_enroll(PG_FUNCTION_ARGS)
 
 		MemoryContextSwitchTo(cxt);
 		account = TextDatumGetCString(PG_GETARG_DATUM(1));
-		if (!may_restate())
+		if (first && !back_dated(pid, account))
+			;					/* its documents from today on: what enrolling means */
+		else if (!may_restate())
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("changing enrolled_from of account \"%s\" restates its documents", account),
-					 errdetail("The account has postings; which of its documents earn would change."),
-					 errhint("Ask a member of loyalty_admin to change it.")));
+					 first
+					 ? errmsg("enrolling account \"%s\" from a past date restates its documents", account)
+					 : errmsg("changing enrolled_from of account \"%s\" restates its documents", account),
+					 first
+					 ? errdetail("The customer has documents that were not accrued; those dated from enrolled_from on would earn.")
+					 : errdetail("The account has postings; which of its documents earn would change."),
+					 first
+					 ? errhint("Ask a member of loyalty_admin to enrol it, or enrol it from today.")
+					 : errhint("Ask a member of loyalty_admin to change it.")));
 		t = program_targets(pid, cxt, &n);
 		MemoryContextSwitchTo(cxt);
 		posted.cxt = cxt;

@@ -275,6 +275,7 @@ CREATE TABLE @extschema@.balance (
     m_qualifying   numeric[] NOT NULL DEFAULT '{}',
     m_source_rows  bigint[] NOT NULL DEFAULT '{}',
     updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    last_doc_date  date,
     PRIMARY KEY (program_id, account_key)
     -- no foreign key to account, as for the ledger (account_keep)
 );
@@ -292,6 +293,7 @@ COMMENT ON COLUMN @extschema@.balance.m_points IS 'Per-month sums: points earned
 COMMENT ON COLUMN @extschema@.balance.m_qualifying IS 'Per-month sums: qualifying spend of the documents of the month.';
 COMMENT ON COLUMN @extschema@.balance.m_source_rows IS 'Per-month sums: net number of ERP rows accrued.';
 COMMENT ON COLUMN @extschema@.balance.updated_at IS 'Last change.';
+COMMENT ON COLUMN @extschema@.balance.last_doc_date IS 'The latest document date the account ever accrued (never decreases): tier and segment changes take effect after it, so that no accrued document changes what it earned.';
 
 CREATE VIEW @extschema@.accrual_month AS
 SELECT b.program_id, x.attachment_id, b.account_key, x.month, x.points, x.qualifying, x.source_rows

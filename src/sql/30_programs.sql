@@ -227,7 +227,7 @@ BEGIN
     INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
                                           potential_spend, cohort, enrolled_by, enrolled_from)
     VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit',
-            coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE current_date END))
+            coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE @extschema@._today(pid) END))
     ON CONFLICT ON CONSTRAINT account_pkey DO UPDATE
     SET cooperation_model = coalesce(excluded.cooperation_model, a.cooperation_model),
         industry = coalesce(excluded.industry, a.industry),
@@ -238,23 +238,32 @@ BEGIN
 
     SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
 
-    -- A new segment or cohort applies to documents dated from tomorrow; the
-    -- old values stay for the documents before (the first change of a day
-    -- keeps them: values that were never in force for any date are dropped).
+    -- A new segment or cohort applies to documents dated from tomorrow (in
+    -- the program's calendar), and never to a document already accrued: after
+    -- the account's latest document date if that is later.  The old values
+    -- stay for the documents before (the first change of a day keeps them:
+    -- values that were never in force for any date are dropped).
     IF before.account_key IS NOT NULL
        AND (before.cooperation_model, before.industry, before.region, before.cohort)
            IS DISTINCT FROM (after.cooperation_model, after.industry, after.region, after.cohort) THEN
         INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
                                                  industry, region, cohort)
-        VALUES (pid, _enroll.account_key, current_date + 1, before.cooperation_model, before.industry,
-                before.region, before.cohort)
+        VALUES (pid, _enroll.account_key,
+                GREATEST(@extschema@._today(pid) + 1,
+                         (SELECT b.last_doc_date + 1 FROM @extschema@.balance b
+                          WHERE b.program_id = pid AND b.account_key = _enroll.account_key)),
+                before.cooperation_model, before.industry, before.region, before.cohort)
         ON CONFLICT DO NOTHING;
     END IF;
 
-    -- A new enrolment date changes which documents earn at all.
+    -- A new enrolment date changes which documents earn at all; so does a
+    -- first enrolment of a customer whose documents were ignored so far.
     enrolled_program := pid;
-    restate := before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
-               AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = _enroll.account_key);
+    restate := (before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
+                AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = _enroll.account_key))
+               OR (before.account_key IS NULL
+                   AND EXISTS (SELECT FROM @extschema@.unenrolled_activity u
+                               WHERE u.program_id = pid AND u.account_key = _enroll.account_key AND u.source_rows <> 0));
 END
 $$;
 COMMENT ON FUNCTION @extschema@._enroll(text, text, text, text, text, numeric, text, date) IS
