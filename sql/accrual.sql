@@ -325,6 +325,21 @@ SELECT d.id, e.basis, e.points_per_unit, e.raw_points, e.points, e.qualifying
 -- 123 + 1 - 20 = 104 points; 1234.50 + 5.00 - 200.00 = 1039.50 qualifying.
 SELECT account_key, kind, points, qualifying, source_rows FROM acc.ledger WHERE program = 'accrual_m3';
 SELECT count(*) AS drift FROM loyalty.verify('accrual_m3');
+-- A delivery whose amount is unknown (NULL) earns on its volume and
+-- qualifies no spend: qualifying spend is money, never cubic metres.
+ALTER TABLE acc.delivery ALTER COLUMN amount DROP NOT NULL;
+INSERT INTO acc.delivery VALUES (4, 'BLD', 3.000, NULL, '2024-05-03');
+SELECT e.points, e.qualifying FROM loyalty.explain_points('acc.delivery', '4') e;
+SELECT points, qualifying FROM loyalty.balance('accrual_m3', 'BLD');
+-- Without an amount mapped at all, the volume is what qualifies (tiers by volume).
+CREATE TABLE acc.volume_only (id int PRIMARY KEY, customer_id text, volume_m3 numeric(10,3), delivery_date date);
+SELECT loyalty.create_program('accrual_m3_volume', basis => 'quantity', points_per_unit => 10) > 0 AS created;
+SELECT loyalty.attach('acc.volume_only', 'accrual_m3_volume', account_column => 'customer_id',
+                      quantity_column => 'volume_m3', date_column => 'delivery_date') > 0 AS attached;
+INSERT INTO acc.volume_only VALUES (1, 'VOL', 2.5, '2024-05-01');
+SELECT points, qualifying FROM loyalty.balance('accrual_m3_volume', 'VOL');
+SELECT count(*) AS drift FROM loyalty.verify('accrual_m3');
+SELECT count(*) AS drift FROM loyalty.verify('accrual_m3_volume');
 
 --
 -- 10. A cap per account per period

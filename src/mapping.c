@@ -994,6 +994,7 @@ mapping_source_facts(Attachment *att, ExprContext *econtext,
 	f->quantity = eval_numeric(att->src[F_QUANTITY], econtext);
 	f->product_line = eval_text(att->src[F_PRODUCT_LINE], econtext);
 	f->currency_mapped = att->mapped[F_CURRENCY];
+	f->amount_mapped = att->mapped[F_AMOUNT];
 	if (!att->has_header)
 	{
 		if (with_account)

@@ -187,6 +187,7 @@ reconcile_row_facts(Attachment *att, HeapTuple tup, TupleDesc desc, RowFacts *f)
 	f->quantity = col_numeric(tup, desc, 5);
 	f->product_line = col_text(tup, desc, 6);
 	f->currency_mapped = att->mapped[F_CURRENCY];
+	f->amount_mapped = att->mapped[F_AMOUNT];
 	f->currency = col_text(tup, desc, 7);
 	doc_type = col_text(tup, desc, 8);
 	for (i = 0; doc_type && i < att->ncredit; i++)

@@ -464,7 +464,13 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 	r->rule = rule;
 	r->basis = basis;
 	r->month = loyalty_month_start(f->date);
-	r->qualifying = amount ? amount : basis;
+	/*
+	 * Qualifying spend is money: the amount.  Under the quantity basis a
+	 * program that maps no amount qualifies on the quantity itself (tiers by
+	 * volume); one that maps an amount counts a row whose amount is NULL as
+	 * no spend (it still earns its points on the quantity).
+	 */
+	r->qualifying = amount ? amount : (f->amount_mapped ? int64_to_numeric(0) : basis);
 	r->points = r->bonus = 0;
 
 	if (acct == NULL || !acct->enrolled || f->date < acct->enrolled_from)

@@ -101,6 +101,7 @@ typedef struct RowFacts
 	DateADT		date;
 	char	   *product_line;
 	bool		currency_mapped;
+	bool		amount_mapped;	/* the attachment maps an amount (NULL then means unknown) */
 	char	   *currency;
 	bool		credit_note;
 	bool		has_due;
