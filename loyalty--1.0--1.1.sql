@@ -773,3 +773,48 @@ BEGIN
 END
 $$;
 
+
+-- Caps nest: every cap whose period started under a version that defines it applies
+-- (month, then quarter, then year); verify computes them with the trigger's own code.
+DROP FUNCTION @extschema@._cap_for_month(integer, date);
+CREATE FUNCTION @extschema@._capped_points(program_id integer, months date[], points bigint[]) RETURNS bigint
+AS 'MODULE_PATHNAME', 'loyalty_capped_points' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._capped_points(integer, date[], bigint[]) IS 'Internal: an account''s per-month points after the program''s nested caps (month, quarter, year), summed; the trigger''s own computation, for verify().';
+REVOKE ALL ON FUNCTION @extschema@._capped_points(integer, date[], bigint[]) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION @extschema@._verify_books(program_id integer)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- the per-month sums, capped, vs the ledger's accrual entries
+WITH months AS (
+    SELECT m.account_key, m.month, pg_catalog.sum(m.points) AS points, pg_catalog.sum(m.qualifying) AS qualifying
+    FROM @extschema@.accrual_month m WHERE m.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1, 2),
+expected AS (
+    SELECT mo.account_key,
+           @extschema@._capped_points($1, pg_catalog.array_agg(mo.month), pg_catalog.array_agg(mo.points::bigint)) AS points,
+           pg_catalog.sum(mo.qualifying) AS qualifying
+    FROM months mo GROUP BY 1),
+posted AS (
+    SELECT l.account_key, pg_catalog.sum(l.points) AS points, pg_catalog.sum(l.qualifying) AS qualifying
+    FROM @extschema@.ledger l
+    WHERE l.program_id OPERATOR(pg_catalog.=) $1
+      AND l.kind OPERATOR(pg_catalog.=) ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[])
+    GROUP BY 1)
+SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+FROM expected e FULL JOIN posted p ON p.account_key OPERATOR(pg_catalog.=) e.account_key,
+     LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
+                     ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+UNION ALL
+-- the ledger vs the balances
+SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying, pg_catalog.count(*) AS n
+      FROM @extschema@.ledger x WHERE x.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1) l
+     FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.entry_count AS n
+                FROM @extschema@.balance x WHERE x.program_id OPERATOR(pg_catalog.=) $1) b
+       ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
+     LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
+                     ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
+                     ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+$$;
+

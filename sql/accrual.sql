@@ -375,6 +375,37 @@ SELECT points, qualifying FROM loyalty.balance('accrual_cap', 'H');
 SELECT status, points, cap FROM loyalty.explain_points('acc.capped', '1');
 SELECT count(*) AS drift FROM loyalty.verify('accrual_cap');
 
+-- Caps nest.  A version from 1 January 2025 caps the year at 5,000 points;
+-- a version from 1 April 2025 caps each month at 1,000 (and no year).  From
+-- April 2025 both hold: each month at most 1,000, and 2025 at most 5,000;
+-- from 2026 (the April version in force on 1 January) only the month cap.
+CREATE TABLE acc.nested (id int PRIMARY KEY, customer_id text, amount numeric(12,2), doc_date date);
+SELECT loyalty.create_program('accrual_nested', starts_on => '2024-01-01') > 0 AS created;
+SELECT loyalty.add_rule('accrual_nested', '2025-01-01', 1, cap_points => 5000, cap_period => 'year');
+SELECT loyalty.add_rule('accrual_nested', '2025-04-01', 1, cap_points => 1000, cap_period => 'month');
+SELECT loyalty.attach('acc.nested', 'accrual_nested', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'doc_date') > 0 AS attached;
+INSERT INTO acc.nested VALUES (1, 'N', 1000, '2025-01-15'), (2, 'N', 1500, '2025-04-15'), (3, 'N', 800, '2025-05-15'),
+                              (4, 'M', 2000, '2025-01-15'), (5, 'M', 2500, '2025-02-15'), (6, 'M', 900, '2025-04-15'),
+                              (7, 'M', 900, '2025-05-15'), (8, 'M', 1200, '2026-01-15');
+-- expected, in plain SQL: month caps from April 2025, then the 2025 year cap
+WITH months AS (
+    SELECT customer_id, date_trunc('month', doc_date)::date AS m, sum(trunc(amount)) AS p
+    FROM acc.nested GROUP BY 1, 2),
+capped AS (
+    SELECT customer_id, extract(year FROM m) AS y,
+           sum(CASE WHEN m >= '2025-04-01' THEN least(p, 1000) ELSE p END) AS p
+    FROM months GROUP BY 1, 2)
+SELECT customer_id, sum(CASE WHEN y = 2025 THEN least(p, 5000) ELSE p END) AS expected
+  FROM capped GROUP BY 1 ORDER BY 1;
+SELECT account_key, points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'accrual_nested' ORDER BY 1;
+SELECT status, points, cap FROM loyalty.explain_points('acc.nested', '2');
+-- taking back April's 1,500 gives back nothing of what April withheld beyond its cap
+DELETE FROM acc.nested WHERE id = 2;
+SELECT points FROM loyalty.balance('accrual_nested', 'N');
+SELECT count(*) AS drift FROM loyalty.verify('accrual_nested');
+
 --
 -- 11. Tiers: upgrade on accrual, multipliers from the next day
 --

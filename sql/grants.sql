@@ -85,7 +85,7 @@ INSERT INTO decision VALUES
 ('loyalty._enroll(text,text,text,text,text,numeric,text,date)', '', false, true, 'internal: the writes of enroll()'),
 ('loyalty._verify_attachments(integer)', '', false, true, 'internal: verify''s trigger checks'),
 ('loyalty._verify_books(integer)', '', false, true, 'internal: verify''s ledger and balance checks'),
-('loyalty._cap_for_month(integer,date)', '', false, true, 'internal'),
+('loyalty._capped_points(integer,date[],bigint[])', '', false, true, 'internal: nested caps for verify, the trigger''s own computation'),
 -- Called per balance row inside the posting statement, as the owner; pure
 -- C, no SQL, no name resolved: no SET clause.
 ('loyalty._month_merge(date[],integer[],bigint[],numeric[],bigint[],date[],integer[],bigint[],numeric[],bigint[])',

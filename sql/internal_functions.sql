@@ -86,8 +86,12 @@ FROM loyalty.program p WHERE p.name = 'internal_fn';
 -- 4. The other internal C functions take no arrays or bytes; unknown ids
 -- and dates outside the calendar get clean answers too.
 --
-SELECT * FROM loyalty._cap_for_month(-1, '2024-01-01');
-SELECT * FROM loyalty._cap_for_month((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), 'infinity');
+SELECT loyalty._capped_points(-1, '{2024-01-01}', '{1}');
+SELECT loyalty._capped_points((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), '{infinity}', '{1}');
+SELECT loyalty._capped_points((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), '{2024-01-01,NULL}', '{1,2}');
+SELECT loyalty._capped_points((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), '{2024-01-01}', '{1,2}');
+SELECT loyalty._capped_points((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), '{{2024-01-01}}', '{{1}}');
+SELECT loyalty._capped_points((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), '{2024-01-01,2024-02-01}', '{9223372036854775807,1}');
 SELECT loyalty.accrue();
 
 -- A real posting still works, and verify agrees.

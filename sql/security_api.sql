@@ -87,7 +87,7 @@ SELECT fn, role, outcome FROM call_outcome WHERE outcome <> 'refused' ORDER BY 1
 -- What the refusal says, for two of them.
 SET ROLE loyalty_test_admin;
 SELECT loyalty._enroll('sapi_club', '7', NULL, NULL, NULL, NULL, 'control', NULL);
-SELECT loyalty._cap_for_month(:pid, '2024-03-01');
+SELECT loyalty._capped_points(:pid, '{2024-03-01}', '{1}');
 RESET ROLE;
 
 -- An accrual trigger of one's own: the reader owns sapi_bi.sale, which is

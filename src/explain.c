@@ -11,6 +11,8 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "lib/stringinfo.h"
+#include "utils/datetime.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/tuplestore.h"
@@ -48,35 +50,94 @@ loyalty_post_backfill(PG_FUNCTION_ARGS)
 }
 
 PG_FUNCTION_INFO_V1(loyalty_cap_for_month);
-/* loyalty._cap_for_month(program, month): the cap period a month falls in. */
+/* loyalty._cap_for_month() of 1.0: caps nest in 1.1, see _capped_points. */
 Datum
 loyalty_cap_for_month(PG_FUNCTION_ARGS)
 {
-	TupleDesc	desc;
-	Program    *prog;
-	DateADT		ps = 0,
-				pe = 0;
-	int64		cap;
-	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
-
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	desc = BlessTupleDesc(desc);
-	if (DATE_NOT_FINITE(PG_GETARG_DATEADT(1)))
-		PG_RETURN_NULL();		/* no calendar period holds it */
-	SPI_connect();
-	prog = mapping_get_program(PG_GETARG_INT32(0));
-	cap = ledger_cap_for_month(prog, loyalty_month_start(PG_GETARG_DATEADT(1)), &ps, &pe);
-	SPI_finish();
-	if (cap == 0)
-		PG_RETURN_NULL();
-	values[0] = DateADTGetDatum(ps);
-	values[1] = DateADTGetDatum(pe);
-	values[2] = Int64GetDatum(cap);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	removed_in_1_1("loyalty._cap_for_month()");
+	PG_RETURN_NULL();
 }
 
+static int
+cmp_month_points(const void *a, const void *b)
+{
+	DateADT		x = ((const DateADT *) a)[0],
+				y = ((const DateADT *) b)[0];
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_capped_points);
+/*
+ * loyalty._capped_points(program, months date[], points bigint[]): an
+ * account's per-month points after the program's caps, summed.  The same
+ * computation as the trigger's (ledger_capped_year), for verify().
+ */
+Datum
+loyalty_capped_points(PG_FUNCTION_ARGS)
+{
+	Program    *prog;
+	Datum	   *months,
+			   *points;
+	int			n,
+				np,
+				i;
+	int64		total = 0;
+	struct
+	{
+		DateADT		month;
+		int64		points;
+	}		   *mp;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	months = loyalty_array_items(PG_GETARG_DATUM(1), DATEOID, "", "months", -1, NULL, &n);
+	points = loyalty_array_items(PG_GETARG_DATUM(2), INT8OID, "", "points", n, "months", &np);
+	mp = palloc(sizeof(*mp) * (n + 1));
+	for (i = 0; i < n; i++)
+	{
+		mp[i].month = loyalty_month_start(DatumGetDateADT(months[i]));
+		mp[i].points = DatumGetInt64(points[i]);
+		if (DATE_NOT_FINITE(mp[i].month))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+					 errmsg("months element %d is not a finite date", i + 1)));
+	}
+	qsort(mp, n, sizeof(*mp), cmp_month_points);
+	SPI_connect();
+	prog = mapping_get_program(PG_GETARG_INT32(0));
+	for (i = 0; i < n;)
+	{
+		DateADT		ys = rules_cap_period_start('y', mp[i].month);
+		DateADT		ye = rules_cap_period_next('y', ys);
+		int64		year[12] = {0};
+
+		for (; i < n && mp[i].month < ye; i++)
+		{
+			int			y,
+						m,
+						d;
+
+			j2date(mp[i].month + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+			year[m - 1] = ledger_add_points(year[m - 1], mp[i].points, prog, "(verify)");
+		}
+		total = ledger_add_points(total, ledger_capped_year(prog, ys, year, "(verify)"), prog, "(verify)");
+	}
+	SPI_finish();
+	PG_RETURN_INT64(total);
+}
+
+/* ISO, whatever the session's DateStyle: explain_points is read and compared. */
+static char *
+iso_date(DateADT d)
+{
+	int			y,
+				m,
+				dd;
+
+	j2date(d + POSTGRES_EPOCH_JDATE, &y, &m, &dd);
+	return psprintf("%04d-%02d-%02d", y, m, dd);
+}
 
 /* An attachment of the explained table, as the owner reads it. */
 typedef struct Explained
@@ -208,18 +269,19 @@ put_explained(ReturnSetInfo *rsi, const char *program, Program *prog,
 		SET(17, NumericGetDatum(r->qualifying));
 	if (r->status != ROW_REJECTED)
 	{
-		DateADT		ps,
-					pe;
-		int64		cap = ledger_cap_for_month(prog, r->month, &ps, &pe);
+		LedgerCap	caps[3];
+		int			ncaps = ledger_caps_for_month(prog, r->month, caps);
+		StringInfoData text;
+		int			c;
 
-		if (cap > 0)
-		{
-			char	   *from = DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(ps)));
-			char	   *to = DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(pe - 1)));
-
-			SET(18, CStringGetTextDatum(psprintf(INT64_FORMAT " points per account from %s to %s",
-												 cap, from, to)));
-		}
+		/* innermost first: the month's cap applies before the quarter's and the year's */
+		initStringInfo(&text);
+		for (c = ncaps - 1; c >= 0; c--)
+			appendStringInfo(&text, "%s" INT64_FORMAT " points per account from %s to %s",
+							 text.len > 0 ? "; then " : "", caps[c].points,
+							 iso_date(caps[c].start), iso_date(caps[c].end - 1));
+		if (ncaps > 0)
+			SET(18, CStringGetTextDatum(text.data));
 	}
 #undef SET
 	tuplestore_putvalues(rsi->setResult, rsi->setDesc, values, nulls);

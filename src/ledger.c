@@ -261,15 +261,22 @@ prepare_plans(void)
 	prepared = true;
 }
 
-int64
-ledger_cap_for_month(const Program *prog, DateADT month, DateADT *ps, DateADT *pe)
+/*
+ * Caps nest: a version's cap applies to the periods that start while it is
+ * in force, and every cap whose period covers a month applies to it, the
+ * month's first, then its quarter's, then its year's.  A year cap in force
+ * on 1 January and a month cap from a version starting in April both hold
+ * from April on.
+ */
+int
+ledger_caps_for_month(const Program *prog, DateADT month, LedgerCap caps[3])
 {
 	static const char periods[3] = {'y', 'q', 'm'};
-	int			i;
+	int			i,
+				n = 0;
 
 	if (!prog->has_caps)
 		return 0;
-	/* the version in force on a period's first day decides that period's cap */
 	for (i = 0; i < 3; i++)
 	{
 		DateADT		start = rules_cap_period_start(periods[i], month);
@@ -277,12 +284,66 @@ ledger_cap_for_month(const Program *prog, DateADT month, DateADT *ps, DateADT *p
 
 		if (r && r->cap_points > 0 && r->cap_period == periods[i])
 		{
-			*ps = start;
-			*pe = rules_cap_period_next(periods[i], start);
-			return r->cap_points;
+			caps[n].period = periods[i];
+			caps[n].start = start;
+			caps[n].end = rules_cap_period_next(periods[i], start);
+			caps[n].points = r->cap_points;
+			n++;
 		}
 	}
-	return 0;
+	return n;
+}
+
+static int64
+cap_of(const Program *prog, char period, DateADT start)
+{
+	const RuleVersion *r = rules_version_on(prog, start);
+
+	return (r && r->cap_points > 0 && r->cap_period == period) ? r->cap_points : -1;
+}
+
+/*
+ * The points of one calendar year's twelve months (uncapped, net) after
+ * its caps: each month's cap, then each quarter's over its capped months,
+ * then the year's over its capped quarters.
+ */
+int64
+ledger_capped_year(const Program *prog, DateADT year_start, const int64 month_points[12],
+				   const char *account)
+{
+	int64		year = 0;
+	int64		cap;
+	int			q,
+				m;
+
+	for (q = 0; q < 4; q++)
+	{
+		int64		quarter = 0;
+
+		for (m = 3 * q; m < 3 * q + 3; m++)
+		{
+			int64		v = month_points[m];
+
+			cap = cap_of(prog, 'm', loyalty_add_months(year_start, m));
+			quarter = ledger_add_points(quarter, cap >= 0 ? Min(v, cap) : v, prog, account);
+		}
+		cap = cap_of(prog, 'q', loyalty_add_months(year_start, 3 * q));
+		year = ledger_add_points(year, cap >= 0 ? Min(quarter, cap) : quarter, prog, account);
+	}
+	cap = cap_of(prog, 'y', year_start);
+	return cap >= 0 ? Min(year, cap) : year;
+}
+
+/* 0..11: a document month's place in its calendar year. */
+static int
+month_of_year(DateADT month)
+{
+	int			y,
+				m,
+				d;
+
+	j2date(month + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	return m - 1;
 }
 
 static bool
@@ -612,40 +673,42 @@ find_sums(AccountSums *sums, int nsums, const char *key)
 }
 
 /*
- * Caps act on the sums of whole cap periods: what the period earned after
- * the statement, capped, minus what it earned before, capped.
+ * Caps act on whole calendar years (the outermost cap period): what the
+ * year earned after the statement, capped, minus what it earned before,
+ * capped, against the uncapped change; the difference is withheld (or
+ * given back) by the account's cap entry.
  */
 static void
 apply_caps(Program *prog, MonthDelta *d, AccountSums *s, MonthArrays *after)
 {
-	int			i;
+	int			i = s->first_delta;
+	int			end = s->first_delta + s->ndeltas;
 
-	for (i = s->first_delta; i < s->first_delta + s->ndeltas; i++)
+	while (i < end)
 	{
-		DateADT		ps,
-					pe;
-		int64		cap = ledger_cap_for_month(prog, d[i].month, &ps, &pe);
-		int64		delta = 0,
-					total = 0;
+		DateADT		ys = rules_cap_period_start('y', d[i].month);
+		DateADT		ye = rules_cap_period_next('y', ys);
+		int64		now[12] = {0},
+					was[12];
+		int64		raw = 0,
+					capped;
 		int			j;
 
-		if (cap == 0)
-			continue;
-		/* each period once: only at its first delta month */
-		if (i > s->first_delta && d[i - 1].month >= ps)
-			continue;
-		for (j = i; j < s->first_delta + s->ndeltas && d[j].month < pe; j++)
-			delta = ledger_add_points(delta, net_points(prog, &d[j]), prog, s->account);
 		for (j = 0; j < after->n; j++)
-			if (after->month[j] >= ps && after->month[j] < pe)
-				total = ledger_add_points(total, after->points[j], prog, s->account);
+			if (after->month[j] >= ys && after->month[j] < ye)
+				now[month_of_year(after->month[j])] =
+					ledger_add_points(now[month_of_year(after->month[j])], after->points[j], prog, s->account);
+		memcpy(was, now, sizeof(was));
+		for (; i < end && d[i].month < ye; i++)
 		{
-			int64		before = sub_points(total, delta, prog, s->account);
-			int64		capped = sub_points(Min(cap, total), Min(cap, before), prog, s->account);
+			int64		change = net_points(prog, &d[i]);
 
-			s->cap = ledger_add_points(s->cap, sub_points(capped, delta, prog, s->account),
-									   prog, s->account);
+			was[month_of_year(d[i].month)] = sub_points(was[month_of_year(d[i].month)], change, prog, s->account);
+			raw = ledger_add_points(raw, change, prog, s->account);
 		}
+		capped = sub_points(ledger_capped_year(prog, ys, now, s->account),
+							ledger_capped_year(prog, ys, was, s->account), prog, s->account);
+		s->cap = ledger_add_points(s->cap, sub_points(capped, raw, prog, s->account), prog, s->account);
 	}
 }
 

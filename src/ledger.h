@@ -39,8 +39,20 @@ extern void ledger_post(Program *prog, int32 attachment_id, MonthDelta *deltas, 
 /* a + b points of one account, or a clear error naming it (never a wrapped sum) */
 extern int64 ledger_add_points(int64 a, int64 b, const Program *prog, const char *account);
 
-/* The cap that applies to a document month: period and points (0 = none). */
-extern int64 ledger_cap_for_month(const Program *prog, DateADT month,
-								  DateADT *period_start, DateADT *period_end);
+/* A cap that applies to a document month: its period and points. */
+typedef struct LedgerCap
+{
+	char		period;			/* 'y', 'q' or 'm' */
+	DateADT		start;
+	DateADT		end;			/* exclusive */
+	int64		points;
+} LedgerCap;
+
+/* The caps of a document month, year first; returns how many (0 to 3). */
+extern int	ledger_caps_for_month(const Program *prog, DateADT month, LedgerCap caps[3]);
+
+/* A calendar year's twelve monthly point sums after its caps. */
+extern int64 ledger_capped_year(const Program *prog, DateADT year_start, const int64 month_points[12],
+								const char *account);
 
 #endif

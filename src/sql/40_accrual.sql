@@ -24,10 +24,9 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._refuse_truncate() IS 'Internal: refuses TRUNCATE on attached ERP tables.';
 
-CREATE FUNCTION @extschema@._cap_for_month(program_id integer, month date,
-                                           OUT period_start date, OUT period_end date, OUT cap_points bigint)
-AS 'MODULE_PATHNAME', 'loyalty_cap_for_month' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._cap_for_month(integer, date) IS 'Internal: the cap period a document month falls in, NULL when uncapped.';
+CREATE FUNCTION @extschema@._capped_points(program_id integer, months date[], points bigint[]) RETURNS bigint
+AS 'MODULE_PATHNAME', 'loyalty_capped_points' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._capped_points(integer, date[], bigint[]) IS 'Internal: an account''s per-month points after the program''s nested caps (month, quarter, year), summed; the trigger''s own computation, for verify().';
 
 CREATE FUNCTION @extschema@._equality_operator(type regtype) RETURNS text
 AS 'MODULE_PATHNAME', 'loyalty_equality_operator' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
@@ -486,15 +485,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 WITH months AS (
     SELECT m.account_key, m.month, pg_catalog.sum(m.points) AS points, pg_catalog.sum(m.qualifying) AS qualifying
     FROM @extschema@.accrual_month m WHERE m.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1, 2),
-periods AS (
-    SELECT mo.account_key, coalesce(c.period_start, mo.month) AS ps, c.cap_points,
-           pg_catalog.sum(mo.points) AS points, pg_catalog.sum(mo.qualifying) AS qualifying
-    FROM months mo LEFT JOIN LATERAL @extschema@._cap_for_month($1, mo.month) c ON true
-    GROUP BY 1, 2, 3),
 expected AS (
-    SELECT p.account_key, pg_catalog.sum(CASE WHEN p.cap_points IS NULL THEN p.points ELSE LEAST(p.points, p.cap_points) END) AS points,
-           pg_catalog.sum(p.qualifying) AS qualifying
-    FROM periods p GROUP BY 1),
+    SELECT mo.account_key,
+           @extschema@._capped_points($1, pg_catalog.array_agg(mo.month), pg_catalog.array_agg(mo.points::bigint)) AS points,
+           pg_catalog.sum(mo.qualifying) AS qualifying
+    FROM months mo GROUP BY 1),
 posted AS (
     SELECT l.account_key, pg_catalog.sum(l.points) AS points, pg_catalog.sum(l.qualifying) AS qualifying
     FROM @extschema@.ledger l
