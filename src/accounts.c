@@ -430,3 +430,42 @@ accounts_note_tier(Program *prog, const char *key, const char *tier, DateADT eff
 	a->hist_tier[a->nhist] = a->tier;
 	a->nhist++;
 }
+
+/*
+ * Forgets every cached account: verify, backfill and explain_points read
+ * accounts as they are now, whatever this backend cached before (another
+ * session's tier upgrade does not invalidate caches, see below).
+ */
+void
+accounts_forget(void)
+{
+	loyalty_accounts_valid = false;
+	accounts_begin();
+}
+
+/*
+ * One account read again, for a document dated after today: another
+ * session may have recorded a tier upgrade that takes effect before that
+ * date, and tier history inserts do not invalidate caches (an upgrade
+ * counts from tomorrow on, so documents up to today never need it).
+ */
+AccountInfo *
+accounts_refresh(Program *prog, const char *key)
+{
+	AccountKey	k = {prog->id, key};
+	AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
+	char	   *keys[1] = {(char *) key};
+	AccountInfo *info;
+
+	if (e != NULL)
+		e->info = NULL;
+	load_accounts(prog, keys, 1);
+	e = hash_search(account_cache, &k, HASH_FIND, NULL);
+	if (e != NULL && e->info != NULL)
+		return e->info;
+	/* not enrolled (any more): like an unknown account, kept until the next statement */
+	info = MemoryContextAllocZero(account_cxt, sizeof(AccountInfo));
+	info->key = MemoryContextStrdup(account_cxt, key);
+	info->enrolled_from = DATEVAL_NOBEGIN;
+	return info;
+}

@@ -16,6 +16,10 @@
 extern void accounts_begin(void);
 extern AccountInfo **accounts_resolve(Program *prog, char **keys, int n, bool enroll);
 
+/* Forget every cached account; read one account again. */
+extern void accounts_forget(void);
+extern AccountInfo *accounts_refresh(Program *prog, const char *key);
+
 /* An upgrade this backend recorded: keep its own cache exact. */
 extern void accounts_note_tier(Program *prog, const char *key, const char *tier, DateADT effective_from);
 

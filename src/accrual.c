@@ -45,6 +45,7 @@ typedef struct StrEntry
 	void	   *value;
 	bool		in_new;			/* seen in an added row */
 	bool		bad_key;		/* accounts: a key that is never looked up or written */
+	bool		refreshed;		/* accounts: read again in this statement */
 	MonthDelta *months;			/* accounts: sums per document month, sorted */
 	int			nmonths;
 	int			mcap;
@@ -89,6 +90,7 @@ str_enter(HTAB *h, const char *key, MemoryContext cxt, bool *found)
 		e->value = NULL;
 		e->in_new = false;
 		e->bad_key = false;
+		e->refreshed = false;
 		e->months = NULL;
 		e->nmonths = e->mcap = 0;
 	}
@@ -224,6 +226,7 @@ typedef struct Batch
 	char	  **settled_keys;	/* keys of removed rows whose dead letters are settled */
 	int64		nsettled;
 	Numeric		zero;
+	DateADT		today;			/* in the program's time zone */
 } Batch;
 
 typedef struct Reject
@@ -613,6 +616,12 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 				acct = last;
 			}
 			info = acct ? (AccountInfo *) acct->value : NULL;
+			if (info && info->enrolled && f.has_date && f.date > b->today && !acct->refreshed)
+			{
+				/* a document dated after today: another session's upgrade may count for it */
+				acct->value = info = accounts_refresh(b->prog, acct->key);
+				acct->refreshed = true;
+			}
 			rules_row_points(b->prog, info, &f, &r);
 
 			switch (r.status)
@@ -877,6 +886,7 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 	b.accounts = str_table("loyalty accounts", b.cxt);
 	b.unenrolled = str_table("loyalty unenrolled", b.cxt);
 	b.zero = int64_to_numeric(0);
+	b.today = rules_today(b.prog);
 
 	collect_keys(&b, sets, nsets);
 	if (att->has_header)

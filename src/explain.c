@@ -343,7 +343,7 @@ loyalty_explain_points(PG_FUNCTION_ARGS)
 		sql = psprintf("SELECT " RECONCILE_FACTS_COLUMNS " FROM (%s WHERE %s) f",
 					   t[i].facts_sql, key_condition(source, source_name, &t[i]));
 		att = mapping_get(t[i].attachment_id);
-		accounts_begin();
+		accounts_forget();
 		/* as the caller: the mapping is the attaching user's SQL */
 		if (SPI_execute_with_args(sql, 1, argtypes, &key, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read %s", source_name);

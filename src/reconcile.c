@@ -421,7 +421,7 @@ scan_source(SourceScan *s, const char *facts_sql)
 
 	(void) set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	accounts_begin();
+	accounts_forget();
 	portal = open_facts(s, sql);
 	for (;;)
 	{
