@@ -100,7 +100,17 @@ mapping_refresh(void)
 		return;
 	loyalty_check_version();
 	if (config_cxt != NULL)
+	{
+		HASH_SEQ_STATUS seq;
+		AttEntry   *e;
+
+		/* kept plans live outside config_cxt: free them with their attachments */
+		hash_seq_init(&seq, attachments);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (e->att->header_plan != NULL)
+				SPI_freeplan(e->att->header_plan);
 		MemoryContextDelete(config_cxt);
+	}
 	config_cxt = AllocSetContextCreate(CacheMemoryContext, "loyalty config cache",
 									   ALLOCSET_DEFAULT_SIZES);
 	memset(&ctl, 0, sizeof(ctl));
