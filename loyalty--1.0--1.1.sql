@@ -818,3 +818,713 @@ FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x
 WHERE v.e IS DISTINCT FROM v.a
 $$;
 
+-- ---------------------------------------------------------------------------
+-- Clear answers for the DBA: every parameter of the public functions is
+-- checked by the function itself, with an error that names it (SQLSTATE,
+-- message, DETAIL, HINT) instead of a raw NOT NULL or CHECK violation or a
+-- value silently accepted; errors of internal helpers no longer show them
+-- in CONTEXT.  The rounding mode 'floor' (which truncates toward zero) is
+-- called 'toward_zero' now; 'floor' stays accepted by create_program().
+-- attach() names the header's columns for the table they belong to:
+-- line_header_column and header_id_column (header_key_column and
+-- header_match_column stay as deprecated aliases).  explain_points() takes
+-- the key values in their own types too.
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE @extschema@.program DROP CONSTRAINT program_rounding_check;
+UPDATE @extschema@.program SET rounding = 'toward_zero' WHERE rounding = 'floor';
+ALTER TABLE @extschema@.program ALTER COLUMN rounding SET DEFAULT 'toward_zero';
+ALTER TABLE @extschema@.program ADD CONSTRAINT program_rounding_check CHECK (rounding IN ('toward_zero', 'half_up', 'half_even'));
+COMMENT ON COLUMN @extschema@.program.rounding IS 'How a row''s points are made whole: toward_zero (drops the fraction: 247.83 and -247.83 give 247 and -247), half_up (half away from zero: 2.5 gives 3, -2.5 gives -3) or half_even (half to the even neighbour: 2.5 gives 2, 3.5 gives 4). Symmetric around zero, so a credit note reverses exactly what the same invoice earned.';
+COMMENT ON COLUMN @extschema@.attachment.header_key_column IS 'The lines'' column (of source) that references the header: attach()''s line_header_column.';
+COMMENT ON COLUMN @extschema@.attachment.header_match_column IS 'The header''s own column that line_header_column references (its primary key by default): attach()''s header_id_column.';
+
+CREATE OR REPLACE FUNCTION @extschema@._ledger_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'loyalty.ledger is append-only'
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              DETAIL = pg_catalog.format('%s on loyalty.ledger is refused: entries are never changed or removed.', TG_OP),
+              HINT = 'Correct the ERP''s invoice rows instead (UPDATE, DELETE or a credit note): the accrual posts the correcting entries.';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._program_id(program text) RETURNS integer
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id integer;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO id FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    RETURN id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.create_program(
+    name                 text,
+    currency             text DEFAULT 'EUR',
+    ladder               @extschema@.tier_ladder DEFAULT NULL,
+    points_per_unit      numeric DEFAULT 1,
+    basis                text DEFAULT 'amount',
+    rounding             text DEFAULT 'toward_zero',
+    qualification_window interval DEFAULT '12 months',
+    enrollment           text DEFAULT 'auto',
+    strict               boolean DEFAULT false,
+    starts_on            date DEFAULT NULL,
+    settlement_period    text DEFAULT 'quarter',
+    point_lifetime       interval DEFAULT NULL,
+    rebate               @extschema@.rebate_schedule DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id integer;
+    c record;
+    months integer;
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'name must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'name is the program''s name, which every loyalty function takes.',
+                  HINT = 'For example loyalty.create_program(''Distributor Club'').';
+    END IF;
+    IF name !~ '^[^[:cntrl:]]{1,63}$' OR name <> btrim(name) THEN
+        RAISE EXCEPTION 'invalid program name: %', quote_literal(name)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A program name has 1 to 63 characters, no control characters and no leading or trailing spaces.',
+                  HINT = CASE WHEN name <> btrim(name) AND btrim(name) ~ '^[^[:cntrl:]]{1,63}$'
+                              THEN format('Leave out the spaces: name => %L.', btrim(name))
+                              ELSE 'For example name => ''Distributor Club''.' END;
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.program p WHERE p.name = create_program.name) THEN
+        RAISE EXCEPTION 'loyalty program "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Program names are unique.',
+                  HINT = 'Choose another name, or change the existing program''s rules with loyalty.add_rule().';
+    END IF;
+    IF currency IS NULL THEN
+        RAISE EXCEPTION 'currency must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'currency is the ISO 4217 code of the amounts that earn; rows in another currency are rejected.',
+                  HINT = 'Leave it out for the default, ''EUR''.';
+    END IF;
+    IF currency !~ '^[A-Z]{3}$' THEN
+        RAISE EXCEPTION 'invalid currency: %', quote_literal(currency)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'currency is an ISO 4217 code: three capital letters.',
+                  HINT = CASE WHEN upper(currency) ~ '^[A-Z]{3}$' THEN format('Write it in capitals: currency => %L.', upper(currency))
+                              ELSE 'For example currency => ''EUR''.' END;
+    END IF;
+    IF points_per_unit IS NULL THEN
+        RAISE EXCEPTION 'points_per_unit must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'points_per_unit is the base rate of the first rule version: points per currency unit (or per quantity unit).',
+                  HINT = 'Give 0 for a program that counts qualifying spend but pays no points.';
+    END IF;
+    IF points_per_unit IN ('NaN', 'Infinity', '-Infinity') OR points_per_unit < 0 OR points_per_unit >= 1000000 THEN
+        RAISE EXCEPTION 'points_per_unit must be at least 0 and below 1000000, not %', points_per_unit
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'points_per_unit is the base rate of the first rule version: points per currency unit (or per quantity unit).',
+                  HINT = 'For example points_per_unit => 1, or 0.5.';
+    END IF;
+    -- the old name of toward_zero: it never was a floor (-247.83 gives -247)
+    IF rounding = 'floor' THEN
+        RAISE NOTICE 'rounding ''floor'' is deprecated: it is called ''toward_zero'' now'
+            USING DETAIL = 'It drops the fraction toward zero, so that a credit note of -247.83 gives -247 points, not -248.',
+                  HINT = 'Write rounding => ''toward_zero''.';
+        rounding := 'toward_zero';
+    END IF;
+    FOR c IN SELECT * FROM (VALUES
+            (1, 'basis', basis, ARRAY['amount', 'quantity']),
+            (2, 'rounding', rounding, ARRAY['toward_zero', 'half_up', 'half_even']),
+            (3, 'enrollment', enrollment, ARRAY['auto', 'explicit']),
+            (4, 'settlement_period', settlement_period, ARRAY['month', 'quarter', 'year'])) AS x(n, param, value, allowed)
+            ORDER BY n LOOP
+        IF c.value IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL', c.param
+                USING ERRCODE = 'null_value_not_allowed',
+                      DETAIL = format('%s must be one of %s.', c.param, array_to_string(c.allowed, ', ')),
+                      HINT = format('Leave it out for the default, %L.', c.allowed[1]);
+        END IF;
+        IF NOT c.value = ANY (c.allowed) THEN
+            RAISE EXCEPTION 'invalid %: %', c.param, quote_literal(c.value)
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('%s must be one of %s.', c.param, array_to_string(c.allowed, ', ')),
+                      HINT = format('For example %s => %L.', c.param, c.allowed[1]);
+        END IF;
+    END LOOP;
+    IF qualification_window IS NULL THEN
+        RAISE EXCEPTION 'qualification_window must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'qualification_window is the tier window: the qualifying spend of that many calendar months, the current one included, decides the tier.',
+                  HINT = 'Leave it out for the default, ''12 months''.';
+    END IF;
+    -- whole months: '90 days' would be counted as 3 months, which is not what it says
+    months := date_part('year', qualification_window) * 12 + date_part('month', qualification_window);
+    IF date_part('day', qualification_window) <> 0 OR date_part('hour', qualification_window) <> 0
+       OR date_part('minute', qualification_window) <> 0 OR date_part('second', qualification_window) <> 0 THEN
+        months := greatest(1, least(120, @extschema@._window_months(qualification_window)));
+        RAISE EXCEPTION 'qualification_window must be a whole number of months, not %', qualification_window
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The tier window counts whole calendar months, the current one included.',
+                  HINT = format('For example qualification_window => %L.', months || CASE months WHEN 1 THEN ' month' ELSE ' months' END);
+    END IF;
+    IF months < 1 OR months > 120 THEN
+        RAISE EXCEPTION 'qualification_window must be between 1 month and 10 years, not %', qualification_window
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The tier window counts whole calendar months, the current one included.',
+                  HINT = 'For example qualification_window => ''12 months''.';
+    END IF;
+    IF strict IS NULL THEN
+        RAISE EXCEPTION 'strict must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'strict => true fails an ERP statement with a row the program cannot accrue; false parks such rows in loyalty.rejected_event.',
+                  HINT = 'Leave it out for the default, false.';
+    END IF;
+    IF starts_on = 'infinity' THEN
+        RAISE EXCEPTION 'starts_on must be a date or -infinity, not infinity'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'starts_on is the first document date that earns points; from infinity on, no document would ever earn.',
+                  HINT = 'Give a date, or leave it out for a program that earns from the beginning of time.';
+    END IF;
+    IF point_lifetime <= interval '0' THEN
+        RAISE EXCEPTION 'point_lifetime must be positive, not %', point_lifetime
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'point_lifetime is how long earned points stay valid before settlement expires them.',
+                  HINT = 'For example point_lifetime => ''2 years''; leave it out for points that never expire.';
+    END IF;
+    INSERT INTO @extschema@.program AS p (name, currency, ladder, basis, rounding, qualification_window,
+                                          enrollment, strict, settlement_period, point_lifetime, rebate)
+    VALUES (name, currency, ladder, basis, rounding, qualification_window,
+            enrollment, strict, settlement_period, point_lifetime, rebate)
+    RETURNING p.program_id INTO id;
+    INSERT INTO @extschema@.rule (program_id, valid_from, points_per_unit)
+    VALUES (id, coalesce(starts_on, '-infinity'), points_per_unit);
+    RETURN id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.add_rule(
+    program                  text,
+    valid_from               date,
+    points_per_unit          numeric,
+    min_amount               numeric DEFAULT 0,
+    product_line_multipliers jsonb DEFAULT '{}',
+    tier_multipliers         jsonb DEFAULT '{}',
+    segment_multipliers      jsonb DEFAULT '{}',
+    on_time_bonus_pct        numeric DEFAULT 0,
+    cap_points               bigint DEFAULT NULL,
+    cap_period               text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    last_month date;
+    c record;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'For example loyalty.add_rule(''Distributor Club'', valid_from => ''2025-01-01'', points_per_unit => 2).';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = add_rule.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF valid_from IS NULL THEN
+        RAISE EXCEPTION 'valid_from must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'valid_from is the first document date the new version applies to.',
+                  HINT = 'For example valid_from => ''2025-01-01''.';
+    END IF;
+    IF NOT isfinite(valid_from) THEN
+        RAISE EXCEPTION 'valid_from must be a date, not %', valid_from
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_from is the first document date the new version applies to; the program''s first version, in force from its start, is made by loyalty.create_program(starts_on => ...).',
+                  HINT = 'For example valid_from => ''2025-01-01''.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.rule r WHERE r.program_id = pid AND r.valid_from = add_rule.valid_from) THEN
+        RAISE EXCEPTION 'program "%" already has a rule version valid from %', program, valid_from
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'A program has one rule version per valid_from date.',
+                  HINT = 'Versions are immutable once documents earned by them; add one with another valid_from.';
+    END IF;
+    IF points_per_unit IS NULL THEN
+        RAISE EXCEPTION 'points_per_unit must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'points_per_unit is the version''s base rate: points per currency unit (or per quantity unit).',
+                  HINT = 'Give 0 for a version that pays no points.';
+    END IF;
+    IF points_per_unit IN ('NaN', 'Infinity', '-Infinity') OR points_per_unit < 0 OR points_per_unit >= 1000000 THEN
+        RAISE EXCEPTION 'points_per_unit must be at least 0 and below 1000000, not %', points_per_unit
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'points_per_unit is the version''s base rate: points per currency unit (or per quantity unit).',
+                  HINT = 'For example points_per_unit => 1, or 0.5.';
+    END IF;
+    IF min_amount IS NULL THEN
+        RAISE EXCEPTION 'min_amount must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'Rows whose absolute amount (or quantity) is below min_amount earn no points.',
+                  HINT = 'Leave it out for no minimum (0).';
+    END IF;
+    IF min_amount IN ('NaN', 'Infinity', '-Infinity') OR min_amount < 0 THEN
+        RAISE EXCEPTION 'min_amount must be zero or a positive finite amount, not %', min_amount
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Rows whose absolute amount (or quantity) is below min_amount earn no points.',
+                  HINT = 'For example min_amount => 50; leave it out for no minimum (0).';
+    END IF;
+    FOR c IN SELECT * FROM (VALUES
+            (1, 'product_line_multipliers', product_line_multipliers, false,
+             'product_line_multipliers maps product lines to positive numbers; lines not listed get 1.',
+             'For example product_line_multipliers => ''{"SOLAR": 2}''.'),
+            (2, 'tier_multipliers', tier_multipliers, false,
+             'tier_multipliers maps tier names to positive numbers; tiers not listed get 1.',
+             'For example tier_multipliers => ''{"Gold": 1.25}''.'),
+            (3, 'segment_multipliers', segment_multipliers, true,
+             'segment_multipliers maps cooperation_model, industry or region to objects of positive numbers; values not listed get 1.',
+             'For example segment_multipliers => ''{"cooperation_model": {"distributor": 1.1}, "region": {"North": 1.05}}''.'))
+            AS x(n, param, value, nested, what, example) ORDER BY n LOOP
+        IF c.value IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL', c.param
+                USING ERRCODE = 'null_value_not_allowed', DETAIL = c.what,
+                      HINT = 'Leave it out for none (''{}'').';
+        END IF;
+        IF NOT @extschema@._valid_multipliers(c.value, c.nested) THEN
+            RAISE EXCEPTION 'invalid %: %', c.param, c.value
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = c.what, HINT = c.example;
+        END IF;
+    END LOOP;
+    IF on_time_bonus_pct IS NULL THEN
+        RAISE EXCEPTION 'on_time_bonus_pct must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'on_time_bonus_pct is the bonus, in percent of a row''s points, for a document paid on or before its due date.',
+                  HINT = 'Leave it out for no bonus (0).';
+    END IF;
+    IF on_time_bonus_pct IN ('NaN', 'Infinity', '-Infinity') OR on_time_bonus_pct < 0 OR on_time_bonus_pct > 1000 THEN
+        RAISE EXCEPTION 'on_time_bonus_pct must be between 0 and 1000, not %', on_time_bonus_pct
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'on_time_bonus_pct is the bonus, in percent of a row''s points, for a document paid on or before its due date.',
+                  HINT = 'For example on_time_bonus_pct => 10 (ten percent more).';
+    END IF;
+    IF cap_points <= 0 THEN
+        RAISE EXCEPTION 'cap_points must be positive, not %', cap_points
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cap_points is the most points an account can earn from invoices in one cap period.',
+                  HINT = 'Leave out cap_points and cap_period for no cap.';
+    END IF;
+    IF cap_period NOT IN ('month', 'quarter', 'year') THEN
+        RAISE EXCEPTION 'invalid cap_period: %', quote_literal(cap_period)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cap_period must be one of month, quarter, year.',
+                  HINT = 'For example cap_points => 10000, cap_period => ''quarter''.';
+    END IF;
+    IF (cap_points IS NULL) <> (cap_period IS NULL) THEN
+        RAISE EXCEPTION 'cap_points and cap_period go together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = CASE WHEN cap_points IS NULL THEN 'cap_period was given without cap_points.'
+                                ELSE 'cap_points was given without cap_period.' END,
+                  HINT = 'For example cap_points => 10000, cap_period => ''quarter''.';
+    END IF;
+    -- A version must not change what documents already accrued have earned.
+    SELECT max(m.month) INTO last_month FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.month >= date_trunc('month', valid_from)::date;
+    IF last_month IS NOT NULL THEN
+        RAISE EXCEPTION 'a rule version valid from % would change points already accrued', valid_from
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Program "%s" has accrued documents dated in %s, on or after valid_from.', program, to_char(last_month, 'YYYY-MM')),
+                  HINT = pg_catalog.format('Start the version after the last accrued month, e.g. valid_from => %L.', (last_month + interval '1 month')::date);
+    END IF;
+    INSERT INTO @extschema@.rule (program_id, valid_from, points_per_unit, min_amount, product_line_multipliers,
+                                  tier_multipliers, segment_multipliers, on_time_bonus_pct, cap_points, cap_period)
+    VALUES (pid, valid_from, points_per_unit, min_amount, product_line_multipliers,
+            tier_multipliers, segment_multipliers, on_time_bonus_pct, cap_points, cap_period);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._check_column(rel regclass, param text, col text, accepted regtype[], expected text)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    typ regtype;
+    name text;
+BEGIN
+    IF col IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT a.atttypid::regtype, a.attname INTO typ, name FROM pg_attribute a
+    WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF typ IS NULL THEN
+        RAISE EXCEPTION 'column "%" of relation % does not exist', col, rel
+            USING ERRCODE = 'undefined_column',
+                  DETAIL = pg_catalog.format('%s names a column of %s.', param, rel),
+                  HINT = pg_catalog.format('Columns of %s: %s.', rel,
+                         (SELECT string_agg(quote_ident(x.attname), ', ' ORDER BY x.attnum) FROM pg_attribute x
+                          WHERE x.attrelid = rel AND x.attnum > 0 AND NOT x.attisdropped));
+    END IF;
+    IF accepted IS NOT NULL AND NOT typ = ANY (accepted) THEN
+        RAISE EXCEPTION 'column "%" of relation % has type %, but % must be %', col, rel, typ, param, expected
+            USING ERRCODE = 'datatype_mismatch',
+                  DETAIL = pg_catalog.format('%s names a column of %s; it must be %s.', param, rel, expected),
+                  HINT = CASE WHEN param = 'amount_column'
+                              THEN 'Map a numeric or integer column, or cast it with amount_expression, e.g. amount_expression => ''unit_price::numeric * quantity''.'
+                              ELSE 'Map a column of that type.' END;
+    END IF;
+    RETURN name;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._attach(
+    source              regclass,
+    program             text,
+    account_column      text,
+    amount_column       text,
+    quantity_column     text,
+    date_column         text,
+    key_column          text,
+    product_line_column text,
+    currency_column     text,
+    doc_type_column     text,
+    credit_note_types   text[],
+    due_date_column     text,
+    paid_date_column    text,
+    amount_expression   text,
+    header              regclass,
+    header_key_column   text,
+    header_match_column text)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    prog @extschema@.program;
+    keys text[];
+    dside regclass := coalesce(header, source);
+    dalias text := CASE WHEN header IS NULL THEN 's' ELSE 'h' END;
+    ints regtype[] := ARRAY['smallint', 'integer', 'bigint']::regtype[];
+    texts regtype[] := ARRAY['text', 'character varying', 'character']::regtype[];
+    nums regtype[] := ARRAY['numeric', 'smallint', 'integer', 'bigint']::regtype[];
+    dates regtype[] := ARRAY['date', 'timestamp without time zone', 'timestamp with time zone']::regtype[];
+    acc text; amt text; qty text; dat text; pl text; cur text; dt text; due text; paid text;
+    hk text; hm text;
+    id integer;
+    trg text;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) = 'p' THEN
+        RAISE NOTICE 'rows written straight into a partition of % will not accrue', source
+            USING DETAIL = 'Statement triggers on a partitioned table see the rows written through it, not those written to a partition directly, and TRUNCATE of a partition is not refused.',
+                  HINT = 'Make the ERP write through the partitioned table.';
+    ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) <> 'r' THEN
+        RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type',
+            DETAIL = 'source names the table whose rows earn points; attach creates triggers on it.',
+            HINT = 'Attach the table the ERP writes invoices or invoice lines to.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.program_id = pid AND x.source = _attach.source AND x.detached_at IS NULL) THEN
+        RAISE EXCEPTION 'program "%" is already attached to %', program, source USING ERRCODE = 'duplicate_object',
+            DETAIL = 'A program is attached to a table once.',
+            HINT = 'Detach it first with loyalty.detach() to change the mapping.';
+    END IF;
+    IF account_column IS NULL OR date_column IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN account_column IS NULL THEN 'account_column' ELSE 'date_column' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'account_column and date_column name the customer key and document date columns.',
+                  HINT = 'For example account_column => ''customer_id'', date_column => ''invoice_date''.';
+    END IF;
+    IF header IS NOT NULL THEN
+        IF header_key_column IS NULL THEN
+            RAISE EXCEPTION 'line_header_column must not be NULL when header is given' USING ERRCODE = 'null_value_not_allowed',
+                DETAIL = 'line_header_column names the column of the lines table that references the header table.',
+                HINT = 'Name it, e.g. line_header_column => ''invoice_id''.';
+        END IF;
+        hk := @extschema@._check_column(source, 'line_header_column', header_key_column, NULL, NULL);
+        hm := coalesce(header_match_column,
+                       (SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                        WHERE i.indrelid = header AND i.indisprimary AND i.indnatts = 1));
+        IF hm IS NULL THEN
+            RAISE EXCEPTION 'header % has no single-column primary key', header USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'header_id_column names the header''s column that the lines reference; by default its primary key.',
+                HINT = 'Name it with header_id_column, e.g. header_id_column => ''invoice_id''.';
+        END IF;
+        hm := @extschema@._check_column(header, 'header_id_column', hm, NULL, NULL);
+    END IF;
+
+    -- account, date and document columns live on the header when there is one
+    acc := @extschema@._check_column(dside, 'account_column', account_column, ints || texts, 'int, bigint or text');
+    dat := @extschema@._check_column(dside, 'date_column', date_column, dates, 'a date or timestamp');
+    cur := @extschema@._check_column(dside, 'currency_column', currency_column, texts, 'text');
+    dt := @extschema@._check_column(dside, 'doc_type_column', doc_type_column, texts || ints, 'text or integer');
+    due := @extschema@._check_column(dside, 'due_date_column', due_date_column, dates, 'a date or timestamp');
+    paid := @extschema@._check_column(dside, 'paid_date_column', paid_date_column, dates, 'a date or timestamp');
+    amt := @extschema@._check_column(source, 'amount_column', amount_column, nums, 'numeric or integer (money is never float)');
+    qty := @extschema@._check_column(source, 'quantity_column', quantity_column, nums || ARRAY['real', 'double precision']::regtype[], 'numeric');
+    pl := @extschema@._check_column(source, 'product_line_column', product_line_column, texts || ints, 'text or integer');
+    -- each column as alias.column, quoted from its catalog name: s for the
+    -- source, h for the header; a timestamptz becomes a date in the time
+    -- zone in force at attach time, fixed in the mapping, so that no
+    -- session setting can move a document
+    acc := format('%I.%I', dalias, acc);
+    dat := @extschema@._as_local(dside, dat, format('%I.%I', dalias, dat));
+    cur := CASE WHEN cur IS NOT NULL THEN format('%I.%I', dalias, cur) END;
+    dt := CASE WHEN dt IS NOT NULL THEN format('%I.%I', dalias, dt) END;
+    due := CASE WHEN due IS NOT NULL THEN @extschema@._as_local(dside, due, format('%I.%I', dalias, due)) END;
+    paid := CASE WHEN paid IS NOT NULL THEN @extschema@._as_local(dside, paid, format('%I.%I', dalias, paid)) END;
+    amt := CASE WHEN amt IS NOT NULL THEN format('s.%I', amt) END;
+    qty := CASE WHEN qty IS NOT NULL THEN format('s.%I', qty) END;
+    pl := CASE WHEN pl IS NOT NULL THEN format('s.%I', pl) END;
+    IF (doc_type_column IS NULL) <> (credit_note_types IS NULL) THEN
+        RAISE EXCEPTION 'doc_type_column and credit_note_types go together' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = CASE WHEN doc_type_column IS NULL THEN 'credit_note_types was given without doc_type_column.'
+                          ELSE 'doc_type_column was given without credit_note_types.' END,
+            HINT = 'For example doc_type_column => ''doc_type'', credit_note_types => ''{CRN}''.';
+    END IF;
+    IF amount_expression IS NOT NULL THEN
+        IF amount_column IS NOT NULL THEN
+            RAISE EXCEPTION 'give amount_column or amount_expression, not both' USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'Both say where the amount comes from.',
+                HINT = 'Map a column with amount_column, or compute the amount with amount_expression.';
+        END IF;
+        amt := amount_expression;
+    END IF;
+    IF prog.basis = 'quantity' AND qty IS NULL THEN
+        RAISE EXCEPTION 'program "%" accrues per quantity: quantity_column is required', program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The program was created with basis => ''quantity'': points are paid per unit of the quantity column.',
+                  HINT = 'For example quantity_column => ''quantity''.';
+    END IF;
+    IF prog.basis = 'amount' AND amt IS NULL THEN
+        RAISE EXCEPTION 'program "%" accrues per amount: amount_column or amount_expression is required', program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Points are paid per currency unit of the amount.',
+                  HINT = 'For example amount_column => ''amount'', or amount_expression => ''quantity * unit_price''.';
+    END IF;
+
+    -- the row key: given, or the primary key; it must be unique
+    IF key_column IS NOT NULL THEN
+        keys := (SELECT array_agg(btrim(k) ORDER BY o) FROM unnest(string_to_array(key_column, ',')) WITH ORDINALITY AS u(k, o));
+        PERFORM @extschema@._check_column(source, 'key_column', k, NULL, NULL) FROM unnest(keys) k;
+        IF NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL
+                       AND i.indexprs IS NULL
+                       AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                            WHERE a.attrelid = source AND a.attnum = ANY (i.indkey::int2[]))
+                           = (SELECT array_agg(k ORDER BY k) FROM unnest(keys) k)) THEN
+            RAISE EXCEPTION 'key columns (%) of % are not unique', key_column, source
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'key_column names the columns that identify a row: those of the primary key or of a unique index.',
+                      HINT = 'Name the columns of the primary key or of a unique index, e.g. key_column => ''invoice_id, line_no''.';
+        END IF;
+    ELSE
+        keys := (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+                 WHERE i.indrelid = source AND i.indisprimary);
+        IF keys IS NULL THEN
+            RAISE EXCEPTION '% has no primary key', source USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'key_column, by default the primary key, names the columns that identify a row.',
+                HINT = 'Name the columns of a unique index with key_column => ''col1, col2''.';
+        END IF;
+    END IF;
+
+    INSERT INTO @extschema@.attachment AS x (program_id, source, source_name, key_columns, account_expr, amount_expr,
+        quantity_expr, date_expr, product_line_expr, currency_expr, doc_type_expr, credit_note_types,
+        due_date_expr, paid_date_expr, header, header_key_column, header_match_column)
+    VALUES (pid, source, source::text, keys, acc, amt, qty, dat, pl, cur, dt, credit_note_types,
+            due, paid, header, hk, hm)
+    RETURNING x.attachment_id INTO id;
+
+    trg := 'loyalty_accrual_' || id;
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_ins', source, id);
+    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_upd', source, id);
+    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS loyalty_old'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_del', source, id);
+    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                   trg || '_truncate', source);
+    IF header IS NOT NULL THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header', header, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header_ins', header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE DELETE OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.stash_header(%s)',
+                       trg || '_header_delete', hm, header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                       trg || '_header_truncate', header);
+    END IF;
+    RETURN id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._attachment_of(source regclass, program text) RETURNS @extschema@.attachment
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    a @extschema@.attachment;
+BEGIN
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'source must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'source is the ERP table the program is attached to.',
+            HINT = 'SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
+    END IF;
+    SELECT * INTO a FROM @extschema@.attachment x
+    WHERE x.program_id = pid AND x.source = _attachment_of.source AND x.detached_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'program "%" is not attached to %', program, source USING ERRCODE = 'undefined_object',
+            DETAIL = pg_catalog.format('No active attachment of program "%s" has source %s.', program, source),
+            HINT = 'Attach it with loyalty.attach(); SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
+    END IF;
+    RETURN a;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    a @extschema@.attachment;
+    trg text;
+BEGIN
+    IF source IS NULL OR program IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN source IS NULL THEN 'source' ELSE 'program' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'detach takes the ERP table (source) and the name of the program attached to it.',
+                  HINT = 'For example loyalty.detach(''erp.invoice'', ''Distributor Club'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = detach.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO a FROM @extschema@.attachment x
+    WHERE x.program_id = pid AND x.source = detach.source AND x.detached_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'program "%" is not attached to %', program, source USING ERRCODE = 'undefined_object',
+            DETAIL = pg_catalog.format('No active attachment of program "%s" has source %s.', program, source),
+            HINT = 'SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
+    END IF;
+    trg := 'loyalty_accrual_' || a.attachment_id;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_ins', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_upd', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_del', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_truncate', source);
+    IF a.header IS NOT NULL THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_ins', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_delete', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_truncate', a.header);
+    END IF;
+    UPDATE @extschema@.attachment x SET detached_at = now() WHERE x.attachment_id = a.attachment_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text,
+                                    OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+BEGIN
+    IF program IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN program IS NULL THEN 'program' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'balance takes the program''s name and the ERP''s customer key in text form.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = balance.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    -- a customer without an account (not enrolled, or not yet invoiced) has
+    -- nothing: a zero row, so that a set-based BI query does not abort
+    SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key;
+    SELECT coalesce(b.points, 0), coalesce(b.qualifying, 0) INTO points, qualifying
+    FROM (SELECT) x LEFT JOIN @extschema@.balance b ON b.program_id = pid AND b.account_key = balance.account_key;
+    SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.account_key = balance.account_key
+      AND m.month >= @extschema@._rolling_start(pid) AND m.month <= @extschema@._today(pid);
+    -- below every upgrade, the first tier applies when its threshold is 0
+    IF tier IS NULL THEN
+        SELECT @extschema@.tier_of(p.ladder, 0) INTO tier FROM @extschema@.program p WHERE p.program_id = pid;
+    END IF;
+END
+$$;
+
+-- Checks its own arguments, so that its errors are its own, not balance()'s.
+CREATE OR REPLACE FUNCTION @extschema@.tier(program text, account_key text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF program IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN program IS NULL THEN 'program' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'tier takes the program''s name and the ERP''s customer key in text form.',
+                  HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'').';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.program p WHERE p.name = tier.program) THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    RETURN (SELECT b.tier FROM @extschema@.balance(program, account_key) b);
+END
+$$;
+
+-- The header's columns by their new names (the old ones stay, as aliases,
+-- in the same positions at the end).
+DROP FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text);
+CREATE FUNCTION @extschema@.attach(
+    source              regclass,
+    program             text,
+    account_column      text DEFAULT NULL,
+    amount_column       text DEFAULT NULL,
+    quantity_column     text DEFAULT NULL,
+    date_column         text DEFAULT NULL,
+    key_column          text DEFAULT NULL,
+    product_line_column text DEFAULT NULL,
+    currency_column     text DEFAULT NULL,
+    doc_type_column     text DEFAULT NULL,
+    credit_note_types   text[] DEFAULT NULL,
+    due_date_column     text DEFAULT NULL,
+    paid_date_column    text DEFAULT NULL,
+    amount_expression   text DEFAULT NULL,
+    header              regclass DEFAULT NULL,
+    line_header_column  text DEFAULT NULL,
+    header_id_column    text DEFAULT NULL,
+    header_key_column   text DEFAULT NULL,
+    header_match_column text DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'loyalty_attach' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text) IS
+    'Maps an ERP invoice (or invoice-line) table onto a program and creates its accrual triggers. The caller needs TRIGGER and SELECT on the table (and on header). Columns are validated now; amount_expression must be one deterministic expression of the row''s columns, numeric or integer, never float, and is stored in canonical form. With header, the account, date, currency, document type and payment dates are read from the header table, whose row is the one whose header_id_column (default: its primary key) equals the line''s line_header_column; header_key_column and header_match_column are their deprecated names. Returns the attachment id. Rows that existed before: loyalty.backfill().';
+REVOKE ALL ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text) TO loyalty_admin;
+
+-- The same with the key values in their own types: explain_points('erp.invoice',
+-- 90017::bigint).  Each is turned into text by its type's output function and
+-- read back by the key column's type, then compared by that type's equality.
+CREATE FUNCTION @extschema@.explain_points(source regclass, VARIADIC key "any")
+RETURNS TABLE (program text, account_key text, document_date date, status text, reason text,
+               rule_valid_from date, basis numeric, points_per_unit numeric, product_line text,
+               product_line_multiplier numeric, tier_on_date text, tier_multiplier numeric,
+               segment_multiplier numeric, raw_points numeric, rounding text, points bigint,
+               on_time_bonus bigint, qualifying numeric, cap text)
+AS 'MODULE_PATHNAME', 'loyalty_explain_points_any' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.explain_points(regclass, "any") IS
+    'How a row''s points were computed, per attached program, with the key columns'' values given in their own types, in order.';
+REVOKE ALL ON FUNCTION @extschema@.explain_points(regclass, "any") FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.explain_points(regclass, "any") TO loyalty_reader, loyalty_operator, loyalty_admin;

@@ -221,7 +221,7 @@ loyalty_sql() {
 CREATE EXTENSION loyalty;
 SELECT loyalty.create_program('Bench', currency => 'EUR',
          ladder => 'Member:0, Silver:50000, Gold:250000, Platinum:1000000',
-         points_per_unit => 1, rounding => 'floor');
+         points_per_unit => 1, rounding => 'toward_zero');
 SELECT loyalty.add_rule('Bench', '2000-01-01', 1, product_line_multipliers => '{"SOLAR": 2}');
 SELECT loyalty.attach('bench.invoice_line', 'Bench',
          account_column => 'customer_id', amount_column => 'amount',

@@ -29,7 +29,7 @@ SELECT loyalty.create_program(:'program',
            ladder               => :'ladder',
            points_per_unit      => 1,
            basis                => 'amount',
-           rounding             => 'floor',
+           rounding             => 'toward_zero',
            qualification_window => interval '12 months',
            enrollment           => 'explicit',
            strict               => false,      -- rows it cannot accrue go to loyalty.rejected_event
@@ -78,7 +78,7 @@ SELECT loyalty.attach('erp.invoice_line', :'program',
            amount_column       => 'amount',
            product_line_column => 'product_line',
            header              => 'erp.invoice',
-           header_key_column   => 'invoice_id',
+           line_header_column  => 'invoice_id',  -- the lines' column; the header's key is its primary key
            -- these live on the header:
            account_column      => 'customer_id',
            date_column         => 'invoice_date',

@@ -110,46 +110,53 @@ SELECT points FROM loyalty.balance('accrual_multipliers', 'DIST');
 SELECT count(*) AS drift FROM loyalty.verify('accrual_multipliers');
 
 --
--- 3. Rounding: floor, half_up, half_even, symmetric around zero
+-- 3. Rounding: toward_zero, half_up, half_even, symmetric around zero
 --
 
 -- Three programs with a tenth of a point per euro read the same documents,
 -- each with its own rounding.  A credit note stored as a negative amount
--- earns exactly the opposite of the same invoice.
---   amount   raw    floor  half_up  half_even
---    25.00   2.5      2      3        2
---    35.00   3.5      3      4        4
---    24.99   2.499    2      2        2
---    25.01   2.501    2      3        3
---   -25.00  -2.5     -2     -3       -2
---   -35.00  -3.5     -3     -4       -4
---    -5.00  -0.5      0     -1        0
---     5.00   0.5      0      1        0
+-- earns exactly the opposite of the same invoice: toward_zero drops the
+-- fraction (-24.783 gives -24, not the floor -25), half_up rounds a half
+-- away from zero, half_even to the even neighbour.
+--   amount   raw    toward_zero  half_up  half_even
+--    25.00   2.5         2         3        2
+--    35.00   3.5         3         4        4
+--    24.99   2.499       2         2        2
+--    25.01   2.501       2         3        3
+--   -25.00  -2.5        -2        -3       -2
+--   -35.00  -3.5        -3        -4       -4
+--    -5.00  -0.5         0        -1        0
+--     5.00   0.5         0         1        0
+--   247.83  24.783      24        25       25
+--  -247.83 -24.783     -24       -25      -25
 CREATE TABLE acc.doc (doc_id int PRIMARY KEY, customer_id text NOT NULL, amount numeric(12,2) NOT NULL,
                       doc_date date NOT NULL);
-SELECT loyalty.create_program('accrual_floor', points_per_unit => 0.1, rounding => 'floor') > 0 AS created;
+SELECT loyalty.create_program('accrual_toward_zero', points_per_unit => 0.1, rounding => 'toward_zero') > 0 AS created;
 SELECT loyalty.create_program('accrual_half_up', points_per_unit => 0.1, rounding => 'half_up') > 0 AS created;
 SELECT loyalty.create_program('accrual_half_even', points_per_unit => 0.1, rounding => 'half_even') > 0 AS created;
 SELECT loyalty.attach('acc.doc', p, account_column => 'customer_id', amount_column => 'amount',
                       date_column => 'doc_date') > 0 AS attached
-  FROM unnest(ARRAY['accrual_floor', 'accrual_half_up', 'accrual_half_even']) p;
+  FROM unnest(ARRAY['accrual_toward_zero', 'accrual_half_up', 'accrual_half_even']) p;
 INSERT INTO acc.doc VALUES
     (1, 'R', 25.00, '2024-05-01'), (2, 'R', 35.00, '2024-05-01'), (3, 'R', 24.99, '2024-05-01'),
     (4, 'R', 25.01, '2024-05-01'), (5, 'R', -25.00, '2024-05-01'), (6, 'R', -35.00, '2024-05-01'),
-    (7, 'R', -5.00, '2024-05-01'), (8, 'R', 5.00, '2024-05-01');
+    (7, 'R', -5.00, '2024-05-01'), (8, 'R', 5.00, '2024-05-01'), (9, 'R', 247.83, '2024-05-01'),
+    (10, 'R', -247.83, '2024-05-01');
 SELECT d.doc_id, d.amount, max(e.raw_points) AS raw,
-       max(e.points) FILTER (WHERE e.program = 'accrual_floor') AS floor,
+       max(e.points) FILTER (WHERE e.program = 'accrual_toward_zero') AS toward_zero,
        max(e.points) FILTER (WHERE e.program = 'accrual_half_up') AS half_up,
        max(e.points) FILTER (WHERE e.program = 'accrual_half_even') AS half_even
   FROM acc.doc d, loyalty.explain_points('acc.doc', d.doc_id::text) e
  GROUP BY d.doc_id, d.amount ORDER BY d.doc_id;
+-- explain_points names each program's rounding.
+SELECT program, rounding, raw_points, points FROM loyalty.explain_points('acc.doc', 10) ORDER BY program;
 -- In one INSERT, so one entry per program: each invoice and its credit
--- note cancel out (25/-25, 35/-35, 5/-5), leaving 24.99 and 25.01:
---   floor 2 + 2 = 4, half_up 2 + 3 = 5, half_even 2 + 3 = 5; qualifying 50.00.
+-- note cancel out (25/-25, 35/-35, 5/-5, 247.83/-247.83), leaving 24.99 and 25.01:
+--   toward_zero 2 + 2 = 4, half_up 2 + 3 = 5, half_even 2 + 3 = 5; qualifying 50.00.
 SELECT program, kind, points, qualifying, source_rows FROM acc.ledger
- WHERE program IN ('accrual_floor', 'accrual_half_up', 'accrual_half_even') ORDER BY program;
+ WHERE program IN ('accrual_toward_zero', 'accrual_half_up', 'accrual_half_even') ORDER BY program;
 SELECT p, count(v.*) AS drift
-  FROM unnest(ARRAY['accrual_floor', 'accrual_half_up', 'accrual_half_even']) p
+  FROM unnest(ARRAY['accrual_toward_zero', 'accrual_half_up', 'accrual_half_even']) p
   LEFT JOIN LATERAL loyalty.verify(p) v ON true GROUP BY p ORDER BY p;
 
 --

@@ -19,7 +19,7 @@ CREATE TABLE dl.line (inv_id int REFERENCES dl.inv DEFERRABLE INITIALLY DEFERRED
                       amount numeric(12,2), PRIMARY KEY (inv_id, line_no));
 SELECT loyalty.create_program('dl_deferred') > 0 AS created;
 SELECT loyalty.attach('dl.line', 'dl_deferred', account_column => 'customer', amount_column => 'amount',
-                      date_column => 'inv_date', header => 'dl.inv', header_key_column => 'inv_id') > 0 AS attached;
+                      date_column => 'inv_date', header => 'dl.inv', line_header_column => 'inv_id') > 0 AS attached;
 BEGIN;
 INSERT INTO dl.line VALUES (1, 1, 10.50), (1, 2, 20), (2, 1, 5);
 SELECT row_key, reason, settled FROM dl.letters WHERE program = 'dl_deferred' ORDER BY row_key;
@@ -41,7 +41,7 @@ CREATE TABLE dl.inv2 (id int PRIMARY KEY, customer text, inv_date date);
 CREATE TABLE dl.line2 (inv_id int, line_no int, amount numeric(12,2), PRIMARY KEY (inv_id, line_no));
 SELECT loyalty.create_program('dl_later') > 0 AS created;
 SELECT loyalty.attach('dl.line2', 'dl_later', account_column => 'customer', amount_column => 'amount',
-                      date_column => 'inv_date', header => 'dl.inv2', header_key_column => 'inv_id') > 0 AS attached;
+                      date_column => 'inv_date', header => 'dl.inv2', line_header_column => 'inv_id') > 0 AS attached;
 INSERT INTO dl.line2 SELECT g % 4, g, 10 * g FROM generate_series(1, 12) g;
 SELECT count(*) FILTER (WHERE NOT settled) AS waiting FROM dl.letters WHERE program = 'dl_later';
 INSERT INTO dl.inv2 VALUES (1, 'X', '2026-03-01'), (2, 'Y', '2026-03-02');

@@ -220,8 +220,18 @@ SELECT loyalty.attach('exa.order_line', 'exactness_lines', account_column => 'cu
                       product_line_column => 'product_line') > 0 AS attached;
 INSERT INTO exa.order_line VALUES (1001, 1, 9, 10.00, '2024-03-01', 'PANEL'), (1001, 2, 9, 25.75, '2024-03-01', 'CABLE');
 SELECT * FROM loyalty.explain_points('exa.order_line', '1001', '2');
--- The number of values must match the key.
+-- The key values may be given in their own types, each compared with its
+-- key column by that column's type: the same row as with text.
+SELECT program, account_key, points FROM loyalty.explain_points('exa.order_line', 1001, 2);
+SELECT program, account_key, points FROM loyalty.explain_points('exa.order_line', 1001::bigint, 2::smallint);
+SELECT program, account_key, points FROM loyalty.explain_points('exa.order_line', VARIADIC ARRAY[1001, 2]);
+SELECT e.points FROM exa.order_line l, loyalty.explain_points('exa.order_line', l.order_id, l.line_no) e
+ ORDER BY l.line_no;
+-- The number of values must match the key, and each must be one its column reads.
 SELECT * FROM loyalty.explain_points('exa.order_line', '1001');
+SELECT * FROM loyalty.explain_points('exa.order_line', 1001);
+SELECT * FROM loyalty.explain_points('exa.order_line', 1001, 'two');
+SELECT * FROM loyalty.explain_points('exa.order_line', 1001, NULL::int);
 -- A table no program is attached to.
 SELECT * FROM loyalty.explain_points('exa.ledger', '1');
 

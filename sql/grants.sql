@@ -48,15 +48,17 @@ INSERT INTO decision VALUES
 -- tables with values already computed.
 ('loyalty.enroll(text,text,text,text,text,numeric,text,date)', 'loyalty_admin,loyalty_operator', false, true,
  'writes through _enroll as the owner; a restatement recomputes as the caller'),
-('loyalty.attach(regclass,text,text,text,text,text,text,text,text,text,text[],text,text,text,regclass,text,text)',
+('loyalty.attach(regclass,text,text,text,text,text,text,text,text,text,text[],text,text,text,regclass,text,text,text,text)',
  'loyalty_admin', false, true, 'validates the mapping as the caller'),
 ('loyalty.backfill(regclass,text,date)', 'loyalty_admin', false, true, 'recomputes as the caller, posts as the owner'),
 ('loyalty.verify(text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'recomputes as the caller'),
 ('loyalty.explain_points(regclass,text[])', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true,
  'reads the row as the caller'),
+('loyalty.explain_points(regclass,"any")', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true,
+ 'reads the row as the caller; the key in its own types'),
 -- Reading loyalty's tables only, with internal helpers: as the owner.
 ('loyalty.balance(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
-('loyalty.tier(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'calls balance()'),
+('loyalty.tier(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'checks its arguments, then calls balance()'),
 -- Triggers: they fire whatever their function's privileges; creating one
 -- needs EXECUTE, which only the owner has.
 ('loyalty.accrue()', '', false, true, 'accrual trigger'),

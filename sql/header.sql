@@ -50,7 +50,8 @@ SELECT loyalty.add_rule('header_main', '2024-01-01', 1, product_line_multipliers
 -- 1. Mapping errors
 --
 
--- The header's key column on the lines is required with a header.
+-- The lines' column that references the header, line_header_column, is
+-- required with a header.
 SELECT loyalty.attach('hdr.invoice_line', 'header_main', account_column => 'customer_id',
                       date_column => 'invoice_date', amount_expression => 'quantity * unit_price',
                       header => 'hdr.invoice'::regclass);
@@ -58,20 +59,38 @@ SELECT loyalty.attach('hdr.invoice_line', 'header_main', account_column => 'cust
 -- wrong name is reported with the header's columns.
 SELECT loyalty.attach('hdr.invoice_line', 'header_main', account_column => 'client_id',
                       date_column => 'invoice_date', amount_expression => 'quantity * unit_price',
-                      header => 'hdr.invoice'::regclass, header_key_column => 'invoice_id');
--- The header key column is looked for on the lines.
+                      header => 'hdr.invoice'::regclass, line_header_column => 'invoice_id');
+-- line_header_column is looked for on the lines.
 SELECT loyalty.attach('hdr.invoice_line', 'header_main', account_column => 'customer_id',
                       date_column => 'invoice_date', amount_expression => 'quantity * unit_price',
-                      header => 'hdr.invoice'::regclass, header_key_column => 'header_id');
+                      header => 'hdr.invoice'::regclass, line_header_column => 'header_id');
 -- The amount expression is an expression of the line's own columns.
 SELECT loyalty.attach('hdr.invoice_line', 'header_main', account_column => 'customer_id',
                       date_column => 'invoice_date', amount_expression => 'quantity * price',
-                      header => 'hdr.invoice'::regclass, header_key_column => 'invoice_id');
--- A header without a single-column primary key needs header_match_column.
+                      header => 'hdr.invoice'::regclass, line_header_column => 'invoice_id');
+-- A header without a single-column primary key needs header_id_column: the
+-- header's own column that line_header_column references.
 CREATE TABLE hdr.nokey_header (doc_no int, customer_id int, doc_date date);
 SELECT loyalty.attach('hdr.invoice_line', 'header_main', account_column => 'customer_id',
                       date_column => 'doc_date', amount_expression => 'quantity * unit_price',
-                      header => 'hdr.nokey_header'::regclass, header_key_column => 'invoice_id');
+                      header => 'hdr.nokey_header'::regclass, line_header_column => 'invoice_id');
+-- The names of 1.0, header_key_column (the lines' column) and
+-- header_match_column (the header's), still work as deprecated aliases,
+-- with a notice, and map the same columns; given with the new names too,
+-- they are refused.
+BEGIN;
+SELECT loyalty.attach('hdr.invoice_line', 'header_main', account_column => 'customer_id',
+                      date_column => 'invoice_date', amount_expression => 'quantity * unit_price',
+                      header => 'hdr.invoice'::regclass, header_key_column => 'invoice_id',
+                      header_match_column => 'invoice_id') > 0 AS attached;
+SELECT a.header, a.header_key_column, a.header_match_column
+  FROM loyalty.attachment a JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'header_main' AND a.detached_at IS NULL;
+ROLLBACK;
+SELECT loyalty.attach('hdr.invoice_line', 'header_main', account_column => 'customer_id',
+                      date_column => 'invoice_date', amount_expression => 'quantity * unit_price',
+                      header => 'hdr.invoice'::regclass, header_key_column => 'invoice_id',
+                      line_header_column => 'invoice_id');
 
 --
 -- 2. Attaching the lines through the header
@@ -84,7 +103,7 @@ SELECT loyalty.attach('hdr.invoice_line', 'header_main',
                       paid_date_column => 'paid_date',
                       amount_expression => 'quantity * unit_price * (1 - discount)',
                       product_line_column => 'product_line',
-                      header => 'hdr.invoice'::regclass, header_key_column => 'invoice_id') > 0 AS attached;
+                      header => 'hdr.invoice'::regclass, line_header_column => 'invoice_id') > 0 AS attached;
 -- Header columns are read through alias h, line columns through alias s;
 -- the header is matched on its primary key.
 SELECT key_columns, account_expr, amount_expr, date_expr, currency_expr, doc_type_expr,
@@ -199,7 +218,7 @@ CREATE TABLE hdr.manual_line (line_id int PRIMARY KEY, invoice_id int, amount nu
 SELECT loyalty.create_program('header_manual') > 0 AS created;
 SELECT loyalty.attach('hdr.manual_line', 'header_manual', account_column => 'customer_id',
                       date_column => 'invoice_date', amount_column => 'amount',
-                      header => 'hdr.invoice'::regclass, header_key_column => 'invoice_id') > 0 AS attached;
+                      header => 'hdr.invoice'::regclass, line_header_column => 'invoice_id') > 0 AS attached;
 INSERT INTO hdr.manual_line VALUES (1, 5, 15.00), (2, 999, 25.00), (3, NULL, 5.00);
 SELECT r.row_key, r.account_key, r.reason, r.row_data
   FROM loyalty.rejected_event r JOIN loyalty.program p USING (program_id)

@@ -16,7 +16,7 @@ CREATE TABLE hk.line_c (inv_no char(10) REFERENCES hk.inv_c, line_no int, amount
                         PRIMARY KEY (inv_no, line_no));
 SELECT loyalty.create_program('hk_char') > 0 AS created;
 SELECT loyalty.attach('hk.line_c', 'hk_char', account_column => 'customer', amount_column => 'amount',
-                      date_column => 'inv_date', header => 'hk.inv_c', header_key_column => 'inv_no') > 0 AS attached;
+                      date_column => 'inv_date', header => 'hk.inv_c', line_header_column => 'inv_no') > 0 AS attached;
 INSERT INTO hk.inv_c VALUES ('A1', 'C1', '2026-02-01'), ('B22', 'C2', '2026-02-02');
 INSERT INTO hk.line_c VALUES ('A1', 1, 100.50), ('A1', 2, 20), ('B22', 1, 7.99);
 SELECT account_key, points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
@@ -37,7 +37,7 @@ CREATE TABLE hk.inv_n (id numeric PRIMARY KEY, customer text, inv_date date);
 CREATE TABLE hk.line_n (id numeric, line_no int, amount numeric(12,2), PRIMARY KEY (id, line_no));
 SELECT loyalty.create_program('hk_num') > 0 AS created;
 SELECT loyalty.attach('hk.line_n', 'hk_num', account_column => 'customer', amount_column => 'amount',
-                      date_column => 'inv_date', header => 'hk.inv_n', header_key_column => 'id') > 0 AS attached;
+                      date_column => 'inv_date', header => 'hk.inv_n', line_header_column => 'id') > 0 AS attached;
 INSERT INTO hk.inv_n VALUES (1.0, 'N1', '2026-03-01'), (2.50, 'N2', '2026-03-01');
 INSERT INTO hk.line_n VALUES (1, 1, 40), (1.00, 2, 2), (2.5, 1, 9);
 SELECT account_key, points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
@@ -55,7 +55,7 @@ CREATE TABLE hk.inv_ci (code text COLLATE hk.ci PRIMARY KEY, customer text, inv_
 CREATE TABLE hk.line_ci (code text COLLATE hk.ci, line_no int, amount numeric(12,2), PRIMARY KEY (code, line_no));
 SELECT loyalty.create_program('hk_ci') > 0 AS created;
 SELECT loyalty.attach('hk.line_ci', 'hk_ci', account_column => 'customer', amount_column => 'amount',
-                      date_column => 'inv_date', header => 'hk.inv_ci', header_key_column => 'code') > 0 AS attached;
+                      date_column => 'inv_date', header => 'hk.inv_ci', line_header_column => 'code') > 0 AS attached;
 INSERT INTO hk.inv_ci VALUES ('INV-X', 'K1', '2026-04-01');
 INSERT INTO hk.line_ci VALUES ('inv-x', 1, 11), ('Inv-X', 2, 12);
 SELECT account_key, points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
@@ -72,8 +72,8 @@ CREATE TABLE hk.inv_p_2026 PARTITION OF hk.inv_p FOR VALUES FROM ('2026-01-01') 
 CREATE TABLE hk.line_p (inv_id int, line_no int, amount numeric(12,2), PRIMARY KEY (inv_id, line_no));
 SELECT loyalty.create_program('hk_part') > 0 AS created;
 SELECT loyalty.attach('hk.line_p', 'hk_part', account_column => 'customer', amount_column => 'amount',
-                      date_column => 'inv_date', header => 'hk.inv_p', header_key_column => 'inv_id',
-                      header_match_column => 'id') > 0 AS attached;
+                      date_column => 'inv_date', header => 'hk.inv_p', line_header_column => 'inv_id',
+                      header_id_column => 'id') > 0 AS attached;
 INSERT INTO hk.inv_p VALUES (1, 'P1', '2025-06-01'), (2, 'P2', '2026-06-01');
 INSERT INTO hk.line_p VALUES (1, 1, 100), (2, 1, 200), (2, 2, 5);
 SELECT account_key, points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
@@ -96,7 +96,7 @@ CREATE TABLE hk.line_h1 PARTITION OF hk.line_h FOR VALUES WITH (MODULUS 2, REMAI
 SELECT loyalty.create_program('hk_lines') > 0 AS created;
 SET client_min_messages = warning;
 SELECT loyalty.attach('hk.line_h', 'hk_lines', account_column => 'customer', amount_column => 'amount',
-                      date_column => 'inv_date', header => 'hk.inv_h', header_key_column => 'inv_id') > 0 AS attached;
+                      date_column => 'inv_date', header => 'hk.inv_h', line_header_column => 'inv_id') > 0 AS attached;
 RESET client_min_messages;
 INSERT INTO hk.inv_h SELECT g, 'H' || (g % 3), '2026-05-01' FROM generate_series(1, 20) g;
 INSERT INTO hk.line_h SELECT g, l, 10 * l FROM generate_series(1, 20) g, generate_series(1, 3) l;

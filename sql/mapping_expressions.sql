@@ -142,7 +142,7 @@ CREATE TABLE mex.order_line ("order no" int, line int, "s.amount" numeric(12,2) 
                              PRIMARY KEY ("order no", line));
 SELECT loyalty.create_program('mapping_quoted') > 0 AS created;
 SELECT loyalty.attach('mex.order_line', 'mapping_quoted', header => 'mex.order_header',
-                      header_key_column => 'order no', account_column => 'cus.s.tomer',
+                      line_header_column => 'order no', account_column => 'cus.s.tomer',
                       date_column => 's.date', amount_column => 's.amount') > 0 AS attached;
 SELECT account_expr, amount_expr, date_expr, header_key_column, header_match_column FROM loyalty.attachment
  WHERE source = 'mex.order_line'::regclass AND detached_at IS NULL;
@@ -160,8 +160,8 @@ SELECT account_key, points, qualifying FROM loyalty.balance
 -- would post into the ledger, which fires it again, and again.)
 SELECT loyalty.attach('loyalty.ledger', 'mapping_quoted', account_column => 'account_key',
                       date_column => 'posted_at', amount_column => 'points');
-SELECT loyalty.attach('mex.order_line', 'mapping_nw', header => 'loyalty.account', header_key_column => 'order no',
-                      header_match_column => 'account_key', account_column => 'account_key',
+SELECT loyalty.attach('mex.order_line', 'mapping_nw', header => 'loyalty.account', line_header_column => 'order no',
+                      header_id_column => 'account_key', account_column => 'account_key',
                       date_column => 'enrolled_from', amount_column => 's.amount');
 
 --
@@ -187,7 +187,7 @@ INSERT INTO mex.order_line VALUES (1, 3, 1.00);
 -- Detach and attach again with the new name: the writes accrue again.
 SELECT loyalty.detach('mex.order_line', 'mapping_quoted');
 SELECT loyalty.attach('mex.order_line', 'mapping_quoted', header => 'mex.order_header',
-                      header_key_column => 'order no', account_column => 'customer_id',
+                      line_header_column => 'order no', account_column => 'customer_id',
                       date_column => 's.date', amount_column => 's.amount') > 0 AS attached;
 INSERT INTO mex.order_line VALUES (1, 3, 1.00);
 SELECT account_key, points, qualifying FROM loyalty.balance

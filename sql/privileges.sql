@@ -18,7 +18,7 @@ RESET ROLE;
 SELECT loyalty.create_program('privileges_club', ladder => 'Member:0, Silver:100') > 0 AS created;
 SELECT loyalty.add_rule('privileges_club', '2020-01-01', 1, on_time_bonus_pct => 10);
 SELECT loyalty.attach('prv.invoice_line', 'privileges_club', header => 'prv.invoice',
-                      header_key_column => 'invoice_id', account_column => 'customer_id',
+                      line_header_column => 'invoice_id', account_column => 'customer_id',
                       date_column => 'invoice_date', amount_column => 'amount',
                       due_date_column => 'due_date', paid_date_column => 'paid_date') > 0 AS attached;
 

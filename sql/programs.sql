@@ -91,16 +91,21 @@ SELECT loyalty.create_program('programs_bad', currency => NULL);
 SELECT loyalty.create_program('programs_bad', points_per_unit => -1);
 SELECT loyalty.create_program('programs_bad', points_per_unit => NULL);
 
--- Limits enforced by the table's constraints (their DETAIL would show the
--- rejected row with its timestamp, so only the message is shown): a name
--- without surrounding spaces, a window between one month and ten years, a
--- rate below one million points per unit.
-\set VERBOSITY terse
+-- Limits: a name without surrounding spaces, a window of whole months
+-- between one month and ten years (the tier window counts calendar months:
+-- '90 days' is refused with the months it means), a rate below one million
+-- points per unit.  sql/errors.sql tries every parameter.
 SELECT loyalty.create_program(' programs_spaced');
 SELECT loyalty.create_program('programs_bad', qualification_window => '2 weeks');
+SELECT loyalty.create_program('programs_bad', qualification_window => '90 days');
 SELECT loyalty.create_program('programs_bad', qualification_window => '11 years');
 SELECT loyalty.create_program('programs_bad', points_per_unit => 1000000);
-\set VERBOSITY default
+
+-- Rounding toward zero was called 'floor' (a credit note of -247.83 gave
+-- -247 points, which is not a floor): the old name is still accepted, with
+-- a notice, and stored as 'toward_zero'.
+SELECT loyalty.create_program('programs_floor', rounding => 'floor') > 0 AS created;
+SELECT name, rounding FROM prg.settings WHERE name = 'programs_floor';
 
 -- None of the failed calls left a program behind.
 SELECT count(*) AS programs FROM loyalty.program WHERE name LIKE '%programs_bad' OR name LIKE '%programs_spaced';
@@ -171,12 +176,9 @@ SELECT loyalty.add_rule('programs_rules', '2025-01-01', 1, cap_points => 1000);
 SELECT loyalty.add_rule('programs_rules', '2025-01-01', 1, cap_period => 'month');
 SELECT loyalty.add_rule('programs_rules', '2025-01-01', 1, cap_points => 1000, cap_period => 'week');
 
--- Malformed multiplier maps are refused by the table's constraints
--- (message only, as above).
-\set VERBOSITY terse
+-- Malformed multiplier maps are refused, each by its parameter's name.
 SELECT loyalty.add_rule('programs_rules', '2025-01-01', 1, product_line_multipliers => '{"SOLAR": -2}');
 SELECT loyalty.add_rule('programs_rules', '2025-01-01', 1, segment_multipliers => '{"colour": {"red": 2}}');
-\set VERBOSITY default
 SELECT count(*) AS versions FROM prg.rules WHERE name = 'programs_rules';
 
 --

@@ -231,7 +231,7 @@ CREATE TABLE sapi.doc_line (doc_id int NOT NULL, line_no int NOT NULL, amount nu
                             PRIMARY KEY (doc_id, line_no));
 RESET ROLE;
 SELECT loyalty.create_program('sapi_lines') > 0 AS created;
-SELECT loyalty.attach('sapi.doc_line', 'sapi_lines', header => 'sapi.doc', header_key_column => 'doc_id',
+SELECT loyalty.attach('sapi.doc_line', 'sapi_lines', header => 'sapi.doc', line_header_column => 'doc_id',
                       account_column => 'customer_id', date_column => 'doc_date', amount_column => 'amount') > 0 AS attached;
 SELECT count(*) AS drift FROM loyalty.verify('sapi_lines');
 SET ROLE loyalty_test_erp;

@@ -145,7 +145,7 @@ CREATE POLICY visible ON sec_erp.order_header FOR SELECT
 CREATE POLICY writable ON sec_erp.order_header FOR INSERT WITH CHECK (true);
 RESET ROLE;
 SELECT loyalty.attach('sec_erp.order_line', 'security_club', header => 'sec_erp.order_header',
-                      header_key_column => 'order_id', account_column => 'customer_id',
+                      line_header_column => 'order_id', account_column => 'customer_id',
                       date_column => 'order_date', amount_column => 'amount') > 0 AS attached;
 SET ROLE sec_writer;
 INSERT INTO sec_erp.order_header VALUES (1, 7, '2024-04-01'), (2, 8, '2024-04-01');

@@ -187,8 +187,8 @@ load_accounts(Program *prog, char **keys, int n)
 	 * enrolled, not with our defaults.
 	 */
 	loyalty_enter_owner(&scope);
-	if (loyalty_execute_latest(plans[all][hist], args, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read loyalty.account");
+	loyalty_spi_check(loyalty_execute_latest(plans[all][hist], args, 0), SPI_OK_SELECT,
+					  "read loyalty.account");
 	loyalty_leave_owner(&scope);
 
 	for (i = 0; i < SPI_processed; i++)
@@ -300,8 +300,8 @@ enroll_accounts(int32 program_id, char **keys, int n)
 	args[0] = Int32GetDatum(program_id);
 	args[1] = loyalty_text_array(keys, NULL, n);
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not enrol accounts");
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
+					  "enrol accounts");
 	loyalty_leave_owner(&scope);
 	for (i = 0; i < SPI_processed; i++)
 	{

@@ -391,8 +391,8 @@ lookup_headers(Batch *b)
 	arg = PointerGetDatum(construct_array(keys, i, att->header_key_type, att->header_key->typlen,
 										  att->header_key->typbyval, att->header_key->typalign));
 	/* a fresh snapshot, for the same reason as the account look-up */
-	if (SPI_execute_plan(header_plan(att), &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the header rows of %s", att->source_name);
+	loyalty_spi_check(SPI_execute_plan(header_plan(att), &arg, NULL, false, 0), SPI_OK_SELECT,
+					  "read the header rows");
 
 	for (r = 0; r < SPI_processed; r++)
 	{
@@ -527,11 +527,11 @@ add_reject(Batch *b, TupleTableSlot *slot, const RowFacts *f, const RowResult *r
 
 	if (b->prog->strict)
 		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
+				(errcode(ERRCODE_CHECK_VIOLATION),
 				 errmsg("row %s of %s cannot be accrued by loyalty program \"%s\"",
 						row_key ? row_key : "(no key)", b->att->source_name, b->prog->name),
 				 errdetail("The row's %s.", r->reason),
-				 errhint("Fix the row, or set strict = false on the program to park such rows in loyalty.rejected_event.")));
+				 errhint("Fix the row: the program is strict, so a row it cannot accrue fails the statement instead of waiting in loyalty.rejected_event.")));
 	rj = palloc(sizeof(Reject));
 	rj->row_key = row_key ? pstrdup(row_key) : NULL;
 	rj->account = f->account ? pstrdup(f->account) : NULL;
@@ -753,8 +753,8 @@ write_rejects(Batch *b)
 	args[4] = loyalty_text_array(r, NULL, n);
 	args[5] = loyalty_text_array(j, NULL, n);
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not write loyalty.rejected_event");
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT,
+					  "write loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 }
 
@@ -790,8 +790,8 @@ settle_rejects(Batch *b)
 	args[1] = Int32GetDatum(b->att->id);
 	args[2] = loyalty_text_array(keys, NULL, n);
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not settle loyalty.rejected_event");
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_UPDATE,
+					  "settle loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 }
 
@@ -848,8 +848,8 @@ write_unenrolled(Batch *b)
 	args[3] = loyalty_int8_array(rows, n);
 	args[4] = loyalty_numeric_array(amt, n);
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not write loyalty.unenrolled_activity");
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT,
+					  "write loyalty.unenrolled_activity");
 	loyalty_leave_owner(&scope);
 }
 
@@ -1063,8 +1063,8 @@ lines_of_headers(Attachment *att, Datum *keys, int nkeys, uint64 *nlines)
 	HeapTuple  *tuples;
 	uint64		i;
 
-	if (SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the lines of changed headers of %s", att->source_name);
+	loyalty_spi_check(SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 0), SPI_OK_SELECT,
+					  "read the lines of changed headers");
 	tuples = palloc(sizeof(HeapTuple) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -1112,8 +1112,8 @@ open_dead_letters(Attachment *att, char **keys, int n, const char *reason)
 	args[1] = loyalty_text_array(keys, NULL, n);
 	args[2] = CStringGetTextDatum(reason);
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read loyalty.rejected_event");
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_SELECT,
+					  "read loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -1145,8 +1145,8 @@ settle_dead_letters(Attachment *att, char **keys, int n, const char *reason)
 	args[1] = loyalty_text_array(keys, NULL, n);
 	args[2] = CStringGetTextDatum(reason);
 	loyalty_enter_owner(&scope);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not settle loyalty.rejected_event");
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_UPDATE,
+					  "settle loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 }
 

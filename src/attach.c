@@ -14,10 +14,12 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/relation.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "catalog/pg_inherits.h"
@@ -26,18 +28,49 @@
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/syscache.h"
 
 #include "mapping.h"
 
-#define ATTACH_NARGS 17
+/*
+ * attach()'s parameters, and how many of them the owner phase, _attach(),
+ * takes: the same in the same order up to the header's columns, which
+ * _attach() names after the attachment's stored columns
+ * (header_key_column: the lines' column, header_match_column: the
+ * header's).  attach() calls them line_header_column and header_id_column;
+ * the old names stay as deprecated aliases at the end.
+ */
+#define ATTACH_NARGS 19
+#define OWNER_NARGS 17
 #define ARG_SOURCE 0
+#define ARG_PROGRAM 1
+#define ARG_ACCOUNT_COLUMN 2
+#define ARG_DATE_COLUMN 5
+#define ARG_KEY_COLUMN 6
+#define ARG_CREDIT_NOTE_TYPES 10
 #define ARG_AMOUNT_EXPRESSION 13
 #define ARG_HEADER 14
+#define ARG_LINE_HEADER_COLUMN 15
+#define ARG_HEADER_ID_COLUMN 16
+#define ARG_OLD_HEADER_KEY_COLUMN 17
+#define ARG_OLD_HEADER_MATCH_COLUMN 18
+
+#define ATTACH_EXAMPLE "For example loyalty.attach('erp.invoice', 'Distributor Club', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date')."
+#define HEADER_EXAMPLE "For example header => 'erp.invoice', line_header_column => 'invoice_id' (the lines' column), header_id_column => 'id' (the header's key)."
+
+/* The arguments of the owner phase, checked and completed by the caller phase. */
+typedef struct AttachArgs
+{
+	Datum		values[OWNER_NARGS];
+	bool		isnull[OWNER_NARGS];
+} AttachArgs;
 
 static char *
 relation_name(Oid relid)
@@ -47,7 +80,9 @@ relation_name(Oid relid)
 	if (rel == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid)));
+				 errmsg("relation with OID %u does not exist", relid),
+				 errdetail("source and header name existing tables."),
+				 errhint("Name the table, e.g. 'erp.invoice'.")));
 	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), rel);
 }
 
@@ -64,6 +99,7 @@ refuse_own_table(Oid relid, const char *param)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("%s is a table of the loyalty extension", relation_name(relid)),
 			 errdetail("%s names one of loyalty's own tables, which the accrual writes itself.", param),
+			 strcmp(param, "header") == 0 ? errhint("Name the ERP's invoice header table.") :
 			 errhint("Attach the ERP table the invoices or invoice lines are written to.")));
 }
 
@@ -134,11 +170,18 @@ is_money_type(Oid typid)
 static char *
 canonical_amount(Oid source, const char *text)
 {
-	Relation	rel = relation_open(source, AccessShareLock);
+	Relation	rel;
 	MemoryContext cxt = CurrentMemoryContext;
 	Node	   *expr = NULL;
 	char	   *canonical;
 
+	if (strspn(text, " \t\r\n") == strlen(text))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("amount_expression must not be empty"),
+				 errdetail("amount_expression is one expression of the row's columns that gives the amount."),
+				 errhint("For example amount_expression => 'quantity * unit_price * (1 - discount)', or map a column with amount_column.")));
+	rel = relation_open(source, AccessShareLock);
 	PG_TRY();
 	{
 		expr = mapping_parse_expr(rel, "s", text, "amount_expression");
@@ -182,14 +225,13 @@ canonical_amount(Oid source, const char *text)
 
 /* The owner phase: loyalty._attach() with the validated arguments. */
 static int32
-attach_as_owner(FunctionCallInfo fcinfo, const char *amount)
+attach_as_owner(AttachArgs *a)
 {
-	static const Oid types[ATTACH_NARGS] = {
+	static const Oid types[OWNER_NARGS] = {
 		REGCLASSOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, TEXTARRAYOID, TEXTOID, TEXTOID, TEXTOID, REGCLASSOID, TEXTOID, TEXTOID
 	};
-	Datum		values[ATTACH_NARGS];
-	char		nulls[ATTACH_NARGS];
+	char		nulls[OWNER_NARGS];
 	StringInfoData sql;
 	OwnerScope	scope;
 	MemoryContext cxt = CurrentMemoryContext;
@@ -199,33 +241,24 @@ attach_as_owner(FunctionCallInfo fcinfo, const char *amount)
 
 	initStringInfo(&sql);
 	appendStringInfoString(&sql, "SELECT loyalty._attach(");
-	for (i = 0; i < ATTACH_NARGS; i++)
+	for (i = 0; i < OWNER_NARGS; i++)
 	{
 		appendStringInfo(&sql, "%s$%d", i > 0 ? ", " : "", i + 1);
-		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
-		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+		nulls[i] = a->isnull[i] ? 'n' : ' ';
 	}
 	appendStringInfoChar(&sql, ')');
-	values[ARG_AMOUNT_EXPRESSION] = amount ? CStringGetTextDatum(amount) : (Datum) 0;
-	nulls[ARG_AMOUNT_EXPRESSION] = amount ? ' ' : 'n';
 
 	loyalty_enter_owner(&scope);
 	PG_TRY();
 	{
-		if (SPI_execute_with_args(sql.data, ATTACH_NARGS, (Oid *) types, values, nulls, false, 1) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "could not run loyalty._attach");
+		loyalty_spi_check(SPI_execute_with_args(sql.data, OWNER_NARGS, (Oid *) types, a->values, nulls,
+												false, 1), SPI_OK_SELECT, "run loyalty._attach");
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		/* the error is attach()'s: no CONTEXT naming the internal function */
 		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		edata->context = NULL;
-		ReThrowError(edata);
+		loyalty_rethrow_as_own(CopyErrorData());
 	}
 	PG_END_TRY();
 	id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -233,45 +266,324 @@ attach_as_owner(FunctionCallInfo fcinfo, const char *amount)
 	return id;
 }
 
-PG_FUNCTION_INFO_V1(loyalty_attach);
-/* loyalty.attach(): the caller's checks, then the owner's bookkeeping. */
-Datum
-loyalty_attach(PG_FUNCTION_ARGS)
+/*
+ * A header column by its deprecated name or its new one, not both: the old
+ * names (header_key_column, header_match_column) said neither which table
+ * they belong to.
+ */
+static void
+header_param(FunctionCallInfo fcinfo, AttachArgs *a, int arg, int old_arg,
+			 const char *param, const char *old_param)
 {
-	Oid			source;
-	char	   *amount = NULL;
-	char		relkind;
-	int32		id;
+	if (PG_ARGISNULL(old_arg))
+		return;
+	if (!PG_ARGISNULL(arg))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("give %s or its deprecated name %s, not both", param, old_param),
+				 errdetail("%s is the old name of %s.", old_param, param),
+				 errhint("Give %s only.", param)));
+	ereport(NOTICE,
+			(errmsg("attach() parameter %s is deprecated; it is called %s now", old_param, param),
+			 errhint("Name it %s: the old name will be removed in a later version.", param)));
+	a->values[arg] = PG_GETARG_DATUM(old_arg);
+	a->isnull[arg] = false;
+}
 
-	if (PG_NARGS() != ATTACH_NARGS)
-		elog(ERROR, "loyalty.attach() takes %d arguments", ATTACH_NARGS);
-	if (PG_ARGISNULL(ARG_SOURCE))
+/* The user columns of a table, for a hint. */
+static char *
+column_names(Oid relid)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped)
+			appendStringInfo(&buf, "%s%s", buf.len > 0 ? ", " : "",
+							 quote_identifier(NameStr(TupleDescAttr(desc, i)->attname)));
+	relation_close(rel, AccessShareLock);
+	return buf.data;
+}
+
+/* A column of a table that must exist, or an error naming the parameter. */
+static AttrNumber
+existing_column(Oid relid, const char *param, const char *col)
+{
+	AttrNumber	attnum = get_attnum(relid, col);
+
+	if (attnum <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" of relation %s does not exist", col, relation_name(relid)),
+				 errdetail("%s names a column of %s.", param, relation_name(relid)),
+				 errhint("Columns of %s: %s.", relation_name(relid), column_names(relid))));
+	return attnum;
+}
+
+/* The header's single-column primary key, the default header_id_column. */
+static char *
+header_primary_key(Oid header)
+{
+	Relation	rel = relation_open(header, AccessShareLock);
+	Oid			pk = RelationGetPrimaryKeyIndex(rel);
+	char	   *col = NULL;
+
+	if (OidIsValid(pk))
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pk));
+
+		if (HeapTupleIsValid(tup))
+		{
+			Form_pg_index ind = (Form_pg_index) GETSTRUCT(tup);
+
+			if (ind->indnkeyatts == 1 && ind->indkey.values[0] > 0)
+				col = get_attname(header, ind->indkey.values[0], false);
+			ReleaseSysCache(tup);
+		}
+	}
+	relation_close(rel, AccessShareLock);
+	if (col == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("header %s has no single-column primary key", relation_name(header)),
+				 errdetail("header_id_column names the header's column that the lines reference; by default its primary key."),
+				 errhint("Name it with header_id_column, e.g. header_id_column => 'invoice_id'.")));
+	return col;
+}
+
+/*
+ * Whether a column is part of a unique key of its table: of its primary key
+ * or of a plain unique index.  Alone it may not be unique (a partitioned
+ * header's key includes the partition key), but a column outside every
+ * unique key surely is not a header's identifier.
+ */
+static bool
+column_in_unique_key(Oid relid, AttrNumber attnum)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	bool		found = false;
+
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index ind;
+		int			i;
+
+		if (!HeapTupleIsValid(tup))
+			continue;
+		ind = (Form_pg_index) GETSTRUCT(tup);
+		if (ind->indisunique &&
+			heap_attisnull(tup, Anum_pg_index_indpred, NULL) &&
+			heap_attisnull(tup, Anum_pg_index_indexprs, NULL))
+			for (i = 0; i < ind->indnkeyatts; i++)
+				if (ind->indkey.values[i] == attnum)
+					found = true;
+		ReleaseSysCache(tup);
+	}
+	list_free(indexes);
+	relation_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * The header and its two columns: the lines' column that references the
+ * header (line_header_column) and the header's own key (header_id_column,
+ * by default its primary key).  Each line must find one header row, by the
+ * key type's own equality.
+ */
+static void
+check_header(Oid source, AttachArgs *a)
+{
+	Oid			header = DatumGetObjectId(a->values[ARG_HEADER]);
+	char		relkind = get_rel_relkind(header);
+	char	   *line_col;
+	char	   *header_col;
+	AttrNumber	line_att,
+				header_att;
+	Oid			lt,
+				ht,
+				lc,
+				hc;
+	int32		typmod;
+
+	(void) relation_name(header);	/* it exists */
+	refuse_own_table(header, "header");
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("header %s is not a table", relation_name(header)),
+				 errdetail("header names the table that holds the lines' customer and document date."),
+				 errhint("Name the ERP's invoice header table.")));
+	check_privileges(header);
+	if (header == source)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("header must be another table than source"),
+				 errdetail("Both name %s: a table whose rows hold their own customer and date needs no header.",
+						   relation_name(source)),
+				 errhint("Leave out header and its columns, and map the columns of %s directly.", relation_name(source))));
+	if (a->isnull[ARG_LINE_HEADER_COLUMN])
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("source must not be NULL"),
-				 errhint("Name the ERP table to attach, e.g. loyalty.attach('erp.invoice', 'Club', ...).")));
+				 errmsg("line_header_column must not be NULL when header is given"),
+				 errdetail("line_header_column names the column of the lines table %s that references the header table.",
+						   relation_name(source)),
+				 errhint(HEADER_EXAMPLE)));
+	line_col = TextDatumGetCString(a->values[ARG_LINE_HEADER_COLUMN]);
+	line_att = existing_column(source, "line_header_column", line_col);
+	if (a->isnull[ARG_HEADER_ID_COLUMN])
+	{
+		header_col = header_primary_key(header);
+		a->values[ARG_HEADER_ID_COLUMN] = CStringGetTextDatum(header_col);
+		a->isnull[ARG_HEADER_ID_COLUMN] = false;
+	}
+	else
+		header_col = TextDatumGetCString(a->values[ARG_HEADER_ID_COLUMN]);
+	header_att = existing_column(header, "header_id_column", header_col);
+	if (!column_in_unique_key(header, header_att))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("header_id_column \"%s\" of %s is not a key of the header", header_col, relation_name(header)),
+				 errdetail("Each line must find one header row; a column of neither the header's primary key nor a unique index may find several."),
+				 errhint("Name the header's primary key column, or a column with a unique index.")));
+	get_atttypetypmodcoll(source, line_att, &lt, &typmod, &lc);
+	get_atttypetypmodcoll(header, header_att, &ht, &typmod, &hc);
+	if (getBaseType(lt) != getBaseType(ht) || lc != hc)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("line_header_column \"%s\" is %s but header_id_column \"%s\" is %s",
+						line_col, format_type_be(lt), header_col, format_type_be(ht)),
+				 errdetail("Lines are matched with their header by the key type's own equality and collation."),
+				 errhint("Name two columns of the same type and collation.")));
+}
+
+/* key_column: one column name, or several separated by commas, none empty. */
+static void
+check_key_column(const char *list)
+{
+	const char *p = list;
+
+	for (;;)
+	{
+		size_t		len = strcspn(p, ",");
+		size_t		blank = strspn(p, " \t\r\n");
+
+		if (blank >= len)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid key_column: %s", quote_literal_cstr(list)),
+					 errdetail("key_column names the columns that identify a row, separated by commas; one of them is empty."),
+					 errhint("For example key_column => 'invoice_id, line_no', or leave it out for the primary key.")));
+		if (p[len] == '\0')
+			break;
+		p += len + 1;
+	}
+}
+
+/*
+ * The caller phase's checks of the arguments, before anything else: each
+ * error names its parameter.  Completes the owner phase's arguments (the
+ * header's columns under their new or old names, the default header key).
+ */
+static void
+check_args(FunctionCallInfo fcinfo, AttachArgs *a)
+{
+	Oid			source;
+	char		relkind;
+	int			i;
+
+	for (i = 0; i < OWNER_NARGS; i++)
+	{
+		a->isnull[i] = PG_ARGISNULL(i);
+		a->values[i] = a->isnull[i] ? (Datum) 0 : PG_GETARG_DATUM(i);
+	}
+	loyalty_require(PG_ARGISNULL(ARG_SOURCE), "source",
+					"source is the ERP table the invoices or invoice lines are written to.", ATTACH_EXAMPLE);
+	loyalty_require(PG_ARGISNULL(ARG_PROGRAM), "program", LOYALTY_PROGRAM_DETAIL, ATTACH_EXAMPLE);
 	source = PG_GETARG_OID(ARG_SOURCE);
 	(void) relation_name(source);	/* it exists */
-
-	SPI_connect();
 	refuse_own_table(source, "source");
-	if (!PG_ARGISNULL(ARG_HEADER))
-		refuse_own_table(PG_GETARG_OID(ARG_HEADER), "header");
 	relkind = get_rel_relkind(source);
 	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("%s is not a table", relation_name(source)),
+				 errdetail("source names the table whose rows earn points; attach creates triggers on it."),
 				 errhint("Attach the table the ERP writes invoices or invoice lines to.")));
 	refuse_inheritance(source, "source");
 	if (!PG_ARGISNULL(ARG_HEADER))
 		refuse_inheritance(PG_GETARG_OID(ARG_HEADER), "header");
 	check_privileges(source);
-	if (!PG_ARGISNULL(ARG_HEADER))
-		check_privileges(PG_GETARG_OID(ARG_HEADER));
-	if (!PG_ARGISNULL(ARG_AMOUNT_EXPRESSION))
-		amount = canonical_amount(source, TextDatumGetCString(PG_GETARG_DATUM(ARG_AMOUNT_EXPRESSION)));
-	id = attach_as_owner(fcinfo, amount);
+	loyalty_require(PG_ARGISNULL(ARG_ACCOUNT_COLUMN), "account_column",
+					"account_column names the column that holds the ERP's customer key (on the header table when there is one).",
+					"For example account_column => 'customer_id'.");
+	loyalty_require(PG_ARGISNULL(ARG_DATE_COLUMN), "date_column",
+					"date_column names the column that holds the document date (on the header table when there is one).",
+					"For example date_column => 'invoice_date'.");
+	if (!PG_ARGISNULL(ARG_KEY_COLUMN))
+		check_key_column(TextDatumGetCString(PG_GETARG_DATUM(ARG_KEY_COLUMN)));
+	if (!PG_ARGISNULL(ARG_CREDIT_NOTE_TYPES))
+	{
+		ArrayType  *types = PG_GETARG_ARRAYTYPE_P(ARG_CREDIT_NOTE_TYPES);
+
+		if (ArrayGetNItems(ARR_NDIM(types), ARR_DIMS(types)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("credit_note_types must not be empty"),
+					 errdetail("credit_note_types lists the values of doc_type_column that mark a credit note."),
+					 errhint("For example doc_type_column => 'doc_type', credit_note_types => '{CRN}'.")));
+		if (array_contains_nulls(types))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("credit_note_types must not contain NULL"),
+					 errdetail("credit_note_types lists the values of doc_type_column that mark a credit note; no NULL document type matches."),
+					 errhint("For example doc_type_column => 'doc_type', credit_note_types => '{CRN}'.")));
+	}
+
+	header_param(fcinfo, a, ARG_LINE_HEADER_COLUMN, ARG_OLD_HEADER_KEY_COLUMN,
+				 "line_header_column", "header_key_column");
+	header_param(fcinfo, a, ARG_HEADER_ID_COLUMN, ARG_OLD_HEADER_MATCH_COLUMN,
+				 "header_id_column", "header_match_column");
+	if (!a->isnull[ARG_HEADER])
+		check_header(source, a);
+	else if (!a->isnull[ARG_LINE_HEADER_COLUMN] || !a->isnull[ARG_HEADER_ID_COLUMN])
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s needs header", a->isnull[ARG_LINE_HEADER_COLUMN] ? "header_id_column" : "line_header_column"),
+				 errdetail("line_header_column and header_id_column map a lines table onto its header table; without header there is none."),
+				 errhint("Give header too, or leave them out. " HEADER_EXAMPLE)));
+}
+
+PG_FUNCTION_INFO_V1(loyalty_attach);
+/* loyalty.attach(): the caller's checks, then the owner's bookkeeping. */
+Datum
+loyalty_attach(PG_FUNCTION_ARGS)
+{
+	AttachArgs	a;
+	Oid			source;
+	int32		id;
+
+	if (PG_NARGS() != ATTACH_NARGS)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("loyalty.attach() with %d arguments is of another version of loyalty", PG_NARGS()),
+				 errhint("Run ALTER EXTENSION loyalty UPDATE.")));
+	check_args(fcinfo, &a);
+	source = PG_GETARG_OID(ARG_SOURCE);
+
+	SPI_connect();
+	if (!a.isnull[ARG_AMOUNT_EXPRESSION])
+	{
+		char	   *amount = canonical_amount(source, TextDatumGetCString(a.values[ARG_AMOUNT_EXPRESSION]));
+
+		a.values[ARG_AMOUNT_EXPRESSION] = CStringGetTextDatum(amount);
+	}
+	id = attach_as_owner(&a);
 	SPI_finish();
 	PG_RETURN_INT32(id);
 }
@@ -334,8 +646,8 @@ loyalty_check_mapped_columns(PG_FUNCTION_ARGS)
 								   "        OR header::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1))"
 								   " ORDER BY attachment_id", 1, argtypes);
 		loyalty_enter_owner(&scope);
-		if (SPI_execute_plan(plan, &rels, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read loyalty.attachment");
+		loyalty_spi_check(SPI_execute_plan(plan, &rels, NULL, true, 0), SPI_OK_SELECT,
+						  "read loyalty.attachment");
 		loyalty_leave_owner(&scope);
 	}
 	n = SPI_processed;

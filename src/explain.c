@@ -18,6 +18,7 @@
 #include "utils/tuplestore.h"
 
 #include "accounts.h"
+#include "keymap.h"
 #include "ledger.h"
 #include "reconcile.h"
 
@@ -200,9 +201,15 @@ column_list(const Explained *t)
 	return buf.data;
 }
 
-/* s.col = ($1)[i]::its type, for each key column: the key values in the table's own types. */
+/*
+ * The row's key: each value given as text is read by its column type's own
+ * input function (as the caller), and the row is looked for with the
+ * type's own equality, s.col = $i.  A value the type does not read is the
+ * caller's error, named as such.
+ */
 static char *
-key_condition(Oid source, const char *source_name, const Explained *t)
+key_condition(Oid source, const char *source_name, const Explained *t, char **keys,
+			  Oid *argtypes, Datum *args)
 {
 	StringInfoData buf;
 	int			i;
@@ -212,18 +219,46 @@ key_condition(Oid source, const char *source_name, const Explained *t)
 	{
 		AttrNumber	attnum = get_attnum(source, t->cols[i]);
 		Oid			typid,
-					collid;
+					collid,
+					input,
+					ioparam;
 		int32		typmod;
+		MemoryContext cxt = CurrentMemoryContext;
 
 		if (attnum == InvalidAttrNumber)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("key column \"%s\" of %s does not exist", t->cols[i], source_name),
+					 errdetail("Program \"%s\" was attached with key columns %s.", t->program, column_list(t)),
 					 errhint("The table changed since it was attached to program \"%s\"; detach and attach it again.",
 							 t->program)));
 		get_atttypetypmodcoll(source, attnum, &typid, &typmod, &collid);
-		appendStringInfo(&buf, "%ss.%s = ($1)[%d]::%s", i > 0 ? " AND " : "",
-						 quote_identifier(t->cols[i]), i + 1, format_type_with_typemod(typid, typmod));
+		getTypeInputInfo(typid, &input, &ioparam);
+		PG_TRY();
+		{
+			/* no typmod: the value as given, compared by the type's equality */
+			args[i] = OidInputFunctionCall(input, keys[i], ioparam, -1);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
+				PG_RE_THROW();
+			FlushErrorState();
+			ereport(ERROR,
+					(errcode(edata->sqlerrcode),
+					 errmsg("key value %s is not a valid %s for key column \"%s\" of %s",
+							quote_literal_cstr(keys[i]), format_type_be(typid), t->cols[i], source_name),
+					 errdetail("%s", edata->message),
+					 errhint("Give the values of the key columns of %s in order: %s.", source_name, column_list(t))));
+		}
+		PG_END_TRY();
+		argtypes[i] = typid;
+		appendStringInfo(&buf, "%ss.%s %s $%d", i > 0 ? " AND " : "", quote_identifier(t->cols[i]),
+						 keytype_equality_operator(getBaseType(typid)), i + 1);
 	}
 	return buf.data;
 }
@@ -287,35 +322,22 @@ put_explained(ReturnSetInfo *rsi, const char *program, Program *prog,
 	tuplestore_putvalues(rsi->setResult, rsi->setDesc, values, nulls);
 }
 
-PG_FUNCTION_INFO_V1(loyalty_explain_points);
 /*
- * loyalty.explain_points(source, VARIADIC key): for each program attached
- * to the table, how the row with that key earns.  The row is read as the
- * caller, who sees what they may see.
+ * For each program attached to the table, how the row with that key earns.
+ * The row is read as the caller, who sees what they may see; a key that no
+ * row has gives no row.
  */
-Datum
-loyalty_explain_points(PG_FUNCTION_ARGS)
+static void
+explain_rows(FunctionCallInfo fcinfo, Oid source, char **keys, int nkey)
 {
 	ReturnSetInfo *rsi = (ReturnSetInfo *) fcinfo->resultinfo;
 	MemoryContext cxt,
 				rowcxt;
-	Oid			source;
 	char	   *source_name;
-	Oid			argtypes[1] = {TEXTARRAYOID};
-	Datum		key;
-	int			nkey;
 	Explained  *t;
 	int			n,
 				i;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", PG_ARGISNULL(0) ? "source" : "key"),
-				 errhint("For example loyalty.explain_points('erp.invoice_line', '90017', '3').")));
-	source = PG_GETARG_OID(0);
-	key = PG_GETARG_DATUM(1);
-	nkey = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(key)), ARR_DIMS(DatumGetArrayTypeP(key)));
 	InitMaterializedSRF(fcinfo, 0);
 	cxt = CurrentMemoryContext;
 	rowcxt = AllocSetContextCreate(cxt, "loyalty explain row", ALLOCSET_DEFAULT_SIZES);
@@ -326,11 +348,15 @@ loyalty_explain_points(PG_FUNCTION_ARGS)
 	if (n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("no loyalty program is attached to %s", source_name)));
+				 errmsg("no loyalty program is attached to %s", source_name),
+				 errdetail("source names the ERP table whose row is explained; only attached tables earn points."),
+				 errhint("SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists the attached tables.")));
 	for (i = 0; i < n; i++)
 	{
 		Attachment *att;
 		char	   *sql;
+		Oid		   *argtypes;
+		Datum	   *args;
 		SPITupleTable *tt;
 		uint64		nrows,
 					r;
@@ -338,15 +364,19 @@ loyalty_explain_points(PG_FUNCTION_ARGS)
 		if (nkey != t[i].ncols)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s is keyed by %d column(s) (%s), %d value(s) given",
-							source_name, t[i].ncols, column_list(&t[i]), nkey)));
+					 errmsg("%s is keyed by %d column(s), but key has %d value(s)", source_name, t[i].ncols, nkey),
+					 errdetail("The key columns of %s, as attached to program \"%s\": %s.",
+							   source_name, t[i].program, column_list(&t[i])),
+					 errhint("Give one value per key column, in order.")));
+		argtypes = palloc(sizeof(Oid) * (nkey + 1));
+		args = palloc(sizeof(Datum) * (nkey + 1));
 		sql = psprintf("SELECT " RECONCILE_FACTS_COLUMNS " FROM (%s WHERE %s) f",
-					   t[i].facts_sql, key_condition(source, source_name, &t[i]));
+					   t[i].facts_sql, key_condition(source, source_name, &t[i], keys, argtypes, args));
 		att = mapping_get(t[i].attachment_id);
 		accounts_forget();
 		/* as the caller: the mapping is the attaching user's SQL */
-		if (SPI_execute_with_args(sql, 1, argtypes, &key, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read %s", source_name);
+		loyalty_spi_check(SPI_execute_with_args(sql, nkey, argtypes, args, NULL, true, 0), SPI_OK_SELECT,
+						  "read the row to explain");
 		tt = SPI_tuptable;
 		nrows = SPI_processed;	/* account look-ups below run SPI too */
 		for (r = 0; r < nrows; r++)
@@ -365,5 +395,117 @@ loyalty_explain_points(PG_FUNCTION_ARGS)
 		SPI_freetuptable(tt);
 	}
 	SPI_finish();
+}
+
+#define EXPLAIN_EXAMPLE "For example SELECT * FROM loyalty.explain_points('erp.invoice_line', 90017, 3)."
+
+static void
+explain_check_source(FunctionCallInfo fcinfo)
+{
+	loyalty_require(PG_ARGISNULL(0), "source", "source is the attached ERP table whose row is explained.",
+					EXPLAIN_EXAMPLE);
+}
+
+static void
+explain_check_key_value(bool isnull, int i)
+{
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("key value %d must not be NULL", i),
+				 errdetail("key gives the values of the row's key columns, in order; no row has a NULL key."),
+				 errhint(EXPLAIN_EXAMPLE)));
+}
+
+/* The text of each element of a one-dimensional array, by its type's output function. */
+static char **
+array_texts(Datum array, int *n)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(array);
+	Oid			elemtype = ARR_ELEMTYPE(arr);
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	Oid			output;
+	bool		varlena;
+	Datum	   *items;
+	bool	   *nulls;
+	char	  **keys;
+	int			i;
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("key must be a one-dimensional array"),
+				 errdetail("It has %d dimensions; key gives the values of the row's key columns, in order.", ARR_NDIM(arr)),
+				 errhint(EXPLAIN_EXAMPLE)));
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	getTypeOutputInfo(elemtype, &output, &varlena);
+	deconstruct_array(arr, elemtype, typlen, typbyval, typalign, &items, &nulls, n);
+	keys = palloc(sizeof(char *) * (*n + 1));
+	for (i = 0; i < *n; i++)
+	{
+		explain_check_key_value(nulls[i], i + 1);
+		keys[i] = OidOutputFunctionCall(output, items[i]);
+	}
+	return keys;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_explain_points);
+/* loyalty.explain_points(source, VARIADIC key text[]): the key in text form. */
+Datum
+loyalty_explain_points(PG_FUNCTION_ARGS)
+{
+	char	  **keys;
+	int			nkey;
+
+	explain_check_source(fcinfo);
+	loyalty_require(PG_ARGISNULL(1), "key", "key gives the values of the row's key columns, in order.",
+					EXPLAIN_EXAMPLE);
+	keys = array_texts(PG_GETARG_DATUM(1), &nkey);
+	explain_rows(fcinfo, PG_GETARG_OID(0), keys, nkey);
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_explain_points_any);
+/*
+ * loyalty.explain_points(source, VARIADIC key "any"): the key values in
+ * their own types (explain_points('erp.invoice', 90017::bigint)), each
+ * turned into text by its type's output function and read back in the key
+ * column's type.
+ */
+Datum
+loyalty_explain_points_any(PG_FUNCTION_ARGS)
+{
+	char	  **keys;
+	int			nkey;
+	int			i;
+
+	explain_check_source(fcinfo);
+	if (get_fn_expr_variadic(fcinfo->flinfo))
+	{
+		/* explain_points(source, VARIADIC array): the array's elements */
+		loyalty_require(PG_ARGISNULL(1), "key", "key gives the values of the row's key columns, in order.",
+						EXPLAIN_EXAMPLE);
+		keys = array_texts(PG_GETARG_DATUM(1), &nkey);
+	}
+	else
+	{
+		nkey = PG_NARGS() - 1;
+		keys = palloc(sizeof(char *) * (nkey + 1));
+		for (i = 0; i < nkey; i++)
+		{
+			Oid			type = get_fn_expr_argtype(fcinfo->flinfo, i + 1);
+			Oid			output;
+			bool		varlena;
+
+			if (!OidIsValid(type))
+				elog(ERROR, "could not determine the type of key value %d", i + 1);
+			explain_check_key_value(PG_ARGISNULL(i + 1), i + 1);
+			getTypeOutputInfo(type, &output, &varlena);
+			keys[i] = OidOutputFunctionCall(output, PG_GETARG_DATUM(i + 1));
+		}
+	}
+	explain_rows(fcinfo, PG_GETARG_OID(0), keys, nkey);
 	return (Datum) 0;
 }

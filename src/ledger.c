@@ -767,8 +767,8 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 	/* lock the candidates in key order, then compare with their real tier */
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = loyalty_text_array(rk, NULL, nr);
-	if (SPI_execute_plan(lock_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not lock accounts");
+	loyalty_spi_check(SPI_execute_plan(lock_plan, args, NULL, false, 0), SPI_OK_SELECT,
+					  "lock accounts");
 	uk = palloc(sizeof(char *) * nr);
 	uo = palloc(sizeof(char *) * nr);
 	un = palloc(sizeof(char *) * nr);
@@ -801,8 +801,8 @@ upgrade_tiers(Program *prog, AccountSums *sums, int nsums)
 	args[3] = loyalty_text_array(un, NULL, nu);
 	args[4] = loyalty_numeric_array(uq, nu);
 	args[5] = loyalty_date_array(ueff, nu);
-	if (SPI_execute_plan(upgrade_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record tier upgrades");
+	loyalty_spi_check(SPI_execute_plan(upgrade_plan, args, NULL, false, 0), SPI_OK_INSERT,
+					  "record tier upgrades");
 	for (j = 0; j < nu; j++)
 		accounts_note_tier(prog, uk[j], un[j], ueff[j]);
 }
@@ -982,16 +982,17 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 			for (i = 0; i < 12; i++)
 				nullchars[i] = nulls[i] ? 'n' : ' ';
 			nullchars[12] = '\0';
-			if (SPI_execute_plan(balance_update_plan, args, nullchars, false, 0) != SPI_OK_UPDATE_RETURNING)
-				elog(ERROR, "could not update loyalty.balance");
-			if (SPI_processed == 0 &&
-				SPI_execute_plan(balance_one_plan, args, nullchars, false, 0) != SPI_OK_INSERT_RETURNING)
-				elog(ERROR, "could not update loyalty.balance");
+			loyalty_spi_check(SPI_execute_plan(balance_update_plan, args, nullchars, false, 0), SPI_OK_UPDATE_RETURNING,
+							  "update loyalty.balance");
+			if (SPI_processed == 0)
+				loyalty_spi_check(SPI_execute_plan(balance_one_plan, args, nullchars, false, 0), SPI_OK_INSERT_RETURNING,
+								  "insert into loyalty.balance");
 		}
-		else if (SPI_execute_plan(balance_plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-			elog(ERROR, "could not update loyalty.balance");
+		else
+			loyalty_spi_check(SPI_execute_plan(balance_plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
+							  "upsert loyalty.balance");
 		if (SPI_processed > (uint64) nb)
-			elog(ERROR, "could not update loyalty.balance");
+			elog(ERROR, "loyalty.balance returned " UINT64_FORMAT " rows for %d accounts", SPI_processed, nb);
 
 		capk = palloc(sizeof(char *) * nsums);
 		capv = palloc(sizeof(int64) * nsums);
@@ -1046,9 +1047,10 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		args[0] = Int32GetDatum(prog->id);
 		args[1] = loyalty_text_array(capk, NULL, ncap);
 		args[2] = loyalty_int8_array(capv, ncap);
-		if (SPI_execute_plan(capfix_plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
-			SPI_processed > (uint64) ncap)
-			elog(ERROR, "could not apply caps to loyalty.balance");
+		loyalty_spi_check(SPI_execute_plan(capfix_plan, args, NULL, false, 0), SPI_OK_UPDATE_RETURNING,
+						  "apply caps to loyalty.balance");
+		if (SPI_processed > (uint64) ncap)
+			elog(ERROR, "loyalty.balance returned " UINT64_FORMAT " rows for %d capped accounts", SPI_processed, ncap);
 		for (j = 0; j < SPI_processed; j++)
 		{
 			bool		isnull;
@@ -1119,8 +1121,8 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 				args[7] = loyalty_numeric_array(eq, ne);
 				args[8] = loyalty_int4_array(er, ne);
 			}
-			if (SPI_execute_plan(ne == 1 ? ledger_one_plan : ledger_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not write loyalty.ledger");
+			loyalty_spi_check(SPI_execute_plan(ne == 1 ? ledger_one_plan : ledger_plan, args, NULL, false, 0), SPI_OK_INSERT,
+							  "write loyalty.ledger");
 		}
 	}
 

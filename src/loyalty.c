@@ -221,6 +221,54 @@ loyalty_execute_latest(SPIPlanPtr plan, Datum *args, long tcount)
 								true, false, tcount);
 }
 
+/*
+ * An SPI call that did not return what it should: SPI raises the errors of
+ * the statement itself, so what is left is an internal state (a plan that
+ * was never prepared, a connection lost); name it.
+ */
+void
+loyalty_spi_check(int ret, int expected, const char *what)
+{
+	if (ret != expected)
+		elog(ERROR, "could not %s: %s", what, SPI_result_code_string(ret));
+}
+
+/* A parameter that must not be NULL: the error names it, says what it is and how to give it. */
+void
+loyalty_require(bool isnull, const char *param, const char *detail, const char *hint)
+{
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", param),
+				 errdetail("%s", detail),
+				 errhint("%s", hint)));
+}
+
+/*
+ * Raises a caught error again as the caller's own: same SQLSTATE, message,
+ * detail, hint and object names, but with the context of where we are now.
+ * The internal SQL and PL/pgSQL helpers it went through (an owner-only
+ * function, a query the user never wrote) drop out of its CONTEXT, so the
+ * error reads as coming from the public function the user called.  The
+ * caller has switched out of ErrorContext and copied the error.
+ */
+void
+loyalty_rethrow_as_own(ErrorData *edata)
+{
+	FlushErrorState();
+	ereport(ERROR,
+			(errcode(edata->sqlerrcode),
+			 errmsg_internal("%s", edata->message),
+			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+			 edata->hint ? errhint("%s", edata->hint) : 0,
+			 edata->schema_name ? err_generic_string(PG_DIAG_SCHEMA_NAME, edata->schema_name) : 0,
+			 edata->table_name ? err_generic_string(PG_DIAG_TABLE_NAME, edata->table_name) : 0,
+			 edata->column_name ? err_generic_string(PG_DIAG_COLUMN_NAME, edata->column_name) : 0,
+			 edata->datatype_name ? err_generic_string(PG_DIAG_DATATYPE_NAME, edata->datatype_name) : 0,
+			 edata->constraint_name ? err_generic_string(PG_DIAG_CONSTRAINT_NAME, edata->constraint_name) : 0));
+}
+
 SPIPlanPtr
 loyalty_prepare(const char *sql, int nargs, Oid *argtypes)
 {

@@ -36,7 +36,13 @@ extern void loyalty_watch_relation(Oid relid);
 extern void loyalty_set_sentinels(Oid program_rel, Oid account_rel);
 extern void loyalty_check_version(void);
 
+/* Errors of the public functions' parameters */
+#define LOYALTY_PROGRAM_DETAIL "program is the name of a loyalty program, as given to loyalty.create_program()."
+extern void loyalty_require(bool isnull, const char *param, const char *detail, const char *hint);
+
 /* SPI helpers */
+extern void loyalty_spi_check(int ret, int expected, const char *what);
+extern void loyalty_rethrow_as_own(ErrorData *edata) pg_attribute_noreturn();
 extern SPIPlanPtr loyalty_prepare(const char *sql, int nargs, Oid *argtypes);
 extern int	loyalty_execute_latest(SPIPlanPtr plan, Datum *args, long tcount);
 extern Datum loyalty_text_array(char **values, bool *nulls, int n);

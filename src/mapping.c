@@ -86,7 +86,7 @@ static const Oid field_type[F_COUNT] = {
 static const char *const field_param[F_COUNT] = {
 	"account_column", "amount", "quantity_column", "date_column",
 	"product_line_column", "currency_column", "doc_type_column",
-	"due_date_column", "paid_date_column", "header_key_column", "key_column"
+	"due_date_column", "paid_date_column", "line_header_column", "key_column"
 };
 
 /* Drops every cached attachment and program when configuration changed. */
@@ -546,8 +546,7 @@ load_config(int32 id)
 			" credit_note_types, header, header_key_column, header_match_column"
 			" FROM loyalty.attachment"
 			" WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND detached_at IS NULL", 1, argtypes);
-	if (loyalty_execute_latest(plan, args, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read loyalty.attachment");
+	loyalty_spi_check(loyalty_execute_latest(plan, args, 1), SPI_OK_SELECT, "read loyalty.attachment");
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -688,7 +687,7 @@ analyse_stored(Relation rel, const char *alias, const char *text, Oid type, cons
 static const char *
 step_param(MapField f, bool header_side)
 {
-	return f == F_HEADER_KEY && header_side ? "header_match_column" : field_param[f];
+	return f == F_HEADER_KEY && header_side ? "header_id_column" : field_param[f];
 }
 
 /* Analyses every stored expression of one side; out (if given) gets them. */

@@ -78,15 +78,30 @@ typedef struct SourceScan
 
 /* ---- running queries as the owner ---- */
 
+/*
+ * Errors of these queries (a program that does not exist, raised by an
+ * owner-only helper) are the calling function's own: no CONTEXT naming the
+ * helper or the internal SQL.
+ */
 int
 reconcile_owner_query(const char *sql, int nargs, Oid *argtypes, Datum *values,
 					  const char *nulls, bool read_only)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	OwnerScope	scope;
-	int			ret;
+	int			ret = 0;
 
 	loyalty_enter_owner(&scope);
-	ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, 0);
+	PG_TRY();
+	{
+		ret = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, 0);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		loyalty_rethrow_as_own(CopyErrorData());
+	}
+	PG_END_TRY();
 	loyalty_leave_owner(&scope);
 	if (ret < 0)
 		elog(ERROR, "SPI_execute_with_args failed for \"%s\": %s", sql, SPI_result_code_string(ret));
@@ -603,6 +618,8 @@ loyalty_verify(PG_FUNCTION_ARGS)
 	int			ntargets,
 				i;
 
+	loyalty_require(PG_ARGISNULL(0), "program", LOYALTY_PROGRAM_DETAIL,
+					"For example SELECT * FROM loyalty.verify('Distributor Club').");
 	InitMaterializedSRF(fcinfo, 0);
 	cxt = CurrentMemoryContext;
 	SPI_connect();
@@ -767,6 +784,25 @@ reconcile_post(const Target *t, DateADT since, const char *account, const char *
 	MemoryContextDelete(s.cxt);
 }
 
+/* backfill(source, program, since): what a value must be, before anything runs. */
+static void
+backfill_check_args(FunctionCallInfo fcinfo)
+{
+	loyalty_require(PG_ARGISNULL(0), "source", "source is the attached ERP table whose rows are accrued.",
+					"For example loyalty.backfill('erp.invoice', 'Distributor Club', since => '2025-01-01').");
+	loyalty_require(PG_ARGISNULL(1), "program", LOYALTY_PROGRAM_DETAIL,
+					"For example loyalty.backfill('erp.invoice', 'Distributor Club', since => '2025-01-01').");
+	loyalty_require(PG_ARGISNULL(2), "since",
+					"since is the first document date to backfill (rounded down to its month).",
+					"Use since => '-infinity' to backfill the whole history.");
+	if (DATE_IS_NOEND(PG_GETARG_DATEADT(2)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("since must be a date or -infinity, not infinity"),
+				 errdetail("since is the first document date to backfill; from infinity on there is nothing to backfill."),
+				 errhint("Use since => '-infinity' to backfill the whole history.")));
+}
+
 PG_FUNCTION_INFO_V1(loyalty_backfill);
 /*
  * loyalty.backfill(source, program, since): posts what the rows dated from
@@ -790,6 +826,7 @@ loyalty_backfill(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	desc = BlessTupleDesc(desc);
+	backfill_check_args(fcinfo);
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = PG_GETARG_DATUM(1);
 	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
@@ -798,11 +835,6 @@ loyalty_backfill(PG_FUNCTION_ARGS)
 	SPI_connect();
 	t = read_targets("SELECT " TARGET_COLUMNS " FROM loyalty._attachment_of($1, $2) x",
 					 2, argtypes, args, nulls, cxt, &n);
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("since must not be NULL"),
-				 errhint("Use '-infinity' to backfill the whole history.")));
 	/* one backfill of an attachment at a time; concurrent ERP writes go on */
 	args[0] = Int32GetDatum(t->attachment_id);
 	argtypes[0] = INT4OID;
@@ -834,10 +866,9 @@ may_restate(void)
 {
 	bool		isnull;
 
-	if (SPI_execute("SELECT pg_catalog.has_function_privilege("
-					"'loyalty.backfill(pg_catalog.regclass, pg_catalog.text, pg_catalog.date)', 'EXECUTE')",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not check the privileges of a restatement");
+	loyalty_spi_check(SPI_execute("SELECT pg_catalog.has_function_privilege("
+								  "'loyalty.backfill(pg_catalog.regclass, pg_catalog.text, pg_catalog.date)', 'EXECUTE')",
+								  true, 1), SPI_OK_SELECT, "check the privileges of a restatement");
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
@@ -874,6 +905,100 @@ back_dated(int32 program_id, const char *account)
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/* One of a list of values, or NULL (the account keeps what it has). */
+static void
+enroll_check_choice(FunctionCallInfo fcinfo, int arg, const char *param, const char *const *allowed)
+{
+	char	   *value;
+	StringInfoData list;
+	int			i;
+
+	if (PG_ARGISNULL(arg))
+		return;
+	value = TextDatumGetCString(PG_GETARG_DATUM(arg));
+	initStringInfo(&list);
+	for (i = 0; allowed[i] != NULL; i++)
+	{
+		if (strcmp(value, allowed[i]) == 0)
+			return;
+		appendStringInfo(&list, "%s%s", i > 0 ? ", " : "", allowed[i]);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid %s: %s", param, quote_literal_cstr(value)),
+			 errdetail("%s must be one of %s.", param, list.data),
+			 errhint("For example %s => '%s'; leave it out (NULL) to keep the account's current value.",
+					 param, allowed[0])));
+}
+
+/* A segment attribute is free text, but not empty: NULL keeps the current one. */
+static void
+enroll_check_not_empty(FunctionCallInfo fcinfo, int arg, const char *param)
+{
+	if (!PG_ARGISNULL(arg) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(arg)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", param),
+				 errdetail("%s is a segment attribute of the account, matched by segment_multipliers.", param),
+				 errhint("Give a value such as %s, or leave it out (NULL) to keep the account's current value.",
+						 strcmp(param, "region") == 0 ? "region => 'North'" : "industry => 'construction'")));
+}
+
+/*
+ * enroll(): every parameter checked here, before anything is written, so
+ * that each error names the parameter and comes from enroll() itself.
+ */
+static void
+enroll_check_args(FunctionCallInfo fcinfo)
+{
+	static const char *const models[] = {"direct", "distributor", "integrator", "reseller", NULL};
+	static const char *const cohorts[] = {"pilot", "control", NULL};
+	const char *example = "For example loyalty.enroll('Distributor Club', '1042', cohort => 'pilot').";
+	text	   *key;
+
+	loyalty_require(PG_ARGISNULL(0), "program", LOYALTY_PROGRAM_DETAIL, example);
+	loyalty_require(PG_ARGISNULL(1), "account_key",
+					"account_key is the ERP's customer key in text form, as the invoices carry it.", example);
+	key = PG_GETARG_TEXT_PP(1);
+	if (VARSIZE_ANY_EXHDR(key) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("account_key must not be empty"),
+				 errdetail("account_key is the ERP's customer key in text form; no invoice row with an empty key ever accrues."),
+				 errhint("%s", example)));
+	if (VARSIZE_ANY_EXHDR(key) > LOYALTY_MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("account_key is longer than %d bytes", LOYALTY_MAX_KEY_BYTES),
+				 errdetail("It has %d bytes; the accrual parks rows whose account key is longer than %d bytes, so such an account would never earn.",
+						   (int) VARSIZE_ANY_EXHDR(key), LOYALTY_MAX_KEY_BYTES),
+				 errhint("Enrol the customer under the key its invoices carry.")));
+	enroll_check_choice(fcinfo, 2, "cooperation_model", models);
+	enroll_check_not_empty(fcinfo, 3, "industry");
+	enroll_check_not_empty(fcinfo, 4, "region");
+	if (!PG_ARGISNULL(5))
+	{
+		Numeric		spend = PG_GETARG_NUMERIC(5);
+
+		if (numeric_is_nan(spend) || numeric_is_inf(spend) ||
+			DatumGetBool(DirectFunctionCall2(numeric_lt, NumericGetDatum(spend),
+											 NumericGetDatum(int64_to_numeric(0)))))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("potential_spend must be zero or a positive finite amount, not %s",
+							DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(spend)))),
+					 errdetail("potential_spend is the account's estimated annual wallet, the denominator of share of wallet."),
+					 errhint("For example potential_spend => 250000; leave it out (NULL) to keep the account's current value.")));
+	}
+	enroll_check_choice(fcinfo, 6, "cohort", cohorts);
+	if (!PG_ARGISNULL(7) && DATE_IS_NOEND(PG_GETARG_DATEADT(7)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("enrolled_from must be a date or -infinity, not infinity"),
+				 errdetail("enrolled_from is the first document date that earns; from infinity on the account would never earn."),
+				 errhint("Give a date, or enrolled_from => '-infinity' for all of the account's documents.")));
+}
+
 PG_FUNCTION_INFO_V1(loyalty_enroll);
 /*
  * loyalty.enroll(program, account_key, ...): the writes as the owner
@@ -894,6 +1019,7 @@ loyalty_enroll(PG_FUNCTION_ARGS)
 	char	   *account;
 	int			i;
 
+	enroll_check_args(fcinfo);
 	for (i = 0; i < 8; i++)
 	{
 		args[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);

@@ -92,7 +92,7 @@ round_points(Numeric x, RoundingMode mode, int64 *out)
 
 	switch (mode)
 	{
-		case ROUND_FLOOR:
+		case ROUND_TOWARD_ZERO:
 			r = DatumGetNumeric(DirectFunctionCall2(numeric_trunc, NumericGetDatum(x), Int32GetDatum(0)));
 			break;
 		case ROUND_HALF_UP:
@@ -214,8 +214,8 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 			MAP_COLS("COALESCE(segment_multipliers OPERATOR(pg_catalog.->) 'region', '{}')")
 			" FROM loyalty.rule WHERE program_id OPERATOR(pg_catalog.=) $1 ORDER BY valid_from", 1, argtypes);
 
-	if (loyalty_execute_latest(prog_plan, args, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read loyalty.program");
+	loyalty_spi_check(loyalty_execute_latest(prog_plan, args, 1), SPI_OK_SELECT,
+					  "read loyalty.program");
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -236,15 +236,15 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 	p->basis_quantity = strcmp(SPI_getvalue(tup, desc, 4), "quantity") == 0;
 	s = SPI_getvalue(tup, desc, 5);
 	p->rounding = strcmp(s, "half_up") == 0 ? ROUND_HALF_UP :
-		strcmp(s, "half_even") == 0 ? ROUND_HALF_EVEN : ROUND_FLOOR;
+		strcmp(s, "half_even") == 0 ? ROUND_HALF_EVEN : ROUND_TOWARD_ZERO;
 	p->window_months = Max(1, DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull)));
 	p->auto_enroll = strcmp(SPI_getvalue(tup, desc, 7), "auto") == 0;
 	p->strict = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 	p->time_zone = SPI_getvalue(tup, desc, 9);
 	MemoryContextSwitchTo(old);
 
-	if (loyalty_execute_latest(rule_plan, args, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read loyalty.rule");
+	loyalty_spi_check(loyalty_execute_latest(rule_plan, args, 0), SPI_OK_SELECT,
+					  "read loyalty.rule");
 
 	old = MemoryContextSwitchTo(cxt);
 	desc = SPI_tuptable->tupdesc;
@@ -362,7 +362,7 @@ rules_status_name(RowStatus status)
 const char *
 rules_rounding_name(RoundingMode mode)
 {
-	return mode == ROUND_HALF_UP ? "half_up" : mode == ROUND_HALF_EVEN ? "half_even" : "floor";
+	return mode == ROUND_HALF_UP ? "half_up" : mode == ROUND_HALF_EVEN ? "half_even" : "toward_zero";
 }
 
 static const char *

@@ -11,7 +11,7 @@
 
 typedef enum RoundingMode
 {
-	ROUND_FLOOR,				/* toward zero */
+	ROUND_TOWARD_ZERO,			/* drops the fraction: -247.83 gives -247 */
 	ROUND_HALF_UP,				/* half away from zero */
 	ROUND_HALF_EVEN
 } RoundingMode;

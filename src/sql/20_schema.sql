@@ -43,7 +43,7 @@ CREATE TABLE @extschema@.program (
     currency             text NOT NULL CHECK (currency OPERATOR(pg_catalog.~) '^[A-Z]{3}$'),
     ladder               @extschema@.tier_ladder,
     basis                text NOT NULL DEFAULT 'amount' CHECK (basis IN ('amount', 'quantity')),
-    rounding             text NOT NULL DEFAULT 'floor' CHECK (rounding IN ('floor', 'half_up', 'half_even')),
+    rounding             text NOT NULL DEFAULT 'toward_zero' CHECK (rounding IN ('toward_zero', 'half_up', 'half_even')),
     qualification_window interval NOT NULL DEFAULT '12 months'
                          CHECK (qualification_window OPERATOR(pg_catalog.>=) '1 month'::interval
                                 AND qualification_window OPERATOR(pg_catalog.<=) '10 years'::interval),
@@ -62,7 +62,7 @@ COMMENT ON COLUMN @extschema@.program.name IS 'The name users type in every loya
 COMMENT ON COLUMN @extschema@.program.currency IS 'ISO 4217 code; invoice rows in another currency are rejected to loyalty.rejected_event.';
 COMMENT ON COLUMN @extschema@.program.ladder IS 'Tier ladder applied to rolling qualifying spend; NULL for a program without tiers.';
 COMMENT ON COLUMN @extschema@.program.basis IS 'amount: points per currency unit; quantity: points per unit of the mapped quantity column (e.g. per cubic metre).';
-COMMENT ON COLUMN @extschema@.program.rounding IS 'How a row''s points are made whole: floor (toward zero), half_up (half away from zero) or half_even. Applied symmetrically, so a credit note reverses exactly what the same invoice earned.';
+COMMENT ON COLUMN @extschema@.program.rounding IS 'How a row''s points are made whole: toward_zero (drops the fraction: 247.83 and -247.83 give 247 and -247), half_up (half away from zero: 2.5 gives 3, -2.5 gives -3) or half_even (half to the even neighbour: 2.5 gives 2, 3.5 gives 4). Symmetric around zero, so a credit note reverses exactly what the same invoice earned.';
 COMMENT ON COLUMN @extschema@.program.qualification_window IS 'Rolling window of qualifying spend that decides the tier, counted in whole calendar months ending with the current month.';
 COMMENT ON COLUMN @extschema@.program.enrollment IS 'auto: every customer that invoices is enrolled; explicit: only accounts enrolled with loyalty.enroll earn.';
 COMMENT ON COLUMN @extschema@.program.strict IS 'When true, an invoice row the program cannot accrue fails the ERP statement instead of going to loyalty.rejected_event.';
@@ -214,8 +214,8 @@ COMMENT ON COLUMN @extschema@.attachment.credit_note_types IS 'Document types th
 COMMENT ON COLUMN @extschema@.attachment.due_date_expr IS 'SQL for the payment due date (on-time bonus).';
 COMMENT ON COLUMN @extschema@.attachment.paid_date_expr IS 'SQL for the paid date (on-time bonus).';
 COMMENT ON COLUMN @extschema@.attachment.header IS 'Header table holding the account, date, currency, document type and payment dates of a lines table.';
-COMMENT ON COLUMN @extschema@.attachment.header_key_column IS 'Column of the source that references the header.';
-COMMENT ON COLUMN @extschema@.attachment.header_match_column IS 'Column of the header it references.';
+COMMENT ON COLUMN @extschema@.attachment.header_key_column IS 'The lines'' column (of source) that references the header: attach()''s line_header_column.';
+COMMENT ON COLUMN @extschema@.attachment.header_match_column IS 'The header''s own column that line_header_column references (its primary key by default): attach()''s header_id_column.';
 COMMENT ON COLUMN @extschema@.attachment.attached_at IS 'When loyalty.attach ran.';
 COMMENT ON COLUMN @extschema@.attachment.detached_at IS 'When loyalty.detach ran; NULL while attached.';
 
@@ -480,7 +480,7 @@ BEGIN
     RAISE EXCEPTION 'loyalty.ledger is append-only'
         USING ERRCODE = 'object_not_in_prerequisite_state',
               DETAIL = pg_catalog.format('%s on loyalty.ledger is refused: entries are never changed or removed.', TG_OP),
-              HINT = 'Post a correcting entry instead, e.g. with loyalty.adjust().';
+              HINT = 'Correct the ERP''s invoice rows instead (UPDATE, DELETE or a credit note): the accrual posts the correcting entries.';
 END
 $$;
 COMMENT ON FUNCTION @extschema@._ledger_append_only() IS 'Internal: refuses UPDATE, DELETE and TRUNCATE on loyalty.ledger.';

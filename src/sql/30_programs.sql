@@ -25,10 +25,17 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id integer;
 BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
     SELECT p.program_id INTO id FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
     IF id IS NULL THEN
         RAISE EXCEPTION 'loyalty program "%" does not exist', program
             USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
                   HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
     END IF;
     RETURN id;
@@ -67,13 +74,17 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._check_choice(text, text, text[]) IS 'Internal: validates an enumerated parameter.';
 
+-- Every parameter of the public functions is checked in the function
+-- itself, in order, before anything is written: each error names its
+-- parameter, says what it is and how to give it, and comes from the
+-- function the user called (no CONTEXT line of an internal helper).
 CREATE FUNCTION @extschema@.create_program(
     name                 text,
     currency             text DEFAULT 'EUR',
     ladder               @extschema@.tier_ladder DEFAULT NULL,
     points_per_unit      numeric DEFAULT 1,
     basis                text DEFAULT 'amount',
-    rounding             text DEFAULT 'floor',
+    rounding             text DEFAULT 'toward_zero',
     qualification_window interval DEFAULT '12 months',
     enrollment           text DEFAULT 'auto',
     strict               boolean DEFAULT false,
@@ -85,35 +96,119 @@ RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id integer;
+    c record;
+    months integer;
 BEGIN
-    PERFORM @extschema@._check_choice('basis', basis, ARRAY['amount', 'quantity']);
-    PERFORM @extschema@._check_choice('rounding', rounding, ARRAY['floor', 'half_up', 'half_even']);
-    PERFORM @extschema@._check_choice('enrollment', enrollment, ARRAY['auto', 'explicit']);
-    PERFORM @extschema@._check_choice('settlement_period', settlement_period, ARRAY['month', 'quarter', 'year']);
-    IF currency IS NULL OR currency !~ '^[A-Z]{3}$' THEN
-        RAISE EXCEPTION 'invalid currency: %', coalesce(quote_literal(currency), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an ISO 4217 code in capitals, e.g. currency => ''EUR''.';
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'name must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'name is the program''s name, which every loyalty function takes.',
+                  HINT = 'For example loyalty.create_program(''Distributor Club'').';
     END IF;
-    IF points_per_unit IS NULL OR points_per_unit < 0 THEN
-        RAISE EXCEPTION 'points_per_unit must be zero or positive, not %', coalesce(points_per_unit::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF name IS NULL OR name !~ '^[^[:cntrl:]]{1,63}$' OR name <> btrim(name) THEN
-        RAISE EXCEPTION 'invalid program name: %', coalesce(quote_literal(name), 'NULL')
+    IF name !~ '^[^[:cntrl:]]{1,63}$' OR name <> btrim(name) THEN
+        RAISE EXCEPTION 'invalid program name: %', quote_literal(name)
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A program name has 1 to 63 characters, no control characters and no leading or trailing spaces.';
-    END IF;
-    IF qualification_window IS NULL OR qualification_window < '1 month' OR qualification_window > '10 years' THEN
-        RAISE EXCEPTION 'qualification_window must be between 1 month and 10 years, not %', coalesce(qualification_window::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example qualification_window => ''12 months''.';
-    END IF;
-    IF points_per_unit >= 1000000 THEN
-        RAISE EXCEPTION 'points_per_unit must be below 1000000, not %', points_per_unit
-            USING ERRCODE = 'invalid_parameter_value';
+                  DETAIL = 'A program name has 1 to 63 characters, no control characters and no leading or trailing spaces.',
+                  HINT = CASE WHEN name <> btrim(name) AND btrim(name) ~ '^[^[:cntrl:]]{1,63}$'
+                              THEN format('Leave out the spaces: name => %L.', btrim(name))
+                              ELSE 'For example name => ''Distributor Club''.' END;
     END IF;
     IF EXISTS (SELECT FROM @extschema@.program p WHERE p.name = create_program.name) THEN
         RAISE EXCEPTION 'loyalty program "%" already exists', name
-            USING ERRCODE = 'duplicate_object', HINT = 'Choose another name, or change the existing program''s rules with loyalty.add_rule().';
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Program names are unique.',
+                  HINT = 'Choose another name, or change the existing program''s rules with loyalty.add_rule().';
+    END IF;
+    IF currency IS NULL THEN
+        RAISE EXCEPTION 'currency must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'currency is the ISO 4217 code of the amounts that earn; rows in another currency are rejected.',
+                  HINT = 'Leave it out for the default, ''EUR''.';
+    END IF;
+    IF currency !~ '^[A-Z]{3}$' THEN
+        RAISE EXCEPTION 'invalid currency: %', quote_literal(currency)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'currency is an ISO 4217 code: three capital letters.',
+                  HINT = CASE WHEN upper(currency) ~ '^[A-Z]{3}$' THEN format('Write it in capitals: currency => %L.', upper(currency))
+                              ELSE 'For example currency => ''EUR''.' END;
+    END IF;
+    IF points_per_unit IS NULL THEN
+        RAISE EXCEPTION 'points_per_unit must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'points_per_unit is the base rate of the first rule version: points per currency unit (or per quantity unit).',
+                  HINT = 'Give 0 for a program that counts qualifying spend but pays no points.';
+    END IF;
+    IF points_per_unit IN ('NaN', 'Infinity', '-Infinity') OR points_per_unit < 0 OR points_per_unit >= 1000000 THEN
+        RAISE EXCEPTION 'points_per_unit must be at least 0 and below 1000000, not %', points_per_unit
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'points_per_unit is the base rate of the first rule version: points per currency unit (or per quantity unit).',
+                  HINT = 'For example points_per_unit => 1, or 0.5.';
+    END IF;
+    -- the old name of toward_zero: it never was a floor (-247.83 gives -247)
+    IF rounding = 'floor' THEN
+        RAISE NOTICE 'rounding ''floor'' is deprecated: it is called ''toward_zero'' now'
+            USING DETAIL = 'It drops the fraction toward zero, so that a credit note of -247.83 gives -247 points, not -248.',
+                  HINT = 'Write rounding => ''toward_zero''.';
+        rounding := 'toward_zero';
+    END IF;
+    FOR c IN SELECT * FROM (VALUES
+            (1, 'basis', basis, ARRAY['amount', 'quantity']),
+            (2, 'rounding', rounding, ARRAY['toward_zero', 'half_up', 'half_even']),
+            (3, 'enrollment', enrollment, ARRAY['auto', 'explicit']),
+            (4, 'settlement_period', settlement_period, ARRAY['month', 'quarter', 'year'])) AS x(n, param, value, allowed)
+            ORDER BY n LOOP
+        IF c.value IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL', c.param
+                USING ERRCODE = 'null_value_not_allowed',
+                      DETAIL = format('%s must be one of %s.', c.param, array_to_string(c.allowed, ', ')),
+                      HINT = format('Leave it out for the default, %L.', c.allowed[1]);
+        END IF;
+        IF NOT c.value = ANY (c.allowed) THEN
+            RAISE EXCEPTION 'invalid %: %', c.param, quote_literal(c.value)
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('%s must be one of %s.', c.param, array_to_string(c.allowed, ', ')),
+                      HINT = format('For example %s => %L.', c.param, c.allowed[1]);
+        END IF;
+    END LOOP;
+    IF qualification_window IS NULL THEN
+        RAISE EXCEPTION 'qualification_window must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'qualification_window is the tier window: the qualifying spend of that many calendar months, the current one included, decides the tier.',
+                  HINT = 'Leave it out for the default, ''12 months''.';
+    END IF;
+    -- whole months: '90 days' would be counted as 3 months, which is not what it says
+    months := date_part('year', qualification_window) * 12 + date_part('month', qualification_window);
+    IF date_part('day', qualification_window) <> 0 OR date_part('hour', qualification_window) <> 0
+       OR date_part('minute', qualification_window) <> 0 OR date_part('second', qualification_window) <> 0 THEN
+        months := greatest(1, least(120, @extschema@._window_months(qualification_window)));
+        RAISE EXCEPTION 'qualification_window must be a whole number of months, not %', qualification_window
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The tier window counts whole calendar months, the current one included.',
+                  HINT = format('For example qualification_window => %L.', months || CASE months WHEN 1 THEN ' month' ELSE ' months' END);
+    END IF;
+    IF months < 1 OR months > 120 THEN
+        RAISE EXCEPTION 'qualification_window must be between 1 month and 10 years, not %', qualification_window
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The tier window counts whole calendar months, the current one included.',
+                  HINT = 'For example qualification_window => ''12 months''.';
+    END IF;
+    IF strict IS NULL THEN
+        RAISE EXCEPTION 'strict must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'strict => true fails an ERP statement with a row the program cannot accrue; false parks such rows in loyalty.rejected_event.',
+                  HINT = 'Leave it out for the default, false.';
+    END IF;
+    IF starts_on = 'infinity' THEN
+        RAISE EXCEPTION 'starts_on must be a date or -infinity, not infinity'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'starts_on is the first document date that earns points; from infinity on, no document would ever earn.',
+                  HINT = 'Give a date, or leave it out for a program that earns from the beginning of time.';
+    END IF;
+    IF point_lifetime <= interval '0' THEN
+        RAISE EXCEPTION 'point_lifetime must be positive, not %', point_lifetime
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'point_lifetime is how long earned points stay valid before settlement expires them.',
+                  HINT = 'For example point_lifetime => ''2 years''; leave it out for points that never expire.';
     END IF;
     INSERT INTO @extschema@.program AS p (name, currency, ladder, basis, rounding, qualification_window,
                                           enrollment, strict, settlement_period, point_lifetime, rebate)
@@ -142,36 +237,116 @@ CREATE FUNCTION @extschema@.add_rule(
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    pid integer;
     last_month date;
+    c record;
 BEGIN
-    IF valid_from IS NULL THEN
-        RAISE EXCEPTION 'valid_from must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'Give the first document date the version applies to.';
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'For example loyalty.add_rule(''Distributor Club'', valid_from => ''2025-01-01'', points_per_unit => 2).';
     END IF;
-    IF cap_period IS NOT NULL THEN
-        PERFORM @extschema@._check_choice('cap_period', cap_period, ARRAY['month', 'quarter', 'year']);
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = add_rule.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF valid_from IS NULL THEN
+        RAISE EXCEPTION 'valid_from must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'valid_from is the first document date the new version applies to.',
+                  HINT = 'For example valid_from => ''2025-01-01''.';
+    END IF;
+    IF NOT isfinite(valid_from) THEN
+        RAISE EXCEPTION 'valid_from must be a date, not %', valid_from
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_from is the first document date the new version applies to; the program''s first version, in force from its start, is made by loyalty.create_program(starts_on => ...).',
+                  HINT = 'For example valid_from => ''2025-01-01''.';
     END IF;
     IF EXISTS (SELECT FROM @extschema@.rule r WHERE r.program_id = pid AND r.valid_from = add_rule.valid_from) THEN
         RAISE EXCEPTION 'program "%" already has a rule version valid from %', program, valid_from
             USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'A program has one rule version per valid_from date.',
                   HINT = 'Versions are immutable once documents earned by them; add one with another valid_from.';
     END IF;
-    IF points_per_unit IS NULL OR points_per_unit < 0 OR points_per_unit >= 1000000 THEN
-        RAISE EXCEPTION 'points_per_unit must be at least 0 and below 1000000, not %', coalesce(points_per_unit::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
+    IF points_per_unit IS NULL THEN
+        RAISE EXCEPTION 'points_per_unit must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'points_per_unit is the version''s base rate: points per currency unit (or per quantity unit).',
+                  HINT = 'Give 0 for a version that pays no points.';
     END IF;
-    IF NOT @extschema@._valid_multipliers(coalesce(product_line_multipliers, 'null'), false)
-       OR NOT @extschema@._valid_multipliers(coalesce(tier_multipliers, 'null'), false)
-       OR NOT @extschema@._valid_multipliers(coalesce(segment_multipliers, 'null'), true) THEN
-        RAISE EXCEPTION 'invalid multiplier map'
+    IF points_per_unit IN ('NaN', 'Infinity', '-Infinity') OR points_per_unit < 0 OR points_per_unit >= 1000000 THEN
+        RAISE EXCEPTION 'points_per_unit must be at least 0 and below 1000000, not %', points_per_unit
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'Multipliers are JSON objects of positive numbers; segment multipliers nest them under cooperation_model, industry or region.',
-                  HINT = 'For example product_line_multipliers => ''{"SOLAR": 2}'', segment_multipliers => ''{"region": {"North": 1.1}}''.';
+                  DETAIL = 'points_per_unit is the version''s base rate: points per currency unit (or per quantity unit).',
+                  HINT = 'For example points_per_unit => 1, or 0.5.';
+    END IF;
+    IF min_amount IS NULL THEN
+        RAISE EXCEPTION 'min_amount must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'Rows whose absolute amount (or quantity) is below min_amount earn no points.',
+                  HINT = 'Leave it out for no minimum (0).';
+    END IF;
+    IF min_amount IN ('NaN', 'Infinity', '-Infinity') OR min_amount < 0 THEN
+        RAISE EXCEPTION 'min_amount must be zero or a positive finite amount, not %', min_amount
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Rows whose absolute amount (or quantity) is below min_amount earn no points.',
+                  HINT = 'For example min_amount => 50; leave it out for no minimum (0).';
+    END IF;
+    FOR c IN SELECT * FROM (VALUES
+            (1, 'product_line_multipliers', product_line_multipliers, false,
+             'product_line_multipliers maps product lines to positive numbers; lines not listed get 1.',
+             'For example product_line_multipliers => ''{"SOLAR": 2}''.'),
+            (2, 'tier_multipliers', tier_multipliers, false,
+             'tier_multipliers maps tier names to positive numbers; tiers not listed get 1.',
+             'For example tier_multipliers => ''{"Gold": 1.25}''.'),
+            (3, 'segment_multipliers', segment_multipliers, true,
+             'segment_multipliers maps cooperation_model, industry or region to objects of positive numbers; values not listed get 1.',
+             'For example segment_multipliers => ''{"cooperation_model": {"distributor": 1.1}, "region": {"North": 1.05}}''.'))
+            AS x(n, param, value, nested, what, example) ORDER BY n LOOP
+        IF c.value IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL', c.param
+                USING ERRCODE = 'null_value_not_allowed', DETAIL = c.what,
+                      HINT = 'Leave it out for none (''{}'').';
+        END IF;
+        IF NOT @extschema@._valid_multipliers(c.value, c.nested) THEN
+            RAISE EXCEPTION 'invalid %: %', c.param, c.value
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = c.what, HINT = c.example;
+        END IF;
+    END LOOP;
+    IF on_time_bonus_pct IS NULL THEN
+        RAISE EXCEPTION 'on_time_bonus_pct must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'on_time_bonus_pct is the bonus, in percent of a row''s points, for a document paid on or before its due date.',
+                  HINT = 'Leave it out for no bonus (0).';
+    END IF;
+    IF on_time_bonus_pct IN ('NaN', 'Infinity', '-Infinity') OR on_time_bonus_pct < 0 OR on_time_bonus_pct > 1000 THEN
+        RAISE EXCEPTION 'on_time_bonus_pct must be between 0 and 1000, not %', on_time_bonus_pct
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'on_time_bonus_pct is the bonus, in percent of a row''s points, for a document paid on or before its due date.',
+                  HINT = 'For example on_time_bonus_pct => 10 (ten percent more).';
+    END IF;
+    IF cap_points <= 0 THEN
+        RAISE EXCEPTION 'cap_points must be positive, not %', cap_points
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cap_points is the most points an account can earn from invoices in one cap period.',
+                  HINT = 'Leave out cap_points and cap_period for no cap.';
+    END IF;
+    IF cap_period NOT IN ('month', 'quarter', 'year') THEN
+        RAISE EXCEPTION 'invalid cap_period: %', quote_literal(cap_period)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cap_period must be one of month, quarter, year.',
+                  HINT = 'For example cap_points => 10000, cap_period => ''quarter''.';
     END IF;
     IF (cap_points IS NULL) <> (cap_period IS NULL) THEN
-        RAISE EXCEPTION 'cap_points and cap_period go together' USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'For example cap_points => 10000, cap_period => ''quarter''.';
+        RAISE EXCEPTION 'cap_points and cap_period go together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = CASE WHEN cap_points IS NULL THEN 'cap_period was given without cap_points.'
+                                ELSE 'cap_points was given without cap_period.' END,
+                  HINT = 'For example cap_points => 10000, cap_period => ''quarter''.';
     END IF;
     -- A version must not change what documents already accrued have earned.
     SELECT max(m.month) INTO last_month FROM @extschema@.accrual_month m
@@ -179,7 +354,7 @@ BEGIN
     IF last_month IS NOT NULL THEN
         RAISE EXCEPTION 'a rule version valid from % would change points already accrued', valid_from
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('Program "%s" has accrued documents dated in %s.', program, to_char(last_month, 'YYYY-MM')),
+                  DETAIL = pg_catalog.format('Program "%s" has accrued documents dated in %s, on or after valid_from.', program, to_char(last_month, 'YYYY-MM')),
                   HINT = pg_catalog.format('Start the version after the last accrued month, e.g. valid_from => %L.', (last_month + interval '1 month')::date);
     END IF;
     INSERT INTO @extschema@.rule (program_id, valid_from, points_per_unit, min_amount, product_line_multipliers,

@@ -105,7 +105,10 @@ BEGIN
     IF accepted IS NOT NULL AND NOT typ = ANY (accepted) THEN
         RAISE EXCEPTION 'column "%" of relation % has type %, but % must be %', col, rel, typ, param, expected
             USING ERRCODE = 'datatype_mismatch',
-                  HINT = 'Map a column of the expected type, or an expression (amount_expression) that casts it.';
+                  DETAIL = pg_catalog.format('%s names a column of %s; it must be %s.', param, rel, expected),
+                  HINT = CASE WHEN param = 'amount_column'
+                              THEN 'Map a numeric or integer column, or cast it with amount_expression, e.g. amount_expression => ''unit_price::numeric * quantity''.'
+                              ELSE 'Map a column of that type.' END;
     END IF;
     RETURN name;
 END
@@ -166,30 +169,36 @@ BEGIN
                   HINT = 'Make the ERP write through the partitioned table.';
     ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) <> 'r' THEN
         RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type',
+            DETAIL = 'source names the table whose rows earn points; attach creates triggers on it.',
             HINT = 'Attach the table the ERP writes invoices or invoice lines to.';
     END IF;
     IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.program_id = pid AND x.source = _attach.source AND x.detached_at IS NULL) THEN
         RAISE EXCEPTION 'program "%" is already attached to %', program, source USING ERRCODE = 'duplicate_object',
+            DETAIL = 'A program is attached to a table once.',
             HINT = 'Detach it first with loyalty.detach() to change the mapping.';
     END IF;
     IF account_column IS NULL OR date_column IS NULL THEN
-        RAISE EXCEPTION 'account_column and date_column are required' USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'For example account_column => ''customer_id'', date_column => ''invoice_date''.';
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN account_column IS NULL THEN 'account_column' ELSE 'date_column' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'account_column and date_column name the customer key and document date columns.',
+                  HINT = 'For example account_column => ''customer_id'', date_column => ''invoice_date''.';
     END IF;
     IF header IS NOT NULL THEN
         IF header_key_column IS NULL THEN
-            RAISE EXCEPTION 'header_key_column is required with header' USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'Name the column of the lines table that references the header, e.g. header_key_column => ''invoice_id''.';
+            RAISE EXCEPTION 'line_header_column must not be NULL when header is given' USING ERRCODE = 'null_value_not_allowed',
+                DETAIL = 'line_header_column names the column of the lines table that references the header table.',
+                HINT = 'Name it, e.g. line_header_column => ''invoice_id''.';
         END IF;
-        hk := @extschema@._check_column(source, 'header_key_column', header_key_column, NULL, NULL);
+        hk := @extschema@._check_column(source, 'line_header_column', header_key_column, NULL, NULL);
         hm := coalesce(header_match_column,
                        (SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                         WHERE i.indrelid = header AND i.indisprimary AND i.indnatts = 1));
         IF hm IS NULL THEN
             RAISE EXCEPTION 'header % has no single-column primary key', header USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'Name the header column the lines reference with header_match_column.';
+                DETAIL = 'header_id_column names the header''s column that the lines reference; by default its primary key.',
+                HINT = 'Name it with header_id_column, e.g. header_id_column => ''invoice_id''.';
         END IF;
-        hm := @extschema@._check_column(header, 'header_match_column', hm, NULL, NULL);
+        hm := @extschema@._check_column(header, 'header_id_column', hm, NULL, NULL);
     END IF;
 
     -- account, date and document columns live on the header when there is one
@@ -217,21 +226,29 @@ BEGIN
     pl := CASE WHEN pl IS NOT NULL THEN format('s.%I', pl) END;
     IF (doc_type_column IS NULL) <> (credit_note_types IS NULL) THEN
         RAISE EXCEPTION 'doc_type_column and credit_note_types go together' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = CASE WHEN doc_type_column IS NULL THEN 'credit_note_types was given without doc_type_column.'
+                          ELSE 'doc_type_column was given without credit_note_types.' END,
             HINT = 'For example doc_type_column => ''doc_type'', credit_note_types => ''{CRN}''.';
     END IF;
     IF amount_expression IS NOT NULL THEN
         IF amount_column IS NOT NULL THEN
-            RAISE EXCEPTION 'give amount_column or amount_expression, not both' USING ERRCODE = 'invalid_parameter_value';
+            RAISE EXCEPTION 'give amount_column or amount_expression, not both' USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'Both say where the amount comes from.',
+                HINT = 'Map a column with amount_column, or compute the amount with amount_expression.';
         END IF;
         amt := amount_expression;
     END IF;
     IF prog.basis = 'quantity' AND qty IS NULL THEN
         RAISE EXCEPTION 'program "%" accrues per quantity: quantity_column is required', program
-            USING ERRCODE = 'invalid_parameter_value';
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The program was created with basis => ''quantity'': points are paid per unit of the quantity column.',
+                  HINT = 'For example quantity_column => ''quantity''.';
     END IF;
     IF prog.basis = 'amount' AND amt IS NULL THEN
         RAISE EXCEPTION 'program "%" accrues per amount: amount_column or amount_expression is required', program
-            USING ERRCODE = 'invalid_parameter_value';
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Points are paid per currency unit of the amount.',
+                  HINT = 'For example amount_column => ''amount'', or amount_expression => ''quantity * unit_price''.';
     END IF;
 
     -- the row key: given, or the primary key; it must be unique
@@ -245,6 +262,7 @@ BEGIN
                            = (SELECT array_agg(k ORDER BY k) FROM unnest(keys) k)) THEN
             RAISE EXCEPTION 'key columns (%) of % are not unique', key_column, source
                 USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'key_column names the columns that identify a row: those of the primary key or of a unique index.',
                       HINT = 'Name the columns of the primary key or of a unique index, e.g. key_column => ''invoice_id, line_no''.';
         END IF;
     ELSE
@@ -253,7 +271,8 @@ BEGIN
                  WHERE i.indrelid = source AND i.indisprimary);
         IF keys IS NULL THEN
             RAISE EXCEPTION '% has no primary key', source USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'Name the columns that identify a row with key_column => ''col1, col2''.';
+                DETAIL = 'key_column, by default the primary key, names the columns that identify a row.',
+                HINT = 'Name the columns of a unique index with key_column => ''col1, col2''.';
         END IF;
     END IF;
 
@@ -290,9 +309,13 @@ COMMENT ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, 
     'Internal: the extension owner''s part of attach(): column checks, the attachment row and the triggers.';
 REVOKE ALL ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text) FROM PUBLIC;
 
--- attach() itself is C (src/attach.c), SECURITY INVOKER: it checks the
--- caller's TRIGGER and SELECT privileges and parses amount_expression as the
--- caller, then runs _attach() as the extension owner.
+-- attach() itself is C (src/attach.c), SECURITY INVOKER: it checks its
+-- arguments, the caller's TRIGGER and SELECT privileges and parses
+-- amount_expression as the caller, then runs _attach() as the extension
+-- owner.  A lines table names the header's key twice: line_header_column
+-- (the lines' column that references the header) and header_id_column (the
+-- header's own column, its primary key by default).  header_key_column and
+-- header_match_column are their deprecated names, in the same positions.
 CREATE FUNCTION @extschema@.attach(
     source              regclass,
     program             text,
@@ -309,12 +332,14 @@ CREATE FUNCTION @extschema@.attach(
     paid_date_column    text DEFAULT NULL,
     amount_expression   text DEFAULT NULL,
     header              regclass DEFAULT NULL,
+    line_header_column  text DEFAULT NULL,
+    header_id_column    text DEFAULT NULL,
     header_key_column   text DEFAULT NULL,
     header_match_column text DEFAULT NULL)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'loyalty_attach' LANGUAGE C SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text) IS
-    'Maps an ERP invoice (or invoice-line) table onto a program and creates its accrual triggers. The caller needs TRIGGER and SELECT on the table (and on header). Columns are validated now; amount_expression must be one deterministic expression of the row''s columns, numeric or integer, never float, and is stored in canonical form. With header, the account, date, currency, document type and payment dates are read from the header table. Returns the attachment id. Rows that existed before: loyalty.backfill().';
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text) IS
+    'Maps an ERP invoice (or invoice-line) table onto a program and creates its accrual triggers. The caller needs TRIGGER and SELECT on the table (and on header). Columns are validated now; amount_expression must be one deterministic expression of the row''s columns, numeric or integer, never float, and is stored in canonical form. With header, the account, date, currency, document type and payment dates are read from the header table, whose row is the one whose header_id_column (default: its primary key) equals the line''s line_header_column; header_key_column and header_match_column are their deprecated names. Returns the attachment id. Rows that existed before: loyalty.backfill().';
 
 -- A rename, drop or type change of a mapped column is checked when the
 -- ALTER TABLE ends: each attachment of the table must still parse, as the
@@ -333,10 +358,16 @@ DECLARE
     pid integer := @extschema@._program_id(program);
     a @extschema@.attachment;
 BEGIN
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'source must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'source is the ERP table the program is attached to.',
+            HINT = 'SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
+    END IF;
     SELECT * INTO a FROM @extschema@.attachment x
     WHERE x.program_id = pid AND x.source = _attachment_of.source AND x.detached_at IS NULL;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'program "%" is not attached to %', program, source USING ERRCODE = 'undefined_object',
+            DETAIL = pg_catalog.format('No active attachment of program "%s" has source %s.', program, source),
             HINT = 'Attach it with loyalty.attach(); SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
     END IF;
     RETURN a;
@@ -349,9 +380,30 @@ COMMENT ON FUNCTION @extschema@._attachment_of(regclass, text) IS 'Internal: the
 CREATE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    a @extschema@.attachment := @extschema@._attachment_of(source, program);
+    pid integer;
+    a @extschema@.attachment;
     trg text;
 BEGIN
+    IF source IS NULL OR program IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN source IS NULL THEN 'source' ELSE 'program' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'detach takes the ERP table (source) and the name of the program attached to it.',
+                  HINT = 'For example loyalty.detach(''erp.invoice'', ''Distributor Club'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = detach.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO a FROM @extschema@.attachment x
+    WHERE x.program_id = pid AND x.source = detach.source AND x.detached_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'program "%" is not attached to %', program, source USING ERRCODE = 'undefined_object',
+            DETAIL = pg_catalog.format('No active attachment of program "%s" has source %s.', program, source),
+            HINT = 'SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
+    END IF;
     trg := 'loyalty_accrual_' || a.attachment_id;
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_ins', source);
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_upd', source);
@@ -380,8 +432,21 @@ CREATE FUNCTION @extschema@.balance(program text, account_key text,
                                     OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    pid integer;
 BEGIN
+    IF program IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN program IS NULL THEN 'program' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'balance takes the program''s name and the ERP''s customer key in text form.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = balance.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
     -- a customer without an account (not enrolled, or not yet invoiced) has
     -- nothing: a zero row, so that a set-based BI query does not abort
     SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key;
@@ -398,9 +463,25 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.balance(text, text) IS 'An account''s points, lifetime qualifying spend, rolling qualifying spend (the tier window) and tier; zeros (and the first tier when its threshold is 0) for a customer with no account yet.';
 
+-- Checks its own arguments, so that its errors are its own, not balance()'s.
 CREATE FUNCTION @extschema@.tier(program text, account_key text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT b.tier FROM @extschema@.balance(program, account_key) b);
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF program IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN program IS NULL THEN 'program' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'tier takes the program''s name and the ERP''s customer key in text form.',
+                  HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'').';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.program p WHERE p.name = tier.program) THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    RETURN (SELECT b.tier FROM @extschema@.balance(program, account_key) b);
+END
+$$;
 COMMENT ON FUNCTION @extschema@.tier(text, text) IS 'An account''s current tier (NULL below the first threshold).';
 
 -- explain_points, verify, backfill (and enroll's restatement) recompute what
@@ -417,6 +498,18 @@ RETURNS TABLE (program text, account_key text, document_date date, status text, 
 AS 'MODULE_PATHNAME', 'loyalty_explain_points' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.explain_points(regclass, text[]) IS
     'How a row''s points were computed, per attached program: rule version, basis, multipliers, rounding, bonus, cap. Give the key columns'' values in order.';
+-- The same with the key values in their own types: explain_points('erp.invoice',
+-- 90017::bigint).  Each is turned into text by its type's output function and
+-- read back by the key column's type, then compared by that type's equality.
+CREATE FUNCTION @extschema@.explain_points(source regclass, VARIADIC key "any")
+RETURNS TABLE (program text, account_key text, document_date date, status text, reason text,
+               rule_valid_from date, basis numeric, points_per_unit numeric, product_line text,
+               product_line_multiplier numeric, tier_on_date text, tier_multiplier numeric,
+               segment_multiplier numeric, raw_points numeric, rounding text, points bigint,
+               on_time_bonus bigint, qualifying numeric, cap text)
+AS 'MODULE_PATHNAME', 'loyalty_explain_points_any' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.explain_points(regclass, "any") IS
+    'How a row''s points were computed, per attached program, with the key columns'' values given in their own types, in order.';
 
 -- What verify checks besides the source rows, as the owner (it reads
 -- loyalty's tables and the catalog only).  An attached table that was
@@ -530,10 +623,10 @@ AS 'MODULE_PATHNAME', 'loyalty_backfill' LANGUAGE C SET search_path = pg_catalog
 COMMENT ON FUNCTION @extschema@.backfill(regclass, text, date) IS
     'Accrues the rows of an attached table dated from since (rounded down to its month) that the triggers have not accrued, set-based. Idempotent: what is already accrued is not posted again, so a second or interrupted run is safe.';
 
-REVOKE ALL ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text),
+REVOKE ALL ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text),
                       @extschema@.detach(regclass, text),
                       @extschema@.backfill(regclass, text, date) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text),
+GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text),
                           @extschema@.detach(regclass, text),
                           @extschema@.backfill(regclass, text, date) TO loyalty_admin;
 

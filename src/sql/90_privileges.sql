@@ -35,5 +35,6 @@ TO PUBLIC;
 -- Reading and checking: every loyalty role (they read the tables anyway).
 GRANT EXECUTE ON FUNCTION
     @extschema@.balance(text, text), @extschema@.tier(text, text),
-    @extschema@.explain_points(regclass, text[]), @extschema@.verify(text)
+    @extschema@.explain_points(regclass, text[]), @extschema@.explain_points(regclass, "any"),
+    @extschema@.verify(text)
 TO loyalty_reader, loyalty_operator, loyalty_admin;

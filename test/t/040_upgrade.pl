@@ -154,4 +154,10 @@ is($node->safe_psql('upgraded', q{
 	SELECT count(*) FROM pg_trigger WHERE tgrelid = 'hdr'::regclass AND tgname LIKE 'loyalty_accrual_%_header_ins'}),
 	'1', 'the upgrade added the header-insert trigger to the 1.0 header attachment');
 
+# 1.0 called rounding toward zero 'floor': the upgrade renames the stored
+# mode, and explain_points shows the new name.
+is($node->safe_psql('upgraded', q{SELECT string_agg(DISTINCT rounding, ',') FROM loyalty.program}),
+	'toward_zero', "the 1.0 program's rounding 'floor' is 'toward_zero' after the upgrade");
+is($node->safe_psql('upgraded', q{SELECT rounding FROM loyalty.explain_points('inv', 1)}),
+	'toward_zero', 'explain_points names the rounding toward_zero');
 done_testing();

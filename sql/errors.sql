@@ -1,0 +1,407 @@
+--
+-- errors: every parameter of every public function, given NULL, zero,
+-- negative, huge, NaN, Infinity, malformed and unknown values, answers
+-- with a clear loyalty error: a specific SQLSTATE, a message that names
+-- the parameter, a DETAIL and a HINT, and no CONTEXT naming an internal
+-- helper.  Never a raw NOT NULL or CHECK violation of a loyalty table, and
+-- never a value silently accepted that would make the program misbehave.
+--
+-- The cases are a table: each is one named argument given to an otherwise
+-- valid call of its function (the base call, which must succeed).  The
+-- list of parameters comes from the catalog, so a parameter added to a
+-- public function without its cases shows up in the coverage check below.
+-- Every case runs in a subtransaction that is rolled back, so each starts
+-- from the same state; the result is one row per case.
+--
+\pset null ''
+SET datestyle = 'ISO, YMD';
+SET client_min_messages = warning;
+
+CREATE SCHEMA err;
+CREATE TABLE err.invoice (
+    invoice_id   bigint PRIMARY KEY,
+    customer_id  int,
+    amount       numeric(12,2),
+    quantity     numeric,
+    unit_price   real,
+    invoice_date date,
+    product_line text,
+    currency     text,
+    doc_type     text,
+    due_date     date,
+    paid_date    date,
+    lines        int[]
+);
+CREATE TABLE err.unkeyed (customer_id int, amount numeric, invoice_date date);
+CREATE VIEW err.invoice_view AS SELECT * FROM err.invoice;
+-- A header and its lines: the lines' column that references the header
+-- (hdr_ref) and the header's own key (id) have different names.
+CREATE TABLE err.hdr (id bigint PRIMARY KEY, customer_id int, invoice_date date, code text UNIQUE);
+CREATE TABLE err.unkeyed_hdr (id bigint, customer_id int, invoice_date date);
+CREATE TABLE err.line (hdr_ref bigint, line_no int, amount numeric(12,2), PRIMARY KEY (hdr_ref, line_no));
+SELECT loyalty.create_program('err_club', ladder => 'Member:0, Gold:1000', starts_on => '2024-01-01') > 0 AS created;
+SELECT loyalty.create_program('err_free') > 0 AS created;
+SELECT loyalty.create_program('err_qty', basis => 'quantity') > 0 AS created;
+SELECT loyalty.attach('err.invoice', 'err_club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'invoice_date') > 0 AS attached;
+INSERT INTO err.invoice (invoice_id, customer_id, amount, invoice_date) VALUES (1, 42, 100.00, '2024-03-01');
+
+-- The base call of each public function: every case replaces (or adds)
+-- one named argument.
+CREATE TEMP TABLE base (fn text, param text, value text, PRIMARY KEY (fn, param));
+INSERT INTO base VALUES
+('create_program', 'name', $$'err_new'$$),
+('add_rule', 'program', $$'err_club'$$), ('add_rule', 'valid_from', $$'2030-01-01'$$),
+('add_rule', 'points_per_unit', '1'),
+('enroll', 'program', $$'err_club'$$), ('enroll', 'account_key', $$'42'$$),
+('attach', 'source', $$'err.invoice'$$), ('attach', 'program', $$'err_free'$$),
+('attach', 'account_column', $$'customer_id'$$), ('attach', 'amount_column', $$'amount'$$),
+('attach', 'date_column', $$'invoice_date'$$),
+('detach', 'source', $$'err.invoice'$$), ('detach', 'program', $$'err_club'$$),
+('backfill', 'source', $$'err.invoice'$$), ('backfill', 'program', $$'err_club'$$),
+('backfill', 'since', $$'2024-01-01'$$),
+('balance', 'program', $$'err_club'$$), ('balance', 'account_key', $$'42'$$),
+('tier', 'program', $$'err_club'$$), ('tier', 'account_key', $$'42'$$),
+('explain_points', 'source', $$'err.invoice'$$), ('explain_points', 'key', $$VARIADIC ARRAY['1']$$),
+('verify', 'program', $$'err_club'$$);
+
+-- The cases.  kind says what is tried; call, when given, replaces the
+-- generated call (positional arguments, or several changed at once).
+CREATE TEMP TABLE cases (n serial, fn text, param text, kind text, value text, call text);
+INSERT INTO cases (fn, param, kind, value, call) VALUES
+-- create_program
+('create_program', 'name', 'valid', $$'err_new'$$, NULL),
+('create_program', 'name', 'null', 'NULL', NULL),
+('create_program', 'name', 'empty', $$''$$, NULL),
+('create_program', 'name', 'malformed', $$' err_spaced'$$, NULL),
+('create_program', 'name', 'malformed', $$E'err\tnew'$$, NULL),
+('create_program', 'name', 'huge', $$repeat('x', 64)$$, NULL),
+('create_program', 'name', 'duplicate', $$'err_club'$$, NULL),
+('create_program', 'currency', 'null', 'NULL', NULL),
+('create_program', 'currency', 'empty', $$''$$, NULL),
+('create_program', 'currency', 'malformed', $$'eur'$$, NULL),
+('create_program', 'currency', 'huge', $$'EURO'$$, NULL),
+('create_program', 'ladder', 'null', 'NULL', NULL),
+('create_program', 'ladder', 'malformed', $$'Gold'$$, NULL),
+('create_program', 'points_per_unit', 'null', 'NULL', NULL),
+('create_program', 'points_per_unit', 'zero', '0', NULL),
+('create_program', 'points_per_unit', 'negative', '-1', NULL),
+('create_program', 'points_per_unit', 'huge', '1000000', NULL),
+('create_program', 'points_per_unit', 'nan', $$'NaN'$$, NULL),
+('create_program', 'points_per_unit', 'infinity', $$'Infinity'$$, NULL),
+('create_program', 'points_per_unit', '-infinity', $$'-Infinity'$$, NULL),
+('create_program', 'basis', 'null', 'NULL', NULL),
+('create_program', 'basis', 'unknown', $$'volume'$$, NULL),
+('create_program', 'rounding', 'null', 'NULL', NULL),
+('create_program', 'rounding', 'unknown', $$'ceiling'$$, NULL),
+('create_program', 'rounding', 'valid', $$'toward_zero'$$, NULL),
+('create_program', 'rounding', 'deprecated', $$'floor'$$, NULL),
+('create_program', 'qualification_window', 'null', 'NULL', NULL),
+('create_program', 'qualification_window', 'zero', $$'0'$$, NULL),
+('create_program', 'qualification_window', 'negative', $$'-1 month'$$, NULL),
+('create_program', 'qualification_window', 'days', $$'90 days'$$, NULL),
+('create_program', 'qualification_window', 'days', $$'2 weeks'$$, NULL),
+('create_program', 'qualification_window', 'days', $$'1 month 3 hours'$$, NULL),
+('create_program', 'qualification_window', 'huge', $$'11 years'$$, NULL),
+('create_program', 'qualification_window', 'valid', $$'10 years'$$, NULL),
+('create_program', 'enrollment', 'null', 'NULL', NULL),
+('create_program', 'enrollment', 'unknown', $$'manual'$$, NULL),
+('create_program', 'strict', 'null', 'NULL', NULL),
+('create_program', 'starts_on', 'null', 'NULL', NULL),
+('create_program', 'starts_on', 'infinity', $$'infinity'$$, NULL),
+('create_program', 'starts_on', '-infinity', $$'-infinity'$$, NULL),
+('create_program', 'settlement_period', 'null', 'NULL', NULL),
+('create_program', 'settlement_period', 'unknown', $$'week'$$, NULL),
+('create_program', 'point_lifetime', 'null', 'NULL', NULL),
+('create_program', 'point_lifetime', 'zero', $$'0'$$, NULL),
+('create_program', 'point_lifetime', 'negative', $$'-2 years'$$, NULL),
+('create_program', 'rebate', 'null', 'NULL', NULL),
+('create_program', 'rebate', 'malformed', $$'retro 5%'$$, NULL),
+-- add_rule
+('add_rule', 'program', 'valid', $$'err_club'$$, NULL),
+('add_rule', 'program', 'null', 'NULL', NULL),
+('add_rule', 'program', 'unknown', $$'err_nope'$$, NULL),
+('add_rule', 'valid_from', 'null', 'NULL', NULL),
+('add_rule', 'valid_from', 'infinity', $$'infinity'$$, NULL),
+('add_rule', 'valid_from', '-infinity', $$'-infinity'$$, NULL),
+('add_rule', 'valid_from', 'accrued', $$'2024-03-15'$$, NULL),
+('add_rule', 'valid_from', 'duplicate', $$'2024-01-01'$$, NULL),
+('add_rule', 'points_per_unit', 'null', 'NULL', NULL),
+('add_rule', 'points_per_unit', 'negative', '-1', NULL),
+('add_rule', 'points_per_unit', 'huge', '1000000', NULL),
+('add_rule', 'points_per_unit', 'nan', $$'NaN'$$, NULL),
+('add_rule', 'points_per_unit', 'infinity', $$'Infinity'$$, NULL),
+('add_rule', 'min_amount', 'null', 'NULL', NULL),
+('add_rule', 'min_amount', 'negative', '-1', NULL),
+('add_rule', 'min_amount', 'nan', $$'NaN'$$, NULL),
+('add_rule', 'min_amount', 'infinity', $$'Infinity'$$, NULL),
+('add_rule', 'product_line_multipliers', 'null', 'NULL', NULL),
+('add_rule', 'product_line_multipliers', 'malformed', $$'[2]'$$, NULL),
+('add_rule', 'product_line_multipliers', 'zero', $$'{"SOLAR": 0}'$$, NULL),
+('add_rule', 'product_line_multipliers', 'negative', $$'{"SOLAR": -2}'$$, NULL),
+('add_rule', 'product_line_multipliers', 'malformed', $$'{"SOLAR": "2"}'$$, NULL),
+('add_rule', 'tier_multipliers', 'null', 'NULL', NULL),
+('add_rule', 'tier_multipliers', 'malformed', $$'{"Gold": {"x": 2}}'$$, NULL),
+('add_rule', 'segment_multipliers', 'null', 'NULL', NULL),
+('add_rule', 'segment_multipliers', 'malformed', $$'{"region": 2}'$$, NULL),
+('add_rule', 'segment_multipliers', 'unknown', $$'{"colour": {"red": 2}}'$$, NULL),
+('add_rule', 'on_time_bonus_pct', 'null', 'NULL', NULL),
+('add_rule', 'on_time_bonus_pct', 'negative', '-1', NULL),
+('add_rule', 'on_time_bonus_pct', 'huge', '1001', NULL),
+('add_rule', 'on_time_bonus_pct', 'nan', $$'NaN'$$, NULL),
+('add_rule', 'on_time_bonus_pct', 'infinity', $$'Infinity'$$, NULL),
+('add_rule', 'cap_points', 'null', 'NULL', NULL),
+('add_rule', 'cap_points', 'zero', '0', $$SELECT loyalty.add_rule('err_club', '2030-01-01', 1, cap_points => 0, cap_period => 'month')$$),
+('add_rule', 'cap_points', 'negative', '-1', $$SELECT loyalty.add_rule('err_club', '2030-01-01', 1, cap_points => -1, cap_period => 'month')$$),
+('add_rule', 'cap_points', 'huge', '9223372036854775807', $$SELECT loyalty.add_rule('err_club', '2030-01-01', 1, cap_points => 9223372036854775807, cap_period => 'year')$$),
+('add_rule', 'cap_points', 'alone', '1000', NULL),
+('add_rule', 'cap_period', 'null', 'NULL', NULL),
+('add_rule', 'cap_period', 'unknown', $$'week'$$, $$SELECT loyalty.add_rule('err_club', '2030-01-01', 1, cap_points => 1000, cap_period => 'week')$$),
+('add_rule', 'cap_period', 'alone', $$'month'$$, NULL),
+-- enroll
+('enroll', 'program', 'valid', $$'err_club'$$, NULL),
+('enroll', 'program', 'null', 'NULL', NULL),
+('enroll', 'program', 'unknown', $$'err_nope'$$, NULL),
+('enroll', 'account_key', 'null', 'NULL', NULL),
+('enroll', 'account_key', 'empty', $$''$$, NULL),
+('enroll', 'account_key', 'huge', $$repeat('k', 1025)$$, NULL),
+('enroll', 'cooperation_model', 'null', 'NULL', NULL),
+('enroll', 'cooperation_model', 'unknown', $$'wholesaler'$$, NULL),
+('enroll', 'industry', 'null', 'NULL', NULL),
+('enroll', 'industry', 'empty', $$''$$, NULL),
+('enroll', 'region', 'null', 'NULL', NULL),
+('enroll', 'region', 'empty', $$''$$, NULL),
+('enroll', 'potential_spend', 'null', 'NULL', NULL),
+('enroll', 'potential_spend', 'zero', '0', NULL),
+('enroll', 'potential_spend', 'negative', '-1', NULL),
+('enroll', 'potential_spend', 'nan', $$'NaN'$$, NULL),
+('enroll', 'potential_spend', 'infinity', $$'Infinity'$$, NULL),
+('enroll', 'cohort', 'null', 'NULL', NULL),
+('enroll', 'cohort', 'unknown', $$'treatment'$$, NULL),
+('enroll', 'enrolled_from', 'null', 'NULL', NULL),
+('enroll', 'enrolled_from', 'infinity', $$'infinity'$$, NULL),
+('enroll', 'enrolled_from', '-infinity', $$'-infinity'$$, NULL),
+-- attach
+('attach', 'source', 'valid', $$'err.invoice'$$, NULL),
+('attach', 'source', 'null', 'NULL', NULL),
+('attach', 'source', 'unknown', $$'err.nope'$$, NULL),
+('attach', 'source', 'view', $$'err.invoice_view'$$, NULL),
+('attach', 'source', 'loyalty', $$'loyalty.ledger'$$, NULL),
+('attach', 'program', 'null', 'NULL', NULL),
+('attach', 'program', 'unknown', $$'err_nope'$$, NULL),
+('attach', 'program', 'attached', $$'err_club'$$, NULL),
+('attach', 'program', 'quantity', $$'err_qty'$$, NULL),
+('attach', 'account_column', 'null', 'NULL', NULL),
+('attach', 'account_column', 'empty', $$''$$, NULL),
+('attach', 'account_column', 'unknown', $$'client_id'$$, NULL),
+('attach', 'account_column', 'wrong_type', $$'lines'$$, NULL),
+('attach', 'amount_column', 'null', 'NULL', NULL),
+('attach', 'amount_column', 'unknown', $$'total'$$, NULL),
+('attach', 'amount_column', 'wrong_type', $$'unit_price'$$, NULL),
+('attach', 'quantity_column', 'null', 'NULL', NULL),
+('attach', 'quantity_column', 'unknown', $$'qty'$$, NULL),
+('attach', 'quantity_column', 'wrong_type', $$'product_line'$$, NULL),
+('attach', 'date_column', 'null', 'NULL', NULL),
+('attach', 'date_column', 'unknown', $$'doc_date'$$, NULL),
+('attach', 'date_column', 'wrong_type', $$'customer_id'$$, NULL),
+('attach', 'key_column', 'null', 'NULL', NULL),
+('attach', 'key_column', 'empty', $$''$$, NULL),
+('attach', 'key_column', 'unknown', $$'id'$$, NULL),
+('attach', 'key_column', 'not_unique', $$'customer_id'$$, NULL),
+('attach', 'key_column', 'malformed', $$'invoice_id,'$$, NULL),
+('attach', 'key_column', 'no_primary_key', 'NULL', $$SELECT loyalty.attach('err.unkeyed', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date')$$),
+('attach', 'product_line_column', 'null', 'NULL', NULL),
+('attach', 'product_line_column', 'unknown', $$'line'$$, NULL),
+('attach', 'product_line_column', 'wrong_type', $$'invoice_date'$$, NULL),
+('attach', 'currency_column', 'null', 'NULL', NULL),
+('attach', 'currency_column', 'unknown', $$'ccy'$$, NULL),
+('attach', 'currency_column', 'wrong_type', $$'amount'$$, NULL),
+('attach', 'doc_type_column', 'null', 'NULL', NULL),
+('attach', 'doc_type_column', 'unknown', $$'type'$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', doc_type_column => 'type', credit_note_types => '{CRN}')$$),
+('attach', 'doc_type_column', 'wrong_type', $$'due_date'$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', doc_type_column => 'due_date', credit_note_types => '{CRN}')$$),
+('attach', 'doc_type_column', 'alone', $$'doc_type'$$, NULL),
+('attach', 'credit_note_types', 'null', 'NULL', NULL),
+('attach', 'credit_note_types', 'alone', $$'{CRN}'$$, NULL),
+('attach', 'credit_note_types', 'empty', $$'{}'$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', doc_type_column => 'doc_type', credit_note_types => '{}')$$),
+('attach', 'credit_note_types', 'null_element', $$'{CRN,NULL}'$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', doc_type_column => 'doc_type', credit_note_types => '{CRN,NULL}')$$),
+('attach', 'due_date_column', 'null', 'NULL', NULL),
+('attach', 'due_date_column', 'unknown', $$'due'$$, NULL),
+('attach', 'due_date_column', 'wrong_type', $$'amount'$$, NULL),
+('attach', 'paid_date_column', 'null', 'NULL', NULL),
+('attach', 'paid_date_column', 'unknown', $$'paid'$$, NULL),
+('attach', 'paid_date_column', 'wrong_type', $$'currency'$$, NULL),
+('attach', 'amount_expression', 'null', 'NULL', NULL),
+('attach', 'amount_expression', 'both', $$'amount * 2'$$, NULL),
+('attach', 'amount_expression', 'empty', $$''$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_expression => '', date_column => 'invoice_date')$$),
+('attach', 'amount_expression', 'malformed', $$'amount *'$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_expression => 'amount *', date_column => 'invoice_date')$$),
+('attach', 'amount_expression', 'unknown', $$'total * 2'$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_expression => 'total * 2', date_column => 'invoice_date')$$),
+('attach', 'amount_expression', 'float', $$'quantity * unit_price'$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_expression => 'quantity * unit_price', date_column => 'invoice_date')$$),
+('attach', 'amount_expression', 'aggregate', $$'sum(amount)'$$, $$SELECT loyalty.attach('err.invoice', 'err_free', account_column => 'customer_id', amount_expression => 'sum(amount)', date_column => 'invoice_date')$$),
+('attach', 'header', 'null', 'NULL', NULL),
+('attach', 'header', 'view', $$'err.invoice_view'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.invoice_view', line_header_column => 'hdr_ref', header_id_column => 'invoice_id')$$),
+('attach', 'header', 'loyalty', $$'loyalty.program'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'loyalty.program', line_header_column => 'hdr_ref')$$),
+('attach', 'header', 'itself', $$'err.line'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.line', line_header_column => 'hdr_ref')$$),
+('attach', 'header', 'valid', $$'err.hdr'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'hdr_ref', header_id_column => 'id')$$),
+('attach', 'line_header_column', 'null', 'NULL', $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr')$$),
+('attach', 'line_header_column', 'unknown', $$'id'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'id')$$),
+('attach', 'line_header_column', 'wrong_type', $$'line_no'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'line_no')$$),
+('attach', 'line_header_column', 'no_header', $$'hdr_ref'$$, NULL),
+('attach', 'header_id_column', 'null', 'NULL', $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.unkeyed_hdr', line_header_column => 'hdr_ref')$$),
+('attach', 'header_id_column', 'unknown', $$'hdr_ref'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'hdr_ref', header_id_column => 'hdr_ref')$$),
+('attach', 'header_id_column', 'wrong_type', $$'code'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'hdr_ref', header_id_column => 'code')$$),
+('attach', 'header_id_column', 'not_a_key', $$'customer_id'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'hdr_ref', header_id_column => 'customer_id')$$),
+('attach', 'header_id_column', 'no_header', $$'id'$$, NULL),
+('attach', 'header_key_column', 'null', 'NULL', NULL),
+('attach', 'header_key_column', 'deprecated', $$'hdr_ref'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', header_key_column => 'hdr_ref')$$),
+('attach', 'header_key_column', 'conflict', $$'hdr_ref'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', header_key_column => 'hdr_ref', line_header_column => 'hdr_ref')$$),
+('attach', 'header_match_column', 'null', 'NULL', NULL),
+('attach', 'header_match_column', 'deprecated', $$'id'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', header_key_column => 'hdr_ref', header_match_column => 'id')$$),
+('attach', 'header_match_column', 'conflict', $$'id'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'hdr_ref', header_match_column => 'id', header_id_column => 'id')$$),
+-- detach
+('detach', 'source', 'valid', $$'err.invoice'$$, NULL),
+('detach', 'source', 'null', 'NULL', NULL),
+('detach', 'source', 'unknown', $$'err.nope'$$, NULL),
+('detach', 'source', 'not_attached', $$'err.hdr'$$, NULL),
+('detach', 'program', 'null', 'NULL', NULL),
+('detach', 'program', 'unknown', $$'err_nope'$$, NULL),
+('detach', 'program', 'not_attached', $$'err_free'$$, NULL),
+-- backfill
+('backfill', 'source', 'valid', $$'err.invoice'$$, NULL),
+('backfill', 'source', 'null', 'NULL', NULL),
+('backfill', 'source', 'not_attached', $$'err.hdr'$$, NULL),
+('backfill', 'program', 'null', 'NULL', NULL),
+('backfill', 'program', 'unknown', $$'err_nope'$$, NULL),
+('backfill', 'program', 'not_attached', $$'err_free'$$, NULL),
+('backfill', 'since', 'null', 'NULL', NULL),
+('backfill', 'since', 'infinity', $$'infinity'$$, NULL),
+('backfill', 'since', '-infinity', $$'-infinity'$$, NULL),
+-- balance and tier
+('balance', 'program', 'valid', $$'err_club'$$, NULL),
+('balance', 'program', 'null', 'NULL', NULL),
+('balance', 'program', 'unknown', $$'err_nope'$$, NULL),
+('balance', 'account_key', 'null', 'NULL', NULL),
+('balance', 'account_key', 'empty', $$''$$, NULL),
+('balance', 'account_key', 'unknown', $$'no such customer'$$, NULL),
+('balance', 'account_key', 'huge', $$repeat('k', 1025)$$, NULL),
+('tier', 'program', 'valid', $$'err_club'$$, NULL),
+('tier', 'program', 'null', 'NULL', NULL),
+('tier', 'program', 'unknown', $$'err_nope'$$, NULL),
+('tier', 'account_key', 'null', 'NULL', NULL),
+('tier', 'account_key', 'empty', $$''$$, NULL),
+('tier', 'account_key', 'huge', $$repeat('k', 1025)$$, NULL),
+-- explain_points
+('explain_points', 'source', 'valid', $$'err.invoice'$$, NULL),
+('explain_points', 'source', 'null', 'NULL', NULL),
+('explain_points', 'source', 'not_attached', $$'err.hdr'$$, NULL),
+('explain_points', 'key', 'null', 'NULL', $$SELECT * FROM loyalty.explain_points('err.invoice', VARIADIC NULL::text[])$$),
+('explain_points', 'key', 'null_element', 'NULL', $$SELECT * FROM loyalty.explain_points('err.invoice', NULL::text)$$),
+('explain_points', 'key', 'empty', $$'{}'$$, $$SELECT * FROM loyalty.explain_points('err.invoice', VARIADIC '{}'::text[])$$),
+('explain_points', 'key', 'too_many', $$'1', '2'$$, $$SELECT * FROM loyalty.explain_points('err.invoice', '1', '2')$$),
+('explain_points', 'key', 'malformed', $$'one'$$, $$SELECT * FROM loyalty.explain_points('err.invoice', 'one')$$),
+('explain_points', 'key', 'unknown', $$'999'$$, $$SELECT * FROM loyalty.explain_points('err.invoice', '999')$$),
+('explain_points', 'key', 'own_type', '1::bigint', $$SELECT * FROM loyalty.explain_points('err.invoice', 1::bigint)$$),
+('explain_points', 'key', 'own_type', '1', $$SELECT * FROM loyalty.explain_points('err.invoice', 1)$$),
+('explain_points', 'key', 'own_type_null', 'NULL::int', $$SELECT * FROM loyalty.explain_points('err.invoice', NULL::int)$$),
+('explain_points', 'key', 'own_type_too_many', $$1, 2$$, $$SELECT * FROM loyalty.explain_points('err.invoice', 1, 2)$$),
+('explain_points', 'key', 'own_type_malformed', $$'2024-01-01'::date$$, $$SELECT * FROM loyalty.explain_points('err.invoice', '2024-01-01'::date)$$),
+-- verify
+('verify', 'program', 'valid', $$'err_club'$$, NULL),
+('verify', 'program', 'null', 'NULL', NULL),
+('verify', 'program', 'unknown', $$'err_nope'$$, NULL);
+
+-- Coverage: every parameter of every public function (the extension's
+-- functions granted to a loyalty role, not to PUBLIC) has a NULL case, and
+-- the cases its type calls for.  A new parameter without them shows here.
+CREATE TEMP VIEW params AS
+SELECT p.proname::text AS fn, a.name AS param, format_type(a.type, NULL) AS type
+FROM pg_proc p
+CROSS JOIN LATERAL unnest(p.proargnames, coalesce(p.proallargtypes, p.proargtypes::oid[]),
+                          coalesce(p.proargmodes, array_fill('i'::"char", ARRAY[p.pronargs])))
+                   AS a(name, type, mode)
+WHERE p.pronamespace = 'loyalty'::regnamespace AND a.mode IN ('i', 'v')
+  AND has_function_privilege('loyalty_admin', p.oid, 'EXECUTE')
+  AND NOT has_function_privilege('public', p.oid, 'EXECUTE');
+CREATE TEMP TABLE needed (type text, kind text);
+INSERT INTO needed VALUES ('numeric', 'negative'), ('numeric', 'nan'), ('numeric', 'infinity'),
+                          ('bigint', 'zero'), ('bigint', 'negative'), ('bigint', 'huge'),
+                          ('date', 'infinity'), ('interval', 'zero'), ('interval', 'negative'),
+                          ('text', 'null'), ('numeric', 'null'), ('date', 'null'), ('interval', 'null'),
+                          ('bigint', 'null'), ('jsonb', 'null'), ('jsonb', 'malformed'),
+                          ('regclass', 'null'), ('boolean', 'null'), ('text[]', 'null'),
+                          ('loyalty.tier_ladder', 'malformed'), ('loyalty.rebate_schedule', 'malformed');
+SELECT DISTINCT p.fn, p.param, p.type, n.kind AS missing_case
+FROM params p JOIN needed n ON n.type = p.type
+WHERE NOT EXISTS (SELECT FROM cases c WHERE c.fn = p.fn AND c.param = p.param AND c.kind = n.kind)
+ORDER BY 1, 2, 4;
+-- ... and every case names a parameter that exists.
+SELECT c.fn, c.param FROM cases c
+WHERE NOT EXISTS (SELECT FROM params p WHERE p.fn = c.fn AND p.param = c.param);
+
+-- The run.
+CREATE TEMP TABLE results (n int, fn text, param text, kind text, value text, sqlstate text,
+                           message text, detail text, hint text, context text, constraint_name text);
+DO $run$
+DECLARE
+    c record;
+    call text;
+    accepted boolean;
+    st text; msg text; det text; hnt text; ctx text; con text;
+BEGIN
+    FOR c IN SELECT * FROM cases ORDER BY n LOOP
+        call := coalesce(c.call, format('SELECT loyalty.%I(%s)', c.fn,
+            (SELECT string_agg(CASE WHEN x.value LIKE 'VARIADIC %'
+                                    THEN format('VARIADIC %I => %s', x.param, substr(x.value, 10))
+                                    ELSE format('%I => %s', x.param, x.value) END, ', ' ORDER BY x.o)
+             FROM (SELECT b.param, CASE WHEN b.param = c.param THEN c.value ELSE b.value END AS value, 0 AS o
+                   FROM base b WHERE b.fn = c.fn
+                   UNION ALL
+                   SELECT c.param, c.value, 1
+                   WHERE NOT EXISTS (SELECT FROM base b WHERE b.fn = c.fn AND b.param = c.param)) x)));
+        accepted := false;
+        BEGIN
+            EXECUTE call;
+            accepted := true;
+            RAISE EXCEPTION 'roll back';
+        EXCEPTION WHEN OTHERS THEN
+            IF accepted THEN
+                INSERT INTO results VALUES (c.n, c.fn, c.param, c.kind, c.value, '(accepted)');
+            ELSE
+                GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+                                        hnt = PG_EXCEPTION_HINT, ctx = PG_EXCEPTION_CONTEXT, con = CONSTRAINT_NAME;
+                -- the functions the error went through, without the run's own
+                -- EXECUTE (the call itself and this block)
+                ctx := (SELECT string_agg(DISTINCT coalesce(m[1], m[2]), ', ')
+                        FROM regexp_split_to_table(ctx, E'\n') AS l(line),
+                             regexp_matches(l.line, '(loyalty\.\w+)\(|SQL function "(\w+)"', 'g') AS m
+                        WHERE l.line <> format('SQL statement "%s"', call)
+                          AND l.line NOT LIKE 'PL/pgSQL function inline_code_block%');
+                INSERT INTO results VALUES (c.n, c.fn, c.param, c.kind, c.value, st, msg, det, hnt, ctx, con);
+            END IF;
+        END;
+    END LOOP;
+END
+$run$;
+
+\pset format unaligned
+\pset fieldsep ' | '
+SELECT fn, param, kind, value, sqlstate, message, detail, hint, context FROM results ORDER BY n;
+\pset format aligned
+
+-- The checks: each query must return no row.
+-- An error without a specific SQLSTATE: not a raw constraint violation
+-- (class 23), not an internal error (XX), not the generic data exception.
+SELECT fn, param, kind, sqlstate, message FROM results
+WHERE sqlstate ~ '^(23|XX)' OR sqlstate IN ('22000', 'P0001') OR constraint_name <> '';
+-- An error that does not say which parameter (or type) is wrong, or has no
+-- DETAIL or no HINT.  (PostgreSQL reads a table name before the call: an
+-- unknown one fails there, with its own error and no loyalty function in
+-- the context.)
+SELECT r.fn, r.param, r.kind, r.message FROM results r
+WHERE r.sqlstate <> '(accepted)' AND NOT (r.sqlstate = '42P01' AND r.context IS NULL)
+  AND (coalesce(r.detail, '') = '' OR coalesce(r.hint, '') = ''
+       OR (position(r.param IN r.message || ' ' || r.detail) = 0
+           AND NOT EXISTS (SELECT FROM params p WHERE p.fn = r.fn AND p.param = r.param
+                             AND position(replace(p.type, 'loyalty.', '') IN r.message) > 0)));
+-- A CONTEXT naming an internal helper, or another public function than the one called.
+SELECT fn, param, kind, context FROM results
+WHERE context ~ 'loyalty\._' OR context ~ '(^|, )_' OR replace(context, 'loyalty.', '') NOT IN (fn);
