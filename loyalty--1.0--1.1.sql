@@ -1528,3 +1528,195 @@ COMMENT ON FUNCTION @extschema@.explain_points(regclass, "any") IS
     'How a row''s points were computed, per attached program, with the key columns'' values given in their own types, in order.';
 REVOKE ALL ON FUNCTION @extschema@.explain_points(regclass, "any") FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.explain_points(regclass, "any") TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+-- ---------------------------------------------------------------------------
+-- timestamptz document dates are pinned to the program's time zone (the
+-- calendar of its upgrades and windows), not to the attaching session's.
+DROP FUNCTION @extschema@._as_local(regclass, text, text);
+CREATE FUNCTION @extschema@._as_local(rel regclass, col text, expr text, zone text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col)
+                 = 'timestamp with time zone'::regtype
+            THEN format('(%s AT TIME ZONE %L)', expr, zone)
+            ELSE expr END;
+COMMENT ON FUNCTION @extschema@._as_local(regclass, text, text, text) IS 'Internal: pins a timestamptz column to the program''s time zone, so that a document''s date is the same in every session.';
+REVOKE ALL ON FUNCTION @extschema@._as_local(regclass, text, text, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION @extschema@._attach(
+    source              regclass,
+    program             text,
+    account_column      text,
+    amount_column       text,
+    quantity_column     text,
+    date_column         text,
+    key_column          text,
+    product_line_column text,
+    currency_column     text,
+    doc_type_column     text,
+    credit_note_types   text[],
+    due_date_column     text,
+    paid_date_column    text,
+    amount_expression   text,
+    header              regclass,
+    header_key_column   text,
+    header_match_column text)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    prog @extschema@.program;
+    keys text[];
+    dside regclass := coalesce(header, source);
+    dalias text := CASE WHEN header IS NULL THEN 's' ELSE 'h' END;
+    ints regtype[] := ARRAY['smallint', 'integer', 'bigint']::regtype[];
+    texts regtype[] := ARRAY['text', 'character varying', 'character']::regtype[];
+    nums regtype[] := ARRAY['numeric', 'smallint', 'integer', 'bigint']::regtype[];
+    dates regtype[] := ARRAY['date', 'timestamp without time zone', 'timestamp with time zone']::regtype[];
+    acc text; amt text; qty text; dat text; pl text; cur text; dt text; due text; paid text;
+    hk text; hm text;
+    id integer;
+    trg text;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) = 'p' THEN
+        RAISE NOTICE 'rows written straight into a partition of % will not accrue', source
+            USING DETAIL = 'Statement triggers on a partitioned table see the rows written through it, not those written to a partition directly, and TRUNCATE of a partition is not refused.',
+                  HINT = 'Make the ERP write through the partitioned table.';
+    ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) <> 'r' THEN
+        RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type',
+            DETAIL = 'source names the table whose rows earn points; attach creates triggers on it.',
+            HINT = 'Attach the table the ERP writes invoices or invoice lines to.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.program_id = pid AND x.source = _attach.source AND x.detached_at IS NULL) THEN
+        RAISE EXCEPTION 'program "%" is already attached to %', program, source USING ERRCODE = 'duplicate_object',
+            DETAIL = 'A program is attached to a table once.',
+            HINT = 'Detach it first with loyalty.detach() to change the mapping.';
+    END IF;
+    IF account_column IS NULL OR date_column IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN account_column IS NULL THEN 'account_column' ELSE 'date_column' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'account_column and date_column name the customer key and document date columns.',
+                  HINT = 'For example account_column => ''customer_id'', date_column => ''invoice_date''.';
+    END IF;
+    IF header IS NOT NULL THEN
+        IF header_key_column IS NULL THEN
+            RAISE EXCEPTION 'line_header_column must not be NULL when header is given' USING ERRCODE = 'null_value_not_allowed',
+                DETAIL = 'line_header_column names the column of the lines table that references the header table.',
+                HINT = 'Name it, e.g. line_header_column => ''invoice_id''.';
+        END IF;
+        hk := @extschema@._check_column(source, 'line_header_column', header_key_column, NULL, NULL);
+        hm := coalesce(header_match_column,
+                       (SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                        WHERE i.indrelid = header AND i.indisprimary AND i.indnatts = 1));
+        IF hm IS NULL THEN
+            RAISE EXCEPTION 'header % has no single-column primary key', header USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'header_id_column names the header''s column that the lines reference; by default its primary key.',
+                HINT = 'Name it with header_id_column, e.g. header_id_column => ''invoice_id''.';
+        END IF;
+        hm := @extschema@._check_column(header, 'header_id_column', hm, NULL, NULL);
+    END IF;
+
+    -- account, date and document columns live on the header when there is one
+    acc := @extschema@._check_column(dside, 'account_column', account_column, ints || texts, 'int, bigint or text');
+    dat := @extschema@._check_column(dside, 'date_column', date_column, dates, 'a date or timestamp');
+    cur := @extschema@._check_column(dside, 'currency_column', currency_column, texts, 'text');
+    dt := @extschema@._check_column(dside, 'doc_type_column', doc_type_column, texts || ints, 'text or integer');
+    due := @extschema@._check_column(dside, 'due_date_column', due_date_column, dates, 'a date or timestamp');
+    paid := @extschema@._check_column(dside, 'paid_date_column', paid_date_column, dates, 'a date or timestamp');
+    amt := @extschema@._check_column(source, 'amount_column', amount_column, nums, 'numeric or integer (money is never float)');
+    qty := @extschema@._check_column(source, 'quantity_column', quantity_column, nums || ARRAY['real', 'double precision']::regtype[], 'numeric');
+    pl := @extschema@._check_column(source, 'product_line_column', product_line_column, texts || ints, 'text or integer');
+    -- each column as alias.column, quoted from its catalog name: s for the
+    -- source, h for the header; a timestamptz becomes a date in the time
+    -- zone in force at attach time, fixed in the mapping, so that no
+    -- session setting can move a document
+    acc := format('%I.%I', dalias, acc);
+    dat := @extschema@._as_local(dside, dat, format('%I.%I', dalias, dat), prog.time_zone);
+    cur := CASE WHEN cur IS NOT NULL THEN format('%I.%I', dalias, cur) END;
+    dt := CASE WHEN dt IS NOT NULL THEN format('%I.%I', dalias, dt) END;
+    due := CASE WHEN due IS NOT NULL THEN @extschema@._as_local(dside, due, format('%I.%I', dalias, due), prog.time_zone) END;
+    paid := CASE WHEN paid IS NOT NULL THEN @extschema@._as_local(dside, paid, format('%I.%I', dalias, paid), prog.time_zone) END;
+    amt := CASE WHEN amt IS NOT NULL THEN format('s.%I', amt) END;
+    qty := CASE WHEN qty IS NOT NULL THEN format('s.%I', qty) END;
+    pl := CASE WHEN pl IS NOT NULL THEN format('s.%I', pl) END;
+    IF (doc_type_column IS NULL) <> (credit_note_types IS NULL) THEN
+        RAISE EXCEPTION 'doc_type_column and credit_note_types go together' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = CASE WHEN doc_type_column IS NULL THEN 'credit_note_types was given without doc_type_column.'
+                          ELSE 'doc_type_column was given without credit_note_types.' END,
+            HINT = 'For example doc_type_column => ''doc_type'', credit_note_types => ''{CRN}''.';
+    END IF;
+    IF amount_expression IS NOT NULL THEN
+        IF amount_column IS NOT NULL THEN
+            RAISE EXCEPTION 'give amount_column or amount_expression, not both' USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'Both say where the amount comes from.',
+                HINT = 'Map a column with amount_column, or compute the amount with amount_expression.';
+        END IF;
+        amt := amount_expression;
+    END IF;
+    IF prog.basis = 'quantity' AND qty IS NULL THEN
+        RAISE EXCEPTION 'program "%" accrues per quantity: quantity_column is required', program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The program was created with basis => ''quantity'': points are paid per unit of the quantity column.',
+                  HINT = 'For example quantity_column => ''quantity''.';
+    END IF;
+    IF prog.basis = 'amount' AND amt IS NULL THEN
+        RAISE EXCEPTION 'program "%" accrues per amount: amount_column or amount_expression is required', program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Points are paid per currency unit of the amount.',
+                  HINT = 'For example amount_column => ''amount'', or amount_expression => ''quantity * unit_price''.';
+    END IF;
+
+    -- the row key: given, or the primary key; it must be unique
+    IF key_column IS NOT NULL THEN
+        keys := (SELECT array_agg(btrim(k) ORDER BY o) FROM unnest(string_to_array(key_column, ',')) WITH ORDINALITY AS u(k, o));
+        PERFORM @extschema@._check_column(source, 'key_column', k, NULL, NULL) FROM unnest(keys) k;
+        IF NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL
+                       AND i.indexprs IS NULL
+                       AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                            WHERE a.attrelid = source AND a.attnum = ANY (i.indkey::int2[]))
+                           = (SELECT array_agg(k ORDER BY k) FROM unnest(keys) k)) THEN
+            RAISE EXCEPTION 'key columns (%) of % are not unique', key_column, source
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'key_column names the columns that identify a row: those of the primary key or of a unique index.',
+                      HINT = 'Name the columns of the primary key or of a unique index, e.g. key_column => ''invoice_id, line_no''.';
+        END IF;
+    ELSE
+        keys := (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+                 WHERE i.indrelid = source AND i.indisprimary);
+        IF keys IS NULL THEN
+            RAISE EXCEPTION '% has no primary key', source USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'key_column, by default the primary key, names the columns that identify a row.',
+                HINT = 'Name the columns of a unique index with key_column => ''col1, col2''.';
+        END IF;
+    END IF;
+
+    INSERT INTO @extschema@.attachment AS x (program_id, source, source_name, key_columns, account_expr, amount_expr,
+        quantity_expr, date_expr, product_line_expr, currency_expr, doc_type_expr, credit_note_types,
+        due_date_expr, paid_date_expr, header, header_key_column, header_match_column)
+    VALUES (pid, source, source::text, keys, acc, amt, qty, dat, pl, cur, dt, credit_note_types,
+            due, paid, header, hk, hm)
+    RETURNING x.attachment_id INTO id;
+
+    trg := 'loyalty_accrual_' || id;
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_ins', source, id);
+    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_upd', source, id);
+    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS loyalty_old'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_del', source, id);
+    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                   trg || '_truncate', source);
+    IF header IS NOT NULL THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header', header, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header_ins', header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE DELETE OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.stash_header(%s)',
+                       trg || '_header_delete', hm, header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                       trg || '_header_truncate', header);
+    END IF;
+    RETURN id;
+END
+$$;
+

@@ -93,5 +93,25 @@ ROLLBACK;
 INSERT INTO cal.inv VALUES (21, 'PLAN', '2026-01-08', 40);
 SELECT points FROM loyalty.balance('cal_club', 'PLAN');
 
+--
+-- 6. A timestamptz document date becomes a date in the program's time zone,
+--    whichever zone the attaching or the posting session uses: 31 March
+--    12:00 UTC is 1 April in Kiritimati (UTC+14), the program's zone.
+--
+SET TimeZone = 'Pacific/Kiritimati';
+SELECT loyalty.create_program('cal_east') > 0 AS created;
+RESET TimeZone;
+SET TimeZone = 'UTC';
+CREATE TABLE cal.stamped (id int PRIMARY KEY, customer text, stamped_at timestamptz, amount numeric(12,2));
+SELECT loyalty.attach('cal.stamped', 'cal_east', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'stamped_at') > 0 AS attached;
+SET TimeZone = 'Etc/GMT+12';
+INSERT INTO cal.stamped VALUES (1, 'K', '2026-03-31 12:00+00', 10);
+SELECT document_date, month FROM loyalty.explain_points('cal.stamped', '1') e,
+       LATERAL (SELECT m.month FROM loyalty.accrual_month m JOIN loyalty.program p USING (program_id)
+                WHERE p.name = 'cal_east') m;
+SET TimeZone = 'UTC';
+
 SELECT count(*) AS drift FROM loyalty.verify('cal_club');
 SELECT count(*) AS drift FROM loyalty.verify('cal_days');
+SELECT count(*) AS drift FROM loyalty.verify('cal_east');

@@ -75,7 +75,7 @@ INSERT INTO decision VALUES
 ('loyalty._program_id(text)', '', false, true, 'internal'),
 ('loyalty._check_choice(text,text,text[])', '', false, true, 'internal'),
 ('loyalty._check_column(regclass,text,text,regtype[],text)', '', false, true, 'internal'),
-('loyalty._as_local(regclass,text,text)', '', false, true, 'internal'),
+('loyalty._as_local(regclass,text,text,text)', '', false, true, 'internal'),
 ('loyalty._attachment_of(regclass,text)', '', false, true, 'internal'),
 ('loyalty._rolling_start(integer)', '', false, true, 'internal'),
 ('loyalty._facts_sql(integer)', '', false, true, 'internal: builds the facts query the caller runs'),

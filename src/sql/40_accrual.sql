@@ -115,13 +115,13 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._check_column(regclass, text, text, regtype[], text) IS 'Internal: attach-time validation of one mapped column; returns its name.';
 
-CREATE FUNCTION @extschema@._as_local(rel regclass, col text, expr text) RETURNS text
+CREATE FUNCTION @extschema@._as_local(rel regclass, col text, expr text, zone text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 RETURN CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col)
                  = 'timestamp with time zone'::regtype
-            THEN format('(%s AT TIME ZONE %L)', expr, current_setting('TimeZone'))
+            THEN format('(%s AT TIME ZONE %L)', expr, zone)
             ELSE expr END;
-COMMENT ON FUNCTION @extschema@._as_local(regclass, text, text) IS 'Internal: pins a timestamptz column to the time zone in force at attach time.';
+COMMENT ON FUNCTION @extschema@._as_local(regclass, text, text, text) IS 'Internal: pins a timestamptz column to the program''s time zone, so that a document''s date is the same in every session.';
 
 -- The owner's part of attach() (src/attach.c runs the caller's part first:
 -- privileges, and amount_expression parsed and validated as the caller and
@@ -216,11 +216,11 @@ BEGIN
     -- zone in force at attach time, fixed in the mapping, so that no
     -- session setting can move a document
     acc := format('%I.%I', dalias, acc);
-    dat := @extschema@._as_local(dside, dat, format('%I.%I', dalias, dat));
+    dat := @extschema@._as_local(dside, dat, format('%I.%I', dalias, dat), prog.time_zone);
     cur := CASE WHEN cur IS NOT NULL THEN format('%I.%I', dalias, cur) END;
     dt := CASE WHEN dt IS NOT NULL THEN format('%I.%I', dalias, dt) END;
-    due := CASE WHEN due IS NOT NULL THEN @extschema@._as_local(dside, due, format('%I.%I', dalias, due)) END;
-    paid := CASE WHEN paid IS NOT NULL THEN @extschema@._as_local(dside, paid, format('%I.%I', dalias, paid)) END;
+    due := CASE WHEN due IS NOT NULL THEN @extschema@._as_local(dside, due, format('%I.%I', dalias, due), prog.time_zone) END;
+    paid := CASE WHEN paid IS NOT NULL THEN @extschema@._as_local(dside, paid, format('%I.%I', dalias, paid), prog.time_zone) END;
     amt := CASE WHEN amt IS NOT NULL THEN format('s.%I', amt) END;
     qty := CASE WHEN qty IS NOT NULL THEN format('s.%I', qty) END;
     pl := CASE WHEN pl IS NOT NULL THEN format('s.%I', pl) END;
