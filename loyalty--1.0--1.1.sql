@@ -1720,3 +1720,467 @@ BEGIN
 END
 $$;
 
+
+-- ---------------------------------------------------------------------------
+-- A product line from the product master: attach() maps the product line
+-- through a product table (product, line_product_column, product_id_column),
+-- looked up once per statement; loyalty.product_history keeps a product's
+-- earlier lines so that a product moved to another line later changes
+-- nothing already earned; _facts_sql (explain_points, verify, backfill)
+-- follows the same mapping.
+-- ---------------------------------------------------------------------------
+ALTER TABLE @extschema@.attachment
+    ADD COLUMN product regclass,
+    ADD COLUMN line_product_column text,
+    ADD COLUMN product_id_column text,
+    ADD CONSTRAINT attachment_product_check
+        CHECK ((product IS NULL) = (line_product_column IS NULL) AND (product IS NULL) = (product_id_column IS NULL)
+               AND (product IS NULL OR product_line_expr IS NOT NULL));
+COMMENT ON COLUMN @extschema@.attachment.product IS 'Product table (the product master) holding the product line of each line''s product; product_line_expr is then over it (alias p). NULL: the product line is a column of the source.';
+COMMENT ON COLUMN @extschema@.attachment.line_product_column IS 'The lines'' column (of source) that references the product table.';
+COMMENT ON COLUMN @extschema@.attachment.product_id_column IS 'The product table''s own column that line_product_column references (its primary key by default).';
+
+-- A product's earlier product lines, per attachment: written by the trigger
+-- on the product table (loyalty.track_product) when a product's mapped
+-- product line changes or the product is deleted, so that what a document
+-- earned never changes after the fact.
+CREATE TABLE @extschema@.product_history (
+    attachment_id integer NOT NULL REFERENCES @extschema@.attachment,
+    product_key   text NOT NULL,
+    valid_until   date NOT NULL,
+    product_line  text,
+    changed_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (attachment_id, product_key, valid_until)
+);
+COMMENT ON TABLE @extschema@.product_history IS 'Earlier product lines of the products of an attachment''s product table. A document dated before valid_until earns by the product line of the first row of its product that ends after the document''s date; later documents by the product''s current row. A change takes effect from the day after it is made (in the program''s calendar), or after the latest document of the product already written, so what a document earned never changes after the fact.';
+COMMENT ON COLUMN @extschema@.product_history.attachment_id IS 'The attachment whose product table it is.';
+COMMENT ON COLUMN @extschema@.product_history.product_key IS 'The product''s key (product_id_column) in its text form.';
+COMMENT ON COLUMN @extschema@.product_history.valid_until IS 'First document date this product line no longer applies to.';
+COMMENT ON COLUMN @extschema@.product_history.product_line IS 'The product line as it was (NULL: none, or the product did not exist).';
+COMMENT ON COLUMN @extschema@.product_history.changed_at IS 'When the change was made.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.product_history', '');
+GRANT SELECT ON @extschema@.product_history TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+CREATE FUNCTION @extschema@.track_product() RETURNS trigger
+AS 'MODULE_PATHNAME', 'loyalty_track_product' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.track_product() IS 'Statement-level triggers on a product table: when a product''s mapped product line changes, the product is deleted, or a product is inserted after lines that name it, keeps the line it had for the documents dated before the change (loyalty.product_history).';
+REVOKE ALL ON FUNCTION @extschema@.track_product() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._facts_sql(attachment integer) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a @extschema@.attachment;
+    key text;
+    from_clause text;
+    hdr text;
+    pl text;
+BEGIN
+    SELECT * INTO a FROM @extschema@.attachment x WHERE x.attachment_id = attachment;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'loyalty attachment % does not exist', attachment USING ERRCODE = 'undefined_object';
+    END IF;
+    key := CASE WHEN cardinality(a.key_columns) = 1 THEN format('(s.%I)::text', a.key_columns[1])
+                ELSE format('(ROW(%s))::text', (SELECT string_agg(format('s.%I', c), ', ') FROM unnest(a.key_columns) c)) END;
+    -- a partitioned table is read with its partitions; a plain one alone
+    from_clause := format('FROM %s %s s',
+                          CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.source) = 'p' THEN '' ELSE 'ONLY' END,
+                          a.source);
+    IF a.header IS NULL THEN
+        hdr := format('(%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency, (%s)::text AS doc_type,'
+                      ' (%s)::date AS due_date, (%s)::date AS paid_date, true AS header_found',
+                      a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
+                      coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'));
+    ELSE
+        hdr := 'hh.account_key, hh.doc_date, hh.currency, hh.doc_type, hh.due_date, hh.paid_date, hh.found IS NOT NULL AS header_found';
+        from_clause := from_clause || format(
+            ' LEFT JOIN LATERAL (SELECT (%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency,'
+            ' (%s)::text AS doc_type, (%s)::date AS due_date, (%s)::date AS paid_date, true AS found'
+            ' FROM %s %s h WHERE h.%I %s s.%I) hh ON true',
+            a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
+            coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'),
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.header) = 'p' THEN '' ELSE 'ONLY' END,
+            a.header, a.header_match_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.header_key_column)::regtype),
+            a.header_key_column);
+    END IF;
+    -- the product line from the product table: the row of the line's product
+    -- (by the key type's own equality), or its earlier line in force on the
+    -- document's date (loyalty.product_history, matched by the key's text
+    -- form), as the trigger looks them up (src/product.c)
+    IF a.product IS NOT NULL THEN
+        pl := 'CASE WHEN ph.found THEN ph.product_line ELSE pp.product_line END';
+        from_clause := from_clause || format(
+            ' LEFT JOIN LATERAL (SELECT (%s)::text AS product_line, (p.%I)::text AS product_key'
+            ' FROM %s %s p WHERE p.%I %s s.%I) pp ON true'
+            ' LEFT JOIN LATERAL (SELECT x.product_line, true AS found FROM @extschema@.product_history x'
+            ' WHERE x.attachment_id OPERATOR(pg_catalog.=) %s'
+            ' AND x.product_key OPERATOR(pg_catalog.=) coalesce(pp.product_key, (s.%I)::text)'
+            ' AND x.valid_until OPERATOR(pg_catalog.>) %s ORDER BY x.valid_until LIMIT 1) ph ON true',
+            a.product_line_expr, a.product_id_column,
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.product) = 'p' THEN '' ELSE 'ONLY' END,
+            a.product, a.product_id_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.line_product_column)::regtype),
+            a.line_product_column, a.attachment_id, a.line_product_column,
+            CASE WHEN a.header IS NULL THEN format('(%s)::date', a.date_expr) ELSE 'hh.doc_date' END);
+    ELSE
+        pl := format('(%s)::text', coalesce(a.product_line_expr, 'NULL'));
+    END IF;
+    RETURN format('SELECT %s AS row_key, %s, (%s)::numeric AS amount, (%s)::numeric AS quantity, %s AS product_line %s',
+                  key, hdr, coalesce(a.amount_expr, 'NULL'), coalesce(a.quantity_expr, 'NULL'),
+                  pl, from_clause);
+END
+$$;
+
+DROP FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text);
+CREATE FUNCTION @extschema@._attach(
+    source              regclass,
+    program             text,
+    account_column      text,
+    amount_column       text,
+    quantity_column     text,
+    date_column         text,
+    key_column          text,
+    product_line_column text,
+    currency_column     text,
+    doc_type_column     text,
+    credit_note_types   text[],
+    due_date_column     text,
+    paid_date_column    text,
+    amount_expression   text,
+    header              regclass,
+    header_key_column   text,
+    header_match_column text,
+    product             regclass,
+    line_product_column text,
+    product_id_column   text)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    prog @extschema@.program;
+    keys text[];
+    dside regclass := coalesce(header, source);
+    dalias text := CASE WHEN header IS NULL THEN 's' ELSE 'h' END;
+    ints regtype[] := ARRAY['smallint', 'integer', 'bigint']::regtype[];
+    texts regtype[] := ARRAY['text', 'character varying', 'character']::regtype[];
+    nums regtype[] := ARRAY['numeric', 'smallint', 'integer', 'bigint']::regtype[];
+    dates regtype[] := ARRAY['date', 'timestamp without time zone', 'timestamp with time zone']::regtype[];
+    acc text; amt text; qty text; dat text; pl text; cur text; dt text; due text; paid text;
+    hk text; hm text; lp text; pk text;
+    id integer;
+    trg text;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) = 'p' THEN
+        RAISE NOTICE 'rows written straight into a partition of % will not accrue', source
+            USING DETAIL = 'Statement triggers on a partitioned table see the rows written through it, not those written to a partition directly, and TRUNCATE of a partition is not refused.',
+                  HINT = 'Make the ERP write through the partitioned table.';
+    ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) <> 'r' THEN
+        RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type',
+            DETAIL = 'source names the table whose rows earn points; attach creates triggers on it.',
+            HINT = 'Attach the table the ERP writes invoices or invoice lines to.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.program_id = pid AND x.source = _attach.source AND x.detached_at IS NULL) THEN
+        RAISE EXCEPTION 'program "%" is already attached to %', program, source USING ERRCODE = 'duplicate_object',
+            DETAIL = 'A program is attached to a table once.',
+            HINT = 'Detach it first with loyalty.detach() to change the mapping.';
+    END IF;
+    IF account_column IS NULL OR date_column IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN account_column IS NULL THEN 'account_column' ELSE 'date_column' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'account_column and date_column name the customer key and document date columns.',
+                  HINT = 'For example account_column => ''customer_id'', date_column => ''invoice_date''.';
+    END IF;
+    IF header IS NOT NULL THEN
+        IF header_key_column IS NULL THEN
+            RAISE EXCEPTION 'line_header_column must not be NULL when header is given' USING ERRCODE = 'null_value_not_allowed',
+                DETAIL = 'line_header_column names the column of the lines table that references the header table.',
+                HINT = 'Name it, e.g. line_header_column => ''invoice_id''.';
+        END IF;
+        hk := @extschema@._check_column(source, 'line_header_column', header_key_column, NULL, NULL);
+        hm := coalesce(header_match_column,
+                       (SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                        WHERE i.indrelid = header AND i.indisprimary AND i.indnatts = 1));
+        IF hm IS NULL THEN
+            RAISE EXCEPTION 'header % has no single-column primary key', header USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'header_id_column names the header''s column that the lines reference; by default its primary key.',
+                HINT = 'Name it with header_id_column, e.g. header_id_column => ''invoice_id''.';
+        END IF;
+        hm := @extschema@._check_column(header, 'header_id_column', hm, NULL, NULL);
+    END IF;
+
+    -- account, date and document columns live on the header when there is one
+    acc := @extschema@._check_column(dside, 'account_column', account_column, ints || texts, 'int, bigint or text');
+    dat := @extschema@._check_column(dside, 'date_column', date_column, dates, 'a date or timestamp');
+    cur := @extschema@._check_column(dside, 'currency_column', currency_column, texts, 'text');
+    dt := @extschema@._check_column(dside, 'doc_type_column', doc_type_column, texts || ints, 'text or integer');
+    due := @extschema@._check_column(dside, 'due_date_column', due_date_column, dates, 'a date or timestamp');
+    paid := @extschema@._check_column(dside, 'paid_date_column', paid_date_column, dates, 'a date or timestamp');
+    amt := @extschema@._check_column(source, 'amount_column', amount_column, nums, 'numeric or integer (money is never float)');
+    qty := @extschema@._check_column(source, 'quantity_column', quantity_column, nums || ARRAY['real', 'double precision']::regtype[], 'numeric');
+    -- the product line is a column of the product table when there is one
+    pl := @extschema@._check_column(coalesce(product, source), 'product_line_column', product_line_column, texts || ints, 'text or integer');
+    IF product IS NOT NULL THEN
+        IF line_product_column IS NULL OR product_line_column IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL when product is given',
+                            CASE WHEN line_product_column IS NULL THEN 'line_product_column' ELSE 'product_line_column' END
+                USING ERRCODE = 'null_value_not_allowed',
+                      DETAIL = 'line_product_column names the lines'' column that references the product table; product_line_column the product table''s column that holds the product line.',
+                      HINT = 'For example product => ''erp.product'', line_product_column => ''product_id'', product_line_column => ''category_id''.';
+        END IF;
+        lp := @extschema@._check_column(source, 'line_product_column', line_product_column, NULL, NULL);
+        pk := @extschema@._check_column(product, 'product_id_column', product_id_column, NULL, NULL);
+    END IF;
+    -- each column as alias.column, quoted from its catalog name: s for the
+    -- source, h for the header; a timestamptz becomes a date in the time
+    -- zone in force at attach time, fixed in the mapping, so that no
+    -- session setting can move a document
+    acc := format('%I.%I', dalias, acc);
+    dat := @extschema@._as_local(dside, dat, format('%I.%I', dalias, dat), prog.time_zone);
+    cur := CASE WHEN cur IS NOT NULL THEN format('%I.%I', dalias, cur) END;
+    dt := CASE WHEN dt IS NOT NULL THEN format('%I.%I', dalias, dt) END;
+    due := CASE WHEN due IS NOT NULL THEN @extschema@._as_local(dside, due, format('%I.%I', dalias, due), prog.time_zone) END;
+    paid := CASE WHEN paid IS NOT NULL THEN @extschema@._as_local(dside, paid, format('%I.%I', dalias, paid), prog.time_zone) END;
+    amt := CASE WHEN amt IS NOT NULL THEN format('s.%I', amt) END;
+    qty := CASE WHEN qty IS NOT NULL THEN format('s.%I', qty) END;
+    pl := CASE WHEN pl IS NOT NULL THEN format('%I.%I', CASE WHEN product IS NULL THEN 's' ELSE 'p' END, pl) END;
+    IF (doc_type_column IS NULL) <> (credit_note_types IS NULL) THEN
+        RAISE EXCEPTION 'doc_type_column and credit_note_types go together' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = CASE WHEN doc_type_column IS NULL THEN 'credit_note_types was given without doc_type_column.'
+                          ELSE 'doc_type_column was given without credit_note_types.' END,
+            HINT = 'For example doc_type_column => ''doc_type'', credit_note_types => ''{CRN}''.';
+    END IF;
+    IF amount_expression IS NOT NULL THEN
+        IF amount_column IS NOT NULL THEN
+            RAISE EXCEPTION 'give amount_column or amount_expression, not both' USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'Both say where the amount comes from.',
+                HINT = 'Map a column with amount_column, or compute the amount with amount_expression.';
+        END IF;
+        amt := amount_expression;
+    END IF;
+    IF prog.basis = 'quantity' AND qty IS NULL THEN
+        RAISE EXCEPTION 'program "%" accrues per quantity: quantity_column is required', program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The program was created with basis => ''quantity'': points are paid per unit of the quantity column.',
+                  HINT = 'For example quantity_column => ''quantity''.';
+    END IF;
+    IF prog.basis = 'amount' AND amt IS NULL THEN
+        RAISE EXCEPTION 'program "%" accrues per amount: amount_column or amount_expression is required', program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Points are paid per currency unit of the amount.',
+                  HINT = 'For example amount_column => ''amount'', or amount_expression => ''quantity * unit_price''.';
+    END IF;
+
+    -- the row key: given, or the primary key; it must be unique
+    IF key_column IS NOT NULL THEN
+        keys := (SELECT array_agg(btrim(k) ORDER BY o) FROM unnest(string_to_array(key_column, ',')) WITH ORDINALITY AS u(k, o));
+        PERFORM @extschema@._check_column(source, 'key_column', k, NULL, NULL) FROM unnest(keys) k;
+        IF NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL
+                       AND i.indexprs IS NULL
+                       AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                            WHERE a.attrelid = source AND a.attnum = ANY (i.indkey::int2[]))
+                           = (SELECT array_agg(k ORDER BY k) FROM unnest(keys) k)) THEN
+            RAISE EXCEPTION 'key columns (%) of % are not unique', key_column, source
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'key_column names the columns that identify a row: those of the primary key or of a unique index.',
+                      HINT = 'Name the columns of the primary key or of a unique index, e.g. key_column => ''invoice_id, line_no''.';
+        END IF;
+    ELSE
+        keys := (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+                 WHERE i.indrelid = source AND i.indisprimary);
+        IF keys IS NULL THEN
+            RAISE EXCEPTION '% has no primary key', source USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'key_column, by default the primary key, names the columns that identify a row.',
+                HINT = 'Name the columns of a unique index with key_column => ''col1, col2''.';
+        END IF;
+    END IF;
+
+    INSERT INTO @extschema@.attachment AS x (program_id, source, source_name, key_columns, account_expr, amount_expr,
+        quantity_expr, date_expr, product_line_expr, currency_expr, doc_type_expr, credit_note_types,
+        due_date_expr, paid_date_expr, header, header_key_column, header_match_column,
+        product, line_product_column, product_id_column)
+    VALUES (pid, source, source::text, keys, acc, amt, qty, dat, pl, cur, dt, credit_note_types,
+            due, paid, header, hk, hm, product, lp, pk)
+    RETURNING x.attachment_id INTO id;
+
+    trg := 'loyalty_accrual_' || id;
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_ins', source, id);
+    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_upd', source, id);
+    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS loyalty_old'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_del', source, id);
+    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                   trg || '_truncate', source);
+    IF header IS NOT NULL THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header', header, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header_ins', header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE DELETE OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.stash_header(%s)',
+                       trg || '_header_delete', hm, header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                       trg || '_header_truncate', header);
+    END IF;
+    IF product IS NOT NULL THEN
+        -- a product's line changed, a product deleted, or inserted after
+        -- lines named it: its earlier line is kept for the documents dated
+        -- before the change (loyalty.product_history)
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_upd', product, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS loyalty_old'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_del', product, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_ins', product, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                       trg || '_product_truncate', product);
+    END IF;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, regclass, text, text) IS
+    'Internal: the extension owner''s part of attach(): column checks, the attachment row and the triggers.';
+REVOKE ALL ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, regclass, text, text) FROM PUBLIC;
+
+DROP FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text);
+CREATE FUNCTION @extschema@.attach(
+    source              regclass,
+    program             text,
+    account_column      text DEFAULT NULL,
+    amount_column       text DEFAULT NULL,
+    quantity_column     text DEFAULT NULL,
+    date_column         text DEFAULT NULL,
+    key_column          text DEFAULT NULL,
+    product_line_column text DEFAULT NULL,
+    currency_column     text DEFAULT NULL,
+    doc_type_column     text DEFAULT NULL,
+    credit_note_types   text[] DEFAULT NULL,
+    due_date_column     text DEFAULT NULL,
+    paid_date_column    text DEFAULT NULL,
+    amount_expression   text DEFAULT NULL,
+    header              regclass DEFAULT NULL,
+    line_header_column  text DEFAULT NULL,
+    header_id_column    text DEFAULT NULL,
+    header_key_column   text DEFAULT NULL,
+    header_match_column text DEFAULT NULL,
+    product             regclass DEFAULT NULL,
+    line_product_column text DEFAULT NULL,
+    product_id_column   text DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'loyalty_attach' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text, regclass, text, text) IS
+    'Maps an ERP invoice (or invoice-line) table onto a program and creates its accrual triggers. The caller needs TRIGGER and SELECT on the table (and on header). Columns are validated now; amount_expression must be one deterministic expression of the row''s columns, numeric or integer, never float, and is stored in canonical form. With header, the account, date, currency, document type and payment dates are read from the header table, whose row is the one whose header_id_column (default: its primary key) equals the line''s line_header_column; header_key_column and header_match_column are their deprecated names. With product, product_line_column names a column of the product table (the product master), whose row is the one whose product_id_column (default: its primary key) equals the line''s line_product_column; a product moved to another line later changes nothing already earned (loyalty.product_history). Returns the attachment id. Rows that existed before: loyalty.backfill().';
+REVOKE ALL ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text, regclass, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text, regclass, text, text) TO loyalty_admin;
+
+CREATE OR REPLACE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    a @extschema@.attachment;
+    trg text;
+BEGIN
+    IF source IS NULL OR program IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN source IS NULL THEN 'source' ELSE 'program' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'detach takes the ERP table (source) and the name of the program attached to it.',
+                  HINT = 'For example loyalty.detach(''erp.invoice'', ''Distributor Club'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = detach.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO a FROM @extschema@.attachment x
+    WHERE x.program_id = pid AND x.source = detach.source AND x.detached_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'program "%" is not attached to %', program, source USING ERRCODE = 'undefined_object',
+            DETAIL = pg_catalog.format('No active attachment of program "%s" has source %s.', program, source),
+            HINT = 'SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
+    END IF;
+    trg := 'loyalty_accrual_' || a.attachment_id;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_ins', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_upd', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_del', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_truncate', source);
+    IF a.header IS NOT NULL THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_ins', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_delete', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_truncate', a.header);
+    END IF;
+    IF a.product IS NOT NULL THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_upd', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_del', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_ins', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_truncate', a.product);
+    END IF;
+    UPDATE @extschema@.attachment x SET detached_at = now() WHERE x.attachment_id = a.attachment_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_attachments(program_id integer)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+WITH att AS (
+    SELECT x.attachment_id, x.source::oid AS source, x.header::oid AS header, x.product::oid AS product,
+           pg_catalog.decode(x.attachment_id::text OPERATOR(pg_catalog.||) E'\\000', 'escape') AS arg
+    FROM @extschema@.attachment x
+    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
+      AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::oid)),
+-- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update, 32 truncate, 64 instead;
+-- an accrual trigger must fire once, the TRUNCATE guard (shared by every
+-- attachment of a table) at least once
+need (attachment_id, rel, fn, arg, what, mask, bits, once) AS (
+    SELECT a.attachment_id, a.source, '@extschema@.accrue()'::regprocedure::oid, a.arg, 'accrue AFTER ' OPERATOR(pg_catalog.||) e.event,
+           67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
+    FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit)
+  UNION ALL
+    SELECT a.attachment_id, a.source, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+    FROM att a
+  UNION ALL
+    SELECT a.attachment_id, a.header, '@extschema@.accrue_header()'::regprocedure::oid, a.arg, 'accrue_header AFTER UPDATE', 83, 16, true
+    FROM att a WHERE a.header IS NOT NULL
+  UNION ALL
+    SELECT a.attachment_id, a.header, '@extschema@.stash_header()'::regprocedure::oid, a.arg,
+           'stash_header BEFORE ' OPERATOR(pg_catalog.||) e.event OPERATOR(pg_catalog.||) ' FOR EACH ROW',
+           67 OPERATOR(pg_catalog.|) e.bit, 3 OPERATOR(pg_catalog.|) e.bit, true
+    FROM att a, (VALUES ('DELETE', 8), ('UPDATE', 16)) AS e(event, bit) WHERE a.header IS NOT NULL
+  UNION ALL
+    SELECT a.attachment_id, a.header, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+    FROM att a WHERE a.header IS NOT NULL
+  UNION ALL
+    SELECT a.attachment_id, a.product, '@extschema@.track_product()'::regprocedure::oid, a.arg, 'track_product AFTER ' OPERATOR(pg_catalog.||) e.event,
+           67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
+    FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit) WHERE a.product IS NOT NULL
+  UNION ALL
+    SELECT a.attachment_id, a.product, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+    FROM att a WHERE a.product IS NOT NULL)
+SELECT NULL::text, NULL::date, x.attachment_id, 'source_dropped: ' OPERATOR(pg_catalog.||) x.source_name, NULL::numeric, NULL::numeric
+FROM @extschema@.attachment x
+WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::oid)
+UNION ALL
+SELECT NULL::text, NULL::date, n.attachment_id,
+       CASE WHEN t.enabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_duplicate: '
+            WHEN t.disabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_disabled: '
+            ELSE 'trigger_missing: ' END
+       OPERATOR(pg_catalog.||) n.what OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) n.rel::regclass::text,
+       1::numeric, t.enabled::numeric
+FROM need n,
+     LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"char"[])) AS enabled,
+                     pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{D,R}'::"char"[])) AS disabled
+              FROM pg_catalog.pg_trigger g
+              WHERE g.tgrelid OPERATOR(pg_catalog.=) n.rel AND g.tgfoid OPERATOR(pg_catalog.=) n.fn
+                AND g.tgargs OPERATOR(pg_catalog.=) n.arg
+                AND (g.tgtype::integer OPERATOR(pg_catalog.&) n.mask) OPERATOR(pg_catalog.=) n.bits) AS t
+WHERE t.enabled OPERATOR(pg_catalog.=) 0 OR (n.once AND t.enabled OPERATOR(pg_catalog.>) 1)
+$$;

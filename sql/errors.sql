@@ -257,6 +257,12 @@ INSERT INTO cases (fn, param, kind, value, call) VALUES
 ('attach', 'header_match_column', 'null', 'NULL', NULL),
 ('attach', 'header_match_column', 'deprecated', $$'id'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', header_key_column => 'hdr_ref', header_match_column => 'id')$$),
 ('attach', 'header_match_column', 'conflict', $$'id'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'hdr_ref', header_match_column => 'id', header_id_column => 'id')$$),
+('attach', 'product', 'null', 'NULL', NULL),
+('attach', 'product', 'own_table', $$'loyalty.ledger'$$, $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', header => 'err.hdr', line_header_column => 'hdr_ref', product => 'loyalty.ledger', line_product_column => 'line_no', product_line_column => 'kind')$$),
+('attach', 'line_product_column', 'null', 'NULL', $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', product => 'err.unkeyed_hdr', product_line_column => 'customer_id')$$),
+('attach', 'line_product_column', 'no_product', $$'customer_id'$$, NULL),
+('attach', 'product_id_column', 'null', 'NULL', $$SELECT loyalty.attach('err.line', 'err_free', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date', product => 'err.unkeyed_hdr', line_product_column => 'hdr_ref', product_line_column => 'customer_id')$$),
+('attach', 'product_id_column', 'no_product', $$'id'$$, NULL),
 -- detach
 ('detach', 'source', 'valid', $$'err.invoice'$$, NULL),
 ('detach', 'source', 'null', 'NULL', NULL),

@@ -36,6 +36,7 @@
 #include "keymap.h"
 #include "accrual.h"
 #include "ledger.h"
+#include "product.h"
 
 /* ---- string-keyed hash tables ---- */
 
@@ -221,6 +222,7 @@ typedef struct Batch
 	HTAB	   *accounts;		/* key -> AccountInfo, and the account's month sums */
 	StrEntry   *last_noted;		/* the account of the previous row */
 	HTAB	   *headers;		/* header key -> HeaderFacts (looked up), a keymap */
+	HTAB	   *products;		/* product key -> ProductFacts, a keymap */
 	HTAB	   *unenrolled;		/* key -> UnenrolledSum */
 	List	   *rejects;
 	char	  **settled_keys;	/* keys of removed rows whose dead letters are settled */
@@ -302,6 +304,17 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 			MemoryContext old = MemoryContextSwitchTo(b->rowcxt);
 
 			ResetExprContext(b->econtext);
+			if (att->has_product)
+			{
+				bool		isnull,
+							found;
+				Datum		key;
+
+				b->econtext->ecxt_scantuple = slot;
+				key = ExecEvalExprSwitchContext(att->src[F_PRODUCT_KEY], b->econtext, &isnull);
+				if (!isnull)
+					keymap_enter(b->products, att->product_key, key, b->cxt, &found);
+			}
 			if (att->has_header)
 			{
 				if (rs->header_facts == NULL)
@@ -559,6 +572,21 @@ still_parked(Batch *b, Attachment *att, TupleTableSlot *slot, char **old_reasons
 	return key != NULL && b->settled_keys[rowno] != NULL && strcmp(key, b->settled_keys[rowno]) == 0;
 }
 
+/* The product line of a row: its product's, in force on the row's date. */
+static char *
+row_product_line(Batch *b, TupleTableSlot *slot, const RowFacts *f)
+{
+	bool		isnull;
+	Datum		key;
+	KeyMapEntry *e;
+
+	b->econtext->ecxt_scantuple = slot;
+	key = ExecEvalExprSwitchContext(b->att->src[F_PRODUCT_KEY], b->econtext, &isnull);
+	if (isnull || (e = keymap_find(b->products, b->att->product_key, key)) == NULL)
+		return NULL;
+	return product_line_on((ProductFacts *) e->value, f->has_date, f->date);
+}
+
 /* Pass 2: the points of every row, summed per (account, month). */
 static void
 sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
@@ -615,6 +643,8 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 					last = str_find(b->accounts, f.account);
 				acct = last;
 			}
+			if (att->has_product)
+				f.product_line = row_product_line(b, slot, &f);
 			info = acct ? (AccountInfo *) acct->value : NULL;
 			if (info && info->enrolled && f.has_date && f.date > b->today && !acct->refreshed)
 			{
@@ -883,12 +913,16 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 												 &TTSOpsHeapTuple);
 		b.headers = keymap_create("loyalty headers", b.cxt);
 	}
+	if (att->has_product)
+		b.products = keymap_create("loyalty products", b.cxt);
 	b.accounts = str_table("loyalty accounts", b.cxt);
 	b.unenrolled = str_table("loyalty unenrolled", b.cxt);
 	b.zero = int64_to_numeric(0);
 	b.today = rules_today(b.prog);
 
 	collect_keys(&b, sets, nsets);
+	if (att->has_product)
+		product_lookup(att, b.products, b.cxt);
 	if (att->has_header)
 	{
 		lookup_headers(&b);

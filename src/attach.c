@@ -47,13 +47,15 @@
  * header's).  attach() calls them line_header_column and header_id_column;
  * the old names stay as deprecated aliases at the end.
  */
-#define ATTACH_NARGS 19
-#define OWNER_NARGS 17
+#define ATTACH_NARGS 22
+#define OWNER_NARGS 20
+#define SHARED_NARGS 17			/* the same in attach() and _attach() */
 #define ARG_SOURCE 0
 #define ARG_PROGRAM 1
 #define ARG_ACCOUNT_COLUMN 2
 #define ARG_DATE_COLUMN 5
 #define ARG_KEY_COLUMN 6
+#define ARG_PRODUCT_LINE_COLUMN 7
 #define ARG_CREDIT_NOTE_TYPES 10
 #define ARG_AMOUNT_EXPRESSION 13
 #define ARG_HEADER 14
@@ -61,8 +63,16 @@
 #define ARG_HEADER_ID_COLUMN 16
 #define ARG_OLD_HEADER_KEY_COLUMN 17
 #define ARG_OLD_HEADER_MATCH_COLUMN 18
+#define ARG_PRODUCT 19
+#define ARG_LINE_PRODUCT_COLUMN 20
+#define ARG_PRODUCT_ID_COLUMN 21
+/* where _attach() takes the product's arguments */
+#define OWN_PRODUCT 17
+#define OWN_LINE_PRODUCT_COLUMN 18
+#define OWN_PRODUCT_ID_COLUMN 19
 
 #define ATTACH_EXAMPLE "For example loyalty.attach('erp.invoice', 'Distributor Club', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date')."
+#define PRODUCT_EXAMPLE "For example product => 'erp.product', line_product_column => 'product_id' (the lines' column), product_line_column => 'category_id' (the product table's column)."
 #define HEADER_EXAMPLE "For example header => 'erp.invoice', line_header_column => 'invoice_id' (the lines' column), header_id_column => 'id' (the header's key)."
 
 /* The arguments of the owner phase, checked and completed by the caller phase. */
@@ -100,6 +110,7 @@ refuse_own_table(Oid relid, const char *param)
 			 errmsg("%s is a table of the loyalty extension", relation_name(relid)),
 			 errdetail("%s names one of loyalty's own tables, which the accrual writes itself.", param),
 			 strcmp(param, "header") == 0 ? errhint("Name the ERP's invoice header table.") :
+			 strcmp(param, "product") == 0 ? errhint("Name the ERP's product table.") :
 			 errhint("Attach the ERP table the invoices or invoice lines are written to.")));
 }
 
@@ -229,7 +240,8 @@ attach_as_owner(AttachArgs *a)
 {
 	static const Oid types[OWNER_NARGS] = {
 		REGCLASSOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		TEXTOID, TEXTARRAYOID, TEXTOID, TEXTOID, TEXTOID, REGCLASSOID, TEXTOID, TEXTOID
+		TEXTOID, TEXTARRAYOID, TEXTOID, TEXTOID, TEXTOID, REGCLASSOID, TEXTOID, TEXTOID,
+		REGCLASSOID, TEXTOID, TEXTOID
 	};
 	char		nulls[OWNER_NARGS];
 	StringInfoData sql;
@@ -323,9 +335,13 @@ existing_column(Oid relid, const char *param, const char *col)
 	return attnum;
 }
 
-/* The header's single-column primary key, the default header_id_column. */
+/*
+ * A table's single-column primary key: the default header_id_column (of the
+ * header) and product_id_column (of the product table).
+ */
 static char *
-header_primary_key(Oid header)
+single_primary_key(Oid header, const char *param, const char *idparam, const char *whose,
+				   const char *example)
 {
 	Relation	rel = relation_open(header, AccessShareLock);
 	Oid			pk = RelationGetPrimaryKeyIndex(rel);
@@ -348,9 +364,9 @@ header_primary_key(Oid header)
 	if (col == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("header %s has no single-column primary key", relation_name(header)),
-				 errdetail("header_id_column names the header's column that the lines reference; by default its primary key."),
-				 errhint("Name it with header_id_column, e.g. header_id_column => 'invoice_id'.")));
+				 errmsg("%s %s has no single-column primary key", param, relation_name(header)),
+				 errdetail("%s names the %s column that the lines reference; by default its primary key.", idparam, whose),
+				 errhint("Name it with %s, e.g. %s => '%s'.", idparam, idparam, example)));
 	return col;
 }
 
@@ -438,7 +454,7 @@ check_header(Oid source, AttachArgs *a)
 	line_att = existing_column(source, "line_header_column", line_col);
 	if (a->isnull[ARG_HEADER_ID_COLUMN])
 	{
-		header_col = header_primary_key(header);
+		header_col = single_primary_key(header, "header", "header_id_column", "header's", "invoice_id");
 		a->values[ARG_HEADER_ID_COLUMN] = CStringGetTextDatum(header_col);
 		a->isnull[ARG_HEADER_ID_COLUMN] = false;
 	}
@@ -459,6 +475,82 @@ check_header(Oid source, AttachArgs *a)
 				 errmsg("line_header_column \"%s\" is %s but header_id_column \"%s\" is %s",
 						line_col, format_type_be(lt), header_col, format_type_be(ht)),
 				 errdetail("Lines are matched with their header by the key type's own equality and collation."),
+				 errhint("Name two columns of the same type and collation.")));
+}
+
+/*
+ * The product table (the product master) and its two columns: the lines'
+ * column that references it (line_product_column) and its own key
+ * (product_id_column, by default its primary key).  Each line finds at most
+ * one product, by the key type's own equality; product_line_column then
+ * names the product table's column.  Its triggers keep a product's earlier
+ * lines, so the caller must be allowed to create them.
+ */
+static void
+check_product(Oid source, AttachArgs *a)
+{
+	Oid			product = DatumGetObjectId(a->values[OWN_PRODUCT]);
+	char		relkind = get_rel_relkind(product);
+	char	   *line_col;
+	char	   *product_col;
+	AttrNumber	line_att,
+				product_att;
+	Oid			lt,
+				pt,
+				lc,
+				pc;
+	int32		typmod;
+
+	(void) relation_name(product);	/* it exists */
+	refuse_own_table(product, "product");
+	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("product %s is not a table", relation_name(product)),
+				 errdetail("product names the table that holds each product's product line."),
+				 errhint("Name the ERP's product table.")));
+	refuse_inheritance(product, "product");
+	check_privileges(product);
+	if (product == source || (!a->isnull[ARG_HEADER] && product == DatumGetObjectId(a->values[ARG_HEADER])))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("product must be another table than source and header"),
+				 errdetail("product names %s, which the mapping reads already.", relation_name(product)),
+				 errhint("Map the product line with product_line_column alone when the lines hold it.")));
+	if (a->isnull[OWN_LINE_PRODUCT_COLUMN] || a->isnull[ARG_PRODUCT_LINE_COLUMN])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL when product is given",
+						a->isnull[OWN_LINE_PRODUCT_COLUMN] ? "line_product_column" : "product_line_column"),
+				 errdetail("line_product_column names the column of the lines table %s that references the product table; product_line_column the product table's column that holds the product line.",
+						   relation_name(source)),
+				 errhint(PRODUCT_EXAMPLE)));
+	line_col = TextDatumGetCString(a->values[OWN_LINE_PRODUCT_COLUMN]);
+	line_att = existing_column(source, "line_product_column", line_col);
+	(void) existing_column(product, "product_line_column", TextDatumGetCString(a->values[ARG_PRODUCT_LINE_COLUMN]));
+	if (a->isnull[OWN_PRODUCT_ID_COLUMN])
+	{
+		product_col = single_primary_key(product, "product", "product_id_column", "product table's", "product_id");
+		a->values[OWN_PRODUCT_ID_COLUMN] = CStringGetTextDatum(product_col);
+		a->isnull[OWN_PRODUCT_ID_COLUMN] = false;
+	}
+	else
+		product_col = TextDatumGetCString(a->values[OWN_PRODUCT_ID_COLUMN]);
+	product_att = existing_column(product, "product_id_column", product_col);
+	if (!column_in_unique_key(product, product_att))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("product_id_column \"%s\" of %s is not a key of the product table", product_col, relation_name(product)),
+				 errdetail("Each line must find one product; a column of neither the product table's primary key nor a unique index may find several."),
+				 errhint("Name the product table's primary key column, or a column with a unique index.")));
+	get_atttypetypmodcoll(source, line_att, &lt, &typmod, &lc);
+	get_atttypetypmodcoll(product, product_att, &pt, &typmod, &pc);
+	if (getBaseType(lt) != getBaseType(pt) || lc != pc)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("line_product_column \"%s\" is %s but product_id_column \"%s\" is %s",
+						line_col, format_type_be(lt), product_col, format_type_be(pt)),
+				 errdetail("Lines are matched with their product by the key type's own equality and collation."),
 				 errhint("Name two columns of the same type and collation.")));
 }
 
@@ -499,8 +591,10 @@ check_args(FunctionCallInfo fcinfo, AttachArgs *a)
 
 	for (i = 0; i < OWNER_NARGS; i++)
 	{
-		a->isnull[i] = PG_ARGISNULL(i);
-		a->values[i] = a->isnull[i] ? (Datum) 0 : PG_GETARG_DATUM(i);
+		int			arg = i < SHARED_NARGS ? i : i - OWN_PRODUCT + ARG_PRODUCT;
+
+		a->isnull[i] = PG_ARGISNULL(arg);
+		a->values[i] = a->isnull[i] ? (Datum) 0 : PG_GETARG_DATUM(arg);
 	}
 	loyalty_require(PG_ARGISNULL(ARG_SOURCE), "source",
 					"source is the ERP table the invoices or invoice lines are written to.", ATTACH_EXAMPLE);
@@ -557,6 +651,14 @@ check_args(FunctionCallInfo fcinfo, AttachArgs *a)
 				 errmsg("%s needs header", a->isnull[ARG_LINE_HEADER_COLUMN] ? "header_id_column" : "line_header_column"),
 				 errdetail("line_header_column and header_id_column map a lines table onto its header table; without header there is none."),
 				 errhint("Give header too, or leave them out. " HEADER_EXAMPLE)));
+	if (!a->isnull[OWN_PRODUCT])
+		check_product(source, a);
+	else if (!a->isnull[OWN_LINE_PRODUCT_COLUMN] || !a->isnull[OWN_PRODUCT_ID_COLUMN])
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s needs product", a->isnull[OWN_LINE_PRODUCT_COLUMN] ? "product_id_column" : "line_product_column"),
+				 errdetail("line_product_column and product_id_column map a lines table onto the product table that holds the product line; without product there is none."),
+				 errhint("Give product too, or leave them out. " PRODUCT_EXAMPLE)));
 }
 
 PG_FUNCTION_INFO_V1(loyalty_attach);
@@ -643,7 +745,8 @@ loyalty_check_mapped_columns(PG_FUNCTION_ARGS)
 			plan = loyalty_prepare("SELECT attachment_id FROM loyalty.attachment"
 								   " WHERE detached_at IS NULL"
 								   "   AND (source::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)"
-								   "        OR header::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1))"
+								   "        OR header::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)"
+								   "        OR product::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1))"
 								   " ORDER BY attachment_id", 1, argtypes);
 		loyalty_enter_owner(&scope);
 		loyalty_spi_check(SPI_execute_plan(plan, &rels, NULL, true, 0), SPI_OK_SELECT,

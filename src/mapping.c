@@ -81,12 +81,14 @@ typedef struct AttEntry
 /* What each mapped field is cast to, and the attach() parameter naming it. */
 static const Oid field_type[F_COUNT] = {
 	TEXTOID, NUMERICOID, NUMERICOID, DATEOID, TEXTOID, TEXTOID, TEXTOID,
-	DATEOID, DATEOID, InvalidOid /* raw, in the key column's own type */ , TEXTOID
+	DATEOID, DATEOID, InvalidOid /* raw, in the key column's own type */ , TEXTOID,
+	InvalidOid
 };
 static const char *const field_param[F_COUNT] = {
 	"account_column", "amount", "quantity_column", "date_column",
 	"product_line_column", "currency_column", "doc_type_column",
-	"due_date_column", "paid_date_column", "line_header_column", "key_column"
+	"due_date_column", "paid_date_column", "line_header_column", "key_column",
+	"line_product_column"
 };
 
 /* Drops every cached attachment and program when configuration changed. */
@@ -107,8 +109,12 @@ mapping_refresh(void)
 		/* kept plans live outside config_cxt: free them with their attachments */
 		hash_seq_init(&seq, attachments);
 		while ((e = hash_seq_search(&seq)) != NULL)
+		{
 			if (e->att->header_plan != NULL)
 				SPI_freeplan(e->att->header_plan);
+			if (e->att->product_plan != NULL)
+				SPI_freeplan(e->att->product_plan);
+		}
 		MemoryContextDelete(config_cxt);
 	}
 	config_cxt = AllocSetContextCreate(CacheMemoryContext, "loyalty config cache",
@@ -239,6 +245,42 @@ header_key_type(Attachment *att, const char *hname)
 				 errhint("Give both columns the same type and collation, or detach the program.")));
 	att->header_key_type = getBaseType(lt);
 	att->header_key = keytype_get(att->header_key_type, lc, config_cxt);
+}
+
+/*
+ * The lines' product key and the product table's key: both of one type,
+ * compared with that type's own equality.
+ */
+static void
+product_key_type(Attachment *att)
+{
+	AttrNumber	lk = get_attnum(att->source, att->product_key_column);
+	AttrNumber	pk = get_attnum(att->product, att->product_match_column);
+	Oid			lt,
+				pt,
+				lc,
+				pc;
+	int32		typmod;
+
+	if (lk == InvalidAttrNumber || pk == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("loyalty attachment %d maps a product key column that no longer exists", att->id),
+				 errdetail("Lines column \"%s\" of %s, product column \"%s\" of %s.",
+						   att->product_key_column, att->source_name, att->product_match_column, att->product_name),
+				 errhint("Detach the program with loyalty.detach() and attach it again.")));
+	get_atttypetypmodcoll(att->source, lk, &lt, &typmod, &lc);
+	get_atttypetypmodcoll(att->product, pk, &pt, &typmod, &pc);
+	if (getBaseType(lt) != getBaseType(pt) || lc != pc)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("loyalty attachment %d: lines column \"%s\" is %s but product column \"%s\" is %s",
+						att->id, att->product_key_column, format_type_be(lt),
+						att->product_match_column, format_type_be(pt)),
+				 errdetail("Lines are matched with their product by the key type's own equality and collation."),
+				 errhint("Give both columns the same type and collation, or detach the program.")));
+	att->product_key_type = getBaseType(lt);
+	att->product_key = keytype_get(att->product_key_type, lc, config_cxt);
 }
 
 /* Refuses references to anything but the row's own user columns. */
@@ -543,7 +585,8 @@ load_config(int32 id)
 			"SELECT program_id, source, source_name, key_columns,"
 			" account_expr, amount_expr, quantity_expr, date_expr, product_line_expr,"
 			" currency_expr, doc_type_expr, due_date_expr, paid_date_expr,"
-			" credit_note_types, header, header_key_column, header_match_column"
+			" credit_note_types, header, header_key_column, header_match_column,"
+			" product, line_product_column, product_id_column"
 			" FROM loyalty.attachment"
 			" WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND detached_at IS NULL", 1, argtypes);
 	loyalty_spi_check(loyalty_execute_latest(plan, args, 1), SPI_OK_SELECT, "read loyalty.attachment");
@@ -582,7 +625,20 @@ load_config(int32 id)
 	att->src_text[F_ROW_KEY] = key_expression(SPI_getbinval(tup, desc, 4, &isnull));
 	att->src_text[F_AMOUNT] = e[F_AMOUNT];
 	att->src_text[F_QUANTITY] = e[F_QUANTITY];
-	att->src_text[F_PRODUCT_LINE] = e[F_PRODUCT_LINE];
+	d = SPI_getbinval(tup, desc, 18, &isnull);
+	att->has_product = !isnull;
+	if (att->has_product)
+	{
+		att->product = DatumGetObjectId(d);
+		att->product_name = rel_qualified_name(att->product);
+		att->product_key_column = SPI_getvalue(tup, desc, 19);
+		att->product_match_column = SPI_getvalue(tup, desc, 20);
+		att->product_line_text = e[F_PRODUCT_LINE];
+		att->src_text[F_PRODUCT_KEY] = psprintf("s.%s", quote_identifier(att->product_key_column));
+		loyalty_watch_relation(att->product);
+	}
+	else
+		att->src_text[F_PRODUCT_LINE] = e[F_PRODUCT_LINE];
 	{
 		char	  **side = att->has_header ? att->hdr_text : att->src_text;
 
@@ -604,6 +660,7 @@ load_config(int32 id)
 	}
 	for (i = 0; i < F_COUNT; i++)
 		att->mapped[i] = att->src_text[i] != NULL || att->hdr_text[i] != NULL;
+	att->mapped[F_PRODUCT_LINE] |= att->has_product;
 	MemoryContextSwitchTo(old);
 
 	/*
@@ -714,6 +771,23 @@ analyse_side(Attachment *att, bool header_side, BuildStep *step, Node **out)
 	relation_close(rel, NoLock);
 }
 
+/* The product table's side of the mapping: its key and product line columns. */
+static void
+analyse_product(Attachment *att, BuildStep *step)
+{
+	Relation	rel = relation_open(att->product, AccessShareLock);
+
+	step->rel = att->product;
+	step->param = "product_id_column";
+	step->text = psprintf("p.%s", quote_identifier(att->product_match_column));
+	(void) mapping_parse_expr(rel, "p", step->text, step->param);
+	step->param = "product_line_column";
+	step->text = att->product_line_text;
+	(void) mapping_parse_expr(rel, "p", step->text, step->param);
+	step->param = NULL;
+	relation_close(rel, NoLock);
+}
+
 /*
  * Errors about the mapping itself: a column or function gone, a type that
  * no longer casts, a stored text that is not one expression.  Others (a
@@ -760,17 +834,17 @@ report_mapping_error(BuildStep *step, ErrorData *edata, bool for_ddl)
 }
 
 static void
-check_header_privilege(Attachment *att, Oid role)
+check_read_privilege(Attachment *att, Oid relid, const char *what, Oid role)
 {
-	if (pg_class_aclcheck(att->header, role, ACL_SELECT) == ACLCHECK_OK ||
-		pg_attribute_aclcheck_all(att->header, role, ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK)
+	if (pg_class_aclcheck(relid, role, ACL_SELECT) == ACLCHECK_OK ||
+		pg_attribute_aclcheck_all(relid, role, ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK)
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for table %s", rel_qualified_name(att->header)),
-			 errdetail("Loyalty program \"%s\" reads the header rows of the lines written to %s as the role that writes them, %s.",
-					   att->program->name, att->source_name, GetUserNameFromId(role, false)),
-			 errhint("GRANT SELECT ON %s TO %s;", rel_qualified_name(att->header),
+			 errmsg("permission denied for table %s", rel_qualified_name(relid)),
+			 errdetail("Loyalty program \"%s\" reads the %s rows of the lines written to %s as the role that writes them, %s.",
+					   att->program->name, what, att->source_name, GetUserNameFromId(role, false)),
+			 errhint("GRANT SELECT ON %s TO %s;", rel_qualified_name(relid),
 					 quote_identifier(GetUserNameFromId(role, false)))));
 }
 
@@ -834,10 +908,16 @@ build_for_user(Attachment *config, Oid role)
 	PG_END_TRY();
 	if (att->has_header)
 	{
-		check_header_privilege(att, role);
+		check_read_privilege(att, att->header, "header", role);
 		header_key_type(att, att->header_name);
 		att->header_rowtype = get_rel_type_id(att->header);
 		att->header_plan = NULL;	/* prepared on first use (accrual.c), as this user */
+	}
+	if (att->has_product)
+	{
+		check_read_privilege(att, att->product, "product", role);
+		product_key_type(att);
+		att->product_plan = NULL;	/* prepared on first use (product.c), as this user */
 	}
 	AtEOXact_GUC(true, nest);
 	MemoryContextSwitchTo(old);
@@ -902,6 +982,8 @@ mapping_recheck(int32 attachment_id)
 		analyse_side(att, false, &step, tree);
 		if (att->has_header)
 			analyse_side(att, true, &step, tree);
+		if (att->has_product)
+			analyse_product(att, &step);
 		AtEOXact_GUC(true, nest);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);

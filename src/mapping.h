@@ -24,6 +24,7 @@ typedef enum MapField
 	F_PAID,
 	F_HEADER_KEY,				/* source: the raw key; header: the raw match key */
 	F_ROW_KEY,					/* source only: the row key as text */
+	F_PRODUCT_KEY,				/* source only: the raw product key */
 	F_COUNT
 } MapField;
 
@@ -61,6 +62,15 @@ typedef struct Attachment
 	struct KeyType *header_key; /* its hash and equality, with the column's collation */
 	SPIPlanPtr	header_plan;	/* the header rows of an array of keys (accrual.c) */
 	Oid			header_rowtype;
+	bool		has_product;	/* the product line comes from a product table */
+	Oid			product;
+	char	   *product_name;	/* schema-qualified */
+	char	   *product_key_column; /* the source's column naming the product */
+	char	   *product_match_column;	/* the product table's column it matches */
+	char	   *product_line_text;	/* the product line over the product row (alias p) */
+	Oid			product_key_type;
+	struct KeyType *product_key;
+	SPIPlanPtr	product_plan;	/* the products of an array of keys (product.c) */
 	int			ncredit;
 	char	  **credit_types;
 	char	   *src_text[F_COUNT];	/* the stored mapping SQL, NULL: unmapped */

@@ -192,9 +192,15 @@ CREATE TABLE @extschema@.attachment (
     header_match_column text,
     attached_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
     detached_at         timestamptz,
+    product             regclass,
+    line_product_column text,
+    product_id_column   text,
     CHECK (amount_expr IS NOT NULL OR quantity_expr IS NOT NULL),
     CHECK ((header IS NULL) = (header_key_column IS NULL) AND (header IS NULL) = (header_match_column IS NULL)),
-    CHECK ((doc_type_expr IS NULL) = (credit_note_types IS NULL))
+    CHECK ((doc_type_expr IS NULL) = (credit_note_types IS NULL)),
+    CONSTRAINT attachment_product_check
+        CHECK ((product IS NULL) = (line_product_column IS NULL) AND (product IS NULL) = (product_id_column IS NULL)
+               AND (product IS NULL OR product_line_expr IS NOT NULL))
 );
 CREATE UNIQUE INDEX attachment_active_uniq ON @extschema@.attachment (program_id, source) WHERE detached_at IS NULL;
 COMMENT ON TABLE @extschema@.attachment IS 'How an ERP table feeds a program (loyalty.attach): the column mapping, validated at attach time. Expressions are SQL over the source table (alias s) or its header table (alias h). Detached attachments stay for the audit trail.';
@@ -218,6 +224,28 @@ COMMENT ON COLUMN @extschema@.attachment.header_key_column IS 'The lines'' colum
 COMMENT ON COLUMN @extschema@.attachment.header_match_column IS 'The header''s own column that line_header_column references (its primary key by default): attach()''s header_id_column.';
 COMMENT ON COLUMN @extschema@.attachment.attached_at IS 'When loyalty.attach ran.';
 COMMENT ON COLUMN @extschema@.attachment.detached_at IS 'When loyalty.detach ran; NULL while attached.';
+COMMENT ON COLUMN @extschema@.attachment.product IS 'Product table (the product master) holding the product line of each line''s product; product_line_expr is then over it (alias p). NULL: the product line is a column of the source.';
+COMMENT ON COLUMN @extschema@.attachment.line_product_column IS 'The lines'' column (of source) that references the product table.';
+COMMENT ON COLUMN @extschema@.attachment.product_id_column IS 'The product table''s own column that line_product_column references (its primary key by default).';
+
+-- A product's earlier product lines, per attachment: written by the trigger
+-- on the product table (loyalty.track_product) when a product's mapped
+-- product line changes or the product is deleted, so that what a document
+-- earned never changes after the fact.
+CREATE TABLE @extschema@.product_history (
+    attachment_id integer NOT NULL REFERENCES @extschema@.attachment,
+    product_key   text NOT NULL,
+    valid_until   date NOT NULL,
+    product_line  text,
+    changed_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (attachment_id, product_key, valid_until)
+);
+COMMENT ON TABLE @extschema@.product_history IS 'Earlier product lines of the products of an attachment''s product table. A document dated before valid_until earns by the product line of the first row of its product that ends after the document''s date; later documents by the product''s current row. A change takes effect from the day after it is made (in the program''s calendar), or after the latest document of the product already written, so what a document earned never changes after the fact.';
+COMMENT ON COLUMN @extschema@.product_history.attachment_id IS 'The attachment whose product table it is.';
+COMMENT ON COLUMN @extschema@.product_history.product_key IS 'The product''s key (product_id_column) in its text form.';
+COMMENT ON COLUMN @extschema@.product_history.valid_until IS 'First document date this product line no longer applies to.';
+COMMENT ON COLUMN @extschema@.product_history.product_line IS 'The product line as it was (NULL: none, or the product did not exist).';
+COMMENT ON COLUMN @extschema@.product_history.changed_at IS 'When the change was made.';
 
 -- An enum rather than a CHECK: the check would be re-parsed on every posting.
 CREATE TYPE @extschema@.ledger_kind AS ENUM ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate', 'redeem', 'expire', 'adjust', 'award', 'rebate', 'mdf');
@@ -472,6 +500,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment_attachment_id
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption_redemption_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_history_change_no_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event_event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.product_history', '');
 
 -- The ledger is append-only.
 CREATE FUNCTION @extschema@._ledger_append_only() RETURNS trigger

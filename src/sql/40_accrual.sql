@@ -13,6 +13,10 @@ CREATE FUNCTION @extschema@.stash_header() RETURNS trigger
 AS 'MODULE_PATHNAME', 'loyalty_stash_header' LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.stash_header() IS 'Row trigger on a header table: keeps the facts of a deleted or renumbered header until commit so that its lines are reversed exactly.';
 
+CREATE FUNCTION @extschema@.track_product() RETURNS trigger
+AS 'MODULE_PATHNAME', 'loyalty_track_product' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.track_product() IS 'Statement-level triggers on a product table: when a product''s mapped product line changes, the product is deleted, or a product is inserted after lines that name it, keeps the line it had for the documents dated before the change (loyalty.product_history).';
+
 CREATE FUNCTION @extschema@._refuse_truncate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -42,6 +46,7 @@ DECLARE
     key text;
     from_clause text;
     hdr text;
+    pl text;
 BEGIN
     SELECT * INTO a FROM @extschema@.attachment x WHERE x.attachment_id = attachment;
     IF NOT FOUND THEN
@@ -72,9 +77,32 @@ BEGIN
                                             WHERE t.attrelid = a.source AND t.attname = a.header_key_column)::regtype),
             a.header_key_column);
     END IF;
-    RETURN format('SELECT %s AS row_key, %s, (%s)::numeric AS amount, (%s)::numeric AS quantity, (%s)::text AS product_line %s',
+    -- the product line from the product table: the row of the line's product
+    -- (by the key type's own equality), or its earlier line in force on the
+    -- document's date (loyalty.product_history, matched by the key's text
+    -- form), as the trigger looks them up (src/product.c)
+    IF a.product IS NOT NULL THEN
+        pl := 'CASE WHEN ph.found THEN ph.product_line ELSE pp.product_line END';
+        from_clause := from_clause || format(
+            ' LEFT JOIN LATERAL (SELECT (%s)::text AS product_line, (p.%I)::text AS product_key'
+            ' FROM %s %s p WHERE p.%I %s s.%I) pp ON true'
+            ' LEFT JOIN LATERAL (SELECT x.product_line, true AS found FROM @extschema@.product_history x'
+            ' WHERE x.attachment_id OPERATOR(pg_catalog.=) %s'
+            ' AND x.product_key OPERATOR(pg_catalog.=) coalesce(pp.product_key, (s.%I)::text)'
+            ' AND x.valid_until OPERATOR(pg_catalog.>) %s ORDER BY x.valid_until LIMIT 1) ph ON true',
+            a.product_line_expr, a.product_id_column,
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.product) = 'p' THEN '' ELSE 'ONLY' END,
+            a.product, a.product_id_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.line_product_column)::regtype),
+            a.line_product_column, a.attachment_id, a.line_product_column,
+            CASE WHEN a.header IS NULL THEN format('(%s)::date', a.date_expr) ELSE 'hh.doc_date' END);
+    ELSE
+        pl := format('(%s)::text', coalesce(a.product_line_expr, 'NULL'));
+    END IF;
+    RETURN format('SELECT %s AS row_key, %s, (%s)::numeric AS amount, (%s)::numeric AS quantity, %s AS product_line %s',
                   key, hdr, coalesce(a.amount_expr, 'NULL'), coalesce(a.quantity_expr, 'NULL'),
-                  coalesce(a.product_line_expr, 'NULL'), from_clause);
+                  pl, from_clause);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._facts_sql(integer) IS 'Internal: SQL that maps every row of an attachment''s source to the facts the points function takes.';
@@ -144,7 +172,10 @@ CREATE FUNCTION @extschema@._attach(
     amount_expression   text,
     header              regclass,
     header_key_column   text,
-    header_match_column text)
+    header_match_column text,
+    product             regclass,
+    line_product_column text,
+    product_id_column   text)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -158,7 +189,7 @@ DECLARE
     nums regtype[] := ARRAY['numeric', 'smallint', 'integer', 'bigint']::regtype[];
     dates regtype[] := ARRAY['date', 'timestamp without time zone', 'timestamp with time zone']::regtype[];
     acc text; amt text; qty text; dat text; pl text; cur text; dt text; due text; paid text;
-    hk text; hm text;
+    hk text; hm text; lp text; pk text;
     id integer;
     trg text;
 BEGIN
@@ -210,7 +241,19 @@ BEGIN
     paid := @extschema@._check_column(dside, 'paid_date_column', paid_date_column, dates, 'a date or timestamp');
     amt := @extschema@._check_column(source, 'amount_column', amount_column, nums, 'numeric or integer (money is never float)');
     qty := @extschema@._check_column(source, 'quantity_column', quantity_column, nums || ARRAY['real', 'double precision']::regtype[], 'numeric');
-    pl := @extschema@._check_column(source, 'product_line_column', product_line_column, texts || ints, 'text or integer');
+    -- the product line is a column of the product table when there is one
+    pl := @extschema@._check_column(coalesce(product, source), 'product_line_column', product_line_column, texts || ints, 'text or integer');
+    IF product IS NOT NULL THEN
+        IF line_product_column IS NULL OR product_line_column IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL when product is given',
+                            CASE WHEN line_product_column IS NULL THEN 'line_product_column' ELSE 'product_line_column' END
+                USING ERRCODE = 'null_value_not_allowed',
+                      DETAIL = 'line_product_column names the lines'' column that references the product table; product_line_column the product table''s column that holds the product line.',
+                      HINT = 'For example product => ''erp.product'', line_product_column => ''product_id'', product_line_column => ''category_id''.';
+        END IF;
+        lp := @extschema@._check_column(source, 'line_product_column', line_product_column, NULL, NULL);
+        pk := @extschema@._check_column(product, 'product_id_column', product_id_column, NULL, NULL);
+    END IF;
     -- each column as alias.column, quoted from its catalog name: s for the
     -- source, h for the header; a timestamptz becomes a date in the time
     -- zone in force at attach time, fixed in the mapping, so that no
@@ -223,7 +266,7 @@ BEGIN
     paid := CASE WHEN paid IS NOT NULL THEN @extschema@._as_local(dside, paid, format('%I.%I', dalias, paid), prog.time_zone) END;
     amt := CASE WHEN amt IS NOT NULL THEN format('s.%I', amt) END;
     qty := CASE WHEN qty IS NOT NULL THEN format('s.%I', qty) END;
-    pl := CASE WHEN pl IS NOT NULL THEN format('s.%I', pl) END;
+    pl := CASE WHEN pl IS NOT NULL THEN format('%I.%I', CASE WHEN product IS NULL THEN 's' ELSE 'p' END, pl) END;
     IF (doc_type_column IS NULL) <> (credit_note_types IS NULL) THEN
         RAISE EXCEPTION 'doc_type_column and credit_note_types go together' USING ERRCODE = 'invalid_parameter_value',
             DETAIL = CASE WHEN doc_type_column IS NULL THEN 'credit_note_types was given without doc_type_column.'
@@ -278,9 +321,10 @@ BEGIN
 
     INSERT INTO @extschema@.attachment AS x (program_id, source, source_name, key_columns, account_expr, amount_expr,
         quantity_expr, date_expr, product_line_expr, currency_expr, doc_type_expr, credit_note_types,
-        due_date_expr, paid_date_expr, header, header_key_column, header_match_column)
+        due_date_expr, paid_date_expr, header, header_key_column, header_match_column,
+        product, line_product_column, product_id_column)
     VALUES (pid, source, source::text, keys, acc, amt, qty, dat, pl, cur, dt, credit_note_types,
-            due, paid, header, hk, hm)
+            due, paid, header, hk, hm, product, lp, pk)
     RETURNING x.attachment_id INTO id;
 
     trg := 'loyalty_accrual_' || id;
@@ -302,12 +346,25 @@ BEGIN
         EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
                        trg || '_header_truncate', header);
     END IF;
+    IF product IS NOT NULL THEN
+        -- a product's line changed, a product deleted, or inserted after
+        -- lines named it: its earlier line is kept for the documents dated
+        -- before the change (loyalty.product_history)
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_upd', product, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS loyalty_old'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_del', product, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_ins', product, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                       trg || '_product_truncate', product);
+    END IF;
     RETURN id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text) IS
+COMMENT ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, regclass, text, text) IS
     'Internal: the extension owner''s part of attach(): column checks, the attachment row and the triggers.';
-REVOKE ALL ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, regclass, text, text) FROM PUBLIC;
 
 -- attach() itself is C (src/attach.c), SECURITY INVOKER: it checks its
 -- arguments, the caller's TRIGGER and SELECT privileges and parses
@@ -335,11 +392,14 @@ CREATE FUNCTION @extschema@.attach(
     line_header_column  text DEFAULT NULL,
     header_id_column    text DEFAULT NULL,
     header_key_column   text DEFAULT NULL,
-    header_match_column text DEFAULT NULL)
+    header_match_column text DEFAULT NULL,
+    product             regclass DEFAULT NULL,
+    line_product_column text DEFAULT NULL,
+    product_id_column   text DEFAULT NULL)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'loyalty_attach' LANGUAGE C SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text) IS
-    'Maps an ERP invoice (or invoice-line) table onto a program and creates its accrual triggers. The caller needs TRIGGER and SELECT on the table (and on header). Columns are validated now; amount_expression must be one deterministic expression of the row''s columns, numeric or integer, never float, and is stored in canonical form. With header, the account, date, currency, document type and payment dates are read from the header table, whose row is the one whose header_id_column (default: its primary key) equals the line''s line_header_column; header_key_column and header_match_column are their deprecated names. Returns the attachment id. Rows that existed before: loyalty.backfill().';
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text, regclass, text, text) IS
+    'Maps an ERP invoice (or invoice-line) table onto a program and creates its accrual triggers. The caller needs TRIGGER and SELECT on the table (and on header). Columns are validated now; amount_expression must be one deterministic expression of the row''s columns, numeric or integer, never float, and is stored in canonical form. With header, the account, date, currency, document type and payment dates are read from the header table, whose row is the one whose header_id_column (default: its primary key) equals the line''s line_header_column; header_key_column and header_match_column are their deprecated names. With product, product_line_column names a column of the product table (the product master), whose row is the one whose product_id_column (default: its primary key) equals the line''s line_product_column; a product moved to another line later changes nothing already earned (loyalty.product_history). Returns the attachment id. Rows that existed before: loyalty.backfill().';
 
 -- A rename, drop or type change of a mapped column is checked when the
 -- ALTER TABLE ends: each attachment of the table must still parse, as the
@@ -414,6 +474,12 @@ BEGIN
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_ins', a.header);
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_delete', a.header);
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_truncate', a.header);
+    END IF;
+    IF a.product IS NOT NULL THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_upd', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_del', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_ins', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_truncate', a.product);
     END IF;
     UPDATE @extschema@.attachment x SET detached_at = now() WHERE x.attachment_id = a.attachment_id;
 END
@@ -519,7 +585,7 @@ CREATE FUNCTION @extschema@._verify_attachments(program_id integer)
 RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 WITH att AS (
-    SELECT x.attachment_id, x.source::oid AS source, x.header::oid AS header,
+    SELECT x.attachment_id, x.source::oid AS source, x.header::oid AS header, x.product::oid AS product,
            pg_catalog.decode(x.attachment_id::text OPERATOR(pg_catalog.||) E'\\000', 'escape') AS arg
     FROM @extschema@.attachment x
     WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
@@ -546,7 +612,15 @@ need (attachment_id, rel, fn, arg, what, mask, bits, once) AS (
   UNION ALL
     SELECT a.attachment_id, a.header, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
            '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
-    FROM att a WHERE a.header IS NOT NULL)
+    FROM att a WHERE a.header IS NOT NULL
+  UNION ALL
+    SELECT a.attachment_id, a.product, '@extschema@.track_product()'::regprocedure::oid, a.arg, 'track_product AFTER ' OPERATOR(pg_catalog.||) e.event,
+           67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
+    FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit) WHERE a.product IS NOT NULL
+  UNION ALL
+    SELECT a.attachment_id, a.product, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+    FROM att a WHERE a.product IS NOT NULL)
 SELECT NULL::text, NULL::date, x.attachment_id, 'source_dropped: ' OPERATOR(pg_catalog.||) x.source_name, NULL::numeric, NULL::numeric
 FROM @extschema@.attachment x
 WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
@@ -623,10 +697,10 @@ AS 'MODULE_PATHNAME', 'loyalty_backfill' LANGUAGE C SET search_path = pg_catalog
 COMMENT ON FUNCTION @extschema@.backfill(regclass, text, date) IS
     'Accrues the rows of an attached table dated from since (rounded down to its month) that the triggers have not accrued, set-based. Idempotent: what is already accrued is not posted again, so a second or interrupted run is safe.';
 
-REVOKE ALL ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text),
+REVOKE ALL ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text, regclass, text, text),
                       @extschema@.detach(regclass, text),
                       @extschema@.backfill(regclass, text, date) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text),
+GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, text, text, text, text, text, text[], text, text, text, regclass, text, text, text, text, regclass, text, text),
                           @extschema@.detach(regclass, text),
                           @extschema@.backfill(regclass, text, date) TO loyalty_admin;
 
