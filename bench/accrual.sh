@@ -15,7 +15,7 @@
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-export LOYALTY_RUN_DIR=${LOYALTY_RUN_DIR:-$(dirname "$BENCH_DIR")/.run-bench}
+RUN_KIND=bench  # a run directory of its own (.run-bench), see scripts/lib.sh
 export LOYALTY_PORT=${LOYALTY_PORT:-54403}
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib.sh
 . "$BENCH_DIR/../scripts/lib.sh"

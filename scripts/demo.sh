@@ -35,6 +35,14 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 cluster_start
 
+# psql runs as postgres, which may not be able to read the clone (in /root,
+# say): it reads a copy of the demo's SQL in the run directory.
+DEMO_SQL=$RUN_DIR/demo
+rm -rf "$DEMO_SQL"
+mkdir -p "$DEMO_SQL"
+cp "$ROOT"/demo/*.sql "$DEMO_SQL/"
+chown -R postgres: "$DEMO_SQL"
+
 mkdir -p "$OUT_DIR"
 : >"$OUT"
 # psql against the demo database, its output shown and kept in $OUT.
@@ -48,23 +56,23 @@ pg_sql -q -c "CREATE DATABASE demo"
 pg_sql -q -d demo -c "CREATE EXTENSION loyalty"
 
 log "creating the demo ERP ($CUSTOMERS customers, $LINES invoice lines)"
-pg_sql -q -d demo -f "$ROOT/demo/erp_schema.sql"
-demo_sql -q -v customers="$CUSTOMERS" -v lines="$LINES" -f "$ROOT/demo/generate.sql"
+pg_sql -q -d demo -f "$DEMO_SQL/erp_schema.sql"
+demo_sql -q -v customers="$CUSTOMERS" -v lines="$LINES" -f "$DEMO_SQL/generate.sql"
 
 if [ "${DEMO_ACCRUAL:-1}" = 0 ]; then
   log "accrual part skipped (DEMO_ACCRUAL=0); posting the ERP documents without a program"
-  demo_sql -f "$ROOT/demo/load.sql"
+  demo_sql -f "$DEMO_SQL/load.sql"
 elif has_function attach; then
   log "Distributor Club: program, attach, load with accrual, results (demo/accrual.sql)"
-  demo_sql -f "$ROOT/demo/accrual.sql"
+  demo_sql -f "$DEMO_SQL/accrual.sql"
 else
   log "accrual part skipped: this build has no loyalty.attach yet; posting the ERP documents without a program"
-  demo_sql -f "$ROOT/demo/load.sql"
+  demo_sql -f "$DEMO_SQL/load.sql"
 fi
 
 if has_function tier_of && has_function rebate; then
   log "tiers and rebates with loyalty's types (demo/scenarios.sql)"
-  demo_sql -f "$ROOT/demo/scenarios.sql"
+  demo_sql -f "$DEMO_SQL/scenarios.sql"
 else
   log "types part skipped: this build has no loyalty.tier_of / loyalty.rebate yet"
 fi
