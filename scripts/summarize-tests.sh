@@ -2,8 +2,10 @@
 # Counts what pg_regress, pg_isolation_regress and prove printed and ends with
 # the plain "N passed, N failed" line.  Exits non-zero when anything failed or
 # when no test ran at all.
+#   summarize-tests.sh OUTPUT [MAKE_EXIT_STATUS [EXTRA_FAILED WHAT]]
+# EXTRA_FAILED failures found by other means (WHAT says which) are added.
 set -u
-out=$1 rc=${2:-0}
+out=$1 rc=${2:-0} extra_failed=${3:-0} extra_what=${4:-}
 
 # pg_regress and pg_isolation_regress (PostgreSQL 15) print one
 # "test name ... ok|FAILED" line per test, each suite after its "+++" banner.
@@ -28,8 +30,9 @@ echo
 echo "pg_regress:  $sql_ok passed, $sql_fail failed"
 echo "isolation:   $iso_ok passed, $iso_fail failed"
 echo "TAP:         $tap_ok passed, $tap_fail failed (scripts that died: $tap_files_fail)"
+[ -z "$extra_what" ] || echo "$extra_what: $extra_failed"
 passed=$((sql_ok + iso_ok + tap_ok))
-failed=$((sql_fail + iso_fail + tap_fail + tap_files_fail))
+failed=$((sql_fail + iso_fail + tap_fail + tap_files_fail + extra_failed))
 if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then
   echo "make installcheck exited with $rc although no test reported a failure"
   failed=1
