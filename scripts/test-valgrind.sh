@@ -44,16 +44,15 @@ SH
 chmod 0755 "$RUN_DIR/postgres-under-valgrind"
 CLUSTER_POSTGRES=$RUN_DIR/postgres-under-valgrind
 CLUSTER_TIMEOUT=600
-# Small and quiet: everything runs 20-50 times slower under valgrind.  No
-# pg_cron (nothing of ours uses it; its worker would only add noise), no JIT.
+# Small and quick, everything runs 20-50 times slower under valgrind; no JIT.
+# The same background processes as the suite's cluster (pg_cron, autovacuum):
+# they take backend numbers, which an expected output can show (pg_temp_N).
 CLUSTER_CONF_EXTRA="
-shared_preload_libraries = ''
 shared_buffers = 16MB
 max_connections = 20
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-autovacuum = off
 jit = off
 huge_pages = off"
 # A step waits for another session for at most this long (default 360 s).
@@ -90,17 +89,25 @@ show_diffs
 
 # Each report is what valgrind wrote between its markers.  A report is ours
 # when a frame of any of its stacks is in our sources or in loyalty.so.
-# Reports are grouped by their text without addresses, so the same error in
-# many backends shows once, with its count.
+# Reports are grouped by their text without addresses and offsets, so the
+# same error in many backends shows once, with its count, in full in
+# $REPORTS; here one line per kind (for ours: the first frame of ours in each
+# of its stacks; for others: the first two named frames).
 logs=("$VG_LOGS"/valgrind.*.log)
 [ -e "${logs[0]}" ] || die "valgrind wrote no log: the server did not run under it (see $RUN_DIR/cluster.log)"
-awk -v src="$ROOT/src/" -v out="$REPORTS" '
-  /VALGRIND-ERROR-BEGIN$/ { inside = 1; text = ""; ours = 0; next }
+echo
+awk -v src="$ROOT/src/" -v out="$REPORTS" -v countfile="$RUN_DIR/valgrind-count" '
+  function frame(l) {  # "at|by FN (where)" -> "FN (where)", our paths relative
+    sub(/^ *(at|by) /, "", l); i = index(l, src)
+    return i ? substr(l, 1, i - 1) "src/" substr(l, i + length(src)) : l
+  }
+  /VALGRIND-ERROR-BEGIN$/ { inside = 1; text = ""; ours = 0; head = ""; short = ""; oshort = ""; label = "at"; taken = 0; named = 0; next }
   /VALGRIND-ERROR-END$/ {
     inside = 0
-    key = (ours ? "ours" : "other") SUBSEP text
-    if (!(key in count)) { order[++n] = key; where[key] = FILENAME }
-    count[key]++; total[ours ? "ours" : "other"]++
+    kind = ours ? "ours" : "other"
+    key = kind SUBSEP text
+    if (!(key in count)) { order[++n] = key; where[key] = FILENAME; brief[key] = head (ours ? short : oshort) }
+    count[key]++; total[kind]++
     next
   }
   inside {
@@ -108,27 +115,40 @@ awk -v src="$ROOT/src/" -v out="$REPORTS" '
     sub(/^==[0-9]+== ?/, "", line)
     if (line == "") next
     gsub(/0x[0-9A-Fa-f]+:? ?/, "", line)
-    if (index(line, src) || line ~ /loyalty\.so/) ours = 1
+    if (line ~ /^ *Address /) gsub(/[0-9][0-9,]*/, "N", line)  # where in which block
     text = text "    " line "\n"
+    mine = index(line, src) || line ~ /loyalty\.so/
+    if (mine) ours = 1
+    if (head == "") { head = line; next }
+    if (line !~ /^ *(at|by) /) {  # a further stack begins
+      label = line ~ /free.d$/ ? "freed at" : line ~ /alloc.d( at)?$/ ? "allocated at" : \
+              line ~ /created by/ ? "created at" : "then at"
+      taken = 0; next
+    }
+    if (mine && !taken) { short = short "; " label " " frame(line); taken = 1 }
+    if (label == "at" && named < 2 && line !~ /\?\?\?/) { oshort = oshort (named++ ? " < " : "; at ") frame(line) }
   }
   END {
     for (pass = 1; pass <= 2; pass++) {
       kind = pass == 1 ? "ours" : "other"
       if (pass == 1)
-        printf "valgrind: %d report(s) in loyalty'\''s code, each counted as a failed test\n", total[kind] > out
+        hdr = sprintf("valgrind: %d report(s) in loyalty'\''s code, each counted as a failed test", total[kind])
       else
-        printf "valgrind: %d report(s) outside loyalty'\''s code, not counted (a false positive of PostgreSQL goes into test/valgrind.supp)\n", total[kind] > out
+        hdr = sprintf("valgrind: %d report(s) outside loyalty'\''s code, not counted (a false positive of PostgreSQL goes into test/valgrind.supp)", total[kind])
+      print hdr; print hdr > out
+      nb = 0; delete bcount
       for (i = 1; i <= n; i++) {
         split(order[i], k, SUBSEP)
         if (k[1] != kind) continue
+        if (!(brief[order[i]] in bcount)) border[++nb] = brief[order[i]]
+        bcount[brief[order[i]]] += count[order[i]]
         printf "  ---- %dx, first in %s\n%s", count[order[i]], where[order[i]], k[2] > out
       }
+      for (i = 1; i <= nb; i++) printf "  %3dx %s\n", bcount[border[i]], border[i]
     }
-    print total["ours"] + 0
-  }' "${logs[@]}" >"$RUN_DIR/valgrind-count"
+    print total["ours"] + 0 > countfile
+  }' "${logs[@]}"
 vg_failed=$(cat "$RUN_DIR/valgrind-count")
-echo
-cat "$REPORTS"
-echo "valgrind logs: $VG_LOGS (${#logs[@]} server processes)"
+echo "each report in full: $REPORTS; valgrind's logs: $VG_LOGS (${#logs[@]} server processes)"
 
 "$ROOT/scripts/summarize-tests.sh" "$OUT" "$rc" "$vg_failed" "valgrind reports in loyalty's code"
