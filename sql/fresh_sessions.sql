@@ -82,7 +82,10 @@ FROM fs.expected_main x,
 WHERE x.invoice_id IN (1, 2, 3, 4, 17, 2999, 7001, 11998)
 ORDER BY x.invoice_id;
 
--- Every invoice, in one more new session: the same numbers as plain SQL.
+-- One invoice in a hundred, across all customers and both rule versions,
+-- in one more new session: the same numbers as plain SQL.  (A sample: each
+-- call is a query of its own, and the memory-checking run executes this
+-- file under valgrind, where twelve thousand of them would take hours.)
 \c
 SELECT count(*) AS invoices,
        count(*) FILTER (WHERE e.points IS DISTINCT FROM x.points
@@ -90,7 +93,7 @@ SELECT count(*) AS invoices,
                            OR e.qualifying IS DISTINCT FROM x.amount) AS differ
 FROM fs.expected_main x,
      LATERAL loyalty.explain_points('fs.invoice', VARIADIC ARRAY[x.invoice_id::text]) e
-WHERE e.program = 'fs_main';
+WHERE e.program = 'fs_main' AND x.invoice_id % 100 = 0;
 
 --
 -- 3. backfill() as the first thing a new session does: a second program is
