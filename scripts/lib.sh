@@ -114,8 +114,12 @@ link_run_dir() {
 # A private cluster: data directory and socket in the run directory, a port of
 # our own, stopped again by cluster_stop (callers trap EXIT).
 cluster_start() {
+  local pid
   prepare_run_dir
   cluster_stop
+  if pid=$(cluster_leftover); then
+    die "a server of an earlier run still runs on $CLUSTER_DIR (pid $pid) and does not stop; stop it first"
+  fi
   rm -rf "$CLUSTER_DIR" "$SOCK_DIR" "$RUN_DIR/cluster.log"
   mkdir -p "$SOCK_DIR"
   chown postgres: "$SOCK_DIR"
@@ -137,10 +141,21 @@ CONF
   export PGHOST=$SOCK_DIR PGPORT=$CLUSTER_PORT PGUSER=postgres
 }
 
+# A server busy restarting after a crash may ignore a fast shutdown: then an
+# immediate one.
 cluster_stop() {
-  if [ -f "$CLUSTER_DIR/postmaster.pid" ]; then
-    as_pg "$PGBIN/pg_ctl" -D "$CLUSTER_DIR" -m fast -w -t "$CLUSTER_TIMEOUT" stop >/dev/null 2>&1 || true
-  fi
+  [ -f "$CLUSTER_DIR/postmaster.pid" ] || return 0
+  as_pg "$PGBIN/pg_ctl" -D "$CLUSTER_DIR" -m fast -w -t "$CLUSTER_TIMEOUT" stop >/dev/null 2>&1 \
+    || as_pg "$PGBIN/pg_ctl" -D "$CLUSTER_DIR" -m immediate -w -t "$CLUSTER_TIMEOUT" stop >/dev/null 2>&1 \
+    || true
+}
+
+# The postmaster of an earlier run that is still alive (its pid file names a
+# process started on this data directory).
+cluster_leftover() {
+  local pid
+  pid=$(head -1 "$CLUSTER_DIR/postmaster.pid" 2>/dev/null) || return 1
+  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-D $CLUSTER_DIR" && echo "$pid"
 }
 
 # psql against the throwaway cluster, as postgres.
