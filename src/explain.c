@@ -373,7 +373,7 @@ explain_rows(FunctionCallInfo fcinfo, Oid source, char **keys, int nkey)
 		sql = psprintf("SELECT " RECONCILE_FACTS_COLUMNS " FROM (%s WHERE %s) f",
 					   t[i].facts_sql, key_condition(source, source_name, &t[i], keys, argtypes, args));
 		att = mapping_get(t[i].attachment_id);
-		accounts_forget();
+		accounts_begin();
 		/* as the caller: the mapping is the attaching user's SQL */
 		loyalty_spi_check(SPI_execute_with_args(sql, nkey, argtypes, args, NULL, true, 0), SPI_OK_SELECT,
 						  "read the row to explain");

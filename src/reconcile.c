@@ -236,12 +236,16 @@ as_earning(Program *prog, AccountInfo *info, const char *key, MemoryContext cxt)
 	return a;
 }
 
+/*
+ * One account as it is now (explain_points): read afresh, not from this
+ * backend's cache, which another session's tier upgrade does not
+ * invalidate; and only this one, not every account of the program.
+ */
 AccountInfo *
 reconcile_account(Program *prog, const char *key)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	char	   *k = (char *) key;
-	AccountInfo *info = accounts_resolve(prog, &k, 1, false)[0];
+	AccountInfo *info = accounts_refresh(prog, key);
 
 	MemoryContextSwitchTo(cxt); /* SPI leaves us in its own */
 	return as_earning(prog, info, key, cxt);
