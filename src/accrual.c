@@ -344,17 +344,6 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 }
 
 /*
- * FROM clause item for an ERP table: ONLY for a plain table (inheritance is
- * refused at attach), the whole tree for a partitioned one.
- */
-static char *
-table_ref(Oid relid, const char *qualified_name)
-{
-	return psprintf("%s%s", get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
-					qualified_name);
-}
-
-/*
  * Prepared as the role running the statement, like everything that reads
  * the ERP's own tables: its privileges and row-level security apply, and
  * nothing of the key type runs with the extension owner's rights.
@@ -367,7 +356,7 @@ header_plan(Attachment *att)
 		Oid			argtype = get_array_type(att->header_key_type);
 		char	   *sql = psprintf("SELECT u.k, h FROM pg_catalog.unnest($1) AS u(k) JOIN %s h"
 								   " ON h.%s %s u.k",
-								   table_ref(att->header, att->header_name),
+								   mapping_table_ref(att->header, att->header_name),
 								   quote_identifier(att->header_match_column),
 								   keytype_equality_operator(att->header_key_type));
 		SPIPlanPtr	plan = SPI_prepare_cursor(sql, 1, &argtype, CURSOR_OPT_GENERIC_PLAN);
@@ -387,22 +376,14 @@ static void
 lookup_headers(Batch *b)
 {
 	Attachment *att = b->att;
-	long		n = hash_get_num_entries(b->headers);
-	Datum	   *keys;
 	HASH_SEQ_STATUS seq;
 	KeyMapEntry *e;
-	int			i = 0;
 	Datum		arg;
 	uint64		r;
 
-	if (n == 0)
+	if (hash_get_num_entries(b->headers) == 0)
 		return;
-	keys = palloc(sizeof(Datum) * n);
-	hash_seq_init(&seq, b->headers);
-	while ((e = hash_seq_search(&seq)) != NULL)
-		keys[i++] = e->key.value;
-	arg = PointerGetDatum(construct_array(keys, i, att->header_key_type, att->header_key->typlen,
-										  att->header_key->typbyval, att->header_key->typalign));
+	arg = keymap_key_array(b->headers, att->header_key);
 	/* a fresh snapshot, for the same reason as the account look-up */
 	loyalty_spi_check(SPI_execute_plan(header_plan(att), &arg, NULL, false, 0), SPI_OK_SELECT,
 					  "read the header rows");
@@ -1091,7 +1072,7 @@ lines_of_headers(Attachment *att, Datum *keys, int nkeys, uint64 *nlines)
 													  att->header_key->typlen, att->header_key->typbyval,
 													  att->header_key->typalign));
 	char	   *sql = psprintf("SELECT s FROM %s s WHERE s.%s %s ANY ($1)",
-							   table_ref(att->source, att->source_name),
+							   mapping_table_ref(att->source, att->source_name),
 							   quote_identifier(att->header_key_column),
 							   keytype_equality_operator(att->header_key_type));
 	HeapTuple  *tuples;

@@ -7,6 +7,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_operator.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
@@ -137,4 +138,19 @@ loyalty_equality_operator(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(keytype_equality_operator(getBaseType(PG_GETARG_OID(0)))));
+}
+
+/* Every key of a map as one SQL array of the key type: a look-up's parameter. */
+Datum
+keymap_key_array(HTAB *map, const KeyType *type)
+{
+	Datum	   *keys = palloc(sizeof(Datum) * (hash_get_num_entries(map) + 1));
+	HASH_SEQ_STATUS seq;
+	KeyMapEntry *e;
+	int			n = 0;
+
+	hash_seq_init(&seq, map);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		keys[n++] = e->key.value;
+	return PointerGetDatum(construct_array(keys, n, type->typid, type->typlen, type->typbyval, type->typalign));
 }

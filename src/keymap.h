@@ -44,6 +44,8 @@ extern KeyMapEntry *keymap_enter(HTAB *map, const KeyType *type, Datum value,
 extern KeyMapEntry *keymap_find(HTAB *map, const KeyType *type, Datum value);
 /* The type's default equality operator as SQL text: OPERATOR(schema.=). */
 extern char *keytype_equality_operator(Oid typid);
+/* Every key of a map as one SQL array of the key type. */
+extern Datum keymap_key_array(HTAB *map, const KeyType *type);
 /* The value's text form, for messages and row keys. */
 extern char *keytype_out(const KeyType *type, Datum value);
 

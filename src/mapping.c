@@ -1150,3 +1150,14 @@ mapping_apply_header(Attachment *att, const HeaderFacts *hf, RowFacts *f)
 	f->has_paid = hf->has_paid;
 	f->paid = hf->paid;
 }
+
+/*
+ * FROM clause item for an ERP table: ONLY for a plain table (inheritance is
+ * refused at attach), the whole tree for a partitioned one.
+ */
+char *
+mapping_table_ref(Oid relid, const char *qualified_name)
+{
+	return psprintf("%s%s", get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
+					qualified_name);
+}

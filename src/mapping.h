@@ -96,6 +96,8 @@ extern Datum mapping_header_key(Attachment *att, ExprContext *econtext,
 extern char *mapping_row_key(Attachment *att, ExprContext *econtext, TupleTableSlot *slot);
 extern Datum mapping_header_facts(Attachment *att, ExprContext *econtext,
 								  TupleTableSlot *slot, HeaderFacts *hf, bool *isnull);
+/* FROM clause item for an ERP table: ONLY unless partitioned. */
+extern char *mapping_table_ref(Oid relid, const char *qualified_name);
 extern void mapping_apply_header(Attachment *att, const HeaderFacts *hf, RowFacts *facts);
 
 /* One user-written expression of a relation's row, analysed as the current user. */

@@ -34,14 +34,6 @@
 #include "keymap.h"
 #include "product.h"
 
-/* FROM clause item: ONLY for a plain table, the whole tree for a partitioned one. */
-static char *
-table_ref(Oid relid, const char *qualified_name)
-{
-	return psprintf("%s%s", get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
-					qualified_name);
-}
-
 /*
  * Each key with its product's key in text form (the line's own when there
  * is no such product: the form product_history stores) and current line.
@@ -56,7 +48,7 @@ product_plan(Attachment *att)
 								   " (%s)::pg_catalog.text"
 								   " FROM pg_catalog.unnest($1) AS u(k) LEFT JOIN %s p ON p.%s %s u.k",
 								   quote_identifier(att->product_match_column), att->product_line_text,
-								   table_ref(att->product, att->product_name),
+								   mapping_table_ref(att->product, att->product_name),
 								   quote_identifier(att->product_match_column),
 								   keytype_equality_operator(att->product_key_type));
 		SPIPlanPtr	plan = SPI_prepare_cursor(sql, 1, &argtype, CURSOR_OPT_GENERIC_PLAN);
@@ -143,23 +135,15 @@ read_history(Attachment *att, Found *found, int n, MemoryContext cxt)
 void
 product_lookup(Attachment *att, HTAB *keys, MemoryContext cxt)
 {
-	long		n = hash_get_num_entries(keys);
-	Datum	   *values;
 	Found	   *found;
-	HASH_SEQ_STATUS seq;
 	KeyMapEntry *e;
 	int			i = 0;
 	Datum		arg;
 	uint64		r;
 
-	if (n == 0)
+	if (hash_get_num_entries(keys) == 0)
 		return;
-	values = palloc(sizeof(Datum) * n);
-	hash_seq_init(&seq, keys);
-	while ((e = hash_seq_search(&seq)) != NULL)
-		values[i++] = e->key.value;
-	arg = PointerGetDatum(construct_array(values, i, att->product_key_type, att->product_key->typlen,
-										  att->product_key->typbyval, att->product_key->typalign));
+	arg = keymap_key_array(keys, att->product_key);
 	/* a fresh snapshot, as the header look-up */
 	loyalty_spi_check(SPI_execute_plan(product_plan(att), &arg, NULL, false, 0), SPI_OK_SELECT,
 					  "read the product rows");
@@ -215,14 +199,14 @@ changed_products_sql(Attachment *att, TriggerData *td)
 {
 	const char *id = quote_identifier(att->product_match_column);
 	const char *eq = keytype_equality_operator(att->product_key_type);
-	char	   *empty = psprintf("%s p WHERE false", table_ref(att->product, att->product_name));
+	char	   *empty = psprintf("%s p WHERE false", mapping_table_ref(att->product, att->product_name));
 	const char *inserted_named = "true";
 
 	if (td->tg_newtable != NULL &&
 		(pg_class_aclcheck(att->source, GetUserId(), ACL_SELECT) == ACLCHECK_OK ||
 		 pg_attribute_aclcheck_all(att->source, GetUserId(), ACL_SELECT, ACLMASK_ALL) == ACLCHECK_OK))
 		inserted_named = psprintf("EXISTS (SELECT FROM %s s WHERE s.%s %s n.id)",
-								  table_ref(att->source, att->source_name),
+								  mapping_table_ref(att->source, att->source_name),
 								  quote_identifier(att->product_key_column), eq);
 	return psprintf("WITH o AS (SELECT p.%s AS id, (%s)::pg_catalog.text AS line FROM %s),"
 					" n AS (SELECT p.%s AS id, (%s)::pg_catalog.text AS line FROM %s)"
