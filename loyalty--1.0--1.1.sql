@@ -2184,3 +2184,249 @@ FROM need n,
                 AND (g.tgtype::integer OPERATOR(pg_catalog.&) n.mask) OPERATOR(pg_catalog.=) n.bits) AS t
 WHERE t.enabled OPERATOR(pg_catalog.=) 0 OR (n.once AND t.enabled OPERATOR(pg_catalog.>) 1)
 $$;
+
+-- ---- The append-only write path (issue 7): postings append balance
+-- deltas, loyalty.fold() folds them; loyalty.balance becomes a view over
+-- the folded balances and the deltas; ledger entries are numbered per
+-- transaction. ----
+DROP VIEW @extschema@.accrual_month;
+ALTER TABLE @extschema@.balance RENAME TO balance_folded;
+ALTER INDEX @extschema@.balance_pkey RENAME TO balance_folded_pkey;
+ALTER TABLE @extschema@.balance_folded RENAME CONSTRAINT balance_entry_count_check TO balance_folded_entry_count_check;
+COMMENT ON TABLE @extschema@.balance_folded IS 'Running totals per account as of the last loyalty.fold(): the ERP''s transactions never write it (they append to loyalty.balance_delta), so they never wait on each other here. Read balances through the view loyalty.balance, which adds what is not folded yet.';
+COMMENT ON COLUMN @extschema@.balance_folded.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.balance_folded.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.balance_folded.points IS 'Points available (sum of the folded ledger entries, caps included).';
+COMMENT ON COLUMN @extschema@.balance_folded.qualifying IS 'Lifetime qualifying spend.';
+COMMENT ON COLUMN @extschema@.balance_folded.rebate IS 'Rebate money.';
+COMMENT ON COLUMN @extschema@.balance_folded.mdf IS 'MDF money.';
+COMMENT ON COLUMN @extschema@.balance_folded.entry_count IS 'Number of ledger entries folded.';
+COMMENT ON COLUMN @extschema@.balance_folded.m_month IS 'Per-month sums, one element per (document month, attachment), sorted: the months. Read them through the view loyalty.accrual_month.';
+COMMENT ON COLUMN @extschema@.balance_folded.m_attachment IS 'Per-month sums: the attachment (ERP table mapping) of each element.';
+COMMENT ON COLUMN @extschema@.balance_folded.m_points IS 'Per-month sums: points earned by the documents of the month (bonus included, caps not applied).';
+COMMENT ON COLUMN @extschema@.balance_folded.m_qualifying IS 'Per-month sums: qualifying spend of the documents of the month.';
+COMMENT ON COLUMN @extschema@.balance_folded.m_source_rows IS 'Per-month sums: net number of ERP rows accrued.';
+COMMENT ON COLUMN @extschema@.balance_folded.updated_at IS 'Last fold that changed the row.';
+COMMENT ON COLUMN @extschema@.balance_folded.last_doc_date IS 'The latest document date the account ever accrued (never decreases): tier and segment changes take effect after it, so that no accrued document changes what it earned.';
+COMMENT ON TABLE @extschema@.balance_delta IS 'Balance changes not folded yet, one row per account and posting statement. Appended by the accrual triggers, backfill and restatements; loyalty.fold() (pg_cron) adds committed rows to loyalty.balance_folded and deletes them. loyalty.balance and loyalty.accrual_month add them in, so reads are exact whether or not a fold ran.';
+
+-- What one statement (or backfill, or restatement) changed for one
+-- account: appended, never updated, so that two transactions posting to the
+-- same customer never wait on each other, deadlock or fail to serialize.
+-- loyalty.fold() moves committed rows into loyalty.balance_folded.
+CREATE TABLE @extschema@.balance_delta (
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    delta_no      bigint NOT NULL,
+    points        bigint NOT NULL DEFAULT 0,
+    qualifying    numeric NOT NULL DEFAULT 0,
+    rebate        numeric NOT NULL DEFAULT 0,
+    mdf           numeric NOT NULL DEFAULT 0,
+    entry_count   bigint NOT NULL DEFAULT 0,
+    m_month       date[] NOT NULL DEFAULT '{}',
+    m_attachment  integer[] NOT NULL DEFAULT '{}',
+    m_points      bigint[] NOT NULL DEFAULT '{}',
+    m_qualifying  numeric[] NOT NULL DEFAULT '{}',
+    m_source_rows bigint[] NOT NULL DEFAULT '{}',
+    last_doc_date date,
+    posted_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key, posted_xid, delta_no)
+);
+COMMENT ON TABLE @extschema@.balance_delta IS 'Balance changes not folded yet, one row per account and posting statement. Appended by the accrual triggers, backfill and restatements; loyalty.fold() (pg_cron) adds committed rows to loyalty.balance_folded and deletes them. loyalty.balance and loyalty.accrual_month add them in, so reads are exact whether or not a fold ran.';
+COMMENT ON COLUMN @extschema@.balance_delta.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.balance_delta.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.balance_delta.posted_xid IS 'Transaction that posted the change.';
+COMMENT ON COLUMN @extschema@.balance_delta.delta_no IS 'Number within the transaction (shared with the ledger entries it posted).';
+COMMENT ON COLUMN @extschema@.balance_delta.points IS 'Points posted, before caps (loyalty.balance applies them; the fold books them as ledger entries of kind cap).';
+COMMENT ON COLUMN @extschema@.balance_delta.qualifying IS 'Qualifying spend posted.';
+COMMENT ON COLUMN @extschema@.balance_delta.rebate IS 'Rebate money posted.';
+COMMENT ON COLUMN @extschema@.balance_delta.mdf IS 'MDF money posted.';
+COMMENT ON COLUMN @extschema@.balance_delta.entry_count IS 'Ledger entries posted with it.';
+COMMENT ON COLUMN @extschema@.balance_delta.m_month IS 'Per-month sums posted: the months (sorted, with m_attachment).';
+COMMENT ON COLUMN @extschema@.balance_delta.m_attachment IS 'Per-month sums posted: the attachments.';
+COMMENT ON COLUMN @extschema@.balance_delta.m_points IS 'Per-month sums posted: points (caps not applied).';
+COMMENT ON COLUMN @extschema@.balance_delta.m_qualifying IS 'Per-month sums posted: qualifying spend.';
+COMMENT ON COLUMN @extschema@.balance_delta.m_source_rows IS 'Per-month sums posted: net ERP rows.';
+COMMENT ON COLUMN @extschema@.balance_delta.last_doc_date IS 'The latest document date the posting added.';
+COMMENT ON COLUMN @extschema@.balance_delta.posted_at IS 'When.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
+
+CREATE FUNCTION @extschema@._pending_caps(program_id integer, account_key text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'loyalty_pending_caps' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._pending_caps(integer, text) IS
+    'Internal: what the caps withhold (negative) or give back from an account''s unfolded postings, given the folded months: the cap entry the next fold will book.';
+
+CREATE VIEW @extschema@.balance AS
+SELECT s.program_id, s.account_key,
+       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@._pending_caps(s.program_id, s.account_key) ELSE 0 END)::bigint AS points,
+       s.qualifying, s.rebate, s.mdf, s.entry_count::bigint AS entry_count, s.updated_at, s.last_doc_date
+FROM (SELECT u.program_id, u.account_key, pg_catalog.sum(u.points) AS points, pg_catalog.sum(u.qualifying) AS qualifying,
+             pg_catalog.sum(u.rebate) AS rebate, pg_catalog.sum(u.mdf) AS mdf, pg_catalog.sum(u.entry_count) AS entry_count,
+             pg_catalog.max(u.updated_at) AS updated_at, pg_catalog.max(u.last_doc_date) AS last_doc_date,
+             pg_catalog.bool_or(u.pending) AS pending
+      FROM (SELECT f.program_id, f.account_key, f.points, f.qualifying, f.rebate, f.mdf, f.entry_count,
+                   f.updated_at, f.last_doc_date, false AS pending
+            FROM @extschema@.balance_folded f
+            UNION ALL
+            SELECT d.program_id, d.account_key, d.points, d.qualifying, d.rebate, d.mdf, d.entry_count,
+                   d.posted_at, d.last_doc_date, true
+            FROM @extschema@.balance_delta d) u
+      GROUP BY u.program_id, u.account_key) s;
+COMMENT ON VIEW @extschema@.balance IS 'Running totals per account: the folded balance plus every posting not folded yet that the reader can see (its own uncommitted ones included), caps applied. Equal to the sums of loyalty.ledger at all times, with the caps the next fold books.';
+COMMENT ON COLUMN @extschema@.balance.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.balance.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.balance.points IS 'Points available, caps applied.';
+COMMENT ON COLUMN @extschema@.balance.qualifying IS 'Lifetime qualifying spend; the rolling figure that decides tiers is loyalty.balance(program, account).rolling_qualifying.';
+COMMENT ON COLUMN @extschema@.balance.rebate IS 'Rebate money.';
+COMMENT ON COLUMN @extschema@.balance.mdf IS 'MDF money.';
+COMMENT ON COLUMN @extschema@.balance.entry_count IS 'Number of ledger entries of the account (cap entries the next fold books not included).';
+COMMENT ON COLUMN @extschema@.balance.updated_at IS 'Last change.';
+COMMENT ON COLUMN @extschema@.balance.last_doc_date IS 'The latest document date the account ever accrued.';
+
+CREATE VIEW @extschema@.accrual_month AS
+SELECT u.program_id, u.attachment_id, u.account_key, u.month,
+       pg_catalog.sum(u.points)::bigint AS points, pg_catalog.sum(u.qualifying) AS qualifying,
+       pg_catalog.sum(u.source_rows)::bigint AS source_rows
+FROM (SELECT b.program_id, x.attachment_id, b.account_key, x.month, x.points, x.qualifying, x.source_rows
+      FROM @extschema@.balance_folded b,
+           ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment), pg_catalog.unnest(b.m_points),
+                      pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))
+               AS x(month, attachment_id, points, qualifying, source_rows)
+      UNION ALL
+      SELECT d.program_id, x.attachment_id, d.account_key, x.month, x.points, x.qualifying, x.source_rows
+      FROM @extschema@.balance_delta d,
+           ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_attachment), pg_catalog.unnest(d.m_points),
+                      pg_catalog.unnest(d.m_qualifying), pg_catalog.unnest(d.m_source_rows))
+               AS x(month, attachment_id, points, qualifying, source_rows)) u
+GROUP BY u.program_id, u.attachment_id, u.account_key, u.month
+HAVING pg_catalog.sum(u.points) OPERATOR(pg_catalog.<>) 0 OR pg_catalog.sum(u.qualifying) OPERATOR(pg_catalog.<>) 0
+    OR pg_catalog.sum(u.source_rows) OPERATOR(pg_catalog.<>) 0;
+COMMENT ON VIEW @extschema@.accrual_month IS 'What each account''s documents earned per document month and ERP table, before caps: the rolling qualification window, caps and loyalty.verify read it.';
+COMMENT ON COLUMN @extschema@.accrual_month.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.accrual_month.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.accrual_month.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.accrual_month.month IS 'First day of the documents'' month.';
+COMMENT ON COLUMN @extschema@.accrual_month.points IS 'Points earned by the rows of that month (bonus included, cap not applied).';
+COMMENT ON COLUMN @extschema@.accrual_month.qualifying IS 'Qualifying spend of the rows of that month.';
+COMMENT ON COLUMN @extschema@.accrual_month.source_rows IS 'Net number of rows accrued (inserts minus deletes).';
+
+
+REVOKE ALL ON FUNCTION @extschema@._pending_caps(integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@._pending_caps(integer, text) TO loyalty_reader, loyalty_operator, loyalty_admin;
+GRANT SELECT ON @extschema@.balance_delta, @extschema@.balance, @extschema@.accrual_month
+    TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+ALTER TABLE @extschema@.ledger ADD COLUMN corrects_xid xid8;
+UPDATE @extschema@.ledger l SET corrects_xid = c.posted_xid
+FROM @extschema@.ledger c
+WHERE l.corrects IS NOT NULL AND c.program_id = l.program_id AND c.account_key = l.account_key AND c.entry_no = l.corrects;
+ALTER TABLE @extschema@.ledger DROP CONSTRAINT ledger_check;
+ALTER TABLE @extschema@.ledger ADD CHECK ((corrects IS NULL) = (corrects_xid IS NULL));
+ALTER TABLE @extschema@.ledger DROP CONSTRAINT ledger_pkey;
+ALTER TABLE @extschema@.ledger ADD PRIMARY KEY (program_id, account_key, posted_xid, entry_no);
+COMMENT ON COLUMN @extschema@.ledger.entry_no IS 'Entry number within the posting transaction (posted_xid), from 1; with the account and posted_xid it identifies the entry. No sequence and no per-account counter is involved, so postings never wait for each other.';
+COMMENT ON COLUMN @extschema@.ledger.corrects IS 'Entry number of the entry (same account, transaction corrects_xid) this entry corrects, if any.';
+COMMENT ON COLUMN @extschema@.ledger.corrects_xid IS 'Transaction of the entry this entry corrects, if any.';
+
+CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text,
+                                    OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+BEGIN
+    IF program IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN program IS NULL THEN 'program' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'balance takes the program''s name and the ERP''s customer key in text form.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = balance.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    -- a customer without an account (not enrolled, or not yet invoiced) has
+    -- nothing: a zero row, so that a set-based BI query does not abort
+    SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key;
+    SELECT coalesce(b.points, 0), coalesce(b.qualifying, 0) INTO points, qualifying
+    FROM (SELECT) x LEFT JOIN @extschema@.balance b ON b.program_id = pid AND b.account_key = balance.account_key;
+    SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.account_key = balance.account_key
+      AND m.month >= @extschema@._rolling_start(pid) AND m.month <= @extschema@._today(pid);
+    -- an upgrade is due as soon as the rolling spend reaches the next
+    -- threshold (the next loyalty.fold() records it); below every upgrade,
+    -- the first tier applies when its threshold is 0
+    SELECT CASE WHEN tier IS NULL
+                     OR @extschema@.tier_rank(p.ladder, rolling_qualifying)
+                        > (SELECT t.rank FROM @extschema@.tiers(p.ladder) t WHERE t.name = tier)
+                THEN coalesce(@extschema@.tier_of(p.ladder, rolling_qualifying), tier) ELSE tier END
+    INTO tier FROM @extschema@.program p WHERE p.program_id = pid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_books(program_id integer)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- the per-month sums, capped, vs the ledger's accrual entries
+WITH months AS (
+    SELECT m.account_key, m.month, pg_catalog.sum(m.points) AS points, pg_catalog.sum(m.qualifying) AS qualifying
+    FROM @extschema@.accrual_month m WHERE m.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1, 2),
+expected AS (
+    SELECT mo.account_key,
+           @extschema@._capped_points($1, pg_catalog.array_agg(mo.month), pg_catalog.array_agg(mo.points::bigint)) AS points,
+           pg_catalog.sum(mo.qualifying) AS qualifying
+    FROM months mo GROUP BY 1),
+posted AS (
+    SELECT l.account_key, pg_catalog.sum(l.points) AS points, pg_catalog.sum(l.qualifying) AS qualifying
+    FROM @extschema@.ledger l
+    WHERE l.program_id OPERATOR(pg_catalog.=) $1
+      AND l.kind OPERATOR(pg_catalog.=) ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[])
+    GROUP BY 1),
+-- the cap entries the next fold books, for the accounts with unfolded postings
+pending AS (
+    SELECT d.account_key, @extschema@._pending_caps($1, d.account_key) AS points
+    FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
+          WHERE x.program_id OPERATOR(pg_catalog.=) $1) d),
+ledger_sums AS (
+    SELECT coalesce(x.account_key, pe.account_key) AS account_key,
+           coalesce(x.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, x.qualifying, x.n
+    FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying,
+                 pg_catalog.count(*) AS n
+          FROM @extschema@.ledger x WHERE x.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1) x
+         FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) x.account_key)
+SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+FROM expected e
+     FULL JOIN (SELECT coalesce(po.account_key, pe.account_key) AS account_key,
+                       coalesce(po.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, po.qualifying
+                FROM posted po FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) po.account_key) p
+       ON p.account_key OPERATOR(pg_catalog.=) e.account_key,
+     LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
+                     ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+UNION ALL
+-- the ledger vs the balances
+SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+FROM ledger_sums l
+     FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.entry_count AS n
+                FROM @extschema@.balance x WHERE x.program_id OPERATOR(pg_catalog.=) $1) b
+       ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
+     LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
+                     ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
+                     ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+$$;
+
+
+CREATE FUNCTION @extschema@.fold(program text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'loyalty_fold' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.fold(text) IS
+    'Folds the committed balance changes of a program (NULL: of every program) into loyalty.balance_folded, books the cap entries they call for and records the tier upgrades they earn; returns how many changes it folded. Schedule it with pg_cron (e.g. every minute). Balances read the same before and after; a fold already running for a program is not waited for (that program is skipped).';
+REVOKE ALL ON FUNCTION @extschema@.fold(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.fold(text) TO loyalty_operator, loyalty_admin;
+

@@ -1,7 +1,8 @@
 /*
- * ledger.h — the write side of accrual: per-month sums, caps, ledger
- * entries, balances and tier upgrades, each as one batched statement in
- * ascending account order, as the extension owner.
+ * ledger.h — the write side of accrual: a statement's ledger entries and
+ * balance deltas, appended as the extension owner in one batched statement
+ * each; the per-month sums and the caps that loyalty.fold() and
+ * loyalty.balance share.
  */
 #ifndef LOYALTY_LEDGER_H
 #define LOYALTY_LEDGER_H
@@ -54,5 +55,29 @@ extern int	ledger_caps_for_month(const Program *prog, DateADT month, LedgerCap c
 /* A calendar year's twelve monthly point sums after its caps. */
 extern int64 ledger_capped_year(const Program *prog, DateADT year_start, const int64 month_points[12],
 								const char *account);
+
+/* Per-month sums as parallel arrays, sorted by (month, attachment). */
+typedef struct MonthArrays
+{
+	int			n;
+	DateADT    *month;
+	int32	   *attachment;
+	int64	   *points;
+	Numeric    *qualifying;
+	int64	   *rows;
+} MonthArrays;
+
+/* Reads and checks five arrays ((Datum) 0 for attachments or rows: zeros). */
+extern void ledger_arrays_read(MonthArrays *m, const char *prefix, Datum mo, Datum at, Datum pt, Datum qu, Datum ro);
+
+/* r = a + b; elements that net to nothing disappear. */
+extern void ledger_months_merge(const MonthArrays *a, const MonthArrays *b, MonthArrays *r);
+
+/* Points the caps withhold (negative) or give back when months go from before to after. */
+extern int64 ledger_cap_change(const Program *prog, const char *account, const MonthArrays *before,
+							   const MonthArrays *after);
+
+/* count consecutive numbers for ledger entries and deltas, unique within the transaction */
+extern int64 ledger_numbers(int count);
 
 #endif

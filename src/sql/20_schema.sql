@@ -267,15 +267,18 @@ CREATE TABLE @extschema@.ledger (
     reason        text,
     posted_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
-    PRIMARY KEY (program_id, account_key, entry_no),
+    corrects_xid  xid8,
+    -- numbered per transaction, not per account: two transactions posting
+    -- to one account must not wait for each other for a number
+    PRIMARY KEY (program_id, account_key, posted_xid, entry_no),
     -- no foreign key to account: its check would run a query per posting on
     -- the hot path; accounts with postings cannot be deleted (account_keep)
-    CHECK (corrects IS NULL OR corrects OPERATOR(pg_catalog.<) entry_no)
+    CHECK ((corrects IS NULL) = (corrects_xid IS NULL))
 );
 COMMENT ON TABLE @extschema@.ledger IS 'Append-only journal of every movement. Nothing is updated or deleted; corrections are new entries. Wallets are columns: points, qualifying (tier spend), rebate and mdf (money).';
 COMMENT ON COLUMN @extschema@.ledger.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.ledger.account_key IS 'The account.';
-COMMENT ON COLUMN @extschema@.ledger.entry_no IS 'Entry number within the account, gap-free from 1 (the account''s balance row hands them out, so no global sequence is involved).';
+COMMENT ON COLUMN @extschema@.ledger.entry_no IS 'Entry number within the posting transaction (posted_xid), from 1; with the account and posted_xid it identifies the entry. No sequence and no per-account counter is involved, so postings never wait for each other.';
 COMMENT ON COLUMN @extschema@.ledger.kind IS 'earn / reverse: what an ERP statement''s new / old rows earn; bonus: on-time payment bonus; cap: points withheld (or given back) by a cap; backfill: history accrued by loyalty.backfill; restate: what an account''s documents earn differently after its enrolment date changed; redeem, expire, adjust, award, rebate, mdf.';
 COMMENT ON COLUMN @extschema@.ledger.points IS 'Points moved (negative for reversals, redemptions, expiry).';
 COMMENT ON COLUMN @extschema@.ledger.qualifying IS 'Tier-qualifying spend moved, in program currency.';
@@ -284,12 +287,13 @@ COMMENT ON COLUMN @extschema@.ledger.mdf IS 'Market development funds moved.';
 COMMENT ON COLUMN @extschema@.ledger.member_id IS 'The member who earned or spent, when not the account as a whole.';
 COMMENT ON COLUMN @extschema@.ledger.attachment_id IS 'The ERP table mapping whose rows produced the entry.';
 COMMENT ON COLUMN @extschema@.ledger.source_rows IS 'How many ERP rows the entry sums.';
-COMMENT ON COLUMN @extschema@.ledger.corrects IS 'Entry number (same account) this entry corrects, if any.';
+COMMENT ON COLUMN @extschema@.ledger.corrects IS 'Entry number of the entry (same account, transaction corrects_xid) this entry corrects, if any.';
+COMMENT ON COLUMN @extschema@.ledger.corrects_xid IS 'Transaction of the entry this entry corrects, if any.';
 COMMENT ON COLUMN @extschema@.ledger.reason IS 'Free text: the statement kind for accruals, the reason for adjustments.';
 COMMENT ON COLUMN @extschema@.ledger.posted_at IS 'Transaction timestamp of the posting.';
 COMMENT ON COLUMN @extschema@.ledger.posted_xid IS 'Transaction that posted the entry.';
 
-CREATE TABLE @extschema@.balance (
+CREATE TABLE @extschema@.balance_folded (
     program_id  integer NOT NULL,
     account_key text NOT NULL,
     points      bigint NOT NULL DEFAULT 0,
@@ -307,28 +311,114 @@ CREATE TABLE @extschema@.balance (
     PRIMARY KEY (program_id, account_key)
     -- no foreign key to account, as for the ledger (account_keep)
 );
-COMMENT ON TABLE @extschema@.balance IS 'Running totals per account, kept equal to the sums of loyalty.ledger in the same transaction: the O(1) read path.';
+COMMENT ON TABLE @extschema@.balance_folded IS 'Running totals per account as of the last loyalty.fold(): the ERP''s transactions never write it (they append to loyalty.balance_delta), so they never wait on each other here. Read balances through the view loyalty.balance, which adds what is not folded yet.';
+COMMENT ON COLUMN @extschema@.balance_folded.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.balance_folded.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.balance_folded.points IS 'Points available (sum of the folded ledger entries, caps included).';
+COMMENT ON COLUMN @extschema@.balance_folded.qualifying IS 'Lifetime qualifying spend.';
+COMMENT ON COLUMN @extschema@.balance_folded.rebate IS 'Rebate money.';
+COMMENT ON COLUMN @extschema@.balance_folded.mdf IS 'MDF money.';
+COMMENT ON COLUMN @extschema@.balance_folded.entry_count IS 'Number of ledger entries folded.';
+COMMENT ON COLUMN @extschema@.balance_folded.m_month IS 'Per-month sums, one element per (document month, attachment), sorted: the months. Read them through the view loyalty.accrual_month.';
+COMMENT ON COLUMN @extschema@.balance_folded.m_attachment IS 'Per-month sums: the attachment (ERP table mapping) of each element.';
+COMMENT ON COLUMN @extschema@.balance_folded.m_points IS 'Per-month sums: points earned by the documents of the month (bonus included, caps not applied).';
+COMMENT ON COLUMN @extschema@.balance_folded.m_qualifying IS 'Per-month sums: qualifying spend of the documents of the month.';
+COMMENT ON COLUMN @extschema@.balance_folded.m_source_rows IS 'Per-month sums: net number of ERP rows accrued.';
+COMMENT ON COLUMN @extschema@.balance_folded.updated_at IS 'Last fold that changed the row.';
+COMMENT ON COLUMN @extschema@.balance_folded.last_doc_date IS 'The latest document date the account ever accrued (never decreases): tier and segment changes take effect after it, so that no accrued document changes what it earned.';
+
+-- What one statement (or backfill, or restatement) changed for one
+-- account: appended, never updated, so that two transactions posting to the
+-- same customer never wait on each other, deadlock or fail to serialize.
+-- loyalty.fold() moves committed rows into loyalty.balance_folded.
+CREATE TABLE @extschema@.balance_delta (
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    delta_no      bigint NOT NULL,
+    points        bigint NOT NULL DEFAULT 0,
+    qualifying    numeric NOT NULL DEFAULT 0,
+    rebate        numeric NOT NULL DEFAULT 0,
+    mdf           numeric NOT NULL DEFAULT 0,
+    entry_count   bigint NOT NULL DEFAULT 0,
+    m_month       date[] NOT NULL DEFAULT '{}',
+    m_attachment  integer[] NOT NULL DEFAULT '{}',
+    m_points      bigint[] NOT NULL DEFAULT '{}',
+    m_qualifying  numeric[] NOT NULL DEFAULT '{}',
+    m_source_rows bigint[] NOT NULL DEFAULT '{}',
+    last_doc_date date,
+    posted_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key, posted_xid, delta_no)
+);
+COMMENT ON TABLE @extschema@.balance_delta IS 'Balance changes not folded yet, one row per account and posting statement. Appended by the accrual triggers, backfill and restatements; loyalty.fold() (pg_cron) adds committed rows to loyalty.balance_folded and deletes them. loyalty.balance and loyalty.accrual_month add them in, so reads are exact whether or not a fold ran.';
+COMMENT ON COLUMN @extschema@.balance_delta.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.balance_delta.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.balance_delta.posted_xid IS 'Transaction that posted the change.';
+COMMENT ON COLUMN @extschema@.balance_delta.delta_no IS 'Number within the transaction (shared with the ledger entries it posted).';
+COMMENT ON COLUMN @extschema@.balance_delta.points IS 'Points posted, before caps (loyalty.balance applies them; the fold books them as ledger entries of kind cap).';
+COMMENT ON COLUMN @extschema@.balance_delta.qualifying IS 'Qualifying spend posted.';
+COMMENT ON COLUMN @extschema@.balance_delta.rebate IS 'Rebate money posted.';
+COMMENT ON COLUMN @extschema@.balance_delta.mdf IS 'MDF money posted.';
+COMMENT ON COLUMN @extschema@.balance_delta.entry_count IS 'Ledger entries posted with it.';
+COMMENT ON COLUMN @extschema@.balance_delta.m_month IS 'Per-month sums posted: the months (sorted, with m_attachment).';
+COMMENT ON COLUMN @extschema@.balance_delta.m_attachment IS 'Per-month sums posted: the attachments.';
+COMMENT ON COLUMN @extschema@.balance_delta.m_points IS 'Per-month sums posted: points (caps not applied).';
+COMMENT ON COLUMN @extschema@.balance_delta.m_qualifying IS 'Per-month sums posted: qualifying spend.';
+COMMENT ON COLUMN @extschema@.balance_delta.m_source_rows IS 'Per-month sums posted: net ERP rows.';
+COMMENT ON COLUMN @extschema@.balance_delta.last_doc_date IS 'The latest document date the posting added.';
+COMMENT ON COLUMN @extschema@.balance_delta.posted_at IS 'When.';
+
+CREATE FUNCTION @extschema@._pending_caps(program_id integer, account_key text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'loyalty_pending_caps' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._pending_caps(integer, text) IS
+    'Internal: what the caps withhold (negative) or give back from an account''s unfolded postings, given the folded months: the cap entry the next fold will book.';
+
+CREATE VIEW @extschema@.balance AS
+SELECT s.program_id, s.account_key,
+       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@._pending_caps(s.program_id, s.account_key) ELSE 0 END)::bigint AS points,
+       s.qualifying, s.rebate, s.mdf, s.entry_count::bigint AS entry_count, s.updated_at, s.last_doc_date
+FROM (SELECT u.program_id, u.account_key, pg_catalog.sum(u.points) AS points, pg_catalog.sum(u.qualifying) AS qualifying,
+             pg_catalog.sum(u.rebate) AS rebate, pg_catalog.sum(u.mdf) AS mdf, pg_catalog.sum(u.entry_count) AS entry_count,
+             pg_catalog.max(u.updated_at) AS updated_at, pg_catalog.max(u.last_doc_date) AS last_doc_date,
+             pg_catalog.bool_or(u.pending) AS pending
+      FROM (SELECT f.program_id, f.account_key, f.points, f.qualifying, f.rebate, f.mdf, f.entry_count,
+                   f.updated_at, f.last_doc_date, false AS pending
+            FROM @extschema@.balance_folded f
+            UNION ALL
+            SELECT d.program_id, d.account_key, d.points, d.qualifying, d.rebate, d.mdf, d.entry_count,
+                   d.posted_at, d.last_doc_date, true
+            FROM @extschema@.balance_delta d) u
+      GROUP BY u.program_id, u.account_key) s;
+COMMENT ON VIEW @extschema@.balance IS 'Running totals per account: the folded balance plus every posting not folded yet that the reader can see (its own uncommitted ones included), caps applied. Equal to the sums of loyalty.ledger at all times, with the caps the next fold books.';
 COMMENT ON COLUMN @extschema@.balance.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.balance.account_key IS 'The account.';
-COMMENT ON COLUMN @extschema@.balance.points IS 'Points available (sum of ledger.points).';
-COMMENT ON COLUMN @extschema@.balance.qualifying IS 'Lifetime qualifying spend (sum of ledger.qualifying); the rolling figure that decides tiers is loyalty.balance(program, account).rolling_qualifying.';
-COMMENT ON COLUMN @extschema@.balance.rebate IS 'Rebate money (sum of ledger.rebate).';
-COMMENT ON COLUMN @extschema@.balance.mdf IS 'MDF money (sum of ledger.mdf).';
-COMMENT ON COLUMN @extschema@.balance.entry_count IS 'Number of ledger entries of the account, i.e. the last entry_no.';
-COMMENT ON COLUMN @extschema@.balance.m_month IS 'Per-month sums, one element per (document month, attachment), sorted: the months. Read them through the view loyalty.accrual_month. They live on the balance row so that a statement writes one row per account, whatever the number of months its documents span.';
-COMMENT ON COLUMN @extschema@.balance.m_attachment IS 'Per-month sums: the attachment (ERP table mapping) of each element.';
-COMMENT ON COLUMN @extschema@.balance.m_points IS 'Per-month sums: points earned by the documents of the month (bonus included, caps not applied).';
-COMMENT ON COLUMN @extschema@.balance.m_qualifying IS 'Per-month sums: qualifying spend of the documents of the month.';
-COMMENT ON COLUMN @extschema@.balance.m_source_rows IS 'Per-month sums: net number of ERP rows accrued.';
+COMMENT ON COLUMN @extschema@.balance.points IS 'Points available, caps applied.';
+COMMENT ON COLUMN @extschema@.balance.qualifying IS 'Lifetime qualifying spend; the rolling figure that decides tiers is loyalty.balance(program, account).rolling_qualifying.';
+COMMENT ON COLUMN @extschema@.balance.rebate IS 'Rebate money.';
+COMMENT ON COLUMN @extschema@.balance.mdf IS 'MDF money.';
+COMMENT ON COLUMN @extschema@.balance.entry_count IS 'Number of ledger entries of the account (cap entries the next fold books not included).';
 COMMENT ON COLUMN @extschema@.balance.updated_at IS 'Last change.';
-COMMENT ON COLUMN @extschema@.balance.last_doc_date IS 'The latest document date the account ever accrued (never decreases): tier and segment changes take effect after it, so that no accrued document changes what it earned.';
+COMMENT ON COLUMN @extschema@.balance.last_doc_date IS 'The latest document date the account ever accrued.';
 
 CREATE VIEW @extschema@.accrual_month AS
-SELECT b.program_id, x.attachment_id, b.account_key, x.month, x.points, x.qualifying, x.source_rows
-FROM @extschema@.balance b,
-     ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment), pg_catalog.unnest(b.m_points),
-                pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))
-         AS x(month, attachment_id, points, qualifying, source_rows);
+SELECT u.program_id, u.attachment_id, u.account_key, u.month,
+       pg_catalog.sum(u.points)::bigint AS points, pg_catalog.sum(u.qualifying) AS qualifying,
+       pg_catalog.sum(u.source_rows)::bigint AS source_rows
+FROM (SELECT b.program_id, x.attachment_id, b.account_key, x.month, x.points, x.qualifying, x.source_rows
+      FROM @extschema@.balance_folded b,
+           ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment), pg_catalog.unnest(b.m_points),
+                      pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))
+               AS x(month, attachment_id, points, qualifying, source_rows)
+      UNION ALL
+      SELECT d.program_id, x.attachment_id, d.account_key, x.month, x.points, x.qualifying, x.source_rows
+      FROM @extschema@.balance_delta d,
+           ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_attachment), pg_catalog.unnest(d.m_points),
+                      pg_catalog.unnest(d.m_qualifying), pg_catalog.unnest(d.m_source_rows))
+               AS x(month, attachment_id, points, qualifying, source_rows)) u
+GROUP BY u.program_id, u.attachment_id, u.account_key, u.month
+HAVING pg_catalog.sum(u.points) OPERATOR(pg_catalog.<>) 0 OR pg_catalog.sum(u.qualifying) OPERATOR(pg_catalog.<>) 0
+    OR pg_catalog.sum(u.source_rows) OPERATOR(pg_catalog.<>) 0;
 COMMENT ON VIEW @extschema@.accrual_month IS 'What each account''s documents earned per document month and ERP table, before caps: the rolling qualification window, caps and loyalty.verify read it.';
 COMMENT ON COLUMN @extschema@.accrual_month.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.accrual_month.attachment_id IS 'The ERP table mapping.';
@@ -488,7 +578,8 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.member', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ledger', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_folded', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_activity', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.reward', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');

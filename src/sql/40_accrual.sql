@@ -521,10 +521,14 @@ BEGIN
     SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
     WHERE m.program_id = pid AND m.account_key = balance.account_key
       AND m.month >= @extschema@._rolling_start(pid) AND m.month <= @extschema@._today(pid);
-    -- below every upgrade, the first tier applies when its threshold is 0
-    IF tier IS NULL THEN
-        SELECT @extschema@.tier_of(p.ladder, 0) INTO tier FROM @extschema@.program p WHERE p.program_id = pid;
-    END IF;
+    -- an upgrade is due as soon as the rolling spend reaches the next
+    -- threshold (the next loyalty.fold() records it); below every upgrade,
+    -- the first tier applies when its threshold is 0
+    SELECT CASE WHEN tier IS NULL
+                     OR @extschema@.tier_rank(p.ladder, rolling_qualifying)
+                        > (SELECT t.rank FROM @extschema@.tiers(p.ladder) t WHERE t.name = tier)
+                THEN coalesce(@extschema@.tier_of(p.ladder, rolling_qualifying), tier) ELSE tier END
+    INTO tier FROM @extschema@.program p WHERE p.program_id = pid;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.balance(text, text) IS 'An account''s points, lifetime qualifying spend, rolling qualifying spend (the tier window) and tier; zeros (and the first tier when its threshold is 0) for a customer with no account yet.';
@@ -662,17 +666,32 @@ posted AS (
     FROM @extschema@.ledger l
     WHERE l.program_id OPERATOR(pg_catalog.=) $1
       AND l.kind OPERATOR(pg_catalog.=) ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[])
-    GROUP BY 1)
+    GROUP BY 1),
+-- the cap entries the next fold books, for the accounts with unfolded postings
+pending AS (
+    SELECT d.account_key, @extschema@._pending_caps($1, d.account_key) AS points
+    FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
+          WHERE x.program_id OPERATOR(pg_catalog.=) $1) d),
+ledger_sums AS (
+    SELECT coalesce(x.account_key, pe.account_key) AS account_key,
+           coalesce(x.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, x.qualifying, x.n
+    FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying,
+                 pg_catalog.count(*) AS n
+          FROM @extschema@.ledger x WHERE x.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1) x
+         FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) x.account_key)
 SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
-FROM expected e FULL JOIN posted p ON p.account_key OPERATOR(pg_catalog.=) e.account_key,
+FROM expected e
+     FULL JOIN (SELECT coalesce(po.account_key, pe.account_key) AS account_key,
+                       coalesce(po.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, po.qualifying
+                FROM posted po FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) po.account_key) p
+       ON p.account_key OPERATOR(pg_catalog.=) e.account_key,
      LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
                      ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
 WHERE v.e IS DISTINCT FROM v.a
 UNION ALL
 -- the ledger vs the balances
 SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
-FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying, pg_catalog.count(*) AS n
-      FROM @extschema@.ledger x WHERE x.program_id OPERATOR(pg_catalog.=) $1 GROUP BY 1) l
+FROM ledger_sums l
      FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.entry_count AS n
                 FROM @extschema@.balance x WHERE x.program_id OPERATOR(pg_catalog.=) $1) b
        ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
@@ -689,6 +708,14 @@ RETURNS TABLE (account_key text, month date, attachment_id integer, item text, e
 AS 'MODULE_PATHNAME', 'loyalty_verify' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.verify(text) IS
     'Recomputes every attached source row, the per-month sums, the ledger and the balances of a program, and returns each difference (expected vs actual); also attached tables dropped, and accrual triggers missing, disabled or doubled. Empty means every point reconciles with the invoices. Refused unless the caller can read every row of the attached tables.';
+
+CREATE FUNCTION @extschema@.fold(program text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'loyalty_fold' LANGUAGE C SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.fold(text) IS
+    'Folds the committed balance changes of a program (NULL: of every program) into loyalty.balance_folded, books the cap entries they call for and records the tier upgrades they earn; returns how many changes it folded. Schedule it with pg_cron (e.g. every minute). Balances read the same before and after; a fold already running for a program is not waited for (that program is skipped).';
+REVOKE ALL ON FUNCTION @extschema@.fold(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.fold(text) TO loyalty_operator, loyalty_admin;
 
 CREATE FUNCTION @extschema@.backfill(source regclass, program text, since date,
                                      OUT accounts integer, OUT months integer, OUT source_rows bigint,

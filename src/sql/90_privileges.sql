@@ -36,5 +36,7 @@ TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     @extschema@.balance(text, text), @extschema@.tier(text, text),
     @extschema@.explain_points(regclass, text[]), @extschema@.explain_points(regclass, "any"),
-    @extschema@.verify(text)
+    @extschema@.verify(text),
+    -- the caps of unfolded postings, for the view loyalty.balance (run as its reader)
+    @extschema@._pending_caps(integer, text)
 TO loyalty_reader, loyalty_operator, loyalty_admin;
