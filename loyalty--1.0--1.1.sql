@@ -2208,7 +2208,6 @@ COMMENT ON COLUMN @extschema@.balance_folded.m_qualifying IS 'Per-month sums: qu
 COMMENT ON COLUMN @extschema@.balance_folded.m_source_rows IS 'Per-month sums: net number of ERP rows accrued.';
 COMMENT ON COLUMN @extschema@.balance_folded.updated_at IS 'Last fold that changed the row.';
 COMMENT ON COLUMN @extschema@.balance_folded.last_doc_date IS 'The latest document date the account ever accrued (never decreases): tier and segment changes take effect after it, so that no accrued document changes what it earned.';
-COMMENT ON TABLE @extschema@.balance_delta IS 'Balance changes not folded yet, one row per account and posting statement. Appended by the accrual triggers, backfill and restatements; loyalty.fold() (pg_cron) adds committed rows to loyalty.balance_folded and deletes them. loyalty.balance and loyalty.accrual_month add them in, so reads are exact whether or not a fold ran.';
 
 -- What one statement (or backfill, or restatement) changed for one
 -- account: appended, never updated, so that two transactions posting to the
@@ -2253,15 +2252,15 @@ COMMENT ON COLUMN @extschema@.balance_delta.posted_at IS 'When.';
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
 
-CREATE FUNCTION @extschema@._pending_caps(program_id integer, account_key text)
+CREATE FUNCTION @extschema@.pending_caps(program_id integer, account_key text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'loyalty_pending_caps' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._pending_caps(integer, text) IS
+COMMENT ON FUNCTION @extschema@.pending_caps(integer, text) IS
     'Internal: what the caps withhold (negative) or give back from an account''s unfolded postings, given the folded months: the cap entry the next fold will book.';
 
 CREATE VIEW @extschema@.balance AS
 SELECT s.program_id, s.account_key,
-       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@._pending_caps(s.program_id, s.account_key) ELSE 0 END)::bigint AS points,
+       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@.pending_caps(s.program_id, s.account_key) ELSE 0 END)::bigint AS points,
        s.qualifying, s.rebate, s.mdf, s.entry_count::bigint AS entry_count, s.updated_at, s.last_doc_date
 FROM (SELECT u.program_id, u.account_key, pg_catalog.sum(u.points) AS points, pg_catalog.sum(u.qualifying) AS qualifying,
              pg_catalog.sum(u.rebate) AS rebate, pg_catalog.sum(u.mdf) AS mdf, pg_catalog.sum(u.entry_count) AS entry_count,
@@ -2314,8 +2313,8 @@ COMMENT ON COLUMN @extschema@.accrual_month.qualifying IS 'Qualifying spend of t
 COMMENT ON COLUMN @extschema@.accrual_month.source_rows IS 'Net number of rows accrued (inserts minus deletes).';
 
 
-REVOKE ALL ON FUNCTION @extschema@._pending_caps(integer, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@._pending_caps(integer, text) TO loyalty_reader, loyalty_operator, loyalty_admin;
+REVOKE ALL ON FUNCTION @extschema@.pending_caps(integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.pending_caps(integer, text) TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT SELECT ON @extschema@.balance_delta, @extschema@.balance, @extschema@.accrual_month
     TO loyalty_reader, loyalty_operator, loyalty_admin;
 
@@ -2389,7 +2388,7 @@ posted AS (
     GROUP BY 1),
 -- the cap entries the next fold books, for the accounts with unfolded postings
 pending AS (
-    SELECT d.account_key, @extschema@._pending_caps($1, d.account_key) AS points
+    SELECT d.account_key, @extschema@.pending_caps($1, d.account_key) AS points
     FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
           WHERE x.program_id OPERATOR(pg_catalog.=) $1) d),
 ledger_sums AS (

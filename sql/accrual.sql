@@ -16,7 +16,11 @@ SET intervalstyle = 'postgres';
 CREATE SCHEMA acc;
 -- The ledger of a program, without ids and timestamps.
 CREATE VIEW acc.ledger AS
-SELECT p.name AS program, l.account_key, l.entry_no, l.kind, l.points, l.qualifying, l.source_rows, l.reason
+-- entry_no: the account's entries in posting order (the ledger numbers
+-- them within each transaction)
+SELECT p.name AS program, l.account_key,
+       pg_catalog.row_number() OVER (PARTITION BY l.program_id, l.account_key ORDER BY l.posted_xid, l.entry_no) AS entry_no,
+       l.kind, l.points, l.qualifying, l.source_rows, l.reason
   FROM loyalty.ledger l JOIN loyalty.program p USING (program_id);
 
 --
@@ -355,6 +359,9 @@ SELECT count(*) AS drift FROM loyalty.verify('accrual_m3_volume');
 -- Anti-abuse: at most 1000 points per account per calendar quarter from
 -- 2024 on.  Points above the cap are withheld by a 'cap' entry; when the
 -- period's points fall back under the cap, the withheld points come back.
+-- Balances apply the caps as soon as they are read; loyalty.fold() (run by
+-- pg_cron) books them as 'cap' entries, so that postings never wait for
+-- each other.
 CREATE TABLE acc.capped (id int PRIMARY KEY, customer_id text NOT NULL, amount numeric(12,2) NOT NULL,
                          doc_date date NOT NULL);
 SELECT loyalty.create_program('accrual_cap') > 0 AS created;
@@ -370,10 +377,15 @@ INSERT INTO acc.capped VALUES (4, 'H', 200, '2024-04-10');
 -- 1000 (Q1, capped) + 200 (Q2) = 1200 points; qualifying spend is never
 -- capped: 600 + 300 + 400 + 200 = 1500.00.
 SELECT points, qualifying FROM loyalty.balance('accrual_cap', 'H');
+SELECT count(*) AS drift FROM loyalty.verify('accrual_cap');
+-- The fold books the 300 withheld; the balance stays what it was.
+SELECT loyalty.fold('accrual_cap') AS folded;
+SELECT points, qualifying FROM loyalty.balance('accrual_cap', 'H');
 -- Deleting the 400 of March: Q1 falls to 900, under the cap again.  The
 -- reversal takes back 400 and the cap gives back the 300 it withheld, so
 -- Q1 nets 900: 1000 -> 900.
 DELETE FROM acc.capped WHERE id = 3;
+SELECT loyalty.fold('accrual_cap') AS folded;
 SELECT account_key, entry_no, kind, points, qualifying, source_rows, reason FROM acc.ledger
  WHERE program = 'accrual_cap' ORDER BY entry_no;
 -- 900 (Q1) + 200 (Q2) = 1100 points; 1500.00 - 400.00 = 1100.00 qualifying.
@@ -429,10 +441,13 @@ SELECT loyalty.attach('acc.tiered', 'accrual_tiers', account_column => 'customer
 -- 1500 today: rolling spend 1500 reaches Silver.
 INSERT INTO acc.tiered VALUES (1, 'T', 1500, current_date);
 SELECT loyalty.tier('accrual_tiers', 'T');
+-- The fold (pg_cron, every minute) records the upgrade in the history.
+SELECT loyalty.fold('accrual_tiers') AS folded;
 -- 4000 more today: 5500 reaches Gold.  Still no multiplier for today's
 -- documents: 1500 + 4000 = 5500 points.
 INSERT INTO acc.tiered VALUES (2, 'T', 4000, current_date);
 SELECT * FROM loyalty.balance('accrual_tiers', 'T');
+SELECT loyalty.fold('accrual_tiers') AS folded;
 -- Every change is in the history, effective tomorrow.
 SELECT h.old_tier, h.new_tier, h.reason, h.rolling_qualifying,
        h.effective_from = current_date + 1 AS from_tomorrow
@@ -466,6 +481,7 @@ INSERT INTO acc.tiered VALUES (7, 'T3', 6000, '2020-01-15');
 SELECT tier, rolling_qualifying FROM loyalty.balance('accrual_tiers', 'T3');
 UPDATE acc.tiered SET doc_date = current_date WHERE id = 7;
 SELECT tier, rolling_qualifying FROM loyalty.balance('accrual_tiers', 'T3');
+SELECT loyalty.fold('accrual_tiers') AS folded;
 SELECT h.old_tier, h.new_tier, h.reason, h.rolling_qualifying,
        h.effective_from = current_date + 1 AS from_tomorrow
   FROM loyalty.tier_history h JOIN loyalty.program p USING (program_id)

@@ -17,7 +17,11 @@ SET intervalstyle = 'postgres';
 CREATE SCHEMA bf;
 -- The ledger of a program, without ids and timestamps.
 CREATE VIEW bf.ledger AS
-SELECT p.name AS program, l.account_key, l.entry_no, l.kind, l.points, l.qualifying, l.source_rows, l.reason
+-- entry_no: the account's entries in posting order (the ledger numbers
+-- them within each transaction)
+SELECT p.name AS program, l.account_key,
+       pg_catalog.row_number() OVER (PARTITION BY l.program_id, l.account_key ORDER BY l.posted_xid, l.entry_no) AS entry_no,
+       l.kind, l.points, l.qualifying, l.source_rows, l.reason
   FROM loyalty.ledger l JOIN loyalty.program p USING (program_id);
 
 -- Two years of invoices, before any program existed.
@@ -126,7 +130,8 @@ SELECT loyalty.attach('bf.sale', 'backfill_rules', account_column => 'customer_i
                       product_line_column => 'product_line') > 0 AS attached;
 -- 2 accounts, 3 account-months, 4 rows, 820 points before the cap, 769.00.
 SELECT * FROM loyalty.backfill('bf.sale', 'backfill_rules', '-infinity');
--- Customer 1: 700 backfilled, 200 withheld by the cap.
+-- Customer 1: 700 backfilled, 200 withheld by the cap (booked by the fold).
+SELECT loyalty.fold('backfill_rules') AS folded;
 SELECT account_key, entry_no, kind, points, qualifying, source_rows, reason FROM bf.ledger
  WHERE program = 'backfill_rules' ORDER BY account_key, entry_no;
 SELECT k, b.points, b.qualifying FROM unnest(ARRAY['1', '2']) k, loyalty.balance('backfill_rules', k) b;

@@ -27,6 +27,11 @@ INSERT INTO cal.inv VALUES (1, 'EAST', now()::date, 1500);
 SET LOCAL TimeZone = 'Etc/GMT+12';
 INSERT INTO cal.inv VALUES (2, 'WEST', now()::date, 1500);
 COMMIT;
+-- The fold that records the upgrades runs in a third time zone: the
+-- program's own calendar decides, not the session's.
+SET TimeZone = 'Pacific/Kiritimati';
+SELECT loyalty.fold('cal_club') AS folded;
+RESET TimeZone;
 SELECT account_key, new_tier,
        effective_from = (now() AT TIME ZONE 'UTC')::date + 1 AS from_tomorrow_in_utc
   FROM loyalty.tier_history h JOIN loyalty.program p USING (program_id)
@@ -47,6 +52,7 @@ SELECT loyalty.attach('cal.inv90', 'cal_days', account_column => 'customer', amo
 -- 600 two months ago, 600 now: 1200 within 3 calendar months -> Silver
 INSERT INTO cal.inv90 VALUES (1, 'D', (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '2 months')::date, 600);
 INSERT INTO cal.inv90 VALUES (2, 'D', (now() AT TIME ZONE 'UTC')::date, 600);
+SELECT loyalty.fold('cal_days') AS folded;
 SELECT b.rolling_qualifying, b.tier,
        b.rolling_qualifying = h.rolling_qualifying AS same_window_as_the_upgrade
   FROM loyalty.balance('cal_days', 'D') b,

@@ -23,6 +23,7 @@ SELECT loyalty.attach('dd.inv', 'dd_club', account_column => 'customer', amount_
 --
 INSERT INTO dd.inv VALUES (1, 'X', :today + 40, 100);
 INSERT INTO dd.inv VALUES (2, 'X', :today, 1500);
+SELECT loyalty.fold('dd_club') AS folded;  -- records the upgrade (pg_cron does, every minute)
 SELECT new_tier, effective_from = :today + 41 AS after_the_future_document
   FROM loyalty.tier_history h JOIN loyalty.program p USING (program_id)
  WHERE p.name = 'dd_club' AND h.account_key = 'X' AND new_tier = 'Silver';

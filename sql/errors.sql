@@ -63,7 +63,9 @@ INSERT INTO base VALUES
 ('balance', 'program', $$'err_club'$$), ('balance', 'account_key', $$'42'$$),
 ('tier', 'program', $$'err_club'$$), ('tier', 'account_key', $$'42'$$),
 ('explain_points', 'source', $$'err.invoice'$$), ('explain_points', 'key', $$VARIADIC ARRAY['1']$$),
-('verify', 'program', $$'err_club'$$);
+('verify', 'program', $$'err_club'$$),
+('fold', 'program', $$'err_club'$$),
+('pending_caps', 'program_id', '1'), ('pending_caps', 'account_key', $$'42'$$);
 
 -- The cases.  kind says what is tried; call, when given, replaces the
 -- generated call (positional arguments, or several changed at once).
@@ -281,6 +283,13 @@ INSERT INTO cases (fn, param, kind, value, call) VALUES
 ('backfill', 'since', 'null', 'NULL', NULL),
 ('backfill', 'since', 'infinity', $$'infinity'$$, NULL),
 ('backfill', 'since', '-infinity', $$'-infinity'$$, NULL),
+-- fold: NULL folds every program
+('fold', 'program', 'valid', $$'err_club'$$, NULL),
+('fold', 'program', 'null', 'NULL', NULL),
+('fold', 'program', 'unknown', $$'err_nope'$$, NULL),
+-- the caps of unfolded postings (the view loyalty.balance calls it): STRICT
+('pending_caps', 'account_key', 'null', 'NULL', NULL),
+('pending_caps', 'account_key', 'unknown', $$'no such customer'$$, NULL),
 -- balance and tier
 ('balance', 'program', 'valid', $$'err_club'$$, NULL),
 ('balance', 'program', 'null', 'NULL', NULL),

@@ -52,6 +52,8 @@ INSERT INTO decision VALUES
  'loyalty_admin', false, true, 'validates the mapping as the caller'),
 ('loyalty.backfill(regclass,text,date)', 'loyalty_admin', false, true, 'recomputes as the caller, posts as the owner'),
 ('loyalty.verify(text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'recomputes as the caller'),
+('loyalty.pending_caps(integer,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'reads loyalty tables as the caller (the view loyalty.balance calls it)'),
+('loyalty.fold(text)', 'loyalty_admin,loyalty_operator', false, true, 'C; writes loyalty tables only, as the owner; no user code'),
 ('loyalty.explain_points(regclass,text[])', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true,
  'reads the row as the caller'),
 ('loyalty.explain_points(regclass,"any")', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true,

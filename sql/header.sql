@@ -16,7 +16,11 @@ SET intervalstyle = 'postgres';
 CREATE SCHEMA hdr;
 -- The ledger of a program, without ids and timestamps.
 CREATE VIEW hdr.ledger AS
-SELECT p.name AS program, l.account_key, l.entry_no, l.kind, l.points, l.qualifying, l.source_rows, l.reason
+-- entry_no: the account's entries in posting order (the ledger numbers
+-- them within each transaction)
+SELECT p.name AS program, l.account_key,
+       pg_catalog.row_number() OVER (PARTITION BY l.program_id, l.account_key ORDER BY l.posted_xid, l.entry_no) AS entry_no,
+       l.kind, l.points, l.qualifying, l.source_rows, l.reason
   FROM loyalty.ledger l JOIN loyalty.program p USING (program_id);
 
 -- The ERP's invoice header and its lines; the lines follow their header

@@ -163,7 +163,7 @@ SELECT count(*) AS versions FROM loyalty.rule WHERE program_id = :pid;
 -- verify stays empty.
 SELECT loyalty.add_rule('schema_points', current_date + 10, 2);
 INSERT INTO sch.invoice VALUES (2, 42, 100.00, current_date + 40);
-SELECT points FROM loyalty.ledger WHERE program_id = :pid AND entry_no = 2;
+SELECT points FROM loyalty.ledger WHERE program_id = :pid ORDER BY posted_xid DESC, entry_no DESC LIMIT 1;
 DO $$
 BEGIN
     UPDATE loyalty.rule SET points_per_unit = 5

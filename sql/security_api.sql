@@ -111,7 +111,8 @@ UPDATE loyalty.account SET enrolled_from = '2025-01-01' WHERE program_id = :pid 
 UPDATE loyalty.account SET cohort = 'control' WHERE program_id = :pid AND account_key = '7';
 INSERT INTO loyalty.account (program_id, account_key, tier, tier_since) VALUES (:pid, '99', 'Gold', now());
 INSERT INTO loyalty.account_history (program_id, account_key, valid_until) VALUES (:pid, '7', '2030-01-01');
-UPDATE loyalty.balance SET points = 1000000 WHERE program_id = :pid;
+UPDATE loyalty.balance_folded SET points = 1000000 WHERE program_id = :pid;
+INSERT INTO loyalty.balance_delta (program_id, account_key, delta_no, points) VALUES (:pid, '7', 1, 1000000);
 RESET ROLE;
 
 SET ROLE loyalty_test_admin;
@@ -167,7 +168,7 @@ SET ROLE loyalty_test_admin;
 SELECT loyalty.enroll('sapi_club', '8', enrolled_from => '2024-04-01');
 RESET ROLE;
 SELECT account_key, kind, points, qualifying, source_rows FROM loyalty.ledger
- WHERE program_id = :pid AND account_key = '8' ORDER BY entry_no;
+ WHERE program_id = :pid AND account_key = '8' ORDER BY posted_xid, entry_no;
 -- 8 earns what its invoices dated from 1 April earn, one point a euro.
 SELECT (SELECT points FROM loyalty.balance('sapi_club', '8'))
      = (SELECT coalesce(sum(floor(amount)), 0) FROM sapi.invoice WHERE customer_id = 8 AND invoice_date >= '2024-04-01')

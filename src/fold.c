@@ -6,7 +6,7 @@
  * kind cap, records tier upgrades, and deletes the deltas it folded, all in
  * one transaction.  Readers see the same totals before and after: the view
  * loyalty.balance adds the deltas not folded yet and, through
- * _pending_caps(), the caps their fold will book.
+ * pending_caps(), the caps their fold will book.
  *
  * Only a fold writes balance_folded, and one fold per program runs at a
  * time (a transaction-scoped advisory lock, tried, never waited for), so
@@ -566,7 +566,7 @@ loyalty_fold(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(loyalty_pending_caps);
 /*
- * loyalty._pending_caps(program_id, account_key): the cap entry the next
+ * loyalty.pending_caps(program_id, account_key): the cap entry the next
  * fold of the account will book, for loyalty.balance.  Reads with the
  * caller's snapshot and rights, so that a transaction sees its own
  * uncommitted postings capped exactly as they will be.

@@ -803,6 +803,46 @@ sum_accounts(const Program *prog, MonthDelta *d, int n, AccountSums *sums)
 }
 
 /*
+ * Postings this large (about 4.5e15 points) are checked against the
+ * account's balance before they are appended: no realistic program comes
+ * near, but a statement that would carry a balance beyond bigint must fail
+ * cleanly rather than leave a balance nobody can read or fold.  Smaller
+ * postings cannot get a balance there without millions of them.
+ */
+#define LARGE_POSTING (INT64CONST(1) << 52)
+
+static void
+check_balance_fits(const Program *prog, AccountSums *s)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[2];
+	bool		isnull;
+	Datum		points;
+
+	if (plan == NULL)
+	{
+		Oid			t[2] = {INT4OID, TEXTOID};
+
+		plan = loyalty_prepare(
+			"SELECT b.points FROM loyalty.balance b"
+			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $2", 2, t);
+	}
+	args[0] = Int32GetDatum(prog->id);
+	args[1] = CStringGetTextDatum(s->account);
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 1), SPI_OK_SELECT, "read loyalty.balance");
+	if (SPI_processed == 0)
+		return;
+	points = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+	{
+		int64		sum;
+
+		if (pg_add_s64_overflow(DatumGetInt64(points), s->points, &sum))
+			points_overflow(prog, s->account, "points balance");
+	}
+}
+
+/*
  * Posting appends: one balance_delta row and its ledger entries per
  * account, nothing updated, nothing read.  Two transactions posting to the
  * same customer therefore never wait for each other, never deadlock, and
@@ -849,7 +889,11 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 	loyalty_enter_owner(&scope);
 	prepare_plans();
 	for (i = 0; i < nb; i++)
+	{
 		rows[i]->first_no = ledger_numbers(Max(rows[i]->nentries, 1));
+		if (rows[i]->points >= LARGE_POSTING || rows[i]->points <= -LARGE_POSTING)
+			check_balance_fits(prog, rows[i]);
+	}
 	if (nb == 1)
 		write_one_delta(prog, attachment_id, d, rows[0]);
 	else

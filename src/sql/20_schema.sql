@@ -368,15 +368,15 @@ COMMENT ON COLUMN @extschema@.balance_delta.m_source_rows IS 'Per-month sums pos
 COMMENT ON COLUMN @extschema@.balance_delta.last_doc_date IS 'The latest document date the posting added.';
 COMMENT ON COLUMN @extschema@.balance_delta.posted_at IS 'When.';
 
-CREATE FUNCTION @extschema@._pending_caps(program_id integer, account_key text)
+CREATE FUNCTION @extschema@.pending_caps(program_id integer, account_key text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'loyalty_pending_caps' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._pending_caps(integer, text) IS
-    'Internal: what the caps withhold (negative) or give back from an account''s unfolded postings, given the folded months: the cap entry the next fold will book.';
+COMMENT ON FUNCTION @extschema@.pending_caps(integer, text) IS
+    'What the caps withhold (negative) or give back from an account''s postings not folded yet: the cap entry the next loyalty.fold() books. loyalty.balance adds it, so that balances are capped before the fold. Reads with the caller''s rights and snapshot.';
 
 CREATE VIEW @extschema@.balance AS
 SELECT s.program_id, s.account_key,
-       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@._pending_caps(s.program_id, s.account_key) ELSE 0 END)::bigint AS points,
+       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@.pending_caps(s.program_id, s.account_key) ELSE 0 END)::bigint AS points,
        s.qualifying, s.rebate, s.mdf, s.entry_count::bigint AS entry_count, s.updated_at, s.last_doc_date
 FROM (SELECT u.program_id, u.account_key, pg_catalog.sum(u.points) AS points, pg_catalog.sum(u.qualifying) AS qualifying,
              pg_catalog.sum(u.rebate) AS rebate, pg_catalog.sum(u.mdf) AS mdf, pg_catalog.sum(u.entry_count) AS entry_count,

@@ -669,7 +669,7 @@ posted AS (
     GROUP BY 1),
 -- the cap entries the next fold books, for the accounts with unfolded postings
 pending AS (
-    SELECT d.account_key, @extschema@._pending_caps($1, d.account_key) AS points
+    SELECT d.account_key, @extschema@.pending_caps($1, d.account_key) AS points
     FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
           WHERE x.program_id OPERATOR(pg_catalog.=) $1) d),
 ledger_sums AS (

@@ -38,5 +38,5 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.explain_points(regclass, text[]), @extschema@.explain_points(regclass, "any"),
     @extschema@.verify(text),
     -- the caps of unfolded postings, for the view loyalty.balance (run as its reader)
-    @extschema@._pending_caps(integer, text)
+    @extschema@.pending_caps(integer, text)
 TO loyalty_reader, loyalty_operator, loyalty_admin;

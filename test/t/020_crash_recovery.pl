@@ -23,8 +23,8 @@
 #
 # After each recovery: every loyalty table and the ERP table hold exactly
 # what they held before the doomed work started (row by row), no invoice or
-# account of the interrupted work exists, verify() is empty, ledger entry
-# numbers are still gap-free, and a new insert accrues its points.
+# account of the interrupted work exists, verify() is empty, every ledger
+# entry is counted once in the balance, and a new insert accrues its points.
 use strict;
 use warnings FATAL => 'all';
 use PostgreSQL::Test::Cluster;
@@ -49,6 +49,7 @@ SELECT loyalty.attach('erp_inv', 'Club', account_column => 'customer_id',
 $node->safe_psql('postgres', q{
 INSERT INTO erp_inv
 SELECT g, g % 500, current_date - g % 300, (g % 1000) + 0.25 FROM generate_series(1, 5000) g;
+SELECT loyalty.fold();  -- books the upgrades; what follows stays unfolded
 UPDATE erp_inv SET amount = amount + 10 WHERE id % 7 = 0;
 DELETE FROM erp_inv WHERE id % 11 = 0;
 INSERT INTO erp_inv VALUES (5001, NULL, current_date, 99.00);
@@ -139,11 +140,11 @@ sub check_after_crash
 	is(verify_count(), '0', "$what: verify() is empty");
 	is($node->safe_psql('postgres', q{
 SELECT count(*) FROM (
-  SELECT l.account_key, count(*) AS n, min(l.entry_no) AS lo, max(l.entry_no) AS hi, b.entry_count
+  SELECT l.account_key, count(*) AS n, count(DISTINCT (l.posted_xid, l.entry_no)) AS distinct_numbers, b.entry_count
   FROM loyalty.ledger l JOIN loyalty.balance b USING (program_id, account_key)
   GROUP BY l.account_key, b.entry_count) x
-WHERE n <> hi OR lo <> 1 OR hi <> entry_count}),
-		'0', "$what: ledger entry numbers are gap-free and match balance.entry_count");
+WHERE n <> distinct_numbers OR n <> entry_count}),
+		'0', "$what: every ledger entry is counted once in balance.entry_count");
 
 	# A new insert still accrues, for a known and for a brand-new account.
 	my $old = $node->safe_psql('postgres', q{SELECT points FROM loyalty.balance('Club', '7')});

@@ -64,6 +64,8 @@ INSERT INTO erp_inv VALUES (601, 3, '2019-06-30', 250.00, 'SOLAR');
 UPDATE erp_inv SET amount = amount + 100 WHERE id % 10 = 0;
 UPDATE erp_inv SET product_line = 'SOLAR' WHERE id % 13 = 0;
 DELETE FROM erp_inv WHERE id % 17 = 0;
+SELECT loyalty.fold();  -- folded balances and tier upgrades; the rest stays unfolded
+INSERT INTO erp_inv VALUES (603, 3, current_date, 75.00, 'WIND');
 INSERT INTO erp_inv VALUES (602, NULL, current_date, 50.00, 'SOLAR');
 INSERT INTO loyalty.member (program_id, account_key, member_id, name, email, role)
 SELECT program_id, '3', 'c-17', 'Ana Silva', 'ana@example.com', 'economic_buyer'
@@ -77,7 +79,7 @@ FROM loyalty.program WHERE name = 'Club';
 my @tables = qw(
   public.erp_inv
   loyalty.program loyalty.rule loyalty.attachment loyalty.account loyalty.member
-  loyalty.ledger loyalty.balance loyalty.accrual_month loyalty.unenrolled_activity
+  loyalty.ledger loyalty.balance loyalty.balance_delta loyalty.balance_folded loyalty.accrual_month loyalty.unenrolled_activity
   loyalty.tier_history loyalty.rejected_event loyalty.reward loyalty.redemption
   loyalty.settlement_run);
 
@@ -201,6 +203,7 @@ SELECT loyalty.attach('erp_inv2', 'After restore', account_column => 'customer_i
 	$n->safe_psql($db, q{
 INSERT INTO erp_inv VALUES (1002, NULL, current_date, 10.00, 'WIND');
 INSERT INTO erp_inv VALUES (1003, 77, current_date, 2000.00, 'WIND');
+SELECT loyalty.fold();
 });
 	is(one_row($n, $db, q{SELECT min(event_id) FROM loyalty.rejected_event WHERE row_key = '1002'}),
 		$src_max{event_id} + 1, "$where: a new rejected row gets the next event id");
