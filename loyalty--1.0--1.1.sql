@@ -2256,7 +2256,7 @@ CREATE FUNCTION @extschema@.pending_caps(program_id integer, account_key text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'loyalty_pending_caps' LANGUAGE C STABLE STRICT SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.pending_caps(integer, text) IS
-    'Internal: what the caps withhold (negative) or give back from an account''s unfolded postings, given the folded months: the cap entry the next fold will book.';
+    'What the caps withhold (negative) or give back from an account''s postings not folded yet: the cap entry the next loyalty.fold() books. loyalty.balance adds it, so that balances are capped before the fold. Reads with the caller''s rights and snapshot.';
 
 CREATE VIEW @extschema@.balance AS
 SELECT s.program_id, s.account_key,

@@ -579,7 +579,6 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.rule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_folded', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_activity', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.reward', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');
@@ -592,6 +591,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption_redemption_id
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_history_change_no_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event_event_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.product_history', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
 
 -- The ledger is append-only.
 CREATE FUNCTION @extschema@._ledger_append_only() RETURNS trigger

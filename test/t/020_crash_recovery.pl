@@ -200,7 +200,8 @@ SELECT g, g % 700, date '2026-01-01' + g % 300, (g % 1000) + 0.5 FROM generate_s
 
 # ---------------------------------------------------------------------
 # 2. A bulk COPY killed inside the accrual trigger, half-way through its
-#    writes: a row lock on account 250's balance stops it there.
+#    writes: a lock on loyalty.balance_delta (taken by hand; nothing of
+#    loyalty's takes one) stops it there.
 # ---------------------------------------------------------------------
 {
 	my $what = 'bulk COPY killed inside the accrual trigger';
@@ -219,7 +220,7 @@ SELECT g, g % 700, date '2026-01-01' + g % 300, (g % 1000) + 0.5 FROM generate_s
 	my $before = snapshot();
 
 	my $blocker = $node->background_psql('postgres', on_error_stop => 1);
-	$blocker->query_safe(q{BEGIN; SELECT 1 FROM loyalty.balance WHERE account_key = '250' FOR UPDATE});
+	$blocker->query_safe(q{BEGIN; LOCK TABLE loyalty.balance_delta IN SHARE MODE});
 
 	my $load = $node->background_psql('postgres', on_error_stop => 1);
 	my $pid = $load->query_safe('SELECT pg_backend_pid()');
@@ -234,15 +235,12 @@ SELECT query LIKE 'COPY erp_inv%' AND (wait_event_type = 'Lock' OR state <> 'act
 FROM pg_stat_activity WHERE pid = $pid})
 	  or die "the COPY never started";
 	like(backend_state($pid), qr/^active:Lock:COPY erp_inv/,
-		"$what: the COPY is waiting for the locked balance row");
+		"$what: the COPY is waiting for the locked table");
 	is($node->safe_psql('postgres', qq{
 SELECT count(*) FROM pg_locks l
-WHERE l.pid = $pid AND l.relation = 'loyalty.balance'::regclass
-  AND l.mode = 'RowExclusiveLock' AND l.granted}),
-		'1', "$what: the COPY is inside the accrual trigger, writing balances");
-	cmp_ok($node->safe_psql('postgres',
-		"SELECT count(*) FROM pg_locks WHERE pid = $pid AND locktype = 'transactionid' AND NOT granted"),
-		'==', 1, "$what: it waits for the lock holder's transaction");
+WHERE l.pid = $pid AND l.relation = 'loyalty.balance_delta'::regclass
+  AND l.mode = 'RowExclusiveLock' AND NOT l.granted}),
+		'1', "$what: the COPY is inside the accrual trigger, about to write its balance deltas");
 
 	crash_backend($pid, $what);
 	collect_session($load, $what, 'load finished');
@@ -297,6 +295,51 @@ INSERT INTO erp_inv VALUES (2500000, 300, current_date, 500.00), (2500001, 301, 
 	is($node->safe_psql('postgres',
 		'SELECT count(*) FROM erp_inv WHERE id IN (2500000, 2500001)'),
 		'2', "$what: the invoices committed by the other session survived");
+}
+
+# ---------------------------------------------------------------------
+# 4. A fold killed half-way: its deltas read, the folded balances about to
+#    be written (a lock on loyalty.balance_folded stops it there).  Nothing
+#    of it may remain, and the next fold folds everything exactly once.
+# ---------------------------------------------------------------------
+{
+	my $what = 'fold killed half-way';
+	$node->safe_psql('postgres', q{
+INSERT INTO erp_inv
+SELECT g, g % 600, current_date - g % 100, (g % 300) + 0.5 FROM generate_series(4000000, 4030000) g;
+});
+	my $before = snapshot();
+	cmp_ok($node->safe_psql('postgres', 'SELECT count(*) FROM loyalty.balance_delta'), '>', 0,
+		"$what: there are deltas to fold");
+
+	my $blocker = $node->background_psql('postgres', on_error_stop => 1);
+	$blocker->query_safe(q{BEGIN; LOCK TABLE loyalty.balance_folded IN SHARE MODE});
+	my $fold = $node->background_psql('postgres', on_error_stop => 1);
+	my $pid = $fold->query_safe('SELECT pg_backend_pid()');
+	$fold->query_until(qr/folding/, q{
+\echo folding
+SELECT loyalty.fold();
+\echo fold finished
+});
+	$node->poll_query_until('postgres', qq{
+SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $pid})
+	  or die "the fold never waited";
+	crash_backend($pid, $what);
+	collect_session($fold, $what, 'fold finished');
+	collect_session($blocker, "$what (lock holder)");
+	my $after = snapshot();
+	for my $t (@tables)
+	{
+		is($after->{$t}, $before->{$t}, "$what: $t is exactly as before the fold");
+	}
+	is(verify_count(), '0', "$what: verify() is empty");
+	my $points = $node->safe_psql('postgres', 'SELECT sum(points) FROM loyalty.balance');
+	cmp_ok($node->safe_psql('postgres', 'SELECT loyalty.fold()'), '>', 0, "$what: the next fold folds");
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM loyalty.balance_delta'), '0',
+		"$what: no delta is left");
+	is($node->safe_psql('postgres', 'SELECT sum(points) FROM loyalty.balance'), $points,
+		"$what: the balances read the same folded");
+	is(verify_count(), '0', "$what: verify() is empty after the fold");
 }
 
 $node->stop;
