@@ -2429,3 +2429,62 @@ COMMENT ON FUNCTION @extschema@.fold(text) IS
 REVOKE ALL ON FUNCTION @extschema@.fold(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.fold(text) TO loyalty_operator, loyalty_admin;
 
+
+-- ---- Unenrolled activity appended, folded by loyalty.fold() ----
+ALTER TABLE @extschema@.unenrolled_activity RENAME TO unenrolled_folded;
+ALTER INDEX @extschema@.unenrolled_activity_pkey RENAME TO unenrolled_folded_pkey;
+ALTER TABLE @extschema@.unenrolled_folded RENAME CONSTRAINT unenrolled_activity_program_id_fkey TO unenrolled_folded_program_id_fkey;
+ALTER TABLE @extschema@.unenrolled_folded RENAME CONSTRAINT unenrolled_activity_attachment_id_fkey TO unenrolled_folded_attachment_id_fkey;
+COMMENT ON TABLE @extschema@.unenrolled_folded IS 'Activity of customers not enrolled in an explicit-enrolment program, as of the last loyalty.fold(). Read it through the view loyalty.unenrolled_activity.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.account_key IS 'The ERP customer key.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.source_rows IS 'Net rows seen (inserts minus deletes).';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.amount IS 'Net basis amount seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.first_seen IS 'First time seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.last_seen IS 'Last time seen.';
+
+-- Appended by the accrual triggers, one row per customer and statement, so
+-- that two transactions invoicing the same unenrolled customer never wait
+-- for each other; loyalty.fold() sums committed rows into unenrolled_folded.
+CREATE TABLE @extschema@.unenrolled_delta (
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    delta_no      bigint NOT NULL,
+    attachment_id integer NOT NULL,
+    source_rows   bigint NOT NULL DEFAULT 0,
+    amount        numeric NOT NULL DEFAULT 0,
+    seen_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key, posted_xid, delta_no)
+);
+COMMENT ON TABLE @extschema@.unenrolled_delta IS 'Activity of unenrolled customers not folded yet, one row per customer, ERP table and statement. Read it through the view loyalty.unenrolled_activity.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.account_key IS 'The ERP customer key.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.posted_xid IS 'Transaction that saw the rows.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.delta_no IS 'Number within the transaction.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.source_rows IS 'Net rows seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.amount IS 'Net basis amount seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.seen_at IS 'When.';
+
+CREATE VIEW @extschema@.unenrolled_activity AS
+SELECT u.program_id, u.attachment_id, u.account_key, pg_catalog.sum(u.source_rows)::bigint AS source_rows,
+       pg_catalog.sum(u.amount) AS amount, pg_catalog.min(u.first_seen) AS first_seen, pg_catalog.max(u.last_seen) AS last_seen
+FROM (SELECT f.program_id, f.attachment_id, f.account_key, f.source_rows, f.amount, f.first_seen, f.last_seen
+      FROM @extschema@.unenrolled_folded f
+      UNION ALL
+      SELECT d.program_id, d.attachment_id, d.account_key, d.source_rows, d.amount, d.seen_at, d.seen_at
+      FROM @extschema@.unenrolled_delta d) u
+GROUP BY u.program_id, u.attachment_id, u.account_key;
+COMMENT ON VIEW @extschema@.unenrolled_activity IS 'Customers that invoiced under an explicit-enrolment program without being enrolled: ignored by accrual, counted here (candidates to enrol).';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.account_key IS 'The ERP customer key.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.source_rows IS 'Net rows seen (inserts minus deletes).';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.amount IS 'Net basis amount seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.first_seen IS 'First time seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_activity.last_seen IS 'Last time seen.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_delta', '');
+GRANT SELECT ON @extschema@.unenrolled_delta, @extschema@.unenrolled_activity TO loyalty_reader, loyalty_operator, loyalty_admin;

@@ -102,6 +102,11 @@ ORDER BY 1, 2;
 \echo '================================================================================'
 \echo ' B. What the load accrued'
 \echo '================================================================================'
+\echo 'Folding: the triggers only append (ledger entries, balance deltas), so that'
+\echo 'ERP transactions never wait for each other; loyalty.fold(), scheduled with'
+\echo 'pg_cron every minute, folds the deltas into the stored balances, books the'
+\echo 'caps and records tier upgrades. Balances read the same before and after.'
+SELECT loyalty.fold(:'program') AS deltas_folded;
 \echo 'Ledger entries by kind:'
 SELECT l.kind, count(*) AS entries, sum(l.source_rows) AS erp_rows, sum(l.points) AS points,
        round(sum(l.qualifying), 2) AS qualifying_eur

@@ -128,7 +128,8 @@ INSERT INTO loyalty.program (name, currency) VALUES ('sapi_forged', 'EUR');
 DELETE FROM loyalty.program WHERE program_id = :pid;
 INSERT INTO loyalty.tier_history (program_id, account_key, effective_from, new_tier, reason)
 VALUES (:pid, '7', '2020-01-01', 'Gold', 'manual');
-INSERT INTO loyalty.unenrolled_activity (program_id, attachment_id, account_key) VALUES (:pid, :att, 'x');
+INSERT INTO loyalty.unenrolled_folded (program_id, attachment_id, account_key) VALUES (:pid, :att, 'x');
+INSERT INTO loyalty.unenrolled_delta (program_id, attachment_id, account_key, delta_no) VALUES (:pid, :att, 'x', 1);
 DELETE FROM loyalty.rejected_event WHERE program_id = :pid;
 RESET ROLE;
 

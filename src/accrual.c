@@ -823,21 +823,21 @@ write_unenrolled(Batch *b)
 	HASH_SEQ_STATUS seq;
 	StrEntry   *e;
 	int			i = 0;
-	Datum		args[5];
+	Datum		args[6];
 	OwnerScope	scope;
 
 	if (n == 0)
 		return;
 	if (plan == NULL)
 	{
-		Oid			t[5] = {INT4OID, INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID};
+		Oid			t[6] = {INT4OID, INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8OID};
 
+		/* appended, never updated: see loyalty.unenrolled_delta */
 		plan = loyalty_prepare(
-			"INSERT INTO loyalty.unenrolled_activity AS x (program_id, attachment_id, account_key, source_rows, amount)"
-			" SELECT $1, $2, u.k, u.r, u.a FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(k, r, a) ORDER BY u.k"
-			" ON CONFLICT (program_id, account_key, attachment_id) DO UPDATE"
-			" SET source_rows = x.source_rows OPERATOR(pg_catalog.+) excluded.source_rows,"
-			"     amount = x.amount OPERATOR(pg_catalog.+) excluded.amount, last_seen = pg_catalog.now()", 5, t);
+			"INSERT INTO loyalty.unenrolled_delta (program_id, attachment_id, delta_no, account_key, source_rows, amount)"
+			" SELECT $1, $2, $6 OPERATOR(pg_catalog.+) u.i, u.k, u.r, u.a"
+			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
+			"      WITH ORDINALITY AS u(k, r, a, i)", 6, t);
 	}
 	k = palloc(sizeof(char *) * n);
 	hash_seq_init(&seq, b->unenrolled);
@@ -858,6 +858,7 @@ write_unenrolled(Batch *b)
 	args[2] = loyalty_text_array(k, NULL, n);
 	args[3] = loyalty_int8_array(rows, n);
 	args[4] = loyalty_numeric_array(amt, n);
+	args[5] = Int64GetDatum(ledger_numbers((int) n) - 1);
 	loyalty_enter_owner(&scope);
 	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT,
 					  "write loyalty.unenrolled_activity");

@@ -470,6 +470,35 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 	return (int) SPI_processed;
 }
 
+/* Sums the committed activity of unenrolled customers; returns how many rows it folded. */
+static int64
+fold_unenrolled(const Program *prog)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1];
+
+	if (plan == NULL)
+	{
+		Oid			t[1] = {INT4OID};
+
+		plan = loyalty_prepare(
+			"WITH d AS (DELETE FROM loyalty.unenrolled_delta x WHERE x.program_id OPERATOR(pg_catalog.=) $1"
+			"           RETURNING x.attachment_id, x.account_key, x.source_rows, x.amount, x.seen_at)"
+			" INSERT INTO loyalty.unenrolled_folded AS f"
+			"  (program_id, attachment_id, account_key, source_rows, amount, first_seen, last_seen)"
+			" SELECT $1, d.attachment_id, d.account_key, pg_catalog.sum(d.source_rows), pg_catalog.sum(d.amount),"
+			"        pg_catalog.min(d.seen_at), pg_catalog.max(d.seen_at)"
+			" FROM d GROUP BY d.attachment_id, d.account_key ORDER BY d.account_key, d.attachment_id"
+			" ON CONFLICT (program_id, account_key, attachment_id) DO UPDATE"
+			" SET source_rows = f.source_rows OPERATOR(pg_catalog.+) excluded.source_rows,"
+			"     amount = f.amount OPERATOR(pg_catalog.+) excluded.amount,"
+			"     last_seen = GREATEST(f.last_seen, excluded.last_seen)", 1, t);
+	}
+	args[0] = Int32GetDatum(prog->id);
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT, "fold loyalty.unenrolled_delta");
+	return (int64) SPI_processed;
+}
+
 /* Folds one program's committed deltas; returns how many. */
 static int64
 fold_program(const Program *prog)
@@ -509,6 +538,7 @@ fold_program(const Program *prog)
 		total += (int64) n;
 	} while (n == FOLD_BATCH);
 	MemoryContextDelete(round_cxt);
+	total += fold_unenrolled(prog);
 
 	/* other backends cached the old tiers: documents from tomorrow need the new ones */
 	if (upgraded > 0)

@@ -428,7 +428,7 @@ COMMENT ON COLUMN @extschema@.accrual_month.points IS 'Points earned by the rows
 COMMENT ON COLUMN @extschema@.accrual_month.qualifying IS 'Qualifying spend of the rows of that month.';
 COMMENT ON COLUMN @extschema@.accrual_month.source_rows IS 'Net number of rows accrued (inserts minus deletes).';
 
-CREATE TABLE @extschema@.unenrolled_activity (
+CREATE TABLE @extschema@.unenrolled_folded (
     program_id    integer NOT NULL REFERENCES @extschema@.program,
     attachment_id integer NOT NULL REFERENCES @extschema@.attachment,
     account_key   text NOT NULL,
@@ -438,7 +438,49 @@ CREATE TABLE @extschema@.unenrolled_activity (
     last_seen     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (program_id, account_key, attachment_id)
 );
-COMMENT ON TABLE @extschema@.unenrolled_activity IS 'Customers that invoiced under an explicit-enrolment program without being enrolled: ignored by accrual, counted here (candidates to enrol).';
+COMMENT ON TABLE @extschema@.unenrolled_folded IS 'Activity of customers not enrolled in an explicit-enrolment program, as of the last loyalty.fold(). Read it through the view loyalty.unenrolled_activity.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.account_key IS 'The ERP customer key.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.source_rows IS 'Net rows seen (inserts minus deletes).';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.amount IS 'Net basis amount seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.first_seen IS 'First time seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_folded.last_seen IS 'Last time seen.';
+
+-- Appended by the accrual triggers, one row per customer and statement, so
+-- that two transactions invoicing the same unenrolled customer never wait
+-- for each other; loyalty.fold() sums committed rows into unenrolled_folded.
+CREATE TABLE @extschema@.unenrolled_delta (
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    delta_no      bigint NOT NULL,
+    attachment_id integer NOT NULL,
+    source_rows   bigint NOT NULL DEFAULT 0,
+    amount        numeric NOT NULL DEFAULT 0,
+    seen_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key, posted_xid, delta_no)
+);
+COMMENT ON TABLE @extschema@.unenrolled_delta IS 'Activity of unenrolled customers not folded yet, one row per customer, ERP table and statement. Read it through the view loyalty.unenrolled_activity.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.account_key IS 'The ERP customer key.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.posted_xid IS 'Transaction that saw the rows.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.delta_no IS 'Number within the transaction.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.source_rows IS 'Net rows seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.amount IS 'Net basis amount seen.';
+COMMENT ON COLUMN @extschema@.unenrolled_delta.seen_at IS 'When.';
+
+CREATE VIEW @extschema@.unenrolled_activity AS
+SELECT u.program_id, u.attachment_id, u.account_key, pg_catalog.sum(u.source_rows)::bigint AS source_rows,
+       pg_catalog.sum(u.amount) AS amount, pg_catalog.min(u.first_seen) AS first_seen, pg_catalog.max(u.last_seen) AS last_seen
+FROM (SELECT f.program_id, f.attachment_id, f.account_key, f.source_rows, f.amount, f.first_seen, f.last_seen
+      FROM @extschema@.unenrolled_folded f
+      UNION ALL
+      SELECT d.program_id, d.attachment_id, d.account_key, d.source_rows, d.amount, d.seen_at, d.seen_at
+      FROM @extschema@.unenrolled_delta d) u
+GROUP BY u.program_id, u.attachment_id, u.account_key;
+COMMENT ON VIEW @extschema@.unenrolled_activity IS 'Customers that invoiced under an explicit-enrolment program without being enrolled: ignored by accrual, counted here (candidates to enrol).';
 COMMENT ON COLUMN @extschema@.unenrolled_activity.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.unenrolled_activity.attachment_id IS 'The ERP table mapping.';
 COMMENT ON COLUMN @extschema@.unenrolled_activity.account_key IS 'The ERP customer key.';
@@ -579,7 +621,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.rule', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_folded', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_activity', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_folded', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.reward', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_history', '');
@@ -592,6 +634,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_history_change_no_s
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event_event_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.product_history', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_delta', '');
 
 -- The ledger is append-only.
 CREATE FUNCTION @extschema@._ledger_append_only() RETURNS trigger
