@@ -152,7 +152,7 @@ SQL
 log_lines() { wc -l <"$RUN_DIR/cluster.log"; }
 
 run_variant() { # bare | loyalty
-  local v=$1 s mark d0 d1 t0 t1 pids=() errs
+  local v=$1 s mark d0 d1 t0 t1 pids=() errs broken
   log "run: $v"
   { reset_sql; if [ "$v" = loyalty ]; then loyalty_sql; fi; } | sql -q -1 || die "set-up of the $v run failed; see $LOG"
   sql -q -c 'VACUUM ANALYZE' -c CHECKPOINT
@@ -164,7 +164,10 @@ run_variant() { # bare | loyalty
         -o /dev/null -f "$WORK_DIR/session$s.sql" 2>"$WORK_DIR/$v.session$s.err" >/dev/null &
     pids+=($!)
   done
-  for s in "${pids[@]}"; do wait "$s" || true; done
+  # psql goes on after an SQL error (exit 0); it exits non-zero when it
+  # cannot go on at all (connection lost: a crashed server)
+  broken=0
+  for s in "${pids[@]}"; do wait "$s" || broken=$((broken + 1)); done
   t1=$(date +%s.%N)
   sleep 1  # let the backends that just exited report their statistics
   d1=$(sql_val -c "SELECT pg_stat_clear_snapshot(); SELECT deadlocks FROM pg_stat_database WHERE datname = 'soak'" | tail -1)
@@ -175,6 +178,8 @@ run_variant() { # bare | loyalty
   R[$v.serialization]=$(grep -c 'ERROR:  could not serialize access' <<<"$errs" || true)
   R[$v.other]=$(grep 'ERROR:' <<<"$errs" | grep -v -c -e 'deadlock detected' -e 'could not serialize access' \
                   -e 'current transaction is aborted' || true)
+  R[$v.other]=$((R[$v.other] + broken))
+  [ "$broken" = 0 ] || note "$broken session(s) of the $v run stopped early: $(grep -m1 -E 'FATAL|server closed|connection' <<<"$errs" || echo 'see their .err files')"
   R[$v.waits]=$(tail -n +"$((mark + 1))" "$RUN_DIR/cluster.log" | grep -c 'still waiting for' || true)
   R[$v.rows]=$(sql_val -c 'SELECT count(*) FROM erp.invoice_line')
   R[$v.committed]=$(sql_val -c 'SELECT count(DISTINCT invoice_id / 10) FROM erp.invoice_line')
