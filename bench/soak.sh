@@ -36,6 +36,7 @@ DEADLOCK_TIMEOUT_MS=${SOAK_DEADLOCK_TIMEOUT_MS:-100}
 ISOLATION=${SOAK_ISOLATION:-read committed}
 SEED=${SOAK_SEED:-42}
 CAP=${SOAK_MONTH_CAP:-20000}            # the program's monthly points cap
+SHAPE=${SOAK_SHAPE:-lines}              # lines: customer on the line; header: on the order header
 BUILD=${SOAK_BUILD:-1}                  # 0: use the extension already installed
 
 for v in SESSIONS STATEMENTS HOT DEADLOCK_TIMEOUT_MS SEED CAP; do
@@ -44,6 +45,7 @@ done
 [[ $THINK_MS =~ ^[0-9]+$ ]] || die "SOAK_THINK_MS must be a whole number of milliseconds, got '$THINK_MS'"
 [ "$HOT" -ge 3 ] || die "SOAK_HOT_CUSTOMERS must be at least 3 (a statement invoices up to 3 customers)"
 [ "$STATEMENTS" -ge "$SESSIONS" ] || die "SOAK_STATEMENTS must be at least SOAK_SESSIONS"
+[[ $SHAPE =~ ^(lines|header)$ ]] || die "SOAK_SHAPE is lines or header, got '$SHAPE'"
 case ${ISOLATION,,} in
   "read committed" | "repeatable read" | serializable) ;;
   *) die "SOAK_ISOLATION is read committed, repeatable read or serializable, got '$ISOLATION'" ;;
@@ -54,6 +56,13 @@ deadlock_timeout = '${DEADLOCK_TIMEOUT_MS}ms'
 log_line_prefix = '%m [%p] '"
 
 WORK_DIR=$RUN_DIR/work
+# The ERP rows that earn, whatever the shape: document, customer, date, amount.
+if [ "$SHAPE" = lines ]; then
+  FACTS='SELECT invoice_id AS doc_id, customer_id, invoice_date, amount FROM erp.invoice_line'
+else
+  FACTS='SELECT order_id AS doc_id, o.customer_id, o.order_date AS invoice_date, l.quantity * l.unit_price AS amount
+           FROM erp.orders o JOIN erp.order_line l USING (order_id)'
+fi
 LOG=$RUN_DIR/soak.log
 OUT_DIR=$BENCH_DIR/out
 FAILED=0
@@ -81,7 +90,7 @@ generate_sessions() {
   mkdir -p "$WORK_DIR"
   for ((s = 1; s <= SESSIONS; s++)); do
     n=$((per + (s <= extra ? 1 : 0)))
-    awk -v s="$s" -v per="$n" -v hot="$HOT" -v seed="$SEED" -v think="$THINK_MS" -v iso="$ISOLATION" '
+    awk -v s="$s" -v per="$n" -v hot="$HOT" -v seed="$SEED" -v think="$THINK_MS" -v iso="$ISOLATION" -v shape="$SHAPE" '
       BEGIN {
         srand(seed * 1000 + s)
         split("SOLAR INVERTER BATTERY MOUNTING CABLE SERVICE", pl, " ")
@@ -95,12 +104,31 @@ generate_sessions() {
             # k distinct customers of the hot set, in random order
             for (i = 1; i <= hot; i++) c[i] = i
             for (i = 1; i <= k; i++) { r = i + int(rand() * (hot - i + 1)); x = c[i]; c[i] = c[r]; c[r] = x }
-            printf "INSERT INTO erp.invoice_line (invoice_id, line_no, customer_id, invoice_date, product_line, quantity, amount) VALUES"
-            for (i = 1; i <= k; i++)
-              printf "%s\n  (%d, 1, %d, current_date - %d, '\''%s'\'', %d, %.2f)", (i > 1 ? "," : ""),
-                     s * 100000000 + j * 10 + i, c[i], int(rand() * 60), pl[1 + int(rand() * 6)],
-                     1 + int(rand() * 20), 10 + rand() * 490
-            print ";"
+            if (shape == "lines") {
+              printf "INSERT INTO erp.invoice_line (invoice_id, line_no, customer_id, invoice_date, product_line, quantity, amount) VALUES"
+              for (i = 1; i <= k; i++)
+                printf "%s\n  (%d, 1, %d, current_date - %d, '\''%s'\'', %d, %.2f)", (i > 1 ? "," : ""),
+                       s * 100000000 + j * 10 + i, c[i], int(rand() * 60), pl[1 + int(rand() * 6)],
+                       1 + int(rand() * 20), 10 + rand() * 490
+              print ";"
+            } else {
+              # one order per customer, then their lines: one ERP statement each
+              printf "INSERT INTO erp.orders (order_id, customer_id, order_date) VALUES"
+              for (i = 1; i <= k; i++)
+                printf "%s\n  (%d, %d, current_date - %d)", (i > 1 ? "," : ""), s * 100000000 + j * 10 + i, c[i], int(rand() * 60)
+              print ";"
+              printf "INSERT INTO erp.order_line (order_id, line_no, product_line, quantity, unit_price) VALUES"
+              sep = ""
+              for (i = 1; i <= k; i++) {
+                m = 1 + int(rand() * 3)
+                for (l = 1; l <= m; l++) {
+                  printf "%s\n  (%d, %d, '\''%s'\'', %d, %.2f)", sep, s * 100000000 + j * 10 + i, l,
+                         pl[1 + int(rand() * 6)], 1 + int(rand() * 20), 1 + rand() * 99
+                  sep = ","
+                }
+              }
+              print ";"
+            }
             if (think > 0) printf "SELECT pg_sleep(%.4f);\n", rand() * 2 * think / 1000
           }
           print "COMMIT;"
@@ -121,6 +149,9 @@ DROP SCHEMA IF EXISTS erp CASCADE;
 CREATE SCHEMA erp;
 CREATE TABLE erp.customer (customer_id int PRIMARY KEY, name text NOT NULL);
 INSERT INTO erp.customer SELECT g, 'Customer ' || g FROM generate_series(1, $HOT) g;
+SQL
+  if [ "$SHAPE" = lines ]; then
+    cat <<'SQL'
 CREATE TABLE erp.invoice_line (
   invoice_id   bigint        NOT NULL,
   line_no      int           NOT NULL,
@@ -132,6 +163,23 @@ CREATE TABLE erp.invoice_line (
   PRIMARY KEY (invoice_id, line_no)
 );
 SQL
+  else
+    cat <<'SQL'
+CREATE TABLE erp.orders (
+  order_id     bigint        PRIMARY KEY,
+  customer_id  int           NOT NULL REFERENCES erp.customer,
+  order_date   date          NOT NULL
+);
+CREATE TABLE erp.order_line (
+  order_id     bigint        NOT NULL REFERENCES erp.orders,
+  line_no      int           NOT NULL,
+  product_line text          NOT NULL,
+  quantity     numeric(12,3) NOT NULL,
+  unit_price   numeric(12,2) NOT NULL,
+  PRIMARY KEY (order_id, line_no)
+);
+SQL
+  fi
 }
 
 # Tiers and a monthly cap, so that the concurrent path reads and writes what
@@ -141,10 +189,21 @@ loyalty_sql() {
 CREATE EXTENSION loyalty;
 SELECT loyalty.create_program('Soak', ladder => 'Member:0, Silver:20000, Gold:60000');
 SELECT loyalty.add_rule('Soak', '2000-01-01', 1, cap_points => $CAP, cap_period => 'month');
+SQL
+  if [ "$SHAPE" = lines ]; then
+    cat <<'SQL'
 SELECT loyalty.attach('erp.invoice_line', 'Soak', account_column => 'customer_id',
                       amount_column => 'amount', date_column => 'invoice_date',
                       key_column => 'invoice_id, line_no');
 SQL
+  else
+    cat <<'SQL'
+SELECT loyalty.attach('erp.order_line', 'Soak', key_column => 'order_id, line_no',
+                      header => 'erp.orders', line_header_column => 'order_id',
+                      account_column => 'customer_id', date_column => 'order_date',
+                      amount_expression => 'quantity * unit_price');
+SQL
+  fi
 }
 
 # ---------------------------------------------------------------- one run
@@ -181,8 +240,7 @@ run_variant() { # bare | loyalty
   R[$v.other]=$((R[$v.other] + broken))
   [ "$broken" = 0 ] || note "$broken session(s) of the $v run stopped early: $(grep -m1 -E 'FATAL|server closed|connection' <<<"$errs" || echo 'see their .err files')"
   R[$v.waits]=$(tail -n +"$((mark + 1))" "$RUN_DIR/cluster.log" | grep -c 'still waiting for' || true)
-  R[$v.rows]=$(sql_val -c 'SELECT count(*) FROM erp.invoice_line')
-  R[$v.committed]=$(sql_val -c 'SELECT count(DISTINCT invoice_id / 10) FROM erp.invoice_line')
+  R[$v.committed]=$(sql_val -c "SELECT count(DISTINCT doc_id / 10) FROM ($FACTS) f")
   note "$(printf '%s: %s s, deadlocks %s, serialization failures %s, other errors %s, lock waits > %s ms: %s' \
           "$v" "${R[$v.seconds]}" "${R[$v.deadlocks]}" "${R[$v.serialization]}" "${R[$v.other]}" \
           "$DEADLOCK_TIMEOUT_MS" "${R[$v.waits]}")"
@@ -205,7 +263,7 @@ check_loyalty() { # label
 WITH month AS (
   SELECT customer_id, date_trunc('month', invoice_date) AS month,
          sum(trunc(amount)) AS points, sum(amount) AS qualifying
-    FROM erp.invoice_line GROUP BY 1, 2),
+    FROM ($FACTS) f GROUP BY 1, 2),
 expected AS (
   SELECT customer_id::text AS account_key, sum(least(points, $CAP))::bigint AS points,
          sum(qualifying) AS qualifying,
@@ -234,6 +292,10 @@ summary() {
   echo "workload:   $SESSIONS sessions, $STATEMENTS statements in $TRANSACTIONS transactions (1-5 statements each),"
   echo "            each statement invoicing 1-3 of $HOT hot customers in random order, think time 0-$((2 * THINK_MS)) ms"
   echo "            after each statement, ${ISOLATION^^}, deadlock_timeout ${DEADLOCK_TIMEOUT_MS} ms, seed $SEED"
+  if [ "$SHAPE" = header ]; then
+    echo "            header shape: a statement is one INSERT of 1-3 order headers (customer and date on the"
+    echo "            header) and one INSERT of their 1-3 lines each"
+  fi
   echo
   printf '%-8s | %7s | %11s | %9s | %13s | %12s | %s\n' run seconds "statements" deadlocks serialization "other errors" "lock waits > ${DEADLOCK_TIMEOUT_MS} ms"
   printf '%-8s-+-%7s-+-%11s-+-%9s-+-%13s-+-%12s-+-%s\n' -------- ------- ----------- --------- ------------- ------------ --------------------
