@@ -3,7 +3,8 @@
 # serialization failures or errors that the ERP alone would not have?
 #
 # K sessions run random multi-statement transactions against an ERP
-# invoice-line table: 1-5 statements per transaction, each statement
+# invoice-line table (or order headers and their lines, SOAK_SHAPE=header):
+# 1-5 statements per transaction, each statement
 # invoicing 1-3 customers of a small hot set, in random order, with a short
 # random think time after each statement (an ERP client does work between
 # its statements while its transaction is open).  The same generated
@@ -18,7 +19,7 @@
 # errors than the bare run and its checks passed; 1 otherwise (or when the
 # soak could not run).
 #
-# Run as root:  bash bench/soak.sh       (about a minute on 2 cores)
+# Run as root:  bash bench/soak.sh       (under a minute on 2 cores)
 # Knobs from the environment; see bench/README.md.
 set -euo pipefail
 
