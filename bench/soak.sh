@@ -336,7 +336,7 @@ generate_sessions
 run_variant bare
 run_variant loyalty
 check_loyalty after-run
-if [ "$(sql_val -c "SELECT to_regprocedure('loyalty.fold()') IS NOT NULL")" = t ]; then
+if [ "$(sql_val -c "SELECT to_regprocedure('loyalty.fold(text)') IS NOT NULL")" = t ]; then
   sql -q -c 'SELECT loyalty.fold()' || { note "loyalty.fold() failed; see $LOG"; FAILED=1; }
   check_loyalty after-fold
 fi

@@ -7,8 +7,22 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/xact.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "executor/tuptable.h"
+#include "storage/procarray.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/snapmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -276,6 +290,76 @@ cmp_str(const void *a, const void *b)
 }
 
 /*
+ * Is another transaction, still in progress, auto-enrolling this account
+ * right now?  Its row is invisible to us, and inserting ours would wait for
+ * that transaction to end (a unique index never lets two rows with one key
+ * in).  A dirty read of the primary key sees it without waiting.  An
+ * auto-enrolment has the program's defaults, so we may post as if it were
+ * done; should that transaction roll back, loyalty.fold() enrols the
+ * account for our postings.  An explicit enroll() in progress is not
+ * skipped: its attributes decide what the account earns, so we wait for it.
+ */
+static bool
+enrolling_elsewhere(Relation rel, Relation idx, int32 program_id, const char *key)
+{
+	SnapshotData dirty;
+	ScanKeyData sk[2];
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	bool		found = false;
+
+	InitDirtySnapshot(dirty);
+	ScanKeyEntryInitialize(&sk[0], 0, 1, BTEqualStrategyNumber, InvalidOid, InvalidOid,
+						   F_INT4EQ, Int32GetDatum(program_id));
+	ScanKeyEntryInitialize(&sk[1], 0, 2, BTEqualStrategyNumber, InvalidOid, DEFAULT_COLLATION_OID,
+						   F_TEXTEQ, CStringGetTextDatum(key));
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, &dirty, 2, 0);
+	index_rescan(scan, sk, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		int			attnum = get_attnum(RelationGetRelid(rel), "enrolled_by");
+		bool		isnull;
+		Datum		by;
+
+		if (!TransactionIdIsValid(dirty.xmin) || TransactionIdIsCurrentTransactionId(dirty.xmin))
+			continue;			/* committed (we will conflict without waiting), or ours */
+		by = slot_getattr(slot, attnum, &isnull);
+		found = !isnull && strcmp(TextDatumGetCString(by), "auto") == 0;
+		break;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	return found;
+}
+
+/*
+ * Moves to the front of keys[0..n) those being auto-enrolled by another
+ * transaction in progress; returns how many.
+ */
+int
+accounts_enrolling_elsewhere(int32 program_id, char **keys, int n)
+{
+	Relation	rel = table_open(get_relname_relid("account", get_namespace_oid("loyalty", false)),
+								 AccessShareLock);
+	Relation	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	int			nskip = 0,
+				i;
+
+	for (i = 0; i < n; i++)
+		if (enrolling_elsewhere(rel, idx, program_id, keys[i]))
+		{
+			char	   *t = keys[nskip];
+
+			keys[nskip++] = keys[i];
+			keys[i] = t;
+		}
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return nskip;
+}
+
+/*
  * Enrols keys[0..n) with the program's defaults.  Returns how many of them
  * it inserted, moved to the front of keys; the others were enrolled by a
  * concurrent transaction that committed first (ON CONFLICT DO NOTHING
@@ -291,6 +375,8 @@ enroll_accounts(int32 program_id, char **keys, int n)
 	int			ninserted = 0;
 	uint64		i;
 
+	if (n == 0)
+		return 0;
 	if (plan == NULL)
 		plan = loyalty_prepare(
 			"INSERT INTO loyalty.account (program_id, account_key, enrolled_by, enrolled_from)"
@@ -371,13 +457,22 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 			}
 			if (nnew > 0)
 			{
-				int			ninserted = enroll_accounts(prog->id, missing, nnew);
+				/*
+				 * Being auto-enrolled elsewhere: the defaults, without
+				 * waiting.  Under SERIALIZABLE the next fold writes every new
+				 * account's row: a row written here would put two
+				 * transactions invoicing the same new customer in a
+				 * read/write cycle, and one of them would fail.
+				 */
+				int			nskip = IsolationIsSerializable() ? nnew :
+					accounts_enrolling_elsewhere(prog->id, missing, nnew);
+				int			ninserted = enroll_accounts(prog->id, missing + nskip, nnew - nskip);
 
-				for (i = 0; i < ninserted; i++)
+				for (i = 0; i < nskip + ninserted; i++)
 					cache_enter(prog->id, missing[i])->info = new_info(missing[i], true);
 				/* enrolled meanwhile by someone else: as they enrolled it */
-				if (ninserted < nnew)
-					load_accounts(prog, missing + ninserted, nnew - ninserted);
+				if (nskip + ninserted < nnew)
+					load_accounts(prog, missing + nskip + ninserted, nnew - nskip - ninserted);
 			}
 		}
 	}

@@ -20,6 +20,13 @@ extern AccountInfo **accounts_resolve(Program *prog, char **keys, int n, bool en
 extern void accounts_forget(void);
 extern AccountInfo *accounts_refresh(Program *prog, const char *key);
 
+/*
+ * Moves to the front of keys[0..n) the accounts another transaction in
+ * progress is auto-enrolling right now (a dirty read, no wait); returns how
+ * many.
+ */
+extern int	accounts_enrolling_elsewhere(int32 program_id, char **keys, int n);
+
 /* An upgrade this backend recorded: keep its own cache exact. */
 extern void accounts_note_tier(Program *prog, const char *key, const char *tier, DateADT effective_from);
 

@@ -60,6 +60,7 @@ typedef struct FoldAccount
 	MonthArrays f_months;
 	DateADT		f_last_doc_date;
 	char	   *tier;			/* the account's tier, NULL if none */
+	bool		enrolled;		/* it has a loyalty.account row */
 	int64		cap;			/* the cap entry to book (0: none) */
 	int64		cap_no;
 } FoldAccount;
@@ -178,7 +179,8 @@ read_folded(const Program *prog, FoldAccount *accts, int n, SPITupleTable **tt)
 
 		plan = loyalty_prepare(
 			"SELECT k.i, f.points, f.qualifying, f.rebate, f.mdf, f.entry_count,"
-			"  f.m_month, f.m_attachment, f.m_points, f.m_qualifying, f.m_source_rows, f.last_doc_date, a.tier"
+			"  f.m_month, f.m_attachment, f.m_points, f.m_qualifying, f.m_source_rows, f.last_doc_date, a.tier,"
+			"  a.account_key IS NOT NULL"
 			" FROM pg_catalog.unnest($2) WITH ORDINALITY AS k(key, i)"
 			" LEFT JOIN loyalty.balance_folded f"
 			"   ON f.program_id OPERATOR(pg_catalog.=) $1 AND f.account_key OPERATOR(pg_catalog.=) k.key"
@@ -205,6 +207,7 @@ read_folded(const Program *prog, FoldAccount *accts, int n, SPITupleTable **tt)
 		FoldAccount *a = &accts[DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)) - 1];
 
 		a->tier = SPI_getvalue(tup, desc, 13);
+		a->enrolled = DatumGetBool(SPI_getbinval(tup, desc, 14, &isnull));
 		(void) SPI_getbinval(tup, desc, 2, &isnull);
 		if (isnull)
 			continue;			/* nothing folded yet */
@@ -382,6 +385,45 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
 }
 
 /*
+ * Accounts that posted without a loyalty.account row: their first invoice
+ * came while another transaction was auto-enrolling them, and that one
+ * rolled back (accounts.c does not wait for it).  Auto-enrolment programs
+ * only; the row gets the defaults the postings assumed.
+ */
+static void
+enroll_missing(const Program *prog, FoldAccount *accts, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	char	  **keys = palloc(sizeof(char *) * n);
+	int			nk = 0,
+				nskip,
+				i;
+	Datum		args[2];
+
+	if (!prog->auto_enroll)
+		return;
+	for (i = 0; i < n; i++)
+		if (!accts[i].enrolled)
+			keys[nk++] = accts[i].key;
+	/* those another transaction is enrolling: it will, or a later fold */
+	nskip = accounts_enrolling_elsewhere(prog->id, keys, nk);
+	if (nk == nskip)
+		return;
+	if (plan == NULL)
+	{
+		Oid			t[2] = {INT4OID, TEXTARRAYOID};
+
+		plan = loyalty_prepare(
+			"INSERT INTO loyalty.account (program_id, account_key, enrolled_by, enrolled_from)"
+			" SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2) AS k ORDER BY k"
+			" ON CONFLICT DO NOTHING", 2, t);
+	}
+	args[0] = Int32GetDatum(prog->id);
+	args[1] = loyalty_text_array(keys + nskip, NULL, nk - nskip);
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT, "enrol accounts");
+}
+
+/*
  * An upgrade counts for documents dated from tomorrow, in the program's
  * time zone, but never for a document already accrued: when the account
  * has accruals dated later (an invoice dated in the future), the upgrade
@@ -528,6 +570,7 @@ fold_program(const Program *prog)
 			read_folded(prog, accts, naccts, &folded);
 			apply_round(prog, accts, naccts);
 			write_round(prog, accts, naccts, tids);
+			enroll_missing(prog, accts, naccts);
 			upgraded += upgrade_tiers(prog, accts, naccts);
 		}
 		MemoryContextSwitchTo(old);
