@@ -10,6 +10,8 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
@@ -19,9 +21,13 @@
 #include "utils/date.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/typcache.h"
+#include "utils/xid8.h"
 
 #include "accounts.h"
+#include "append.h"
 #include "ledger.h"
 
 /*
@@ -706,6 +712,149 @@ write_one_delta(const Program *prog, int32 attachment_id, MonthDelta *d, Account
 					  "write loyalty.balance_delta");
 }
 
+/*
+ * Column positions of a loyalty table for appending: names[i] goes to
+ * col[i].  False when the table has a column not named (a later version's):
+ * then it is written through SQL, whose defaults know it.
+ */
+static bool
+map_columns(TupleDesc desc, const char *const *names, int n, int *col)
+{
+	int			i,
+				live = 0;
+
+	for (i = 0; i < desc->natts; i++)
+		live += !TupleDescAttr(desc, i)->attisdropped;
+	if (live != n)
+		return false;
+	for (i = 0; i < n; i++)
+		col[i] = append_column(desc, names[i]);
+	return true;
+}
+
+/* balance_delta rows, appended directly; false: write them through SQL */
+static bool
+append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSums **rows, int nb)
+{
+	static const char *const names[] = {"program_id", "account_key", "posted_xid", "delta_no", "points",
+		"qualifying", "rebate", "mdf", "entry_count", "m_month", "m_attachment", "m_points", "m_qualifying",
+	"m_source_rows", "last_doc_date", "posted_at"};
+	int			col[lengthof(names)];
+	TupleDesc	desc;
+	Relation	rel = append_open("balance_delta", &desc);
+	HeapTuple  *tuples;
+	Datum	   *values;
+	bool	   *nulls;
+	Numeric		zero = int64_to_numeric(0);
+	int			i;
+
+	if (rel == NULL)
+		return false;
+	if (!map_columns(desc, names, lengthof(names), col))
+	{
+		table_close(rel, RowExclusiveLock);
+		return false;
+	}
+	tuples = palloc(sizeof(HeapTuple) * nb);
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	for (i = 0; i < nb; i++)
+	{
+		AccountSums *s = rows[i];
+		MonthArrays m;
+
+		delta_arrays(prog, &d[s->first_delta], s->ndeltas, attachment_id, &m);
+		memset(nulls, true, sizeof(bool) * desc->natts);
+		values[col[0]] = Int32GetDatum(prog->id);
+		values[col[1]] = CStringGetTextDatum(s->account);
+		values[col[2]] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+		values[col[3]] = Int64GetDatum(s->first_no);
+		values[col[4]] = Int64GetDatum(s->points);
+		values[col[5]] = NumericGetDatum(s->qualifying);
+		values[col[6]] = NumericGetDatum(zero);
+		values[col[7]] = NumericGetDatum(zero);
+		values[col[8]] = Int64GetDatum(s->nentries);
+		values[col[9]] = loyalty_date_array(m.month, m.n);
+		values[col[10]] = loyalty_int4_array(m.attachment, m.n);
+		values[col[11]] = loyalty_int8_array(m.points, m.n);
+		values[col[12]] = loyalty_numeric_array(m.qualifying, m.n);
+		values[col[13]] = loyalty_int8_array(m.rows, m.n);
+		values[col[14]] = DateADTGetDatum(s->max_date);
+		values[col[15]] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		for (int c = 0; c < (int) lengthof(names); c++)
+			nulls[col[c]] = false;
+		nulls[col[14]] = (s->max_date == 0);
+		tuples[i] = heap_form_tuple(desc, values, nulls);
+	}
+	append_close(rel, tuples, nb);
+	return true;
+}
+
+/* The ledger_kind value of a label. */
+static Datum
+kind_value(const char *label)
+{
+	Oid			type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid, CStringGetDatum("ledger_kind"),
+									   ObjectIdGetDatum(get_namespace_oid("loyalty", false)));
+
+	return DirectFunctionCall2(enum_in, CStringGetDatum(label), ObjectIdGetDatum(type));
+}
+
+/* Ledger entries, appended directly; false: write them through SQL. */
+static bool
+append_entries(const Program *prog, int32 attachment_id, const char *reason, int ne, char **ek, int64 *eno,
+			   char **ekind, int64 *ep, Numeric *eq, int32 *er)
+{
+	static const char *const names[] = {"program_id", "account_key", "entry_no", "kind", "points",
+		"qualifying", "rebate", "mdf", "member_id", "attachment_id", "source_rows", "corrects", "reason",
+	"posted_at", "posted_xid", "corrects_xid"};
+	int			col[lengthof(names)];
+	TupleDesc	desc;
+	Relation	rel = append_open("ledger", &desc);
+	HeapTuple  *tuples;
+	Datum	   *values;
+	bool	   *nulls;
+	Numeric		zero = int64_to_numeric(0);
+	const char *last_kind = NULL;
+	Datum		kind = (Datum) 0;
+	int			i;
+
+	if (rel == NULL)
+		return false;
+	if (!map_columns(desc, names, lengthof(names), col))
+	{
+		table_close(rel, RowExclusiveLock);
+		return false;
+	}
+	tuples = palloc(sizeof(HeapTuple) * ne);
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	for (i = 0; i < ne; i++)
+	{
+		if (last_kind == NULL || strcmp(last_kind, ekind[i]) != 0)
+			kind = kind_value(last_kind = ekind[i]);
+		memset(nulls, true, sizeof(bool) * desc->natts);
+		values[col[0]] = Int32GetDatum(prog->id);
+		values[col[1]] = CStringGetTextDatum(ek[i]);
+		values[col[2]] = Int64GetDatum(eno[i]);
+		values[col[3]] = kind;
+		values[col[4]] = Int64GetDatum(ep[i]);
+		values[col[5]] = NumericGetDatum(eq[i]);
+		values[col[6]] = NumericGetDatum(zero);
+		values[col[7]] = NumericGetDatum(zero);
+		values[col[9]] = Int32GetDatum(attachment_id);
+		values[col[10]] = Int32GetDatum(er[i]);
+		values[col[12]] = CStringGetTextDatum(reason);
+		values[col[13]] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		values[col[14]] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+		for (int c = 0; c < (int) lengthof(names); c++)
+			nulls[col[c]] = (c == 8 || c == 11 || c == 15);	/* member_id, corrects, corrects_xid */
+		tuples[i] = heap_form_tuple(desc, values, nulls);
+	}
+	append_close(rel, tuples, ne);
+	return true;
+}
+
 /* The ledger entries of the statement: one per kind and account. */
 static void
 write_entries(const Program *prog, int32 attachment_id, AccountSums **rows, int nb,
@@ -743,6 +892,9 @@ write_entries(const Program *prog, int32 attachment_id, AccountSums **rows, int 
 	}
 	if (ne == 0)
 		return;
+	if (append_entries(prog, attachment_id, reason, ne, ek, eno, ekind, ep, eq, er))
+		return;
+	prepare_plans();
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = Int32GetDatum(attachment_id);
 	args[2] = CStringGetTextDatum(reason);
@@ -887,19 +1039,24 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		return;
 
 	loyalty_enter_owner(&scope);
-	prepare_plans();
 	for (i = 0; i < nb; i++)
 	{
 		rows[i]->first_no = ledger_numbers(Max(rows[i]->nentries, 1));
 		if (rows[i]->points >= LARGE_POSTING || rows[i]->points <= -LARGE_POSTING)
 			check_balance_fits(prog, rows[i]);
 	}
-	if (nb == 1)
+	if (append_deltas(prog, attachment_id, d, rows, nb))
+		;						/* the common case */
+	else if (nb == 1)
+	{
+		prepare_plans();
 		write_one_delta(prog, attachment_id, d, rows[0]);
+	}
 	else
 	{
 		Datum		args[2];
 
+		prepare_plans();
 		args[0] = Int32GetDatum(prog->id);
 		args[1] = delta_rows(prog, attachment_id, d, rows, nb);
 		loyalty_spi_check(SPI_execute_plan(delta_plan, args, NULL, false, 0), SPI_OK_INSERT,

@@ -1,0 +1,22 @@
+/*
+ * append.h — appending rows to loyalty's tables with heap and index calls.
+ */
+#ifndef LOYALTY_APPEND_H
+#define LOYALTY_APPEND_H
+
+#include "access/htup.h"
+#include "utils/relcache.h"
+
+/*
+ * Opens loyalty.<relname> for appending and gives its row descriptor; NULL
+ * when the table must be written through SQL instead (see append.c).
+ */
+extern Relation append_open(const char *relname, TupleDesc *desc);
+
+/* The 0-based position of a column, by name (dropped columns skipped). */
+extern int	append_column(TupleDesc desc, const char *name);
+
+/* Inserts the tuples with their index entries, and closes the table. */
+extern void append_close(Relation rel, HeapTuple *tuples, int n);
+
+#endif
