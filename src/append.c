@@ -24,10 +24,30 @@
 #include "catalog/pg_am.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
+#include "storage/proc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
 #include "append.h"
+
+/*
+ * Is Citus installed in this database?  Asked once per transaction: the
+ * answer is a catalog scan, and it changes only by CREATE or DROP
+ * EXTENSION.
+ */
+static bool
+citus_installed(void)
+{
+	static LocalTransactionId asked = InvalidLocalTransactionId;
+	static bool installed = false;
+
+	if (asked != MyProc->lxid)
+	{
+		installed = OidIsValid(get_extension_oid("citus", true));
+		asked = MyProc->lxid;
+	}
+	return installed;
+}
 
 /* May rows be appended to rel without the executor? */
 static bool
@@ -43,7 +63,7 @@ direct_ok(Relation rel)
 			  t->trig_insert_before_statement || t->trig_insert_after_statement || t->trig_insert_new_table))
 		return false;
 	/* a Citus table is a shell on this node: its rows belong to shards */
-	if (OidIsValid(get_extension_oid("citus", true)))
+	if (citus_installed())
 		return false;
 	return true;
 }
