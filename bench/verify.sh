@@ -6,10 +6,13 @@
 #   a. SELECT customer_id, date_trunc('month', invoice_date), sum(amount)
 #        FROM bench.invoice_line GROUP BY 1, 2                (baseline = 1.0)
 #   b. SELECT * FROM loyalty.verify('Bench')                  (target <= 5x)
+#   c. a. in one process (max_parallel_workers_per_gather = 0): the planner
+#      runs a. in parallel, verify's scan is one process; on a machine shared
+#      with other work a parallel query also gets a larger share of the CPUs
 #
 # They run alternately, RUNS times each, on a table the accrual trigger has
 # accrued (so verify() reports nothing); the figures are medians and their
-# ratio.  Also printed: verify(program, since) for the last month and
+# ratios.  Also printed: verify(program, since) for the last month and
 # verify(program, account) for the largest customer, the nightly checks.
 #
 # Run as root:  bash bench/verify.sh
@@ -184,10 +187,11 @@ PLAIN="SELECT c, date_trunc('month', d), sum(a) FROM ($SOURCE) s GROUP BY 1, 2"
 VERIFY="SELECT * FROM loyalty.verify('Bench')"
 
 # One timed query (psql's \timing, the rows counted on the server so that
-# printing them costs nothing); records "variant seconds", sets ROWS.
-timed() { # variant query
+# printing them costs nothing), after an untimed setting; records "variant
+# seconds", sets ROWS.
+timed() { # variant query [setting]
   local out ms secs
-  out=$(pg_sql -d bench -qAt -c '\timing on' -c "SELECT count(*) FROM ($2) q" 2>&1) \
+  out=$(pg_sql -d bench -qAt -c "${3:-SET application_name = bench_verify}" -c '\timing on' -c "SELECT count(*) FROM ($2) q" 2>&1) \
     || { printf '%s\n' "$out" >>"$LOG"; die "$1 failed: $(grep -m1 ERROR <<<"$out" || echo 'see the log')"; }
   printf '%s\n' "$out" >>"$LOG"
   ROWS=$(head -1 <<<"$out")
@@ -226,10 +230,12 @@ timed warm-plain "$PLAIN"
 timed warm-verify "$VERIFY"
 [ "$ROWS" = 0 ] || die "verify('Bench') reports $ROWS differences on freshly accrued data"
 
-log "plain aggregate and verify(program), alternately, $RUNS runs each"
+SERIAL="SET max_parallel_workers_per_gather = 0"
+log "plain aggregate, verify(program) and the serial plain aggregate, alternately, $RUNS runs each"
 for ((i = 1; i <= RUNS; i++)); do
   timed plain "$PLAIN"
   timed verify "$VERIFY"
+  timed serial "$PLAIN" "$SERIAL"
 done
 
 log "the nightly checks"
@@ -246,6 +252,7 @@ fi
 
 plain=$(values_of plain | median)
 verify=$(values_of verify | median)
+serial=$(values_of serial | median)
 r=$(ratio "$verify" "$plain")
 if awk -v r="$r" 'BEGIN { exit !(r <= 5) }'; then target="<= 5x: met"; else target="<= 5x: NOT met"; fi
 
@@ -259,6 +266,7 @@ REPORT=$OUT_DIR/verify-$(date +%Y%m%d-%H%M%S).txt
   printf '%-52s | %16s | %10s | %s\n' "query" "seconds (median)" "ratio" "target"
   printf '%-52s | %16s | %9sx | %s\n' "a. plain aggregate per customer and month" "$plain" "1.00" "baseline, $RUNS runs: $(values_of plain | paste -sd' ' -)"
   printf '%-52s | %16s | %9sx | %s\n' "b. loyalty.verify('Bench')" "$verify" "$r" "$target; runs: $(values_of verify | paste -sd' ' -)"
+  printf '%-52s | %16s | %9sx | %s\n' "c. a. in one process" "$serial" "$(ratio "$serial" "$plain")" "verify / c. = $(ratio "$verify" "$serial")x; runs: $(values_of serial | paste -sd' ' -)"
   if [ "$SCOPED" = 1 ]; then
     printf '%-52s | %16s | %9sx | %s\n' "   verify('Bench', since => '$LAST_MONTH')" "$(values_of since)" "$(ratio "$(values_of since)" "$plain")" "one run"
     printf '%-52s | %16s | %9sx | %s\n' "   verify('Bench', account => '$HOT_KEY') (largest)" "$(values_of account)" "$(ratio "$(values_of account)" "$plain")" "one run"

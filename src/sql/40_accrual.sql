@@ -654,12 +654,18 @@ CREATE FUNCTION @extschema@._verify_ledger(program_id integer, account text)
 RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
+DECLARE
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
 BEGIN
     RETURN QUERY
-    -- _capped_points adds up the elements of a month (one per attachment)
+    -- _capped_points adds up the elements of a month (one per attachment);
+    -- a program without caps needs only the sum
     WITH expected AS (
         SELECT m.account_key,
-               @extschema@._capped_points($1, pg_catalog.array_agg(m.month), pg_catalog.array_agg(m.points)) AS points,
+               coalesce(@extschema@._capped_points($1, pg_catalog.array_agg(m.month) FILTER (WHERE capped),
+                                                   pg_catalog.array_agg(m.points) FILTER (WHERE capped)),
+                        pg_catalog.sum(m.points)) AS points,
                pg_catalog.sum(m.qualifying) AS qualifying
         FROM @extschema@.accrual_month m
         WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2)
