@@ -350,82 +350,20 @@ account_entry(SourceScan *s, const char *key, bool *isnew)
 	return e;
 }
 
-static Portal owner_cursor(const char *sql, int nargs, Oid *argtypes, Datum *values, const char *nulls);
-
-/* What a key that is no enrolled account's gets from accounts_resolve(). */
-static AccountInfo not_enrolled;
-
-/* Looks keys up (in one query) and keeps what they earn as in the scan's entries. */
-static void
-resolve_keys(SourceScan *s, char **keys, int n)
-{
-	AccountInfo **info = accounts_resolve(s->att->program, keys, n, false);
-	int			i;
-
-	MemoryContextSwitchTo(s->batch_cxt);	/* SPI leaves us in its own */
-	for (i = 0; i < n; i++)
-	{
-		bool		isnew;
-		AccountEntry *e = account_entry(s, keys[i], &isnew);
-
-		e->info = as_earning(s->att->program, info[i], e->key, s->cxt);
-	}
-}
-
 /*
- * The accounts of a scan, looked up before the facts query runs, a batch
- * of keys per query: the rows then go from the executor straight into the
- * sums, no query runs while the facts query does, and the facts query may
- * run in parallel.  A key that is not among them is no enrolled account's.
- * The caller is connected to SPI.
+ * The account of each row of a batch (NULL: not wanted); those the scan
+ * has not met yet are looked up in one query.  The caller is connected to
+ * SPI.
  */
-static void
-scan_accounts(SourceScan *s)
-{
-	Oid			argtypes[1] = {INT4OID};
-	Datum		args[1] = {Int32GetDatum(s->att->program->id)};
-	Portal		portal;
-	OwnerScope	scope;
-
-	MemoryContextSwitchTo(s->batch_cxt);
-	if (s->account != NULL)
-	{
-		char	   *key = pstrdup(s->account);
-
-		resolve_keys(s, &key, 1);
-		MemoryContextReset(s->batch_cxt);
-		return;
-	}
-	portal = owner_cursor("SELECT a.account_key FROM loyalty.account a WHERE a.program_id OPERATOR(pg_catalog.=) $1",
-						  1, argtypes, args, NULL);
-	for (;;)
-	{
-		char	  **keys;
-		uint64		i;
-
-		loyalty_enter_owner(&scope);
-		SPI_cursor_fetch(portal, true, OWNER_BATCH);
-		loyalty_leave_owner(&scope);
-		if (SPI_processed == 0)
-			break;
-		MemoryContextSwitchTo(s->batch_cxt);
-		keys = palloc(sizeof(char *) * SPI_processed);
-		for (i = 0; i < SPI_processed; i++)
-			keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		SPI_freetuptable(SPI_tuptable);
-		resolve_keys(s, keys, (int) i);
-		MemoryContextReset(s->batch_cxt);
-	}
-	SPI_cursor_close(portal);
-	MemoryContextSwitchTo(s->cxt);
-}
-
-/* The account of each row of a batch (NULL: not wanted). */
 static AccountEntry **
 row_accounts(SourceScan *s, RowFacts *rows, int n)
 {
 	AccountEntry **row_account = palloc0(sizeof(AccountEntry *) * (n + 1));
-	int			i;
+	char	  **keys = palloc(sizeof(char *) * (n + 1));
+	AccountEntry **ents = palloc(sizeof(AccountEntry *) * (n + 1));
+	AccountInfo **info;
+	int			nk = 0,
+				i;
 
 	for (i = 0; i < n; i++)
 	{
@@ -434,9 +372,17 @@ row_accounts(SourceScan *s, RowFacts *rows, int n)
 		if (!wanted(s, rows[i].account))
 			continue;
 		row_account[i] = account_entry(s, rows[i].account, &isnew);
-		if (isnew)
-			row_account[i]->info = as_earning(s->att->program, &not_enrolled, row_account[i]->key, s->cxt);
+		if (!isnew)
+			continue;
+		keys[nk] = (char *) row_account[i]->key;
+		ents[nk++] = row_account[i];
 	}
+	if (nk == 0)
+		return row_account;
+	info = accounts_resolve(s->att->program, keys, nk, false);
+	MemoryContextSwitchTo(s->batch_cxt);	/* SPI leaves us in its own */
+	for (i = 0; i < nk; i++)
+		ents[i]->info = as_earning(s->att->program, info[i], ents[i]->key, s->cxt);
 	return row_account;
 }
 
@@ -496,6 +442,8 @@ add_row(SourceScan *s, RowFacts *f, AccountEntry *e)
 /*
  * The facts query's rows go straight from the executor into the sums, a
  * batch at a time: no tuple is formed, copied or fetched through a cursor.
+ * The accounts of a batch are looked up as it comes, so that a scan that
+ * reads a few accounts (a quick check) looks up only those.
  */
 typedef struct FactsReceiver
 {
@@ -505,7 +453,7 @@ typedef struct FactsReceiver
 	int			n;
 } FactsReceiver;
 
-/* Prices a batch of rows and adds them to the sums. */
+/* Prices a batch of rows, their new accounts looked up in one query, and adds them up. */
 static void
 scan_batch(FactsReceiver *r)
 {
@@ -515,8 +463,12 @@ scan_batch(FactsReceiver *r)
 
 	if (r->n > 0)
 	{
+		/* the facts query is still running: the look-up is a call of its own */
+		SPI_connect();
 		MemoryContextSwitchTo(s->batch_cxt);
 		accounts = row_accounts(s, r->rows, r->n);
+		SPI_finish();
+		MemoryContextSwitchTo(s->batch_cxt);
 		for (i = 0; i < r->n; i++)
 			add_row(s, &r->rows[i], accounts[i]);
 	}
@@ -606,13 +558,20 @@ run_facts(SourceScan *s, const char *sql, FactsReceiver *receiver)
 	SPIExecuteOptions options;
 	int			ret = 0;
 
+	Oid			argtypes[2] = {DATEOID, TEXTOID};
+
 	memset(&options, 0, sizeof(options));
 	options.params = scan_params(s);
 	options.read_only = true;
 	options.dest = (DestReceiver *) receiver;
 	PG_TRY();
 	{
-		ret = SPI_execute_extended(sql, &options);
+		/* never in parallel: the receiver runs queries while the plan runs */
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, 2, argtypes, 0);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare_cursor failed for the facts query: %s", SPI_result_code_string(SPI_result));
+		ret = SPI_execute_plan_extended(plan, &options);
 	}
 	PG_CATCH();
 	{
@@ -633,7 +592,7 @@ run_facts(SourceScan *s, const char *sql, FactsReceiver *receiver)
 	}
 	PG_END_TRY();
 	if (ret < 0)
-		elog(ERROR, "SPI_execute_extended failed for the facts query: %s", SPI_result_code_string(ret));
+		elog(ERROR, "SPI_execute_plan_extended failed for the facts query: %s", SPI_result_code_string(ret));
 }
 
 /* Scans the source as the caller; the caller is connected to SPI. */
@@ -654,7 +613,6 @@ scan_source(SourceScan *s, const char *facts_sql)
 	(void) set_config_option("row_security", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	accounts_forget();
-	scan_accounts(s);
 	receiver.rows = MemoryContextAlloc(s->batch_cxt, sizeof(RowFacts) * SCAN_BATCH);
 	run_facts(s, sql, &receiver);
 	scan_batch(&receiver);		/* the last rows */
