@@ -8,9 +8,16 @@
  * as the extension owner, and with row_security off: a scan that cannot see
  * every row fails instead of reconciling a part.  Each row is priced in C
  * with rules_row_points(), the trigger's own function, and summed per
- * (account, document month) in memory, fetched in batches.  loyalty's own
- * tables are read, compared and written as the owner, with the sums already
- * computed.
+ * (account, document month) in memory.  loyalty's own tables are read,
+ * compared and written as the owner, with the sums already computed.
+ *
+ * One pass.  The facts query's rows go from the executor straight into the
+ * sums (a DestReceiver, a batch of rows per account look-up), what was
+ * accrued (loyalty.accrual_month) is added into the same entries, and the
+ * entries that differ are the answer: no tuple table, no per-row SQL, no
+ * per-account query, no second pass over the sums in SQL.  A quick check
+ * (one account, or the months from a date on) filters the facts query, so
+ * that it reads and prices only its scope.
  */
 #include "postgres.h"
 
