@@ -2488,3 +2488,179 @@ COMMENT ON COLUMN @extschema@.unenrolled_activity.last_seen IS 'Last time seen.'
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_delta', '');
 GRANT SELECT ON @extschema@.unenrolled_delta, @extschema@.unenrolled_activity TO loyalty_reader, loyalty_operator, loyalty_admin;
+-- ---------------------------------------------------------------------------
+-- verify() that scales, and its quick checks: verify(program, account) and
+-- verify(program, since).  The ledger and balance checks take an account
+-- (NULL: every one) and are split, so that "ledger sums vs balance" is one
+-- function of its own (_verify_balance).
+-- ---------------------------------------------------------------------------
+DROP FUNCTION @extschema@._verify_books(integer);
+
+-- The checks of verify that read loyalty's tables only, as the owner, for
+-- every account of a program or for one (account NULL: every one).  PL/pgSQL
+-- so that the one-account check is planned for its key (an index look-up),
+-- not for every account.
+
+-- The per-month sums, capped, against the ledger's accrual entries.
+CREATE FUNCTION @extschema@._verify_ledger(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
+BEGIN
+    RETURN QUERY
+    -- _capped_points adds up the elements of a month (one per attachment);
+    -- a program without caps needs only the sum
+    WITH expected AS (
+        SELECT m.account_key,
+               coalesce(@extschema@._capped_points($1, pg_catalog.array_agg(m.month) FILTER (WHERE capped),
+                                                   pg_catalog.array_agg(m.points) FILTER (WHERE capped)),
+                        pg_catalog.sum(m.points)) AS points,
+               pg_catalog.sum(m.qualifying) AS qualifying
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2)
+        GROUP BY 1),
+    posted AS (
+        SELECT l.account_key, pg_catalog.sum(l.points) AS points, pg_catalog.sum(l.qualifying) AS qualifying
+        FROM @extschema@.ledger l
+        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2)
+          AND l.kind OPERATOR(pg_catalog.=) ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[])
+        GROUP BY 1)
+    SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+    FROM expected e FULL JOIN posted p ON p.account_key OPERATOR(pg_catalog.=) e.account_key,
+         LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
+                         ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
+    WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._verify_ledger(integer, text) IS
+    'Internal: verify''s check of the per-month sums, capped, against the ledger''s accrual entries, of every account of a program or of one.';
+
+-- The ledger's sums against loyalty.balance: the one place that says what
+-- a balance must be, given the ledger.
+CREATE FUNCTION @extschema@._verify_balance(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+    FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying,
+                 pg_catalog.count(*) AS n
+          FROM @extschema@.ledger x
+          WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)
+          GROUP BY 1) l
+         FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.entry_count AS n
+                    FROM @extschema@.balance x
+                    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) b
+           ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
+         LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
+                         ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
+                         ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
+    WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._verify_balance(integer, text) IS
+    'Internal: verify''s check of the balances against the sums of the ledger, of every account of a program or of one.';
+
+-- The quick checks a DBA can run every night, with verify's output: one
+-- account, or the document months from a date on.
+CREATE FUNCTION @extschema@.verify(program text, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+AS 'MODULE_PATHNAME', 'loyalty_verify_account' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.verify(text, text) IS
+    'verify() for one enrolled account: its source rows, per-month sums, ledger and balance; also the attached tables'' triggers. Call it with account => ''...''.';
+
+CREATE FUNCTION @extschema@.verify(program text, since date)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+AS 'MODULE_PATHNAME', 'loyalty_verify_since' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.verify(text, date) IS
+    'verify() for the document months from since (rounded down to its month) on: the source rows of those months against their per-month sums; also the attached tables'' triggers. The ledger and balance totals span every month: verify(program) and verify(program, account) check them. Call it with since => ''...''.';
+REVOKE ALL ON FUNCTION @extschema@._verify_ledger(integer, text), @extschema@._verify_balance(integer, text),
+                      @extschema@.verify(text, text), @extschema@.verify(text, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.verify(text, text), @extschema@.verify(text, date)
+TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+-- ---- verify's ledger and balance checks count the cap entries the next fold books ----
+CREATE OR REPLACE FUNCTION @extschema@._verify_ledger(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
+BEGIN
+    RETURN QUERY
+    -- _capped_points adds up the elements of a month (one per attachment);
+    -- a program without caps needs only the sum
+    WITH expected AS (
+        SELECT m.account_key,
+               coalesce(@extschema@._capped_points($1, pg_catalog.array_agg(m.month) FILTER (WHERE capped),
+                                                   pg_catalog.array_agg(m.points) FILTER (WHERE capped)),
+                        pg_catalog.sum(m.points)) AS points,
+               pg_catalog.sum(m.qualifying) AS qualifying
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2)
+        GROUP BY 1),
+    posted AS (
+        SELECT l.account_key, pg_catalog.sum(l.points) AS points, pg_catalog.sum(l.qualifying) AS qualifying
+        FROM @extschema@.ledger l
+        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2)
+          AND l.kind OPERATOR(pg_catalog.=) ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[])
+        GROUP BY 1),
+    -- the cap entries the next fold books, for the accounts with unfolded postings
+    pending AS (
+        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key) AS points
+        FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
+              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) d
+        WHERE capped)
+    SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+    FROM expected e
+         FULL JOIN (SELECT coalesce(po.account_key, pe.account_key) AS account_key,
+                           coalesce(po.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, po.qualifying
+                    FROM posted po FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) po.account_key) p
+           ON p.account_key OPERATOR(pg_catalog.=) e.account_key,
+         LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
+                         ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
+    WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_balance(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
+BEGIN
+    RETURN QUERY
+    -- the ledger, plus the cap entries the next fold books (loyalty.balance
+    -- applies them already)
+    WITH pending AS (
+        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key) AS points
+        FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
+              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) d
+        WHERE capped)
+    SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+    FROM (SELECT coalesce(x.account_key, pe.account_key) AS account_key,
+                 coalesce(x.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, x.qualifying, x.n
+          FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying,
+                       pg_catalog.count(*) AS n
+                FROM @extschema@.ledger x
+                WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)
+                GROUP BY 1) x
+               FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) x.account_key) l
+         FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.entry_count AS n
+                    FROM @extschema@.balance x
+                    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) b
+           ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
+         LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
+                         ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
+                         ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
+    WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+

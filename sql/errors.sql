@@ -322,7 +322,14 @@ INSERT INTO cases (fn, param, kind, value, call) VALUES
 -- verify
 ('verify', 'program', 'valid', $$'err_club'$$, NULL),
 ('verify', 'program', 'null', 'NULL', NULL),
-('verify', 'program', 'unknown', $$'err_nope'$$, NULL);
+('verify', 'program', 'unknown', $$'err_nope'$$, NULL),
+('verify', 'account', 'valid', $$'42'$$, NULL),
+('verify', 'account', 'null', 'NULL', NULL),
+('verify', 'account', 'unknown', $$'no such customer'$$, NULL),
+('verify', 'since', 'valid', $$'2024-03-15'$$, NULL),
+('verify', 'since', 'null', 'NULL', NULL),
+('verify', 'since', 'infinity', $$'infinity'$$, NULL),
+('verify', 'since', '-infinity', $$'-infinity'$$, NULL);
 
 -- Coverage: every parameter of every public function (the extension's
 -- functions granted to a loyalty role, not to PUBLIC) has a NULL case, and

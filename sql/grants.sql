@@ -54,6 +54,8 @@ INSERT INTO decision VALUES
 ('loyalty.verify(text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'recomputes as the caller'),
 ('loyalty.pending_caps(integer,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'reads loyalty tables as the caller (the view loyalty.balance calls it)'),
 ('loyalty.fold(text)', 'loyalty_admin,loyalty_operator', false, true, 'C; writes loyalty tables only, as the owner; no user code'),
+('loyalty.verify(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'verify of one account, as the caller'),
+('loyalty.verify(text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'verify of recent months, as the caller'),
 ('loyalty.explain_points(regclass,text[])', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true,
  'reads the row as the caller'),
 ('loyalty.explain_points(regclass,"any")', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true,
@@ -89,7 +91,8 @@ INSERT INTO decision VALUES
 ('loyalty._check_mapped_columns()', '', false, true, 'event trigger: refuses ALTER TABLE breaking a mapping'),
 ('loyalty._enroll(text,text,text,text,text,numeric,text,date)', '', false, true, 'internal: the writes of enroll()'),
 ('loyalty._verify_attachments(integer)', '', false, true, 'internal: verify''s trigger checks'),
-('loyalty._verify_books(integer)', '', false, true, 'internal: verify''s ledger and balance checks'),
+('loyalty._verify_ledger(integer,text)', '', false, true, 'internal: verify''s per-month sums vs ledger check'),
+('loyalty._verify_balance(integer,text)', '', false, true, 'internal: verify''s ledger vs balance check'),
 ('loyalty._capped_points(integer,date[],bigint[])', '', false, true, 'internal: nested caps for verify, the trigger''s own computation'),
 -- Called per balance row inside the posting statement, as the owner; pure
 -- C, no SQL, no name resolved: no SET clause.

@@ -12,9 +12,11 @@
  * The columns of a facts query: SELECT RECONCILE_FACTS_COLUMNS FROM
  * (<loyalty._facts_sql(attachment)>) f.
  */
-#define RECONCILE_FACTS_COLUMNS \
-	"f.row_key, f.account_key, f.doc_date, f.amount, f.quantity, f.product_line," \
+#define RECONCILE_FACTS_COLUMNS "f.row_key, " RECONCILE_FACT_VALUES
+#define RECONCILE_FACT_VALUES \
+	"f.account_key, f.doc_date, f.amount, f.quantity, f.product_line," \
 	" f.currency, f.doc_type, f.due_date, f.paid_date, f.header_found"
+#define RECONCILE_FACTS_NCOLUMNS 11
 
 /* A row of a facts query as the points function takes it. */
 extern void reconcile_row_facts(Attachment *att, HeapTuple tup, TupleDesc desc, RowFacts *f);
