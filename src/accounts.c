@@ -258,8 +258,10 @@ row_is_uncommitted(HeapTuple tup, TupleDesc desc)
 }
 
 /*
- * Loads accounts keys[0..n) into the cache, one query.  The tier history
- * is read only when a rule multiplies by tier.
+ * Loads accounts keys[0..n) (distinct) into the cache, one query.  The
+ * generic plan joins the keys to the primary key index: = ANY would scan
+ * the whole table once per batch.  The tier history is read only when a
+ * rule multiplies by tier.
  */
 static void
 load_accounts(Program *prog, char **keys, int n)
@@ -274,16 +276,16 @@ load_accounts(Program *prog, char **keys, int n)
 
 	if (plans[hist] == NULL)
 		plans[hist] = loyalty_prepare(
-			psprintf("%s %s FROM loyalty.account a"
+			psprintf("%s %s FROM pg_catalog.unnest($2) AS k(key)"
+					 " JOIN loyalty.account a ON a.program_id OPERATOR(pg_catalog.=) $1"
+					 "  AND a.account_key OPERATOR(pg_catalog.=) k.key"
 					 " LEFT JOIN LATERAL (SELECT pg_catalog.array_agg(h.valid_until ORDER BY h.valid_until) AS until,"
 					 "   pg_catalog.array_agg(h.cooperation_model ORDER BY h.valid_until) AS coop,"
 					 "   pg_catalog.array_agg(h.industry ORDER BY h.valid_until) AS industry,"
 					 "   pg_catalog.array_agg(h.region ORDER BY h.valid_until) AS region,"
 					 "   pg_catalog.array_agg(h.cohort IS NOT DISTINCT FROM 'control' ORDER BY h.valid_until) AS control"
 					 "   FROM loyalty.account_history h WHERE h.program_id OPERATOR(pg_catalog.=) a.program_id"
-					 "   AND h.account_key OPERATOR(pg_catalog.=) a.account_key) hh ON true"
-					 " WHERE a.program_id OPERATOR(pg_catalog.=) $1"
-					 " AND a.account_key OPERATOR(pg_catalog.=) ANY ($2)",
+					 "   AND h.account_key OPERATOR(pg_catalog.=) a.account_key) hh ON true",
 					 ACCOUNT_COLS, hist ? TIER_HISTORY_COLS : NO_TIER_HISTORY_COLS),
 			2, argtypes);
 
@@ -462,6 +464,7 @@ is_missing(Program *prog, const char *key)
 AccountInfo **
 accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 {
+	MemoryContext caller = CurrentMemoryContext;	/* SPI calls switch away from it */
 	AccountInfo **out = palloc0(sizeof(AccountInfo *) * (n > 0 ? n : 1));
 	char	  **missing = palloc(sizeof(char *) * (n > 0 ? n : 1));
 	int			nmissing = 0;
@@ -503,6 +506,7 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 			}
 		}
 	}
+	MemoryContextSwitchTo(caller);
 	for (i = 0; i < n; i++)
 	{
 		AccountKey	k = {prog->id, keys[i]};

@@ -295,6 +295,7 @@ read_chunk(Batch *b, RowSet *rs, RowSet *prev)
 		uint64		i;
 
 		SPI_cursor_fetch(rs->portal, true, CHUNK_ROWS);
+		MemoryContextSwitchTo(b->chunkcxt); /* SPI returns in its own context */
 		rs->tuptable = SPI_tuptable;
 		rs->nrows = (int) SPI_processed;
 		rs->hrows = palloc(sizeof(HeapTuple) * (rs->nrows + 1));
@@ -733,6 +734,7 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 				/* a document dated after today: another session's upgrade may count for it */
 				acct->value = info = accounts_refresh(b->prog, acct->key);
 				acct->refreshed = true;
+				MemoryContextSwitchTo(b->rowcxt);	/* SPI left us in its own */
 			}
 			rules_row_points(b->prog, info, &f, &r);
 
@@ -999,16 +1001,20 @@ batch_start(Batch *b)
 static void
 batch_post(Batch *b)
 {
-	MemoryContext old = MemoryContextSwitchTo(b->batchcxt);
+	MemoryContext old;
 	HASH_SEQ_STATUS seq;
 	StrEntry   *e;
-	StrEntry  **accts = palloc(sizeof(StrEntry *) * (hash_get_num_entries(b->accounts) + 1));
+	StrEntry  **accts;
 	MonthDelta *deltas;
 	long		n = 0;
 	int			na = 0,
 				a,
 				i = 0;
 
+	/* as in process_chunk: ledger_post's leftovers go with the batch */
+	SPI_connect();
+	old = MemoryContextSwitchTo(b->batchcxt);
+	accts = palloc(sizeof(StrEntry *) * (hash_get_num_entries(b->accounts) + 1));
 	hash_seq_init(&seq, b->accounts);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (e->nmonths > 0)
@@ -1037,6 +1043,7 @@ batch_post(Batch *b)
 	settle_rejects(b);
 	write_rejects(b);
 	MemoryContextSwitchTo(old);
+	SPI_finish();
 }
 
 /* Maps, looks up and prices one chunk of rows. */
@@ -1106,7 +1113,16 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 		for (s = 0; s < nsets; s++)
 			total += read_chunk(&b, &sets[s], s > 0 ? &sets[s - 1] : NULL);
 		if (total > 0)
+		{
+			/*
+			 * A connection of its own: what SPI and the functions we call
+			 * leave in its procedure context (result sets, anything palloc'd
+			 * after a query) goes with the chunk, not with the statement.
+			 */
+			SPI_connect();
 			process_chunk(&b, sets, nsets, desc);
+			SPI_finish();
+		}
 		for (s = 0; s < nsets; s++)
 			free_chunk(&sets[s]);
 		MemoryContextSwitchTo(b.cxt);
@@ -1119,6 +1135,7 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 		}
 	}
 	batch_post(&b);
+	MemoryContextSwitchTo(b.cxt);
 
 	ExecDropSingleTupleTableSlot(b.store_slot);
 	ExecDropSingleTupleTableSlot(b.heap_slot);

@@ -1,8 +1,8 @@
 # Backend memory of big statements stays bounded.
 #
 # Each statement below runs in a session of its own while this script reads
-# the backend's RssAnon from /proc/<pid>/status every few milliseconds; the
-# highest reading must stay below 256 MB.  RssAnon is the backend's private
+# the backend's RssAnon from /proc/<pid>/status every 10 ms; the highest
+# reading must stay below 256 MB.  RssAnon is the backend's private
 # memory as the kernel sees it: every memory context, the transition tables
 # (up to work_mem, then on disk), SPI result sets, and anything malloc'd
 # outside PostgreSQL's contexts, without the shared buffers the backend
@@ -14,7 +14,8 @@
 #   2. one UPDATE of 1,000 headers whose 1,000,000 lines are reversed and
 #      accrued again (the paid date moves, the on-time bonus follows);
 #   3. one UPDATE of 1,000,000 headers in a column the mapping does not use
-#      (the header trigger skips every row).
+#      (the header trigger skips every row): below 128 MB, since nothing
+#      of a skipped row may survive it.
 #
 # Memory is a count, not a time: asserting it is as stable as the data.
 # After each statement the totals are checked against plain SQL.
@@ -116,7 +117,9 @@ SELECT sum(pts + trunc(pts * 0.10)) FROM (
 # 3. a header UPDATE of one million rows that the trigger skips
 $peak = peak_rss_kb(q{UPDATE hdr SET note = 'checked'});
 note "header UPDATE of 1M skipped rows: peak RssAnon $peak kB";
-cmp_ok($peak, '<', $limit_kb, 'a header UPDATE of 1M unmapped changes stays below 256 MB');
+# Nothing of a skipped row may survive it: loyalty 1.1 before this test
+# peaked at 243 MB here (two allocations per row), now about 45 MB.
+cmp_ok($peak, '<', 128 * 1024, 'a header UPDATE of 1M unmapped changes keeps nothing per row');
 
 $node->stop;
 done_testing();
