@@ -226,12 +226,12 @@ copy_text(HeapTuple tup, TupleDesc desc, int col)
 	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
 	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key" \
 	"       ORDER BY th.effective_from, th.change_no)," \
-	" a.xmin," \
+	" a.row_xmin," \
 	" ARRAY(SELECT th.xmin FROM loyalty.tier_history th" \
 	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
 	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key)"
 #define NO_TIER_HISTORY_COLS \
-	" '{}'::pg_catalog.date[], '{}'::pg_catalog.text[], a.xmin, '{}'::pg_catalog.xid[]"
+	" '{}'::pg_catalog.date[], '{}'::pg_catalog.text[], a.row_xmin, '{}'::pg_catalog.xid[]"
 
 /*
  * Written by this transaction and not committed yet: the account row
@@ -258,10 +258,11 @@ row_is_uncommitted(HeapTuple tup, TupleDesc desc)
 }
 
 /*
- * Loads accounts keys[0..n) (distinct) into the cache, one query.  The
- * generic plan joins the keys to the primary key index: = ANY would scan
- * the whole table once per batch.  The tier history is read only when a
- * rule multiplies by tier.
+ * Loads accounts keys[0..n) (distinct) into the cache, one query: one
+ * primary key probe per key (OFFSET 0 keeps the join a nested loop, whatever
+ * the table's size was when the generic plan was made; = ANY would scan the
+ * whole table once per batch).  The tier history is read only when a rule
+ * multiplies by tier.
  */
 static void
 load_accounts(Program *prog, char **keys, int n)
@@ -277,8 +278,9 @@ load_accounts(Program *prog, char **keys, int n)
 	if (plans[hist] == NULL)
 		plans[hist] = loyalty_prepare(
 			psprintf("%s %s FROM pg_catalog.unnest($2) AS k(key)"
-					 " JOIN loyalty.account a ON a.program_id OPERATOR(pg_catalog.=) $1"
-					 "  AND a.account_key OPERATOR(pg_catalog.=) k.key"
+					 " CROSS JOIN LATERAL (SELECT a0.*, a0.xmin AS row_xmin FROM loyalty.account a0"
+					 "   WHERE a0.program_id OPERATOR(pg_catalog.=) $1"
+					 "     AND a0.account_key OPERATOR(pg_catalog.=) k.key OFFSET 0) a"
 					 " LEFT JOIN LATERAL (SELECT pg_catalog.array_agg(h.valid_until ORDER BY h.valid_until) AS until,"
 					 "   pg_catalog.array_agg(h.cooperation_model ORDER BY h.valid_until) AS coop,"
 					 "   pg_catalog.array_agg(h.industry ORDER BY h.valid_until) AS industry,"
