@@ -69,10 +69,12 @@ BEGIN;
 SAVEPOINT s;
 INSERT INTO ca.inv VALUES (1008, 'NEW', '2024-03-02', 25);
 ROLLBACK TO SAVEPOINT s;
-SELECT count(*) AS enrolled FROM loyalty.account WHERE account_key = 'NEW';
+SELECT count(*) AS enrolled FROM loyalty.account JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'caches' AND account_key = 'NEW';
 INSERT INTO ca.inv VALUES (1009, 'NEW', '2024-03-02', 30);
 COMMIT;
-SELECT count(*) AS enrolled FROM loyalty.account WHERE account_key = 'NEW';
+SELECT count(*) AS enrolled FROM loyalty.account JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'caches' AND account_key = 'NEW';
 SELECT points FROM loyalty.balance('caches', 'NEW');
 
 -- ... and so is one rolled back with its transaction.

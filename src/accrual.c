@@ -1609,10 +1609,9 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	TriggerData *td = check_trigger(fcinfo, "loyalty.stash_header", true);
 	Attachment *att;
 	static bool registered = false;
-	MemoryContext old;
 	TupleTableSlot *slot;
 	ExprContext *econtext;
-	HeaderFacts *hf;
+	HeaderFacts hf;
 	Datum		key;
 	bool		isnull;
 
@@ -1627,12 +1626,11 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 		RegisterXactCallback(stash_xact_callback, NULL);
 		registered = true;
 	}
-	old = MemoryContextSwitchTo(TopTransactionContext);
+	/* mapped in SPI's context, which goes with the row; only a stashed header is kept */
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
 	ExecStoreHeapTuple(td->tg_trigtuple, slot, false);
 	econtext = CreateStandaloneExprContext();
-	hf = palloc(sizeof(HeaderFacts));
-	key = mapping_header_facts(att, econtext, slot, hf, &isnull);
+	key = mapping_header_facts(att, econtext, slot, &hf, &isnull);
 	if (!isnull && TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
 		/* only a renumbered header needs remembering */
@@ -1649,12 +1647,14 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	if (!isnull)
 	{
 		bool		found;
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 
-		keymap_enter(stash_of(att, true), att->header_key, key, TopTransactionContext, &found)->value = hf;
+		keymap_enter(stash_of(att, true), att->header_key, key, TopTransactionContext, &found)->value =
+			copy_header(&hf);
+		MemoryContextSwitchTo(old);
 	}
 	FreeExprContext(econtext, true);
 	ExecDropSingleTupleTableSlot(slot);
-	MemoryContextSwitchTo(old);
 	SPI_finish();
 	return PointerGetDatum(result);
 }
