@@ -544,7 +544,6 @@ resolve_accounts(Batch *b)
 	HASH_SEQ_STATUS seq;
 	StrEntry   *e;
 	AccountInfo **info;
-
 	MemoryContext old;
 
 	hash_seq_init(&seq, b->accounts);
