@@ -1,17 +1,20 @@
 /*
- * accounts.c — the account cache.  A statement resolves all its accounts
- * with one query for those not cached yet; unknown accounts of an
- * auto-enrolment program are enrolled with one INSERT, in ascending key
- * order.  Only enrolled accounts are cached; changes to their segments,
- * cohort or enrolment date (from any backend) reset the cache.
+ * accounts.c — the account cache.  A statement (or a batch of a big one)
+ * resolves the accounts it touches, and only those, with one query for the
+ * ones not cached yet; unknown accounts of an auto-enrolment program are
+ * enrolled with one INSERT, in ascending key order.  Only enrolled accounts
+ * are cached, at most ACCOUNT_CACHE_MAX of them between resets.  Changes to
+ * their segments, cohort or enrolment date (from any backend) reset the
+ * cache; an abort forgets only what this transaction itself wrote.
  */
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/xact.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
@@ -40,14 +43,32 @@ typedef struct AccountEntry
 {
 	AccountKey	k;
 	AccountInfo *info;
+	bool		has_hist;		/* read with its tier history */
 } AccountEntry;
+
+/*
+ * Entries taken in since the last reset (removed ones count: their memory
+ * stays until the reset).  Past this, the next statement or batch starts
+ * afresh: a few tens of MB at most, whatever the number of accounts.
+ */
+#define ACCOUNT_CACHE_MAX 50000
+
+/*
+ * Entries that hold what this transaction wrote and has not committed (our
+ * own enrolments and tier upgrades, rows it inserted or updated): an abort
+ * of the transaction or of any subtransaction forgets these, and only
+ * these.  Past UNCOMMITTED_MAX, an abort resets the whole cache.
+ */
+#define UNCOMMITTED_MAX 4096
 
 static MemoryContext account_cxt = NULL;
 static HTAB *account_cache = NULL;
-static void load_segment_history(AccountInfo *a, HeapTuple tup, TupleDesc desc);
+static long account_added = 0;
+static AccountKey *uncommitted = NULL;
+static int	nuncommitted = 0;
+static bool uncommitted_overflow = false;
 
-/* Programs whose accounts were all loaded since the cache was last reset. */
-static List *preloaded_programs = NIL;
+static void load_segment_history(AccountInfo *a, HeapTuple tup, TupleDesc desc);
 
 static uint32
 account_hash(const void *key, Size keysize)
@@ -66,17 +87,87 @@ account_match(const void *a, const void *b, Size keysize)
 	return (x->program_id == y->program_id && strcmp(x->key, y->key) == 0) ? 0 : 1;
 }
 
+/* Remembers that the cached entry of (program_id, key) holds uncommitted rows. */
+static void
+note_uncommitted(int32 program_id, const char *key)
+{
+	if (nuncommitted >= UNCOMMITTED_MAX)
+	{
+		uncommitted_overflow = true;
+		return;
+	}
+	uncommitted[nuncommitted].program_id = program_id;
+	uncommitted[nuncommitted].key = key;	/* the entry's own copy */
+	nuncommitted++;
+}
+
 /*
- * Drops the cache if accounts changed since it was filled.  Called at the
- * start of a statement only: AccountInfo pointers handed out stay valid
- * until the next call, even when the statement's own enrolments invalidate.
+ * What an aborted (sub)transaction wrote is gone: drop the entries that
+ * hold it; the next statement reads them again.  Their memory stays until
+ * the next reset, so a statement still holding their AccountInfo (a user
+ * function's EXCEPTION block inside our statement) is safe.
+ */
+static void
+forget_uncommitted(void)
+{
+	int			i;
+
+	if (uncommitted_overflow)
+		loyalty_accounts_valid = false;
+	else if (account_cache != NULL)
+		for (i = 0; i < nuncommitted; i++)
+			(void) hash_search(account_cache, &uncommitted[i], HASH_REMOVE, NULL);
+	nuncommitted = 0;
+	uncommitted_overflow = false;
+}
+
+static void
+accounts_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			nuncommitted = 0;	/* committed: as valid as anything read */
+			uncommitted_overflow = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:	/* its fate is decided elsewhere */
+			forget_uncommitted();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+accounts_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		forget_uncommitted();
+}
+
+/*
+ * Drops the cache if accounts changed since it was filled, or if it grew
+ * past its bound.  Called at the start of a statement, or of a batch of a
+ * big one, only: AccountInfo pointers handed out stay valid until the next
+ * call, even when the statement's own enrolments invalidate.
  */
 void
 accounts_begin(void)
 {
+	static bool registered = false;
 	HASHCTL		ctl;
 
-	if (loyalty_accounts_valid && account_cxt != NULL)
+	if (!registered)
+	{
+		RegisterXactCallback(accounts_xact_callback, NULL);
+		RegisterSubXactCallback(accounts_subxact_callback, NULL);
+		registered = true;
+	}
+	if (loyalty_accounts_valid && account_cxt != NULL && account_added <= ACCOUNT_CACHE_MAX)
 		return;
 	if (account_cxt != NULL)
 		MemoryContextDelete(account_cxt);
@@ -90,21 +181,12 @@ accounts_begin(void)
 	ctl.hcxt = account_cxt;
 	account_cache = hash_create("loyalty accounts", 1024, &ctl,
 								HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-	preloaded_programs = NIL;	/* it lived in the context just deleted */
+	account_added = 0;
+	/* what it tracked lived in the context just deleted */
+	uncommitted = MemoryContextAlloc(account_cxt, sizeof(AccountKey) * UNCOMMITTED_MAX);
+	nuncommitted = 0;
+	uncommitted_overflow = false;
 	loyalty_accounts_valid = true;
-}
-
-static bool
-preloaded(Program *prog)
-{
-	MemoryContext old;
-
-	if (list_member_int(preloaded_programs, prog->id))
-		return true;
-	old = MemoryContextSwitchTo(account_cxt);
-	preloaded_programs = lappend_int(preloaded_programs, prog->id);
-	MemoryContextSwitchTo(old);
-	return false;
 }
 
 static AccountInfo *
@@ -130,6 +212,8 @@ cache_enter(int32 program_id, const char *key)
 	{
 		e->k.key = MemoryContextStrdup(account_cxt, key);
 		e->info = NULL;
+		e->has_hist = false;
+		account_added++;
 	}
 	return e;
 }
@@ -154,43 +238,74 @@ copy_text(HeapTuple tup, TupleDesc desc, int col)
 	" ARRAY(SELECT th.new_tier FROM loyalty.tier_history th" \
 	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
 	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key" \
-	"       ORDER BY th.effective_from, th.change_no)"
+	"       ORDER BY th.effective_from, th.change_no)," \
+	" a.row_xmin," \
+	" ARRAY(SELECT th.xmin FROM loyalty.tier_history th" \
+	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
+	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key)"
+#define NO_TIER_HISTORY_COLS \
+	" '{}'::pg_catalog.date[], '{}'::pg_catalog.text[], a.row_xmin, '{}'::pg_catalog.xid[]"
 
 /*
- * Loads accounts into the cache: keys[0..n), or every account of the
- * program when keys is NULL.  The tier history is read only when a rule
+ * Written by this transaction and not committed yet: the account row
+ * (column 15) or one of its tier history rows (column 16).
+ */
+static bool
+row_is_uncommitted(HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	Datum	   *xids;
+	int			n,
+				i;
+
+	if (!TransactionIdIsValid(GetCurrentTransactionIdIfAny()))
+		return false;			/* nothing written yet */
+	if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(SPI_getbinval(tup, desc, 15, &isnull))))
+		return true;
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 16, &isnull)),
+					  XIDOID, sizeof(TransactionId), true, TYPALIGN_INT, &xids, NULL, &n);
+	for (i = 0; i < n; i++)
+		if (TransactionIdIsCurrentTransactionId(DatumGetTransactionId(xids[i])))
+			return true;
+	return false;
+}
+
+/*
+ * Loads accounts keys[0..n) (distinct) into the cache, one query: one
+ * primary key probe per key (OFFSET 0 keeps the join a nested loop, whatever
+ * the table's size was when the generic plan was made; = ANY would scan the
+ * whole table once per batch).  The tier history is read only when a rule
  * multiplies by tier.
  */
 static void
 load_accounts(Program *prog, char **keys, int n)
 {
-	static SPIPlanPtr plans[2][2];	/* [all][with history] */
+	static SPIPlanPtr plans[2];	/* [with history] */
 	Oid			argtypes[2] = {INT4OID, TEXTARRAYOID};
 	Datum		args[2];
-	bool		all = (keys == NULL);
 	bool		hist = prog->uses_tier_multipliers;
 	uint64		i;
 	OwnerScope	scope;
+	SPITupleTable *result;
 
-	if (plans[all][hist] == NULL)
-		plans[all][hist] = loyalty_prepare(
-			psprintf("%s %s FROM loyalty.account a"
+	if (plans[hist] == NULL)
+		plans[hist] = loyalty_prepare(
+			psprintf("%s %s FROM pg_catalog.unnest($2) AS k(key)"
+					 " CROSS JOIN LATERAL (SELECT a0.*, a0.xmin AS row_xmin FROM loyalty.account a0"
+					 "   WHERE a0.program_id OPERATOR(pg_catalog.=) $1"
+					 "     AND a0.account_key OPERATOR(pg_catalog.=) k.key OFFSET 0) a"
 					 " LEFT JOIN LATERAL (SELECT pg_catalog.array_agg(h.valid_until ORDER BY h.valid_until) AS until,"
 					 "   pg_catalog.array_agg(h.cooperation_model ORDER BY h.valid_until) AS coop,"
 					 "   pg_catalog.array_agg(h.industry ORDER BY h.valid_until) AS industry,"
 					 "   pg_catalog.array_agg(h.region ORDER BY h.valid_until) AS region,"
 					 "   pg_catalog.array_agg(h.cohort IS NOT DISTINCT FROM 'control' ORDER BY h.valid_until) AS control"
 					 "   FROM loyalty.account_history h WHERE h.program_id OPERATOR(pg_catalog.=) a.program_id"
-					 "   AND h.account_key OPERATOR(pg_catalog.=) a.account_key) hh ON true"
-					 " WHERE a.program_id OPERATOR(pg_catalog.=) $1 %s",
-					 ACCOUNT_COLS,
-					 hist ? TIER_HISTORY_COLS : "'{}'::pg_catalog.date[], '{}'::pg_catalog.text[]",
-					 all ? "" : "AND a.account_key OPERATOR(pg_catalog.=) ANY ($2)"),
-			all ? 1 : 2, argtypes);
+					 "   AND h.account_key OPERATOR(pg_catalog.=) a.account_key) hh ON true",
+					 ACCOUNT_COLS, hist ? TIER_HISTORY_COLS : NO_TIER_HISTORY_COLS),
+			2, argtypes);
 
 	args[0] = Int32GetDatum(prog->id);
-	if (!all)
-		args[1] = loyalty_text_array(keys, NULL, n);
+	args[1] = loyalty_text_array(keys, NULL, n);
 
 	/*
 	 * The latest committed state, not the statement's snapshot: a statement
@@ -201,14 +316,15 @@ load_accounts(Program *prog, char **keys, int n)
 	 * enrolled, not with our defaults.
 	 */
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(loyalty_execute_latest(plans[all][hist], args, 0), SPI_OK_SELECT,
+	loyalty_spi_check(loyalty_execute_latest(plans[hist], args, 0), SPI_OK_SELECT,
 					  "read loyalty.account");
 	loyalty_leave_owner(&scope);
+	result = SPI_tuptable;
 
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		HeapTuple	tup = result->vals[i];
+		TupleDesc	desc = result->tupdesc;
 		char	   *key = SPI_getvalue(tup, desc, 1);
 		AccountEntry *e = cache_enter(prog->id, key);
 		AccountInfo *a = new_info(key, true);
@@ -241,7 +357,12 @@ load_accounts(Program *prog, char **keys, int n)
 				MemoryContextStrdup(account_cxt, TextDatumGetCString(tier[j]));
 		}
 		e->info = a;
+		e->has_hist = hist;
+		if (row_is_uncommitted(tup, desc))
+			note_uncommitted(prog->id, e->k.key);
 	}
+	/* a big statement reads accounts batch after batch: free each result */
+	SPI_freetuptable(result);
 }
 
 /* Columns 8..12: the account's earlier segments and cohorts, if any. */
@@ -373,7 +494,13 @@ enroll_accounts(int32 program_id, char **keys, int n)
 	Datum		args[2];
 	OwnerScope	scope;
 	int			ninserted = 0;
-	uint64		i;
+	uint64		i,
+				nrows;
+	SPITupleTable *result;
+	char	  **inserted,
+			  **others;
+	int			j,
+				nothers = 0;
 
 	if (n == 0)
 		return 0;
@@ -389,56 +516,52 @@ enroll_accounts(int32 program_id, char **keys, int n)
 	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
 					  "enrol accounts");
 	loyalty_leave_owner(&scope);
-	for (i = 0; i < SPI_processed; i++)
+	result = SPI_tuptable;
+	nrows = SPI_processed;
+
+	/* the inserted keys first, the others after, each in ascending order */
+	inserted = palloc(sizeof(char *) * (nrows + 1));
+	for (i = 0; i < nrows; i++)
+		inserted[i] = SPI_getvalue(result->vals[i], result->tupdesc, 1);
+	SPI_freetuptable(result);
+	qsort(inserted, nrows, sizeof(char *), cmp_str);
+	others = palloc(sizeof(char *) * n);
+	for (j = 0; j < n; j++)
 	{
-		char	   *k = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		int			j;
-
-		for (j = ninserted; j < n; j++)
-			if (strcmp(keys[j], k) == 0)
-			{
-				char	   *t = keys[ninserted];
-
-				keys[ninserted++] = keys[j];
-				keys[j] = t;
-				break;
-			}
+		if (nrows > 0 && bsearch(&keys[j], inserted, nrows, sizeof(char *), cmp_str) != NULL)
+			keys[ninserted++] = keys[j];
+		else
+			others[nothers++] = keys[j];
 	}
+	memcpy(keys + ninserted, others, sizeof(char *) * nothers);
+	pfree(others);
 	return ninserted;
+}
+
+/* Not cached, or cached without the tier history the program now needs. */
+static bool
+is_missing(Program *prog, const char *key)
+{
+	AccountKey	k = {prog->id, key};
+	AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
+
+	return e == NULL || e->info == NULL || (prog->uses_tier_multipliers && !e->has_hist);
 }
 
 AccountInfo **
 accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 {
+	MemoryContext caller = CurrentMemoryContext;	/* SPI calls switch away from it */
 	AccountInfo **out = palloc0(sizeof(AccountInfo *) * (n > 0 ? n : 1));
 	char	  **missing = palloc(sizeof(char *) * (n > 0 ? n : 1));
 	int			nmissing = 0;
-	int			i,
-				n2;
+	int			i;
 
 	if (account_cxt == NULL)
 		accounts_begin();
 	for (i = 0; i < n; i++)
-	{
-		AccountKey	k = {prog->id, keys[i]};
-		AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
-
-		if (e == NULL || e->info == NULL)
+		if (is_missing(prog, keys[i]))
 			missing[nmissing++] = keys[i];
-	}
-	if (nmissing > 0 && !preloaded(prog))
-	{
-		/* first use of the program in this backend: take all its accounts at once */
-		load_accounts(prog, NULL, 0);
-		for (i = 0, n2 = nmissing, nmissing = 0; i < n2; i++)
-		{
-			AccountKey	k = {prog->id, missing[i]};
-			AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
-
-			if (e == NULL || e->info == NULL)
-				missing[nmissing++] = missing[i];
-		}
-	}
 	if (nmissing > 0)
 	{
 		load_accounts(prog, missing, nmissing);
@@ -448,11 +571,8 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 
 			for (i = 0; i < nmissing; i++)
 			{
-				AccountKey	k = {prog->id, missing[i]};
-				AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
-
 				/* a key that cannot be an account's is never enrolled: its rows are parked */
-				if ((e == NULL || e->info == NULL) && rules_account_key_problem(missing[i]) == NULL)
+				if (is_missing(prog, missing[i]) && rules_account_key_problem(missing[i]) == NULL)
 					missing[nnew++] = missing[i];
 			}
 			if (nnew > 0)
@@ -469,13 +589,20 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 				int			ninserted = enroll_accounts(prog->id, missing + nskip, nnew - nskip);
 
 				for (i = 0; i < nskip + ninserted; i++)
-					cache_enter(prog->id, missing[i])->info = new_info(missing[i], true);
+				{
+					AccountEntry *e = cache_enter(prog->id, missing[i]);
+
+					e->info = new_info(missing[i], true);
+					e->has_hist = true; /* a new account has no tier history */
+					note_uncommitted(prog->id, e->k.key);
+				}
 				/* enrolled meanwhile by someone else: as they enrolled it */
 				if (nskip + ninserted < nnew)
 					load_accounts(prog, missing + nskip + ninserted, nnew - nskip - ninserted);
 			}
 		}
 	}
+	MemoryContextSwitchTo(caller);
 	for (i = 0; i < n; i++)
 	{
 		AccountKey	k = {prog->id, keys[i]};
@@ -494,6 +621,7 @@ accounts_resolve(Program *prog, char **keys, int n, bool enroll)
 			out[i]->enrolled_from = DATEVAL_NOBEGIN;
 		}
 	}
+	pfree(missing);
 	return out;
 }
 
@@ -524,6 +652,7 @@ accounts_note_tier(Program *prog, const char *key, const char *tier, DateADT eff
 	a->hist_from[a->nhist] = effective_from;
 	a->hist_tier[a->nhist] = a->tier;
 	a->nhist++;
+	note_uncommitted(prog->id, e->k.key);
 }
 
 /*
@@ -548,10 +677,13 @@ AccountInfo *
 accounts_refresh(Program *prog, const char *key)
 {
 	AccountKey	k = {prog->id, key};
-	AccountEntry *e = hash_search(account_cache, &k, HASH_FIND, NULL);
+	AccountEntry *e;
 	char	   *keys[1] = {(char *) key};
 	AccountInfo *info;
 
+	if (account_cxt == NULL)
+		accounts_begin();
+	e = hash_search(account_cache, &k, HASH_FIND, NULL);
 	if (e != NULL)
 		e->info = NULL;
 	load_accounts(prog, keys, 1);

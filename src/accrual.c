@@ -47,6 +47,7 @@ typedef struct StrEntry
 	bool		in_new;			/* seen in an added row */
 	bool		bad_key;		/* accounts: a key that is never looked up or written */
 	bool		refreshed;		/* accounts: read again in this statement */
+	bool		resolved_new;	/* accounts: resolved as an added row's (enrolled) */
 	MonthDelta *months;			/* accounts: sums per document month, sorted */
 	int			nmonths;
 	int			mcap;
@@ -92,6 +93,7 @@ str_enter(HTAB *h, const char *key, MemoryContext cxt, bool *found)
 		e->in_new = false;
 		e->bad_key = false;
 		e->refreshed = false;
+		e->resolved_new = false;
 		e->months = NULL;
 		e->nmonths = e->mcap = 0;
 	}
@@ -209,24 +211,42 @@ accrual_stashed_header(Attachment *att, Datum key)
 
 /* ---- the batch ---- */
 
+/*
+ * A statement's rows are read in chunks of CHUNK_ROWS: each chunk is mapped,
+ * its accounts, headers and products looked up (one query each, for what
+ * the chunk needs and the caches do not hold), and its rows priced.  The
+ * sums of up to BATCH_ACCOUNTS accounts are then posted, and their memory
+ * freed, before the next chunk: a statement of any size takes bounded
+ * memory, and ledger_post() may see an account in several batches.
+ */
+#define CHUNK_ROWS 8192
+#define BATCH_ACCOUNTS 8192
+
 typedef struct Batch
 {
 	Attachment *att;
 	Program    *prog;
+	const char *reason;
 	MemoryContext cxt;			/* lives for the statement */
+	MemoryContext batchcxt;		/* the accounts' sums: reset after posting */
+	MemoryContext chunkcxt;		/* one chunk of rows: reset per chunk */
 	MemoryContext rowcxt;		/* reset per row */
 	ExprContext *econtext;
 	TupleTableSlot *store_slot; /* minimal tuples from a transition table */
 	TupleTableSlot *heap_slot;	/* heap tuples from a query */
 	TupleTableSlot *header_slot;
+	/* per batch, in batchcxt */
 	HTAB	   *accounts;		/* key -> AccountInfo, and the account's month sums */
 	StrEntry   *last_noted;		/* the account of the previous row */
-	HTAB	   *headers;		/* header key -> HeaderFacts (looked up), a keymap */
-	HTAB	   *products;		/* product key -> ProductFacts, a keymap */
 	HTAB	   *unenrolled;		/* key -> UnenrolledSum */
 	List	   *rejects;
-	char	  **settled_keys;	/* keys of removed rows whose dead letters are settled */
-	int64		nsettled;
+	char	  **settled;		/* keys of removed rows whose dead letters are settled */
+	int			nsettled;
+	int			settled_cap;
+	/* per chunk, in chunkcxt */
+	HTAB	   *headers;		/* header key -> HeaderFacts (looked up), a keymap */
+	HTAB	   *products;		/* product key -> ProductFacts, a keymap */
+	char	  **settled_keys;	/* by row number of the chunk's removed rows */
 	Numeric		zero;
 	DateADT		today;			/* in the program's time zone */
 } Batch;
@@ -245,21 +265,77 @@ typedef struct UnenrolledSum
 	Numeric		amount;
 } UnenrolledSum;
 
-static TupleTableSlot *
-next_row(Batch *b, RowSet *rs, int *pos)
+/*
+ * Reads the next chunk of a row set into chunkcxt; returns how many rows.
+ * Transition table rows are copied (the store reuses its buffer once it is
+ * on disk); a cursor's rows stay in its SPI result, freed with the chunk.
+ */
+static int
+read_chunk(Batch *b, RowSet *rs, RowSet *prev)
 {
-	if (rs->store != NULL)
-		return tuplestore_gettupleslot(rs->store, true, false, b->store_slot) ? b->store_slot : NULL;
-	if (*pos >= rs->ntuples)
-		return NULL;
-	return ExecStoreHeapTuple(rs->tuples[(*pos)++], b->heap_slot, false);
+	rs->nrows = 0;
+	rs->mrows = NULL;
+	rs->hrows = NULL;
+	rs->tuptable = NULL;
+	if (rs->same_rows)
+	{
+		rs->mrows = prev->mrows;
+		rs->hrows = prev->hrows;
+		rs->nrows = prev->nrows;
+	}
+	else if (rs->store != NULL)
+	{
+		rs->mrows = palloc(sizeof(MinimalTuple) * CHUNK_ROWS);
+		while (rs->nrows < CHUNK_ROWS &&
+			   tuplestore_gettupleslot(rs->store, true, false, b->store_slot))
+			rs->mrows[rs->nrows++] = ExecCopySlotMinimalTuple(b->store_slot);
+	}
+	else if (rs->portal != NULL)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(rs->portal, true, CHUNK_ROWS);
+		MemoryContextSwitchTo(b->chunkcxt); /* SPI returns in its own context */
+		rs->tuptable = SPI_tuptable;
+		rs->nrows = (int) SPI_processed;
+		rs->hrows = palloc(sizeof(HeapTuple) * (rs->nrows + 1));
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(rs->tuptable->vals[i],
+																	   rs->tuptable->tupdesc, 1, &isnull));
+			HeapTuple	t = palloc(sizeof(HeapTupleData));
+
+			t->t_len = HeapTupleHeaderGetDatumLength(th);
+			ItemPointerSetInvalid(&t->t_self);
+			t->t_tableOid = b->att->source;
+			t->t_data = th;
+			rs->hrows[i] = t;
+		}
+	}
+	else
+	{
+		rs->nrows = Min(CHUNK_ROWS, rs->ntuples - rs->next);
+		rs->hrows = rs->tuples + rs->next;
+		rs->next += rs->nrows;
+	}
+	return rs->nrows;
 }
 
 static void
-rewind_set(RowSet *rs)
+free_chunk(RowSet *rs)
 {
-	if (rs->store != NULL)
-		tuplestore_rescan(rs->store);
+	if (rs->tuptable != NULL)
+		SPI_freetuptable(rs->tuptable);
+	rs->tuptable = NULL;
+}
+
+static TupleTableSlot *
+chunk_row(Batch *b, RowSet *rs, int i)
+{
+	if (rs->mrows != NULL)
+		return ExecStoreMinimalTuple(rs->mrows[i], b->store_slot, false);
+	return ExecStoreHeapTuple(rs->hrows[i], b->heap_slot, false);
 }
 
 static StrEntry *
@@ -271,7 +347,7 @@ note_account(Batch *b, const char *account, bool in_new)
 		return NULL;
 	if (b->last_noted == NULL || strcmp(b->last_noted->key, account) != 0)
 	{
-		b->last_noted = str_enter(b->accounts, account, b->cxt, &found);
+		b->last_noted = str_enter(b->accounts, account, b->batchcxt, &found);
 		/* empty or too long to index: its rows are rejected (rules.c) */
 		if (!found)
 			b->last_noted->bad_key = rules_account_key_problem(account) != NULL;
@@ -280,7 +356,18 @@ note_account(Batch *b, const char *account, bool in_new)
 	return b->last_noted;
 }
 
-/* Pass 1: which accounts and header rows does the statement touch? */
+/* The header facts a row set brings along for the row's header key. */
+static const HeaderFacts *
+given_header(Batch *b, RowSet *rs, TupleTableSlot *slot)
+{
+	bool		isnull;
+	Datum		key = mapping_header_key(b->att, b->econtext, slot, &isnull);
+	KeyMapEntry *e = isnull ? NULL : keymap_find(rs->header_facts, b->att->header_key, key);
+
+	return e ? (const HeaderFacts *) e->value : NULL;
+}
+
+/* Pass 1: which accounts and header rows does the chunk touch? */
 static void
 collect_keys(Batch *b, RowSet *sets, int nsets)
 {
@@ -290,17 +377,13 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 	for (s = 0; s < nsets; s++)
 	{
 		RowSet	   *rs = &sets[s];
-		TupleTableSlot *slot;
-		int			pos = 0;
-		int64		rowno = 0;
+		int			rowno;
 
 		/* remember each row's account, so that the second pass need not map it again */
-		if (!att->has_header)
-			rs->accounts = MemoryContextAllocHuge(b->cxt, sizeof(StrEntry *) *
-												  ((rs->store ? tuplestore_tuple_count(rs->store) : rs->ntuples) + 1));
-		rewind_set(rs);
-		while ((slot = next_row(b, rs, &pos)) != NULL)
+		rs->accounts = att->has_header ? NULL : palloc(sizeof(StrEntry *) * (rs->nrows + 1));
+		for (rowno = 0; rowno < rs->nrows; rowno++)
 		{
+			TupleTableSlot *slot = chunk_row(b, rs, rowno);
 			MemoryContext old = MemoryContextSwitchTo(b->rowcxt);
 
 			ResetExprContext(b->econtext);
@@ -313,7 +396,7 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 				b->econtext->ecxt_scantuple = slot;
 				key = ExecEvalExprSwitchContext(att->src[F_PRODUCT_KEY], b->econtext, &isnull);
 				if (!isnull)
-					keymap_enter(b->products, att->product_key, key, b->cxt, &found);
+					keymap_enter(b->products, att->product_key, key, b->chunkcxt, &found);
 			}
 			if (att->has_header)
 			{
@@ -324,7 +407,14 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 					Datum		key = mapping_header_key(att, b->econtext, slot, &isnull);
 
 					if (!isnull)
-						keymap_enter(b->headers, att->header_key, key, b->cxt, &found)->in_new |= rs->sign > 0;
+						keymap_enter(b->headers, att->header_key, key, b->chunkcxt, &found)->in_new |= rs->sign > 0;
+				}
+				else
+				{
+					const HeaderFacts *hf = given_header(b, rs, slot);
+
+					if (hf != NULL)
+						note_account(b, hf->account, rs->sign > 0);
 				}
 			}
 			else
@@ -336,7 +426,6 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 				d = ExecEvalExprSwitchContext(att->src[F_ACCOUNT], b->econtext, &isnull);
 				rs->accounts[rowno] = isnull ? NULL : note_account(b, TextDatumGetCString(d), rs->sign > 0);
 			}
-			rowno++;
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(b->rowcxt);
 		}
@@ -379,7 +468,9 @@ lookup_headers(Batch *b)
 	HASH_SEQ_STATUS seq;
 	KeyMapEntry *e;
 	Datum		arg;
-	uint64		r;
+	uint64		r,
+				nresult;
+	SPITupleTable *result;
 
 	if (hash_get_num_entries(b->headers) == 0)
 		return;
@@ -387,17 +478,19 @@ lookup_headers(Batch *b)
 	/* a fresh snapshot, for the same reason as the account look-up */
 	loyalty_spi_check(SPI_execute_plan(header_plan(att), &arg, NULL, false, 0), SPI_OK_SELECT,
 					  "read the header rows");
+	result = SPI_tuptable;
+	nresult = SPI_processed;
 
-	for (r = 0; r < SPI_processed; r++)
+	for (r = 0; r < nresult; r++)
 	{
 		bool		isnull;
-		Datum		k = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull);
+		Datum		k = SPI_getbinval(result->vals[r], result->tupdesc, 1, &isnull);
+		Datum		d = SPI_getbinval(result->vals[r], result->tupdesc, 2, &isnull);
 		HeapTupleHeader th = DatumGetHeapTupleHeader(d);
 		HeapTupleData tmp;
 		HeaderFacts hf;
 		bool		keynull;
-		MemoryContext old = MemoryContextSwitchTo(b->cxt);
+		MemoryContext old = MemoryContextSwitchTo(b->chunkcxt);
 
 		tmp.t_len = HeapTupleHeaderGetDatumLength(th);
 		ItemPointerSetInvalid(&tmp.t_self);
@@ -416,6 +509,7 @@ lookup_headers(Batch *b)
 		ExecClearTuple(b->header_slot);
 		MemoryContextSwitchTo(old);
 	}
+	SPI_freetuptable(result);
 
 	/* headers deleted earlier in this transaction (e.g. ON DELETE CASCADE) */
 	hash_seq_init(&seq, b->headers);
@@ -450,6 +544,7 @@ resolve_accounts(Batch *b)
 	HASH_SEQ_STATUS seq;
 	StrEntry   *e;
 	AccountInfo **info;
+	MemoryContext old;
 
 	hash_seq_init(&seq, b->accounts);
 	while ((e = hash_seq_search(&seq)) != NULL)
@@ -457,29 +552,35 @@ resolve_accounts(Batch *b)
 		if (e->bad_key)
 			continue;
 		/* only added rows enrol; a removed row of an unknown account earned nothing */
-		if (e->in_new)
+		if (e->in_new && !e->resolved_new)
 		{
 			ee[ne] = e;
 			enroll[ne++] = (char *) e->key;
 		}
-		else
+		else if (e->value == NULL)
 		{
 			le[nl] = e;
 			lookup[nl++] = (char *) e->key;
 		}
 	}
+	/* what an unknown account resolves to is used by the batch's later chunks */
+	old = MemoryContextSwitchTo(b->batchcxt);
 	info = accounts_resolve(b->prog, enroll, ne, true);
 	for (i = 0; i < ne; i++)
+	{
 		ee[i]->value = info[i];
+		ee[i]->resolved_new = true;
+	}
 	info = accounts_resolve(b->prog, lookup, nl, false);
 	for (i = 0; i < nl; i++)
 		le[i]->value = info[i];
+	MemoryContextSwitchTo(old);
 }
 
 static Numeric
 add_into(Batch *b, Numeric sum, Numeric x)
 {
-	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+	MemoryContext old = MemoryContextSwitchTo(b->batchcxt);
 	Numeric		r = numeric_add_opt_error(sum, x, NULL);
 
 	MemoryContextSwitchTo(old);
@@ -517,7 +618,7 @@ add_reject(Batch *b, TupleTableSlot *slot, const RowFacts *f, const RowResult *r
 	char	   *row_key = stored_row_key(mapping_row_key(b->att, b->econtext, slot));
 	Datum		row = ExecFetchSlotHeapTupleDatum(slot);
 	char	   *json = TextDatumGetCString(DirectFunctionCall1(row_to_json, row));
-	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+	MemoryContext old = MemoryContextSwitchTo(b->batchcxt);
 
 	if (b->prog->strict)
 		ereport(ERROR,
@@ -568,7 +669,7 @@ row_product_line(Batch *b, TupleTableSlot *slot, const RowFacts *f)
 	return product_line_on((ProductFacts *) e->value, f->has_date, f->date);
 }
 
-/* Pass 2: the points of every row, summed per (account, month). */
+/* Pass 2: the points of every row of the chunk, summed per (account, month). */
 static void
 sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 {
@@ -576,25 +677,25 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 	int			s;
 
 	/*
-	 * The old and new rows of an UPDATE come in the same order.  A row that
-	 * was rejected before and still is, for the same reason, is not parked
-	 * again (a header update re-reads every line of the document).
+	 * The old and new rows of an UPDATE come in the same order, chunk by
+	 * chunk.  A row that was rejected before and still is, for the same
+	 * reason, is not parked again (a header update re-reads every line of
+	 * the document).
 	 */
 	char	  **old_reasons = NULL;
 	int64		nold = 0;
 
+	b->settled_keys = NULL;
 	for (s = 0; s < nsets; s++)
 	{
 		RowSet	   *rs = &sets[s];
 		HTAB	   *hmap = rs->header_facts ? rs->header_facts : b->headers;
-		TupleTableSlot *slot;
-		int			pos = 0;
-		int64		rowno = 0;
+		int			rowno;
 		StrEntry   *last = NULL;
 
-		rewind_set(rs);
-		while ((slot = next_row(b, rs, &pos)) != NULL)
+		for (rowno = 0; rowno < rs->nrows; rowno++)
 		{
+			TupleTableSlot *slot = chunk_row(b, rs, rowno);
 			MemoryContext old = MemoryContextSwitchTo(b->rowcxt);
 			RowFacts	f;
 			RowResult	r;
@@ -632,6 +733,7 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 				/* a document dated after today: another session's upgrade may count for it */
 				acct->value = info = accounts_refresh(b->prog, acct->key);
 				acct->refreshed = true;
+				MemoryContextSwitchTo(b->rowcxt);	/* SPI left us in its own */
 			}
 			rules_row_points(b->prog, info, &f, &r);
 
@@ -641,9 +743,9 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 				case ROW_BELOW_MINIMUM:
 				case ROW_CONTROL:
 					{
-						MonthDelta *d = account_month(acct, r.month, b->zero, b->cxt);
+						MonthDelta *d = account_month(acct, r.month, b->zero, b->batchcxt);
 
-						MemoryContextSwitchTo(b->cxt);	/* sums outlive the row */
+						MemoryContextSwitchTo(b->batchcxt); /* sums outlive the row */
 						d->tier = info->tier;
 						if (rs->sign > 0)
 						{
@@ -666,12 +768,12 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 					if (!b->prog->auto_enroll)
 					{
 						bool		found;
-						StrEntry   *e = str_enter(b->unenrolled, f.account, b->cxt, &found);
+						StrEntry   *e = str_enter(b->unenrolled, f.account, b->batchcxt, &found);
 						UnenrolledSum *u = e->value;
 
 						if (!found)
 						{
-							u = MemoryContextAllocZero(b->cxt, sizeof(UnenrolledSum));
+							u = MemoryContextAllocZero(b->batchcxt, sizeof(UnenrolledSum));
 							u->amount = b->zero;
 							e->value = u;
 						}
@@ -686,16 +788,13 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 						/* a removed row that was parked: its dead letter is settled ... */
 						if (old_reasons == NULL)
 						{
-							int64		n = (rs->store ? tuplestore_tuple_count(rs->store) : rs->ntuples) + 1;
-
-							old_reasons = MemoryContextAllocZero(b->cxt, sizeof(char *) * n);
-							b->settled_keys = MemoryContextAllocZero(b->cxt, sizeof(char *) * n);
+							old_reasons = MemoryContextAllocZero(b->chunkcxt, sizeof(char *) * (rs->nrows + 1));
+							b->settled_keys = MemoryContextAllocZero(b->chunkcxt, sizeof(char *) * (rs->nrows + 1));
 						}
-						old_reasons[rowno] = MemoryContextStrdup(b->cxt, r.reason);
+						old_reasons[rowno] = MemoryContextStrdup(b->chunkcxt, r.reason);
 						b->settled_keys[rowno] = stored_row_key(mapping_row_key(att, b->econtext, slot));
 						if (b->settled_keys[rowno])
-							b->settled_keys[rowno] = MemoryContextStrdup(b->cxt, b->settled_keys[rowno]);
-						b->nsettled = rowno + 1;
+							b->settled_keys[rowno] = MemoryContextStrdup(b->chunkcxt, b->settled_keys[rowno]);
 					}
 					else if (still_parked(b, att, slot, old_reasons, nold, rowno, r.reason))
 						b->settled_keys[rowno] = NULL;	/* ... unless its new version is parked for the same reason */
@@ -703,12 +802,31 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 						add_reject(b, slot, &f, &r, desc);
 					break;
 			}
-			rowno++;
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(b->rowcxt);
 		}
 		if (rs->sign < 0)
-			nold = rowno;
+			nold = rs->nrows;
+	}
+
+	/* the chunk's settled letters join the batch's */
+	if (b->settled_keys != NULL)
+	{
+		int64		i;
+
+		for (i = 0; i < nold; i++)
+		{
+			if (b->settled_keys[i] == NULL)
+				continue;
+			if (b->nsettled == b->settled_cap)
+			{
+				b->settled_cap = b->settled_cap ? 2 * b->settled_cap : 64;
+				b->settled = b->settled
+					? repalloc(b->settled, sizeof(char *) * b->settled_cap)
+					: MemoryContextAlloc(b->batchcxt, sizeof(char *) * b->settled_cap);
+			}
+			b->settled[b->nsettled++] = MemoryContextStrdup(b->batchcxt, b->settled_keys[i]);
+		}
 	}
 }
 
@@ -776,18 +894,13 @@ settle_rejects(Batch *b)
 	static SPIPlanPtr plan = NULL;
 	char	  **keys;
 	int			n = 0;
-	int64		i;
 	Datum		args[3];
 	OwnerScope	scope;
 
 	if (b->nsettled == 0)
 		return;
-	keys = palloc(sizeof(char *) * b->nsettled);
-	for (i = 0; i < b->nsettled; i++)
-		if (b->settled_keys[i])
-			keys[n++] = b->settled_keys[i];
-	if (n == 0)
-		return;
+	keys = b->settled;
+	n = b->nsettled;
 	if (plan == NULL)
 	{
 		Oid			t[3] = {INT4OID, INT4OID, TEXTARRAYOID};
@@ -865,104 +978,164 @@ write_unenrolled(Batch *b)
 	loyalty_leave_owner(&scope);
 }
 
+/* The batch's per-account state, empty, in a fresh batchcxt. */
+static void
+batch_start(Batch *b)
+{
+	MemoryContextReset(b->batchcxt);
+	b->accounts = str_table("loyalty accounts", b->batchcxt);
+	b->unenrolled = str_table("loyalty unenrolled", b->batchcxt);
+	b->last_noted = NULL;
+	b->rejects = NIL;
+	b->settled = NULL;
+	b->nsettled = b->settled_cap = 0;
+	/* nothing of the previous batch points into the account cache any more */
+	accounts_begin();
+}
+
+/*
+ * Posts the batch: every account's months in (account, month) order (the
+ * accounts sorted, their months sorted already), then the unenrolled sums
+ * and the dead letters.  Everything it allocates goes with the batch.
+ */
+static void
+batch_post(Batch *b)
+{
+	MemoryContext old;
+	HASH_SEQ_STATUS seq;
+	StrEntry   *e;
+	StrEntry  **accts;
+	MonthDelta *deltas;
+	long		n = 0;
+	int			na = 0,
+				a,
+				i = 0;
+
+	/* as in process_chunk: ledger_post's leftovers go with the batch */
+	SPI_connect();
+	old = MemoryContextSwitchTo(b->batchcxt);
+	accts = palloc(sizeof(StrEntry *) * (hash_get_num_entries(b->accounts) + 1));
+	hash_seq_init(&seq, b->accounts);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->nmonths > 0)
+		{
+			accts[na++] = e;
+			n += e->nmonths;
+		}
+	qsort(accts, na, sizeof(StrEntry *), entry_cmp);
+	deltas = palloc(sizeof(MonthDelta) * (n + 1));
+	for (a = 0; a < na; a++)
+	{
+		int			j;
+
+		for (j = 0; j < accts[a]->nmonths; j++)
+		{
+			MonthDelta *d = &accts[a]->months[j];
+
+			d->qual_new = fixed_sum_value(&d->qual_new_sum);
+			d->qual_old = fixed_sum_value(&d->qual_old_sum);
+			deltas[i++] = *d;
+		}
+	}
+	if (n > 0)
+		ledger_post(b->prog, b->att->id, deltas, (int) n, "earn", "reverse", b->reason);
+	write_unenrolled(b);
+	settle_rejects(b);
+	write_rejects(b);
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+}
+
+/* Maps, looks up and prices one chunk of rows. */
+static void
+process_chunk(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
+{
+	if (b->att->has_header)
+		b->headers = keymap_create("loyalty headers", b->chunkcxt);
+	if (b->att->has_product)
+		b->products = keymap_create("loyalty products", b->chunkcxt);
+	collect_keys(b, sets, nsets);
+	if (b->att->has_product)
+		product_lookup(b->att, b->products, b->chunkcxt);
+	if (b->att->has_header)
+	{
+		lookup_headers(b);
+		note_header_accounts(b, b->headers);
+	}
+	resolve_accounts(b);
+	sum_points(b, sets, nsets, desc);
+}
+
 /*
  * Accrues a statement's rows.  Caller is connected to SPI; desc is the
- * source table's descriptor.
+ * source table's descriptor.  The sets of an UPDATE (old rows, then new)
+ * come in the same order and have as many rows: each chunk holds the same
+ * rows of both.
  */
 void
 accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const char *reason)
 {
 	Batch		b;
 	MemoryContext old;
-	long		n;
-	MonthDelta *deltas;
-	int			i = 0,
-				s;
+	int			s;
 
-	accounts_begin();
 	memset(&b, 0, sizeof(b));
 	b.att = att;
 	b.prog = att->program;
+	b.reason = reason;
 	b.cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty accrual", ALLOCSET_DEFAULT_SIZES);
+	b.batchcxt = AllocSetContextCreate(b.cxt, "loyalty accrual batch", ALLOCSET_DEFAULT_SIZES);
+	b.chunkcxt = AllocSetContextCreate(b.cxt, "loyalty accrual chunk", ALLOCSET_DEFAULT_SIZES);
 	b.rowcxt = AllocSetContextCreate(b.cxt, "loyalty accrual row", ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(b.cxt);
 	b.econtext = CreateStandaloneExprContext();
 	b.store_slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 	b.heap_slot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 	if (att->has_header)
-	{
 		b.header_slot = MakeSingleTupleTableSlot(lookup_rowtype_tupdesc_copy(att->header_rowtype, -1),
 												 &TTSOpsHeapTuple);
-		b.headers = keymap_create("loyalty headers", b.cxt);
-	}
-	if (att->has_product)
-		b.products = keymap_create("loyalty products", b.cxt);
-	b.accounts = str_table("loyalty accounts", b.cxt);
-	b.unenrolled = str_table("loyalty unenrolled", b.cxt);
 	b.zero = int64_to_numeric(0);
 	b.today = rules_today(b.prog);
-
-	collect_keys(&b, sets, nsets);
-	if (att->has_product)
-		product_lookup(att, b.products, b.cxt);
-	if (att->has_header)
+	for (s = 0; s < nsets; s++)
 	{
-		lookup_headers(&b);
-		note_header_accounts(&b, b.headers);
-		for (s = 0; s < nsets; s++)
-			if (sets[s].header_facts)
-			{
-				HASH_SEQ_STATUS hs;
-				KeyMapEntry *e;
-
-				hash_seq_init(&hs, sets[s].header_facts);
-				while ((e = hash_seq_search(&hs)) != NULL)
-					e->in_new = sets[s].sign > 0;
-				note_header_accounts(&b, sets[s].header_facts);
-			}
+		if (sets[s].store != NULL)
+			tuplestore_rescan(sets[s].store);
+		sets[s].next = 0;
 	}
-	resolve_accounts(&b);
-	sum_points(&b, sets, nsets, desc);
 
-	/*
-	 * Every account's months in (account, month) order: sort the accounts,
-	 * whose months are kept sorted already.
-	 */
+	batch_start(&b);
+	for (;;)
 	{
-		HASH_SEQ_STATUS seq;
-		StrEntry   *e;
-		StrEntry  **accts = palloc(sizeof(StrEntry *) * (hash_get_num_entries(b.accounts) + 1));
-		int			na = 0,
-					a;
+		int			total = 0;
 
-		n = 0;
-		hash_seq_init(&seq, b.accounts);
-		while ((e = hash_seq_search(&seq)) != NULL)
-			if (e->nmonths > 0)
-			{
-				accts[na++] = e;
-				n += e->nmonths;
-			}
-		qsort(accts, na, sizeof(StrEntry *), entry_cmp);
-		deltas = palloc(sizeof(MonthDelta) * (n + 1));
-		for (a = 0; a < na; a++)
+		MemoryContextReset(b.chunkcxt);
+		MemoryContextSwitchTo(b.chunkcxt);
+		for (s = 0; s < nsets; s++)
+			total += read_chunk(&b, &sets[s], s > 0 ? &sets[s - 1] : NULL);
+		if (total > 0)
 		{
-			int			j;
-
-			for (j = 0; j < accts[a]->nmonths; j++)
-			{
-				MonthDelta *d = &accts[a]->months[j];
-
-				d->qual_new = fixed_sum_value(&d->qual_new_sum);
-				d->qual_old = fixed_sum_value(&d->qual_old_sum);
-				deltas[i++] = *d;
-			}
+			/*
+			 * A connection of its own: what SPI and the functions we call
+			 * leave in its procedure context (result sets, anything palloc'd
+			 * after a query) goes with the chunk, not with the statement.
+			 */
+			SPI_connect();
+			process_chunk(&b, sets, nsets, desc);
+			SPI_finish();
+		}
+		for (s = 0; s < nsets; s++)
+			free_chunk(&sets[s]);
+		MemoryContextSwitchTo(b.cxt);
+		if (total == 0)
+			break;
+		if (hash_get_num_entries(b.accounts) >= BATCH_ACCOUNTS)
+		{
+			batch_post(&b);
+			batch_start(&b);
 		}
 	}
-	ledger_post(b.prog, att->id, deltas, (int) n, "earn", "reverse", reason);
-	write_unenrolled(&b);
-	settle_rejects(&b);
-	write_rejects(&b);
+	batch_post(&b);
+	MemoryContextSwitchTo(b.cxt);
 
 	ExecDropSingleTupleTableSlot(b.store_slot);
 	ExecDropSingleTupleTableSlot(b.heap_slot);
@@ -1064,29 +1237,44 @@ same_header(const HeaderFacts *a, const HeaderFacts *b)
 		(!a->has_paid || a->paid == b->paid);
 }
 
+/* The query for the lines of an array of header keys ($1), as the running role. */
+static char *
+lines_sql(Attachment *att)
+{
+	return psprintf("SELECT s FROM %s s WHERE s.%s %s ANY ($1)",
+					mapping_table_ref(att->source, att->source_name),
+					quote_identifier(att->header_key_column),
+					keytype_equality_operator(att->header_key_type));
+}
+
+static Datum
+header_key_array(Attachment *att, Datum *keys, int nkeys)
+{
+	return PointerGetDatum(construct_array(keys, nkeys, att->header_key_type,
+										   att->header_key->typlen, att->header_key->typbyval,
+										   att->header_key->typalign));
+}
+
 /* The lines of the given header keys, in one query, as the running role. */
 static HeapTuple *
 lines_of_headers(Attachment *att, Datum *keys, int nkeys, uint64 *nlines)
 {
 	Oid			argtype = get_array_type(att->header_key_type);
-	Datum		arg = PointerGetDatum(construct_array(keys, nkeys, att->header_key_type,
-													  att->header_key->typlen, att->header_key->typbyval,
-													  att->header_key->typalign));
-	char	   *sql = psprintf("SELECT s FROM %s s WHERE s.%s %s ANY ($1)",
-							   mapping_table_ref(att->source, att->source_name),
-							   quote_identifier(att->header_key_column),
-							   keytype_equality_operator(att->header_key_type));
+	Datum		arg = header_key_array(att, keys, nkeys);
 	HeapTuple  *tuples;
+	SPITupleTable *result;
 	uint64		i;
 
-	loyalty_spi_check(SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 0), SPI_OK_SELECT,
+	loyalty_spi_check(SPI_execute_with_args(lines_sql(att), 1, &argtype, &arg, NULL, false, 0), SPI_OK_SELECT,
 					  "read the lines of changed headers");
-	tuples = palloc(sizeof(HeapTuple) * (SPI_processed + 1));
-	for (i = 0; i < SPI_processed; i++)
+	result = SPI_tuptable;
+	*nlines = SPI_processed;
+	tuples = palloc(sizeof(HeapTuple) * (*nlines + 1));
+	for (i = 0; i < *nlines; i++)
 	{
 		bool		isnull;
-		HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
-																   SPI_tuptable->tupdesc, 1, &isnull));
+		HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(result->vals[i],
+																   result->tupdesc, 1, &isnull));
 		HeapTupleData tmp;
 
 		tmp.t_len = HeapTupleHeaderGetDatumLength(th);
@@ -1095,7 +1283,7 @@ lines_of_headers(Attachment *att, Datum *keys, int nkeys, uint64 *nlines)
 		tmp.t_data = th;
 		tuples[i] = heap_copytuple(&tmp);
 	}
-	*nlines = SPI_processed;
+	SPI_freetuptable(result);
 	return tuples;
 }
 
@@ -1247,6 +1435,132 @@ header_inserted(TriggerData *td, Attachment *att)
 	table_close(src, AccessShareLock);
 }
 
+/*
+ * Reverses the lines of the given headers with their old facts and accrues
+ * them with the new ones, reading them through a cursor, chunk by chunk.
+ */
+static void
+reaccrue_lines(Attachment *att, Datum *keys, int nkeys, HTAB *old_map, HTAB *new_map)
+{
+	Oid			argtype = get_array_type(att->header_key_type);
+	Datum		arg = header_key_array(att, keys, nkeys);
+	Relation	src = table_open(att->source, AccessShareLock);
+	Portal		portal;
+	RowSet		sets[2];
+
+	portal = SPI_cursor_open_with_args(NULL, lines_sql(att), 1, &argtype, &arg, NULL, false, 0);
+	if (portal == NULL)
+		elog(ERROR, "could not open a cursor over the lines of changed headers: %s",
+			 SPI_result_code_string(SPI_result));
+	memset(sets, 0, sizeof(sets));
+	sets[0].portal = portal;
+	sets[0].sign = -1;
+	sets[0].header_facts = old_map;
+	sets[1].same_rows = true;
+	sets[1].sign = 1;
+	sets[1].header_facts = new_map;
+	accrual_process(att, RelationGetDescr(src), sets, 2, "UPDATE of header");
+	SPI_cursor_close(portal);
+	table_close(src, AccessShareLock);
+}
+
+/* A copy of hf, its strings included, in CurrentMemoryContext. */
+static HeaderFacts *
+copy_header(const HeaderFacts *hf)
+{
+	HeaderFacts *c = palloc(sizeof(HeaderFacts));
+
+	*c = *hf;
+	c->account = hf->account ? pstrdup(hf->account) : NULL;
+	c->currency = hf->currency ? pstrdup(hf->currency) : NULL;
+	c->doc_type = hf->doc_type ? pstrdup(hf->doc_type) : NULL;
+	return c;
+}
+
+/*
+ * An UPDATE of a header table: the headers whose account, date, currency,
+ * document type or payment dates changed, HEADER_CHUNK at a time, have
+ * their lines accrued again.  A row that changed none of them (most
+ * UPDATEs of an ERP's header table) leaves nothing behind: each row is
+ * mapped in a context reset per row.
+ */
+#define HEADER_CHUNK 8192
+
+static void
+header_updated(TriggerData *td, Attachment *att)
+{
+	TupleDesc	hdesc = RelationGetDescr(td->tg_relation);
+	TupleTableSlot *oslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);
+	TupleTableSlot *nslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);
+	ExprContext *econtext = CreateStandaloneExprContext();
+	MemoryContext chunkcxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty changed headers",
+												   ALLOCSET_DEFAULT_SIZES);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty header row",
+												 ALLOCSET_SMALL_SIZES);
+	MemoryContext old = CurrentMemoryContext;
+	bool		more = true;
+
+	/* old and new transition rows of an UPDATE come in the same order */
+	tuplestore_rescan(td->tg_oldtable);
+	tuplestore_rescan(td->tg_newtable);
+	while (more)
+	{
+		HTAB	   *old_map,
+				   *new_map;
+		Datum	   *keys;
+		int			nkeys = 0;
+
+		MemoryContextReset(chunkcxt);
+		MemoryContextSwitchTo(chunkcxt);
+		old_map = accrual_header_map(chunkcxt);
+		new_map = accrual_header_map(chunkcxt);
+		keys = palloc(sizeof(Datum) * HEADER_CHUNK);
+		while (nkeys < HEADER_CHUNK)
+		{
+			HeaderFacts of,
+						nf;
+			Datum		okey,
+						nkey;
+			bool		onull,
+						nnull,
+						found,
+						changed;
+			KeyMapEntry *e;
+
+			if (!tuplestore_gettupleslot(td->tg_oldtable, true, false, oslot) ||
+				!tuplestore_gettupleslot(td->tg_newtable, true, false, nslot))
+			{
+				more = false;
+				break;
+			}
+			MemoryContextSwitchTo(rowcxt);
+			ResetExprContext(econtext);
+			okey = mapping_header_facts(att, econtext, oslot, &of, &onull);
+			nkey = mapping_header_facts(att, econtext, nslot, &nf, &nnull);
+			/* key changes are followed by the lines' own trigger */
+			changed = !onull && !nnull && same_key(att, okey, nkey) && !same_header(&of, &nf);
+			MemoryContextSwitchTo(chunkcxt);
+			if (changed)
+			{
+				e = keymap_enter(old_map, att->header_key, okey, chunkcxt, &found);
+				e->value = copy_header(&of);
+				keymap_enter(new_map, att->header_key, okey, chunkcxt, &found)->value = copy_header(&nf);
+				if (!found)
+					keys[nkeys++] = e->key.value;
+			}
+			MemoryContextReset(rowcxt);
+		}
+		if (nkeys > 0)
+			reaccrue_lines(att, keys, nkeys, old_map, new_map);
+		MemoryContextSwitchTo(old);
+	}
+	ExecDropSingleTupleTableSlot(oslot);
+	ExecDropSingleTupleTableSlot(nslot);
+	FreeExprContext(econtext, true);
+	MemoryContextDelete(chunkcxt);
+	MemoryContextDelete(rowcxt);
+}
+
 PG_FUNCTION_INFO_V1(loyalty_accrue_header);
 /*
  * AFTER INSERT ... FOR EACH STATEMENT on a header table: see
@@ -1264,15 +1578,6 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 	Attachment *att;
 	MemoryContext cxt;
 	MemoryContext old;
-	HTAB	   *old_map,
-			   *new_map;
-	TupleDesc	hdesc = RelationGetDescr(td->tg_relation);
-	TupleTableSlot *oslot,
-			   *nslot;
-	ExprContext *econtext;
-	Datum	   *keys;
-	int			nkeys = 0,
-				cap = 64;
 
 	if (td->tg_newtable == NULL ||
 		(TRIGGER_FIRED_BY_UPDATE(td->tg_event) && td->tg_oldtable == NULL))
@@ -1282,70 +1587,9 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty header", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
-	{
 		header_inserted(td, att);
-		MemoryContextSwitchTo(old);
-		MemoryContextDelete(cxt);
-		SPI_finish();
-		return PointerGetDatum(NULL);
-	}
-	old_map = accrual_header_map(cxt);
-	new_map = accrual_header_map(cxt);
-	oslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);
-	nslot = MakeSingleTupleTableSlot(hdesc, &TTSOpsMinimalTuple);
-	econtext = CreateStandaloneExprContext();
-	keys = palloc(sizeof(Datum) * cap);
-
-	/* old and new transition rows of an UPDATE come in the same order */
-	tuplestore_rescan(td->tg_oldtable);
-	tuplestore_rescan(td->tg_newtable);
-	while (tuplestore_gettupleslot(td->tg_oldtable, true, false, oslot) &&
-		   tuplestore_gettupleslot(td->tg_newtable, true, false, nslot))
-	{
-		HeaderFacts *of = palloc(sizeof(HeaderFacts));
-		HeaderFacts *nf = palloc(sizeof(HeaderFacts));
-		Datum		okey,
-					nkey;
-		bool		onull,
-					nnull,
-					found;
-		KeyMapEntry *e;
-
-		ResetExprContext(econtext);
-		okey = mapping_header_facts(att, econtext, oslot, of, &onull);
-		nkey = mapping_header_facts(att, econtext, nslot, nf, &nnull);
-		/* key changes are followed by the lines' own trigger */
-		if (onull || nnull || !same_key(att, okey, nkey) || same_header(of, nf))
-			continue;
-		e = keymap_enter(old_map, att->header_key, okey, cxt, &found);
-		e->value = of;
-		keymap_enter(new_map, att->header_key, okey, cxt, &found)->value = nf;
-		if (!found)
-		{
-			if (nkeys == cap)
-				keys = repalloc(keys, sizeof(Datum) * (cap *= 2));
-			keys[nkeys++] = e->key.value;
-		}
-	}
-
-	if (nkeys > 0)
-	{
-		uint64		nlines;
-		HeapTuple  *tuples = lines_of_headers(att, keys, nkeys, &nlines);
-		RowSet		sets[2];
-		Relation	src = table_open(att->source, AccessShareLock);
-
-		memset(sets, 0, sizeof(sets));
-		sets[0] = (RowSet) {.tuples = tuples, .ntuples = (int) nlines, .sign = -1, .header_facts = old_map};
-		sets[1] = (RowSet) {.tuples = tuples, .ntuples = (int) nlines, .sign = 1, .header_facts = new_map};
-		if (nlines > 0)
-			accrual_process(att, RelationGetDescr(src), sets, 2, "UPDATE of header");
-		table_close(src, AccessShareLock);
-	}
-
-	ExecDropSingleTupleTableSlot(oslot);
-	ExecDropSingleTupleTableSlot(nslot);
-	FreeExprContext(econtext, true);
+	else
+		header_updated(td, att);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	SPI_finish();
@@ -1365,10 +1609,9 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	TriggerData *td = check_trigger(fcinfo, "loyalty.stash_header", true);
 	Attachment *att;
 	static bool registered = false;
-	MemoryContext old;
 	TupleTableSlot *slot;
 	ExprContext *econtext;
-	HeaderFacts *hf;
+	HeaderFacts hf;
 	Datum		key;
 	bool		isnull;
 
@@ -1383,12 +1626,11 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 		RegisterXactCallback(stash_xact_callback, NULL);
 		registered = true;
 	}
-	old = MemoryContextSwitchTo(TopTransactionContext);
+	/* mapped in SPI's context, which goes with the row; only a stashed header is kept */
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation), &TTSOpsHeapTuple);
 	ExecStoreHeapTuple(td->tg_trigtuple, slot, false);
 	econtext = CreateStandaloneExprContext();
-	hf = palloc(sizeof(HeaderFacts));
-	key = mapping_header_facts(att, econtext, slot, hf, &isnull);
+	key = mapping_header_facts(att, econtext, slot, &hf, &isnull);
 	if (!isnull && TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
 		/* only a renumbered header needs remembering */
@@ -1405,12 +1647,14 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	if (!isnull)
 	{
 		bool		found;
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 
-		keymap_enter(stash_of(att, true), att->header_key, key, TopTransactionContext, &found)->value = hf;
+		keymap_enter(stash_of(att, true), att->header_key, key, TopTransactionContext, &found)->value =
+			copy_header(&hf);
+		MemoryContextSwitchTo(old);
 	}
 	FreeExprContext(econtext, true);
 	ExecDropSingleTupleTableSlot(slot);
-	MemoryContextSwitchTo(old);
 	SPI_finish();
 	return PointerGetDatum(result);
 }

@@ -6,16 +6,26 @@
 #define LOYALTY_ACCRUAL_H
 
 #include "mapping.h"
+#include "executor/spi.h"
+#include "utils/portal.h"
 #include "utils/tuplestore.h"
 
 /* A set of source rows, added (sign +1) or removed (sign -1). */
 typedef struct RowSet
 {
 	Tuplestorestate *store;		/* transition table, or */
-	HeapTuple  *tuples;			/* rows fetched by a query */
+	HeapTuple  *tuples;			/* rows fetched by a query, or */
 	int			ntuples;
+	Portal		portal;			/* a cursor over such rows (one whole-row column) */
+	bool		same_rows;		/* the previous set's rows, again */
 	int			sign;
 	HTAB	   *header_facts;	/* header key -> HeaderFacts (a keymap); NULL: look up */
+	/* the chunk being processed (accrual.c) */
+	int			next;			/* position in tuples */
+	int			nrows;
+	MinimalTuple *mrows;		/* from store */
+	HeapTuple  *hrows;			/* from tuples or portal */
+	SPITupleTable *tuptable;	/* portal's rows, freed with the chunk */
 	struct StrEntry **accounts; /* filled by the first pass: each row's account */
 } RowSet;
 

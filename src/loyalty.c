@@ -4,7 +4,10 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_attribute.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -15,7 +18,9 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "loyalty.h"
 
@@ -29,10 +34,25 @@ bool		loyalty_accounts_valid = false;
 static Oid	program_rel = InvalidOid;
 static Oid	account_rel = InvalidOid;
 
-/* ERP tables whose definition our cached expressions depend on. */
+/*
+ * ERP tables whose definition our cached expressions depend on, each with
+ * what the expressions were built against.  Their relcache is invalidated
+ * for many reasons that change nothing of it (ANALYZE, autovacuum, an index
+ * built, a trigger added): such an invalidation only makes the table
+ * suspect, and the next statement compares its definition with the one
+ * recorded, a few catalog cache look-ups, before throwing anything away.
+ */
 #define MAX_WATCHED 64
-static Oid	watched[MAX_WATCHED];
+typedef struct Watched
+{
+	Oid			relid;
+	bool		suspect;
+	char	   *signature;		/* in watch_cxt */
+} Watched;
+static Watched watched[MAX_WATCHED];
 static int	nwatched = 0;
+static bool any_suspect = false;
+static MemoryContext watch_cxt = NULL;
 
 static void
 relcache_callback(Datum arg, Oid relid)
@@ -41,8 +61,10 @@ relcache_callback(Datum arg, Oid relid)
 
 	if (!OidIsValid(relid) || relid == program_rel)
 	{
+		/* a reset of everything may have swallowed any message */
 		loyalty_config_valid = false;
-		loyalty_accounts_valid = false;
+		if (!OidIsValid(relid))
+			loyalty_accounts_valid = false;
 		return;
 	}
 	if (relid == account_rel)
@@ -51,9 +73,9 @@ relcache_callback(Datum arg, Oid relid)
 		return;
 	}
 	for (i = 0; i < nwatched; i++)
-		if (watched[i] == relid)
+		if (watched[i].relid == relid)
 		{
-			loyalty_config_valid = false;
+			watched[i].suspect = any_suspect = true;
 			return;
 		}
 }
@@ -64,36 +86,135 @@ loyalty_set_sentinels(Oid program, Oid account)
 	program_rel = program;
 	account_rel = account;
 	nwatched = 0;
+	any_suspect = false;
+	if (watch_cxt == NULL)
+		watch_cxt = AllocSetContextCreate(CacheMemoryContext, "loyalty watched relations",
+										  ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(watch_cxt);
+}
+
+/* A varlena's bytes, in hex: an ACL compared as it is stored. */
+static void
+append_bytes(StringInfo sig, Datum value)
+{
+	struct varlena *v = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(value));
+	const unsigned char *p = (const unsigned char *) VARDATA_ANY(v);
+	Size		len = VARSIZE_ANY_EXHDR(v);
+	Size		i;
+
+	for (i = 0; i < len; i++)
+		appendStringInfo(sig, "%02x", p[i]);
+}
+
+/*
+ * What a cached mapping of relid depends on: its name, schema, kind, row
+ * level security, privileges, and every column's name, type, typmod,
+ * collation, privileges and whether it was dropped.  "" if it is gone.
+ */
+static char *
+relation_signature(Oid relid)
+{
+	StringInfoData sig;
+	HeapTuple	tup;
+	Form_pg_class rel;
+	bool		isnull;
+	Datum		acl;
+	int			attnum;
+
+	initStringInfo(&sig);
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		return sig.data;
+	rel = (Form_pg_class) GETSTRUCT(tup);
+	appendStringInfo(&sig, "%s|%u|%c|%d|%d|%d|", NameStr(rel->relname), rel->relnamespace,
+					 rel->relkind, rel->relrowsecurity, rel->relforcerowsecurity, rel->relnatts);
+	acl = SysCacheGetAttr(RELOID, tup, Anum_pg_class_relacl, &isnull);
+	if (!isnull)
+		append_bytes(&sig, acl);
+	for (attnum = 1; attnum <= rel->relnatts; attnum++)
+	{
+		HeapTuple	atup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(attnum));
+		Form_pg_attribute att;
+
+		if (!HeapTupleIsValid(atup))
+			continue;
+		att = (Form_pg_attribute) GETSTRUCT(atup);
+		appendStringInfo(&sig, "|%s:%u:%d:%u:%d:", NameStr(att->attname), att->atttypid,
+						 att->atttypmod, att->attcollation, att->attisdropped);
+		acl = SysCacheGetAttr(ATTNUM, atup, Anum_pg_attribute_attacl, &isnull);
+		if (!isnull)
+			append_bytes(&sig, acl);
+		ReleaseSysCache(atup);
+	}
+	ReleaseSysCache(tup);
+	return sig.data;
 }
 
 void
 loyalty_watch_relation(Oid relid)
 {
+	int			i;
+
+	for (i = 0; i < nwatched; i++)
+		if (watched[i].relid == relid)
+			return;
 	if (nwatched < MAX_WATCHED)
-		watched[nwatched++] = relid;
+	{
+		MemoryContext old = MemoryContextSwitchTo(watch_cxt);
+
+		watched[nwatched].relid = relid;
+		watched[nwatched].suspect = false;
+		watched[nwatched].signature = relation_signature(relid);
+		nwatched++;
+		MemoryContextSwitchTo(old);
+	}
 	else
 		loyalty_config_valid = false;	/* too many: rebuild every time */
 }
 
 /*
- * What a rolled-back (sub)transaction enrolled or configured is gone, but
- * our caches may remember it; aborts are rare, so forget everything.  A
- * prepared transaction's fate is decided elsewhere (COMMIT or ROLLBACK
- * PREPARED, maybe in another session): forget what it did here as well.
+ * Did a watched table's definition change since the mappings over it were
+ * built?  Called before a statement uses the configuration cache.
+ */
+bool
+loyalty_watched_changed(void)
+{
+	int			i;
+
+	if (!any_suspect)
+		return false;
+	any_suspect = false;
+	for (i = 0; i < nwatched; i++)
+	{
+		char	   *now;
+		bool		same;
+
+		if (!watched[i].suspect)
+			continue;
+		watched[i].suspect = false;
+		now = relation_signature(watched[i].relid);
+		same = strcmp(now, watched[i].signature) == 0;
+		pfree(now);
+		if (!same)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * A prepared transaction's fate is decided elsewhere (COMMIT or ROLLBACK
+ * PREPARED, maybe in another session), and a rollback of it sends no
+ * invalidation: forget what it configured here.  An abort needs nothing:
+ * PostgreSQL replays the invalidations of the rolled-back work locally,
+ * which reach relcache_callback like any other; what the configuration
+ * triggers do not announce (a new account, a tier upgrade) is the account
+ * cache's own business (accounts.c).
  */
 static void
 xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-		event == XACT_EVENT_PREPARE)
-		loyalty_config_valid = loyalty_accounts_valid = false;
-}
-
-static void
-subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-				 SubTransactionId parentSubid, void *arg)
-{
-	if (event == SUBXACT_EVENT_ABORT_SUB)
+	if (event == XACT_EVENT_PREPARE)
 		loyalty_config_valid = loyalty_accounts_valid = false;
 }
 
@@ -103,7 +224,6 @@ _PG_init(void)
 {
 	CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
 	RegisterXactCallback(xact_callback, NULL);
-	RegisterSubXactCallback(subxact_callback, NULL);
 }
 
 PG_FUNCTION_INFO_V1(loyalty_invalidate);

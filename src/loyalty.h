@@ -26,13 +26,16 @@ extern void loyalty_leave_owner(OwnerScope *scope);
 /*
  * Cache validity.  Relcache invalidations of loyalty.program (sent by the
  * triggers on the configuration tables) clear config_valid; those of
- * loyalty.account (account and tier history changes) clear accounts_valid.
+ * loyalty.account (account and tier history changes) clear accounts_valid;
+ * those of a mapped ERP table clear config_valid only if the table's
+ * definition changed (loyalty_watched_changed).
  * Callbacks only flip flags: caches are rebuilt at the start of the next
  * statement, never under a running one.
  */
 extern bool loyalty_config_valid;
 extern bool loyalty_accounts_valid;
 extern void loyalty_watch_relation(Oid relid);
+extern bool loyalty_watched_changed(void);
 extern void loyalty_set_sentinels(Oid program_rel, Oid account_rel);
 extern void loyalty_check_version(void);
 

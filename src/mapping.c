@@ -98,7 +98,7 @@ mapping_refresh(void)
 	HASHCTL		ctl;
 	Oid			nsp;
 
-	if (loyalty_config_valid && config_cxt != NULL)
+	if (loyalty_config_valid && config_cxt != NULL && !loyalty_watched_changed())
 		return;
 	loyalty_check_version();
 	if (config_cxt != NULL)
@@ -128,9 +128,13 @@ mapping_refresh(void)
 	ctl.entrysize = sizeof(AttEntry);
 	attachments = hash_create("loyalty attachments", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
-	/* set valid first: an invalidation arriving while we build flips it back */
+	/*
+	 * Set valid first: an invalidation arriving while we build flips it
+	 * back.  The account cache stays: it holds nothing of the configuration
+	 * (an account read without the tier history a program now needs is read
+	 * again, accounts.c).
+	 */
 	loyalty_config_valid = true;
-	loyalty_accounts_valid = false;
 	nsp = get_namespace_oid("loyalty", false);
 	loyalty_set_sentinels(get_relname_relid("program", nsp), get_relname_relid("account", nsp));
 }

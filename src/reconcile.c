@@ -724,8 +724,14 @@ read_accrued(SourceScan *s, const Target *t)
 static bool
 fixed_sums_equal(const FixedSum *a, const FixedSum *b)
 {
-	if (a->rest == NULL && b->rest == NULL)
-		return a->fixed == b->fixed;	/* numeric equality ignores the scale */
+	/*
+	 * Equal integers at equal scales are equal numbers; a sum keeps the
+	 * largest scale of its terms (10.25 + 0.25 is 1050 at scale 2, while
+	 * 10.5 read from a numeric is 105 at scale 1), so other scales compare
+	 * as numerics, whose equality ignores the scale.
+	 */
+	if (a->rest == NULL && b->rest == NULL && a->scale == b->scale)
+		return a->fixed == b->fixed;
 	return DatumGetBool(DirectFunctionCall2(numeric_eq, NumericGetDatum(fixed_sum_value(a)),
 											NumericGetDatum(fixed_sum_value(b))));
 }

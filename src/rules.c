@@ -137,6 +137,40 @@ round_fixed(int128 p, int128 unit, RoundingMode mode, int64 *out)
 	return true;
 }
 
+/*
+ * basis * factor (NULL: 1) exactly in integers, for any scale a real amount
+ * expression gives (quantity * unit_price * (1 - discount) has 9 decimals,
+ * amount / 100 up to 20); false sends the row to numeric.
+ */
+static bool
+fixed_points(Numeric basis, Numeric factor, FixedNum *product)
+{
+	FixedNum	b,
+				f;
+
+	if (!fixed_from_numeric(basis, &b))
+		return false;
+	if (factor == NULL)
+	{
+		*product = b;
+		return true;
+	}
+	return fixed_from_numeric(factor, &f) && fixed_mul(&b, &f, product);
+}
+
+/* |basis| below the rule's minimum; fast: basis fits a FixedNum */
+static bool
+below_minimum(const RuleVersion *rule, Numeric basis, bool fast)
+{
+	FixedNum	b;
+	bool		ok = false;
+	bool		less = false;
+
+	if (fast && rule->min_fixed_ok && fixed_from_numeric(basis, &b))
+		less = fixed_abs_less(&b, &rule->min_fixed, &ok);
+	return ok ? less : num_cmp(num_abs(basis), rule->min_amount) < 0;
+}
+
 static void
 load_map(MultiplierMap *map, Datum keys, Datum values, bool isnull)
 {
@@ -262,19 +296,14 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 		r->min_amount = DatumGetNumericCopy(SPI_getbinval(tup, desc, 3, &isnull));
 		r->no_minimum = num_cmp(r->min_amount, int64_to_numeric(0)) == 0;
 		r->unit_rate = num_is_one(r->points_per_unit);
-		{
-			int			ds;
-
-			r->min_fixed_ok = fixed_from_numeric(r->min_amount, &r->min_fixed, &ds);
-		}
+		r->min_fixed_ok = fixed_from_numeric(r->min_amount, &r->min_fixed);
 		d = SPI_getbinval(tup, desc, 4, &isnull);
 		r->bonus_pct = NULL;
 		if (num_cmp(DatumGetNumeric(d), int64_to_numeric(0)) > 0)
 		{
-			int			ds;
-
+			/* 10 / 100 has display scale 20 but one decimal: still the fast path */
 			r->bonus_pct = numeric_div_opt_error(DatumGetNumeric(d), int64_to_numeric(100), NULL);
-			r->bonus_fixed_ok = fixed_from_numeric(r->bonus_pct, &r->bonus_fixed, &ds);
+			r->bonus_fixed_ok = fixed_from_numeric(r->bonus_pct, &r->bonus_fixed);
 		}
 		d = SPI_getbinval(tup, desc, 5, &isnull);
 		r->cap_points = isnull ? 0 : DatumGetInt64(d);
@@ -517,15 +546,10 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 		return;
 	}
 	{
-		int64		bfx,
-					ffx = FIXED_ONE;
-		int			ds;
-		bool		fast = fixed_from_numeric(basis, &bfx, &ds) &&
-			(factor == NULL || fixed_from_numeric(factor, &ffx, &ds));
+		FixedNum	product;
+		bool		fast = fixed_points(basis, factor, &product);
 
-		if (!rule->no_minimum &&
-			(fast && rule->min_fixed_ok ? (bfx < 0 ? -bfx : bfx) < rule->min_fixed
-			 : num_cmp(num_abs(basis), rule->min_amount) < 0))
+		if (!rule->no_minimum && below_minimum(rule, basis, fast))
 		{
 			r->status = ROW_BELOW_MINIMUM;
 			return;
@@ -533,7 +557,7 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 
 		r->status = ROW_EARNS;
 		if (f->explain || !fast ||
-			!round_fixed((int128) bfx * ffx, (int128) FIXED_ONE * FIXED_ONE, prog->rounding, &r->points))
+			!round_fixed(product.value, fixed_pow10(product.scale), prog->rounding, &r->points))
 		{
 			r->raw_points = factor ? num_mul(basis, factor) : basis;
 			if (!round_points(r->raw_points, prog->rounding, &r->points))
@@ -542,8 +566,11 @@ rules_row_points(const Program *prog, const AccountInfo *acct,
 	}
 	if (rule->bonus_pct && f->has_due && f->has_paid && f->paid <= f->due && r->points != 0)
 	{
-		if ((!rule->bonus_fixed_ok ||
-			 !round_fixed((int128) r->points * rule->bonus_fixed, FIXED_ONE, prog->rounding, &r->bonus)) &&
+		FixedNum	pts = {r->points, 0, 0};
+		FixedNum	bonus;
+
+		if ((!rule->bonus_fixed_ok || !fixed_mul(&pts, &rule->bonus_fixed, &bonus) ||
+			 !round_fixed(bonus.value, fixed_pow10(bonus.scale), prog->rounding, &r->bonus)) &&
 			!round_points(num_mul(int64_to_numeric(r->points), rule->bonus_pct), prog->rounding, &r->bonus))
 			return reject(r, "on-time bonus exceeds the bigint range%s", "");
 		/* the row's points and bonus are summed into one month's sum */

@@ -43,10 +43,10 @@ typedef struct RuleVersion
 	Numeric		min_amount;
 	bool		no_minimum;		/* min_amount = 0: skip the comparison */
 	bool		unit_rate;		/* points_per_unit = 1: skip the product */
-	bool		min_fixed_ok;	/* min_amount as a fixed-point integer */
-	int64		min_fixed;
-	bool		bonus_fixed_ok; /* bonus_pct as a fixed-point integer */
-	int64		bonus_fixed;
+	bool		min_fixed_ok;	/* min_amount as a fixed-point number */
+	FixedNum	min_fixed;
+	bool		bonus_fixed_ok; /* bonus_pct as a fixed-point number */
+	FixedNum	bonus_fixed;
 	Numeric		bonus_pct;		/* NULL when there is no on-time bonus */
 	int64		cap_points;		/* 0 when uncapped */
 	char		cap_period;		/* 'm', 'q', 'y' or 0 */
