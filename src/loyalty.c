@@ -6,6 +6,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -315,15 +316,26 @@ loyalty_enter_owner(OwnerScope *scope)
 	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
 	SetUserIdAndSecContext(owner, scope->save_sec_context |
 						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	scope->guc_nest_level = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	/*
+	 * Every loyalty function pins this search_path already; setting it again
+	 * (a GUC save and restore, a search path recomputed) is the most
+	 * expensive part of switching for the accrual trigger, so it is done
+	 * only when it differs.
+	 */
+	scope->guc_nest_level = 0;
+	if (namespace_search_path == NULL || strcmp(namespace_search_path, "pg_catalog, pg_temp") != 0)
+	{
+		scope->guc_nest_level = NewGUCNestLevel();
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	}
 }
 
 void
 loyalty_leave_owner(OwnerScope *scope)
 {
-	AtEOXact_GUC(true, scope->guc_nest_level);
+	if (scope->guc_nest_level > 0)
+		AtEOXact_GUC(true, scope->guc_nest_level);
 	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
 }
 
