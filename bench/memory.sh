@@ -402,12 +402,12 @@ SQL
 mem_table() { # step title
   local v line peak idle n ms target
   echo
-  printf '%-44s | %13s | %13s | %10s | %s\n' "$2" "peak RssAnon" "idle backend" "time" "target"
-  printf '%-44s-+-%13s-+-%13s-+-%10s-+-%s\n' "$(printf -- '-%.0s' {1..44})" "-------------" "-------------" "----------" "----------------"
+  printf '%-50s | %13s | %13s | %10s | %s\n' "$2" "peak RssAnon" "idle backend" "time" "target"
+  printf '%-50s-+-%13s-+-%13s-+-%10s-+-%s\n' "$(printf -- '-%.0s' {1..50})" "-------------" "-------------" "----------" "----------------"
   for v in $MEM_VARIANTS; do
     line=$(awk -v s="$1" -v v="$v" '$1 == "mem" && $2 == s && $3 == v' "$RESULTS" | tail -1)
     if [ -z "$line" ]; then
-      printf '%-44s | %13s | %13s | %10s | %s\n' "$v" - - - \
+      printf '%-50s | %13s | %13s | %10s | %s\n' "$v" - - - \
         "$(awk -v w="$1-$v" '$1 == "failed" && $2 == w { $1 = ""; $2 = ""; print "failed:" $0 }' "$RESULTS" | head -1 | grep . || echo 'no result')"
       continue
     fi
@@ -416,15 +416,15 @@ mem_table() { # step title
     if [ "$v" = loyalty ]; then
       if le "$(mb "$peak")" "$MEM_MAX_MB"; then target="< $MEM_MAX_MB MB: met"; else target="< $MEM_MAX_MB MB: NOT met"; fi
     fi
-    printf '%-44s | %10s MB | %10s MB | %7.0f ms | %s\n' "$v" "$(mb "$peak")" "$(mb "$idle")" "$ms" "$target"
+    printf '%-50s | %10s MB | %10s MB | %7.0f ms | %s\n' "$v" "$(mb "$peak")" "$(mb "$idle")" "$ms" "$target"
   done
 }
 
 cold_table() {
   local kind v first second extra target label
   echo
-  printf '%-44s | %13s | %13s | %10s | %s\n' "cold start, $COLD_ACCOUNTS accounts (median)" "first insert" "second insert" "extra" "target"
-  printf '%-44s-+-%13s-+-%13s-+-%10s-+-%s\n' "$(printf -- '-%.0s' {1..44})" "-------------" "-------------" "----------" "----------------"
+  printf '%-50s | %13s | %13s | %10s | %s\n' "cold start, $COLD_ACCOUNTS accounts (median)" "first insert" "second insert" "extra" "target"
+  printf '%-50s-+-%13s-+-%13s-+-%10s-+-%s\n' "$(printf -- '-%.0s' {1..50})" "-------------" "-------------" "----------" "----------------"
   for kind in fresh analyze exception; do
     case $kind in
       fresh) label="first insert of a fresh backend" ;;
@@ -435,14 +435,14 @@ cold_table() {
       first=$(awk -v k="$kind" -v v="$v" '$1 == "cold" && $2 == k && $3 == v { print $4 }' "$RESULTS" | median || true)
       second=$(awk -v k="$kind" -v v="$v" '$1 == "cold" && $2 == k && $3 == v { print $5 }' "$RESULTS" | median || true)
       if [ -z "$first" ]; then
-        printf '%-44s | %13s | %13s | %10s | %s\n' "$label, $v" - - - "no result"; continue
+        printf '%-50s | %13s | %13s | %10s | %s\n' "$label, $v" - - - "no result"; continue
       fi
       extra=$(awk -v a="$first" -v b="$second" 'BEGIN { printf "%.2f", a - b }')
       target=
       if [ "$v" = loyalty ]; then
         if le "$extra" "$COLD_MAX_MS"; then target="extra <= $COLD_MAX_MS ms: met"; else target="extra <= $COLD_MAX_MS ms: NOT met"; fi
       fi
-      printf '%-44s | %10s ms | %10s ms | %7s ms | %s\n' "$label, $v" "$first" "$second" "$extra" "$target"
+      printf '%-50s | %10s ms | %10s ms | %7s ms | %s\n' "$label, $v" "$first" "$second" "$extra" "$target"
     done
   done
   echo "  extra = first - second insert of the same backend; each figure the median of $COLD_REPEATS sessions."
