@@ -325,7 +325,7 @@ cold_session() { # kind table first-invoice-id -> "first second" in ms
   {
     if [ "$kind" != fresh ]; then cold_insert "$table" "$id"; cold_insert "$table" $((id + 1)); fi
     case $kind in
-      analyze) echo "\\! $PGBIN/psql -X -q -d bench -c 'ANALYZE $table'" ;;
+      analyze) echo "\\! $PGBIN/psql -X -q -d bench -c 'ANALYZE $table' || echo 'ANALYZE failed'" ;;
       exception) cat <<'SQL'
 DO $$
 BEGIN
@@ -342,6 +342,7 @@ SQL
   chown postgres: "$script"
   out=$(pg_sql -d bench -q -f "$script" 2>&1) || { printf '%s\n' "$out" >>"$LOG"; return 1; }
   printf '%s\n' "$out" >>"$LOG"
+  ! grep -q 'ANALYZE failed' <<<"$out" || return 1
   sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -2 | paste -sd' ' -
 }
 
