@@ -180,10 +180,10 @@ SQL
 # customer i; the header file has one header per 5 lines.
 generate_data() {
   mkdir -p "$DATA_DIR" && chown postgres: "$DATA_DIR"
-  pg_sql -d bench -q >>"$LOG" 2>&1 <<SQL
+  pg_sql -d bench -q >>"$LOG" 2>&1 <<SQL || die "generating the data failed; see $LOG"
 COPY (SELECT i, 1, i, date '2024-01-01' + (i % 366)::int,
              (ARRAY['SOLAR', 'INVERTER', 'BATTERY', 'MOUNTING', 'CABLE', 'SERVICE'])[1 + i % 6],
-             1 + i % 50, round((200 + (i * 7919) % 19800) / 100.0, 2)
+             1 + i % 50, round((200 + (i::bigint * 7919) % 19800) / 100.0, 2)
         FROM generate_series(1, $MEM_CUSTOMERS) AS i)
   TO '$CSV' WITH (FORMAT csv);
 COPY (SELECT h, 1 + h % $MEM_HCUSTOMERS, date '2024-01-01' + (h % 300)::int
@@ -191,7 +191,7 @@ COPY (SELECT h, 1 + h % $MEM_HCUSTOMERS, date '2024-01-01' + (h % 300)::int
   TO '$HCSV' WITH (FORMAT csv);
 COPY (SELECT 1 + (i - 1) / $LINES_PER_HEADER, 1 + (i - 1) % $LINES_PER_HEADER,
              (ARRAY['SOLAR', 'INVERTER', 'BATTERY', 'MOUNTING', 'CABLE', 'SERVICE'])[1 + i % 6],
-             1 + i % 50, round((200 + (i * 7919) % 19800) / 100.0, 2)
+             1 + i % 50, round((200 + (i::bigint * 7919) % 19800) / 100.0, 2)
         FROM generate_series(1, $MEM_HLINES) AS i)
   TO '$HLCSV' WITH (FORMAT csv);
 SQL
