@@ -707,6 +707,18 @@ pgbench_bare_only() { # shape
 
 # ---------------------------------------------------------------- report
 
+# Which code the figures are of.
+built_from() {
+  local rev
+  rev=$(git -C "$ROOT" log -1 --format=%h -- src sql loyalty.control Makefile 2>/dev/null || echo '?')
+  if [ "$BUILD" = 1 ]; then
+    printf 'built from %s (last commit of src/)' "$rev"
+    git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || printf ' plus uncommitted changes in src/'
+  else
+    printf 'as installed (BENCH_BUILD=0; this tree: %s)' "$rev"
+  fi
+}
+
 machine_facts() {
   local cpu mem fs settings
   cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
@@ -724,7 +736,7 @@ SQL
   echo "storage:    $fs (cluster in $CLUSTER_DIR)"
   echo "load:       1-minute load average $LOAD_START at the start, $(cut -d' ' -f1 /proc/loadavg) at the end (other work on the machine skews the figures)"
   echo "postgres:   $(sql_val -c 'SELECT version()' || "$PGBIN/postgres" --version)"
-  echo "loyalty:    $(sql_val -c "SELECT default_version FROM pg_available_extensions WHERE name = 'loyalty'" || echo '?'), built from $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' plus uncommitted changes in src/')"
+  echo "loyalty:    $(sql_val -c "SELECT default_version FROM pg_available_extensions WHERE name = 'loyalty'" || echo '?'), $(built_from)"
   echo "settings:   $settings"
   echo "            (pgbench sessions set synchronous_commit as shown per row)"
   if [[ " $SHAPES " == *" line "* ]]; then

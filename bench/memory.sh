@@ -314,6 +314,10 @@ step_header() {
 # bare twin with the same rows.  Each measurement is one psql session:
 # INSERT, INSERT (fresh backend); or two warm-up INSERTs, then an event, then
 # INSERT, INSERT.  Each INSERT is one line for a random existing customer.
+# The sessions run with synchronous_commit = off (set at connection, not by
+# a statement that would warm the backend): the WAL flush at commit costs
+# 1-4 ms of disk noise on a shared machine, enough to hide a few ms of cold
+# start.
 cold_insert() { # table invoice-id
   printf '%s\n' '\timing on' \
     "INSERT INTO $1 VALUES ($2, 1, 1 + floor(random() * $COLD_ACCOUNTS)::int, DATE '2024-12-31', 'SOLAR', 1, 100.00);" \
@@ -340,7 +344,7 @@ SQL
     cold_insert "$table" $((id + 2)); cold_insert "$table" $((id + 3))
   } >"$script"
   chown postgres: "$script"
-  out=$(pg_sql -d bench -q -f "$script" 2>&1) || { printf '%s\n' "$out" >>"$LOG"; return 1; }
+  out=$(PGOPTIONS='-c synchronous_commit=off' pg_sql -d bench -q -f "$script" 2>&1) || { printf '%s\n' "$out" >>"$LOG"; return 1; }
   printf '%s\n' "$out" >>"$LOG"
   ! grep -q 'ANALYZE failed' <<<"$out" || return 1
   sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -2 | paste -sd' ' -
@@ -383,6 +387,18 @@ step_cold() {
 
 # ---------------------------------------------------------------- report
 
+# Which code the figures are of.
+built_from() {
+  local rev
+  rev=$(git -C "$ROOT" log -1 --format=%h -- src sql loyalty.control Makefile 2>/dev/null || echo '?')
+  if [ "$BUILD" = 1 ]; then
+    printf 'built from %s (last commit of src/)' "$rev"
+    git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || printf ' plus uncommitted changes in src/'
+  else
+    printf 'as installed (BENCH_BUILD=0; this tree: %s)' "$rev"
+  fi
+}
+
 machine_facts() {
   local cpu mem settings
   cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
@@ -396,7 +412,7 @@ SQL
   echo "machine:    $(nproc) CPUs ($cpu), $mem RAM, kernel $(uname -r)"
   echo "load:       1-minute load average $LOAD_START at the start, $(cut -d' ' -f1 /proc/loadavg) at the end"
   echo "postgres:   $(sql_val -c 'SELECT version()' || "$PGBIN/postgres" --version)"
-  echo "loyalty:    $(sql_val -c "SELECT default_version FROM pg_available_extensions WHERE name = 'loyalty'" || echo '?'), built from $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD -- src 2>/dev/null || echo ' plus uncommitted changes in src/')"
+  echo "loyalty:    $(sql_val -c "SELECT default_version FROM pg_available_extensions WHERE name = 'loyalty'" || echo '?'), $(built_from)"
   echo "settings:   $settings"
 }
 
