@@ -746,7 +746,6 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 						MonthDelta *d = account_month(acct, r.month, b->zero, b->batchcxt);
 
 						MemoryContextSwitchTo(b->batchcxt); /* sums outlive the row */
-						d->tier = info->tier;
 						if (rs->sign > 0)
 						{
 							d->max_date = Max(d->max_date, f.date);

@@ -14,7 +14,6 @@
 typedef struct MonthDelta
 {
 	char	   *account;
-	const char *tier;			/* the account's tier as cached (upgrade pre-filter) */
 	DateADT		month;
 	int64		points_new;		/* rows added: base points */
 	int64		points_old;		/* rows removed: base points */
