@@ -51,7 +51,7 @@ typedef struct AccountEntry
  * stays until the reset).  Past this, the next statement or batch starts
  * afresh: a few tens of MB at most, whatever the number of accounts.
  */
-#define ACCOUNT_CACHE_MAX 50000
+#define ACCOUNT_CACHE_MAX 200000
 
 /*
  * Entries that hold what this transaction wrote and has not committed (our
@@ -288,8 +288,9 @@ load_accounts(Program *prog, char **keys, int n)
 	OwnerScope	scope;
 	SPITupleTable *result;
 
+	/* planned for each call: loyalty.account may grow by a million rows within one statement */
 	if (plans[hist] == NULL)
-		plans[hist] = loyalty_prepare(
+		plans[hist] = loyalty_prepare_with(
 			psprintf("%s %s FROM pg_catalog.unnest($2) AS k(key)"
 					 " CROSS JOIN LATERAL (SELECT a0.*, a0.xmin AS row_xmin FROM loyalty.account a0"
 					 "   WHERE a0.program_id OPERATOR(pg_catalog.=) $1"
@@ -302,7 +303,7 @@ load_accounts(Program *prog, char **keys, int n)
 					 "   FROM loyalty.account_history h WHERE h.program_id OPERATOR(pg_catalog.=) a.program_id"
 					 "   AND h.account_key OPERATOR(pg_catalog.=) a.account_key) hh ON true",
 					 ACCOUNT_COLS, hist ? TIER_HISTORY_COLS : NO_TIER_HISTORY_COLS),
-			2, argtypes);
+			2, argtypes, CURSOR_OPT_CUSTOM_PLAN);
 
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = loyalty_text_array(keys, NULL, n);
