@@ -289,6 +289,13 @@ read_chunk(Batch *b, RowSet *rs, RowSet *prev)
 		while (rs->nrows < CHUNK_ROWS &&
 			   tuplestore_gettupleslot(rs->store, true, false, b->store_slot))
 			rs->mrows[rs->nrows++] = ExecCopySlotMinimalTuple(b->store_slot);
+
+		/*
+		 * A transition table that spilled to disk hands out tuples the slot
+		 * owns, allocated in the chunk's context: the slot must let go of
+		 * the last one before that context is reset.
+		 */
+		ExecClearTuple(b->store_slot);
 	}
 	else if (rs->portal != NULL)
 	{
@@ -1509,6 +1516,13 @@ header_updated(TriggerData *td, Attachment *att)
 		Datum	   *keys;
 		int			nkeys = 0;
 
+		/*
+		 * The slots may own the last rows read (a transition table spilled
+		 * to disk hands out tuples allocated in chunkcxt): release them
+		 * before the context goes.
+		 */
+		ExecClearTuple(oslot);
+		ExecClearTuple(nslot);
 		MemoryContextReset(chunkcxt);
 		MemoryContextSwitchTo(chunkcxt);
 		old_map = accrual_header_map(chunkcxt);
