@@ -17,15 +17,17 @@ SELECT loyalty.attach('cal.inv', 'cal_club', account_column => 'customer', amoun
 
 --
 -- 1. Tier upgrades take effect tomorrow in the program's time zone.  Two
---    sessions posting at the same instant from Kiritimati (UTC+14) and from
---    UTC-12 see different local dates (at least one day apart), but both
---    upgrades count from the same day: the day after today in UTC.
+--    sessions post from Kiritimati (UTC+14) and from UTC-12, whose local
+--    dates are at least one day apart, documents dated today in UTC (a
+--    document dated after the program's today would move the upgrade past
+--    itself, see document_dates); both upgrades count from the same day: the
+--    day after today in UTC, whatever the time of day the test runs.
 --
 BEGIN;
 SET LOCAL TimeZone = 'Pacific/Kiritimati';
-INSERT INTO cal.inv VALUES (1, 'EAST', now()::date, 1500);
+INSERT INTO cal.inv VALUES (1, 'EAST', (now() AT TIME ZONE 'UTC')::date, 1500);
 SET LOCAL TimeZone = 'Etc/GMT+12';
-INSERT INTO cal.inv VALUES (2, 'WEST', now()::date, 1500);
+INSERT INTO cal.inv VALUES (2, 'WEST', (now() AT TIME ZONE 'UTC')::date, 1500);
 COMMIT;
 -- The fold that records the upgrades runs in a third time zone: the
 -- program's own calendar decides, not the session's.
