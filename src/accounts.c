@@ -22,6 +22,7 @@
 #include "executor/tuptable.h"
 #include "storage/procarray.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
@@ -286,11 +287,11 @@ load_accounts(Program *prog, char **keys, int n)
 	bool		hist = prog->uses_tier_multipliers;
 	uint64		i;
 	OwnerScope	scope;
+	int			nest;
 	SPITupleTable *result;
 
-	/* planned for each call: loyalty.account may grow by a million rows within one statement */
 	if (plans[hist] == NULL)
-		plans[hist] = loyalty_prepare_with(
+		plans[hist] = loyalty_prepare(
 			psprintf("%s %s FROM pg_catalog.unnest($2) AS k(key)"
 					 " CROSS JOIN LATERAL (SELECT a0.*, a0.xmin AS row_xmin FROM loyalty.account a0"
 					 "   WHERE a0.program_id OPERATOR(pg_catalog.=) $1"
@@ -303,7 +304,7 @@ load_accounts(Program *prog, char **keys, int n)
 					 "   FROM loyalty.account_history h WHERE h.program_id OPERATOR(pg_catalog.=) a.program_id"
 					 "   AND h.account_key OPERATOR(pg_catalog.=) a.account_key) hh ON true",
 					 ACCOUNT_COLS, hist ? TIER_HISTORY_COLS : NO_TIER_HISTORY_COLS),
-			2, argtypes, CURSOR_OPT_CUSTOM_PLAN);
+			2, argtypes);
 
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = loyalty_text_array(keys, NULL, n);
@@ -317,8 +318,20 @@ load_accounts(Program *prog, char **keys, int n)
 	 * enrolled, not with our defaults.
 	 */
 	loyalty_enter_owner(&scope);
+	nest = NewGUCNestLevel();
+
+	/*
+	 * The generic plan is made (and remade) while this runs: with sequential
+	 * scans off it probes the primary key whatever the size of
+	 * loyalty.account at that moment.  A plan made while the table was empty
+	 * would otherwise scan it whole for every key for as long as it lives,
+	 * and one statement may enrol a million accounts.
+	 */
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	loyalty_spi_check(loyalty_execute_latest(plans[hist], args, 0), SPI_OK_SELECT,
 					  "read loyalty.account");
+	AtEOXact_GUC(true, nest);
 	loyalty_leave_owner(&scope);
 	result = SPI_tuptable;
 

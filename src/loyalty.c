@@ -409,24 +409,12 @@ loyalty_prepare(const char *sql, int nargs, Oid *argtypes)
 	 * best plan, and re-planning per statement would cost more than the
 	 * accrual itself on single-row inserts.
 	 */
-	return loyalty_prepare_with(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
-}
-
-/*
- * The same with other cursor options: CURSOR_OPT_CUSTOM_PLAN for a look-up
- * into a table that grows within a statement (a generic plan made while
- * loyalty.account was empty scans it whole for every key, for as long as
- * the plan lives).
- */
-SPIPlanPtr
-loyalty_prepare_with(const char *sql, int nargs, Oid *argtypes, int cursor_options)
-{
 	OwnerScope	scope;
 	SPIPlanPtr	plan;
 
 	/* parsed as the owner: the ERP's role may not even see schema loyalty */
 	loyalty_enter_owner(&scope);
-	plan = SPI_prepare_cursor(sql, nargs, argtypes, cursor_options);
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 	loyalty_leave_owner(&scope);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
