@@ -1,11 +1,12 @@
 /*
  * ledger.c — posting.  Everything here runs as the extension owner.  A
- * statement writes one balance row per account (its totals and per-month
- * sums together), in ascending account order, so two statements never wait
- * on each other in a cycle; then one ledger insert and, rarely, the tier
- * upgrades.  Each step is one statement over arrays, never one per row;
- * arrays, not the transition table's name, carry the data, which keeps the
- * trigger working on Citus shards.
+ * statement appends, per account, one loyalty.balance_delta row (its totals
+ * and per-month sums) and its ledger entries: no shared row is updated, so
+ * two statements never wait for each other (loyalty.fold() adds the deltas
+ * up later, fold.c).  The rows go in with heap and index calls (append.c),
+ * or as one SQL statement over arrays where that is not possible; never one
+ * statement per row.  Also here: the per-month sums and the caps that the
+ * fold and loyalty.balance share.
  */
 #include "postgres.h"
 
@@ -299,7 +300,7 @@ num_eq(Numeric a, Numeric b)
 }
 
 
-/* ---- per-month sums kept as parallel arrays on the balance row ---- */
+/* ---- per-month sums, as parallel arrays (folded balances and deltas) ---- */
 
 static char *
 iso_date(DateADT d)

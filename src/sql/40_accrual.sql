@@ -784,10 +784,9 @@ GRANT EXECUTE ON FUNCTION @extschema@.attach(regclass, text, text, text, text, t
                           @extschema@.detach(regclass, text),
                           @extschema@.backfill(regclass, text, date) TO loyalty_admin;
 
--- The per-month sums on loyalty.balance: merged in C inside the balance
--- upsert, so that a statement writes one row per account.  The statement's
--- sums come as typed arrays (one loyalty.balance row per account), never as
--- bytes to decode.
+-- Two sets of per-month sums added up, as typed arrays, never as bytes to
+-- decode: the fold does the same in C (ledger_months_merge); this SQL
+-- entry point stays for inspection and its tests.
 CREATE FUNCTION @extschema@._month_merge(a_month date[], a_attachment integer[], a_points bigint[], a_qualifying numeric[], a_source_rows bigint[],
                                          b_month date[], b_attachment integer[], b_points bigint[], b_qualifying numeric[], b_source_rows bigint[],
     OUT m_month date[], OUT m_attachment integer[], OUT m_points bigint[], OUT m_qualifying numeric[], OUT m_source_rows bigint[])
