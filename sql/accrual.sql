@@ -252,6 +252,14 @@ SELECT * FROM loyalty.balance('accrual_explicit', 'U1');
 SELECT u.account_key, u.source_rows, u.amount
   FROM loyalty.unenrolled_activity u JOIN loyalty.program p USING (program_id)
  WHERE p.name = 'accrual_explicit' ORDER BY 1;
+-- The counts are appended per statement and folded by loyalty.fold(): they
+-- read the same before and after it, and the next statement adds to them.
+SELECT loyalty.fold('accrual_explicit') > 0 AS folded;
+SELECT u.account_key, u.source_rows, u.amount
+  FROM loyalty.unenrolled_activity u JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'accrual_explicit' ORDER BY 1;
+SELECT count(*) AS unfolded FROM loyalty.unenrolled_delta d JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'accrual_explicit';
 -- Deleting an ignored invoice takes it out of the count again.
 DELETE FROM acc.member_invoice WHERE id = 6;
 SELECT u.account_key, u.source_rows, u.amount
