@@ -68,8 +68,40 @@ direct_ok(Relation rel)
 	return true;
 }
 
+/*
+ * Column positions for appending: names[i] goes to col[i].  False when the
+ * table has a column not named (a later version's): then it is written
+ * through SQL, whose defaults know it.
+ */
+static bool
+map_columns(TupleDesc desc, const char *const *names, int n, int *col)
+{
+	int			i,
+				c,
+				live = 0;
+
+	for (c = 0; c < desc->natts; c++)
+		live += !TupleDescAttr(desc, c)->attisdropped;
+	if (live != n)
+		return false;
+	for (i = 0; i < n; i++)
+	{
+		for (c = 0; c < desc->natts; c++)
+		{
+			Form_pg_attribute a = TupleDescAttr(desc, c);
+
+			if (!a->attisdropped && strcmp(NameStr(a->attname), names[i]) == 0)
+				break;
+		}
+		if (c == desc->natts)
+			return false;
+		col[i] = c;
+	}
+	return true;
+}
+
 Relation
-append_open(const char *relname, TupleDesc *desc)
+append_open(const char *relname, const char *const *names, int n, int *col, TupleDesc *desc)
 {
 	Oid			relid = get_relname_relid(relname, get_namespace_oid("loyalty", false));
 	Relation	rel;
@@ -80,29 +112,13 @@ append_open(const char *relname, TupleDesc *desc)
 				 errmsg("relation \"loyalty.%s\" does not exist", relname),
 				 errhint("The loyalty extension's objects were changed by hand; run ALTER EXTENSION loyalty UPDATE or re-create the extension.")));
 	rel = table_open(relid, RowExclusiveLock);
-	if (!direct_ok(rel))
+	if (!direct_ok(rel) || !map_columns(RelationGetDescr(rel), names, n, col))
 	{
 		table_close(rel, RowExclusiveLock);
 		return NULL;
 	}
 	*desc = RelationGetDescr(rel);
 	return rel;
-}
-
-int
-append_column(TupleDesc desc, const char *name)
-{
-	int			i;
-
-	for (i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute a = TupleDescAttr(desc, i);
-
-		if (!a->attisdropped && strcmp(NameStr(a->attname), name) == 0)
-			return i;
-	}
-	elog(ERROR, "loyalty table has no column %s", name);
-	return -1;					/* keep the compiler quiet */
 }
 
 /*

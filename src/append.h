@@ -8,13 +8,12 @@
 #include "utils/relcache.h"
 
 /*
- * Opens loyalty.<relname> for appending and gives its row descriptor; NULL
+ * Opens loyalty.<relname> for appending rows with exactly the columns
+ * names[0..n), whose positions go to col[]; gives its row descriptor.  NULL
  * when the table must be written through SQL instead (see append.c).
  */
-extern Relation append_open(const char *relname, TupleDesc *desc);
-
-/* The 0-based position of a column, by name (dropped columns skipped). */
-extern int	append_column(TupleDesc desc, const char *name);
+extern Relation append_open(const char *relname, const char *const *names, int n, int *col,
+							TupleDesc *desc);
 
 /* Inserts the tuples with their index entries, and closes the table. */
 extern void append_close(Relation rel, HeapTuple *tuples, int n);

@@ -713,26 +713,6 @@ write_one_delta(const Program *prog, int32 attachment_id, MonthDelta *d, Account
 					  "write loyalty.balance_delta");
 }
 
-/*
- * Column positions of a loyalty table for appending: names[i] goes to
- * col[i].  False when the table has a column not named (a later version's):
- * then it is written through SQL, whose defaults know it.
- */
-static bool
-map_columns(TupleDesc desc, const char *const *names, int n, int *col)
-{
-	int			i,
-				live = 0;
-
-	for (i = 0; i < desc->natts; i++)
-		live += !TupleDescAttr(desc, i)->attisdropped;
-	if (live != n)
-		return false;
-	for (i = 0; i < n; i++)
-		col[i] = append_column(desc, names[i]);
-	return true;
-}
-
 /* balance_delta rows, appended directly; false: write them through SQL */
 static bool
 append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSums **rows, int nb)
@@ -742,7 +722,7 @@ append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSu
 	"m_source_rows", "last_doc_date", "posted_at"};
 	int			col[lengthof(names)];
 	TupleDesc	desc;
-	Relation	rel = append_open("balance_delta", &desc);
+	Relation	rel = append_open("balance_delta", names, lengthof(names), col, &desc);
 	HeapTuple  *tuples;
 	Datum	   *values;
 	bool	   *nulls;
@@ -751,11 +731,6 @@ append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSu
 
 	if (rel == NULL)
 		return false;
-	if (!map_columns(desc, names, lengthof(names), col))
-	{
-		table_close(rel, RowExclusiveLock);
-		return false;
-	}
 	tuples = palloc(sizeof(HeapTuple) * nb);
 	values = palloc(sizeof(Datum) * desc->natts);
 	nulls = palloc(sizeof(bool) * desc->natts);
@@ -811,7 +786,7 @@ append_entries(const Program *prog, int32 attachment_id, const char *reason, int
 	"posted_at", "posted_xid", "corrects_xid"};
 	int			col[lengthof(names)];
 	TupleDesc	desc;
-	Relation	rel = append_open("ledger", &desc);
+	Relation	rel = append_open("ledger", names, lengthof(names), col, &desc);
 	HeapTuple  *tuples;
 	Datum	   *values;
 	bool	   *nulls;
@@ -822,11 +797,6 @@ append_entries(const Program *prog, int32 attachment_id, const char *reason, int
 
 	if (rel == NULL)
 		return false;
-	if (!map_columns(desc, names, lengthof(names), col))
-	{
-		table_close(rel, RowExclusiveLock);
-		return false;
-	}
 	tuples = palloc(sizeof(HeapTuple) * ne);
 	values = palloc(sizeof(Datum) * desc->natts);
 	nulls = palloc(sizeof(bool) * desc->natts);
