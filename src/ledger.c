@@ -95,7 +95,7 @@ entry_rows(int64 rows, const Program *prog, const char *account)
 	return (int32) Abs(rows);
 }
 
-static SPIPlanPtr delta_plan, delta_one_plan, ledger_plan, ledger_one_plan;
+static SPIPlanPtr delta_plan, ledger_plan;
 
 /* loyalty.balance_delta's row type, the element type of delta_plan's array */
 static Oid	delta_type = InvalidOid;
@@ -153,16 +153,6 @@ prepare_plans(void)
 	if (prepared)
 		return;
 	{
-		Oid			t[12] = {INT4OID, INT8OID, TEXTOID, INT8OID, NUMERICOID, INT8OID,
-		DATEARRAYOID, INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, DATEOID};
-
-		/* the same for one account (single-row ERP transactions): less to plan and start */
-		delta_one_plan = loyalty_prepare(
-			"INSERT INTO loyalty.balance_delta (program_id, delta_no, account_key, points, qualifying, entry_count,"
-			"  m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date)"
-			" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)", 12, t);
-	}
-	{
 		Oid			t[9] = {INT4OID, INT4OID, TEXTOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
 		INT8ARRAYOID, NUMERICARRAYOID, INT4ARRAYOID};
 
@@ -173,14 +163,6 @@ prepare_plans(void)
 			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
 			"                 pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)",
 			9, t);
-	}
-	{
-		Oid			t[9] = {INT4OID, INT4OID, TEXTOID, TEXTOID, INT8OID, TEXTOID, INT8OID, NUMERICOID, INT4OID};
-
-		ledger_one_plan = loyalty_prepare(
-			"INSERT INTO loyalty.ledger"
-			" (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
-			" VALUES ($1, $4, $5, $6::loyalty.ledger_kind, $7, $8, $2, $9, $3)", 9, t);
 	}
 	prepared = true;
 }
@@ -684,35 +666,6 @@ delta_rows(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSums 
 	return PointerGetDatum(construct_array(out, nb, delta_type, typlen, typbyval, typalign));
 }
 
-/* One account's delta as plain parameters: the single-row ERP transaction. */
-static void
-write_one_delta(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSums *s)
-{
-	MonthArrays m;
-	Datum		args[12];
-	char		nulls[13];
-
-	delta_arrays(prog, &d[s->first_delta], s->ndeltas, attachment_id, &m);
-	memset(nulls, ' ', 12);
-	nulls[12] = '\0';
-	args[0] = Int32GetDatum(prog->id);
-	args[1] = Int64GetDatum(s->first_no);
-	args[2] = CStringGetTextDatum(s->account);
-	args[3] = Int64GetDatum(s->points);
-	args[4] = NumericGetDatum(s->qualifying);
-	args[5] = Int64GetDatum(s->nentries);
-	args[6] = loyalty_date_array(m.month, m.n);
-	args[7] = loyalty_int4_array(m.attachment, m.n);
-	args[8] = loyalty_int8_array(m.points, m.n);
-	args[9] = loyalty_numeric_array(m.qualifying, m.n);
-	args[10] = loyalty_int8_array(m.rows, m.n);
-	args[11] = DateADTGetDatum(s->max_date);
-	if (s->max_date == 0)
-		nulls[11] = 'n';
-	loyalty_spi_check(SPI_execute_plan(delta_one_plan, args, nulls, false, 0), SPI_OK_INSERT,
-					  "write loyalty.balance_delta");
-}
-
 /* balance_delta rows, appended directly; false: write them through SQL */
 static bool
 append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSums **rows, int nb)
@@ -727,6 +680,8 @@ append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSu
 	Datum	   *values;
 	bool	   *nulls;
 	Numeric		zero = int64_to_numeric(0);
+	Datum		xid = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	Datum		posted_at = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	int			i;
 
 	if (rel == NULL)
@@ -743,7 +698,7 @@ append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSu
 		memset(nulls, true, sizeof(bool) * desc->natts);
 		values[col[0]] = Int32GetDatum(prog->id);
 		values[col[1]] = CStringGetTextDatum(s->account);
-		values[col[2]] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+		values[col[2]] = xid;
 		values[col[3]] = Int64GetDatum(s->first_no);
 		values[col[4]] = Int64GetDatum(s->points);
 		values[col[5]] = NumericGetDatum(s->qualifying);
@@ -756,7 +711,7 @@ append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSu
 		values[col[12]] = loyalty_numeric_array(m.qualifying, m.n);
 		values[col[13]] = loyalty_int8_array(m.rows, m.n);
 		values[col[14]] = DateADTGetDatum(s->max_date);
-		values[col[15]] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+		values[col[15]] = posted_at;
 		for (int c = 0; c < (int) lengthof(names); c++)
 			nulls[col[c]] = false;
 		nulls[col[14]] = (s->max_date == 0);
@@ -793,6 +748,8 @@ append_entries(const Program *prog, int32 attachment_id, const char *reason, int
 	Numeric		zero = int64_to_numeric(0);
 	const char *last_kind = NULL;
 	Datum		kind = (Datum) 0;
+	Datum		xid = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	Datum		posted_at = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	int			i;
 
 	if (rel == NULL)
@@ -816,8 +773,8 @@ append_entries(const Program *prog, int32 attachment_id, const char *reason, int
 		values[col[9]] = Int32GetDatum(attachment_id);
 		values[col[10]] = Int32GetDatum(er[i]);
 		values[col[12]] = CStringGetTextDatum(reason);
-		values[col[13]] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-		values[col[14]] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+		values[col[13]] = posted_at;
+		values[col[14]] = xid;
 		for (int c = 0; c < (int) lengthof(names); c++)
 			nulls[col[c]] = (c == 8 || c == 11 || c == 15);	/* member_id, corrects, corrects_xid */
 		tuples[i] = heap_form_tuple(desc, values, nulls);
@@ -869,25 +826,13 @@ write_entries(const Program *prog, int32 attachment_id, AccountSums **rows, int 
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = Int32GetDatum(attachment_id);
 	args[2] = CStringGetTextDatum(reason);
-	if (ne == 1)
-	{
-		args[3] = CStringGetTextDatum(ek[0]);
-		args[4] = Int64GetDatum(eno[0]);
-		args[5] = CStringGetTextDatum(ekind[0]);
-		args[6] = Int64GetDatum(ep[0]);
-		args[7] = NumericGetDatum(eq[0]);
-		args[8] = Int32GetDatum(er[0]);
-	}
-	else
-	{
-		args[3] = loyalty_text_array(ek, NULL, ne);
-		args[4] = loyalty_int8_array(eno, ne);
-		args[5] = loyalty_text_array(ekind, NULL, ne);
-		args[6] = loyalty_int8_array(ep, ne);
-		args[7] = loyalty_numeric_array(eq, ne);
-		args[8] = loyalty_int4_array(er, ne);
-	}
-	loyalty_spi_check(SPI_execute_plan(ne == 1 ? ledger_one_plan : ledger_plan, args, NULL, false, 0), SPI_OK_INSERT,
+	args[3] = loyalty_text_array(ek, NULL, ne);
+	args[4] = loyalty_int8_array(eno, ne);
+	args[5] = loyalty_text_array(ekind, NULL, ne);
+	args[6] = loyalty_int8_array(ep, ne);
+	args[7] = loyalty_numeric_array(eq, ne);
+	args[8] = loyalty_int4_array(er, ne);
+	loyalty_spi_check(SPI_execute_plan(ledger_plan, args, NULL, false, 0), SPI_OK_INSERT,
 					  "write loyalty.ledger");
 }
 
@@ -1016,14 +961,8 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		if (rows[i]->points >= LARGE_POSTING || rows[i]->points <= -LARGE_POSTING)
 			check_balance_fits(prog, rows[i]);
 	}
-	if (append_deltas(prog, attachment_id, d, rows, nb))
-		;						/* the common case */
-	else if (nb == 1)
-	{
-		prepare_plans();
-		write_one_delta(prog, attachment_id, d, rows[0]);
-	}
-	else
+	/* through SQL where the table cannot take direct appends (append.c) */
+	if (!append_deltas(prog, attachment_id, d, rows, nb))
 	{
 		Datum		args[2];
 
