@@ -2664,3 +2664,85 @@ BEGIN
 END
 $$;
 
+
+-- ---- Postings outside accrual (redeem, expire, award, rebate, mdf, adjust) through loyalty._post; verify() checks the rebate and MDF wallets ----
+CREATE FUNCTION @extschema@._ledger_number() RETURNS bigint
+AS 'MODULE_PATHNAME', 'loyalty_ledger_number' LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@._ledger_number() IS
+'Internal: the next ledger entry number of the current transaction.';
+
+CREATE FUNCTION @extschema@._post(
+    program_id   integer,
+    account_key  text,
+    kind         @extschema@.ledger_kind,
+    points       bigint,
+    reason       text,
+    rebate       numeric DEFAULT 0,
+    mdf          numeric DEFAULT 0,
+    member_id    text DEFAULT NULL,
+    corrects_xid xid8 DEFAULT NULL,
+    corrects     bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := @extschema@._ledger_number();
+BEGIN
+    IF kind = ANY ('{earn,reverse,cap,backfill,restate}'::@extschema@.ledger_kind[]) THEN
+        RAISE EXCEPTION 'ledger kind % is posted by accrual only', kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Accrual kinds are derived from invoice rows and checked against them by verify().';
+    END IF;
+    IF coalesce(points, 0) = 0 AND coalesce(rebate, 0) = 0 AND coalesce(mdf, 0) = 0 THEN
+        RETURN NULL;            -- nothing to post
+    END IF;
+    INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                                         member_id, corrects, corrects_xid, reason)
+    VALUES ($1, $2, n, $3, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), $8, $10, $9, $5);
+    INSERT INTO @extschema@.balance_delta AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+    VALUES ($1, $2, n, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), 1);
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._post(integer, text, @extschema@.ledger_kind, bigint, text, numeric, numeric, text, xid8, bigint) IS
+'Internal: posts one ledger entry that does not come from an invoice row (redeem, expire, award, rebate, mdf, adjust, bonus) with its balance delta; returns its entry number within the transaction (NULL when there is nothing to post).';
+REVOKE ALL ON FUNCTION @extschema@._ledger_number(), @extschema@._post(integer, text, @extschema@.ledger_kind, bigint, text, numeric, numeric, text, xid8, bigint) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_balance(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
+BEGIN
+    RETURN QUERY
+    -- the ledger, plus the cap entries the next fold books (loyalty.balance
+    -- applies them already)
+    WITH pending AS (
+        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key) AS points
+        FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
+              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) d
+        WHERE capped)
+    SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+    FROM (SELECT coalesce(x.account_key, pe.account_key) AS account_key,
+                 coalesce(x.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, x.qualifying,
+                 x.rebate, x.mdf, x.n
+          FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying,
+                       pg_catalog.sum(x.rebate) AS rebate, pg_catalog.sum(x.mdf) AS mdf, pg_catalog.count(*) AS n
+                FROM @extschema@.ledger x
+                WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)
+                GROUP BY 1) x
+               FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) x.account_key) l
+         FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.rebate, x.mdf, x.entry_count AS n
+                    FROM @extschema@.balance x
+                    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) b
+           ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
+         LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
+                         ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
+                         ('balance_rebate', coalesce(l.rebate, 0), coalesce(b.rebate, 0)),
+                         ('balance_mdf', coalesce(l.mdf, 0), coalesce(b.mdf, 0)),
+                         ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
+    WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+

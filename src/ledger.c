@@ -975,3 +975,15 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 	write_entries(prog, attachment_id, rows, nb, kind_new, kind_old, reason);
 	loyalty_leave_owner(&scope);
 }
+
+PG_FUNCTION_INFO_V1(loyalty_ledger_number);
+/*
+ * loyalty._ledger_number(): the next entry number of this transaction, for
+ * postings made in SQL (loyalty._post); shares the counter with the
+ * trigger's postings so that both can write in one transaction.
+ */
+Datum
+loyalty_ledger_number(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(ledger_numbers(1));
+}

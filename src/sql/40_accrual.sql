@@ -720,19 +720,22 @@ BEGIN
         WHERE capped)
     SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
     FROM (SELECT coalesce(x.account_key, pe.account_key) AS account_key,
-                 coalesce(x.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, x.qualifying, x.n
+                 coalesce(x.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, x.qualifying,
+                 x.rebate, x.mdf, x.n
           FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying,
-                       pg_catalog.count(*) AS n
+                       pg_catalog.sum(x.rebate) AS rebate, pg_catalog.sum(x.mdf) AS mdf, pg_catalog.count(*) AS n
                 FROM @extschema@.ledger x
                 WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)
                 GROUP BY 1) x
                FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) x.account_key) l
-         FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.entry_count AS n
+         FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.rebate, x.mdf, x.entry_count AS n
                     FROM @extschema@.balance x
                     WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) b
            ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
          LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
                          ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
+                         ('balance_rebate', coalesce(l.rebate, 0), coalesce(b.rebate, 0)),
+                         ('balance_mdf', coalesce(l.mdf, 0), coalesce(b.mdf, 0)),
                          ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
     WHERE v.e IS DISTINCT FROM v.a;
 END
