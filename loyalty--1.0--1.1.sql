@@ -2746,3 +2746,29 @@ BEGIN
 END
 $$;
 
+
+-- ---- Debits of one account take its next debit number (row lock until commit) ----
+ALTER TABLE @extschema@.account ADD COLUMN debit_no bigint NOT NULL DEFAULT 0 CHECK (debit_no OPERATOR(pg_catalog.>=) 0);
+COMMENT ON COLUMN @extschema@.account.debit_no IS 'How many debits (redemptions, claims, expiry) the account has had; taking the next number serialises them.';
+
+CREATE FUNCTION @extschema@._lock_for_debit(program_id integer, account_key text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE @extschema@.account a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1
+    WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2
+    RETURNING a.debit_no INTO n;
+    IF n IS NULL THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', $2,
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1)
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have balances to spend from.',
+                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._lock_for_debit(integer, text) IS
+'Internal: locks an account for a debit until commit and returns its next debit number.';
+REVOKE ALL ON FUNCTION @extschema@._lock_for_debit(integer, text) FROM PUBLIC;

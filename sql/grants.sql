@@ -94,6 +94,7 @@ INSERT INTO decision VALUES
 ('loyalty._verify_ledger(integer,text)', '', false, true, 'internal: verify''s per-month sums vs ledger check'),
 ('loyalty._verify_balance(integer,text)', '', false, true, 'internal: verify''s ledger vs balance check'),
 ('loyalty._post(integer,text,loyalty.ledger_kind,bigint,text,numeric,numeric,text,xid8,bigint)', '', false, true, 'internal: posts one ledger entry that no invoice row made'),
+('loyalty._lock_for_debit(integer,text)', '', false, true, 'internal: serialises the debits of one account'),
 -- pure C, no SQL, no name resolved: no SET clause
 ('loyalty._ledger_number()', '', false, false, 'internal: the transaction''s next entry number'),
 ('loyalty._capped_points(integer,date[],bigint[])', '', false, true, 'internal: nested caps for verify, the trigger''s own computation'),

@@ -47,12 +47,18 @@ WHERE p.program_id = f.program_id AND p.name = 'posting club' AND f.account_key 
 SELECT loyalty._post(p.program_id, 'A', 'earn', 1, 'forged') FROM loyalty.program p WHERE p.name = 'posting club';
 SELECT loyalty._post(p.program_id, 'A', 'cap', -1, 'forged') FROM loyalty.program p WHERE p.name = 'posting club';
 
+-- debits lock the account and number its debits; an unknown account is refused
+SELECT loyalty._lock_for_debit(p.program_id, 'A') AS first_debit, loyalty._lock_for_debit(p.program_id, 'A') AS second_debit
+FROM loyalty.program p WHERE p.name = 'posting club';
+SELECT loyalty._lock_for_debit(p.program_id, 'nobody') FROM loyalty.program p WHERE p.name = 'posting club';
+
 -- internal: no one but the owner may call it
 CREATE ROLE posting_stranger;
 GRANT USAGE ON SCHEMA loyalty TO posting_stranger;
 SET ROLE posting_stranger;
 SELECT loyalty._post(1, 'A', 'award', 1000000, 'gift');
 SELECT loyalty._ledger_number();
+SELECT loyalty._lock_for_debit(1, 'A');
 RESET ROLE;
 REVOKE USAGE ON SCHEMA loyalty FROM posting_stranger;
 DROP ROLE posting_stranger;

@@ -85,6 +85,10 @@ CREATE TABLE @extschema@.account (
     enrolled_by       text NOT NULL DEFAULT 'explicit' CHECK (enrolled_by IN ('explicit', 'auto')),
     enrolled_from     date NOT NULL DEFAULT '-infinity',
     enrolled_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- counts the debits (redemptions, claims, expiry) of the account: taking
+    -- the next number locks the row, so that debits check the balance one
+    -- after the other; the accrual path never touches it
+    debit_no          bigint NOT NULL DEFAULT 0 CHECK (debit_no OPERATOR(pg_catalog.>=) 0),
     PRIMARY KEY (program_id, account_key),
     CHECK ((tier IS NULL) = (tier_since IS NULL))
 );
@@ -100,6 +104,7 @@ COMMENT ON COLUMN @extschema@.account.tier IS 'Current tier name from the progra
 COMMENT ON COLUMN @extschema@.account.tier_since IS 'When the current tier was reached.';
 COMMENT ON COLUMN @extschema@.account.enrolled_by IS 'explicit (loyalty.enroll) or auto (first invoice under an auto-enrolment program).';
 COMMENT ON COLUMN @extschema@.account.enrolled_at IS 'When the account was enrolled.';
+COMMENT ON COLUMN @extschema@.account.debit_no IS 'How many debits (redemptions, claims, expiry) the account has had; taking the next number serialises them.';
 COMMENT ON COLUMN @extschema@.account.enrolled_from IS 'First document date that earns (-infinity: all of them). Documents dated before it are ignored, so that enrolling never changes what an older document earned.';
 
 CREATE TABLE @extschema@.account_history (

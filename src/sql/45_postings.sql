@@ -44,3 +44,32 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._post(integer, text, @extschema@.ledger_kind, bigint, text, numeric, numeric, text, xid8, bigint) IS
 'Internal: posts one ledger entry that does not come from an invoice row (redeem, expire, award, rebate, mdf, adjust, bonus) with its balance delta; returns its entry number within the transaction (NULL when there is nothing to post).';
+
+-- A debit (redemption, MDF claim, expiry) checks a balance and then lowers
+-- it.  Two debits of one account must not both pass the check on the same
+-- balance: each first takes the account's next debit number, which locks its
+-- row until commit.  Under READ COMMITTED the debit's next statement then
+-- sees every debit committed before; under REPEATABLE READ or SERIALIZABLE a
+-- debit committed since the snapshot makes this UPDATE fail with
+-- serialization_failure instead of overdrawing.  Accrual never takes this
+-- lock: the ERP's statements do not wait for debits.
+CREATE FUNCTION @extschema@._lock_for_debit(program_id integer, account_key text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE @extschema@.account a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1
+    WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2
+    RETURNING a.debit_no INTO n;
+    IF n IS NULL THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', $2,
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1)
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have balances to spend from.',
+                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._lock_for_debit(integer, text) IS
+'Internal: locks an account for a debit until commit and returns its next debit number.';
