@@ -96,6 +96,21 @@ else
   installcheck "$OUT" REGRESS="$regress" ISOLATION= TAP_TESTS= || rc=$?
   installcheck "$OUT" REGRESS= ISOLATION="$isolation" TAP_TESTS= || rc=$?
 fi
+# A sample of the parser fuzzer (test/fuzz/fuzz.sql; full scale in
+# test/t/015_fuzz.pl) under valgrind, counted as one more regression test:
+# it fails when the script does not finish (a crash ends its session) or
+# reports an unclean rejection.
+fuzz_sample() {
+  local scale=${FUZZ_VALGRIND_SCALE:-0.01} line status=FAILED
+  echo "+++ regress fuzz sample (test/fuzz/fuzz.sql, scale $scale, server under valgrind)"
+  pg_sql -q -d postgres -c 'CREATE DATABASE fuzz' && pg_sql -q -d fuzz -c 'CREATE EXTENSION loyalty' &&
+    line=$(pg_sql -d fuzz -v scale="$scale" -f "$TEST_TREE/test/fuzz/fuzz.sql" 2>&1 | tee "$RUN_DIR/fuzz-output.txt" |
+           grep -oE 'fuzz: [0-9]+ inputs, 0 unclean') && status=ok
+  echo "${line:-fuzz: see $RUN_DIR/fuzz-output.txt}"
+  echo "test fuzz_sample                  ... $status"
+  [ "$status" = ok ]
+}
+[ $# -gt 0 ] || fuzz_sample 2>&1 | tee -a "$OUT" || rc=$?
 set -e
 stop_and_wait
 trap - EXIT
