@@ -39,6 +39,7 @@ CREATE VIEW err.invoice_view AS SELECT * FROM err.invoice;
 CREATE TABLE err.hdr (id bigint PRIMARY KEY, customer_id int, invoice_date date, code text UNIQUE);
 CREATE TABLE err.unkeyed_hdr (id bigint, customer_id int, invoice_date date);
 CREATE TABLE err.line (hdr_ref bigint, line_no int, amount numeric(12,2), PRIMARY KEY (hdr_ref, line_no));
+CREATE ROLE err_portal LOGIN;
 SELECT loyalty.create_program('err_club', ladder => 'Member:0, Gold:1000', starts_on => '2024-01-01') > 0 AS created;
 SELECT loyalty.create_program('err_free') > 0 AS created;
 SELECT loyalty.create_program('err_qty', basis => 'quantity') > 0 AS created;
@@ -65,7 +66,10 @@ INSERT INTO base VALUES
 ('explain_points', 'source', $$'err.invoice'$$), ('explain_points', 'key', $$VARIADIC ARRAY['1']$$),
 ('verify', 'program', $$'err_club'$$),
 ('fold', 'program', $$'err_club'$$),
-('pending_caps', 'program_id', '1'), ('pending_caps', 'account_key', $$'42'$$);
+('pending_caps', 'program_id', '1'), ('pending_caps', 'account_key', $$'42'$$),
+('grant_partner', 'login', $$'err_portal'$$), ('grant_partner', 'program', $$'err_club'$$),
+('grant_partner', 'account_key', $$'42'$$),
+('revoke_partner', 'login', $$'err_portal'$$), ('revoke_partner', 'program', $$'err_club'$$);
 
 -- The cases.  kind says what is tried; call, when given, replaces the
 -- generated call (positional arguments, or several changed at once).
@@ -329,10 +333,26 @@ INSERT INTO cases (fn, param, kind, value, call) VALUES
 ('verify', 'since', 'valid', $$'2024-03-15'$$, NULL),
 ('verify', 'since', 'null', 'NULL', NULL),
 ('verify', 'since', 'infinity', $$'infinity'$$, NULL),
-('verify', 'since', '-infinity', $$'-infinity'$$, NULL);
+('verify', 'since', '-infinity', $$'-infinity'$$, NULL),
+-- partner logins
+('grant_partner', 'login', 'valid', $$'err_portal'$$, NULL),
+('grant_partner', 'login', 'null', 'NULL', NULL),
+('grant_partner', 'login', 'unknown', $$'err_nobody'$$, NULL),
+('grant_partner', 'login', 'loyalty_role', $$'loyalty_operator'$$, NULL),
+('grant_partner', 'program', 'null', 'NULL', NULL),
+('grant_partner', 'program', 'unknown', $$'err_nope'$$, NULL),
+('grant_partner', 'account_key', 'null', 'NULL', NULL),
+('grant_partner', 'account_key', 'unknown', $$'no such customer'$$, NULL),
+('grant_partner', 'member_id', 'null', 'NULL', NULL),
+('grant_partner', 'member_id', 'unknown', $$'nobody'$$, NULL),
+('revoke_partner', 'login', 'valid', $$'err_portal'$$, NULL),
+('revoke_partner', 'login', 'null', 'NULL', NULL),
+('revoke_partner', 'program', 'null', 'NULL', NULL),
+('revoke_partner', 'program', 'unknown', $$'err_nope'$$, NULL);
 
 -- Coverage: every parameter of every public function (the extension's
--- functions granted to a loyalty role, not to PUBLIC) has a NULL case, and
+-- functions granted to a loyalty role, not to PUBLIC; not the internal
+-- helpers that functions running as their caller need) has a NULL case, and
 -- the cases its type calls for.  A new parameter without them shows here.
 CREATE TEMP VIEW params AS
 SELECT p.proname::text AS fn, a.name AS param, format_type(a.type, NULL) AS type
@@ -342,7 +362,8 @@ CROSS JOIN LATERAL unnest(p.proargnames, coalesce(p.proallargtypes, p.proargtype
                    AS a(name, type, mode)
 WHERE p.pronamespace = 'loyalty'::regnamespace AND a.mode IN ('i', 'v')
   AND has_function_privilege('loyalty_admin', p.oid, 'EXECUTE')
-  AND NOT has_function_privilege('public', p.oid, 'EXECUTE');
+  AND NOT has_function_privilege('public', p.oid, 'EXECUTE')
+  AND p.proname !~ '^_';
 CREATE TEMP TABLE needed (type text, kind text);
 INSERT INTO needed VALUES ('numeric', 'negative'), ('numeric', 'nan'), ('numeric', 'infinity'),
                           ('bigint', 'zero'), ('bigint', 'negative'), ('bigint', 'huge'),
@@ -415,11 +436,11 @@ SELECT fn, param, kind, value, sqlstate, message, detail, hint, context FROM res
 SELECT fn, param, kind, sqlstate, message FROM results
 WHERE sqlstate ~ '^(23|XX)' OR sqlstate IN ('22000', 'P0001') OR constraint_name <> '';
 -- An error that does not say which parameter (or type) is wrong, or has no
--- DETAIL or no HINT.  (PostgreSQL reads a table name before the call: an
--- unknown one fails there, with its own error and no loyalty function in
--- the context.)
+-- DETAIL or no HINT.  (PostgreSQL reads a table or role name before the
+-- call: an unknown one fails there, with its own error and no loyalty
+-- function in the context.)
 SELECT r.fn, r.param, r.kind, r.message FROM results r
-WHERE r.sqlstate <> '(accepted)' AND NOT (r.sqlstate = '42P01' AND r.context IS NULL)
+WHERE r.sqlstate <> '(accepted)' AND NOT (r.sqlstate IN ('42P01', '42704') AND r.context IS NULL)
   AND (coalesce(r.detail, '') = '' OR coalesce(r.hint, '') = ''
        OR (position(r.param IN r.message || ' ' || r.detail) = 0
            AND NOT EXISTS (SELECT FROM params p WHERE p.fn = r.fn AND p.param = r.param

@@ -52,7 +52,7 @@ INSERT INTO decision VALUES
  'loyalty_admin', false, true, 'validates the mapping as the caller'),
 ('loyalty.backfill(regclass,text,date)', 'loyalty_admin', false, true, 'recomputes as the caller, posts as the owner'),
 ('loyalty.verify(text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'recomputes as the caller'),
-('loyalty.pending_caps(integer,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'reads loyalty tables as the caller (the view loyalty.balance calls it)'),
+('loyalty.pending_caps(integer,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'reads loyalty tables as the caller (the view loyalty.balance calls it)'),
 ('loyalty.fold(text)', 'loyalty_admin,loyalty_operator', false, true, 'C; writes loyalty tables only, as the owner; no user code'),
 ('loyalty.verify(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'verify of one account, as the caller'),
 ('loyalty.verify(text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'verify of recent months, as the caller'),
@@ -61,8 +61,8 @@ INSERT INTO decision VALUES
 ('loyalty.explain_points(regclass,"any")', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true,
  'reads the row as the caller; the key in its own types'),
 -- Reading loyalty's tables only, with internal helpers: as the owner.
-('loyalty.balance(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
-('loyalty.tier(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'checks its arguments, then calls balance()'),
+('loyalty.balance(text,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'reads loyalty''s tables as the caller (row-level security), a partner its own account only'),
+('loyalty.tier(text,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'checks its arguments, then calls balance()'),
 -- Triggers: they fire whatever their function's privileges; creating one
 -- needs EXECUTE, which only the owner has.
 ('loyalty.accrue()', '', false, true, 'accrual trigger'),
@@ -82,11 +82,11 @@ INSERT INTO decision VALUES
 ('loyalty._check_column(regclass,text,text,regtype[],text)', '', false, true, 'internal'),
 ('loyalty._as_local(regclass,text,text,text)', '', false, true, 'internal'),
 ('loyalty._attachment_of(regclass,text)', '', false, true, 'internal'),
-('loyalty._rolling_start(integer)', '', false, true, 'internal'),
+('loyalty._rolling_start(integer)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal, called by balance() as its caller: the program''s settings only'),
 ('loyalty._facts_sql(integer)', '', false, true, 'internal: builds the facts query the caller runs'),
 ('loyalty._equality_operator(regtype)', '', false, true, 'internal: a key type''s equality operator for the facts query'),
-('loyalty._today(integer)', '', false, true, 'internal: today in the program''s time zone'),
-('loyalty._window_months(interval)', '', false, true, 'internal: the rolling window in months, shared with the trigger'),
+('loyalty._today(integer)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: today in the program''s time zone, called by balance() as its caller'),
+('loyalty._window_months(interval)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: the rolling window in months, shared with the trigger; called by balance() as its caller'),
 ('loyalty._attach(regclass,text,text,text,text,text,text,text,text,text,text[],text,text,text,regclass,text,text,regclass,text,text)', '', false, true, 'internal: attach''s owner phase, called by the C attach()'),
 ('loyalty._check_mapped_columns()', '', false, true, 'event trigger: refuses ALTER TABLE breaking a mapping'),
 ('loyalty._enroll(text,text,text,text,text,numeric,text,date)', '', false, true, 'internal: the writes of enroll()'),
@@ -97,6 +97,10 @@ INSERT INTO decision VALUES
 ('loyalty._lock_for_debit(integer,text)', '', false, true, 'internal: serialises the debits of one account'),
 -- pure C, no SQL, no name resolved: no SET clause
 ('loyalty._ledger_number()', '', false, false, 'internal: the transaction''s next entry number'),
+('loyalty._is_staff()', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: is the caller a loyalty role (the partner check)'),
+('loyalty._may_read(text,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: refuses a partner another account; runs as the caller'),
+('loyalty.grant_partner(regrole,text,text,text)', 'loyalty_admin', true, true, 'maps a login to an account and grants loyalty_partner; no user code'),
+('loyalty.revoke_partner(regrole,text)', 'loyalty_admin', true, true, 'removes the mapping; no user code'),
 ('loyalty._capped_points(integer,date[],bigint[])', '', false, true, 'internal: nested caps for verify, the trigger''s own computation'),
 -- Called per balance row inside the posting statement, as the owner; pure
 -- C, no SQL, no name resolved: no SET clause.
@@ -171,7 +175,7 @@ SELECT c.relname AS "table", r.rolname AS role,
                                      AND has_column_privilege(r.rolname, c.oid, t.attnum, 'UPDATE')) || ')' END,
            CASE WHEN has_table_privilege(r.rolname, c.oid, 'DELETE') THEN 'DELETE' END,
            CASE WHEN has_table_privilege(r.rolname, c.oid, 'TRUNCATE') THEN 'TRUNCATE' END) AS writes
-FROM pg_class c, (VALUES ('loyalty_reader'), ('loyalty_operator'), ('loyalty_admin')) AS r(rolname)
+FROM pg_class c, (VALUES ('loyalty_reader'), ('loyalty_operator'), ('loyalty_admin'), ('loyalty_partner')) AS r(rolname)
 WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p', 'v')
   AND (has_any_column_privilege(r.rolname, c.oid, 'INSERT') OR has_any_column_privilege(r.rolname, c.oid, 'UPDATE')
        OR has_table_privilege(r.rolname, c.oid, 'DELETE') OR has_table_privilege(r.rolname, c.oid, 'TRUNCATE'))
@@ -181,3 +185,20 @@ ORDER BY 1, 2;
 SELECT c.relname, r.rolname FROM pg_class c, (VALUES ('loyalty_reader'), ('loyalty_operator'), ('loyalty_admin')) AS r(rolname)
 WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p', 'v')
   AND NOT has_table_privilege(r.rolname, c.oid, 'SELECT');
+
+-- The partner role reads these (its own account's rows: sql/partner.sql) ...
+SELECT c.relname, CASE WHEN has_table_privilege('loyalty_partner', c.oid, 'SELECT') THEN 'all'
+                       ELSE (SELECT string_agg(t.attname, ', ' ORDER BY t.attnum) FROM pg_attribute t
+                             WHERE t.attrelid = c.oid AND t.attnum > 0 AND NOT t.attisdropped
+                               AND has_column_privilege('loyalty_partner', c.oid, t.attnum, 'SELECT')) END AS columns
+FROM pg_class c
+WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p', 'v')
+  AND has_any_column_privilege('loyalty_partner', c.oid, 'SELECT')
+ORDER BY 1;
+-- ... and every table of them with an account has row-level security on,
+-- every view reads as its reader: a new one granted without fails here.
+SELECT c.relname, c.relkind, c.relrowsecurity, c.reloptions FROM pg_class c
+WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p', 'v')
+  AND has_any_column_privilege('loyalty_partner', c.oid, 'SELECT')
+  AND CASE WHEN c.relkind = 'v' THEN NOT coalesce('security_invoker=true' = ANY (c.reloptions), false)
+           ELSE NOT c.relrowsecurity AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'account_key') END;

@@ -7,9 +7,11 @@
  * single-row ERP transactions paid for.  The rows are built by loyalty's
  * own code, so the constraints hold by construction.
  *
- * Only a plain heap table with no INSERT trigger and no row security is
- * written this way; anything else (a table someone added a trigger to, a
- * Citus shell table) is written through SPI by the caller.
+ * Only a plain heap table with no INSERT trigger and no forced row security
+ * is written this way; anything else (a table someone added a trigger to, a
+ * Citus shell table) is written through SPI by the caller.  Row-level
+ * security that is not forced does not apply to the tables' owner, as whom
+ * the SQL path would write (the policies of src/sql/80_partner.sql).
  */
 #include "postgres.h"
 
@@ -57,7 +59,7 @@ direct_ok(Relation rel)
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relam != HEAP_TABLE_AM_OID)
 		return false;
-	if (rel->rd_rel->relrowsecurity)
+	if (rel->rd_rel->relforcerowsecurity)
 		return false;
 	if (t && (t->trig_insert_before_row || t->trig_insert_after_row || t->trig_insert_instead_row ||
 			  t->trig_insert_before_statement || t->trig_insert_after_statement || t->trig_insert_new_table))

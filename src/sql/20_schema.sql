@@ -15,6 +15,9 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'loyalty_admin') THEN
         CREATE ROLE loyalty_admin NOLOGIN;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'loyalty_partner') THEN
+        CREATE ROLE loyalty_partner NOLOGIN;
+    END IF;
 END
 $roles$;
 

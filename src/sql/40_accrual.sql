@@ -493,10 +493,11 @@ RETURN (SELECT (pg_catalog.date_trunc('month', @extschema@._today(p.program_id):
         FROM @extschema@.program p WHERE p.program_id = _rolling_start.program_id);
 COMMENT ON FUNCTION @extschema@._rolling_start(integer) IS 'Internal: first month of the rolling qualification window.';
 
--- As the owner: it reads loyalty's tables only, with the internal helpers.
+-- As the caller, so that row-level security applies to a partner's login
+-- (src/sql/80_partner.sql); loyalty._may_read refuses another account first.
 CREATE FUNCTION @extschema@.balance(program text, account_key text,
                                     OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer;
 BEGIN
@@ -506,6 +507,7 @@ BEGIN
                   DETAIL = 'balance takes the program''s name and the ERP''s customer key in text form.',
                   HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'').';
     END IF;
+    PERFORM @extschema@._may_read(program, account_key);
     SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = balance.program;
     IF pid IS NULL THEN
         RAISE EXCEPTION 'loyalty program "%" does not exist', program

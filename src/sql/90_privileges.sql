@@ -40,3 +40,7 @@ GRANT EXECUTE ON FUNCTION
     -- the caps of unfolded postings, for the view loyalty.balance (run as its reader)
     @extschema@.pending_caps(integer, text)
 TO loyalty_reader, loyalty_operator, loyalty_admin;
+-- a partner's login reads its own account through them (src/sql/80_partner.sql)
+GRANT EXECUTE ON FUNCTION @extschema@.balance(text, text), @extschema@.tier(text, text),
+                          @extschema@.pending_caps(integer, text)
+TO loyalty_partner;
