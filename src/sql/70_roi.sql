@@ -142,9 +142,23 @@ CREATE FUNCTION @extschema@.set_roi_economics(
 RETURNS @extschema@.roi_settings
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    pid integer;
     r @extschema@.roi_settings;
 BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
     IF cost_per_point < 0 OR cost_per_point IN ('NaN', 'Infinity') THEN
         RAISE EXCEPTION 'cost_per_point must be 0 or more, not %', cost_per_point
             USING ERRCODE = 'invalid_parameter_value',
@@ -181,8 +195,22 @@ CREATE FUNCTION @extschema@.set_margin_rate(program text, product_line text, rat
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    pid integer;
 BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
     IF product_line IS NULL THEN
         RAISE EXCEPTION 'product_line must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -233,11 +261,27 @@ RETURNS TABLE (stratum text, segment text, spend_band integer, accounts bigint, 
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    pid integer := @extschema@._program_id(program);
-    today date := @extschema@._today(pid);
-    period daterange := coalesce(pre, daterange((date_trunc('month', today) - interval '12 months')::date,
-                                                date_trunc('month', today)::date));
+    pid integer;
+    today date;
+    period daterange;
 BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    today := @extschema@._today(pid);
+    period := coalesce(pre, daterange((date_trunc('month', today) - interval '12 months')::date,
+                                      date_trunc('month', today)::date));
     IF pilot_fraction IS NULL OR NOT (pilot_fraction > 0 AND pilot_fraction < 1) THEN
         RAISE EXCEPTION 'pilot_fraction must be between 0 and 1 (exclusive), not %', coalesce(pilot_fraction::text, 'NULL')
             USING ERRCODE = CASE WHEN pilot_fraction IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
@@ -336,30 +380,41 @@ COMMENT ON FUNCTION @extschema@.assign_cohorts(text, numeric, bigint, daterange,
 
 -- ---- Sales and margin from the ERP rows ----
 
--- A program by name, with _program_id()'s errors, for the functions that
--- run as their caller (who may read loyalty.program, not call _program_id).
-CREATE FUNCTION @extschema@._roi_program(program text) RETURNS @extschema@.program
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-SELECT p FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) @extschema@._program_id($1)
+-- The facts queries of a program's attachments, built as the owner from
+-- loyalty.attachment and the catalog (which every loyalty role reads
+-- anyway): text only, nothing is evaluated here.  loyalty.sales() runs them
+-- as its caller; a BI query may too.
+CREATE FUNCTION @extschema@.attachment_facts(program text)
+RETURNS TABLE (attachment_id integer, source regclass, facts_sql text, credit_note_types text[])
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    pid integer;
+BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    RETURN QUERY
+    SELECT x.attachment_id, x.source, @extschema@._facts_sql(x.attachment_id), coalesce(x.credit_note_types, '{}')
+    FROM @extschema@.attachment x
+    WHERE x.program_id = pid AND x.detached_at IS NULL
+      AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = x.source::oid)
+    ORDER BY x.attachment_id;
+END
 $$;
-COMMENT ON FUNCTION @extschema@._roi_program(text) IS
-    'Internal: a program''s row by name (errors of _program_id), for loyalty.sales() and loyalty.roi(), which run as their caller.';
-
--- The facts queries of a program's attachments, read as the owner: text
--- built from loyalty.attachment and the catalog (which every loyalty role
--- reads anyway); nothing is evaluated here.  loyalty.sales() runs them as
--- its caller.
-CREATE FUNCTION @extschema@._sales_sources(program_id integer)
-RETURNS TABLE (attachment_id integer, facts_sql text, credit_note_types text[])
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-SELECT x.attachment_id, @extschema@._facts_sql(x.attachment_id), coalesce(x.credit_note_types, '{}')
-FROM @extschema@.attachment x
-WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
-  AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::oid)
-ORDER BY x.attachment_id
-$$;
-COMMENT ON FUNCTION @extschema@._sales_sources(integer) IS
-    'Internal: the facts SQL of each active attachment of a program, for loyalty.sales() to run as its caller.';
+COMMENT ON FUNCTION @extschema@.attachment_facts(text) IS
+    'The SQL that maps every row of each active attachment of a program to its facts (row_key, account_key, doc_date, currency, doc_type, due_date, paid_date, header_found, amount, quantity, product_line), with the attachment''s credit note types: what loyalty.sales() runs, with its caller''s rights.';
 
 -- Runs as its caller: the facts queries evaluate the attaching user's
 -- mapping expressions over the ERP's tables, which never run with the
@@ -369,17 +424,31 @@ RETURNS TABLE (account_key text, doc_date date, product_line text, revenue numer
                unrated_revenue numeric, source_rows bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    prog @extschema@.program := @extschema@._roi_program(program);
+    prog @extschema@.program;
     src record;
     q text := '';
 BEGIN
+    -- the program by name, read as the caller (internal functions are not theirs)
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program x WHERE x.name = program;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
     IF during IS NULL THEN
         RAISE EXCEPTION 'during must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
                   DETAIL = 'during is the range of document dates to read.',
                   HINT = 'Leave it out for every date.';
     END IF;
-    FOR src IN SELECT * FROM @extschema@._sales_sources(prog.program_id) LOOP
+    FOR src IN SELECT * FROM @extschema@.attachment_facts(program) LOOP
         q := q || CASE WHEN q = '' THEN '' ELSE ' UNION ALL ' END || format(
             'SELECT f.account_key, f.doc_date, f.product_line,'
             ' CASE WHEN f.doc_type = ANY (%L::text[]) THEN -abs(f.amount) ELSE f.amount END AS amount'
@@ -438,8 +507,8 @@ RETURNS TABLE (
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    prog @extschema@.program := @extschema@._roi_program(program);
-    pid integer := prog.program_id;
+    prog @extschema@.program;
+    pid integer;
     c record;
     d @extschema@.did_result;
     pd @extschema@.did_result;
@@ -457,6 +526,21 @@ DECLARE
     cost numeric;
     inc numeric;
 BEGIN
+    -- the program by name, read as the caller (internal functions are not theirs)
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program x WHERE x.name = program;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    pid := prog.program_id;
     FOR c IN SELECT * FROM (VALUES (1, 'pre', pre), (2, 'post', post)) AS x(n, param, r) ORDER BY n LOOP
         IF c.r IS NULL THEN
             RAISE EXCEPTION '% must not be NULL', c.param
@@ -577,20 +661,25 @@ $$;
 COMMENT ON FUNCTION @extschema@.roi(text, daterange, daterange, numeric, date) IS
     'Incremental ROI of the program: difference in differences of margin per account (pilot vs control, pre vs post, from the ERP rows as the caller), incremental margin, the pilot''s program cost over post (points issued x cost per point, rebates, MDF, benefits), ROI = (incremental margin - cost) / cost with its 95% interval, payback in months, and a placebo check on the two halves of pre.';
 
+-- did()'s support functions run with the aggregate owner's EXECUTE right:
+-- nobody else needs them (loyalty--1.0--1.1.sql has no blanket REVOKE).
+REVOKE ALL ON FUNCTION @extschema@._did_trans(pg_catalog.internal, boolean, numeric, numeric),
+                      @extschema@._did_combine(pg_catalog.internal, pg_catalog.internal),
+                      @extschema@._did_serial(pg_catalog.internal),
+                      @extschema@._did_deserial(bytea, pg_catalog.internal),
+                      @extschema@._did_final(pg_catalog.internal, boolean, numeric, numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.set_roi_economics(text, numeric, numeric, numeric),
                       @extschema@.set_margin_rate(text, text, numeric),
                       @extschema@.assign_cohorts(text, numeric, bigint, daterange, integer, boolean),
-                      @extschema@._sales_sources(integer),
+                      @extschema@.attachment_facts(text),
                       @extschema@.sales(text, daterange),
-                      @extschema@._roi_program(text),
                       @extschema@.roi(text, daterange, daterange, numeric, date) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.set_roi_economics(text, numeric, numeric, numeric),
                           @extschema@.set_margin_rate(text, text, numeric),
                           @extschema@.assign_cohorts(text, numeric, bigint, daterange, integer, boolean) TO loyalty_admin;
 -- sales() and roi() run as their caller, who must be able to read the ERP
--- tables; _sales_sources() hands them the facts SQL (text only).
-GRANT EXECUTE ON FUNCTION @extschema@._roi_program(text),
-                          @extschema@._sales_sources(integer),
+-- tables; attachment_facts() hands them the facts SQL (text only).
+GRANT EXECUTE ON FUNCTION @extschema@.attachment_facts(text),
                           @extschema@.sales(text, daterange),
                           @extschema@.roi(text, daterange, daterange, numeric, date)
     TO loyalty_reader, loyalty_operator, loyalty_admin;

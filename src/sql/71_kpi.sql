@@ -98,8 +98,16 @@ FROM (SELECT p.name AS program, s.account_key, pg_catalog.min(s.doc_date) AS fir
              (pg_catalog.now() AT TIME ZONE p.time_zone)::date OPERATOR(pg_catalog.-) pg_catalog.max(s.doc_date) AS days_since_last_invoice
       FROM @extschema@.program p CROSS JOIN LATERAL @extschema@.sales(p.name) s
       WHERE s.revenue OPERATOR(pg_catalog.>) 0
+        -- the programs whose ERP tables the reader may read
+        AND NOT EXISTS (
+          SELECT FROM @extschema@.attachment x
+          CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[x.source, x.header, x.product]) AS r(rel)
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.rel::oid
+          WHERE x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.detached_at IS NULL
+            AND NOT (pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+                     AND pg_catalog.has_table_privilege(c.oid, 'SELECT')))
       GROUP BY p.name, p.time_zone, s.account_key) x;
-COMMENT ON VIEW @extschema@.churn_risk IS 'Churn risk per customer today: days since the last invoice against the customer''s own usual interval between invoices. Reads the ERP rows with the reader''s rights (loyalty.sales()).';
+COMMENT ON VIEW @extschema@.churn_risk IS 'Churn risk per customer today: days since the last invoice against the customer''s own usual interval between invoices. Reads the ERP rows with the reader''s rights (loyalty.sales()): it shows the programs whose attached tables the reader may read.';
 COMMENT ON COLUMN @extschema@.churn_risk.program IS 'The program''s name.';
 COMMENT ON COLUMN @extschema@.churn_risk.account_key IS 'The ERP''s customer key.';
 COMMENT ON COLUMN @extschema@.churn_risk.first_invoice_date IS 'First document date with revenue.';
@@ -119,7 +127,15 @@ CREATE VIEW @extschema@.kpi AS
 WITH s AS (
     SELECT p.program_id, x.account_key, pg_catalog.date_trunc('quarter', x.doc_date::timestamp)::date AS quarter,
            x.product_line, x.revenue, x.margin
-    FROM @extschema@.program p CROSS JOIN LATERAL @extschema@.sales(p.name) x),
+    FROM @extschema@.program p CROSS JOIN LATERAL @extschema@.sales(p.name) x
+    -- the programs whose ERP tables the reader may read
+    WHERE NOT EXISTS (
+          SELECT FROM @extschema@.attachment x
+          CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[x.source, x.header, x.product]) AS r(rel)
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.rel::oid
+          WHERE x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.detached_at IS NULL
+            AND NOT (pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+                     AND pg_catalog.has_table_privilege(c.oid, 'SELECT')))),
 aq AS (
     SELECT s.program_id, s.account_key, s.quarter, pg_catalog.sum(s.revenue) AS revenue, pg_catalog.sum(s.margin) AS margin
     FROM s GROUP BY 1, 2, 3),
@@ -201,8 +217,15 @@ SELECT p.name AS program, k.quarter, k.segment, k.cohort, k.active_accounts, k.p
        pg_catalog.round(k.active_margin OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0)
                         OPERATOR(pg_catalog./) NULLIF(1 OPERATOR(pg_catalog.-) (k.retained_accounts::numeric
                                                       OPERATOR(pg_catalog./) NULLIF(k.previously_active, 0)), 0), 2) AS clv_estimate
-FROM k JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) k.program_id;
-COMMENT ON VIEW @extschema@.kpi IS 'Quarterly B2B KPIs per program, segment (cooperation model) and cohort: activity, account and revenue retention, expansion, cross-sell, share of wallet, programme utilisation, a CLV estimate. Revenue and margin from the ERP rows with the reader''s rights (loyalty.sales()); accounts grouped by their current segment and cohort (none: not set, or not enrolled). Training completion and advocacy are not in it yet: they need the action postings of the rewards work.';
+FROM k JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) k.program_id
+WHERE NOT EXISTS (
+          SELECT FROM @extschema@.attachment x
+          CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[x.source, x.header, x.product]) AS r(rel)
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.rel::oid
+          WHERE x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.detached_at IS NULL
+            AND NOT (pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+                     AND pg_catalog.has_table_privilege(c.oid, 'SELECT')));
+COMMENT ON VIEW @extschema@.kpi IS 'Quarterly B2B KPIs per program, segment (cooperation model) and cohort: activity, account and revenue retention, expansion, cross-sell, share of wallet, programme utilisation, a CLV estimate. Revenue and margin from the ERP rows with the reader''s rights (loyalty.sales()); accounts grouped by their current segment and cohort (none: not set, or not enrolled). It shows the programs whose attached tables the reader may read. Training completion and advocacy are not in it yet: they need the action postings of the rewards work.';
 COMMENT ON COLUMN @extschema@.kpi.program IS 'The program''s name.';
 COMMENT ON COLUMN @extschema@.kpi.quarter IS 'First day of the calendar quarter (of the document dates).';
 COMMENT ON COLUMN @extschema@.kpi.segment IS 'Cooperation model of the accounts (none: not set or not enrolled).';
