@@ -36,12 +36,12 @@ WITH spend AS (
     WHERE invoice_date >= '2024-01-01' AND invoice_date < '2025-01-01' GROUP BY 1),
 banded AS (
     SELECT a.account_key, coalesce(a.cooperation_model, 'none') AS segment,
-           ntile(4) OVER (PARTITION BY coalesce(a.cooperation_model, 'none') ORDER BY coalesce(s.spend, 0), a.account_key) AS band,
+           ntile(4) OVER (PARTITION BY coalesce(a.cooperation_model, 'none') ORDER BY coalesce(s.spend, 0), a.account_key COLLATE "C") AS band,
            coalesce(s.spend, 0) AS spend
     FROM loyalty.account a JOIN loyalty.program p USING (program_id) LEFT JOIN spend s USING (account_key)
     WHERE p.name = 'cohorts'),
 ranked AS (
-    SELECT b.*, row_number() OVER (PARTITION BY segment, band ORDER BY hashtextextended(account_key, 42), account_key) AS rank,
+    SELECT b.*, row_number() OVER (PARTITION BY segment, band ORDER BY hashtextextended(account_key, 42), account_key COLLATE "C") AS rank,
            count(*) OVER (PARTITION BY segment, band) AS n
     FROM banded b)
 SELECT account_key, segment, band, spend, CASE WHEN rank <= round(n * 0.3) THEN 'pilot' ELSE 'control' END AS cohort

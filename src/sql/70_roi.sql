@@ -71,7 +71,7 @@ CREATE FUNCTION @extschema@.t_quantile(p double precision, df double precision)
 RETURNS double precision
 AS 'MODULE_PATHNAME', 'loyalty_t_quantile' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.t_quantile(double precision, double precision) IS
-'The quantile t of Student''s t distribution with df degrees of freedom (df may be fractional): P(T <= t) = p. Accurate to about 1e-13; what loyalty.did() uses for its interval.';
+'The quantile t of Student''s t distribution with df degrees of freedom (df may be fractional): P(T <= t) = p. Relative error about 1e-13 as long as t squared fits a double (|t| below 1e154: p down to 1e-15 at df = 1); what loyalty.did() uses for its interval.';
 
 -- ---- Program economics: what a point costs, margin rates, benefits ----
 
@@ -244,7 +244,8 @@ COMMENT ON FUNCTION @extschema@.set_margin_rate(text, text, numeric) IS
 -- PostgreSQL's hash partitioning uses (kept the same across platforms and
 -- releases, since partitioned tables depend on it), and the first
 -- round(n * pilot_fraction) are the pilot, counting the accounts whose cohort
--- is fixed already: the same seed gives the same assignment on any machine.
+-- is fixed already: the same seed gives the same assignment on any machine
+-- (ties broken by the key's bytes, whatever the database's collation).
 -- Reads loyalty's tables only and evaluates nothing a user defined: it runs
 -- as the owner.  A cohort change is recorded as _enroll records it
 -- (loyalty.account_history, from tomorrow or after the account's latest
@@ -320,7 +321,7 @@ BEGIN
     INSERT INTO pg_temp.loyalty_cohort_draw (account_key, segment, spend, band, before, fixed)
     SELECT a.account_key, coalesce(a.cooperation_model, 'none'), coalesce(s.spend, 0),
            ntile(spend_bands) OVER (PARTITION BY coalesce(a.cooperation_model, 'none')
-                                    ORDER BY coalesce(s.spend, 0), a.account_key),
+                                    ORDER BY coalesce(s.spend, 0), a.account_key COLLATE "C"),
            a.cohort, a.cohort IS NOT NULL AND NOT reassign
     FROM @extschema@.account a
     LEFT JOIN (SELECT m.account_key, sum(m.qualifying) AS spend
@@ -337,7 +338,7 @@ BEGIN
         stratum = d.segment || '/' || d.band || ' of ' || spend_bands
     FROM (SELECT x.account_key,
                  row_number() OVER (PARTITION BY x.segment, x.band, x.fixed
-                                    ORDER BY hashtextextended(x.account_key, seed), x.account_key) AS rank,
+                                    ORDER BY hashtextextended(x.account_key, seed), x.account_key COLLATE "C") AS rank,
                  round(count(*) OVER (PARTITION BY x.segment, x.band) * pilot_fraction)
                  - count(*) FILTER (WHERE x.fixed AND x.before = 'pilot') OVER (PARTITION BY x.segment, x.band) AS needed
           FROM pg_temp.loyalty_cohort_draw x) r
