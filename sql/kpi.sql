@@ -58,7 +58,7 @@ SELECT loyalty.fold('kpi') IS NOT NULL AS folded;
 CREATE TEMP TABLE k AS SELECT * FROM loyalty.kpi WHERE program = 'kpi';
 SELECT quarter, active_accounts, previously_active, retained_accounts, account_retention, revenue,
        gross_revenue_retention, net_revenue_retention, expansion_accounts, cross_sell_accounts, share_of_wallet, clv_estimate
-FROM k WHERE segment = 'distributor' AND cohort = 'pilot' ORDER BY quarter;
+FROM k WHERE segment = 'distributor' AND cohort = 'pilot' AND quarter < '2026-01-01' ORDER BY quarter;
 SELECT quarter, segment, cohort, active_accounts, revenue
 FROM k WHERE segment = 'none';
 
