@@ -3464,12 +3464,14 @@ GRANT EXECUTE ON FUNCTION @extschema@.attachment_facts(text),
 -- ---------------------------------------------------------------------------
 -- KPI views for BI tools (SCENARIOS.md 18): one row per account to start
 -- from, tier movements, churn risk, and the quarterly KPIs by segment and
--- cohort.  Functions a view calls are checked against its reader, so these
--- call no internal function; the ones over ERP rows (loyalty.sales()) read
--- them with the reader's rights.
+-- cohort.  The views read as their reader (security_invoker), so that
+-- row-level security on loyalty's tables applies to whoever reads them;
+-- functions a view calls are checked against its reader too, so these call
+-- no internal function; the ones over ERP rows (loyalty.sales()) read them
+-- with the reader's rights.
 -- ---------------------------------------------------------------------------
 
-CREATE VIEW @extschema@.account_status AS
+CREATE VIEW @extschema@.account_status WITH (security_invoker = true) AS
 SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, a.cohort,
        a.tier, a.tier_since,
        coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
@@ -3518,7 +3520,7 @@ COMMENT ON COLUMN @extschema@.account_status.potential_spend IS 'Estimated annua
 COMMENT ON COLUMN @extschema@.account_status.last_invoice_date IS 'Date of the latest document accrued.';
 COMMENT ON COLUMN @extschema@.account_status.days_since_last_invoice IS 'Days from the latest document to today (the program''s calendar).';
 
-CREATE VIEW @extschema@.tier_movements AS
+CREATE VIEW @extschema@.tier_movements WITH (security_invoker = true) AS
 SELECT p.name AS program, pg_catalog.date_trunc('month', h.effective_from::timestamp)::date AS month,
        h.old_tier, h.new_tier,
        CASE WHEN h.old_tier IS NULL THEN 'entry'
@@ -3543,7 +3545,7 @@ COMMENT ON COLUMN @extschema@.tier_movements.movements IS 'How many changes.';
 -- Per account, today: the days since its last document against its own
 -- usual interval between documents (the mean gap between its document
 -- dates).  As the reader: it reads the ERP rows through loyalty.sales().
-CREATE VIEW @extschema@.churn_risk AS
+CREATE VIEW @extschema@.churn_risk WITH (security_invoker = true) AS
 SELECT x.program, x.account_key, x.first_invoice_date, x.last_invoice_date, x.invoice_days,
        x.usual_interval_days, x.days_since_last_invoice,
        pg_catalog.round(x.days_since_last_invoice::numeric OPERATOR(pg_catalog./) x.usual_interval_days, 2) AS overdue_ratio,
@@ -3585,7 +3587,7 @@ COMMENT ON COLUMN @extschema@.churn_risk.risk IS 'high (more than 3 usual interv
 -- active in a quarter with revenue above 0; retention compares a quarter
 -- with the one before.  Revenue and margin come from the ERP rows
 -- (loyalty.sales(), as the reader), points from the ledger.
-CREATE VIEW @extschema@.kpi AS
+CREATE VIEW @extschema@.kpi WITH (security_invoker = true) AS
 WITH s AS (
     SELECT p.program_id, x.account_key, pg_catalog.date_trunc('quarter', x.doc_date::timestamp)::date AS quarter,
            x.product_line, x.revenue, x.margin
