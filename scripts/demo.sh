@@ -65,9 +65,18 @@ if [ "${DEMO_ACCRUAL:-1}" = 0 ]; then
 elif has_function attach; then
   log "Distributor Club: program, attach, load with accrual, results (demo/accrual.sql)"
   demo_sql -f "$DEMO_SQL/accrual.sql"
+  accrued=1
 else
   log "accrual part skipped: this build has no loyalty.attach yet; posting the ERP documents without a program"
   demo_sql -f "$DEMO_SQL/load.sql"
+fi
+
+# The program's life after accrual, on the same data: each part works on the
+# Distributor Club that demo/accrual.sql created.
+if [ "${accrued:-0}" = 1 ]; then
+  log "incremental ROI: cohorts, a simulated lift, the report and the KPIs (demo/roi.sql)"
+  demo_sql -v svg="$DEMO_SQL/roi.svg" -f "$DEMO_SQL/roi.sql"
+  cp "$DEMO_SQL/roi.svg" "$OUT_DIR/roi.svg"
 fi
 
 if has_function tier_of && has_function rebate; then

@@ -37,12 +37,30 @@ INSERT INTO decision VALUES
 ('loyalty.rebate_rate(loyalty.rebate_schedule,numeric)', 'PUBLIC', false, false, 'pure function of a value'),
 ('loyalty.rebate_mode(loyalty.rebate_schedule)', 'PUBLIC', false, false, 'pure function of a value'),
 ('loyalty.brackets(loyalty.rebate_schedule)', 'PUBLIC', false, false, 'pure function of a value'),
+-- The difference-in-differences aggregate and its t quantile: pure
+-- functions of their arguments.  An aggregate has no SET clause; its support
+-- functions run with the aggregate owner's EXECUTE right and stay the owner's.
+('loyalty.did(boolean,numeric,numeric)', 'PUBLIC', false, false, 'aggregate of its arguments'),
+('loyalty.t_quantile(double precision,double precision)', 'PUBLIC', false, false, 'pure function of a value'),
+('loyalty._did_trans(internal,boolean,numeric,numeric)', '', false, false, 'internal: did() support, pure C'),
+('loyalty._did_combine(internal,internal)', '', false, false, 'internal: did() support, pure C'),
+('loyalty._did_serial(internal)', '', false, false, 'internal: did() support, pure C'),
+('loyalty._did_deserial(bytea,internal)', '', false, false, 'internal: did() support, pure C'),
+('loyalty._did_final(internal,boolean,numeric,numeric)', '', false, false, 'internal: did() support, pure C'),
 -- Configuration: no user code runs in them, so they write as the owner.
 ('loyalty.create_program(text,text,loyalty.tier_ladder,numeric,text,text,interval,text,boolean,date,text,interval,loyalty.rebate_schedule)',
  'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
 ('loyalty.add_rule(text,date,numeric,numeric,jsonb,jsonb,jsonb,numeric,bigint,text)',
  'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
 ('loyalty.detach(regclass,text)', 'loyalty_admin', true, true, 'drops the owner''s triggers; no user code'),
+('loyalty.set_roi_economics(text,numeric,numeric,numeric)', 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
+('loyalty.set_margin_rate(text,text,numeric)', 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
+('loyalty.assign_cohorts(text,numeric,bigint,daterange,integer,boolean)', 'loyalty_admin', true, true,
+ 'reads loyalty''s tables only (qualifying spend), writes cohorts; no user code'),
+-- Builds SQL text from loyalty.attachment and the catalog (readable by every
+-- loyalty role anyway); evaluates nothing.
+('loyalty.attachment_facts(text)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true,
+ 'returns the facts SQL of a program''s attachments, text only'),
 -- The caller's own rights: they evaluate the attaching user's mapping
 -- expressions, and switch to the owner only to read and write loyalty's
 -- tables with values already computed.
@@ -53,6 +71,9 @@ INSERT INTO decision VALUES
 ('loyalty.backfill(regclass,text,date)', 'loyalty_admin', false, true, 'recomputes as the caller, posts as the owner'),
 ('loyalty.verify(text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'recomputes as the caller'),
 ('loyalty.pending_caps(integer,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'reads loyalty tables as the caller (the view loyalty.balance calls it)'),
+('loyalty.sales(text,daterange)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'runs the facts SQL as the caller'),
+('loyalty.roi(text,daterange,daterange,numeric,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true,
+ 'reads ERP rows through sales() as the caller, loyalty''s tables as the caller'),
 ('loyalty.fold(text)', 'loyalty_admin,loyalty_operator', false, true, 'C; writes loyalty tables only, as the owner; no user code'),
 ('loyalty.verify(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'verify of one account, as the caller'),
 ('loyalty.verify(text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'verify of recent months, as the caller'),
@@ -114,7 +135,7 @@ SELECT p.oid, p.oid::regprocedure::text AS fn, l.lanname AS language,
                                    ORDER BY CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END)
                  FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
                  WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner), '') AS grantees,
-       p.prosecdef AS definer,
+       p.prosecdef AS definer, p.prokind,
        coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false) AS pinned,
        p.proconfig
 FROM pg_depend d
@@ -154,9 +175,10 @@ SELECT a.fn, 'PUBLIC' FROM actual a
 WHERE (a.fn LIKE 'loyalty.\_%' OR a.is_trigger) AND a.grantees ~ '(^|,)PUBLIC(,|$)';
 
 -- A function that runs SQL (anything but C) or runs with the owner's rights
--- without search_path pinned, or with any other setting.
+-- without search_path pinned, or with any other setting.  (An aggregate
+-- cannot have a SET clause: its support functions are checked instead.)
 SELECT a.fn, a.language, a.definer, a.proconfig FROM actual a
-WHERE ((a.language <> 'c' OR a.definer) AND NOT a.pinned)
+WHERE ((a.language <> 'c' OR a.definer) AND NOT a.pinned AND a.prokind <> 'a')
    OR (a.proconfig IS NOT NULL AND a.proconfig <> ARRAY['search_path=pg_catalog, pg_temp']);
 
 --

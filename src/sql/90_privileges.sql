@@ -29,7 +29,12 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.rebate(@extschema@.rebate_schedule, pg_catalog.numeric),
     @extschema@.rebate_rate(@extschema@.rebate_schedule, pg_catalog.numeric),
     @extschema@.rebate_mode(@extschema@.rebate_schedule),
-    @extschema@.brackets(@extschema@.rebate_schedule)
+    @extschema@.brackets(@extschema@.rebate_schedule),
+    -- the difference-in-differences aggregate and its t quantile: pure
+    -- functions of their arguments (the aggregate's support functions run
+    -- with its owner's EXECUTE right and stay the owner's)
+    @extschema@.did(boolean, numeric, numeric),
+    @extschema@.t_quantile(double precision, double precision)
 TO PUBLIC;
 
 -- Reading and checking: every loyalty role (they read the tables anyway).

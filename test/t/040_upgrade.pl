@@ -112,8 +112,10 @@ SELECT line FROM (
     FROM pg_enum e JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = e.enumtypid
     GROUP BY e.enumtypid
   UNION ALL
-    SELECT 'config_dump ' || x.extconfig::regclass[]::text || ' ' || coalesce(x.extcondition::text, '-')
-    FROM pg_extension x WHERE x.extname = 'loyalty'
+    -- one line per table registered for pg_dump, with its condition (the
+    -- order of registration is that of the scripts, and means nothing)
+    SELECT 'config_dump ' || c.tab::regclass::text || ' ' || coalesce(quote_literal(c.cond), '-')
+    FROM pg_extension x, unnest(x.extconfig, x.extcondition) AS c(tab, cond) WHERE x.extname = 'loyalty'
 ) s ORDER BY line COLLATE "C"
 };
 
