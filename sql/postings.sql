@@ -46,6 +46,8 @@ WHERE p.program_id = f.program_id AND p.name = 'posting club' AND f.account_key 
 -- accrual kinds are the trigger's and backfill's alone
 SELECT loyalty._post(p.program_id, 'A', 'earn', 1, 'forged') FROM loyalty.program p WHERE p.name = 'posting club';
 SELECT loyalty._post(p.program_id, 'A', 'cap', -1, 'forged') FROM loyalty.program p WHERE p.name = 'posting club';
+-- bonus too: verify() checks it against the invoice rows' on-time bonus
+SELECT loyalty._post(p.program_id, 'A', 'bonus', 5, 'forged') FROM loyalty.program p WHERE p.name = 'posting club';
 
 -- debits lock the account and number its debits; an unknown account is refused
 SELECT loyalty._lock_for_debit(p.program_id, 'A') AS first_debit, loyalty._lock_for_debit(p.program_id, 'A') AS second_debit

@@ -26,7 +26,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint := @extschema@._ledger_number();
 BEGIN
-    IF kind = ANY ('{earn,reverse,cap,backfill,restate}'::@extschema@.ledger_kind[]) THEN
+    IF kind = ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[]) THEN
         RAISE EXCEPTION 'ledger kind % is posted by accrual only', kind
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'Accrual kinds are derived from invoice rows and checked against them by verify().';
@@ -43,7 +43,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._post(integer, text, @extschema@.ledger_kind, bigint, text, numeric, numeric, text, xid8, bigint) IS
-'Internal: posts one ledger entry that does not come from an invoice row (redeem, expire, award, rebate, mdf, adjust, bonus) with its balance delta; returns its entry number within the transaction (NULL when there is nothing to post).';
+'Internal: posts one ledger entry that does not come from an invoice row (redeem, expire, award, rebate, mdf, adjust) with its balance delta; returns its entry number within the transaction (NULL when there is nothing to post).';
 
 -- A debit (redemption, MDF claim, expiry) checks a balance and then lowers
 -- it.  Two debits of one account must not both pass the check on the same
