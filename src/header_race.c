@@ -45,6 +45,7 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -706,6 +707,26 @@ check_line_overflow(RaceGroup *g, Attachment *att)
 	return false;
 }
 
+/*
+ * Is the attachment still there, with both its tables?  The transaction
+ * itself may have detached it, dropped a table or the extension after
+ * writing: then there is nothing left to correct.  Read as the owner.
+ */
+static bool
+still_attached(RaceGroup *g)
+{
+	Oid			argtype = INT4OID;
+	Datum		arg = Int32GetDatum(g->attachment_id);
+	bool		isnull;
+
+	reconcile_owner_query("SELECT EXISTS (SELECT FROM loyalty.attachment x"
+						  " WHERE x.attachment_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
+						  " AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::pg_catalog.oid)"
+						  " AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.header::pg_catalog.oid))",
+						  1, &argtype, &arg, NULL, true);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /* One group's checks and restatement, as its role. */
 static void
 check_group(RaceGroup *g)
@@ -752,6 +773,23 @@ race_error_context(void *arg)
 	errcontext("loyalty's check, at commit, of invoice headers changed by concurrent transactions");
 }
 
+/* The records are done with: their snapshots go (the memory goes with the transaction). */
+static void
+race_forget(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, race_groups)
+	{
+		RaceGroup  *g = lfirst(lc);
+
+		if (g->line_snapshot != NULL)
+			UnregisterSnapshotFromOwner(g->line_snapshot, TopTransactionResourceOwner);
+		g->line_snapshot = NULL;
+	}
+	race_groups = NIL;
+}
+
 /*
  * At PRE_COMMIT or PRE_PREPARE.  Nothing it runs records again (the
  * restatement writes only loyalty's tables, and race_checking stops the
@@ -765,6 +803,12 @@ race_check(void)
 	ListCell   *lc;
 
 	race_checking = true;
+	/* dropped in this very transaction: nothing left to correct */
+	if (!OidIsValid(get_extension_oid("loyalty", true)))
+	{
+		race_forget();
+		return;
+	}
 	errcb.callback = race_error_context;
 	errcb.arg = NULL;
 	errcb.previous = error_context_stack;
@@ -775,18 +819,11 @@ race_check(void)
 	/* for what reads under the active snapshot: the latest, as every check here */
 	PushActiveSnapshot(GetLatestSnapshot());
 	foreach(lc, race_groups)
-		check_group(lfirst(lc));
+		if (still_attached(lfirst(lc)))
+			check_group(lfirst(lc));
 	PopActiveSnapshot();
 	SPI_finish();
-	foreach(lc, race_groups)
-	{
-		RaceGroup  *g = lfirst(lc);
-
-		if (g->line_snapshot != NULL)
-			UnregisterSnapshotFromOwner(g->line_snapshot, TopTransactionResourceOwner);
-		g->line_snapshot = NULL;
-	}
-	race_groups = NIL;
+	race_forget();
 	error_context_stack = errcb.previous;
 }
 
