@@ -85,6 +85,7 @@ typedef struct RaceHeader
 	bool		mixed;			/* line side: read with different facts */
 	HeaderFacts *facts;			/* line side: the facts first read */
 	List	   *accounts;		/* every customer its points were moved from or to */
+	DateADT		since;			/* the earliest document date among the facts seen */
 	uint64		stmt;			/* header side: the statement that reports its lines */
 	uint64		dsum;			/* header side: the lines moved, hashes added up */
 	int64		dcount;
@@ -154,11 +155,15 @@ header_facts_copy(const HeaderFacts *hf)
 	return c;
 }
 
+/* A customer and a document date the header's lines were accrued with. */
 static void
-add_account(RaceHeader *h, const char *account)
+add_facts(RaceHeader *h, const HeaderFacts *hf)
 {
 	ListCell   *lc;
+	const char *account = hf->account;
 
+	/* without a date, the lines are dated by the lines table: every month */
+	h->since = Min(h->since, hf->has_date ? hf->date : DATEVAL_NOBEGIN);
 	if (account == NULL)
 		return;
 	foreach(lc, h->accounts)
@@ -220,6 +225,7 @@ enter_header(RaceGroup *g, Datum key, uint32 hash)
 	{
 		e->value = palloc0(sizeof(RaceHeader));
 		((RaceHeader *) e->value)->hash = hash;
+		((RaceHeader *) e->value)->since = DATEVAL_NOEND;
 	}
 	return e->value;
 }
@@ -304,7 +310,7 @@ header_race_line_read(Attachment *att, Datum key, const HeaderFacts *hf)
 		}
 		else if (!header_facts_equal(h->facts, hf))
 			h->mixed = true;
-		add_account(h, hf->account);
+		add_facts(h, hf);
 	}
 	MemoryContextSwitchTo(old);
 }
@@ -337,8 +343,8 @@ header_race_header_changed(Attachment *att, Datum key, const HeaderFacts *of, co
 			g->nheader++;
 			first = true;
 		}
-		add_account(h, of->account);
-		add_account(h, nf->account);
+		add_facts(h, of);
+		add_facts(h, nf);
 	}
 	MemoryContextSwitchTo(old);
 	return first;
@@ -544,18 +550,32 @@ read_headers(RaceGroup *g, Attachment *att, Datum *keys, int n, Snapshot snap)
 	return map;
 }
 
+/* What a group restates: these customers, from this date's month on. */
+typedef struct Restatement
+{
+	List	   *accounts;		/* String nodes */
+	DateADT		since;
+} Restatement;
+
 static void
-restate_accounts_of(RaceHeader *h, List **restate)
+restate_header(RaceHeader *h, const HeaderFacts *now, Restatement *r)
 {
 	ListCell   *lc;
 
 	foreach(lc, h->accounts)
-		*restate = list_append_unique(*restate, makeString(lfirst(lc)));
+		r->accounts = list_append_unique(r->accounts, makeString(lfirst(lc)));
+	r->since = Min(r->since, h->since);
+	if (now != NULL)
+	{
+		if (now->account != NULL)
+			r->accounts = list_append_unique(r->accounts, makeString(now->account));
+		r->since = Min(r->since, now->has_date ? now->date : DATEVAL_NOBEGIN);
+	}
 }
 
 /* Line side: did a header the statements read change its facts since? */
 static void
-check_lines(RaceGroup *g, Attachment *att, List **restate)
+check_lines(RaceGroup *g, Attachment *att, Restatement *restate)
 {
 	long		max = hash_get_num_entries(g->headers);
 	Datum	   *keys = palloc(sizeof(Datum) * (max + 1));
@@ -581,17 +601,13 @@ check_lines(RaceGroup *g, Attachment *att, List **restate)
 			continue;
 		ne = keymap_find(now, g->keytype, e->key.value);
 		if (ne == NULL || h->mixed || !header_facts_equal(h->facts, ne->value))
-		{
-			restate_accounts_of(h, restate);
-			if (ne != NULL && ((HeaderFacts *) ne->value)->account != NULL)
-				*restate = list_append_unique(*restate, makeString(((HeaderFacts *) ne->value)->account));
-		}
+			restate_header(h, ne ? ne->value : NULL, restate);
 	}
 }
 
 /* Header side: are the lines of a changed header still those it moved? */
 static void
-check_header_lines(RaceGroup *g, Attachment *att, List **restate)
+check_header_lines(RaceGroup *g, Attachment *att, Restatement *restate)
 {
 	long		max = hash_get_num_entries(g->headers);
 	Datum	   *keys = palloc(sizeof(Datum) * (max + 1));
@@ -647,7 +663,7 @@ check_header_lines(RaceGroup *g, Attachment *att, List **restate)
 		RaceHeader *h = e->value;
 
 		if (h->header_side && (h->now_sum != h->dsum || h->now_count != h->dcount))
-			restate_accounts_of(h, restate);
+			restate_header(h, NULL, restate);
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -734,7 +750,7 @@ check_group(RaceGroup *g)
 	Oid			save_user;
 	int			save_sec;
 	Attachment *att;
-	List	   *restate = NIL;
+	Restatement restate = {NIL, DATEVAL_NOEND};
 	bool		all = g->header_overflow;
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty header race check",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -751,16 +767,16 @@ check_group(RaceGroup *g)
 			all = check_line_overflow(g, att);
 	}
 	if (all)
-		reconcile_restate(g->attachment_id, NULL, 0, RACE_WHAT);
-	else if (restate != NIL)
+		reconcile_restate(g->attachment_id, NULL, 0, DATEVAL_NOBEGIN, RACE_WHAT);
+	else if (restate.accounts != NIL)
 	{
-		char	  **accounts = palloc(sizeof(char *) * list_length(restate));
+		char	  **accounts = palloc(sizeof(char *) * list_length(restate.accounts));
 		ListCell   *lc;
 		int			n = 0;
 
-		foreach(lc, restate)
+		foreach(lc, restate.accounts)
 			accounts[n++] = strVal(lfirst(lc));
-		reconcile_restate(g->attachment_id, accounts, n, RACE_WHAT);
+		reconcile_restate(g->attachment_id, accounts, n, restate.since, RACE_WHAT);
 	}
 	SetUserIdAndSecContext(save_user, save_sec);
 	MemoryContextSwitchTo(old);

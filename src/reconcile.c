@@ -1121,14 +1121,14 @@ reconcile_post(const Target *t, DateADT since, const char *account, const char *
 }
 
 /*
- * Restates accounts of one attachment (every account when n is 0) under the
- * latest snapshot: what a race between a header change and its lines left
+ * Restates accounts of one attachment (every account when n is 0), the
+ * document months from since's on, under the latest snapshot: what a race between a header change and its lines left
  * (header_race.c).  The caller is connected to SPI and runs as the role
  * whose statements raced; the attachment may be gone (detached), then
  * nothing is done.
  */
 void
-reconcile_restate(int32 attachment_id, char **accounts, int n, const char *what)
+reconcile_restate(int32 attachment_id, char **accounts, int n, DateADT since, const char *what)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	Oid			argtypes[1] = {INT4OID};
@@ -1146,10 +1146,11 @@ reconcile_restate(int32 attachment_id, char **accounts, int n, const char *what)
 	posted.qualifying = int64_to_numeric(0);
 	if (nt == 0)
 		return;
+	since = since == DATEVAL_NOBEGIN ? since : loyalty_month_start(since);
 	if (n == 0)
-		reconcile_post(t, DATEVAL_NOBEGIN, NULL, "restate", what, false, true, &posted);
+		reconcile_post(t, since, NULL, "restate", what, false, true, &posted);
 	for (i = 0; i < n; i++)
-		reconcile_post(t, DATEVAL_NOBEGIN, accounts[i], "restate", what, false, true, &posted);
+		reconcile_post(t, since, accounts[i], "restate", what, false, true, &posted);
 	MemoryContextSwitchTo(cxt);
 }
 
