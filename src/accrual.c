@@ -477,7 +477,7 @@ header_plan(Attachment *att)
 	if (att->header_plan == NULL)
 	{
 		Oid			argtype = get_array_type(att->header_key_type);
-		char	   *sql = psprintf("SELECT u.k, h, h.xmin FROM pg_catalog.unnest($1) AS u(k) JOIN %s h"
+		char	   *sql = psprintf("SELECT u.k, h, h.xmin, h.tableoid, h.ctid FROM pg_catalog.unnest($1) AS u(k) JOIN %s h"
 								   " ON h.%s %s u.k",
 								   mapping_table_ref(att->header, att->header_name),
 								   quote_identifier(att->header_match_column),
@@ -492,6 +492,22 @@ header_plan(Attachment *att)
 		att->header_plan = plan;
 	}
 	return att->header_plan;
+}
+
+/*
+ * A header row read (columns 3 to 5 of header_plan: its version), unless
+ * this transaction wrote it: nobody else can change it before we commit.
+ */
+static void
+note_header_version(Attachment *att, HeapTuple row, TupleDesc desc, Datum key, const HeaderFacts *hf)
+{
+	bool		isnull;
+	TransactionId xmin = DatumGetTransactionId(SPI_getbinval(row, desc, 3, &isnull));
+
+	if (TransactionIdIsCurrentTransactionId(xmin))
+		return;
+	header_race_line_read(att, key, hf, DatumGetObjectId(SPI_getbinval(row, desc, 4, &isnull)),
+						  (ItemPointer) DatumGetPointer(SPI_getbinval(row, desc, 5, &isnull)), xmin);
 }
 
 /* One query for every header row the statement's lines point at. */
@@ -541,8 +557,7 @@ lookup_headers(Batch *b)
 			e->value = copy;
 		}
 		/* another transaction's row may change before we commit: header_race.c */
-		if (!TransactionIdIsCurrentTransactionId(DatumGetTransactionId(SPI_getbinval(result->vals[r], result->tupdesc, 3, &isnull))))
-			header_race_line_read(att, k, &hf);
+		note_header_version(att, result->vals[r], result->tupdesc, k, &hf);
 		ExecClearTuple(b->header_slot);
 		MemoryContextSwitchTo(old);
 	}

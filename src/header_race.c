@@ -42,6 +42,8 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -57,6 +59,8 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "storage/bufmgr.h"
 #include "utils/typcache.h"
 
 #include "header_race.h"
@@ -84,6 +88,10 @@ typedef struct RaceHeader
 	bool		header_side;
 	bool		mixed;			/* line side: read with different facts */
 	HeaderFacts *facts;			/* line side: the facts first read */
+	Oid			rel;			/* line side: the row version read last */
+	ItemPointerData tid;
+	TransactionId xmin;
+	bool		recheck;		/* at commit: that version is no longer current */
 	List	   *accounts;		/* every customer its points were moved from or to */
 	DateADT		since;			/* the earliest document date among the facts seen */
 	uint64		stmt;			/* header side: the statement that reports its lines */
@@ -279,7 +287,8 @@ line_overflow(RaceGroup *g)
 }
 
 void
-header_race_line_read(Attachment *att, Datum key, const HeaderFacts *hf)
+header_race_line_read(Attachment *att, Datum key, const HeaderFacts *hf,
+					  Oid rel, ItemPointer tid, TransactionId xmin)
 {
 	RaceGroup  *g;
 	RaceHeader *h;
@@ -310,6 +319,9 @@ header_race_line_read(Attachment *att, Datum key, const HeaderFacts *hf)
 		}
 		else if (!header_facts_equal(h->facts, hf))
 			h->mixed = true;
+		h->rel = rel;
+		h->tid = *tid;
+		h->xmin = xmin;
 		add_facts(h, hf);
 	}
 	MemoryContextSwitchTo(old);
@@ -494,6 +506,66 @@ take_locks(void)
 
 /* ---- checking ---- */
 
+/*
+ * Is the header row version a line statement read still the current one
+ * (visible to snap, the same xmin at the same place)?  No SQL: one buffer
+ * read.  The relation cannot have shrunk (the look-up's lock is held until
+ * commit), but a pruned slot may hold another row now: hence the xmin.
+ */
+static bool
+version_current(RaceHeader *h, Snapshot snap, Relation *rel)
+{
+	TupleTableSlot *slot;
+	bool		current = false;
+	bool		isnull;
+
+	if (*rel == NULL || RelationGetRelid(*rel) != h->rel)
+	{
+		if (*rel != NULL)
+			table_close(*rel, AccessShareLock);
+		*rel = NULL;
+		if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(h->rel)))
+			return false;
+		*rel = table_open(h->rel, AccessShareLock);
+	}
+	if (ItemPointerGetBlockNumber(&h->tid) >= RelationGetNumberOfBlocks(*rel))
+		return false;
+	slot = table_slot_create(*rel, NULL);
+	if (table_tuple_fetch_row_version(*rel, &h->tid, snap, slot))
+		current = TransactionIdEquals(DatumGetTransactionId(slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull)),
+									  h->xmin);
+	ExecDropSingleTupleTableSlot(slot);
+	return current;
+}
+
+/*
+ * The checks that need no SQL: which headers read by the line side are no
+ * longer as they were read.  True when the group needs the SQL checks (a
+ * header to read again, a header side, an overflow).
+ */
+static bool
+fast_pass(RaceGroup *g, Snapshot snap)
+{
+	HASH_SEQ_STATUS seq;
+	KeyMapEntry *e;
+	Relation	rel = NULL;
+	bool		need = g->nheader > 0 || g->header_overflow || g->line_overflow;
+
+	hash_seq_init(&seq, g->headers);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		RaceHeader *h = e->value;
+
+		if (!h->line_side)
+			continue;
+		h->recheck = h->mixed || !version_current(h, snap, &rel);
+		need |= h->recheck;
+	}
+	if (rel != NULL)
+		table_close(rel, AccessShareLock);
+	return need;
+}
+
 static Datum
 key_array(RaceGroup *g, Datum *keys, int n)
 {
@@ -586,7 +658,7 @@ check_lines(RaceGroup *g, Attachment *att, Restatement *restate)
 
 	hash_seq_init(&seq, g->headers);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		if (((RaceHeader *) e->value)->line_side)
+		if (((RaceHeader *) e->value)->line_side && ((RaceHeader *) e->value)->recheck)
 			keys[n++] = e->key.value;
 	if (n == 0)
 		return;
@@ -597,7 +669,7 @@ check_lines(RaceGroup *g, Attachment *att, Restatement *restate)
 		RaceHeader *h = e->value;
 		KeyMapEntry *ne;
 
-		if (!h->line_side)
+		if (!h->line_side || !h->recheck)
 			continue;
 		ne = keymap_find(now, g->keytype, e->key.value);
 		if (ne == NULL || h->mixed || !header_facts_equal(h->facts, ne->value))
@@ -817,28 +889,32 @@ race_check(void)
 {
 	ErrorContextCallback errcb;
 	ListCell   *lc;
+	List	   *need = NIL;
 
 	race_checking = true;
-	/* dropped in this very transaction: nothing left to correct */
-	if (!OidIsValid(get_extension_oid("loyalty", true)))
-	{
-		race_forget();
-		return;
-	}
 	errcb.callback = race_error_context;
 	errcb.arg = NULL;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	take_locks();
-	SPI_connect();
-	CommandCounterIncrement();
-	/* for what reads under the active snapshot: the latest, as every check here */
 	PushActiveSnapshot(GetLatestSnapshot());
 	foreach(lc, race_groups)
-		if (still_attached(lfirst(lc)))
-			check_group(lfirst(lc));
+		if (fast_pass(lfirst(lc), GetActiveSnapshot()))
+			need = lappend(need, lfirst(lc));
 	PopActiveSnapshot();
-	SPI_finish();
+	/* the extension dropped in this very transaction: nothing left to correct */
+	if (need != NIL && OidIsValid(get_extension_oid("loyalty", true)))
+	{
+		SPI_connect();
+		CommandCounterIncrement();
+		/* for what reads under the active snapshot: the latest, as every check here */
+		PushActiveSnapshot(GetLatestSnapshot());
+		foreach(lc, need)
+			if (still_attached(lfirst(lc)))
+				check_group(lfirst(lc));
+		PopActiveSnapshot();
+		SPI_finish();
+	}
 	race_forget();
 	error_context_stack = errcb.previous;
 }

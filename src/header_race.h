@@ -10,8 +10,12 @@
 #include "mapping.h"
 #include "storage/itemptr.h"
 
-/* Line side: a line statement read header key's facts (another transaction's row). */
-extern void header_race_line_read(Attachment *att, Datum key, const HeaderFacts *hf);
+/*
+ * Line side: a line statement read header key's facts from another
+ * transaction's row version (relation, ctid, xmin).
+ */
+extern void header_race_line_read(Attachment *att, Datum key, const HeaderFacts *hf,
+								  Oid rel, ItemPointer tid, TransactionId xmin);
 
 /*
  * Header side: a header statement changed key's facts from of to nf.  It
