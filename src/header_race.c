@@ -17,11 +17,13 @@
  * At PRE_COMMIT (or PRE_PREPARE) it takes advisory locks of a class of its
  * own on (attachment, hash of the header key) in one sorted order (shared
  * for the line side, exclusive for the header side; line sides never wait
- * for each other), then re-reads with the latest snapshot: a header whose
- * facts differ from what the line side read, or whose lines differ from
- * what the header side moved, has its accounts (the old and the new
- * customer) restated from the ERP rows (reconcile.c), as the role that ran
- * the statements.  Whoever reached its commit first holds its lock until
+ * for each other), then looks again with the latest snapshot: a header row
+ * version the line side read that is no longer current (one buffer read)
+ * is read again, and if its facts differ from what was read, or if a
+ * changed header's lines differ from what the header side moved, its
+ * accounts (the old and the new customer) are restated from the ERP rows
+ * (reconcile.c), from the earliest document month involved, as the role
+ * that ran the statements.  Whoever reached its commit first holds its lock until
  * it has committed, so the second sees its result.  The price: a wait
  * between two transactions on the same header, at commit; a restatement
  * only when a race happened.  Rows the transaction wrote itself (a header
