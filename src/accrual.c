@@ -35,6 +35,7 @@
 #include "accounts.h"
 #include "keymap.h"
 #include "accrual.h"
+#include "header_race.h"
 #include "ledger.h"
 #include "product.h"
 
@@ -266,6 +267,30 @@ typedef struct UnenrolledSum
 } UnenrolledSum;
 
 /*
+ * The identities of lines a header change moves (lines_sql's columns 2 to
+ * 5), for header_race.c to tell at commit whether others changed them.
+ */
+static void
+report_moved_lines(Attachment *att, SPITupleTable *tuptable, uint64 n)
+{
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+	{
+		HeapTuple	row = tuptable->vals[i];
+		bool		isnull;
+		Datum		key = SPI_getbinval(row, tuptable->tupdesc, 5, &isnull);
+
+		if (isnull)
+			continue;
+		header_race_line_moved(att, key,
+							   DatumGetObjectId(SPI_getbinval(row, tuptable->tupdesc, 2, &isnull)),
+							   (ItemPointer) DatumGetPointer(SPI_getbinval(row, tuptable->tupdesc, 3, &isnull)),
+							   DatumGetTransactionId(SPI_getbinval(row, tuptable->tupdesc, 4, &isnull)));
+	}
+}
+
+/*
  * Reads the next chunk of a row set into chunkcxt; returns how many rows.
  * Transition table rows are copied (the store reuses its buffer once it is
  * on disk); a cursor's rows stay in its SPI result, freed with the chunk.
@@ -306,6 +331,8 @@ read_chunk(Batch *b, RowSet *rs, RowSet *prev)
 		rs->tuptable = SPI_tuptable;
 		rs->nrows = (int) SPI_processed;
 		rs->hrows = palloc(sizeof(HeapTuple) * (rs->nrows + 1));
+		if (rs->report_moves)
+			report_moved_lines(b->att, rs->tuptable, SPI_processed);
 		for (i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;
@@ -450,7 +477,7 @@ header_plan(Attachment *att)
 	if (att->header_plan == NULL)
 	{
 		Oid			argtype = get_array_type(att->header_key_type);
-		char	   *sql = psprintf("SELECT u.k, h FROM pg_catalog.unnest($1) AS u(k) JOIN %s h"
+		char	   *sql = psprintf("SELECT u.k, h, h.xmin, h.tableoid, h.ctid FROM pg_catalog.unnest($1) AS u(k) JOIN %s h"
 								   " ON h.%s %s u.k",
 								   mapping_table_ref(att->header, att->header_name),
 								   quote_identifier(att->header_match_column),
@@ -465,6 +492,22 @@ header_plan(Attachment *att)
 		att->header_plan = plan;
 	}
 	return att->header_plan;
+}
+
+/*
+ * A header row read (columns 3 to 5 of header_plan: its version), unless
+ * this transaction wrote it: nobody else can change it before we commit.
+ */
+static void
+note_header_version(Attachment *att, HeapTuple row, TupleDesc desc, Datum key, const HeaderFacts *hf)
+{
+	bool		isnull;
+	TransactionId xmin = DatumGetTransactionId(SPI_getbinval(row, desc, 3, &isnull));
+
+	if (TransactionIdIsCurrentTransactionId(xmin))
+		return;
+	header_race_line_read(att, key, hf, DatumGetObjectId(SPI_getbinval(row, desc, 4, &isnull)),
+						  (ItemPointer) DatumGetPointer(SPI_getbinval(row, desc, 5, &isnull)), xmin);
 }
 
 /* One query for every header row the statement's lines point at. */
@@ -513,6 +556,8 @@ lookup_headers(Batch *b)
 			*copy = hf;
 			e->value = copy;
 		}
+		/* another transaction's row may change before we commit: header_race.c */
+		note_header_version(att, result->vals[r], result->tupdesc, k, &hf);
 		ExecClearTuple(b->header_slot);
 		MemoryContextSwitchTo(old);
 	}
@@ -1227,27 +1272,15 @@ loyalty_accrue(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
-static bool
-same_text(const char *a, const char *b)
-{
-	return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
-}
-
-static bool
-same_header(const HeaderFacts *a, const HeaderFacts *b)
-{
-	return same_text(a->account, b->account) && a->has_date == b->has_date &&
-		(!a->has_date || a->date == b->date) && same_text(a->currency, b->currency) &&
-		same_text(a->doc_type, b->doc_type) && a->has_due == b->has_due &&
-		(!a->has_due || a->due == b->due) && a->has_paid == b->has_paid &&
-		(!a->has_paid || a->paid == b->paid);
-}
-
-/* The query for the lines of an array of header keys ($1), as the running role. */
+/*
+ * The query for the lines of an array of header keys ($1), as the running
+ * role: the whole row, then its identity and header key (report_moved_lines).
+ */
 static char *
 lines_sql(Attachment *att)
 {
-	return psprintf("SELECT s FROM %s s WHERE s.%s %s ANY ($1)",
+	return psprintf("SELECT s, s.tableoid, s.ctid, s.xmin, s.%s FROM %s s WHERE s.%s %s ANY ($1)",
+					quote_identifier(att->header_key_column),
 					mapping_table_ref(att->source, att->source_name),
 					quote_identifier(att->header_key_column),
 					keytype_equality_operator(att->header_key_type));
@@ -1446,7 +1479,7 @@ header_inserted(TriggerData *td, Attachment *att)
  * them with the new ones, reading them through a cursor, chunk by chunk.
  */
 static void
-reaccrue_lines(Attachment *att, Datum *keys, int nkeys, HTAB *old_map, HTAB *new_map)
+reaccrue_lines(Attachment *att, Datum *keys, int nkeys, HTAB *old_map, HTAB *new_map, bool report)
 {
 	Oid			argtype = get_array_type(att->header_key_type);
 	Datum		arg = header_key_array(att, keys, nkeys);
@@ -1462,25 +1495,13 @@ reaccrue_lines(Attachment *att, Datum *keys, int nkeys, HTAB *old_map, HTAB *new
 	sets[0].portal = portal;
 	sets[0].sign = -1;
 	sets[0].header_facts = old_map;
+	sets[0].report_moves = report;
 	sets[1].same_rows = true;
 	sets[1].sign = 1;
 	sets[1].header_facts = new_map;
 	accrual_process(att, RelationGetDescr(src), sets, 2, "UPDATE of header");
 	SPI_cursor_close(portal);
 	table_close(src, AccessShareLock);
-}
-
-/* A copy of hf, its strings included, in CurrentMemoryContext. */
-static HeaderFacts *
-copy_header(const HeaderFacts *hf)
-{
-	HeaderFacts *c = palloc(sizeof(HeaderFacts));
-
-	*c = *hf;
-	c->account = hf->account ? pstrdup(hf->account) : NULL;
-	c->currency = hf->currency ? pstrdup(hf->currency) : NULL;
-	c->doc_type = hf->doc_type ? pstrdup(hf->doc_type) : NULL;
-	return c;
 }
 
 /*
@@ -1505,6 +1526,7 @@ header_updated(TriggerData *td, Attachment *att)
 												 ALLOCSET_SMALL_SIZES);
 	MemoryContext old = CurrentMemoryContext;
 	bool		more = true;
+	bool		report = false;
 
 	/* old and new transition rows of an UPDATE come in the same order */
 	tuplestore_rescan(td->tg_oldtable);
@@ -1551,22 +1573,25 @@ header_updated(TriggerData *td, Attachment *att)
 			okey = mapping_header_facts(att, econtext, oslot, &of, &onull);
 			nkey = mapping_header_facts(att, econtext, nslot, &nf, &nnull);
 			/* key changes are followed by the lines' own trigger */
-			changed = !onull && !nnull && same_key(att, okey, nkey) && !same_header(&of, &nf);
+			changed = !onull && !nnull && same_key(att, okey, nkey) && !header_facts_equal(&of, &nf);
 			MemoryContextSwitchTo(chunkcxt);
 			if (changed)
 			{
+				/* record it for the check at commit; report its lines the first time */
+				report |= header_race_header_changed(att, okey, &of, &nf);
 				e = keymap_enter(old_map, att->header_key, okey, chunkcxt, &found);
-				e->value = copy_header(&of);
-				keymap_enter(new_map, att->header_key, okey, chunkcxt, &found)->value = copy_header(&nf);
+				e->value = header_facts_copy(&of);
+				keymap_enter(new_map, att->header_key, okey, chunkcxt, &found)->value = header_facts_copy(&nf);
 				if (!found)
 					keys[nkeys++] = e->key.value;
 			}
 			MemoryContextReset(rowcxt);
 		}
 		if (nkeys > 0)
-			reaccrue_lines(att, keys, nkeys, old_map, new_map);
+			reaccrue_lines(att, keys, nkeys, old_map, new_map, report);
 		MemoryContextSwitchTo(old);
 	}
+	header_race_statement_done();
 	ExecDropSingleTupleTableSlot(oslot);
 	ExecDropSingleTupleTableSlot(nslot);
 	FreeExprContext(econtext, true);
@@ -1663,7 +1688,7 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 
 		keymap_enter(stash_of(att, true), att->header_key, key, TopTransactionContext, &found)->value =
-			copy_header(&hf);
+			header_facts_copy(&hf);
 		MemoryContextSwitchTo(old);
 	}
 	FreeExprContext(econtext, true);

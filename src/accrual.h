@@ -18,6 +18,7 @@ typedef struct RowSet
 	int			ntuples;
 	Portal		portal;			/* a cursor over such rows (one whole-row column) */
 	bool		same_rows;		/* the previous set's rows, again */
+	bool		report_moves;	/* portal: report the lines' identities (header_race.c) */
 	int			sign;
 	HTAB	   *header_facts;	/* header key -> HeaderFacts (a keymap); NULL: look up */
 	/* the chunk being processed (accrual.c) */

@@ -1101,13 +1101,14 @@ enroll_customers(SourceScan *s)
  */
 static void
 reconcile_post(const Target *t, DateADT since, const char *account, const char *kind,
-			   const char *what, bool enroll, Posted *out)
+			   const char *what, bool enroll, bool latest, Posted *out)
 {
 	SourceScan	s;
 
 	scan_init(&s, out->cxt, t->attachment_id, since, account, what);
 	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	/* latest: what others committed, even under REPEATABLE READ */
+	PushActiveSnapshot(latest ? GetLatestSnapshot() : GetTransactionSnapshot());
 	scan_source(&s, t->facts_sql);
 	if (enroll)
 		enroll_customers(&s);
@@ -1117,6 +1118,40 @@ reconcile_post(const Target *t, DateADT since, const char *account, const char *
 	PopActiveSnapshot();
 	MemoryContextSwitchTo(out->cxt);
 	MemoryContextDelete(s.cxt);
+}
+
+/*
+ * Restates accounts of one attachment (every account when n is 0), the
+ * document months from since's on, under the latest snapshot: what a race between a header change and its lines left
+ * (header_race.c).  The caller is connected to SPI and runs as the role
+ * whose statements raced; the attachment may be gone (detached), then
+ * nothing is done.
+ */
+void
+reconcile_restate(int32 attachment_id, char **accounts, int n, DateADT since, const char *what)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(attachment_id)};
+	Target	   *t;
+	int			nt,
+				i;
+	Posted		posted = {0};
+
+	t = read_targets("SELECT " TARGET_COLUMNS " FROM loyalty.attachment x"
+					 " WHERE x.attachment_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
+					 " AND " SOURCE_EXISTS, 1, argtypes, args, NULL, cxt, &nt);
+	MemoryContextSwitchTo(cxt);
+	posted.cxt = cxt;
+	posted.qualifying = int64_to_numeric(0);
+	if (nt == 0)
+		return;
+	since = since == DATEVAL_NOBEGIN ? since : loyalty_month_start(since);
+	if (n == 0)
+		reconcile_post(t, since, NULL, "restate", what, false, true, &posted);
+	for (i = 0; i < n; i++)
+		reconcile_post(t, since, accounts[i], "restate", what, false, true, &posted);
+	MemoryContextSwitchTo(cxt);
 }
 
 /* backfill(source, program, since): what a value must be, before anything runs. */
@@ -1180,7 +1215,7 @@ loyalty_backfill(PG_FUNCTION_ARGS)
 	posted.cxt = cxt;
 	posted.qualifying = int64_to_numeric(0);
 	reconcile_post(t, loyalty_month_start(PG_GETARG_DATEADT(2)), NULL, "backfill",
-				   "loyalty.backfill()", true, &posted);
+				   "loyalty.backfill()", true, false, &posted);
 
 	MemoryContextSwitchTo(cxt);
 	values[0] = Int32GetDatum(posted.accounts);
@@ -1396,7 +1431,7 @@ loyalty_enroll(PG_FUNCTION_ARGS)
 		posted.qualifying = int64_to_numeric(0);
 		for (i = 0; i < n; i++)
 			reconcile_post(&t[i], DATEVAL_NOBEGIN, account, "restate",
-						   "the restatement of enroll()", false, &posted);
+						   "the restatement of enroll()", false, false, &posted);
 	}
 	SPI_finish();
 	PG_RETURN_VOID();

@@ -28,4 +28,8 @@ extern AccountInfo *reconcile_account(Program *prog, const char *key);
 extern int	reconcile_owner_query(const char *sql, int nargs, Oid *argtypes,
 								  Datum *values, const char *nulls, bool read_only);
 
+/* Restates accounts of an attachment (all when n is 0) from since's month, latest snapshot. */
+extern void reconcile_restate(int32 attachment_id, char **accounts, int n, DateADT since,
+							  const char *what);
+
 #endif
