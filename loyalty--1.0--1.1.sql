@@ -2895,39 +2895,53 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN pg_catalog.make_interval(months => CASE period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END);
 COMMENT ON FUNCTION @extschema@._period_length(text) IS 'Internal: the length of a settlement period (month, quarter, year).';
 
--- The period a date ends, or an error that names the valid ones.
+-- The first day of the period that period_end ends (NULL when it ends
+-- none), and the problems of the arguments the public functions report
+-- themselves (so that their errors name no internal helper): NULL when
+-- fine, else {SQLSTATE, message, detail, hint}.
 CREATE FUNCTION @extschema@._period_start(program_id integer, period_end date) RETURNS date
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    per text;
-    nxt date := period_end + 1;
-    ok boolean;
-    last_end date;
-BEGIN
-    SELECT p.settlement_period INTO per FROM @extschema@.program p WHERE p.program_id = _period_start.program_id;
-    IF period_end IS NULL OR NOT isfinite(period_end) THEN
-        RAISE EXCEPTION 'period_end must be a date'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'period_end is the last day of the settlement period.',
-                  HINT = 'For example loyalty.settle(''Distributor Club'', ''2025-03-31'').';
-    END IF;
-    ok := date_trunc('month', nxt)::date = nxt
-          AND CASE per WHEN 'month' THEN true
-                       WHEN 'quarter' THEN extract(month FROM nxt) IN (1, 4, 7, 10)
-                       ELSE extract(month FROM nxt) = 1 END;
-    IF NOT ok THEN
-        last_end := (date_trunc(per, period_end::timestamp) - interval '1 day')::date;
-        RAISE EXCEPTION '% is not the last day of a %', period_end, per
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = pg_catalog.format('The program settles by %s; period_end is the last day of one.', per),
-                  HINT = pg_catalog.format('The %s around it ends on %s; the one before ended on %s.', per,
-                             (date_trunc(per, period_end::timestamp) + @extschema@._period_length(per) - interval '1 day')::date,
-                             last_end);
-    END IF;
-    RETURN (nxt - @extschema@._period_length(per))::date;
-END
-$$;
-COMMENT ON FUNCTION @extschema@._period_start(integer, date) IS 'Internal: the first day of the settlement period ending on period_end; an error when period_end is not the last day of one of the program''s periods.';
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT CASE WHEN pg_catalog.isfinite(period_end)
+                         AND pg_catalog.date_trunc('month', (period_end OPERATOR(pg_catalog.+) 1)::timestamp)
+                             OPERATOR(pg_catalog.=) (period_end OPERATOR(pg_catalog.+) 1)::timestamp
+                         AND (pg_catalog.date_part('month', period_end OPERATOR(pg_catalog.+) 1)::integer
+                              OPERATOR(pg_catalog.%) CASE p.settlement_period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END)
+                             OPERATOR(pg_catalog.=) (1 OPERATOR(pg_catalog.%) CASE p.settlement_period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END)
+                    THEN ((period_end OPERATOR(pg_catalog.+) 1)::timestamp
+                          OPERATOR(pg_catalog.-) @extschema@._period_length(p.settlement_period))::date END
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_start.program_id);
+COMMENT ON FUNCTION @extschema@._period_start(integer, date) IS 'Internal: the first day of the settlement period ending on period_end; NULL when period_end is not the last day of one of the program''s periods.';
+
+CREATE FUNCTION @extschema@._program_problem(program text) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN program IS NULL
+            THEN ARRAY['22004', 'program must not be NULL',
+                       'program is the name of a loyalty program, as given to loyalty.create_program().',
+                       'List programs with SELECT name FROM loyalty.program.']
+            WHEN NOT EXISTS (SELECT FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program)
+            THEN ARRAY['42704', pg_catalog.format('loyalty program "%s" does not exist', program),
+                       'program names no program of this database (names are case-sensitive).',
+                       'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.'] END;
+COMMENT ON FUNCTION @extschema@._program_problem(text) IS 'Internal: what is wrong with a program argument (NULL, unknown) as {SQLSTATE, message, detail, hint}; NULL when it names a program.';
+
+CREATE FUNCTION @extschema@._period_end_problem(program_id integer, period_end date) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT CASE WHEN period_end IS NULL OR NOT pg_catalog.isfinite(period_end)
+                    THEN ARRAY[CASE WHEN period_end IS NULL THEN '22004' ELSE '22023' END,
+                               'period_end must be a date, not ' || coalesce(period_end::text, 'NULL'),
+                               'period_end is the last day of a settlement period of the program.',
+                               'For example period_end => ''2025-03-31''.']
+                    WHEN @extschema@._period_start(program_id, period_end) IS NULL
+                    THEN ARRAY['22023', pg_catalog.format('period_end %s is not the last day of a %s', period_end, p.settlement_period),
+                               pg_catalog.format('Program "%s" settles by %s; period_end is the last day of one.', p.name, p.settlement_period),
+                               pg_catalog.format('The %s around it ends on %s; the one before ended on %s.', p.settlement_period,
+                                   (pg_catalog.date_trunc(p.settlement_period, period_end::timestamp)
+                                    OPERATOR(pg_catalog.+) @extschema@._period_length(p.settlement_period)
+                                    OPERATOR(pg_catalog.-) '1 day'::interval)::date,
+                                   (pg_catalog.date_trunc(p.settlement_period, period_end::timestamp)
+                                    OPERATOR(pg_catalog.-) '1 day'::interval)::date)] END
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_end_problem.program_id);
+COMMENT ON FUNCTION @extschema@._period_end_problem(integer, date) IS 'Internal: what is wrong with a period_end argument (NULL, not finite, not the last day of one of the program''s periods) as {SQLSTATE, message, detail, hint}; NULL when fine.';
 
 -- The tier decision of every account, one statement (one snapshot): what
 -- the run counted and what each account qualifies for, into
@@ -3095,8 +3109,9 @@ COMMENT ON FUNCTION @extschema@._settle_tiers(integer, date) IS 'Internal: write
 CREATE FUNCTION @extschema@.settle(program text, period_end date) RETURNS @extschema@.settlement_run
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    pid integer;
     pstart date;
+    e text[];
     run @extschema@.settlement_run;
     later date;
     n bigint;
@@ -3104,12 +3119,21 @@ DECLARE
     expired bigint;
     rebates numeric;
     mdf numeric;
+    jit_was text;
 BEGIN
+    e := coalesce(@extschema@._program_problem(program),
+                  @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = settle.program),
+                                                  period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = settle.program;
     pstart := @extschema@._period_start(pid, period_end);
     IF period_end >= @extschema@._today(pid) THEN
-        RAISE EXCEPTION 'the % ending % has not ended yet', (SELECT p.settlement_period FROM @extschema@.program p WHERE p.program_id = pid), period_end
+        RAISE EXCEPTION 'the % ending on period_end % has not ended yet', (SELECT p.settlement_period FROM @extschema@.program p WHERE p.program_id = pid), period_end
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('Today is %s in the program''s time zone; invoices of the period may still arrive.', @extschema@._today(pid)),
+                  DETAIL = pg_catalog.format('Invoices dated in the period may still arrive until its last day has passed in the program''s time zone (%s).',
+                                             (SELECT p.time_zone FROM @extschema@.program p WHERE p.program_id = pid)),
                   HINT = 'Settle it on the day after its last day or later; loyalty.settle_due() settles every period that has ended.';
     END IF;
     -- one settlement of the program at a time: a second call waits here,
@@ -3118,7 +3142,7 @@ BEGIN
     SELECT * INTO run FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end = settle.period_end;
     IF FOUND THEN
         RAISE NOTICE 'program "%" is already settled for the period ending %', program, period_end
-            USING DETAIL = pg_catalog.format('The run finished at %s; a period is settled once.', run.finished_at);
+            USING DETAIL = 'A period is settled once; its run is in loyalty.settlement_run.';
         RETURN run;
     END IF;
     SELECT max(r.period_end) INTO later FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end > settle.period_end;
@@ -3129,6 +3153,11 @@ BEGIN
                   HINT = 'Nothing to do: late documents of earlier periods are carried into the next run.';
     END IF;
     PERFORM @extschema@._tier_lock(pid);
+    -- the pass is one cheap scan, but its plan is costed high enough to be
+    -- JIT-compiled, which costs more than the pass: off for this run
+    -- (restored below; an error rolls the setting back with the run)
+    jit_was := pg_catalog.current_setting('jit');
+    PERFORM pg_catalog.set_config('jit', 'off', true);
 
     n := @extschema@._settle_accounts(pid, pstart, period_end);
     RAISE NOTICE 'settle "%" %..%: % accounts counted', program, pstart, period_end, n;
@@ -3153,6 +3182,7 @@ BEGIN
     FROM @extschema@.settlement_account s
     WHERE s.program_id = pid AND s.period_end = settle.period_end
     RETURNING * INTO run;
+    PERFORM pg_catalog.set_config('jit', jit_was, true);
     RETURN run;
 END
 $$;
@@ -3171,9 +3201,11 @@ DECLARE
     first_start date;
     cur_start date;
     step interval;
+    e text[];
 BEGIN
-    IF program IS NOT NULL THEN
-        PERFORM @extschema@._program_id(program);
+    IF program IS NOT NULL AND @extschema@._program_problem(program) IS NOT NULL THEN
+        e := @extschema@._program_problem(program);
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3] || ' NULL settles every program.', HINT = e[4];
     END IF;
     FOR p IN SELECT x.program_id, x.name, x.settlement_period, x.created_at, x.time_zone FROM @extschema@.program x
              WHERE settle_due.program IS NULL OR x.name = settle_due.program ORDER BY x.program_id LOOP
@@ -3204,37 +3236,33 @@ COMMENT ON FUNCTION @extschema@.settle_due(text) IS
 -- pg_cron: one named job per program, as the caller (the job then runs as
 -- the caller: a role that may settle).
 CREATE FUNCTION @extschema@._cron_schema() RETURNS name
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    nsp name;
-BEGIN
-    SELECT n.nspname INTO nsp FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-    WHERE e.extname = 'pg_cron';
-    IF nsp IS NULL THEN
-        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'Scheduled settlement runs as a pg_cron job; the extension pg_cron is not created in this database.',
-                  HINT = pg_catalog.format('Install the package postgresql-15-cron, set shared_preload_libraries = ''pg_cron'' and cron.database_name = %L in postgresql.conf, restart the server, then run CREATE EXTENSION pg_cron in this database. Without pg_cron, call SELECT * FROM loyalty.settle_due() from any scheduler.', current_database());
-    END IF;
-    RETURN nsp;
-END
-$$;
-COMMENT ON FUNCTION @extschema@._cron_schema() IS 'Internal: the schema of pg_cron in this database, or an error that says how to install it.';
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+        WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron');
+COMMENT ON FUNCTION @extschema@._cron_schema() IS 'Internal: the schema of pg_cron in this database; NULL when it is not created here.';
 
 CREATE FUNCTION @extschema@.schedule_settlement(program text, cron text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    nsp name := @extschema@._cron_schema();
+    nsp name;
     job bigint;
+    e text[] := @extschema@._program_problem(program);
 BEGIN
-    IF program IS NULL OR NOT EXISTS (SELECT FROM @extschema@.program p WHERE p.name = schedule_settlement.program) THEN
-        PERFORM @extschema@._program_id(program);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
     IF cron IS NULL THEN
         RAISE EXCEPTION 'cron must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
                   DETAIL = 'cron is a pg_cron schedule, e.g. ''0 2 * * *'' (every day at 02:00).',
                   HINT = 'settle_due() settles only periods that have ended, so a daily schedule settles each period once, the night after it ends.';
+    END IF;
+    nsp := @extschema@._cron_schema();
+    IF nsp IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('The settlement of program "%s" would run as a pg_cron job; the extension pg_cron is not created in this database.', program),
+                  HINT = pg_catalog.format('Install the package postgresql-15-cron, set shared_preload_libraries = ''pg_cron'' and cron.database_name = %L in postgresql.conf, restart the server, then run CREATE EXTENSION pg_cron in this database. Without pg_cron, call SELECT * FROM loyalty.settle_due() from any scheduler.', current_database());
     END IF;
     -- pg_cron replaces the schedule of a job of the same name: idempotent
     EXECUTE pg_catalog.format('SELECT %I.schedule($1, $2, $3)', nsp)
@@ -3250,9 +3278,20 @@ COMMENT ON FUNCTION @extschema@.schedule_settlement(text, text) IS
 CREATE FUNCTION @extschema@.unschedule_settlement(program text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    nsp name := @extschema@._cron_schema();
+    nsp name;
     done boolean;
+    e text[] := @extschema@._program_problem(program);
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    nsp := @extschema@._cron_schema();
+    IF nsp IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('No job loyalty-settle-%s can exist without pg_cron.', program),
+                  HINT = 'Nothing to unschedule.';
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                    WHERE n.nspname = nsp AND c.relname = 'job') THEN
         RETURN false;
@@ -3276,6 +3315,7 @@ REVOKE ALL ON FUNCTION @extschema@.settle(text, date), @extschema@.settle_due(te
 GRANT EXECUTE ON FUNCTION @extschema@.settle(text, date), @extschema@.settle_due(text) TO loyalty_operator, loyalty_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.schedule_settlement(text, text), @extschema@.unschedule_settlement(text) TO loyalty_admin;
 REVOKE ALL ON FUNCTION @extschema@._settle_lock(integer), @extschema@._tier_lock(integer), @extschema@._period_length(text),
+                      @extschema@._program_problem(text), @extschema@._period_end_problem(integer, date),
                       @extschema@._period_start(integer, date), @extschema@._settle_accounts(integer, date, date),
                       @extschema@._settle_tiers(integer, date), @extschema@._cron_schema() FROM PUBLIC;
 
@@ -3430,24 +3470,39 @@ CREATE FUNCTION @extschema@.set_tier_rules(program text, basis text DEFAULT NULL
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
     cur @extschema@.program;
     v_basis text;
     v_grace text;
     v_value numeric;
 BEGIN
-    SELECT * INTO cur FROM @extschema@.program p WHERE p.program_id = pid;
-    IF basis IS NOT NULL THEN
-        PERFORM @extschema@._check_choice('basis', basis, ARRAY['qualifying', 'points', 'action']);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
-    IF grace IS NOT NULL THEN
-        PERFORM @extschema@._check_choice('grace', grace, ARRAY['none', 'one_level', 'margin', 'periods']);
+    SELECT * INTO cur FROM @extschema@.program p WHERE p.name = set_tier_rules.program;
+    IF basis IS NOT NULL AND basis <> ALL (ARRAY['qualifying', 'points', 'action']) THEN
+        RAISE EXCEPTION 'invalid value for basis: %', quote_literal(basis)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'basis must be one of qualifying, points, action (NULL keeps the current one).',
+                  HINT = 'For example basis => ''qualifying''.';
+    END IF;
+    IF grace IS NOT NULL AND grace <> ALL (ARRAY['none', 'one_level', 'margin', 'periods']) THEN
+        RAISE EXCEPTION 'invalid value for grace: %', quote_literal(grace)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'grace must be one of none, one_level, margin, periods (NULL keeps the current one).',
+                  HINT = 'For example grace => ''one_level''.';
+    END IF;
+    IF action = '' OR (action IS NOT NULL AND coalesce(basis, cur.tier_basis) <> 'action') THEN
+        RAISE EXCEPTION 'action % is counted only with basis action', quote_literal(action)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'action names the action whose count the ladder''s thresholds measure when basis is action; extra requirements of a tier go to loyalty.set_tier_requirement().',
+                  HINT = 'For example basis => ''action'', action => ''certification''.';
     END IF;
     v_basis := coalesce(basis, cur.tier_basis);
     v_grace := coalesce(grace, cur.tier_grace);
     v_value := coalesce(grace_value, CASE WHEN v_grace = cur.tier_grace THEN cur.tier_grace_value END);
     IF v_basis = 'action' AND coalesce(action, cur.tier_action) IS NULL THEN
-        RAISE EXCEPTION 'basis action needs the action to count'
+        RAISE EXCEPTION 'basis action needs the action to count (action is NULL)'
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'With basis => ''action'' the ladder''s thresholds are counts of one action in the window.',
                   HINT = 'For example loyalty.set_tier_rules(''Partner Network'', basis => ''action'', action => ''certification'').';
@@ -3475,7 +3530,7 @@ BEGIN
         tier_action = CASE WHEN v_basis = 'action' THEN coalesce(set_tier_rules.action, cur.tier_action) END,
         tier_grace = v_grace,
         tier_grace_value = CASE WHEN v_grace IN ('margin', 'periods') THEN v_value END
-    WHERE p.program_id = pid;
+    WHERE p.program_id = cur.program_id;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_tier_rules(text, text, text, text, numeric) IS
@@ -3485,8 +3540,18 @@ CREATE FUNCTION @extschema@.set_tier_requirement(program text, tier text, action
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = set_tier_requirement.program;
+    IF tier IS NULL THEN
+        RAISE EXCEPTION 'tier must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'tier names the ladder tier the requirement gates.',
+            HINT = 'For example loyalty.set_tier_requirement(''Partner Network'', ''Gold'', ''certification'', 2).';
+    END IF;
     IF NOT EXISTS (SELECT FROM @extschema@.program p, @extschema@.tiers(p.ladder) t
                    WHERE p.program_id = pid AND t.name = set_tier_requirement.tier) THEN
         RAISE EXCEPTION 'tier "%" is not on the ladder of program "%"', tier, program
@@ -3496,9 +3561,15 @@ BEGIN
     END IF;
     IF action IS NULL OR action = '' THEN
         RAISE EXCEPTION 'action must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'action names the action counted (as the program records actions).',
             HINT = 'For example action => ''certification''.';
     END IF;
-    IF coalesce(min_count, 0) <= 0 THEN
+    IF min_count < 0 THEN
+        RAISE EXCEPTION 'min_count must be positive, not %', min_count USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'min_count is the fewest actions in the window that qualify; 0 or NULL removes the requirement.',
+            HINT = 'For example min_count => 2.';
+    END IF;
+    IF coalesce(min_count, 0) = 0 THEN
         DELETE FROM @extschema@.tier_requirement r
         WHERE r.program_id = pid AND r.tier = set_tier_requirement.tier AND r.action = set_tier_requirement.action;
     ELSE
@@ -3515,11 +3586,17 @@ CREATE FUNCTION @extschema@.set_benefit(program text, tier text, benefit text, v
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = set_benefit.program;
     IF tier IS NULL OR tier = '' OR benefit IS NULL THEN
-        RAISE EXCEPTION '% must not be NULL', CASE WHEN benefit IS NULL THEN 'benefit' ELSE 'tier' END
+        RAISE EXCEPTION '% must not be NULL or empty', CASE WHEN benefit IS NULL THEN 'benefit' ELSE 'tier' END
             USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'tier names a ladder tier or a benefit-only tier; benefit names the entitlement.',
                   HINT = 'For example loyalty.set_benefit(''Distributor Club'', ''Gold'', ''payment_terms_days'', ''45'').';
     END IF;
     IF value IS NULL THEN
@@ -3528,7 +3605,7 @@ BEGIN
         RETURN;
     END IF;
     IF benefit !~ '^[a-z][a-z0-9_]{0,62}$' OR NOT @extschema@._valid_benefit(benefit, value) THEN
-        RAISE EXCEPTION 'invalid value % for benefit "%"', value, benefit
+        RAISE EXCEPTION 'invalid benefit "%" or value %', benefit, value
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'payment_terms_days: whole days 0 to 3650; support_sla_hours: a positive number; mdf_rate: a fraction 0 to 1; priority_shipping, early_access, dedicated_account_manager: true or false; other names (lower case, digits, _): a number, string or boolean.',
                   HINT = 'For example loyalty.set_benefit(''Distributor Club'', ''Gold'', ''mdf_rate'', ''0.02'').';
@@ -3579,8 +3656,19 @@ CREATE FUNCTION @extschema@.grant_tier(program text, account_key text, tier text
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = grant_tier.program;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = grant_tier.account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', coalesce(account_key, 'NULL'), program
+            USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
+                  DETAIL = 'A tier is granted to an enrolled account.',
+                  HINT = 'Enrol it first with loyalty.enroll().';
+    END IF;
     IF tier IS NULL OR NOT (EXISTS (SELECT FROM @extschema@.program p, @extschema@.tiers(p.ladder) t
                                     WHERE p.program_id = pid AND t.name = grant_tier.tier)
                             OR EXISTS (SELECT FROM @extschema@.tier_benefit b
@@ -3604,13 +3692,19 @@ CREATE FUNCTION @extschema@.revoke_tier(program text, account_key text)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
     qualified text;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = revoke_tier.program;
     DELETE FROM @extschema@.tier_grant g WHERE g.program_id = pid AND g.account_key = revoke_tier.account_key;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'account "%" holds no tier granted by hand in program "%"', account_key, program
-            USING ERRCODE = 'no_data_found',
+        RAISE EXCEPTION 'account_key "%" holds no tier granted by hand in program "%"', coalesce(account_key, 'NULL'), program
+            USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
+                  DETAIL = 'revoke_tier ends a tier given with loyalty.grant_tier().',
                   HINT = 'Granted tiers: SELECT * FROM loyalty.tier_grant.';
     END IF;
     -- back to what the account qualifies for today
@@ -3626,12 +3720,24 @@ COMMENT ON FUNCTION @extschema@.revoke_tier(text, text) IS
 -- As of a date.  Checks its own arguments.
 CREATE FUNCTION @extschema@.tier(program text, account_key text, as_of date) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
 BEGIN
-    IF as_of IS NULL THEN
-        RAISE EXCEPTION 'as_of must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.tier(program, account_key).';
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
-    RETURN @extschema@._tier_at(@extschema@._program_id(program), account_key, as_of);
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose tier is asked for.',
+                  HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.tier(program, account_key).';
+    END IF;
+    RETURN @extschema@._tier_at((SELECT p.program_id FROM @extschema@.program p WHERE p.name = tier.program), account_key, as_of);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.tier(text, text, date) IS
@@ -3641,15 +3747,25 @@ CREATE FUNCTION @extschema@.balance(program text, account_key text, as_of date,
                                     OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
     zone text;
 BEGIN
-    IF as_of IS NULL OR account_key IS NULL THEN
-        RAISE EXCEPTION '% must not be NULL', CASE WHEN as_of IS NULL THEN 'as_of' ELSE 'account_key' END
-            USING ERRCODE = 'null_value_not_allowed',
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose closing balance is asked for.',
                   HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.balance(program, account_key).';
     END IF;
-    SELECT p.time_zone INTO zone FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT p.program_id, p.time_zone INTO pid, zone FROM @extschema@.program p WHERE p.name = balance.program;
     -- the ledger as it stood at the end of as_of in the program's calendar
     SELECT coalesce(sum(l.points), 0), coalesce(sum(l.qualifying), 0) INTO points, qualifying
     FROM @extschema@.ledger l
@@ -3672,8 +3788,18 @@ CREATE FUNCTION @extschema@.benefits(program text, account_key text)
 RETURNS TABLE (benefit text, value pg_catalog.jsonb, tier text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.benefits(''Distributor Club'', ''1042'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = benefits.program;
     RETURN QUERY
     SELECT b.benefit, b.value, b.tier
     FROM @extschema@.account a JOIN @extschema@.tier_benefit b ON b.program_id = a.program_id AND b.tier = a.tier
@@ -3690,31 +3816,53 @@ CREATE FUNCTION @extschema@.statement(program text, account_key text, period_end
 RETURNS TABLE (section text, item text, value text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
     prog @extschema@.program;
     pstart date;
     t text;
     since date;
     m numeric;
     nxt record;
+    outcome text;
     zone_end timestamptz;
     zone_start timestamptz;
 BEGIN
-    IF account_key IS NULL THEN
-        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    e := coalesce(e, @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = statement.program),
+                                                     period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
-    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.statement(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name = statement.program;
+    pid := prog.program_id;
     pstart := @extschema@._period_start(pid, period_end);
     zone_start := pstart::timestamp AT TIME ZONE prog.time_zone;
     zone_end := (period_end + 1)::timestamp AT TIME ZONE prog.time_zone;
-    t := @extschema@._tier_at(pid, account_key, period_end);
+    -- the tier the period's settlement decided (in force from the day it
+    -- ran), or, for a period not settled yet, the tier of its last day
+    SELECT s.new_tier, s.outcome, s.measure INTO t, outcome, m FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.account_key = statement.account_key AND s.period_end = statement.period_end;
+    IF NOT FOUND THEN
+        t := @extschema@._tier_at(pid, account_key, period_end);
+        m := @extschema@._measure(pid, account_key, period_end);
+        outcome := 'not settled yet';
+    END IF;
     SELECT max(h.effective_from) INTO since FROM @extschema@.tier_history h
-    WHERE h.program_id = pid AND h.account_key = statement.account_key AND h.effective_from <= period_end;
-    m := @extschema@._measure(pid, account_key, period_end);
-    SELECT * INTO nxt FROM @extschema@.next_tier(prog.ladder, m);
+    WHERE h.program_id = pid AND h.account_key = statement.account_key AND h.new_tier = t;
+    -- the next tier above the account's tier (or above what it measures)
+    SELECT x.name, x.threshold, greatest(x.threshold - m, 0) AS gap INTO nxt
+    FROM @extschema@.tiers(prog.ladder) x
+    WHERE x.rank > greatest(coalesce((SELECT y.rank FROM @extschema@.tiers(prog.ladder) y WHERE y.name = t), 0),
+                            coalesce(@extschema@.tier_rank(prog.ladder, m), 0))
+    ORDER BY x.rank LIMIT 1;
 
     RETURN QUERY VALUES ('period', 'from', pstart::text), ('period', 'to', period_end::text),
-                        ('tier', 'tier', t), ('tier', 'since', since::text),
+                        ('tier', 'tier', t), ('tier', 'since', since::text), ('tier', 'settlement', outcome),
                         ('tier', 'measure (' || prog.tier_basis || ', rolling window)', m::text),
                         ('progress', 'next tier', nxt.name), ('progress', 'threshold', nxt.threshold::text),
                         ('progress', 'missing', nxt.gap::text);
@@ -3762,7 +3910,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.statement(text, text, date) IS
-    'The partner statement (QBR) of an account for the settlement period ending on period_end, as (section, item, value) rows: tier and since when, the measure and what is missing to the next tier, points earned by ERP table and kind, redeemed, expired, expiring soon, balance, rebates, benefits, and what the next tier unlocks.';
+    'The partner statement (QBR) of an account for the settlement period ending on period_end, as (section, item, value) rows: the tier the period''s settlement decided (or, not settled yet, the tier of its last day) and since when, the measure and what is missing to the next tier above it, points earned by ERP table and kind, redeemed, expired, expiring soon, balance, rebates, benefits, and what the next tier unlocks.';
 
 GRANT SELECT ON @extschema@.tier_requirement, @extschema@.tier_grant, @extschema@.tier_benefit, @extschema@.account_benefits
 TO loyalty_reader, loyalty_operator, loyalty_admin;

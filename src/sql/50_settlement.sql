@@ -65,39 +65,53 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN pg_catalog.make_interval(months => CASE period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END);
 COMMENT ON FUNCTION @extschema@._period_length(text) IS 'Internal: the length of a settlement period (month, quarter, year).';
 
--- The period a date ends, or an error that names the valid ones.
+-- The first day of the period that period_end ends (NULL when it ends
+-- none), and the problems of the arguments the public functions report
+-- themselves (so that their errors name no internal helper): NULL when
+-- fine, else {SQLSTATE, message, detail, hint}.
 CREATE FUNCTION @extschema@._period_start(program_id integer, period_end date) RETURNS date
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    per text;
-    nxt date := period_end + 1;
-    ok boolean;
-    last_end date;
-BEGIN
-    SELECT p.settlement_period INTO per FROM @extschema@.program p WHERE p.program_id = _period_start.program_id;
-    IF period_end IS NULL OR NOT isfinite(period_end) THEN
-        RAISE EXCEPTION 'period_end must be a date'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'period_end is the last day of the settlement period.',
-                  HINT = 'For example loyalty.settle(''Distributor Club'', ''2025-03-31'').';
-    END IF;
-    ok := date_trunc('month', nxt)::date = nxt
-          AND CASE per WHEN 'month' THEN true
-                       WHEN 'quarter' THEN extract(month FROM nxt) IN (1, 4, 7, 10)
-                       ELSE extract(month FROM nxt) = 1 END;
-    IF NOT ok THEN
-        last_end := (date_trunc(per, period_end::timestamp) - interval '1 day')::date;
-        RAISE EXCEPTION '% is not the last day of a %', period_end, per
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = pg_catalog.format('The program settles by %s; period_end is the last day of one.', per),
-                  HINT = pg_catalog.format('The %s around it ends on %s; the one before ended on %s.', per,
-                             (date_trunc(per, period_end::timestamp) + @extschema@._period_length(per) - interval '1 day')::date,
-                             last_end);
-    END IF;
-    RETURN (nxt - @extschema@._period_length(per))::date;
-END
-$$;
-COMMENT ON FUNCTION @extschema@._period_start(integer, date) IS 'Internal: the first day of the settlement period ending on period_end; an error when period_end is not the last day of one of the program''s periods.';
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT CASE WHEN pg_catalog.isfinite(period_end)
+                         AND pg_catalog.date_trunc('month', (period_end OPERATOR(pg_catalog.+) 1)::timestamp)
+                             OPERATOR(pg_catalog.=) (period_end OPERATOR(pg_catalog.+) 1)::timestamp
+                         AND (pg_catalog.date_part('month', period_end OPERATOR(pg_catalog.+) 1)::integer
+                              OPERATOR(pg_catalog.%) CASE p.settlement_period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END)
+                             OPERATOR(pg_catalog.=) (1 OPERATOR(pg_catalog.%) CASE p.settlement_period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END)
+                    THEN ((period_end OPERATOR(pg_catalog.+) 1)::timestamp
+                          OPERATOR(pg_catalog.-) @extschema@._period_length(p.settlement_period))::date END
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_start.program_id);
+COMMENT ON FUNCTION @extschema@._period_start(integer, date) IS 'Internal: the first day of the settlement period ending on period_end; NULL when period_end is not the last day of one of the program''s periods.';
+
+CREATE FUNCTION @extschema@._program_problem(program text) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN program IS NULL
+            THEN ARRAY['22004', 'program must not be NULL',
+                       'program is the name of a loyalty program, as given to loyalty.create_program().',
+                       'List programs with SELECT name FROM loyalty.program.']
+            WHEN NOT EXISTS (SELECT FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program)
+            THEN ARRAY['42704', pg_catalog.format('loyalty program "%s" does not exist', program),
+                       'program names no program of this database (names are case-sensitive).',
+                       'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.'] END;
+COMMENT ON FUNCTION @extschema@._program_problem(text) IS 'Internal: what is wrong with a program argument (NULL, unknown) as {SQLSTATE, message, detail, hint}; NULL when it names a program.';
+
+CREATE FUNCTION @extschema@._period_end_problem(program_id integer, period_end date) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT CASE WHEN period_end IS NULL OR NOT pg_catalog.isfinite(period_end)
+                    THEN ARRAY[CASE WHEN period_end IS NULL THEN '22004' ELSE '22023' END,
+                               'period_end must be a date, not ' || coalesce(period_end::text, 'NULL'),
+                               'period_end is the last day of a settlement period of the program.',
+                               'For example period_end => ''2025-03-31''.']
+                    WHEN @extschema@._period_start(program_id, period_end) IS NULL
+                    THEN ARRAY['22023', pg_catalog.format('period_end %s is not the last day of a %s', period_end, p.settlement_period),
+                               pg_catalog.format('Program "%s" settles by %s; period_end is the last day of one.', p.name, p.settlement_period),
+                               pg_catalog.format('The %s around it ends on %s; the one before ended on %s.', p.settlement_period,
+                                   (pg_catalog.date_trunc(p.settlement_period, period_end::timestamp)
+                                    OPERATOR(pg_catalog.+) @extschema@._period_length(p.settlement_period)
+                                    OPERATOR(pg_catalog.-) '1 day'::interval)::date,
+                                   (pg_catalog.date_trunc(p.settlement_period, period_end::timestamp)
+                                    OPERATOR(pg_catalog.-) '1 day'::interval)::date)] END
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_end_problem.program_id);
+COMMENT ON FUNCTION @extschema@._period_end_problem(integer, date) IS 'Internal: what is wrong with a period_end argument (NULL, not finite, not the last day of one of the program''s periods) as {SQLSTATE, message, detail, hint}; NULL when fine.';
 
 -- The tier decision of every account, one statement (one snapshot): what
 -- the run counted and what each account qualifies for, into
@@ -265,8 +279,9 @@ COMMENT ON FUNCTION @extschema@._settle_tiers(integer, date) IS 'Internal: write
 CREATE FUNCTION @extschema@.settle(program text, period_end date) RETURNS @extschema@.settlement_run
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    pid integer;
     pstart date;
+    e text[];
     run @extschema@.settlement_run;
     later date;
     n bigint;
@@ -274,12 +289,21 @@ DECLARE
     expired bigint;
     rebates numeric;
     mdf numeric;
+    jit_was text;
 BEGIN
+    e := coalesce(@extschema@._program_problem(program),
+                  @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = settle.program),
+                                                  period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = settle.program;
     pstart := @extschema@._period_start(pid, period_end);
     IF period_end >= @extschema@._today(pid) THEN
-        RAISE EXCEPTION 'the % ending % has not ended yet', (SELECT p.settlement_period FROM @extschema@.program p WHERE p.program_id = pid), period_end
+        RAISE EXCEPTION 'the % ending on period_end % has not ended yet', (SELECT p.settlement_period FROM @extschema@.program p WHERE p.program_id = pid), period_end
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('Today is %s in the program''s time zone; invoices of the period may still arrive.', @extschema@._today(pid)),
+                  DETAIL = pg_catalog.format('Invoices dated in the period may still arrive until its last day has passed in the program''s time zone (%s).',
+                                             (SELECT p.time_zone FROM @extschema@.program p WHERE p.program_id = pid)),
                   HINT = 'Settle it on the day after its last day or later; loyalty.settle_due() settles every period that has ended.';
     END IF;
     -- one settlement of the program at a time: a second call waits here,
@@ -288,7 +312,7 @@ BEGIN
     SELECT * INTO run FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end = settle.period_end;
     IF FOUND THEN
         RAISE NOTICE 'program "%" is already settled for the period ending %', program, period_end
-            USING DETAIL = pg_catalog.format('The run finished at %s; a period is settled once.', run.finished_at);
+            USING DETAIL = 'A period is settled once; its run is in loyalty.settlement_run.';
         RETURN run;
     END IF;
     SELECT max(r.period_end) INTO later FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end > settle.period_end;
@@ -299,6 +323,11 @@ BEGIN
                   HINT = 'Nothing to do: late documents of earlier periods are carried into the next run.';
     END IF;
     PERFORM @extschema@._tier_lock(pid);
+    -- the pass is one cheap scan, but its plan is costed high enough to be
+    -- JIT-compiled, which costs more than the pass: off for this run
+    -- (restored below; an error rolls the setting back with the run)
+    jit_was := pg_catalog.current_setting('jit');
+    PERFORM pg_catalog.set_config('jit', 'off', true);
 
     n := @extschema@._settle_accounts(pid, pstart, period_end);
     RAISE NOTICE 'settle "%" %..%: % accounts counted', program, pstart, period_end, n;
@@ -323,6 +352,7 @@ BEGIN
     FROM @extschema@.settlement_account s
     WHERE s.program_id = pid AND s.period_end = settle.period_end
     RETURNING * INTO run;
+    PERFORM pg_catalog.set_config('jit', jit_was, true);
     RETURN run;
 END
 $$;
@@ -341,9 +371,11 @@ DECLARE
     first_start date;
     cur_start date;
     step interval;
+    e text[];
 BEGIN
-    IF program IS NOT NULL THEN
-        PERFORM @extschema@._program_id(program);
+    IF program IS NOT NULL AND @extschema@._program_problem(program) IS NOT NULL THEN
+        e := @extschema@._program_problem(program);
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3] || ' NULL settles every program.', HINT = e[4];
     END IF;
     FOR p IN SELECT x.program_id, x.name, x.settlement_period, x.created_at, x.time_zone FROM @extschema@.program x
              WHERE settle_due.program IS NULL OR x.name = settle_due.program ORDER BY x.program_id LOOP
@@ -374,37 +406,33 @@ COMMENT ON FUNCTION @extschema@.settle_due(text) IS
 -- pg_cron: one named job per program, as the caller (the job then runs as
 -- the caller: a role that may settle).
 CREATE FUNCTION @extschema@._cron_schema() RETURNS name
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    nsp name;
-BEGIN
-    SELECT n.nspname INTO nsp FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-    WHERE e.extname = 'pg_cron';
-    IF nsp IS NULL THEN
-        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'Scheduled settlement runs as a pg_cron job; the extension pg_cron is not created in this database.',
-                  HINT = pg_catalog.format('Install the package postgresql-15-cron, set shared_preload_libraries = ''pg_cron'' and cron.database_name = %L in postgresql.conf, restart the server, then run CREATE EXTENSION pg_cron in this database. Without pg_cron, call SELECT * FROM loyalty.settle_due() from any scheduler.', current_database());
-    END IF;
-    RETURN nsp;
-END
-$$;
-COMMENT ON FUNCTION @extschema@._cron_schema() IS 'Internal: the schema of pg_cron in this database, or an error that says how to install it.';
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+        WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron');
+COMMENT ON FUNCTION @extschema@._cron_schema() IS 'Internal: the schema of pg_cron in this database; NULL when it is not created here.';
 
 CREATE FUNCTION @extschema@.schedule_settlement(program text, cron text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    nsp name := @extschema@._cron_schema();
+    nsp name;
     job bigint;
+    e text[] := @extschema@._program_problem(program);
 BEGIN
-    IF program IS NULL OR NOT EXISTS (SELECT FROM @extschema@.program p WHERE p.name = schedule_settlement.program) THEN
-        PERFORM @extschema@._program_id(program);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
     IF cron IS NULL THEN
         RAISE EXCEPTION 'cron must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
                   DETAIL = 'cron is a pg_cron schedule, e.g. ''0 2 * * *'' (every day at 02:00).',
                   HINT = 'settle_due() settles only periods that have ended, so a daily schedule settles each period once, the night after it ends.';
+    END IF;
+    nsp := @extschema@._cron_schema();
+    IF nsp IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('The settlement of program "%s" would run as a pg_cron job; the extension pg_cron is not created in this database.', program),
+                  HINT = pg_catalog.format('Install the package postgresql-15-cron, set shared_preload_libraries = ''pg_cron'' and cron.database_name = %L in postgresql.conf, restart the server, then run CREATE EXTENSION pg_cron in this database. Without pg_cron, call SELECT * FROM loyalty.settle_due() from any scheduler.', current_database());
     END IF;
     -- pg_cron replaces the schedule of a job of the same name: idempotent
     EXECUTE pg_catalog.format('SELECT %I.schedule($1, $2, $3)', nsp)
@@ -420,9 +448,20 @@ COMMENT ON FUNCTION @extschema@.schedule_settlement(text, text) IS
 CREATE FUNCTION @extschema@.unschedule_settlement(program text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    nsp name := @extschema@._cron_schema();
+    nsp name;
     done boolean;
+    e text[] := @extschema@._program_problem(program);
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    nsp := @extschema@._cron_schema();
+    IF nsp IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('No job loyalty-settle-%s can exist without pg_cron.', program),
+                  HINT = 'Nothing to unschedule.';
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                    WHERE n.nspname = nsp AND c.relname = 'job') THEN
         RETURN false;
@@ -446,5 +485,6 @@ REVOKE ALL ON FUNCTION @extschema@.settle(text, date), @extschema@.settle_due(te
 GRANT EXECUTE ON FUNCTION @extschema@.settle(text, date), @extschema@.settle_due(text) TO loyalty_operator, loyalty_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.schedule_settlement(text, text), @extschema@.unschedule_settlement(text) TO loyalty_admin;
 REVOKE ALL ON FUNCTION @extschema@._settle_lock(integer), @extschema@._tier_lock(integer), @extschema@._period_length(text),
+                      @extschema@._program_problem(text), @extschema@._period_end_problem(integer, date),
                       @extschema@._period_start(integer, date), @extschema@._settle_accounts(integer, date, date),
                       @extschema@._settle_tiers(integer, date), @extschema@._cron_schema() FROM PUBLIC;

@@ -149,24 +149,39 @@ CREATE FUNCTION @extschema@.set_tier_rules(program text, basis text DEFAULT NULL
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
     cur @extschema@.program;
     v_basis text;
     v_grace text;
     v_value numeric;
 BEGIN
-    SELECT * INTO cur FROM @extschema@.program p WHERE p.program_id = pid;
-    IF basis IS NOT NULL THEN
-        PERFORM @extschema@._check_choice('basis', basis, ARRAY['qualifying', 'points', 'action']);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
-    IF grace IS NOT NULL THEN
-        PERFORM @extschema@._check_choice('grace', grace, ARRAY['none', 'one_level', 'margin', 'periods']);
+    SELECT * INTO cur FROM @extschema@.program p WHERE p.name = set_tier_rules.program;
+    IF basis IS NOT NULL AND basis <> ALL (ARRAY['qualifying', 'points', 'action']) THEN
+        RAISE EXCEPTION 'invalid value for basis: %', quote_literal(basis)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'basis must be one of qualifying, points, action (NULL keeps the current one).',
+                  HINT = 'For example basis => ''qualifying''.';
+    END IF;
+    IF grace IS NOT NULL AND grace <> ALL (ARRAY['none', 'one_level', 'margin', 'periods']) THEN
+        RAISE EXCEPTION 'invalid value for grace: %', quote_literal(grace)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'grace must be one of none, one_level, margin, periods (NULL keeps the current one).',
+                  HINT = 'For example grace => ''one_level''.';
+    END IF;
+    IF action = '' OR (action IS NOT NULL AND coalesce(basis, cur.tier_basis) <> 'action') THEN
+        RAISE EXCEPTION 'action % is counted only with basis action', quote_literal(action)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'action names the action whose count the ladder''s thresholds measure when basis is action; extra requirements of a tier go to loyalty.set_tier_requirement().',
+                  HINT = 'For example basis => ''action'', action => ''certification''.';
     END IF;
     v_basis := coalesce(basis, cur.tier_basis);
     v_grace := coalesce(grace, cur.tier_grace);
     v_value := coalesce(grace_value, CASE WHEN v_grace = cur.tier_grace THEN cur.tier_grace_value END);
     IF v_basis = 'action' AND coalesce(action, cur.tier_action) IS NULL THEN
-        RAISE EXCEPTION 'basis action needs the action to count'
+        RAISE EXCEPTION 'basis action needs the action to count (action is NULL)'
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'With basis => ''action'' the ladder''s thresholds are counts of one action in the window.',
                   HINT = 'For example loyalty.set_tier_rules(''Partner Network'', basis => ''action'', action => ''certification'').';
@@ -194,7 +209,7 @@ BEGIN
         tier_action = CASE WHEN v_basis = 'action' THEN coalesce(set_tier_rules.action, cur.tier_action) END,
         tier_grace = v_grace,
         tier_grace_value = CASE WHEN v_grace IN ('margin', 'periods') THEN v_value END
-    WHERE p.program_id = pid;
+    WHERE p.program_id = cur.program_id;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_tier_rules(text, text, text, text, numeric) IS
@@ -204,8 +219,18 @@ CREATE FUNCTION @extschema@.set_tier_requirement(program text, tier text, action
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = set_tier_requirement.program;
+    IF tier IS NULL THEN
+        RAISE EXCEPTION 'tier must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'tier names the ladder tier the requirement gates.',
+            HINT = 'For example loyalty.set_tier_requirement(''Partner Network'', ''Gold'', ''certification'', 2).';
+    END IF;
     IF NOT EXISTS (SELECT FROM @extschema@.program p, @extschema@.tiers(p.ladder) t
                    WHERE p.program_id = pid AND t.name = set_tier_requirement.tier) THEN
         RAISE EXCEPTION 'tier "%" is not on the ladder of program "%"', tier, program
@@ -215,9 +240,15 @@ BEGIN
     END IF;
     IF action IS NULL OR action = '' THEN
         RAISE EXCEPTION 'action must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'action names the action counted (as the program records actions).',
             HINT = 'For example action => ''certification''.';
     END IF;
-    IF coalesce(min_count, 0) <= 0 THEN
+    IF min_count < 0 THEN
+        RAISE EXCEPTION 'min_count must be positive, not %', min_count USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'min_count is the fewest actions in the window that qualify; 0 or NULL removes the requirement.',
+            HINT = 'For example min_count => 2.';
+    END IF;
+    IF coalesce(min_count, 0) = 0 THEN
         DELETE FROM @extschema@.tier_requirement r
         WHERE r.program_id = pid AND r.tier = set_tier_requirement.tier AND r.action = set_tier_requirement.action;
     ELSE
@@ -234,11 +265,17 @@ CREATE FUNCTION @extschema@.set_benefit(program text, tier text, benefit text, v
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = set_benefit.program;
     IF tier IS NULL OR tier = '' OR benefit IS NULL THEN
-        RAISE EXCEPTION '% must not be NULL', CASE WHEN benefit IS NULL THEN 'benefit' ELSE 'tier' END
+        RAISE EXCEPTION '% must not be NULL or empty', CASE WHEN benefit IS NULL THEN 'benefit' ELSE 'tier' END
             USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'tier names a ladder tier or a benefit-only tier; benefit names the entitlement.',
                   HINT = 'For example loyalty.set_benefit(''Distributor Club'', ''Gold'', ''payment_terms_days'', ''45'').';
     END IF;
     IF value IS NULL THEN
@@ -247,7 +284,7 @@ BEGIN
         RETURN;
     END IF;
     IF benefit !~ '^[a-z][a-z0-9_]{0,62}$' OR NOT @extschema@._valid_benefit(benefit, value) THEN
-        RAISE EXCEPTION 'invalid value % for benefit "%"', value, benefit
+        RAISE EXCEPTION 'invalid benefit "%" or value %', benefit, value
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'payment_terms_days: whole days 0 to 3650; support_sla_hours: a positive number; mdf_rate: a fraction 0 to 1; priority_shipping, early_access, dedicated_account_manager: true or false; other names (lower case, digits, _): a number, string or boolean.',
                   HINT = 'For example loyalty.set_benefit(''Distributor Club'', ''Gold'', ''mdf_rate'', ''0.02'').';
@@ -298,8 +335,19 @@ CREATE FUNCTION @extschema@.grant_tier(program text, account_key text, tier text
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = grant_tier.program;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = grant_tier.account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', coalesce(account_key, 'NULL'), program
+            USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
+                  DETAIL = 'A tier is granted to an enrolled account.',
+                  HINT = 'Enrol it first with loyalty.enroll().';
+    END IF;
     IF tier IS NULL OR NOT (EXISTS (SELECT FROM @extschema@.program p, @extschema@.tiers(p.ladder) t
                                     WHERE p.program_id = pid AND t.name = grant_tier.tier)
                             OR EXISTS (SELECT FROM @extschema@.tier_benefit b
@@ -323,13 +371,19 @@ CREATE FUNCTION @extschema@.revoke_tier(program text, account_key text)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
     qualified text;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = revoke_tier.program;
     DELETE FROM @extschema@.tier_grant g WHERE g.program_id = pid AND g.account_key = revoke_tier.account_key;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'account "%" holds no tier granted by hand in program "%"', account_key, program
-            USING ERRCODE = 'no_data_found',
+        RAISE EXCEPTION 'account_key "%" holds no tier granted by hand in program "%"', coalesce(account_key, 'NULL'), program
+            USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
+                  DETAIL = 'revoke_tier ends a tier given with loyalty.grant_tier().',
                   HINT = 'Granted tiers: SELECT * FROM loyalty.tier_grant.';
     END IF;
     -- back to what the account qualifies for today
@@ -345,12 +399,24 @@ COMMENT ON FUNCTION @extschema@.revoke_tier(text, text) IS
 -- As of a date.  Checks its own arguments.
 CREATE FUNCTION @extschema@.tier(program text, account_key text, as_of date) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
 BEGIN
-    IF as_of IS NULL THEN
-        RAISE EXCEPTION 'as_of must not be NULL' USING ERRCODE = 'null_value_not_allowed',
-            HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.tier(program, account_key).';
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
-    RETURN @extschema@._tier_at(@extschema@._program_id(program), account_key, as_of);
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose tier is asked for.',
+                  HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.tier(program, account_key).';
+    END IF;
+    RETURN @extschema@._tier_at((SELECT p.program_id FROM @extschema@.program p WHERE p.name = tier.program), account_key, as_of);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.tier(text, text, date) IS
@@ -360,15 +426,25 @@ CREATE FUNCTION @extschema@.balance(program text, account_key text, as_of date,
                                     OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
     zone text;
 BEGIN
-    IF as_of IS NULL OR account_key IS NULL THEN
-        RAISE EXCEPTION '% must not be NULL', CASE WHEN as_of IS NULL THEN 'as_of' ELSE 'account_key' END
-            USING ERRCODE = 'null_value_not_allowed',
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose closing balance is asked for.',
                   HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.balance(program, account_key).';
     END IF;
-    SELECT p.time_zone INTO zone FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT p.program_id, p.time_zone INTO pid, zone FROM @extschema@.program p WHERE p.name = balance.program;
     -- the ledger as it stood at the end of as_of in the program's calendar
     SELECT coalesce(sum(l.points), 0), coalesce(sum(l.qualifying), 0) INTO points, qualifying
     FROM @extschema@.ledger l
@@ -391,8 +467,18 @@ CREATE FUNCTION @extschema@.benefits(program text, account_key text)
 RETURNS TABLE (benefit text, value pg_catalog.jsonb, tier text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
 BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.benefits(''Distributor Club'', ''1042'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = benefits.program;
     RETURN QUERY
     SELECT b.benefit, b.value, b.tier
     FROM @extschema@.account a JOIN @extschema@.tier_benefit b ON b.program_id = a.program_id AND b.tier = a.tier
@@ -409,31 +495,53 @@ CREATE FUNCTION @extschema@.statement(program text, account_key text, period_end
 RETURNS TABLE (section text, item text, value text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    pid integer := @extschema@._program_id(program);
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
     prog @extschema@.program;
     pstart date;
     t text;
     since date;
     m numeric;
     nxt record;
+    outcome text;
     zone_end timestamptz;
     zone_start timestamptz;
 BEGIN
-    IF account_key IS NULL THEN
-        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    e := coalesce(e, @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = statement.program),
+                                                     period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
-    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.statement(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name = statement.program;
+    pid := prog.program_id;
     pstart := @extschema@._period_start(pid, period_end);
     zone_start := pstart::timestamp AT TIME ZONE prog.time_zone;
     zone_end := (period_end + 1)::timestamp AT TIME ZONE prog.time_zone;
-    t := @extschema@._tier_at(pid, account_key, period_end);
+    -- the tier the period's settlement decided (in force from the day it
+    -- ran), or, for a period not settled yet, the tier of its last day
+    SELECT s.new_tier, s.outcome, s.measure INTO t, outcome, m FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.account_key = statement.account_key AND s.period_end = statement.period_end;
+    IF NOT FOUND THEN
+        t := @extschema@._tier_at(pid, account_key, period_end);
+        m := @extschema@._measure(pid, account_key, period_end);
+        outcome := 'not settled yet';
+    END IF;
     SELECT max(h.effective_from) INTO since FROM @extschema@.tier_history h
-    WHERE h.program_id = pid AND h.account_key = statement.account_key AND h.effective_from <= period_end;
-    m := @extschema@._measure(pid, account_key, period_end);
-    SELECT * INTO nxt FROM @extschema@.next_tier(prog.ladder, m);
+    WHERE h.program_id = pid AND h.account_key = statement.account_key AND h.new_tier = t;
+    -- the next tier above the account's tier (or above what it measures)
+    SELECT x.name, x.threshold, greatest(x.threshold - m, 0) AS gap INTO nxt
+    FROM @extschema@.tiers(prog.ladder) x
+    WHERE x.rank > greatest(coalesce((SELECT y.rank FROM @extschema@.tiers(prog.ladder) y WHERE y.name = t), 0),
+                            coalesce(@extschema@.tier_rank(prog.ladder, m), 0))
+    ORDER BY x.rank LIMIT 1;
 
     RETURN QUERY VALUES ('period', 'from', pstart::text), ('period', 'to', period_end::text),
-                        ('tier', 'tier', t), ('tier', 'since', since::text),
+                        ('tier', 'tier', t), ('tier', 'since', since::text), ('tier', 'settlement', outcome),
                         ('tier', 'measure (' || prog.tier_basis || ', rolling window)', m::text),
                         ('progress', 'next tier', nxt.name), ('progress', 'threshold', nxt.threshold::text),
                         ('progress', 'missing', nxt.gap::text);
@@ -481,7 +589,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.statement(text, text, date) IS
-    'The partner statement (QBR) of an account for the settlement period ending on period_end, as (section, item, value) rows: tier and since when, the measure and what is missing to the next tier, points earned by ERP table and kind, redeemed, expired, expiring soon, balance, rebates, benefits, and what the next tier unlocks.';
+    'The partner statement (QBR) of an account for the settlement period ending on period_end, as (section, item, value) rows: the tier the period''s settlement decided (or, not settled yet, the tier of its last day) and since when, the measure and what is missing to the next tier above it, points earned by ERP table and kind, redeemed, expired, expiring soon, balance, rebates, benefits, and what the next tier unlocks.';
 
 GRANT SELECT ON @extschema@.tier_requirement, @extschema@.tier_grant, @extschema@.tier_benefit, @extschema@.account_benefits
 TO loyalty_reader, loyalty_operator, loyalty_admin;
