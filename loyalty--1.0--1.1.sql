@@ -3237,9 +3237,13 @@ COMMENT ON FUNCTION @extschema@.settle_due(text) IS
 -- the caller: a role that may settle).
 CREATE FUNCTION @extschema@._cron_schema() RETURNS name
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
-        WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron');
-COMMENT ON FUNCTION @extschema@._cron_schema() IS 'Internal: the schema of pg_cron in this database; NULL when it is not created here.';
+RETURN (SELECT n.nspname FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_depend d ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+                                   AND d.refobjid OPERATOR(pg_catalog.=) e.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                                   AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+        JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) d.objid
+        WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron' LIMIT 1);
+COMMENT ON FUNCTION @extschema@._cron_schema() IS 'Internal: the schema pg_cron created in this database (cron), as the extension''s own member; NULL when pg_cron is not created here.';
 
 CREATE FUNCTION @extschema@.schedule_settlement(program text, cron text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
