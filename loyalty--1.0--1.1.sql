@@ -2953,6 +2953,9 @@ DECLARE
     prev_end date;
     cutoff timestamptz;
     win_start date;
+    names text[];
+    thresholds numeric[];
+    has_req boolean;
     n bigint;
 BEGIN
     SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
@@ -2961,26 +2964,45 @@ BEGIN
     cutoff := period_start::timestamp AT TIME ZONE prog.time_zone;
     win_start := (date_trunc('month', period_end::timestamp)
                   - make_interval(months => @extschema@._window_months(prog.qualification_window) - 1))::date;
+    -- the ladder by rank (1 = lowest), for array look-ups instead of joins
+    SELECT array_agg(t.name ORDER BY t.rank), array_agg(t.threshold ORDER BY t.rank)
+    INTO names, thresholds FROM @extschema@.tiers(prog.ladder) t;
+    has_req := EXISTS (SELECT FROM @extschema@.tier_requirement r WHERE r.program_id = pid);
+
     INSERT INTO @extschema@.settlement_account AS s
         (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
          period_points, carried_points, measure, old_tier, qualified_tier, new_tier, periods_below, outcome)
+    -- The month sums of every account, summed over the three ranges the run
+    -- needs.  These are the per-month arrays loyalty.accrual_month unnests
+    -- (folded rows and deltas not folded yet), summed row by row: grouping
+    -- them by month first, as the view does, costs ten times more and is
+    -- not needed for sums over ranges.
     WITH m AS (
-        SELECT m.account_key,
-               sum(m.qualifying) FILTER (WHERE m.month <= period_end) AS q_to_date,
-               sum(m.points) FILTER (WHERE m.month <= period_end) AS p_to_date,
-               sum(m.qualifying) FILTER (WHERE m.month >= period_start AND m.month <= period_end) AS q_period,
-               sum(m.points) FILTER (WHERE m.month >= period_start AND m.month <= period_end) AS p_period,
-               sum(m.qualifying) FILTER (WHERE m.month >= win_start AND m.month <= period_end) AS q_window,
-               sum(m.points) FILTER (WHERE m.month >= win_start AND m.month <= period_end) AS p_window
-        FROM @extschema@.accrual_month m
-        WHERE m.program_id = pid AND m.month <= period_end
-        GROUP BY m.account_key),
+        SELECT u.account_key, sum(u.q_to_date) AS q_to_date, sum(u.p_to_date) AS p_to_date,
+               sum(u.q_period) AS q_period, sum(u.p_period) AS p_period,
+               sum(u.q_window) AS q_window, sum(u.p_window) AS p_window
+        FROM (SELECT f.account_key, f.m_month, f.m_qualifying, f.m_points
+              FROM @extschema@.balance_folded f WHERE f.program_id = pid
+              UNION ALL
+              SELECT d.account_key, d.m_month, d.m_qualifying, d.m_points
+              FROM @extschema@.balance_delta d WHERE d.program_id = pid) b,
+             LATERAL (SELECT b.account_key,
+                             sum(x.q) FILTER (WHERE x.month <= period_end) AS q_to_date,
+                             sum(x.p) FILTER (WHERE x.month <= period_end) AS p_to_date,
+                             sum(x.q) FILTER (WHERE x.month >= period_start AND x.month <= period_end) AS q_period,
+                             sum(x.p) FILTER (WHERE x.month >= period_start AND x.month <= period_end) AS p_period,
+                             sum(x.q) FILTER (WHERE x.month >= win_start AND x.month <= period_end) AS q_window,
+                             sum(x.p) FILTER (WHERE x.month >= win_start AND x.month <= period_end) AS p_window
+                      FROM unnest(b.m_month, b.m_qualifying, b.m_points) AS x(month, q, p)) u
+        GROUP BY u.account_key),
     -- upgrades on accrual recorded in the period or after it (a run late
     -- after the period's end): they stand until the next period's end
     recent AS (
         SELECT DISTINCT h.account_key, h.new_tier
         FROM @extschema@.tier_history h
         WHERE h.program_id = pid AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= cutoff),
+    granted AS (
+        SELECT g.account_key FROM @extschema@.tier_grant g WHERE g.program_id = pid),
     prev AS (
         SELECT x.account_key, x.qualifying_to_date, x.points_to_date, x.periods_below
         FROM @extschema@.settlement_account x
@@ -2991,11 +3013,9 @@ BEGIN
               UNION SELECT prog.tier_action WHERE prog.tier_action IS NOT NULL) a,
              LATERAL (SELECT x.account_key, a.action, x.actions
                       FROM @extschema@._action_counts(pid, a.action, win_start, period_end + 1) x) c),
-    ladder AS (
-        SELECT t.rank, t.name, t.threshold FROM @extschema@.tiers(prog.ladder) t),
     base AS (
         SELECT coalesce(a.account_key, m.account_key, pv.account_key) AS account_key,
-               a.account_key IS NOT NULL AS enrolled, a.tier, a.tier_since,
+               a.account_key IS NOT NULL AS enrolled, a.tier,
                coalesce(m.q_to_date, 0) AS q_to_date, coalesce(m.p_to_date, 0) AS p_to_date,
                coalesce(m.q_period, 0) AS q_period, coalesce(m.p_period, 0) AS p_period,
                CASE prog.tier_basis WHEN 'qualifying' THEN coalesce(m.q_window, 0)
@@ -3005,29 +3025,32 @@ BEGIN
                                                      AND c.action = prog.tier_action), 0) END AS measure,
                coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
                coalesce(pv.periods_below, 0) AS below_prev,
-               EXISTS (SELECT FROM @extschema@.tier_grant g
-                       WHERE g.program_id = pid AND g.account_key = a.account_key) AS granted
+               g.account_key IS NOT NULL AS granted
         FROM (SELECT * FROM @extschema@.account x WHERE x.program_id = pid) a
              FULL JOIN m ON m.account_key = a.account_key
-             FULL JOIN prev pv ON pv.account_key = coalesce(a.account_key, m.account_key)),
+             FULL JOIN prev pv ON pv.account_key = coalesce(a.account_key, m.account_key)
+             LEFT JOIN granted g ON g.account_key = a.account_key),
     ranked AS (
         SELECT b.*,
-               (SELECT l.rank FROM ladder l WHERE l.name = b.tier) AS cur_rank,
-               -- the highest tier whose threshold the measure reaches and
-               -- whose extra requirements the account meets
-               coalesce((SELECT max(l.rank) FROM ladder l
-                         WHERE l.threshold <= b.measure
-                           AND NOT EXISTS (SELECT FROM @extschema@.tier_requirement r
-                                           WHERE r.program_id = pid AND r.tier = l.name
-                                             AND coalesce((SELECT c.actions FROM acts c
-                                                           WHERE c.account_key = b.account_key AND c.action = r.action), 0)
-                                                 < r.min_count)), 0) AS q_rank,
+               array_position(names, b.tier) AS cur_rank,
+               -- the highest tier whose threshold the measure reaches (and,
+               -- when the program has any, whose extra requirements the
+               -- account meets)
+               CASE WHEN NOT has_req THEN coalesce(@extschema@.tier_rank(prog.ladder, b.measure), 0)
+                    ELSE coalesce((SELECT max(l.rank) FROM unnest(names, thresholds) WITH ORDINALITY AS l(name, threshold, rank)
+                                   WHERE l.threshold <= b.measure
+                                     AND NOT EXISTS (SELECT FROM @extschema@.tier_requirement r
+                                                     WHERE r.program_id = pid AND r.tier = l.name
+                                                       AND coalesce((SELECT c.actions FROM acts c
+                                                                     WHERE c.account_key = b.account_key AND c.action = r.action), 0)
+                                                           < r.min_count)), 0) END AS q_rank,
                -- the margin grace: the highest tier kept within the margin
-               coalesce((SELECT max(l.rank) FROM ladder l
-                         WHERE prog.tier_grace = 'margin'
-                           AND l.threshold * (1 - prog.tier_grace_value) <= b.measure), 0) AS margin_rank,
-               EXISTS (SELECT FROM recent x WHERE x.account_key = b.account_key AND x.new_tier = b.tier) AS reached_in_period
-        FROM base b),
+               CASE WHEN prog.tier_grace = 'margin'
+                    THEN coalesce((SELECT max(l.rank) FROM unnest(thresholds) WITH ORDINALITY AS l(threshold, rank)
+                                   WHERE l.threshold * (1 - prog.tier_grace_value) <= b.measure), 0)
+                    ELSE 0 END AS margin_rank,
+               x.account_key IS NOT NULL AS reached_in_period
+        FROM base b LEFT JOIN recent x ON x.account_key = b.account_key AND x.new_tier = b.tier),
     decided AS (
         SELECT r.*,
                CASE WHEN NOT r.enrolled OR prog.ladder IS NULL THEN r.cur_rank
@@ -3042,9 +3065,8 @@ BEGIN
         FROM ranked r)
     SELECT pid, d.account_key, period_end, d.q_to_date, d.p_to_date, d.q_period,
            d.q_to_date - d.q_period - d.q_prev, d.p_period, d.p_to_date - d.p_period - d.p_prev,
-           d.measure, d.tier,
-           (SELECT l.name FROM ladder l WHERE l.rank = d.q_rank),
-           CASE WHEN d.new_rank IS NULL THEN d.tier ELSE (SELECT l.name FROM ladder l WHERE l.rank = d.new_rank) END,
+           d.measure, d.tier, names[d.q_rank],
+           CASE WHEN d.new_rank IS NULL THEN d.tier ELSE names[d.new_rank] END,
            CASE WHEN d.enrolled AND NOT d.granted AND d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
                      AND d.new_rank = d.cur_rank AND NOT d.reached_in_period
                 THEN d.below_prev + 1 ELSE 0 END,
@@ -3077,25 +3099,34 @@ BEGIN
         SELECT s.account_key, s.old_tier, s.new_tier, s.outcome, s.measure
         FROM @extschema@.settlement_account s
         WHERE s.program_id = pid AND s.period_end = _settle_tiers.period_end
-          AND s.outcome IN ('up', 'down', 'grace')
-        ORDER BY s.account_key),
+          AND s.outcome IN ('up', 'down', 'grace')),
     upd AS (
         UPDATE @extschema@.account a SET tier = c.new_tier,
                tier_since = CASE WHEN c.new_tier IS NULL THEN NULL ELSE pg_catalog.now() END
         FROM c
         WHERE a.program_id = pid AND a.account_key = c.account_key AND a.tier IS NOT DISTINCT FROM c.old_tier
-        RETURNING a.account_key)
+        RETURNING a.account_key),
+    -- the latest document date of each account (what loyalty.balance's
+    -- last_doc_date says), and its last change number
+    last_doc AS (
+        SELECT u.account_key, max(u.last_doc_date) AS last_doc_date
+        FROM (SELECT f.account_key, f.last_doc_date FROM @extschema@.balance_folded f WHERE f.program_id = pid
+              UNION ALL
+              SELECT d.account_key, d.last_doc_date FROM @extschema@.balance_delta d WHERE d.program_id = pid) u
+        GROUP BY u.account_key),
+    last_change AS (
+        SELECT h.account_key, max(h.change_no) AS change_no
+        FROM @extschema@.tier_history h WHERE h.program_id = pid GROUP BY h.account_key)
     INSERT INTO @extschema@.tier_history
         (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)
-    SELECT pid, c.account_key,
-           coalesce((SELECT max(h.change_no) FROM @extschema@.tier_history h
-                     WHERE h.program_id = pid AND h.account_key = c.account_key), 0) + 1,
-           greatest(tomorrow, coalesce((SELECT b.last_doc_date + 1 FROM @extschema@.balance b
-                                        WHERE b.program_id = pid AND b.account_key = c.account_key), tomorrow)),
+    SELECT pid, c.account_key, coalesce(lc.change_no, 0) + 1,
+           greatest(tomorrow, ld.last_doc_date + 1),
            c.old_tier, c.new_tier,
            CASE c.outcome WHEN 'up' THEN 'requalification' WHEN 'grace' THEN 'grace' ELSE 'downgrade' END,
            c.measure
     FROM c JOIN upd ON upd.account_key = c.account_key
+         LEFT JOIN last_doc ld ON ld.account_key = c.account_key
+         LEFT JOIN last_change lc ON lc.account_key = c.account_key
     ORDER BY c.account_key;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
