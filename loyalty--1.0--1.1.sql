@@ -3095,20 +3095,10 @@ DECLARE
     n bigint;
     tomorrow date := @extschema@._today(pid) + 1;
 BEGIN
-    WITH c AS (
-        SELECT s.account_key, s.old_tier, s.new_tier, s.outcome, s.measure
-        FROM @extschema@.settlement_account s
-        WHERE s.program_id = pid AND s.period_end = _settle_tiers.period_end
-          AND s.outcome IN ('up', 'down', 'grace')),
-    upd AS (
-        UPDATE @extschema@.account a SET tier = c.new_tier,
-               tier_since = CASE WHEN c.new_tier IS NULL THEN NULL ELSE pg_catalog.now() END
-        FROM c
-        WHERE a.program_id = pid AND a.account_key = c.account_key AND a.tier IS NOT DISTINCT FROM c.old_tier
-        RETURNING a.account_key),
     -- the latest document date of each account (what loyalty.balance's
-    -- last_doc_date says), and its last change number
-    last_doc AS (
+    -- last_doc_date says) and its last change number, joined before the
+    -- update: the rows the update returns are then written as they are
+    WITH last_doc AS (
         SELECT u.account_key, max(u.last_doc_date) AS last_doc_date
         FROM (SELECT f.account_key, f.last_doc_date FROM @extschema@.balance_folded f WHERE f.program_id = pid
               UNION ALL
@@ -3116,18 +3106,28 @@ BEGIN
         GROUP BY u.account_key),
     last_change AS (
         SELECT h.account_key, max(h.change_no) AS change_no
-        FROM @extschema@.tier_history h WHERE h.program_id = pid GROUP BY h.account_key)
+        FROM @extschema@.tier_history h WHERE h.program_id = pid GROUP BY h.account_key),
+    c AS (
+        SELECT s.account_key, s.old_tier, s.new_tier, s.outcome, s.measure,
+               coalesce(lc.change_no, 0) + 1 AS change_no,
+               greatest(tomorrow, ld.last_doc_date + 1) AS effective_from
+        FROM @extschema@.settlement_account s
+             LEFT JOIN last_doc ld ON ld.account_key = s.account_key
+             LEFT JOIN last_change lc ON lc.account_key = s.account_key
+        WHERE s.program_id = pid AND s.period_end = _settle_tiers.period_end
+          AND s.outcome IN ('up', 'down', 'grace')),
+    upd AS (
+        UPDATE @extschema@.account a SET tier = c.new_tier,
+               tier_since = CASE WHEN c.new_tier IS NULL THEN NULL ELSE pg_catalog.now() END
+        FROM c
+        WHERE a.program_id = pid AND a.account_key = c.account_key AND a.tier IS NOT DISTINCT FROM c.old_tier
+        RETURNING c.*)
     INSERT INTO @extschema@.tier_history
         (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)
-    SELECT pid, c.account_key, coalesce(lc.change_no, 0) + 1,
-           greatest(tomorrow, ld.last_doc_date + 1),
-           c.old_tier, c.new_tier,
-           CASE c.outcome WHEN 'up' THEN 'requalification' WHEN 'grace' THEN 'grace' ELSE 'downgrade' END,
-           c.measure
-    FROM c JOIN upd ON upd.account_key = c.account_key
-         LEFT JOIN last_doc ld ON ld.account_key = c.account_key
-         LEFT JOIN last_change lc ON lc.account_key = c.account_key
-    ORDER BY c.account_key;
+    SELECT pid, u.account_key, u.change_no, u.effective_from, u.old_tier, u.new_tier,
+           CASE u.outcome WHEN 'up' THEN 'requalification' WHEN 'grace' THEN 'grace' ELSE 'downgrade' END,
+           u.measure
+    FROM upd u ORDER BY u.account_key;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END

@@ -65,6 +65,7 @@ if [ "${DEMO_ACCRUAL:-1}" = 0 ]; then
 elif has_function attach; then
   log "Distributor Club: program, attach, load with accrual, results (demo/accrual.sql)"
   demo_sql -f "$DEMO_SQL/accrual.sql"
+  has_function settle && { log "quarter-end settlement: tiers, benefits, statement (demo/settlement.sql)"; demo_sql -f "$DEMO_SQL/settlement.sql"; }
 else
   log "accrual part skipped: this build has no loyalty.attach yet; posting the ERP documents without a program"
   demo_sql -f "$DEMO_SQL/load.sql"
