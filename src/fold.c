@@ -509,7 +509,8 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 			"            WHERE h.program_id OPERATOR(pg_catalog.=) $1 AND h.account_key OPERATOR(pg_catalog.=) u.k), 0)"
 			"  OPERATOR(pg_catalog.+) 1,"
 			"  u.eff, u.old_tier, u.new_tier, 'upgrade_on_accrual', u.q"
-			" FROM u JOIN upd ON upd.account_key OPERATOR(pg_catalog.=) u.k ORDER BY u.k", 6, t);
+			" FROM u JOIN upd ON upd.account_key OPERATOR(pg_catalog.=) u.k ORDER BY u.k"
+			" RETURNING account_key", 6, t);
 	}
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = loyalty_text_array(uk, NULL, nu);
@@ -517,9 +518,25 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 	args[3] = loyalty_text_array(un, NULL, nu);
 	args[4] = loyalty_numeric_array(uq, nu);
 	args[5] = loyalty_date_array(ueff, nu);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT, "record tier upgrades");
-	for (i = 0; i < nu; i++)
-		accounts_note_tier((Program *) prog, uk[i], un[i], ueff[i]);
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
+					  "record tier upgrades");
+
+	/*
+	 * Only the accounts whose upgrade was written go to the cache: one that
+	 * moved meanwhile, or holds a tier granted by hand, keeps its tier.  The
+	 * returned keys are a subsequence of uk[] (both in the order of the
+	 * deltas' keys), so one walk matches them.
+	 */
+	for (i = 0, m = 0; i < nu && m < (int) SPI_processed; i++)
+	{
+		char	   *k = SPI_getvalue(SPI_tuptable->vals[m], SPI_tuptable->tupdesc, 1);
+
+		if (strcmp(k, uk[i]) == 0)
+		{
+			accounts_note_tier((Program *) prog, uk[i], un[i], ueff[i]);
+			m++;
+		}
+	}
 	return (int) SPI_processed;
 }
 
