@@ -29,6 +29,8 @@ CREATE TABLE @extschema@.settlement_account (
     outcome            text NOT NULL CHECK (outcome IN ('up', 'down', 'grace', 'held', 'kept', 'same', 'manual')),
     PRIMARY KEY (program_id, account_key, period_end)
 );
+-- a run reads the rows of its own and of the previous period
+CREATE INDEX settlement_account_period ON @extschema@.settlement_account (program_id, period_end);
 COMMENT ON TABLE @extschema@.settlement_account IS 'One row per account and settlement run: the amounts the run counted and its tier decision. The next run counts what was posted since against it (the carried adjustment), so a late document is counted once, by the first run after it.';
 COMMENT ON COLUMN @extschema@.settlement_account.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.settlement_account.account_key IS 'The account.';
@@ -265,25 +267,20 @@ DECLARE
     n bigint;
     tomorrow date := @extschema@._today(pid) + 1;
 BEGIN
-    -- the latest document date of each account (what loyalty.balance's
-    -- last_doc_date says) and its last change number, joined before the
-    -- update: the rows the update returns are then written as they are
-    WITH last_doc AS (
-        SELECT u.account_key, max(u.last_doc_date) AS last_doc_date
-        FROM (SELECT f.account_key, f.last_doc_date FROM @extschema@.balance_folded f WHERE f.program_id = pid
-              UNION ALL
-              SELECT d.account_key, d.last_doc_date FROM @extschema@.balance_delta d WHERE d.program_id = pid) u
-        GROUP BY u.account_key),
-    last_change AS (
-        SELECT h.account_key, max(h.change_no) AS change_no
-        FROM @extschema@.tier_history h WHERE h.program_id = pid GROUP BY h.account_key),
-    c AS (
+    -- the latest document date of each account that moves (what
+    -- loyalty.balance's last_doc_date says) and its last change number:
+    -- index probes per moving account (the run's rows are too fresh for
+    -- the planner to size a join with them)
+    WITH c AS (
         SELECT s.account_key, s.old_tier, s.new_tier, s.outcome, s.measure,
-               coalesce(lc.change_no, 0) + 1 AS change_no,
-               greatest(tomorrow, ld.last_doc_date + 1) AS effective_from
+               coalesce((SELECT max(h.change_no) FROM @extschema@.tier_history h
+                         WHERE h.program_id = pid AND h.account_key = s.account_key), 0) + 1 AS change_no,
+               greatest(tomorrow,
+                        (SELECT f.last_doc_date FROM @extschema@.balance_folded f
+                         WHERE f.program_id = pid AND f.account_key = s.account_key) + 1,
+                        (SELECT max(d.last_doc_date) FROM @extschema@.balance_delta d
+                         WHERE d.program_id = pid AND d.account_key = s.account_key) + 1) AS effective_from
         FROM @extschema@.settlement_account s
-             LEFT JOIN last_doc ld ON ld.account_key = s.account_key
-             LEFT JOIN last_change lc ON lc.account_key = s.account_key
         WHERE s.program_id = pid AND s.period_end = _settle_tiers.period_end
           AND s.outcome IN ('up', 'down', 'grace')),
     upd AS (
