@@ -3992,3 +3992,1246 @@ $$;
 
 COMMENT ON FUNCTION @extschema@._post(integer, text, @extschema@.ledger_kind, bigint, text, numeric, numeric, text, xid8, bigint) IS
 'Internal: posts one ledger entry that does not come from an invoice row (redeem, expire, award, rebate, mdf, adjust) with its balance delta; returns its entry number within the transaction (NULL when there is nothing to post).';
+
+
+-- ---- Settlement: runs, tier re-qualification with grace, tiers as of a date, benefits, statement ----
+-- tier_history: change_no is a per-account counter (no identity: the table
+-- must be distributable by account), and the reasons of settlement.
+-- (the identity's sequence leaves the extension, and pg_dump's list of its
+-- configuration, first)
+ALTER EXTENSION loyalty DROP SEQUENCE @extschema@.tier_history_change_no_seq;
+ALTER TABLE @extschema@.tier_history ALTER COLUMN change_no DROP IDENTITY;
+ALTER TABLE @extschema@.tier_history ADD CONSTRAINT tier_history_change_no_check CHECK (change_no OPERATOR(pg_catalog.>) 0);
+ALTER TABLE @extschema@.tier_history DROP CONSTRAINT tier_history_reason_check;
+ALTER TABLE @extschema@.tier_history ADD CONSTRAINT tier_history_reason_check
+    CHECK (reason IN ('upgrade_on_accrual', 'requalification', 'grace', 'downgrade', 'manual', 'backfill'));
+COMMENT ON COLUMN @extschema@.tier_history.change_no IS 'Number of the change within the account, from 1, ascending in time (the account''s highest plus one, taken by whoever holds the program''s tier lock).';
+COMMENT ON COLUMN @extschema@.tier_history.reason IS 'upgrade_on_accrual (fold), requalification (settlement: up, or down to what the account qualifies for), grace (settlement: down, but less far than the account qualifies for, by the program''s grace rule), downgrade (settlement: down after the grace periods ran out), manual (loyalty.grant_tier / revoke_tier), backfill.';
+
+-- program: the tier rules settlement re-qualifies by
+ALTER TABLE @extschema@.program
+    ADD COLUMN tier_basis text NOT NULL DEFAULT 'qualifying' CHECK (tier_basis IN ('qualifying', 'points', 'action')),
+    ADD COLUMN tier_action text,
+    ADD COLUMN tier_grace text NOT NULL DEFAULT 'none' CHECK (tier_grace IN ('none', 'one_level', 'margin', 'periods')),
+    ADD COLUMN tier_grace_value numeric,
+    ADD CONSTRAINT program_tier_rules_check
+        CHECK ((tier_basis = 'action') = (tier_action IS NOT NULL)
+               AND CASE tier_grace WHEN 'margin' THEN tier_grace_value OPERATOR(pg_catalog.>) 0 AND tier_grace_value OPERATOR(pg_catalog.<) 1
+                                   WHEN 'periods' THEN tier_grace_value OPERATOR(pg_catalog.>=) 1 AND tier_grace_value OPERATOR(pg_catalog.<=) 100
+                                        AND tier_grace_value OPERATOR(pg_catalog.=) pg_catalog.trunc(tier_grace_value)
+                                   ELSE tier_grace_value IS NULL END);
+COMMENT ON COLUMN @extschema@.program.tier_basis IS 'What the ladder''s thresholds measure over the rolling window at settlement: qualifying (spend, the default), points (earned by documents of the window) or action (count of tier_action, e.g. certifications). Extra requirements per tier: loyalty.tier_requirement. Set with loyalty.set_tier_rules().';
+COMMENT ON COLUMN @extschema@.program.tier_action IS 'The action counted when tier_basis is action; NULL otherwise.';
+COMMENT ON COLUMN @extschema@.program.tier_grace IS 'How settlement downgrades an account below its tier: none (to what it qualifies for), one_level (at most one level per period), margin (keeps a tier while the measure is within tier_grace_value of its threshold) or periods (only after tier_grace_value settled periods in a row below).';
+COMMENT ON COLUMN @extschema@.program.tier_grace_value IS 'margin: fraction below the threshold still kept (0.1 = 10 %); periods: how many periods in a row below before dropping; NULL otherwise.';
+
+-- settlement_run: what a run counted and decided
+ALTER TABLE @extschema@.settlement_run
+    ADD COLUMN mdf_total numeric,
+    ADD COLUMN period_qualifying numeric,
+    ADD COLUMN carried_qualifying numeric,
+    ADD COLUMN period_points bigint,
+    ADD COLUMN carried_points bigint,
+    ADD COLUMN tiers_up integer,
+    ADD COLUMN tiers_down integer,
+    ADD COLUMN tiers_held integer,
+    ADD COLUMN settled_by text;
+COMMENT ON COLUMN @extschema@.settlement_run.period_end IS 'Last day of the period (included), as given to loyalty.settle().';
+COMMENT ON COLUMN @extschema@.settlement_run.mdf_total IS 'MDF money accrued (what the MDF step returned).';
+COMMENT ON COLUMN @extschema@.settlement_run.period_qualifying IS 'Qualifying spend of the documents dated in the period, as settled.';
+COMMENT ON COLUMN @extschema@.settlement_run.carried_qualifying IS 'Qualifying spend of documents dated before the period that no earlier run counted (late invoices, credit notes): the adjustment carried into this run.';
+COMMENT ON COLUMN @extschema@.settlement_run.period_points IS 'Points earned by the documents dated in the period (before caps), as settled.';
+COMMENT ON COLUMN @extschema@.settlement_run.carried_points IS 'Points of documents dated before the period that no earlier run counted.';
+COMMENT ON COLUMN @extschema@.settlement_run.tiers_up IS 'Accounts moved up by re-qualification.';
+COMMENT ON COLUMN @extschema@.settlement_run.tiers_down IS 'Accounts moved down (fully, or one level or within the margin by grace).';
+COMMENT ON COLUMN @extschema@.settlement_run.tiers_held IS 'Accounts below their tier that kept it (grace, or an upgrade reached in the period).';
+COMMENT ON COLUMN @extschema@.settlement_run.settled_by IS 'The role that ran the settlement.';
+COMMENT ON COLUMN @extschema@.settlement_run.rebate_total IS 'Rebate money trued up (what the rebate step returned).';
+
+-- Settlement: one run per program and period, in one transaction.  Tier
+-- re-qualification over the rolling window, then the steps of the other
+-- wallets (rebates, MDF, expiry: 52_expiry.sql, 53_rebates.sql, 63_mdf.sql),
+-- then the run's row.  A crash leaves nothing; a second call finds the row.
+--
+-- The amounts a run counts are per account "to date": everything dated up
+-- to the period's last day as the run saw it.  The next run counts what was
+-- added since, split into the documents dated in its own period and those
+-- dated before it (late invoices, credit notes for a settled period): the
+-- carried adjustment.  Summed over the runs, every document counts once.
+
+-- What one run saw and decided for each account: the carried amounts of the
+-- next run are computed against it, and the "periods below" grace counts on it.
+CREATE TABLE @extschema@.settlement_account (
+    program_id         integer NOT NULL,
+    account_key        text NOT NULL,
+    period_end         date NOT NULL,
+    qualifying_to_date numeric NOT NULL DEFAULT 0,
+    points_to_date     bigint NOT NULL DEFAULT 0,
+    period_qualifying  numeric NOT NULL DEFAULT 0,
+    carried_qualifying numeric NOT NULL DEFAULT 0,
+    period_points      bigint NOT NULL DEFAULT 0,
+    carried_points     bigint NOT NULL DEFAULT 0,
+    measure            numeric,
+    old_tier           text,
+    qualified_tier     text,
+    new_tier           text,
+    periods_below      integer NOT NULL DEFAULT 0 CHECK (periods_below OPERATOR(pg_catalog.>=) 0),
+    outcome            text NOT NULL CHECK (outcome IN ('up', 'down', 'grace', 'held', 'kept', 'same', 'manual')),
+    PRIMARY KEY (program_id, account_key, period_end)
+);
+-- a run reads the rows of its own and of the previous period
+CREATE INDEX settlement_account_period ON @extschema@.settlement_account (program_id, period_end);
+COMMENT ON TABLE @extschema@.settlement_account IS 'One row per account and settlement run: the amounts the run counted and its tier decision. The next run counts what was posted since against it (the carried adjustment), so a late document is counted once, by the first run after it.';
+COMMENT ON COLUMN @extschema@.settlement_account.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.settlement_account.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.settlement_account.period_end IS 'Last day of the settled period (loyalty.settlement_run).';
+COMMENT ON COLUMN @extschema@.settlement_account.qualifying_to_date IS 'Qualifying spend of every document dated up to period_end, as the run saw it.';
+COMMENT ON COLUMN @extschema@.settlement_account.points_to_date IS 'Points (before caps) of every document dated up to period_end, as the run saw it.';
+COMMENT ON COLUMN @extschema@.settlement_account.period_qualifying IS 'Qualifying spend of the documents dated in the period.';
+COMMENT ON COLUMN @extschema@.settlement_account.carried_qualifying IS 'Qualifying spend of documents dated before the period that no earlier run counted (late invoices, credit notes).';
+COMMENT ON COLUMN @extschema@.settlement_account.period_points IS 'Points of the documents dated in the period (before caps).';
+COMMENT ON COLUMN @extschema@.settlement_account.carried_points IS 'Points of documents dated before the period that no earlier run counted.';
+COMMENT ON COLUMN @extschema@.settlement_account.measure IS 'What the tier qualification measured over the rolling window ending with the period (spend, points or action count, by program.tier_basis).';
+COMMENT ON COLUMN @extschema@.settlement_account.old_tier IS 'Tier before the run.';
+COMMENT ON COLUMN @extschema@.settlement_account.qualified_tier IS 'Tier the measure (and the tier requirements) reach.';
+COMMENT ON COLUMN @extschema@.settlement_account.new_tier IS 'Tier after the run.';
+COMMENT ON COLUMN @extschema@.settlement_account.periods_below IS 'Settled periods in a row the account qualified below its tier and kept it (grace periods).';
+COMMENT ON COLUMN @extschema@.settlement_account.outcome IS 'up, down (to the qualified tier), grace (down less far, by the grace rule), held (below, kept by grace), kept (below, kept: tier reached in this period), same, manual (tier granted by an admin, not re-qualified).';
+
+-- Lock classes (advisory, transaction-scoped; the second key is the
+-- program): settlements of a program one at a time; tier writes (fold's
+-- upgrades, settlement, grants) one at a time.  fold.c tries the tier lock
+-- and skips when it is taken; the others wait.
+CREATE FUNCTION @extschema@._settle_lock(program_id integer) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.pg_advisory_xact_lock(1280267078, program_id) $$;
+COMMENT ON FUNCTION @extschema@._settle_lock(integer) IS 'Internal: waits for the program''s settlement lock (held until commit).';
+
+CREATE FUNCTION @extschema@._tier_lock(program_id integer) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.pg_advisory_xact_lock(1280268614, program_id) $$;
+COMMENT ON FUNCTION @extschema@._tier_lock(integer) IS 'Internal: waits for the program''s tier lock (the lock loyalty.fold() tries), held until commit: tier changes of a program are written one transaction at a time.';
+
+CREATE FUNCTION @extschema@._period_length(period text) RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN pg_catalog.make_interval(months => CASE period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END);
+COMMENT ON FUNCTION @extschema@._period_length(text) IS 'Internal: the length of a settlement period (month, quarter, year).';
+
+-- The first day of the period that period_end ends (NULL when it ends
+-- none), and the problems of the arguments the public functions report
+-- themselves (so that their errors name no internal helper): NULL when
+-- fine, else {SQLSTATE, message, detail, hint}.
+CREATE FUNCTION @extschema@._period_start(program_id integer, period_end date) RETURNS date
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT CASE WHEN pg_catalog.isfinite(period_end)
+                         AND pg_catalog.date_trunc('month', (period_end OPERATOR(pg_catalog.+) 1)::timestamp)
+                             OPERATOR(pg_catalog.=) (period_end OPERATOR(pg_catalog.+) 1)::timestamp
+                         AND (pg_catalog.date_part('month', period_end OPERATOR(pg_catalog.+) 1)::integer
+                              OPERATOR(pg_catalog.%) CASE p.settlement_period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END)
+                             OPERATOR(pg_catalog.=) (1 OPERATOR(pg_catalog.%) CASE p.settlement_period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END)
+                    THEN ((period_end OPERATOR(pg_catalog.+) 1)::timestamp
+                          OPERATOR(pg_catalog.-) @extschema@._period_length(p.settlement_period))::date END
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_start.program_id);
+COMMENT ON FUNCTION @extschema@._period_start(integer, date) IS 'Internal: the first day of the settlement period ending on period_end; NULL when period_end is not the last day of one of the program''s periods.';
+
+CREATE FUNCTION @extschema@._program_problem(program text) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN program IS NULL
+            THEN ARRAY['22004', 'program must not be NULL',
+                       'program is the name of a loyalty program, as given to loyalty.create_program().',
+                       'List programs with SELECT name FROM loyalty.program.']
+            WHEN NOT EXISTS (SELECT FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program)
+            THEN ARRAY['42704', pg_catalog.format('loyalty program "%s" does not exist', program),
+                       'program names no program of this database (names are case-sensitive).',
+                       'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.'] END;
+COMMENT ON FUNCTION @extschema@._program_problem(text) IS 'Internal: what is wrong with a program argument (NULL, unknown) as {SQLSTATE, message, detail, hint}; NULL when it names a program.';
+
+CREATE FUNCTION @extschema@._period_end_problem(program_id integer, period_end date) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT CASE WHEN period_end IS NULL OR NOT pg_catalog.isfinite(period_end)
+                    THEN ARRAY[CASE WHEN period_end IS NULL THEN '22004' ELSE '22023' END,
+                               'period_end must be a date, not ' || coalesce(period_end::text, 'NULL'),
+                               'period_end is the last day of a settlement period of the program.',
+                               'For example period_end => ''2025-03-31''.']
+                    WHEN @extschema@._period_start(program_id, period_end) IS NULL
+                    THEN ARRAY['22023', pg_catalog.format('period_end %s is not the last day of a %s', period_end, p.settlement_period),
+                               pg_catalog.format('Program "%s" settles by %s; period_end is the last day of one.', p.name, p.settlement_period),
+                               pg_catalog.format('The %s around it ends on %s; the one before ended on %s.', p.settlement_period,
+                                   (pg_catalog.date_trunc(p.settlement_period, period_end::timestamp)
+                                    OPERATOR(pg_catalog.+) @extschema@._period_length(p.settlement_period)
+                                    OPERATOR(pg_catalog.-) '1 day'::interval)::date,
+                                   (pg_catalog.date_trunc(p.settlement_period, period_end::timestamp)
+                                    OPERATOR(pg_catalog.-) '1 day'::interval)::date)] END
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_end_problem.program_id);
+COMMENT ON FUNCTION @extschema@._period_end_problem(integer, date) IS 'Internal: what is wrong with a period_end argument (NULL, not finite, not the last day of one of the program''s periods) as {SQLSTATE, message, detail, hint}; NULL when fine.';
+
+-- The tier decision of every account, one statement (one snapshot): what
+-- the run counted and what each account qualifies for, into
+-- settlement_account.  Returns the number of accounts.
+CREATE FUNCTION @extschema@._settle_accounts(pid integer, period_start date, period_end date) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prog @extschema@.program;
+    prev_end date;
+    cutoff timestamptz;
+    win_start date;
+    names text[];
+    thresholds numeric[];
+    has_req boolean;
+    n bigint;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT max(r.period_end) INTO prev_end FROM @extschema@.settlement_run r
+    WHERE r.program_id = pid AND r.period_end < _settle_accounts.period_end;
+    cutoff := period_start::timestamp AT TIME ZONE prog.time_zone;
+    win_start := (date_trunc('month', period_end::timestamp)
+                  - make_interval(months => @extschema@._window_months(prog.qualification_window) - 1))::date;
+    -- the ladder by rank (1 = lowest), for array look-ups instead of joins
+    SELECT array_agg(t.name ORDER BY t.rank), array_agg(t.threshold ORDER BY t.rank)
+    INTO names, thresholds FROM @extschema@.tiers(prog.ladder) t;
+    has_req := EXISTS (SELECT FROM @extschema@.tier_requirement r WHERE r.program_id = pid);
+
+    INSERT INTO @extschema@.settlement_account AS s
+        (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
+         period_points, carried_points, measure, old_tier, qualified_tier, new_tier, periods_below, outcome)
+    -- The month sums of every account, summed over the three ranges the run
+    -- needs.  These are the per-month arrays loyalty.accrual_month unnests
+    -- (folded rows and deltas not folded yet), summed row by row: grouping
+    -- them by month first, as the view does, costs ten times more and is
+    -- not needed for sums over ranges.
+    WITH m AS (
+        SELECT u.account_key, sum(u.q_to_date) AS q_to_date, sum(u.p_to_date) AS p_to_date,
+               sum(u.q_period) AS q_period, sum(u.p_period) AS p_period,
+               sum(u.q_window) AS q_window, sum(u.p_window) AS p_window
+        FROM (SELECT f.account_key, f.m_month, f.m_qualifying, f.m_points
+              FROM @extschema@.balance_folded f WHERE f.program_id = pid
+              UNION ALL
+              SELECT d.account_key, d.m_month, d.m_qualifying, d.m_points
+              FROM @extschema@.balance_delta d WHERE d.program_id = pid) b,
+             LATERAL (SELECT b.account_key,
+                             sum(x.q) FILTER (WHERE x.month <= period_end) AS q_to_date,
+                             sum(x.p) FILTER (WHERE x.month <= period_end) AS p_to_date,
+                             sum(x.q) FILTER (WHERE x.month >= period_start AND x.month <= period_end) AS q_period,
+                             sum(x.p) FILTER (WHERE x.month >= period_start AND x.month <= period_end) AS p_period,
+                             sum(x.q) FILTER (WHERE x.month >= win_start AND x.month <= period_end) AS q_window,
+                             sum(x.p) FILTER (WHERE x.month >= win_start AND x.month <= period_end) AS p_window
+                      FROM unnest(b.m_month, b.m_qualifying, b.m_points) AS x(month, q, p)) u
+        GROUP BY u.account_key),
+    -- upgrades on accrual recorded in the period or after it (a run late
+    -- after the period's end): they stand until the next period's end
+    recent AS (
+        SELECT DISTINCT h.account_key, h.new_tier
+        FROM @extschema@.tier_history h
+        WHERE h.program_id = pid AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= cutoff),
+    granted AS (
+        SELECT g.account_key FROM @extschema@.tier_grant g WHERE g.program_id = pid),
+    prev AS (
+        SELECT x.account_key, x.qualifying_to_date, x.points_to_date, x.periods_below
+        FROM @extschema@.settlement_account x
+        WHERE x.program_id = pid AND x.period_end = prev_end),
+    acts AS (
+        SELECT c.account_key, c.action, c.actions
+        FROM (SELECT DISTINCT r.action FROM @extschema@.tier_requirement r WHERE r.program_id = pid
+              UNION SELECT prog.tier_action WHERE prog.tier_action IS NOT NULL) a,
+             LATERAL (SELECT x.account_key, a.action, x.actions
+                      FROM @extschema@._action_counts(pid, a.action, win_start, period_end + 1) x) c),
+    base AS (
+        SELECT coalesce(a.account_key, m.account_key, pv.account_key) AS account_key,
+               a.account_key IS NOT NULL AS enrolled, a.tier,
+               coalesce(m.q_to_date, 0) AS q_to_date, coalesce(m.p_to_date, 0) AS p_to_date,
+               coalesce(m.q_period, 0) AS q_period, coalesce(m.p_period, 0) AS p_period,
+               CASE prog.tier_basis WHEN 'qualifying' THEN coalesce(m.q_window, 0)
+                                    WHEN 'points' THEN coalesce(m.p_window, 0)
+                                    ELSE coalesce((SELECT c.actions FROM acts c
+                                                   WHERE c.account_key = coalesce(a.account_key, m.account_key, pv.account_key)
+                                                     AND c.action = prog.tier_action), 0) END AS measure,
+               coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
+               coalesce(pv.periods_below, 0) AS below_prev,
+               g.account_key IS NOT NULL AS granted
+        FROM (SELECT * FROM @extschema@.account x WHERE x.program_id = pid) a
+             FULL JOIN m ON m.account_key = a.account_key
+             FULL JOIN prev pv ON pv.account_key = coalesce(a.account_key, m.account_key)
+             LEFT JOIN granted g ON g.account_key = a.account_key),
+    ranked AS (
+        SELECT b.*,
+               array_position(names, b.tier) AS cur_rank,
+               -- the highest tier whose threshold the measure reaches (and,
+               -- when the program has any, whose extra requirements the
+               -- account meets)
+               CASE WHEN NOT has_req THEN coalesce(@extschema@.tier_rank(prog.ladder, b.measure), 0)
+                    ELSE coalesce((SELECT max(l.rank) FROM unnest(names, thresholds) WITH ORDINALITY AS l(name, threshold, rank)
+                                   WHERE l.threshold <= b.measure
+                                     AND NOT EXISTS (SELECT FROM @extschema@.tier_requirement r
+                                                     WHERE r.program_id = pid AND r.tier = l.name
+                                                       AND coalesce((SELECT c.actions FROM acts c
+                                                                     WHERE c.account_key = b.account_key AND c.action = r.action), 0)
+                                                           < r.min_count)), 0) END AS q_rank,
+               -- the margin grace: the highest tier kept within the margin
+               CASE WHEN prog.tier_grace = 'margin'
+                    THEN coalesce((SELECT max(l.rank) FROM unnest(thresholds) WITH ORDINALITY AS l(threshold, rank)
+                                   WHERE l.threshold * (1 - prog.tier_grace_value) <= b.measure), 0)
+                    ELSE 0 END AS margin_rank,
+               x.account_key IS NOT NULL AS reached_in_period
+        FROM base b LEFT JOIN recent x ON x.account_key = b.account_key AND x.new_tier = b.tier),
+    decided AS (
+        SELECT r.*,
+               CASE WHEN NOT r.enrolled OR prog.ladder IS NULL THEN r.cur_rank
+                    WHEN r.granted THEN r.cur_rank
+                    WHEN r.tier IS NOT NULL AND r.cur_rank IS NULL THEN NULL   -- a tier off the ladder: kept
+                    WHEN r.q_rank >= coalesce(r.cur_rank, 0) THEN r.q_rank
+                    WHEN r.reached_in_period THEN r.cur_rank
+                    WHEN prog.tier_grace = 'one_level' THEN greatest(r.q_rank, r.cur_rank - 1)
+                    WHEN prog.tier_grace = 'margin' THEN greatest(r.q_rank, least(r.margin_rank, r.cur_rank))
+                    WHEN prog.tier_grace = 'periods' AND r.below_prev + 1 < prog.tier_grace_value THEN r.cur_rank
+                    ELSE r.q_rank END AS new_rank
+        FROM ranked r)
+    SELECT pid, d.account_key, period_end, d.q_to_date, d.p_to_date, d.q_period,
+           d.q_to_date - d.q_period - d.q_prev, d.p_period, d.p_to_date - d.p_period - d.p_prev,
+           d.measure, d.tier, names[d.q_rank],
+           CASE WHEN d.new_rank IS NULL THEN d.tier ELSE names[d.new_rank] END,
+           CASE WHEN d.enrolled AND NOT d.granted AND d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                     AND d.new_rank = d.cur_rank AND NOT d.reached_in_period
+                THEN d.below_prev + 1 ELSE 0 END,
+           CASE WHEN d.granted THEN 'manual'
+                WHEN d.new_rank IS NULL OR d.new_rank = coalesce(d.cur_rank, 0) THEN
+                     CASE WHEN d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                          THEN CASE WHEN d.reached_in_period THEN 'kept' ELSE 'held' END
+                          ELSE 'same' END
+                WHEN d.new_rank > coalesce(d.cur_rank, 0) THEN 'up'
+                WHEN d.new_rank > d.q_rank THEN 'grace'
+                ELSE 'down' END
+    FROM decided d;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._settle_accounts(integer, date, date) IS 'Internal: settlement''s one pass over the accounts of a program: amounts counted (of the period, carried from earlier periods) and the tier decision of each, into loyalty.settlement_account.';
+
+-- The tier changes a run decided: account rows and tier history, set-based.
+-- An upgrade or downgrade counts for documents dated from tomorrow in the
+-- program's calendar, and never for a document already accrued (as fold's
+-- upgrades): what a document earned never changes after the fact.
+CREATE FUNCTION @extschema@._settle_tiers(pid integer, period_end date) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+    tomorrow date := @extschema@._today(pid) + 1;
+BEGIN
+    -- the latest document date of each account that moves (what
+    -- loyalty.balance's last_doc_date says) and its last change number:
+    -- index probes per moving account (the run's rows are too fresh for
+    -- the planner to size a join with them)
+    WITH c AS (
+        SELECT s.account_key, s.old_tier, s.new_tier, s.outcome, s.measure,
+               coalesce((SELECT max(h.change_no) FROM @extschema@.tier_history h
+                         WHERE h.program_id = pid AND h.account_key = s.account_key), 0) + 1 AS change_no,
+               greatest(tomorrow,
+                        (SELECT f.last_doc_date FROM @extschema@.balance_folded f
+                         WHERE f.program_id = pid AND f.account_key = s.account_key) + 1,
+                        (SELECT max(d.last_doc_date) FROM @extschema@.balance_delta d
+                         WHERE d.program_id = pid AND d.account_key = s.account_key) + 1) AS effective_from
+        FROM @extschema@.settlement_account s
+        WHERE s.program_id = pid AND s.period_end = _settle_tiers.period_end
+          AND s.outcome IN ('up', 'down', 'grace')),
+    upd AS (
+        UPDATE @extschema@.account a SET tier = c.new_tier,
+               tier_since = CASE WHEN c.new_tier IS NULL THEN NULL ELSE pg_catalog.now() END
+        FROM c
+        WHERE a.program_id = pid AND a.account_key = c.account_key AND a.tier IS NOT DISTINCT FROM c.old_tier
+        RETURNING c.*)
+    INSERT INTO @extschema@.tier_history
+        (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)
+    SELECT pid, u.account_key, u.change_no, u.effective_from, u.old_tier, u.new_tier,
+           CASE u.outcome WHEN 'up' THEN 'requalification' WHEN 'grace' THEN 'grace' ELSE 'downgrade' END,
+           u.measure
+    FROM upd u ORDER BY u.account_key;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._settle_tiers(integer, date) IS 'Internal: writes the tier changes a settlement run decided (loyalty.account and loyalty.tier_history).';
+
+-- As the owner: settlement reads loyalty's own tables only (accrual_month,
+-- account, tier rules, the earlier runs) and evaluates nothing a user
+-- defined; the steps it calls are the extension's own.
+CREATE FUNCTION @extschema@.settle(program text, period_end date) RETURNS @extschema@.settlement_run
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    pstart date;
+    e text[];
+    run @extschema@.settlement_run;
+    later date;
+    n bigint;
+    changed bigint;
+    expired bigint;
+    rebates numeric;
+    mdf numeric;
+    jit_was text;
+BEGIN
+    e := coalesce(@extschema@._program_problem(program),
+                  @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = settle.program),
+                                                  period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = settle.program;
+    pstart := @extschema@._period_start(pid, period_end);
+    IF period_end >= @extschema@._today(pid) THEN
+        RAISE EXCEPTION 'the % ending on period_end % has not ended yet', (SELECT p.settlement_period FROM @extschema@.program p WHERE p.program_id = pid), period_end
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Invoices dated in the period may still arrive until its last day has passed in the program''s time zone (%s).',
+                                             (SELECT p.time_zone FROM @extschema@.program p WHERE p.program_id = pid)),
+                  HINT = 'Settle it on the day after its last day or later; loyalty.settle_due() settles every period that has ended.';
+    END IF;
+    -- one settlement of the program at a time: a second call waits here,
+    -- then (a new snapshot per statement) finds the run the first committed
+    PERFORM @extschema@._settle_lock(pid);
+    SELECT * INTO run FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end = settle.period_end;
+    IF FOUND THEN
+        RAISE NOTICE 'program "%" is already settled for the period ending %', program, period_end
+            USING DETAIL = 'A period is settled once; its run is in loyalty.settlement_run.';
+        RETURN run;
+    END IF;
+    SELECT max(r.period_end) INTO later FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end > settle.period_end;
+    IF later IS NOT NULL THEN
+        RAISE EXCEPTION 'program "%" is already settled for a later period (ending %)', program, later
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Periods are settled in order; what a skipped period would count was carried into the later run.',
+                  HINT = 'Nothing to do: late documents of earlier periods are carried into the next run.';
+    END IF;
+    PERFORM @extschema@._tier_lock(pid);
+    -- the pass is one cheap scan, but its plan is costed high enough to be
+    -- JIT-compiled, which costs more than the pass: off for this run
+    -- (restored below; an error rolls the setting back with the run)
+    jit_was := pg_catalog.current_setting('jit');
+    PERFORM pg_catalog.set_config('jit', 'off', true);
+
+    n := @extschema@._settle_accounts(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: % accounts counted', program, pstart, period_end, n;
+    changed := @extschema@._settle_tiers(pid, period_end);
+    RAISE NOTICE 'settle "%" %..%: % tier changes', program, pstart, period_end, changed;
+    rebates := @extschema@._settle_rebates(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: rebates trued up %', program, pstart, period_end, rebates;
+    mdf := @extschema@._settle_mdf(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: MDF accrued %', program, pstart, period_end, mdf;
+    expired := @extschema@._settle_expiry(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: % points expired', program, pstart, period_end, expired;
+
+    INSERT INTO @extschema@.settlement_run AS r
+        (program_id, period_start, period_end, status, started_at, finished_at, accounts, points_expired, rebate_total,
+         mdf_total, period_qualifying, carried_qualifying, period_points, carried_points, tiers_up, tiers_down,
+         tiers_held, settled_by)
+    SELECT pid, pstart, settle.period_end, 'done', pg_catalog.now(), pg_catalog.clock_timestamp(), n, expired, rebates, mdf,
+           coalesce(sum(s.period_qualifying), 0), coalesce(sum(s.carried_qualifying), 0),
+           coalesce(sum(s.period_points), 0), coalesce(sum(s.carried_points), 0),
+           count(*) FILTER (WHERE s.outcome = 'up'), count(*) FILTER (WHERE s.outcome IN ('down', 'grace')),
+           count(*) FILTER (WHERE s.outcome IN ('held', 'kept')), session_user
+    FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.period_end = settle.period_end
+    RETURNING * INTO run;
+    PERFORM pg_catalog.set_config('jit', jit_was, true);
+    RETURN run;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.settle(text, date) IS
+    'Settles a program for the period ending on period_end (the last day of a month, quarter or year, by program.settlement_period): tier re-qualification over the rolling window, rebate true-up, MDF, point expiry, in one transaction. Once per period: a second call returns the existing run with a NOTICE; concurrent calls wait for each other. Documents dated in a settled period that arrive later are counted by the next run (carried_qualifying).';
+
+-- Every period that has ended and is not settled, oldest first, program by
+-- program.  Periods before the program's first document month or creation
+-- are not settled (nothing to count).
+CREATE FUNCTION @extschema@.settle_due(program text DEFAULT NULL) RETURNS SETOF @extschema@.settlement_run
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+    d date;
+    last_end date;
+    first_start date;
+    cur_start date;
+    step interval;
+    e text[];
+BEGIN
+    IF program IS NOT NULL AND @extschema@._program_problem(program) IS NOT NULL THEN
+        e := @extschema@._program_problem(program);
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3] || ' NULL settles every program.', HINT = e[4];
+    END IF;
+    FOR p IN SELECT x.program_id, x.name, x.settlement_period, x.created_at, x.time_zone FROM @extschema@.program x
+             WHERE settle_due.program IS NULL OR x.name = settle_due.program ORDER BY x.program_id LOOP
+        step := @extschema@._period_length(p.settlement_period);
+        SELECT max(r.period_end) INTO last_end FROM @extschema@.settlement_run r WHERE r.program_id = p.program_id;
+        IF last_end IS NOT NULL THEN
+            first_start := last_end + 1;
+        ELSE
+            -- the period holding the program's start or its first document
+            SELECT date_trunc(p.settlement_period,
+                              least((p.created_at AT TIME ZONE p.time_zone)::date,
+                                    (SELECT min(m.month) FROM @extschema@.accrual_month m WHERE m.program_id = p.program_id))::timestamp)::date
+            INTO first_start;
+        END IF;
+        -- the current period has not ended: the last to settle ends before it
+        cur_start := date_trunc(p.settlement_period, @extschema@._today(p.program_id)::timestamp)::date;
+        d := first_start;
+        WHILE d < cur_start LOOP
+            RETURN NEXT @extschema@.settle(p.name, (d + step - interval '1 day')::date);
+            d := (d + step)::date;
+        END LOOP;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.settle_due(text) IS
+    'Settles every period that has ended (in each program''s time zone) and is not settled yet, oldest first, of every program or of one; returns the runs it made. What a pg_cron job calls (loyalty.schedule_settlement).';
+
+-- pg_cron: one named job per program, as the caller (the job then runs as
+-- the caller: a role that may settle).
+CREATE FUNCTION @extschema@._cron_schema() RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT n.nspname FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_depend d ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+                                   AND d.refobjid OPERATOR(pg_catalog.=) e.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                                   AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+        JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) d.objid
+        WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron' LIMIT 1);
+COMMENT ON FUNCTION @extschema@._cron_schema() IS 'Internal: the schema pg_cron created in this database (cron), as the extension''s own member; NULL when pg_cron is not created here.';
+
+CREATE FUNCTION @extschema@.schedule_settlement(program text, cron text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nsp name;
+    job bigint;
+    e text[] := @extschema@._program_problem(program);
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF cron IS NULL THEN
+        RAISE EXCEPTION 'cron must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'cron is a pg_cron schedule, e.g. ''0 2 * * *'' (every day at 02:00).',
+                  HINT = 'settle_due() settles only periods that have ended, so a daily schedule settles each period once, the night after it ends.';
+    END IF;
+    nsp := @extschema@._cron_schema();
+    IF nsp IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('The settlement of program "%s" would run as a pg_cron job; the extension pg_cron is not created in this database.', program),
+                  HINT = pg_catalog.format('Install the package postgresql-15-cron, set shared_preload_libraries = ''pg_cron'' and cron.database_name = %L in postgresql.conf, restart the server, then run CREATE EXTENSION pg_cron in this database. Without pg_cron, call SELECT * FROM loyalty.settle_due() from any scheduler.', current_database());
+    END IF;
+    -- pg_cron replaces the schedule of a job of the same name: idempotent
+    EXECUTE pg_catalog.format('SELECT %I.schedule($1, $2, $3)', nsp)
+    INTO job
+    USING 'loyalty-settle-' || program, cron,
+          pg_catalog.format('SELECT count(*) FROM %I.settle_due(%L)', '@extschema@', program);
+    RETURN job;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.schedule_settlement(text, text) IS
+    'Registers (or re-registers with a new schedule) the pg_cron job loyalty-settle-<program> that runs loyalty.settle_due(program) as the calling role; returns the job id. Needs pg_cron created in this database.';
+
+CREATE FUNCTION @extschema@.unschedule_settlement(program text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nsp name;
+    done boolean;
+    e text[] := @extschema@._program_problem(program);
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    nsp := @extschema@._cron_schema();
+    IF nsp IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = pg_catalog.format('No job loyalty-settle-%s can exist without pg_cron.', program),
+                  HINT = 'Nothing to unschedule.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = nsp AND c.relname = 'job') THEN
+        RETURN false;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %I.job j WHERE j.jobname = $1)', nsp)
+    INTO done USING 'loyalty-settle-' || program;
+    IF NOT done THEN
+        RETURN false;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT %I.unschedule($1)', nsp) INTO done USING 'loyalty-settle-' || program;
+    RETURN done;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.unschedule_settlement(text) IS
+    'Removes the pg_cron job loyalty-settle-<program>; false when there is none.';
+
+GRANT SELECT ON @extschema@.settlement_account TO loyalty_reader, loyalty_operator, loyalty_admin;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.settlement_account', '');
+REVOKE ALL ON FUNCTION @extschema@.settle(text, date), @extschema@.settle_due(text),
+                      @extschema@.schedule_settlement(text, text), @extschema@.unschedule_settlement(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.settle(text, date), @extschema@.settle_due(text) TO loyalty_operator, loyalty_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.schedule_settlement(text, text), @extschema@.unschedule_settlement(text) TO loyalty_admin;
+REVOKE ALL ON FUNCTION @extschema@._settle_lock(integer), @extschema@._tier_lock(integer), @extschema@._period_length(text),
+                      @extschema@._program_problem(text), @extschema@._period_end_problem(integer, date),
+                      @extschema@._period_start(integer, date), @extschema@._settle_accounts(integer, date, date),
+                      @extschema@._settle_tiers(integer, date), @extschema@._cron_schema() FROM PUBLIC;
+
+-- Tiers: the rules settlement re-qualifies by, tiers granted by hand,
+-- tiers and balances as of a date, the benefits each tier unlocks, and the
+-- partner statement.
+
+-- Extra requirements of a tier on top of its ladder threshold, e.g. Gold
+-- needs 250000 of spend AND 2 certifications in the window.
+CREATE TABLE @extschema@.tier_requirement (
+    program_id integer NOT NULL REFERENCES @extschema@.program,
+    tier       text NOT NULL,
+    action     text NOT NULL CHECK (action OPERATOR(pg_catalog.<>) ''),
+    min_count  bigint NOT NULL CHECK (min_count OPERATOR(pg_catalog.>) 0),
+    PRIMARY KEY (program_id, tier, action)
+);
+COMMENT ON TABLE @extschema@.tier_requirement IS 'Requirements of a tier besides its ladder threshold: at least min_count approved actions of a kind in the rolling window (e.g. revenue AND certifications). Set with loyalty.set_tier_requirement().';
+COMMENT ON COLUMN @extschema@.tier_requirement.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.tier_requirement.tier IS 'The ladder tier the requirement gates.';
+COMMENT ON COLUMN @extschema@.tier_requirement.action IS 'The action counted (as recorded by the actions of the program, e.g. certification).';
+COMMENT ON COLUMN @extschema@.tier_requirement.min_count IS 'Fewest actions in the window that qualify.';
+
+-- Benefit-only tiers (a paid VIP membership) and tiers set by hand: held
+-- until revoked, never re-qualified.
+CREATE TABLE @extschema@.tier_grant (
+    program_id  integer NOT NULL,
+    account_key text NOT NULL,
+    tier        text NOT NULL,
+    granted_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    granted_by  text NOT NULL DEFAULT session_user,
+    reason      text,
+    PRIMARY KEY (program_id, account_key),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account
+);
+COMMENT ON TABLE @extschema@.tier_grant IS 'Tiers granted by an admin (loyalty.grant_tier): the account holds the tier until loyalty.revoke_tier; settlement does not re-qualify it and accrual does not upgrade it.';
+COMMENT ON COLUMN @extschema@.tier_grant.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.tier_grant.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.tier_grant.tier IS 'The tier granted: a ladder tier, or a benefit-only tier (one with benefits in loyalty.tier_benefit and no threshold).';
+COMMENT ON COLUMN @extschema@.tier_grant.granted_at IS 'When it was granted.';
+COMMENT ON COLUMN @extschema@.tier_grant.granted_by IS 'The role that granted it.';
+COMMENT ON COLUMN @extschema@.tier_grant.reason IS 'Why (e.g. paid VIP membership).';
+
+-- Benefits: named entitlements per tier, typed by their name.
+CREATE FUNCTION @extschema@._valid_benefit(benefit text, value pg_catalog.jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+RETURN CASE benefit
+    WHEN 'payment_terms_days' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'number'
+         AND (value)::text::numeric OPERATOR(pg_catalog.>=) 0 AND (value)::text::numeric OPERATOR(pg_catalog.<=) 3650
+         AND (value)::text::numeric OPERATOR(pg_catalog.=) pg_catalog.trunc((value)::text::numeric)
+    WHEN 'support_sla_hours' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'number'
+         AND (value)::text::numeric OPERATOR(pg_catalog.>) 0
+    WHEN 'mdf_rate' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'number'
+         AND (value)::text::numeric OPERATOR(pg_catalog.>=) 0 AND (value)::text::numeric OPERATOR(pg_catalog.<=) 1
+    WHEN 'priority_shipping' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'boolean'
+    WHEN 'early_access' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'boolean'
+    WHEN 'dedicated_account_manager' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'boolean'
+    ELSE pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) ANY (ARRAY['number', 'string', 'boolean'])
+END;
+COMMENT ON FUNCTION @extschema@._valid_benefit(text, pg_catalog.jsonb) IS 'Internal: CHECK of loyalty.tier_benefit: the well-known benefits have their types (payment_terms_days whole days, support_sla_hours positive, mdf_rate a fraction 0..1, the others true/false); other names any number, string or boolean.';
+
+CREATE TABLE @extschema@.tier_benefit (
+    program_id integer NOT NULL REFERENCES @extschema@.program,
+    tier       text NOT NULL,
+    benefit    text NOT NULL CHECK (benefit OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,62}$'),
+    value      jsonb NOT NULL,
+    PRIMARY KEY (program_id, tier, benefit),
+    CHECK (@extschema@._valid_benefit(benefit, value))
+);
+COMMENT ON TABLE @extschema@.tier_benefit IS 'What each tier unlocks: named entitlements with typed values (payment_terms_days, support_sla_hours, priority_shipping, mdf_rate, early_access, dedicated_account_manager, or any name the admin defines). Set with loyalty.set_benefit(); read per account through loyalty.account_benefits or loyalty.benefits().';
+COMMENT ON COLUMN @extschema@.tier_benefit.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.tier_benefit.tier IS 'A ladder tier or a benefit-only tier (granted with loyalty.grant_tier).';
+COMMENT ON COLUMN @extschema@.tier_benefit.benefit IS 'The entitlement''s name (lower case, digits and _).';
+COMMENT ON COLUMN @extschema@.tier_benefit.value IS 'Its value as a JSON scalar: a number (payment_terms_days: whole days; support_sla_hours; mdf_rate: fraction, 0.02 = 2 %), true/false (priority_shipping, early_access, dedicated_account_manager) or a string.';
+
+-- One row per enrolled account: its tier's benefits as columns, so that
+-- the ERP's order entry reads payment terms with one join.
+CREATE VIEW @extschema@.account_benefits AS
+SELECT a.program_id, p.name AS program, a.account_key, a.tier,
+       (b.v ->> 'payment_terms_days')::integer AS payment_terms_days,
+       (b.v ->> 'support_sla_hours')::numeric AS support_sla_hours,
+       coalesce((b.v ->> 'priority_shipping')::boolean, false) AS priority_shipping,
+       coalesce((b.v ->> 'mdf_rate')::numeric, 0) AS mdf_rate,
+       coalesce((b.v ->> 'early_access')::boolean, false) AS early_access,
+       coalesce((b.v ->> 'dedicated_account_manager')::boolean, false) AS dedicated_account_manager,
+       coalesce(b.v, '{}') AS benefits
+FROM @extschema@.account a
+JOIN @extschema@.program p ON p.program_id = a.program_id
+LEFT JOIN LATERAL (SELECT pg_catalog.jsonb_object_agg(t.benefit, t.value) AS v FROM @extschema@.tier_benefit t
+                   WHERE t.program_id = a.program_id AND t.tier = a.tier) b ON true;
+COMMENT ON VIEW @extschema@.account_benefits IS 'Every enrolled account with the benefits of its current tier, one row each: join it to the ERP''s orders on (program, account_key) for payment terms, SLA, shipping priority. Accounts without a tier (or whose tier has no benefits) get NULL terms and false / 0 for the rest.';
+COMMENT ON COLUMN @extschema@.account_benefits.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.account_benefits.program IS 'The program''s name.';
+COMMENT ON COLUMN @extschema@.account_benefits.account_key IS 'The ERP''s customer key in text form.';
+COMMENT ON COLUMN @extschema@.account_benefits.tier IS 'The account''s current tier.';
+COMMENT ON COLUMN @extschema@.account_benefits.payment_terms_days IS 'Payment terms in days (NULL: the ERP''s default).';
+COMMENT ON COLUMN @extschema@.account_benefits.support_sla_hours IS 'Support response time in hours (NULL: the standard SLA).';
+COMMENT ON COLUMN @extschema@.account_benefits.priority_shipping IS 'Orders ship with priority.';
+COMMENT ON COLUMN @extschema@.account_benefits.mdf_rate IS 'Market development funds accrued per unit of qualifying spend (0.02 = 2 %).';
+COMMENT ON COLUMN @extschema@.account_benefits.early_access IS 'Early access to new products.';
+COMMENT ON COLUMN @extschema@.account_benefits.dedicated_account_manager IS 'A dedicated account manager.';
+COMMENT ON COLUMN @extschema@.account_benefits.benefits IS 'Every benefit of the tier as a JSON object, those the admin defined included.';
+
+-- The tier of an account on a date: the tier documents dated that day earn
+-- by (the tier history, as the accrual reads it).
+CREATE FUNCTION @extschema@._tier_at(program_id integer, account_key text, as_of date) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT h.new_tier FROM @extschema@.tier_history h
+        WHERE h.program_id OPERATOR(pg_catalog.=) _tier_at.program_id
+          AND h.account_key OPERATOR(pg_catalog.=) _tier_at.account_key
+          AND h.effective_from OPERATOR(pg_catalog.<=) _tier_at.as_of
+        ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1);
+COMMENT ON FUNCTION @extschema@._tier_at(integer, text, date) IS 'Internal: an account''s tier on a date, from loyalty.tier_history (NULL: none).';
+
+-- A benefit of an account on a date, e.g. the MDF rate a claim earns.
+CREATE FUNCTION @extschema@._benefit(program_id integer, account_key text, benefit text, as_of date) RETURNS pg_catalog.jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT b.value FROM @extschema@.tier_benefit b
+        WHERE b.program_id OPERATOR(pg_catalog.=) _benefit.program_id
+          AND b.tier OPERATOR(pg_catalog.=) @extschema@._tier_at(_benefit.program_id, _benefit.account_key, _benefit.as_of)
+          AND b.benefit OPERATOR(pg_catalog.=) _benefit.benefit);
+COMMENT ON FUNCTION @extschema@._benefit(integer, text, text, date) IS 'Internal: the value of one benefit of an account on a date (by its tier that day), NULL when its tier has none; e.g. _benefit(program_id, account_key, ''mdf_rate'', d)::numeric.';
+
+-- What the tier basis measures for one account over the window ending with
+-- as_of's month.
+CREATE FUNCTION @extschema@._measure(program_id integer, account_key text, as_of date) RETURNS numeric
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prog @extschema@.program;
+    win_start date;
+    r numeric;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = _measure.program_id;
+    win_start := (date_trunc('month', as_of::timestamp)
+                  - make_interval(months => @extschema@._window_months(prog.qualification_window) - 1))::date;
+    IF prog.tier_basis = 'action' THEN
+        SELECT coalesce(sum(c.actions), 0) INTO r
+        FROM @extschema@._action_counts(prog.program_id, prog.tier_action, win_start, as_of + 1) c
+        WHERE c.account_key = _measure.account_key;
+    ELSE
+        SELECT coalesce(sum(CASE prog.tier_basis WHEN 'points' THEN m.points ELSE m.qualifying END), 0) INTO r
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id = prog.program_id AND m.account_key = _measure.account_key
+          AND m.month >= win_start AND m.month <= as_of;
+    END IF;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._measure(integer, text, date) IS 'Internal: what the program''s tier basis measures for an account over the rolling window ending with the month of as_of.';
+
+CREATE FUNCTION @extschema@.set_tier_rules(program text, basis text DEFAULT NULL, action text DEFAULT NULL,
+                                           grace text DEFAULT NULL, grace_value numeric DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    cur @extschema@.program;
+    v_basis text;
+    v_grace text;
+    v_value numeric;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT * INTO cur FROM @extschema@.program p WHERE p.name = set_tier_rules.program;
+    IF basis IS NOT NULL AND basis <> ALL (ARRAY['qualifying', 'points', 'action']) THEN
+        RAISE EXCEPTION 'invalid value for basis: %', quote_literal(basis)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'basis must be one of qualifying, points, action (NULL keeps the current one).',
+                  HINT = 'For example basis => ''qualifying''.';
+    END IF;
+    IF grace IS NOT NULL AND grace <> ALL (ARRAY['none', 'one_level', 'margin', 'periods']) THEN
+        RAISE EXCEPTION 'invalid value for grace: %', quote_literal(grace)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'grace must be one of none, one_level, margin, periods (NULL keeps the current one).',
+                  HINT = 'For example grace => ''one_level''.';
+    END IF;
+    IF action = '' OR (action IS NOT NULL AND coalesce(basis, cur.tier_basis) <> 'action') THEN
+        RAISE EXCEPTION 'action % is counted only with basis action', quote_literal(action)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'action names the action whose count the ladder''s thresholds measure when basis is action; extra requirements of a tier go to loyalty.set_tier_requirement().',
+                  HINT = 'For example basis => ''action'', action => ''certification''.';
+    END IF;
+    v_basis := coalesce(basis, cur.tier_basis);
+    v_grace := coalesce(grace, cur.tier_grace);
+    v_value := coalesce(grace_value, CASE WHEN v_grace = cur.tier_grace THEN cur.tier_grace_value END);
+    IF v_basis = 'action' AND coalesce(action, cur.tier_action) IS NULL THEN
+        RAISE EXCEPTION 'basis action needs the action to count (action is NULL)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'With basis => ''action'' the ladder''s thresholds are counts of one action in the window.',
+                  HINT = 'For example loyalty.set_tier_rules(''Partner Network'', basis => ''action'', action => ''certification'').';
+    END IF;
+    IF v_grace = 'margin' AND (v_value IS NULL OR v_value <= 0 OR v_value >= 1) THEN
+        RAISE EXCEPTION 'grace margin must be a fraction between 0 and 1, not %', coalesce(v_value::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'With grace => ''margin'' an account keeps a tier while its measure is at least threshold * (1 - grace_value).',
+                  HINT = 'For example grace => ''margin'', grace_value => 0.1 (10 % below the threshold).';
+    END IF;
+    IF v_grace = 'periods' AND (v_value IS NULL OR v_value < 1 OR v_value > 100 OR v_value <> trunc(v_value)) THEN
+        RAISE EXCEPTION 'grace periods must be a whole number from 1 to 100, not %', coalesce(v_value::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'With grace => ''periods'' an account drops only in the grace_value-th settled period in a row below its tier.',
+                  HINT = 'For example grace => ''periods'', grace_value => 2.';
+    END IF;
+    IF v_grace IN ('none', 'one_level') AND grace_value IS NOT NULL THEN
+        RAISE EXCEPTION 'grace % takes no grace_value', v_grace
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'grace_value is the margin of grace => ''margin'' or the count of grace => ''periods''.',
+                  HINT = 'Leave grace_value out.';
+    END IF;
+    UPDATE @extschema@.program p
+    SET tier_basis = v_basis,
+        tier_action = CASE WHEN v_basis = 'action' THEN coalesce(set_tier_rules.action, cur.tier_action) END,
+        tier_grace = v_grace,
+        tier_grace_value = CASE WHEN v_grace IN ('margin', 'periods') THEN v_value END
+    WHERE p.program_id = cur.program_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_tier_rules(text, text, text, text, numeric) IS
+    'Sets how settlement re-qualifies tiers: basis (qualifying spend, points, or the count of an action), and the grace rule for downgrades (none, one_level, margin with a fraction, periods with a count). Arguments left NULL keep their value.';
+
+CREATE FUNCTION @extschema@.set_tier_requirement(program text, tier text, action text, min_count bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = set_tier_requirement.program;
+    IF tier IS NULL THEN
+        RAISE EXCEPTION 'tier must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'tier names the ladder tier the requirement gates.',
+            HINT = 'For example loyalty.set_tier_requirement(''Partner Network'', ''Gold'', ''certification'', 2).';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.program p, @extschema@.tiers(p.ladder) t
+                   WHERE p.program_id = pid AND t.name = set_tier_requirement.tier) THEN
+        RAISE EXCEPTION 'tier "%" is not on the ladder of program "%"', tier, program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Requirements gate ladder tiers at settlement.',
+                  HINT = pg_catalog.format('Tiers: %s.', (SELECT p.ladder FROM @extschema@.program p WHERE p.program_id = pid));
+    END IF;
+    IF action IS NULL OR action = '' THEN
+        RAISE EXCEPTION 'action must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'action names the action counted (as the program records actions).',
+            HINT = 'For example action => ''certification''.';
+    END IF;
+    IF min_count < 0 THEN
+        RAISE EXCEPTION 'min_count must be positive, not %', min_count USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = 'min_count is the fewest actions in the window that qualify; 0 or NULL removes the requirement.',
+            HINT = 'For example min_count => 2.';
+    END IF;
+    IF coalesce(min_count, 0) = 0 THEN
+        DELETE FROM @extschema@.tier_requirement r
+        WHERE r.program_id = pid AND r.tier = set_tier_requirement.tier AND r.action = set_tier_requirement.action;
+    ELSE
+        INSERT INTO @extschema@.tier_requirement AS r (program_id, tier, action, min_count)
+        VALUES (pid, tier, action, min_count)
+        ON CONFLICT ON CONSTRAINT tier_requirement_pkey DO UPDATE SET min_count = excluded.min_count;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_tier_requirement(text, text, text, bigint) IS
+    'Requires at least min_count approved actions (e.g. certifications) in the rolling window for a ladder tier, on top of its threshold; min_count 0 or NULL removes the requirement.';
+
+CREATE FUNCTION @extschema@.set_benefit(program text, tier text, benefit text, value pg_catalog.jsonb)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = set_benefit.program;
+    IF tier IS NULL OR tier = '' OR benefit IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL or empty', CASE WHEN benefit IS NULL THEN 'benefit' ELSE 'tier' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'tier names a ladder tier or a benefit-only tier; benefit names the entitlement.',
+                  HINT = 'For example loyalty.set_benefit(''Distributor Club'', ''Gold'', ''payment_terms_days'', ''45'').';
+    END IF;
+    IF value IS NULL THEN
+        DELETE FROM @extschema@.tier_benefit b
+        WHERE b.program_id = pid AND b.tier = set_benefit.tier AND b.benefit = set_benefit.benefit;
+        RETURN;
+    END IF;
+    IF benefit !~ '^[a-z][a-z0-9_]{0,62}$' OR NOT @extschema@._valid_benefit(benefit, value) THEN
+        RAISE EXCEPTION 'invalid benefit "%" or value %', benefit, value
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'payment_terms_days: whole days 0 to 3650; support_sla_hours: a positive number; mdf_rate: a fraction 0 to 1; priority_shipping, early_access, dedicated_account_manager: true or false; other names (lower case, digits, _): a number, string or boolean.',
+                  HINT = 'For example loyalty.set_benefit(''Distributor Club'', ''Gold'', ''mdf_rate'', ''0.02'').';
+    END IF;
+    INSERT INTO @extschema@.tier_benefit AS b (program_id, tier, benefit, value)
+    VALUES (pid, tier, benefit, value)
+    ON CONFLICT ON CONSTRAINT tier_benefit_pkey DO UPDATE SET value = excluded.value;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_benefit(text, text, text, pg_catalog.jsonb) IS
+    'Sets what a tier unlocks: one named entitlement and its value (a JSON scalar, typed by the well-known names); NULL removes it. A tier name that is not on the ladder defines a benefit-only tier, held through loyalty.grant_tier.';
+
+-- Tier changes by hand, under the program's tier lock (one tier writer at a
+-- time, as fold and settlement).
+CREATE FUNCTION @extschema@._set_tier(pid integer, account text, new_tier text, why text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old_tier text;
+    tomorrow date := @extschema@._today(pid) + 1;
+BEGIN
+    PERFORM @extschema@._tier_lock(pid);
+    SELECT a.tier INTO old_tier FROM @extschema@.account a
+    WHERE a.program_id = pid AND a.account_key = account FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account,
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id = pid)
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'Enrol it first with loyalty.enroll().';
+    END IF;
+    IF old_tier IS NOT DISTINCT FROM new_tier THEN
+        RETURN;
+    END IF;
+    UPDATE @extschema@.account a SET tier = new_tier,
+           tier_since = CASE WHEN new_tier IS NULL THEN NULL ELSE now() END
+    WHERE a.program_id = pid AND a.account_key = account;
+    INSERT INTO @extschema@.tier_history (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason)
+    VALUES (pid, account,
+            coalesce((SELECT max(h.change_no) FROM @extschema@.tier_history h
+                      WHERE h.program_id = pid AND h.account_key = account), 0) + 1,
+            greatest(tomorrow, coalesce((SELECT b.last_doc_date + 1 FROM @extschema@.balance b
+                                         WHERE b.program_id = pid AND b.account_key = account), tomorrow)),
+            old_tier, new_tier, why);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._set_tier(integer, text, text, text) IS 'Internal: changes an account''s tier by hand (account row and tier history), from tomorrow.';
+
+CREATE FUNCTION @extschema@.grant_tier(program text, account_key text, tier text, reason text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = grant_tier.program;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = grant_tier.account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', coalesce(account_key, 'NULL'), program
+            USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
+                  DETAIL = 'A tier is granted to an enrolled account.',
+                  HINT = 'Enrol it first with loyalty.enroll().';
+    END IF;
+    IF tier IS NULL OR NOT (EXISTS (SELECT FROM @extschema@.program p, @extschema@.tiers(p.ladder) t
+                                    WHERE p.program_id = pid AND t.name = grant_tier.tier)
+                            OR EXISTS (SELECT FROM @extschema@.tier_benefit b
+                                       WHERE b.program_id = pid AND b.tier = grant_tier.tier)) THEN
+        RAISE EXCEPTION 'program "%" has no tier "%"', program, coalesce(tier, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A tier granted by hand is a ladder tier or a benefit-only tier (one with benefits and no threshold).',
+                  HINT = 'Define a benefit-only tier with loyalty.set_benefit(program, tier, benefit, value) first.';
+    END IF;
+    PERFORM @extschema@._set_tier(pid, account_key, tier, 'manual');
+    INSERT INTO @extschema@.tier_grant AS g (program_id, account_key, tier, reason)
+    VALUES (pid, account_key, tier, reason)
+    ON CONFLICT ON CONSTRAINT tier_grant_pkey DO UPDATE
+    SET tier = excluded.tier, reason = excluded.reason, granted_at = excluded.granted_at, granted_by = excluded.granted_by;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.grant_tier(text, text, text, text) IS
+    'Gives an account a tier by hand (a paid VIP membership, a strategic partner) from tomorrow on; it holds it through re-qualification until loyalty.revoke_tier. Recorded in loyalty.tier_history with reason manual.';
+
+CREATE FUNCTION @extschema@.revoke_tier(program text, account_key text)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    qualified text;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = revoke_tier.program;
+    DELETE FROM @extschema@.tier_grant g WHERE g.program_id = pid AND g.account_key = revoke_tier.account_key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account_key "%" holds no tier granted by hand in program "%"', coalesce(account_key, 'NULL'), program
+            USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
+                  DETAIL = 'revoke_tier ends a tier given with loyalty.grant_tier().',
+                  HINT = 'Granted tiers: SELECT * FROM loyalty.tier_grant.';
+    END IF;
+    -- back to what the account qualifies for today
+    SELECT @extschema@.tier_of(p.ladder, @extschema@._measure(pid, revoke_tier.account_key, @extschema@._today(pid)))
+    INTO qualified FROM @extschema@.program p WHERE p.program_id = pid;
+    PERFORM @extschema@._set_tier(pid, account_key, qualified, 'manual');
+    RETURN qualified;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.revoke_tier(text, text) IS
+    'Ends a tier granted by hand: the account returns, from tomorrow on, to the ladder tier its rolling measure reaches today (returned), and is re-qualified by settlement again.';
+
+-- As of a date.  Checks its own arguments.
+CREATE FUNCTION @extschema@.tier(program text, account_key text, as_of date) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose tier is asked for.',
+                  HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.tier(program, account_key).';
+    END IF;
+    RETURN @extschema@._tier_at((SELECT p.program_id FROM @extschema@.program p WHERE p.name = tier.program), account_key, as_of);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.tier(text, text, date) IS
+    'An account''s tier on a date: the tier its documents dated that day earn by (loyalty.tier_history); NULL when it had none.';
+
+CREATE FUNCTION @extschema@.balance(program text, account_key text, as_of date,
+                                    OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    zone text;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose closing balance is asked for.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.balance(program, account_key).';
+    END IF;
+    SELECT p.program_id, p.time_zone INTO pid, zone FROM @extschema@.program p WHERE p.name = balance.program;
+    -- the ledger as it stood at the end of as_of in the program's calendar
+    SELECT coalesce(sum(l.points), 0), coalesce(sum(l.qualifying), 0) INTO points, qualifying
+    FROM @extschema@.ledger l
+    WHERE l.program_id = pid AND l.account_key = balance.account_key
+      AND l.posted_at < ((as_of + 1)::timestamp AT TIME ZONE zone);
+    -- the rolling window ending with as_of's month, by document date
+    SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.account_key = balance.account_key
+      AND m.month >= (date_trunc('month', as_of::timestamp)
+                      - make_interval(months => (SELECT @extschema@._window_months(p.qualification_window) - 1
+                                                 FROM @extschema@.program p WHERE p.program_id = pid)))::date
+      AND m.month <= as_of;
+    tier := @extschema@._tier_at(pid, account_key, as_of);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.balance(text, text, date) IS
+    'An account''s balance on a date: points and lifetime qualifying spend of the ledger entries posted up to the end of as_of (program''s time zone), the rolling qualifying spend of the window ending with as_of''s month (by document date), and the tier documents of that day earn by.';
+
+CREATE FUNCTION @extschema@.benefits(program text, account_key text)
+RETURNS TABLE (benefit text, value pg_catalog.jsonb, tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.benefits(''Distributor Club'', ''1042'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = benefits.program;
+    RETURN QUERY
+    SELECT b.benefit, b.value, b.tier
+    FROM @extschema@.account a JOIN @extschema@.tier_benefit b ON b.program_id = a.program_id AND b.tier = a.tier
+    WHERE a.program_id = pid AND a.account_key = benefits.account_key
+    ORDER BY b.benefit;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.benefits(text, text) IS
+    'The benefits of an account''s current tier, one row per entitlement (none without a tier).';
+
+-- The partner statement / QBR, as (section, item, value) rows: readable in
+-- psql, pivotable by a BI tool.
+CREATE FUNCTION @extschema@.statement(program text, account_key text, period_end date)
+RETURNS TABLE (section text, item text, value text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    prog @extschema@.program;
+    pstart date;
+    t text;
+    since date;
+    m numeric;
+    nxt record;
+    outcome text;
+    zone_end timestamptz;
+    zone_start timestamptz;
+BEGIN
+    e := coalesce(e, @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = statement.program),
+                                                     period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.statement(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name = statement.program;
+    pid := prog.program_id;
+    pstart := @extschema@._period_start(pid, period_end);
+    zone_start := pstart::timestamp AT TIME ZONE prog.time_zone;
+    zone_end := (period_end + 1)::timestamp AT TIME ZONE prog.time_zone;
+    -- the tier the period's settlement decided (in force from the day it
+    -- ran), or, for a period not settled yet, the tier of its last day
+    SELECT s.new_tier, s.outcome, s.measure INTO t, outcome, m FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.account_key = statement.account_key AND s.period_end = statement.period_end;
+    IF NOT FOUND THEN
+        t := @extschema@._tier_at(pid, account_key, period_end);
+        m := @extschema@._measure(pid, account_key, period_end);
+        outcome := 'not settled yet';
+    END IF;
+    SELECT max(h.effective_from) INTO since FROM @extschema@.tier_history h
+    WHERE h.program_id = pid AND h.account_key = statement.account_key AND h.new_tier = t;
+    -- the next tier above the account's tier (or above what it measures)
+    SELECT x.name, x.threshold, greatest(x.threshold - m, 0) AS gap INTO nxt
+    FROM @extschema@.tiers(prog.ladder) x
+    WHERE x.rank > greatest(coalesce((SELECT y.rank FROM @extschema@.tiers(prog.ladder) y WHERE y.name = t), 0),
+                            coalesce(@extschema@.tier_rank(prog.ladder, m), 0))
+    ORDER BY x.rank LIMIT 1;
+
+    RETURN QUERY VALUES ('period', 'from', pstart::text), ('period', 'to', period_end::text),
+                        ('tier', 'tier', t), ('tier', 'since', since::text), ('tier', 'settlement', outcome),
+                        ('tier', 'measure (' || prog.tier_basis || ', rolling window)', m::text),
+                        ('progress', 'next tier', nxt.name), ('progress', 'threshold', nxt.threshold::text),
+                        ('progress', 'missing', nxt.gap::text);
+    -- points earned in the period: accrual by document month and ERP table,
+    -- the other kinds by posting date
+    RETURN QUERY
+    SELECT 'points earned', coalesce(a.source_name, '(unknown table)'), sum(x.points)::text
+    FROM @extschema@.accrual_month x LEFT JOIN @extschema@.attachment a ON a.attachment_id = x.attachment_id
+    WHERE x.program_id = pid AND x.account_key = statement.account_key AND x.month >= pstart AND x.month <= period_end
+    GROUP BY a.source_name ORDER BY a.source_name;
+    RETURN QUERY
+    SELECT 'points earned', l.kind::text, sum(l.points)::text
+    FROM @extschema@.ledger l
+    WHERE l.program_id = pid AND l.account_key = statement.account_key
+      AND l.kind IN ('award', 'adjust') AND l.posted_at >= zone_start AND l.posted_at < zone_end
+    GROUP BY l.kind ORDER BY l.kind;
+    RETURN QUERY
+    SELECT 'points', v.item, v.value FROM (VALUES
+        ('redeemed', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
+                      WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'redeem'
+                        AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('expired', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
+                     WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'expire'
+                       AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('expiring soon', @extschema@._expiring_soon(pid, account_key, period_end)::text),
+        ('balance at period end', (SELECT b.points::text FROM @extschema@.balance(program, account_key, period_end) b))) v(item, value);
+    RETURN QUERY
+    SELECT 'rebates', v.item, v.value FROM (VALUES
+        ('accrued in period', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
+                               WHERE l.program_id = pid AND l.account_key = statement.account_key
+                                 AND l.rebate <> 0 AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('balance at period end', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
+                                   WHERE l.program_id = pid AND l.account_key = statement.account_key
+                                     AND l.rebate <> 0 AND l.posted_at < zone_end))) v(item, value);
+    RETURN QUERY
+    SELECT 'benefits', b.benefit, b.value::text FROM @extschema@.tier_benefit b
+    WHERE b.program_id = pid AND b.tier = t ORDER BY b.benefit;
+    -- what the next tier would add or change
+    RETURN QUERY
+    SELECT 'next tier unlocks', n.benefit, n.value::text FROM @extschema@.tier_benefit n
+    WHERE n.program_id = pid AND n.tier = nxt.name
+      AND n.value IS DISTINCT FROM (SELECT b.value FROM @extschema@.tier_benefit b
+                                    WHERE b.program_id = pid AND b.tier = t AND b.benefit = n.benefit)
+    ORDER BY n.benefit;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.statement(text, text, date) IS
+    'The partner statement (QBR) of an account for the settlement period ending on period_end, as (section, item, value) rows: the tier the period''s settlement decided (or, not settled yet, the tier of its last day) and since when, the measure and what is missing to the next tier above it, points earned by ERP table and kind, redeemed, expired, expiring soon, balance, rebates, benefits, and what the next tier unlocks.';
+
+GRANT SELECT ON @extschema@.tier_requirement, @extschema@.tier_grant, @extschema@.tier_benefit, @extschema@.account_benefits
+TO loyalty_reader, loyalty_operator, loyalty_admin;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_requirement', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_grant', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_benefit', '');
+REVOKE ALL ON FUNCTION @extschema@.set_tier_rules(text, text, text, text, numeric),
+                      @extschema@.set_tier_requirement(text, text, text, bigint),
+                      @extschema@.set_benefit(text, text, text, pg_catalog.jsonb),
+                      @extschema@.grant_tier(text, text, text, text), @extschema@.revoke_tier(text, text),
+                      @extschema@.tier(text, text, date), @extschema@.balance(text, text, date),
+                      @extschema@.benefits(text, text), @extschema@.statement(text, text, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_tier_rules(text, text, text, text, numeric),
+                          @extschema@.set_tier_requirement(text, text, text, bigint),
+                          @extschema@.set_benefit(text, text, text, pg_catalog.jsonb),
+                          @extschema@.grant_tier(text, text, text, text), @extschema@.revoke_tier(text, text) TO loyalty_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.tier(text, text, date), @extschema@.balance(text, text, date),
+                          @extschema@.benefits(text, text), @extschema@.statement(text, text, date)
+TO loyalty_reader, loyalty_operator, loyalty_admin;
+REVOKE ALL ON FUNCTION @extschema@._valid_benefit(text, pg_catalog.jsonb), @extschema@._tier_at(integer, text, date),
+                      @extschema@._benefit(integer, text, text, date), @extschema@._measure(integer, text, date),
+                      @extschema@._set_tier(integer, text, text, text) FROM PUBLIC;
+
+-- Point expiry at settlement.  Placeholders: the expiry work replaces this
+-- file (the settlement frame in 50_settlement.sql calls these by name).
+
+CREATE FUNCTION @extschema@._settle_expiry(program_id integer, period_start date, period_end date) RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+RETURN 0::bigint;
+COMMENT ON FUNCTION @extschema@._settle_expiry(integer, date, date) IS
+    'Internal: settlement step that posts the expiry of points past their lifetime for the period [period_start, period_end] (both days included) and returns the points expired (>= 0). Placeholder returning 0, replaced by the point expiry work.';
+
+CREATE FUNCTION @extschema@._expiring_soon(program_id integer, account_key text, as_of date) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN 0::bigint;
+COMMENT ON FUNCTION @extschema@._expiring_soon(integer, text, date) IS
+    'Internal: points of an account that expire at the next settlement after as_of, for loyalty.statement(). Placeholder returning 0, replaced by the point expiry work.';
+REVOKE ALL ON FUNCTION @extschema@._settle_expiry(integer, date, date), @extschema@._expiring_soon(integer, text, date) FROM PUBLIC;
+
+-- Retrospective volume rebates at settlement.  Placeholder: the rebate work
+-- replaces this file (the settlement frame in 50_settlement.sql calls it by name).
+
+CREATE FUNCTION @extschema@._settle_rebates(program_id integer, period_start date, period_end date) RETURNS numeric
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+RETURN 0::numeric;
+COMMENT ON FUNCTION @extschema@._settle_rebates(integer, date, date) IS
+    'Internal: settlement step that trues up the rebates of the period [period_start, period_end] (both days included) and returns the money trued up. Placeholder returning 0, replaced by the rebate work.';
+REVOKE ALL ON FUNCTION @extschema@._settle_rebates(integer, date, date) FROM PUBLIC;
+
+-- Non-purchase actions.  Placeholder: the actions work replaces this file
+-- (tier qualification on action counts calls it by name).
+
+CREATE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
+RETURNS TABLE (account_key text, actions bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT NULL::text, NULL::bigint WHERE false $$;
+COMMENT ON FUNCTION @extschema@._action_counts(integer, text, date, date) IS
+    'Internal: approved actions of a kind per account dated in [from_date, to_date), for tier qualification on action counts. Placeholder returning no rows, replaced by the actions work.';
+REVOKE ALL ON FUNCTION @extschema@._action_counts(integer, text, date, date) FROM PUBLIC;
+
+-- Market development funds at settlement.  Placeholder: the MDF work
+-- replaces this file (the settlement frame in 50_settlement.sql calls it by name).
+
+CREATE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date) RETURNS numeric
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
+RETURN 0::numeric;
+COMMENT ON FUNCTION @extschema@._settle_mdf(integer, date, date) IS
+    'Internal: settlement step that accrues the MDF of the period [period_start, period_end] (both days included) and returns the money accrued. Placeholder returning 0, replaced by the MDF work.';
+REVOKE ALL ON FUNCTION @extschema@._settle_mdf(integer, date, date) FROM PUBLIC;
+
+-- fold()'s lock is the tier lock settlement and grant_tier wait for; it no
+-- longer upgrades accounts holding a tier granted by hand (src/fold.c).

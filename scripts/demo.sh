@@ -74,6 +74,8 @@ fi
 # The program's life after accrual, on the same data: each part works on the
 # Distributor Club that demo/accrual.sql created.
 if [ "${accrued:-0}" = 1 ]; then
+  log "quarter-end settlement: tiers, benefits, statement (demo/settlement.sql)"
+  demo_sql -f "$DEMO_SQL/settlement.sql"
   log "incremental ROI: cohorts, a simulated lift, the report and the KPIs (demo/roi.sql)"
   demo_sql -v svg="$DEMO_SQL/roi.svg" -f "$DEMO_SQL/roi.sql"
   cp "$DEMO_SQL/roi.svg" "$OUT_DIR/roi.svg"

@@ -84,6 +84,22 @@ INSERT INTO decision VALUES
 -- Reading loyalty's tables only, with internal helpers: as the owner.
 ('loyalty.balance(text,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'reads loyalty''s tables as the caller (row-level security), a partner its own account only'),
 ('loyalty.tier(text,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'checks its arguments, then calls balance()'),
+-- Settlement and tiers: loyalty's own tables only, no user code (the
+-- settlement steps are the extension's own functions): as the owner.
+('loyalty.settle(text,date)', 'loyalty_admin,loyalty_operator', true, true, 'reads loyalty''s tables only, writes computed tiers and runs'),
+('loyalty.settle_due(text)', 'loyalty_admin,loyalty_operator', true, true, 'calls settle() per ended period'),
+('loyalty.set_tier_rules(text,text,text,text,numeric)', 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
+('loyalty.set_tier_requirement(text,text,text,bigint)', 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
+('loyalty.set_benefit(text,text,text,jsonb)', 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
+('loyalty.grant_tier(text,text,text,text)', 'loyalty_admin', true, true, 'writes a tier by hand; no user code'),
+('loyalty.revoke_tier(text,text)', 'loyalty_admin', true, true, 'writes a tier by hand; no user code'),
+('loyalty.tier(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
+('loyalty.balance(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
+('loyalty.benefits(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
+('loyalty.statement(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
+-- pg_cron's functions check the caller's own rights: the job is the caller's
+('loyalty.schedule_settlement(text,text)', 'loyalty_admin', false, true, 'calls pg_cron as the caller'),
+('loyalty.unschedule_settlement(text)', 'loyalty_admin', false, true, 'calls pg_cron as the caller'),
 -- Triggers: they fire whatever their function's privileges; creating one
 -- needs EXECUTE, which only the owner has.
 ('loyalty.accrue()', '', false, true, 'accrual trigger'),
@@ -116,6 +132,27 @@ INSERT INTO decision VALUES
 ('loyalty._verify_balance(integer,text)', '', false, true, 'internal: verify''s ledger vs balance check'),
 ('loyalty._post(integer,text,loyalty.ledger_kind,bigint,text,numeric,numeric,text,xid8,bigint)', '', false, true, 'internal: posts one ledger entry that no invoice row made'),
 ('loyalty._lock_for_debit(integer,text)', '', false, true, 'internal: serialises the debits of one account'),
+('loyalty._settle_lock(integer)', '', false, true, 'internal: a program''s settlement lock'),
+('loyalty._tier_lock(integer)', '', false, true, 'internal: a program''s tier lock (fold tries it)'),
+('loyalty._period_length(text)', '', false, true, 'internal: length of a settlement period'),
+('loyalty._period_start(integer,date)', '', false, true, 'internal: the first day of the period a date ends'),
+('loyalty._program_problem(text)', '', false, true, 'internal: what is wrong with a program argument'),
+('loyalty._period_end_problem(integer,date)', '', false, true, 'internal: what is wrong with a period_end argument'),
+('loyalty._settle_accounts(integer,date,date)', '', false, true, 'internal: settlement''s pass over the accounts'),
+('loyalty._settle_tiers(integer,date)', '', false, true, 'internal: settlement''s tier writes'),
+('loyalty._cron_schema()', '', false, true, 'internal: pg_cron''s schema or how to install it'),
+('loyalty._valid_benefit(text,jsonb)', '', false, true, 'CHECK of loyalty.tier_benefit'),
+('loyalty._tier_at(integer,text,date)', '', false, true, 'internal: tier on a date'),
+('loyalty._benefit(integer,text,text,date)', '', false, true, 'internal: a benefit of an account on a date (MDF rate)'),
+('loyalty._measure(integer,text,date)', '', false, true, 'internal: the tier basis over the window'),
+('loyalty._set_tier(integer,text,text,text)', '', false, true, 'internal: tier change by hand'),
+-- Settlement steps of the other wallets (52_expiry, 53_rebates, 61_actions,
+-- 63_mdf): called by settle() as the owner.
+('loyalty._settle_expiry(integer,date,date)', '', false, true, 'internal: settlement step, point expiry'),
+('loyalty._expiring_soon(integer,text,date)', '', false, true, 'internal: points expiring at the next settlement'),
+('loyalty._settle_rebates(integer,date,date)', '', false, true, 'internal: settlement step, rebate true-up'),
+('loyalty._settle_mdf(integer,date,date)', '', false, true, 'internal: settlement step, MDF'),
+('loyalty._action_counts(integer,text,date,date)', '', false, true, 'internal: approved actions per account, for tiers'),
 -- pure C, no SQL, no name resolved: no SET clause
 ('loyalty._ledger_number()', '', false, false, 'internal: the transaction''s next entry number'),
 ('loyalty._is_staff()', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: is the caller a loyalty role (the partner check)'),

@@ -487,18 +487,30 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 	{
 		Oid			t[6] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, DATEARRAYOID};
 
-		/* the account rows are locked in key order; only enrolled accounts move */
+		/*
+		 * The account rows are locked in key order; only enrolled accounts
+		 * move, and not those holding a tier granted by hand.  The change
+		 * number is the account's next: every tier writer of the program
+		 * holds the tier lock this fold holds, so no other can take it.
+		 */
 		plan = loyalty_prepare(
 			"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
 			"                                    pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(k, old_tier, new_tier, q, eff)),"
 			" upd AS (UPDATE loyalty.account a SET tier = u.new_tier, tier_since = pg_catalog.now()"
 			"   FROM u WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k"
 			"     AND a.tier IS NOT DISTINCT FROM u.old_tier"
+			"     AND NOT EXISTS (SELECT FROM loyalty.tier_grant g WHERE g.program_id OPERATOR(pg_catalog.=) $1"
+			"                     AND g.account_key OPERATOR(pg_catalog.=) u.k)"
 			"   RETURNING a.account_key)"
 			" INSERT INTO loyalty.tier_history"
-			" (program_id, account_key, effective_from, old_tier, new_tier, reason, rolling_qualifying)"
-			" SELECT $1, u.k, u.eff, u.old_tier, u.new_tier, 'upgrade_on_accrual', u.q"
-			" FROM u JOIN upd ON upd.account_key OPERATOR(pg_catalog.=) u.k ORDER BY u.k", 6, t);
+			" (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)"
+			" SELECT $1, u.k,"
+			"  coalesce((SELECT pg_catalog.max(h.change_no) FROM loyalty.tier_history h"
+			"            WHERE h.program_id OPERATOR(pg_catalog.=) $1 AND h.account_key OPERATOR(pg_catalog.=) u.k), 0)"
+			"  OPERATOR(pg_catalog.+) 1,"
+			"  u.eff, u.old_tier, u.new_tier, 'upgrade_on_accrual', u.q"
+			" FROM u JOIN upd ON upd.account_key OPERATOR(pg_catalog.=) u.k ORDER BY u.k"
+			" RETURNING account_key", 6, t);
 	}
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = loyalty_text_array(uk, NULL, nu);
@@ -506,9 +518,25 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 	args[3] = loyalty_text_array(un, NULL, nu);
 	args[4] = loyalty_numeric_array(uq, nu);
 	args[5] = loyalty_date_array(ueff, nu);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT, "record tier upgrades");
-	for (i = 0; i < nu; i++)
-		accounts_note_tier((Program *) prog, uk[i], un[i], ueff[i]);
+	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
+					  "record tier upgrades");
+
+	/*
+	 * Only the accounts whose upgrade was written go to the cache: one that
+	 * moved meanwhile, or holds a tier granted by hand, keeps its tier.  The
+	 * returned keys are a subsequence of uk[] (both in the order of the
+	 * deltas' keys), so one walk matches them.
+	 */
+	for (i = 0, m = 0; i < nu && m < (int) SPI_processed; i++)
+	{
+		char	   *k = SPI_getvalue(SPI_tuptable->vals[m], SPI_tuptable->tupdesc, 1);
+
+		if (strcmp(k, uk[i]) == 0)
+		{
+			accounts_note_tier((Program *) prog, uk[i], un[i], ueff[i]);
+			m++;
+		}
+	}
 	return (int) SPI_processed;
 }
 

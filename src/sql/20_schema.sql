@@ -57,7 +57,17 @@ CREATE TABLE @extschema@.program (
     rebate               @extschema@.rebate_schedule,
     created_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
     time_zone            text NOT NULL DEFAULT pg_catalog.current_setting('TimeZone')
-                         CHECK (pg_catalog.timezone(time_zone, '2000-01-01 00:00+00'::timestamptz) IS NOT NULL)
+                         CHECK (pg_catalog.timezone(time_zone, '2000-01-01 00:00+00'::timestamptz) IS NOT NULL),
+    tier_basis           text NOT NULL DEFAULT 'qualifying' CHECK (tier_basis IN ('qualifying', 'points', 'action')),
+    tier_action          text,
+    tier_grace           text NOT NULL DEFAULT 'none' CHECK (tier_grace IN ('none', 'one_level', 'margin', 'periods')),
+    tier_grace_value     numeric,
+    CONSTRAINT program_tier_rules_check
+        CHECK ((tier_basis = 'action') = (tier_action IS NOT NULL)
+               AND CASE tier_grace WHEN 'margin' THEN tier_grace_value OPERATOR(pg_catalog.>) 0 AND tier_grace_value OPERATOR(pg_catalog.<) 1
+                                   WHEN 'periods' THEN tier_grace_value OPERATOR(pg_catalog.>=) 1 AND tier_grace_value OPERATOR(pg_catalog.<=) 100
+                                        AND tier_grace_value OPERATOR(pg_catalog.=) pg_catalog.trunc(tier_grace_value)
+                                   ELSE tier_grace_value IS NULL END)
 );
 COMMENT ON TABLE @extschema@.program IS 'One loyalty or partner program: currency, accrual basis, rounding, tier ladder, qualification window, settlement period, point lifetime, enrolment policy.';
 COMMENT ON COLUMN @extschema@.program.program_id IS 'Surrogate key; every other loyalty table carries it.';
@@ -73,6 +83,10 @@ COMMENT ON COLUMN @extschema@.program.settlement_period IS 'Period of settlement
 COMMENT ON COLUMN @extschema@.program.point_lifetime IS 'How long earned points stay valid before expiry at settlement; NULL = points never expire.';
 COMMENT ON COLUMN @extschema@.program.rebate IS 'Volume rebate schedule settled per period; NULL = no rebate.';
 COMMENT ON COLUMN @extschema@.program.created_at IS 'When the program was created.';
+COMMENT ON COLUMN @extschema@.program.tier_basis IS 'What the ladder''s thresholds measure over the rolling window at settlement: qualifying (spend, the default), points (earned by documents of the window) or action (count of tier_action, e.g. certifications). Extra requirements per tier: loyalty.tier_requirement. Set with loyalty.set_tier_rules().';
+COMMENT ON COLUMN @extschema@.program.tier_action IS 'The action counted when tier_basis is action; NULL otherwise.';
+COMMENT ON COLUMN @extschema@.program.tier_grace IS 'How settlement downgrades an account below its tier: none (to what it qualifies for), one_level (at most one level per period), margin (keeps a tier while the measure is within tier_grace_value of its threshold) or periods (only after tier_grace_value settled periods in a row below).';
+COMMENT ON COLUMN @extschema@.program.tier_grace_value IS 'margin: fraction below the threshold still kept (0.1 = 10 %); periods: how many periods in a row below before dropping; NULL otherwise.';
 COMMENT ON COLUMN @extschema@.program.time_zone IS 'The program''s calendar: what "today" is for tier upgrades, segment changes and the rolling window, whichever time zone the posting session uses (default: the creating session''s TimeZone).';
 
 CREATE TABLE @extschema@.account (
@@ -549,26 +563,28 @@ COMMENT ON COLUMN @extschema@.redemption.ledger_entry_no IS 'The ledger entry th
 CREATE TABLE @extschema@.tier_history (
     program_id         integer NOT NULL,
     account_key        text NOT NULL,
-    change_no          bigint GENERATED ALWAYS AS IDENTITY,
+    change_no          bigint NOT NULL CHECK (change_no OPERATOR(pg_catalog.>) 0),
     changed_at         timestamptz NOT NULL DEFAULT pg_catalog.now(),
     effective_from     date NOT NULL,
     old_tier           text,
     new_tier           text,
-    reason             text NOT NULL CHECK (reason IN ('upgrade_on_accrual', 'requalification', 'manual')),
+    reason             text NOT NULL,
     rolling_qualifying numeric,
     PRIMARY KEY (program_id, account_key, change_no),
     FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
-    CHECK (old_tier IS DISTINCT FROM new_tier)
+    CHECK (old_tier IS DISTINCT FROM new_tier),
+    CONSTRAINT tier_history_reason_check
+        CHECK (reason IN ('upgrade_on_accrual', 'requalification', 'grace', 'downgrade', 'manual', 'backfill'))
 );
 COMMENT ON TABLE @extschema@.tier_history IS 'Every tier change with its reason. A document earns tier multipliers by the tier in force on its date, and a change takes effect from the day after it happens, so what a document earned never changes after the fact.';
 COMMENT ON COLUMN @extschema@.tier_history.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.tier_history.account_key IS 'The account.';
-COMMENT ON COLUMN @extschema@.tier_history.change_no IS 'Surrogate key, ascending in time.';
+COMMENT ON COLUMN @extschema@.tier_history.change_no IS 'Number of the change within the account, from 1, ascending in time (the account''s highest plus one, taken by whoever holds the program''s tier lock).';
 COMMENT ON COLUMN @extschema@.tier_history.changed_at IS 'When the change was recorded.';
 COMMENT ON COLUMN @extschema@.tier_history.effective_from IS 'First document date the new tier applies to.';
 COMMENT ON COLUMN @extschema@.tier_history.old_tier IS 'Tier before (NULL: none).';
 COMMENT ON COLUMN @extschema@.tier_history.new_tier IS 'Tier after (NULL: none).';
-COMMENT ON COLUMN @extschema@.tier_history.reason IS 'upgrade_on_accrual, requalification (settlement) or manual.';
+COMMENT ON COLUMN @extschema@.tier_history.reason IS 'upgrade_on_accrual (fold), requalification (settlement: up, or down to what the account qualifies for), grace (settlement: down, but less far than the account qualifies for, by the program''s grace rule), downgrade (settlement: down after the grace periods ran out), manual (loyalty.grant_tier / revoke_tier), backfill.';
 COMMENT ON COLUMN @extschema@.tier_history.rolling_qualifying IS 'Rolling qualifying spend that justified the change.';
 
 CREATE TABLE @extschema@.settlement_run (
@@ -581,6 +597,15 @@ CREATE TABLE @extschema@.settlement_run (
     accounts     integer CHECK (accounts OPERATOR(pg_catalog.>=) 0),
     points_expired bigint,
     rebate_total numeric,
+    mdf_total    numeric,
+    period_qualifying  numeric,
+    carried_qualifying numeric,
+    period_points      bigint,
+    carried_points     bigint,
+    tiers_up     integer,
+    tiers_down   integer,
+    tiers_held   integer,
+    settled_by   text,
     PRIMARY KEY (program_id, period_end),
     CHECK (period_end OPERATOR(pg_catalog.>) period_start),
     CHECK ((status = 'done') <= (finished_at IS NOT NULL))
@@ -588,13 +613,22 @@ CREATE TABLE @extschema@.settlement_run (
 COMMENT ON TABLE @extschema@.settlement_run IS 'One row per program and settlement period: the idempotency key of settlement.';
 COMMENT ON COLUMN @extschema@.settlement_run.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.settlement_run.period_start IS 'First day of the period.';
-COMMENT ON COLUMN @extschema@.settlement_run.period_end IS 'Day after the period''s last day (exclusive end).';
+COMMENT ON COLUMN @extschema@.settlement_run.period_end IS 'Last day of the period (included), as given to loyalty.settle().';
 COMMENT ON COLUMN @extschema@.settlement_run.status IS 'running, done or failed.';
 COMMENT ON COLUMN @extschema@.settlement_run.started_at IS 'Start.';
 COMMENT ON COLUMN @extschema@.settlement_run.finished_at IS 'End.';
 COMMENT ON COLUMN @extschema@.settlement_run.accounts IS 'Accounts settled.';
 COMMENT ON COLUMN @extschema@.settlement_run.points_expired IS 'Points expired.';
-COMMENT ON COLUMN @extschema@.settlement_run.rebate_total IS 'Rebates posted.';
+COMMENT ON COLUMN @extschema@.settlement_run.rebate_total IS 'Rebate money trued up (what the rebate step returned).';
+COMMENT ON COLUMN @extschema@.settlement_run.mdf_total IS 'MDF money accrued (what the MDF step returned).';
+COMMENT ON COLUMN @extschema@.settlement_run.period_qualifying IS 'Qualifying spend of the documents dated in the period, as settled.';
+COMMENT ON COLUMN @extschema@.settlement_run.carried_qualifying IS 'Qualifying spend of documents dated before the period that no earlier run counted (late invoices, credit notes): the adjustment carried into this run.';
+COMMENT ON COLUMN @extschema@.settlement_run.period_points IS 'Points earned by the documents dated in the period (before caps), as settled.';
+COMMENT ON COLUMN @extschema@.settlement_run.carried_points IS 'Points of documents dated before the period that no earlier run counted.';
+COMMENT ON COLUMN @extschema@.settlement_run.tiers_up IS 'Accounts moved up by re-qualification.';
+COMMENT ON COLUMN @extschema@.settlement_run.tiers_down IS 'Accounts moved down (fully, or one level or within the margin by grace).';
+COMMENT ON COLUMN @extschema@.settlement_run.tiers_held IS 'Accounts below their tier that kept it (grace, or an upgrade reached in the period).';
+COMMENT ON COLUMN @extschema@.settlement_run.settled_by IS 'The role that ran the settlement.';
 
 CREATE TABLE @extschema@.rejected_event (
     program_id    integer NOT NULL REFERENCES @extschema@.program,
@@ -638,7 +672,6 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.program_program_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment_attachment_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption_redemption_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_history_change_no_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event_event_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.product_history', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
