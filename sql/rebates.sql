@@ -88,7 +88,7 @@ SELECT loyalty.accrue_rebates('rebate club', '2026-03-10') AS estimated,
 -- More spend in March after the last estimate: the true-up pays the rest.
 INSERT INTO reb.invoice VALUES (10, 'B', '2026-03-20', 25000);
 SELECT loyalty._settle_rebates(:pid, '2026-01-01', '2026-04-01') AS trued_up;
-SELECT account_key, agreement_id, period_start, period_end, adjustment_no, document_key, volume, final, accrued, amount,
+SELECT account_key, agreement_id, period_start, period_end, adjustment_no, regexp_replace(document_key, '^LOY-[0-9]+-', 'LOY-<pid>-') AS document_key, volume, final, accrued, amount,
        credit_note, currency, settled_through, entry_no IS NOT NULL AS posted
 FROM loyalty.settlement_line WHERE program_id = :pid ORDER BY 1, 2, 4, 5;
 -- the finals by hand, from the ERP rows
@@ -126,7 +126,7 @@ SELECT loyalty.accrue_rebates('rebate club', '2026-05-15') AS estimated_q2,
 SELECT loyalty._settle_rebates(:pid, '2026-04-01', '2026-07-01') AS trued_up_q2,
        (reb.retro(60000) - reb.retro(57000)) + (reb.marginal(42000) - reb.marginal(39000))
        + (reb.marginal(21000) - reb.marginal(25000)) AS expected_adjustments;
-SELECT account_key, agreement_id, period_end, adjustment_no, document_key, volume, final, accrued, amount, credit_note, settled_through
+SELECT account_key, agreement_id, period_end, adjustment_no, regexp_replace(document_key, '^LOY-[0-9]+-', 'LOY-<pid>-') AS document_key, volume, final, accrued, amount, credit_note, settled_through
 FROM loyalty.settlement_line WHERE program_id = :pid AND settled_through = '2026-07-01' ORDER BY 1, 2, 3, 4;
 -- each period's credit notes add up to its final rebate now
 SELECT s.account_key, s.agreement_id, s.period_end, sum(s.credit_note) AS credit_notes,
@@ -140,7 +140,7 @@ SELECT loyalty._settle_rebates(:pid, '2026-04-01', '2026-07-01') AS again;
 -- a second late credit note for the same period: a second adjustment
 INSERT INTO reb.invoice VALUES (14, 'A', '2026-01-31', -1000);
 SELECT loyalty._settle_rebates(:pid, '2026-07-01', '2026-10-01') AS trued_up_q3;
-SELECT account_key, agreement_id, period_end, adjustment_no, document_key, credit_note
+SELECT account_key, agreement_id, period_end, adjustment_no, regexp_replace(document_key, '^LOY-[0-9]+-', 'LOY-<pid>-') AS document_key, credit_note
 FROM loyalty.settlement_line WHERE program_id = :pid AND settled_through = '2026-10-01' ORDER BY 1, 2, 3, 4;
 -- the wallet: the latest final of every settled period
 SELECT b.account_key, b.rebate = (SELECT sum(s.credit_note) FROM loyalty.settlement_line s

@@ -198,9 +198,29 @@ RETURNS TABLE (account_key text, cutoff date, points bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    pid integer := @extschema@._program_id(program);
-    day date := coalesce(as_of, @extschema@._today(pid));
+    pid integer;
+    day date;
 BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF as_of IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'as_of must be a finite date, not %', as_of
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'as_of is the day from which the next 90 days of settlement cutoffs are looked at.',
+                  HINT = 'Leave it out for today in the program''s time zone.';
+    END IF;
+    day := coalesce(as_of, @extschema@._today(pid));
     -- what is due at a cutoff includes what is due at the ones before it
     RETURN QUERY
     SELECT y.account_key, y.cutoff, y.points

@@ -235,7 +235,7 @@ COMMENT ON FUNCTION @extschema@._rebate_periods(integer, date, boolean) IS
     'Internal: per rebate agreement, account and period that has a volume, a posting or a settlement line (and starts by to_end when open, else ends by it): the volume now, the final rebate on it, what is posted for it, and its last line''s final and number.';
 
 -- Writes settlement lines for the given periods and posts their amounts.
-CREATE FUNCTION @extschema@._write_lines(program_id integer, settled_through date,
+CREATE FUNCTION @extschema@._write_settlement_lines(program_id integer, settled_through date,
                                          agreement_ids text[], account_keys text[], period_starts date[], period_ends date[],
                                          volumes numeric[], finals numeric[], accrueds numeric[], last_finals numeric[],
                                          adjustment_nos integer[])
@@ -286,7 +286,7 @@ BEGIN
     RETURN total;
 END
 $$;
-COMMENT ON FUNCTION @extschema@._write_lines(integer, date, text[], text[], date[], date[], numeric[], numeric[], numeric[], numeric[], integer[]) IS
+COMMENT ON FUNCTION @extschema@._write_settlement_lines(integer, date, text[], text[], date[], date[], numeric[], numeric[], numeric[], numeric[], integer[]) IS
     'Internal: writes settlement lines (and their rebate postings and ledger entries) for the given periods; returns the money posted.';
 
 -- Settlement's rebates at period_end: every agreement period that ends
@@ -321,7 +321,7 @@ BEGIN
     IF r.g IS NULL THEN
         RETURN 0;
     END IF;
-    RETURN @extschema@._write_lines($1, $3, r.g, r.a, r.s, r.e, r.v, r.f, r.c, r.lf, r.n);
+    RETURN @extschema@._write_settlement_lines($1, $3, r.g, r.a, r.s, r.e, r.v, r.f, r.c, r.lf, r.n);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._settle_rebates(integer, date, date) IS
@@ -435,7 +435,7 @@ BEGIN
     END IF;
     IF EXISTS (SELECT FROM @extschema@.rebate_agreement g
                WHERE g.program_id OPERATOR(pg_catalog.=) pid AND g.agreement_id OPERATOR(pg_catalog.=) create_rebate_agreement.agreement_id) THEN
-        RAISE EXCEPTION 'rebate agreement "%" of program "%" already exists', agreement_id, program
+        RAISE EXCEPTION 'agreement_id "%" is already used in program "%"', agreement_id, program
             USING ERRCODE = 'duplicate_object',
                   DETAIL = 'Agreement codes are unique within a program, and never reused: settlement lines carry them.',
                   HINT = 'Choose another agreement_id, or end the existing one with loyalty.end_rebate_agreement().';
@@ -460,8 +460,11 @@ BEGIN
                   DETAIL = 'account_key must name an account of the program.',
                   HINT = 'Enrol it with loyalty.enroll() first.';
     END IF;
-    IF cooperation_model IS NOT NULL THEN
-        PERFORM @extschema@._check_choice('cooperation_model', cooperation_model, ARRAY['direct', 'distributor', 'integrator', 'reseller']);
+    IF cooperation_model IS NOT NULL AND NOT cooperation_model OPERATOR(pg_catalog.=) ANY (ARRAY['direct', 'distributor', 'integrator', 'reseller']) THEN
+        RAISE EXCEPTION 'invalid value for cooperation_model: %', pg_catalog.quote_literal(cooperation_model)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cooperation_model must be one of direct, distributor, integrator, reseller.',
+                  HINT = 'For example cooperation_model => ''distributor''; leave it out to match any.';
     END IF;
     IF region OPERATOR(pg_catalog.=) '' OR industry OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION '% must not be empty', CASE WHEN region OPERATOR(pg_catalog.=) '' THEN 'region' ELSE 'industry' END
@@ -470,13 +473,16 @@ BEGIN
                   HINT = 'Leave it out to match any value.';
     END IF;
     IF product_lines IS NOT NULL THEN
-        RAISE EXCEPTION 'rebate agreements scoped to product lines are not supported yet'
+        RAISE EXCEPTION 'product_lines is not supported yet: rebate agreements count the whole qualifying spend'
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'The volume per product line would have to be read from the ERP''s rows with the caller''s rights; settlement does not do that yet.',
                   HINT = 'Leave product_lines out: the volume is then the account''s whole qualifying spend.';
     END IF;
     IF period IS NOT NULL AND NOT period OPERATOR(pg_catalog.=) ANY (ARRAY['month', 'quarter', 'year']) THEN
-        PERFORM @extschema@._check_choice('period', period, ARRAY['month', 'quarter', 'year']);
+        RAISE EXCEPTION 'invalid value for period: %', pg_catalog.quote_literal(period)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period must be one of month, quarter, year (calendar periods).',
+                  HINT = 'For example period => ''quarter''; leave it out for the program''s settlement period.';
     END IF;
     IF valid_from IN ('infinity', '-infinity') OR valid_until IN ('infinity', '-infinity') THEN
         RAISE EXCEPTION '% must be a finite date', CASE WHEN valid_from IN ('infinity', '-infinity') THEN 'valid_from' ELSE 'valid_until' END
