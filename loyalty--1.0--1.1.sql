@@ -3187,6 +3187,8 @@ CREATE FUNCTION @extschema@._rebate_periods(program_id integer, to_end date, ope
 RETURNS TABLE (agreement_id text, account_key text, period_start date, period_end date,
                volume numeric, final numeric, accrued numeric, last_final numeric, adjustments integer)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- one grouped pass over the volumes, the postings and the lines (no join
+-- between them: each row of every source is a fact of its period)
 WITH ag AS (
     SELECT g.agreement_id, g.account_key, g.cooperation_model, g.region, g.industry, g.schedule, g.period,
            pg_catalog.date_trunc('month', g.valid_from)::date AS first_month, g.valid_until,
@@ -3194,60 +3196,48 @@ WITH ag AS (
                          ELSE interval '1 year' END AS step
     FROM @extschema@.rebate_agreement g
     WHERE g.program_id OPERATOR(pg_catalog.=) $1 AND g.product_lines IS NULL),
-members AS (
-    SELECT ag.agreement_id, a.account_key
-    FROM ag JOIN @extschema@.account a
-      ON a.program_id OPERATOR(pg_catalog.=) $1
-     AND (ag.account_key IS NULL OR a.account_key OPERATOR(pg_catalog.=) ag.account_key)
-     AND (ag.cooperation_model IS NULL OR a.cooperation_model OPERATOR(pg_catalog.=) ag.cooperation_model)
-     AND (ag.region IS NULL OR a.region OPERATOR(pg_catalog.=) ag.region)
-     AND (ag.industry IS NULL OR a.industry OPERATOR(pg_catalog.=) ag.industry)),
-posted AS (
-    SELECT r.agreement_id, r.account_key, r.period_start, pg_catalog.sum(r.amount) AS accrued
-    FROM @extschema@.rebate_posting r WHERE r.program_id OPERATOR(pg_catalog.=) $1
-    GROUP BY 1, 2, 3),
-lines AS (
-    SELECT DISTINCT ON (s.agreement_id, s.account_key, s.period_start)
-           s.agreement_id, s.account_key, s.period_start, s.final, s.adjustment_no
-    FROM @extschema@.settlement_line s WHERE s.program_id OPERATOR(pg_catalog.=) $1
-    ORDER BY s.agreement_id, s.account_key, s.period_start, s.adjustment_no DESC),
 known AS (
-    SELECT p.agreement_id, p.account_key, p.period_start FROM posted p
-    UNION
-    SELECT l.agreement_id, l.account_key, l.period_start FROM lines l),
+    SELECT r.agreement_id, r.account_key, r.period_start, r.amount AS accrued, NULL::numeric AS final, NULL::integer AS adj
+    FROM @extschema@.rebate_posting r WHERE r.program_id OPERATOR(pg_catalog.=) $1
+    UNION ALL
+    SELECT s.agreement_id, s.account_key, s.period_start, 0, s.final, s.adjustment_no
+    FROM @extschema@.settlement_line s WHERE s.program_id OPERATOR(pg_catalog.=) $1),
 pairs AS (
-    SELECT m.agreement_id, m.account_key FROM members m
-    UNION
-    SELECT k.agreement_id, k.account_key FROM known k),
-vol AS (
+    SELECT u.agreement_id, u.account_key, pg_catalog.bool_or(u.member) AS member
+    FROM (SELECT ag.agreement_id, a.account_key, true AS member
+          FROM ag JOIN @extschema@.account a
+            ON a.program_id OPERATOR(pg_catalog.=) $1
+           AND (ag.account_key IS NULL OR a.account_key OPERATOR(pg_catalog.=) ag.account_key)
+           AND (ag.cooperation_model IS NULL OR a.cooperation_model OPERATOR(pg_catalog.=) ag.cooperation_model)
+           AND (ag.region IS NULL OR a.region OPERATOR(pg_catalog.=) ag.region)
+           AND (ag.industry IS NULL OR a.industry OPERATOR(pg_catalog.=) ag.industry)
+          UNION ALL
+          SELECT k.agreement_id, k.account_key, false FROM known k) u
+    GROUP BY 1, 2),
+facts AS (
     SELECT ag.agreement_id, x.account_key, pg_catalog.date_trunc(ag.period, x.month)::date AS period_start,
-           pg_catalog.sum(x.qualifying) AS volume
+           x.qualifying AS volume, 0 AS accrued, NULL::numeric AS final, NULL::integer AS adj, p.member, false AS known
     FROM @extschema@.accrual_month x
     JOIN pairs p ON p.account_key OPERATOR(pg_catalog.=) x.account_key
     JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) p.agreement_id
     WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.month OPERATOR(pg_catalog.>=) ag.first_month
       AND (ag.valid_until IS NULL OR x.month OPERATOR(pg_catalog.<) ag.valid_until)
-    GROUP BY 1, 2, 3),
-keys AS (
-    -- a member's periods with a volume, and every period already posted or settled
-    SELECT v.agreement_id, v.account_key, v.period_start FROM vol v
-    JOIN members m ON m.agreement_id OPERATOR(pg_catalog.=) v.agreement_id AND m.account_key OPERATOR(pg_catalog.=) v.account_key
-    UNION
-    SELECT k.agreement_id, k.account_key, k.period_start FROM known k)
-SELECT k.agreement_id, k.account_key, k.period_start, (k.period_start OPERATOR(pg_catalog.+) ag.step)::date,
-       coalesce(v.volume, 0),
-       pg_catalog.round(@extschema@.rebate(ag.schedule, GREATEST(coalesce(v.volume, 0), 0)), 2),
-       coalesce(p.accrued, 0), l.final, l.adjustment_no
-FROM keys k
-JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) k.agreement_id
-LEFT JOIN vol v ON v.agreement_id OPERATOR(pg_catalog.=) k.agreement_id AND v.account_key OPERATOR(pg_catalog.=) k.account_key
-               AND v.period_start OPERATOR(pg_catalog.=) k.period_start
-LEFT JOIN posted p ON p.agreement_id OPERATOR(pg_catalog.=) k.agreement_id AND p.account_key OPERATOR(pg_catalog.=) k.account_key
-                  AND p.period_start OPERATOR(pg_catalog.=) k.period_start
-LEFT JOIN lines l ON l.agreement_id OPERATOR(pg_catalog.=) k.agreement_id AND l.account_key OPERATOR(pg_catalog.=) k.account_key
-                 AND l.period_start OPERATOR(pg_catalog.=) k.period_start
-WHERE CASE WHEN open THEN k.period_start OPERATOR(pg_catalog.<=) to_end
-           ELSE (k.period_start OPERATOR(pg_catalog.+) ag.step)::date OPERATOR(pg_catalog.<=) to_end END
+    UNION ALL
+    SELECT k.agreement_id, k.account_key, k.period_start, 0, k.accrued, k.final, k.adj, false, true FROM known k)
+SELECT t.agreement_id, t.account_key, t.period_start, t.period_end, t.volume,
+       pg_catalog.round(@extschema@.rebate(ag.schedule, GREATEST(t.volume, 0)), 2),
+       t.accrued, t.last_final, t.adjustments
+FROM (SELECT f.agreement_id, f.account_key, f.period_start, (f.period_start OPERATOR(pg_catalog.+) ag.step)::date AS period_end,
+             pg_catalog.sum(f.volume) AS volume, pg_catalog.sum(f.accrued) AS accrued,
+             (pg_catalog.array_agg(f.final ORDER BY f.adj DESC) FILTER (WHERE f.adj IS NOT NULL))[1] AS last_final,
+             pg_catalog.max(f.adj) AS adjustments
+      FROM facts f JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) f.agreement_id
+      WHERE CASE WHEN open THEN f.period_start OPERATOR(pg_catalog.<=) to_end
+                 ELSE (f.period_start OPERATOR(pg_catalog.+) ag.step)::date OPERATOR(pg_catalog.<=) to_end END
+      GROUP BY f.agreement_id, f.account_key, f.period_start, ag.step
+      -- a member's periods with a volume, and every period already posted or settled
+      HAVING pg_catalog.bool_or(f.member) OR pg_catalog.bool_or(f.known)) t
+JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) t.agreement_id
 $$;
 COMMENT ON FUNCTION @extschema@._rebate_periods(integer, date, boolean) IS
     'Internal: per rebate agreement, account and period that has a volume, a posting or a settlement line (and starts by to_end when open, else ends by it): the volume now, the final rebate on it, what is posted for it, and its last line''s final and number.';
