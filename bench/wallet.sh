@@ -27,7 +27,7 @@ trap cluster_stop EXIT
 cluster_start
 LOG=$RUN_DIR/wallet.log
 : >"$LOG"
-sql() { pg_sql -d bench -qAt "$@" 2>>"$LOG"; }
+sql() { pg_sql -d bench -qAt "$@" 2>>"$LOG" || { tail -5 "$LOG" >&2; return 1; }; }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 # seconds of one statement, from psql's \timing, inside BEGIN ... ROLLBACK
@@ -50,7 +50,7 @@ DO \$\$
 BEGIN
   FOR s IN 0 .. ($ROWS / 1000) - 1 LOOP
     INSERT INTO invoice
-    SELECT i, 1 + (i * 7919 % $ACCOUNTS), date '2024-01-01' + (random() * 730)::int, round((random() * 500 + 1)::numeric, 2)
+    SELECT i, 1 + (i::bigint * 7919 % $ACCOUNTS), date '2024-01-01' + (random() * 730)::int, round((random() * 500 + 1)::numeric, 2)
     FROM generate_series(s * 1000 + 1, s * 1000 + 1000) i;
   END LOOP;
 END

@@ -161,7 +161,8 @@ COMMENT ON FUNCTION @extschema@._post_rebates(integer, text[], numeric[], text[]
 -- Every agreement period that has a volume, a posting or a line, per
 -- account: the volume now (one pass over loyalty.accrual_month, the months
 -- of the period within the agreement's validity), the final rebate on it,
--- what is posted for it, and its last settlement line.  A segment's
+-- what is posted for it, and its last settlement line (open: the volume
+-- of the months up to to_end's, for estimates).  A segment's
 -- accounts are its members now; an account that left the segment keeps the
 -- periods it already has postings or lines for.  Only periods that start by
 -- to_end (open) or end by it (not open) are returned.
@@ -204,6 +205,8 @@ facts AS (
     JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) p.agreement_id
     WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.month OPERATOR(pg_catalog.>=) ag.first_month
       AND (ag.valid_until IS NULL OR x.month OPERATOR(pg_catalog.<) ag.valid_until)
+      -- an estimate counts the months up to to_end's (the volume so far)
+      AND (NOT open OR x.month OPERATOR(pg_catalog.<=) to_end)
     UNION ALL
     SELECT k.agreement_id, k.account_key, k.period_start, 0, k.accrued, k.final, k.adj, false, true FROM known k)
 SELECT t.agreement_id, t.account_key, t.period_start, t.period_end, t.volume,
@@ -380,7 +383,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.accrue_rebates(text, date) IS
-    'Posts the rebate estimate of every open rebate period (started by as_of, default today in the program''s time zone, and not settled yet): per agreement and covered account, the rebate on the period''s volume so far minus what is already posted for it (kind rebate, reason naming agreement and period). Returns the money posted. Idempotent: a second call posts nothing until volumes change. Schedule it with pg_cron, like loyalty.fold().';
+    'Posts the rebate estimate of every open rebate period (started by as_of, default today in the program''s time zone, and not settled yet): per agreement and covered account, the rebate on the period''s volume so far (documents of the months up to as_of''s) minus what is already posted for it (kind rebate, reason naming agreement and period). Returns the money posted. Idempotent: a second call posts nothing until volumes change. Schedule it with pg_cron, like loyalty.fold().';
 GRANT EXECUTE ON FUNCTION @extschema@.accrue_rebates(text, date) TO loyalty_operator, loyalty_admin;
 
 -- Agreements are configured by admins.  Every argument is checked here,
