@@ -8,7 +8,7 @@
 #   c. accrue_rebates (estimates) for a segment agreement covering every account
 #   d. _settle_rebates (true-up and settlement lines) for the same agreement
 # Each of b-d runs in a transaction rolled back, RUNS times; medians.
-# Run as root:  bash bench/wallet.sh   (BENCH_ACCOUNTS, BENCH_ROWS, BENCH_RUNS)
+# Run as root:  bash bench/wallet.sh   (BENCH_ACCOUNTS, BENCH_ROWS, BENCH_STATEMENTS, BENCH_RUNS)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,6 +20,7 @@ export LOYALTY_PORT=${LOYALTY_PORT:-54403}
 ACCOUNTS=${BENCH_ACCOUNTS:-100000}
 ROWS=${BENCH_ROWS:-2000000}
 RUNS=${BENCH_RUNS:-3}
+STATEMENTS=${BENCH_STATEMENTS:-4}   # INSERT statements the rows come in (one ledger entry per account and statement)
 
 ensure_packages
 build_and_install
@@ -44,14 +45,13 @@ SELECT loyalty.create_program('Bench', point_lifetime => '12 months', settlement
 CREATE TABLE invoice (id bigint PRIMARY KEY, customer_id int NOT NULL, invoice_date date NOT NULL, amount numeric(12,2) NOT NULL);
 SELECT loyalty.attach('invoice', 'Bench', account_column => 'customer_id', amount_column => 'amount', date_column => 'invoice_date');
 SELECT setseed(0.5);
--- statements of 1,000 rows, as an ERP posts them: one ledger entry per
--- account and statement
+-- STATEMENTS statements: one ledger entry per account and statement
 DO \$\$
 BEGIN
-  FOR s IN 0 .. ($ROWS / 1000) - 1 LOOP
+  FOR s IN 0 .. $STATEMENTS - 1 LOOP
     INSERT INTO invoice
     SELECT i, 1 + (i::bigint * 7919 % $ACCOUNTS), date '2024-01-01' + (random() * 730)::int, round((random() * 500 + 1)::numeric, 2)
-    FROM generate_series(s * 1000 + 1, s * 1000 + 1000) i;
+    FROM generate_series(s::bigint * ($ROWS / $STATEMENTS) + 1, (s + 1)::bigint * ($ROWS / $STATEMENTS)) i;
   END LOOP;
 END
 \$\$;
