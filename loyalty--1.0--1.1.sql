@@ -5235,3 +5235,845 @@ REVOKE ALL ON FUNCTION @extschema@._settle_mdf(integer, date, date) FROM PUBLIC;
 
 -- fold()'s lock is the tier lock settlement and grant_tier wait for; it no
 -- longer upgrades accounts holding a tier granted by hand (src/fold.c).
+
+-- ---- Point expiry (settlement) and retrospective volume rebates with true-up ----
+-- (the settlement placeholders of _settle_expiry, _expiring_soon and _settle_rebates
+-- may exist already: they are replaced)
+
+-- Point expiry.  A program's point_lifetime says how long points stay
+-- spendable; settlement expires what is older.  No lot table: points are
+-- consumed oldest first, so what must expire at a cutoff follows from sums
+-- the engine keeps anyway (the FIFO closed form):
+--
+--   due = max(0, earned before the threshold month - consumed so far)
+--
+-- The age of a point is counted in whole months (expiry is month-granular):
+--   * an accrued point is as old as its document's month (loyalty.accrual_month:
+--     a backfilled or late-posted invoice is as old as its document date; a
+--     credit note reduces its own document month; caps apply as the engine
+--     applies them, to the months in order);
+--   * any other credit (award, adjust or bonus > 0 posted through _post) is
+--     as old as the month of its posting date in the program's time zone.
+-- The points of month M expire at the first cutoff C (a settlement's
+-- period_end, exclusive) at which every day of M is older than the lifetime:
+-- M + 1 month + lifetime <= C, that is M < date_trunc('month', C - lifetime).
+-- With a lifetime of 12 months, the points of March 2026 expire at the
+-- cutoff 2027-04-01 (the end of the first quarter of 2027), those of April
+-- 2026 at 2027-07-01.
+--
+-- Consumed so far: every redeem and expire entry (negative; a cancelled
+-- redemption's positive entry gives its points back) and every other
+-- non-accrual entry below zero (a negative adjustment spends like a
+-- redemption).  A credit note that takes more than its month earned takes
+-- the rest from the newest points before it: the points of the months
+-- before the threshold are therefore the least running total from the
+-- threshold on, not just the total at the threshold (so that expiry never
+-- takes points a later credit note already took, and never more than the
+-- balance).
+
+-- The months whose points are expired at cutoff: those before this one.
+CREATE FUNCTION @extschema@._expiry_threshold(program_id integer, cutoff date) RETURNS date
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT pg_catalog.date_trunc('month', (cutoff OPERATOR(pg_catalog.-) p.point_lifetime))::date
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _expiry_threshold.program_id);
+COMMENT ON FUNCTION @extschema@._expiry_threshold(integer, date) IS
+    'Internal: the first month whose points are still valid at cutoff (NULL when the program''s points never expire).';
+
+-- What must expire at cutoff, per account with something to expire (account
+-- NULL: every account of the program).  Reads loyalty's tables only, in the
+-- caller's snapshot; PL/pgSQL so that the one-account call is planned for
+-- its key.
+CREATE FUNCTION @extschema@._expiry_due(program_id integer, cutoff date, account text)
+RETURNS TABLE (account_key text, points bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    t date := @extschema@._expiry_threshold($1, $2);
+    zone text;
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
+BEGIN
+    IF t IS NULL THEN
+        RETURN;                 -- points of this program never expire
+    END IF;
+    SELECT p.time_zone INTO zone FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1;
+    RETURN QUERY
+    WITH other AS (
+        -- the entries that are not accrual: credits by posting month, debits
+        SELECT l.account_key,
+               pg_catalog.date_trunc('month', l.posted_at AT TIME ZONE zone)::date AS month,
+               l.kind OPERATOR(pg_catalog.=) ANY ('{redeem,expire}'::@extschema@.ledger_kind[])
+                   OR l.points OPERATOR(pg_catalog.<) 0 AS debit,
+               l.points
+        FROM @extschema@.ledger l
+        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($3 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $3)
+          AND l.points OPERATOR(pg_catalog.<>) 0
+          AND l.kind OPERATOR(pg_catalog.<>) ALL ('{earn,reverse,cap,backfill,restate}'::@extschema@.ledger_kind[])
+          AND NOT (l.kind OPERATOR(pg_catalog.=) 'bonus' AND l.attachment_id IS NOT NULL)),
+    series AS (
+        SELECT u.account_key, u.month, pg_catalog.sum(u.acc)::bigint AS acc, pg_catalog.sum(u.cred)::bigint AS cred
+        FROM (SELECT m.account_key, m.month, m.points AS acc, 0::bigint AS cred
+              FROM @extschema@.accrual_month m
+              WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($3 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $3)
+              UNION ALL
+              SELECT o.account_key, o.month, 0, o.points FROM other o WHERE NOT o.debit) u
+        GROUP BY 1, 2),
+    running AS (
+        -- points earned up to each month, caps applied as the engine applies them
+        SELECT s.account_key, s.month,
+               CASE WHEN capped
+                    THEN (SELECT coalesce(@extschema@._capped_points($1, pg_catalog.array_agg(x.month), pg_catalog.array_agg(x.acc)), 0)
+                          FROM series x
+                          WHERE x.account_key OPERATOR(pg_catalog.=) s.account_key AND x.month OPERATOR(pg_catalog.<=) s.month)
+                    ELSE pg_catalog.sum(s.acc) OVER w END
+               OPERATOR(pg_catalog.+) pg_catalog.sum(s.cred) OVER w AS total
+        FROM series s
+        WINDOW w AS (PARTITION BY s.account_key ORDER BY s.month)),
+    old AS (
+        SELECT r.account_key,
+               LEAST((pg_catalog.array_agg(r.total ORDER BY r.month DESC) FILTER (WHERE r.month OPERATOR(pg_catalog.<) t))[1],
+                                pg_catalog.min(r.total) FILTER (WHERE r.month OPERATOR(pg_catalog.>=) t)) AS earned
+        FROM running r
+        GROUP BY 1
+        HAVING pg_catalog.bool_or(r.month OPERATOR(pg_catalog.<) t)),
+    spent AS (
+        SELECT o.account_key, OPERATOR(pg_catalog.-) pg_catalog.sum(o.points) AS consumed
+        FROM other o WHERE o.debit GROUP BY 1)
+    SELECT o.account_key, (o.earned OPERATOR(pg_catalog.-) coalesce(s.consumed, 0))::bigint
+    FROM old o LEFT JOIN spent s ON s.account_key OPERATOR(pg_catalog.=) o.account_key
+    WHERE o.earned OPERATOR(pg_catalog.-) coalesce(s.consumed, 0) OPERATOR(pg_catalog.>) 0;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._expiry_due(integer, date, text) IS
+    'Internal: the points that must expire at cutoff (a period end, exclusive), per account of a program (or of one account), by the FIFO closed form; accounts with nothing to expire are left out.';
+
+-- Settlement's expiry: one expire entry per account with points older than
+-- the lifetime at period_end.  Idempotent by construction: the entries it
+-- posts count as consumed, so a second call at the same cutoff finds
+-- nothing due.  Each account is locked as a debit is (its next debit
+-- number, in ascending key order, in one statement), and what is due is
+-- computed in the next statement: a redemption committed meanwhile is seen,
+-- one that comes later waits and then sees the expiry, so neither can spend
+-- the points of the other.  The entries have the exact shape of _post's,
+-- written in one statement for the whole program.
+CREATE OR REPLACE FUNCTION @extschema@._settle_expiry(program_id integer, period_start date, period_end date) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked text[];
+    t date := @extschema@._expiry_threshold($1, $3);
+    total bigint;
+BEGIN
+    IF t IS NULL THEN
+        RETURN 0;               -- no lifetime: points never expire
+    END IF;
+    WITH due AS (SELECT d.account_key FROM @extschema@._expiry_due($1, $3, NULL) d),
+    lock AS (
+        SELECT a.account_key FROM @extschema@.account a
+        WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key IN (SELECT due.account_key FROM due)
+        ORDER BY a.account_key
+        FOR NO KEY UPDATE OF a),
+    numbered AS (
+        UPDATE @extschema@.account a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1
+        FROM lock k
+        WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) k.account_key
+        RETURNING a.account_key)
+    SELECT pg_catalog.array_agg(n.account_key) INTO locked FROM numbered n;
+    IF locked IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- a new statement, a new snapshot: every debit of these accounts that
+    -- committed before the lock is counted
+    WITH due AS (
+        SELECT d.account_key, d.points, @extschema@._ledger_number() AS n
+        FROM @extschema@._expiry_due($1, $3, NULL) d
+        JOIN pg_catalog.unnest(locked) k(account_key) ON k.account_key OPERATOR(pg_catalog.=) d.account_key),
+    entries AS (
+        INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                                             member_id, corrects, corrects_xid, reason)
+        SELECT $1, d.account_key, d.n, 'expire', OPERATOR(pg_catalog.-) d.points, 0, 0, NULL, NULL, NULL,
+               pg_catalog.format('expiry at %s: points of months before %s', $3, t)
+        FROM due d
+        RETURNING l.points),
+    deltas AS (
+        INSERT INTO @extschema@.balance_delta AS b (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+        SELECT $1, d.account_key, d.n, OPERATOR(pg_catalog.-) d.points, 0, 0, 1
+        FROM due d
+        RETURNING b.points)
+    SELECT coalesce(OPERATOR(pg_catalog.-) pg_catalog.sum(e.points), 0)::bigint INTO total FROM entries e;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._settle_expiry(integer, date, date) IS
+    'Internal: settlement''s expiry at period_end (exclusive): posts one expire entry per account whose points are older than the program''s point_lifetime, oldest points consumed first; returns the points expired. Idempotent: a second call at the same cutoff posts nothing.';
+
+-- The settlement cutoffs (period ends) after as_of up to 90 days on.
+CREATE FUNCTION @extschema@._expiry_cutoffs(program_id integer, as_of date) RETURNS SETOF date
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT c::date
+FROM @extschema@.program p,
+     LATERAL (SELECT CASE p.settlement_period WHEN 'month' THEN interval '1 month'
+                                              WHEN 'quarter' THEN interval '3 months' ELSE interval '1 year' END AS step) s,
+     pg_catalog.generate_series(pg_catalog.date_trunc(p.settlement_period, as_of::timestamp) OPERATOR(pg_catalog.+) s.step,
+                                (as_of OPERATOR(pg_catalog.+) 90)::timestamp, s.step) AS c
+WHERE p.program_id OPERATOR(pg_catalog.=) _expiry_cutoffs.program_id AND p.point_lifetime IS NOT NULL
+$$;
+COMMENT ON FUNCTION @extschema@._expiry_cutoffs(integer, date) IS
+    'Internal: the program''s settlement cutoffs (first days of its month, quarter or year periods) after as_of and at most 90 days after it.';
+
+-- Expiring soon: what the settlements of the next 90 days expire if the
+-- account spends nothing meanwhile, points overdue from a cutoff whose
+-- settlement has not run yet included.  0 when no cutoff falls in the
+-- next 90 days (a yearly settlement period far away) or points never expire.
+CREATE OR REPLACE FUNCTION @extschema@._expiring_soon(program_id integer, account_key text, as_of date) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT coalesce((SELECT d.points
+                 FROM @extschema@._expiry_due(program_id, (SELECT pg_catalog.max(c) FROM @extschema@._expiry_cutoffs(program_id, as_of) c),
+                                              account_key) d), 0)
+$$;
+COMMENT ON FUNCTION @extschema@._expiring_soon(integer, text, date) IS
+    'Internal: the points of an account that the settlement cutoffs of the next 90 days after as_of expire if it spends nothing meanwhile (overdue points included).';
+
+-- The reader's view of it, per cutoff.
+CREATE FUNCTION @extschema@.expiring_points(program text, account text DEFAULT NULL, as_of date DEFAULT NULL)
+RETURNS TABLE (account_key text, cutoff date, points bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    pid integer;
+    day date;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF as_of IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'as_of must be a finite date, not %', as_of
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'as_of is the day from which the next 90 days of settlement cutoffs are looked at.',
+                  HINT = 'Leave it out for today in the program''s time zone.';
+    END IF;
+    day := coalesce(as_of, @extschema@._today(pid));
+    -- what is due at a cutoff includes what is due at the ones before it
+    RETURN QUERY
+    SELECT y.account_key, y.cutoff, y.points
+    FROM (SELECT x.account_key, x.cutoff,
+                 (x.due OPERATOR(pg_catalog.-)
+                  coalesce(pg_catalog.lag(x.due) OVER (PARTITION BY x.account_key ORDER BY x.cutoff), 0))::bigint AS points
+          FROM (SELECT d.account_key, c AS cutoff, d.points AS due
+                FROM @extschema@._expiry_cutoffs(pid, day) c,
+                     LATERAL @extschema@._expiry_due(pid, c, expiring_points.account) d) x) y
+    WHERE y.points OPERATOR(pg_catalog.>) 0
+    ORDER BY 1, 2;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.expiring_points(text, text, date) IS
+    'Points that expire at each settlement cutoff of the next 90 days after as_of (default: today in the program''s time zone) if the account spends nothing meanwhile, per account (account NULL: every account with points to expire). Points of a month expire at the first cutoff at which the whole month is older than the program''s point_lifetime; the oldest points are spent first.';
+GRANT EXECUTE ON FUNCTION @extschema@.expiring_points(text, text, date) TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+
+-- Retrospective volume rebates.  An agreement gives an account, or every
+-- account of a segment, a rebate_schedule over the qualifying spend of each
+-- of its periods (the program's settlement period, or its own month,
+-- quarter or year; calendar periods).  While a period runs,
+-- loyalty.accrue_rebates() posts the estimate (the schedule applied to the
+-- volume so far) to the rebate wallet; at settlement _settle_rebates()
+-- posts the true-up (final - already accrued, possibly negative) and
+-- writes a settlement line the ERP turns into a credit note.  An invoice or
+-- credit note dated in a period already settled changes its volume: the
+-- next settlement posts an adjustment line for that period.  Every amount
+-- is recomputed from the volumes each time and compared with what was
+-- posted, so nothing is counted twice, whichever call comes when.
+--
+-- The volume of a period is the qualifying spend of the account's
+-- documents dated in it (loyalty.accrual_month, by document month: the
+-- same spend that qualifies for tiers, credit notes and corrections
+-- included), within the agreement's validity, month by month.  A negative
+-- volume earns no rebate.  Amounts are rounded to cents (half away from
+-- zero) in the program's currency.
+
+CREATE TABLE @extschema@.rebate_agreement (
+    program_id        integer NOT NULL REFERENCES @extschema@.program,
+    agreement_id      text NOT NULL CHECK (agreement_id OPERATOR(pg_catalog.~) '^[A-Za-z0-9_.]{1,40}$'),
+    account_key       text,
+    cooperation_model text,
+    region            text,
+    industry          text,
+    schedule          @extschema@.rebate_schedule NOT NULL,
+    product_lines     text[],
+    period            text NOT NULL CHECK (period IN ('month', 'quarter', 'year')),
+    valid_from        date NOT NULL,
+    valid_until       date,
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    ended_at          timestamptz,
+    PRIMARY KEY (program_id, agreement_id),
+    CHECK (account_key IS NULL OR (cooperation_model IS NULL AND region IS NULL AND industry IS NULL)),
+    CHECK (valid_until OPERATOR(pg_catalog.>) valid_from)
+);
+COMMENT ON TABLE @extschema@.rebate_agreement IS 'Volume rebate agreements: a rebate schedule over the qualifying spend of each period, for one account or every account of a segment. Created and ended with loyalty.create_rebate_agreement and loyalty.end_rebate_agreement.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.agreement_id IS 'The agreement''s code (letters, digits, _ and .; it is part of the settlement lines'' document keys).';
+COMMENT ON COLUMN @extschema@.rebate_agreement.account_key IS 'The one account it covers; NULL: every account of the segment.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.cooperation_model IS 'Segment: accounts with this cooperation model (NULL: any).';
+COMMENT ON COLUMN @extschema@.rebate_agreement.region IS 'Segment: accounts of this region (NULL: any).';
+COMMENT ON COLUMN @extschema@.rebate_agreement.industry IS 'Segment: accounts of this industry (NULL: any).';
+COMMENT ON COLUMN @extschema@.rebate_agreement.schedule IS 'The rebate brackets (retro or marginal) applied to each period''s volume.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.product_lines IS 'Product lines whose spend counts; NULL: all spend. Not supported yet (refused by create_rebate_agreement): the volume would have to come from the ERP rows, read as the caller.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.period IS 'Rebate period: month, quarter or year (calendar periods).';
+COMMENT ON COLUMN @extschema@.rebate_agreement.valid_from IS 'First day it applies to: documents of earlier months do not count.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.valid_until IS 'First day it no longer applies to (NULL: open-ended): documents of this month and later do not count.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.created_at IS 'When it was created.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.ended_at IS 'When loyalty.end_rebate_agreement ended it.';
+
+-- Every rebate posted for an agreement, account and period: estimates,
+-- true-ups and adjustments.  What is already accrued for a period is their
+-- sum; each row names its ledger entry.
+CREATE TABLE @extschema@.rebate_posting (
+    program_id   integer NOT NULL,
+    account_key  text NOT NULL,
+    agreement_id text NOT NULL,
+    period_end   date NOT NULL,
+    posted_xid   xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    entry_no     bigint NOT NULL,
+    period_start date NOT NULL,
+    kind         text NOT NULL CHECK (kind IN ('estimate', 'trueup', 'adjustment')),
+    volume       numeric NOT NULL,
+    amount       numeric NOT NULL,
+    posted_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key, agreement_id, period_end, posted_xid, entry_no),
+    FOREIGN KEY (program_id, agreement_id) REFERENCES @extschema@.rebate_agreement
+);
+COMMENT ON TABLE @extschema@.rebate_posting IS 'Every rebate posted to the rebate wallet per agreement, account and period (estimate, true-up, adjustment), with its ledger entry (account, posted_xid, entry_no). What is accrued for a period is the sum of its amounts.';
+COMMENT ON COLUMN @extschema@.rebate_posting.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.rebate_posting.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.rebate_posting.agreement_id IS 'The agreement.';
+COMMENT ON COLUMN @extschema@.rebate_posting.period_end IS 'Day after the period''s last day.';
+COMMENT ON COLUMN @extschema@.rebate_posting.posted_xid IS 'Transaction of the ledger entry.';
+COMMENT ON COLUMN @extschema@.rebate_posting.entry_no IS 'The ledger entry''s number within posted_xid.';
+COMMENT ON COLUMN @extschema@.rebate_posting.period_start IS 'First day of the period.';
+COMMENT ON COLUMN @extschema@.rebate_posting.kind IS 'estimate (loyalty.accrue_rebates while the period runs), trueup (settlement) or adjustment (a later settlement, after late postings).';
+COMMENT ON COLUMN @extschema@.rebate_posting.volume IS 'The period''s volume the amount was computed from.';
+COMMENT ON COLUMN @extschema@.rebate_posting.amount IS 'Money posted to the rebate wallet (negative: taken back).';
+COMMENT ON COLUMN @extschema@.rebate_posting.posted_at IS 'When.';
+
+-- What the ERP reads to issue its credit notes: one line per agreement,
+-- account and settled period, and one more per later change of the
+-- period's volume.  The document key is stable (the same line has the same
+-- key however often it is read) and unique, so the ERP posts each once.
+CREATE TABLE @extschema@.settlement_line (
+    program_id      integer NOT NULL,
+    account_key     text NOT NULL,
+    agreement_id    text NOT NULL,
+    period_end      date NOT NULL,
+    adjustment_no   integer NOT NULL CHECK (adjustment_no OPERATOR(pg_catalog.>=) 0),
+    document_key    text NOT NULL UNIQUE,
+    period_start    date NOT NULL,
+    volume          numeric NOT NULL,
+    final           numeric NOT NULL,
+    accrued         numeric NOT NULL,
+    amount          numeric NOT NULL,
+    credit_note     numeric NOT NULL,
+    currency        text NOT NULL,
+    settled_through date NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    posted_xid      xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    entry_no        bigint,
+    PRIMARY KEY (program_id, account_key, agreement_id, period_end, adjustment_no),
+    FOREIGN KEY (program_id, agreement_id) REFERENCES @extschema@.rebate_agreement
+);
+COMMENT ON TABLE @extschema@.settlement_line IS 'Rebate settlement lines for the ERP: per agreement, account and settled period, the final rebate and what was trued up; later lines (adjustment_no > 0) when invoices or credit notes dated in a settled period arrive. Issue a credit note of credit_note per line, keyed by document_key.';
+COMMENT ON COLUMN @extschema@.settlement_line.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.settlement_line.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.settlement_line.agreement_id IS 'The rebate agreement.';
+COMMENT ON COLUMN @extschema@.settlement_line.period_end IS 'Day after the rebate period''s last day.';
+COMMENT ON COLUMN @extschema@.settlement_line.adjustment_no IS '0 for the period''s settlement; 1, 2, ... for each later adjustment.';
+COMMENT ON COLUMN @extschema@.settlement_line.document_key IS 'Stable unique key for the ERP''s credit note: LOY-<program_id>-<agreement>-<account>-<period_end>, with -ADJ-<n> for adjustments.';
+COMMENT ON COLUMN @extschema@.settlement_line.period_start IS 'First day of the rebate period.';
+COMMENT ON COLUMN @extschema@.settlement_line.volume IS 'The period''s qualifying spend when the line was written.';
+COMMENT ON COLUMN @extschema@.settlement_line.final IS 'The period''s rebate on that volume.';
+COMMENT ON COLUMN @extschema@.settlement_line.accrued IS 'What the rebate wallet held for the period before this line (estimates, earlier lines).';
+COMMENT ON COLUMN @extschema@.settlement_line.amount IS 'What this line posted to the rebate wallet: final - accrued (negative: taken back).';
+COMMENT ON COLUMN @extschema@.settlement_line.credit_note IS 'The credit note the ERP issues for this line: the final rebate for adjustment 0, the change of the final rebate for later lines (negative: a debit note).';
+COMMENT ON COLUMN @extschema@.settlement_line.currency IS 'The program''s currency.';
+COMMENT ON COLUMN @extschema@.settlement_line.settled_through IS 'The period_end of the settlement that wrote the line.';
+COMMENT ON COLUMN @extschema@.settlement_line.created_at IS 'When it was written.';
+COMMENT ON COLUMN @extschema@.settlement_line.posted_xid IS 'Transaction that wrote it (and its ledger entry).';
+COMMENT ON COLUMN @extschema@.settlement_line.entry_no IS 'Its ledger entry''s number within posted_xid (NULL: nothing to post, final = accrued).';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rebate_agreement', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rebate_posting', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.settlement_line', '');
+GRANT SELECT ON @extschema@.rebate_agreement, @extschema@.rebate_posting, @extschema@.settlement_line
+    TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+-- Several rebate postings at once, each with the exact shape of _post's:
+-- one ledger entry and one balance delta, numbered in the transaction.
+-- Returns each account's entry number, in the order given.
+CREATE FUNCTION @extschema@._post_rebates(program_id integer, account_keys text[], amounts numeric[], reasons text[])
+RETURNS TABLE (ord bigint, entry_no bigint)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+WITH r AS (
+    SELECT u.ord, u.account_key, u.amount, u.reason, @extschema@._ledger_number() AS n
+    FROM ROWS FROM (pg_catalog.unnest(account_keys), pg_catalog.unnest(amounts), pg_catalog.unnest(reasons))
+         WITH ORDINALITY AS u(account_key, amount, reason, ord)
+    WHERE u.amount OPERATOR(pg_catalog.<>) 0),
+entries AS (
+    INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                                         member_id, corrects, corrects_xid, reason)
+    SELECT $1, r.account_key, r.n, 'rebate', 0, r.amount, 0, NULL, NULL, NULL, r.reason FROM r
+    RETURNING l.entry_no),
+deltas AS (
+    INSERT INTO @extschema@.balance_delta AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+    SELECT $1, r.account_key, r.n, 0, r.amount, 0, 1 FROM r
+    RETURNING d.delta_no)
+SELECT r.ord, r.n FROM r
+$$;
+COMMENT ON FUNCTION @extschema@._post_rebates(integer, text[], numeric[], text[]) IS
+    'Internal: posts rebate money to several accounts, one ledger entry and balance delta each (the shape of _post''s); zero amounts are skipped. Returns the entry number of each posted element by its position.';
+
+-- Every agreement period that has a volume, a posting or a line, per
+-- account: the volume now (one pass over loyalty.accrual_month, the months
+-- of the period within the agreement's validity), the final rebate on it,
+-- what is posted for it, and its last settlement line (open: the volume
+-- of the months up to to_end's, for estimates).  A segment's
+-- accounts are its members now; an account that left the segment keeps the
+-- periods it already has postings or lines for.  Only periods that start by
+-- to_end (open) or end by it (not open) are returned.
+CREATE FUNCTION @extschema@._rebate_periods(program_id integer, to_end date, open boolean)
+RETURNS TABLE (agreement_id text, account_key text, period_start date, period_end date,
+               volume numeric, final numeric, accrued numeric, last_final numeric, adjustments integer)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- one grouped pass over the volumes, the postings and the lines (no join
+-- between them: each row of every source is a fact of its period)
+WITH ag AS (
+    SELECT g.agreement_id, g.account_key, g.cooperation_model, g.region, g.industry, g.schedule, g.period,
+           pg_catalog.date_trunc('month', g.valid_from)::date AS first_month, g.valid_until,
+           CASE g.period WHEN 'month' THEN interval '1 month' WHEN 'quarter' THEN interval '3 months'
+                         ELSE interval '1 year' END AS step
+    FROM @extschema@.rebate_agreement g
+    WHERE g.program_id OPERATOR(pg_catalog.=) $1 AND g.product_lines IS NULL),
+known AS (
+    SELECT r.agreement_id, r.account_key, r.period_start, r.amount AS accrued, NULL::numeric AS final, NULL::integer AS adj
+    FROM @extschema@.rebate_posting r WHERE r.program_id OPERATOR(pg_catalog.=) $1
+    UNION ALL
+    SELECT s.agreement_id, s.account_key, s.period_start, 0, s.final, s.adjustment_no
+    FROM @extschema@.settlement_line s WHERE s.program_id OPERATOR(pg_catalog.=) $1),
+pairs AS (
+    SELECT u.agreement_id, u.account_key, pg_catalog.bool_or(u.member) AS member
+    FROM (SELECT ag.agreement_id, a.account_key, true AS member
+          FROM ag JOIN @extschema@.account a
+            ON a.program_id OPERATOR(pg_catalog.=) $1
+           AND (ag.account_key IS NULL OR a.account_key OPERATOR(pg_catalog.=) ag.account_key)
+           AND (ag.cooperation_model IS NULL OR a.cooperation_model OPERATOR(pg_catalog.=) ag.cooperation_model)
+           AND (ag.region IS NULL OR a.region OPERATOR(pg_catalog.=) ag.region)
+           AND (ag.industry IS NULL OR a.industry OPERATOR(pg_catalog.=) ag.industry)
+          UNION ALL
+          SELECT k.agreement_id, k.account_key, false FROM known k) u
+    GROUP BY 1, 2),
+facts AS (
+    SELECT ag.agreement_id, x.account_key, pg_catalog.date_trunc(ag.period, x.month)::date AS period_start,
+           x.qualifying AS volume, 0 AS accrued, NULL::numeric AS final, NULL::integer AS adj, p.member, false AS known
+    FROM @extschema@.accrual_month x
+    JOIN pairs p ON p.account_key OPERATOR(pg_catalog.=) x.account_key
+    JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) p.agreement_id
+    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.month OPERATOR(pg_catalog.>=) ag.first_month
+      AND (ag.valid_until IS NULL OR x.month OPERATOR(pg_catalog.<) ag.valid_until)
+      -- an estimate counts the months up to to_end's (the volume so far)
+      AND (NOT open OR x.month OPERATOR(pg_catalog.<=) to_end)
+    UNION ALL
+    SELECT k.agreement_id, k.account_key, k.period_start, 0, k.accrued, k.final, k.adj, false, true FROM known k)
+SELECT t.agreement_id, t.account_key, t.period_start, t.period_end, t.volume,
+       pg_catalog.round(@extschema@.rebate(ag.schedule, GREATEST(t.volume, 0)), 2),
+       t.accrued, t.last_final, t.adjustments
+FROM (SELECT f.agreement_id, f.account_key, f.period_start, (f.period_start OPERATOR(pg_catalog.+) ag.step)::date AS period_end,
+             pg_catalog.sum(f.volume) AS volume, pg_catalog.sum(f.accrued) AS accrued,
+             (pg_catalog.array_agg(f.final ORDER BY f.adj DESC) FILTER (WHERE f.adj IS NOT NULL))[1] AS last_final,
+             pg_catalog.max(f.adj) AS adjustments
+      FROM facts f JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) f.agreement_id
+      WHERE CASE WHEN open THEN f.period_start OPERATOR(pg_catalog.<=) to_end
+                 ELSE (f.period_start OPERATOR(pg_catalog.+) ag.step)::date OPERATOR(pg_catalog.<=) to_end END
+      GROUP BY f.agreement_id, f.account_key, f.period_start, ag.step
+      -- a member's periods with a volume, and every period already posted or settled
+      HAVING pg_catalog.bool_or(f.member) OR pg_catalog.bool_or(f.known)) t
+JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) t.agreement_id
+$$;
+COMMENT ON FUNCTION @extschema@._rebate_periods(integer, date, boolean) IS
+    'Internal: per rebate agreement, account and period that has a volume, a posting or a settlement line (and starts by to_end when open, else ends by it): the volume now, the final rebate on it, what is posted for it, and its last line''s final and number.';
+
+-- Writes settlement lines for the given periods and posts their amounts.
+CREATE FUNCTION @extschema@._write_settlement_lines(program_id integer, settled_through date,
+                                         agreement_ids text[], account_keys text[], period_starts date[], period_ends date[],
+                                         volumes numeric[], finals numeric[], accrueds numeric[], last_finals numeric[],
+                                         adjustment_nos integer[])
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur text := (SELECT p.currency FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1);
+    keys text[];
+    total numeric;
+BEGIN
+    keys := ARRAY(SELECT pg_catalog.format('LOY-%s-%s-%s-%s', $1, u.g, u.a, u.e)
+                         OPERATOR(pg_catalog.||) CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN '-ADJ-' OPERATOR(pg_catalog.||) u.n ELSE '' END
+                  FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys),
+                                  pg_catalog.unnest(period_ends), pg_catalog.unnest(adjustment_nos))
+                       WITH ORDINALITY AS u(g, a, e, n, ord) ORDER BY u.ord);
+    WITH posted AS (
+        SELECT p.ord, p.entry_no
+        FROM @extschema@._post_rebates($1, account_keys,
+                                       ARRAY(SELECT f OPERATOR(pg_catalog.-) c
+                                             FROM ROWS FROM (pg_catalog.unnest(finals), pg_catalog.unnest(accrueds))
+                                                  WITH ORDINALITY AS u(f, c, ord) ORDER BY u.ord),
+                                       ARRAY(SELECT pg_catalog.format('rebate %s %s', CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'true-up' END, u.k)
+                                             FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(adjustment_nos))
+                                                  WITH ORDINALITY AS u(k, n, ord) ORDER BY u.ord)) p),
+    lines AS (
+        SELECT u.*, p.entry_no
+        FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys), pg_catalog.unnest(period_starts),
+                        pg_catalog.unnest(period_ends), pg_catalog.unnest(volumes), pg_catalog.unnest(finals),
+                        pg_catalog.unnest(accrueds), pg_catalog.unnest(last_finals), pg_catalog.unnest(adjustment_nos),
+                        pg_catalog.unnest(keys))
+             WITH ORDINALITY AS u(g, a, s, e, v, f, c, lf, n, k, ord)
+        LEFT JOIN posted p ON p.ord OPERATOR(pg_catalog.=) u.ord),
+    postings AS (
+        INSERT INTO @extschema@.rebate_posting (program_id, account_key, agreement_id, period_end, entry_no,
+                                                period_start, kind, volume, amount)
+        SELECT $1, l.a, l.g, l.e, l.entry_no, l.s, CASE WHEN l.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'trueup' END,
+               l.v, l.f OPERATOR(pg_catalog.-) l.c
+        FROM lines l WHERE l.entry_no IS NOT NULL),
+    written AS (
+        INSERT INTO @extschema@.settlement_line AS x (program_id, account_key, agreement_id, period_end, adjustment_no,
+                                                      document_key, period_start, volume, final, accrued, amount,
+                                                      credit_note, currency, settled_through, entry_no)
+        SELECT $1, l.a, l.g, l.e, l.n, l.k, l.s, l.v, l.f, l.c, l.f OPERATOR(pg_catalog.-) l.c,
+               l.f OPERATOR(pg_catalog.-) coalesce(l.lf, 0), cur, settled_through, l.entry_no
+        FROM lines l
+        RETURNING x.amount)
+    SELECT coalesce(pg_catalog.sum(w.amount), 0) INTO total FROM written w;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._write_settlement_lines(integer, date, text[], text[], date[], date[], numeric[], numeric[], numeric[], numeric[], integer[]) IS
+    'Internal: writes settlement lines (and their rebate postings and ledger entries) for the given periods; returns the money posted.';
+
+-- Settlement's rebates at period_end: every agreement period that ends
+-- by period_end gets its settlement line when it has none yet (final on
+-- the volume now; the true-up final - accrued posted), and an adjustment
+-- line when its final rebate on the volume now differs from its last
+-- line's (invoices or credit notes dated in it that arrived since).  A
+-- period with no volume and nothing posted needs no line.  Serialised with
+-- accrue_rebates per program.  Idempotent: a second call finds every
+-- period settled and every final unchanged.  (period_start is not needed:
+-- every period ending by period_end is settled, earlier ones included.)
+CREATE OR REPLACE FUNCTION @extschema@._settle_rebates(program_id integer, period_start date, period_end date) RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), $1);
+    -- a new statement, a new snapshot: after the lock
+    SELECT pg_catalog.array_agg(x.agreement_id ORDER BY x.account_key, x.agreement_id, x.period_end) AS g,
+           pg_catalog.array_agg(x.account_key ORDER BY x.account_key, x.agreement_id, x.period_end) AS a,
+           pg_catalog.array_agg(x.period_start ORDER BY x.account_key, x.agreement_id, x.period_end) AS s,
+           pg_catalog.array_agg(x.period_end ORDER BY x.account_key, x.agreement_id, x.period_end) AS e,
+           pg_catalog.array_agg(x.volume ORDER BY x.account_key, x.agreement_id, x.period_end) AS v,
+           pg_catalog.array_agg(x.final ORDER BY x.account_key, x.agreement_id, x.period_end) AS f,
+           pg_catalog.array_agg(x.accrued ORDER BY x.account_key, x.agreement_id, x.period_end) AS c,
+           pg_catalog.array_agg(x.last_final ORDER BY x.account_key, x.agreement_id, x.period_end) AS lf,
+           pg_catalog.array_agg(coalesce(x.adjustments OPERATOR(pg_catalog.+) 1, 0) ORDER BY x.account_key, x.agreement_id, x.period_end) AS n
+    INTO r
+    FROM @extschema@._rebate_periods($1, $3, false) x
+    WHERE CASE WHEN x.adjustments IS NULL THEN x.final OPERATOR(pg_catalog.<>) 0 OR x.accrued OPERATOR(pg_catalog.<>) 0
+               ELSE x.final OPERATOR(pg_catalog.<>) x.last_final END;
+    IF r.g IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN @extschema@._write_settlement_lines($1, $3, r.g, r.a, r.s, r.e, r.v, r.f, r.c, r.lf, r.n);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._settle_rebates(integer, date, date) IS
+    'Internal: settlement''s rebates at period_end (exclusive): the settlement line and true-up (final - accrued) of every agreement period ending by then that has none, and an adjustment line for every settled period whose volume changed since; returns the money posted (the sum of the lines'' amounts).';
+
+-- The estimate while periods run: per agreement, covered account and open
+-- period (started by as_of, not settled), the rebate on the volume so far
+-- minus what is already posted for the period.
+CREATE FUNCTION @extschema@.accrue_rebates(program text, as_of date DEFAULT NULL) RETURNS numeric
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    day date;
+    keys text[];
+    g text[]; a text[]; s date[]; e date[]; v numeric[]; d numeric[];
+    total numeric;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF as_of IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'as_of must be a finite date, not %', as_of
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'as_of is the day the estimate is made for: the periods open on it are estimated.',
+                  HINT = 'Leave it out for today in the program''s time zone.';
+    END IF;
+    day := coalesce(as_of, (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date
+                            FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) pid));
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), pid);
+    SELECT pg_catalog.array_agg(x.agreement_id ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.account_key ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.period_start ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.period_end ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.volume ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.final OPERATOR(pg_catalog.-) x.accrued ORDER BY x.account_key, x.agreement_id, x.period_end)
+    INTO g, a, s, e, v, d
+    FROM @extschema@._rebate_periods(pid, day, true) x
+    WHERE x.adjustments IS NULL AND x.final OPERATOR(pg_catalog.<>) x.accrued;
+    IF g IS NULL THEN
+        RETURN 0;
+    END IF;
+    keys := ARRAY(SELECT pg_catalog.format('rebate estimate %s %s %s..%s', u.g, u.a, u.s, u.e)
+                  FROM ROWS FROM (pg_catalog.unnest(g), pg_catalog.unnest(a), pg_catalog.unnest(s), pg_catalog.unnest(e))
+                       WITH ORDINALITY AS u(g, a, s, e, ord) ORDER BY u.ord);
+    WITH posted AS (SELECT p.ord, p.entry_no FROM @extschema@._post_rebates(pid, a, d, keys) p),
+    rows AS (
+        INSERT INTO @extschema@.rebate_posting AS r (program_id, account_key, agreement_id, period_end, entry_no,
+                                                     period_start, kind, volume, amount)
+        SELECT pid, u.a, u.g, u.e, p.entry_no, u.s, 'estimate', u.v, u.d
+        FROM ROWS FROM (pg_catalog.unnest(g), pg_catalog.unnest(a), pg_catalog.unnest(s), pg_catalog.unnest(e),
+                        pg_catalog.unnest(v), pg_catalog.unnest(d)) WITH ORDINALITY AS u(g, a, s, e, v, d, ord)
+        JOIN posted p ON p.ord OPERATOR(pg_catalog.=) u.ord
+        RETURNING r.amount)
+    SELECT coalesce(pg_catalog.sum(x.amount), 0) INTO total FROM rows x;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.accrue_rebates(text, date) IS
+    'Posts the rebate estimate of every open rebate period (started by as_of, default today in the program''s time zone, and not settled yet): per agreement and covered account, the rebate on the period''s volume so far (documents of the months up to as_of''s) minus what is already posted for it (kind rebate, reason naming agreement and period). Returns the money posted. Idempotent: a second call posts nothing until volumes change. Schedule it with pg_cron, like loyalty.fold().';
+GRANT EXECUTE ON FUNCTION @extschema@.accrue_rebates(text, date) TO loyalty_operator, loyalty_admin;
+
+-- Agreements are configured by admins.  Every argument is checked here,
+-- before anything is written, and each error names its parameter.
+CREATE FUNCTION @extschema@.create_rebate_agreement(
+    program           text,
+    agreement_id      text,
+    schedule          @extschema@.rebate_schedule,
+    account_key       text DEFAULT NULL,
+    cooperation_model text DEFAULT NULL,
+    region            text DEFAULT NULL,
+    industry          text DEFAULT NULL,
+    product_lines     text[] DEFAULT NULL,
+    period            text DEFAULT NULL,
+    valid_from        date DEFAULT NULL,
+    valid_until       date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    prog @extschema@.program;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF prog.program_id IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    pid := prog.program_id;
+    IF agreement_id IS NULL OR NOT agreement_id OPERATOR(pg_catalog.~) '^[A-Za-z0-9_.]{1,40}$' THEN
+        RAISE EXCEPTION 'invalid agreement_id: %', coalesce(pg_catalog.quote_literal(agreement_id), 'NULL')
+            USING ERRCODE = CASE WHEN agreement_id IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'agreement_id is the agreement''s code: 1 to 40 letters, digits, _ or . (it is part of the document keys of its settlement lines).',
+                  HINT = 'For example agreement_id => ''DIST2026''.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.rebate_agreement g
+               WHERE g.program_id OPERATOR(pg_catalog.=) pid AND g.agreement_id OPERATOR(pg_catalog.=) create_rebate_agreement.agreement_id) THEN
+        RAISE EXCEPTION 'agreement_id "%" is already used in program "%"', agreement_id, program
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Agreement codes are unique within a program, and never reused: settlement lines carry them.',
+                  HINT = 'Choose another agreement_id, or end the existing one with loyalty.end_rebate_agreement().';
+    END IF;
+    IF schedule IS NULL THEN
+        RAISE EXCEPTION 'schedule must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'schedule is the rebate brackets applied to each period''s volume.',
+                  HINT = 'For example schedule => ''retro: 0:0%, 100000:2%, 500000:3.5%''.';
+    END IF;
+    IF account_key IS NOT NULL AND (cooperation_model IS NOT NULL OR region IS NOT NULL OR industry IS NOT NULL) THEN
+        RAISE EXCEPTION 'account_key and a segment cannot be given together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An agreement covers one account (account_key) or every account of a segment (cooperation_model, region, industry).',
+                  HINT = 'Give account_key alone, or the segment attributes alone.';
+    END IF;
+    IF account_key IS NOT NULL AND NOT EXISTS (
+            SELECT FROM @extschema@.account a
+            WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) create_rebate_agreement.account_key) THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'account_key must name an account of the program.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF cooperation_model IS NOT NULL AND NOT cooperation_model OPERATOR(pg_catalog.=) ANY (ARRAY['direct', 'distributor', 'integrator', 'reseller']) THEN
+        RAISE EXCEPTION 'invalid value for cooperation_model: %', pg_catalog.quote_literal(cooperation_model)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cooperation_model must be one of direct, distributor, integrator, reseller.',
+                  HINT = 'For example cooperation_model => ''distributor''; leave it out to match any.';
+    END IF;
+    IF region OPERATOR(pg_catalog.=) '' OR industry OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION '% must not be empty', CASE WHEN region OPERATOR(pg_catalog.=) '' THEN 'region' ELSE 'industry' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An empty segment attribute matches no account.',
+                  HINT = 'Leave it out to match any value.';
+    END IF;
+    IF product_lines IS NOT NULL THEN
+        RAISE EXCEPTION 'product_lines is not supported yet: rebate agreements count the whole qualifying spend'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The volume per product line would have to be read from the ERP''s rows with the caller''s rights; settlement does not do that yet.',
+                  HINT = 'Leave product_lines out: the volume is then the account''s whole qualifying spend.';
+    END IF;
+    IF period IS NOT NULL AND NOT period OPERATOR(pg_catalog.=) ANY (ARRAY['month', 'quarter', 'year']) THEN
+        RAISE EXCEPTION 'invalid value for period: %', pg_catalog.quote_literal(period)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period must be one of month, quarter, year (calendar periods).',
+                  HINT = 'For example period => ''quarter''; leave it out for the program''s settlement period.';
+    END IF;
+    IF valid_from IN ('infinity', '-infinity') OR valid_until IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION '% must be a finite date', CASE WHEN valid_from IN ('infinity', '-infinity') THEN 'valid_from' ELSE 'valid_until' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_from is the first day the agreement applies to, valid_until the first day it no longer does.',
+                  HINT = 'Leave valid_from out for today, valid_until for an open-ended agreement.';
+    END IF;
+    valid_from := coalesce(valid_from, (pg_catalog.now() AT TIME ZONE prog.time_zone)::date);
+    IF valid_until IS NOT NULL AND valid_until OPERATOR(pg_catalog.<=) valid_from THEN
+        RAISE EXCEPTION 'valid_until (%) must be after valid_from (%)', valid_until, valid_from
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_until is the first day the agreement no longer applies to.',
+                  HINT = 'Give a later valid_until, or leave it out for an open-ended agreement.';
+    END IF;
+    INSERT INTO @extschema@.rebate_agreement (program_id, agreement_id, account_key, cooperation_model, region, industry,
+                                              schedule, product_lines, period, valid_from, valid_until)
+    VALUES (pid, agreement_id, account_key, cooperation_model, region, industry,
+            schedule, product_lines, coalesce(period, prog.settlement_period), valid_from, valid_until);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.create_rebate_agreement(text, text, @extschema@.rebate_schedule, text, text, text, text, text[], text, date, date) IS
+    'Creates a volume rebate agreement: a rebate schedule over each period''s qualifying spend (period: month, quarter or year; default the program''s settlement period), for one account (account_key) or every account of a segment (cooperation_model, region, industry; none: every account), valid from valid_from (default today) until valid_until (exclusive; default open-ended). Estimates are posted by loyalty.accrue_rebates, true-ups at settlement.';
+
+CREATE FUNCTION @extschema@.end_rebate_agreement(program text, agreement_id text, valid_until date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    g @extschema@.rebate_agreement;
+    settled date;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF agreement_id IS NULL THEN
+        RAISE EXCEPTION 'agreement_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'agreement_id is the code the agreement was created with.',
+                  HINT = 'List them with SELECT agreement_id FROM loyalty.rebate_agreement.';
+    END IF;
+    SELECT * INTO g FROM @extschema@.rebate_agreement x
+    WHERE x.program_id OPERATOR(pg_catalog.=) pid AND x.agreement_id OPERATOR(pg_catalog.=) end_rebate_agreement.agreement_id
+    FOR UPDATE;
+    IF g.agreement_id IS NULL THEN
+        RAISE EXCEPTION 'rebate agreement "%" of program "%" does not exist', agreement_id, program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'agreement_id names no agreement of the program (codes are case-sensitive).',
+                  HINT = 'List them with SELECT agreement_id FROM loyalty.rebate_agreement.';
+    END IF;
+    IF valid_until IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'valid_until must be a finite date'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_until is the first day the agreement no longer applies to.',
+                  HINT = 'Leave it out to end the agreement with the current period.';
+    END IF;
+    -- by default the agreement ends with its current period
+    valid_until := coalesce(valid_until,
+                            (SELECT (pg_catalog.date_trunc(g.period, (pg_catalog.now() AT TIME ZONE p.time_zone)::date::timestamp)
+                                     OPERATOR(pg_catalog.+) CASE g.period WHEN 'month' THEN interval '1 month'
+                                                                          WHEN 'quarter' THEN interval '3 months'
+                                                                          ELSE interval '1 year' END)::date
+                             FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) pid));
+    IF g.valid_until IS NOT NULL AND g.valid_until OPERATOR(pg_catalog.<=) valid_until THEN
+        RAISE EXCEPTION 'rebate agreement "%" already ends on %', agreement_id, g.valid_until
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'An agreement can be ended earlier, not extended.',
+                  HINT = 'Create a new agreement for the time after it.';
+    END IF;
+    IF valid_until OPERATOR(pg_catalog.<=) g.valid_from THEN
+        RAISE EXCEPTION 'valid_until (%) must be after the agreement''s valid_from (%)', valid_until, g.valid_from
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_until is the first day the agreement no longer applies to.',
+                  HINT = 'Give a later date.';
+    END IF;
+    SELECT pg_catalog.max(s.period_end) INTO settled FROM @extschema@.settlement_line s
+    WHERE s.program_id OPERATOR(pg_catalog.=) pid AND s.agreement_id OPERATOR(pg_catalog.=) g.agreement_id;
+    IF settled IS NOT NULL AND valid_until OPERATOR(pg_catalog.<) settled THEN
+        RAISE EXCEPTION 'rebate agreement "%" is settled up to %', agreement_id, settled
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('valid_until %s would change periods already settled.', valid_until),
+                  HINT = pg_catalog.format('Give valid_until => ''%s'' or later.', settled);
+    END IF;
+    UPDATE @extschema@.rebate_agreement x SET valid_until = end_rebate_agreement.valid_until, ended_at = pg_catalog.now()
+    WHERE x.program_id OPERATOR(pg_catalog.=) pid AND x.agreement_id OPERATOR(pg_catalog.=) g.agreement_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.end_rebate_agreement(text, text, date) IS
+    'Ends a rebate agreement: documents dated from valid_until on (default: the end of its current period) no longer count. An agreement can be ended earlier, never extended, and not before a period it was settled for.';
+
+REVOKE ALL ON FUNCTION @extschema@.create_rebate_agreement(text, text, @extschema@.rebate_schedule, text, text, text, text, text[], text, date, date),
+                      @extschema@.end_rebate_agreement(text, text, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.create_rebate_agreement(text, text, @extschema@.rebate_schedule, text, text, text, text, text[], text, date, date),
+                          @extschema@.end_rebate_agreement(text, text, date) TO loyalty_admin;
+
+-- The fresh install revokes everything from PUBLIC in 90_privileges.sql; here, each new function.
+REVOKE ALL ON FUNCTION
+    @extschema@._expiry_threshold(integer, date),
+    @extschema@._expiry_due(integer, date, text),
+    @extschema@._settle_expiry(integer, date, date),
+    @extschema@._expiry_cutoffs(integer, date),
+    @extschema@._expiring_soon(integer, text, date),
+    @extschema@.expiring_points(text, text, date),
+    @extschema@._post_rebates(integer, text[], numeric[], text[]),
+    @extschema@._rebate_periods(integer, date, boolean),
+    @extschema@._write_settlement_lines(integer, date, text[], text[], date[], date[], numeric[], numeric[], numeric[], numeric[], integer[]),
+    @extschema@._settle_rebates(integer, date, date),
+    @extschema@.accrue_rebates(text, date),
+    @extschema@.create_rebate_agreement(text, text, @extschema@.rebate_schedule, text, text, text, text, text[], text, date, date),
+    @extschema@.end_rebate_agreement(text, text, date)
+FROM PUBLIC;

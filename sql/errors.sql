@@ -46,6 +46,8 @@ SELECT loyalty.create_program('err_qty', basis => 'quantity') > 0 AS created;
 SELECT loyalty.attach('err.invoice', 'err_club', account_column => 'customer_id', amount_column => 'amount',
                       date_column => 'invoice_date') > 0 AS attached;
 INSERT INTO err.invoice (invoice_id, customer_id, amount, invoice_date) VALUES (1, 42, 100.00, '2024-03-01');
+-- an agreement to end
+SELECT loyalty.create_rebate_agreement('err_club', 'ERR0', 'retro: 0:1%', valid_from => '2024-01-01');
 
 -- The base call of each public function: every case replaces (or adds)
 -- one named argument.
@@ -90,7 +92,12 @@ INSERT INTO base VALUES
 ('attachment_facts', 'program', $$'err_club'$$),
 ('sales', 'program', $$'err_club'$$),
 ('roi', 'program', $$'err_club'$$), ('roi', 'pre', $$'[2024-01-01,2024-07-01)'$$),
-('roi', 'post', $$'[2024-07-01,2025-01-01)'$$);
+('roi', 'post', $$'[2024-07-01,2025-01-01)'$$),
+('expiring_points', 'program', $$'err_club'$$),
+('accrue_rebates', 'program', $$'err_club'$$),
+('create_rebate_agreement', 'program', $$'err_club'$$), ('create_rebate_agreement', 'agreement_id', $$'ERR1'$$),
+('create_rebate_agreement', 'schedule', $$'retro: 0:1%'$$),
+('end_rebate_agreement', 'program', $$'err_club'$$), ('end_rebate_agreement', 'agreement_id', $$'ERR0'$$);
 
 -- The cases.  kind says what is tried; call, when given, replaces the
 -- generated call (positional arguments, or several changed at once).
@@ -528,7 +535,67 @@ INSERT INTO cases (fn, param, kind, value, call) VALUES
 ('statement', 'account_key', 'unknown', $$'no such customer'$$, NULL),
 ('statement', 'period_end', 'null', 'NULL', NULL),
 ('statement', 'period_end', 'infinity', $$'infinity'$$, NULL),
-('statement', 'period_end', 'not_a_period_end', $$'2024-03-30'$$, NULL);
+('statement', 'period_end', 'not_a_period_end', $$'2024-03-30'$$, NULL),
+-- expiring_points
+('expiring_points', 'program', 'valid', $$'err_club'$$, NULL),
+('expiring_points', 'program', 'null', 'NULL', NULL),
+('expiring_points', 'program', 'unknown', $$'err_nope'$$, NULL),
+('expiring_points', 'account', 'valid', $$'42'$$, NULL),
+('expiring_points', 'account', 'null', 'NULL', NULL),
+('expiring_points', 'account', 'unknown', $$'no such customer'$$, NULL),
+('expiring_points', 'as_of', 'null', 'NULL', NULL),
+('expiring_points', 'as_of', 'infinity', $$'infinity'$$, NULL),
+('expiring_points', 'as_of', '-infinity', $$'-infinity'$$, NULL),
+-- accrue_rebates
+('accrue_rebates', 'program', 'valid', $$'err_club'$$, NULL),
+('accrue_rebates', 'program', 'null', 'NULL', NULL),
+('accrue_rebates', 'program', 'unknown', $$'err_nope'$$, NULL),
+('accrue_rebates', 'as_of', 'null', 'NULL', NULL),
+('accrue_rebates', 'as_of', 'infinity', $$'infinity'$$, NULL),
+('accrue_rebates', 'as_of', '-infinity', $$'-infinity'$$, NULL),
+-- create_rebate_agreement
+('create_rebate_agreement', 'program', 'valid', $$'err_club'$$, NULL),
+('create_rebate_agreement', 'program', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'program', 'unknown', $$'err_nope'$$, NULL),
+('create_rebate_agreement', 'agreement_id', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'agreement_id', 'empty', $$''$$, NULL),
+('create_rebate_agreement', 'agreement_id', 'malformed', $$'ERR-1'$$, NULL),
+('create_rebate_agreement', 'agreement_id', 'huge', $$repeat('A', 41)$$, NULL),
+('create_rebate_agreement', 'agreement_id', 'duplicate', $$'ERR0'$$, NULL),
+('create_rebate_agreement', 'schedule', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'schedule', 'malformed', $$'retro 5%'$$, NULL),
+('create_rebate_agreement', 'account_key', 'valid', $$'42'$$, NULL),
+('create_rebate_agreement', 'account_key', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'account_key', 'unknown', $$'no such customer'$$, NULL),
+('create_rebate_agreement', 'account_key', 'with_segment', $$'42'$$,
+ $$SELECT loyalty.create_rebate_agreement('err_club', 'ERR1', 'retro: 0:1%', account_key => '42', region => 'EU')$$),
+('create_rebate_agreement', 'cooperation_model', 'valid', $$'distributor'$$, NULL),
+('create_rebate_agreement', 'cooperation_model', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'cooperation_model', 'unknown', $$'wholesaler'$$, NULL),
+('create_rebate_agreement', 'region', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'region', 'empty', $$''$$, NULL),
+('create_rebate_agreement', 'industry', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'industry', 'empty', $$''$$, NULL),
+('create_rebate_agreement', 'product_lines', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'product_lines', 'unsupported', $$'{SOLAR}'$$, NULL),
+('create_rebate_agreement', 'period', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'period', 'unknown', $$'week'$$, NULL),
+('create_rebate_agreement', 'valid_from', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'valid_from', 'infinity', $$'infinity'$$, NULL),
+('create_rebate_agreement', 'valid_from', '-infinity', $$'-infinity'$$, NULL),
+('create_rebate_agreement', 'valid_until', 'null', 'NULL', NULL),
+('create_rebate_agreement', 'valid_until', 'infinity', $$'infinity'$$, NULL),
+('create_rebate_agreement', 'valid_until', 'before', $$'2000-01-01'$$, NULL),
+-- end_rebate_agreement
+('end_rebate_agreement', 'program', 'valid', $$'err_club'$$, NULL),
+('end_rebate_agreement', 'program', 'null', 'NULL', NULL),
+('end_rebate_agreement', 'program', 'unknown', $$'err_nope'$$, NULL),
+('end_rebate_agreement', 'agreement_id', 'null', 'NULL', NULL),
+('end_rebate_agreement', 'agreement_id', 'unknown', $$'NOPE'$$, NULL),
+('end_rebate_agreement', 'valid_until', 'null', 'NULL', NULL),
+('end_rebate_agreement', 'valid_until', 'infinity', $$'infinity'$$, NULL),
+('end_rebate_agreement', 'valid_until', '-infinity', $$'-infinity'$$, NULL),
+('end_rebate_agreement', 'valid_until', 'before', $$'2000-01-01'$$, NULL);
 
 -- Coverage: every parameter of every public function (the extension's
 -- functions granted to a loyalty role, not to PUBLIC; not the internal

@@ -100,6 +100,13 @@ INSERT INTO decision VALUES
 -- pg_cron's functions check the caller's own rights: the job is the caller's
 ('loyalty.schedule_settlement(text,text)', 'loyalty_admin', false, true, 'calls pg_cron as the caller'),
 ('loyalty.unschedule_settlement(text)', 'loyalty_admin', false, true, 'calls pg_cron as the caller'),
+('loyalty.expiring_points(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
+-- Rebates: loyalty's tables only, no user code (the volume is the
+-- qualifying spend the accrual already summed).
+('loyalty.create_rebate_agreement(text,text,loyalty.rebate_schedule,text,text,text,text,text[],text,date,date)',
+ 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
+('loyalty.end_rebate_agreement(text,text,date)', 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
+('loyalty.accrue_rebates(text,date)', 'loyalty_admin,loyalty_operator', true, true, 'posts rebate estimates from loyalty''s tables only; no user code'),
 -- Triggers: they fire whatever their function's privileges; creating one
 -- needs EXECUTE, which only the owner has.
 ('loyalty.accrue()', '', false, true, 'accrual trigger'),
@@ -148,11 +155,17 @@ INSERT INTO decision VALUES
 ('loyalty._set_tier(integer,text,text,text)', '', false, true, 'internal: tier change by hand'),
 -- Settlement steps of the other wallets (52_expiry, 53_rebates, 61_actions,
 -- 63_mdf): called by settle() as the owner.
-('loyalty._settle_expiry(integer,date,date)', '', false, true, 'internal: settlement step, point expiry'),
-('loyalty._expiring_soon(integer,text,date)', '', false, true, 'internal: points expiring at the next settlement'),
-('loyalty._settle_rebates(integer,date,date)', '', false, true, 'internal: settlement step, rebate true-up'),
 ('loyalty._settle_mdf(integer,date,date)', '', false, true, 'internal: settlement step, MDF'),
 ('loyalty._action_counts(integer,text,date,date)', '', false, true, 'internal: approved actions per account, for tiers'),
+('loyalty._expiry_threshold(integer,date)', '', false, true, 'internal: the first month still valid at a cutoff'),
+('loyalty._expiry_due(integer,date,text)', '', false, true, 'internal: points due to expire at a cutoff (FIFO closed form)'),
+('loyalty._settle_expiry(integer,date,date)', '', false, true, 'internal: settlement''s expiry, called by settle()'),
+('loyalty._expiry_cutoffs(integer,date)', '', false, true, 'internal: settlement cutoffs of the next 90 days'),
+('loyalty._expiring_soon(integer,text,date)', '', false, true, 'internal: points expiring in the next 90 days, for the statement'),
+('loyalty._post_rebates(integer,text[],numeric[],text[])', '', false, true, 'internal: posts rebate money, _post''s row shape, set-based'),
+('loyalty._rebate_periods(integer,date,boolean)', '', false, true, 'internal: rebate periods with volume, final, accrued, last line'),
+('loyalty._write_settlement_lines(integer,date,text[],text[],date[],date[],numeric[],numeric[],numeric[],numeric[],integer[])', '', false, true, 'internal: writes settlement lines and posts them'),
+('loyalty._settle_rebates(integer,date,date)', '', false, true, 'internal: settlement''s rebate true-up and adjustments, called by settle()'),
 -- pure C, no SQL, no name resolved: no SET clause
 ('loyalty._ledger_number()', '', false, false, 'internal: the transaction''s next entry number'),
 ('loyalty._is_staff()', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: is the caller a loyalty role (the partner check)'),
