@@ -63,6 +63,22 @@ INSERT INTO decision VALUES
 -- Reading loyalty's tables only, with internal helpers: as the owner.
 ('loyalty.balance(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
 ('loyalty.tier(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', false, true, 'checks its arguments, then calls balance()'),
+-- Rewards, actions, MDF: typed arguments, no dynamic SQL, no caller-defined
+-- name (everything qualified, search_path pinned), so they write as the
+-- owner.  The catalogue and the action rules are configuration (admins);
+-- redeeming, awarding, claiming and deciding are operations (operators).
+('loyalty.set_reward(text,text,text,bigint,text,text,integer,integer,integer,text,date,date,text,boolean)',
+ 'loyalty_admin', true, true, 'configures the catalogue; typed arguments, no dynamic SQL'),
+('loyalty.set_action_rule(text,text,bigint,boolean,bigint,text,date)',
+ 'loyalty_admin', true, true, 'configures action rules; typed arguments, no dynamic SQL'),
+('loyalty.redeem(text,text,text,integer,text)', 'loyalty_operator', true, true, 'a debit; typed arguments, no dynamic SQL'),
+('loyalty.cancel_redemption(uuid)', 'loyalty_operator', true, true, 'reverses a redemption; no dynamic SQL'),
+('loyalty.award(text,text,text,date,text,text,integer)', 'loyalty_operator', true, true, 'posts awards; typed arguments, no dynamic SQL'),
+('loyalty.approve_award(uuid,text)', 'loyalty_operator', true, true, 'decides an award; no dynamic SQL'),
+('loyalty.reject_award(uuid,text)', 'loyalty_operator', true, true, 'decides an award; no dynamic SQL'),
+('loyalty.claim_mdf(text,text,numeric,text,text)', 'loyalty_operator', true, true, 'a debit of the MDF wallet; no dynamic SQL'),
+('loyalty.approve_mdf_claim(uuid,text)', 'loyalty_operator', true, true, 'a debit of the MDF wallet; no dynamic SQL'),
+('loyalty.reject_mdf_claim(uuid,text)', 'loyalty_operator', true, true, 'decides a claim; no dynamic SQL'),
 -- Triggers: they fire whatever their function's privileges; creating one
 -- needs EXECUTE, which only the owner has.
 ('loyalty.accrue()', '', false, true, 'accrual trigger'),
@@ -95,6 +111,14 @@ INSERT INTO decision VALUES
 ('loyalty._verify_balance(integer,text)', '', false, true, 'internal: verify''s ledger vs balance check'),
 ('loyalty._post(integer,text,loyalty.ledger_kind,bigint,text,numeric,numeric,text,xid8,bigint)', '', false, true, 'internal: posts one ledger entry that no invoice row made'),
 ('loyalty._lock_for_debit(integer,text)', '', false, true, 'internal: serialises the debits of one account'),
+('loyalty._await_postings(integer,text)', '', false, false, 'internal: a debit waits for postings in flight (C, reads balance_delta''s index)'),
+('loyalty._decide_award(uuid,boolean,text)', '', false, true, 'internal: approval or rejection of an award'),
+('loyalty._action_counts(integer,text,date,date)', '', false, true, 'internal: approved actions for tier qualification'),
+('loyalty._post_member(integer,text,loyalty.ledger_kind,bigint,text,text,xid8,bigint)', '', false, true, 'internal: posts an entry and the member''s running total'),
+('loyalty._verify_members(integer,text)', '', false, true, 'internal: verify''s member and redemption checks'),
+('loyalty._settle_mdf(integer,date,date)', '', false, true, 'internal: MDF accrual at settlement'),
+('loyalty._decide_mdf_claim(uuid,boolean,text)', '', false, true, 'internal: approval or rejection of an MDF claim'),
+('loyalty._mdf_rate(integer,text,date)', '', false, true, 'internal: MDF rate of a tier (placeholder until the tier benefits)'),
 -- pure C, no SQL, no name resolved: no SET clause
 ('loyalty._ledger_number()', '', false, false, 'internal: the transaction''s next entry number'),
 ('loyalty._capped_points(integer,date[],bigint[])', '', false, true, 'internal: nested caps for verify, the trigger''s own computation'),

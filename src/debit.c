@@ -1,0 +1,99 @@
+/*
+ * debit.c — what a debit (redemption, MDF claim) waits for before it reads
+ * a balance.  The account lock (loyalty._lock_for_debit) orders debits among
+ * themselves, but accrual never takes it: an ERP transaction posting a credit
+ * note for the account may be in flight, its balance delta appended and not
+ * committed.  A debit that checked the balance without it would spend points
+ * the credit note is about to take back.  So the debit waits for every
+ * transaction still in progress that appended a balance delta of the
+ * account: the redemption waits for the ERP, never the reverse.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "loyalty.h"
+
+/*
+ * Scans balance_delta's primary key for (program, account) with a dirty
+ * snapshot, which reports the inserting transaction of rows not committed
+ * yet, and waits for each such transaction other than our own.  Returns how
+ * many it waited for.
+ */
+static int
+await_deltas(Relation rel, Relation idx, int32 program_id, text *account_key)
+{
+	SnapshotData dirty;
+	ScanKeyData sk[2];
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	int			waited = 0;
+
+	InitDirtySnapshot(dirty);
+	ScanKeyEntryInitialize(&sk[0], 0, 1, BTEqualStrategyNumber, InvalidOid, InvalidOid,
+						   F_INT4EQ, Int32GetDatum(program_id));
+	ScanKeyEntryInitialize(&sk[1], 0, 2, BTEqualStrategyNumber, InvalidOid, DEFAULT_COLLATION_OID,
+						   F_TEXTEQ, PointerGetDatum(account_key));
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, &dirty, 2, 0);
+	index_rescan(scan, sk, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		TransactionId xmin = dirty.xmin;
+
+		/* committed (or aborted and gone), or written by ourselves */
+		if (!TransactionIdIsValid(xmin) || TransactionIdIsCurrentTransactionId(xmin))
+			continue;
+		XactLockTableWait(xmin, rel, &slot->tts_tid, XLTW_None);
+		waited++;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	return waited;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_await_postings);
+/*
+ * loyalty._await_postings(program_id, account_key): waits until no other
+ * transaction in progress has appended a balance delta of the account;
+ * returns how many transactions it waited for.
+ */
+Datum
+loyalty_await_postings(PG_FUNCTION_ARGS)
+{
+	int32		program_id;
+	text	   *account_key;
+	Relation	rel;
+	Relation	idx;
+	int			waited;
+
+	/*
+	 * Not STRICT: the planner would answer a call with NULL constants
+	 * without checking who may execute it.  No account, nothing to wait for.
+	 */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_INT32(0);
+	program_id = PG_GETARG_INT32(0);
+	account_key = PG_GETARG_TEXT_PP(1);
+	rel = table_open(get_relname_relid("balance_delta", get_namespace_oid("loyalty", false)), AccessShareLock);
+	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	waited = await_deltas(rel, idx, program_id, account_key);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	PG_RETURN_INT32(waited);
+}
