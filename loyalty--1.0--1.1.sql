@@ -2818,6 +2818,9 @@ DROP TABLE @extschema@.redemption;
 -- its check would share-lock the reward's row in every redemption, one row
 -- that all redemptions of a popular reward would then queue on; a reward is
 -- never deleted (no loyalty role may, and set_reward deactivates instead).
+-- None to loyalty.account either, as for the ledger: its check is a query
+-- per redemption, and an account with postings cannot be deleted
+-- (account_keep).
 CREATE TABLE @extschema@.redemption (
     program_id    integer NOT NULL,
     account_key   text NOT NULL,
@@ -2836,7 +2839,6 @@ CREATE TABLE @extschema@.redemption (
     cancel_xid    xid8,
     cancel_entry_no bigint,
     PRIMARY KEY (program_id, account_key, redemption_no),
-    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
     FOREIGN KEY (program_id, account_key, member_id) REFERENCES @extschema@.member,
     CONSTRAINT redemption_cancel_check
         CHECK ((status OPERATOR(pg_catalog.=) 'cancelled') = (cancelled_at IS NOT NULL)
@@ -2880,7 +2882,7 @@ GRANT SELECT ON @extschema@.redemption TO loyalty_reader, loyalty_operator, loya
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');
 
 CREATE FUNCTION @extschema@._await_postings(program_id integer, account_key text) RETURNS integer
-AS 'MODULE_PATHNAME', 'loyalty_await_postings' LANGUAGE C VOLATILE STRICT;
+AS 'MODULE_PATHNAME', 'loyalty_await_postings' LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@._await_postings(integer, text) IS
 'Internal: waits for the other transactions in progress that appended balance deltas of the account (an ERP credit note in flight), so that a debit reads a balance nobody is still changing; returns how many it waited for.';
 
@@ -3010,6 +3012,7 @@ DECLARE
     lad @extschema@.tier_ladder;
     today date;
     acct_tier text;
+    enrolled boolean;
     r @extschema@.reward;
     no bigint;
     cost bigint;
@@ -3024,16 +3027,24 @@ BEGIN
                   DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
                   HINT = 'List programs with SELECT name FROM loyalty.program.';
     END IF;
-    SELECT p.program_id, p.ladder, (pg_catalog.now() AT TIME ZONE p.time_zone)::date INTO pid, lad, today
-    FROM @extschema@.program p WHERE p.name = program;
+    -- the program, the account and the reward in one look-up
+    SELECT p.program_id, p.ladder, (pg_catalog.now() AT TIME ZONE p.time_zone)::date, a.account_key IS NOT NULL,
+           x.reward_id, x.points_price, x.stock, x.active, x.valid_from, x.valid_until, x.min_tier,
+           x.per_account_limit, x.period_limit, x.limit_period
+    INTO pid, lad, today, enrolled,
+         r.reward_id, r.points_price, r.stock, r.active, r.valid_from, r.valid_until, r.min_tier,
+         r.per_account_limit, r.period_limit, r.limit_period
+    FROM @extschema@.program p
+    LEFT JOIN @extschema@.account a ON a.program_id = p.program_id AND a.account_key = account_key
+    LEFT JOIN @extschema@.reward x ON x.program_id = p.program_id AND x.reward_id = reward
+    WHERE p.name = program;
     IF pid IS NULL THEN
         RAISE EXCEPTION 'loyalty program "%" does not exist', program
             USING ERRCODE = 'undefined_object',
                   DETAIL = 'program names no program of this database (names are case-sensitive).',
                   HINT = 'List programs with SELECT name FROM loyalty.program.';
     END IF;
-    SELECT a.tier INTO acct_tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key;
-    IF NOT FOUND THEN
+    IF NOT enrolled THEN
         RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
             USING ERRCODE = 'no_data_found',
                   DETAIL = 'Only enrolled accounts have points to redeem.',
@@ -3052,8 +3063,7 @@ BEGIN
                   DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
                   HINT = 'Give the number of units to redeem, 1 or more.';
     END IF;
-    SELECT * INTO r FROM @extschema@.reward x WHERE x.program_id = pid AND x.reward_id = reward;
-    IF NOT FOUND THEN
+    IF r.reward_id IS NULL THEN
         RAISE EXCEPTION 'reward "%" is not in the catalogue of program "%"', reward, program
             USING ERRCODE = 'undefined_object',
                   DETAIL = 'reward is a reward_id of loyalty.reward.',
@@ -3082,6 +3092,10 @@ BEGIN
                                 ELSE pg_catalog.format('It is offered from %s until (not including) %s; today is %s.',
                                                        coalesce(r.valid_from::text, 'always'), coalesce(r.valid_until::text, 'no end'), today) END,
                   HINT = 'Nothing was redeemed. Choose a reward on offer.';
+    END IF;
+    -- the tier as loyalty.tier() tells it (upgrades count at once)
+    IF r.min_tier IS NOT NULL THEN
+        SELECT b.tier INTO acct_tier FROM @extschema@.balance(program, account_key) b;
     END IF;
     IF r.min_tier IS NOT NULL
        AND coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = acct_tier), 0)
@@ -3143,8 +3157,11 @@ BEGIN
     IF r.stock IS NOT NULL THEN
         UPDATE @extschema@.reward x SET stock = x.stock - quantity WHERE x.program_id = pid AND x.reward_id = reward;
     END IF;
-    entry := @extschema@._post_member(pid, account_key, 'redeem', -cost, pg_catalog.format('redeem %s x %s', quantity, reward),
-                                      member);
+    IF member IS NULL THEN
+        entry := @extschema@._post(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward);
+    ELSE
+        entry := @extschema@._post_member(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward, member);
+    END IF;
     INSERT INTO @extschema@.redemption AS d (program_id, account_key, redemption_no, reward_id, member_id, quantity, points,
                                              redeemed_on, entry_no)
     VALUES (pid, account_key, no, reward, member, quantity, cost, today, entry)
@@ -3171,9 +3188,9 @@ BEGIN
     END IF;
     SELECT * INTO d FROM @extschema@.redemption x WHERE x.redemption_id = redemption_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'redemption_id % names no redemption', redemption_id
+        RAISE EXCEPTION 'redemption_id names no redemption'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'redemption_id is what loyalty.redeem() returned.',
+                  DETAIL = pg_catalog.format('No redemption has id %s; redemption_id is what loyalty.redeem() returned.', redemption_id),
                   HINT = 'Find it in loyalty.redemption.';
     END IF;
     -- the same lock order as redeem: the account, then the reward
@@ -3181,9 +3198,9 @@ BEGIN
     SELECT * INTO d FROM @extschema@.redemption x
     WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
     IF d.status = 'cancelled' THEN
-        RAISE EXCEPTION 'redemption % is already cancelled', redemption_id
+        RAISE EXCEPTION 'the redemption is already cancelled'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('It was cancelled at %s; its points were given back then.', d.cancelled_at),
+                  DETAIL = pg_catalog.format('Redemption %s was cancelled at %s; its points were given back then.', redemption_id, d.cancelled_at),
                   HINT = 'Nothing to do.';
     END IF;
     UPDATE @extschema@.reward x SET stock = x.stock + d.quantity
@@ -3485,7 +3502,9 @@ BEGIN
         SELECT coalesce(pg_catalog.sum(w.points), 0) INTO used FROM @extschema@.award w
         WHERE w.program_id = pid AND w.account_key = account_key AND w.action = action
           AND w.status <> 'rejected' AND w.occurred_on >= period_start
-          AND w.occurred_on < (period_start + ('1 ' || rule.cap_period)::interval)::date;
+          AND w.occurred_on < (period_start + CASE rule.cap_period WHEN 'month' THEN interval '1 month'
+                                                                   WHEN 'quarter' THEN interval '3 months'
+                                                                   ELSE interval '1 year' END)::date;
         granted := GREATEST(0, LEAST(granted, rule.cap_points - used));
     END IF;
     st := CASE WHEN rule.needs_approval THEN 'pending' ELSE 'approved' END;
@@ -3557,14 +3576,14 @@ BEGIN
     PERFORM @extschema@._decide_award(award_id, true, note);
     SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
     IF st IS NULL THEN
-        RAISE EXCEPTION 'award_id % names no award', award_id
+        RAISE EXCEPTION 'award_id names no award'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
                   HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
     ELSIF st = 'rejected' THEN
-        RAISE EXCEPTION 'award % was rejected and cannot be approved', award_id
+        RAISE EXCEPTION 'the award was rejected and cannot be approved'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'A decision on an award is final.',
+                  DETAIL = pg_catalog.format('Award %s was rejected; a decision on an award is final.', award_id),
                   HINT = 'Record the event again with a new reference if it is genuine.';
     END IF;
     RETURN st;
@@ -3589,14 +3608,14 @@ BEGIN
     PERFORM @extschema@._decide_award(award_id, false, note);
     SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
     IF st IS NULL THEN
-        RAISE EXCEPTION 'award_id % names no award', award_id
+        RAISE EXCEPTION 'award_id names no award'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
                   HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
     ELSIF st = 'approved' THEN
-        RAISE EXCEPTION 'award % was approved and cannot be rejected', award_id
+        RAISE EXCEPTION 'the award was approved and cannot be rejected'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Its points are posted; a decision on an award is final.',
+                  DETAIL = pg_catalog.format('Award %s was approved and its points posted; a decision on an award is final.', award_id),
                   HINT = 'Take the points back with an adjustment if the approval was a mistake.';
     END IF;
     RETURN st;
@@ -4102,20 +4121,20 @@ BEGIN
     PERFORM @extschema@._decide_mdf_claim(claim_id, true, note);
     SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim_id % names no MDF claim', claim_id
+        RAISE EXCEPTION 'claim_id names no MDF claim'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
                   HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
     ELSIF c.status = 'rejected' THEN
-        RAISE EXCEPTION 'MDF claim % was rejected and cannot be approved', claim_id
+        RAISE EXCEPTION 'the MDF claim was rejected and cannot be approved'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'A decision on a claim is final.',
+                  DETAIL = pg_catalog.format('Claim %s was rejected; a decision on a claim is final.', claim_id),
                   HINT = 'File a new claim if it is genuine.';
     ELSIF c.status = 'pending' THEN
         SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
-        RAISE EXCEPTION 'account "%" has % of MDF, MDF claim % asks %', c.account_key, coalesce(wallet, 0), claim_id, c.amount
+        RAISE EXCEPTION 'account "%" has % of MDF, the claim asks %', c.account_key, coalesce(wallet, 0), c.amount
             USING ERRCODE = 'LY001',
-                  DETAIL = 'The MDF wallet never goes below zero.',
+                  DETAIL = pg_catalog.format('Claim %s stays pending: the MDF wallet never goes below zero.', claim_id),
                   HINT = 'The claim stays pending: approve it after the next settlement credits the wallet, or reject it.';
     END IF;
     RETURN c.status;
@@ -4140,14 +4159,14 @@ BEGIN
     PERFORM @extschema@._decide_mdf_claim(claim_id, false, note);
     SELECT x.status INTO st FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
     IF st IS NULL THEN
-        RAISE EXCEPTION 'claim_id % names no MDF claim', claim_id
+        RAISE EXCEPTION 'claim_id names no MDF claim'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
                   HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
     ELSIF st = 'approved' THEN
-        RAISE EXCEPTION 'MDF claim % was approved and cannot be rejected', claim_id
+        RAISE EXCEPTION 'the MDF claim was approved and cannot be rejected'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Its amount is paid from the wallet; a decision on a claim is final.',
+                  DETAIL = pg_catalog.format('Claim %s was paid from the wallet; a decision on a claim is final.', claim_id),
                   HINT = 'Nothing to do.';
     END IF;
     RETURN st;

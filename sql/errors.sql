@@ -582,5 +582,5 @@ SELECT what, sqlstate, message, has_detail, has_hint, context FROM op_results OR
 \pset format aligned
 -- nothing was posted by the refusals: the ledger holds the one award
 SELECT kind, points FROM loyalty.ledger l JOIN loyalty.program p USING (program_id) WHERE p.name = 'err_club' AND kind <> 'earn';
-SELECT count(*) AS redemptions FROM loyalty.redemption;
+SELECT count(*) AS redemptions FROM loyalty.redemption d JOIN loyalty.program p USING (program_id) WHERE p.name = 'err_club';
 SELECT * FROM loyalty.verify('err_club');

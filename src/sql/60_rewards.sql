@@ -147,6 +147,7 @@ DECLARE
     lad @extschema@.tier_ladder;
     today date;
     acct_tier text;
+    enrolled boolean;
     r @extschema@.reward;
     no bigint;
     cost bigint;
@@ -161,16 +162,24 @@ BEGIN
                   DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
                   HINT = 'List programs with SELECT name FROM loyalty.program.';
     END IF;
-    SELECT p.program_id, p.ladder, (pg_catalog.now() AT TIME ZONE p.time_zone)::date INTO pid, lad, today
-    FROM @extschema@.program p WHERE p.name = program;
+    -- the program, the account and the reward in one look-up
+    SELECT p.program_id, p.ladder, (pg_catalog.now() AT TIME ZONE p.time_zone)::date, a.account_key IS NOT NULL,
+           x.reward_id, x.points_price, x.stock, x.active, x.valid_from, x.valid_until, x.min_tier,
+           x.per_account_limit, x.period_limit, x.limit_period
+    INTO pid, lad, today, enrolled,
+         r.reward_id, r.points_price, r.stock, r.active, r.valid_from, r.valid_until, r.min_tier,
+         r.per_account_limit, r.period_limit, r.limit_period
+    FROM @extschema@.program p
+    LEFT JOIN @extschema@.account a ON a.program_id = p.program_id AND a.account_key = account_key
+    LEFT JOIN @extschema@.reward x ON x.program_id = p.program_id AND x.reward_id = reward
+    WHERE p.name = program;
     IF pid IS NULL THEN
         RAISE EXCEPTION 'loyalty program "%" does not exist', program
             USING ERRCODE = 'undefined_object',
                   DETAIL = 'program names no program of this database (names are case-sensitive).',
                   HINT = 'List programs with SELECT name FROM loyalty.program.';
     END IF;
-    SELECT a.tier INTO acct_tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key;
-    IF NOT FOUND THEN
+    IF NOT enrolled THEN
         RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
             USING ERRCODE = 'no_data_found',
                   DETAIL = 'Only enrolled accounts have points to redeem.',
@@ -189,8 +198,7 @@ BEGIN
                   DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
                   HINT = 'Give the number of units to redeem, 1 or more.';
     END IF;
-    SELECT * INTO r FROM @extschema@.reward x WHERE x.program_id = pid AND x.reward_id = reward;
-    IF NOT FOUND THEN
+    IF r.reward_id IS NULL THEN
         RAISE EXCEPTION 'reward "%" is not in the catalogue of program "%"', reward, program
             USING ERRCODE = 'undefined_object',
                   DETAIL = 'reward is a reward_id of loyalty.reward.',
@@ -219,6 +227,10 @@ BEGIN
                                 ELSE pg_catalog.format('It is offered from %s until (not including) %s; today is %s.',
                                                        coalesce(r.valid_from::text, 'always'), coalesce(r.valid_until::text, 'no end'), today) END,
                   HINT = 'Nothing was redeemed. Choose a reward on offer.';
+    END IF;
+    -- the tier as loyalty.tier() tells it (upgrades count at once)
+    IF r.min_tier IS NOT NULL THEN
+        SELECT b.tier INTO acct_tier FROM @extschema@.balance(program, account_key) b;
     END IF;
     IF r.min_tier IS NOT NULL
        AND coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = acct_tier), 0)
@@ -280,8 +292,11 @@ BEGIN
     IF r.stock IS NOT NULL THEN
         UPDATE @extschema@.reward x SET stock = x.stock - quantity WHERE x.program_id = pid AND x.reward_id = reward;
     END IF;
-    entry := @extschema@._post_member(pid, account_key, 'redeem', -cost, pg_catalog.format('redeem %s x %s', quantity, reward),
-                                      member);
+    IF member IS NULL THEN
+        entry := @extschema@._post(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward);
+    ELSE
+        entry := @extschema@._post_member(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward, member);
+    END IF;
     INSERT INTO @extschema@.redemption AS d (program_id, account_key, redemption_no, reward_id, member_id, quantity, points,
                                              redeemed_on, entry_no)
     VALUES (pid, account_key, no, reward, member, quantity, cost, today, entry)
@@ -308,9 +323,9 @@ BEGIN
     END IF;
     SELECT * INTO d FROM @extschema@.redemption x WHERE x.redemption_id = redemption_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'redemption_id % names no redemption', redemption_id
+        RAISE EXCEPTION 'redemption_id names no redemption'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'redemption_id is what loyalty.redeem() returned.',
+                  DETAIL = pg_catalog.format('No redemption has id %s; redemption_id is what loyalty.redeem() returned.', redemption_id),
                   HINT = 'Find it in loyalty.redemption.';
     END IF;
     -- the same lock order as redeem: the account, then the reward
@@ -318,9 +333,9 @@ BEGIN
     SELECT * INTO d FROM @extschema@.redemption x
     WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
     IF d.status = 'cancelled' THEN
-        RAISE EXCEPTION 'redemption % is already cancelled', redemption_id
+        RAISE EXCEPTION 'the redemption is already cancelled'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('It was cancelled at %s; its points were given back then.', d.cancelled_at),
+                  DETAIL = pg_catalog.format('Redemption %s was cancelled at %s; its points were given back then.', redemption_id, d.cancelled_at),
                   HINT = 'Nothing to do.';
     END IF;
     UPDATE @extschema@.reward x SET stock = x.stock + d.quantity

@@ -274,7 +274,9 @@ BEGIN
         SELECT coalesce(pg_catalog.sum(w.points), 0) INTO used FROM @extschema@.award w
         WHERE w.program_id = pid AND w.account_key = account_key AND w.action = action
           AND w.status <> 'rejected' AND w.occurred_on >= period_start
-          AND w.occurred_on < (period_start + ('1 ' || rule.cap_period)::interval)::date;
+          AND w.occurred_on < (period_start + CASE rule.cap_period WHEN 'month' THEN interval '1 month'
+                                                                   WHEN 'quarter' THEN interval '3 months'
+                                                                   ELSE interval '1 year' END)::date;
         granted := GREATEST(0, LEAST(granted, rule.cap_points - used));
     END IF;
     st := CASE WHEN rule.needs_approval THEN 'pending' ELSE 'approved' END;
@@ -346,14 +348,14 @@ BEGIN
     PERFORM @extschema@._decide_award(award_id, true, note);
     SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
     IF st IS NULL THEN
-        RAISE EXCEPTION 'award_id % names no award', award_id
+        RAISE EXCEPTION 'award_id names no award'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
                   HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
     ELSIF st = 'rejected' THEN
-        RAISE EXCEPTION 'award % was rejected and cannot be approved', award_id
+        RAISE EXCEPTION 'the award was rejected and cannot be approved'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'A decision on an award is final.',
+                  DETAIL = pg_catalog.format('Award %s was rejected; a decision on an award is final.', award_id),
                   HINT = 'Record the event again with a new reference if it is genuine.';
     END IF;
     RETURN st;
@@ -378,14 +380,14 @@ BEGIN
     PERFORM @extschema@._decide_award(award_id, false, note);
     SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
     IF st IS NULL THEN
-        RAISE EXCEPTION 'award_id % names no award', award_id
+        RAISE EXCEPTION 'award_id names no award'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
                   HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
     ELSIF st = 'approved' THEN
-        RAISE EXCEPTION 'award % was approved and cannot be rejected', award_id
+        RAISE EXCEPTION 'the award was approved and cannot be rejected'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Its points are posted; a decision on an award is final.',
+                  DETAIL = pg_catalog.format('Award %s was approved and its points posted; a decision on an award is final.', award_id),
                   HINT = 'Take the points back with an adjustment if the approval was a mistake.';
     END IF;
     RETURN st;

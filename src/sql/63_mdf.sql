@@ -258,20 +258,20 @@ BEGIN
     PERFORM @extschema@._decide_mdf_claim(claim_id, true, note);
     SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim_id % names no MDF claim', claim_id
+        RAISE EXCEPTION 'claim_id names no MDF claim'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
                   HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
     ELSIF c.status = 'rejected' THEN
-        RAISE EXCEPTION 'MDF claim % was rejected and cannot be approved', claim_id
+        RAISE EXCEPTION 'the MDF claim was rejected and cannot be approved'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'A decision on a claim is final.',
+                  DETAIL = pg_catalog.format('Claim %s was rejected; a decision on a claim is final.', claim_id),
                   HINT = 'File a new claim if it is genuine.';
     ELSIF c.status = 'pending' THEN
         SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
-        RAISE EXCEPTION 'account "%" has % of MDF, MDF claim % asks %', c.account_key, coalesce(wallet, 0), claim_id, c.amount
+        RAISE EXCEPTION 'account "%" has % of MDF, the claim asks %', c.account_key, coalesce(wallet, 0), c.amount
             USING ERRCODE = 'LY001',
-                  DETAIL = 'The MDF wallet never goes below zero.',
+                  DETAIL = pg_catalog.format('Claim %s stays pending: the MDF wallet never goes below zero.', claim_id),
                   HINT = 'The claim stays pending: approve it after the next settlement credits the wallet, or reject it.';
     END IF;
     RETURN c.status;
@@ -296,14 +296,14 @@ BEGIN
     PERFORM @extschema@._decide_mdf_claim(claim_id, false, note);
     SELECT x.status INTO st FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
     IF st IS NULL THEN
-        RAISE EXCEPTION 'claim_id % names no MDF claim', claim_id
+        RAISE EXCEPTION 'claim_id names no MDF claim'
             USING ERRCODE = 'no_data_found',
-                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
                   HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
     ELSIF st = 'approved' THEN
-        RAISE EXCEPTION 'MDF claim % was approved and cannot be rejected', claim_id
+        RAISE EXCEPTION 'the MDF claim was approved and cannot be rejected'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Its amount is paid from the wallet; a decision on a claim is final.',
+                  DETAIL = pg_catalog.format('Claim %s was paid from the wallet; a decision on a claim is final.', claim_id),
                   HINT = 'Nothing to do.';
     END IF;
     RETURN st;
