@@ -21,49 +21,77 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "storage/lmgr.h"
+#include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/xid8.h"
 
 #include "loyalty.h"
 
 /*
- * Scans balance_delta's primary key for (program, account) with a dirty
- * snapshot, which reports the inserting transaction of rows not committed
- * yet, and waits for each such transaction other than our own.  Returns how
- * many it waited for.
+ * The full transaction id of xid, a transaction id not later than next:
+ * in next's epoch, or the one before when xid is numerically above next's.
+ */
+static FullTransactionId
+full_xid_before(FullTransactionId next, TransactionId xid)
+{
+	uint32		epoch = EpochFromFullTransactionId(next);
+
+	if (xid > XidFromFullTransactionId(next) && epoch > 0)
+		epoch--;
+	return FullTransactionIdFromEpochAndXid(epoch, xid);
+}
+
+/*
+ * Reads balance_delta's primary key (program_id, account_key, posted_xid,
+ * delta_no) for (program, account) and waits for each transaction still in
+ * progress among the posting transactions, other than our own.  The index
+ * entries carry posted_xid, the posting's top-level transaction, so the heap
+ * is never visited: an entry older than RecentXmin (set by this
+ * transaction's last snapshot: every transaction before it had finished)
+ * is passed over at once, whatever became of its row (a fold may have
+ * deleted it); only the few recent ones are looked up in the proc array.
+ * Returns how many transactions it waited for.
  */
 static int
 await_deltas(Relation rel, Relation idx, int32 program_id, text *account_key)
 {
-	SnapshotData dirty;
 	ScanKeyData sk[2];
 	IndexScanDesc scan;
-	TupleTableSlot *slot;
+	FullTransactionId horizon = full_xid_before(ReadNextFullTransactionId(), RecentXmin);
+	FullTransactionId mine = GetTopFullTransactionIdIfAny();
+	TransactionId last = InvalidTransactionId;
 	int			waited = 0;
 
-	InitDirtySnapshot(dirty);
 	ScanKeyEntryInitialize(&sk[0], 0, 1, BTEqualStrategyNumber, InvalidOid, InvalidOid,
 						   F_INT4EQ, Int32GetDatum(program_id));
 	ScanKeyEntryInitialize(&sk[1], 0, 2, BTEqualStrategyNumber, InvalidOid, DEFAULT_COLLATION_OID,
 						   F_TEXTEQ, PointerGetDatum(account_key));
-	slot = table_slot_create(rel, NULL);
-	scan = index_beginscan(rel, idx, &dirty, 2, 0);
+	scan = index_beginscan(rel, idx, SnapshotAny, 2, 0);
+	scan->xs_want_itup = true;
 	index_rescan(scan, sk, 2, NULL, 0);
-	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	while (index_getnext_tid(scan, ForwardScanDirection) != NULL)
 	{
-		TransactionId xmin = dirty.xmin;
+		bool		isnull;
+		Datum		d = index_getattr(scan->xs_itup, 3, scan->xs_itupdesc, &isnull);
+		FullTransactionId fxid;
+		TransactionId xid;
 
-		/* committed (or aborted and gone), or written by ourselves */
-		if (!TransactionIdIsValid(xmin) || TransactionIdIsCurrentTransactionId(xmin))
+		if (isnull)
 			continue;
-		XactLockTableWait(xmin, rel, &slot->tts_tid, XLTW_None);
+		fxid = DatumGetFullTransactionId(d);
+		xid = XidFromFullTransactionId(fxid);
+		if (FullTransactionIdPrecedes(fxid, horizon) || FullTransactionIdEquals(fxid, mine) ||
+			TransactionIdEquals(xid, last) || !TransactionIdIsInProgress(xid))
+			continue;
+		XactLockTableWait(xid, NULL, NULL, XLTW_None);
+		last = xid;				/* its other deltas need no second wait */
 		waited++;
 	}
 	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
 	return waited;
 }
 
