@@ -39,7 +39,7 @@ SELECT loyalty.award('aw_partners', 'acme', 'training_completed', '2025-03-10', 
 SELECT loyalty.award('aw_partners', 'bolt', 'product_review', '2025-03-11', reference => 'rv-1') IS NOT NULL AS awarded;
 -- the same CRM event again awards once (the same id comes back)
 SELECT loyalty.award('aw_partners', 'acme', 'training_completed', '2025-02-10', reference => 'lms-1')
-     = (SELECT award_id FROM loyalty.award WHERE reference = 'lms-1') AS same_award;
+     = (SELECT award_id FROM loyalty.award WHERE account_key = 'acme' AND reference = 'lms-1') AS same_award;
 -- ... but a reference reused for another event is refused
 SELECT loyalty.award('aw_partners', 'acme', 'lead_won', '2025-02-10', reference => 'lms-1');
 -- a reference is per account: bolt may use the same one
@@ -116,7 +116,8 @@ SELECT * FROM loyalty.verify('aw_partners');
 SELECT count(loyalty.enroll('aw_partners', 'p' || g)) FROM generate_series(1, 2000) g;
 SELECT count(loyalty.award('aw_partners', 'p' || g, 'training_completed', '2025-04-01', reference => 'evt-' || g))
 FROM generate_series(1, 2000) g, generate_series(1, 2) twice;
-SELECT count(*) AS awards, sum(points) AS points FROM loyalty.award WHERE account_key LIKE 'p%';
+SELECT count(*) AS awards, sum(points) AS points FROM loyalty.award w JOIN loyalty.program p USING (program_id)
+WHERE p.name = 'aw_partners' AND account_key LIKE 'p%';
 SELECT sum(points) AS balance_points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
 WHERE p.name = 'aw_partners' AND account_key LIKE 'p%';
 SELECT * FROM loyalty.verify('aw_partners');
