@@ -2818,9 +2818,11 @@ DROP TABLE @extschema@.redemption;
 -- its check would share-lock the reward's row in every redemption, one row
 -- that all redemptions of a popular reward would then queue on; a reward is
 -- never deleted (no loyalty role may, and set_reward deactivates instead).
--- None to loyalty.account either, as for the ledger: its check is a query
--- per redemption, and an account with postings cannot be deleted
--- (account_keep).
+-- None to loyalty.account or loyalty.member either, as for the ledger:
+-- each check is a trigger and a query per redemption; redeem() checks the
+-- account and the member itself, an account with postings cannot be deleted
+-- (account_keep), no loyalty role may delete a member, and verify's member
+-- check (_verify_members) reports entries of unknown members.
 CREATE TABLE @extschema@.redemption (
     program_id    integer NOT NULL,
     account_key   text NOT NULL,
@@ -2839,7 +2841,6 @@ CREATE TABLE @extschema@.redemption (
     cancel_xid    xid8,
     cancel_entry_no bigint,
     PRIMARY KEY (program_id, account_key, redemption_no),
-    FOREIGN KEY (program_id, account_key, member_id) REFERENCES @extschema@.member,
     CONSTRAINT redemption_cancel_check
         CHECK ((status OPERATOR(pg_catalog.=) 'cancelled') = (cancelled_at IS NOT NULL)
                AND (cancelled_at IS NULL) = (cancel_xid IS NULL) AND (cancel_xid IS NULL) = (cancel_entry_no IS NULL))
