@@ -218,6 +218,12 @@ BEGIN
     PERFORM @extschema@._await_postings(pid, account_key);
     IF r.stock IS NOT NULL THEN
         SELECT * INTO r FROM @extschema@.reward x WHERE x.program_id = pid AND x.reward_id = reward FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'reward "%" left the catalogue of program "%"', reward, program
+                USING ERRCODE = 'undefined_object',
+                      DETAIL = 'It was deleted while the redemption waited for the account.',
+                      HINT = 'Nothing was redeemed. Deactivate rewards (active => false) instead of deleting them.';
+        END IF;
     END IF;
 
     IF NOT r.active OR today < r.valid_from OR today >= r.valid_until THEN
