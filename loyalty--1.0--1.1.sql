@@ -2864,6 +2864,8 @@ COMMENT ON COLUMN @extschema@.redemption.cancelled_at IS 'When it was cancelled.
 COMMENT ON COLUMN @extschema@.redemption.cancel_xid IS 'Transaction of the ledger entry that gave the points back.';
 COMMENT ON COLUMN @extschema@.redemption.cancel_entry_no IS 'Entry number (within cancel_xid) of the ledger entry that gave the points back.';
 GRANT SELECT ON @extschema@.redemption TO loyalty_reader, loyalty_operator, loyalty_admin;
+-- the catalogue is written through loyalty.set_reward, which checks what it writes
+REVOKE INSERT, UPDATE ON @extschema@.reward FROM loyalty_operator, loyalty_admin;
 
 -- Rewards: the catalogue, redemption and its cancellation.
 --

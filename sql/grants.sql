@@ -181,7 +181,7 @@ WHERE ((a.language <> 'c' OR a.definer) AND NOT a.pinned)
 
 --
 -- Tables: what each loyalty role may write, directly.  Nothing but
--- members, rewards, and the resolved_at of a dead letter: every other
+-- members and the resolved_at of a dead letter: every other
 -- change goes through a function that checks it.
 --
 SELECT c.relname AS "table", r.rolname AS role,

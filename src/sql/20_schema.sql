@@ -758,9 +758,10 @@ CREATE TRIGGER rejected_event_resolved_once BEFORE UPDATE OF resolved_at ON @ext
 -- functions, admins configure programs.  No role writes the accrual or
 -- configuration tables directly: the functions that check what a change
 -- may do are the only way in (they write as the extension owner), so no
--- direct write can bypass their checks.  Members and rewards have no
--- functions yet and stay writable; of a dead letter, only resolved_at.
+-- direct write can bypass their checks.  Members have no functions yet and
+-- stay writable (the rewards catalogue is written by loyalty.set_reward);
+-- of a dead letter, only resolved_at.
 GRANT USAGE ON SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
-GRANT INSERT, UPDATE ON @extschema@.member, @extschema@.reward TO loyalty_operator, loyalty_admin;
+GRANT INSERT, UPDATE ON @extschema@.member TO loyalty_operator, loyalty_admin;
 GRANT UPDATE (resolved_at) ON @extschema@.rejected_event TO loyalty_operator, loyalty_admin;
