@@ -176,8 +176,10 @@ declare -A R=()
 for s in $SYNC_MODES; do
   for w in spread hot; do
     log "synchronous_commit=$s: $w"
-    read -r bt _ < <(run "bare_$w" "$s")
-    read -r t n < <(run "$w" "$s")
+    # run() dies in the process substitution's subshell: an empty figure is its failure
+    read -r bt _ < <(run "bare_$w" "$s") || true
+    read -r t n < <(run "$w" "$s") || true
+    [ -n "${bt:-}" ] && [ -n "${t:-}" ] && [ -n "${n:-}" ] || die "a pgbench run failed; see $LOG"
     total=$((total + n))
     printf '   bare %-6s %10.1f TPS\n   loyalty %-6s %7.1f TPS  (%s transactions)  ratio %.2f\n' \
       "$w" "$bt" "$w" "$t" "$n" "$(awk -v a="$t" -v b="$bt" 'BEGIN { print a / b }')"
