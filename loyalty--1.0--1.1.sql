@@ -6077,3 +6077,1485 @@ REVOKE ALL ON FUNCTION
     @extschema@.create_rebate_agreement(text, text, @extschema@.rebate_schedule, text, text, text, text, text[], text, date, date),
     @extschema@.end_rebate_agreement(text, text, date)
 FROM PUBLIC;
+
+
+-- ---- Rewards catalogue: kinds, validity window, per-period limits; redemption keyed by account and debit number, redeem and cancel_redemption ----
+ALTER TABLE @extschema@.reward
+    ADD COLUMN kind text NOT NULL DEFAULT 'goods'
+        CHECK (kind IN ('discount', 'goods', 'training', 'consultancy', 'extended_warranty',
+                        'marketing_support', 'trade_show', 'service_visit', 'expert_session', 'other')),
+    ADD COLUMN description text,
+    ADD COLUMN valid_from date,
+    ADD COLUMN valid_until date,
+    ADD COLUMN period_limit integer CHECK (period_limit OPERATOR(pg_catalog.>) 0),
+    ADD COLUMN limit_period text CHECK (limit_period IN ('month', 'quarter', 'year')),
+    ADD CONSTRAINT reward_limit_pair_check CHECK ((period_limit IS NULL) = (limit_period IS NULL)),
+    ADD CONSTRAINT reward_window_check CHECK (valid_until OPERATOR(pg_catalog.>) valid_from);
+COMMENT ON TABLE @extschema@.reward IS 'Catalogue of rewards (discounts, goods and business services: training seats, consultancy hours, extended warranty, marketing support, trade-show places, service visits, sessions with experts) with their points price and limits. Written with loyalty.set_reward(); redeemed with loyalty.redeem().';
+COMMENT ON COLUMN @extschema@.reward.stock IS 'Units left; NULL = unlimited. Each redemption takes its units, each cancellation gives them back.';
+COMMENT ON COLUMN @extschema@.reward.per_account_limit IS 'Most units one account may redeem in all (cancelled redemptions not counted); NULL = unlimited.';
+COMMENT ON COLUMN @extschema@.reward.kind IS 'What it is: discount, goods, training, consultancy, extended_warranty, marketing_support, trade_show, service_visit, expert_session or other.';
+COMMENT ON COLUMN @extschema@.reward.description IS 'Longer description for the catalogue.';
+COMMENT ON COLUMN @extschema@.reward.valid_from IS 'First day (program calendar) it can be redeemed; NULL = since always.';
+COMMENT ON COLUMN @extschema@.reward.valid_until IS 'First day (program calendar) it can no longer be redeemed; NULL = no end.';
+COMMENT ON COLUMN @extschema@.reward.period_limit IS 'Most units one account may redeem per calendar period (limit_period), cancelled redemptions not counted; NULL = no such limit.';
+COMMENT ON COLUMN @extschema@.reward.limit_period IS 'The calendar period of period_limit: month, quarter or year (program calendar).';
+
+-- 1.0 had no function that wrote loyalty.redemption: it is re-created with
+-- a key of the account and its debit number, and a uuid to cancel by.
+DO $refuse$
+BEGIN
+    IF EXISTS (SELECT FROM @extschema@.redemption) THEN
+        RAISE EXCEPTION 'loyalty.redemption has rows written outside loyalty''s functions'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = '1.0 had no function that redeems; 1.1 re-creates the table with a new key.',
+                  HINT = 'Copy the rows elsewhere, empty loyalty.redemption, update, and redeem them again with loyalty.redeem().';
+    END IF;
+END
+$refuse$;
+-- out of the extension first, which also drops the table and its identity
+-- sequence from the tables pg_dump keeps
+ALTER EXTENSION loyalty DROP SEQUENCE @extschema@.redemption_redemption_id_seq;
+ALTER EXTENSION loyalty DROP TABLE @extschema@.redemption;
+DROP TABLE @extschema@.redemption;
+-- Keyed by the account and its debit number (loyalty._lock_for_debit): no
+-- sequence, co-located with the account.  No foreign key to loyalty.reward:
+-- its check would share-lock the reward's row in every redemption, one row
+-- that all redemptions of a popular reward would then queue on; a reward is
+-- never deleted (no loyalty role may, and set_reward deactivates instead).
+-- None to loyalty.account or loyalty.member either, as for the ledger:
+-- each check is a trigger and a query per redemption; redeem() checks the
+-- account and the member itself, an account with postings cannot be deleted
+-- (account_keep), no loyalty role may delete a member, and verify's member
+-- check (_verify_members) reports entries of unknown members.
+CREATE TABLE @extschema@.redemption (
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    redemption_no bigint NOT NULL,
+    redemption_id uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    reward_id     text NOT NULL,
+    member_id     text,
+    quantity      integer NOT NULL CHECK (quantity OPERATOR(pg_catalog.>) 0),
+    points        bigint NOT NULL CHECK (points OPERATOR(pg_catalog.>) 0),
+    status        text NOT NULL DEFAULT 'redeemed' CHECK (status IN ('redeemed', 'cancelled')),
+    redeemed_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    redeemed_on   date NOT NULL,
+    posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    entry_no      bigint NOT NULL,
+    cancelled_at  timestamptz,
+    cancel_xid    xid8,
+    cancel_entry_no bigint,
+    PRIMARY KEY (program_id, account_key, redemption_no),
+    CONSTRAINT redemption_cancel_check
+        CHECK ((status OPERATOR(pg_catalog.=) 'cancelled') = (cancelled_at IS NOT NULL)
+               AND (cancelled_at IS NULL) = (cancel_xid IS NULL) AND (cancel_xid IS NULL) = (cancel_entry_no IS NULL))
+);
+CREATE INDEX redemption_id_idx ON @extschema@.redemption (redemption_id);
+COMMENT ON TABLE @extschema@.redemption IS 'Rewards redeemed (loyalty.redeem): each spent its points with a ledger entry of kind redeem; a cancellation (loyalty.cancel_redemption) posts the opposite entry, pointing at the original.';
+COMMENT ON COLUMN @extschema@.redemption.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.redemption.account_key IS 'The redeeming account.';
+COMMENT ON COLUMN @extschema@.redemption.redemption_no IS 'The account''s debit number (loyalty.account.debit_no) the redemption took.';
+COMMENT ON COLUMN @extschema@.redemption.redemption_id IS 'The redemption''s identifier, returned by loyalty.redeem() and taken by loyalty.cancel_redemption().';
+COMMENT ON COLUMN @extschema@.redemption.reward_id IS 'The reward.';
+COMMENT ON COLUMN @extschema@.redemption.member_id IS 'The member who redeemed from their own points; NULL = the account.';
+COMMENT ON COLUMN @extschema@.redemption.quantity IS 'Units.';
+COMMENT ON COLUMN @extschema@.redemption.points IS 'Points spent (quantity x price at the time).';
+COMMENT ON COLUMN @extschema@.redemption.status IS 'redeemed or cancelled.';
+COMMENT ON COLUMN @extschema@.redemption.redeemed_at IS 'When it was redeemed.';
+COMMENT ON COLUMN @extschema@.redemption.redeemed_on IS 'The day it was redeemed in the program''s calendar (the per-period limit counts by it).';
+COMMENT ON COLUMN @extschema@.redemption.posted_xid IS 'Transaction of the ledger entry that spent the points.';
+COMMENT ON COLUMN @extschema@.redemption.entry_no IS 'Entry number (within posted_xid) of the ledger entry that spent the points.';
+COMMENT ON COLUMN @extschema@.redemption.cancelled_at IS 'When it was cancelled.';
+COMMENT ON COLUMN @extschema@.redemption.cancel_xid IS 'Transaction of the ledger entry that gave the points back.';
+COMMENT ON COLUMN @extschema@.redemption.cancel_entry_no IS 'Entry number (within cancel_xid) of the ledger entry that gave the points back.';
+GRANT SELECT ON @extschema@.redemption TO loyalty_reader, loyalty_operator, loyalty_admin;
+-- the catalogue is written through loyalty.set_reward, which checks what it writes
+REVOKE INSERT, UPDATE ON @extschema@.reward FROM loyalty_operator, loyalty_admin;
+
+-- Rewards: the catalogue, redemption and its cancellation.
+--
+-- A redemption is a debit and follows the debit protocol (45_postings.sql):
+-- it locks the account (loyalty._lock_for_debit), waits for transactions
+-- still posting to the account (a credit note of the ERP in flight), then,
+-- in later statements, reads the balance, the stock and the limits, and
+-- posts.  Locks are always taken in one order: the account, then the
+-- reward.  A credit note that starts after the check may still take the
+-- balance below zero: that is the invoice's reversal, not an overdraft of
+-- the redemption; a negative balance refuses every redemption until
+-- earnings cover it.
+
+-- Registered here rather than with the other tables (20_schema.sql), so that
+-- a fresh install lists it where the upgrade from 1.0, which re-creates the
+-- table, registers it again.
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');
+
+CREATE FUNCTION @extschema@._await_postings(program_id integer, account_key text) RETURNS integer
+AS 'MODULE_PATHNAME', 'loyalty_await_postings' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@._await_postings(integer, text) IS
+'Internal: waits for the other transactions in progress that appended balance deltas of the account (an ERP credit note in flight), so that a debit reads a balance nobody is still changing; returns how many it waited for.';
+
+-- Writes one reward of the catalogue (insert or replace).
+CREATE FUNCTION @extschema@.set_reward(
+    program           text,
+    reward_id         text,
+    name              text,
+    points_price      bigint,
+    kind              text DEFAULT 'goods',
+    min_tier          text DEFAULT NULL,
+    stock             integer DEFAULT NULL,
+    per_account_limit integer DEFAULT NULL,
+    period_limit      integer DEFAULT NULL,
+    limit_period      text DEFAULT NULL,
+    valid_from        date DEFAULT NULL,
+    valid_until       date DEFAULT NULL,
+    description       text DEFAULT NULL,
+    active            boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    lad @extschema@.tier_ladder;
+    kinds text[] := ARRAY['discount', 'goods', 'training', 'consultancy', 'extended_warranty',
+                          'marketing_support', 'trade_show', 'service_visit', 'expert_session', 'other'];
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id, p.ladder INTO pid, lad FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF reward_id IS NULL OR reward_id = '' OR reward_id <> btrim(reward_id) OR length(reward_id) > 63 THEN
+        RAISE EXCEPTION 'reward_id must be a code of 1 to 63 characters without surrounding spaces'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('reward_id %s was given.', coalesce(pg_catalog.quote_literal(reward_id), 'NULL')),
+                  HINT = 'For example reward_id => ''TRAINING-SEAT''.';
+    END IF;
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'name of reward "%" must not be NULL or empty', reward_id
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'name is what the partner sees in the catalogue.',
+                  HINT = 'For example name => ''Training seat, 2 days''.';
+    END IF;
+    IF points_price IS NULL OR points_price <= 0 OR points_price > 1000000000000 THEN
+        RAISE EXCEPTION 'points_price of reward "%" must be between 1 and 1000000000000', reward_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('points_price %s was given.', coalesce(points_price::text, 'NULL')),
+                  HINT = 'Give the points one unit costs.';
+    END IF;
+    IF kind IS NULL OR kind <> ALL (kinds) THEN
+        RAISE EXCEPTION 'kind of reward "%" must be one of %', reward_id, pg_catalog.array_to_string(kinds, ', ')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('kind %s was given.', coalesce(pg_catalog.quote_literal(kind), 'NULL')),
+                  HINT = 'Use other for a reward that fits none of them.';
+    END IF;
+    IF min_tier IS NOT NULL AND (lad IS NULL OR NOT EXISTS (SELECT FROM @extschema@.tiers(lad) t WHERE t.name = min_tier)) THEN
+        RAISE EXCEPTION 'min_tier "%" is not a tier of program "%"', min_tier, program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = CASE WHEN lad IS NULL THEN 'The program has no tier ladder.'
+                                ELSE pg_catalog.format('Its tiers are %s.', lad) END,
+                  HINT = 'Give a tier name of the program''s ladder (exact case), or NULL for every tier.';
+    END IF;
+    IF stock < 0 OR per_account_limit <= 0 OR period_limit <= 0 THEN
+        RAISE EXCEPTION 'stock of reward "%" must not be negative, per_account_limit and period_limit must be positive', reward_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('stock %s, per_account_limit %s, period_limit %s were given.',
+                                             coalesce(stock::text, 'NULL'), coalesce(per_account_limit::text, 'NULL'),
+                                             coalesce(period_limit::text, 'NULL')),
+                  HINT = 'NULL means unlimited.';
+    END IF;
+    IF (period_limit IS NULL) <> (limit_period IS NULL) OR limit_period <> ALL (ARRAY['month', 'quarter', 'year']) THEN
+        RAISE EXCEPTION 'period_limit and limit_period of reward "%" go together; limit_period is month, quarter or year', reward_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('period_limit %s, limit_period %s were given.', coalesce(period_limit::text, 'NULL'),
+                                             coalesce(pg_catalog.quote_literal(limit_period), 'NULL')),
+                  HINT = 'For example period_limit => 2, limit_period => ''quarter''.';
+    END IF;
+    IF NOT pg_catalog.isfinite(valid_from) OR NOT pg_catalog.isfinite(valid_until) OR valid_until <= valid_from THEN
+        RAISE EXCEPTION 'valid_from and valid_until of reward "%" must be finite dates, valid_from before valid_until', reward_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('valid_from %s, valid_until %s were given.', coalesce(valid_from::text, 'NULL'),
+                                             coalesce(valid_until::text, 'NULL')),
+                  HINT = 'NULL means no start (valid_from) or no end (valid_until); valid_until is the first day it is no longer offered.';
+    END IF;
+    IF active IS NULL THEN
+        RAISE EXCEPTION 'active of reward "%" must not be NULL', reward_id
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'active says whether the reward can be redeemed.',
+                  HINT = 'Give true or false.';
+    END IF;
+    INSERT INTO @extschema@.reward AS r (program_id, reward_id, name, points_price, min_tier, stock, per_account_limit,
+                                         active, kind, description, valid_from, valid_until, period_limit, limit_period)
+    VALUES (pid, reward_id, name, points_price, min_tier, stock, per_account_limit,
+            active, kind, description, valid_from, valid_until, period_limit, limit_period)
+    ON CONFLICT ON CONSTRAINT reward_pkey DO UPDATE
+    SET name = excluded.name, points_price = excluded.points_price, min_tier = excluded.min_tier,
+        stock = excluded.stock, per_account_limit = excluded.per_account_limit, active = excluded.active,
+        kind = excluded.kind, description = excluded.description, valid_from = excluded.valid_from,
+        valid_until = excluded.valid_until, period_limit = excluded.period_limit, limit_period = excluded.limit_period;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean) IS
+'Adds a reward to a program''s catalogue, or replaces it: points price, kind, minimum tier, stock, per-account and per-period limits, validity window. Redemptions already made keep their price; deactivate (active => false) instead of deleting.';
+
+-- A redemption: one short transaction.
+CREATE FUNCTION @extschema@.redeem(
+    program     text,
+    account_key text,
+    reward      text,
+    quantity    integer DEFAULT 1,
+    member      text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    lad @extschema@.tier_ladder;
+    today date;
+    acct_tier text;
+    enrolled boolean;
+    r @extschema@.reward;
+    no bigint;
+    cost bigint;
+    have bigint;
+    used bigint;
+    entry bigint;
+    id uuid;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    -- the program, the account and the reward in one look-up
+    SELECT p.program_id, p.ladder, (pg_catalog.now() AT TIME ZONE p.time_zone)::date, a.account_key IS NOT NULL,
+           x.reward_id, x.points_price, x.stock, x.active, x.valid_from, x.valid_until, x.min_tier,
+           x.per_account_limit, x.period_limit, x.limit_period
+    INTO pid, lad, today, enrolled,
+         r.reward_id, r.points_price, r.stock, r.active, r.valid_from, r.valid_until, r.min_tier,
+         r.per_account_limit, r.period_limit, r.limit_period
+    FROM @extschema@.program p
+    LEFT JOIN @extschema@.account a ON a.program_id = p.program_id AND a.account_key = account_key
+    LEFT JOIN @extschema@.reward x ON x.program_id = p.program_id AND x.reward_id = reward
+    WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT enrolled THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have points to redeem.',
+                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
+    END IF;
+    IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
+                                          AND m.account_key = account_key AND m.member_id = member) THEN
+        RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'A member redeems from the points they earned at their own account.',
+                  HINT = 'Add the person to loyalty.member first, or redeem for the account (member => NULL).';
+    END IF;
+    IF quantity IS NULL OR quantity <= 0 THEN
+        RAISE EXCEPTION 'quantity must be a positive number of units'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
+                  HINT = 'Give the number of units to redeem, 1 or more.';
+    END IF;
+    IF r.reward_id IS NULL THEN
+        RAISE EXCEPTION 'reward "%" is not in the catalogue of program "%"', reward, program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'reward is a reward_id of loyalty.reward.',
+                  HINT = 'List the catalogue with SELECT reward_id, name FROM loyalty.reward.';
+    END IF;
+    IF r.points_price::numeric * quantity > 9223372036854775807 THEN
+        RAISE EXCEPTION 'quantity % of reward "%" costs more points than any balance can hold', quantity, reward
+            USING ERRCODE = 'numeric_value_out_of_range',
+                  DETAIL = pg_catalog.format('%s units at %s points each.', quantity, r.points_price),
+                  HINT = 'Redeem fewer units.';
+    END IF;
+
+    -- The debit protocol: the account first, then (only when it has a
+    -- stock to take from) the reward; everything read from here on is read
+    -- in statements after the lock.
+    no := @extschema@._lock_for_debit(pid, account_key);
+    PERFORM @extschema@._await_postings(pid, account_key);
+    IF r.stock IS NOT NULL THEN
+        SELECT * INTO r FROM @extschema@.reward x WHERE x.program_id = pid AND x.reward_id = reward FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'reward "%" left the catalogue of program "%"', reward, program
+                USING ERRCODE = 'undefined_object',
+                      DETAIL = 'It was deleted while the redemption waited for the account.',
+                      HINT = 'Nothing was redeemed. Deactivate rewards (active => false) instead of deleting them.';
+        END IF;
+    END IF;
+
+    IF NOT r.active OR today < r.valid_from OR today >= r.valid_until THEN
+        RAISE EXCEPTION 'reward "%" cannot be redeemed today', reward
+            USING ERRCODE = 'LY002',
+                  DETAIL = CASE WHEN NOT r.active THEN 'It is not active.'
+                                ELSE pg_catalog.format('It is offered from %s until (not including) %s; today is %s.',
+                                                       coalesce(r.valid_from::text, 'always'), coalesce(r.valid_until::text, 'no end'), today) END,
+                  HINT = 'Nothing was redeemed. Choose a reward on offer.';
+    END IF;
+    -- the tier as loyalty.tier() tells it (upgrades count at once)
+    IF r.min_tier IS NOT NULL THEN
+        SELECT b.tier INTO acct_tier FROM @extschema@.balance(program, account_key) b;
+    END IF;
+    IF r.min_tier IS NOT NULL
+       AND coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = acct_tier), 0)
+           < coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = r.min_tier), 0) THEN
+        RAISE EXCEPTION 'reward "%" needs tier % or higher; account "%" is %', reward, r.min_tier, account_key,
+                        coalesce('in tier ' || acct_tier, 'in no tier')
+            USING ERRCODE = 'LY002',
+                  DETAIL = pg_catalog.format('The program''s tiers are %s.', lad),
+                  HINT = 'Nothing was redeemed. Choose a reward of the account''s tier.';
+    END IF;
+    IF r.stock < quantity THEN
+        RAISE EXCEPTION 'reward "%" has % units left, % asked', reward, r.stock, quantity
+            USING ERRCODE = 'LY002',
+                  DETAIL = 'The stock never goes below zero.',
+                  HINT = 'Nothing was redeemed. Redeem fewer units, or restock with loyalty.set_reward().';
+    END IF;
+    IF r.per_account_limit IS NOT NULL OR r.period_limit IS NOT NULL THEN
+        SELECT coalesce(pg_catalog.sum(d.quantity), 0) INTO used FROM @extschema@.redemption d
+        WHERE d.program_id = pid AND d.account_key = account_key AND d.reward_id = reward AND d.status = 'redeemed';
+        IF used + quantity > r.per_account_limit THEN
+            RAISE EXCEPTION 'account "%" may redeem % units of reward "%" in all and has redeemed %', account_key,
+                            r.per_account_limit, reward, used
+                USING ERRCODE = 'LY002',
+                      DETAIL = pg_catalog.format('quantity %s would exceed the per-account limit.', quantity),
+                      HINT = 'Nothing was redeemed. Cancelled redemptions do not count.';
+        END IF;
+        SELECT coalesce(pg_catalog.sum(d.quantity), 0) INTO used FROM @extschema@.redemption d
+        WHERE d.program_id = pid AND d.account_key = account_key AND d.reward_id = reward AND d.status = 'redeemed'
+          AND d.redeemed_on >= pg_catalog.date_trunc(r.limit_period, today::timestamp)::date;
+        IF used + quantity > r.period_limit THEN
+            RAISE EXCEPTION 'account "%" may redeem % units of reward "%" per %, and has redeemed % this %', account_key,
+                            r.period_limit, reward, r.limit_period, used, r.limit_period
+                USING ERRCODE = 'LY002',
+                      DETAIL = pg_catalog.format('quantity %s would exceed the per-%s limit.', quantity, r.limit_period),
+                      HINT = 'Nothing was redeemed. Redeem again next period; cancelled redemptions do not count.';
+        END IF;
+    END IF;
+
+    cost := r.points_price * quantity;
+    SELECT b.points INTO have FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key;
+    IF coalesce(have, 0) < cost THEN
+        RAISE EXCEPTION 'account "%" has % points, % x reward "%" costs %', account_key, coalesce(have, 0), quantity, reward, cost
+            USING ERRCODE = 'LY001',
+                  DETAIL = 'A redemption never takes a balance below zero.',
+                  HINT = 'Nothing was redeemed. Redeem when earnings cover it.';
+    END IF;
+    IF member IS NOT NULL THEN
+        SELECT coalesce(pg_catalog.sum(t.points), 0) INTO have FROM @extschema@.member_points t
+        WHERE t.program_id = pid AND t.account_key = account_key AND t.member_id = member;
+        IF have < cost THEN
+            RAISE EXCEPTION 'member "%" of account "%" has % points, % x reward "%" costs %', member, account_key, have,
+                            quantity, reward, cost
+                USING ERRCODE = 'LY001',
+                      DETAIL = 'A member redeems from the points they earned, never below zero.',
+                      HINT = 'Nothing was redeemed. Redeem for the account instead (member => NULL).';
+        END IF;
+    END IF;
+
+    IF r.stock IS NOT NULL THEN
+        UPDATE @extschema@.reward x SET stock = x.stock - quantity WHERE x.program_id = pid AND x.reward_id = reward;
+    END IF;
+    IF member IS NULL THEN
+        entry := @extschema@._post(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward);
+    ELSE
+        entry := @extschema@._post_member(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward, member);
+    END IF;
+    INSERT INTO @extschema@.redemption AS d (program_id, account_key, redemption_no, reward_id, member_id, quantity, points,
+                                             redeemed_on, entry_no)
+    VALUES (pid, account_key, no, reward, member, quantity, cost, today, entry)
+    RETURNING d.redemption_id INTO id;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.redeem(text, text, text, integer, text) IS
+'Redeems quantity units of a reward for an account (or for one of its members, from the points they earned): checks the catalogue (active, validity window, minimum tier, stock, per-account and per-period limits) and the balance after locking the account, posts a ledger entry of kind redeem and returns the redemption''s id. Never overdraws: an insufficient balance fails with SQLSTATE LY001, a reward out of stock, out of its window or over a limit with LY002, and nothing is written.';
+
+CREATE FUNCTION @extschema@.cancel_redemption(redemption_id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    d @extschema@.redemption;
+    entry bigint;
+BEGIN
+    IF redemption_id IS NULL THEN
+        RAISE EXCEPTION 'redemption_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'redemption_id is what loyalty.redeem() returned.',
+                  HINT = 'Find it in loyalty.redemption.';
+    END IF;
+    SELECT * INTO d FROM @extschema@.redemption x WHERE x.redemption_id = redemption_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'redemption_id names no redemption'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No redemption has id %s; redemption_id is what loyalty.redeem() returned.', redemption_id),
+                  HINT = 'Find it in loyalty.redemption.';
+    END IF;
+    -- the same lock order as redeem: the account, then the reward
+    PERFORM @extschema@._lock_for_debit(d.program_id, d.account_key);
+    SELECT * INTO d FROM @extschema@.redemption x
+    WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
+    IF d.status = 'cancelled' THEN
+        RAISE EXCEPTION 'the redemption is already cancelled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Redemption %s was cancelled at %s; its points were given back then.', redemption_id, d.cancelled_at),
+                  HINT = 'Nothing to do.';
+    END IF;
+    UPDATE @extschema@.reward x SET stock = x.stock + d.quantity
+    WHERE x.program_id = d.program_id AND x.reward_id = d.reward_id AND x.stock IS NOT NULL;
+    entry := @extschema@._post_member(d.program_id, d.account_key, 'redeem', d.points,
+                                      pg_catalog.format('cancel redemption of %s x %s', d.quantity, d.reward_id),
+                                      d.member_id, corrects_xid => d.posted_xid, corrects => d.entry_no);
+    UPDATE @extschema@.redemption x
+    SET status = 'cancelled', cancelled_at = pg_catalog.now(), cancel_xid = pg_catalog.pg_current_xact_id(), cancel_entry_no = entry
+    WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.cancel_redemption(uuid) IS
+'Cancels a redemption: gives its points back with a ledger entry of kind redeem pointing at the original (corrects_xid, corrects), and its units back to the stock. A redemption is cancelled once.';
+
+REVOKE ALL ON FUNCTION @extschema@._await_postings(integer, text),
+                      @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean),
+                      @extschema@.redeem(text, text, text, integer, text),
+                      @extschema@.cancel_redemption(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean)
+TO loyalty_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.redeem(text, text, text, integer, text),
+                          @extschema@.cancel_redemption(uuid) TO loyalty_operator;
+
+
+-- ---- Non-purchase actions: versioned action rules, awards with approval, caps and references; _action_counts for tier qualification ----
+-- Non-purchase actions: training completed, certification, referral that
+-- signs, lead registered or won, survey answered, product review, startup
+-- onboarded.  Versioned rules per program and action (points per action,
+-- cap per period, approval needed or not), awards keyed by the account and
+-- its own counter, idempotent by the CRM's reference.  Only approved awards
+-- post points and count for tier qualification (_action_counts).
+
+CREATE TABLE @extschema@.action_rule (
+    program_id     integer NOT NULL REFERENCES @extschema@.program,
+    action         text NOT NULL CHECK (action OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,62}$'),
+    valid_from     date NOT NULL CHECK (valid_from OPERATOR(pg_catalog.<>) 'infinity'::date),
+    points         bigint NOT NULL CHECK (points OPERATOR(pg_catalog.>=) 0 AND points OPERATOR(pg_catalog.<=) 1000000000),
+    needs_approval boolean NOT NULL DEFAULT false,
+    cap_points     bigint CHECK (cap_points OPERATOR(pg_catalog.>) 0),
+    cap_period     text CHECK (cap_period IN ('month', 'quarter', 'year')),
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, action, valid_from),
+    CONSTRAINT action_rule_cap_pair_check CHECK ((cap_points IS NULL) = (cap_period IS NULL))
+);
+COMMENT ON TABLE @extschema@.action_rule IS 'Versioned rules for non-purchase actions (loyalty.set_action_rule): an action earns by the version in force on the day it occurred.';
+COMMENT ON COLUMN @extschema@.action_rule.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.action_rule.action IS 'The action''s code, e.g. training_completed, certification, referral_signed, lead_registered, lead_won, survey_answered, product_review, startup_onboarded.';
+COMMENT ON COLUMN @extschema@.action_rule.valid_from IS 'First day of occurrence this version applies to (-infinity for the first version).';
+COMMENT ON COLUMN @extschema@.action_rule.points IS 'Points per action (per unit of quantity).';
+COMMENT ON COLUMN @extschema@.action_rule.needs_approval IS 'When true, an award waits as pending until an operator approves it (loyalty.approve_award) and posts nothing before.';
+COMMENT ON COLUMN @extschema@.action_rule.cap_points IS 'Most points one account earns from this action per cap period (pending awards count, rejected ones do not); NULL = no cap.';
+COMMENT ON COLUMN @extschema@.action_rule.cap_period IS 'Calendar period of the cap, by the day the action occurred: month, quarter or year.';
+COMMENT ON COLUMN @extschema@.action_rule.created_at IS 'When the version was written.';
+
+CREATE TABLE @extschema@.award (
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    award_no      bigint NOT NULL,
+    award_id      uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    action        text NOT NULL,
+    member_id     text,
+    occurred_on   date NOT NULL,
+    quantity      integer NOT NULL CHECK (quantity OPERATOR(pg_catalog.>) 0),
+    rule_from     date NOT NULL,
+    points        bigint NOT NULL CHECK (points OPERATOR(pg_catalog.>=) 0),
+    capped        bigint NOT NULL DEFAULT 0 CHECK (capped OPERATOR(pg_catalog.>=) 0),
+    reference     text,
+    status        text NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
+    awarded_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    decided_at    timestamptz,
+    decided_by    text,
+    note          text,
+    posted_xid    xid8,
+    entry_no      bigint,
+    PRIMARY KEY (program_id, account_key, award_no),
+    CONSTRAINT award_reference_key UNIQUE (program_id, account_key, reference),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    FOREIGN KEY (program_id, account_key, member_id) REFERENCES @extschema@.member,
+    CONSTRAINT award_decision_check CHECK ((status OPERATOR(pg_catalog.=) 'pending') = (decided_at IS NULL)),
+    CONSTRAINT award_entry_check CHECK ((posted_xid IS NULL) = (entry_no IS NULL)
+                                        AND (entry_no IS NULL OR status OPERATOR(pg_catalog.=) 'approved'))
+);
+CREATE INDEX award_id_idx ON @extschema@.award (award_id);
+CREATE INDEX award_action_idx ON @extschema@.award (program_id, action, occurred_on) WHERE status = 'approved';
+COMMENT ON TABLE @extschema@.award IS 'Points for non-purchase actions (loyalty.award), one row per CRM event: pending, approved or rejected. An approved award with points has its ledger entry of kind award (posted_xid, entry_no).';
+COMMENT ON COLUMN @extschema@.award.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.award.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.award.award_no IS 'The account''s debit number (loyalty.account.debit_no) the award took: a per-account counter.';
+COMMENT ON COLUMN @extschema@.award.award_id IS 'The award''s identifier, returned by loyalty.award() and taken by approve_award() and reject_award().';
+COMMENT ON COLUMN @extschema@.award.action IS 'The action (loyalty.action_rule).';
+COMMENT ON COLUMN @extschema@.award.member_id IS 'The member who did it (their own points); NULL = the account.';
+COMMENT ON COLUMN @extschema@.award.occurred_on IS 'When the action took place: decides the rule version and the cap period.';
+COMMENT ON COLUMN @extschema@.award.quantity IS 'How many actions the event counts (e.g. seats of a training).';
+COMMENT ON COLUMN @extschema@.award.rule_from IS 'valid_from of the rule version it earned by.';
+COMMENT ON COLUMN @extschema@.award.points IS 'Points it earns (posted once approved), after the cap.';
+COMMENT ON COLUMN @extschema@.award.capped IS 'Points the cap withheld.';
+COMMENT ON COLUMN @extschema@.award.reference IS 'The CRM''s identifier of the event: the same reference for the same account awards once.';
+COMMENT ON COLUMN @extschema@.award.status IS 'pending (waits for approval), approved (counts) or rejected (never counts).';
+COMMENT ON COLUMN @extschema@.award.awarded_at IS 'When it was recorded.';
+COMMENT ON COLUMN @extschema@.award.decided_at IS 'When it was approved or rejected (at once for actions that need no approval).';
+COMMENT ON COLUMN @extschema@.award.decided_by IS 'Session user who approved or rejected it.';
+COMMENT ON COLUMN @extschema@.award.note IS 'Why it was approved or rejected.';
+COMMENT ON COLUMN @extschema@.award.posted_xid IS 'Transaction of its ledger entry (NULL: nothing posted).';
+COMMENT ON COLUMN @extschema@.award.entry_no IS 'Entry number (within posted_xid) of its ledger entry.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.action_rule', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.award', '');
+
+CREATE FUNCTION @extschema@.set_action_rule(
+    program        text,
+    action         text,
+    points         bigint,
+    needs_approval boolean DEFAULT false,
+    cap_points     bigint DEFAULT NULL,
+    cap_period     text DEFAULT NULL,
+    valid_from     date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    since date := valid_from;
+    last_award date;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF action IS NULL OR action !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'action must be a code of lower-case letters, digits and _ (1 to 63, starting with a letter)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('action %s was given.', coalesce(pg_catalog.quote_literal(action), 'NULL')),
+                  HINT = 'For example action => ''certification''.';
+    END IF;
+    IF points IS NULL OR points < 0 OR points > 1000000000 THEN
+        RAISE EXCEPTION 'points of action "%" must be between 0 and 1000000000', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('points %s was given.', coalesce(points::text, 'NULL')),
+                  HINT = 'Give the points one action earns.';
+    END IF;
+    IF needs_approval IS NULL THEN
+        RAISE EXCEPTION 'needs_approval of action "%" must not be NULL', action
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'needs_approval says whether an operator must approve each award.',
+                  HINT = 'Give true or false.';
+    END IF;
+    IF (cap_points IS NULL) <> (cap_period IS NULL) OR cap_points <= 0
+       OR cap_period <> ALL (ARRAY['month', 'quarter', 'year']) THEN
+        RAISE EXCEPTION 'cap_points and cap_period of action "%" go together: a positive cap per month, quarter or year', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('cap_points %s, cap_period %s were given.', coalesce(cap_points::text, 'NULL'),
+                                             coalesce(pg_catalog.quote_literal(cap_period), 'NULL')),
+                  HINT = 'For example cap_points => 500, cap_period => ''quarter''; both NULL for no cap.';
+    END IF;
+    IF since = 'infinity' THEN
+        RAISE EXCEPTION 'valid_from of action "%" must not be infinity', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_from is the first day of occurrence the version applies to.',
+                  HINT = 'Give a date, or NULL: the first version then applies to every day, a later one from today.';
+    END IF;
+    IF since IS NULL THEN
+        since := CASE WHEN EXISTS (SELECT FROM @extschema@.action_rule r WHERE r.program_id = pid AND r.action = action)
+                      THEN @extschema@._today(pid) ELSE '-infinity' END;
+    END IF;
+    -- What an award earned never changes: a version may start only after
+    -- the last action already awarded.
+    SELECT pg_catalog.max(w.occurred_on) INTO last_award FROM @extschema@.award w
+    WHERE w.program_id = pid AND w.action = action;
+    IF last_award >= since THEN
+        RAISE EXCEPTION 'valid_from % of action "%" is not after the last action awarded (%)', since, action, last_award
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Awards already made keep the version they earned by.',
+                  HINT = pg_catalog.format('Give valid_from => ''%s'' or later.', last_award + 1);
+    END IF;
+    INSERT INTO @extschema@.action_rule AS r (program_id, action, valid_from, points, needs_approval, cap_points, cap_period)
+    VALUES (pid, action, since, points, needs_approval, cap_points, cap_period)
+    ON CONFLICT ON CONSTRAINT action_rule_pkey DO UPDATE
+    SET points = excluded.points, needs_approval = excluded.needs_approval, cap_points = excluded.cap_points,
+        cap_period = excluded.cap_period, created_at = excluded.created_at;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date) IS
+'Writes a version of a non-purchase action''s rule: points per action, approval needed or not, cap per period. valid_from NULL: the first version applies to every day, a later one from today. A version can start only after the last action already awarded.';
+
+CREATE FUNCTION @extschema@.award(
+    program     text,
+    account_key text,
+    action      text,
+    occurred_on date DEFAULT NULL,
+    member      text DEFAULT NULL,
+    reference   text DEFAULT NULL,
+    quantity    integer DEFAULT 1)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    today date;
+    day date;
+    rule @extschema@.action_rule;
+    prior @extschema@.award;
+    no bigint;
+    earned numeric;
+    granted bigint;
+    used bigint;
+    period_start date;
+    st text;
+    entry bigint;
+    id uuid;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id, (pg_catalog.now() AT TIME ZONE p.time_zone)::date INTO pid, today
+    FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts earn points for actions.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
+                                          AND m.account_key = account_key AND m.member_id = member) THEN
+        RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'A member earns for the account they belong to.',
+                  HINT = 'Add the person to loyalty.member first, or award the account (member => NULL).';
+    END IF;
+    day := coalesce(occurred_on, today);
+    IF NOT pg_catalog.isfinite(day) OR day > today THEN
+        RAISE EXCEPTION 'occurred_on % is not a day that has happened', day
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('Today is %s in the program''s calendar.', today),
+                  HINT = 'Give the day the action took place, or NULL for today.';
+    END IF;
+    IF quantity IS NULL OR quantity <= 0 THEN
+        RAISE EXCEPTION 'quantity must be a positive number of actions'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
+                  HINT = 'Give 1 for one action.';
+    END IF;
+    IF reference = '' THEN
+        RAISE EXCEPTION 'reference must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'reference is the CRM''s identifier of the event.',
+                  HINT = 'Give the event''s identifier, or NULL when there is none.';
+    END IF;
+    SELECT * INTO rule FROM @extschema@.action_rule r
+    WHERE r.program_id = pid AND r.action = action AND r.valid_from <= day
+    ORDER BY r.valid_from DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action "%" has no rule in program "%" on %', action, program, day
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'action is an action of loyalty.action_rule in force on the day it occurred.',
+                  HINT = 'Define it with loyalty.set_action_rule().';
+    END IF;
+
+    -- One award of the account at a time: the cap and the reference are
+    -- checked on everything committed before.
+    no := @extschema@._lock_for_debit(pid, account_key);
+    IF reference IS NOT NULL THEN
+        SELECT * INTO prior FROM @extschema@.award w
+        WHERE w.program_id = pid AND w.account_key = account_key AND w.reference = reference;
+        IF FOUND THEN
+            IF (prior.action, prior.member_id, prior.occurred_on, prior.quantity)
+               IS DISTINCT FROM (action, member, day, quantity) THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already awarded for another event', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It was awarded for %s x %s on %s%s.', prior.quantity, prior.action,
+                                                     prior.occurred_on, coalesce(' by member ' || prior.member_id, '')),
+                          HINT = 'A reference names one CRM event; give the new event its own reference.';
+            END IF;
+            RETURN prior.award_id;      -- the same event again: awarded once
+        END IF;
+    END IF;
+
+    earned := rule.points::numeric * quantity;
+    granted := LEAST(earned, 9223372036854775807);
+    IF rule.cap_points IS NOT NULL THEN
+        period_start := pg_catalog.date_trunc(rule.cap_period, day::timestamp)::date;
+        SELECT coalesce(pg_catalog.sum(w.points), 0) INTO used FROM @extschema@.award w
+        WHERE w.program_id = pid AND w.account_key = account_key AND w.action = action
+          AND w.status <> 'rejected' AND w.occurred_on >= period_start
+          AND w.occurred_on < (period_start + CASE rule.cap_period WHEN 'month' THEN interval '1 month'
+                                                                   WHEN 'quarter' THEN interval '3 months'
+                                                                   ELSE interval '1 year' END)::date;
+        granted := GREATEST(0, LEAST(granted, rule.cap_points - used));
+    END IF;
+    st := CASE WHEN rule.needs_approval THEN 'pending' ELSE 'approved' END;
+    IF st = 'approved' THEN
+        entry := @extschema@._post_member(pid, account_key, 'award', granted,
+                                          pg_catalog.format('%s x %s', quantity, action) || coalesce(' ref ' || reference, ''),
+                                          member);
+    END IF;
+    INSERT INTO @extschema@.award AS w (program_id, account_key, award_no, action, member_id, occurred_on, quantity, rule_from,
+                                        points, capped, reference, status, decided_at, posted_xid, entry_no)
+    VALUES (pid, account_key, no, action, member, day, quantity, rule.valid_from, granted,
+            LEAST(earned - granted, 9223372036854775807), reference, st,
+            CASE WHEN st = 'approved' THEN pg_catalog.now() END,
+            CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry)
+    RETURNING w.award_id INTO id;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.award(text, text, text, date, text, text, integer) IS
+'Awards points for a non-purchase action to an account (or one of its members) by the rule version in force on occurred_on (default today), capped per period; returns the award''s id. Idempotent by reference: the same CRM event again returns the first award and posts nothing. An action that needs approval waits as pending and posts nothing until loyalty.approve_award().';
+
+-- Approval and rejection: one decision per award.
+CREATE FUNCTION @extschema@._decide_award(award_id uuid, approve boolean, note text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    w @extschema@.award;
+    entry bigint;
+BEGIN
+    SELECT * INTO w FROM @extschema@.award x WHERE x.award_id = award_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM @extschema@._lock_for_debit(w.program_id, w.account_key);
+    SELECT * INTO w FROM @extschema@.award x
+    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
+    IF w.status <> 'pending' THEN
+        RETURN;
+    END IF;
+    IF approve THEN
+        entry := @extschema@._post_member(w.program_id, w.account_key, 'award', w.points,
+                                          pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
+                                          w.member_id);
+    END IF;
+    UPDATE @extschema@.award x
+    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
+        decided_by = SESSION_USER, note = _decide_award.note,
+        posted_xid = CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = entry
+    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_award(uuid, boolean, text) IS
+'Internal: approves (posts the points) or rejects a pending award, under the account''s lock; does nothing to an award that is not pending.';
+
+CREATE FUNCTION @extschema@.approve_award(award_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    st text;
+BEGIN
+    IF award_id IS NULL THEN
+        RAISE EXCEPTION 'award_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    END IF;
+    PERFORM @extschema@._decide_award(award_id, true, note);
+    SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
+    IF st IS NULL THEN
+        RAISE EXCEPTION 'award_id names no award'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    ELSIF st = 'rejected' THEN
+        RAISE EXCEPTION 'the award was rejected and cannot be approved'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Award %s was rejected; a decision on an award is final.', award_id),
+                  HINT = 'Record the event again with a new reference if it is genuine.';
+    END IF;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.approve_award(uuid, text) IS
+'Approves a pending award: posts its points (ledger kind award) and makes it count for tier qualification. Approving an approved award again changes nothing; returns the status.';
+
+CREATE FUNCTION @extschema@.reject_award(award_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    st text;
+BEGIN
+    IF award_id IS NULL THEN
+        RAISE EXCEPTION 'award_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    END IF;
+    PERFORM @extschema@._decide_award(award_id, false, note);
+    SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
+    IF st IS NULL THEN
+        RAISE EXCEPTION 'award_id names no award'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    ELSIF st = 'approved' THEN
+        RAISE EXCEPTION 'the award was approved and cannot be rejected'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Award %s was approved and its points posted; a decision on an award is final.', award_id),
+                  HINT = 'Take the points back with an adjustment if the approval was a mistake.';
+    END IF;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.reject_award(uuid, text) IS
+'Rejects a pending award: it posts nothing, never counts, and frees its share of the cap. Rejecting a rejected award again changes nothing; returns the status.';
+
+-- Read by settlement for tier qualification on counted actions.
+CREATE OR REPLACE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
+RETURNS TABLE (account_key text, actions bigint)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
+FROM @extschema@.award w
+WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
+  AND w.status OPERATOR(pg_catalog.=) 'approved'
+  AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
+GROUP BY w.account_key
+$$;
+COMMENT ON FUNCTION @extschema@._action_counts(integer, text, date, date) IS
+'Internal: approved actions per account that occurred in [from_date, to_date) (their quantities summed), for tier qualification at settlement.';
+
+REVOKE ALL ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date),
+                      @extschema@.award(text, text, text, date, text, text, integer),
+                      @extschema@._decide_award(uuid, boolean, text),
+                      @extschema@.approve_award(uuid, text), @extschema@.reject_award(uuid, text),
+                      @extschema@._action_counts(integer, text, date, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date) TO loyalty_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.award(text, text, text, date, text, text, integer),
+                          @extschema@.approve_award(uuid, text), @extschema@.reject_award(uuid, text) TO loyalty_operator;
+GRANT SELECT ON @extschema@.action_rule, @extschema@.award TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+
+-- ---- Member-level points (member_balance over the ledger), verify's member checks, the leaderboard ----
+-- Member-level points and the leaderboard.
+--
+-- A member's points are the ledger entries that carry their member_id: what
+-- they earned by actions (loyalty.award(..., member => ...)) less what they
+-- redeemed (loyalty.redeem(..., member => ...)).  They are part of the
+-- account's points as well: the account's balance (loyalty.balance) counts
+-- every entry of the account, its members' included, and a member's
+-- redemption needs both the member's and the account's points to cover it.
+-- Accrual, expiry, rebates and adjustments are the account's (no member).
+--
+-- loyalty.member_points keeps each member's running total, written in the
+-- same transaction as the entry, by loyalty._post_member only.  Every member
+-- posting (award, approval, redemption, cancellation) holds the account's
+-- debit lock, so the row is never contended beyond what the account lock
+-- already serialises.  verify() compares it with the ledger
+-- (loyalty._verify_members).  (An index on the ledger's member entries would
+-- have spared the table, but the accrual path appends ledger index entries
+-- itself and takes no partial or expression index.)
+CREATE TABLE @extschema@.member_points (
+    program_id  integer NOT NULL,
+    account_key text NOT NULL,
+    member_id   text NOT NULL,
+    points      bigint NOT NULL DEFAULT 0,
+    earned      bigint NOT NULL DEFAULT 0,
+    spent       bigint NOT NULL DEFAULT 0,
+    entry_count bigint NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, account_key, member_id),
+    FOREIGN KEY (program_id, account_key, member_id) REFERENCES @extschema@.member,
+    CONSTRAINT member_points_sum_check CHECK (points OPERATOR(pg_catalog.=) (earned OPERATOR(pg_catalog.-) spent))
+);
+COMMENT ON TABLE @extschema@.member_points IS 'Running totals of the ledger entries that carry a member, one row per member with any; written with the entry, checked against the ledger by verify(). Read it through loyalty.member_balance.';
+COMMENT ON COLUMN @extschema@.member_points.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.member_points.account_key IS 'The account the member belongs to.';
+COMMENT ON COLUMN @extschema@.member_points.member_id IS 'The member.';
+COMMENT ON COLUMN @extschema@.member_points.points IS 'Points the member may redeem: earned less spent.';
+COMMENT ON COLUMN @extschema@.member_points.earned IS 'Points of the member''s entries of kinds other than redeem (awards).';
+COMMENT ON COLUMN @extschema@.member_points.spent IS 'Points of the member''s redemptions, net of cancellations.';
+COMMENT ON COLUMN @extschema@.member_points.entry_count IS 'Ledger entries that carry the member.';
+COMMENT ON COLUMN @extschema@.member_points.updated_at IS 'Last change.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.member_points', '');
+
+-- _post for an entry of a member (or of the account, member NULL): the
+-- ledger entry, the account's balance delta and the member's running total.
+-- The caller holds the account's debit lock.
+CREATE FUNCTION @extschema@._post_member(
+    program_id   integer,
+    account_key  text,
+    kind         @extschema@.ledger_kind,
+    points       bigint,
+    reason       text,
+    member_id    text,
+    corrects_xid xid8 DEFAULT NULL,
+    corrects     bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := @extschema@._post($1, $2, $3, $4, $5, member_id => $6, corrects_xid => $7, corrects => $8);
+BEGIN
+    IF n IS NOT NULL AND $6 IS NOT NULL THEN
+        INSERT INTO @extschema@.member_points AS m (program_id, account_key, member_id, points, earned, spent, entry_count)
+        VALUES ($1, $2, $6, $4,
+                CASE WHEN $3 OPERATOR(pg_catalog.<>) 'redeem' THEN $4 ELSE 0 END,
+                CASE WHEN $3 OPERATOR(pg_catalog.=) 'redeem' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)
+        ON CONFLICT ON CONSTRAINT member_points_pkey DO UPDATE
+        SET points = m.points OPERATOR(pg_catalog.+) excluded.points,
+            earned = m.earned OPERATOR(pg_catalog.+) excluded.earned,
+            spent = m.spent OPERATOR(pg_catalog.+) excluded.spent,
+            entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now();
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._post_member(integer, text, @extschema@.ledger_kind, bigint, text, text, xid8, bigint) IS
+'Internal: posts one ledger entry (loyalty._post) and, when it carries a member, adds it to the member''s running total in loyalty.member_points; the caller holds the account''s debit lock.';
+
+CREATE VIEW @extschema@.member_balance AS
+SELECT m.program_id, m.account_key, m.member_id, m.name, m.role,
+       coalesce(t.points, 0) AS points, coalesce(t.earned, 0) AS earned, coalesce(t.spent, 0) AS spent,
+       coalesce(t.entry_count, 0) AS entry_count
+FROM @extschema@.member m
+LEFT JOIN @extschema@.member_points t
+  ON t.program_id OPERATOR(pg_catalog.=) m.program_id AND t.account_key OPERATOR(pg_catalog.=) m.account_key
+     AND t.member_id OPERATOR(pg_catalog.=) m.member_id;
+COMMENT ON VIEW @extschema@.member_balance IS 'Points of each member of an account: the sums of the ledger entries that carry the member (awards for their actions, their redemptions and cancellations). Part of the account''s points in loyalty.balance.';
+COMMENT ON COLUMN @extschema@.member_balance.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.member_balance.account_key IS 'The account the member belongs to.';
+COMMENT ON COLUMN @extschema@.member_balance.member_id IS 'The member.';
+COMMENT ON COLUMN @extschema@.member_balance.name IS 'Display name.';
+COMMENT ON COLUMN @extschema@.member_balance.role IS 'economic_buyer, technical_buyer, end_user or champion.';
+COMMENT ON COLUMN @extschema@.member_balance.points IS 'Points the member may redeem (earned less spent).';
+COMMENT ON COLUMN @extschema@.member_balance.earned IS 'Points earned (awards).';
+COMMENT ON COLUMN @extschema@.member_balance.spent IS 'Points spent on redemptions, net of cancellations.';
+COMMENT ON COLUMN @extschema@.member_balance.entry_count IS 'Ledger entries that carry the member.';
+
+-- verify()'s checks of the member wallets and of the rows that posted
+-- (redemptions, awards): same columns as loyalty._verify_balance, one row
+-- per drift.
+CREATE FUNCTION @extschema@._verify_members(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- a ledger entry whose member is not a member of its account
+SELECT l.account_key, NULL::date, NULL::integer, 'member_unknown:' OPERATOR(pg_catalog.||) l.member_id,
+       0::numeric, pg_catalog.count(*)::numeric
+FROM @extschema@.ledger l
+WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2)
+  AND l.member_id IS NOT NULL
+  AND NOT EXISTS (SELECT FROM @extschema@.member m
+                  WHERE m.program_id OPERATOR(pg_catalog.=) l.program_id AND m.account_key OPERATOR(pg_catalog.=) l.account_key
+                    AND m.member_id OPERATOR(pg_catalog.=) l.member_id)
+GROUP BY l.account_key, l.member_id
+UNION ALL
+-- a member's running total that differs from the sums of their entries,
+-- or that is below zero (redemptions check it; nothing else debits it)
+SELECT coalesce(t.account_key, l.account_key), NULL, NULL, v.item, v.e, v.a
+FROM (SELECT x.account_key, x.member_id, pg_catalog.sum(x.points) AS points, pg_catalog.count(*) AS n
+      FROM @extschema@.ledger x
+      WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)
+        AND x.member_id IS NOT NULL
+      GROUP BY 1, 2) l
+FULL JOIN (SELECT x.account_key, x.member_id, x.points, x.entry_count
+           FROM @extschema@.member_points x
+           WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) t
+  ON t.account_key OPERATOR(pg_catalog.=) l.account_key AND t.member_id OPERATOR(pg_catalog.=) l.member_id,
+LATERAL (VALUES ('member_points:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), coalesce(l.points, 0)::numeric,
+                 coalesce(t.points, 0)::numeric),
+                ('member_entries:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), coalesce(l.n, 0)::numeric,
+                 coalesce(t.entry_count, 0)::numeric),
+                ('member_overdrawn:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), 0::numeric,
+                 LEAST(coalesce(t.points, 0), 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+UNION ALL
+-- a redemption whose spending entry (or, cancelled, whose giving back) is
+-- missing from the ledger or differs from it
+SELECT d.account_key, NULL, NULL, v.item, v.e, v.a
+FROM @extschema@.redemption d
+LEFT JOIN @extschema@.ledger s
+  ON s.program_id OPERATOR(pg_catalog.=) d.program_id AND s.account_key OPERATOR(pg_catalog.=) d.account_key
+     AND s.posted_xid OPERATOR(pg_catalog.=) d.posted_xid AND s.entry_no OPERATOR(pg_catalog.=) d.entry_no
+     AND s.kind OPERATOR(pg_catalog.=) 'redeem' AND s.member_id IS NOT DISTINCT FROM d.member_id
+LEFT JOIN @extschema@.ledger c
+  ON c.program_id OPERATOR(pg_catalog.=) d.program_id AND c.account_key OPERATOR(pg_catalog.=) d.account_key
+     AND c.posted_xid OPERATOR(pg_catalog.=) d.cancel_xid AND c.entry_no OPERATOR(pg_catalog.=) d.cancel_entry_no
+     AND c.kind OPERATOR(pg_catalog.=) 'redeem' AND c.member_id IS NOT DISTINCT FROM d.member_id
+     AND c.corrects_xid OPERATOR(pg_catalog.=) d.posted_xid AND c.corrects OPERATOR(pg_catalog.=) d.entry_no,
+LATERAL (VALUES ('redemption_spent:' OPERATOR(pg_catalog.||) d.redemption_id::text, d.points::numeric,
+                 (OPERATOR(pg_catalog.-) s.points)::numeric),
+                ('redemption_given_back:' OPERATOR(pg_catalog.||) d.redemption_id::text,
+                 CASE WHEN d.status OPERATOR(pg_catalog.=) 'cancelled' THEN d.points ELSE 0 END::numeric,
+                 coalesce(c.points, 0)::numeric)) AS v(item, e, a)
+WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR d.account_key OPERATOR(pg_catalog.=) $2)
+  AND v.e IS DISTINCT FROM v.a
+UNION ALL
+-- an approved award whose entry is missing or differs, or any other award
+-- that posted
+SELECT w.account_key, NULL, NULL, 'award_points:' OPERATOR(pg_catalog.||) w.award_id::text,
+       CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END::numeric,
+       coalesce(l.points, 0)::numeric
+FROM @extschema@.award w
+LEFT JOIN @extschema@.ledger l
+  ON l.program_id OPERATOR(pg_catalog.=) w.program_id AND l.account_key OPERATOR(pg_catalog.=) w.account_key
+     AND l.posted_xid OPERATOR(pg_catalog.=) w.posted_xid AND l.entry_no OPERATOR(pg_catalog.=) w.entry_no
+     AND l.kind OPERATOR(pg_catalog.=) 'award' AND l.member_id IS NOT DISTINCT FROM w.member_id
+WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR w.account_key OPERATOR(pg_catalog.=) $2)
+  AND CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END IS DISTINCT FROM coalesce(l.points, 0)
+$$;
+COMMENT ON FUNCTION @extschema@._verify_members(integer, text) IS
+'Internal: verify''s checks of member wallets (entries of unknown members, running totals that differ from the ledger or are below zero) and of the rows that posted (each redemption''s spending and giving-back entries, each approved award''s entry), for a program or one account; one row per drift.';
+
+-- The leaderboard of gamified programs: points earned per calendar period
+-- (month, quarter, year of the posting, in the program's calendar), ranked
+-- among the program's accounts, and among its members.  Earned: accrual and
+-- awards; redemptions, expiry and adjustments do not move a rank.
+CREATE VIEW @extschema@.leaderboard AS
+WITH earned AS (
+    SELECT l.program_id, p.name AS program, l.account_key, l.member_id,
+           (l.posted_at AT TIME ZONE p.time_zone)::date AS day, l.points
+    FROM @extschema@.ledger l
+    JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) l.program_id
+    WHERE l.kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate', 'award')
+), per AS (
+    SELECT e.program_id, e.program, g.period, pg_catalog.date_trunc(g.period, e.day::timestamp)::date AS period_start,
+           s.scope, e.account_key, CASE WHEN s.scope OPERATOR(pg_catalog.=) 'member' THEN e.member_id END AS member_id,
+           pg_catalog.sum(e.points)::bigint AS points
+    FROM earned e
+    CROSS JOIN (VALUES ('month'), ('quarter'), ('year')) AS g(period)
+    CROSS JOIN (VALUES ('account'), ('member')) AS s(scope)
+    WHERE s.scope OPERATOR(pg_catalog.=) 'account' OR e.member_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+)
+SELECT r.program_id, r.program, r.period, r.period_start, r.scope,
+       pg_catalog.rank() OVER (PARTITION BY r.program_id, r.period, r.period_start, r.scope ORDER BY r.points DESC) AS rank,
+       r.account_key, r.member_id, r.points
+FROM per r;
+COMMENT ON VIEW @extschema@.leaderboard IS 'Points earned (accrual and awards) per program and calendar period of posting, ranked among accounts (scope account) and among members (scope member): the visible leaderboard of gamified programs. Filter by program, period and period_start.';
+COMMENT ON COLUMN @extschema@.leaderboard.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.leaderboard.program IS 'The program''s name.';
+COMMENT ON COLUMN @extschema@.leaderboard.period IS 'month, quarter or year.';
+COMMENT ON COLUMN @extschema@.leaderboard.period_start IS 'First day of the period (program calendar).';
+COMMENT ON COLUMN @extschema@.leaderboard.scope IS 'account: accounts ranked by all points they earned; member: members ranked by the points they earned themselves.';
+COMMENT ON COLUMN @extschema@.leaderboard.rank IS 'Rank within program, period and scope (1 = most points; ties share a rank).';
+COMMENT ON COLUMN @extschema@.leaderboard.account_key IS 'The account (of the member, for scope member).';
+COMMENT ON COLUMN @extschema@.leaderboard.member_id IS 'The member (scope member); NULL for scope account.';
+COMMENT ON COLUMN @extschema@.leaderboard.points IS 'Points earned in the period.';
+
+GRANT SELECT ON @extschema@.member_points, @extschema@.member_balance, @extschema@.leaderboard
+TO loyalty_reader, loyalty_operator, loyalty_admin;
+REVOKE ALL ON FUNCTION @extschema@._verify_members(integer, text),
+                      @extschema@._post_member(integer, text, @extschema@.ledger_kind, bigint, text, text, xid8, bigint) FROM PUBLIC;
+
+
+-- ---- MDF wallet: accrual at settlement (_settle_mdf), claims with approval ----
+-- Market development funds: a wallet of money (ledger column mdf) that
+-- accrues at settlement as a tier-dependent share of the period's qualifying
+-- purchases (loyalty._settle_mdf, called by loyalty.settle), and that the
+-- partner spends through claims an operator approves.  A claim is a debit:
+-- the debit protocol of redemptions (account lock, wait for postings in
+-- flight, balance read after the lock) makes sure the wallet never goes
+-- below zero, at the claim (pending claims reserve their amount) and again
+-- at the approval, which posts the negative mdf entry.
+
+CREATE TABLE @extschema@.mdf_accrual (
+    program_id   integer NOT NULL,
+    account_key  text NOT NULL,
+    period_end   date NOT NULL,
+    period_start date NOT NULL,
+    spend        numeric NOT NULL,
+    rate         numeric NOT NULL,
+    amount       numeric NOT NULL CHECK (amount OPERATOR(pg_catalog.>=) 0),
+    posted_xid   xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    entry_no     bigint,
+    PRIMARY KEY (program_id, account_key, period_end),
+    CHECK (period_end OPERATOR(pg_catalog.>) period_start)
+);
+COMMENT ON TABLE @extschema@.mdf_accrual IS 'MDF accrued per account and settlement period (loyalty._settle_mdf): the period''s qualifying spend times the MDF rate of the account''s tier. One row per account and period: settling a period again credits no account twice.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.period_end IS 'Day after the period''s last day (exclusive end), as in loyalty.settlement_run.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.period_start IS 'First day of the period.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.spend IS 'Qualifying spend of the documents dated in the period (loyalty.accrual_month).';
+COMMENT ON COLUMN @extschema@.mdf_accrual.rate IS 'MDF rate of the account''s tier at the period''s end (fraction of spend).';
+COMMENT ON COLUMN @extschema@.mdf_accrual.amount IS 'MDF credited: spend (0 if negative) times rate, rounded to cents.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.posted_xid IS 'Transaction of the settlement that credited it.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.entry_no IS 'Entry number (within posted_xid) of its ledger entry of kind mdf; NULL when the amount was 0.';
+
+CREATE TABLE @extschema@.mdf_claim (
+    program_id  integer NOT NULL,
+    account_key text NOT NULL,
+    claim_no    bigint NOT NULL,
+    claim_id    uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    amount      numeric NOT NULL CHECK (amount OPERATOR(pg_catalog.>) 0),
+    purpose     text NOT NULL,
+    reference   text,
+    status      text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'approved', 'rejected')),
+    claimed_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    decided_at  timestamptz,
+    decided_by  text,
+    note        text,
+    posted_xid  xid8,
+    entry_no    bigint,
+    PRIMARY KEY (program_id, account_key, claim_no),
+    CONSTRAINT mdf_claim_reference_key UNIQUE (program_id, account_key, reference),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    CONSTRAINT mdf_claim_decision_check CHECK ((status OPERATOR(pg_catalog.=) 'pending') = (decided_at IS NULL)),
+    CONSTRAINT mdf_claim_entry_check CHECK ((status OPERATOR(pg_catalog.=) 'approved') = (entry_no IS NOT NULL)
+                                           AND (posted_xid IS NULL) = (entry_no IS NULL))
+);
+CREATE INDEX mdf_claim_id_idx ON @extschema@.mdf_claim (claim_id);
+COMMENT ON TABLE @extschema@.mdf_claim IS 'Claims against the MDF wallet (loyalty.claim_mdf): pending until an operator approves (the ledger entry of kind mdf takes the amount from the wallet) or rejects (nothing posted).';
+COMMENT ON COLUMN @extschema@.mdf_claim.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.mdf_claim.account_key IS 'The claiming account.';
+COMMENT ON COLUMN @extschema@.mdf_claim.claim_no IS 'The account''s debit number (loyalty.account.debit_no) the claim took.';
+COMMENT ON COLUMN @extschema@.mdf_claim.claim_id IS 'The claim''s identifier, returned by loyalty.claim_mdf() and taken by approve_mdf_claim() and reject_mdf_claim().';
+COMMENT ON COLUMN @extschema@.mdf_claim.amount IS 'Money claimed, in the program''s currency (cents at most).';
+COMMENT ON COLUMN @extschema@.mdf_claim.purpose IS 'What the funds pay for (campaign, event, co-op advertising).';
+COMMENT ON COLUMN @extschema@.mdf_claim.reference IS 'The partner portal''s identifier of the claim: the same reference for the same account claims once.';
+COMMENT ON COLUMN @extschema@.mdf_claim.status IS 'pending, approved or rejected.';
+COMMENT ON COLUMN @extschema@.mdf_claim.claimed_at IS 'When it was claimed.';
+COMMENT ON COLUMN @extschema@.mdf_claim.decided_at IS 'When it was approved or rejected.';
+COMMENT ON COLUMN @extschema@.mdf_claim.decided_by IS 'Session user who approved or rejected it.';
+COMMENT ON COLUMN @extschema@.mdf_claim.note IS 'Why it was approved or rejected.';
+COMMENT ON COLUMN @extschema@.mdf_claim.posted_xid IS 'Transaction of the ledger entry that paid it (approved claims).';
+COMMENT ON COLUMN @extschema@.mdf_claim.entry_no IS 'Entry number (within posted_xid) of the ledger entry that paid it.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.mdf_accrual', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.mdf_claim', '');
+GRANT SELECT ON @extschema@.mdf_accrual, @extschema@.mdf_claim TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+-- Called by loyalty.settle() inside its settlement transaction.
+CREATE OR REPLACE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total numeric;
+BEGIN
+    IF period_start IS NULL OR period_end IS NULL OR period_end <= period_start THEN
+        RAISE EXCEPTION 'MDF period [%, %) is empty', period_start, period_end
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period_end is the day after the period''s last day.',
+                  HINT = 'Give period_start < period_end.';
+    END IF;
+    WITH spend AS (
+        SELECT m.account_key, pg_catalog.sum(m.qualifying) AS spend
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id = $1 AND m.month >= $2 AND m.month < $3
+        GROUP BY m.account_key
+    ), due AS (
+        SELECT s.account_key, s.spend, @extschema@._mdf_rate($1, s.account_key, $3) AS rate
+        FROM spend s
+        WHERE NOT EXISTS (SELECT FROM @extschema@.mdf_accrual a
+                          WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.period_end = $3)
+    ), credited AS (
+        INSERT INTO @extschema@.mdf_accrual AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
+        SELECT $1, d.account_key, $3, $2, d.spend, d.rate, x.amount,
+               @extschema@._post($1, d.account_key, 'mdf', 0, pg_catalog.format('mdf accrual %s..%s', $2, $3 - 1), mdf => x.amount)
+        FROM due d, LATERAL (SELECT pg_catalog.round(GREATEST(d.spend, 0) * coalesce(d.rate, 0), 2) AS amount) x
+        WHERE x.amount > 0
+        ORDER BY d.account_key
+        RETURNING a.amount
+    )
+    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO total FROM credited c;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._settle_mdf(integer, date, date) IS
+'Internal: credits the MDF wallets for a settlement period (called by loyalty.settle): per account, the qualifying spend of the documents dated in [period_start, period_end) times the MDF rate of its tier at period_end (loyalty._mdf_rate), rounded to cents; accounts already credited for the period are skipped. Returns the total credited.';
+
+CREATE FUNCTION @extschema@.claim_mdf(
+    program     text,
+    account_key text,
+    amount      numeric,
+    purpose     text,
+    reference   text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    no bigint;
+    prior @extschema@.mdf_claim;
+    wallet numeric;
+    reserved numeric;
+    id uuid;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have an MDF wallet.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF amount IS NULL OR amount <= 0 OR amount = 'Infinity' OR amount = 'NaN' OR amount <> pg_catalog.round(amount, 2) THEN
+        RAISE EXCEPTION 'amount must be a positive sum of money in cents'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('amount %s was given.', coalesce(amount::text, 'NULL')),
+                  HINT = 'For example amount => 1500.00.';
+    END IF;
+    IF purpose IS NULL OR btrim(purpose) = '' THEN
+        RAISE EXCEPTION 'purpose must not be NULL or empty'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'purpose says what the funds pay for; the approver reads it.',
+                  HINT = 'For example purpose => ''Trade show booth, spring fair''.';
+    END IF;
+    IF reference = '' THEN
+        RAISE EXCEPTION 'reference must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'reference is the partner portal''s identifier of the claim.',
+                  HINT = 'Give the claim''s identifier, or NULL when there is none.';
+    END IF;
+
+    no := @extschema@._lock_for_debit(pid, account_key);
+    PERFORM @extschema@._await_postings(pid, account_key);
+    IF reference IS NOT NULL THEN
+        SELECT * INTO prior FROM @extschema@.mdf_claim c
+        WHERE c.program_id = pid AND c.account_key = account_key AND c.reference = reference;
+        IF FOUND THEN
+            IF prior.amount <> amount OR prior.purpose <> purpose THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already claimed for another amount or purpose', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It claimed %s for %s.', prior.amount, pg_catalog.quote_literal(prior.purpose)),
+                          HINT = 'A reference names one claim; give a new claim its own reference.';
+            END IF;
+            RETURN prior.claim_id;      -- the same claim again
+        END IF;
+    END IF;
+    SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key;
+    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO reserved FROM @extschema@.mdf_claim c
+    WHERE c.program_id = pid AND c.account_key = account_key AND c.status = 'pending';
+    IF coalesce(wallet, 0) - reserved < amount THEN
+        RAISE EXCEPTION 'account "%" has % of MDF available, % claimed', account_key, coalesce(wallet, 0) - reserved, amount
+            USING ERRCODE = 'LY001',
+                  DETAIL = pg_catalog.format('The wallet holds %s, of which pending claims reserve %s; it never goes below zero.',
+                                             coalesce(wallet, 0), reserved),
+                  HINT = 'Nothing was claimed. Claim less, or after the next settlement credits the wallet.';
+    END IF;
+    INSERT INTO @extschema@.mdf_claim AS c (program_id, account_key, claim_no, amount, purpose, reference)
+    VALUES (pid, account_key, no, amount, purpose, reference)
+    RETURNING c.claim_id INTO id;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.claim_mdf(text, text, numeric, text, text) IS
+'Claims an amount from an account''s MDF wallet, pending an operator''s approval; returns the claim''s id. The amount must be available: the wallet less the pending claims (SQLSTATE LY001 otherwise, nothing written). Idempotent by reference.';
+
+CREATE FUNCTION @extschema@._decide_mdf_claim(claim_id uuid, approve boolean, note text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    c @extschema@.mdf_claim;
+    wallet numeric;
+    entry bigint;
+BEGIN
+    SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM @extschema@._lock_for_debit(c.program_id, c.account_key);
+    PERFORM @extschema@._await_postings(c.program_id, c.account_key);
+    SELECT * INTO c FROM @extschema@.mdf_claim x
+    WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
+    IF c.status <> 'pending' THEN
+        RETURN;
+    END IF;
+    IF approve THEN
+        SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
+        IF coalesce(wallet, 0) < c.amount THEN
+            RETURN;             -- the caller reports it
+        END IF;
+        entry := @extschema@._post(c.program_id, c.account_key, 'mdf', 0,
+                                   pg_catalog.format('mdf claim: %s', c.purpose) || coalesce(' ref ' || c.reference, ''),
+                                   mdf => -c.amount);
+    END IF;
+    UPDATE @extschema@.mdf_claim x
+    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
+        decided_by = SESSION_USER, note = _decide_mdf_claim.note,
+        posted_xid = CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = entry
+    WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_mdf_claim(uuid, boolean, text) IS
+'Internal: approves (pays from the wallet, if it still holds the amount) or rejects a pending MDF claim, under the account''s lock; does nothing to a claim that is not pending.';
+
+CREATE FUNCTION @extschema@.approve_mdf_claim(claim_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    c @extschema@.mdf_claim;
+    wallet numeric;
+BEGIN
+    IF claim_id IS NULL THEN
+        RAISE EXCEPTION 'claim_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    END IF;
+    PERFORM @extschema@._decide_mdf_claim(claim_id, true, note);
+    SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'claim_id names no MDF claim'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    ELSIF c.status = 'rejected' THEN
+        RAISE EXCEPTION 'the MDF claim was rejected and cannot be approved'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Claim %s was rejected; a decision on a claim is final.', claim_id),
+                  HINT = 'File a new claim if it is genuine.';
+    ELSIF c.status = 'pending' THEN
+        SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
+        RAISE EXCEPTION 'account "%" has % of MDF, the claim asks %', c.account_key, coalesce(wallet, 0), c.amount
+            USING ERRCODE = 'LY001',
+                  DETAIL = pg_catalog.format('Claim %s stays pending: the MDF wallet never goes below zero.', claim_id),
+                  HINT = 'The claim stays pending: approve it after the next settlement credits the wallet, or reject it.';
+    END IF;
+    RETURN c.status;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.approve_mdf_claim(uuid, text) IS
+'Approves a pending MDF claim: posts a ledger entry of kind mdf that takes the amount from the wallet, which must still hold it (SQLSTATE LY001 otherwise; the claim stays pending). Approving an approved claim again changes nothing; returns the status.';
+
+CREATE FUNCTION @extschema@.reject_mdf_claim(claim_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    st text;
+BEGIN
+    IF claim_id IS NULL THEN
+        RAISE EXCEPTION 'claim_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    END IF;
+    PERFORM @extschema@._decide_mdf_claim(claim_id, false, note);
+    SELECT x.status INTO st FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    IF st IS NULL THEN
+        RAISE EXCEPTION 'claim_id names no MDF claim'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    ELSIF st = 'approved' THEN
+        RAISE EXCEPTION 'the MDF claim was approved and cannot be rejected'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Claim %s was paid from the wallet; a decision on a claim is final.', claim_id),
+                  HINT = 'Nothing to do.';
+    END IF;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.reject_mdf_claim(uuid, text) IS
+'Rejects a pending MDF claim: nothing is posted and its reserve is released. Rejecting a rejected claim again changes nothing; returns the status.';
+
+REVOKE ALL ON FUNCTION @extschema@._settle_mdf(integer, date, date),
+                      @extschema@.claim_mdf(text, text, numeric, text, text),
+                      @extschema@._decide_mdf_claim(uuid, boolean, text),
+                      @extschema@.approve_mdf_claim(uuid, text), @extschema@.reject_mdf_claim(uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.claim_mdf(text, text, numeric, text, text),
+                          @extschema@.approve_mdf_claim(uuid, text), @extschema@.reject_mdf_claim(uuid, text) TO loyalty_operator;
+
+-- ---- The MDF rate is the tier's mdf_rate benefit (loyalty._mdf_rate); _settle_mdf takes the period's first and last days, both included, as settle() passes them ----
+CREATE FUNCTION @extschema@._mdf_rate(program_id integer, account_key text, as_of date) RETURNS numeric
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN (SELECT b.value FROM @extschema@.tier_benefit b
+        WHERE b.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
+          AND b.benefit OPERATOR(pg_catalog.=) 'mdf_rate'
+          -- before its first recorded tier (a period settled from documents
+          -- older than the program's history), the account counts at that tier
+          AND b.tier OPERATOR(pg_catalog.=) coalesce(
+                @extschema@._tier_at(_mdf_rate.program_id, _mdf_rate.account_key, _mdf_rate.as_of),
+                (SELECT h.new_tier FROM @extschema@.tier_history h
+                 WHERE h.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
+                   AND h.account_key OPERATOR(pg_catalog.=) _mdf_rate.account_key
+                 ORDER BY h.effective_from, h.change_no LIMIT 1)))::numeric;
+
+COMMENT ON FUNCTION @extschema@._mdf_rate(integer, text, date) IS 'Internal: the MDF rate (a fraction) of an account on a date, from the mdf_rate benefit of its tier that day (of its first recorded tier, before it had one); NULL when that tier has none.';
+
+REVOKE ALL ON FUNCTION @extschema@._mdf_rate(integer, text, date) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total numeric;
+BEGIN
+    IF period_start IS NULL OR period_end IS NULL OR period_end < period_start THEN
+        RAISE EXCEPTION 'MDF period [%, %] is empty', period_start, period_end
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period_start and period_end are the period''s first and last days, both included (as loyalty.settle passes them).',
+                  HINT = 'Give period_start <= period_end.';
+    END IF;
+    WITH spend AS (
+        SELECT m.account_key, pg_catalog.sum(m.qualifying) AS spend
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id = $1 AND m.month >= pg_catalog.date_trunc('month', $2)::date AND m.month <= $3
+        GROUP BY m.account_key
+    ), due AS (
+        SELECT s.account_key, s.spend, @extschema@._mdf_rate($1, s.account_key, $3) AS rate
+        FROM spend s
+        WHERE NOT EXISTS (SELECT FROM @extschema@.mdf_accrual a
+                          WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.period_end = $3)
+    ), credited AS (
+        INSERT INTO @extschema@.mdf_accrual AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
+        SELECT $1, d.account_key, $3, $2, d.spend, d.rate, x.amount,
+               @extschema@._post($1, d.account_key, 'mdf', 0, pg_catalog.format('mdf accrual %s..%s', $2, $3), mdf => x.amount)
+        FROM due d, LATERAL (SELECT pg_catalog.round(GREATEST(d.spend, 0) * coalesce(d.rate, 0), 2) AS amount) x
+        WHERE x.amount > 0
+        ORDER BY d.account_key
+        RETURNING a.amount
+    )
+    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO total FROM credited c;
+    RETURN total;
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@._settle_mdf(integer, date, date) IS
+'Internal: credits the MDF wallets for a settlement period (called by loyalty.settle): per account, the qualifying spend of the document months from period_start''s to period_end''s (both days included) times the MDF rate of its tier at period_end (loyalty._mdf_rate), rounded to cents; accounts already credited for the period are skipped. Returns the total credited.';
+
+-- ---- loyalty.redemption, re-created above, gets the partner policies again ----
+ALTER TABLE @extschema@.redemption ENABLE ROW LEVEL SECURITY;
+CREATE POLICY staff ON @extschema@.redemption TO loyalty_reader, loyalty_operator, loyalty_admin USING (true) WITH CHECK (true);
+CREATE POLICY partner ON @extschema@.redemption FOR SELECT TO loyalty_partner USING (EXISTS (SELECT FROM @extschema@.partner_login pl WHERE pl.program_id OPERATOR(pg_catalog.=) redemption.program_id AND pl.account_key OPERATOR(pg_catalog.=) redemption.account_key));
+GRANT SELECT ON @extschema@.redemption TO loyalty_partner;

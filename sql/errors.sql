@@ -97,7 +97,11 @@ INSERT INTO base VALUES
 ('accrue_rebates', 'program', $$'err_club'$$),
 ('create_rebate_agreement', 'program', $$'err_club'$$), ('create_rebate_agreement', 'agreement_id', $$'ERR1'$$),
 ('create_rebate_agreement', 'schedule', $$'retro: 0:1%'$$),
-('end_rebate_agreement', 'program', $$'err_club'$$), ('end_rebate_agreement', 'agreement_id', $$'ERR0'$$);
+('end_rebate_agreement', 'program', $$'err_club'$$), ('end_rebate_agreement', 'agreement_id', $$'ERR0'$$),
+('set_reward', 'program', $$'err_club'$$), ('set_reward', 'reward_id', $$'ERR-SEAT'$$),
+('set_reward', 'name', $$'Training seat'$$), ('set_reward', 'points_price', '100'),
+('set_action_rule', 'program', $$'err_club'$$), ('set_action_rule', 'action', $$'certification'$$),
+('set_action_rule', 'points', '50');
 
 -- The cases.  kind says what is tried; call, when given, replaces the
 -- generated call (positional arguments, or several changed at once).
@@ -322,6 +326,71 @@ INSERT INTO cases (fn, param, kind, value, call) VALUES
 -- the caps of unfolded postings (the view loyalty.balance calls it): STRICT
 ('pending_caps', 'account_key', 'null', 'NULL', NULL),
 ('pending_caps', 'account_key', 'unknown', $$'no such customer'$$, NULL),
+-- the rewards catalogue
+('set_reward', 'program', 'valid', $$'err_club'$$, NULL),
+('set_reward', 'program', 'null', 'NULL', NULL),
+('set_reward', 'program', 'unknown', $$'err_nope'$$, NULL),
+('set_reward', 'reward_id', 'null', 'NULL', NULL),
+('set_reward', 'reward_id', 'empty', $$''$$, NULL),
+('set_reward', 'reward_id', 'malformed', $$' SEAT'$$, NULL),
+('set_reward', 'reward_id', 'huge', $$repeat('r', 64)$$, NULL),
+('set_reward', 'name', 'null', 'NULL', NULL),
+('set_reward', 'name', 'empty', $$' '$$, NULL),
+('set_reward', 'points_price', 'null', 'NULL', NULL),
+('set_reward', 'points_price', 'zero', '0', NULL),
+('set_reward', 'points_price', 'negative', '-1', NULL),
+('set_reward', 'points_price', 'huge', '9223372036854775807', NULL),
+('set_reward', 'kind', 'null', 'NULL', NULL),
+('set_reward', 'kind', 'unknown', $$'holiday'$$, NULL),
+('set_reward', 'kind', 'valid', $$'service_visit'$$, NULL),
+('set_reward', 'min_tier', 'null', 'NULL', NULL),
+('set_reward', 'min_tier', 'valid', $$'Gold'$$, NULL),
+('set_reward', 'min_tier', 'unknown', $$'Diamond'$$, NULL),
+('set_reward', 'min_tier', 'no_ladder', $$'Gold'$$, $$SELECT loyalty.set_reward('err_free', 'ERR-SEAT', 'Seat', 100, min_tier => 'Gold')$$),
+('set_reward', 'stock', 'null', 'NULL', NULL),
+('set_reward', 'stock', 'zero', '0', NULL),
+('set_reward', 'stock', 'negative', '-1', NULL),
+('set_reward', 'per_account_limit', 'null', 'NULL', NULL),
+('set_reward', 'per_account_limit', 'zero', '0', NULL),
+('set_reward', 'per_account_limit', 'negative', '-1', NULL),
+('set_reward', 'period_limit', 'null', 'NULL', NULL),
+('set_reward', 'period_limit', 'zero', '0', $$SELECT loyalty.set_reward('err_club', 'ERR-SEAT', 'Seat', 100, period_limit => 0, limit_period => 'month')$$),
+('set_reward', 'period_limit', 'alone', '2', NULL),
+('set_reward', 'limit_period', 'null', 'NULL', NULL),
+('set_reward', 'limit_period', 'alone', $$'month'$$, NULL),
+('set_reward', 'limit_period', 'unknown', $$'week'$$, $$SELECT loyalty.set_reward('err_club', 'ERR-SEAT', 'Seat', 100, period_limit => 2, limit_period => 'week')$$),
+('set_reward', 'valid_from', 'null', 'NULL', NULL),
+('set_reward', 'valid_from', 'infinity', $$'infinity'$$, NULL),
+('set_reward', 'valid_from', '-infinity', $$'-infinity'$$, NULL),
+('set_reward', 'valid_until', 'null', 'NULL', NULL),
+('set_reward', 'valid_until', 'infinity', $$'infinity'$$, NULL),
+('set_reward', 'valid_until', 'before_valid_from', $$'2024-01-01'$$, $$SELECT loyalty.set_reward('err_club', 'ERR-SEAT', 'Seat', 100, valid_from => '2024-02-01', valid_until => '2024-01-01')$$),
+('set_reward', 'description', 'null', 'NULL', NULL),
+('set_reward', 'active', 'null', 'NULL', NULL),
+-- action rules
+('set_action_rule', 'program', 'valid', $$'err_club'$$, NULL),
+('set_action_rule', 'program', 'null', 'NULL', NULL),
+('set_action_rule', 'program', 'unknown', $$'err_nope'$$, NULL),
+('set_action_rule', 'action', 'null', 'NULL', NULL),
+('set_action_rule', 'action', 'empty', $$''$$, NULL),
+('set_action_rule', 'action', 'malformed', $$'Lead Won'$$, NULL),
+('set_action_rule', 'action', 'huge', $$repeat('a', 64)$$, NULL),
+('set_action_rule', 'points', 'null', 'NULL', NULL),
+('set_action_rule', 'points', 'zero', '0', NULL),
+('set_action_rule', 'points', 'negative', '-1', NULL),
+('set_action_rule', 'points', 'huge', '9223372036854775807', NULL),
+('set_action_rule', 'needs_approval', 'null', 'NULL', NULL),
+('set_action_rule', 'cap_points', 'null', 'NULL', NULL),
+('set_action_rule', 'cap_points', 'zero', '0', $$SELECT loyalty.set_action_rule('err_club', 'certification', 50, cap_points => 0, cap_period => 'month')$$),
+('set_action_rule', 'cap_points', 'negative', '-1', $$SELECT loyalty.set_action_rule('err_club', 'certification', 50, cap_points => -1, cap_period => 'month')$$),
+('set_action_rule', 'cap_points', 'huge', '9223372036854775807', $$SELECT loyalty.set_action_rule('err_club', 'certification', 50, cap_points => 9223372036854775807, cap_period => 'year')$$),
+('set_action_rule', 'cap_points', 'alone', '500', NULL),
+('set_action_rule', 'cap_period', 'null', 'NULL', NULL),
+('set_action_rule', 'cap_period', 'alone', $$'month'$$, NULL),
+('set_action_rule', 'cap_period', 'unknown', $$'week'$$, $$SELECT loyalty.set_action_rule('err_club', 'certification', 50, cap_points => 500, cap_period => 'week')$$),
+('set_action_rule', 'valid_from', 'null', 'NULL', NULL),
+('set_action_rule', 'valid_from', 'infinity', $$'infinity'$$, NULL),
+('set_action_rule', 'valid_from', '-infinity', $$'-infinity'$$, NULL),
 -- balance and tier
 ('balance', 'program', 'valid', $$'err_club'$$, NULL),
 ('balance', 'program', 'null', 'NULL', NULL),
@@ -695,3 +764,91 @@ WHERE r.sqlstate <> '(accepted)' AND NOT (r.sqlstate IN ('42P01', '42704') AND r
 -- A CONTEXT naming an internal helper, or another public function than the one called.
 SELECT fn, param, kind, context FROM results
 WHERE context ~ 'loyalty\._' OR context ~ '(^|, )_' OR replace(context, 'loyalty.', '') NOT IN (fn);
+
+--
+-- The operations, granted to loyalty_operator (so not in the coverage above,
+-- which takes the functions an admin may call): redemption, awards, MDF
+-- claims.  Their SQLSTATEs:
+--   LY001  the balance does not cover a debit: the account's points, the
+--          member's points, or the MDF wallet (less pending claims); nothing
+--          is written
+--   LY002  the reward cannot be redeemed: not active, outside its validity
+--          window, tier too low, out of stock, over its per-account or
+--          per-period limit; nothing is written
+--   P0002  no_data_found: the account is not enrolled, the member is not the
+--          account's, no redemption / award / claim has that id
+--   42704  undefined_object: unknown program, reward or action
+--   22023, 22004  a bad or NULL argument
+--   55000  object_not_in_prerequisite_state: cancelled twice, or a decided
+--          award / claim decided the other way
+--   42710  duplicate_object: a reference reused for another event
+--
+SELECT loyalty.set_reward('err_club', 'ERR-SEAT', 'Seat', 10, stock => 1);
+SELECT loyalty.set_reward('err_club', 'ERR-GOLD', 'Gold lounge', 10, min_tier => 'Gold');
+SELECT loyalty.set_reward('err_club', 'ERR-BIG', 'Yacht', 1000000);
+SELECT loyalty.set_reward('err_club', 'ERR-OLD', 'Old', 10, valid_until => '2020-01-01');
+SELECT loyalty.set_action_rule('err_club', 'certification', 50);
+SELECT loyalty.enroll('err_club', '43');
+SELECT loyalty.award('err_club', '42', 'certification', reference => 'crm-1') IS NOT NULL AS awarded;
+CREATE TEMP TABLE op_cases (n serial, what text, call text);
+INSERT INTO op_cases (what, call) VALUES
+('redeem: points', $$SELECT loyalty.redeem('err_club', '42', 'ERR-BIG')$$),
+('redeem: no points at all', $$SELECT loyalty.redeem('err_club', '43', 'ERR-SEAT')$$),
+('redeem: stock', $$SELECT loyalty.redeem('err_club', '42', 'ERR-SEAT', 2)$$),
+('redeem: window', $$SELECT loyalty.redeem('err_club', '42', 'ERR-OLD')$$),
+('redeem: tier', $$SELECT loyalty.redeem('err_club', '42', 'ERR-GOLD')$$),
+('redeem: unknown reward', $$SELECT loyalty.redeem('err_club', '42', 'NOPE')$$),
+('redeem: unknown account', $$SELECT loyalty.redeem('err_club', 'nobody', 'ERR-SEAT')$$),
+('redeem: unknown member', $$SELECT loyalty.redeem('err_club', '42', 'ERR-SEAT', member => 'x')$$),
+('redeem: quantity 0', $$SELECT loyalty.redeem('err_club', '42', 'ERR-SEAT', 0)$$),
+('redeem: quantity NULL', $$SELECT loyalty.redeem('err_club', '42', 'ERR-SEAT', NULL)$$),
+('redeem: huge quantity', $$SELECT loyalty.redeem('err_club', '42', 'ERR-SEAT', 2147483647)$$),
+('redeem: program NULL', $$SELECT loyalty.redeem(NULL, '42', 'ERR-SEAT')$$),
+('cancel_redemption: NULL', $$SELECT loyalty.cancel_redemption(NULL)$$),
+('cancel_redemption: unknown', $$SELECT loyalty.cancel_redemption(gen_random_uuid())$$),
+('award: unknown action', $$SELECT loyalty.award('err_club', '42', 'nope')$$),
+('award: future', $$SELECT loyalty.award('err_club', '42', 'certification', occurred_on => current_date + 30)$$),
+('award: infinity', $$SELECT loyalty.award('err_club', '42', 'certification', occurred_on => '-infinity')$$),
+('award: quantity 0', $$SELECT loyalty.award('err_club', '42', 'certification', quantity => 0)$$),
+('award: empty reference', $$SELECT loyalty.award('err_club', '42', 'certification', reference => '')$$),
+('award: reference reused', $$SELECT loyalty.award('err_club', '42', 'certification', reference => 'crm-1', quantity => 2)$$),
+('award: unknown account', $$SELECT loyalty.award('err_club', 'nobody', 'certification')$$),
+('approve_award: NULL', $$SELECT loyalty.approve_award(NULL)$$),
+('approve_award: unknown', $$SELECT loyalty.approve_award(gen_random_uuid())$$),
+('reject_award: approved', $$SELECT loyalty.reject_award(award_id) FROM loyalty.award WHERE reference = 'crm-1'$$),
+('claim_mdf: empty wallet', $$SELECT loyalty.claim_mdf('err_club', '42', 10, 'booth')$$),
+('claim_mdf: amount NaN', $$SELECT loyalty.claim_mdf('err_club', '42', 'NaN', 'booth')$$),
+('claim_mdf: amount in tenths of cents', $$SELECT loyalty.claim_mdf('err_club', '42', 10.001, 'booth')$$),
+('claim_mdf: amount negative', $$SELECT loyalty.claim_mdf('err_club', '42', -10, 'booth')$$),
+('claim_mdf: no purpose', $$SELECT loyalty.claim_mdf('err_club', '42', 10, ' ')$$),
+('approve_mdf_claim: unknown', $$SELECT loyalty.approve_mdf_claim(gen_random_uuid())$$),
+('reject_mdf_claim: NULL', $$SELECT loyalty.reject_mdf_claim(NULL)$$);
+CREATE TEMP TABLE op_results (n int, what text, sqlstate text, message text, has_detail boolean, has_hint boolean, context text);
+DO $run$
+DECLARE
+    c record;
+    st text; msg text; det text; hnt text; ctx text;
+BEGIN
+    FOR c IN SELECT * FROM op_cases ORDER BY n LOOP
+        BEGIN
+            EXECUTE c.call;
+            INSERT INTO op_results VALUES (c.n, c.what, '(accepted)');
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+                                    hnt = PG_EXCEPTION_HINT, ctx = PG_EXCEPTION_CONTEXT;
+            ctx := (SELECT string_agg(DISTINCT m[1], ', ')
+                    FROM regexp_matches(ctx, '(loyalty\.\w+)\(', 'g') AS m);
+            INSERT INTO op_results VALUES (c.n, c.what, st,
+                regexp_replace(msg, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<uuid>', 'g'),
+                coalesce(det, '') <> '', coalesce(hnt, '') <> '', ctx);
+        END;
+    END LOOP;
+END
+$run$;
+\pset format unaligned
+SELECT what, sqlstate, message, has_detail, has_hint, context FROM op_results ORDER BY n;
+\pset format aligned
+-- nothing was posted by the refusals: the ledger holds the one award
+SELECT kind, points FROM loyalty.ledger l JOIN loyalty.program p USING (program_id) WHERE p.name = 'err_club' AND kind <> 'earn';
+SELECT count(*) AS redemptions FROM loyalty.redemption d JOIN loyalty.program p USING (program_id) WHERE p.name = 'err_club';
+SELECT * FROM loyalty.verify('err_club');

@@ -107,6 +107,22 @@ INSERT INTO decision VALUES
  'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
 ('loyalty.end_rebate_agreement(text,text,date)', 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
 ('loyalty.accrue_rebates(text,date)', 'loyalty_admin,loyalty_operator', true, true, 'posts rebate estimates from loyalty''s tables only; no user code'),
+-- Rewards, actions, MDF: typed arguments, no dynamic SQL, no caller-defined
+-- name (everything qualified, search_path pinned), so they write as the
+-- owner.  The catalogue and the action rules are configuration (admins);
+-- redeeming, awarding, claiming and deciding are operations (operators).
+('loyalty.set_reward(text,text,text,bigint,text,text,integer,integer,integer,text,date,date,text,boolean)',
+ 'loyalty_admin', true, true, 'configures the catalogue; typed arguments, no dynamic SQL'),
+('loyalty.set_action_rule(text,text,bigint,boolean,bigint,text,date)',
+ 'loyalty_admin', true, true, 'configures action rules; typed arguments, no dynamic SQL'),
+('loyalty.redeem(text,text,text,integer,text)', 'loyalty_operator', true, true, 'a debit; typed arguments, no dynamic SQL'),
+('loyalty.cancel_redemption(uuid)', 'loyalty_operator', true, true, 'reverses a redemption; no dynamic SQL'),
+('loyalty.award(text,text,text,date,text,text,integer)', 'loyalty_operator', true, true, 'posts awards; typed arguments, no dynamic SQL'),
+('loyalty.approve_award(uuid,text)', 'loyalty_operator', true, true, 'decides an award; no dynamic SQL'),
+('loyalty.reject_award(uuid,text)', 'loyalty_operator', true, true, 'decides an award; no dynamic SQL'),
+('loyalty.claim_mdf(text,text,numeric,text,text)', 'loyalty_operator', true, true, 'a debit of the MDF wallet; no dynamic SQL'),
+('loyalty.approve_mdf_claim(uuid,text)', 'loyalty_operator', true, true, 'a debit of the MDF wallet; no dynamic SQL'),
+('loyalty.reject_mdf_claim(uuid,text)', 'loyalty_operator', true, true, 'decides a claim; no dynamic SQL'),
 -- Triggers: they fire whatever their function's privileges; creating one
 -- needs EXECUTE, which only the owner has.
 ('loyalty.accrue()', '', false, true, 'accrual trigger'),
@@ -155,8 +171,6 @@ INSERT INTO decision VALUES
 ('loyalty._set_tier(integer,text,text,text)', '', false, true, 'internal: tier change by hand'),
 -- Settlement steps of the other wallets (52_expiry, 53_rebates, 61_actions,
 -- 63_mdf): called by settle() as the owner.
-('loyalty._settle_mdf(integer,date,date)', '', false, true, 'internal: settlement step, MDF'),
-('loyalty._action_counts(integer,text,date,date)', '', false, true, 'internal: approved actions per account, for tiers'),
 ('loyalty._expiry_threshold(integer,date)', '', false, true, 'internal: the first month still valid at a cutoff'),
 ('loyalty._expiry_due(integer,date,text)', '', false, true, 'internal: points due to expire at a cutoff (FIFO closed form)'),
 ('loyalty._settle_expiry(integer,date,date)', '', false, true, 'internal: settlement''s expiry, called by settle()'),
@@ -166,6 +180,14 @@ INSERT INTO decision VALUES
 ('loyalty._rebate_periods(integer,date,boolean)', '', false, true, 'internal: rebate periods with volume, final, accrued, last line'),
 ('loyalty._write_settlement_lines(integer,date,text[],text[],date[],date[],numeric[],numeric[],numeric[],numeric[],integer[])', '', false, true, 'internal: writes settlement lines and posts them'),
 ('loyalty._settle_rebates(integer,date,date)', '', false, true, 'internal: settlement''s rebate true-up and adjustments, called by settle()'),
+('loyalty._await_postings(integer,text)', '', false, false, 'internal: a debit waits for postings in flight (C, reads balance_delta''s index)'),
+('loyalty._decide_award(uuid,boolean,text)', '', false, true, 'internal: approval or rejection of an award'),
+('loyalty._action_counts(integer,text,date,date)', '', false, true, 'internal: approved actions for tier qualification'),
+('loyalty._post_member(integer,text,loyalty.ledger_kind,bigint,text,text,xid8,bigint)', '', false, true, 'internal: posts an entry and the member''s running total'),
+('loyalty._verify_members(integer,text)', '', false, true, 'internal: verify''s member and redemption checks'),
+('loyalty._settle_mdf(integer,date,date)', '', false, true, 'internal: MDF accrual at settlement'),
+('loyalty._decide_mdf_claim(uuid,boolean,text)', '', false, true, 'internal: approval or rejection of an MDF claim'),
+('loyalty._mdf_rate(integer,text,date)', '', false, true, 'internal: the MDF rate of an account on a date (its tier''s mdf_rate benefit)'),
 -- pure C, no SQL, no name resolved: no SET clause
 ('loyalty._ledger_number()', '', false, false, 'internal: the transaction''s next entry number'),
 ('loyalty._is_staff()', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: is the caller a loyalty role (the partner check)'),
@@ -233,7 +255,7 @@ WHERE ((a.language <> 'c' OR a.definer) AND NOT a.pinned AND a.prokind <> 'a')
 
 --
 -- Tables: what each loyalty role may write, directly.  Nothing but
--- members, rewards, and the resolved_at of a dead letter: every other
+-- members and the resolved_at of a dead letter: every other
 -- change goes through a function that checks it.
 --
 SELECT c.relname AS "table", r.rolname AS role,

@@ -93,6 +93,11 @@ SELECT loyalty._capped_points((SELECT program_id FROM loyalty.program WHERE name
 SELECT loyalty._capped_points((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), '{{2024-01-01}}', '{{1}}');
 SELECT loyalty._capped_points((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), '{2024-01-01,2024-02-01}', '{9223372036854775807,1}');
 SELECT loyalty.accrue();
+-- _await_postings (a debit waits for postings in flight): NULLs, unknown
+-- programs and accounts, a key longer than any account's wait for nothing
+SELECT loyalty._await_postings(NULL, NULL), loyalty._await_postings(-1, ''),
+       loyalty._await_postings((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), repeat('k', 100000)),
+       loyalty._await_postings((SELECT program_id FROM loyalty.program WHERE name = 'internal_fn'), '7');
 
 -- A real posting still works, and verify agrees.
 INSERT INTO inf.invoice VALUES (1, 7, '2024-01-10', 10.50), (2, 8, '2024-02-10', 20.25);

@@ -520,45 +520,84 @@ CREATE TABLE @extschema@.reward (
     stock             integer CHECK (stock OPERATOR(pg_catalog.>=) 0),
     per_account_limit integer CHECK (per_account_limit OPERATOR(pg_catalog.>) 0),
     active            boolean NOT NULL DEFAULT true,
-    PRIMARY KEY (program_id, reward_id)
+    kind              text NOT NULL DEFAULT 'goods'
+                      CHECK (kind IN ('discount', 'goods', 'training', 'consultancy', 'extended_warranty',
+                                      'marketing_support', 'trade_show', 'service_visit', 'expert_session', 'other')),
+    description       text,
+    valid_from        date,
+    valid_until       date,
+    period_limit      integer CHECK (period_limit OPERATOR(pg_catalog.>) 0),
+    limit_period      text CHECK (limit_period IN ('month', 'quarter', 'year')),
+    PRIMARY KEY (program_id, reward_id),
+    CONSTRAINT reward_limit_pair_check CHECK ((period_limit IS NULL) = (limit_period IS NULL)),
+    CONSTRAINT reward_window_check CHECK (valid_until OPERATOR(pg_catalog.>) valid_from)
 );
-COMMENT ON TABLE @extschema@.reward IS 'Catalogue of rewards (goods, discounts, business services) with their points price.';
+COMMENT ON TABLE @extschema@.reward IS 'Catalogue of rewards (discounts, goods and business services: training seats, consultancy hours, extended warranty, marketing support, trade-show places, service visits, sessions with experts) with their points price and limits. Written with loyalty.set_reward(); redeemed with loyalty.redeem().';
 COMMENT ON COLUMN @extschema@.reward.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.reward.reward_id IS 'The reward''s code.';
 COMMENT ON COLUMN @extschema@.reward.name IS 'What the partner sees.';
 COMMENT ON COLUMN @extschema@.reward.points_price IS 'Points per unit.';
 COMMENT ON COLUMN @extschema@.reward.min_tier IS 'Lowest tier that may redeem it; NULL = any.';
-COMMENT ON COLUMN @extschema@.reward.stock IS 'Units left; NULL = unlimited.';
-COMMENT ON COLUMN @extschema@.reward.per_account_limit IS 'Most units one account may redeem; NULL = unlimited.';
+COMMENT ON COLUMN @extschema@.reward.stock IS 'Units left; NULL = unlimited. Each redemption takes its units, each cancellation gives them back.';
+COMMENT ON COLUMN @extschema@.reward.per_account_limit IS 'Most units one account may redeem in all (cancelled redemptions not counted); NULL = unlimited.';
 COMMENT ON COLUMN @extschema@.reward.active IS 'Whether it can be redeemed now.';
+COMMENT ON COLUMN @extschema@.reward.kind IS 'What it is: discount, goods, training, consultancy, extended_warranty, marketing_support, trade_show, service_visit, expert_session or other.';
+COMMENT ON COLUMN @extschema@.reward.description IS 'Longer description for the catalogue.';
+COMMENT ON COLUMN @extschema@.reward.valid_from IS 'First day (program calendar) it can be redeemed; NULL = since always.';
+COMMENT ON COLUMN @extschema@.reward.valid_until IS 'First day (program calendar) it can no longer be redeemed; NULL = no end.';
+COMMENT ON COLUMN @extschema@.reward.period_limit IS 'Most units one account may redeem per calendar period (limit_period), cancelled redemptions not counted; NULL = no such limit.';
+COMMENT ON COLUMN @extschema@.reward.limit_period IS 'The calendar period of period_limit: month, quarter or year (program calendar).';
 
+-- Keyed by the account and its debit number (loyalty._lock_for_debit): no
+-- sequence, co-located with the account.  No foreign key to loyalty.reward:
+-- its check would share-lock the reward's row in every redemption, one row
+-- that all redemptions of a popular reward would then queue on; a reward is
+-- never deleted (no loyalty role may, and set_reward deactivates instead).
+-- None to loyalty.account or loyalty.member either, as for the ledger:
+-- each check is a trigger and a query per redemption; redeem() checks the
+-- account and the member itself, an account with postings cannot be deleted
+-- (account_keep), no loyalty role may delete a member, and verify's member
+-- check (_verify_members) reports entries of unknown members.
 CREATE TABLE @extschema@.redemption (
-    program_id      integer NOT NULL,
-    redemption_id   bigint GENERATED ALWAYS AS IDENTITY,
-    account_key     text NOT NULL,
-    reward_id       text NOT NULL,
-    quantity        integer NOT NULL CHECK (quantity OPERATOR(pg_catalog.>) 0),
-    points          bigint NOT NULL CHECK (points OPERATOR(pg_catalog.>) 0),
-    status          text NOT NULL DEFAULT 'requested' CHECK (status IN ('requested', 'approved', 'fulfilled', 'cancelled')),
-    requested_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    cancelled_at    timestamptz,
-    ledger_entry_no bigint,
-    PRIMARY KEY (program_id, redemption_id),
-    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
-    FOREIGN KEY (program_id, reward_id) REFERENCES @extschema@.reward,
-    CHECK ((status = 'cancelled') = (cancelled_at IS NOT NULL))
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    redemption_no bigint NOT NULL,
+    redemption_id uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    reward_id     text NOT NULL,
+    member_id     text,
+    quantity      integer NOT NULL CHECK (quantity OPERATOR(pg_catalog.>) 0),
+    points        bigint NOT NULL CHECK (points OPERATOR(pg_catalog.>) 0),
+    status        text NOT NULL DEFAULT 'redeemed' CHECK (status IN ('redeemed', 'cancelled')),
+    redeemed_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    redeemed_on   date NOT NULL,
+    posted_xid    xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    entry_no      bigint NOT NULL,
+    cancelled_at  timestamptz,
+    cancel_xid    xid8,
+    cancel_entry_no bigint,
+    PRIMARY KEY (program_id, account_key, redemption_no),
+    CONSTRAINT redemption_cancel_check
+        CHECK ((status OPERATOR(pg_catalog.=) 'cancelled') = (cancelled_at IS NOT NULL)
+               AND (cancelled_at IS NULL) = (cancel_xid IS NULL) AND (cancel_xid IS NULL) = (cancel_entry_no IS NULL))
 );
-COMMENT ON TABLE @extschema@.redemption IS 'Rewards redeemed; a cancellation posts a reversing ledger entry.';
+CREATE INDEX redemption_id_idx ON @extschema@.redemption (redemption_id);
+COMMENT ON TABLE @extschema@.redemption IS 'Rewards redeemed (loyalty.redeem): each spent its points with a ledger entry of kind redeem; a cancellation (loyalty.cancel_redemption) posts the opposite entry, pointing at the original.';
 COMMENT ON COLUMN @extschema@.redemption.program_id IS 'The program.';
-COMMENT ON COLUMN @extschema@.redemption.redemption_id IS 'Surrogate key.';
 COMMENT ON COLUMN @extschema@.redemption.account_key IS 'The redeeming account.';
+COMMENT ON COLUMN @extschema@.redemption.redemption_no IS 'The account''s debit number (loyalty.account.debit_no) the redemption took.';
+COMMENT ON COLUMN @extschema@.redemption.redemption_id IS 'The redemption''s identifier, returned by loyalty.redeem() and taken by loyalty.cancel_redemption().';
 COMMENT ON COLUMN @extschema@.redemption.reward_id IS 'The reward.';
+COMMENT ON COLUMN @extschema@.redemption.member_id IS 'The member who redeemed from their own points; NULL = the account.';
 COMMENT ON COLUMN @extschema@.redemption.quantity IS 'Units.';
-COMMENT ON COLUMN @extschema@.redemption.points IS 'Points spent (quantity x price).';
-COMMENT ON COLUMN @extschema@.redemption.status IS 'requested, approved, fulfilled or cancelled.';
-COMMENT ON COLUMN @extschema@.redemption.requested_at IS 'When it was requested.';
+COMMENT ON COLUMN @extschema@.redemption.points IS 'Points spent (quantity x price at the time).';
+COMMENT ON COLUMN @extschema@.redemption.status IS 'redeemed or cancelled.';
+COMMENT ON COLUMN @extschema@.redemption.redeemed_at IS 'When it was redeemed.';
+COMMENT ON COLUMN @extschema@.redemption.redeemed_on IS 'The day it was redeemed in the program''s calendar (the per-period limit counts by it).';
+COMMENT ON COLUMN @extschema@.redemption.posted_xid IS 'Transaction of the ledger entry that spent the points.';
+COMMENT ON COLUMN @extschema@.redemption.entry_no IS 'Entry number (within posted_xid) of the ledger entry that spent the points.';
 COMMENT ON COLUMN @extschema@.redemption.cancelled_at IS 'When it was cancelled.';
-COMMENT ON COLUMN @extschema@.redemption.ledger_entry_no IS 'The ledger entry that spent the points.';
+COMMENT ON COLUMN @extschema@.redemption.cancel_xid IS 'Transaction of the ledger entry that gave the points back.';
+COMMENT ON COLUMN @extschema@.redemption.cancel_entry_no IS 'Entry number (within cancel_xid) of the ledger entry that gave the points back.';
 
 CREATE TABLE @extschema@.tier_history (
     program_id         integer NOT NULL,
@@ -665,13 +704,11 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_folded', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_folded', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.reward', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_history', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.settlement_run', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.program_program_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment_attachment_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption_redemption_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event_event_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.product_history', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
@@ -757,9 +794,10 @@ CREATE TRIGGER rejected_event_resolved_once BEFORE UPDATE OF resolved_at ON @ext
 -- functions, admins configure programs.  No role writes the accrual or
 -- configuration tables directly: the functions that check what a change
 -- may do are the only way in (they write as the extension owner), so no
--- direct write can bypass their checks.  Members and rewards have no
--- functions yet and stay writable; of a dead letter, only resolved_at.
+-- direct write can bypass their checks.  Members have no functions yet and
+-- stay writable (the rewards catalogue is written by loyalty.set_reward);
+-- of a dead letter, only resolved_at.
 GRANT USAGE ON SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO loyalty_reader, loyalty_operator, loyalty_admin;
-GRANT INSERT, UPDATE ON @extschema@.member, @extschema@.reward TO loyalty_operator, loyalty_admin;
+GRANT INSERT, UPDATE ON @extschema@.member TO loyalty_operator, loyalty_admin;
 GRANT UPDATE (resolved_at) ON @extschema@.rejected_event TO loyalty_operator, loyalty_admin;

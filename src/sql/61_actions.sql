@@ -1,10 +1,421 @@
--- Non-purchase actions.  Placeholder: the actions work replaces this file
--- (tier qualification on action counts calls it by name).
 
+-- Non-purchase actions: training completed, certification, referral that
+-- signs, lead registered or won, survey answered, product review, startup
+-- onboarded.  Versioned rules per program and action (points per action,
+-- cap per period, approval needed or not), awards keyed by the account and
+-- its own counter, idempotent by the CRM's reference.  Only approved awards
+-- post points and count for tier qualification (_action_counts).
+
+CREATE TABLE @extschema@.action_rule (
+    program_id     integer NOT NULL REFERENCES @extschema@.program,
+    action         text NOT NULL CHECK (action OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,62}$'),
+    valid_from     date NOT NULL CHECK (valid_from OPERATOR(pg_catalog.<>) 'infinity'::date),
+    points         bigint NOT NULL CHECK (points OPERATOR(pg_catalog.>=) 0 AND points OPERATOR(pg_catalog.<=) 1000000000),
+    needs_approval boolean NOT NULL DEFAULT false,
+    cap_points     bigint CHECK (cap_points OPERATOR(pg_catalog.>) 0),
+    cap_period     text CHECK (cap_period IN ('month', 'quarter', 'year')),
+    created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (program_id, action, valid_from),
+    CONSTRAINT action_rule_cap_pair_check CHECK ((cap_points IS NULL) = (cap_period IS NULL))
+);
+COMMENT ON TABLE @extschema@.action_rule IS 'Versioned rules for non-purchase actions (loyalty.set_action_rule): an action earns by the version in force on the day it occurred.';
+COMMENT ON COLUMN @extschema@.action_rule.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.action_rule.action IS 'The action''s code, e.g. training_completed, certification, referral_signed, lead_registered, lead_won, survey_answered, product_review, startup_onboarded.';
+COMMENT ON COLUMN @extschema@.action_rule.valid_from IS 'First day of occurrence this version applies to (-infinity for the first version).';
+COMMENT ON COLUMN @extschema@.action_rule.points IS 'Points per action (per unit of quantity).';
+COMMENT ON COLUMN @extschema@.action_rule.needs_approval IS 'When true, an award waits as pending until an operator approves it (loyalty.approve_award) and posts nothing before.';
+COMMENT ON COLUMN @extschema@.action_rule.cap_points IS 'Most points one account earns from this action per cap period (pending awards count, rejected ones do not); NULL = no cap.';
+COMMENT ON COLUMN @extschema@.action_rule.cap_period IS 'Calendar period of the cap, by the day the action occurred: month, quarter or year.';
+COMMENT ON COLUMN @extschema@.action_rule.created_at IS 'When the version was written.';
+
+CREATE TABLE @extschema@.award (
+    program_id    integer NOT NULL,
+    account_key   text NOT NULL,
+    award_no      bigint NOT NULL,
+    award_id      uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    action        text NOT NULL,
+    member_id     text,
+    occurred_on   date NOT NULL,
+    quantity      integer NOT NULL CHECK (quantity OPERATOR(pg_catalog.>) 0),
+    rule_from     date NOT NULL,
+    points        bigint NOT NULL CHECK (points OPERATOR(pg_catalog.>=) 0),
+    capped        bigint NOT NULL DEFAULT 0 CHECK (capped OPERATOR(pg_catalog.>=) 0),
+    reference     text,
+    status        text NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
+    awarded_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    decided_at    timestamptz,
+    decided_by    text,
+    note          text,
+    posted_xid    xid8,
+    entry_no      bigint,
+    PRIMARY KEY (program_id, account_key, award_no),
+    CONSTRAINT award_reference_key UNIQUE (program_id, account_key, reference),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    FOREIGN KEY (program_id, account_key, member_id) REFERENCES @extschema@.member,
+    CONSTRAINT award_decision_check CHECK ((status OPERATOR(pg_catalog.=) 'pending') = (decided_at IS NULL)),
+    CONSTRAINT award_entry_check CHECK ((posted_xid IS NULL) = (entry_no IS NULL)
+                                        AND (entry_no IS NULL OR status OPERATOR(pg_catalog.=) 'approved'))
+);
+CREATE INDEX award_id_idx ON @extschema@.award (award_id);
+CREATE INDEX award_action_idx ON @extschema@.award (program_id, action, occurred_on) WHERE status = 'approved';
+COMMENT ON TABLE @extschema@.award IS 'Points for non-purchase actions (loyalty.award), one row per CRM event: pending, approved or rejected. An approved award with points has its ledger entry of kind award (posted_xid, entry_no).';
+COMMENT ON COLUMN @extschema@.award.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.award.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.award.award_no IS 'The account''s debit number (loyalty.account.debit_no) the award took: a per-account counter.';
+COMMENT ON COLUMN @extschema@.award.award_id IS 'The award''s identifier, returned by loyalty.award() and taken by approve_award() and reject_award().';
+COMMENT ON COLUMN @extschema@.award.action IS 'The action (loyalty.action_rule).';
+COMMENT ON COLUMN @extschema@.award.member_id IS 'The member who did it (their own points); NULL = the account.';
+COMMENT ON COLUMN @extschema@.award.occurred_on IS 'When the action took place: decides the rule version and the cap period.';
+COMMENT ON COLUMN @extschema@.award.quantity IS 'How many actions the event counts (e.g. seats of a training).';
+COMMENT ON COLUMN @extschema@.award.rule_from IS 'valid_from of the rule version it earned by.';
+COMMENT ON COLUMN @extschema@.award.points IS 'Points it earns (posted once approved), after the cap.';
+COMMENT ON COLUMN @extschema@.award.capped IS 'Points the cap withheld.';
+COMMENT ON COLUMN @extschema@.award.reference IS 'The CRM''s identifier of the event: the same reference for the same account awards once.';
+COMMENT ON COLUMN @extschema@.award.status IS 'pending (waits for approval), approved (counts) or rejected (never counts).';
+COMMENT ON COLUMN @extschema@.award.awarded_at IS 'When it was recorded.';
+COMMENT ON COLUMN @extschema@.award.decided_at IS 'When it was approved or rejected (at once for actions that need no approval).';
+COMMENT ON COLUMN @extschema@.award.decided_by IS 'Session user who approved or rejected it.';
+COMMENT ON COLUMN @extschema@.award.note IS 'Why it was approved or rejected.';
+COMMENT ON COLUMN @extschema@.award.posted_xid IS 'Transaction of its ledger entry (NULL: nothing posted).';
+COMMENT ON COLUMN @extschema@.award.entry_no IS 'Entry number (within posted_xid) of its ledger entry.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.action_rule', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.award', '');
+
+CREATE FUNCTION @extschema@.set_action_rule(
+    program        text,
+    action         text,
+    points         bigint,
+    needs_approval boolean DEFAULT false,
+    cap_points     bigint DEFAULT NULL,
+    cap_period     text DEFAULT NULL,
+    valid_from     date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    since date := valid_from;
+    last_award date;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF action IS NULL OR action !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'action must be a code of lower-case letters, digits and _ (1 to 63, starting with a letter)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('action %s was given.', coalesce(pg_catalog.quote_literal(action), 'NULL')),
+                  HINT = 'For example action => ''certification''.';
+    END IF;
+    IF points IS NULL OR points < 0 OR points > 1000000000 THEN
+        RAISE EXCEPTION 'points of action "%" must be between 0 and 1000000000', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('points %s was given.', coalesce(points::text, 'NULL')),
+                  HINT = 'Give the points one action earns.';
+    END IF;
+    IF needs_approval IS NULL THEN
+        RAISE EXCEPTION 'needs_approval of action "%" must not be NULL', action
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'needs_approval says whether an operator must approve each award.',
+                  HINT = 'Give true or false.';
+    END IF;
+    IF (cap_points IS NULL) <> (cap_period IS NULL) OR cap_points <= 0
+       OR cap_period <> ALL (ARRAY['month', 'quarter', 'year']) THEN
+        RAISE EXCEPTION 'cap_points and cap_period of action "%" go together: a positive cap per month, quarter or year', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('cap_points %s, cap_period %s were given.', coalesce(cap_points::text, 'NULL'),
+                                             coalesce(pg_catalog.quote_literal(cap_period), 'NULL')),
+                  HINT = 'For example cap_points => 500, cap_period => ''quarter''; both NULL for no cap.';
+    END IF;
+    IF since = 'infinity' THEN
+        RAISE EXCEPTION 'valid_from of action "%" must not be infinity', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_from is the first day of occurrence the version applies to.',
+                  HINT = 'Give a date, or NULL: the first version then applies to every day, a later one from today.';
+    END IF;
+    IF since IS NULL THEN
+        since := CASE WHEN EXISTS (SELECT FROM @extschema@.action_rule r WHERE r.program_id = pid AND r.action = action)
+                      THEN @extschema@._today(pid) ELSE '-infinity' END;
+    END IF;
+    -- What an award earned never changes: a version may start only after
+    -- the last action already awarded.
+    SELECT pg_catalog.max(w.occurred_on) INTO last_award FROM @extschema@.award w
+    WHERE w.program_id = pid AND w.action = action;
+    IF last_award >= since THEN
+        RAISE EXCEPTION 'valid_from % of action "%" is not after the last action awarded (%)', since, action, last_award
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Awards already made keep the version they earned by.',
+                  HINT = pg_catalog.format('Give valid_from => ''%s'' or later.', last_award + 1);
+    END IF;
+    INSERT INTO @extschema@.action_rule AS r (program_id, action, valid_from, points, needs_approval, cap_points, cap_period)
+    VALUES (pid, action, since, points, needs_approval, cap_points, cap_period)
+    ON CONFLICT ON CONSTRAINT action_rule_pkey DO UPDATE
+    SET points = excluded.points, needs_approval = excluded.needs_approval, cap_points = excluded.cap_points,
+        cap_period = excluded.cap_period, created_at = excluded.created_at;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date) IS
+'Writes a version of a non-purchase action''s rule: points per action, approval needed or not, cap per period. valid_from NULL: the first version applies to every day, a later one from today. A version can start only after the last action already awarded.';
+
+CREATE FUNCTION @extschema@.award(
+    program     text,
+    account_key text,
+    action      text,
+    occurred_on date DEFAULT NULL,
+    member      text DEFAULT NULL,
+    reference   text DEFAULT NULL,
+    quantity    integer DEFAULT 1)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    today date;
+    day date;
+    rule @extschema@.action_rule;
+    prior @extschema@.award;
+    no bigint;
+    earned numeric;
+    granted bigint;
+    used bigint;
+    period_start date;
+    st text;
+    entry bigint;
+    id uuid;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id, (pg_catalog.now() AT TIME ZONE p.time_zone)::date INTO pid, today
+    FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts earn points for actions.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
+                                          AND m.account_key = account_key AND m.member_id = member) THEN
+        RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'A member earns for the account they belong to.',
+                  HINT = 'Add the person to loyalty.member first, or award the account (member => NULL).';
+    END IF;
+    day := coalesce(occurred_on, today);
+    IF NOT pg_catalog.isfinite(day) OR day > today THEN
+        RAISE EXCEPTION 'occurred_on % is not a day that has happened', day
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('Today is %s in the program''s calendar.', today),
+                  HINT = 'Give the day the action took place, or NULL for today.';
+    END IF;
+    IF quantity IS NULL OR quantity <= 0 THEN
+        RAISE EXCEPTION 'quantity must be a positive number of actions'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
+                  HINT = 'Give 1 for one action.';
+    END IF;
+    IF reference = '' THEN
+        RAISE EXCEPTION 'reference must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'reference is the CRM''s identifier of the event.',
+                  HINT = 'Give the event''s identifier, or NULL when there is none.';
+    END IF;
+    SELECT * INTO rule FROM @extschema@.action_rule r
+    WHERE r.program_id = pid AND r.action = action AND r.valid_from <= day
+    ORDER BY r.valid_from DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action "%" has no rule in program "%" on %', action, program, day
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'action is an action of loyalty.action_rule in force on the day it occurred.',
+                  HINT = 'Define it with loyalty.set_action_rule().';
+    END IF;
+
+    -- One award of the account at a time: the cap and the reference are
+    -- checked on everything committed before.
+    no := @extschema@._lock_for_debit(pid, account_key);
+    IF reference IS NOT NULL THEN
+        SELECT * INTO prior FROM @extschema@.award w
+        WHERE w.program_id = pid AND w.account_key = account_key AND w.reference = reference;
+        IF FOUND THEN
+            IF (prior.action, prior.member_id, prior.occurred_on, prior.quantity)
+               IS DISTINCT FROM (action, member, day, quantity) THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already awarded for another event', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It was awarded for %s x %s on %s%s.', prior.quantity, prior.action,
+                                                     prior.occurred_on, coalesce(' by member ' || prior.member_id, '')),
+                          HINT = 'A reference names one CRM event; give the new event its own reference.';
+            END IF;
+            RETURN prior.award_id;      -- the same event again: awarded once
+        END IF;
+    END IF;
+
+    earned := rule.points::numeric * quantity;
+    granted := LEAST(earned, 9223372036854775807);
+    IF rule.cap_points IS NOT NULL THEN
+        period_start := pg_catalog.date_trunc(rule.cap_period, day::timestamp)::date;
+        SELECT coalesce(pg_catalog.sum(w.points), 0) INTO used FROM @extschema@.award w
+        WHERE w.program_id = pid AND w.account_key = account_key AND w.action = action
+          AND w.status <> 'rejected' AND w.occurred_on >= period_start
+          AND w.occurred_on < (period_start + CASE rule.cap_period WHEN 'month' THEN interval '1 month'
+                                                                   WHEN 'quarter' THEN interval '3 months'
+                                                                   ELSE interval '1 year' END)::date;
+        granted := GREATEST(0, LEAST(granted, rule.cap_points - used));
+    END IF;
+    st := CASE WHEN rule.needs_approval THEN 'pending' ELSE 'approved' END;
+    IF st = 'approved' THEN
+        entry := @extschema@._post_member(pid, account_key, 'award', granted,
+                                          pg_catalog.format('%s x %s', quantity, action) || coalesce(' ref ' || reference, ''),
+                                          member);
+    END IF;
+    INSERT INTO @extschema@.award AS w (program_id, account_key, award_no, action, member_id, occurred_on, quantity, rule_from,
+                                        points, capped, reference, status, decided_at, posted_xid, entry_no)
+    VALUES (pid, account_key, no, action, member, day, quantity, rule.valid_from, granted,
+            LEAST(earned - granted, 9223372036854775807), reference, st,
+            CASE WHEN st = 'approved' THEN pg_catalog.now() END,
+            CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry)
+    RETURNING w.award_id INTO id;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.award(text, text, text, date, text, text, integer) IS
+'Awards points for a non-purchase action to an account (or one of its members) by the rule version in force on occurred_on (default today), capped per period; returns the award''s id. Idempotent by reference: the same CRM event again returns the first award and posts nothing. An action that needs approval waits as pending and posts nothing until loyalty.approve_award().';
+
+-- Approval and rejection: one decision per award.
+CREATE FUNCTION @extschema@._decide_award(award_id uuid, approve boolean, note text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    w @extschema@.award;
+    entry bigint;
+BEGIN
+    SELECT * INTO w FROM @extschema@.award x WHERE x.award_id = award_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM @extschema@._lock_for_debit(w.program_id, w.account_key);
+    SELECT * INTO w FROM @extschema@.award x
+    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
+    IF w.status <> 'pending' THEN
+        RETURN;
+    END IF;
+    IF approve THEN
+        entry := @extschema@._post_member(w.program_id, w.account_key, 'award', w.points,
+                                          pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
+                                          w.member_id);
+    END IF;
+    UPDATE @extschema@.award x
+    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
+        decided_by = SESSION_USER, note = _decide_award.note,
+        posted_xid = CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = entry
+    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_award(uuid, boolean, text) IS
+'Internal: approves (posts the points) or rejects a pending award, under the account''s lock; does nothing to an award that is not pending.';
+
+CREATE FUNCTION @extschema@.approve_award(award_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    st text;
+BEGIN
+    IF award_id IS NULL THEN
+        RAISE EXCEPTION 'award_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    END IF;
+    PERFORM @extschema@._decide_award(award_id, true, note);
+    SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
+    IF st IS NULL THEN
+        RAISE EXCEPTION 'award_id names no award'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    ELSIF st = 'rejected' THEN
+        RAISE EXCEPTION 'the award was rejected and cannot be approved'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Award %s was rejected; a decision on an award is final.', award_id),
+                  HINT = 'Record the event again with a new reference if it is genuine.';
+    END IF;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.approve_award(uuid, text) IS
+'Approves a pending award: posts its points (ledger kind award) and makes it count for tier qualification. Approving an approved award again changes nothing; returns the status.';
+
+CREATE FUNCTION @extschema@.reject_award(award_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    st text;
+BEGIN
+    IF award_id IS NULL THEN
+        RAISE EXCEPTION 'award_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    END IF;
+    PERFORM @extschema@._decide_award(award_id, false, note);
+    SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
+    IF st IS NULL THEN
+        RAISE EXCEPTION 'award_id names no award'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    ELSIF st = 'approved' THEN
+        RAISE EXCEPTION 'the award was approved and cannot be rejected'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Award %s was approved and its points posted; a decision on an award is final.', award_id),
+                  HINT = 'Take the points back with an adjustment if the approval was a mistake.';
+    END IF;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.reject_award(uuid, text) IS
+'Rejects a pending award: it posts nothing, never counts, and frees its share of the cap. Rejecting a rejected award again changes nothing; returns the status.';
+
+-- Read by settlement for tier qualification on counted actions.
 CREATE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
 RETURNS TABLE (account_key text, actions bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$ SELECT NULL::text, NULL::bigint WHERE false $$;
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
+FROM @extschema@.award w
+WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
+  AND w.status OPERATOR(pg_catalog.=) 'approved'
+  AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
+GROUP BY w.account_key
+$$;
 COMMENT ON FUNCTION @extschema@._action_counts(integer, text, date, date) IS
-    'Internal: approved actions of a kind per account dated in [from_date, to_date), for tier qualification on action counts. Placeholder returning no rows, replaced by the actions work.';
-REVOKE ALL ON FUNCTION @extschema@._action_counts(integer, text, date, date) FROM PUBLIC;
+'Internal: approved actions per account that occurred in [from_date, to_date) (their quantities summed), for tier qualification at settlement.';
+
+REVOKE ALL ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date),
+                      @extschema@.award(text, text, text, date, text, text, integer),
+                      @extschema@._decide_award(uuid, boolean, text),
+                      @extschema@.approve_award(uuid, text), @extschema@.reject_award(uuid, text),
+                      @extschema@._action_counts(integer, text, date, date) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date) TO loyalty_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.award(text, text, text, date, text, text, integer),
+                          @extschema@.approve_award(uuid, text), @extschema@.reject_award(uuid, text) TO loyalty_operator;
+GRANT SELECT ON @extschema@.action_rule, @extschema@.award TO loyalty_reader, loyalty_operator, loyalty_admin;

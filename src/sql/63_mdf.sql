@@ -1,9 +1,320 @@
--- Market development funds at settlement.  Placeholder: the MDF work
--- replaces this file (the settlement frame in 50_settlement.sql calls it by name).
 
-CREATE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date) RETURNS numeric
-LANGUAGE sql SET search_path = pg_catalog, pg_temp
-RETURN 0::numeric;
+-- Market development funds: a wallet of money (ledger column mdf) that
+-- accrues at settlement as a tier-dependent share of the period's qualifying
+-- purchases (loyalty._settle_mdf, called by loyalty.settle), and that the
+-- partner spends through claims an operator approves.  A claim is a debit:
+-- the debit protocol of redemptions (account lock, wait for postings in
+-- flight, balance read after the lock) makes sure the wallet never goes
+-- below zero, at the claim (pending claims reserve their amount) and again
+-- at the approval, which posts the negative mdf entry.
+
+CREATE TABLE @extschema@.mdf_accrual (
+    program_id   integer NOT NULL,
+    account_key  text NOT NULL,
+    period_end   date NOT NULL,
+    period_start date NOT NULL,
+    spend        numeric NOT NULL,
+    rate         numeric NOT NULL,
+    amount       numeric NOT NULL CHECK (amount OPERATOR(pg_catalog.>=) 0),
+    posted_xid   xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    entry_no     bigint,
+    PRIMARY KEY (program_id, account_key, period_end),
+    CHECK (period_end OPERATOR(pg_catalog.>) period_start)
+);
+COMMENT ON TABLE @extschema@.mdf_accrual IS 'MDF accrued per account and settlement period (loyalty._settle_mdf): the period''s qualifying spend times the MDF rate of the account''s tier. One row per account and period: settling a period again credits no account twice.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.period_end IS 'Day after the period''s last day (exclusive end), as in loyalty.settlement_run.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.period_start IS 'First day of the period.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.spend IS 'Qualifying spend of the documents dated in the period (loyalty.accrual_month).';
+COMMENT ON COLUMN @extschema@.mdf_accrual.rate IS 'MDF rate of the account''s tier at the period''s end (fraction of spend).';
+COMMENT ON COLUMN @extschema@.mdf_accrual.amount IS 'MDF credited: spend (0 if negative) times rate, rounded to cents.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.posted_xid IS 'Transaction of the settlement that credited it.';
+COMMENT ON COLUMN @extschema@.mdf_accrual.entry_no IS 'Entry number (within posted_xid) of its ledger entry of kind mdf; NULL when the amount was 0.';
+
+CREATE TABLE @extschema@.mdf_claim (
+    program_id  integer NOT NULL,
+    account_key text NOT NULL,
+    claim_no    bigint NOT NULL,
+    claim_id    uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+    amount      numeric NOT NULL CHECK (amount OPERATOR(pg_catalog.>) 0),
+    purpose     text NOT NULL,
+    reference   text,
+    status      text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'approved', 'rejected')),
+    claimed_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    decided_at  timestamptz,
+    decided_by  text,
+    note        text,
+    posted_xid  xid8,
+    entry_no    bigint,
+    PRIMARY KEY (program_id, account_key, claim_no),
+    CONSTRAINT mdf_claim_reference_key UNIQUE (program_id, account_key, reference),
+    FOREIGN KEY (program_id, account_key) REFERENCES @extschema@.account,
+    CONSTRAINT mdf_claim_decision_check CHECK ((status OPERATOR(pg_catalog.=) 'pending') = (decided_at IS NULL)),
+    CONSTRAINT mdf_claim_entry_check CHECK ((status OPERATOR(pg_catalog.=) 'approved') = (entry_no IS NOT NULL)
+                                           AND (posted_xid IS NULL) = (entry_no IS NULL))
+);
+CREATE INDEX mdf_claim_id_idx ON @extschema@.mdf_claim (claim_id);
+COMMENT ON TABLE @extschema@.mdf_claim IS 'Claims against the MDF wallet (loyalty.claim_mdf): pending until an operator approves (the ledger entry of kind mdf takes the amount from the wallet) or rejects (nothing posted).';
+COMMENT ON COLUMN @extschema@.mdf_claim.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.mdf_claim.account_key IS 'The claiming account.';
+COMMENT ON COLUMN @extschema@.mdf_claim.claim_no IS 'The account''s debit number (loyalty.account.debit_no) the claim took.';
+COMMENT ON COLUMN @extschema@.mdf_claim.claim_id IS 'The claim''s identifier, returned by loyalty.claim_mdf() and taken by approve_mdf_claim() and reject_mdf_claim().';
+COMMENT ON COLUMN @extschema@.mdf_claim.amount IS 'Money claimed, in the program''s currency (cents at most).';
+COMMENT ON COLUMN @extschema@.mdf_claim.purpose IS 'What the funds pay for (campaign, event, co-op advertising).';
+COMMENT ON COLUMN @extschema@.mdf_claim.reference IS 'The partner portal''s identifier of the claim: the same reference for the same account claims once.';
+COMMENT ON COLUMN @extschema@.mdf_claim.status IS 'pending, approved or rejected.';
+COMMENT ON COLUMN @extschema@.mdf_claim.claimed_at IS 'When it was claimed.';
+COMMENT ON COLUMN @extschema@.mdf_claim.decided_at IS 'When it was approved or rejected.';
+COMMENT ON COLUMN @extschema@.mdf_claim.decided_by IS 'Session user who approved or rejected it.';
+COMMENT ON COLUMN @extschema@.mdf_claim.note IS 'Why it was approved or rejected.';
+COMMENT ON COLUMN @extschema@.mdf_claim.posted_xid IS 'Transaction of the ledger entry that paid it (approved claims).';
+COMMENT ON COLUMN @extschema@.mdf_claim.entry_no IS 'Entry number (within posted_xid) of the ledger entry that paid it.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.mdf_accrual', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.mdf_claim', '');
+GRANT SELECT ON @extschema@.mdf_accrual, @extschema@.mdf_claim TO loyalty_reader, loyalty_operator, loyalty_admin;
+
+-- Called by loyalty.settle() inside its settlement transaction.
+CREATE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total numeric;
+BEGIN
+    IF period_start IS NULL OR period_end IS NULL OR period_end < period_start THEN
+        RAISE EXCEPTION 'MDF period [%, %] is empty', period_start, period_end
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period_start and period_end are the period''s first and last days, both included (as loyalty.settle passes them).',
+                  HINT = 'Give period_start <= period_end.';
+    END IF;
+    WITH spend AS (
+        SELECT m.account_key, pg_catalog.sum(m.qualifying) AS spend
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id = $1 AND m.month >= pg_catalog.date_trunc('month', $2)::date AND m.month <= $3
+        GROUP BY m.account_key
+    ), due AS (
+        SELECT s.account_key, s.spend, @extschema@._mdf_rate($1, s.account_key, $3) AS rate
+        FROM spend s
+        WHERE NOT EXISTS (SELECT FROM @extschema@.mdf_accrual a
+                          WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.period_end = $3)
+    ), credited AS (
+        INSERT INTO @extschema@.mdf_accrual AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
+        SELECT $1, d.account_key, $3, $2, d.spend, d.rate, x.amount,
+               @extschema@._post($1, d.account_key, 'mdf', 0, pg_catalog.format('mdf accrual %s..%s', $2, $3), mdf => x.amount)
+        FROM due d, LATERAL (SELECT pg_catalog.round(GREATEST(d.spend, 0) * coalesce(d.rate, 0), 2) AS amount) x
+        WHERE x.amount > 0
+        ORDER BY d.account_key
+        RETURNING a.amount
+    )
+    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO total FROM credited c;
+    RETURN total;
+END
+$$;
 COMMENT ON FUNCTION @extschema@._settle_mdf(integer, date, date) IS
-    'Internal: settlement step that accrues the MDF of the period [period_start, period_end] (both days included) and returns the money accrued. Placeholder returning 0, replaced by the MDF work.';
-REVOKE ALL ON FUNCTION @extschema@._settle_mdf(integer, date, date) FROM PUBLIC;
+'Internal: credits the MDF wallets for a settlement period (called by loyalty.settle): per account, the qualifying spend of the document months from period_start''s to period_end''s (both days included) times the MDF rate of its tier at period_end (loyalty._mdf_rate), rounded to cents; accounts already credited for the period are skipped. Returns the total credited.';
+
+CREATE FUNCTION @extschema@.claim_mdf(
+    program     text,
+    account_key text,
+    amount      numeric,
+    purpose     text,
+    reference   text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    no bigint;
+    prior @extschema@.mdf_claim;
+    wallet numeric;
+    reserved numeric;
+    id uuid;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have an MDF wallet.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF amount IS NULL OR amount <= 0 OR amount = 'Infinity' OR amount = 'NaN' OR amount <> pg_catalog.round(amount, 2) THEN
+        RAISE EXCEPTION 'amount must be a positive sum of money in cents'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('amount %s was given.', coalesce(amount::text, 'NULL')),
+                  HINT = 'For example amount => 1500.00.';
+    END IF;
+    IF purpose IS NULL OR btrim(purpose) = '' THEN
+        RAISE EXCEPTION 'purpose must not be NULL or empty'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'purpose says what the funds pay for; the approver reads it.',
+                  HINT = 'For example purpose => ''Trade show booth, spring fair''.';
+    END IF;
+    IF reference = '' THEN
+        RAISE EXCEPTION 'reference must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'reference is the partner portal''s identifier of the claim.',
+                  HINT = 'Give the claim''s identifier, or NULL when there is none.';
+    END IF;
+
+    no := @extschema@._lock_for_debit(pid, account_key);
+    PERFORM @extschema@._await_postings(pid, account_key);
+    IF reference IS NOT NULL THEN
+        SELECT * INTO prior FROM @extschema@.mdf_claim c
+        WHERE c.program_id = pid AND c.account_key = account_key AND c.reference = reference;
+        IF FOUND THEN
+            IF prior.amount <> amount OR prior.purpose <> purpose THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already claimed for another amount or purpose', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It claimed %s for %s.', prior.amount, pg_catalog.quote_literal(prior.purpose)),
+                          HINT = 'A reference names one claim; give a new claim its own reference.';
+            END IF;
+            RETURN prior.claim_id;      -- the same claim again
+        END IF;
+    END IF;
+    SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key;
+    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO reserved FROM @extschema@.mdf_claim c
+    WHERE c.program_id = pid AND c.account_key = account_key AND c.status = 'pending';
+    IF coalesce(wallet, 0) - reserved < amount THEN
+        RAISE EXCEPTION 'account "%" has % of MDF available, % claimed', account_key, coalesce(wallet, 0) - reserved, amount
+            USING ERRCODE = 'LY001',
+                  DETAIL = pg_catalog.format('The wallet holds %s, of which pending claims reserve %s; it never goes below zero.',
+                                             coalesce(wallet, 0), reserved),
+                  HINT = 'Nothing was claimed. Claim less, or after the next settlement credits the wallet.';
+    END IF;
+    INSERT INTO @extschema@.mdf_claim AS c (program_id, account_key, claim_no, amount, purpose, reference)
+    VALUES (pid, account_key, no, amount, purpose, reference)
+    RETURNING c.claim_id INTO id;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.claim_mdf(text, text, numeric, text, text) IS
+'Claims an amount from an account''s MDF wallet, pending an operator''s approval; returns the claim''s id. The amount must be available: the wallet less the pending claims (SQLSTATE LY001 otherwise, nothing written). Idempotent by reference.';
+
+CREATE FUNCTION @extschema@._decide_mdf_claim(claim_id uuid, approve boolean, note text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    c @extschema@.mdf_claim;
+    wallet numeric;
+    entry bigint;
+BEGIN
+    SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM @extschema@._lock_for_debit(c.program_id, c.account_key);
+    PERFORM @extschema@._await_postings(c.program_id, c.account_key);
+    SELECT * INTO c FROM @extschema@.mdf_claim x
+    WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
+    IF c.status <> 'pending' THEN
+        RETURN;
+    END IF;
+    IF approve THEN
+        SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
+        IF coalesce(wallet, 0) < c.amount THEN
+            RETURN;             -- the caller reports it
+        END IF;
+        entry := @extschema@._post(c.program_id, c.account_key, 'mdf', 0,
+                                   pg_catalog.format('mdf claim: %s', c.purpose) || coalesce(' ref ' || c.reference, ''),
+                                   mdf => -c.amount);
+    END IF;
+    UPDATE @extschema@.mdf_claim x
+    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
+        decided_by = SESSION_USER, note = _decide_mdf_claim.note,
+        posted_xid = CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = entry
+    WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_mdf_claim(uuid, boolean, text) IS
+'Internal: approves (pays from the wallet, if it still holds the amount) or rejects a pending MDF claim, under the account''s lock; does nothing to a claim that is not pending.';
+
+CREATE FUNCTION @extschema@.approve_mdf_claim(claim_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    c @extschema@.mdf_claim;
+    wallet numeric;
+BEGIN
+    IF claim_id IS NULL THEN
+        RAISE EXCEPTION 'claim_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    END IF;
+    PERFORM @extschema@._decide_mdf_claim(claim_id, true, note);
+    SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'claim_id names no MDF claim'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    ELSIF c.status = 'rejected' THEN
+        RAISE EXCEPTION 'the MDF claim was rejected and cannot be approved'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Claim %s was rejected; a decision on a claim is final.', claim_id),
+                  HINT = 'File a new claim if it is genuine.';
+    ELSIF c.status = 'pending' THEN
+        SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
+        RAISE EXCEPTION 'account "%" has % of MDF, the claim asks %', c.account_key, coalesce(wallet, 0), c.amount
+            USING ERRCODE = 'LY001',
+                  DETAIL = pg_catalog.format('Claim %s stays pending: the MDF wallet never goes below zero.', claim_id),
+                  HINT = 'The claim stays pending: approve it after the next settlement credits the wallet, or reject it.';
+    END IF;
+    RETURN c.status;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.approve_mdf_claim(uuid, text) IS
+'Approves a pending MDF claim: posts a ledger entry of kind mdf that takes the amount from the wallet, which must still hold it (SQLSTATE LY001 otherwise; the claim stays pending). Approving an approved claim again changes nothing; returns the status.';
+
+CREATE FUNCTION @extschema@.reject_mdf_claim(claim_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    st text;
+BEGIN
+    IF claim_id IS NULL THEN
+        RAISE EXCEPTION 'claim_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    END IF;
+    PERFORM @extschema@._decide_mdf_claim(claim_id, false, note);
+    SELECT x.status INTO st FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    IF st IS NULL THEN
+        RAISE EXCEPTION 'claim_id names no MDF claim'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    ELSIF st = 'approved' THEN
+        RAISE EXCEPTION 'the MDF claim was approved and cannot be rejected'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Claim %s was paid from the wallet; a decision on a claim is final.', claim_id),
+                  HINT = 'Nothing to do.';
+    END IF;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.reject_mdf_claim(uuid, text) IS
+'Rejects a pending MDF claim: nothing is posted and its reserve is released. Rejecting a rejected claim again changes nothing; returns the status.';
+
+REVOKE ALL ON FUNCTION @extschema@._settle_mdf(integer, date, date),
+                      @extschema@.claim_mdf(text, text, numeric, text, text),
+                      @extschema@._decide_mdf_claim(uuid, boolean, text),
+                      @extschema@.approve_mdf_claim(uuid, text), @extschema@.reject_mdf_claim(uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.claim_mdf(text, text, numeric, text, text),
+                          @extschema@.approve_mdf_claim(uuid, text), @extschema@.reject_mdf_claim(uuid, text) TO loyalty_operator;

@@ -1,0 +1,127 @@
+/*
+ * debit.c — what a debit (redemption, MDF claim) waits for before it reads
+ * a balance.  The account lock (loyalty._lock_for_debit) orders debits among
+ * themselves, but accrual never takes it: an ERP transaction posting a credit
+ * note for the account may be in flight, its balance delta appended and not
+ * committed.  A debit that checked the balance without it would spend points
+ * the credit note is about to take back.  So the debit waits for every
+ * transaction still in progress that appended a balance delta of the
+ * account: the redemption waits for the ERP, never the reverse.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "storage/lmgr.h"
+#include "storage/procarray.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/xid8.h"
+
+#include "loyalty.h"
+
+/*
+ * The full transaction id of xid, a transaction id not later than next:
+ * in next's epoch, or the one before when xid is numerically above next's.
+ */
+static FullTransactionId
+full_xid_before(FullTransactionId next, TransactionId xid)
+{
+	uint32		epoch = EpochFromFullTransactionId(next);
+
+	if (xid > XidFromFullTransactionId(next) && epoch > 0)
+		epoch--;
+	return FullTransactionIdFromEpochAndXid(epoch, xid);
+}
+
+/*
+ * Reads balance_delta's primary key (program_id, account_key, posted_xid,
+ * delta_no) for (program, account) and waits for each transaction still in
+ * progress among the posting transactions, other than our own.  The index
+ * entries carry posted_xid, the posting's top-level transaction, so the heap
+ * is never visited: an entry older than RecentXmin (set by this
+ * transaction's last snapshot: every transaction before it had finished)
+ * is passed over at once, whatever became of its row (a fold may have
+ * deleted it); only the few recent ones are looked up in the proc array.
+ * Returns how many transactions it waited for.
+ */
+static int
+await_deltas(Relation rel, Relation idx, int32 program_id, text *account_key)
+{
+	ScanKeyData sk[2];
+	IndexScanDesc scan;
+	FullTransactionId horizon = full_xid_before(ReadNextFullTransactionId(), RecentXmin);
+	FullTransactionId mine = GetTopFullTransactionIdIfAny();
+	TransactionId last = InvalidTransactionId;
+	int			waited = 0;
+
+	ScanKeyEntryInitialize(&sk[0], 0, 1, BTEqualStrategyNumber, InvalidOid, InvalidOid,
+						   F_INT4EQ, Int32GetDatum(program_id));
+	ScanKeyEntryInitialize(&sk[1], 0, 2, BTEqualStrategyNumber, InvalidOid, DEFAULT_COLLATION_OID,
+						   F_TEXTEQ, PointerGetDatum(account_key));
+	scan = index_beginscan(rel, idx, SnapshotAny, 2, 0);
+	scan->xs_want_itup = true;
+	index_rescan(scan, sk, 2, NULL, 0);
+	while (index_getnext_tid(scan, ForwardScanDirection) != NULL)
+	{
+		bool		isnull;
+		Datum		d = index_getattr(scan->xs_itup, 3, scan->xs_itupdesc, &isnull);
+		FullTransactionId fxid;
+		TransactionId xid;
+
+		if (isnull)
+			continue;
+		fxid = DatumGetFullTransactionId(d);
+		xid = XidFromFullTransactionId(fxid);
+		if (FullTransactionIdPrecedes(fxid, horizon) || FullTransactionIdEquals(fxid, mine) ||
+			TransactionIdEquals(xid, last) || !TransactionIdIsInProgress(xid))
+			continue;
+		XactLockTableWait(xid, NULL, NULL, XLTW_None);
+		last = xid;				/* its other deltas need no second wait */
+		waited++;
+	}
+	index_endscan(scan);
+	return waited;
+}
+
+PG_FUNCTION_INFO_V1(loyalty_await_postings);
+/*
+ * loyalty._await_postings(program_id, account_key): waits until no other
+ * transaction in progress has appended a balance delta of the account;
+ * returns how many transactions it waited for.
+ */
+Datum
+loyalty_await_postings(PG_FUNCTION_ARGS)
+{
+	int32		program_id;
+	text	   *account_key;
+	Relation	rel;
+	Relation	idx;
+	int			waited;
+
+	/*
+	 * Not STRICT: the planner would answer a call with NULL constants
+	 * without checking who may execute it.  No account, nothing to wait for.
+	 */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_INT32(0);
+	program_id = PG_GETARG_INT32(0);
+	account_key = PG_GETARG_TEXT_PP(1);
+	rel = table_open(get_relname_relid("balance_delta", get_namespace_oid("loyalty", false)), AccessShareLock);
+	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	waited = await_deltas(rel, idx, program_id, account_key);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	PG_RETURN_INT32(waited);
+}

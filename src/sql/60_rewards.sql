@@ -1,0 +1,367 @@
+
+-- Rewards: the catalogue, redemption and its cancellation.
+--
+-- A redemption is a debit and follows the debit protocol (45_postings.sql):
+-- it locks the account (loyalty._lock_for_debit), waits for transactions
+-- still posting to the account (a credit note of the ERP in flight), then,
+-- in later statements, reads the balance, the stock and the limits, and
+-- posts.  Locks are always taken in one order: the account, then the
+-- reward.  A credit note that starts after the check may still take the
+-- balance below zero: that is the invoice's reversal, not an overdraft of
+-- the redemption; a negative balance refuses every redemption until
+-- earnings cover it.
+
+-- Registered here rather than with the other tables (20_schema.sql), so that
+-- a fresh install lists it where the upgrade from 1.0, which re-creates the
+-- table, registers it again.
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.redemption', '');
+
+CREATE FUNCTION @extschema@._await_postings(program_id integer, account_key text) RETURNS integer
+AS 'MODULE_PATHNAME', 'loyalty_await_postings' LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@._await_postings(integer, text) IS
+'Internal: waits for the other transactions in progress that appended balance deltas of the account (an ERP credit note in flight), so that a debit reads a balance nobody is still changing; returns how many it waited for.';
+
+-- Writes one reward of the catalogue (insert or replace).
+CREATE FUNCTION @extschema@.set_reward(
+    program           text,
+    reward_id         text,
+    name              text,
+    points_price      bigint,
+    kind              text DEFAULT 'goods',
+    min_tier          text DEFAULT NULL,
+    stock             integer DEFAULT NULL,
+    per_account_limit integer DEFAULT NULL,
+    period_limit      integer DEFAULT NULL,
+    limit_period      text DEFAULT NULL,
+    valid_from        date DEFAULT NULL,
+    valid_until       date DEFAULT NULL,
+    description       text DEFAULT NULL,
+    active            boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    lad @extschema@.tier_ladder;
+    kinds text[] := ARRAY['discount', 'goods', 'training', 'consultancy', 'extended_warranty',
+                          'marketing_support', 'trade_show', 'service_visit', 'expert_session', 'other'];
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id, p.ladder INTO pid, lad FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF reward_id IS NULL OR reward_id = '' OR reward_id <> btrim(reward_id) OR length(reward_id) > 63 THEN
+        RAISE EXCEPTION 'reward_id must be a code of 1 to 63 characters without surrounding spaces'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('reward_id %s was given.', coalesce(pg_catalog.quote_literal(reward_id), 'NULL')),
+                  HINT = 'For example reward_id => ''TRAINING-SEAT''.';
+    END IF;
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'name of reward "%" must not be NULL or empty', reward_id
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'name is what the partner sees in the catalogue.',
+                  HINT = 'For example name => ''Training seat, 2 days''.';
+    END IF;
+    IF points_price IS NULL OR points_price <= 0 OR points_price > 1000000000000 THEN
+        RAISE EXCEPTION 'points_price of reward "%" must be between 1 and 1000000000000', reward_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('points_price %s was given.', coalesce(points_price::text, 'NULL')),
+                  HINT = 'Give the points one unit costs.';
+    END IF;
+    IF kind IS NULL OR kind <> ALL (kinds) THEN
+        RAISE EXCEPTION 'kind of reward "%" must be one of %', reward_id, pg_catalog.array_to_string(kinds, ', ')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('kind %s was given.', coalesce(pg_catalog.quote_literal(kind), 'NULL')),
+                  HINT = 'Use other for a reward that fits none of them.';
+    END IF;
+    IF min_tier IS NOT NULL AND (lad IS NULL OR NOT EXISTS (SELECT FROM @extschema@.tiers(lad) t WHERE t.name = min_tier)) THEN
+        RAISE EXCEPTION 'min_tier "%" is not a tier of program "%"', min_tier, program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = CASE WHEN lad IS NULL THEN 'The program has no tier ladder.'
+                                ELSE pg_catalog.format('Its tiers are %s.', lad) END,
+                  HINT = 'Give a tier name of the program''s ladder (exact case), or NULL for every tier.';
+    END IF;
+    IF stock < 0 OR per_account_limit <= 0 OR period_limit <= 0 THEN
+        RAISE EXCEPTION 'stock of reward "%" must not be negative, per_account_limit and period_limit must be positive', reward_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('stock %s, per_account_limit %s, period_limit %s were given.',
+                                             coalesce(stock::text, 'NULL'), coalesce(per_account_limit::text, 'NULL'),
+                                             coalesce(period_limit::text, 'NULL')),
+                  HINT = 'NULL means unlimited.';
+    END IF;
+    IF (period_limit IS NULL) <> (limit_period IS NULL) OR limit_period <> ALL (ARRAY['month', 'quarter', 'year']) THEN
+        RAISE EXCEPTION 'period_limit and limit_period of reward "%" go together; limit_period is month, quarter or year', reward_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('period_limit %s, limit_period %s were given.', coalesce(period_limit::text, 'NULL'),
+                                             coalesce(pg_catalog.quote_literal(limit_period), 'NULL')),
+                  HINT = 'For example period_limit => 2, limit_period => ''quarter''.';
+    END IF;
+    IF NOT pg_catalog.isfinite(valid_from) OR NOT pg_catalog.isfinite(valid_until) OR valid_until <= valid_from THEN
+        RAISE EXCEPTION 'valid_from and valid_until of reward "%" must be finite dates, valid_from before valid_until', reward_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('valid_from %s, valid_until %s were given.', coalesce(valid_from::text, 'NULL'),
+                                             coalesce(valid_until::text, 'NULL')),
+                  HINT = 'NULL means no start (valid_from) or no end (valid_until); valid_until is the first day it is no longer offered.';
+    END IF;
+    IF active IS NULL THEN
+        RAISE EXCEPTION 'active of reward "%" must not be NULL', reward_id
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'active says whether the reward can be redeemed.',
+                  HINT = 'Give true or false.';
+    END IF;
+    INSERT INTO @extschema@.reward AS r (program_id, reward_id, name, points_price, min_tier, stock, per_account_limit,
+                                         active, kind, description, valid_from, valid_until, period_limit, limit_period)
+    VALUES (pid, reward_id, name, points_price, min_tier, stock, per_account_limit,
+            active, kind, description, valid_from, valid_until, period_limit, limit_period)
+    ON CONFLICT ON CONSTRAINT reward_pkey DO UPDATE
+    SET name = excluded.name, points_price = excluded.points_price, min_tier = excluded.min_tier,
+        stock = excluded.stock, per_account_limit = excluded.per_account_limit, active = excluded.active,
+        kind = excluded.kind, description = excluded.description, valid_from = excluded.valid_from,
+        valid_until = excluded.valid_until, period_limit = excluded.period_limit, limit_period = excluded.limit_period;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean) IS
+'Adds a reward to a program''s catalogue, or replaces it: points price, kind, minimum tier, stock, per-account and per-period limits, validity window. Redemptions already made keep their price; deactivate (active => false) instead of deleting.';
+
+-- A redemption: one short transaction.
+CREATE FUNCTION @extschema@.redeem(
+    program     text,
+    account_key text,
+    reward      text,
+    quantity    integer DEFAULT 1,
+    member      text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    lad @extschema@.tier_ladder;
+    today date;
+    acct_tier text;
+    enrolled boolean;
+    r @extschema@.reward;
+    no bigint;
+    cost bigint;
+    have bigint;
+    used bigint;
+    entry bigint;
+    id uuid;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    -- the program, the account and the reward in one look-up
+    SELECT p.program_id, p.ladder, (pg_catalog.now() AT TIME ZONE p.time_zone)::date, a.account_key IS NOT NULL,
+           x.reward_id, x.points_price, x.stock, x.active, x.valid_from, x.valid_until, x.min_tier,
+           x.per_account_limit, x.period_limit, x.limit_period
+    INTO pid, lad, today, enrolled,
+         r.reward_id, r.points_price, r.stock, r.active, r.valid_from, r.valid_until, r.min_tier,
+         r.per_account_limit, r.period_limit, r.limit_period
+    FROM @extschema@.program p
+    LEFT JOIN @extschema@.account a ON a.program_id = p.program_id AND a.account_key = account_key
+    LEFT JOIN @extschema@.reward x ON x.program_id = p.program_id AND x.reward_id = reward
+    WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT enrolled THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have points to redeem.',
+                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
+    END IF;
+    IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
+                                          AND m.account_key = account_key AND m.member_id = member) THEN
+        RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'A member redeems from the points they earned at their own account.',
+                  HINT = 'Add the person to loyalty.member first, or redeem for the account (member => NULL).';
+    END IF;
+    IF quantity IS NULL OR quantity <= 0 THEN
+        RAISE EXCEPTION 'quantity must be a positive number of units'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
+                  HINT = 'Give the number of units to redeem, 1 or more.';
+    END IF;
+    IF r.reward_id IS NULL THEN
+        RAISE EXCEPTION 'reward "%" is not in the catalogue of program "%"', reward, program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'reward is a reward_id of loyalty.reward.',
+                  HINT = 'List the catalogue with SELECT reward_id, name FROM loyalty.reward.';
+    END IF;
+    IF r.points_price::numeric * quantity > 9223372036854775807 THEN
+        RAISE EXCEPTION 'quantity % of reward "%" costs more points than any balance can hold', quantity, reward
+            USING ERRCODE = 'numeric_value_out_of_range',
+                  DETAIL = pg_catalog.format('%s units at %s points each.', quantity, r.points_price),
+                  HINT = 'Redeem fewer units.';
+    END IF;
+
+    -- The debit protocol: the account first, then (only when it has a
+    -- stock to take from) the reward; everything read from here on is read
+    -- in statements after the lock.
+    no := @extschema@._lock_for_debit(pid, account_key);
+    PERFORM @extschema@._await_postings(pid, account_key);
+    IF r.stock IS NOT NULL THEN
+        SELECT * INTO r FROM @extschema@.reward x WHERE x.program_id = pid AND x.reward_id = reward FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'reward "%" left the catalogue of program "%"', reward, program
+                USING ERRCODE = 'undefined_object',
+                      DETAIL = 'It was deleted while the redemption waited for the account.',
+                      HINT = 'Nothing was redeemed. Deactivate rewards (active => false) instead of deleting them.';
+        END IF;
+    END IF;
+
+    IF NOT r.active OR today < r.valid_from OR today >= r.valid_until THEN
+        RAISE EXCEPTION 'reward "%" cannot be redeemed today', reward
+            USING ERRCODE = 'LY002',
+                  DETAIL = CASE WHEN NOT r.active THEN 'It is not active.'
+                                ELSE pg_catalog.format('It is offered from %s until (not including) %s; today is %s.',
+                                                       coalesce(r.valid_from::text, 'always'), coalesce(r.valid_until::text, 'no end'), today) END,
+                  HINT = 'Nothing was redeemed. Choose a reward on offer.';
+    END IF;
+    -- the tier as loyalty.tier() tells it (upgrades count at once)
+    IF r.min_tier IS NOT NULL THEN
+        SELECT b.tier INTO acct_tier FROM @extschema@.balance(program, account_key) b;
+    END IF;
+    IF r.min_tier IS NOT NULL
+       AND coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = acct_tier), 0)
+           < coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = r.min_tier), 0) THEN
+        RAISE EXCEPTION 'reward "%" needs tier % or higher; account "%" is %', reward, r.min_tier, account_key,
+                        coalesce('in tier ' || acct_tier, 'in no tier')
+            USING ERRCODE = 'LY002',
+                  DETAIL = pg_catalog.format('The program''s tiers are %s.', lad),
+                  HINT = 'Nothing was redeemed. Choose a reward of the account''s tier.';
+    END IF;
+    IF r.stock < quantity THEN
+        RAISE EXCEPTION 'reward "%" has % units left, % asked', reward, r.stock, quantity
+            USING ERRCODE = 'LY002',
+                  DETAIL = 'The stock never goes below zero.',
+                  HINT = 'Nothing was redeemed. Redeem fewer units, or restock with loyalty.set_reward().';
+    END IF;
+    IF r.per_account_limit IS NOT NULL OR r.period_limit IS NOT NULL THEN
+        SELECT coalesce(pg_catalog.sum(d.quantity), 0) INTO used FROM @extschema@.redemption d
+        WHERE d.program_id = pid AND d.account_key = account_key AND d.reward_id = reward AND d.status = 'redeemed';
+        IF used + quantity > r.per_account_limit THEN
+            RAISE EXCEPTION 'account "%" may redeem % units of reward "%" in all and has redeemed %', account_key,
+                            r.per_account_limit, reward, used
+                USING ERRCODE = 'LY002',
+                      DETAIL = pg_catalog.format('quantity %s would exceed the per-account limit.', quantity),
+                      HINT = 'Nothing was redeemed. Cancelled redemptions do not count.';
+        END IF;
+        SELECT coalesce(pg_catalog.sum(d.quantity), 0) INTO used FROM @extschema@.redemption d
+        WHERE d.program_id = pid AND d.account_key = account_key AND d.reward_id = reward AND d.status = 'redeemed'
+          AND d.redeemed_on >= pg_catalog.date_trunc(r.limit_period, today::timestamp)::date;
+        IF used + quantity > r.period_limit THEN
+            RAISE EXCEPTION 'account "%" may redeem % units of reward "%" per %, and has redeemed % this %', account_key,
+                            r.period_limit, reward, r.limit_period, used, r.limit_period
+                USING ERRCODE = 'LY002',
+                      DETAIL = pg_catalog.format('quantity %s would exceed the per-%s limit.', quantity, r.limit_period),
+                      HINT = 'Nothing was redeemed. Redeem again next period; cancelled redemptions do not count.';
+        END IF;
+    END IF;
+
+    cost := r.points_price * quantity;
+    SELECT b.points INTO have FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key;
+    IF coalesce(have, 0) < cost THEN
+        RAISE EXCEPTION 'account "%" has % points, % x reward "%" costs %', account_key, coalesce(have, 0), quantity, reward, cost
+            USING ERRCODE = 'LY001',
+                  DETAIL = 'A redemption never takes a balance below zero.',
+                  HINT = 'Nothing was redeemed. Redeem when earnings cover it.';
+    END IF;
+    IF member IS NOT NULL THEN
+        SELECT coalesce(pg_catalog.sum(t.points), 0) INTO have FROM @extschema@.member_points t
+        WHERE t.program_id = pid AND t.account_key = account_key AND t.member_id = member;
+        IF have < cost THEN
+            RAISE EXCEPTION 'member "%" of account "%" has % points, % x reward "%" costs %', member, account_key, have,
+                            quantity, reward, cost
+                USING ERRCODE = 'LY001',
+                      DETAIL = 'A member redeems from the points they earned, never below zero.',
+                      HINT = 'Nothing was redeemed. Redeem for the account instead (member => NULL).';
+        END IF;
+    END IF;
+
+    IF r.stock IS NOT NULL THEN
+        UPDATE @extschema@.reward x SET stock = x.stock - quantity WHERE x.program_id = pid AND x.reward_id = reward;
+    END IF;
+    IF member IS NULL THEN
+        entry := @extschema@._post(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward);
+    ELSE
+        entry := @extschema@._post_member(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward, member);
+    END IF;
+    INSERT INTO @extschema@.redemption AS d (program_id, account_key, redemption_no, reward_id, member_id, quantity, points,
+                                             redeemed_on, entry_no)
+    VALUES (pid, account_key, no, reward, member, quantity, cost, today, entry)
+    RETURNING d.redemption_id INTO id;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.redeem(text, text, text, integer, text) IS
+'Redeems quantity units of a reward for an account (or for one of its members, from the points they earned): checks the catalogue (active, validity window, minimum tier, stock, per-account and per-period limits) and the balance after locking the account, posts a ledger entry of kind redeem and returns the redemption''s id. Never overdraws: an insufficient balance fails with SQLSTATE LY001, a reward out of stock, out of its window or over a limit with LY002, and nothing is written.';
+
+CREATE FUNCTION @extschema@.cancel_redemption(redemption_id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    d @extschema@.redemption;
+    entry bigint;
+BEGIN
+    IF redemption_id IS NULL THEN
+        RAISE EXCEPTION 'redemption_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'redemption_id is what loyalty.redeem() returned.',
+                  HINT = 'Find it in loyalty.redemption.';
+    END IF;
+    SELECT * INTO d FROM @extschema@.redemption x WHERE x.redemption_id = redemption_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'redemption_id names no redemption'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No redemption has id %s; redemption_id is what loyalty.redeem() returned.', redemption_id),
+                  HINT = 'Find it in loyalty.redemption.';
+    END IF;
+    -- the same lock order as redeem: the account, then the reward
+    PERFORM @extschema@._lock_for_debit(d.program_id, d.account_key);
+    SELECT * INTO d FROM @extschema@.redemption x
+    WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
+    IF d.status = 'cancelled' THEN
+        RAISE EXCEPTION 'the redemption is already cancelled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Redemption %s was cancelled at %s; its points were given back then.', redemption_id, d.cancelled_at),
+                  HINT = 'Nothing to do.';
+    END IF;
+    UPDATE @extschema@.reward x SET stock = x.stock + d.quantity
+    WHERE x.program_id = d.program_id AND x.reward_id = d.reward_id AND x.stock IS NOT NULL;
+    entry := @extschema@._post_member(d.program_id, d.account_key, 'redeem', d.points,
+                                      pg_catalog.format('cancel redemption of %s x %s', d.quantity, d.reward_id),
+                                      d.member_id, corrects_xid => d.posted_xid, corrects => d.entry_no);
+    UPDATE @extschema@.redemption x
+    SET status = 'cancelled', cancelled_at = pg_catalog.now(), cancel_xid = pg_catalog.pg_current_xact_id(), cancel_entry_no = entry
+    WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.cancel_redemption(uuid) IS
+'Cancels a redemption: gives its points back with a ledger entry of kind redeem pointing at the original (corrects_xid, corrects), and its units back to the stock. A redemption is cancelled once.';
+
+REVOKE ALL ON FUNCTION @extschema@._await_postings(integer, text),
+                      @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean),
+                      @extschema@.redeem(text, text, text, integer, text),
+                      @extschema@.cancel_redemption(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean)
+TO loyalty_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.redeem(text, text, text, integer, text),
+                          @extschema@.cancel_redemption(uuid) TO loyalty_operator;
