@@ -4,7 +4,7 @@
 -- the account's balance counts them too.  Both are exact: the member's
 -- running total (loyalty.member_points, read through loyalty.member_balance)
 -- equals the sum of the ledger entries that carry the member, and
--- loyalty._verify_members says so (verify() calls it after the merge).  The
+-- loyalty._verify_members says so (verify() calls it).  The
 -- leaderboard ranks accounts and members by the points they earned per
 -- period.
 --
@@ -73,6 +73,9 @@ UPDATE loyalty.redemption SET points = points + 1 WHERE program_id = :pid AND ac
 SELECT account_key, regexp_replace(item, '[0-9a-f-]{36}', '<id>') AS item, expected, actual
 FROM loyalty._verify_members(:pid, NULL) ORDER BY 1, 2;
 SELECT account_key, regexp_replace(item, '[0-9a-f-]{36}', '<id>') AS item FROM loyalty._verify_members(:pid, 'bolt') ORDER BY 2;
+-- verify() reports the same rows
+SELECT account_key, regexp_replace(item, '[0-9a-f-]{36}', '<id>') AS item FROM loyalty.verify('mb_vip')
+WHERE item !~ '^balance_' ORDER BY 1, 2;
 ROLLBACK;
 SELECT count(*) AS drift FROM loyalty._verify_members(:pid, NULL);
 

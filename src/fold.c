@@ -118,7 +118,7 @@ read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, S
 	{
 		Oid			t[2] = {INT4OID, INT4OID};
 
-		plan = loyalty_prepare(
+		plan = loyalty_prepare_batch(
 			"SELECT d.ctid, d.account_key, d.points, d.qualifying, d.rebate, d.mdf, d.entry_count,"
 			"  d.m_month, d.m_attachment, d.m_points, d.m_qualifying, d.m_source_rows, d.last_doc_date"
 			" FROM loyalty.balance_delta d WHERE d.program_id OPERATOR(pg_catalog.=) $1"
@@ -177,7 +177,7 @@ read_folded(const Program *prog, FoldAccount *accts, int n, SPITupleTable **tt)
 	{
 		Oid			t[2] = {INT4OID, TEXTARRAYOID};
 
-		plan = loyalty_prepare(
+		plan = loyalty_prepare_batch(
 			"SELECT k.i, f.points, f.qualifying, f.rebate, f.mdf, f.entry_count,"
 			"  f.m_month, f.m_attachment, f.m_points, f.m_qualifying, f.m_source_rows, f.last_doc_date, a.tier,"
 			"  a.account_key IS NOT NULL"
@@ -333,7 +333,7 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
 		if (upsert != NULL)
 			SPI_freeplan(upsert);
 		upsert = NULL;
-		upsert = loyalty_prepare(
+		upsert = loyalty_prepare_batch(
 			"INSERT INTO loyalty.balance_folded AS b (program_id, account_key, points, qualifying, rebate, mdf,"
 			"  entry_count, m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date)"
 			" SELECT $1, u.account_key, u.points, u.qualifying, u.rebate, u.mdf, u.entry_count,"
@@ -362,7 +362,7 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
 		{
 			Oid			t[4] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
 
-			caps = loyalty_prepare(
+			caps = loyalty_prepare_batch(
 				"INSERT INTO loyalty.ledger (program_id, account_key, entry_no, kind, points, reason)"
 				" SELECT $1, u.k, u.e, 'cap', u.p, 'fold'"
 				" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, e, p)",
@@ -378,7 +378,7 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
 	{
 		Oid			t[1] = {TIDARRAYOID};
 
-		del = loyalty_prepare("DELETE FROM loyalty.balance_delta WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)", 1, t);
+		del = loyalty_prepare_batch("DELETE FROM loyalty.balance_delta WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)", 1, t);
 	}
 	args[0] = tids;
 	loyalty_spi_check(SPI_execute_plan(del, args, NULL, false, 0), SPI_OK_DELETE, "delete folded deltas");
@@ -413,7 +413,7 @@ enroll_missing(const Program *prog, FoldAccount *accts, int n)
 	{
 		Oid			t[2] = {INT4OID, TEXTARRAYOID};
 
-		plan = loyalty_prepare(
+		plan = loyalty_prepare_batch(
 			"INSERT INTO loyalty.account (program_id, account_key, enrolled_by, enrolled_from)"
 			" SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2) AS k ORDER BY k"
 			" ON CONFLICT DO NOTHING", 2, t);
@@ -493,7 +493,7 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 		 * number is the account's next: every tier writer of the program
 		 * holds the tier lock this fold holds, so no other can take it.
 		 */
-		plan = loyalty_prepare(
+		plan = loyalty_prepare_batch(
 			"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
 			"                                    pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(k, old_tier, new_tier, q, eff)),"
 			" upd AS (UPDATE loyalty.account a SET tier = u.new_tier, tier_since = pg_catalog.now()"
@@ -551,7 +551,7 @@ fold_unenrolled(const Program *prog)
 	{
 		Oid			t[1] = {INT4OID};
 
-		plan = loyalty_prepare(
+		plan = loyalty_prepare_batch(
 			"WITH d AS (DELETE FROM loyalty.unenrolled_delta x WHERE x.program_id OPERATOR(pg_catalog.=) $1"
 			"           RETURNING x.attachment_id, x.account_key, x.source_rows, x.amount, x.seen_at)"
 			" INSERT INTO loyalty.unenrolled_folded AS f"

@@ -47,6 +47,7 @@ extern void loyalty_require(bool isnull, const char *param, const char *detail, 
 extern void loyalty_spi_check(int ret, int expected, const char *what);
 extern void loyalty_rethrow_as_own(ErrorData *edata) pg_attribute_noreturn();
 extern SPIPlanPtr loyalty_prepare(const char *sql, int nargs, Oid *argtypes);
+extern SPIPlanPtr loyalty_prepare_batch(const char *sql, int nargs, Oid *argtypes);
 extern int	loyalty_execute_latest(SPIPlanPtr plan, Datum *args, long tcount);
 extern Datum loyalty_text_array(char **values, bool *nulls, int n);
 extern Datum loyalty_int8_array(int64 *values, int n);
