@@ -76,6 +76,10 @@ fi
 if [ "${accrued:-0}" = 1 ]; then
   log "quarter-end settlement: tiers, benefits, statement (demo/settlement.sql)"
   demo_sql -f "$DEMO_SQL/settlement.sql"
+  log "point expiry and retrospective rebates: estimates, true-up, credit-note lines (demo/wallet.sql)"
+  demo_sql -f "$DEMO_SQL/wallet.sql"
+  log "rewards: catalogue, redemptions, awards with approval, MDF, leaderboard (demo/rewards.sql)"
+  demo_sql -f "$DEMO_SQL/rewards.sql"
   log "incremental ROI: cohorts, a simulated lift, the report and the KPIs (demo/roi.sql)"
   demo_sql -v svg="$DEMO_SQL/roi.svg" -f "$DEMO_SQL/roi.sql"
   cp "$DEMO_SQL/roi.svg" "$OUT_DIR/roi.svg"

@@ -361,11 +361,13 @@ BEGIN
     RAISE NOTICE 'settle "%" %..%: % accounts counted', program, pstart, period_end, n;
     changed := @extschema@._settle_tiers(pid, period_end);
     RAISE NOTICE 'settle "%" %..%: % tier changes', program, pstart, period_end, changed;
-    rebates := @extschema@._settle_rebates(pid, pstart, period_end);
+    -- the rebate and expiry steps take the day after the period as their
+    -- cutoff (the period's documents are those dated before it)
+    rebates := @extschema@._settle_rebates(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
     RAISE NOTICE 'settle "%" %..%: rebates trued up %', program, pstart, period_end, rebates;
     mdf := @extschema@._settle_mdf(pid, pstart, period_end);
     RAISE NOTICE 'settle "%" %..%: MDF accrued %', program, pstart, period_end, mdf;
-    expired := @extschema@._settle_expiry(pid, pstart, period_end);
+    expired := @extschema@._settle_expiry(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
     RAISE NOTICE 'settle "%" %..%: % points expired', program, pstart, period_end, expired;
 
     INSERT INTO @extschema@.settlement_run AS r
