@@ -401,26 +401,33 @@ loyalty_rethrow_as_own(ErrorData *edata)
 			 edata->constraint_name ? err_generic_string(PG_DIAG_CONSTRAINT_NAME, edata->constraint_name) : 0));
 }
 
-SPIPlanPtr
-loyalty_prepare(const char *sql, int nargs, Oid *argtypes)
+/* Prepares sql as the owner and keeps the plan for the backend's life. */
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes, int cursor_options)
 {
-	/*
-	 * Generic plans: the arguments are arrays whose values do not change the
-	 * best plan, and re-planning per statement would cost more than the
-	 * accrual itself on single-row inserts.
-	 */
 	OwnerScope	scope;
 	SPIPlanPtr	plan;
 
 	/* parsed as the owner: the ERP's role may not even see schema loyalty */
 	loyalty_enter_owner(&scope);
-	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, cursor_options);
 	loyalty_leave_owner(&scope);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	if (SPI_keepplan(plan) != 0)
 		elog(ERROR, "SPI_keepplan failed");
 	return plan;
+}
+
+/*
+ * Generic plans: the arguments are arrays whose values do not change the
+ * best plan, and re-planning per statement would cost more than the
+ * accrual itself on single-row inserts.
+ */
+SPIPlanPtr
+loyalty_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_kept(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /*
@@ -434,17 +441,7 @@ loyalty_prepare(const char *sql, int nargs, Oid *argtypes)
 SPIPlanPtr
 loyalty_prepare_batch(const char *sql, int nargs, Oid *argtypes)
 {
-	OwnerScope	scope;
-	SPIPlanPtr	plan;
-
-	loyalty_enter_owner(&scope);
-	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_CUSTOM_PLAN);
-	loyalty_leave_owner(&scope);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
+	return prepare_kept(sql, nargs, argtypes, CURSOR_OPT_CUSTOM_PLAN);
 }
 
 Datum
