@@ -7644,3 +7644,86 @@ BEGIN
 END
 $$;
 
+
+-- ---- grant_partner and revoke_partner check their program argument with the shared loyalty._program_problem ----
+CREATE OR REPLACE FUNCTION @extschema@.grant_partner(login regrole, program text, account_key text, member_id text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    -- the shared check of a program argument, raised here so that the
+    -- error comes from this function (no internal helper in its CONTEXT)
+    e text[] := @extschema@._program_problem(program);
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) grant_partner.program;
+    IF login IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN login IS NULL THEN 'login' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'grant_partner maps a login role to one account of a program.',
+                  HINT = 'For example loyalty.grant_partner(''acme_portal'', ''Distributor Club'', ''1042'').';
+    END IF;
+    IF (SELECT r.rolsuper OR r.rolcreaterole OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) login)
+       OR pg_catalog.pg_has_role(login, 'loyalty_reader', 'USAGE') OR pg_catalog.pg_has_role(login, 'loyalty_operator', 'USAGE')
+       OR pg_catalog.pg_has_role(login, 'loyalty_admin', 'USAGE') THEN
+        RAISE EXCEPTION 'role % cannot be a partner login', login
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A superuser, a role that creates roles or bypasses row-level security, or a loyalty role reads every account: mapping it to one account would restrict nothing.',
+                  HINT = 'Create a login role for the partner alone, e.g. CREATE ROLE acme_portal LOGIN.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a
+                   WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) grant_partner.account_key) THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'account_key must name an account of the program (loyalty.account).',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF member_id IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m
+                   WHERE m.program_id OPERATOR(pg_catalog.=) pid AND m.account_key OPERATOR(pg_catalog.=) grant_partner.account_key
+                     AND m.member_id OPERATOR(pg_catalog.=) grant_partner.member_id) THEN
+        RAISE EXCEPTION 'member "%" does not exist at account "%"', member_id, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'member_id must name a member of the account, or be NULL.',
+                  HINT = 'Members are rows of loyalty.member.';
+    END IF;
+    INSERT INTO @extschema@.partner_login AS pl (login, program_id, account_key, member_id)
+    VALUES (login, pid, account_key, member_id)
+    ON CONFLICT ON CONSTRAINT partner_login_pkey DO UPDATE
+    SET account_key = excluded.account_key, member_id = excluded.member_id, granted_at = pg_catalog.now();
+    EXECUTE pg_catalog.format('GRANT loyalty_partner TO %I', pg_catalog.pg_get_userbyid(login));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.revoke_partner(login regrole, program text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    -- the shared check of a program argument, raised here so that the
+    -- error comes from this function (no internal helper in its CONTEXT)
+    e text[] := @extschema@._program_problem(program);
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) revoke_partner.program;
+    IF login IS NULL THEN
+        RAISE EXCEPTION 'login must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'revoke_partner ends the access of one login role to its account of a program.',
+                  HINT = 'For example loyalty.revoke_partner(''acme_portal'', ''Distributor Club'').';
+    END IF;
+    DELETE FROM @extschema@.partner_login pl
+    WHERE pl.login OPERATOR(pg_catalog.=) revoke_partner.login AND pl.program_id OPERATOR(pg_catalog.=) pid;
+    IF NOT FOUND THEN
+        RAISE NOTICE 'role % had no account of program "%"', login, program;
+    END IF;
+    -- the role stays a loyalty_partner while it maps an account of another program
+    IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl WHERE pl.login OPERATOR(pg_catalog.=) revoke_partner.login)
+       AND pg_catalog.pg_has_role(login, 'loyalty_partner', 'MEMBER') THEN
+        EXECUTE pg_catalog.format('REVOKE loyalty_partner FROM %I', pg_catalog.pg_get_userbyid(login));
+    END IF;
+END
+$$;
+

@@ -64,15 +64,14 @@ RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer;
+    -- the shared check of a program argument, raised here so that the
+    -- error comes from this function (no internal helper in its CONTEXT)
+    e text[] := @extschema@._program_problem(program);
 BEGIN
-    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) grant_partner.program;
-    IF pid IS NULL THEN
-        RAISE EXCEPTION '%', CASE WHEN program IS NULL THEN 'program must not be NULL'
-                                  ELSE pg_catalog.format('loyalty program "%s" does not exist', program) END
-            USING ERRCODE = CASE WHEN program IS NULL THEN 'null_value_not_allowed' ELSE 'undefined_object' END,
-                  DETAIL = 'program names no program of this database (names are case-sensitive).',
-                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) grant_partner.program;
     IF login IS NULL OR account_key IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN login IS NULL THEN 'login' ELSE 'account_key' END
             USING ERRCODE = 'null_value_not_allowed',
@@ -115,15 +114,14 @@ CREATE FUNCTION @extschema@.revoke_partner(login regrole, program text) RETURNS 
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer;
+    -- the shared check of a program argument, raised here so that the
+    -- error comes from this function (no internal helper in its CONTEXT)
+    e text[] := @extschema@._program_problem(program);
 BEGIN
-    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) revoke_partner.program;
-    IF pid IS NULL THEN
-        RAISE EXCEPTION '%', CASE WHEN program IS NULL THEN 'program must not be NULL'
-                                  ELSE pg_catalog.format('loyalty program "%s" does not exist', program) END
-            USING ERRCODE = CASE WHEN program IS NULL THEN 'null_value_not_allowed' ELSE 'undefined_object' END,
-                  DETAIL = 'program names no program of this database (names are case-sensitive).',
-                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) revoke_partner.program;
     IF login IS NULL THEN
         RAISE EXCEPTION 'login must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
