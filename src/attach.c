@@ -141,6 +141,50 @@ refuse_inheritance(Oid relid, const char *param)
 }
 
 /*
+ * Citus keeps a distributed table's rows in shards on the worker nodes, and
+ * fires its triggers there, on nodes whose loyalty tables hold no program;
+ * a reference table has a copy on every node, and its triggers fire once
+ * per copy.  Accrual does not run on shards yet: attach refuses both (and
+ * Citus's local tables, whose rows live in a shard of their own) rather
+ * than make every ERP write fail or count an invoice once per node.
+ */
+static void
+refuse_citus_table(Oid relid, const char *param)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
+	char		method = 0;
+	char		model = 0;
+
+	if (!OidIsValid(get_extension_oid("citus", true)))
+		return;
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT p.partmethod, p.repmodel FROM pg_catalog.pg_dist_partition p"
+							  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1",
+							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+
+		method = DatumGetChar(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		model = DatumGetChar(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_finish();
+	if (method == 0)
+		return;
+	if (method == 'n' && model == 't')
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s is a Citus reference table", relation_name(relid)),
+				 errdetail("%s: a reference table has a copy on every node, and a trigger on it fires once per copy: each invoice would earn its points once per node.", param),
+				 errhint("Keep the ERP's invoice tables local or distributed by customer; see \"Running on Citus\" in loyalty's README.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("%s is a Citus %s table", relation_name(relid), method == 'n' ? "local" : "distributed"),
+			 errdetail("%s: its rows live in shards, whose triggers would run on nodes without the program's configuration; loyalty does not accrue on shards yet.", param),
+			 errhint("Attach a table that Citus does not manage; see \"Running on Citus\" in loyalty's README.")));
+}
+
+/*
  * attach creates triggers on the table, run by every role that writes to
  * it: the caller must be allowed to create them, and to read what they map.
  */
@@ -610,8 +654,12 @@ check_args(FunctionCallInfo fcinfo, AttachArgs *a)
 				 errdetail("source names the table whose rows earn points; attach creates triggers on it."),
 				 errhint("Attach the table the ERP writes invoices or invoice lines to.")));
 	refuse_inheritance(source, "source");
+	refuse_citus_table(source, "source");
 	if (!PG_ARGISNULL(ARG_HEADER))
+	{
 		refuse_inheritance(PG_GETARG_OID(ARG_HEADER), "header");
+		refuse_citus_table(PG_GETARG_OID(ARG_HEADER), "header");
+	}
 	check_privileges(source);
 	loyalty_require(PG_ARGISNULL(ARG_ACCOUNT_COLUMN), "account_column",
 					"account_column names the column that holds the ERP's customer key (on the header table when there is one).",

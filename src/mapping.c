@@ -29,6 +29,7 @@
 #include "catalog/pg_operator.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
@@ -594,6 +595,12 @@ load_config(int32 id)
 			" FROM loyalty.attachment"
 			" WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND detached_at IS NULL", 1, argtypes);
 	loyalty_spi_check(loyalty_execute_latest(plan, args, 1), SPI_OK_SELECT, "read loyalty.attachment");
+	if (SPI_processed != 1 && OidIsValid(get_extension_oid("citus", true)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("loyalty attachment %d does not exist on this node", id),
+				 errdetail("On a Citus cluster, the trigger fires on a shard of an attached table that was distributed, on a node that holds no loyalty configuration; loyalty does not accrue on shards yet."),
+				 errhint("Keep attached tables local, or run loyalty.detach() before distributing the table.")));
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
