@@ -292,15 +292,14 @@ WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p', 'v')
   AND has_any_column_privilege('loyalty_partner', c.oid, 'SELECT')
 ORDER BY 1;
 -- ... and every table of them with an account has row-level security on,
--- every view reads as its reader, or, running as the owner, is a security
--- barrier that filters on loyalty._is_staff() (leaderboard, account_private:
--- listed below): a new one granted without fails here.
+-- every view reads as its reader, or, running as the owner, filters on
+-- loyalty._is_staff() (leaderboard, a security barrier; account_private, a
+-- one-time filter: listed below): a new one granted without fails here.
 SELECT c.relname, c.relkind, c.relrowsecurity, c.reloptions FROM pg_class c
 WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p', 'v')
   AND has_any_column_privilege('loyalty_partner', c.oid, 'SELECT')
   AND CASE WHEN c.relkind = 'v' THEN NOT coalesce('security_invoker=true' = ANY (c.reloptions), false)
-                                     AND NOT (coalesce('security_barrier=true' = ANY (c.reloptions), false)
-                                              AND pg_get_viewdef(c.oid) LIKE '%loyalty._is_staff()%')
+                                     AND pg_get_viewdef(c.oid) NOT LIKE '%loyalty._is_staff()%'
            ELSE NOT c.relrowsecurity AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'account_key') END;
 SELECT c.relname, c.reloptions FROM pg_class c
 WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind = 'v'

@@ -319,11 +319,13 @@ WHERE (SELECT @extschema@._is_staff())
 -- loyalty.account), and a view checks the privileges of every column its
 -- definition names, whichever its reader selects.  So the view reads the
 -- two through account_private, which runs as its owner and shows staff every
--- row, a partner none: a partner's row of account_status has them NULL.  A
--- security barrier, so that no predicate of the reader's runs on its rows
--- before its filter; the look-up by key (leakproof equality) still goes
--- into it, by the account's primary key.
-CREATE VIEW @extschema@.account_private WITH (security_barrier = true) AS
+-- row, a partner none: a partner's row of account_status has them NULL.  Its
+-- filter names no column: the planner makes it a one-time filter (a gate
+-- evaluated once, before the scan below it starts), so no predicate of the
+-- reader's sees a row when it is false.  Not a security barrier: that would
+-- keep the join's key out of the scan, and each row of account_status would
+-- then read every account.
+CREATE VIEW @extschema@.account_private AS
 SELECT a.program_id, a.account_key, a.cohort, a.potential_spend
 FROM @extschema@.account a
 WHERE (SELECT @extschema@._is_staff());
@@ -345,9 +347,8 @@ FROM @extschema@.account a
 JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
 CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
 -- staff only: a partner's row has them NULL
-LEFT JOIN LATERAL (SELECT x.cohort, x.potential_spend FROM @extschema@.account_private x
-                   WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id
-                     AND x.account_key OPERATOR(pg_catalog.=) a.account_key) ap ON true
+LEFT JOIN @extschema@.account_private ap ON ap.program_id OPERATOR(pg_catalog.=) a.program_id
+                                         AND ap.account_key OPERATOR(pg_catalog.=) a.account_key
 LEFT JOIN @extschema@.balance b ON b.program_id OPERATOR(pg_catalog.=) a.program_id
                                AND b.account_key OPERATOR(pg_catalog.=) a.account_key
 -- the tier window: whole calendar months ending with the current one (as
