@@ -7727,3 +7727,648 @@ BEGIN
 END
 $$;
 
+
+-- ---- Partner self-service for settlement and rewards: _caller (the caller inside SECURITY DEFINER functions), _may_act; statement, benefits, expiring_points, tier and balance as of a date check _may_read, redeem checks _may_act; row-level security on the settlement and rewards tables; the catalogue a partner may redeem; leaderboard ranks of its own account; account_status without cohort and potential spend for partners ----
+-- Who is calling.  Outside the extension's SECURITY DEFINER functions that
+-- is CURRENT_USER.  Inside one, CURRENT_USER is the extension's owner, and
+-- the caller is the role the session acts as: the one set with SET ROLE,
+-- else the session user (neither changes when a definer function starts,
+-- and a session sets only roles it is a member of).
+CREATE FUNCTION @extschema@._caller() RETURNS regrole
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN CURRENT_USER OPERATOR(pg_catalog.<>)
+                 (SELECT pg_catalog.pg_get_userbyid(e.extowner) FROM pg_catalog.pg_extension e
+                  WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty')
+            THEN pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+            WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none'
+            THEN pg_catalog.to_regrole(pg_catalog.quote_ident(SESSION_USER))
+            ELSE pg_catalog.to_regrole(pg_catalog.quote_ident(pg_catalog.current_setting('role'))) END;
+COMMENT ON FUNCTION @extschema@._caller() IS 'Internal: the role that called: CURRENT_USER, or, inside a SECURITY DEFINER function of the extension (CURRENT_USER is its owner), the role the session acts as (SET ROLE, else the session user).';
+
+CREATE OR REPLACE FUNCTION @extschema@._is_staff() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN coalesce(pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_reader', 'USAGE')
+                OR pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_operator', 'USAGE')
+                OR pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_admin', 'USAGE'), false);
+
+CREATE OR REPLACE FUNCTION @extschema@._may_read(program text, account_key text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF @extschema@._is_staff() THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p USING (program_id)
+                   WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
+                     AND p.name OPERATOR(pg_catalog.=) program
+                     AND pl.account_key OPERATOR(pg_catalog.=) _may_read.account_key) THEN
+        RAISE EXCEPTION 'permission denied for this account'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A partner login reads its own account only.',
+                  HINT = 'The account your login may read is in loyalty.partner_login.';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@._is_staff() IS 'Internal: true when the caller (loyalty._caller()) is a loyalty role (reader, operator, admin) or a superuser.';
+
+-- The same for acting (redeeming): a partner acts for its own account, and
+-- as its own member or as the account (member_id NULL); the same error for
+-- every other account or member, existing or not.
+CREATE FUNCTION @extschema@._may_act(program text, account_key text, member_id text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF @extschema@._is_staff() THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p USING (program_id)
+                   WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
+                     AND p.name OPERATOR(pg_catalog.=) program
+                     AND pl.account_key OPERATOR(pg_catalog.=) _may_act.account_key
+                     AND (_may_act.member_id IS NULL OR pl.member_id OPERATOR(pg_catalog.=) _may_act.member_id)) THEN
+        RAISE EXCEPTION 'permission denied for this account'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A partner login acts for its own account only, as the account or as its own member.',
+                  HINT = 'The account and member your login acts for are in loyalty.partner_login.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._may_act(text, text, text) IS 'Internal: raises insufficient_privilege unless the caller is a loyalty role, or the partner login of this account acting as the account (member_id NULL) or as its own member.';
+REVOKE ALL ON FUNCTION @extschema@._caller(), @extschema@._may_act(text, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@.tier(program text, account_key text, as_of date) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose tier is asked for.',
+                  HINT = 'For example loyalty.tier(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.tier(program, account_key).';
+    END IF;
+    RETURN @extschema@._tier_at((SELECT p.program_id FROM @extschema@.program p WHERE p.name = tier.program), account_key, as_of);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text, as_of date,
+                                    OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    zone text;
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose closing balance is asked for.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.balance(program, account_key).';
+    END IF;
+    SELECT p.program_id, p.time_zone INTO pid, zone FROM @extschema@.program p WHERE p.name = balance.program;
+    -- the ledger as it stood at the end of as_of in the program's calendar
+    SELECT coalesce(sum(l.points), 0), coalesce(sum(l.qualifying), 0) INTO points, qualifying
+    FROM @extschema@.ledger l
+    WHERE l.program_id = pid AND l.account_key = balance.account_key
+      AND l.posted_at < ((as_of + 1)::timestamp AT TIME ZONE zone);
+    -- the rolling window ending with as_of's month, by document date
+    SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.account_key = balance.account_key
+      AND m.month >= (date_trunc('month', as_of::timestamp)
+                      - make_interval(months => (SELECT @extschema@._window_months(p.qualification_window) - 1
+                                                 FROM @extschema@.program p WHERE p.program_id = pid)))::date
+      AND m.month <= as_of;
+    tier := @extschema@._tier_at(pid, account_key, as_of);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.benefits(program text, account_key text)
+RETURNS TABLE (benefit text, value pg_catalog.jsonb, tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.benefits(''Distributor Club'', ''1042'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = benefits.program;
+    RETURN QUERY
+    SELECT b.benefit, b.value, b.tier
+    FROM @extschema@.account a JOIN @extschema@.tier_benefit b ON b.program_id = a.program_id AND b.tier = a.tier
+    WHERE a.program_id = pid AND a.account_key = benefits.account_key
+    ORDER BY b.benefit;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.statement(program text, account_key text, period_end date)
+RETURNS TABLE (section text, item text, value text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    prog @extschema@.program;
+    pstart date;
+    t text;
+    since date;
+    m numeric;
+    nxt record;
+    outcome text;
+    zone_end timestamptz;
+    zone_start timestamptz;
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    e := coalesce(e, @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = statement.program),
+                                                     period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.statement(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name = statement.program;
+    pid := prog.program_id;
+    pstart := @extschema@._period_start(pid, period_end);
+    zone_start := pstart::timestamp AT TIME ZONE prog.time_zone;
+    zone_end := (period_end + 1)::timestamp AT TIME ZONE prog.time_zone;
+    -- the tier the period's settlement decided (in force from the day it
+    -- ran), or, for a period not settled yet, the tier of its last day
+    SELECT s.new_tier, s.outcome, s.measure INTO t, outcome, m FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.account_key = statement.account_key AND s.period_end = statement.period_end;
+    IF NOT FOUND THEN
+        t := @extschema@._tier_at(pid, account_key, period_end);
+        m := @extschema@._measure(pid, account_key, period_end);
+        outcome := 'not settled yet';
+    END IF;
+    SELECT max(h.effective_from) INTO since FROM @extschema@.tier_history h
+    WHERE h.program_id = pid AND h.account_key = statement.account_key AND h.new_tier = t;
+    -- the next tier above the account's tier (or above what it measures)
+    SELECT x.name, x.threshold, greatest(x.threshold - m, 0) AS gap INTO nxt
+    FROM @extschema@.tiers(prog.ladder) x
+    WHERE x.rank > greatest(coalesce((SELECT y.rank FROM @extschema@.tiers(prog.ladder) y WHERE y.name = t), 0),
+                            coalesce(@extschema@.tier_rank(prog.ladder, m), 0))
+    ORDER BY x.rank LIMIT 1;
+
+    RETURN QUERY VALUES ('period', 'from', pstart::text), ('period', 'to', period_end::text),
+                        ('tier', 'tier', t), ('tier', 'since', since::text), ('tier', 'settlement', outcome),
+                        ('tier', 'measure (' || prog.tier_basis || ', rolling window)', m::text),
+                        ('progress', 'next tier', nxt.name), ('progress', 'threshold', nxt.threshold::text),
+                        ('progress', 'missing', nxt.gap::text);
+    -- points earned in the period: accrual by document month and ERP table,
+    -- the other kinds by posting date
+    RETURN QUERY
+    SELECT 'points earned', coalesce(a.source_name, '(unknown table)'), sum(x.points)::text
+    FROM @extschema@.accrual_month x LEFT JOIN @extschema@.attachment a ON a.attachment_id = x.attachment_id
+    WHERE x.program_id = pid AND x.account_key = statement.account_key AND x.month >= pstart AND x.month <= period_end
+    GROUP BY a.source_name ORDER BY a.source_name;
+    RETURN QUERY
+    SELECT 'points earned', l.kind::text, sum(l.points)::text
+    FROM @extschema@.ledger l
+    WHERE l.program_id = pid AND l.account_key = statement.account_key
+      AND l.kind IN ('award', 'adjust') AND l.posted_at >= zone_start AND l.posted_at < zone_end
+    GROUP BY l.kind ORDER BY l.kind;
+    RETURN QUERY
+    SELECT 'points', v.item, v.value FROM (VALUES
+        ('redeemed', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
+                      WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'redeem'
+                        AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('expired', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
+                     WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'expire'
+                       AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('expiring soon', @extschema@._expiring_soon(pid, account_key, period_end)::text),
+        ('balance at period end', (SELECT b.points::text FROM @extschema@.balance(program, account_key, period_end) b))) v(item, value);
+    RETURN QUERY
+    SELECT 'rebates', v.item, v.value FROM (VALUES
+        ('accrued in period', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
+                               WHERE l.program_id = pid AND l.account_key = statement.account_key
+                                 AND l.rebate <> 0 AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('balance at period end', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
+                                   WHERE l.program_id = pid AND l.account_key = statement.account_key
+                                     AND l.rebate <> 0 AND l.posted_at < zone_end))) v(item, value);
+    RETURN QUERY
+    SELECT 'benefits', b.benefit, b.value::text FROM @extschema@.tier_benefit b
+    WHERE b.program_id = pid AND b.tier = t ORDER BY b.benefit;
+    -- what the next tier would add or change
+    RETURN QUERY
+    SELECT 'next tier unlocks', n.benefit, n.value::text FROM @extschema@.tier_benefit n
+    WHERE n.program_id = pid AND n.tier = nxt.name
+      AND n.value IS DISTINCT FROM (SELECT b.value FROM @extschema@.tier_benefit b
+                                    WHERE b.program_id = pid AND b.tier = t AND b.benefit = n.benefit)
+    ORDER BY n.benefit;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.expiring_points(program text, account text DEFAULT NULL, as_of date DEFAULT NULL)
+RETURNS TABLE (account_key text, cutoff date, points bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    pid integer;
+    day date;
+BEGIN
+    -- a partner's login reads its own account only, and not every account
+    -- (account NULL) (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account);
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF as_of IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'as_of must be a finite date, not %', as_of
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'as_of is the day from which the next 90 days of settlement cutoffs are looked at.',
+                  HINT = 'Leave it out for today in the program''s time zone.';
+    END IF;
+    day := coalesce(as_of, @extschema@._today(pid));
+    -- what is due at a cutoff includes what is due at the ones before it
+    RETURN QUERY
+    SELECT y.account_key, y.cutoff, y.points
+    FROM (SELECT x.account_key, x.cutoff,
+                 (x.due OPERATOR(pg_catalog.-)
+                  coalesce(pg_catalog.lag(x.due) OVER (PARTITION BY x.account_key ORDER BY x.cutoff), 0))::bigint AS points
+          FROM (SELECT d.account_key, c AS cutoff, d.points AS due
+                FROM @extschema@._expiry_cutoffs(pid, day) c,
+                     LATERAL @extschema@._expiry_due(pid, c, expiring_points.account) d) x) y
+    WHERE y.points OPERATOR(pg_catalog.>) 0
+    ORDER BY 1, 2;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.redeem(
+    program     text,
+    account_key text,
+    reward      text,
+    quantity    integer DEFAULT 1,
+    member      text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    lad @extschema@.tier_ladder;
+    today date;
+    acct_tier text;
+    enrolled boolean;
+    r @extschema@.reward;
+    no bigint;
+    cost bigint;
+    have bigint;
+    used bigint;
+    entry bigint;
+    id uuid;
+BEGIN
+    -- a partner's login redeems for its own account only, as the account or
+    -- as its own member (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_act(program, account_key, member);
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    -- the program, the account and the reward in one look-up
+    SELECT p.program_id, p.ladder, (pg_catalog.now() AT TIME ZONE p.time_zone)::date, a.account_key IS NOT NULL,
+           x.reward_id, x.points_price, x.stock, x.active, x.valid_from, x.valid_until, x.min_tier,
+           x.per_account_limit, x.period_limit, x.limit_period
+    INTO pid, lad, today, enrolled,
+         r.reward_id, r.points_price, r.stock, r.active, r.valid_from, r.valid_until, r.min_tier,
+         r.per_account_limit, r.period_limit, r.limit_period
+    FROM @extschema@.program p
+    LEFT JOIN @extschema@.account a ON a.program_id = p.program_id AND a.account_key = account_key
+    LEFT JOIN @extschema@.reward x ON x.program_id = p.program_id AND x.reward_id = reward
+    WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT enrolled THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have points to redeem.',
+                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
+    END IF;
+    IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
+                                          AND m.account_key = account_key AND m.member_id = member) THEN
+        RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'A member redeems from the points they earned at their own account.',
+                  HINT = 'Add the person to loyalty.member first, or redeem for the account (member => NULL).';
+    END IF;
+    IF quantity IS NULL OR quantity <= 0 THEN
+        RAISE EXCEPTION 'quantity must be a positive number of units'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
+                  HINT = 'Give the number of units to redeem, 1 or more.';
+    END IF;
+    IF r.reward_id IS NULL THEN
+        RAISE EXCEPTION 'reward "%" is not in the catalogue of program "%"', reward, program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'reward is a reward_id of loyalty.reward.',
+                  HINT = 'List the catalogue with SELECT reward_id, name FROM loyalty.reward.';
+    END IF;
+    IF r.points_price::numeric * quantity > 9223372036854775807 THEN
+        RAISE EXCEPTION 'quantity % of reward "%" costs more points than any balance can hold', quantity, reward
+            USING ERRCODE = 'numeric_value_out_of_range',
+                  DETAIL = pg_catalog.format('%s units at %s points each.', quantity, r.points_price),
+                  HINT = 'Redeem fewer units.';
+    END IF;
+
+    -- The debit protocol: the account first, then (only when it has a
+    -- stock to take from) the reward; everything read from here on is read
+    -- in statements after the lock.
+    no := @extschema@._lock_for_debit(pid, account_key);
+    PERFORM @extschema@._await_postings(pid, account_key);
+    IF r.stock IS NOT NULL THEN
+        SELECT * INTO r FROM @extschema@.reward x WHERE x.program_id = pid AND x.reward_id = reward FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'reward "%" left the catalogue of program "%"', reward, program
+                USING ERRCODE = 'undefined_object',
+                      DETAIL = 'It was deleted while the redemption waited for the account.',
+                      HINT = 'Nothing was redeemed. Deactivate rewards (active => false) instead of deleting them.';
+        END IF;
+    END IF;
+
+    IF NOT r.active OR today < r.valid_from OR today >= r.valid_until THEN
+        RAISE EXCEPTION 'reward "%" cannot be redeemed today', reward
+            USING ERRCODE = 'LY002',
+                  DETAIL = CASE WHEN NOT r.active THEN 'It is not active.'
+                                ELSE pg_catalog.format('It is offered from %s until (not including) %s; today is %s.',
+                                                       coalesce(r.valid_from::text, 'always'), coalesce(r.valid_until::text, 'no end'), today) END,
+                  HINT = 'Nothing was redeemed. Choose a reward on offer.';
+    END IF;
+    -- the tier as loyalty.tier() tells it (upgrades count at once)
+    IF r.min_tier IS NOT NULL THEN
+        SELECT b.tier INTO acct_tier FROM @extschema@.balance(program, account_key) b;
+    END IF;
+    IF r.min_tier IS NOT NULL
+       AND coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = acct_tier), 0)
+           < coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = r.min_tier), 0) THEN
+        RAISE EXCEPTION 'reward "%" needs tier % or higher; account "%" is %', reward, r.min_tier, account_key,
+                        coalesce('in tier ' || acct_tier, 'in no tier')
+            USING ERRCODE = 'LY002',
+                  DETAIL = pg_catalog.format('The program''s tiers are %s.', lad),
+                  HINT = 'Nothing was redeemed. Choose a reward of the account''s tier.';
+    END IF;
+    IF r.stock < quantity THEN
+        RAISE EXCEPTION 'reward "%" has % units left, % asked', reward, r.stock, quantity
+            USING ERRCODE = 'LY002',
+                  DETAIL = 'The stock never goes below zero.',
+                  HINT = 'Nothing was redeemed. Redeem fewer units, or restock with loyalty.set_reward().';
+    END IF;
+    IF r.per_account_limit IS NOT NULL OR r.period_limit IS NOT NULL THEN
+        SELECT coalesce(pg_catalog.sum(d.quantity), 0) INTO used FROM @extschema@.redemption d
+        WHERE d.program_id = pid AND d.account_key = account_key AND d.reward_id = reward AND d.status = 'redeemed';
+        IF used + quantity > r.per_account_limit THEN
+            RAISE EXCEPTION 'account "%" may redeem % units of reward "%" in all and has redeemed %', account_key,
+                            r.per_account_limit, reward, used
+                USING ERRCODE = 'LY002',
+                      DETAIL = pg_catalog.format('quantity %s would exceed the per-account limit.', quantity),
+                      HINT = 'Nothing was redeemed. Cancelled redemptions do not count.';
+        END IF;
+        SELECT coalesce(pg_catalog.sum(d.quantity), 0) INTO used FROM @extschema@.redemption d
+        WHERE d.program_id = pid AND d.account_key = account_key AND d.reward_id = reward AND d.status = 'redeemed'
+          AND d.redeemed_on >= pg_catalog.date_trunc(r.limit_period, today::timestamp)::date;
+        IF used + quantity > r.period_limit THEN
+            RAISE EXCEPTION 'account "%" may redeem % units of reward "%" per %, and has redeemed % this %', account_key,
+                            r.period_limit, reward, r.limit_period, used, r.limit_period
+                USING ERRCODE = 'LY002',
+                      DETAIL = pg_catalog.format('quantity %s would exceed the per-%s limit.', quantity, r.limit_period),
+                      HINT = 'Nothing was redeemed. Redeem again next period; cancelled redemptions do not count.';
+        END IF;
+    END IF;
+
+    cost := r.points_price * quantity;
+    SELECT b.points INTO have FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key;
+    IF coalesce(have, 0) < cost THEN
+        RAISE EXCEPTION 'account "%" has % points, % x reward "%" costs %', account_key, coalesce(have, 0), quantity, reward, cost
+            USING ERRCODE = 'LY001',
+                  DETAIL = 'A redemption never takes a balance below zero.',
+                  HINT = 'Nothing was redeemed. Redeem when earnings cover it.';
+    END IF;
+    IF member IS NOT NULL THEN
+        SELECT coalesce(pg_catalog.sum(t.points), 0) INTO have FROM @extschema@.member_points t
+        WHERE t.program_id = pid AND t.account_key = account_key AND t.member_id = member;
+        IF have < cost THEN
+            RAISE EXCEPTION 'member "%" of account "%" has % points, % x reward "%" costs %', member, account_key, have,
+                            quantity, reward, cost
+                USING ERRCODE = 'LY001',
+                      DETAIL = 'A member redeems from the points they earned, never below zero.',
+                      HINT = 'Nothing was redeemed. Redeem for the account instead (member => NULL).';
+        END IF;
+    END IF;
+
+    IF r.stock IS NOT NULL THEN
+        UPDATE @extschema@.reward x SET stock = x.stock - quantity WHERE x.program_id = pid AND x.reward_id = reward;
+    END IF;
+    IF member IS NULL THEN
+        entry := @extschema@._post(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward);
+    ELSE
+        entry := @extschema@._post_member(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward, member);
+    END IF;
+    INSERT INTO @extschema@.redemption AS d (program_id, account_key, redemption_no, reward_id, member_id, quantity, points,
+                                             redeemed_on, entry_no)
+    VALUES (pid, account_key, no, reward, member, quantity, cost, today, entry)
+    RETURNING d.redemption_id INTO id;
+    RETURN id;
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- The partner's cabinet: settlement and rewards.  A partner reads, for its
+-- own account, the period results, rebates, MDF wallet and claims, awards,
+-- member points, benefits and the rewards it may redeem, and redeems for
+-- itself (loyalty.redeem checks loyalty._may_act first).  The reading
+-- functions that run as the owner (statement, benefits, expiring_points,
+-- tier and balance as of a date) check loyalty._may_read first.  Cancelling
+-- a redemption stays the operator's: it is a return, decided by the vendor.
+-- ---------------------------------------------------------------------------
+
+-- Row-level security on the account-scoped tables of settlement and
+-- rewards, as on the ones above.  tier_grant (who granted a tier, and why)
+-- is not granted to partners; the policy keeps it closed all the same.
+DO $policies$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['settlement_account', 'tier_grant', 'award', 'member_points', 'mdf_accrual', 'mdf_claim',
+                             'settlement_line', 'rebate_posting'] LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE pg_catalog.format('CREATE POLICY staff ON @extschema@.%I TO loyalty_reader, loyalty_operator, loyalty_admin'
+                                  ' USING (true) WITH CHECK (true)', t);
+        EXECUTE pg_catalog.format('CREATE POLICY partner ON @extschema@.%I FOR SELECT TO loyalty_partner USING (EXISTS ('
+                                  'SELECT FROM @extschema@.partner_login pl'
+                                  ' WHERE pl.program_id OPERATOR(pg_catalog.=) %I.program_id'
+                                  ' AND pl.account_key OPERATOR(pg_catalog.=) %I.account_key))', t, t, t);
+    END LOOP;
+END
+$policies$;
+
+-- The catalogue: a partner sees the rewards it may redeem today: active,
+-- within their validity window (the program's calendar), and of a minimum
+-- tier its tier reaches, the tier as loyalty.tier() tells it, as redeem()
+-- checks it.  Stock and limits are not filtered: an item out of stock is
+-- still on offer.  Staff see the whole catalogue.
+ALTER TABLE @extschema@.reward ENABLE ROW LEVEL SECURITY;
+CREATE POLICY staff ON @extschema@.reward TO loyalty_reader, loyalty_operator, loyalty_admin USING (true) WITH CHECK (true);
+CREATE POLICY partner ON @extschema@.reward FOR SELECT TO loyalty_partner USING (
+    active AND EXISTS (
+        SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) pl.program_id
+        CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) d
+        WHERE pl.program_id OPERATOR(pg_catalog.=) reward.program_id
+          AND (reward.valid_from IS NULL OR reward.valid_from OPERATOR(pg_catalog.<=) d.today)
+          AND (reward.valid_until IS NULL OR d.today OPERATOR(pg_catalog.<) reward.valid_until)
+          AND (reward.min_tier IS NULL
+               OR coalesce((SELECT t.rank FROM @extschema@.tiers(p.ladder) t
+                            WHERE t.name OPERATOR(pg_catalog.=) @extschema@.tier(p.name, pl.account_key)), 0)
+                  OPERATOR(pg_catalog.>=)
+                  coalesce((SELECT t.rank FROM @extschema@.tiers(p.ladder) t
+                            WHERE t.name OPERATOR(pg_catalog.=) reward.min_tier), 0))));
+
+-- The leaderboard (src/sql/62_members.sql) runs as its owner, so that a
+-- partner gets its true rank among all accounts, but shows a partner the
+-- rows of its own account only: the filter applies after the ranking and,
+-- the view being a security barrier, before any predicate of the reader's.
+-- Ranks, never another account's key or points: a rank is what a
+-- leaderboard is for, and it tells how many did better, not who or how much.
+-- Staff see every row.
+CREATE OR REPLACE VIEW @extschema@.leaderboard WITH (security_barrier = true) AS
+WITH earned AS (
+    SELECT l.program_id, p.name AS program, l.account_key, l.member_id,
+           (l.posted_at AT TIME ZONE p.time_zone)::date AS day, l.points
+    FROM @extschema@.ledger l
+    JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) l.program_id
+    WHERE l.kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate', 'award')
+), per AS (
+    SELECT e.program_id, e.program, g.period, pg_catalog.date_trunc(g.period, e.day::timestamp)::date AS period_start,
+           s.scope, e.account_key, CASE WHEN s.scope OPERATOR(pg_catalog.=) 'member' THEN e.member_id END AS member_id,
+           pg_catalog.sum(e.points)::bigint AS points
+    FROM earned e
+    CROSS JOIN (VALUES ('month'), ('quarter'), ('year')) AS g(period)
+    CROSS JOIN (VALUES ('account'), ('member')) AS s(scope)
+    WHERE s.scope OPERATOR(pg_catalog.=) 'account' OR e.member_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+)
+SELECT x.program_id, x.program, x.period, x.period_start, x.scope, x.rank, x.account_key, x.member_id, x.points
+FROM (SELECT r.program_id, r.program, r.period, r.period_start, r.scope,
+             pg_catalog.rank() OVER (PARTITION BY r.program_id, r.period, r.period_start, r.scope ORDER BY r.points DESC) AS rank,
+             r.account_key, r.member_id, r.points
+      FROM per r) x
+WHERE (SELECT @extschema@._is_staff())
+   OR EXISTS (SELECT FROM @extschema@.partner_login pl
+              WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
+                AND pl.program_id OPERATOR(pg_catalog.=) x.program_id AND pl.account_key OPERATOR(pg_catalog.=) x.account_key);
+
+-- account_status (src/sql/71_kpi.sql) for partners: a partner may not read
+-- its account's cohort or potential spend (column privileges of
+-- loyalty.account), and a view checks the privileges of every column its
+-- definition names, whichever its reader selects.  So the view reads the
+-- two through account_private, which runs as its owner and shows staff every
+-- row, a partner none: a partner's row of account_status has them NULL.  Its
+-- filter names no column: the planner makes it a one-time filter (a gate
+-- evaluated once, before the scan below it starts), so no predicate of the
+-- reader's sees a row when it is false.  Not a security barrier: that would
+-- keep the join's key out of the scan, and each row of account_status would
+-- then read every account.
+CREATE VIEW @extschema@.account_private AS
+SELECT a.program_id, a.account_key, a.cohort, a.potential_spend
+FROM @extschema@.account a
+WHERE (SELECT @extschema@._is_staff());
+COMMENT ON VIEW @extschema@.account_private IS 'The columns of loyalty.account a partner''s login may not read (cohort, potential spend), all rows for loyalty''s roles, none for a partner: loyalty.account_status reads them through it.';
+COMMENT ON COLUMN @extschema@.account_private.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.account_private.account_key IS 'The ERP''s customer key.';
+COMMENT ON COLUMN @extschema@.account_private.cohort IS 'pilot or control (NULL: not in the experiment).';
+COMMENT ON COLUMN @extschema@.account_private.potential_spend IS 'Estimated annual wallet (share of wallet''s denominator).';
+CREATE OR REPLACE VIEW @extschema@.account_status WITH (security_invoker = true) AS
+SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, ap.cohort,
+       a.tier, a.tier_since,
+       coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
+       coalesce(r.rolling, 0) AS rolling_qualifying,
+       n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
+       coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, ap.potential_spend,
+       b.last_doc_date AS last_invoice_date,
+       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice
+FROM @extschema@.account a
+JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
+CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
+-- staff only: a partner's row has them NULL
+LEFT JOIN @extschema@.account_private ap ON ap.program_id OPERATOR(pg_catalog.=) a.program_id
+                                         AND ap.account_key OPERATOR(pg_catalog.=) a.account_key
+LEFT JOIN @extschema@.balance b ON b.program_id OPERATOR(pg_catalog.=) a.program_id
+                               AND b.account_key OPERATOR(pg_catalog.=) a.account_key
+-- the tier window: whole calendar months ending with the current one (as
+-- loyalty.balance() counts it)
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(m.qualifying) AS rolling
+    FROM @extschema@.accrual_month m
+    WHERE m.program_id OPERATOR(pg_catalog.=) a.program_id AND m.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND m.month OPERATOR(pg_catalog.<=) t.today
+      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', t.today::timestamp)
+          OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => GREATEST(1,
+              (pg_catalog.date_part('year', p.qualification_window) OPERATOR(pg_catalog.*) 12
+               OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
+               OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', p.qualification_window) OPERATOR(pg_catalog./) 30))::integer)
+              OPERATOR(pg_catalog.-) 1))::date) r ON true
+LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true;
+
+-- The views read as their reader, so that the policies apply to it.
+ALTER VIEW @extschema@.account_benefits SET (security_invoker = true);
+ALTER VIEW @extschema@.member_balance SET (security_invoker = true);
+
+GRANT SELECT ON @extschema@.settlement_account, @extschema@.award, @extschema@.member_points, @extschema@.mdf_accrual,
+                @extschema@.mdf_claim, @extschema@.settlement_line, @extschema@.rebate_posting, @extschema@.tier_benefit,
+                @extschema@.account_benefits, @extschema@.member_balance, @extschema@.leaderboard,
+                @extschema@.account_status, @extschema@.account_private
+TO loyalty_partner;
+GRANT SELECT ON @extschema@.account_private TO loyalty_reader, loyalty_operator, loyalty_admin;
+-- the leaderboard's filter calls them as its reader
+GRANT EXECUTE ON FUNCTION @extschema@._caller() TO loyalty_reader, loyalty_operator, loyalty_admin, loyalty_partner;
+-- and its statement, benefits, expiring points, tier and balance as of a
+-- date, and redeems for itself: each of them checks the partner's account
+-- first (loyalty._may_read, loyalty._may_act).  Not cancel_redemption (a
+-- return, decided by the operator).
+GRANT EXECUTE ON FUNCTION @extschema@.tier(text, text, date), @extschema@.balance(text, text, date),
+                          @extschema@.benefits(text, text), @extschema@.statement(text, text, date),
+                          @extschema@.expiring_points(text, text, date),
+                          @extschema@.redeem(text, text, text, integer, text)
+TO loyalty_partner;
+

@@ -782,6 +782,12 @@ WHERE context ~ 'loyalty\._' OR context ~ '(^|, )_' OR replace(context, 'loyalty
 --   55000  object_not_in_prerequisite_state: cancelled twice, or a decided
 --          award / claim decided the other way
 --   42710  duplicate_object: a reference reused for another event
+--   42501  insufficient_privilege, "permission denied for this account": a
+--          partner's login redeeming for another account, another member,
+--          or a program, account or member that does not exist (the same
+--          error for all, checked before anything is read); the same for
+--          the reading functions (balance, tier, statement, benefits,
+--          expiring_points) on any account but its own (sql/partner_rewards.sql)
 --
 SELECT loyalty.set_reward('err_club', 'ERR-SEAT', 'Seat', 10, stock => 1);
 SELECT loyalty.set_reward('err_club', 'ERR-GOLD', 'Gold lounge', 10, min_tier => 'Gold');

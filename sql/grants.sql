@@ -93,14 +93,14 @@ INSERT INTO decision VALUES
 ('loyalty.set_benefit(text,text,text,jsonb)', 'loyalty_admin', true, true, 'configures programs; typed arguments, no dynamic SQL'),
 ('loyalty.grant_tier(text,text,text,text)', 'loyalty_admin', true, true, 'writes a tier by hand; no user code'),
 ('loyalty.revoke_tier(text,text)', 'loyalty_admin', true, true, 'writes a tier by hand; no user code'),
-('loyalty.tier(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
-('loyalty.balance(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
-('loyalty.benefits(text,text)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
-('loyalty.statement(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
+('loyalty.tier(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', true, true, 'reads loyalty''s tables only, after _may_read (a partner: its own account)'),
+('loyalty.balance(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', true, true, 'reads loyalty''s tables only, after _may_read (a partner: its own account)'),
+('loyalty.benefits(text,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', true, true, 'reads loyalty''s tables only, after _may_read (a partner: its own account)'),
+('loyalty.statement(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', true, true, 'reads loyalty''s tables only, after _may_read (a partner: its own account)'),
 -- pg_cron's functions check the caller's own rights: the job is the caller's
 ('loyalty.schedule_settlement(text,text)', 'loyalty_admin', false, true, 'calls pg_cron as the caller'),
 ('loyalty.unschedule_settlement(text)', 'loyalty_admin', false, true, 'calls pg_cron as the caller'),
-('loyalty.expiring_points(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_reader', true, true, 'reads loyalty''s tables only'),
+('loyalty.expiring_points(text,text,date)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', true, true, 'reads loyalty''s tables only, after _may_read (a partner: its own account)'),
 -- Rebates: loyalty's tables only, no user code (the volume is the
 -- qualifying spend the accrual already summed).
 ('loyalty.create_rebate_agreement(text,text,loyalty.rebate_schedule,text,text,text,text,text[],text,date,date)',
@@ -115,7 +115,7 @@ INSERT INTO decision VALUES
  'loyalty_admin', true, true, 'configures the catalogue; typed arguments, no dynamic SQL'),
 ('loyalty.set_action_rule(text,text,bigint,boolean,bigint,text,date)',
  'loyalty_admin', true, true, 'configures action rules; typed arguments, no dynamic SQL'),
-('loyalty.redeem(text,text,text,integer,text)', 'loyalty_operator', true, true, 'a debit; typed arguments, no dynamic SQL'),
+('loyalty.redeem(text,text,text,integer,text)', 'loyalty_operator,loyalty_partner', true, true, 'a debit; typed arguments, no dynamic SQL; _may_act first (a partner: for itself)'),
 ('loyalty.cancel_redemption(uuid)', 'loyalty_operator', true, true, 'reverses a redemption; no dynamic SQL'),
 ('loyalty.award(text,text,text,date,text,text,integer)', 'loyalty_operator', true, true, 'posts awards; typed arguments, no dynamic SQL'),
 ('loyalty.approve_award(uuid,text)', 'loyalty_operator', true, true, 'decides an award; no dynamic SQL'),
@@ -192,6 +192,8 @@ INSERT INTO decision VALUES
 ('loyalty._ledger_number()', '', false, false, 'internal: the transaction''s next entry number'),
 ('loyalty._is_staff()', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: is the caller a loyalty role (the partner check)'),
 ('loyalty._may_read(text,text)', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: refuses a partner another account; runs as the caller'),
+('loyalty._caller()', 'loyalty_admin,loyalty_operator,loyalty_partner,loyalty_reader', false, true, 'internal: the calling role, inside definer functions too; the filters of leaderboard and account_private call it as their reader'),
+('loyalty._may_act(text,text,text)', '', false, true, 'internal: refuses a partner another account or member; called by redeem() as the owner'),
 ('loyalty.grant_partner(regrole,text,text,text)', 'loyalty_admin', true, true, 'maps a login to an account and grants loyalty_partner; no user code'),
 ('loyalty.revoke_partner(regrole,text)', 'loyalty_admin', true, true, 'removes the mapping; no user code'),
 ('loyalty._capped_points(integer,date[],bigint[])', '', false, true, 'internal: nested caps for verify, the trigger''s own computation'),
@@ -290,9 +292,17 @@ WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p', 'v')
   AND has_any_column_privilege('loyalty_partner', c.oid, 'SELECT')
 ORDER BY 1;
 -- ... and every table of them with an account has row-level security on,
--- every view reads as its reader: a new one granted without fails here.
+-- every view reads as its reader, or, running as the owner, filters on
+-- loyalty._is_staff() (leaderboard, a security barrier; account_private, a
+-- one-time filter: listed below): a new one granted without fails here.
 SELECT c.relname, c.relkind, c.relrowsecurity, c.reloptions FROM pg_class c
 WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p', 'v')
   AND has_any_column_privilege('loyalty_partner', c.oid, 'SELECT')
   AND CASE WHEN c.relkind = 'v' THEN NOT coalesce('security_invoker=true' = ANY (c.reloptions), false)
+                                     AND pg_get_viewdef(c.oid) NOT LIKE '%loyalty._is_staff()%'
            ELSE NOT c.relrowsecurity AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'account_key') END;
+SELECT c.relname, c.reloptions FROM pg_class c
+WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind = 'v'
+  AND has_any_column_privilege('loyalty_partner', c.oid, 'SELECT')
+  AND NOT coalesce('security_invoker=true' = ANY (c.reloptions), false)
+ORDER BY 1;

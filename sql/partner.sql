@@ -100,7 +100,8 @@ RESET SESSION AUTHORIZATION;
 
 -- Staff read everything as before.
 SET ROLE loyalty_reader;
-SELECT count(DISTINCT account_key) = 300 AS reader_sees_all FROM loyalty.ledger;
+SELECT count(DISTINCT account_key) = 300 AS reader_sees_all FROM loyalty.ledger l JOIN loyalty.program p USING (program_id)
+WHERE p.name = 'partner_club';
 SELECT count(*) = 300 AS reader_sees_all_balances FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
 WHERE p.name = 'partner_club';
 RESET ROLE;

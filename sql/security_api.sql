@@ -69,7 +69,8 @@ BEGIN
                -- the helpers that functions running as their caller call
                -- (balance(): the program's calendar, the partner check);
                -- they read the program's settings only
-               AND p.oid::regprocedure::text NOT IN ('loyalty._is_staff()', 'loyalty._may_read(text,text)',
+               -- and the caller, which the partner's views call
+               AND p.oid::regprocedure::text NOT IN ('loyalty._is_staff()', 'loyalty._may_read(text,text)', 'loyalty._caller()',
                                                      'loyalty._today(integer)', 'loyalty._rolling_start(integer)',
                                                      'loyalty._window_months(interval)')
                -- no SQL value has type internal: those (did()'s support

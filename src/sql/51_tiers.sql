@@ -419,6 +419,8 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     e text[] := @extschema@._program_problem(program);
 BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
     IF e IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
@@ -447,6 +449,8 @@ DECLARE
     pid integer;
     zone text;
 BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
     IF e IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
@@ -487,6 +491,8 @@ DECLARE
     e text[] := @extschema@._program_problem(program);
     pid integer;
 BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
     IF e IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
@@ -524,6 +530,8 @@ DECLARE
     zone_end timestamptz;
     zone_start timestamptz;
 BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
     e := coalesce(e, @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = statement.program),
                                                      period_end));
     IF e IS NOT NULL THEN

@@ -201,6 +201,9 @@ DECLARE
     pid integer;
     day date;
 BEGIN
+    -- a partner's login reads its own account only, and not every account
+    -- (account NULL) (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account);
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',

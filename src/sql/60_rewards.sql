@@ -156,6 +156,9 @@ DECLARE
     entry bigint;
     id uuid;
 BEGIN
+    -- a partner's login redeems for its own account only, as the account or
+    -- as its own member (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_act(program, account_key, member);
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',

@@ -171,7 +171,8 @@ COMMENT ON FUNCTION @extschema@._verify_members(integer, text) IS
 -- The leaderboard of gamified programs: points earned per calendar period
 -- (month, quarter, year of the posting, in the program's calendar), ranked
 -- among the program's accounts, and among its members.  Earned: accrual and
--- awards; redemptions, expiry and adjustments do not move a rank.
+-- awards; redemptions, expiry and adjustments do not move a rank.  (Replaced
+-- in src/sql/80_partner.sql by the same view with a partner's filter.)
 CREATE VIEW @extschema@.leaderboard AS
 WITH earned AS (
     SELECT l.program_id, p.name AS program, l.account_key, l.member_id,

@@ -9,6 +9,8 @@
 -- with the reader's rights.
 -- ---------------------------------------------------------------------------
 
+-- (Replaced in src/sql/80_partner.sql by the same view reading cohort and
+-- potential_spend through loyalty.account_private, for partners' logins.)
 CREATE VIEW @extschema@.account_status WITH (security_invoker = true) AS
 SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, a.cohort,
        a.tier, a.tier_since,

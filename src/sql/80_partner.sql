@@ -27,17 +27,33 @@ COMMENT ON COLUMN @extschema@.partner_login.granted_at IS 'When the mapping was 
 CREATE INDEX partner_login_account ON @extschema@.partner_login (program_id, account_key);
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.partner_login', '');
 
--- Is the current role staff (a loyalty role, or a superuser)?  Partners are
+-- Who is calling.  Outside the extension's SECURITY DEFINER functions that
+-- is CURRENT_USER.  Inside one, CURRENT_USER is the extension's owner, and
+-- the caller is the role the session acts as: the one set with SET ROLE,
+-- else the session user (neither changes when a definer function starts,
+-- and a session sets only roles it is a member of).
+CREATE FUNCTION @extschema@._caller() RETURNS regrole
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN CURRENT_USER OPERATOR(pg_catalog.<>)
+                 (SELECT pg_catalog.pg_get_userbyid(e.extowner) FROM pg_catalog.pg_extension e
+                  WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty')
+            THEN pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+            WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none'
+            THEN pg_catalog.to_regrole(pg_catalog.quote_ident(SESSION_USER))
+            ELSE pg_catalog.to_regrole(pg_catalog.quote_ident(pg_catalog.current_setting('role'))) END;
+COMMENT ON FUNCTION @extschema@._caller() IS 'Internal: the role that called: CURRENT_USER, or, inside a SECURITY DEFINER function of the extension (CURRENT_USER is its owner), the role the session acts as (SET ROLE, else the session user).';
+
+-- Is the caller staff (a loyalty role, or a superuser)?  Partners are
 -- everyone else who may call a reading function.
 CREATE FUNCTION @extschema@._is_staff() RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN pg_catalog.pg_has_role(CURRENT_USER, 'loyalty_reader', 'USAGE')
-    OR pg_catalog.pg_has_role(CURRENT_USER, 'loyalty_operator', 'USAGE')
-    OR pg_catalog.pg_has_role(CURRENT_USER, 'loyalty_admin', 'USAGE');
-COMMENT ON FUNCTION @extschema@._is_staff() IS 'Internal: true when the current role is a loyalty role (reader, operator, admin) or a superuser.';
+RETURN coalesce(pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_reader', 'USAGE')
+                OR pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_operator', 'USAGE')
+                OR pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_admin', 'USAGE'), false);
+COMMENT ON FUNCTION @extschema@._is_staff() IS 'Internal: true when the caller (loyalty._caller()) is a loyalty role (reader, operator, admin) or a superuser.';
 
--- Runs as the caller (CURRENT_USER is the role that called the reading
--- function): staff pass; a partner passes for its own account only, and gets
+-- Checks the caller (loyalty._caller(): the reading function's caller,
+-- also when that function is SECURITY DEFINER): staff pass; a partner passes for its own account only, and gets
 -- the same error for every other key, enrolled or not, so that the error
 -- tells nothing about other accounts.
 CREATE FUNCTION @extschema@._may_read(program text, account_key text) RETURNS void
@@ -47,7 +63,7 @@ BEGIN
         RETURN;
     END IF;
     IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p USING (program_id)
-                   WHERE pl.login OPERATOR(pg_catalog.=) pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
+                   WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
                      AND p.name OPERATOR(pg_catalog.=) program
                      AND pl.account_key OPERATOR(pg_catalog.=) _may_read.account_key) THEN
         RAISE EXCEPTION 'permission denied for this account'
@@ -58,6 +74,29 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._may_read(text, text) IS 'Internal: raises insufficient_privilege unless the caller is a loyalty role or the partner login of this account.';
+
+-- The same for acting (redeeming): a partner acts for its own account, and
+-- as its own member or as the account (member_id NULL); the same error for
+-- every other account or member, existing or not.
+CREATE FUNCTION @extschema@._may_act(program text, account_key text, member_id text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF @extschema@._is_staff() THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p USING (program_id)
+                   WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
+                     AND p.name OPERATOR(pg_catalog.=) program
+                     AND pl.account_key OPERATOR(pg_catalog.=) _may_act.account_key
+                     AND (_may_act.member_id IS NULL OR pl.member_id OPERATOR(pg_catalog.=) _may_act.member_id)) THEN
+        RAISE EXCEPTION 'permission denied for this account'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A partner login acts for its own account only, as the account or as its own member.',
+                  HINT = 'The account and member your login acts for are in loyalty.partner_login.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._may_act(text, text, text) IS 'Internal: raises insufficient_privilege unless the caller is a loyalty role, or the partner login of this account acting as the account (member_id NULL) or as its own member.';
 
 CREATE FUNCTION @extschema@.grant_partner(login regrole, program text, account_key text, member_id text DEFAULT NULL)
 RETURNS void
@@ -189,3 +228,153 @@ GRANT EXECUTE ON FUNCTION @extschema@._may_read(text, text), @extschema@._is_sta
                           @extschema@._today(integer), @extschema@._rolling_start(integer),
                           @extschema@._window_months(interval)
 TO loyalty_reader, loyalty_operator, loyalty_admin, loyalty_partner;
+
+-- ---------------------------------------------------------------------------
+-- The partner's cabinet: settlement and rewards.  A partner reads, for its
+-- own account, the period results, rebates, MDF wallet and claims, awards,
+-- member points, benefits and the rewards it may redeem, and redeems for
+-- itself (loyalty.redeem checks loyalty._may_act first).  The reading
+-- functions that run as the owner (statement, benefits, expiring_points,
+-- tier and balance as of a date) check loyalty._may_read first.  Cancelling
+-- a redemption stays the operator's: it is a return, decided by the vendor.
+-- ---------------------------------------------------------------------------
+
+-- Row-level security on the account-scoped tables of settlement and
+-- rewards, as on the ones above.  tier_grant (who granted a tier, and why)
+-- is not granted to partners; the policy keeps it closed all the same.
+DO $policies$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['settlement_account', 'tier_grant', 'award', 'member_points', 'mdf_accrual', 'mdf_claim',
+                             'settlement_line', 'rebate_posting'] LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE pg_catalog.format('CREATE POLICY staff ON @extschema@.%I TO loyalty_reader, loyalty_operator, loyalty_admin'
+                                  ' USING (true) WITH CHECK (true)', t);
+        EXECUTE pg_catalog.format('CREATE POLICY partner ON @extschema@.%I FOR SELECT TO loyalty_partner USING (EXISTS ('
+                                  'SELECT FROM @extschema@.partner_login pl'
+                                  ' WHERE pl.program_id OPERATOR(pg_catalog.=) %I.program_id'
+                                  ' AND pl.account_key OPERATOR(pg_catalog.=) %I.account_key))', t, t, t);
+    END LOOP;
+END
+$policies$;
+
+-- The catalogue: a partner sees the rewards it may redeem today: active,
+-- within their validity window (the program's calendar), and of a minimum
+-- tier its tier reaches, the tier as loyalty.tier() tells it, as redeem()
+-- checks it.  Stock and limits are not filtered: an item out of stock is
+-- still on offer.  Staff see the whole catalogue.
+ALTER TABLE @extschema@.reward ENABLE ROW LEVEL SECURITY;
+CREATE POLICY staff ON @extschema@.reward TO loyalty_reader, loyalty_operator, loyalty_admin USING (true) WITH CHECK (true);
+CREATE POLICY partner ON @extschema@.reward FOR SELECT TO loyalty_partner USING (
+    active AND EXISTS (
+        SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) pl.program_id
+        CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) d
+        WHERE pl.program_id OPERATOR(pg_catalog.=) reward.program_id
+          AND (reward.valid_from IS NULL OR reward.valid_from OPERATOR(pg_catalog.<=) d.today)
+          AND (reward.valid_until IS NULL OR d.today OPERATOR(pg_catalog.<) reward.valid_until)
+          AND (reward.min_tier IS NULL
+               OR coalesce((SELECT t.rank FROM @extschema@.tiers(p.ladder) t
+                            WHERE t.name OPERATOR(pg_catalog.=) @extschema@.tier(p.name, pl.account_key)), 0)
+                  OPERATOR(pg_catalog.>=)
+                  coalesce((SELECT t.rank FROM @extschema@.tiers(p.ladder) t
+                            WHERE t.name OPERATOR(pg_catalog.=) reward.min_tier), 0))));
+
+-- The leaderboard (src/sql/62_members.sql) runs as its owner, so that a
+-- partner gets its true rank among all accounts, but shows a partner the
+-- rows of its own account only: the filter applies after the ranking and,
+-- the view being a security barrier, before any predicate of the reader's.
+-- Ranks, never another account's key or points: a rank is what a
+-- leaderboard is for, and it tells how many did better, not who or how much.
+-- Staff see every row.
+CREATE OR REPLACE VIEW @extschema@.leaderboard WITH (security_barrier = true) AS
+WITH earned AS (
+    SELECT l.program_id, p.name AS program, l.account_key, l.member_id,
+           (l.posted_at AT TIME ZONE p.time_zone)::date AS day, l.points
+    FROM @extschema@.ledger l
+    JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) l.program_id
+    WHERE l.kind IN ('earn', 'reverse', 'bonus', 'cap', 'backfill', 'restate', 'award')
+), per AS (
+    SELECT e.program_id, e.program, g.period, pg_catalog.date_trunc(g.period, e.day::timestamp)::date AS period_start,
+           s.scope, e.account_key, CASE WHEN s.scope OPERATOR(pg_catalog.=) 'member' THEN e.member_id END AS member_id,
+           pg_catalog.sum(e.points)::bigint AS points
+    FROM earned e
+    CROSS JOIN (VALUES ('month'), ('quarter'), ('year')) AS g(period)
+    CROSS JOIN (VALUES ('account'), ('member')) AS s(scope)
+    WHERE s.scope OPERATOR(pg_catalog.=) 'account' OR e.member_id IS NOT NULL
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+)
+SELECT x.program_id, x.program, x.period, x.period_start, x.scope, x.rank, x.account_key, x.member_id, x.points
+FROM (SELECT r.program_id, r.program, r.period, r.period_start, r.scope,
+             pg_catalog.rank() OVER (PARTITION BY r.program_id, r.period, r.period_start, r.scope ORDER BY r.points DESC) AS rank,
+             r.account_key, r.member_id, r.points
+      FROM per r) x
+WHERE (SELECT @extschema@._is_staff())
+   OR EXISTS (SELECT FROM @extschema@.partner_login pl
+              WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
+                AND pl.program_id OPERATOR(pg_catalog.=) x.program_id AND pl.account_key OPERATOR(pg_catalog.=) x.account_key);
+
+-- account_status (src/sql/71_kpi.sql) for partners: a partner may not read
+-- its account's cohort or potential spend (column privileges of
+-- loyalty.account), and a view checks the privileges of every column its
+-- definition names, whichever its reader selects.  So the view reads the
+-- two through account_private, which runs as its owner and shows staff every
+-- row, a partner none: a partner's row of account_status has them NULL.  Its
+-- filter names no column: the planner makes it a one-time filter (a gate
+-- evaluated once, before the scan below it starts), so no predicate of the
+-- reader's sees a row when it is false.  Not a security barrier: that would
+-- keep the join's key out of the scan, and each row of account_status would
+-- then read every account.
+CREATE VIEW @extschema@.account_private AS
+SELECT a.program_id, a.account_key, a.cohort, a.potential_spend
+FROM @extschema@.account a
+WHERE (SELECT @extschema@._is_staff());
+COMMENT ON VIEW @extschema@.account_private IS 'The columns of loyalty.account a partner''s login may not read (cohort, potential spend), all rows for loyalty''s roles, none for a partner: loyalty.account_status reads them through it.';
+COMMENT ON COLUMN @extschema@.account_private.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.account_private.account_key IS 'The ERP''s customer key.';
+COMMENT ON COLUMN @extschema@.account_private.cohort IS 'pilot or control (NULL: not in the experiment).';
+COMMENT ON COLUMN @extschema@.account_private.potential_spend IS 'Estimated annual wallet (share of wallet''s denominator).';
+CREATE OR REPLACE VIEW @extschema@.account_status WITH (security_invoker = true) AS
+SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, ap.cohort,
+       a.tier, a.tier_since,
+       coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
+       coalesce(r.rolling, 0) AS rolling_qualifying,
+       n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
+       coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, ap.potential_spend,
+       b.last_doc_date AS last_invoice_date,
+       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice
+FROM @extschema@.account a
+JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
+CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
+-- staff only: a partner's row has them NULL
+LEFT JOIN @extschema@.account_private ap ON ap.program_id OPERATOR(pg_catalog.=) a.program_id
+                                         AND ap.account_key OPERATOR(pg_catalog.=) a.account_key
+LEFT JOIN @extschema@.balance b ON b.program_id OPERATOR(pg_catalog.=) a.program_id
+                               AND b.account_key OPERATOR(pg_catalog.=) a.account_key
+-- the tier window: whole calendar months ending with the current one (as
+-- loyalty.balance() counts it)
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(m.qualifying) AS rolling
+    FROM @extschema@.accrual_month m
+    WHERE m.program_id OPERATOR(pg_catalog.=) a.program_id AND m.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND m.month OPERATOR(pg_catalog.<=) t.today
+      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', t.today::timestamp)
+          OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => GREATEST(1,
+              (pg_catalog.date_part('year', p.qualification_window) OPERATOR(pg_catalog.*) 12
+               OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
+               OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', p.qualification_window) OPERATOR(pg_catalog./) 30))::integer)
+              OPERATOR(pg_catalog.-) 1))::date) r ON true
+LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true;
+
+-- The views read as their reader, so that the policies apply to it.
+ALTER VIEW @extschema@.account_benefits SET (security_invoker = true);
+ALTER VIEW @extschema@.member_balance SET (security_invoker = true);
+
+GRANT SELECT ON @extschema@.settlement_account, @extschema@.award, @extschema@.member_points, @extschema@.mdf_accrual,
+                @extschema@.mdf_claim, @extschema@.settlement_line, @extschema@.rebate_posting, @extschema@.tier_benefit,
+                @extschema@.account_benefits, @extschema@.member_balance, @extschema@.leaderboard,
+                @extschema@.account_status, @extschema@.account_private
+TO loyalty_partner;
+GRANT SELECT ON @extschema@.account_private TO loyalty_reader, loyalty_operator, loyalty_admin;
+-- the leaderboard's filter calls them as its reader
+GRANT EXECUTE ON FUNCTION @extschema@._caller() TO loyalty_reader, loyalty_operator, loyalty_admin, loyalty_partner;

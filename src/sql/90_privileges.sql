@@ -49,3 +49,12 @@ TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.balance(text, text), @extschema@.tier(text, text),
                           @extschema@.pending_caps(integer, text)
 TO loyalty_partner;
+-- and its statement, benefits, expiring points, tier and balance as of a
+-- date, and redeems for itself: each of them checks the partner's account
+-- first (loyalty._may_read, loyalty._may_act).  Not cancel_redemption (a
+-- return, decided by the operator).
+GRANT EXECUTE ON FUNCTION @extschema@.tier(text, text, date), @extschema@.balance(text, text, date),
+                          @extschema@.benefits(text, text), @extschema@.statement(text, text, date),
+                          @extschema@.expiring_points(text, text, date),
+                          @extschema@.redeem(text, text, text, integer, text)
+TO loyalty_partner;
