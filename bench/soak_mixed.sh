@@ -29,7 +29,8 @@
 # Run as root:  bash bench/soak_mixed.sh     (about 2 minutes)
 # Knobs: SOAKMIX_SECONDS (60), SOAKMIX_CLIENTS (8), SOAKMIX_ACCOUNTS (200),
 # SOAKMIX_POOR (10: accounts with few points, where redemptions fail),
-# SOAKMIX_SETTLE_EVERY (4 s between settlements), SOAKMIX_BUILD (1; 0 uses
+# SOAKMIX_SETTLE_EVERY (seconds between settlements; default SOAKMIX_SECONDS / 15,
+# so that the 14 months of the history are settled within the run), SOAKMIX_BUILD (1; 0 uses
 # the extension already installed), LOYALTY_PORT (from .env).
 set -euo pipefail
 
@@ -43,7 +44,7 @@ DURATION=${SOAKMIX_SECONDS:-60}
 CLIENTS=${SOAKMIX_CLIENTS:-8}
 ACCOUNTS=${SOAKMIX_ACCOUNTS:-200}
 POOR=${SOAKMIX_POOR:-10}
-SETTLE_EVERY=${SOAKMIX_SETTLE_EVERY:-4}
+SETTLE_EVERY=${SOAKMIX_SETTLE_EVERY:-$(( DURATION / 15 > 0 ? DURATION / 15 : 1 ))}
 BUILD=${SOAKMIX_BUILD:-1}
 for v in DURATION CLIENTS ACCOUNTS POOR SETTLE_EVERY; do
   if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -eq 0 ]; then die "$v must be a positive integer, got '${!v}'"; fi
@@ -107,7 +108,8 @@ CREATE TABLE erp.order_line (
   unit_price   numeric(12,2) NOT NULL,
   PRIMARY KEY (order_id, line_no));
 
-SELECT loyalty.create_program('Soak', ladder => 'Member:0, Silver:20000, Gold:60000', settlement_period => 'month');
+SELECT loyalty.create_program('Soak', ladder => 'Member:0, Silver:20000, Gold:60000', settlement_period => 'month',
+                              point_lifetime => '6 months');
 SELECT loyalty.attach('erp.invoice_line', 'Soak', account_column => 'customer_id', amount_column => 'amount',
                       date_column => 'invoice_date', key_column => 'invoice_id, line_no');
 SELECT loyalty.attach('erp.order_line', 'Soak', key_column => 'order_id, line_no', header => 'erp.orders',
@@ -116,6 +118,7 @@ SELECT loyalty.attach('erp.order_line', 'Soak', key_column => 'order_id, line_no
 SELECT loyalty.set_benefit('Soak', 'Member', 'mdf_rate', '0.01');
 SELECT loyalty.set_benefit('Soak', 'Silver', 'mdf_rate', '0.02');
 SELECT loyalty.set_benefit('Soak', 'Gold', 'mdf_rate', '0.03');
+SELECT loyalty.create_rebate_agreement('Soak', 'ALL', 'marginal: 0:1%, 5000:2%', valid_from => current_date - 400);
 SELECT loyalty.set_reward('Soak', 'CHEAP', 'Cap', 50);
 SELECT loyalty.set_reward('Soak', 'STOCKED', 'Jacket', 200, stock => 150);
 SELECT loyalty.set_reward('Soak', 'LIMITED', 'Training seat', 100, per_account_limit => 3);
