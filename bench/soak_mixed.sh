@@ -5,7 +5,8 @@
 # pgbench runs SOAKMIX_CLIENTS clients (8) for SOAKMIX_SECONDS (60) over
 # weighted scripts: invoice lines (line shape) and order headers with their
 # lines (header shape), amount updates, credit notes (negative lines),
-# header changes (customer or date of an order), redemptions (some refused
+# header changes (customer or date of an order) racing changes of the same
+# orders' lines, redemptions (some refused
 # for lack of points or stock), awards by CRM reference (some references
 # repeated, some awards pending approval), approvals and rejections of
 # pending awards, MDF claims and their approvals.  Beside them one session
@@ -191,9 +192,21 @@ EOF
 \set c random($rich, $ACCOUNTS)
 \set d random(0, 395)
 \set which random(0, 1)
+BEGIN;
 UPDATE erp.orders SET customer_id = CASE WHEN :which = 0 THEN :c ELSE customer_id END,
                       order_date = CASE WHEN :which = 1 THEN current_date - :d ELSE order_date END
 WHERE order_id = :o;
+SELECT pg_sleep(0.005);
+COMMIT;
+EOF
+  # lines of the same history orders, so that header changes race them
+  cat >"$WORK/order_update.pgbench" <<EOF
+\set o random(1, $(((ACCOUNTS - POOR) * 3)))
+\set q random(1, 5)
+BEGIN;
+UPDATE erp.order_line SET quantity = :q WHERE order_id = :o AND line_no = 1;
+SELECT pg_sleep(0.005);
+COMMIT;
 EOF
   # loyalty operations
   cat >"$WORK/redeem.pgbench" <<EOF
@@ -240,7 +253,7 @@ EOF
 }
 
 # script@weight, in the order of the report
-SCRIPTS=(lines@25 header@15 update@10 credit_note@6 header_change@8 redeem@14 award@10 decide_award@5 mdf@4 decide_mdf@3)
+SCRIPTS=(lines@25 header@15 update@10 credit_note@6 header_change@8 order_update@6 redeem@14 award@10 decide_award@5 mdf@4 decide_mdf@3)
 
 # ---------------------------------------------------------------- settlement
 
