@@ -8372,3 +8372,94 @@ GRANT EXECUTE ON FUNCTION @extschema@.tier(text, text, date), @extschema@.balanc
                           @extschema@.redeem(text, text, text, integer, text)
 TO loyalty_partner;
 
+
+-- ---- settle() runs its expiry step before posting rebates and MDF: a redemption between them deadlocked ----
+CREATE OR REPLACE FUNCTION @extschema@.settle(program text, period_end date) RETURNS @extschema@.settlement_run
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    pstart date;
+    e text[];
+    run @extschema@.settlement_run;
+    later date;
+    n bigint;
+    changed bigint;
+    expired bigint;
+    rebates numeric;
+    mdf numeric;
+    jit_was text;
+BEGIN
+    e := coalesce(@extschema@._program_problem(program),
+                  @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = settle.program),
+                                                  period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = settle.program;
+    pstart := @extschema@._period_start(pid, period_end);
+    IF period_end >= @extschema@._today(pid) THEN
+        RAISE EXCEPTION 'the % ending on period_end % has not ended yet', (SELECT p.settlement_period FROM @extschema@.program p WHERE p.program_id = pid), period_end
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Invoices dated in the period may still arrive until its last day has passed in the program''s time zone (%s).',
+                                             (SELECT p.time_zone FROM @extschema@.program p WHERE p.program_id = pid)),
+                  HINT = 'Settle it on the day after its last day or later; loyalty.settle_due() settles every period that has ended.';
+    END IF;
+    -- one settlement of the program at a time: a second call waits here,
+    -- then (a new snapshot per statement) finds the run the first committed
+    PERFORM @extschema@._settle_lock(pid);
+    SELECT * INTO run FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end = settle.period_end;
+    IF FOUND THEN
+        RAISE NOTICE 'program "%" is already settled for the period ending %', program, period_end
+            USING DETAIL = 'A period is settled once; its run is in loyalty.settlement_run.';
+        RETURN run;
+    END IF;
+    SELECT max(r.period_end) INTO later FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end > settle.period_end;
+    IF later IS NOT NULL THEN
+        RAISE EXCEPTION 'program "%" is already settled for a later period (ending %)', program, later
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Periods are settled in order; what a skipped period would count was carried into the later run.',
+                  HINT = 'Nothing to do: late documents of earlier periods are carried into the next run.';
+    END IF;
+    PERFORM @extschema@._tier_lock(pid);
+    -- the pass is one cheap scan, but its plan is costed high enough to be
+    -- JIT-compiled, which costs more than the pass: off for this run
+    -- (restored below; an error rolls the setting back with the run)
+    jit_was := pg_catalog.current_setting('jit');
+    PERFORM pg_catalog.set_config('jit', 'off', true);
+
+    n := @extschema@._settle_accounts(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: % accounts counted', program, pstart, period_end, n;
+    changed := @extschema@._settle_tiers(pid, period_end);
+    RAISE NOTICE 'settle "%" %..%: % tier changes', program, pstart, period_end, changed;
+    -- the rebate and expiry steps take the day after the period as their
+    -- cutoff (the period's documents are those dated before it).  Expiry
+    -- runs first: it locks the accounts it debits before this transaction
+    -- posts anything to them.  A redemption holds its account's lock while
+    -- it waits for the postings in flight on the account (_await_postings);
+    -- had the rebates or MDF been posted first, a redemption arriving
+    -- between them and the expiry lock would deadlock with the settlement.
+    -- (Rebates and MDF carry no points: the order changes no figure.)
+    expired := @extschema@._settle_expiry(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
+    rebates := @extschema@._settle_rebates(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
+    RAISE NOTICE 'settle "%" %..%: rebates trued up %', program, pstart, period_end, rebates;
+    mdf := @extschema@._settle_mdf(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: MDF accrued %', program, pstart, period_end, mdf;
+    RAISE NOTICE 'settle "%" %..%: % points expired', program, pstart, period_end, expired;
+
+    INSERT INTO @extschema@.settlement_run AS r
+        (program_id, period_start, period_end, status, started_at, finished_at, accounts, points_expired, rebate_total,
+         mdf_total, period_qualifying, carried_qualifying, period_points, carried_points, tiers_up, tiers_down,
+         tiers_held, settled_by)
+    SELECT pid, pstart, settle.period_end, 'done', pg_catalog.now(), pg_catalog.clock_timestamp(), n, expired, rebates, mdf,
+           coalesce(sum(s.period_qualifying), 0), coalesce(sum(s.carried_qualifying), 0),
+           coalesce(sum(s.period_points), 0), coalesce(sum(s.carried_points), 0),
+           count(*) FILTER (WHERE s.outcome = 'up'), count(*) FILTER (WHERE s.outcome IN ('down', 'grace')),
+           count(*) FILTER (WHERE s.outcome IN ('held', 'kept')), session_user
+    FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.period_end = settle.period_end
+    RETURNING * INTO run;
+    PERFORM pg_catalog.set_config('jit', jit_was, true);
+    RETURN run;
+END
+$$;
+

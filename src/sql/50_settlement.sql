@@ -362,12 +362,18 @@ BEGIN
     changed := @extschema@._settle_tiers(pid, period_end);
     RAISE NOTICE 'settle "%" %..%: % tier changes', program, pstart, period_end, changed;
     -- the rebate and expiry steps take the day after the period as their
-    -- cutoff (the period's documents are those dated before it)
+    -- cutoff (the period's documents are those dated before it).  Expiry
+    -- runs first: it locks the accounts it debits before this transaction
+    -- posts anything to them.  A redemption holds its account's lock while
+    -- it waits for the postings in flight on the account (_await_postings);
+    -- had the rebates or MDF been posted first, a redemption arriving
+    -- between them and the expiry lock would deadlock with the settlement.
+    -- (Rebates and MDF carry no points: the order changes no figure.)
+    expired := @extschema@._settle_expiry(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
     rebates := @extschema@._settle_rebates(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
     RAISE NOTICE 'settle "%" %..%: rebates trued up %', program, pstart, period_end, rebates;
     mdf := @extschema@._settle_mdf(pid, pstart, period_end);
     RAISE NOTICE 'settle "%" %..%: MDF accrued %', program, pstart, period_end, mdf;
-    expired := @extschema@._settle_expiry(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
     RAISE NOTICE 'settle "%" %..%: % points expired', program, pstart, period_end, expired;
 
     INSERT INTO @extschema@.settlement_run AS r
