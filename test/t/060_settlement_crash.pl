@@ -56,10 +56,14 @@ $node->poll_query_until('postgres',
 is($node->safe_psql('postgres', 'SELECT count(*) FROM loyalty.settlement_run'),
 	'0', 'mid-run: no run is visible yet');
 
-# The whole server dies.
+# The whole server dies, at once.
 my $blocker_pid = $node->safe_psql('postgres',
 	"SELECT pid FROM pg_stat_activity WHERE pid <> $pid AND query LIKE '%FOR UPDATE%' AND backend_type = 'client backend'");
+# Its backends die with it: a SIGKILL of the postmaster alone leaves them
+# running until they notice, and closing the blocker's session first would
+# release the row and let the settlement commit after the "crash".
 $node->kill9;
+kill('KILL', grep { $_ } ($pid, $blocker_pid));
 for my $s ($settle, $blocker)
 {
 	eval { $s->quit; };
