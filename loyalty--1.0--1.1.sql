@@ -7734,13 +7734,13 @@ ALTER TABLE @extschema@.action_rule ADD COLUMN category text NOT NULL DEFAULT 'o
 -- the rules already written: their category follows their code, as
 -- set_action_rule() gives a new action's
 UPDATE @extschema@.action_rule r
-SET category = CASE WHEN r.action ~ '(^|_)(training|course|learning)' THEN 'training'
-                    WHEN r.action ~ '(^|_)certifi' THEN 'certification'
-                    WHEN r.action ~ '(^|_)referral' THEN 'referral'
-                    WHEN r.action ~ '(^|_)review' THEN 'review'
-                    WHEN r.action ~ '(^|_)survey' THEN 'survey'
-                    WHEN r.action ~ '(^|_)lead(_|$)' THEN 'lead'
-                    WHEN r.action ~ '(^|_)onboard' THEN 'onboarding'
+SET category = CASE WHEN r.action OPERATOR(pg_catalog.~) '(^|_)(training|course|learning)' THEN 'training'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)certifi' THEN 'certification'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)referral' THEN 'referral'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)review' THEN 'review'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)survey' THEN 'survey'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)lead(_|$)' THEN 'lead'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)onboard' THEN 'onboarding'
                     ELSE 'other' END;
 COMMENT ON COLUMN @extschema@.action_rule.category IS 'What kind of action it is, for the KPIs (loyalty.kpi): training or certification (training completion), referral, review, survey or lead (advocacy), onboarding, or other. A property of the action: every version of an action has the same.';
 
