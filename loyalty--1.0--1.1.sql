@@ -8463,3 +8463,360 @@ BEGIN
 END
 $$;
 
+
+-- ---- KPIs: training completion and advocacy from approved awards (loyalty.kpi, loyalty.account_status); action_rule.category, set by set_action_rule(category => ...) ----
+ALTER TABLE @extschema@.action_rule ADD COLUMN category text NOT NULL DEFAULT 'other'
+    CHECK (category IN ('training', 'certification', 'referral', 'review', 'survey', 'lead', 'onboarding', 'other'));
+-- the rules already written: their category follows their code, as
+-- set_action_rule() gives a new action's
+UPDATE @extschema@.action_rule r
+SET category = CASE WHEN r.action OPERATOR(pg_catalog.~) '(^|_)(training|course|learning)' THEN 'training'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)certifi' THEN 'certification'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)referral' THEN 'referral'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)review' THEN 'review'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)survey' THEN 'survey'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)lead(_|$)' THEN 'lead'
+                    WHEN r.action OPERATOR(pg_catalog.~) '(^|_)onboard' THEN 'onboarding'
+                    ELSE 'other' END;
+COMMENT ON COLUMN @extschema@.action_rule.category IS 'What kind of action it is, for the KPIs (loyalty.kpi): training or certification (training completion), referral, review, survey or lead (advocacy), onboarding, or other. A property of the action: every version of an action has the same.';
+
+DROP FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date);
+CREATE FUNCTION @extschema@.set_action_rule(
+    program        text,
+    action         text,
+    points         bigint,
+    needs_approval boolean DEFAULT false,
+    cap_points     bigint DEFAULT NULL,
+    cap_period     text DEFAULT NULL,
+    valid_from     date DEFAULT NULL,
+    category       text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    since date := valid_from;
+    last_award date;
+    kind text := category;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF action IS NULL OR action !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'action must be a code of lower-case letters, digits and _ (1 to 63, starting with a letter)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('action %s was given.', coalesce(pg_catalog.quote_literal(action), 'NULL')),
+                  HINT = 'For example action => ''certification''.';
+    END IF;
+    IF points IS NULL OR points < 0 OR points > 1000000000 THEN
+        RAISE EXCEPTION 'points of action "%" must be between 0 and 1000000000', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('points %s was given.', coalesce(points::text, 'NULL')),
+                  HINT = 'Give the points one action earns.';
+    END IF;
+    IF needs_approval IS NULL THEN
+        RAISE EXCEPTION 'needs_approval of action "%" must not be NULL', action
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'needs_approval says whether an operator must approve each award.',
+                  HINT = 'Give true or false.';
+    END IF;
+    IF (cap_points IS NULL) <> (cap_period IS NULL) OR cap_points <= 0
+       OR cap_period <> ALL (ARRAY['month', 'quarter', 'year']) THEN
+        RAISE EXCEPTION 'cap_points and cap_period of action "%" go together: a positive cap per month, quarter or year', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('cap_points %s, cap_period %s were given.', coalesce(cap_points::text, 'NULL'),
+                                             coalesce(pg_catalog.quote_literal(cap_period), 'NULL')),
+                  HINT = 'For example cap_points => 500, cap_period => ''quarter''; both NULL for no cap.';
+    END IF;
+    IF since = 'infinity' THEN
+        RAISE EXCEPTION 'valid_from of action "%" must not be infinity', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_from is the first day of occurrence the version applies to.',
+                  HINT = 'Give a date, or NULL: the first version then applies to every day, a later one from today.';
+    END IF;
+    IF kind <> ALL (ARRAY['training', 'certification', 'referral', 'review', 'survey', 'lead', 'onboarding', 'other']) THEN
+        RAISE EXCEPTION 'category of action "%" must be training, certification, referral, review, survey, lead, onboarding or other', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('category %s was given.', pg_catalog.quote_literal(kind)),
+                  HINT = 'For example category => ''training''; NULL keeps the action''s category (a new action''s follows its code).';
+    END IF;
+    -- The category belongs to the action: NULL keeps the one it has; a new
+    -- action's follows its code (the codes loyalty.action_rule.action lists).
+    IF kind IS NULL THEN
+        SELECT r.category INTO kind FROM @extschema@.action_rule r
+        WHERE r.program_id = pid AND r.action = action ORDER BY r.valid_from DESC LIMIT 1;
+        kind := coalesce(kind, CASE WHEN action ~ '(^|_)(training|course|learning)' THEN 'training'
+                                    WHEN action ~ '(^|_)certifi' THEN 'certification'
+                                    WHEN action ~ '(^|_)referral' THEN 'referral'
+                                    WHEN action ~ '(^|_)review' THEN 'review'
+                                    WHEN action ~ '(^|_)survey' THEN 'survey'
+                                    WHEN action ~ '(^|_)lead(_|$)' THEN 'lead'
+                                    WHEN action ~ '(^|_)onboard' THEN 'onboarding'
+                                    ELSE 'other' END);
+    END IF;
+    IF since IS NULL THEN
+        since := CASE WHEN EXISTS (SELECT FROM @extschema@.action_rule r WHERE r.program_id = pid AND r.action = action)
+                      THEN @extschema@._today(pid) ELSE '-infinity' END;
+    END IF;
+    -- What an award earned never changes: a version may start only after
+    -- the last action already awarded.
+    SELECT pg_catalog.max(w.occurred_on) INTO last_award FROM @extschema@.award w
+    WHERE w.program_id = pid AND w.action = action;
+    IF last_award >= since THEN
+        RAISE EXCEPTION 'valid_from % of action "%" is not after the last action awarded (%)', since, action, last_award
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Awards already made keep the version they earned by.',
+                  HINT = pg_catalog.format('Give valid_from => ''%s'' or later.', last_award + 1);
+    END IF;
+    INSERT INTO @extschema@.action_rule AS r (program_id, action, valid_from, points, needs_approval, cap_points, cap_period,
+                                              category)
+    VALUES (pid, action, since, points, needs_approval, cap_points, cap_period, kind)
+    ON CONFLICT ON CONSTRAINT action_rule_pkey DO UPDATE
+    SET points = excluded.points, needs_approval = excluded.needs_approval, cap_points = excluded.cap_points,
+        cap_period = excluded.cap_period, created_at = excluded.created_at, category = excluded.category;
+    -- every version of the action: the KPIs count its past awards by it too
+    UPDATE @extschema@.action_rule r SET category = kind
+    WHERE r.program_id = pid AND r.action = action AND r.category <> kind;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date, text) IS
+'Writes a version of a non-purchase action''s rule: points per action, approval needed or not, cap per period, and the action''s category for the KPIs (training, certification, referral, review, survey, lead, onboarding, other; it applies to every version of the action; NULL keeps it, and a new action''s follows its code, e.g. training_completed is training, lead_won lead). valid_from NULL: the first version applies to every day, a later one from today. A version can start only after the last action already awarded.';
+REVOKE ALL ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date, text) TO loyalty_admin;
+
+CREATE OR REPLACE VIEW @extschema@.account_status WITH (security_invoker = true) AS
+SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, a.cohort,
+       a.tier, a.tier_since,
+       coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
+       coalesce(r.rolling, 0) AS rolling_qualifying,
+       n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
+       coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, a.potential_spend,
+       b.last_doc_date AS last_invoice_date,
+       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
+       coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
+FROM @extschema@.account a
+JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
+CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
+LEFT JOIN @extschema@.balance b ON b.program_id OPERATOR(pg_catalog.=) a.program_id
+                               AND b.account_key OPERATOR(pg_catalog.=) a.account_key
+-- the tier window: whole calendar months ending with the current one (as
+-- loyalty.balance() counts it)
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(m.qualifying) AS rolling
+    FROM @extschema@.accrual_month m
+    WHERE m.program_id OPERATOR(pg_catalog.=) a.program_id AND m.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND m.month OPERATOR(pg_catalog.<=) t.today
+      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', t.today::timestamp)
+          OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => GREATEST(1,
+              (pg_catalog.date_part('year', p.qualification_window) OPERATOR(pg_catalog.*) 12
+               OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
+               OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', p.qualification_window) OPERATOR(pg_catalog./) 30))::integer)
+              OPERATOR(pg_catalog.-) 1))::date) r ON true
+LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true
+-- approved training and certification actions, its members' included
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(x.quantity)::bigint AS trainings,
+           pg_catalog.sum(x.quantity) FILTER (WHERE ar.category OPERATOR(pg_catalog.=) 'certification')::bigint AS certifications
+    FROM @extschema@.award x
+    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) x.program_id
+                                   AND ar.action OPERATOR(pg_catalog.=) x.action AND ar.valid_from OPERATOR(pg_catalog.=) x.rule_from
+    WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
+COMMENT ON VIEW @extschema@.account_status IS 'One row per enrolled account: segment, cohort, tier, balances, progress to the next tier, trainings and certifications. The row a BI tool starts from.';
+COMMENT ON COLUMN @extschema@.account_status.trainings_completed IS 'Approved actions of category training or certification (loyalty.action_rule.category), the account''s and its members'', all time; quantities summed.';
+COMMENT ON COLUMN @extschema@.account_status.certifications IS 'Of trainings_completed, the certifications.';
+
+CREATE OR REPLACE VIEW @extschema@.kpi WITH (security_invoker = true) AS
+WITH s AS (
+    SELECT p.program_id, x.account_key, pg_catalog.date_trunc('quarter', x.doc_date::timestamp)::date AS quarter,
+           x.product_line, x.revenue, x.margin
+    FROM @extschema@.program p CROSS JOIN LATERAL @extschema@.sales(p.name) x
+    -- the programs whose ERP tables the reader may read
+    WHERE NOT EXISTS (
+          SELECT FROM @extschema@.attachment x
+          CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[x.source, x.header, x.product]) AS r(rel)
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.rel::oid
+          WHERE x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.detached_at IS NULL
+            AND NOT (pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+                     AND pg_catalog.has_table_privilege(c.oid, 'SELECT')))),
+aq AS (
+    SELECT s.program_id, s.account_key, s.quarter, pg_catalog.sum(s.revenue) AS revenue, pg_catalog.sum(s.margin) AS margin
+    FROM s GROUP BY 1, 2, 3),
+last_q AS (SELECT aq.program_id, pg_catalog.max(aq.quarter) AS quarter FROM aq GROUP BY 1),
+-- an account buys a product line for the first time, after earlier purchases
+first_buy AS (SELECT s.program_id, s.account_key, pg_catalog.min(s.quarter) AS quarter FROM s WHERE s.revenue OPERATOR(pg_catalog.>) 0 GROUP BY 1, 2),
+cross_sold AS (
+    SELECT DISTINCT l.program_id, l.account_key, l.quarter
+    FROM (SELECT s.program_id, s.account_key, s.product_line, pg_catalog.min(s.quarter) AS quarter
+          FROM s WHERE s.revenue OPERATOR(pg_catalog.>) 0 AND s.product_line IS NOT NULL GROUP BY 1, 2, 3) l
+    JOIN first_buy f ON f.program_id OPERATOR(pg_catalog.=) l.program_id AND f.account_key OPERATOR(pg_catalog.=) l.account_key
+    WHERE l.quarter OPERATOR(pg_catalog.>) f.quarter),
+pts AS (
+    SELECT m.program_id, m.account_key, pg_catalog.date_trunc('quarter', m.month::timestamp)::date AS quarter,
+           pg_catalog.sum(m.points) AS earned, 0::numeric AS redeemed
+    FROM @extschema@.accrual_month m GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT l.program_id, l.account_key, pg_catalog.date_trunc('quarter', l.posted_at AT TIME ZONE p.time_zone)::date,
+           pg_catalog.sum(l.points) FILTER (WHERE l.kind IN ('award', 'adjust') AND l.points OPERATOR(pg_catalog.>) 0),
+           OPERATOR(pg_catalog.-) pg_catalog.sum(l.points) FILTER (WHERE l.kind OPERATOR(pg_catalog.=) 'redeem')
+    FROM @extschema@.ledger l JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) l.program_id
+    WHERE l.kind IN ('award', 'adjust', 'redeem') GROUP BY 1, 2, 3),
+pq AS (SELECT pts.program_id, pts.account_key, pts.quarter, pg_catalog.sum(pts.earned) AS earned,
+              pg_catalog.sum(pts.redeemed) AS redeemed FROM pts GROUP BY 1, 2, 3),
+-- approved actions by the quarter they occurred in (as tier qualification
+-- and the caps count them), the members' with their account's
+act AS (
+    SELECT w.program_id, w.account_key, pg_catalog.date_trunc('quarter', w.occurred_on::timestamp)::date AS quarter,
+           pg_catalog.sum(w.quantity) FILTER (WHERE ar.category IN ('training', 'certification')) AS trainings,
+           pg_catalog.sum(w.quantity) FILTER (WHERE ar.category IN ('referral', 'review', 'survey', 'lead')) AS advocacy
+    FROM @extschema@.award w
+    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) w.program_id
+                                   AND ar.action OPERATOR(pg_catalog.=) w.action AND ar.valid_from OPERATOR(pg_catalog.=) w.rule_from
+    WHERE w.status OPERATOR(pg_catalog.=) 'approved'
+      AND ar.category IN ('training', 'certification', 'referral', 'review', 'survey', 'lead')
+    GROUP BY 1, 2, 3),
+-- every account and quarter with revenue or points, and the quarter after
+-- one with revenue (up to the last quarter with data)
+grid AS (
+    SELECT aq.program_id, aq.account_key, aq.quarter FROM aq
+    UNION
+    SELECT aq.program_id, aq.account_key, (aq.quarter OPERATOR(pg_catalog.+) '3 months'::interval)::date
+    FROM aq JOIN last_q USING (program_id) WHERE aq.quarter OPERATOR(pg_catalog.<) last_q.quarter
+    UNION
+    SELECT pq.program_id, pq.account_key, pq.quarter FROM pq
+    UNION
+    SELECT act.program_id, act.account_key, act.quarter FROM act),
+r AS (
+    SELECT g.program_id, g.quarter, coalesce(a.cooperation_model, 'none') AS segment, coalesce(a.cohort, 'none') AS cohort,
+           a.potential_spend, coalesce(c.revenue, 0) AS revenue, coalesce(c.margin, 0) AS margin,
+           coalesce(pr.revenue, 0) AS prev_revenue,
+           coalesce(c.revenue OPERATOR(pg_catalog.>) 0, false) AS active,
+           coalesce(pr.revenue OPERATOR(pg_catalog.>) 0, false) AS prev_active,
+           x.account_key IS NOT NULL AS cross_sold,
+           coalesce(q.earned, 0) AS earned, coalesce(q.redeemed, 0) AS redeemed,
+           coalesce(t.trainings, 0) AS trainings, coalesce(t.advocacy, 0) AS advocacy
+    FROM grid g
+    LEFT JOIN @extschema@.account a ON a.program_id OPERATOR(pg_catalog.=) g.program_id AND a.account_key OPERATOR(pg_catalog.=) g.account_key
+    LEFT JOIN aq c ON c.program_id OPERATOR(pg_catalog.=) g.program_id AND c.account_key OPERATOR(pg_catalog.=) g.account_key
+                  AND c.quarter OPERATOR(pg_catalog.=) g.quarter
+    LEFT JOIN aq pr ON pr.program_id OPERATOR(pg_catalog.=) g.program_id AND pr.account_key OPERATOR(pg_catalog.=) g.account_key
+                   AND pr.quarter OPERATOR(pg_catalog.=) (g.quarter OPERATOR(pg_catalog.-) '3 months'::interval)::date
+    LEFT JOIN cross_sold x ON x.program_id OPERATOR(pg_catalog.=) g.program_id AND x.account_key OPERATOR(pg_catalog.=) g.account_key
+                          AND x.quarter OPERATOR(pg_catalog.=) g.quarter
+    LEFT JOIN pq q ON q.program_id OPERATOR(pg_catalog.=) g.program_id AND q.account_key OPERATOR(pg_catalog.=) g.account_key
+                  AND q.quarter OPERATOR(pg_catalog.=) g.quarter
+    LEFT JOIN act t ON t.program_id OPERATOR(pg_catalog.=) g.program_id AND t.account_key OPERATOR(pg_catalog.=) g.account_key
+                   AND t.quarter OPERATOR(pg_catalog.=) g.quarter),
+k AS (
+    SELECT r.program_id, r.quarter, r.segment, r.cohort,
+           pg_catalog.count(*) FILTER (WHERE r.active) AS active_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.prev_active) AS previously_active,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.prev_active) AS retained_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.active AND NOT r.prev_active) AS new_or_returning,
+           pg_catalog.sum(r.revenue) AS revenue, pg_catalog.sum(r.margin) AS margin,
+           pg_catalog.sum(r.prev_revenue) FILTER (WHERE r.prev_active) AS prev_revenue,
+           pg_catalog.sum(LEAST(GREATEST(r.revenue, 0), r.prev_revenue)) FILTER (WHERE r.prev_active) AS kept_revenue,
+           pg_catalog.sum(r.revenue) FILTER (WHERE r.prev_active) AS cohort_revenue,
+           pg_catalog.count(*) FILTER (WHERE r.prev_active AND r.revenue OPERATOR(pg_catalog.>) r.prev_revenue) AS expansion_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.cross_sold) AS cross_sell_accounts,
+           pg_catalog.sum(r.revenue) FILTER (WHERE r.active AND r.potential_spend OPERATOR(pg_catalog.>) 0) AS wallet_revenue,
+           pg_catalog.sum(r.potential_spend) FILTER (WHERE r.active AND r.potential_spend OPERATOR(pg_catalog.>) 0) AS wallet,
+           pg_catalog.sum(r.earned) AS points_earned, pg_catalog.sum(r.redeemed) AS points_redeemed,
+           pg_catalog.sum(r.margin) FILTER (WHERE r.active) AS active_margin,
+           pg_catalog.sum(r.trainings) AS trainings,
+           pg_catalog.count(*) FILTER (WHERE r.trainings OPERATOR(pg_catalog.>) 0) AS accounts_trained,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.trainings OPERATOR(pg_catalog.>) 0) AS active_trained,
+           pg_catalog.sum(r.advocacy) AS advocacy,
+           pg_catalog.count(*) FILTER (WHERE r.advocacy OPERATOR(pg_catalog.>) 0) AS advocating_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.advocacy OPERATOR(pg_catalog.>) 0) AS active_advocating
+    FROM r GROUP BY 1, 2, 3, 4)
+SELECT p.name AS program, k.quarter, k.segment, k.cohort, k.active_accounts, k.previously_active, k.retained_accounts,
+       k.new_or_returning,
+       pg_catalog.round(k.retained_accounts::numeric OPERATOR(pg_catalog./) NULLIF(k.previously_active, 0), 4) AS account_retention,
+       k.revenue, k.margin,
+       pg_catalog.round(k.kept_revenue OPERATOR(pg_catalog./) NULLIF(k.prev_revenue, 0), 4) AS gross_revenue_retention,
+       pg_catalog.round(k.cohort_revenue OPERATOR(pg_catalog./) NULLIF(k.prev_revenue, 0), 4) AS net_revenue_retention,
+       k.expansion_accounts, k.cross_sell_accounts,
+       pg_catalog.round(4 OPERATOR(pg_catalog.*) k.wallet_revenue OPERATOR(pg_catalog./) NULLIF(k.wallet, 0), 4) AS share_of_wallet,
+       k.points_earned, k.points_redeemed,
+       pg_catalog.round(k.points_redeemed OPERATOR(pg_catalog./) NULLIF(k.points_earned, 0), 4) AS programme_utilisation,
+       pg_catalog.round(k.active_margin OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0)
+                        OPERATOR(pg_catalog./) NULLIF(1 OPERATOR(pg_catalog.-) (k.retained_accounts::numeric
+                                                      OPERATOR(pg_catalog./) NULLIF(k.previously_active, 0)), 0), 2) AS clv_estimate,
+       k.trainings::bigint AS trainings_completed, k.accounts_trained,
+       pg_catalog.round(k.active_trained::numeric OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0), 4) AS trained_share,
+       k.advocacy::bigint AS advocacy_actions, k.advocating_accounts,
+       pg_catalog.round(k.active_advocating::numeric OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0), 4) AS advocacy_share
+FROM k JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) k.program_id
+WHERE NOT EXISTS (
+          SELECT FROM @extschema@.attachment x
+          CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[x.source, x.header, x.product]) AS r(rel)
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.rel::oid
+          WHERE x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.detached_at IS NULL
+            AND NOT (pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+                     AND pg_catalog.has_table_privilege(c.oid, 'SELECT')));
+COMMENT ON VIEW @extschema@.kpi IS 'Quarterly B2B KPIs per program, segment (cooperation model) and cohort: activity, account and revenue retention, expansion, cross-sell, share of wallet, programme utilisation, a CLV estimate, training completion and advocacy. Revenue and margin from the ERP rows with the reader''s rights (loyalty.sales()); accounts grouped by their current segment and cohort (none: not set, or not enrolled). Trainings and advocacy from the approved awards (loyalty.award), classified by their action''s category (loyalty.action_rule.category) and dated by the day the action occurred, as tier qualification and the caps date them: a training counts in the quarter it was done, even when approved later (approving it restates that quarter). It shows the programs whose attached tables the reader may read.';
+COMMENT ON COLUMN @extschema@.kpi.trainings_completed IS 'Approved actions of category training or certification that occurred in the quarter, the accounts'' and their members'' (quantities summed: seats of a training count each).';
+COMMENT ON COLUMN @extschema@.kpi.accounts_trained IS 'Accounts with at least one approved training or certification (theirs or a member''s) that occurred in the quarter, active or not.';
+COMMENT ON COLUMN @extschema@.kpi.trained_share IS 'Of the active accounts, the share with a training or certification in the quarter.';
+COMMENT ON COLUMN @extschema@.kpi.advocacy_actions IS 'Approved actions of category referral, review, survey or lead that occurred in the quarter, the accounts'' and their members'' (quantities summed).';
+COMMENT ON COLUMN @extschema@.kpi.advocating_accounts IS 'Accounts with at least one approved advocacy action (theirs or a member''s) that occurred in the quarter, active or not.';
+COMMENT ON COLUMN @extschema@.kpi.advocacy_share IS 'Of the active accounts, the share with an advocacy action in the quarter.';
+
+-- ---------------------------------------------------------------------------
+-- account_status: the partner's version (cohort and potential spend through
+-- account_private) with the trainings and certifications of the KPI work;
+-- partners read action_rule, whose categories it counts by.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE VIEW @extschema@.account_status WITH (security_invoker = true) AS
+SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, ap.cohort,
+       a.tier, a.tier_since,
+       coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
+       coalesce(r.rolling, 0) AS rolling_qualifying,
+       n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
+       coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, ap.potential_spend,
+       b.last_doc_date AS last_invoice_date,
+       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
+       coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
+FROM @extschema@.account a
+JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
+CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
+-- staff only: a partner's row has them NULL
+LEFT JOIN @extschema@.account_private ap ON ap.program_id OPERATOR(pg_catalog.=) a.program_id
+                                         AND ap.account_key OPERATOR(pg_catalog.=) a.account_key
+LEFT JOIN @extschema@.balance b ON b.program_id OPERATOR(pg_catalog.=) a.program_id
+                               AND b.account_key OPERATOR(pg_catalog.=) a.account_key
+-- the tier window: whole calendar months ending with the current one (as
+-- loyalty.balance() counts it)
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(m.qualifying) AS rolling
+    FROM @extschema@.accrual_month m
+    WHERE m.program_id OPERATOR(pg_catalog.=) a.program_id AND m.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND m.month OPERATOR(pg_catalog.<=) t.today
+      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', t.today::timestamp)
+          OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => GREATEST(1,
+              (pg_catalog.date_part('year', p.qualification_window) OPERATOR(pg_catalog.*) 12
+               OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
+               OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', p.qualification_window) OPERATOR(pg_catalog./) 30))::integer)
+              OPERATOR(pg_catalog.-) 1))::date) r ON true
+LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true
+-- approved training and certification actions, its members' included
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(x.quantity)::bigint AS trainings,
+           pg_catalog.sum(x.quantity) FILTER (WHERE ar.category OPERATOR(pg_catalog.=) 'certification')::bigint AS certifications
+    FROM @extschema@.award x
+    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) x.program_id
+                                   AND ar.action OPERATOR(pg_catalog.=) x.action AND ar.valid_from OPERATOR(pg_catalog.=) x.rule_from
+    WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
+GRANT SELECT ON @extschema@.action_rule TO loyalty_partner;

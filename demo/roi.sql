@@ -115,6 +115,16 @@ FROM loyalty.kpi k
 WHERE k.program = :'program' AND k.quarter BETWEEN '2025-10-01' AND '2026-07-01' AND k.cohort <> 'none'
 GROUP BY 1, 2 ORDER BY 1, 2;
 
+\echo 'Training completion and advocacy by cohort (loyalty.kpi: approved awards, by the quarter the action took place):'
+SELECT k.quarter, k.cohort, sum(k.active_accounts) AS active,
+       sum(k.trainings_completed) AS trainings, sum(k.accounts_trained) AS accounts_trained,
+       round(sum(k.trained_share * k.active_accounts) / nullif(sum(k.active_accounts), 0), 3) AS trained_share,
+       sum(k.advocacy_actions) AS advocacy, sum(k.advocating_accounts) AS advocating_accounts,
+       round(sum(k.advocacy_share * k.active_accounts) / nullif(sum(k.active_accounts), 0), 3) AS advocacy_share
+FROM loyalty.kpi k
+WHERE k.program = :'program'
+GROUP BY 1, 2 HAVING sum(k.trainings_completed) > 0 OR sum(k.advocacy_actions) > 0 ORDER BY 1, 2;
+
 \echo 'Churn risk today (loyalty.churn_risk), by cohort:'
 SELECT a.cohort, c.risk, count(*) AS accounts
 FROM loyalty.churn_risk c JOIN loyalty.account_status a ON a.program = c.program AND a.account_key = c.account_key

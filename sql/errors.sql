@@ -391,6 +391,10 @@ INSERT INTO cases (fn, param, kind, value, call) VALUES
 ('set_action_rule', 'valid_from', 'null', 'NULL', NULL),
 ('set_action_rule', 'valid_from', 'infinity', $$'infinity'$$, NULL),
 ('set_action_rule', 'valid_from', '-infinity', $$'-infinity'$$, NULL),
+('set_action_rule', 'category', 'null', 'NULL', NULL),
+('set_action_rule', 'category', 'valid', $$'training'$$, NULL),
+('set_action_rule', 'category', 'empty', $$''$$, NULL),
+('set_action_rule', 'category', 'unknown', $$'party'$$, NULL),
 -- balance and tier
 ('balance', 'program', 'valid', $$'err_club'$$, NULL),
 ('balance', 'program', 'null', 'NULL', NULL),

@@ -113,7 +113,7 @@ INSERT INTO decision VALUES
 -- redeeming, awarding, claiming and deciding are operations (operators).
 ('loyalty.set_reward(text,text,text,bigint,text,text,integer,integer,integer,text,date,date,text,boolean)',
  'loyalty_admin', true, true, 'configures the catalogue; typed arguments, no dynamic SQL'),
-('loyalty.set_action_rule(text,text,bigint,boolean,bigint,text,date)',
+('loyalty.set_action_rule(text,text,bigint,boolean,bigint,text,date,text)',
  'loyalty_admin', true, true, 'configures action rules; typed arguments, no dynamic SQL'),
 ('loyalty.redeem(text,text,text,integer,text)', 'loyalty_operator,loyalty_partner', true, true, 'a debit; typed arguments, no dynamic SQL; _may_act first (a partner: for itself)'),
 ('loyalty.cancel_redemption(uuid)', 'loyalty_operator', true, true, 'reverses a redemption; no dynamic SQL'),

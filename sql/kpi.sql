@@ -210,4 +210,171 @@ REVOKE ALL ON kpi_t.invoice FROM kpi_reader;
 REVOKE ALL ON SCHEMA kpi_t FROM kpi_reader;
 DROP ROLE kpi_reader;
 
+--
+-- 6. Training completion and advocacy: approved awards by the quarter the
+-- action occurred in, classified by the action's category.  Awards over two
+-- years and today, pending, approved and rejected, the accounts' and their
+-- members'; compared with plain SQL over loyalty.award and this test's own
+-- table of categories.
+--
+SELECT program_id AS pid FROM loyalty.program WHERE name = 'kpi' \gset
+INSERT INTO loyalty.member (program_id, account_key, member_id, name, role)
+SELECT :pid, i::text, 'm' || i, 'Member ' || i, 'end_user' FROM generate_series(10, 400, 10) i;
+-- categories: from the code when not given, or given
+SELECT loyalty.set_action_rule('kpi', 'training_completed', 100);
+SELECT loyalty.set_action_rule('kpi', 'certification', 500, needs_approval => true);
+SELECT loyalty.set_action_rule('kpi', 'referral_signed', 1000, needs_approval => true);
+SELECT loyalty.set_action_rule('kpi', 'product_review', 30);
+SELECT loyalty.set_action_rule('kpi', 'lead_won', 200, needs_approval => true);
+SELECT loyalty.set_action_rule('kpi', 'survey_answered', 10, cap_points => 20, cap_period => 'quarter');
+SELECT loyalty.set_action_rule('kpi', 'startup_onboarded', 300);
+SELECT loyalty.set_action_rule('kpi', 'webinar', 50);
+SELECT loyalty.set_action_rule('kpi', 'partner_day', 40, category => 'other');
+SELECT loyalty.set_action_rule('kpi', 'case_study', 80, category => 'review');
+SELECT action, category FROM loyalty.action_rule WHERE program_id = :pid ORDER BY action;
+-- an unknown category is refused
+\set VERBOSITY terse
+SELECT loyalty.set_action_rule('kpi', 'webinar', 50, category => 'party');
+\set VERBOSITY default
+CREATE TEMP TABLE cat (action text PRIMARY KEY, category text);
+INSERT INTO cat VALUES ('training_completed', 'training'), ('certification', 'certification'),
+  ('referral_signed', 'referral'), ('product_review', 'review'), ('lead_won', 'lead'), ('survey_answered', 'survey'),
+  ('startup_onboarded', 'onboarding'), ('webinar', 'training'), ('partner_day', 'other'), ('case_study', 'review');
+-- Each account does something in a month with a probability of its own;
+-- a tenth of the events are its member's; a few events happen twice in a
+-- month (quantity 2).
+SELECT count(loyalty.award('kpi', i::text,
+                           (ARRAY['training_completed', 'certification', 'referral_signed', 'product_review', 'lead_won',
+                                  'survey_answered', 'startup_onboarded', 'webinar', 'partner_day', 'case_study'])
+                               [1 + floor(kpi_t.u('act' || i || ':' || m) * 10)::int],
+                           occurred_on => (date '2024-01-01' + make_interval(months => m))::date + (i * 7 + m) % 28,
+                           member => CASE WHEN i % 10 = 0 AND kpi_t.u('mem' || i || ':' || m) < 0.5 THEN 'm' || i END,
+                           reference => 'k' || i || ':' || m,
+                           quantity => CASE WHEN kpi_t.u('qty' || i || ':' || m) < 0.1 THEN 2 ELSE 1 END)) AS awards
+FROM generate_series(1, 400) i, generate_series(0, 23) m
+WHERE kpi_t.u('does' || i || ':' || m) < 0.25 * kpi_t.u('keen' || i);
+-- and some today
+SELECT count(loyalty.award('kpi', i::text, 'training_completed', reference => 'today' || i)) AS awards_today
+FROM generate_series(3, 400, 17) i;
+-- decisions: most approved, some rejected, some left pending
+SELECT count(loyalty.approve_award(w.award_id)) AS approved
+FROM loyalty.award w WHERE w.program_id = :pid AND w.status = 'pending' AND kpi_t.u('ok' || w.reference) < 0.6;
+SELECT count(loyalty.reject_award(w.award_id)) AS rejected
+FROM loyalty.award w WHERE w.program_id = :pid AND w.status = 'pending' AND kpi_t.u('no' || w.reference) < 0.6;
+-- webinars were counted as other until now: setting the category applies
+-- to every version of the action, the past awards included
+SELECT loyalty.set_action_rule('kpi', 'webinar', 50, category => 'training');
+SELECT loyalty.set_action_rule('kpi', 'webinar', 60);
+SELECT action, valid_from = '-infinity' AS first_version, category FROM loyalty.action_rule
+WHERE program_id = :pid AND action = 'webinar' ORDER BY valid_from;
+SELECT w.status, w.member_id IS NOT NULL AS by_member, c.category IN ('training', 'certification') AS training,
+       c.category IN ('referral', 'review', 'survey', 'lead') AS advocacy, count(*) > 0 AS present
+FROM loyalty.award w JOIN cat c USING (action) WHERE w.program_id = :pid
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4;
+
+CREATE TEMP TABLE k2 AS SELECT * FROM loyalty.kpi WHERE program = 'kpi';
+-- the same, independently: approved events per account and quarter, with
+-- their account's segment and cohort; active = revenue above 0 in cq
+CREATE TEMP TABLE expect_act AS
+WITH ev AS (
+    SELECT w.account_key, date_trunc('quarter', w.occurred_on)::date AS quarter,
+           sum(CASE WHEN c.category IN ('training', 'certification') THEN w.quantity ELSE 0 END) AS trainings,
+           sum(CASE WHEN c.category IN ('referral', 'review', 'survey', 'lead') THEN w.quantity ELSE 0 END) AS advocacy
+    FROM loyalty.award w JOIN cat c ON c.action = w.action
+    WHERE w.program_id = :pid AND w.status = 'approved'
+    GROUP BY 1, 2),
+acct AS (SELECT a.account_key, coalesce(a.cooperation_model, 'none') AS segment, coalesce(a.cohort, 'none') AS cohort
+         FROM loyalty.account a WHERE a.program_id = :pid),
+active AS (SELECT c.account_key, c.quarter FROM cq c WHERE c.revenue > 0),
+group_active AS (SELECT x.quarter, a.segment, a.cohort, count(*) AS n FROM active x JOIN acct a USING (account_key) GROUP BY 1, 2, 3)
+SELECT e.quarter, a.segment, a.cohort,
+       sum(e.trainings) AS trainings_completed,
+       count(*) FILTER (WHERE e.trainings > 0) AS accounts_trained,
+       round(count(*) FILTER (WHERE e.trainings > 0 AND x.account_key IS NOT NULL)::numeric / max(g.n), 4) AS trained_share,
+       sum(e.advocacy) AS advocacy_actions,
+       count(*) FILTER (WHERE e.advocacy > 0) AS advocating_accounts,
+       round(count(*) FILTER (WHERE e.advocacy > 0 AND x.account_key IS NOT NULL)::numeric / max(g.n), 4) AS advocacy_share
+FROM ev e JOIN acct a USING (account_key)
+LEFT JOIN active x ON x.account_key = e.account_key AND x.quarter = e.quarter
+LEFT JOIN group_active g ON g.quarter = e.quarter AND g.segment = a.segment AND g.cohort = a.cohort
+GROUP BY 1, 2, 3
+HAVING sum(e.trainings) > 0 OR sum(e.advocacy) > 0;
+-- every group with trainings or advocacy: rows of either side missing from the other
+(SELECT quarter, segment, cohort, trainings_completed, accounts_trained, trained_share,
+        advocacy_actions, advocating_accounts, advocacy_share
+ FROM k2 WHERE trainings_completed > 0 OR advocacy_actions > 0
+ EXCEPT SELECT * FROM expect_act)
+UNION ALL
+(SELECT * FROM expect_act
+ EXCEPT
+ SELECT quarter, segment, cohort, trainings_completed, accounts_trained, trained_share,
+        advocacy_actions, advocating_accounts, advocacy_share FROM k2);
+SELECT count(*) AS groups, count(DISTINCT quarter) AS quarters, sum(trainings_completed) AS trainings,
+       sum(advocacy_actions) AS advocacy, count(*) FILTER (WHERE trained_share IS NULL) AS groups_without_active
+FROM expect_act;
+-- the other groups: nothing, and a share of 0 (NULL without active accounts)
+SELECT count(*) AS other_groups,
+       bool_and(accounts_trained = 0 AND advocating_accounts = 0 AND advocacy_actions = 0
+                AND trained_share IS NOT DISTINCT FROM CASE WHEN active_accounts > 0 THEN 0 END
+                AND advocacy_share IS NOT DISTINCT FROM CASE WHEN active_accounts > 0 THEN 0 END) AS zero
+FROM k2 WHERE NOT (trainings_completed > 0 OR advocacy_actions > 0);
+-- the figures of the first sections do not move with the awards (the
+-- points they post are today's)
+(SELECT quarter, segment, cohort, active_accounts, previously_active, retained_accounts, revenue, margin,
+        gross_revenue_retention, net_revenue_retention, expansion_accounts, cross_sell_accounts, share_of_wallet,
+        points_earned, points_redeemed, clv_estimate
+ FROM k WHERE quarter < '2026-01-01' EXCEPT
+ SELECT quarter, segment, cohort, active_accounts, previously_active, retained_accounts, revenue, margin,
+        gross_revenue_retention, net_revenue_retention, expansion_accounts, cross_sell_accounts, share_of_wallet,
+        points_earned, points_redeemed, clv_estimate
+ FROM k2 WHERE quarter < '2026-01-01' AND (active_accounts > 0 OR previously_active > 0 OR points_earned > 0))
+UNION ALL
+(SELECT quarter, segment, cohort, active_accounts, previously_active, retained_accounts, revenue, margin,
+        gross_revenue_retention, net_revenue_retention, expansion_accounts, cross_sell_accounts, share_of_wallet,
+        points_earned, points_redeemed, clv_estimate
+ FROM k2 WHERE quarter < '2026-01-01' AND (active_accounts > 0 OR previously_active > 0 OR points_earned > 0) EXCEPT
+ SELECT quarter, segment, cohort, active_accounts, previously_active, retained_accounts, revenue, margin,
+        gross_revenue_retention, net_revenue_retention, expansion_accounts, cross_sell_accounts, share_of_wallet,
+        points_earned, points_redeemed, clv_estimate
+ FROM k WHERE quarter < '2026-01-01');
+-- a pending award approved now counts in the quarter the action occurred
+SELECT w.award_id AS late, date_trunc('quarter', w.occurred_on)::date AS late_q, a.cooperation_model AS late_seg,
+       coalesce(a.cohort, 'none') AS late_cohort, w.quantity AS late_qty
+FROM loyalty.award w JOIN loyalty.account a USING (program_id, account_key)
+WHERE w.program_id = :pid AND w.status = 'pending' AND w.action = 'certification'
+ORDER BY w.account_key, w.award_no LIMIT 1 \gset
+SELECT trainings_completed AS before_qty FROM k2
+WHERE quarter = :'late_q' AND segment = :'late_seg' AND cohort = :'late_cohort' \gset
+SELECT loyalty.approve_award(:'late');
+SELECT trainings_completed - :before_qty = :late_qty AS counted_in_its_quarter FROM loyalty.kpi
+WHERE program = 'kpi' AND quarter = :'late_q' AND segment = :'late_seg' AND cohort = :'late_cohort';
+
+-- account_status: trainings and certifications of all time
+SELECT count(*) AS accounts,
+       bool_and(s.trainings_completed = coalesce(x.trainings, 0)) AS trainings_ok,
+       bool_and(s.certifications = coalesce(x.certifications, 0)) AS certifications_ok,
+       sum(s.trainings_completed) > 0 AND sum(s.certifications) > 0 AS some
+FROM loyalty.account_status s
+LEFT JOIN (SELECT w.account_key,
+                  sum(w.quantity) FILTER (WHERE c.category IN ('training', 'certification')) AS trainings,
+                  sum(w.quantity) FILTER (WHERE c.category = 'certification') AS certifications
+           FROM loyalty.award w JOIN cat c USING (action)
+           WHERE w.program_id = :pid AND w.status = 'approved' GROUP BY 1) x USING (account_key)
+WHERE s.program = 'kpi';
+
+-- a reader who may read the invoices reads the same figures
+CREATE ROLE kpi_reader2 IN ROLE loyalty_reader;
+GRANT USAGE ON SCHEMA kpi_t TO kpi_reader2;
+GRANT SELECT ON kpi_t.invoice TO kpi_reader2;
+SET ROLE kpi_reader2;
+SELECT sum(trainings_completed) AS reader_trainings, sum(advocacy_actions) AS reader_advocacy
+FROM loyalty.kpi WHERE program = 'kpi';
+RESET ROLE;
+SELECT sum(w.quantity) FILTER (WHERE c.category IN ('training', 'certification')) AS trainings,
+       sum(w.quantity) FILTER (WHERE c.category IN ('referral', 'review', 'survey', 'lead')) AS advocacy
+FROM loyalty.award w JOIN cat c USING (action) WHERE w.program_id = :pid AND w.status = 'approved';
+REVOKE ALL ON kpi_t.invoice FROM kpi_reader2;
+REVOKE ALL ON SCHEMA kpi_t FROM kpi_reader2;
+DROP ROLE kpi_reader2;
+
 SELECT * FROM loyalty.verify('kpi');

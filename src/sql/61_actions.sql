@@ -15,6 +15,8 @@ CREATE TABLE @extschema@.action_rule (
     cap_points     bigint CHECK (cap_points OPERATOR(pg_catalog.>) 0),
     cap_period     text CHECK (cap_period IN ('month', 'quarter', 'year')),
     created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    category       text NOT NULL DEFAULT 'other'
+                   CHECK (category IN ('training', 'certification', 'referral', 'review', 'survey', 'lead', 'onboarding', 'other')),
     PRIMARY KEY (program_id, action, valid_from),
     CONSTRAINT action_rule_cap_pair_check CHECK ((cap_points IS NULL) = (cap_period IS NULL))
 );
@@ -27,6 +29,7 @@ COMMENT ON COLUMN @extschema@.action_rule.needs_approval IS 'When true, an award
 COMMENT ON COLUMN @extschema@.action_rule.cap_points IS 'Most points one account earns from this action per cap period (pending awards count, rejected ones do not); NULL = no cap.';
 COMMENT ON COLUMN @extschema@.action_rule.cap_period IS 'Calendar period of the cap, by the day the action occurred: month, quarter or year.';
 COMMENT ON COLUMN @extschema@.action_rule.created_at IS 'When the version was written.';
+COMMENT ON COLUMN @extschema@.action_rule.category IS 'What kind of action it is, for the KPIs (loyalty.kpi): training or certification (training completion), referral, review, survey or lead (advocacy), onboarding, or other. A property of the action: every version of an action has the same.';
 
 CREATE TABLE @extschema@.award (
     program_id    integer NOT NULL,
@@ -88,7 +91,8 @@ CREATE FUNCTION @extschema@.set_action_rule(
     needs_approval boolean DEFAULT false,
     cap_points     bigint DEFAULT NULL,
     cap_period     text DEFAULT NULL,
-    valid_from     date DEFAULT NULL)
+    valid_from     date DEFAULT NULL,
+    category       text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -96,6 +100,7 @@ DECLARE
     pid integer;
     since date := valid_from;
     last_award date;
+    kind text := category;
 BEGIN
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
@@ -142,6 +147,26 @@ BEGIN
                   DETAIL = 'valid_from is the first day of occurrence the version applies to.',
                   HINT = 'Give a date, or NULL: the first version then applies to every day, a later one from today.';
     END IF;
+    IF kind <> ALL (ARRAY['training', 'certification', 'referral', 'review', 'survey', 'lead', 'onboarding', 'other']) THEN
+        RAISE EXCEPTION 'category of action "%" must be training, certification, referral, review, survey, lead, onboarding or other', action
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('category %s was given.', pg_catalog.quote_literal(kind)),
+                  HINT = 'For example category => ''training''; NULL keeps the action''s category (a new action''s follows its code).';
+    END IF;
+    -- The category belongs to the action: NULL keeps the one it has; a new
+    -- action's follows its code (the codes loyalty.action_rule.action lists).
+    IF kind IS NULL THEN
+        SELECT r.category INTO kind FROM @extschema@.action_rule r
+        WHERE r.program_id = pid AND r.action = action ORDER BY r.valid_from DESC LIMIT 1;
+        kind := coalesce(kind, CASE WHEN action ~ '(^|_)(training|course|learning)' THEN 'training'
+                                    WHEN action ~ '(^|_)certifi' THEN 'certification'
+                                    WHEN action ~ '(^|_)referral' THEN 'referral'
+                                    WHEN action ~ '(^|_)review' THEN 'review'
+                                    WHEN action ~ '(^|_)survey' THEN 'survey'
+                                    WHEN action ~ '(^|_)lead(_|$)' THEN 'lead'
+                                    WHEN action ~ '(^|_)onboard' THEN 'onboarding'
+                                    ELSE 'other' END);
+    END IF;
     IF since IS NULL THEN
         since := CASE WHEN EXISTS (SELECT FROM @extschema@.action_rule r WHERE r.program_id = pid AND r.action = action)
                       THEN @extschema@._today(pid) ELSE '-infinity' END;
@@ -156,15 +181,19 @@ BEGIN
                   DETAIL = 'Awards already made keep the version they earned by.',
                   HINT = pg_catalog.format('Give valid_from => ''%s'' or later.', last_award + 1);
     END IF;
-    INSERT INTO @extschema@.action_rule AS r (program_id, action, valid_from, points, needs_approval, cap_points, cap_period)
-    VALUES (pid, action, since, points, needs_approval, cap_points, cap_period)
+    INSERT INTO @extschema@.action_rule AS r (program_id, action, valid_from, points, needs_approval, cap_points, cap_period,
+                                              category)
+    VALUES (pid, action, since, points, needs_approval, cap_points, cap_period, kind)
     ON CONFLICT ON CONSTRAINT action_rule_pkey DO UPDATE
     SET points = excluded.points, needs_approval = excluded.needs_approval, cap_points = excluded.cap_points,
-        cap_period = excluded.cap_period, created_at = excluded.created_at;
+        cap_period = excluded.cap_period, created_at = excluded.created_at, category = excluded.category;
+    -- every version of the action: the KPIs count its past awards by it too
+    UPDATE @extschema@.action_rule r SET category = kind
+    WHERE r.program_id = pid AND r.action = action AND r.category <> kind;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date) IS
-'Writes a version of a non-purchase action''s rule: points per action, approval needed or not, cap per period. valid_from NULL: the first version applies to every day, a later one from today. A version can start only after the last action already awarded.';
+COMMENT ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date, text) IS
+'Writes a version of a non-purchase action''s rule: points per action, approval needed or not, cap per period, and the action''s category for the KPIs (training, certification, referral, review, survey, lead, onboarding, other; it applies to every version of the action; NULL keeps it, and a new action''s follows its code, e.g. training_completed is training, lead_won lead). valid_from NULL: the first version applies to every day, a later one from today. A version can start only after the last action already awarded.';
 
 CREATE FUNCTION @extschema@.award(
     program     text,
@@ -410,12 +439,12 @@ $$;
 COMMENT ON FUNCTION @extschema@._action_counts(integer, text, date, date) IS
 'Internal: approved actions per account that occurred in [from_date, to_date) (their quantities summed), for tier qualification at settlement.';
 
-REVOKE ALL ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date),
+REVOKE ALL ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date, text),
                       @extschema@.award(text, text, text, date, text, text, integer),
                       @extschema@._decide_award(uuid, boolean, text),
                       @extschema@.approve_award(uuid, text), @extschema@.reject_award(uuid, text),
                       @extschema@._action_counts(integer, text, date, date) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date) TO loyalty_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date, text) TO loyalty_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.award(text, text, text, date, text, text, integer),
                           @extschema@.approve_award(uuid, text), @extschema@.reject_award(uuid, text) TO loyalty_operator;
 GRANT SELECT ON @extschema@.action_rule, @extschema@.award TO loyalty_reader, loyalty_operator, loyalty_admin;

@@ -19,7 +19,8 @@ SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.regi
        n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
        coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, a.potential_spend,
        b.last_doc_date AS last_invoice_date,
-       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice
+       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
+       coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
 FROM @extschema@.account a
 JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
 CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
@@ -38,8 +39,17 @@ LEFT JOIN LATERAL (
                OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
                OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', p.qualification_window) OPERATOR(pg_catalog./) 30))::integer)
               OPERATOR(pg_catalog.-) 1))::date) r ON true
-LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true;
-COMMENT ON VIEW @extschema@.account_status IS 'One row per enrolled account: segment, cohort, tier, balances and progress to the next tier. The row a BI tool starts from.';
+LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true
+-- approved training and certification actions, its members' included
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(x.quantity)::bigint AS trainings,
+           pg_catalog.sum(x.quantity) FILTER (WHERE ar.category OPERATOR(pg_catalog.=) 'certification')::bigint AS certifications
+    FROM @extschema@.award x
+    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) x.program_id
+                                   AND ar.action OPERATOR(pg_catalog.=) x.action AND ar.valid_from OPERATOR(pg_catalog.=) x.rule_from
+    WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
+COMMENT ON VIEW @extschema@.account_status IS 'One row per enrolled account: segment, cohort, tier, balances, progress to the next tier, trainings and certifications. The row a BI tool starts from.';
 COMMENT ON COLUMN @extschema@.account_status.program IS 'The program''s name.';
 COMMENT ON COLUMN @extschema@.account_status.account_key IS 'The ERP''s customer key.';
 COMMENT ON COLUMN @extschema@.account_status.cooperation_model IS 'Segment: direct, distributor, integrator or reseller.';
@@ -59,6 +69,8 @@ COMMENT ON COLUMN @extschema@.account_status.mdf IS 'Market development funds in
 COMMENT ON COLUMN @extschema@.account_status.potential_spend IS 'Estimated annual wallet (share of wallet''s denominator).';
 COMMENT ON COLUMN @extschema@.account_status.last_invoice_date IS 'Date of the latest document accrued.';
 COMMENT ON COLUMN @extschema@.account_status.days_since_last_invoice IS 'Days from the latest document to today (the program''s calendar).';
+COMMENT ON COLUMN @extschema@.account_status.trainings_completed IS 'Approved actions of category training or certification (loyalty.action_rule.category), the account''s and its members'', all time; quantities summed.';
+COMMENT ON COLUMN @extschema@.account_status.certifications IS 'Of trainings_completed, the certifications.';
 
 CREATE VIEW @extschema@.tier_movements WITH (security_invoker = true) AS
 SELECT p.name AS program, pg_catalog.date_trunc('month', h.effective_from::timestamp)::date AS month,
@@ -164,6 +176,18 @@ pts AS (
     WHERE l.kind IN ('award', 'adjust', 'redeem') GROUP BY 1, 2, 3),
 pq AS (SELECT pts.program_id, pts.account_key, pts.quarter, pg_catalog.sum(pts.earned) AS earned,
               pg_catalog.sum(pts.redeemed) AS redeemed FROM pts GROUP BY 1, 2, 3),
+-- approved actions by the quarter they occurred in (as tier qualification
+-- and the caps count them), the members' with their account's
+act AS (
+    SELECT w.program_id, w.account_key, pg_catalog.date_trunc('quarter', w.occurred_on::timestamp)::date AS quarter,
+           pg_catalog.sum(w.quantity) FILTER (WHERE ar.category IN ('training', 'certification')) AS trainings,
+           pg_catalog.sum(w.quantity) FILTER (WHERE ar.category IN ('referral', 'review', 'survey', 'lead')) AS advocacy
+    FROM @extschema@.award w
+    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) w.program_id
+                                   AND ar.action OPERATOR(pg_catalog.=) w.action AND ar.valid_from OPERATOR(pg_catalog.=) w.rule_from
+    WHERE w.status OPERATOR(pg_catalog.=) 'approved'
+      AND ar.category IN ('training', 'certification', 'referral', 'review', 'survey', 'lead')
+    GROUP BY 1, 2, 3),
 -- every account and quarter with revenue or points, and the quarter after
 -- one with revenue (up to the last quarter with data)
 grid AS (
@@ -172,7 +196,9 @@ grid AS (
     SELECT aq.program_id, aq.account_key, (aq.quarter OPERATOR(pg_catalog.+) '3 months'::interval)::date
     FROM aq JOIN last_q USING (program_id) WHERE aq.quarter OPERATOR(pg_catalog.<) last_q.quarter
     UNION
-    SELECT pq.program_id, pq.account_key, pq.quarter FROM pq),
+    SELECT pq.program_id, pq.account_key, pq.quarter FROM pq
+    UNION
+    SELECT act.program_id, act.account_key, act.quarter FROM act),
 r AS (
     SELECT g.program_id, g.quarter, coalesce(a.cooperation_model, 'none') AS segment, coalesce(a.cohort, 'none') AS cohort,
            a.potential_spend, coalesce(c.revenue, 0) AS revenue, coalesce(c.margin, 0) AS margin,
@@ -180,7 +206,8 @@ r AS (
            coalesce(c.revenue OPERATOR(pg_catalog.>) 0, false) AS active,
            coalesce(pr.revenue OPERATOR(pg_catalog.>) 0, false) AS prev_active,
            x.account_key IS NOT NULL AS cross_sold,
-           coalesce(q.earned, 0) AS earned, coalesce(q.redeemed, 0) AS redeemed
+           coalesce(q.earned, 0) AS earned, coalesce(q.redeemed, 0) AS redeemed,
+           coalesce(t.trainings, 0) AS trainings, coalesce(t.advocacy, 0) AS advocacy
     FROM grid g
     LEFT JOIN @extschema@.account a ON a.program_id OPERATOR(pg_catalog.=) g.program_id AND a.account_key OPERATOR(pg_catalog.=) g.account_key
     LEFT JOIN aq c ON c.program_id OPERATOR(pg_catalog.=) g.program_id AND c.account_key OPERATOR(pg_catalog.=) g.account_key
@@ -190,7 +217,9 @@ r AS (
     LEFT JOIN cross_sold x ON x.program_id OPERATOR(pg_catalog.=) g.program_id AND x.account_key OPERATOR(pg_catalog.=) g.account_key
                           AND x.quarter OPERATOR(pg_catalog.=) g.quarter
     LEFT JOIN pq q ON q.program_id OPERATOR(pg_catalog.=) g.program_id AND q.account_key OPERATOR(pg_catalog.=) g.account_key
-                  AND q.quarter OPERATOR(pg_catalog.=) g.quarter),
+                  AND q.quarter OPERATOR(pg_catalog.=) g.quarter
+    LEFT JOIN act t ON t.program_id OPERATOR(pg_catalog.=) g.program_id AND t.account_key OPERATOR(pg_catalog.=) g.account_key
+                   AND t.quarter OPERATOR(pg_catalog.=) g.quarter),
 k AS (
     SELECT r.program_id, r.quarter, r.segment, r.cohort,
            pg_catalog.count(*) FILTER (WHERE r.active) AS active_accounts,
@@ -206,7 +235,13 @@ k AS (
            pg_catalog.sum(r.revenue) FILTER (WHERE r.active AND r.potential_spend OPERATOR(pg_catalog.>) 0) AS wallet_revenue,
            pg_catalog.sum(r.potential_spend) FILTER (WHERE r.active AND r.potential_spend OPERATOR(pg_catalog.>) 0) AS wallet,
            pg_catalog.sum(r.earned) AS points_earned, pg_catalog.sum(r.redeemed) AS points_redeemed,
-           pg_catalog.sum(r.margin) FILTER (WHERE r.active) AS active_margin
+           pg_catalog.sum(r.margin) FILTER (WHERE r.active) AS active_margin,
+           pg_catalog.sum(r.trainings) AS trainings,
+           pg_catalog.count(*) FILTER (WHERE r.trainings OPERATOR(pg_catalog.>) 0) AS accounts_trained,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.trainings OPERATOR(pg_catalog.>) 0) AS active_trained,
+           pg_catalog.sum(r.advocacy) AS advocacy,
+           pg_catalog.count(*) FILTER (WHERE r.advocacy OPERATOR(pg_catalog.>) 0) AS advocating_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.advocacy OPERATOR(pg_catalog.>) 0) AS active_advocating
     FROM r GROUP BY 1, 2, 3, 4)
 SELECT p.name AS program, k.quarter, k.segment, k.cohort, k.active_accounts, k.previously_active, k.retained_accounts,
        k.new_or_returning,
@@ -220,7 +255,11 @@ SELECT p.name AS program, k.quarter, k.segment, k.cohort, k.active_accounts, k.p
        pg_catalog.round(k.points_redeemed OPERATOR(pg_catalog./) NULLIF(k.points_earned, 0), 4) AS programme_utilisation,
        pg_catalog.round(k.active_margin OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0)
                         OPERATOR(pg_catalog./) NULLIF(1 OPERATOR(pg_catalog.-) (k.retained_accounts::numeric
-                                                      OPERATOR(pg_catalog./) NULLIF(k.previously_active, 0)), 0), 2) AS clv_estimate
+                                                      OPERATOR(pg_catalog./) NULLIF(k.previously_active, 0)), 0), 2) AS clv_estimate,
+       k.trainings::bigint AS trainings_completed, k.accounts_trained,
+       pg_catalog.round(k.active_trained::numeric OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0), 4) AS trained_share,
+       k.advocacy::bigint AS advocacy_actions, k.advocating_accounts,
+       pg_catalog.round(k.active_advocating::numeric OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0), 4) AS advocacy_share
 FROM k JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) k.program_id
 WHERE NOT EXISTS (
           SELECT FROM @extschema@.attachment x
@@ -229,7 +268,7 @@ WHERE NOT EXISTS (
           WHERE x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.detached_at IS NULL
             AND NOT (pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
                      AND pg_catalog.has_table_privilege(c.oid, 'SELECT')));
-COMMENT ON VIEW @extschema@.kpi IS 'Quarterly B2B KPIs per program, segment (cooperation model) and cohort: activity, account and revenue retention, expansion, cross-sell, share of wallet, programme utilisation, a CLV estimate. Revenue and margin from the ERP rows with the reader''s rights (loyalty.sales()); accounts grouped by their current segment and cohort (none: not set, or not enrolled). It shows the programs whose attached tables the reader may read. Training completion and advocacy are not in it yet: they need the action postings of the rewards work.';
+COMMENT ON VIEW @extschema@.kpi IS 'Quarterly B2B KPIs per program, segment (cooperation model) and cohort: activity, account and revenue retention, expansion, cross-sell, share of wallet, programme utilisation, a CLV estimate, training completion and advocacy. Revenue and margin from the ERP rows with the reader''s rights (loyalty.sales()); accounts grouped by their current segment and cohort (none: not set, or not enrolled). Trainings and advocacy from the approved awards (loyalty.award), classified by their action''s category (loyalty.action_rule.category) and dated by the day the action occurred, as tier qualification and the caps date them: a training counts in the quarter it was done, even when approved later (approving it restates that quarter). It shows the programs whose attached tables the reader may read.';
 COMMENT ON COLUMN @extschema@.kpi.program IS 'The program''s name.';
 COMMENT ON COLUMN @extschema@.kpi.quarter IS 'First day of the calendar quarter (of the document dates).';
 COMMENT ON COLUMN @extschema@.kpi.segment IS 'Cooperation model of the accounts (none: not set or not enrolled).';
@@ -250,6 +289,12 @@ COMMENT ON COLUMN @extschema@.kpi.points_earned IS 'Points earned: accrual by do
 COMMENT ON COLUMN @extschema@.kpi.points_redeemed IS 'Points redeemed, by posting quarter.';
 COMMENT ON COLUMN @extschema@.kpi.programme_utilisation IS 'points_redeemed / points_earned.';
 COMMENT ON COLUMN @extschema@.kpi.clv_estimate IS 'Margin per active account in the quarter / (1 - account_retention): the expected margin over an account''s remaining life at this quarter''s margin and retention, undiscounted; NULL when retention is 1 or unknown.';
+COMMENT ON COLUMN @extschema@.kpi.trainings_completed IS 'Approved actions of category training or certification that occurred in the quarter, the accounts'' and their members'' (quantities summed: seats of a training count each).';
+COMMENT ON COLUMN @extschema@.kpi.accounts_trained IS 'Accounts with at least one approved training or certification (theirs or a member''s) that occurred in the quarter, active or not.';
+COMMENT ON COLUMN @extschema@.kpi.trained_share IS 'Of the active accounts, the share with a training or certification in the quarter.';
+COMMENT ON COLUMN @extschema@.kpi.advocacy_actions IS 'Approved actions of category referral, review, survey or lead that occurred in the quarter, the accounts'' and their members'' (quantities summed).';
+COMMENT ON COLUMN @extschema@.kpi.advocating_accounts IS 'Accounts with at least one approved advocacy action (theirs or a member''s) that occurred in the quarter, active or not.';
+COMMENT ON COLUMN @extschema@.kpi.advocacy_share IS 'Of the active accounts, the share with an advocacy action in the quarter.';
 
 GRANT SELECT ON @extschema@.account_status, @extschema@.tier_movements, @extschema@.churn_risk, @extschema@.kpi
     TO loyalty_reader, loyalty_operator, loyalty_admin;

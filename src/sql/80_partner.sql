@@ -342,7 +342,8 @@ SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.regi
        n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
        coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, ap.potential_spend,
        b.last_doc_date AS last_invoice_date,
-       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice
+       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
+       coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
 FROM @extschema@.account a
 JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
 CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
@@ -364,7 +365,16 @@ LEFT JOIN LATERAL (
                OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
                OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', p.qualification_window) OPERATOR(pg_catalog./) 30))::integer)
               OPERATOR(pg_catalog.-) 1))::date) r ON true
-LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true;
+LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true
+-- approved training and certification actions, its members' included
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(x.quantity)::bigint AS trainings,
+           pg_catalog.sum(x.quantity) FILTER (WHERE ar.category OPERATOR(pg_catalog.=) 'certification')::bigint AS certifications
+    FROM @extschema@.award x
+    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) x.program_id
+                                   AND ar.action OPERATOR(pg_catalog.=) x.action AND ar.valid_from OPERATOR(pg_catalog.=) x.rule_from
+    WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
 
 -- The views read as their reader, so that the policies apply to it.
 ALTER VIEW @extschema@.account_benefits SET (security_invoker = true);
@@ -373,7 +383,8 @@ ALTER VIEW @extschema@.member_balance SET (security_invoker = true);
 GRANT SELECT ON @extschema@.settlement_account, @extschema@.award, @extschema@.member_points, @extschema@.mdf_accrual,
                 @extschema@.mdf_claim, @extschema@.settlement_line, @extschema@.rebate_posting, @extschema@.tier_benefit,
                 @extschema@.account_benefits, @extschema@.member_balance, @extschema@.leaderboard,
-                @extschema@.account_status, @extschema@.account_private
+                @extschema@.account_status, @extschema@.account_private,
+                @extschema@.action_rule  -- account_status counts its trainings by their category
 TO loyalty_partner;
 GRANT SELECT ON @extschema@.account_private TO loyalty_reader, loyalty_operator, loyalty_admin;
 -- the leaderboard's filter calls them as its reader
