@@ -7727,3 +7727,14 @@ BEGIN
 END
 $$;
 
+
+-- ---- loyalty.redeem() in C (src/redeem.c): the same checks, errors and debit protocol in fewer statements, plans kept per backend ----
+CREATE OR REPLACE FUNCTION @extschema@.redeem(
+    program     text,
+    account_key text,
+    reward      text,
+    quantity    integer DEFAULT 1,
+    member      text DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'loyalty_redeem'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -132,7 +132,9 @@ $$;
 COMMENT ON FUNCTION @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean) IS
 'Adds a reward to a program''s catalogue, or replaces it: points price, kind, minimum tier, stock, per-account and per-period limits, validity window. Redemptions already made keep their price; deactivate (active => false) instead of deleting.';
 
--- A redemption: one short transaction.
+-- A redemption: one short transaction.  Written in C (src/redeem.c): the
+-- checks and the debit protocol above, in four statements for a reward
+-- without stock, tier or limits, through plans each backend prepares once.
 CREATE FUNCTION @extschema@.redeem(
     program     text,
     account_key text,
@@ -140,176 +142,8 @@ CREATE FUNCTION @extschema@.redeem(
     quantity    integer DEFAULT 1,
     member      text DEFAULT NULL)
 RETURNS uuid
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_variable
-DECLARE
-    pid integer;
-    lad @extschema@.tier_ladder;
-    today date;
-    acct_tier text;
-    enrolled boolean;
-    r @extschema@.reward;
-    no bigint;
-    cost bigint;
-    have bigint;
-    used bigint;
-    entry bigint;
-    id uuid;
-BEGIN
-    IF program IS NULL THEN
-        RAISE EXCEPTION 'program must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
-                  HINT = 'List programs with SELECT name FROM loyalty.program.';
-    END IF;
-    -- the program, the account and the reward in one look-up
-    SELECT p.program_id, p.ladder, (pg_catalog.now() AT TIME ZONE p.time_zone)::date, a.account_key IS NOT NULL,
-           x.reward_id, x.points_price, x.stock, x.active, x.valid_from, x.valid_until, x.min_tier,
-           x.per_account_limit, x.period_limit, x.limit_period
-    INTO pid, lad, today, enrolled,
-         r.reward_id, r.points_price, r.stock, r.active, r.valid_from, r.valid_until, r.min_tier,
-         r.per_account_limit, r.period_limit, r.limit_period
-    FROM @extschema@.program p
-    LEFT JOIN @extschema@.account a ON a.program_id = p.program_id AND a.account_key = account_key
-    LEFT JOIN @extschema@.reward x ON x.program_id = p.program_id AND x.reward_id = reward
-    WHERE p.name = program;
-    IF pid IS NULL THEN
-        RAISE EXCEPTION 'loyalty program "%" does not exist', program
-            USING ERRCODE = 'undefined_object',
-                  DETAIL = 'program names no program of this database (names are case-sensitive).',
-                  HINT = 'List programs with SELECT name FROM loyalty.program.';
-    END IF;
-    IF NOT enrolled THEN
-        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
-            USING ERRCODE = 'no_data_found',
-                  DETAIL = 'Only enrolled accounts have points to redeem.',
-                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
-    END IF;
-    IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
-                                          AND m.account_key = account_key AND m.member_id = member) THEN
-        RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
-            USING ERRCODE = 'no_data_found',
-                  DETAIL = 'A member redeems from the points they earned at their own account.',
-                  HINT = 'Add the person to loyalty.member first, or redeem for the account (member => NULL).';
-    END IF;
-    IF quantity IS NULL OR quantity <= 0 THEN
-        RAISE EXCEPTION 'quantity must be a positive number of units'
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
-                  HINT = 'Give the number of units to redeem, 1 or more.';
-    END IF;
-    IF r.reward_id IS NULL THEN
-        RAISE EXCEPTION 'reward "%" is not in the catalogue of program "%"', reward, program
-            USING ERRCODE = 'undefined_object',
-                  DETAIL = 'reward is a reward_id of loyalty.reward.',
-                  HINT = 'List the catalogue with SELECT reward_id, name FROM loyalty.reward.';
-    END IF;
-    IF r.points_price::numeric * quantity > 9223372036854775807 THEN
-        RAISE EXCEPTION 'quantity % of reward "%" costs more points than any balance can hold', quantity, reward
-            USING ERRCODE = 'numeric_value_out_of_range',
-                  DETAIL = pg_catalog.format('%s units at %s points each.', quantity, r.points_price),
-                  HINT = 'Redeem fewer units.';
-    END IF;
-
-    -- The debit protocol: the account first, then (only when it has a
-    -- stock to take from) the reward; everything read from here on is read
-    -- in statements after the lock.
-    no := @extschema@._lock_for_debit(pid, account_key);
-    PERFORM @extschema@._await_postings(pid, account_key);
-    IF r.stock IS NOT NULL THEN
-        SELECT * INTO r FROM @extschema@.reward x WHERE x.program_id = pid AND x.reward_id = reward FOR NO KEY UPDATE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'reward "%" left the catalogue of program "%"', reward, program
-                USING ERRCODE = 'undefined_object',
-                      DETAIL = 'It was deleted while the redemption waited for the account.',
-                      HINT = 'Nothing was redeemed. Deactivate rewards (active => false) instead of deleting them.';
-        END IF;
-    END IF;
-
-    IF NOT r.active OR today < r.valid_from OR today >= r.valid_until THEN
-        RAISE EXCEPTION 'reward "%" cannot be redeemed today', reward
-            USING ERRCODE = 'LY002',
-                  DETAIL = CASE WHEN NOT r.active THEN 'It is not active.'
-                                ELSE pg_catalog.format('It is offered from %s until (not including) %s; today is %s.',
-                                                       coalesce(r.valid_from::text, 'always'), coalesce(r.valid_until::text, 'no end'), today) END,
-                  HINT = 'Nothing was redeemed. Choose a reward on offer.';
-    END IF;
-    -- the tier as loyalty.tier() tells it (upgrades count at once)
-    IF r.min_tier IS NOT NULL THEN
-        SELECT b.tier INTO acct_tier FROM @extschema@.balance(program, account_key) b;
-    END IF;
-    IF r.min_tier IS NOT NULL
-       AND coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = acct_tier), 0)
-           < coalesce((SELECT t.rank FROM @extschema@.tiers(lad) t WHERE t.name = r.min_tier), 0) THEN
-        RAISE EXCEPTION 'reward "%" needs tier % or higher; account "%" is %', reward, r.min_tier, account_key,
-                        coalesce('in tier ' || acct_tier, 'in no tier')
-            USING ERRCODE = 'LY002',
-                  DETAIL = pg_catalog.format('The program''s tiers are %s.', lad),
-                  HINT = 'Nothing was redeemed. Choose a reward of the account''s tier.';
-    END IF;
-    IF r.stock < quantity THEN
-        RAISE EXCEPTION 'reward "%" has % units left, % asked', reward, r.stock, quantity
-            USING ERRCODE = 'LY002',
-                  DETAIL = 'The stock never goes below zero.',
-                  HINT = 'Nothing was redeemed. Redeem fewer units, or restock with loyalty.set_reward().';
-    END IF;
-    IF r.per_account_limit IS NOT NULL OR r.period_limit IS NOT NULL THEN
-        SELECT coalesce(pg_catalog.sum(d.quantity), 0) INTO used FROM @extschema@.redemption d
-        WHERE d.program_id = pid AND d.account_key = account_key AND d.reward_id = reward AND d.status = 'redeemed';
-        IF used + quantity > r.per_account_limit THEN
-            RAISE EXCEPTION 'account "%" may redeem % units of reward "%" in all and has redeemed %', account_key,
-                            r.per_account_limit, reward, used
-                USING ERRCODE = 'LY002',
-                      DETAIL = pg_catalog.format('quantity %s would exceed the per-account limit.', quantity),
-                      HINT = 'Nothing was redeemed. Cancelled redemptions do not count.';
-        END IF;
-        SELECT coalesce(pg_catalog.sum(d.quantity), 0) INTO used FROM @extschema@.redemption d
-        WHERE d.program_id = pid AND d.account_key = account_key AND d.reward_id = reward AND d.status = 'redeemed'
-          AND d.redeemed_on >= pg_catalog.date_trunc(r.limit_period, today::timestamp)::date;
-        IF used + quantity > r.period_limit THEN
-            RAISE EXCEPTION 'account "%" may redeem % units of reward "%" per %, and has redeemed % this %', account_key,
-                            r.period_limit, reward, r.limit_period, used, r.limit_period
-                USING ERRCODE = 'LY002',
-                      DETAIL = pg_catalog.format('quantity %s would exceed the per-%s limit.', quantity, r.limit_period),
-                      HINT = 'Nothing was redeemed. Redeem again next period; cancelled redemptions do not count.';
-        END IF;
-    END IF;
-
-    cost := r.points_price * quantity;
-    SELECT b.points INTO have FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key;
-    IF coalesce(have, 0) < cost THEN
-        RAISE EXCEPTION 'account "%" has % points, % x reward "%" costs %', account_key, coalesce(have, 0), quantity, reward, cost
-            USING ERRCODE = 'LY001',
-                  DETAIL = 'A redemption never takes a balance below zero.',
-                  HINT = 'Nothing was redeemed. Redeem when earnings cover it.';
-    END IF;
-    IF member IS NOT NULL THEN
-        SELECT coalesce(pg_catalog.sum(t.points), 0) INTO have FROM @extschema@.member_points t
-        WHERE t.program_id = pid AND t.account_key = account_key AND t.member_id = member;
-        IF have < cost THEN
-            RAISE EXCEPTION 'member "%" of account "%" has % points, % x reward "%" costs %', member, account_key, have,
-                            quantity, reward, cost
-                USING ERRCODE = 'LY001',
-                      DETAIL = 'A member redeems from the points they earned, never below zero.',
-                      HINT = 'Nothing was redeemed. Redeem for the account instead (member => NULL).';
-        END IF;
-    END IF;
-
-    IF r.stock IS NOT NULL THEN
-        UPDATE @extschema@.reward x SET stock = x.stock - quantity WHERE x.program_id = pid AND x.reward_id = reward;
-    END IF;
-    IF member IS NULL THEN
-        entry := @extschema@._post(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward);
-    ELSE
-        entry := @extschema@._post_member(pid, account_key, 'redeem', -cost, 'redeem ' || quantity || ' x ' || reward, member);
-    END IF;
-    INSERT INTO @extschema@.redemption AS d (program_id, account_key, redemption_no, reward_id, member_id, quantity, points,
-                                             redeemed_on, entry_no)
-    VALUES (pid, account_key, no, reward, member, quantity, cost, today, entry)
-    RETURNING d.redemption_id INTO id;
-    RETURN id;
-END
-$$;
+AS 'MODULE_PATHNAME', 'loyalty_redeem'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.redeem(text, text, text, integer, text) IS
 'Redeems quantity units of a reward for an account (or for one of its members, from the points they earned): checks the catalogue (active, validity window, minimum tier, stock, per-account and per-period limits) and the balance after locking the account, posts a ledger entry of kind redeem and returns the redemption''s id. Never overdraws: an insufficient balance fails with SQLSTATE LY001, a reward out of stock, out of its window or over a limit with LY002, and nothing is written.';
 
