@@ -5,16 +5,16 @@
  * without an interpreter: plans prepared once per backend and kept (the plan
  * cache re-plans them after any change to the tables they read, and parses
  * them again by name after the extension is dropped and re-created).  The
- * common case runs four statements:
+ * common case runs two statements and a wait between them:
  *
  *   1. the account's debit lock (the UPDATE of loyalty._lock_for_debit),
  *      joined with the program and the reward, which it returns;
  *   2. (no SQL) the wait for transactions still posting to the account, as
  *      loyalty._await_postings;
  *   3. the balance, through the view loyalty.balance, in a later statement
- *      than the lock (the debit protocol of 45_postings.sql);
- *   4. the ledger entry, its balance delta and the redemption row in one
- *      statement.
+ *      than the lock (the debit protocol of 45_postings.sql), and, when it
+ *      covers the cost, the ledger entry, its balance delta and the
+ *      redemption row, in the same statement.
  *
  * A reward with a stock, a minimum tier or limits, and a member, each add
  * the statement of the PL/pgSQL version for it.  Every check, error, detail
@@ -136,18 +136,28 @@ static const struct
 	},
 	[RP_POST] = {
 		/*
-		 * The posting of loyalty._post (one ledger entry, one balance delta,
-		 * numbered from the transaction's counter, the columns it fills)
-		 * and the redemption, in one statement.
+		 * The balance, then, if it covers the cost, the posting of
+		 * loyalty._post (one ledger entry and one balance delta, numbered
+		 * from the transaction's counter, the columns _post fills) and the
+		 * redemption, in one statement: the balance is read in its
+		 * snapshot, taken after the lock's statement, before any of its
+		 * inserts.  A balance short of the cost writes nothing and comes
+		 * back with a NULL id.
 		 */
-		"WITH l AS (INSERT INTO loyalty.ledger (program_id, account_key, entry_no, kind, points, rebate, mdf,"
-		"                                        member_id, corrects, corrects_xid, reason)"
-		"           VALUES ($1, $2, $3, 'redeem', $4, 0, 0, NULL, NULL, NULL, $5)),"
+		"WITH b AS (SELECT coalesce((SELECT b.points FROM loyalty.balance b"
+		"                            WHERE b.program_id OPERATOR(pg_catalog.=) $1"
+		"                              AND b.account_key OPERATOR(pg_catalog.=) $2), 0) AS points),"
+		"     l AS (INSERT INTO loyalty.ledger (program_id, account_key, entry_no, kind, points, rebate, mdf,"
+		"                                       member_id, corrects, corrects_xid, reason)"
+		"           SELECT $1, $2, $3, 'redeem', $4, 0, 0, NULL, NULL, NULL, $5 FROM b"
+		"           WHERE b.points OPERATOR(pg_catalog.>=) $9),"
 		"     d AS (INSERT INTO loyalty.balance_delta (program_id, account_key, delta_no, points, rebate, mdf, entry_count)"
-		"           VALUES ($1, $2, $3, $4, 0, 0, 1))"
-		" INSERT INTO loyalty.redemption AS r (program_id, account_key, redemption_no, reward_id, member_id, quantity,"
-		"                                      points, redeemed_on, entry_no)"
-		" VALUES ($1, $2, $6, $7, NULL, $8, $9, $10, $3) RETURNING r.redemption_id",
+		"           SELECT $1, $2, $3, $4, 0, 0, 1 FROM b WHERE b.points OPERATOR(pg_catalog.>=) $9),"
+		"     r AS (INSERT INTO loyalty.redemption AS r (program_id, account_key, redemption_no, reward_id, member_id,"
+		"                                                quantity, points, redeemed_on, entry_no)"
+		"           SELECT $1, $2, $6, $7, NULL, $8, $9, $10, $3 FROM b WHERE b.points OPERATOR(pg_catalog.>=) $9"
+		"           RETURNING r.redemption_id)"
+		" SELECT b.points, r.redemption_id FROM b LEFT JOIN r ON true",
 		10, {INT4OID, TEXTOID, INT8OID, INT8OID, TEXTOID, INT8OID, TEXTOID, INT4OID, INT8OID, DATEOID}
 	},
 	[RP_POST_MEMBER] = {
@@ -416,9 +426,21 @@ check_limits(Request *q, int32 program_id, DateADT today, Reward *r)
 				 errhint("Nothing was redeemed. Redeem again next period; cancelled redemptions do not count.")));
 }
 
-/* The account's (and the member's) points, read after the lock. */
+/* The refusal of a redemption the account's points do not cover. */
 static void
-check_balance(Request *q, int32 program_id, int64 cost)
+refuse_points(Request *q, int64 have, int64 cost)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_LY_INSUFFICIENT),
+			 errmsg("account \"%s\" has " INT64_FORMAT " points, %d x reward \"%s\" costs " INT64_FORMAT,
+					q->account_s, have, q->quantity, q->reward_s, cost),
+			 errdetail("A redemption never takes a balance below zero."),
+			 errhint("Nothing was redeemed. Redeem when earnings cover it.")));
+}
+
+/* The account's and the member's points, read after the lock, for a member's redemption. */
+static void
+check_member_balance(Request *q, int32 program_id, int64 cost)
 {
 	Datum		args[3] = {Int32GetDatum(program_id), PointerGetDatum(q->account), PointerGetDatum(q->member)};
 	bool		isnull = true;
@@ -431,14 +453,7 @@ check_balance(Request *q, int32 program_id, int64 cost)
 		have = isnull ? 0 : DatumGetInt64(d);
 	}
 	if (have < cost)
-		ereport(ERROR,
-				(errcode(ERRCODE_LY_INSUFFICIENT),
-				 errmsg("account \"%s\" has " INT64_FORMAT " points, %d x reward \"%s\" costs " INT64_FORMAT,
-						q->account_s, have, q->quantity, q->reward_s, cost),
-				 errdetail("A redemption never takes a balance below zero."),
-				 errhint("Nothing was redeemed. Redeem when earnings cover it.")));
-	if (q->member == NULL)
-		return;
+		refuse_points(q, have, cost);
 	run(RP_MEMBER_BALANCE, args, NULL, SPI_OK_SELECT);
 	have = DatumGetInt64(col(1, &isnull));
 	if (have < cost)
@@ -450,13 +465,18 @@ check_balance(Request *q, int32 program_id, int64 cost)
 				 errhint("Nothing was redeemed. Redeem for the account instead (member => NULL).")));
 }
 
-/* Takes the stock, posts the points and records the redemption; returns its id (in SPI memory). */
+/*
+ * Takes the stock, checks the balance (and the member's), posts the points
+ * and records the redemption; returns its id (in SPI memory).
+ */
 static Datum
 write_redemption(Request *q, int32 program_id, DateADT today, Reward *r, int64 no, int64 cost)
 {
 	Datum		reason = CStringGetTextDatum(psprintf("redeem %d x %s", q->quantity, q->reward_s));
 	bool		isnull;
+	Datum		id;
 
+	/* a refusal below rolls it back with the rest */
 	if (r->has_stock)
 	{
 		Datum		args[3] = {Int32GetDatum(program_id), PointerGetDatum(q->reward), Int32GetDatum(q->quantity)};
@@ -469,7 +489,10 @@ write_redemption(Request *q, int32 program_id, DateADT today, Reward *r, int64 n
 			Int64GetDatum(-cost), reason, Int64GetDatum(no), PointerGetDatum(q->reward),
 		Int32GetDatum(q->quantity), Int64GetDatum(cost), DateADTGetDatum(today)};
 
-		run(RP_POST, args, NULL, SPI_OK_INSERT_RETURNING);
+		run(RP_POST, args, NULL, SPI_OK_SELECT);
+		id = col(2, &isnull);
+		if (isnull)
+			refuse_points(q, DatumGetInt64(col(1, &isnull)), cost);
 	}
 	else
 	{
@@ -478,6 +501,7 @@ write_redemption(Request *q, int32 program_id, DateADT today, Reward *r, int64 n
 		Datum		entry;
 		Datum		args[9];
 
+		check_member_balance(q, program_id, cost);
 		run(RP_POST_MEMBER, post, NULL, SPI_OK_SELECT);
 		entry = col(1, &isnull);
 		args[0] = Int32GetDatum(program_id);
@@ -490,8 +514,9 @@ write_redemption(Request *q, int32 program_id, DateADT today, Reward *r, int64 n
 		args[7] = DateADTGetDatum(today);
 		args[8] = entry;
 		run(RP_RECORD, args, NULL, SPI_OK_INSERT_RETURNING);
+		id = col(1, &isnull);
 	}
-	return col(1, &isnull);
+	return id;
 }
 
 PG_FUNCTION_INFO_V1(loyalty_redeem);
@@ -513,11 +538,6 @@ loyalty_redeem(PG_FUNCTION_ARGS)
 	loyalty_require(PG_ARGISNULL(0), "program", LOYALTY_PROGRAM_DETAIL,
 					"List programs with SELECT name FROM loyalty.program.");
 
-	/*
-	 * The authorization of the caller (partner self-service) belongs here,
-	 * before anything is read or locked.
-	 */
-
 	memset(&q, 0, sizeof(q));
 	memset(&r, 0, sizeof(r));
 	q.program = PG_GETARG_TEXT_PP(0);
@@ -531,6 +551,12 @@ loyalty_redeem(PG_FUNCTION_ARGS)
 	q.reward_s = or_null(q.reward);
 
 	SPI_connect();
+
+	/*
+	 * The authorization of the caller (partner self-service) belongs here,
+	 * before anything is read or locked: a statement of its own, prepared
+	 * and kept as the others (a RedeemPlan of plan_defs, through run()).
+	 */
 	no = lock_account(&q, &program_id, &today, &r);
 	check_request(&q, program_id, &r);
 
@@ -557,7 +583,6 @@ loyalty_redeem(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("bigint out of range")));
-	check_balance(&q, program_id, cost);
 	memcpy(id, DatumGetUUIDP(write_redemption(&q, program_id, today, &r, no, cost)), sizeof(pg_uuid_t));
 	SPI_finish();
 	PG_RETURN_UUID_P(id);

@@ -133,7 +133,7 @@ COMMENT ON FUNCTION @extschema@.set_reward(text, text, text, bigint, text, text,
 'Adds a reward to a program''s catalogue, or replaces it: points price, kind, minimum tier, stock, per-account and per-period limits, validity window. Redemptions already made keep their price; deactivate (active => false) instead of deleting.';
 
 -- A redemption: one short transaction.  Written in C (src/redeem.c): the
--- checks and the debit protocol above, in four statements for a reward
+-- checks and the debit protocol above, in two statements for a reward
 -- without stock, tier or limits, through plans each backend prepares once.
 CREATE FUNCTION @extschema@.redeem(
     program     text,
