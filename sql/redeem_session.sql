@@ -124,6 +124,19 @@ RESET search_path;
 DROP OPERATOR public.= (text, text);
 DROP FUNCTION public.text_eq_trap(text, text), public.date_trunc(text, timestamp);
 
+-- A column added to and dropped from tables the kept statements read and
+-- write: they are planned again, and the redemption row is whole.
+ALTER TABLE loyalty.reward ADD COLUMN note text;
+ALTER TABLE loyalty.redemption ADD COLUMN note text;
+SELECT loyalty.redeem('rs_club', '13', 'CAP') IS NOT NULL AS redeemed;
+ALTER TABLE loyalty.reward DROP COLUMN note;
+ALTER TABLE loyalty.redemption DROP COLUMN note;
+SELECT loyalty.redeem('rs_club', '13', 'CAP', 2) IS NOT NULL AS redeemed;
+SELECT account_key, redemption_no, quantity, points, redeemed_on = current_date AS today, entry_no IS NOT NULL AS linked
+FROM loyalty.redemption WHERE account_key IN ('12', '13') ORDER BY 1, 2;
+SELECT * FROM rs.check();
+SELECT * FROM loyalty.verify('rs_club');
+
 -- The extension dropped and created again in this backend: the kept plans
 -- name tables that no longer exist; they are parsed again against the new
 -- ones (the program now has another id).

@@ -373,9 +373,11 @@ check_offer(Request *q, int32 program_id, DateADT today, Reward *r)
 		bool		isnull;
 		char	   *tier;
 
-		run(RP_TIER, args, NULL, SPI_OK_SELECT);
+		/* one row: the program cannot go while its account is locked */
+		if (run(RP_TIER, args, NULL, SPI_OK_SELECT) == 0)
+			elog(ERROR, "program %d of a redemption not found", program_id);
 		tier = col_text(1);
-		if (SPI_processed > 0 && DatumGetBool(col(2, &isnull)))
+		if (DatumGetBool(col(2, &isnull)))
 			ereport(ERROR,
 					(errcode(ERRCODE_LY_UNAVAILABLE),
 					 errmsg("reward \"%s\" needs tier %s or higher; account \"%s\" is %s", q->reward_s, r->min_tier,
