@@ -8820,3 +8820,14 @@ LEFT JOIN LATERAL (
     WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
       AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
 GRANT SELECT ON @extschema@.action_rule TO loyalty_partner;
+
+-- ---- loyalty.redeem() in C (src/redeem.c): the same checks, errors and debit protocol in fewer statements, plans kept per backend ----
+CREATE OR REPLACE FUNCTION @extschema@.redeem(
+    program     text,
+    account_key text,
+    reward      text,
+    quantity    integer DEFAULT 1,
+    member      text DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'loyalty_redeem'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -95,6 +95,26 @@ await_deltas(Relation rel, Relation idx, int32 program_id, text *account_key)
 	return waited;
 }
 
+/*
+ * Waits until no other transaction in progress has appended a balance delta
+ * of the account; returns how many transactions it waited for.  For the
+ * debits written in C (loyalty.redeem), after their account lock.
+ */
+int
+loyalty_await_account(int32 program_id, text *account_key)
+{
+	Relation	rel;
+	Relation	idx;
+	int			waited;
+
+	rel = table_open(get_relname_relid("balance_delta", get_namespace_oid("loyalty", false)), AccessShareLock);
+	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	waited = await_deltas(rel, idx, program_id, account_key);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return waited;
+}
+
 PG_FUNCTION_INFO_V1(loyalty_await_postings);
 /*
  * loyalty._await_postings(program_id, account_key): waits until no other
@@ -104,24 +124,11 @@ PG_FUNCTION_INFO_V1(loyalty_await_postings);
 Datum
 loyalty_await_postings(PG_FUNCTION_ARGS)
 {
-	int32		program_id;
-	text	   *account_key;
-	Relation	rel;
-	Relation	idx;
-	int			waited;
-
 	/*
 	 * Not STRICT: the planner would answer a call with NULL constants
 	 * without checking who may execute it.  No account, nothing to wait for.
 	 */
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_INT32(0);
-	program_id = PG_GETARG_INT32(0);
-	account_key = PG_GETARG_TEXT_PP(1);
-	rel = table_open(get_relname_relid("balance_delta", get_namespace_oid("loyalty", false)), AccessShareLock);
-	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
-	waited = await_deltas(rel, idx, program_id, account_key);
-	index_close(idx, AccessShareLock);
-	table_close(rel, AccessShareLock);
-	PG_RETURN_INT32(waited);
+	PG_RETURN_INT32(loyalty_await_account(PG_GETARG_INT32(0), PG_GETARG_TEXT_PP(1)));
 }

@@ -57,6 +57,9 @@ extern Datum loyalty_date_array(DateADT *values, int n);
 extern Datum *loyalty_array_items(Datum array, Oid elemtype, const char *prefix, const char *name,
 								  int expect, const char *expect_name, int *n);
 
+/* debits (debit.c): waits for the transactions still posting to an account */
+extern int	loyalty_await_account(int32 program_id, text *account_key);
+
 /* dates */
 extern DateADT loyalty_month_start(DateADT d);
 extern DateADT loyalty_add_months(DateADT d, int months);
