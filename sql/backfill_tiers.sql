@@ -116,9 +116,6 @@ SELECT bt.replay();
 -- 1. Backfill from the start: the tier history and every account's points
 --    are the independent replay's.
 --
--- (the NOTICE's DETAIL names the last quarter replayed, which moves with
--- the date: terse)
-\set VERBOSITY terse
 SELECT accounts, months, source_rows FROM loyalty.backfill('bt.invoice', 'bt_club', '2024-01-01');
 SELECT count(*) AS history_rows, count(DISTINCT account_key) AS accounts_moved,
        count(*) FILTER (WHERE effective_from < '2026-01-01' AND old_tier IS NOT NULL

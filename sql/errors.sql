@@ -861,7 +861,7 @@ SELECT * FROM loyalty.verify('err_club');
 --          settle() of a period whose tiers a backfill replayed
 --
 CREATE TABLE err.replay_sale (id int PRIMARY KEY, customer text, amount numeric, sale_date date);
-INSERT INTO err.replay_sale VALUES (1, 'R', 7000, '2024-02-01');
+INSERT INTO err.replay_sale VALUES (1, 'R', 7000, '2024-02-01'), (2, 'R', 100, '2024-05-01');
 SELECT loyalty.create_program('err_replay', ladder => 'Silver:5000') > 0 AS created;
 SELECT loyalty.attach('err.replay_sale', 'err_replay', account_column => 'customer', amount_column => 'amount',
                       date_column => 'sale_date') > 0 AS attached;

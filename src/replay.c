@@ -638,7 +638,9 @@ replay_tiers(Program *prog, int32 attachment_id, Oid source, DateADT since,
 			walk_account(prog, &r, since, &st[i]);
 	changes = write_changes(prog, since, st, n, &naccounts);
 	MemoryContextSwitchTo(cxt);
-	record_replay(prog, attachment_id, since, r.first_open - 1, n, changes);
+	/* with no account replayed, settlement decides every period as usual */
+	if (n > 0)
+		record_replay(prog, attachment_id, since, r.first_open - 1, n, changes);
 	MemoryContextSwitchTo(cxt);
 	if (naccounts > 0)
 	{
@@ -648,7 +650,5 @@ replay_tiers(Program *prog, int32 attachment_id, Oid source, DateADT since,
 	}
 	ereport(NOTICE,
 			(errmsg("backfill replayed the tiers of %d accounts: %lld tier changes written for %d accounts",
-					n, (long long) changes, naccounts),
-			 errdetail("Periods re-qualified up to %s (loyalty.tier_replay).",
-					   DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(r.first_open - 1))))));
+					n, (long long) changes, naccounts)));
 }
