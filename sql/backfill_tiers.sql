@@ -205,3 +205,30 @@ SELECT * FROM loyalty.backfill('bt.sale', 'bt_settled', '2024-01-01');
 -- from the quarter after it: allowed
 \set VERBOSITY terse
 SELECT accounts FROM loyalty.backfill('bt.sale', 'bt_settled', '2024-04-01');
+
+--
+-- 6. Months before since count in the windows as the ledger holds them.
+--    M's invoice of November 2024 accrued when it was written (after
+--    attach); the one of January 2025 predates attach.  Backfill from
+--    January 2025: the window of six months on 15 January holds 4000 +
+--    2000, Silver from the 16th; at the end of Q1 2025 the window
+--    (October-March) still holds 6100; at the end of Q2 (January-June) only
+--    2100: no grace, no tier from 2 July 2025.  The January invoice earns
+--    as a member without tier (the upgrade counts from the next day).
+--
+CREATE TABLE bt.mid (id int PRIMARY KEY, customer text NOT NULL, amount numeric NOT NULL, sale_date date NOT NULL);
+INSERT INTO bt.mid VALUES (1, 'M', 2000, '2025-01-15');
+SELECT loyalty.create_program('bt_mid', ladder => 'Silver:5000', qualification_window => '6 months') > 0 AS created;
+SELECT loyalty.add_rule('bt_mid', '2020-01-01', 1, tier_multipliers => '{"Silver": 2}');
+SELECT loyalty.attach('bt.mid', 'bt_mid', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'sale_date') > 0 AS attached;
+INSERT INTO bt.mid VALUES (2, 'M', 4000, '2024-11-10'), (3, 'M', 100, '2025-02-01');
+SELECT accounts, months, points FROM loyalty.backfill('bt.mid', 'bt_mid', '2025-01-01');
+SELECT h.change_no, h.effective_from, h.old_tier, h.new_tier, h.reason, h.rolling_qualifying
+FROM loyalty.tier_history h JOIN loyalty.program p USING (program_id)
+WHERE p.name = 'bt_mid' ORDER BY h.change_no;
+-- 4000 + 2000 at no tier; invoice 3 (1 February) was accrued at no tier
+-- before the replay made M Silver from 16 January: backfill reprices it, 200
+SELECT b.points, 4000 + 2000 + 2 * 100 AS expected FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
+WHERE p.name = 'bt_mid';
+SELECT * FROM loyalty.verify('bt_mid');

@@ -303,7 +303,8 @@ read_background(Program *prog, Oid source, DateADT since, ReplayState *st, int n
 	args[3] = ObjectIdGetDatum(source);
 	reconcile_owner_query(
 		"SELECT m.account_key, m.month, m.qualifying FROM loyalty.accrual_month m"
-		" WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.account_key OPERATOR(pg_catalog.=) ANY ($3)"
+		" JOIN pg_catalog.unnest($3) AS k(k) ON k.k OPERATOR(pg_catalog.=) m.account_key"
+		" WHERE m.program_id OPERATOR(pg_catalog.=) $1"
 		"   AND (m.month OPERATOR(pg_catalog.<) $2"
 		"        OR m.attachment_id OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT x.attachment_id FROM loyalty.attachment x"
 		"           WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $4)))"
