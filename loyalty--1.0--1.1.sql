@@ -8831,3 +8831,261 @@ CREATE OR REPLACE FUNCTION @extschema@.redeem(
 RETURNS uuid
 AS 'MODULE_PATHNAME', 'loyalty_redeem'
 LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- ---- backfill replays the tier history period by period (loyalty.tier_replay); settle() refuses and settle_due() skips the periods it replayed ----
+CREATE TABLE @extschema@.tier_replay (
+    program_id    integer NOT NULL REFERENCES @extschema@.program,
+    attachment_id integer NOT NULL,
+    since         date NOT NULL,
+    through       date NOT NULL,
+    replayed_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    accounts      integer NOT NULL CHECK (accounts OPERATOR(pg_catalog.>=) 0),
+    tier_changes  bigint NOT NULL CHECK (tier_changes OPERATOR(pg_catalog.>=) 0),
+    PRIMARY KEY (program_id, attachment_id)
+);
+COMMENT ON TABLE @extschema@.tier_replay IS 'The tier history loyalty.backfill() replayed, per program and attached table: upgrades on accrual and re-qualifications at each period end from since to through, written to loyalty.tier_history with reason backfill. Periods ending up to through are not settled again (settle() refuses them, settle_due() starts after them).';
+COMMENT ON COLUMN @extschema@.tier_replay.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.tier_replay.attachment_id IS 'The attachment (loyalty.attachment) whose rows were backfilled.';
+COMMENT ON COLUMN @extschema@.tier_replay.since IS 'First document month replayed (-infinity: the whole history).';
+COMMENT ON COLUMN @extschema@.tier_replay.through IS 'Last day of the last settlement period the replay re-qualified: the day before the period that had not ended when it ran.';
+COMMENT ON COLUMN @extschema@.tier_replay.replayed_at IS 'When the last backfill replayed it.';
+COMMENT ON COLUMN @extschema@.tier_replay.accounts IS 'Accounts replayed (those with rows from since on).';
+COMMENT ON COLUMN @extschema@.tier_replay.tier_changes IS 'Tier history rows the last backfill wrote (0: the history already was the replay''s).';
+GRANT SELECT ON @extschema@.tier_replay TO loyalty_reader, loyalty_operator, loyalty_admin;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_replay', '');
+
+CREATE OR REPLACE FUNCTION @extschema@.settle(program text, period_end date) RETURNS @extschema@.settlement_run
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    pstart date;
+    e text[];
+    run @extschema@.settlement_run;
+    later date;
+    n bigint;
+    changed bigint;
+    expired bigint;
+    rebates numeric;
+    mdf numeric;
+    jit_was text;
+BEGIN
+    e := coalesce(@extschema@._program_problem(program),
+                  @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = settle.program),
+                                                  period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = settle.program;
+    pstart := @extschema@._period_start(pid, period_end);
+    IF period_end >= @extschema@._today(pid) THEN
+        RAISE EXCEPTION 'the % ending on period_end % has not ended yet', (SELECT p.settlement_period FROM @extschema@.program p WHERE p.program_id = pid), period_end
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Invoices dated in the period may still arrive until its last day has passed in the program''s time zone (%s).',
+                                             (SELECT p.time_zone FROM @extschema@.program p WHERE p.program_id = pid)),
+                  HINT = 'Settle it on the day after its last day or later; loyalty.settle_due() settles every period that has ended.';
+    END IF;
+    -- one settlement of the program at a time: a second call waits here,
+    -- then (a new snapshot per statement) finds the run the first committed
+    PERFORM @extschema@._settle_lock(pid);
+    SELECT * INTO run FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end = settle.period_end;
+    IF FOUND THEN
+        RAISE NOTICE 'program "%" is already settled for the period ending %', program, period_end
+            USING DETAIL = 'A period is settled once; its run is in loyalty.settlement_run.';
+        RETURN run;
+    END IF;
+    SELECT max(r.period_end) INTO later FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end > settle.period_end;
+    IF later IS NOT NULL THEN
+        RAISE EXCEPTION 'program "%" is already settled for a later period (ending %)', program, later
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Periods are settled in order; what a skipped period would count was carried into the later run.',
+                  HINT = 'Nothing to do: late documents of earlier periods are carried into the next run.';
+    END IF;
+    PERFORM @extschema@._tier_lock(pid);
+    -- backfill replayed the tiers of this period as settlement would have
+    SELECT max(t.through) INTO later FROM @extschema@.tier_replay t WHERE t.program_id = pid;
+    IF later >= settle.period_end THEN
+        RAISE EXCEPTION 'the tiers of program "%" for the period ending % were replayed by loyalty.backfill()', program, period_end
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('backfill re-qualified the tiers of every period up to %s as settlement would have (loyalty.tier_replay); settling one again would re-qualify it twice.', later),
+                  HINT = 'Settle the periods after it: loyalty.settle_due() starts there.';
+    END IF;
+    -- the pass is one cheap scan, but its plan is costed high enough to be
+    -- JIT-compiled, which costs more than the pass: off for this run
+    -- (restored below; an error rolls the setting back with the run)
+    jit_was := pg_catalog.current_setting('jit');
+    PERFORM pg_catalog.set_config('jit', 'off', true);
+
+    n := @extschema@._settle_accounts(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: % accounts counted', program, pstart, period_end, n;
+    changed := @extschema@._settle_tiers(pid, period_end);
+    RAISE NOTICE 'settle "%" %..%: % tier changes', program, pstart, period_end, changed;
+    -- the rebate and expiry steps take the day after the period as their
+    -- cutoff (the period's documents are those dated before it)
+    rebates := @extschema@._settle_rebates(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
+    RAISE NOTICE 'settle "%" %..%: rebates trued up %', program, pstart, period_end, rebates;
+    mdf := @extschema@._settle_mdf(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: MDF accrued %', program, pstart, period_end, mdf;
+    expired := @extschema@._settle_expiry(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
+    RAISE NOTICE 'settle "%" %..%: % points expired', program, pstart, period_end, expired;
+
+    INSERT INTO @extschema@.settlement_run AS r
+        (program_id, period_start, period_end, status, started_at, finished_at, accounts, points_expired, rebate_total,
+         mdf_total, period_qualifying, carried_qualifying, period_points, carried_points, tiers_up, tiers_down,
+         tiers_held, settled_by)
+    SELECT pid, pstart, settle.period_end, 'done', pg_catalog.now(), pg_catalog.clock_timestamp(), n, expired, rebates, mdf,
+           coalesce(sum(s.period_qualifying), 0), coalesce(sum(s.carried_qualifying), 0),
+           coalesce(sum(s.period_points), 0), coalesce(sum(s.carried_points), 0),
+           count(*) FILTER (WHERE s.outcome = 'up'), count(*) FILTER (WHERE s.outcome IN ('down', 'grace')),
+           count(*) FILTER (WHERE s.outcome IN ('held', 'kept')), session_user
+    FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.period_end = settle.period_end
+    RETURNING * INTO run;
+    PERFORM pg_catalog.set_config('jit', jit_was, true);
+    RETURN run;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.settle_due(program text DEFAULT NULL) RETURNS SETOF @extschema@.settlement_run
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+    d date;
+    last_end date;
+    first_start date;
+    cur_start date;
+    step interval;
+    e text[];
+BEGIN
+    IF program IS NOT NULL AND @extschema@._program_problem(program) IS NOT NULL THEN
+        e := @extschema@._program_problem(program);
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3] || ' NULL settles every program.', HINT = e[4];
+    END IF;
+    FOR p IN SELECT x.program_id, x.name, x.settlement_period, x.created_at, x.time_zone FROM @extschema@.program x
+             WHERE settle_due.program IS NULL OR x.name = settle_due.program ORDER BY x.program_id LOOP
+        step := @extschema@._period_length(p.settlement_period);
+        SELECT max(r.period_end) INTO last_end FROM @extschema@.settlement_run r WHERE r.program_id = p.program_id;
+        IF last_end IS NOT NULL THEN
+            first_start := last_end + 1;
+        ELSE
+            -- the period holding the program's start or its first document
+            SELECT date_trunc(p.settlement_period,
+                              least((p.created_at AT TIME ZONE p.time_zone)::date,
+                                    (SELECT min(m.month) FROM @extschema@.accrual_month m WHERE m.program_id = p.program_id))::timestamp)::date
+            INTO first_start;
+        END IF;
+        -- periods whose tiers backfill replayed are not settled again
+        SELECT greatest(first_start, max(t.through) + 1) INTO first_start
+        FROM @extschema@.tier_replay t WHERE t.program_id = p.program_id;
+        -- the current period has not ended: the last to settle ends before it
+        cur_start := date_trunc(p.settlement_period, @extschema@._today(p.program_id)::timestamp)::date;
+        d := first_start;
+        WHILE d < cur_start LOOP
+            RETURN NEXT @extschema@.settle(p.name, (d + step - interval '1 day')::date);
+            d := (d + step)::date;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+
+-- ---------------------------------------------------------------------------
+-- settle() as both changes left it: expiry before the postings of rebates and
+-- MDF (the deadlock with a redemption), and the refusal of replayed periods.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@.settle(program text, period_end date) RETURNS @extschema@.settlement_run
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    pstart date;
+    e text[];
+    run @extschema@.settlement_run;
+    later date;
+    n bigint;
+    changed bigint;
+    expired bigint;
+    rebates numeric;
+    mdf numeric;
+    jit_was text;
+BEGIN
+    e := coalesce(@extschema@._program_problem(program),
+                  @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = settle.program),
+                                                  period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = settle.program;
+    pstart := @extschema@._period_start(pid, period_end);
+    IF period_end >= @extschema@._today(pid) THEN
+        RAISE EXCEPTION 'the % ending on period_end % has not ended yet', (SELECT p.settlement_period FROM @extschema@.program p WHERE p.program_id = pid), period_end
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Invoices dated in the period may still arrive until its last day has passed in the program''s time zone (%s).',
+                                             (SELECT p.time_zone FROM @extschema@.program p WHERE p.program_id = pid)),
+                  HINT = 'Settle it on the day after its last day or later; loyalty.settle_due() settles every period that has ended.';
+    END IF;
+    -- one settlement of the program at a time: a second call waits here,
+    -- then (a new snapshot per statement) finds the run the first committed
+    PERFORM @extschema@._settle_lock(pid);
+    SELECT * INTO run FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end = settle.period_end;
+    IF FOUND THEN
+        RAISE NOTICE 'program "%" is already settled for the period ending %', program, period_end
+            USING DETAIL = 'A period is settled once; its run is in loyalty.settlement_run.';
+        RETURN run;
+    END IF;
+    SELECT max(r.period_end) INTO later FROM @extschema@.settlement_run r WHERE r.program_id = pid AND r.period_end > settle.period_end;
+    IF later IS NOT NULL THEN
+        RAISE EXCEPTION 'program "%" is already settled for a later period (ending %)', program, later
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Periods are settled in order; what a skipped period would count was carried into the later run.',
+                  HINT = 'Nothing to do: late documents of earlier periods are carried into the next run.';
+    END IF;
+    PERFORM @extschema@._tier_lock(pid);
+    -- backfill replayed the tiers of this period as settlement would have
+    SELECT max(t.through) INTO later FROM @extschema@.tier_replay t WHERE t.program_id = pid;
+    IF later >= settle.period_end THEN
+        RAISE EXCEPTION 'the tiers of program "%" for the period ending % were replayed by loyalty.backfill()', program, period_end
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('backfill re-qualified the tiers of every period up to %s as settlement would have (loyalty.tier_replay); settling one again would re-qualify it twice.', later),
+                  HINT = 'Settle the periods after it: loyalty.settle_due() starts there.';
+    END IF;
+    -- the pass is one cheap scan, but its plan is costed high enough to be
+    -- JIT-compiled, which costs more than the pass: off for this run
+    -- (restored below; an error rolls the setting back with the run)
+    jit_was := pg_catalog.current_setting('jit');
+    PERFORM pg_catalog.set_config('jit', 'off', true);
+
+    n := @extschema@._settle_accounts(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: % accounts counted', program, pstart, period_end, n;
+    changed := @extschema@._settle_tiers(pid, period_end);
+    RAISE NOTICE 'settle "%" %..%: % tier changes', program, pstart, period_end, changed;
+    -- the rebate and expiry steps take the day after the period as their
+    -- cutoff (the period's documents are those dated before it).  Expiry
+    -- runs first: it locks the accounts it debits before this transaction
+    -- posts anything to them.  A redemption holds its account's lock while
+    -- it waits for the postings in flight on the account (_await_postings);
+    -- had the rebates or MDF been posted first, a redemption arriving
+    -- between them and the expiry lock would deadlock with the settlement.
+    -- (Rebates and MDF carry no points: the order changes no figure.)
+    expired := @extschema@._settle_expiry(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
+    rebates := @extschema@._settle_rebates(pid, pstart, period_end OPERATOR(pg_catalog.+) 1);
+    RAISE NOTICE 'settle "%" %..%: rebates trued up %', program, pstart, period_end, rebates;
+    mdf := @extschema@._settle_mdf(pid, pstart, period_end);
+    RAISE NOTICE 'settle "%" %..%: MDF accrued %', program, pstart, period_end, mdf;
+    RAISE NOTICE 'settle "%" %..%: % points expired', program, pstart, period_end, expired;
+
+    INSERT INTO @extschema@.settlement_run AS r
+        (program_id, period_start, period_end, status, started_at, finished_at, accounts, points_expired, rebate_total,
+         mdf_total, period_qualifying, carried_qualifying, period_points, carried_points, tiers_up, tiers_down,
+         tiers_held, settled_by)
+    SELECT pid, pstart, settle.period_end, 'done', pg_catalog.now(), pg_catalog.clock_timestamp(), n, expired, rebates, mdf,
+           coalesce(sum(s.period_qualifying), 0), coalesce(sum(s.carried_qualifying), 0),
+           coalesce(sum(s.period_points), 0), coalesce(sum(s.carried_points), 0),
+           count(*) FILTER (WHERE s.outcome = 'up'), count(*) FILTER (WHERE s.outcome IN ('down', 'grace')),
+           count(*) FILTER (WHERE s.outcome IN ('held', 'kept')), session_user
+    FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.period_end = settle.period_end
+    RETURNING * INTO run;
+    PERFORM pg_catalog.set_config('jit', jit_was, true);
+    RETURN run;
+END
+$$;
+

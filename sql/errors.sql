@@ -862,3 +862,46 @@ SELECT what, sqlstate, message, has_detail, has_hint, context FROM op_results OR
 SELECT kind, points FROM loyalty.ledger l JOIN loyalty.program p USING (program_id) WHERE p.name = 'err_club' AND kind <> 'earn';
 SELECT count(*) AS redemptions FROM loyalty.redemption d JOIN loyalty.program p USING (program_id) WHERE p.name = 'err_club';
 SELECT * FROM loyalty.verify('err_club');
+
+--
+-- Backfill's tier replay and settlement (sql/backfill_tiers.sql shows them
+-- in full).  SQLSTATEs:
+--   55000  object_not_in_prerequisite_state: backfill from a date that a
+--          settlement run covers (its tier changes are settlement's);
+--          settle() of a period whose tiers a backfill replayed
+--
+CREATE TABLE err.replay_sale (id int PRIMARY KEY, customer text, amount numeric, sale_date date);
+INSERT INTO err.replay_sale VALUES (1, 'R', 7000, '2024-02-01'), (2, 'R', 100, '2024-05-01');
+SELECT loyalty.create_program('err_replay', ladder => 'Silver:5000') > 0 AS created;
+SELECT loyalty.attach('err.replay_sale', 'err_replay', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'sale_date') > 0 AS attached;
+SELECT loyalty.enroll('err_replay', 'R');
+SET client_min_messages = warning;
+SELECT (loyalty.settle('err_replay', '2024-03-31')).accounts;
+CREATE TEMP TABLE replay_cases (n serial, what text, call text);
+INSERT INTO replay_cases (what, call) VALUES
+('backfill: settled after since', $$SELECT loyalty.backfill('err.replay_sale', 'err_replay', '2024-01-01')$$),
+('backfill: after the settled period', $$SELECT loyalty.backfill('err.replay_sale', 'err_replay', '2024-04-01')$$),
+('settle: a replayed period', $$SELECT loyalty.settle('err_replay', '2024-06-30')$$);
+CREATE TEMP TABLE replay_results (n int, what text, sqlstate text, message text, has_detail boolean, has_hint boolean);
+DO $run$
+DECLARE
+    c record;
+    st text; msg text; det text; hnt text;
+BEGIN
+    FOR c IN SELECT * FROM replay_cases ORDER BY n LOOP
+        BEGIN
+            EXECUTE c.call;
+            INSERT INTO replay_results VALUES (c.n, c.what, '(accepted)');
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL,
+                                    hnt = PG_EXCEPTION_HINT;
+            INSERT INTO replay_results VALUES (c.n, c.what, st, msg, coalesce(det, '') <> '', coalesce(hnt, '') <> '');
+        END;
+    END LOOP;
+END
+$run$;
+RESET client_min_messages;
+\pset format unaligned
+SELECT what, sqlstate, message, has_detail, has_hint FROM replay_results ORDER BY n;
+\pset format aligned

@@ -39,6 +39,7 @@
 #include "accounts.h"
 #include "ledger.h"
 #include "reconcile.h"
+#include "replay.h"
 
 #define SCAN_BATCH 1000
 #define OWNER_BATCH 10000		/* rows of loyalty's own tables per fetch */
@@ -100,6 +101,7 @@ typedef struct SourceScan
 	DateADT		since;			/* months before it are left out */
 	const char *account;		/* only this account; NULL: every one */
 	const char *what;			/* the public function, for errors */
+	bool		by_day;			/* sums per document day, not month */
 	HTAB	   *accounts;
 	/* the lines of an invoice come together: one probe for all of them */
 	AccountEntry *last_account;
@@ -438,7 +440,7 @@ add_row(SourceScan *s, RowFacts *f, AccountEntry *e)
 	if ((r.status != ROW_EARNS && r.status != ROW_BELOW_MINIMUM && r.status != ROW_CONTROL) ||
 		r.month < s->since)
 		return;
-	sum = sum_entry(s, e, r.month);
+	sum = sum_entry(s, e, s->by_day ? f->date : r.month);
 	sum->points += (int128) r.points + r.bonus;
 	sum->rows++;
 	old = MemoryContextSwitchTo(s->cxt);	/* the sum outlives the batch */
@@ -1156,6 +1158,77 @@ reconcile_restate(int32 attachment_id, char **accounts, int n, DateADT since, co
 	MemoryContextSwitchTo(cxt);
 }
 
+/* ---- backfill's tier replay ---- */
+
+static int
+day_order(const void *a, const void *b)
+{
+	DateADT		x = ((const ReplayDay *) a)->day,
+				y = ((const ReplayDay *) b)->day;
+
+	return x < y ? -1 : (x > y ? 1 : 0);
+}
+
+static int
+replay_key_order(const void *a, const void *b)
+{
+	return strcmp(((const ReplayAccount *) a)->key, ((const ReplayAccount *) b)->key);
+}
+
+/*
+ * The qualifying spend of the rows from since on, per earning account and
+ * document day (the same scan, pricing and enrolment as the posting pass),
+ * handed to the replay of the tier history.  Runs before the posting pass,
+ * which then prices every row with the replayed history.
+ */
+static void
+backfill_replay(const Target *t, DateADT since, MemoryContext cxt)
+{
+	SourceScan	s;
+	HASH_SEQ_STATUS seq;
+	AccountEntry *e;
+	ReplayAccount *accts;
+	int			n = 0,
+				i;
+
+	scan_init(&s, cxt, t->attachment_id, since, NULL, "loyalty.backfill()");
+	if (s.att->program->ladder == NULL)
+	{
+		MemoryContextDelete(s.cxt);
+		return;
+	}
+	s.by_day = true;
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	scan_source(&s, t->facts_sql);
+	enroll_customers(&s);
+	MemoryContextSwitchTo(s.cxt);
+	accts = palloc(sizeof(ReplayAccount) * (hash_get_num_entries(s.accounts) + 1));
+	hash_seq_init(&seq, s.accounts);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		ReplayAccount *a;
+
+		if (e->info == NULL || e->nsums == 0)
+			continue;
+		a = &accts[n++];
+		a->key = e->key;
+		a->ndays = e->nsums;
+		a->days = palloc(sizeof(ReplayDay) * e->nsums);
+		for (i = 0; i < e->nsums; i++)
+		{
+			a->days[i].day = e->sums[i].key.month;
+			a->days[i].qualifying = fixed_sum_value(&e->sums[i].qualifying);
+		}
+		qsort(a->days, a->ndays, sizeof(ReplayDay), day_order);
+	}
+	qsort(accts, n, sizeof(ReplayAccount), replay_key_order);
+	replay_tiers(s.att->program, t->attachment_id, t->source, since, accts, n);
+	PopActiveSnapshot();
+	MemoryContextSwitchTo(cxt);
+	MemoryContextDelete(s.cxt);
+}
+
 /* backfill(source, program, since): what a value must be, before anything runs. */
 static void
 backfill_check_args(FunctionCallInfo fcinfo)
@@ -1216,6 +1289,9 @@ loyalty_backfill(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(cxt);
 	posted.cxt = cxt;
 	posted.qualifying = int64_to_numeric(0);
+	/* the tier history first: the points of every row then follow it */
+	backfill_replay(t, loyalty_month_start(PG_GETARG_DATEADT(2)), cxt);
+	MemoryContextSwitchTo(cxt);
 	reconcile_post(t, loyalty_month_start(PG_GETARG_DATEADT(2)), NULL, "backfill",
 				   "loyalty.backfill()", true, false, &posted);
 

@@ -351,6 +351,14 @@ BEGIN
                   HINT = 'Nothing to do: late documents of earlier periods are carried into the next run.';
     END IF;
     PERFORM @extschema@._tier_lock(pid);
+    -- backfill replayed the tiers of this period as settlement would have
+    SELECT max(t.through) INTO later FROM @extschema@.tier_replay t WHERE t.program_id = pid;
+    IF later >= settle.period_end THEN
+        RAISE EXCEPTION 'the tiers of program "%" for the period ending % were replayed by loyalty.backfill()', program, period_end
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('backfill re-qualified the tiers of every period up to %s as settlement would have (loyalty.tier_replay); settling one again would re-qualify it twice.', later),
+                  HINT = 'Settle the periods after it: loyalty.settle_due() starts there.';
+    END IF;
     -- the pass is one cheap scan, but its plan is costed high enough to be
     -- JIT-compiled, which costs more than the pass: off for this run
     -- (restored below; an error rolls the setting back with the run)
@@ -426,6 +434,9 @@ BEGIN
                                     (SELECT min(m.month) FROM @extschema@.accrual_month m WHERE m.program_id = p.program_id))::timestamp)::date
             INTO first_start;
         END IF;
+        -- periods whose tiers backfill replayed are not settled again
+        SELECT greatest(first_start, max(t.through) + 1) INTO first_start
+        FROM @extschema@.tier_replay t WHERE t.program_id = p.program_id;
         -- the current period has not ended: the last to settle ends before it
         cur_start := date_trunc(p.settlement_period, @extschema@._today(p.program_id)::timestamp)::date;
         d := first_start;

@@ -37,6 +37,29 @@ COMMENT ON COLUMN @extschema@.tier_grant.granted_at IS 'When it was granted.';
 COMMENT ON COLUMN @extschema@.tier_grant.granted_by IS 'The role that granted it.';
 COMMENT ON COLUMN @extschema@.tier_grant.reason IS 'Why (e.g. paid VIP membership).';
 
+-- Backfill's replay of the tier history (src/replay.c): the periods whose
+-- tier changes the replay wrote as settlement would have.  settle() refuses
+-- them and settle_due() starts after them, so that no period is
+-- re-qualified twice.
+CREATE TABLE @extschema@.tier_replay (
+    program_id    integer NOT NULL REFERENCES @extschema@.program,
+    attachment_id integer NOT NULL,
+    since         date NOT NULL,
+    through       date NOT NULL,
+    replayed_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    accounts      integer NOT NULL CHECK (accounts OPERATOR(pg_catalog.>=) 0),
+    tier_changes  bigint NOT NULL CHECK (tier_changes OPERATOR(pg_catalog.>=) 0),
+    PRIMARY KEY (program_id, attachment_id)
+);
+COMMENT ON TABLE @extschema@.tier_replay IS 'The tier history loyalty.backfill() replayed, per program and attached table: upgrades on accrual and re-qualifications at each period end from since to through, written to loyalty.tier_history with reason backfill. Periods ending up to through are not settled again (settle() refuses them, settle_due() starts after them).';
+COMMENT ON COLUMN @extschema@.tier_replay.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.tier_replay.attachment_id IS 'The attachment (loyalty.attachment) whose rows were backfilled.';
+COMMENT ON COLUMN @extschema@.tier_replay.since IS 'First document month replayed (-infinity: the whole history).';
+COMMENT ON COLUMN @extschema@.tier_replay.through IS 'Last day of the last settlement period the replay re-qualified: the day before the period that had not ended when it ran.';
+COMMENT ON COLUMN @extschema@.tier_replay.replayed_at IS 'When the last backfill replayed it.';
+COMMENT ON COLUMN @extschema@.tier_replay.accounts IS 'Accounts replayed (those with rows from since on).';
+COMMENT ON COLUMN @extschema@.tier_replay.tier_changes IS 'Tier history rows the last backfill wrote (0: the history already was the replay''s).';
+
 -- Benefits: named entitlements per tier, typed by their name.
 CREATE FUNCTION @extschema@._valid_benefit(benefit text, value pg_catalog.jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
@@ -618,6 +641,8 @@ COMMENT ON FUNCTION @extschema@.statement(text, text, date) IS
 
 GRANT SELECT ON @extschema@.tier_requirement, @extschema@.tier_grant, @extschema@.tier_benefit, @extschema@.account_benefits
 TO loyalty_reader, loyalty_operator, loyalty_admin;
+GRANT SELECT ON @extschema@.tier_replay TO loyalty_reader, loyalty_operator, loyalty_admin;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_replay', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_requirement', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_grant', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.tier_benefit', '');
