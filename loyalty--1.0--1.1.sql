@@ -9089,3 +9089,335 @@ BEGIN
 END
 $$;
 
+-- ---- Rebate agreements scoped to product lines (the accrual trigger splits the qualifying spend by scoped line into loyalty.rebate_line_volume; verify() checks it); settlement_line.document_key unique with the account key ----
+-- The qualifying spend per product line of the programs with agreements
+-- scoped to product lines, appended by the accrual trigger (rebate_lines.c)
+-- as it reads the ERP rows with their writer's rights: settlement never
+-- evaluates the attaching user's mapping.  One bucket per scoped line, and
+-- one (product_line NULL) for the rest, so that an account's buckets of a
+-- month add up to its accrual_month qualifying spend.
+CREATE TABLE @extschema@.rebate_line_volume (
+    program_id   integer NOT NULL,
+    account_key  text NOT NULL,
+    posted_xid   xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    entry_no     bigint NOT NULL,
+    month        date NOT NULL,
+    product_line text,
+    qualifying   numeric NOT NULL,
+    source_rows  bigint NOT NULL,
+    PRIMARY KEY (program_id, account_key, posted_xid, entry_no)
+);
+COMMENT ON TABLE @extschema@.rebate_line_volume IS 'Qualifying spend per account, document month and product line, appended by the accrual trigger for the programs that have rebate agreements scoped to product lines (from the first such agreement''s creation on): the volumes of those agreements. Sum the rows of a key; removed and credited rows come as negative rows.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.posted_xid IS 'Transaction of the ERP statement.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.entry_no IS 'Number within posted_xid (the ledger''s numbering).';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.month IS 'Document month (first day).';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.product_line IS 'A product line some agreement of the program scopes; NULL: any other line, or none.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.qualifying IS 'Change of the qualifying spend.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.source_rows IS 'Change of the number of ERP rows counted.';
+
+-- the trigger caches the set of scoped product lines with the program
+CREATE TRIGGER rebate_agreement_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.rebate_agreement
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('config');
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rebate_line_volume', '');
+GRANT SELECT ON @extschema@.rebate_line_volume TO loyalty_reader, loyalty_operator, loyalty_admin;
+COMMENT ON COLUMN @extschema@.rebate_agreement.product_lines IS 'Product lines whose spend counts (from loyalty.rebate_line_volume); NULL: all spend.';
+
+-- the standalone UNIQUE (document_key) could not be distributed by account
+ALTER TABLE @extschema@.settlement_line DROP CONSTRAINT settlement_line_document_key_key,
+    ADD CONSTRAINT settlement_line_document_key UNIQUE (program_id, account_key, document_key);
+COMMENT ON COLUMN @extschema@.settlement_line.document_key IS 'Stable unique key for the ERP''s credit note: LOY-<program_id>-<agreement>-<account>-<period_end as YYYY-MM-DD>, with -ADJ-<n> for adjustments (a function of the primary key, and the primary key of it: agreement codes have no -).';
+
+
+CREATE OR REPLACE FUNCTION @extschema@._rebate_periods(program_id integer, to_end date, open boolean)
+RETURNS TABLE (agreement_id text, account_key text, period_start date, period_end date,
+               volume numeric, final numeric, accrued numeric, last_final numeric, adjustments integer)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- one grouped pass over the volumes, the postings and the lines (no join
+-- between them: each row of every source is a fact of its period)
+WITH ag AS (
+    SELECT g.agreement_id, g.account_key, g.cooperation_model, g.region, g.industry, g.schedule, g.period,
+           g.product_lines, pg_catalog.date_trunc('month', g.valid_from)::date AS first_month, g.valid_until,
+           CASE g.period WHEN 'month' THEN interval '1 month' WHEN 'quarter' THEN interval '3 months'
+                         ELSE interval '1 year' END AS step
+    FROM @extschema@.rebate_agreement g
+    WHERE g.program_id OPERATOR(pg_catalog.=) $1),
+known AS (
+    SELECT r.agreement_id, r.account_key, r.period_start, r.amount AS accrued, NULL::numeric AS final, NULL::integer AS adj
+    FROM @extschema@.rebate_posting r WHERE r.program_id OPERATOR(pg_catalog.=) $1
+    UNION ALL
+    SELECT s.agreement_id, s.account_key, s.period_start, 0, s.final, s.adjustment_no
+    FROM @extschema@.settlement_line s WHERE s.program_id OPERATOR(pg_catalog.=) $1),
+pairs AS (
+    SELECT u.agreement_id, u.account_key, pg_catalog.bool_or(u.member) AS member
+    FROM (SELECT ag.agreement_id, a.account_key, true AS member
+          FROM ag JOIN @extschema@.account a
+            ON a.program_id OPERATOR(pg_catalog.=) $1
+           AND (ag.account_key IS NULL OR a.account_key OPERATOR(pg_catalog.=) ag.account_key)
+           AND (ag.cooperation_model IS NULL OR a.cooperation_model OPERATOR(pg_catalog.=) ag.cooperation_model)
+           AND (ag.region IS NULL OR a.region OPERATOR(pg_catalog.=) ag.region)
+           AND (ag.industry IS NULL OR a.industry OPERATOR(pg_catalog.=) ag.industry)
+          UNION ALL
+          SELECT k.agreement_id, k.account_key, false FROM known k) u
+    GROUP BY 1, 2),
+-- the spend of every product line (accrual_month) for unscoped agreements,
+-- the scoped lines' buckets (rebate_line_volume) for the others
+volumes AS (
+    SELECT x.account_key, x.month, x.qualifying, NULL::text AS product_line
+    FROM @extschema@.accrual_month x WHERE x.program_id OPERATOR(pg_catalog.=) $1
+    UNION ALL
+    SELECT v.account_key, v.month, v.qualifying, v.product_line
+    FROM @extschema@.rebate_line_volume v
+    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND v.product_line IS NOT NULL),
+facts AS (
+    SELECT ag.agreement_id, x.account_key, pg_catalog.date_trunc(ag.period, x.month)::date AS period_start,
+           x.qualifying AS volume, 0 AS accrued, NULL::numeric AS final, NULL::integer AS adj, p.member, false AS known
+    FROM volumes x
+    JOIN pairs p ON p.account_key OPERATOR(pg_catalog.=) x.account_key
+    JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) p.agreement_id
+    WHERE x.month OPERATOR(pg_catalog.>=) ag.first_month
+      AND CASE WHEN ag.product_lines IS NULL THEN x.product_line IS NULL
+               ELSE x.product_line OPERATOR(pg_catalog.=) ANY (ag.product_lines) END
+      AND (ag.valid_until IS NULL OR x.month OPERATOR(pg_catalog.<) ag.valid_until)
+      -- an estimate counts the months up to to_end's (the volume so far)
+      AND (NOT open OR x.month OPERATOR(pg_catalog.<=) to_end)
+    UNION ALL
+    SELECT k.agreement_id, k.account_key, k.period_start, 0, k.accrued, k.final, k.adj, false, true FROM known k)
+SELECT t.agreement_id, t.account_key, t.period_start, t.period_end, t.volume,
+       pg_catalog.round(@extschema@.rebate(ag.schedule, GREATEST(t.volume, 0)), 2),
+       t.accrued, t.last_final, t.adjustments
+FROM (SELECT f.agreement_id, f.account_key, f.period_start, (f.period_start OPERATOR(pg_catalog.+) ag.step)::date AS period_end,
+             pg_catalog.sum(f.volume) AS volume, pg_catalog.sum(f.accrued) AS accrued,
+             (pg_catalog.array_agg(f.final ORDER BY f.adj DESC) FILTER (WHERE f.adj IS NOT NULL))[1] AS last_final,
+             pg_catalog.max(f.adj) AS adjustments
+      FROM facts f JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) f.agreement_id
+      WHERE CASE WHEN open THEN f.period_start OPERATOR(pg_catalog.<=) to_end
+                 ELSE (f.period_start OPERATOR(pg_catalog.+) ag.step)::date OPERATOR(pg_catalog.<=) to_end END
+      GROUP BY f.agreement_id, f.account_key, f.period_start, ag.step
+      -- a member's periods with a volume, and every period already posted or settled
+      HAVING pg_catalog.bool_or(f.member) OR pg_catalog.bool_or(f.known)) t
+JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) t.agreement_id
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._write_settlement_lines(program_id integer, settled_through date,
+                                         agreement_ids text[], account_keys text[], period_starts date[], period_ends date[],
+                                         volumes numeric[], finals numeric[], accrueds numeric[], last_finals numeric[],
+                                         adjustment_nos integer[])
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur text := (SELECT p.currency FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1);
+    keys text[];
+    total numeric;
+BEGIN
+    -- the date in ISO form whatever the session's DateStyle: the key is stable
+    keys := ARRAY(SELECT pg_catalog.format('LOY-%s-%s-%s-%s', $1, u.g, u.a, pg_catalog.to_char(u.e, 'YYYY-MM-DD'))
+                         OPERATOR(pg_catalog.||) CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN '-ADJ-' OPERATOR(pg_catalog.||) u.n ELSE '' END
+                  FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys),
+                                  pg_catalog.unnest(period_ends), pg_catalog.unnest(adjustment_nos))
+                       WITH ORDINALITY AS u(g, a, e, n, ord) ORDER BY u.ord);
+    WITH posted AS (
+        SELECT p.ord, p.entry_no
+        FROM @extschema@._post_rebates($1, account_keys,
+                                       ARRAY(SELECT f OPERATOR(pg_catalog.-) c
+                                             FROM ROWS FROM (pg_catalog.unnest(finals), pg_catalog.unnest(accrueds))
+                                                  WITH ORDINALITY AS u(f, c, ord) ORDER BY u.ord),
+                                       ARRAY(SELECT pg_catalog.format('rebate %s %s', CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'true-up' END, u.k)
+                                             FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(adjustment_nos))
+                                                  WITH ORDINALITY AS u(k, n, ord) ORDER BY u.ord)) p),
+    lines AS (
+        SELECT u.*, p.entry_no
+        FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys), pg_catalog.unnest(period_starts),
+                        pg_catalog.unnest(period_ends), pg_catalog.unnest(volumes), pg_catalog.unnest(finals),
+                        pg_catalog.unnest(accrueds), pg_catalog.unnest(last_finals), pg_catalog.unnest(adjustment_nos),
+                        pg_catalog.unnest(keys))
+             WITH ORDINALITY AS u(g, a, s, e, v, f, c, lf, n, k, ord)
+        LEFT JOIN posted p ON p.ord OPERATOR(pg_catalog.=) u.ord),
+    postings AS (
+        INSERT INTO @extschema@.rebate_posting (program_id, account_key, agreement_id, period_end, entry_no,
+                                                period_start, kind, volume, amount)
+        SELECT $1, l.a, l.g, l.e, l.entry_no, l.s, CASE WHEN l.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'trueup' END,
+               l.v, l.f OPERATOR(pg_catalog.-) l.c
+        FROM lines l WHERE l.entry_no IS NOT NULL),
+    written AS (
+        INSERT INTO @extschema@.settlement_line AS x (program_id, account_key, agreement_id, period_end, adjustment_no,
+                                                      document_key, period_start, volume, final, accrued, amount,
+                                                      credit_note, currency, settled_through, entry_no)
+        SELECT $1, l.a, l.g, l.e, l.n, l.k, l.s, l.v, l.f, l.c, l.f OPERATOR(pg_catalog.-) l.c,
+               l.f OPERATOR(pg_catalog.-) coalesce(l.lf, 0), cur, settled_through, l.entry_no
+        FROM lines l
+        RETURNING x.amount)
+    SELECT coalesce(pg_catalog.sum(w.amount), 0) INTO total FROM written w;
+    RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.create_rebate_agreement(
+    program           text,
+    agreement_id      text,
+    schedule          @extschema@.rebate_schedule,
+    account_key       text DEFAULT NULL,
+    cooperation_model text DEFAULT NULL,
+    region            text DEFAULT NULL,
+    industry          text DEFAULT NULL,
+    product_lines     text[] DEFAULT NULL,
+    period            text DEFAULT NULL,
+    valid_from        date DEFAULT NULL,
+    valid_until       date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    prog @extschema@.program;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF prog.program_id IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    pid := prog.program_id;
+    IF agreement_id IS NULL OR NOT agreement_id OPERATOR(pg_catalog.~) '^[A-Za-z0-9_.]{1,40}$' THEN
+        RAISE EXCEPTION 'invalid agreement_id: %', coalesce(pg_catalog.quote_literal(agreement_id), 'NULL')
+            USING ERRCODE = CASE WHEN agreement_id IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'agreement_id is the agreement''s code: 1 to 40 letters, digits, _ or . (it is part of the document keys of its settlement lines).',
+                  HINT = 'For example agreement_id => ''DIST2026''.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.rebate_agreement g
+               WHERE g.program_id OPERATOR(pg_catalog.=) pid AND g.agreement_id OPERATOR(pg_catalog.=) create_rebate_agreement.agreement_id) THEN
+        RAISE EXCEPTION 'agreement_id "%" is already used in program "%"', agreement_id, program
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Agreement codes are unique within a program, and never reused: settlement lines carry them.',
+                  HINT = 'Choose another agreement_id, or end the existing one with loyalty.end_rebate_agreement().';
+    END IF;
+    IF schedule IS NULL THEN
+        RAISE EXCEPTION 'schedule must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'schedule is the rebate brackets applied to each period''s volume.',
+                  HINT = 'For example schedule => ''retro: 0:0%, 100000:2%, 500000:3.5%''.';
+    END IF;
+    IF account_key IS NOT NULL AND (cooperation_model IS NOT NULL OR region IS NOT NULL OR industry IS NOT NULL) THEN
+        RAISE EXCEPTION 'account_key and a segment cannot be given together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An agreement covers one account (account_key) or every account of a segment (cooperation_model, region, industry).',
+                  HINT = 'Give account_key alone, or the segment attributes alone.';
+    END IF;
+    IF account_key IS NOT NULL AND NOT EXISTS (
+            SELECT FROM @extschema@.account a
+            WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) create_rebate_agreement.account_key) THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'account_key must name an account of the program.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF cooperation_model IS NOT NULL AND NOT cooperation_model OPERATOR(pg_catalog.=) ANY (ARRAY['direct', 'distributor', 'integrator', 'reseller']) THEN
+        RAISE EXCEPTION 'invalid value for cooperation_model: %', pg_catalog.quote_literal(cooperation_model)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cooperation_model must be one of direct, distributor, integrator, reseller.',
+                  HINT = 'For example cooperation_model => ''distributor''; leave it out to match any.';
+    END IF;
+    IF region OPERATOR(pg_catalog.=) '' OR industry OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION '% must not be empty', CASE WHEN region OPERATOR(pg_catalog.=) '' THEN 'region' ELSE 'industry' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An empty segment attribute matches no account.',
+                  HINT = 'Leave it out to match any value.';
+    END IF;
+    IF period IS NOT NULL AND NOT period OPERATOR(pg_catalog.=) ANY (ARRAY['month', 'quarter', 'year']) THEN
+        RAISE EXCEPTION 'invalid value for period: %', pg_catalog.quote_literal(period)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period must be one of month, quarter, year (calendar periods).',
+                  HINT = 'For example period => ''quarter''; leave it out for the program''s settlement period.';
+    END IF;
+    IF valid_from IN ('infinity', '-infinity') OR valid_until IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION '% must be a finite date', CASE WHEN valid_from IN ('infinity', '-infinity') THEN 'valid_from' ELSE 'valid_until' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_from is the first day the agreement applies to, valid_until the first day it no longer does.',
+                  HINT = 'Leave valid_from out for today, valid_until for an open-ended agreement.';
+    END IF;
+    valid_from := coalesce(valid_from, (pg_catalog.now() AT TIME ZONE prog.time_zone)::date);
+    IF valid_until IS NOT NULL AND valid_until OPERATOR(pg_catalog.<=) valid_from THEN
+        RAISE EXCEPTION 'valid_until (%) must be after valid_from (%)', valid_until, valid_from
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_until is the first day the agreement no longer applies to.',
+                  HINT = 'Give a later valid_until, or leave it out for an open-ended agreement.';
+    END IF;
+    IF product_lines IS NOT NULL THEN
+        product_lines := ARRAY(SELECT DISTINCT l FROM pg_catalog.unnest(product_lines) l ORDER BY 1);
+        IF pg_catalog.cardinality(product_lines) OPERATOR(pg_catalog.=) 0
+           OR EXISTS (SELECT FROM pg_catalog.unnest(product_lines) l WHERE l IS NULL OR l OPERATOR(pg_catalog.=) '') THEN
+            RAISE EXCEPTION 'product_lines must list product lines, none NULL or empty'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'product_lines are the product lines (as the attachments map them) whose qualifying spend counts.',
+                      HINT = 'For example product_lines => ''{networking,storage}''; leave it out to count all spend.';
+        END IF;
+        IF NOT EXISTS (SELECT FROM @extschema@.attachment x
+                       WHERE x.program_id OPERATOR(pg_catalog.=) pid AND x.detached_at IS NULL
+                         AND (x.product IS NOT NULL OR x.product_line_expr IS NOT NULL)) THEN
+            RAISE EXCEPTION 'product_lines cannot be given: program "%" maps no product line', program
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'A product-line scope needs an attachment that maps each row''s product line.',
+                      HINT = 'Attach the ERP table with product_line_column (or product => ...), or leave product_lines out.';
+        END IF;
+        -- The trigger splits the spend by these lines from now on: the
+        -- documents the agreement counts must all be accrued after it.
+        -- (Serialised with other agreements of the program.)
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), pid);
+        IF EXISTS (SELECT FROM @extschema@.accrual_month m
+                   WHERE m.program_id OPERATOR(pg_catalog.=) pid
+                     AND m.month OPERATOR(pg_catalog.>=) pg_catalog.date_trunc('month', valid_from)::date) THEN
+            RAISE EXCEPTION 'valid_from % is too early for product_lines: program "%" has documents dated in % or later',
+                            valid_from, program, pg_catalog.to_char(valid_from, 'YYYY-MM')
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'The spend of a product line is recorded as documents are accrued, from the first agreement scoping it on; documents accrued before cannot be split by product line.',
+                      HINT = 'Give a valid_from whose month has no accrued documents yet (usually the first day of the next month).';
+        END IF;
+    END IF;
+    INSERT INTO @extschema@.rebate_agreement (program_id, agreement_id, account_key, cooperation_model, region, industry,
+                                              schedule, product_lines, period, valid_from, valid_until)
+    VALUES (pid, agreement_id, account_key, cooperation_model, region, industry,
+            schedule, product_lines, coalesce(period, prog.settlement_period), valid_from, valid_until);
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@.create_rebate_agreement(text, text, @extschema@.rebate_schedule, text, text, text, text, text[], text, date, date) IS
+    'Creates a volume rebate agreement: a rebate schedule over each period''s qualifying spend, of every product line or of product_lines only (valid_from must then be in a month with no accrued documents yet) (period: month, quarter or year; default the program''s settlement period), for one account (account_key) or every account of a segment (cooperation_model, region, industry; none: every account), valid from valid_from (default today) until valid_until (exclusive; default open-ended). Estimates are posted by loyalty.accrue_rebates, true-ups at settlement.';
+
+CREATE FUNCTION @extschema@._verify_rebate_lines(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+WITH since AS (
+    SELECT pg_catalog.min(pg_catalog.date_trunc('month', g.valid_from))::date AS month
+    FROM @extschema@.rebate_agreement g
+    WHERE g.program_id OPERATOR(pg_catalog.=) $1 AND g.product_lines IS NOT NULL),
+accrued AS (
+    SELECT m.account_key, m.month, pg_catalog.sum(m.qualifying) AS qualifying, pg_catalog.sum(m.source_rows) AS n
+    FROM @extschema@.accrual_month m, since
+    WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.month OPERATOR(pg_catalog.>=) since.month
+      AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2)
+    GROUP BY 1, 2),
+split AS (
+    SELECT v.account_key, v.month, pg_catalog.sum(v.qualifying) AS qualifying, pg_catalog.sum(v.source_rows) AS n
+    FROM @extschema@.rebate_line_volume v
+    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR v.account_key OPERATOR(pg_catalog.=) $2)
+    GROUP BY 1, 2)
+SELECT coalesce(a.account_key, s.account_key), coalesce(a.month, s.month), NULL::integer, v.item, v.e, v.a
+FROM accrued a
+     FULL JOIN (SELECT s.* FROM split s, since WHERE s.month OPERATOR(pg_catalog.>=) since.month) s
+       ON s.account_key OPERATOR(pg_catalog.=) a.account_key AND s.month OPERATOR(pg_catalog.=) a.month,
+     LATERAL (VALUES ('rebate_line_qualifying', coalesce(a.qualifying, 0), coalesce(s.qualifying, 0)),
+                     ('rebate_line_rows', coalesce(a.n, 0)::numeric, coalesce(s.n, 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+$$;
+COMMENT ON FUNCTION @extschema@._verify_rebate_lines(integer, text) IS
+    'Internal: verify''s check of loyalty.rebate_line_volume: from the first month an agreement scoped to product lines counts on, the product-line buckets of each account and month add up to its accrual_month qualifying spend and source rows.';
+REVOKE ALL ON FUNCTION @extschema@._verify_rebate_lines(integer, text) FROM PUBLIC;
+

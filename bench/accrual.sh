@@ -51,6 +51,7 @@ SEED=${BENCH_SEED:-0.42}
 SHARED_BUFFERS=${BENCH_SHARED_BUFFERS:-1GB}
 MAX_WAL_SIZE=${BENCH_MAX_WAL_SIZE:-8GB}
 BUILD=${BENCH_BUILD:-1}                 # 0: use the extension already installed
+SCOPED_REBATE=${BENCH_SCOPED_REBATE:-0} # 1: a rebate agreement scoped to two product lines
 INVOICE_LINES=5                         # lines per pgbench invoice
 
 for v in LINES CUSTOMERS HLINES HCUSTOMERS HOT HOT_PCT RUNS CLIENTS SECONDS_PER_RUN; do
@@ -316,6 +317,13 @@ SQL
 SELECT loyalty.attach('bench.invoice_line', 'Bench',
          account_column => 'customer_id', amount_column => 'amount',
          date_column => 'invoice_date', product_line_column => 'product_line');
+SQL
+  fi
+  # the trigger then splits the qualifying spend by SOLAR, BATTERY and the rest
+  if [ "$SCOPED_REBATE" = 1 ]; then
+    cat <<'SQL'
+SELECT loyalty.create_rebate_agreement('Bench', 'SCOPED', 'retro: 0:1%', product_lines => '{SOLAR,BATTERY}',
+                                       valid_from => '2000-01-01');
 SQL
   fi
 }

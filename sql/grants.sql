@@ -180,6 +180,7 @@ INSERT INTO decision VALUES
 ('loyalty._rebate_periods(integer,date,boolean)', '', false, true, 'internal: rebate periods with volume, final, accrued, last line'),
 ('loyalty._write_settlement_lines(integer,date,text[],text[],date[],date[],numeric[],numeric[],numeric[],numeric[],integer[])', '', false, true, 'internal: writes settlement lines and posts them'),
 ('loyalty._settle_rebates(integer,date,date)', '', false, true, 'internal: settlement''s rebate true-up and adjustments, called by settle()'),
+('loyalty._verify_rebate_lines(integer,text)', '', false, true, 'internal: verify''s check of the product-line split for scoped rebates'),
 ('loyalty._await_postings(integer,text)', '', false, false, 'internal: a debit waits for postings in flight (C, reads balance_delta''s index)'),
 ('loyalty._decide_award(uuid,boolean,text)', '', false, true, 'internal: approval or rejection of an award'),
 ('loyalty._action_counts(integer,text,date,date)', '', false, true, 'internal: approved actions for tier qualification'),

@@ -38,6 +38,7 @@
 #include "header_race.h"
 #include "ledger.h"
 #include "product.h"
+#include "rebate_lines.h"
 
 /* ---- string-keyed hash tables ---- */
 
@@ -244,6 +245,8 @@ typedef struct Batch
 	char	  **settled;		/* keys of removed rows whose dead letters are settled */
 	int			nsettled;
 	int			settled_cap;
+	const RebateLines *rebate_lines;	/* NULL: no agreement scopes a product line */
+	HTAB	   *line_sums;		/* the qualifying spend per product line, for them */
 	/* per chunk, in chunkcxt */
 	HTAB	   *headers;		/* header key -> HeaderFacts (looked up), a keymap */
 	HTAB	   *products;		/* product key -> ProductFacts, a keymap */
@@ -813,6 +816,9 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 							fixed_sum_add(&d->qual_old_sum, r.qualifying, 1);
 							d->rows_old++;
 						}
+						if (b->rebate_lines)
+							rebate_lines_add(b->line_sums, b->rebate_lines, acct->key, r.month,
+											 f.product_line, r.qualifying, rs->sign);
 					}
 					break;
 				case ROW_NOT_ENROLLED:
@@ -1040,6 +1046,8 @@ batch_start(Batch *b)
 	b->rejects = NIL;
 	b->settled = NULL;
 	b->nsettled = b->settled_cap = 0;
+	if (b->rebate_lines)
+		b->line_sums = rebate_lines_start(b->batchcxt);
 	/* nothing of the previous batch points into the account cache any more */
 	accounts_begin();
 }
@@ -1090,6 +1098,8 @@ batch_post(Batch *b)
 	}
 	if (n > 0)
 		ledger_post(b->prog, b->att->id, deltas, (int) n, "earn", "reverse", b->reason);
+	if (b->rebate_lines)
+		rebate_lines_post(b->prog, b->line_sums);
 	write_unenrolled(b);
 	settle_rejects(b);
 	write_rejects(b);
@@ -1147,6 +1157,7 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 												 &TTSOpsHeapTuple);
 	b.zero = int64_to_numeric(0);
 	b.today = rules_today(b.prog);
+	b.rebate_lines = rebate_lines_of(b.prog);
 	for (s = 0; s < nsets; s++)
 	{
 		if (sets[s].store != NULL)

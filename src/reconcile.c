@@ -877,6 +877,8 @@ verify_books(ReturnSetInfo *rsi, int32 pid, const char *account)
 	put_owner_rows(rsi, "SELECT * FROM loyalty._verify_balance($1, $2)", pid, account);
 	/* the members' sub-wallets against their ledger entries */
 	put_owner_rows(rsi, "SELECT * FROM loyalty._verify_members($1, $2)", pid, account);
+	/* the product-line split of the qualifying spend, for scoped rebates */
+	put_owner_rows(rsi, "SELECT * FROM loyalty._verify_rebate_lines($1, $2)", pid, account);
 	AtEOXact_GUC(true, nest);
 }
 

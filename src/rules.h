@@ -71,6 +71,9 @@ typedef struct Program
 	bool		uses_tier_multipliers;	/* accounts' tier history is needed */
 	int			nrules;
 	RuleVersion *rules;			/* ascending valid_from */
+	/* rebate_lines.c: the product lines rebate agreements scope, read lazily */
+	bool		rebate_lines_loaded;
+	struct RebateLines *rebate_lines;	/* NULL: none */
 } Program;
 
 /* What the points function needs to know about an account. */

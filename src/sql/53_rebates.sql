@@ -45,7 +45,7 @@ COMMENT ON COLUMN @extschema@.rebate_agreement.cooperation_model IS 'Segment: ac
 COMMENT ON COLUMN @extschema@.rebate_agreement.region IS 'Segment: accounts of this region (NULL: any).';
 COMMENT ON COLUMN @extschema@.rebate_agreement.industry IS 'Segment: accounts of this industry (NULL: any).';
 COMMENT ON COLUMN @extschema@.rebate_agreement.schedule IS 'The rebate brackets (retro or marginal) applied to each period''s volume.';
-COMMENT ON COLUMN @extschema@.rebate_agreement.product_lines IS 'Product lines whose spend counts; NULL: all spend. Not supported yet (refused by create_rebate_agreement): the volume would have to come from the ERP rows, read as the caller.';
+COMMENT ON COLUMN @extschema@.rebate_agreement.product_lines IS 'Product lines whose spend counts (from loyalty.rebate_line_volume); NULL: all spend.';
 COMMENT ON COLUMN @extschema@.rebate_agreement.period IS 'Rebate period: month, quarter or year (calendar periods).';
 COMMENT ON COLUMN @extschema@.rebate_agreement.valid_from IS 'First day it applies to: documents of earlier months do not count.';
 COMMENT ON COLUMN @extschema@.rebate_agreement.valid_until IS 'First day it no longer applies to (NULL: open-ended): documents of this month and later do not count.';
@@ -93,7 +93,7 @@ CREATE TABLE @extschema@.settlement_line (
     agreement_id    text NOT NULL,
     period_end      date NOT NULL,
     adjustment_no   integer NOT NULL CHECK (adjustment_no OPERATOR(pg_catalog.>=) 0),
-    document_key    text NOT NULL UNIQUE,
+    document_key    text NOT NULL,
     period_start    date NOT NULL,
     volume          numeric NOT NULL,
     final           numeric NOT NULL,
@@ -106,6 +106,9 @@ CREATE TABLE @extschema@.settlement_line (
     posted_xid      xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
     entry_no        bigint,
     PRIMARY KEY (program_id, account_key, agreement_id, period_end, adjustment_no),
+    -- unique with the account key first, as every unique index of an
+    -- account-scoped table (distributable by account on Citus)
+    CONSTRAINT settlement_line_document_key UNIQUE (program_id, account_key, document_key),
     FOREIGN KEY (program_id, agreement_id) REFERENCES @extschema@.rebate_agreement
 );
 COMMENT ON TABLE @extschema@.settlement_line IS 'Rebate settlement lines for the ERP: per agreement, account and settled period, the final rebate and what was trued up; later lines (adjustment_no > 0) when invoices or credit notes dated in a settled period arrive. Issue a credit note of credit_note per line, keyed by document_key.';
@@ -114,7 +117,7 @@ COMMENT ON COLUMN @extschema@.settlement_line.account_key IS 'The account.';
 COMMENT ON COLUMN @extschema@.settlement_line.agreement_id IS 'The rebate agreement.';
 COMMENT ON COLUMN @extschema@.settlement_line.period_end IS 'Day after the rebate period''s last day.';
 COMMENT ON COLUMN @extschema@.settlement_line.adjustment_no IS '0 for the period''s settlement; 1, 2, ... for each later adjustment.';
-COMMENT ON COLUMN @extschema@.settlement_line.document_key IS 'Stable unique key for the ERP''s credit note: LOY-<program_id>-<agreement>-<account>-<period_end>, with -ADJ-<n> for adjustments.';
+COMMENT ON COLUMN @extschema@.settlement_line.document_key IS 'Stable unique key for the ERP''s credit note: LOY-<program_id>-<agreement>-<account>-<period_end as YYYY-MM-DD>, with -ADJ-<n> for adjustments (a function of the primary key, and the primary key of it: agreement codes have no -).';
 COMMENT ON COLUMN @extschema@.settlement_line.period_start IS 'First day of the rebate period.';
 COMMENT ON COLUMN @extschema@.settlement_line.volume IS 'The period''s qualifying spend when the line was written.';
 COMMENT ON COLUMN @extschema@.settlement_line.final IS 'The period''s rebate on that volume.';
@@ -127,11 +130,44 @@ COMMENT ON COLUMN @extschema@.settlement_line.created_at IS 'When it was written
 COMMENT ON COLUMN @extschema@.settlement_line.posted_xid IS 'Transaction that wrote it (and its ledger entry).';
 COMMENT ON COLUMN @extschema@.settlement_line.entry_no IS 'Its ledger entry''s number within posted_xid (NULL: nothing to post, final = accrued).';
 
+-- The qualifying spend per product line of the programs with agreements
+-- scoped to product lines, appended by the accrual trigger (rebate_lines.c)
+-- as it reads the ERP rows with their writer's rights: settlement never
+-- evaluates the attaching user's mapping.  One bucket per scoped line, and
+-- one (product_line NULL) for the rest, so that an account's buckets of a
+-- month add up to its accrual_month qualifying spend.
+CREATE TABLE @extschema@.rebate_line_volume (
+    program_id   integer NOT NULL,
+    account_key  text NOT NULL,
+    posted_xid   xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    entry_no     bigint NOT NULL,
+    month        date NOT NULL,
+    product_line text,
+    qualifying   numeric NOT NULL,
+    source_rows  bigint NOT NULL,
+    PRIMARY KEY (program_id, account_key, posted_xid, entry_no)
+);
+COMMENT ON TABLE @extschema@.rebate_line_volume IS 'Qualifying spend per account, document month and product line, appended by the accrual trigger for the programs that have rebate agreements scoped to product lines (from the first such agreement''s creation on): the volumes of those agreements. Sum the rows of a key; removed and credited rows come as negative rows.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.account_key IS 'The account.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.posted_xid IS 'Transaction of the ERP statement.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.entry_no IS 'Number within posted_xid (the ledger''s numbering).';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.month IS 'Document month (first day).';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.product_line IS 'A product line some agreement of the program scopes; NULL: any other line, or none.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.qualifying IS 'Change of the qualifying spend.';
+COMMENT ON COLUMN @extschema@.rebate_line_volume.source_rows IS 'Change of the number of ERP rows counted.';
+
+-- the trigger caches the set of scoped product lines with the program
+CREATE TRIGGER rebate_agreement_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.rebate_agreement
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._invalidate('config');
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rebate_line_volume', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rebate_agreement', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rebate_posting', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.settlement_line', '');
 GRANT SELECT ON @extschema@.rebate_agreement, @extschema@.rebate_posting, @extschema@.settlement_line
     TO loyalty_reader, loyalty_operator, loyalty_admin;
+GRANT SELECT ON @extschema@.rebate_line_volume TO loyalty_reader, loyalty_operator, loyalty_admin;
 
 -- Several rebate postings at once, each with the exact shape of _post's:
 -- one ledger entry and one balance delta, numbered in the transaction.
@@ -174,11 +210,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 -- between them: each row of every source is a fact of its period)
 WITH ag AS (
     SELECT g.agreement_id, g.account_key, g.cooperation_model, g.region, g.industry, g.schedule, g.period,
-           pg_catalog.date_trunc('month', g.valid_from)::date AS first_month, g.valid_until,
+           g.product_lines, pg_catalog.date_trunc('month', g.valid_from)::date AS first_month, g.valid_until,
            CASE g.period WHEN 'month' THEN interval '1 month' WHEN 'quarter' THEN interval '3 months'
                          ELSE interval '1 year' END AS step
     FROM @extschema@.rebate_agreement g
-    WHERE g.program_id OPERATOR(pg_catalog.=) $1 AND g.product_lines IS NULL),
+    WHERE g.program_id OPERATOR(pg_catalog.=) $1),
 known AS (
     SELECT r.agreement_id, r.account_key, r.period_start, r.amount AS accrued, NULL::numeric AS final, NULL::integer AS adj
     FROM @extschema@.rebate_posting r WHERE r.program_id OPERATOR(pg_catalog.=) $1
@@ -197,13 +233,24 @@ pairs AS (
           UNION ALL
           SELECT k.agreement_id, k.account_key, false FROM known k) u
     GROUP BY 1, 2),
+-- the spend of every product line (accrual_month) for unscoped agreements,
+-- the scoped lines' buckets (rebate_line_volume) for the others
+volumes AS (
+    SELECT x.account_key, x.month, x.qualifying, NULL::text AS product_line
+    FROM @extschema@.accrual_month x WHERE x.program_id OPERATOR(pg_catalog.=) $1
+    UNION ALL
+    SELECT v.account_key, v.month, v.qualifying, v.product_line
+    FROM @extschema@.rebate_line_volume v
+    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND v.product_line IS NOT NULL),
 facts AS (
     SELECT ag.agreement_id, x.account_key, pg_catalog.date_trunc(ag.period, x.month)::date AS period_start,
            x.qualifying AS volume, 0 AS accrued, NULL::numeric AS final, NULL::integer AS adj, p.member, false AS known
-    FROM @extschema@.accrual_month x
+    FROM volumes x
     JOIN pairs p ON p.account_key OPERATOR(pg_catalog.=) x.account_key
     JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) p.agreement_id
-    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.month OPERATOR(pg_catalog.>=) ag.first_month
+    WHERE x.month OPERATOR(pg_catalog.>=) ag.first_month
+      AND CASE WHEN ag.product_lines IS NULL THEN x.product_line IS NULL
+               ELSE x.product_line OPERATOR(pg_catalog.=) ANY (ag.product_lines) END
       AND (ag.valid_until IS NULL OR x.month OPERATOR(pg_catalog.<) ag.valid_until)
       -- an estimate counts the months up to to_end's (the volume so far)
       AND (NOT open OR x.month OPERATOR(pg_catalog.<=) to_end)
@@ -239,7 +286,8 @@ DECLARE
     keys text[];
     total numeric;
 BEGIN
-    keys := ARRAY(SELECT pg_catalog.format('LOY-%s-%s-%s-%s', $1, u.g, u.a, u.e)
+    -- the date in ISO form whatever the session's DateStyle: the key is stable
+    keys := ARRAY(SELECT pg_catalog.format('LOY-%s-%s-%s-%s', $1, u.g, u.a, pg_catalog.to_char(u.e, 'YYYY-MM-DD'))
                          OPERATOR(pg_catalog.||) CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN '-ADJ-' OPERATOR(pg_catalog.||) u.n ELSE '' END
                   FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys),
                                   pg_catalog.unnest(period_ends), pg_catalog.unnest(adjustment_nos))
@@ -386,6 +434,41 @@ COMMENT ON FUNCTION @extschema@.accrue_rebates(text, date) IS
     'Posts the rebate estimate of every open rebate period (started by as_of, default today in the program''s time zone, and not settled yet): per agreement and covered account, the rebate on the period''s volume so far (documents of the months up to as_of''s) minus what is already posted for it (kind rebate, reason naming agreement and period). Returns the money posted. Idempotent: a second call posts nothing until volumes change. Schedule it with pg_cron, like loyalty.fold().';
 GRANT EXECUTE ON FUNCTION @extschema@.accrue_rebates(text, date) TO loyalty_operator, loyalty_admin;
 
+-- verify()'s check of the product-line buckets: from the first month a
+-- scoped agreement counts on, an account's buckets of a month add up to its
+-- accrual_month qualifying spend and rows (both written by the same trigger
+-- statement; a restatement by enroll() or backfill() that reaches those
+-- months is not split by product line, and shows here).
+CREATE FUNCTION @extschema@._verify_rebate_lines(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+WITH since AS (
+    SELECT pg_catalog.min(pg_catalog.date_trunc('month', g.valid_from))::date AS month
+    FROM @extschema@.rebate_agreement g
+    WHERE g.program_id OPERATOR(pg_catalog.=) $1 AND g.product_lines IS NOT NULL),
+accrued AS (
+    SELECT m.account_key, m.month, pg_catalog.sum(m.qualifying) AS qualifying, pg_catalog.sum(m.source_rows) AS n
+    FROM @extschema@.accrual_month m, since
+    WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.month OPERATOR(pg_catalog.>=) since.month
+      AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2)
+    GROUP BY 1, 2),
+split AS (
+    SELECT v.account_key, v.month, pg_catalog.sum(v.qualifying) AS qualifying, pg_catalog.sum(v.source_rows) AS n
+    FROM @extschema@.rebate_line_volume v
+    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR v.account_key OPERATOR(pg_catalog.=) $2)
+    GROUP BY 1, 2)
+SELECT coalesce(a.account_key, s.account_key), coalesce(a.month, s.month), NULL::integer, v.item, v.e, v.a
+FROM accrued a
+     FULL JOIN (SELECT s.* FROM split s, since WHERE s.month OPERATOR(pg_catalog.>=) since.month) s
+       ON s.account_key OPERATOR(pg_catalog.=) a.account_key AND s.month OPERATOR(pg_catalog.=) a.month,
+     LATERAL (VALUES ('rebate_line_qualifying', coalesce(a.qualifying, 0), coalesce(s.qualifying, 0)),
+                     ('rebate_line_rows', coalesce(a.n, 0)::numeric, coalesce(s.n, 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+$$;
+COMMENT ON FUNCTION @extschema@._verify_rebate_lines(integer, text) IS
+    'Internal: verify''s check of loyalty.rebate_line_volume: from the first month an agreement scoped to product lines counts on, the product-line buckets of each account and month add up to its accrual_month qualifying spend and source rows.';
+REVOKE ALL ON FUNCTION @extschema@._verify_rebate_lines(integer, text) FROM PUBLIC;
+
 -- Agreements are configured by admins.  Every argument is checked here,
 -- before anything is written, and each error names its parameter.
 CREATE FUNCTION @extschema@.create_rebate_agreement(
@@ -465,12 +548,6 @@ BEGIN
                   DETAIL = 'An empty segment attribute matches no account.',
                   HINT = 'Leave it out to match any value.';
     END IF;
-    IF product_lines IS NOT NULL THEN
-        RAISE EXCEPTION 'product_lines is not supported yet: rebate agreements count the whole qualifying spend'
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'The volume per product line would have to be read from the ERP''s rows with the caller''s rights; settlement does not do that yet.',
-                  HINT = 'Leave product_lines out: the volume is then the account''s whole qualifying spend.';
-    END IF;
     IF period IS NOT NULL AND NOT period OPERATOR(pg_catalog.=) ANY (ARRAY['month', 'quarter', 'year']) THEN
         RAISE EXCEPTION 'invalid value for period: %', pg_catalog.quote_literal(period)
             USING ERRCODE = 'invalid_parameter_value',
@@ -490,6 +567,37 @@ BEGIN
                   DETAIL = 'valid_until is the first day the agreement no longer applies to.',
                   HINT = 'Give a later valid_until, or leave it out for an open-ended agreement.';
     END IF;
+    IF product_lines IS NOT NULL THEN
+        product_lines := ARRAY(SELECT DISTINCT l FROM pg_catalog.unnest(product_lines) l ORDER BY 1);
+        IF pg_catalog.cardinality(product_lines) OPERATOR(pg_catalog.=) 0
+           OR EXISTS (SELECT FROM pg_catalog.unnest(product_lines) l WHERE l IS NULL OR l OPERATOR(pg_catalog.=) '') THEN
+            RAISE EXCEPTION 'product_lines must list product lines, none NULL or empty'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'product_lines are the product lines (as the attachments map them) whose qualifying spend counts.',
+                      HINT = 'For example product_lines => ''{networking,storage}''; leave it out to count all spend.';
+        END IF;
+        IF NOT EXISTS (SELECT FROM @extschema@.attachment x
+                       WHERE x.program_id OPERATOR(pg_catalog.=) pid AND x.detached_at IS NULL
+                         AND (x.product IS NOT NULL OR x.product_line_expr IS NOT NULL)) THEN
+            RAISE EXCEPTION 'product_lines cannot be given: program "%" maps no product line', program
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'A product-line scope needs an attachment that maps each row''s product line.',
+                      HINT = 'Attach the ERP table with product_line_column (or product => ...), or leave product_lines out.';
+        END IF;
+        -- The trigger splits the spend by these lines from now on: the
+        -- documents the agreement counts must all be accrued after it.
+        -- (Serialised with other agreements of the program.)
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), pid);
+        IF EXISTS (SELECT FROM @extschema@.accrual_month m
+                   WHERE m.program_id OPERATOR(pg_catalog.=) pid
+                     AND m.month OPERATOR(pg_catalog.>=) pg_catalog.date_trunc('month', valid_from)::date) THEN
+            RAISE EXCEPTION 'valid_from % is too early for product_lines: program "%" has documents dated in % or later',
+                            valid_from, program, pg_catalog.to_char(valid_from, 'YYYY-MM')
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'The spend of a product line is recorded as documents are accrued, from the first agreement scoping it on; documents accrued before cannot be split by product line.',
+                      HINT = 'Give a valid_from whose month has no accrued documents yet (usually the first day of the next month).';
+        END IF;
+    END IF;
     INSERT INTO @extschema@.rebate_agreement (program_id, agreement_id, account_key, cooperation_model, region, industry,
                                               schedule, product_lines, period, valid_from, valid_until)
     VALUES (pid, agreement_id, account_key, cooperation_model, region, industry,
@@ -497,7 +605,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.create_rebate_agreement(text, text, @extschema@.rebate_schedule, text, text, text, text, text[], text, date, date) IS
-    'Creates a volume rebate agreement: a rebate schedule over each period''s qualifying spend (period: month, quarter or year; default the program''s settlement period), for one account (account_key) or every account of a segment (cooperation_model, region, industry; none: every account), valid from valid_from (default today) until valid_until (exclusive; default open-ended). Estimates are posted by loyalty.accrue_rebates, true-ups at settlement.';
+    'Creates a volume rebate agreement: a rebate schedule over each period''s qualifying spend, of every product line or of product_lines only (valid_from must then be in a month with no accrued documents yet) (period: month, quarter or year; default the program''s settlement period), for one account (account_key) or every account of a segment (cooperation_model, region, industry; none: every account), valid from valid_from (default today) until valid_until (exclusive; default open-ended). Estimates are posted by loyalty.accrue_rebates, true-ups at settlement.';
 
 CREATE FUNCTION @extschema@.end_rebate_agreement(program text, agreement_id text, valid_until date DEFAULT NULL)
 RETURNS void
