@@ -9421,3 +9421,47 @@ COMMENT ON FUNCTION @extschema@._verify_rebate_lines(integer, text) IS
     'Internal: verify''s check of loyalty.rebate_line_volume: from the first month an agreement scoped to product lines counts on, the product-line buckets of each account and month add up to its accrual_month qualifying spend and source rows.';
 REVOKE ALL ON FUNCTION @extschema@._verify_rebate_lines(integer, text) FROM PUBLIC;
 
+
+-- ---- _settle_mdf returns at once when no tier of the program has an MDF rate ----
+CREATE OR REPLACE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total numeric;
+BEGIN
+    IF period_start IS NULL OR period_end IS NULL OR period_end < period_start THEN
+        RAISE EXCEPTION 'MDF period [%, %] is empty', period_start, period_end
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period_start and period_end are the period''s first and last days, both included (as loyalty.settle passes them).',
+                  HINT = 'Give period_start <= period_end.';
+    END IF;
+    -- no tier of the program has an MDF rate: nothing to credit, without
+    -- summing every account's spend and looking up its tier to find that out
+    IF NOT EXISTS (SELECT FROM @extschema@.tier_benefit b
+                   WHERE b.program_id = $1 AND b.benefit = 'mdf_rate') THEN
+        RETURN 0;
+    END IF;
+    WITH spend AS (
+        SELECT m.account_key, pg_catalog.sum(m.qualifying) AS spend
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id = $1 AND m.month >= pg_catalog.date_trunc('month', $2)::date AND m.month <= $3
+        GROUP BY m.account_key
+    ), due AS (
+        SELECT s.account_key, s.spend, @extschema@._mdf_rate($1, s.account_key, $3) AS rate
+        FROM spend s
+        WHERE NOT EXISTS (SELECT FROM @extschema@.mdf_accrual a
+                          WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.period_end = $3)
+    ), credited AS (
+        INSERT INTO @extschema@.mdf_accrual AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
+        SELECT $1, d.account_key, $3, $2, d.spend, d.rate, x.amount,
+               @extschema@._post($1, d.account_key, 'mdf', 0, pg_catalog.format('mdf accrual %s..%s', $2, $3), mdf => x.amount)
+        FROM due d, LATERAL (SELECT pg_catalog.round(GREATEST(d.spend, 0) * coalesce(d.rate, 0), 2) AS amount) x
+        WHERE x.amount > 0
+        ORDER BY d.account_key
+        RETURNING a.amount
+    )
+    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO total FROM credited c;
+    RETURN total;
+END
+$$;
+

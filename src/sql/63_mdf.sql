@@ -87,6 +87,12 @@ BEGIN
                   DETAIL = 'period_start and period_end are the period''s first and last days, both included (as loyalty.settle passes them).',
                   HINT = 'Give period_start <= period_end.';
     END IF;
+    -- no tier of the program has an MDF rate: nothing to credit, without
+    -- summing every account's spend and looking up its tier to find that out
+    IF NOT EXISTS (SELECT FROM @extschema@.tier_benefit b
+                   WHERE b.program_id = $1 AND b.benefit = 'mdf_rate') THEN
+        RETURN 0;
+    END IF;
     WITH spend AS (
         SELECT m.account_key, pg_catalog.sum(m.qualifying) AS spend
         FROM @extschema@.accrual_month m
