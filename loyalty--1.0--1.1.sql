@@ -9465,3 +9465,20 @@ BEGIN
 END
 $$;
 
+
+-- ---- redeem() plans its kept statements with sequential scans off (a plan made on an empty balance_delta scanned it whole) ----
+CREATE OR REPLACE FUNCTION @extschema@.redeem(
+    program     text,
+    account_key text,
+    reward      text,
+    quantity    integer DEFAULT 1,
+    member      text DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'loyalty_redeem'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- Its plans are kept, and every statement looks up one account by its key:
+-- planned while balance_delta was empty (a new program, or just after a fold
+-- and the autovacuum that follows), a kept plan would scan the whole table
+-- for every later redemption as it grows.  Planning with sequential scans
+-- off, whenever the plans are made or remade, keeps the index.
+SET enable_seqscan = off;

@@ -250,11 +250,15 @@ SELECT a.fn, 'PUBLIC' FROM actual a
 WHERE (a.fn LIKE 'loyalty.\_%' OR a.is_trigger) AND a.grantees ~ '(^|,)PUBLIC(,|$)';
 
 -- A function that runs SQL (anything but C) or runs with the owner's rights
--- without search_path pinned, or with any other setting.  (An aggregate
--- cannot have a SET clause: its support functions are checked instead.)
+-- without search_path pinned, or with any other setting but one: redeem()
+-- plans its kept statements with sequential scans off (see 60_rewards.sql).
+-- (An aggregate cannot have a SET clause: its support functions are checked
+-- instead.)
 SELECT a.fn, a.language, a.definer, a.proconfig FROM actual a
 WHERE ((a.language <> 'c' OR a.definer) AND NOT a.pinned AND a.prokind <> 'a')
-   OR (a.proconfig IS NOT NULL AND a.proconfig <> ARRAY['search_path=pg_catalog, pg_temp']);
+   OR (a.proconfig IS NOT NULL AND a.proconfig <> ARRAY['search_path=pg_catalog, pg_temp']
+       AND NOT (a.fn = 'loyalty.redeem(text,text,text,integer,text)'
+                AND a.proconfig = ARRAY['search_path=pg_catalog, pg_temp', 'enable_seqscan=off']));
 
 --
 -- Tables: what each loyalty role may write, directly.  Nothing but

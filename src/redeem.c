@@ -30,6 +30,8 @@
 #include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/uuid.h"
@@ -288,6 +290,33 @@ or_null(text *t)
 }
 
 /*
+ * Is the caller staff: a loyalty role, or a superuser?  The caller is the
+ * role the session acts as (SET ROLE, else the session user), as
+ * loyalty._caller() says inside a SECURITY DEFINER function, where the
+ * current user is the extension's owner.  Asked of the role caches in C:
+ * it is the answer for every redemption an operator makes, and the same
+ * question in SQL costs as much as the rest of the redemption.
+ */
+static bool
+caller_is_staff(void)
+{
+	static const char *const staff[] = {"loyalty_reader", "loyalty_operator", "loyalty_admin"};
+	Oid			caller = GetOuterUserId();
+	size_t		i;
+
+	if (superuser_arg(caller))
+		return true;
+	for (i = 0; i < lengthof(staff); i++)
+	{
+		Oid			role = get_role_oid(staff[i], true);
+
+		if (OidIsValid(role) && has_privs_of_role(caller, role))
+			return true;
+	}
+	return false;
+}
+
+/*
  * Step 0: the caller may act for this account: staff for any, a partner's
  * login for its own account (as the account or as its own member), before
  * anything is read or locked.  Another account fails the same way whether it
@@ -299,6 +328,8 @@ check_caller(Request *q)
 	Datum		args[3] = {PointerGetDatum(q->program), PointerGetDatum(q->account), PointerGetDatum(q->member)};
 	char		nulls[3] = {' ', q->account ? ' ' : 'n', q->member ? ' ' : 'n'};
 
+	if (caller_is_staff())
+		return;
 	run(RP_MAY_ACT, args, nulls, SPI_OK_SELECT);
 }
 

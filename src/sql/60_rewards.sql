@@ -143,7 +143,13 @@ CREATE FUNCTION @extschema@.redeem(
     member      text DEFAULT NULL)
 RETURNS uuid
 AS 'MODULE_PATHNAME', 'loyalty_redeem'
-LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- Its plans are kept, and every statement looks up one account by its key:
+-- planned while balance_delta was empty (a new program, or just after a fold
+-- and the autovacuum that follows), a kept plan would scan the whole table
+-- for every later redemption as it grows.  Planning with sequential scans
+-- off, whenever the plans are made or remade, keeps the index.
+SET enable_seqscan = off;
 COMMENT ON FUNCTION @extschema@.redeem(text, text, text, integer, text) IS
 'Redeems quantity units of a reward for an account (or for one of its members, from the points they earned): checks the catalogue (active, validity window, minimum tier, stock, per-account and per-period limits) and the balance after locking the account, posts a ledger entry of kind redeem and returns the redemption''s id. Never overdraws: an insufficient balance fails with SQLSTATE LY001, a reward out of stock, out of its window or over a limit with LY002, and nothing is written.';
 
