@@ -1,6 +1,7 @@
 # The upgrade chain: 1.0 as released, then ALTER EXTENSION loyalty UPDATE,
 # must give the same catalog as a fresh install of the current version, and
-# the data accrued under 1.0 must go on accruing and verifying.
+# the data accrued under 1.0 must go on accruing, settling, redeeming and
+# verifying.
 #
 # The catalog is compared as text: every object that belongs to the
 # extension, with its definition, owner-independent privileges, comment,
@@ -34,6 +35,10 @@ CREATE EXTENSION loyalty VERSION '1.0';
 CREATE TABLE inv (id int PRIMARY KEY, customer_id int, inv_date date, amount numeric(12,2));
 SELECT loyalty.create_program('Club', ladder => 'Member:0, Silver:1000');
 SELECT loyalty.attach('inv', 'Club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'inv_date');
+-- a program without tiers on the same invoices (settled after the update)
+SELECT loyalty.create_program('Plain');
+SELECT loyalty.attach('inv', 'Plain', account_column => 'customer_id', amount_column => 'amount',
                       date_column => 'inv_date');
 CREATE TABLE hdr (id int PRIMARY KEY, customer_id int, inv_date date);
 CREATE TABLE line (hdr_id int, line_no int, amount numeric(12,2), PRIMARY KEY (hdr_id, line_no));
@@ -139,6 +144,7 @@ else
 $node->safe_psql('upgraded', q{
 SELECT loyalty.backfill('inv', 'Club', '-infinity');
 SELECT loyalty.backfill('line', 'Club', '-infinity');
+SELECT loyalty.backfill('inv', 'Plain', '-infinity');
 INSERT INTO inv SELECT g, g % 7, date '2026-04-01' + g, 10 + g FROM generate_series(52, 80) g;
 UPDATE inv SET amount = amount * 2 WHERE id % 5 = 0;
 DELETE FROM inv WHERE id % 11 = 0;
@@ -149,17 +155,41 @@ INSERT INTO hdr VALUES (11, 4, '2026-05-01');
 is($node->safe_psql('upgraded', q{SELECT count(*) FROM loyalty.verify('Club')}), '0',
 	'verify() is empty after accruing on upgraded data');
 is($node->safe_psql('upgraded', q{
-	SELECT (SELECT sum(b.points) FROM loyalty.balance b)
+	SELECT (SELECT sum(b.points) FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'Club')
 	     = (SELECT sum(trunc(amount)) FROM inv) + (SELECT sum(trunc(amount)) FROM line)}), 't',
 	'balances equal the invoices and lines, summed independently');
 is($node->safe_psql('upgraded', q{
 	SELECT count(*) FROM pg_trigger WHERE tgrelid = 'hdr'::regclass AND tgname LIKE 'loyalty_accrual_%_header_ins'}),
 	'1', 'the upgrade added the header-insert trigger to the 1.0 header attachment');
 
+# the upgraded program without tiers settles a period, and redeems (the
+# tiered one cannot settle the periods its backfill replayed)
+$node->safe_psql('upgraded', q{
+SELECT loyalty.settle('Plain', '2026-03-31');
+SELECT loyalty.set_reward('Plain', 'MUG', 'Mug', 50, kind => 'goods');
+SELECT loyalty.redeem('Plain', '3', 'MUG');
+});
+is($node->safe_psql('upgraded', q{
+	SELECT (SELECT count(*) FROM loyalty.settlement_run) || ' run, '
+	    || (SELECT count(*) FROM loyalty.settlement_account s
+	         WHERE s.program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Plain')
+	           AND s.account_key IN (SELECT DISTINCT customer_id::text FROM inv WHERE inv_date <= '2026-03-31'))
+	    || ' accounts with invoices settled, ' || (SELECT count(*) FROM loyalty.redemption) || ' redemption'}),
+	'1 run, ' . $node->safe_psql('upgraded', q{SELECT count(DISTINCT customer_id) FROM inv WHERE inv_date <= '2026-03-31'})
+	  . ' accounts with invoices settled, 1 redemption',
+	'the upgraded program settles a period and redeems');
+is($node->safe_psql('upgraded', q{SELECT count(*) FROM loyalty.verify('Plain')}) . ' '
+	 . $node->safe_psql('upgraded', q{SELECT count(*) FROM loyalty.verify('Club')}), '0 0',
+	'verify() is empty after the settlement and the redemption');
+is($node->safe_psql('upgraded', q{
+	SELECT (SELECT sum(b.points) FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'Plain')
+	     = (SELECT sum(trunc(amount)) FROM inv) - 50}), 't',
+	'its balances equal the invoices less the redemption, summed independently');
+
 # 1.0 called rounding toward zero 'floor': the upgrade renames the stored
 # mode, and explain_points shows the new name.
 is($node->safe_psql('upgraded', q{SELECT string_agg(DISTINCT rounding, ',') FROM loyalty.program}),
 	'toward_zero', "the 1.0 program's rounding 'floor' is 'toward_zero' after the upgrade");
-is($node->safe_psql('upgraded', q{SELECT rounding FROM loyalty.explain_points('inv', 1)}),
+is($node->safe_psql('upgraded', q{SELECT string_agg(DISTINCT rounding, ',') FROM loyalty.explain_points('inv', 1)}),
 	'toward_zero', 'explain_points names the rounding toward_zero');
 done_testing();
