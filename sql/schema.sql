@@ -213,7 +213,7 @@ INSERT INTO loyalty.program (name, currency, rounding) VALUES ('schema_bad', 'EU
 INSERT INTO loyalty.program (name, currency) VALUES ('schema_bad', 'euro');
 INSERT INTO loyalty.program (name, currency, qualification_window) VALUES ('schema_bad', 'EUR', '1 week');
 -- A ledger entry has a known kind.
-INSERT INTO loyalty.ledger (program_id, account_key, entry_no, kind) VALUES (:pid, '42', 99, 'gift');
+INSERT INTO loyalty.ledger (kind, program_id, account_key, entry_no) VALUES ('gift', :pid, '42', 99);
 \set VERBOSITY default
 
 -- None of this left a trace.
