@@ -9,68 +9,9 @@
 -- with the reader's rights.
 -- ---------------------------------------------------------------------------
 
--- (Replaced in src/sql/80_partner.sql by the same view reading cohort and
--- potential_spend through loyalty.account_private, for partners' logins.)
-CREATE VIEW @extschema@.account_status WITH (security_invoker = true) AS
-SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, a.cohort,
-       a.tier, a.tier_since,
-       coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
-       coalesce(r.rolling, 0) AS rolling_qualifying,
-       n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
-       coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, a.potential_spend,
-       b.last_doc_date AS last_invoice_date,
-       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
-       coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
-FROM @extschema@.account a
-JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
-CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
-LEFT JOIN @extschema@.balance b ON b.program_id OPERATOR(pg_catalog.=) a.program_id
-                               AND b.account_key OPERATOR(pg_catalog.=) a.account_key
--- the tier window: whole calendar months ending with the current one (as
--- loyalty.balance() counts it)
-LEFT JOIN LATERAL (
-    SELECT pg_catalog.sum(m.qualifying) AS rolling
-    FROM @extschema@.accrual_month m
-    WHERE m.program_id OPERATOR(pg_catalog.=) a.program_id AND m.account_key OPERATOR(pg_catalog.=) a.account_key
-      AND m.month OPERATOR(pg_catalog.<=) t.today
-      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', t.today::timestamp)
-          OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => GREATEST(1,
-              (pg_catalog.date_part('year', p.qualification_window) OPERATOR(pg_catalog.*) 12
-               OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
-               OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', p.qualification_window) OPERATOR(pg_catalog./) 30))::integer)
-              OPERATOR(pg_catalog.-) 1))::date) r ON true
-LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true
--- approved training and certification actions, its members' included
-LEFT JOIN LATERAL (
-    SELECT pg_catalog.sum(x.quantity)::bigint AS trainings,
-           pg_catalog.sum(x.quantity) FILTER (WHERE ar.category OPERATOR(pg_catalog.=) 'certification')::bigint AS certifications
-    FROM @extschema@.award x
-    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) x.program_id
-                                   AND ar.action OPERATOR(pg_catalog.=) x.action AND ar.valid_from OPERATOR(pg_catalog.=) x.rule_from
-    WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
-      AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
-COMMENT ON VIEW @extschema@.account_status IS 'One row per enrolled account: segment, cohort, tier, balances, progress to the next tier, trainings and certifications. The row a BI tool starts from.';
-COMMENT ON COLUMN @extschema@.account_status.program IS 'The program''s name.';
-COMMENT ON COLUMN @extschema@.account_status.account_key IS 'The ERP''s customer key.';
-COMMENT ON COLUMN @extschema@.account_status.cooperation_model IS 'Segment: direct, distributor, integrator or reseller.';
-COMMENT ON COLUMN @extschema@.account_status.industry IS 'Segment: industry.';
-COMMENT ON COLUMN @extschema@.account_status.region IS 'Segment: region.';
-COMMENT ON COLUMN @extschema@.account_status.cohort IS 'pilot or control (NULL: not in the experiment).';
-COMMENT ON COLUMN @extschema@.account_status.tier IS 'Current tier (NULL below the first threshold).';
-COMMENT ON COLUMN @extschema@.account_status.tier_since IS 'When the current tier was reached.';
-COMMENT ON COLUMN @extschema@.account_status.points IS 'Points available.';
-COMMENT ON COLUMN @extschema@.account_status.qualifying IS 'Lifetime qualifying spend, program currency.';
-COMMENT ON COLUMN @extschema@.account_status.rolling_qualifying IS 'Qualifying spend of the tier window (the program''s qualification window in whole months, the current one included).';
-COMMENT ON COLUMN @extschema@.account_status.next_tier IS 'The tier above the rolling spend (NULL at the top).';
-COMMENT ON COLUMN @extschema@.account_status.next_tier_threshold IS 'Its threshold.';
-COMMENT ON COLUMN @extschema@.account_status.gap_to_next_tier IS 'Qualifying spend still to go to the next tier.';
-COMMENT ON COLUMN @extschema@.account_status.rebate IS 'Rebate money in the wallet.';
-COMMENT ON COLUMN @extschema@.account_status.mdf IS 'Market development funds in the wallet.';
-COMMENT ON COLUMN @extschema@.account_status.potential_spend IS 'Estimated annual wallet (share of wallet''s denominator).';
-COMMENT ON COLUMN @extschema@.account_status.last_invoice_date IS 'Date of the latest document accrued.';
-COMMENT ON COLUMN @extschema@.account_status.days_since_last_invoice IS 'Days from the latest document to today (the program''s calendar).';
-COMMENT ON COLUMN @extschema@.account_status.trainings_completed IS 'Approved actions of category training or certification (loyalty.action_rule.category), the account''s and its members'', all time; quantities summed.';
-COMMENT ON COLUMN @extschema@.account_status.certifications IS 'Of trainings_completed, the certifications.';
+-- loyalty.account_status, the one row per account a BI tool starts from, is
+-- in src/sql/80_partner.sql: it reads cohort and potential spend through
+-- loyalty.account_private, which shows a partner's login nothing.
 
 CREATE VIEW @extschema@.tier_movements WITH (security_invoker = true) AS
 SELECT p.name AS program, pg_catalog.date_trunc('month', h.effective_from::timestamp)::date AS month,
@@ -296,5 +237,5 @@ COMMENT ON COLUMN @extschema@.kpi.advocacy_actions IS 'Approved actions of categ
 COMMENT ON COLUMN @extschema@.kpi.advocating_accounts IS 'Accounts with at least one approved advocacy action (theirs or a member''s) that occurred in the quarter, active or not.';
 COMMENT ON COLUMN @extschema@.kpi.advocacy_share IS 'Of the active accounts, the share with an advocacy action in the quarter.';
 
-GRANT SELECT ON @extschema@.account_status, @extschema@.tier_movements, @extschema@.churn_risk, @extschema@.kpi
+GRANT SELECT ON @extschema@.tier_movements, @extschema@.churn_risk, @extschema@.kpi
     TO loyalty_reader, loyalty_operator, loyalty_admin;

@@ -314,7 +314,8 @@ WHERE (SELECT @extschema@._is_staff())
               WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
                 AND pl.program_id OPERATOR(pg_catalog.=) x.program_id AND pl.account_key OPERATOR(pg_catalog.=) x.account_key);
 
--- account_status (src/sql/71_kpi.sql) for partners: a partner may not read
+-- account_status: one row per enrolled account, the row a BI tool starts
+-- from (with the KPI views of src/sql/71_kpi.sql).  For partners: a partner may not read
 -- its account's cohort or potential spend (column privileges of
 -- loyalty.account), and a view checks the privileges of every column its
 -- definition names, whichever its reader selects.  So the view reads the
@@ -334,7 +335,7 @@ COMMENT ON COLUMN @extschema@.account_private.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.account_private.account_key IS 'The ERP''s customer key.';
 COMMENT ON COLUMN @extschema@.account_private.cohort IS 'pilot or control (NULL: not in the experiment).';
 COMMENT ON COLUMN @extschema@.account_private.potential_spend IS 'Estimated annual wallet (share of wallet''s denominator).';
-CREATE OR REPLACE VIEW @extschema@.account_status WITH (security_invoker = true) AS
+CREATE VIEW @extschema@.account_status WITH (security_invoker = true) AS
 SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, ap.cohort,
        a.tier, a.tier_since,
        coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
@@ -375,6 +376,29 @@ LEFT JOIN LATERAL (
                                    AND ar.action OPERATOR(pg_catalog.=) x.action AND ar.valid_from OPERATOR(pg_catalog.=) x.rule_from
     WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
       AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
+COMMENT ON VIEW @extschema@.account_status IS 'One row per enrolled account: segment, cohort, tier, balances, progress to the next tier, trainings and certifications. The row a BI tool starts from.';
+COMMENT ON COLUMN @extschema@.account_status.program IS 'The program''s name.';
+COMMENT ON COLUMN @extschema@.account_status.account_key IS 'The ERP''s customer key.';
+COMMENT ON COLUMN @extschema@.account_status.cooperation_model IS 'Segment: direct, distributor, integrator or reseller.';
+COMMENT ON COLUMN @extschema@.account_status.industry IS 'Segment: industry.';
+COMMENT ON COLUMN @extschema@.account_status.region IS 'Segment: region.';
+COMMENT ON COLUMN @extschema@.account_status.cohort IS 'pilot or control (NULL: not in the experiment).';
+COMMENT ON COLUMN @extschema@.account_status.tier IS 'Current tier (NULL below the first threshold).';
+COMMENT ON COLUMN @extschema@.account_status.tier_since IS 'When the current tier was reached.';
+COMMENT ON COLUMN @extschema@.account_status.points IS 'Points available.';
+COMMENT ON COLUMN @extschema@.account_status.qualifying IS 'Lifetime qualifying spend, program currency.';
+COMMENT ON COLUMN @extschema@.account_status.rolling_qualifying IS 'Qualifying spend of the tier window (the program''s qualification window in whole months, the current one included).';
+COMMENT ON COLUMN @extschema@.account_status.next_tier IS 'The tier above the rolling spend (NULL at the top).';
+COMMENT ON COLUMN @extschema@.account_status.next_tier_threshold IS 'Its threshold.';
+COMMENT ON COLUMN @extschema@.account_status.gap_to_next_tier IS 'Qualifying spend still to go to the next tier.';
+COMMENT ON COLUMN @extschema@.account_status.rebate IS 'Rebate money in the wallet.';
+COMMENT ON COLUMN @extschema@.account_status.mdf IS 'Market development funds in the wallet.';
+COMMENT ON COLUMN @extschema@.account_status.potential_spend IS 'Estimated annual wallet (share of wallet''s denominator).';
+COMMENT ON COLUMN @extschema@.account_status.last_invoice_date IS 'Date of the latest document accrued.';
+COMMENT ON COLUMN @extschema@.account_status.days_since_last_invoice IS 'Days from the latest document to today (the program''s calendar).';
+COMMENT ON COLUMN @extschema@.account_status.trainings_completed IS 'Approved actions of category training or certification (loyalty.action_rule.category), the account''s and its members'', all time; quantities summed.';
+COMMENT ON COLUMN @extschema@.account_status.certifications IS 'Of trainings_completed, the certifications.';
+GRANT SELECT ON @extschema@.account_status TO loyalty_reader, loyalty_operator, loyalty_admin;
 
 -- The views read as their reader, so that the policies apply to it.
 ALTER VIEW @extschema@.account_benefits SET (security_invoker = true);
