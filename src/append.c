@@ -31,14 +31,15 @@
 #include "utils/rel.h"
 
 #include "append.h"
+#include "loyalty.h"
 
 /*
  * Is Citus installed in this database?  Asked once per transaction: the
  * answer is a catalog scan, and it changes only by CREATE or DROP
- * EXTENSION.
+ * EXTENSION.  (attach() and the configuration look-up ask it too.)
  */
-static bool
-citus_installed(void)
+bool
+loyalty_citus_installed(void)
 {
 	static LocalTransactionId asked = InvalidLocalTransactionId;
 	static bool installed = false;
@@ -65,7 +66,7 @@ direct_ok(Relation rel)
 			  t->trig_insert_before_statement || t->trig_insert_after_statement || t->trig_insert_new_table))
 		return false;
 	/* a Citus table is a shell on this node: its rows belong to shards */
-	if (citus_installed())
+	if (loyalty_citus_installed())
 		return false;
 	return true;
 }

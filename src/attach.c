@@ -156,7 +156,7 @@ refuse_citus_table(Oid relid, const char *param)
 	char		method = 0;
 	char		model = 0;
 
-	if (!OidIsValid(get_extension_oid("citus", true)))
+	if (!loyalty_citus_installed())
 		return;
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT p.partmethod, p.repmodel FROM pg_catalog.pg_dist_partition p"

@@ -61,6 +61,7 @@ extern Datum *loyalty_array_items(Datum array, Oid elemtype, const char *prefix,
 extern int	loyalty_await_account(int32 program_id, text *account_key);
 
 /* dates */
+extern bool loyalty_citus_installed(void);	/* append.c */
 extern DateADT loyalty_month_start(DateADT d);
 extern DateADT loyalty_add_months(DateADT d, int months);
 

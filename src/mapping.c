@@ -29,7 +29,6 @@
 #include "catalog/pg_operator.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
@@ -595,7 +594,7 @@ load_config(int32 id)
 			" FROM loyalty.attachment"
 			" WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND detached_at IS NULL", 1, argtypes);
 	loyalty_spi_check(loyalty_execute_latest(plan, args, 1), SPI_OK_SELECT, "read loyalty.attachment");
-	if (SPI_processed != 1 && OidIsValid(get_extension_oid("citus", true)))
+	if (SPI_processed != 1 && loyalty_citus_installed())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("loyalty attachment %d does not exist on this node", id),
