@@ -9482,3 +9482,11 @@ LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- for every later redemption as it grows.  Planning with sequential scans
 -- off, whenever the plans are made or remade, keeps the index.
 SET enable_seqscan = off;
+
+-- ---- _is_staff() asks _caller() once, not once per loyalty role ----
+CREATE OR REPLACE FUNCTION @extschema@._is_staff() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+RETURN coalesce((SELECT pg_catalog.pg_has_role(c.r, 'loyalty_reader', 'USAGE')
+                         OR pg_catalog.pg_has_role(c.r, 'loyalty_operator', 'USAGE')
+                         OR pg_catalog.pg_has_role(c.r, 'loyalty_admin', 'USAGE')
+                 FROM (SELECT @extschema@._caller() AS r) c), false);

@@ -47,9 +47,10 @@ COMMENT ON FUNCTION @extschema@._caller() IS 'Internal: the role that called: CU
 -- everyone else who may call a reading function.
 CREATE FUNCTION @extschema@._is_staff() RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN coalesce(pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_reader', 'USAGE')
-                OR pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_operator', 'USAGE')
-                OR pg_catalog.pg_has_role(@extschema@._caller(), 'loyalty_admin', 'USAGE'), false);
+RETURN coalesce((SELECT pg_catalog.pg_has_role(c.r, 'loyalty_reader', 'USAGE')
+                         OR pg_catalog.pg_has_role(c.r, 'loyalty_operator', 'USAGE')
+                         OR pg_catalog.pg_has_role(c.r, 'loyalty_admin', 'USAGE')
+                 FROM (SELECT @extschema@._caller() AS r) c), false);
 COMMENT ON FUNCTION @extschema@._is_staff() IS 'Internal: true when the caller (loyalty._caller()) is a loyalty role (reader, operator, admin) or a superuser.';
 
 -- Checks the caller (loyalty._caller(): the reading function's caller,
