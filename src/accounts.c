@@ -231,17 +231,18 @@ copy_text(HeapTuple tup, TupleDesc desc, int col)
 	"SELECT a.account_key, a.enrolled_from, a.cohort OPERATOR(pg_catalog.=) 'control'," \
 	" a.cooperation_model, a.industry, a.region, a.tier," \
 	" hh.until, hh.coop, hh.industry, hh.region, hh.control,"
+/* the tier history's columns; %s: loyalty.tier_history or its shard */
 #define TIER_HISTORY_COLS \
-	" ARRAY(SELECT th.effective_from FROM loyalty.tier_history th" \
+	" ARRAY(SELECT th.effective_from FROM %1$s th" \
 	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
 	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key" \
 	"       ORDER BY th.effective_from, th.change_no)," \
-	" ARRAY(SELECT th.new_tier FROM loyalty.tier_history th" \
+	" ARRAY(SELECT th.new_tier FROM %1$s th" \
 	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
 	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key" \
 	"       ORDER BY th.effective_from, th.change_no)," \
 	" a.row_xmin," \
-	" ARRAY(SELECT th.xmin FROM loyalty.tier_history th" \
+	" ARRAY(SELECT th.xmin FROM %1$s th" \
 	"       WHERE th.program_id OPERATOR(pg_catalog.=) a.program_id" \
 	"         AND th.account_key OPERATOR(pg_catalog.=) a.account_key)"
 #define NO_TIER_HISTORY_COLS \
@@ -281,7 +282,7 @@ row_is_uncommitted(HeapTuple tup, TupleDesc desc)
 static void
 load_accounts(Program *prog, char **keys, int n)
 {
-	static SPIPlanPtr plans[2];	/* [with history] */
+	static ShardPlan plans[2];	/* [with history] */
 	Oid			argtypes[2] = {INT4OID, TEXTARRAYOID};
 	Datum		args[2];
 	bool		hist = prog->uses_tier_multipliers;
@@ -290,10 +291,10 @@ load_accounts(Program *prog, char **keys, int n)
 	int			nest;
 	SPITupleTable *result;
 
-	if (plans[hist] == NULL)
-		plans[hist] = loyalty_prepare(
+	if (loyalty_plan_stale(&plans[hist]))
+		plans[hist].plan = loyalty_prepare(
 			psprintf("%s %s FROM pg_catalog.unnest($2) AS k(key)"
-					 " CROSS JOIN LATERAL (SELECT a0.*, a0.xmin AS row_xmin FROM loyalty.account a0"
+					 " CROSS JOIN LATERAL (SELECT a0.*, a0.xmin AS row_xmin FROM %s a0"
 					 "   WHERE a0.program_id OPERATOR(pg_catalog.=) $1"
 					 "     AND a0.account_key OPERATOR(pg_catalog.=) k.key OFFSET 0) a"
 					 " LEFT JOIN LATERAL (SELECT pg_catalog.array_agg(h.valid_until ORDER BY h.valid_until) AS until,"
@@ -301,9 +302,11 @@ load_accounts(Program *prog, char **keys, int n)
 					 "   pg_catalog.array_agg(h.industry ORDER BY h.valid_until) AS industry,"
 					 "   pg_catalog.array_agg(h.region ORDER BY h.valid_until) AS region,"
 					 "   pg_catalog.array_agg(h.cohort IS NOT DISTINCT FROM 'control' ORDER BY h.valid_until) AS control"
-					 "   FROM loyalty.account_history h WHERE h.program_id OPERATOR(pg_catalog.=) a.program_id"
+					 "   FROM %s h WHERE h.program_id OPERATOR(pg_catalog.=) a.program_id"
 					 "   AND h.account_key OPERATOR(pg_catalog.=) a.account_key) hh ON true",
-					 ACCOUNT_COLS, hist ? TIER_HISTORY_COLS : NO_TIER_HISTORY_COLS),
+					 ACCOUNT_COLS,
+					 hist ? psprintf(TIER_HISTORY_COLS, loyalty_table("tier_history")) : NO_TIER_HISTORY_COLS,
+					 loyalty_table("account"), loyalty_table("account_history")),
 			2, argtypes);
 
 	args[0] = Int32GetDatum(prog->id);
@@ -329,7 +332,7 @@ load_accounts(Program *prog, char **keys, int n)
 	 */
 	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	loyalty_spi_check(loyalty_execute_latest(plans[hist], args, 0), SPI_OK_SELECT,
+	loyalty_spi_check(loyalty_execute_latest(plans[hist].plan, args, 0), SPI_OK_SELECT,
 					  "read loyalty.account");
 	AtEOXact_GUC(true, nest);
 	loyalty_leave_owner(&scope);
@@ -475,8 +478,7 @@ enrolling_elsewhere(Relation rel, Relation idx, int32 program_id, const char *ke
 int
 accounts_enrolling_elsewhere(int32 program_id, char **keys, int n)
 {
-	Relation	rel = table_open(get_relname_relid("account", get_namespace_oid("loyalty", false)),
-								 AccessShareLock);
+	Relation	rel = table_open(loyalty_table_oid("account"), AccessShareLock);
 	Relation	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
 	int			nskip = 0,
 				i;
@@ -503,7 +505,7 @@ accounts_enrolling_elsewhere(int32 program_id, char **keys, int n)
 static int
 enroll_accounts(int32 program_id, char **keys, int n)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	Oid			argtypes[2] = {INT4OID, TEXTARRAYOID};
 	Datum		args[2];
 	OwnerScope	scope;
@@ -518,16 +520,16 @@ enroll_accounts(int32 program_id, char **keys, int n)
 
 	if (n == 0)
 		return 0;
-	if (plan == NULL)
-		plan = loyalty_prepare(
-			"INSERT INTO loyalty.account (program_id, account_key, enrolled_by, enrolled_from)"
-			" SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2) AS k ORDER BY k"
-			" ON CONFLICT DO NOTHING RETURNING account_key", 2, argtypes);
+	if (loyalty_plan_stale(&plan))
+		plan.plan = loyalty_prepare(
+			psprintf("INSERT INTO %s AS a (program_id, account_key, enrolled_by, enrolled_from)"
+					 " SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2) AS k ORDER BY k"
+					 " ON CONFLICT DO NOTHING RETURNING a.account_key", loyalty_table("account")), 2, argtypes);
 	qsort(keys, n, sizeof(char *), cmp_str);
 	args[0] = Int32GetDatum(program_id);
 	args[1] = loyalty_text_array(keys, NULL, n);
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
+	loyalty_spi_check(SPI_execute_plan(plan.plan, args, NULL, false, 0), SPI_OK_INSERT_RETURNING,
 					  "enrol accounts");
 	loyalty_leave_owner(&scope);
 	result = SPI_tuptable;

@@ -985,7 +985,7 @@ cmp_str(const void *a, const void *b)
 static void
 write_unenrolled(Batch *b)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	long		n = hash_get_num_entries(b->unenrolled);
 	char	  **k;
 	int64	   *rows;
@@ -998,16 +998,16 @@ write_unenrolled(Batch *b)
 
 	if (n == 0)
 		return;
-	if (plan == NULL)
+	if (loyalty_plan_stale(&plan))
 	{
 		Oid			t[6] = {INT4OID, INT4OID, TEXTARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, INT8OID};
 
 		/* appended, never updated: see loyalty.unenrolled_delta */
-		plan = loyalty_prepare(
-			"INSERT INTO loyalty.unenrolled_delta (program_id, attachment_id, delta_no, account_key, source_rows, amount)"
-			" SELECT $1, $2, $6 OPERATOR(pg_catalog.+) u.i, u.k, u.r, u.a"
-			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
-			"      WITH ORDINALITY AS u(k, r, a, i)", 6, t);
+		plan.plan = loyalty_prepare(
+			psprintf("INSERT INTO %s (program_id, attachment_id, delta_no, account_key, source_rows, amount)"
+					 " SELECT $1, $2, $6 OPERATOR(pg_catalog.+) u.i, u.k, u.r, u.a"
+					 " FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
+					 "      WITH ORDINALITY AS u(k, r, a, i)", loyalty_table("unenrolled_delta")), 6, t);
 	}
 	k = palloc(sizeof(char *) * n);
 	hash_seq_init(&seq, b->unenrolled);
@@ -1030,7 +1030,7 @@ write_unenrolled(Batch *b)
 	args[4] = loyalty_numeric_array(amt, n);
 	args[5] = Int64GetDatum(ledger_numbers((int) n) - 1);
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT,
+	loyalty_spi_check(SPI_execute_plan(plan.plan, args, NULL, false, 0), SPI_OK_INSERT,
 					  "write loyalty.unenrolled_activity");
 	loyalty_leave_owner(&scope);
 }
@@ -1235,10 +1235,11 @@ static Attachment *
 trigger_attachment(TriggerData *td, bool on_header)
 {
 	int32		id = pg_strtoint32(td->tg_trigger->tgargs[0]);
+	Oid			table = loyalty_trigger_table(td->tg_relation);	/* first: it picks the shard */
 	Attachment *att = mapping_get(id);
 	Oid			expected = on_header ? att->header : att->source;
 
-	if (RelationGetRelid(td->tg_relation) != expected)
+	if (table != expected)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("loyalty trigger \"%s\" on %s belongs to attachment %d of another table",
@@ -1279,6 +1280,7 @@ loyalty_accrue(PG_FUNCTION_ARGS)
 	reason = TRIGGER_FIRED_BY_INSERT(td->tg_event) ? "INSERT" :
 		TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? "UPDATE" : "DELETE";
 	accrual_process(att, RelationGetDescr(td->tg_relation), sets, nsets, reason);
+	loyalty_shard_leave();
 	SPI_finish();
 	return PointerGetDatum(NULL);
 }

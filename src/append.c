@@ -21,36 +21,15 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/index.h"
-#include "commands/extension.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
-#include "storage/proc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
 #include "append.h"
 #include "loyalty.h"
-
-/*
- * Is Citus installed in this database?  Asked once per transaction: the
- * answer is a catalog scan, and it changes only by CREATE or DROP
- * EXTENSION.  (attach() and the configuration look-up ask it too.)
- */
-bool
-loyalty_citus_installed(void)
-{
-	static LocalTransactionId asked = InvalidLocalTransactionId;
-	static bool installed = false;
-
-	if (asked != MyProc->lxid)
-	{
-		installed = OidIsValid(get_extension_oid("citus", true));
-		asked = MyProc->lxid;
-	}
-	return installed;
-}
 
 /* May rows be appended to rel without the executor? */
 static bool
@@ -65,8 +44,12 @@ direct_ok(Relation rel)
 	if (t && (t->trig_insert_before_row || t->trig_insert_after_row || t->trig_insert_instead_row ||
 			  t->trig_insert_before_statement || t->trig_insert_after_statement || t->trig_insert_new_table))
 		return false;
-	/* a Citus table is a shell on this node: its rows belong to shards */
-	if (loyalty_citus_installed())
+	/*
+	 * A Citus table is a shell on this node: its rows belong to shards.  A
+	 * trigger firing on a shard appends to the co-located shards themselves
+	 * (loyalty_table_oid), plain tables of this node.
+	 */
+	if (loyalty_citus_installed() && loyalty_shard_key() == 0)
 		return false;
 	return true;
 }
@@ -106,7 +89,7 @@ map_columns(TupleDesc desc, const char *const *names, int n, int *col)
 Relation
 append_open(const char *relname, const char *const *names, int n, int *col, TupleDesc *desc)
 {
-	Oid			relid = get_relname_relid(relname, get_namespace_oid("loyalty", false));
+	Oid			relid = loyalty_table_oid(relname);
 	Relation	rel;
 
 	if (!OidIsValid(relid))

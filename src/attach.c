@@ -140,48 +140,92 @@ refuse_inheritance(Oid relid, const char *param)
 				 errhint("Attach the parent table.")));
 }
 
-/*
- * Citus keeps a distributed table's rows in shards on the worker nodes, and
- * fires its triggers there, on nodes whose loyalty tables hold no program;
- * a reference table has a copy on every node, and its triggers fire once
- * per copy.  Accrual does not run on shards yet: attach refuses both (and
- * Citus's local tables, whose rows live in a shard of their own) rather
- * than make every ERP write fail or count an invoice once per node.
- */
-static void
-refuse_citus_table(Oid relid, const char *param)
+/* What Citus says of a table: how it is distributed, and with what. */
+typedef struct CitusTable
 {
-	Oid			argtypes[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(relid)};
-	char		method = 0;
-	char		model = 0;
+	char		method;			/* pg_dist_partition.partmethod, 0: not a Citus table */
+	char		model;			/* repmodel: 't' for a reference table */
+	bool		colocated;		/* in loyalty.account's co-location group */
+	char	   *column;			/* the distribution column */
+} CitusTable;
+
+static CitusTable
+citus_table(Oid relid)
+{
+	Oid			argtypes[2] = {OIDOID, OIDOID};
+	Datum		values[2];
+	CitusTable	t = {0, 0, false, NULL};
 
 	if (!loyalty_citus_installed())
-		return;
+		return t;
+	values[0] = ObjectIdGetDatum(relid);
+	values[1] = ObjectIdGetDatum(get_relname_relid("account", get_namespace_oid("loyalty", false)));
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT p.partmethod, p.repmodel FROM pg_catalog.pg_dist_partition p"
-							  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1",
-							  1, argtypes, values, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	if (SPI_execute_with_args("SELECT p.partmethod, p.repmodel, EXISTS (SELECT FROM pg_catalog.pg_dist_partition a"
+							  "   WHERE a.logicalrelid OPERATOR(pg_catalog.=) $2"
+							  "     AND a.colocationid OPERATOR(pg_catalog.=) p.colocationid),"
+							  " pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)"
+							  " FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1",
+							  2, argtypes, values, NULL, true, 1) == SPI_OK_SELECT && SPI_processed == 1)
 	{
+		HeapTuple	tuple = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 
-		method = DatumGetChar(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		model = DatumGetChar(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		t.method = DatumGetChar(SPI_getbinval(tuple, desc, 1, &isnull));
+		t.model = DatumGetChar(SPI_getbinval(tuple, desc, 2, &isnull));
+		t.colocated = DatumGetBool(SPI_getbinval(tuple, desc, 3, &isnull));
+		t.column = SPI_getvalue(tuple, desc, 4);
+		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
-	if (method == 0)
+	return t;
+}
+
+/*
+ * A Citus table as source, header or product.  A table distributed by
+ * customer accrues on its shards once loyalty's tables are distributed
+ * with it (loyalty.distribute()), when the account is its distribution
+ * column: then every row a shard's trigger writes belongs to a co-located
+ * shard on the same node.  A header or product table would be read by a
+ * shard's trigger on a node that holds other shards of it: not supported.
+ * A reference table has a copy on every node, and its triggers fire once
+ * per copy; a Citus local table keeps its rows in a shard of its own.
+ */
+static void
+check_citus_table(Oid relid, const char *param, const char *account_column)
+{
+	CitusTable	t = citus_table(relid);
+
+	if (t.method == 0)
 		return;
-	if (method == 'n' && model == 't')
+	if (t.method == 'n' && t.model == 't')
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s is a Citus reference table", relation_name(relid)),
 				 errdetail("%s: a reference table has a copy on every node, and a trigger on it fires once per copy: each invoice would earn its points once per node.", param),
 				 errhint("Keep the ERP's invoice tables local or distributed by customer; see \"Running on Citus\" in loyalty's README.")));
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("%s is a Citus %s table", relation_name(relid), method == 'n' ? "local" : "distributed"),
-			 errdetail("%s: its rows live in shards, whose triggers would run on nodes without the program's configuration; loyalty does not accrue on shards yet.", param),
-			 errhint("Attach a table that Citus does not manage; see \"Running on Citus\" in loyalty's README.")));
+	if (t.method != 'h' || strcmp(param, "source") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s is a Citus %s table", relation_name(relid), t.method == 'n' ? "local" : "distributed"),
+				 errdetail(t.method == 'h'
+						   ? "%s: on Citus only the table that earns the points may be distributed; a shard's trigger cannot read the rows of a distributed header or product table that live on other nodes."
+						   : "%s: its rows live in shards that loyalty's tables are not co-located with.", param),
+				 errhint("Keep header and product tables local, or attach a table distributed by customer without them; see \"Running on Citus\" in loyalty's README.")));
+	if (!t.colocated)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s is distributed, but loyalty's tables are not distributed with it", relation_name(relid)),
+				 errdetail("Its triggers fire on its shards, on the worker nodes; they write the accounts of their own rows, which must live in co-located shards."),
+				 errhint("Run SELECT loyalty.distribute('%s') first; see \"Running on Citus\" in loyalty's README.", relation_name(relid))));
+	if (t.column == NULL || account_column == NULL || strcmp(t.column, account_column) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("account_column must be %s, the distribution column of %s", t.column ? quote_identifier(t.column) : "the distribution column", relation_name(relid)),
+				 errdetail("A row accrues on the shard that holds it, so its account must hash to the same shard: the account is the column Citus distributes the table by."),
+				 errhint("Attach with account_column => '%s'.", t.column ? t.column : "")));
 }
 
 /*
@@ -621,6 +665,36 @@ check_key_column(const char *list)
 	}
 }
 
+/* The Citus checks of source, header and product (check_citus_table). */
+static void
+check_citus_sources(FunctionCallInfo fcinfo)
+{
+	const char *account = PG_ARGISNULL(ARG_ACCOUNT_COLUMN) ? NULL : TextDatumGetCString(PG_GETARG_DATUM(ARG_ACCOUNT_COLUMN));
+
+	if (!loyalty_citus_installed())
+		return;
+	if (!PG_ARGISNULL(ARG_HEADER))
+		check_citus_table(PG_GETARG_OID(ARG_HEADER), "header", account);
+	if (!PG_ARGISNULL(ARG_PRODUCT))
+		check_citus_table(PG_GETARG_OID(ARG_PRODUCT), "product", account);
+	if (citus_table(PG_GETARG_OID(ARG_SOURCE)).method == 'h' &&
+		(!PG_ARGISNULL(ARG_HEADER) || !PG_ARGISNULL(ARG_PRODUCT)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a distributed table cannot be attached with %s", PG_ARGISNULL(ARG_HEADER) ? "product" : "header"),
+				 errdetail("%s is distributed: its triggers fire on shards, on nodes that do not hold the whole %s table.",
+						   relation_name(PG_GETARG_OID(ARG_SOURCE)), PG_ARGISNULL(ARG_HEADER) ? "product" : "header"),
+				 errhint("Attach a distributed invoice table that holds the customer, date and amount itself; see \"Running on Citus\" in loyalty's README.")));
+	check_citus_table(PG_GETARG_OID(ARG_SOURCE), "source", account);
+	if (citus_table(PG_GETARG_OID(ARG_SOURCE)).method == 0 &&
+		citus_table(get_relname_relid("account", get_namespace_oid("loyalty", false))).method != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s is not distributed, but loyalty's tables are", relation_name(PG_GETARG_OID(ARG_SOURCE))),
+				 errdetail("After loyalty.distribute() the accounts live in shards co-located with the distributed invoice table; a table of one node has no shards to write them to."),
+				 errhint("Distribute the table by its customer column with colocate_with => 'loyalty.account', then attach it.")));
+}
+
 /*
  * The caller phase's checks of the arguments, before anything else: each
  * error names its parameter.  Completes the owner phase's arguments (the
@@ -654,12 +728,9 @@ check_args(FunctionCallInfo fcinfo, AttachArgs *a)
 				 errdetail("source names the table whose rows earn points; attach creates triggers on it."),
 				 errhint("Attach the table the ERP writes invoices or invoice lines to.")));
 	refuse_inheritance(source, "source");
-	refuse_citus_table(source, "source");
 	if (!PG_ARGISNULL(ARG_HEADER))
-	{
 		refuse_inheritance(PG_GETARG_OID(ARG_HEADER), "header");
-		refuse_citus_table(PG_GETARG_OID(ARG_HEADER), "header");
-	}
+	check_citus_sources(fcinfo);
 	check_privileges(source);
 	loyalty_require(PG_ARGISNULL(ARG_ACCOUNT_COLUMN), "account_column",
 					"account_column names the column that holds the ERP's customer key (on the header table when there is one).",
@@ -709,6 +780,33 @@ check_args(FunctionCallInfo fcinfo, AttachArgs *a)
 				 errhint("Give product too, or leave them out. " PRODUCT_EXAMPLE)));
 }
 
+/* Is source a Citus distributed table (admitted by check_citus_sources)? */
+static bool
+attach_distributed(Oid source)
+{
+	return loyalty_citus_installed() && citus_table(source).method == 'h';
+}
+
+/*
+ * attach_as_owner on a distributed table.  Citus propagates the triggers to
+ * every shard only with citus.enable_unsafe_triggers on: it warns that a
+ * trigger may read or write other nodes' data.  Ours writes co-located
+ * shards only (check_citus_table), so it is set for attach's own DDL, as a
+ * function's SET clause would, and restored after it.
+ */
+static int32
+attach_with_shard_triggers(AttachArgs *a)
+{
+	int			nest = NewGUCNestLevel();
+	int32		id;
+
+	(void) set_config_option("citus.enable_unsafe_triggers", "on", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	id = attach_as_owner(a);
+	AtEOXact_GUC(true, nest);
+	return id;
+}
+
 PG_FUNCTION_INFO_V1(loyalty_attach);
 /* loyalty.attach(): the caller's checks, then the owner's bookkeeping. */
 Datum
@@ -733,7 +831,7 @@ loyalty_attach(PG_FUNCTION_ARGS)
 
 		a.values[ARG_AMOUNT_EXPRESSION] = CStringGetTextDatum(amount);
 	}
-	id = attach_as_owner(&a);
+	id = attach_distributed(source) ? attach_with_shard_triggers(&a) : attach_as_owner(&a);
 	SPI_finish();
 	PG_RETURN_INT32(id);
 }

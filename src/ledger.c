@@ -95,7 +95,7 @@ entry_rows(int64 rows, const Program *prog, const char *account)
 	return (int32) Abs(rows);
 }
 
-static SPIPlanPtr delta_plan, ledger_plan;
+static ShardPlan delta_plan, ledger_plan;
 
 /* loyalty.balance_delta's row type, the element type of delta_plan's array */
 static Oid	delta_type = InvalidOid;
@@ -117,11 +117,10 @@ prepare_delta_plan(void)
 	Oid			type = current_delta_type();
 	Oid			t[2] = {INT4OID, InvalidOid};
 
-	if (delta_plan != NULL && type == delta_type)
+	if (type != delta_type && delta_plan.plan != NULL)
+		delta_plan.shard = -1;	/* stale: the table was re-created */
+	if (!loyalty_plan_stale(&delta_plan))
 		return;
-	if (delta_plan != NULL)
-		SPI_freeplan(delta_plan);
-	delta_plan = NULL;
 	t[1] = get_array_type(type);
 
 	/*
@@ -129,12 +128,12 @@ prepare_delta_plan(void)
 	 * sums, as rows of the table's own type, each with its month sums as
 	 * typed arrays, so that nothing has to be encoded or decoded.
 	 */
-	delta_plan = loyalty_prepare(
-		"INSERT INTO loyalty.balance_delta (program_id, account_key, delta_no, points, qualifying, entry_count,"
-		"  m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date)"
-		" SELECT $1, u.account_key, u.delta_no, u.points, u.qualifying, u.entry_count,"
-		"  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows, u.last_doc_date"
-		" FROM pg_catalog.unnest($2) AS u", 2, t);
+	delta_plan.plan = loyalty_prepare(
+		psprintf("INSERT INTO %s (program_id, account_key, delta_no, points, qualifying, entry_count,"
+				 "  m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date)"
+				 " SELECT $1, u.account_key, u.delta_no, u.points, u.qualifying, u.entry_count,"
+				 "  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows, u.last_doc_date"
+				 " FROM pg_catalog.unnest($2) AS u", loyalty_table("balance_delta")), 2, t);
 	delta_type = type;
 }
 
@@ -147,24 +146,20 @@ prepare_delta_plan(void)
 static void
 prepare_plans(void)
 {
-	static bool prepared = false;
+	Oid			t[9] = {INT4OID, INT4OID, TEXTOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
+	INT8ARRAYOID, NUMERICARRAYOID, INT4ARRAYOID};
 
 	prepare_delta_plan();
-	if (prepared)
+	if (!loyalty_plan_stale(&ledger_plan))
 		return;
-	{
-		Oid			t[9] = {INT4OID, INT4OID, TEXTOID, TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
-		INT8ARRAYOID, NUMERICARRAYOID, INT4ARRAYOID};
-
-		ledger_plan = loyalty_prepare(
-			"INSERT INTO loyalty.ledger"
-			" (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
-			" SELECT $1, u.k, u.e, u.kind::loyalty.ledger_kind, u.p, u.q, $2, u.r, $3"
-			" FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
-			"                 pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)",
-			9, t);
-	}
-	prepared = true;
+	ledger_plan.plan = loyalty_prepare(
+		psprintf("INSERT INTO %s"
+				 " (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
+				 " SELECT $1, u.k, u.e, u.kind::loyalty.ledger_kind, u.p, u.q, $2, u.r, $3"
+				 " FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+				 "                 pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)",
+				 loyalty_table("ledger")),
+		9, t);
 }
 
 /*
@@ -832,7 +827,7 @@ write_entries(const Program *prog, int32 attachment_id, AccountSums **rows, int 
 	args[6] = loyalty_int8_array(ep, ne);
 	args[7] = loyalty_numeric_array(eq, ne);
 	args[8] = loyalty_int4_array(er, ne);
-	loyalty_spi_check(SPI_execute_plan(ledger_plan, args, NULL, false, 0), SPI_OK_INSERT,
+	loyalty_spi_check(SPI_execute_plan(ledger_plan.plan, args, NULL, false, 0), SPI_OK_INSERT,
 					  "write loyalty.ledger");
 }
 
@@ -969,7 +964,7 @@ ledger_post(Program *prog, int32 attachment_id, MonthDelta *d, int n,
 		prepare_plans();
 		args[0] = Int32GetDatum(prog->id);
 		args[1] = delta_rows(prog, attachment_id, d, rows, nb);
-		loyalty_spi_check(SPI_execute_plan(delta_plan, args, NULL, false, 0), SPI_OK_INSERT,
+		loyalty_spi_check(SPI_execute_plan(delta_plan.plan, args, NULL, false, 0), SPI_OK_INSERT,
 						  "write loyalty.balance_delta");
 	}
 	write_entries(prog, attachment_id, rows, nb, kind_new, kind_old, reason);

@@ -217,6 +217,10 @@ xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_PREPARE)
 		loyalty_config_valid = loyalty_accounts_valid = false;
+	/* a trigger that failed on a Citus shard did not leave it */
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		loyalty_shard_leave();
 }
 
 /* Registers the cache invalidation callbacks every backend needs. */

@@ -57,11 +57,25 @@ extern Datum loyalty_date_array(DateADT *values, int n);
 extern Datum *loyalty_array_items(Datum array, Oid elemtype, const char *prefix, const char *name,
 								  int expect, const char *expect_name, int *n);
 
+/* Citus (citus.c) */
+extern bool loyalty_citus_installed(void);
+extern Oid	loyalty_shard_table(Oid relid, bool *colocated);
+extern Oid	loyalty_trigger_table(Relation rel);
+typedef struct ShardPlan
+{
+	SPIPlanPtr	plan;
+	int64		shard;			/* the shard it was prepared for; 0: none */
+} ShardPlan;
+extern int64 loyalty_shard_key(void);
+extern void loyalty_shard_leave(void);
+extern const char *loyalty_table(const char *name);
+extern Oid	loyalty_table_oid(const char *name);
+extern bool loyalty_plan_stale(ShardPlan *p);
+
 /* debits (debit.c): waits for the transactions still posting to an account */
 extern int	loyalty_await_account(int32 program_id, text *account_key);
 
 /* dates */
-extern bool loyalty_citus_installed(void);	/* append.c */
 extern DateADT loyalty_month_start(DateADT d);
 extern DateADT loyalty_add_months(DateADT d, int months);
 

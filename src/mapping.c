@@ -572,7 +572,7 @@ key_expression(Datum key_columns)
 static Attachment *
 load_config(int32 id)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	Oid			argtypes[1] = {INT4OID};
 	Datum		args[1] = {Int32GetDatum(id)};
 	HeapTuple	tup;
@@ -584,16 +584,17 @@ load_config(int32 id)
 	MemoryContext old;
 	int			i;
 
-	if (plan == NULL)
-		plan = loyalty_prepare(
-			"SELECT program_id, source, source_name, key_columns,"
-			" account_expr, amount_expr, quantity_expr, date_expr, product_line_expr,"
-			" currency_expr, doc_type_expr, due_date_expr, paid_date_expr,"
-			" credit_note_types, header, header_key_column, header_match_column,"
-			" product, line_product_column, product_id_column"
-			" FROM loyalty.attachment"
-			" WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND detached_at IS NULL", 1, argtypes);
-	loyalty_spi_check(loyalty_execute_latest(plan, args, 1), SPI_OK_SELECT, "read loyalty.attachment");
+	if (loyalty_plan_stale(&plan))
+		plan.plan = loyalty_prepare(
+			psprintf("SELECT program_id, source, source_name, key_columns,"
+					 " account_expr, amount_expr, quantity_expr, date_expr, product_line_expr,"
+					 " currency_expr, doc_type_expr, due_date_expr, paid_date_expr,"
+					 " credit_note_types, header, header_key_column, header_match_column,"
+					 " product, line_product_column, product_id_column"
+					 " FROM %s"
+					 " WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND detached_at IS NULL",
+					 loyalty_table("attachment")), 1, argtypes);
+	loyalty_spi_check(loyalty_execute_latest(plan.plan, args, 1), SPI_OK_SELECT, "read loyalty.attachment");
 	if (SPI_processed != 1 && loyalty_citus_installed())
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

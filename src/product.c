@@ -284,7 +284,7 @@ loyalty_track_product(PG_FUNCTION_ARGS)
 				 errhint("Create loyalty's triggers with loyalty.attach().")));
 	SPI_connect();
 	att = mapping_get(pg_strtoint32(td->tg_trigger->tgargs[0]));
-	if (!att->has_product || RelationGetRelid(td->tg_relation) != att->product)
+	if (!att->has_product || loyalty_trigger_table(td->tg_relation) != att->product)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("loyalty trigger \"%s\" on %s belongs to attachment %d of another table",

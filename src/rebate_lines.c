@@ -55,7 +55,7 @@ cmp_line(const void *a, const void *b)
 const RebateLines *
 rebate_lines_of(Program *prog)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	Oid			argtypes[1] = {INT4OID};
 	Datum		args[1];
 	OwnerScope	scope;
@@ -65,13 +65,13 @@ rebate_lines_of(Program *prog)
 
 	if (prog->rebate_lines_loaded)
 		return prog->rebate_lines;
-	if (plan == NULL)
-		plan = loyalty_prepare(
-			"SELECT DISTINCT l FROM loyalty.rebate_agreement g, pg_catalog.unnest(g.product_lines) l"
-			" WHERE g.program_id OPERATOR(pg_catalog.=) $1", 1, argtypes);
+	if (loyalty_plan_stale(&plan))
+		plan.plan = loyalty_prepare(
+			psprintf("SELECT DISTINCT l FROM %s g, pg_catalog.unnest(g.product_lines) l"
+					 " WHERE g.program_id OPERATOR(pg_catalog.=) $1", loyalty_table("rebate_agreement")), 1, argtypes);
 	args[0] = Int32GetDatum(prog->id);
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(loyalty_execute_latest(plan, args, 0), SPI_OK_SELECT, "read loyalty.rebate_agreement");
+	loyalty_spi_check(loyalty_execute_latest(plan.plan, args, 0), SPI_OK_SELECT, "read loyalty.rebate_agreement");
 	loyalty_leave_owner(&scope);
 
 	/* with the program, in the configuration cache */
@@ -134,7 +134,7 @@ rebate_lines_add(HTAB *sums, const RebateLines *rl, const char *account, DateADT
 void
 rebate_lines_post(Program *prog, HTAB *sums)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	long		n = hash_get_num_entries(sums);
 	char	  **accounts;
 	bool	   *line_nulls;
@@ -151,16 +151,17 @@ rebate_lines_post(Program *prog, HTAB *sums)
 
 	if (n == 0)
 		return;
-	if (plan == NULL)
+	if (loyalty_plan_stale(&plan))
 	{
 		Oid			t[6] = {INT4OID, TEXTARRAYOID, DATEARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, INT8ARRAYOID};
 
-		plan = loyalty_prepare(
-			"INSERT INTO loyalty.rebate_line_volume (program_id, account_key, entry_no, month, product_line,"
-			" qualifying, source_rows)"
-			" SELECT $1, u.a, loyalty._ledger_number(), u.m, u.l, u.q, u.r"
-			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
-			" pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(a, m, l, q, r)", 6, t);
+		plan.plan = loyalty_prepare(
+			psprintf("INSERT INTO %s (program_id, account_key, entry_no, month, product_line,"
+					 " qualifying, source_rows)"
+					 " SELECT $1, u.a, loyalty._ledger_number(), u.m, u.l, u.q, u.r"
+					 " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+					 " pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(a, m, l, q, r)",
+					 loyalty_table("rebate_line_volume")), 6, t);
 	}
 	accounts = palloc(sizeof(char *) * n);
 	lines = palloc(sizeof(char *) * n);
@@ -193,7 +194,7 @@ rebate_lines_post(Program *prog, HTAB *sums)
 	args[4] = loyalty_numeric_array(quals, k);
 	args[5] = loyalty_int8_array(rows, k);
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT,
+	loyalty_spi_check(SPI_execute_plan(plan.plan, args, NULL, false, 0), SPI_OK_INSERT,
 					  "insert into loyalty.rebate_line_volume");
 	loyalty_leave_owner(&scope);
 }

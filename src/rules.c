@@ -221,8 +221,8 @@ map_lookup(const MultiplierMap *map, const char *key)
 Program *
 rules_load_program(int32 program_id, MemoryContext cxt)
 {
-	static SPIPlanPtr prog_plan = NULL;
-	static SPIPlanPtr rule_plan = NULL;
+	static ShardPlan prog_plan;
+	static ShardPlan rule_plan;
 	Oid			argtypes[1] = {INT4OID};
 	Datum		args[1] = {Int32GetDatum(program_id)};
 	Program    *p;
@@ -233,22 +233,22 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 	char	   *s;
 	uint64		i;
 
-	if (prog_plan == NULL)
-		prog_plan = loyalty_prepare(
-			"SELECT name, currency, ladder, basis, rounding,"
-			" loyalty._window_months(qualification_window), enrollment, strict, time_zone"
-			" FROM loyalty.program WHERE program_id OPERATOR(pg_catalog.=) $1", 1, argtypes);
-	if (rule_plan == NULL)
-		rule_plan = loyalty_prepare(
+	if (loyalty_plan_stale(&prog_plan))
+		prog_plan.plan = loyalty_prepare(
+			psprintf("SELECT name, currency, ladder, basis, rounding,"
+					 " loyalty._window_months(qualification_window), enrollment, strict, time_zone"
+					 " FROM %s WHERE program_id OPERATOR(pg_catalog.=) $1", loyalty_table("program")), 1, argtypes);
+	if (loyalty_plan_stale(&rule_plan))
+		rule_plan.plan = loyalty_prepare(psprintf(
 			"SELECT valid_from, points_per_unit, min_amount, on_time_bonus_pct, cap_points, cap_period, "
 			MAP_COLS("product_line_multipliers") ", "
 			MAP_COLS("tier_multipliers") ", "
 			MAP_COLS("COALESCE(segment_multipliers OPERATOR(pg_catalog.->) 'cooperation_model', '{}')") ", "
 			MAP_COLS("COALESCE(segment_multipliers OPERATOR(pg_catalog.->) 'industry', '{}')") ", "
 			MAP_COLS("COALESCE(segment_multipliers OPERATOR(pg_catalog.->) 'region', '{}')")
-			" FROM loyalty.rule WHERE program_id OPERATOR(pg_catalog.=) $1 ORDER BY valid_from", 1, argtypes);
+			" FROM %s WHERE program_id OPERATOR(pg_catalog.=) $1 ORDER BY valid_from", loyalty_table("rule")), 1, argtypes);
 
-	loyalty_spi_check(loyalty_execute_latest(prog_plan, args, 1), SPI_OK_SELECT,
+	loyalty_spi_check(loyalty_execute_latest(prog_plan.plan, args, 1), SPI_OK_SELECT,
 					  "read loyalty.program");
 	if (SPI_processed != 1)
 		ereport(ERROR,
@@ -277,7 +277,7 @@ rules_load_program(int32 program_id, MemoryContext cxt)
 	p->time_zone = SPI_getvalue(tup, desc, 9);
 	MemoryContextSwitchTo(old);
 
-	loyalty_spi_check(loyalty_execute_latest(rule_plan, args, 0), SPI_OK_SELECT,
+	loyalty_spi_check(loyalty_execute_latest(rule_plan.plan, args, 0), SPI_OK_SELECT,
 					  "read loyalty.rule");
 
 	old = MemoryContextSwitchTo(cxt);
