@@ -12,7 +12,8 @@ PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter
 
 # The install script of the current version is assembled from one SQL file
 # per concern, in name order.  Released versions' scripts are frozen as
-# committed files (loyalty--1.0.sql), with the upgrade scripts between them.
+# committed files (loyalty--1.0.sql, loyalty--1.1.sql), with the upgrade
+# scripts between them.
 SQL_PARTS   = $(sort $(wildcard src/sql/*.sql))
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(filter-out $(DATA_built),$(wildcard $(EXTENSION)--*.sql))
@@ -38,6 +39,9 @@ endif
 
 # PGXS tracks no header dependencies: rebuild everything when a header changes.
 $(OBJS): $(wildcard src/*.h)
+# LOYALTY_VERSION comes from the control file: a new version rebuilds the
+# library's version check.
+src/loyalty.o: $(EXTENSION).control
 
 $(DATA_built): $(SQL_PARTS) $(EXTENSION).control
 	cat $(SQL_PARTS) > $@

@@ -220,3 +220,16 @@ INSERT INTO loyalty.ledger (kind, program_id, account_key, entry_no) VALUES ('gi
 SELECT count(*) AS accounts FROM loyalty.account WHERE program_id = :pid AND account_key <> '42';
 SELECT count(*) AS programs FROM loyalty.program WHERE name = 'schema_bad';
 SELECT count(*) AS drift FROM loyalty.verify('schema_points');
+
+--
+-- 7. Function bodies Citus can run
+--
+
+-- No function of the extension has a SQL-standard body (RETURN expr or
+-- BEGIN ATOMIC): Citus cannot run one once loyalty's tables are Citus
+-- tables (syntax error at or near "RETURN").  SQL functions have string
+-- bodies (AS $$ SELECT ... $$).
+SELECT p.oid::regprocedure AS sql_standard_body
+  FROM pg_proc p
+ WHERE p.pronamespace = 'loyalty'::regnamespace AND p.prosqlbody IS NOT NULL
+ ORDER BY 1;

@@ -46,18 +46,20 @@ COMMENT ON FUNCTION @extschema@._program_id(text) IS 'Internal: a program''s id 
 -- The program's calendar, one definition for C and SQL alike: today in the
 -- program's time zone, and the rolling window in whole calendar months.
 CREATE FUNCTION @extschema@._today(program_id integer) RETURNS date
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date
-        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _today.program_id);
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _today.program_id)
+$$;
 COMMENT ON FUNCTION @extschema@._today(integer) IS 'Internal: today in the program''s time zone.';
 
 -- Windows of 1.0 programs may hold days: 30 days count as a month, as 1.0's
 -- trigger counted them.  New programs give whole months.
 CREATE FUNCTION @extschema@._window_months(w interval) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-RETURN GREATEST(1, (pg_catalog.date_part('year', w) OPERATOR(pg_catalog.*) 12
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT GREATEST(1, (pg_catalog.date_part('year', w) OPERATOR(pg_catalog.*) 12
                                OPERATOR(pg_catalog.+) pg_catalog.date_part('month', w)
-                               OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', w) OPERATOR(pg_catalog./) 30))::integer);
+                               OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', w) OPERATOR(pg_catalog./) 30))::integer)
+$$;
 COMMENT ON FUNCTION @extschema@._window_months(interval) IS 'Internal: a qualification window in whole calendar months.';
 REVOKE ALL ON FUNCTION @extschema@._today(integer), @extschema@._window_months(interval) FROM PUBLIC;
 

@@ -144,11 +144,12 @@ $$;
 COMMENT ON FUNCTION @extschema@._check_column(regclass, text, text, regtype[], text) IS 'Internal: attach-time validation of one mapped column; returns its name.';
 
 CREATE FUNCTION @extschema@._as_local(rel regclass, col text, expr text, zone text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT CASE WHEN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = col)
                  = 'timestamp with time zone'::regtype
             THEN format('(%s AT TIME ZONE %L)', expr, zone)
-            ELSE expr END;
+            ELSE expr END
+$$;
 COMMENT ON FUNCTION @extschema@._as_local(regclass, text, text, text) IS 'Internal: pins a timestamptz column to the program''s time zone, so that a document''s date is the same in every session.';
 
 -- The owner's part of attach() (src/attach.c runs the caller's part first:
@@ -487,10 +488,11 @@ $$;
 COMMENT ON FUNCTION @extschema@.detach(regclass, text) IS 'Drops the accrual triggers of a program on a table. What was accrued stays in the ledger.';
 
 CREATE FUNCTION @extschema@._rolling_start(program_id integer) RETURNS date
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT (pg_catalog.date_trunc('month', @extschema@._today(p.program_id)::timestamp)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT (pg_catalog.date_trunc('month', @extschema@._today(p.program_id)::timestamp)
                 - pg_catalog.make_interval(months => @extschema@._window_months(p.qualification_window) - 1))::date
-        FROM @extschema@.program p WHERE p.program_id = _rolling_start.program_id);
+        FROM @extschema@.program p WHERE p.program_id = _rolling_start.program_id)
+$$;
 COMMENT ON FUNCTION @extschema@._rolling_start(integer) IS 'Internal: first month of the rolling qualification window.';
 
 -- As the caller, so that row-level security applies to a partner's login

@@ -63,8 +63,9 @@ AS $$ SELECT pg_catalog.pg_advisory_xact_lock(1280268614, program_id) $$;
 COMMENT ON FUNCTION @extschema@._tier_lock(integer) IS 'Internal: waits for the program''s tier lock (the lock loyalty.fold() tries), held until commit: tier changes of a program are written one transaction at a time.';
 
 CREATE FUNCTION @extschema@._period_length(period text) RETURNS interval
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-RETURN pg_catalog.make_interval(months => CASE period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END);
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT pg_catalog.make_interval(months => CASE period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END)
+$$;
 COMMENT ON FUNCTION @extschema@._period_length(text) IS 'Internal: the length of a settlement period (month, quarter, year).';
 
 -- The first day of the period that period_end ends (NULL when it ends
@@ -72,8 +73,8 @@ COMMENT ON FUNCTION @extschema@._period_length(text) IS 'Internal: the length of
 -- themselves (so that their errors name no internal helper): NULL when
 -- fine, else {SQLSTATE, message, detail, hint}.
 CREATE FUNCTION @extschema@._period_start(program_id integer, period_end date) RETURNS date
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT CASE WHEN pg_catalog.isfinite(period_end)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT CASE WHEN pg_catalog.isfinite(period_end)
                          AND pg_catalog.date_trunc('month', (period_end OPERATOR(pg_catalog.+) 1)::timestamp)
                              OPERATOR(pg_catalog.=) (period_end OPERATOR(pg_catalog.+) 1)::timestamp
                          AND (pg_catalog.date_part('month', period_end OPERATOR(pg_catalog.+) 1)::integer
@@ -81,24 +82,26 @@ RETURN (SELECT CASE WHEN pg_catalog.isfinite(period_end)
                              OPERATOR(pg_catalog.=) (1 OPERATOR(pg_catalog.%) CASE p.settlement_period WHEN 'month' THEN 1 WHEN 'quarter' THEN 3 ELSE 12 END)
                     THEN ((period_end OPERATOR(pg_catalog.+) 1)::timestamp
                           OPERATOR(pg_catalog.-) @extschema@._period_length(p.settlement_period))::date END
-        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_start.program_id);
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_start.program_id)
+$$;
 COMMENT ON FUNCTION @extschema@._period_start(integer, date) IS 'Internal: the first day of the settlement period ending on period_end; NULL when period_end is not the last day of one of the program''s periods.';
 
 CREATE FUNCTION @extschema@._program_problem(program text) RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN CASE WHEN program IS NULL
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT CASE WHEN program IS NULL
             THEN ARRAY['22004', 'program must not be NULL',
                        'program is the name of a loyalty program, as given to loyalty.create_program().',
                        'List programs with SELECT name FROM loyalty.program.']
             WHEN NOT EXISTS (SELECT FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program)
             THEN ARRAY['42704', pg_catalog.format('loyalty program "%s" does not exist', program),
                        'program names no program of this database (names are case-sensitive).',
-                       'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.'] END;
+                       'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.'] END
+$$;
 COMMENT ON FUNCTION @extschema@._program_problem(text) IS 'Internal: what is wrong with a program argument (NULL, unknown) as {SQLSTATE, message, detail, hint}; NULL when it names a program.';
 
 CREATE FUNCTION @extschema@._period_end_problem(program_id integer, period_end date) RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT CASE WHEN period_end IS NULL OR NOT pg_catalog.isfinite(period_end)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT CASE WHEN period_end IS NULL OR NOT pg_catalog.isfinite(period_end)
                     THEN ARRAY[CASE WHEN period_end IS NULL THEN '22004' ELSE '22023' END,
                                'period_end must be a date, not ' || coalesce(period_end::text, 'NULL'),
                                'period_end is the last day of a settlement period of the program.',
@@ -112,7 +115,8 @@ RETURN (SELECT CASE WHEN period_end IS NULL OR NOT pg_catalog.isfinite(period_en
                                     OPERATOR(pg_catalog.-) '1 day'::interval)::date,
                                    (pg_catalog.date_trunc(p.settlement_period, period_end::timestamp)
                                     OPERATOR(pg_catalog.-) '1 day'::interval)::date)] END
-        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_end_problem.program_id);
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _period_end_problem.program_id)
+$$;
 COMMENT ON FUNCTION @extschema@._period_end_problem(integer, date) IS 'Internal: what is wrong with a period_end argument (NULL, not finite, not the last day of one of the program''s periods) as {SQLSTATE, message, detail, hint}; NULL when fine.';
 
 -- The tier decision of every account, one statement (one snapshot): what
@@ -453,13 +457,14 @@ COMMENT ON FUNCTION @extschema@.settle_due(text) IS
 -- pg_cron: one named job per program, as the caller (the job then runs as
 -- the caller: a role that may settle).
 CREATE FUNCTION @extschema@._cron_schema() RETURNS name
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT n.nspname FROM pg_catalog.pg_extension e
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT n.nspname FROM pg_catalog.pg_extension e
         JOIN pg_catalog.pg_depend d ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
                                    AND d.refobjid OPERATOR(pg_catalog.=) e.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
                                    AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
         JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) d.objid
-        WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron' LIMIT 1);
+        WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron' LIMIT 1)
+$$;
 COMMENT ON FUNCTION @extschema@._cron_schema() IS 'Internal: the schema pg_cron created in this database (cron), as the extension''s own member; NULL when pg_cron is not created here.';
 
 CREATE FUNCTION @extschema@.schedule_settlement(program text, cron text) RETURNS bigint

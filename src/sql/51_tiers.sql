@@ -62,8 +62,8 @@ COMMENT ON COLUMN @extschema@.tier_replay.tier_changes IS 'Tier history rows the
 
 -- Benefits: named entitlements per tier, typed by their name.
 CREATE FUNCTION @extschema@._valid_benefit(benefit text, value pg_catalog.jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-RETURN CASE benefit
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT CASE benefit
     WHEN 'payment_terms_days' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'number'
          AND (value)::text::numeric OPERATOR(pg_catalog.>=) 0 AND (value)::text::numeric OPERATOR(pg_catalog.<=) 3650
          AND (value)::text::numeric OPERATOR(pg_catalog.=) pg_catalog.trunc((value)::text::numeric)
@@ -75,7 +75,8 @@ RETURN CASE benefit
     WHEN 'early_access' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'boolean'
     WHEN 'dedicated_account_manager' THEN pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) 'boolean'
     ELSE pg_catalog.jsonb_typeof(value) OPERATOR(pg_catalog.=) ANY (ARRAY['number', 'string', 'boolean'])
-END;
+END
+$$;
 COMMENT ON FUNCTION @extschema@._valid_benefit(text, pg_catalog.jsonb) IS 'Internal: CHECK of loyalty.tier_benefit: the well-known benefits have their types (payment_terms_days whole days, support_sla_hours positive, mdf_rate a fraction 0..1, the others true/false); other names any number, string or boolean.';
 
 CREATE TABLE @extschema@.tier_benefit (
@@ -123,28 +124,30 @@ COMMENT ON COLUMN @extschema@.account_benefits.benefits IS 'Every benefit of the
 -- The tier of an account on a date: the tier documents dated that day earn
 -- by (the tier history, as the accrual reads it).
 CREATE FUNCTION @extschema@._tier_at(program_id integer, account_key text, as_of date) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT h.new_tier FROM @extschema@.tier_history h
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT h.new_tier FROM @extschema@.tier_history h
         WHERE h.program_id OPERATOR(pg_catalog.=) _tier_at.program_id
           AND h.account_key OPERATOR(pg_catalog.=) _tier_at.account_key
           AND h.effective_from OPERATOR(pg_catalog.<=) _tier_at.as_of
-        ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1);
+        ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1)
+$$;
 COMMENT ON FUNCTION @extschema@._tier_at(integer, text, date) IS 'Internal: an account''s tier on a date, from loyalty.tier_history (NULL: none).';
 
 -- A benefit of an account on a date, e.g. the MDF rate a claim earns.
 CREATE FUNCTION @extschema@._benefit(program_id integer, account_key text, benefit text, as_of date) RETURNS pg_catalog.jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT b.value FROM @extschema@.tier_benefit b
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT b.value FROM @extschema@.tier_benefit b
         WHERE b.program_id OPERATOR(pg_catalog.=) _benefit.program_id
           AND b.tier OPERATOR(pg_catalog.=) @extschema@._tier_at(_benefit.program_id, _benefit.account_key, _benefit.as_of)
-          AND b.benefit OPERATOR(pg_catalog.=) _benefit.benefit);
+          AND b.benefit OPERATOR(pg_catalog.=) _benefit.benefit)
+$$;
 COMMENT ON FUNCTION @extschema@._benefit(integer, text, text, date) IS 'Internal: the value of one benefit of an account on a date (by its tier that day), NULL when its tier has none; e.g. _benefit(program_id, account_key, ''mdf_rate'', d)::numeric.';
 
 -- The MDF rate of an account on a date: the mdf_rate benefit of its tier
 -- that day (loyalty._settle_mdf credits the period's spend at it).
 CREATE FUNCTION @extschema@._mdf_rate(program_id integer, account_key text, as_of date) RETURNS numeric
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT b.value FROM @extschema@.tier_benefit b
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT b.value FROM @extschema@.tier_benefit b
         WHERE b.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
           AND b.benefit OPERATOR(pg_catalog.=) 'mdf_rate'
           -- before its first recorded tier (a period settled from documents
@@ -154,7 +157,8 @@ RETURN (SELECT b.value FROM @extschema@.tier_benefit b
                 (SELECT h.new_tier FROM @extschema@.tier_history h
                  WHERE h.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
                    AND h.account_key OPERATOR(pg_catalog.=) _mdf_rate.account_key
-                 ORDER BY h.effective_from, h.change_no LIMIT 1)))::numeric;
+                 ORDER BY h.effective_from, h.change_no LIMIT 1)))::numeric
+$$;
 COMMENT ON FUNCTION @extschema@._mdf_rate(integer, text, date) IS 'Internal: the MDF rate (a fraction) of an account on a date, from the mdf_rate benefit of its tier that day (of its first recorded tier, before it had one); NULL when that tier has none.';
 
 -- What the tier basis measures for one account over the window ending with

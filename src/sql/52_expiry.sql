@@ -32,9 +32,10 @@
 
 -- The months whose points are expired at cutoff: those before this one.
 CREATE FUNCTION @extschema@._expiry_threshold(program_id integer, cutoff date) RETURNS date
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN (SELECT pg_catalog.date_trunc('month', (cutoff OPERATOR(pg_catalog.-) p.point_lifetime))::date
-        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _expiry_threshold.program_id);
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT pg_catalog.date_trunc('month', (cutoff OPERATOR(pg_catalog.-) p.point_lifetime))::date
+        FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) _expiry_threshold.program_id)
+$$;
 COMMENT ON FUNCTION @extschema@._expiry_threshold(integer, date) IS
     'Internal: the first month whose points are still valid at cutoff (NULL when the program''s points never expire).';
 

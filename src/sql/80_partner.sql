@@ -33,24 +33,26 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.partner_login', '');
 -- else the session user (neither changes when a definer function starts,
 -- and a session sets only roles it is a member of).
 CREATE FUNCTION @extschema@._caller() RETURNS regrole
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN CASE WHEN CURRENT_USER OPERATOR(pg_catalog.<>)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT CASE WHEN CURRENT_USER OPERATOR(pg_catalog.<>)
                  (SELECT pg_catalog.pg_get_userbyid(e.extowner) FROM pg_catalog.pg_extension e
                   WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty')
             THEN pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER))
             WHEN pg_catalog.current_setting('role') OPERATOR(pg_catalog.=) 'none'
             THEN pg_catalog.to_regrole(pg_catalog.quote_ident(SESSION_USER))
-            ELSE pg_catalog.to_regrole(pg_catalog.quote_ident(pg_catalog.current_setting('role'))) END;
+            ELSE pg_catalog.to_regrole(pg_catalog.quote_ident(pg_catalog.current_setting('role'))) END
+$$;
 COMMENT ON FUNCTION @extschema@._caller() IS 'Internal: the role that called: CURRENT_USER, or, inside a SECURITY DEFINER function of the extension (CURRENT_USER is its owner), the role the session acts as (SET ROLE, else the session user).';
 
 -- Is the caller staff (a loyalty role, or a superuser)?  Partners are
 -- everyone else who may call a reading function.
 CREATE FUNCTION @extschema@._is_staff() RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-RETURN coalesce((SELECT pg_catalog.pg_has_role(c.r, 'loyalty_reader', 'USAGE')
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT coalesce((SELECT pg_catalog.pg_has_role(c.r, 'loyalty_reader', 'USAGE')
                          OR pg_catalog.pg_has_role(c.r, 'loyalty_operator', 'USAGE')
                          OR pg_catalog.pg_has_role(c.r, 'loyalty_admin', 'USAGE')
-                 FROM (SELECT @extschema@._caller() AS r) c), false);
+                 FROM (SELECT @extschema@._caller() AS r) c), false)
+$$;
 COMMENT ON FUNCTION @extschema@._is_staff() IS 'Internal: true when the caller (loyalty._caller()) is a loyalty role (reader, operator, admin) or a superuser.';
 
 -- Checks the caller (loyalty._caller(): the reading function's caller,

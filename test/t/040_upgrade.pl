@@ -1,7 +1,9 @@
-# The upgrade chain: 1.0 as released, then ALTER EXTENSION loyalty UPDATE,
-# must give the same catalog as a fresh install of the current version, and
-# the data accrued under 1.0 must go on accruing, settling, redeeming and
-# verifying.
+# The upgrade chain: 1.0 and 1.1 as released, each with data, then ALTER
+# EXTENSION loyalty UPDATE, must give the same catalog as a fresh install of
+# the current version, and the data accrued under the old version must go on
+# accruing, settling, redeeming and verifying.  From 1.0, PostgreSQL chains
+# loyalty--1.0--1.1.sql and loyalty--1.1--1.2.sql in the one ALTER
+# EXTENSION; from 1.1 it runs the second alone.
 #
 # The catalog is compared as text: every object that belongs to the
 # extension, with its definition, owner-independent privileges, comment,
@@ -20,46 +22,18 @@ $node->start;
 
 my $current = $node->safe_psql('postgres',
 	q{SELECT default_version FROM pg_available_extensions WHERE name = 'loyalty'});
-isnt($current, '1.0', "the current version ($current) is not the frozen 1.0");
+# A new version adds its predecessor to the versions installed below.
+is($current, '1.2', "the current version is 1.2");
+
+# the update from 1.0 is the chain through 1.1, not a script of its own
+is($node->safe_psql('postgres', qq{
+	SELECT string_agg(source || ': ' || path, ', ' ORDER BY source) FROM pg_extension_update_paths('loyalty')
+	WHERE target = '$current' AND path IS NOT NULL}),
+	"1.0: 1.0--1.1--$current, 1.1: 1.1--$current",
+	"1.0 and 1.1 update to $current, 1.0 through 1.1");
 
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
-$node->safe_psql('postgres', 'CREATE DATABASE upgraded');
 $node->safe_psql('fresh', 'CREATE EXTENSION loyalty');
-
-# 1.0 with configuration and ERP data.  Only this version's library is
-# installed, and it refuses to run against 1.0's SQL objects, so the
-# invoices of the 1.0 days are written with the triggers off and accrued by
-# backfill() after the update.
-$node->safe_psql('upgraded', q{
-CREATE EXTENSION loyalty VERSION '1.0';
-CREATE TABLE inv (id int PRIMARY KEY, customer_id int, inv_date date, amount numeric(12,2));
-SELECT loyalty.create_program('Club', ladder => 'Member:0, Silver:1000');
-SELECT loyalty.attach('inv', 'Club', account_column => 'customer_id', amount_column => 'amount',
-                      date_column => 'inv_date');
--- a program without tiers on the same invoices (settled after the update)
-SELECT loyalty.create_program('Plain');
-SELECT loyalty.attach('inv', 'Plain', account_column => 'customer_id', amount_column => 'amount',
-                      date_column => 'inv_date');
-CREATE TABLE hdr (id int PRIMARY KEY, customer_id int, inv_date date);
-CREATE TABLE line (hdr_id int, line_no int, amount numeric(12,2), PRIMARY KEY (hdr_id, line_no));
-SELECT loyalty.attach('line', 'Club', account_column => 'customer_id', amount_column => 'amount',
-                      date_column => 'inv_date', header => 'hdr', header_key_column => 'hdr_id');
-SET session_replication_role = replica;
-INSERT INTO inv SELECT g, g % 7, date '2026-01-01' + g, 100 + g FROM generate_series(1, 50) g;
-INSERT INTO inv VALUES (51, 3, date '2026-03-01', -75);
-INSERT INTO hdr SELECT g, g % 5, date '2026-02-01' + g FROM generate_series(1, 10) g;
-INSERT INTO line SELECT g, l, 10 * l FROM generate_series(1, 10) g, generate_series(1, 3) l;
-});
-is($node->safe_psql('upgraded',
-	q{SELECT extversion FROM pg_extension WHERE extname = 'loyalty'}), '1.0', 'installed 1.0');
-
-my ($rc, $out, $err) = $node->psql('upgraded', q{INSERT INTO inv VALUES (99, 1, '2026-01-02', 10)});
-like($err, qr/loyalty's library is version \S+, but this database has loyalty 1\.0.*\n.*\n?HINT:\s+Run ALTER EXTENSION loyalty UPDATE/s,
-	'before the update, the new library refuses the 1.0 objects with a clear error');
-
-$node->safe_psql('upgraded', 'ALTER EXTENSION loyalty UPDATE');
-is($node->safe_psql('upgraded',
-	q{SELECT extversion FROM pg_extension WHERE extname = 'loyalty'}), $current, "updated to $current");
 
 # Everything that describes the extension's objects, one line each.
 my $catalog = q{
@@ -125,23 +99,70 @@ SELECT line FROM (
 };
 
 my $fresh = $node->safe_psql('fresh', $catalog);
-my $upgraded = $node->safe_psql('upgraded', $catalog);
 cmp_ok(length($fresh), '>', 1000, 'the catalog description is not empty');
-if ($fresh eq $upgraded)
+
+# Installs $version in a new database $db with configuration and ERP data.
+# Only the current version's library is installed, and it refuses to run
+# against an older version's SQL objects, so the invoices of the old days
+# are written with the triggers off and accrued by backfill() after the
+# update.
+sub install_old
 {
-	pass('1.0 + upgrade script gives the same catalog as a fresh install');
-}
-else
-{
-	my %f = map { $_ => 1 } split /\n/, $fresh;
-	my %u = map { $_ => 1 } split /\n/, $upgraded;
-	diag("only in the fresh install:\n  " . join("\n  ", grep { !$u{$_} } sort keys %f));
-	diag("only after the upgrade:\n  " . join("\n  ", grep { !$f{$_} } sort keys %u));
-	fail('1.0 + upgrade script gives the same catalog as a fresh install');
+	my ($db, $version) = @_;
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, qq{
+CREATE EXTENSION loyalty VERSION '$version';
+CREATE TABLE inv (id int PRIMARY KEY, customer_id int, inv_date date, amount numeric(12,2));
+SELECT loyalty.create_program('Club', ladder => 'Member:0, Silver:1000');
+SELECT loyalty.attach('inv', 'Club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'inv_date');
+-- a program without tiers on the same invoices (settled after the update)
+SELECT loyalty.create_program('Plain');
+SELECT loyalty.attach('inv', 'Plain', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'inv_date');
+CREATE TABLE hdr (id int PRIMARY KEY, customer_id int, inv_date date);
+CREATE TABLE line (hdr_id int, line_no int, amount numeric(12,2), PRIMARY KEY (hdr_id, line_no));
+SELECT loyalty.attach('line', 'Club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'inv_date', header => 'hdr', header_key_column => 'hdr_id');
+SET session_replication_role = replica;
+INSERT INTO inv SELECT g, g % 7, date '2026-01-01' + g, 100 + g FROM generate_series(1, 50) g;
+INSERT INTO inv VALUES (51, 3, date '2026-03-01', -75);
+INSERT INTO hdr SELECT g, g % 5, date '2026-02-01' + g FROM generate_series(1, 10) g;
+INSERT INTO line SELECT g, l, 10 * l FROM generate_series(1, 10) g, generate_series(1, 3) l;
+});
+	is($node->safe_psql($db,
+		q{SELECT extversion FROM pg_extension WHERE extname = 'loyalty'}), $version, "$db: installed $version");
+
+	my ($rc, $out, $err) = $node->psql($db, q{INSERT INTO inv VALUES (99, 1, '2026-01-02', 10)});
+	like($err, qr/loyalty's library is version \Q$current\E, but this database has loyalty \Q$version\E.*\n.*\n?HINT:\s+Run ALTER EXTENSION loyalty UPDATE/s,
+		"$db: before the update, the $current library refuses the $version objects with a clear error");
 }
 
-# the data of 1.0 accrues (backfill), and accrues and verifies on
-$node->safe_psql('upgraded', q{
+# Updates $db, compares its catalog with the fresh install's, and checks
+# that its data accrues, settles, redeems and verifies.
+sub update_and_check
+{
+	my ($db, $version) = @_;
+	$node->safe_psql($db, 'ALTER EXTENSION loyalty UPDATE');
+	is($node->safe_psql($db,
+		q{SELECT extversion FROM pg_extension WHERE extname = 'loyalty'}), $current, "$db: updated to $current");
+
+	my $upgraded = $node->safe_psql($db, $catalog);
+	if ($fresh eq $upgraded)
+	{
+		pass("$db: $version + upgrade gives the same catalog as a fresh $current install");
+	}
+	else
+	{
+		my %f = map { $_ => 1 } split /\n/, $fresh;
+		my %u = map { $_ => 1 } split /\n/, $upgraded;
+		diag("only in the fresh install:\n  " . join("\n  ", grep { !$u{$_} } sort keys %f));
+		diag("only after the upgrade:\n  " . join("\n  ", grep { !$f{$_} } sort keys %u));
+		fail("$db: $version + upgrade gives the same catalog as a fresh $current install");
+	}
+
+	# the data of the old version accrues (backfill), and accrues and verifies on
+	$node->safe_psql($db, q{
 SELECT loyalty.backfill('inv', 'Club', '-infinity');
 SELECT loyalty.backfill('line', 'Club', '-infinity');
 SELECT loyalty.backfill('inv', 'Plain', '-infinity');
@@ -152,44 +173,50 @@ UPDATE hdr SET customer_id = 9 WHERE id <= 3;
 INSERT INTO line VALUES (11, 1, 500);
 INSERT INTO hdr VALUES (11, 4, '2026-05-01');
 });
-is($node->safe_psql('upgraded', q{SELECT count(*) FROM loyalty.verify('Club')}), '0',
-	'verify() is empty after accruing on upgraded data');
-is($node->safe_psql('upgraded', q{
-	SELECT (SELECT sum(b.points) FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'Club')
-	     = (SELECT sum(trunc(amount)) FROM inv) + (SELECT sum(trunc(amount)) FROM line)}), 't',
-	'balances equal the invoices and lines, summed independently');
-is($node->safe_psql('upgraded', q{
-	SELECT count(*) FROM pg_trigger WHERE tgrelid = 'hdr'::regclass AND tgname LIKE 'loyalty_accrual_%_header_ins'}),
-	'1', 'the upgrade added the header-insert trigger to the 1.0 header attachment');
+	is($node->safe_psql($db, q{SELECT count(*) FROM loyalty.verify('Club')}), '0',
+		"$db: verify() is empty after accruing on upgraded data");
+	is($node->safe_psql($db, q{
+		SELECT (SELECT sum(b.points) FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'Club')
+		     = (SELECT sum(trunc(amount)) FROM inv) + (SELECT sum(trunc(amount)) FROM line)}), 't',
+		"$db: balances equal the invoices and lines, summed independently");
+	is($node->safe_psql($db, q{
+		SELECT count(*) FROM pg_trigger WHERE tgrelid = 'hdr'::regclass AND tgname LIKE 'loyalty_accrual_%_header_ins'}),
+		'1', "$db: the header attachment has the header-insert trigger (1.0's gains it in the update)");
 
-# the upgraded program without tiers settles a period, and redeems (the
-# tiered one cannot settle the periods its backfill replayed)
-$node->safe_psql('upgraded', q{
+	# the upgraded program without tiers settles a period, and redeems (the
+	# tiered one cannot settle the periods its backfill replayed)
+	$node->safe_psql($db, q{
 SELECT loyalty.settle('Plain', '2026-03-31');
 SELECT loyalty.set_reward('Plain', 'MUG', 'Mug', 50, kind => 'goods');
 SELECT loyalty.redeem('Plain', '3', 'MUG');
 });
-is($node->safe_psql('upgraded', q{
-	SELECT (SELECT count(*) FROM loyalty.settlement_run) || ' run, '
-	    || (SELECT count(*) FROM loyalty.settlement_account s
-	         WHERE s.program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Plain')
-	           AND s.account_key IN (SELECT DISTINCT customer_id::text FROM inv WHERE inv_date <= '2026-03-31'))
-	    || ' accounts with invoices settled, ' || (SELECT count(*) FROM loyalty.redemption) || ' redemption'}),
-	'1 run, ' . $node->safe_psql('upgraded', q{SELECT count(DISTINCT customer_id) FROM inv WHERE inv_date <= '2026-03-31'})
-	  . ' accounts with invoices settled, 1 redemption',
-	'the upgraded program settles a period and redeems');
-is($node->safe_psql('upgraded', q{SELECT count(*) FROM loyalty.verify('Plain')}) . ' '
-	 . $node->safe_psql('upgraded', q{SELECT count(*) FROM loyalty.verify('Club')}), '0 0',
-	'verify() is empty after the settlement and the redemption');
-is($node->safe_psql('upgraded', q{
-	SELECT (SELECT sum(b.points) FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'Plain')
-	     = (SELECT sum(trunc(amount)) FROM inv) - 50}), 't',
-	'its balances equal the invoices less the redemption, summed independently');
+	is($node->safe_psql($db, q{
+		SELECT (SELECT count(*) FROM loyalty.settlement_run) || ' run, '
+		    || (SELECT count(*) FROM loyalty.settlement_account s
+		         WHERE s.program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Plain')
+		           AND s.account_key IN (SELECT DISTINCT customer_id::text FROM inv WHERE inv_date <= '2026-03-31'))
+		    || ' accounts with invoices settled, ' || (SELECT count(*) FROM loyalty.redemption) || ' redemption'}),
+		'1 run, ' . $node->safe_psql($db, q{SELECT count(DISTINCT customer_id) FROM inv WHERE inv_date <= '2026-03-31'})
+		  . ' accounts with invoices settled, 1 redemption',
+		"$db: the upgraded program settles a period and redeems");
+	is($node->safe_psql($db, q{SELECT count(*) FROM loyalty.verify('Plain')}) . ' '
+		 . $node->safe_psql($db, q{SELECT count(*) FROM loyalty.verify('Club')}), '0 0',
+		"$db: verify() is empty after the settlement and the redemption");
+	is($node->safe_psql($db, q{
+		SELECT (SELECT sum(b.points) FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'Plain')
+		     = (SELECT sum(trunc(amount)) FROM inv) - 50}), 't',
+		"$db: its balances equal the invoices less the redemption, summed independently");
 
-# 1.0 called rounding toward zero 'floor': the upgrade renames the stored
-# mode, and explain_points shows the new name.
-is($node->safe_psql('upgraded', q{SELECT string_agg(DISTINCT rounding, ',') FROM loyalty.program}),
-	'toward_zero', "the 1.0 program's rounding 'floor' is 'toward_zero' after the upgrade");
-is($node->safe_psql('upgraded', q{SELECT string_agg(DISTINCT rounding, ',') FROM loyalty.explain_points('inv', 1)}),
-	'toward_zero', 'explain_points names the rounding toward_zero');
+	# 1.0 called rounding toward zero 'floor': the update renames the stored
+	# mode, and explain_points shows the new name (1.1 stored the new name).
+	is($node->safe_psql($db, q{SELECT string_agg(DISTINCT rounding, ',') FROM loyalty.program}),
+		'toward_zero', "$db: the program's rounding is 'toward_zero' after the update");
+	is($node->safe_psql($db, q{SELECT string_agg(DISTINCT rounding, ',') FROM loyalty.explain_points('inv', 1)}),
+		'toward_zero', "$db: explain_points names the rounding toward_zero");
+}
+
+install_old('from_1_0', '1.0');
+install_old('from_1_1', '1.1');
+update_and_check('from_1_0', '1.0');
+update_and_check('from_1_1', '1.1');
 done_testing();
