@@ -206,13 +206,17 @@ check_citus_table(Oid relid, const char *param, const char *account_column)
 				 errmsg("%s is a Citus reference table", relation_name(relid)),
 				 errdetail("%s: a reference table has a copy on every node, and a trigger on it fires once per copy: each invoice would earn its points once per node.", param),
 				 errhint("Keep the ERP's invoice tables local or distributed by customer; see \"Running on Citus\" in loyalty's README.")));
-	if (t.method != 'h' || strcmp(param, "source") != 0)
+	if (t.method != 'h')
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s is a Citus %s table", relation_name(relid), t.method == 'n' ? "local" : "distributed"),
-				 errdetail(t.method == 'h'
-						   ? "%s: on Citus only the table that earns the points may be distributed; a shard's trigger cannot read the rows of a distributed header or product table that live on other nodes."
-						   : "%s: its rows live in shards that loyalty's tables are not co-located with.", param),
+				 errmsg("%s is a Citus %s table", relation_name(relid), t.method == 'n' ? "local" : "range or append distributed"),
+				 errdetail("%s: its rows live in shards that loyalty's tables cannot be co-located with.", param),
+				 errhint("Keep the ERP's invoice tables local, or distribute them by customer (hash); see \"Running on Citus\" in loyalty's README.")));
+	if (strcmp(param, "source") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s is a Citus distributed table", relation_name(relid)),
+				 errdetail("%s: on Citus only the table that earns the points may be distributed; a shard's trigger cannot read the rows of a distributed header or product table that live on other nodes.", param),
 				 errhint("Keep header and product tables local, or attach a table distributed by customer without them; see \"Running on Citus\" in loyalty's README.")));
 	if (!t.colocated)
 		ereport(ERROR,

@@ -599,8 +599,8 @@ load_config(int32 id)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("loyalty attachment %d does not exist on this node", id),
-				 errdetail("On a Citus cluster, the trigger fires on a shard of an attached table that was distributed, on a node that holds no loyalty configuration; loyalty does not accrue on shards yet."),
-				 errhint("Keep attached tables local, or run loyalty.detach() before distributing the table.")));
+				 errdetail("On a Citus cluster, the trigger fires on a shard of a table that was distributed after it was attached, on a node that holds no loyalty configuration."),
+				 errhint("Run loyalty.detach() before distributing the table; then loyalty.distribute() and attach it again (see \"Running on Citus\" in loyalty's README).")));
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),

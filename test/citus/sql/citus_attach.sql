@@ -1,10 +1,11 @@
 --
--- citus_attach: loyalty in a Citus cluster (a coordinator and two workers),
--- as far as it goes today.  The ERP tables that stay local to the
+-- citus_attach: loyalty in a Citus cluster (a coordinator and two workers)
+-- before loyalty.distribute().  The ERP tables that stay local to the
 -- coordinator accrue exactly, next to distributed ones; attach refuses a
--- distributed, reference or Citus local table with an error that says why,
--- and the ERP keeps writing to it.  Accrual on shards is not built yet.
--- Expected figures come from the ERP rows, in plain SQL.
+-- distributed table (until loyalty's tables are distributed with it), a
+-- reference or Citus local table, and a distributed header, with an error
+-- that says why, and the ERP keeps writing to them.  citus_distribute goes
+-- on from here.  Expected figures come from the ERP rows, in plain SQL.
 --
 \set VERBOSITY default
 \set SHOW_CONTEXT never
