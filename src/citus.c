@@ -22,6 +22,7 @@
 #include "utils/builtins.h"
 #include "catalog/namespace.h"
 #include "utils/lsyscache.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -65,49 +66,65 @@ shard_id_in_name(const char *relname)
 }
 
 /*
- * The shard a trigger is firing on, and the shards of loyalty's tables
- * co-located with it, by table name: the statements of the accrual path
- * address those (loyalty_table), so that they run as plain PostgreSQL on
- * this node.  Through the distributed names Citus would plan each one as a
- * distributed statement from inside a shard's trigger, which it cannot do
- * for most of them (joins to arrays of keys, transition tables).
+ * A shard a trigger fired on, and the shards co-located with it: the
+ * statements of the accrual path address those (loyalty_table), so that
+ * they run as plain PostgreSQL on this node.  Through the distributed
+ * names Citus would plan each one as a distributed statement from inside a
+ * shard's trigger, which it cannot do for most of them (joins to arrays of
+ * keys, transition tables).  Kept for the backend's life, like the plans:
+ * a single-row INSERT fires on one shard, the next on another, and each
+ * must cost what it costs on one server.
  */
-typedef struct ShardMap
+typedef struct ShardEntry
 {
-	int64		firing;			/* the firing shard; 0: not on a shard */
+	Oid			relid;			/* hash key: the shard's OID on this node */
+	int64		shardid;
+	Oid			table;			/* the distributed table */
+	bool		colocated;		/* with loyalty.account */
+	bool		mapped;			/* names..oids read */
 	int			n;
-	char	  **names;			/* loyalty's table names ... */
-	int64	   *shards;			/* ... and their co-located shard ids */
-	Oid		   *oids;			/* ... and the shards' OIDs on this node */
-} ShardMap;
+	char	  **names;			/* loyalty's distributed tables ... */
+	int64	   *shards;			/* ... their co-located shard ids */
+	Oid		   *oids;			/* ... and those shards' OIDs here */
+} ShardEntry;
 
-static ShardMap shard_map;
-static int64 firing_shard = 0;	/* the shard a trigger fires on; 0: none */
+static HTAB *shard_entries = NULL;
+static ShardEntry *firing = NULL;	/* the shard a trigger fires on */
 
-static void load_shard_map(int64 firing);
+/* A plan kept for a statement site and a shard (loyalty_plan_stale). */
+typedef struct PlanKey
+{
+	ShardPlan  *site;
+	int64		shard;
+} PlanKey;
+
+typedef struct PlanEntry
+{
+	PlanKey		key;
+	SPIPlanPtr	plan;
+} PlanEntry;
+
+static HTAB *shard_plans = NULL;
+
+static void load_shard_map(ShardEntry *e);
 
 /*
- * The table a relation is a shard of, or InvalidOid when it is none (no
- * Citus, or a table of its own); *colocated tells whether loyalty.account
- * is distributed in the same co-location group.  Runs inside SPI.  The
- * name alone does not decide: the shard id must belong to a table of the
- * same schema whose name plus the id is the relation's name.
+ * What Citus says of relid, when its name is a shard's ("<table>_<id>"):
+ * the table it is a shard of (InvalidOid: none) and whether loyalty.account
+ * is distributed in the same co-location group.  Runs inside SPI.  The name
+ * alone does not decide: the shard id must belong to a table of the same
+ * schema whose name plus the id is the relation's name.
  */
-Oid
-loyalty_shard_table(Oid relid, bool *colocated)
+static ShardEntry
+read_shard(Oid relid, const char *relname, int64 shardid)
 {
-	const char *relname;
-	int64		shardid;
 	Oid			argtypes[2] = {INT8OID, OIDOID};
 	Datum		values[2];
-	Oid			logical = InvalidOid;
+	ShardEntry	e;
 
-	*colocated = false;
-	if (!loyalty_citus_installed())
-		return InvalidOid;
-	relname = get_rel_name(relid);
-	if (relname == NULL || (shardid = shard_id_in_name(relname)) == 0)
-		return InvalidOid;
+	memset(&e, 0, sizeof(e));
+	e.relid = relid;
+	e.shardid = shardid;
 	values[0] = Int64GetDatum(shardid);
 	values[1] = ObjectIdGetDatum(get_relname_relid("account", get_namespace_oid("loyalty", false)));
 	loyalty_spi_check(SPI_execute_with_args("SELECT s.logicalrelid, EXISTS (SELECT FROM pg_catalog.pg_dist_partition t,"
@@ -128,11 +145,65 @@ loyalty_shard_table(Oid relid, bool *colocated)
 		if (name != NULL && get_rel_namespace(table) == get_rel_namespace(relid) &&
 			strcmp(psprintf("%s_" INT64_FORMAT, name, shardid), relname) == 0)
 		{
-			logical = table;
-			*colocated = DatumGetBool(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull));
+			e.table = table;
+			e.colocated = DatumGetBool(SPI_getbinval(tuple, SPI_tuptable->tupdesc, 2, &isnull));
 		}
 	}
-	return logical;
+	return e;
+}
+
+/*
+ * The entry of relid when it is a Citus shard, else NULL.  Only shards
+ * are remembered: a table whose name merely ends in digits is asked again
+ * (while create_distributed_table() runs, a new shard is not in the
+ * metadata yet).
+ */
+static ShardEntry *
+shard_entry(Oid relid)
+{
+	const char *relname;
+	int64		shardid;
+	ShardEntry *e;
+	ShardEntry	read;
+	bool		found;
+
+	if (!loyalty_citus_installed())
+		return NULL;
+	relname = get_rel_name(relid);
+	if (relname == NULL || (shardid = shard_id_in_name(relname)) == 0)
+		return NULL;
+	if (shard_entries == NULL)
+	{
+		HASHCTL		ctl = {.keysize = sizeof(Oid),.entrysize = sizeof(ShardEntry)};
+
+		shard_entries = hash_create("loyalty Citus shards", 64, &ctl, HASH_ELEM | HASH_BLOBS);
+	}
+	e = hash_search(shard_entries, &relid, HASH_FIND, NULL);
+	if (e != NULL && e->shardid == shardid)
+		return e;
+	read = read_shard(relid, relname, shardid);
+	if (!OidIsValid(read.table))
+		return NULL;
+	if (!read.colocated)			/* an error follows; nothing to keep */
+	{
+		static ShardEntry alone;
+
+		alone = read;
+		return &alone;
+	}
+	e = hash_search(shard_entries, &relid, HASH_ENTER, &found);
+	*e = read;
+	return e;
+}
+
+/* The table relid is a shard of, or InvalidOid; *colocated as in ShardEntry. */
+Oid
+loyalty_shard_table(Oid relid, bool *colocated)
+{
+	ShardEntry *e = shard_entry(relid);
+
+	*colocated = e != NULL && e->colocated;
+	return e != NULL ? e->table : InvalidOid;
 }
 
 /*
@@ -141,109 +212,94 @@ loyalty_shard_table(Oid relid, bool *colocated)
  * loyalty's tables are distributed with it.  Otherwise Citus distributed
  * the table after attach(): its copy of the existing rows into the shards
  * would earn them a second time, and every later write would accrue on a
- * node whose loyalty tables are shells.
+ * node whose loyalty tables are shells.  Sets the firing shard, which the
+ * accrual path's statements address until loyalty_shard_leave().
  */
 Oid
 loyalty_trigger_table(Relation rel)
 {
-	bool		colocated;
-	Oid			table = loyalty_shard_table(RelationGetRelid(rel), &colocated);
+	ShardEntry *e = shard_entry(RelationGetRelid(rel));
 
-	if (!OidIsValid(table))
-	{
-		firing_shard = 0;
+	firing = NULL;
+	if (e == NULL)
 		return RelationGetRelid(rel);
-	}
-	if (!colocated)
+	if (!e->colocated)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s is a shard of %s, which loyalty's tables are not distributed with",
-						RelationGetRelationName(rel), get_rel_name(table)),
+						RelationGetRelationName(rel), get_rel_name(e->table)),
 				 errdetail("A trigger of loyalty.attach() fired on a Citus shard: the table was distributed after it was attached, or loyalty.distribute() was not run for it."),
 				 errhint("Detach the table, distribute loyalty's tables with it (loyalty.distribute()), then attach it again; see \"Running on Citus\" in loyalty's README.")));
-	firing_shard = shard_id_in_name(RelationGetRelationName(rel));
-	if (shard_map.firing != firing_shard)
-		load_shard_map(firing_shard);
-	return table;
+	if (!e->mapped)
+		load_shard_map(e);
+	firing = e;
+	return e->table;
 }
 
-
-/* Reads the co-located shards of loyalty's distributed tables. */
+/* Reads the shards of loyalty's distributed tables co-located with e's. */
 static void
-load_shard_map(int64 firing)
+load_shard_map(ShardEntry *e)
 {
-	Oid			argtypes[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(firing)};
+	Oid			nsp = get_namespace_oid("loyalty", false);
+	Oid			argtypes[2] = {INT8OID, OIDOID};
+	Datum		values[2] = {Int64GetDatum(e->shardid), ObjectIdGetDatum(nsp)};
 	MemoryContext old;
 	uint64		i;
 
-	loyalty_spi_check(SPI_execute_with_args(
-											"SELECT c.relname::pg_catalog.text, s2.shardid"
+	loyalty_spi_check(SPI_execute_with_args("SELECT c.relname::pg_catalog.text, s2.shardid"
 											" FROM pg_catalog.pg_dist_shard s1"
 											" JOIN pg_catalog.pg_dist_partition p1 ON p1.logicalrelid OPERATOR(pg_catalog.=) s1.logicalrelid"
 											" JOIN pg_catalog.pg_dist_partition p2 ON p2.colocationid OPERATOR(pg_catalog.=) p1.colocationid"
 											" JOIN pg_catalog.pg_dist_shard s2 ON s2.logicalrelid OPERATOR(pg_catalog.=) p2.logicalrelid"
 											"  AND s2.shardminvalue OPERATOR(pg_catalog.=) s1.shardminvalue"
 											" JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s2.logicalrelid"
-											" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
-											" WHERE s1.shardid OPERATOR(pg_catalog.=) $1 AND n.nspname OPERATOR(pg_catalog.=) 'loyalty'",
-
-											1, argtypes, values, NULL, true, 0),
+											" WHERE s1.shardid OPERATOR(pg_catalog.=) $1 AND c.relnamespace OPERATOR(pg_catalog.=) $2",
+											2, argtypes, values, NULL, true, 0),
 					  SPI_OK_SELECT, "read the co-located shards");
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	if (shard_map.names)
-	{
-		for (i = 0; i < (uint64) shard_map.n; i++)
-			pfree(shard_map.names[i]);
-		pfree(shard_map.names);
-		pfree(shard_map.shards);
-		pfree(shard_map.oids);
-	}
-	shard_map.n = (int) SPI_processed;
-	shard_map.names = palloc(sizeof(char *) * (SPI_processed + 1));
-	shard_map.shards = palloc(sizeof(int64) * (SPI_processed + 1));
-	shard_map.oids = palloc(sizeof(Oid) * (SPI_processed + 1));
+	e->n = (int) SPI_processed;
+	e->names = palloc(sizeof(char *) * (SPI_processed + 1));
+	e->shards = palloc(sizeof(int64) * (SPI_processed + 1));
+	e->oids = palloc(sizeof(Oid) * (SPI_processed + 1));
+	MemoryContextSwitchTo(old);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 
-		shard_map.names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		shard_map.shards[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		shard_map.oids[i] = get_relname_relid(psprintf("%s_" INT64_FORMAT, shard_map.names[i], shard_map.shards[i]),
-											  get_namespace_oid("loyalty", false));
+		e->names[i] = MemoryContextStrdup(TopMemoryContext, name);
+		e->shards[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		e->oids[i] = get_relname_relid(psprintf("%s_" INT64_FORMAT, name, e->shards[i]), nsp);
 	}
-	shard_map.firing = firing;
-	MemoryContextSwitchTo(old);
+	e->mapped = true;
 }
 
-/* The position of loyalty's table name in the shard map; -1: not distributed. */
+/* The position of loyalty's table name in the firing shard's map; -1: none. */
 static int
 shard_of(const char *name)
 {
 	int			i;
 
-	for (i = 0; i < shard_map.n; i++)
-		if (strcmp(shard_map.names[i], name) == 0)
+	if (firing == NULL)
+		return -1;
+	for (i = 0; i < firing->n; i++)
+		if (strcmp(firing->names[i], name) == 0)
 			return i;
 	return -1;
 }
 
-/*
- * The key under which the statements of the accrual path are prepared: the
- * firing shard, or 0 when not on a shard.  A plan kept for one key is
- * prepared again for another (loyalty_plan_stale).
- */
+/* The firing shard's id, or 0 when no trigger is firing on a shard. */
 int64
 loyalty_shard_key(void)
 {
-	return firing_shard;
+	return firing != NULL ? firing->shardid : 0;
 }
 
 /* Leaves the shard the trigger fired on (at its end, and at the end of the transaction). */
 void
 loyalty_shard_leave(void)
 {
-	firing_shard = 0;
+	firing = NULL;
 }
 
 /*
@@ -295,52 +351,99 @@ reference_placement(const char *name)
 
 /*
  * The name of loyalty's table name as the accrual path's statements
- * address it: loyalty.<name>, or on a shard the co-located shard of it on
- * this node.  Reference and local tables keep their names.
+ * address it: loyalty.<name>; on a shard, the co-located shard of it on
+ * this node; for a reference table, its placement on this node.
  */
 const char *
 loyalty_table(const char *name)
 {
-	int			i = firing_shard != 0 ? shard_of(name) : -1;
+	int			i = shard_of(name);
 	const char *placement;
 
-	if (i < 0 && (placement = reference_placement(name)) != NULL)
+	if (i >= 0)
+		return psprintf("loyalty.%s", quote_identifier(psprintf("%s_" INT64_FORMAT, name, firing->shards[i])));
+	if ((placement = reference_placement(name)) != NULL)
 		return psprintf("loyalty.%s", quote_identifier(placement));
-	if (i < 0)
-		return psprintf("loyalty.%s", quote_identifier(name));
-	return psprintf("loyalty.%s", quote_identifier(psprintf("%s_" INT64_FORMAT, name, shard_map.shards[i])));
+	return psprintf("loyalty.%s", quote_identifier(name));
 }
 
-/* The OID of the relation loyalty_table(name) names on this node. */
+/* The OID of loyalty's distributed table name, or on a shard of its co-located shard here. */
 Oid
 loyalty_table_oid(const char *name)
 {
-	int			i = firing_shard != 0 ? shard_of(name) : -1;
+	int			i = shard_of(name);
 
 	if (i < 0)
 		return get_relname_relid(name, get_namespace_oid("loyalty", false));
-	if (!OidIsValid(shard_map.oids[i]))
+	if (!OidIsValid(firing->oids[i]))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("shard " INT64_FORMAT " of loyalty.%s is not on this node", shard_map.shards[i], name),
-				 errdetail("The trigger fired on shard " INT64_FORMAT ", whose co-located shards must be on the same node.", firing_shard),
+				 errmsg("shard " INT64_FORMAT " of loyalty.%s is not on this node", firing->shards[i], name),
+				 errdetail("The trigger fired on shard " INT64_FORMAT ", whose co-located shards must be on the same node.", firing->shardid),
 				 errhint("Move co-located shards together (Citus's rebalancer does).")));
-	return shard_map.oids[i];
+	return firing->oids[i];
 }
 
 /*
- * A kept plan over loyalty's tables is stale when it was prepared for
- * another shard: frees it and returns true, and the caller prepares it
- * again with loyalty_table's names.
+ * Whether the caller must prepare p's statement for the firing shard (or
+ * for no shard): false when p->plan already is that plan, or when one
+ * prepared earlier for it is kept.  The plan p holds is kept when p moves
+ * to another shard, for the backend's life: the plans of a site are as
+ * many as the shards its backend fired on (32 by default), and preparing
+ * them again at every single-row INSERT on another shard would cost more
+ * than the accrual.  On one server p never moves.
  */
 bool
 loyalty_plan_stale(ShardPlan *p)
 {
-	if (p->plan != NULL && p->shard == firing_shard)
+	int64		shard = loyalty_shard_key();
+	PlanKey		key;
+	PlanEntry  *e;
+	bool		found;
+
+	if (p->plan != NULL && p->shard == shard)
 		return false;
+	if (shard_plans == NULL)
+	{
+		HASHCTL		ctl = {.keysize = sizeof(PlanKey),.entrysize = sizeof(PlanEntry)};
+
+		shard_plans = hash_create("loyalty plans per shard", 256, &ctl, HASH_ELEM | HASH_BLOBS);
+	}
+	memset(&key, 0, sizeof(key));
+	if (p->plan != NULL)
+	{
+		key.site = p;
+		key.shard = p->shard;
+		e = hash_search(shard_plans, &key, HASH_ENTER, &found);
+		e->plan = p->plan;
+	}
+	key.site = p;
+	key.shard = shard;
+	e = hash_search(shard_plans, &key, HASH_FIND, NULL);
+	p->plan = e != NULL ? e->plan : NULL;
+	p->shard = shard;
+	return p->plan == NULL;
+}
+
+/* Frees every plan kept for p (its statement changed: a re-created table's row type). */
+void
+loyalty_plan_forget(ShardPlan *p)
+{
+	HASH_SEQ_STATUS seq;
+	PlanEntry  *e;
+
+	if (shard_plans != NULL)
+	{
+		hash_seq_init(&seq, shard_plans);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (e->key.site == p)
+			{
+				if (e->plan != p->plan)
+					SPI_freeplan(e->plan);
+				hash_search(shard_plans, &e->key, HASH_REMOVE, NULL);
+			}
+	}
 	if (p->plan != NULL)
 		SPI_freeplan(p->plan);
 	p->plan = NULL;
-	p->shard = firing_shard;
-	return true;
 }

@@ -117,8 +117,8 @@ prepare_delta_plan(void)
 	Oid			type = current_delta_type();
 	Oid			t[2] = {INT4OID, InvalidOid};
 
-	if (type != delta_type && delta_plan.plan != NULL)
-		delta_plan.shard = -1;	/* stale: the table was re-created */
+	if (type != delta_type)
+		loyalty_plan_forget(&delta_plan);	/* the table was re-created */
 	if (!loyalty_plan_stale(&delta_plan))
 		return;
 	t[1] = get_array_type(type);

@@ -71,6 +71,7 @@ extern void loyalty_shard_leave(void);
 extern const char *loyalty_table(const char *name);
 extern Oid	loyalty_table_oid(const char *name);
 extern bool loyalty_plan_stale(ShardPlan *p);
+extern void loyalty_plan_forget(ShardPlan *p);
 
 /* debits (debit.c): waits for the transactions still posting to an account */
 extern int	loyalty_await_account(int32 program_id, text *account_key);
