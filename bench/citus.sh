@@ -8,11 +8,14 @@
 #
 # Both tables receive the same files in the same order (alternating, so
 # that both grow alike); the first loyalty COPY also enrols every customer
-# and is reported apart.  At the end the points are checked against the
-# rows in plain SQL, so that a fast wrong answer cannot pass as a figure.
+# and is reported apart.  Then pgbench, paired runs alternating bare and
+# loyalty: one single-row INSERT per transaction, a random known customer.
+# At the end the points are checked against the rows in plain SQL, so that
+# a fast wrong answer cannot pass as a figure.
 #
 # Run as root:  bash bench/citus.sh [CITUS_SOURCE_TARBALL]
-# Knobs: BENCH_LINES (200000 per COPY), BENCH_CUSTOMERS (20000), BENCH_RUNS (5).
+# Knobs: BENCH_LINES (200000 per COPY), BENCH_CUSTOMERS (20000), BENCH_RUNS (5),
+# BENCH_CLIENTS (4), BENCH_SECONDS (10 per pgbench run), BENCH_PAIRS (3).
 set -euo pipefail
 RUN_KIND=citus-bench
 export LOYALTY_CITUS_PORT=${LOYALTY_CITUS_PORT:-54345}
@@ -24,6 +27,9 @@ CITUS_TARBALL=${1:-}
 LINES=${BENCH_LINES:-200000}
 CUSTOMERS=${BENCH_CUSTOMERS:-20000}
 RUNS=${BENCH_RUNS:-5}
+CLIENTS=${BENCH_CLIENTS:-4}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+PAIRS=${BENCH_PAIRS:-3}
 
 ensure_packages
 prepare_run_dir
@@ -77,6 +83,28 @@ mb=$(median "${bare[@]}"); ml=$(median "${loyalty[@]}")
 printf '\nmedian bare COPY:                  %.3f s\n' "$mb"
 printf 'median COPY with accrual (runs 2+): %.3f s  = %.2fx bare\n' "$ml" "$(awk -v a="$ml" -v b="$mb" 'BEGIN {print a / b}')"
 printf 'first COPY with accrual (enrols):   %.3f s  = %.2fx bare\n' "$first" "$(awk -v a="$first" -v b="$mb" 'BEGIN {print a / b}')"
+
+for t in bare sales; do
+  cat >"$DATA/insert_$t.sql" <<PGB
+\\set c random(0, $((CUSTOMERS - 1)))
+\\set i random(1000000000, 9000000000)
+INSERT INTO bench.$t VALUES (:i, 'C' || lpad(:c::text, 6, '0'), 12.34, '2025-06-01') ON CONFLICT DO NOTHING;
+PGB
+done
+chown -R postgres: "$DATA"
+tps() {  # table
+  as_pg "$PGBIN/pgbench" -n -h "$SOCK_DIR" -p "$COORDINATOR_PORT" -U postgres -c "$CLIENTS" -j "$CLIENTS" \
+    -T "$SECONDS_PER_RUN" -f "$DATA/insert_$1.sql" "$DATABASE" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+log "pgbench: one single-row INSERT per transaction, $CLIENTS clients, ${SECONDS_PER_RUN} s per run, $PAIRS pairs"
+tb=(); tl=()
+for r in $(seq 1 "$PAIRS"); do
+  b=$(tps bare); l=$(tps sales)
+  printf 'pair %d: bare %.0f TPS, loyalty %.0f TPS\n' "$r" "$b" "$l"
+  tb+=("$b"); tl+=("$l")
+done
+mtb=$(median "${tb[@]}"); mtl=$(median "${tl[@]}")
+printf '\nmedian TPS: bare %.0f, with accrual %.0f  = %.2fx bare\n' "$mtb" "$mtl" "$(awk -v a="$mtl" -v b="$mtb" 'BEGIN {print a / b}')"
 
 exact=$(sql -c "SELECT count(*) FROM (SELECT customer, sum(trunc(amount))::bigint AS p FROM bench.sales GROUP BY 1) e
                  FULL JOIN (SELECT account_key, points FROM loyalty.balance) b ON b.account_key = e.customer
