@@ -41,6 +41,9 @@ SELECT CASE WHEN p.partmethod = 'h' THEN 'distributed' ELSE 'reference' END AS l
        (SELECT colocationid FROM pg_catalog.pg_dist_partition WHERE logicalrelid = 'erp.sales'::regclass) s
  WHERE p.logicalrelid::text LIKE 'loyalty.%' GROUP BY 1 ORDER BY 1;
 SELECT layout, count(*) FROM loyalty.distribute('erp.sales') GROUP BY 1 ORDER BY 1;
+-- the copies Citus left behind on the coordinator are gone
+SELECT count(*) AS tables_with_local_rows FROM loyalty._citus_layout() l
+ WHERE l.layout <> 'local' AND pg_catalog.pg_relation_size(l.table_name) > 0;
 SELECT count(*) AS accounts, count(*) FILTER (WHERE b.points IS DISTINCT FROM a.points) AS differing
   FROM accrued_before a LEFT JOIN loyalty.balance b
     ON b.program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Citus Club')
