@@ -345,4 +345,65 @@ $$;
 COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
 'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text customer key: configuration tables become reference tables, account-scoped tables are distributed by account_key co-located with invoice, rejected_event and partner_login stay local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
 
+-- detach() drops a distributed table's triggers with Citus's unsafe
+-- triggers allowed, as attach() creates them.
+CREATE OR REPLACE FUNCTION @extschema@.detach(source regclass, program text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    a @extschema@.attachment;
+    trg text;
+    unsafe text := pg_catalog.current_setting('citus.enable_unsafe_triggers', true);
+BEGIN
+    IF source IS NULL OR program IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN source IS NULL THEN 'source' ELSE 'program' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'detach takes the ERP table (source) and the name of the program attached to it.',
+                  HINT = 'For example loyalty.detach(''erp.invoice'', ''Distributor Club'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = detach.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO a FROM @extschema@.attachment x
+    WHERE x.program_id = pid AND x.source = detach.source AND x.detached_at IS NULL;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'program "%" is not attached to %', program, source USING ERRCODE = 'undefined_object',
+            DETAIL = pg_catalog.format('No active attachment of program "%s" has source %s.', program, source),
+            HINT = 'SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
+    END IF;
+    -- first: on Citus, attachment is a reference table, which cannot be
+    -- written after the parallel DDL of dropping a distributed table's triggers
+    UPDATE @extschema@.attachment x SET detached_at = now() WHERE x.attachment_id = a.attachment_id;
+    trg := 'loyalty_accrual_' || a.attachment_id;
+    -- Citus drops a distributed table's triggers (on every shard) only with
+    -- its unsafe triggers allowed, as attach() created them
+    IF unsafe IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_ins', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_upd', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_del', source);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_truncate', source);
+    IF a.header IS NOT NULL THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_ins', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_delete', a.header);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_header_truncate', a.header);
+    END IF;
+    IF a.product IS NOT NULL THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_upd', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_del', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_ins', a.product);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_truncate', a.product);
+    END IF;
+    IF unsafe IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', unsafe, true);
+    END IF;
+END
+$$;
+
 REVOKE ALL ON FUNCTION @extschema@._citus_layout(), @extschema@.distribute(regclass) FROM PUBLIC;

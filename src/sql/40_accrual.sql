@@ -444,6 +444,7 @@ DECLARE
     pid integer;
     a @extschema@.attachment;
     trg text;
+    unsafe text := pg_catalog.current_setting('citus.enable_unsafe_triggers', true);
 BEGIN
     IF source IS NULL OR program IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN source IS NULL THEN 'source' ELSE 'program' END
@@ -465,7 +466,15 @@ BEGIN
             DETAIL = pg_catalog.format('No active attachment of program "%s" has source %s.', program, source),
             HINT = 'SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists what is attached.';
     END IF;
+    -- first: on Citus, attachment is a reference table, which cannot be
+    -- written after the parallel DDL of dropping a distributed table's triggers
+    UPDATE @extschema@.attachment x SET detached_at = now() WHERE x.attachment_id = a.attachment_id;
     trg := 'loyalty_accrual_' || a.attachment_id;
+    -- Citus drops a distributed table's triggers (on every shard) only with
+    -- its unsafe triggers allowed, as attach() created them
+    IF unsafe IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_ins', source);
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_upd', source);
     EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_del', source);
@@ -482,7 +491,9 @@ BEGIN
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_ins', a.product);
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg || '_product_truncate', a.product);
     END IF;
-    UPDATE @extschema@.attachment x SET detached_at = now() WHERE x.attachment_id = a.attachment_id;
+    IF unsafe IS NOT NULL THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', unsafe, true);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.detach(regclass, text) IS 'Drops the accrual triggers of a program on a table. What was accrued stays in the ledger.';

@@ -109,6 +109,23 @@ SELECT count(DISTINCT p.nodeport) AS workers_with_ledger_rows
   JOIN pg_catalog.pg_dist_shard_placement p USING (shardid)
  WHERE r.result::bigint > 0;
 
+-- detach drops the triggers on every shard; rows written meanwhile earn
+-- nothing; attached again, the table accrues again
+SELECT loyalty.detach('erp.sales', 'Sales Club');
+SELECT count(*) AS shards_with_triggers
+  FROM pg_catalog.run_command_on_shards('erp.sales',
+       $$SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = '%s'::pg_catalog.regclass
+                                                      AND tgname LIKE 'loyalty_%%'$$)
+ WHERE result::int <> 0;
+INSERT INTO erp.sales VALUES (60001, 'C-0005', 500.00, '2025-04-01');
+SELECT loyalty.attach('erp.sales', 'Sales Club', account_column => 'customer',
+                      amount_column => 'amount', date_column => 'invoice_date') > 0 AS attached;
+INSERT INTO erp.sales VALUES (60002, 'C-0005', 250.00, '2025-04-02');
+SELECT (SELECT points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
+         WHERE p.name = 'Sales Club' AND b.account_key = 'C-0005')
+     = (SELECT sum(trunc(amount))::bigint FROM erp.sales WHERE customer = 'C-0005' AND invoice_id <> 60001)
+       AS detached_row_not_counted;
+
 -- After distribute(), a table of one node cannot be attached: it has no
 -- shards for its accounts.
 CREATE TABLE erp.late (invoice_id int, customer text NOT NULL, amount numeric(12,2) NOT NULL,
