@@ -23,7 +23,8 @@ run_suite() {
   local tests=() f
   for f in "$TEST_TREE"/test/citus/sql/*.sql; do tests+=("$(basename "$f" .sql)"); done
   echo "+++ regress (Citus) in $TEST_TREE/test/citus +++"
-  as_pg "$("$PGBIN/pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
+  # PATH: citus_soak runs pgbench from psql
+  as_pg env PATH="$PGBIN:$PATH" "$("$PGBIN/pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress" \
     --use-existing --bindir="$PGBIN" --host="$SOCK_DIR" --port="$COORDINATOR_PORT" --user=postgres \
     --dbname="$DATABASE" --inputdir="$TEST_TREE/test/citus" --outputdir="$RUN_DIR/out" "${tests[@]}"
 }
