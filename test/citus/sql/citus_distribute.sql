@@ -118,8 +118,14 @@ SELECT count(*) AS shards_with_triggers
                                                       AND tgname LIKE 'loyalty_%%'$$)
  WHERE result::int <> 0;
 INSERT INTO erp.sales VALUES (60001, 'C-0005', 500.00, '2025-04-01');
+-- attached again by a loyalty admin who is no superuser
+CREATE ROLE citus_admin IN ROLE loyalty_admin;
+GRANT USAGE ON SCHEMA erp TO citus_admin;
+GRANT SELECT, TRIGGER ON erp.sales TO citus_admin;
+SET ROLE citus_admin;
 SELECT loyalty.attach('erp.sales', 'Sales Club', account_column => 'customer',
                       amount_column => 'amount', date_column => 'invoice_date') > 0 AS attached;
+RESET ROLE;
 INSERT INTO erp.sales VALUES (60002, 'C-0005', 250.00, '2025-04-02');
 SELECT (SELECT points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
          WHERE p.name = 'Sales Club' AND b.account_key = 'C-0005')
