@@ -407,3 +407,88 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION @extschema@._citus_layout(), @extschema@.distribute(regclass) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- loyalty.rejected_event keyed by (program_id, account_key, rejected_xid,
+-- event_no), distributable on Citus (src/sql/20_schema.sql, src/accrual.c).
+-- The dead letters are filed under their account, like every account-scoped
+-- table, and numbered within the transaction that parks them (as the
+-- ledger's entries are) instead of by a shared identity: two ERP
+-- transactions parking rows of one customer never wait for each other, and
+-- loyalty.distribute() distributes the table with the invoice table, so a
+-- row rejected on a shard is recorded on the shard's node, co-located with
+-- it, and read from the coordinator.
+--
+-- event_id goes: a letter is named by its key (account_key, rejected_xid,
+-- event_no) or found by its row (attachment_id, row_key), as the accrual
+-- settles it.  Existing letters keep their number as event_no, with
+-- rejected_xid 0 (no transaction has that id, so they never collide with
+-- new ones); a letter without an account is filed under '' (the key
+-- cannot be NULL, and no account has the key '').  Everything else is
+-- kept as it was, resolved_at included.  The table is re-created (its key
+-- leads with columns that came later in 1.1's order), out of the
+-- extension first, which also drops it and its identity's sequence from
+-- the tables pg_dump keeps; it is registered again below.  The old table
+-- keeps its foreign keys until it is dropped: the new ones are named as a
+-- fresh install names them.
+-- ---------------------------------------------------------------------------
+ALTER EXTENSION loyalty DROP SEQUENCE @extschema@.rejected_event_event_id_seq;
+ALTER EXTENSION loyalty DROP TABLE @extschema@.rejected_event;
+ALTER TABLE @extschema@.rejected_event RENAME TO rejected_event_1_1;
+ALTER INDEX @extschema@.rejected_event_pkey RENAME TO rejected_event_1_1_pkey;
+ALTER INDEX @extschema@.rejected_event_open RENAME TO rejected_event_1_1_open;
+
+CREATE TABLE @extschema@.rejected_event (
+    program_id    integer NOT NULL CONSTRAINT rejected_event_program_id_fkey REFERENCES @extschema@.program,
+    account_key   text NOT NULL,
+    rejected_xid  xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    event_no      bigint NOT NULL CHECK (event_no OPERATOR(pg_catalog.>) 0),
+    attachment_id integer NOT NULL CONSTRAINT rejected_event_attachment_id_fkey REFERENCES @extschema@.attachment,
+    row_key       text,
+    reason        text NOT NULL,
+    row_data      jsonb,
+    rejected_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    resolved_at   timestamptz,
+    PRIMARY KEY (program_id, account_key, rejected_xid, event_no)
+);
+-- an account key over 1024 bytes (parked as "account key is longer than
+-- 1024 bytes") takes the form the accrual now files it under: its first
+-- whole characters up to 960 bytes and the MD5 of the whole, as row_key
+INSERT INTO @extschema@.rejected_event
+       (program_id, account_key, rejected_xid, event_no, attachment_id, row_key, reason, row_data,
+        rejected_at, resolved_at)
+SELECT o.program_id,
+       CASE WHEN o.account_key IS NULL THEN ''
+            WHEN pg_catalog.octet_length(o.account_key) OPERATOR(pg_catalog.<=) 1024 THEN o.account_key
+            ELSE pg_catalog.left(o.account_key,
+                                 (SELECT pg_catalog.max(i) FROM pg_catalog.generate_series(1, 960) i
+                                   WHERE pg_catalog.octet_length(pg_catalog.left(o.account_key, i)) OPERATOR(pg_catalog.<=) 960))
+                 OPERATOR(pg_catalog.||) '... (md5 ' OPERATOR(pg_catalog.||) pg_catalog.md5(o.account_key)
+                 OPERATOR(pg_catalog.||) ')' END,
+       '0'::xid8, o.event_id, o.attachment_id, o.row_key, o.reason, o.row_data, o.rejected_at, o.resolved_at
+  FROM @extschema@.rejected_event_1_1 o;
+DROP TABLE @extschema@.rejected_event_1_1;
+
+CREATE INDEX rejected_event_open ON @extschema@.rejected_event (attachment_id, row_key) WHERE resolved_at IS NULL;
+COMMENT ON TABLE @extschema@.rejected_event IS 'Dead letters: invoice rows a program could not accrue, with the reason; the ERP''s insert went through (unless the program is strict). A letter is identified by (program_id, account_key, rejected_xid, event_no).';
+COMMENT ON COLUMN @extschema@.rejected_event.program_id IS 'The program.';
+COMMENT ON COLUMN @extschema@.rejected_event.account_key IS 'The row''s account key in text form; '''' (empty) when the row gave none (NULL or empty), since the column is part of the key: no account has the key '''' (loyalty.account refuses it). A key over 1024 bytes: its first bytes and the MD5 of the whole, as row_key.';
+COMMENT ON COLUMN @extschema@.rejected_event.rejected_xid IS 'Transaction that parked the row (on Citus, the worker''s transaction that wrote the shard); 0 for letters parked before version 1.2.';
+COMMENT ON COLUMN @extschema@.rejected_event.event_no IS 'Number within rejected_xid, from the counter that also numbers the transaction''s ledger entries (gaps mean nothing); letters parked before version 1.2 keep their former event_id here.';
+COMMENT ON COLUMN @extschema@.rejected_event.attachment_id IS 'The ERP table mapping.';
+COMMENT ON COLUMN @extschema@.rejected_event.row_key IS 'The row''s key in text form (a key over 1024 bytes: its first bytes and the MD5 of the whole, since the column is indexed).';
+COMMENT ON COLUMN @extschema@.rejected_event.reason IS 'Why it could not be accrued.';
+COMMENT ON COLUMN @extschema@.rejected_event.row_data IS 'The source row as JSON.';
+COMMENT ON COLUMN @extschema@.rejected_event.rejected_at IS 'When.';
+COMMENT ON COLUMN @extschema@.rejected_event.resolved_at IS 'When it was settled: the row was deleted, or updated into a row that accrues (or parked for another reason); or when someone marked it handled.';
+CREATE TRIGGER rejected_event_resolved_once BEFORE UPDATE OF resolved_at ON @extschema@.rejected_event
+    FOR EACH ROW WHEN (OLD.resolved_at IS NOT NULL AND NEW.resolved_at IS DISTINCT FROM OLD.resolved_at)
+    EXECUTE FUNCTION @extschema@._rejected_resolved_once();
+GRANT SELECT ON @extschema@.rejected_event TO loyalty_reader, loyalty_operator, loyalty_admin;
+GRANT UPDATE (resolved_at) ON @extschema@.rejected_event TO loyalty_operator, loyalty_admin;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event', '');
+-- on Citus the table is distributed with the invoice table now
+COMMENT ON FUNCTION @extschema@._citus_layout() IS
+'Internal: how loyalty.distribute() lays out each of loyalty''s tables on Citus: distributed (primary key led by program_id, account_key), reference (configuration, no account key; and rebate_agreement, whose account key is optional) or local (no account key in the primary key: partner_login).';
+COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
+'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text customer key: configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';

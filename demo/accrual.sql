@@ -203,7 +203,7 @@ SELECT * FROM loyalty.explain_points('erp.invoice_line', :'cn_invoice', :'cn_lin
 \echo '================================================================================'
 \echo ' D. Rows the program refused (loyalty.rejected_event)'
 \echo '================================================================================'
-SELECT r.reason, count(*) AS rows, count(DISTINCT r.account_key) AS accounts
+SELECT r.reason, count(*) AS rows, count(DISTINCT nullif(r.account_key, '')) AS accounts
 FROM loyalty.rejected_event r JOIN loyalty.program p USING (program_id)
 WHERE p.name = :'program'
 GROUP BY r.reason

@@ -120,6 +120,11 @@ INSERT INTO lim.invoice (invoice_id, customer_id, invoice_date, amount) VALUES
     (23, 'ok', '2024-01-10', 100);
 SELECT row_key, account_bytes, reason FROM lim.parked
  WHERE name = 'limits_lax' AND row_key IN ('20', '21', '22', '23') ORDER BY row_key;
+-- The dead letter is filed under the account (part of its key, indexed):
+-- the 3000-byte key as its first bytes and the MD5 of the whole.
+SELECT e.account_key = left(lim.noise(3000, 'a'), 960) || '... (md5 ' || md5(lim.noise(3000, 'a')) || ')' AS shortened
+  FROM loyalty.rejected_event e JOIN loyalty.program p USING (program_id)
+ WHERE p.name = 'limits_lax' AND e.row_key = '21';
 SELECT octet_length(account_key) AS key_bytes, points FROM lim.balances
  WHERE name = 'limits_lax' AND account_key IN (lim.noise(1024, 'b'), 'ok') ORDER BY 1;
 -- Nothing was enrolled under the keys that were parked.

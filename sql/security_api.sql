@@ -206,14 +206,20 @@ RESET ROLE;
 SET ROLE loyalty_test_erp;
 INSERT INTO sapi.invoice VALUES (3, 7, '2024-03-03', NULL);
 RESET ROLE;
-SELECT event_id AS dead FROM loyalty.rejected_event WHERE program_id = :pid AND row_key = '3' \gset
+SELECT account_key AS dead_account, rejected_xid AS dead_xid, event_no AS dead_no
+  FROM loyalty.rejected_event WHERE program_id = :pid AND row_key = '3' \gset
 SET ROLE loyalty_test_operator;
-UPDATE loyalty.rejected_event SET resolved_at = '2024-04-01 00:00+00' WHERE event_id = :dead;
-UPDATE loyalty.rejected_event SET resolved_at = NULL WHERE event_id = :dead;
-UPDATE loyalty.rejected_event SET resolved_at = now() WHERE event_id = :dead;
-UPDATE loyalty.rejected_event SET reason = 'handled' WHERE event_id = :dead;
+UPDATE loyalty.rejected_event SET resolved_at = '2024-04-01 00:00+00'
+ WHERE (program_id, account_key, rejected_xid, event_no) = (:pid, :'dead_account', :'dead_xid', :dead_no);
+UPDATE loyalty.rejected_event SET resolved_at = NULL
+ WHERE (program_id, account_key, rejected_xid, event_no) = (:pid, :'dead_account', :'dead_xid', :dead_no);
+UPDATE loyalty.rejected_event SET resolved_at = now()
+ WHERE (program_id, account_key, rejected_xid, event_no) = (:pid, :'dead_account', :'dead_xid', :dead_no);
+UPDATE loyalty.rejected_event SET reason = 'handled'
+ WHERE (program_id, account_key, rejected_xid, event_no) = (:pid, :'dead_account', :'dead_xid', :dead_no);
 RESET ROLE;
-SELECT reason, resolved_at FROM loyalty.rejected_event WHERE event_id = :dead;
+SELECT account_key, reason, resolved_at FROM loyalty.rejected_event
+ WHERE (program_id, account_key, rejected_xid, event_no) = (:pid, :'dead_account', :'dead_xid', :dead_no);
 
 --
 -- 4. verify() sees every row, or refuses

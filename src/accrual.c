@@ -645,10 +645,11 @@ add_into(Batch *b, Numeric sum, Numeric x)
 }
 
 /*
- * A row key as loyalty.rejected_event stores it.  The column is indexed (a
- * btree entry holds about 2.7 kB), so a key longer than LOYALTY_MAX_KEY_BYTES
- * is stored as its first bytes and the MD5 of the whole: never an error from
- * our own INSERT, and the same text again when the row is settled.
+ * A row or account key as loyalty.rejected_event stores it.  Both columns
+ * are indexed (a btree entry holds about 2.7 kB), so a key longer than
+ * LOYALTY_MAX_KEY_BYTES is stored as its first bytes and the MD5 of the
+ * whole: never an error from our own INSERT, and the same text again when
+ * the row is settled.
  */
 static char *
 stored_row_key(char *key)
@@ -664,6 +665,19 @@ stored_row_key(char *key)
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("could not compute the MD5 of a row key: %s", errstr)));
 	return psprintf("%.*s... (md5 %s)", pg_mbcliplen(key, (int) len, LOYALTY_MAX_KEY_BYTES - 64), key, md5);
+}
+
+/*
+ * The account key a dead letter is filed under: the row's, or '' when it
+ * gave none, since the column leads the table's key and cannot be NULL (no
+ * account has the key '', so it names none).  On Citus the account is the
+ * distribution column, never NULL, and the letter goes to the shard of the
+ * row's own key, co-located with the row.
+ */
+static char *
+stored_account_key(const char *account)
+{
+	return account == NULL ? "" : stored_row_key((char *) account);
 }
 
 static void
@@ -684,7 +698,7 @@ add_reject(Batch *b, TupleTableSlot *slot, const RowFacts *f, const RowResult *r
 				 errhint("Fix the row: the program is strict, so a row it cannot accrue fails the statement instead of waiting in loyalty.rejected_event.")));
 	rj = palloc(sizeof(Reject));
 	rj->row_key = row_key ? pstrdup(row_key) : NULL;
-	rj->account = f->account ? pstrdup(f->account) : NULL;
+	rj->account = pstrdup(stored_account_key(f->account));
 	rj->reason = pstrdup(r->reason);
 	rj->row_json = pstrdup(json);
 	b->rejects = lappend(b->rejects, rj);
@@ -887,39 +901,43 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 	}
 }
 
+/*
+ * The batch's dead letters, each filed under its account and numbered
+ * within this transaction: no sequence, nothing another transaction
+ * parking rows of the same account waits for.
+ */
 static void
 write_rejects(Batch *b)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	int			n = list_length(b->rejects);
 	char	  **k,
 			  **a,
 			  **r,
 			  **j;
-	bool	   *kn,
-			   *an;
-	Datum		args[6];
+	bool	   *kn;
+	Datum		args[7];
 	ListCell   *lc;
 	int			i = 0;
 	OwnerScope	scope;
 
 	if (n == 0)
 		return;
-	if (plan == NULL)
+	if (loyalty_plan_stale(&plan))
 	{
-		Oid			t[6] = {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+		Oid			t[7] = {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT8OID};
 
-		plan = loyalty_prepare(
-			"INSERT INTO loyalty.rejected_event (program_id, attachment_id, row_key, account_key, reason, row_data)"
-			" SELECT $1, $2, u.k, u.a, u.r, u.j::pg_catalog.jsonb"
-			" FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(k, a, r, j)", 6, t);
+		plan.plan = loyalty_prepare(
+			psprintf("INSERT INTO %s (program_id, account_key, event_no, attachment_id, row_key, reason, row_data)"
+					 " SELECT $1, u.a, $7 OPERATOR(pg_catalog.+) u.i, $2, u.k, u.r, u.j::pg_catalog.jsonb"
+					 " FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
+					 "      WITH ORDINALITY AS u(k, a, r, j, i)", loyalty_table("rejected_event")), 7, t);
 	}
 	k = palloc(sizeof(char *) * n);
 	a = palloc(sizeof(char *) * n);
 	r = palloc(sizeof(char *) * n);
 	j = palloc(sizeof(char *) * n);
 	kn = palloc(sizeof(bool) * n);
-	an = palloc(sizeof(bool) * n);
 	foreach(lc, b->rejects)
 	{
 		Reject	   *rj = lfirst(lc);
@@ -927,7 +945,6 @@ write_rejects(Batch *b)
 		k[i] = rj->row_key;
 		kn[i] = rj->row_key == NULL;
 		a[i] = rj->account;
-		an[i] = rj->account == NULL;
 		r[i] = rj->reason;
 		j[i] = rj->row_json;
 		i++;
@@ -935,11 +952,12 @@ write_rejects(Batch *b)
 	args[0] = Int32GetDatum(b->prog->id);
 	args[1] = Int32GetDatum(b->att->id);
 	args[2] = loyalty_text_array(k, kn, n);
-	args[3] = loyalty_text_array(a, an, n);
+	args[3] = loyalty_text_array(a, NULL, n);
 	args[4] = loyalty_text_array(r, NULL, n);
 	args[5] = loyalty_text_array(j, NULL, n);
+	args[6] = Int64GetDatum(ledger_numbers(n) - 1);
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_INSERT,
+	loyalty_spi_check(SPI_execute_plan(plan.plan, args, NULL, false, 0), SPI_OK_INSERT,
 					  "write loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 }
@@ -948,7 +966,7 @@ write_rejects(Batch *b)
 static void
 settle_rejects(Batch *b)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	char	  **keys;
 	int			n = 0;
 	Datum		args[3];
@@ -958,20 +976,21 @@ settle_rejects(Batch *b)
 		return;
 	keys = b->settled;
 	n = b->nsettled;
-	if (plan == NULL)
+	if (loyalty_plan_stale(&plan))
 	{
 		Oid			t[3] = {INT4OID, INT4OID, TEXTARRAYOID};
 
-		plan = loyalty_prepare(
-			"UPDATE loyalty.rejected_event SET resolved_at = pg_catalog.now()"
-			" WHERE program_id OPERATOR(pg_catalog.=) $1 AND attachment_id OPERATOR(pg_catalog.=) $2"
-			"   AND row_key OPERATOR(pg_catalog.=) ANY ($3) AND resolved_at IS NULL", 3, t);
+		plan.plan = loyalty_prepare(
+			psprintf("UPDATE %s SET resolved_at = pg_catalog.now()"
+					 " WHERE program_id OPERATOR(pg_catalog.=) $1 AND attachment_id OPERATOR(pg_catalog.=) $2"
+					 "   AND row_key OPERATOR(pg_catalog.=) ANY ($3) AND resolved_at IS NULL",
+					 loyalty_table("rejected_event")), 3, t);
 	}
 	args[0] = Int32GetDatum(b->prog->id);
 	args[1] = Int32GetDatum(b->att->id);
 	args[2] = loyalty_text_array(keys, NULL, n);
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_UPDATE,
+	loyalty_spi_check(SPI_execute_plan(plan.plan, args, NULL, false, 0), SPI_OK_UPDATE,
 					  "settle loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 }
@@ -1349,26 +1368,26 @@ same_key(Attachment *att, Datum a, Datum b)
 static HTAB *
 open_dead_letters(Attachment *att, char **keys, int n, const char *reason)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	Datum		args[3];
 	OwnerScope	scope;
 	HTAB	   *found = str_table("loyalty open dead letters", CurrentMemoryContext);
 	uint64		i;
 
-	if (plan == NULL)
+	if (loyalty_plan_stale(&plan))
 	{
 		Oid			t[3] = {INT4OID, TEXTARRAYOID, TEXTOID};
 
-		plan = loyalty_prepare(
-			"SELECT row_key FROM loyalty.rejected_event WHERE attachment_id OPERATOR(pg_catalog.=) $1"
-			" AND row_key OPERATOR(pg_catalog.=) ANY ($2) AND reason OPERATOR(pg_catalog.=) $3"
-			" AND resolved_at IS NULL", 3, t);
+		plan.plan = loyalty_prepare(
+			psprintf("SELECT row_key FROM %s WHERE attachment_id OPERATOR(pg_catalog.=) $1"
+					 " AND row_key OPERATOR(pg_catalog.=) ANY ($2) AND reason OPERATOR(pg_catalog.=) $3"
+					 " AND resolved_at IS NULL", loyalty_table("rejected_event")), 3, t);
 	}
 	args[0] = Int32GetDatum(att->id);
 	args[1] = loyalty_text_array(keys, NULL, n);
 	args[2] = CStringGetTextDatum(reason);
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_SELECT,
+	loyalty_spi_check(SPI_execute_plan(plan.plan, args, NULL, false, 0), SPI_OK_SELECT,
 					  "read loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 	for (i = 0; i < SPI_processed; i++)
@@ -1384,24 +1403,25 @@ open_dead_letters(Attachment *att, char **keys, int n, const char *reason)
 static void
 settle_dead_letters(Attachment *att, char **keys, int n, const char *reason)
 {
-	static SPIPlanPtr plan = NULL;
+	static ShardPlan plan;
 	Datum		args[3];
 	OwnerScope	scope;
 
-	if (plan == NULL)
+	if (loyalty_plan_stale(&plan))
 	{
 		Oid			t[3] = {INT4OID, TEXTARRAYOID, TEXTOID};
 
-		plan = loyalty_prepare(
-			"UPDATE loyalty.rejected_event SET resolved_at = pg_catalog.now()"
-			" WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND row_key OPERATOR(pg_catalog.=) ANY ($2)"
-			"   AND reason OPERATOR(pg_catalog.=) $3 AND resolved_at IS NULL", 3, t);
+		plan.plan = loyalty_prepare(
+			psprintf("UPDATE %s SET resolved_at = pg_catalog.now()"
+					 " WHERE attachment_id OPERATOR(pg_catalog.=) $1 AND row_key OPERATOR(pg_catalog.=) ANY ($2)"
+					 "   AND reason OPERATOR(pg_catalog.=) $3 AND resolved_at IS NULL",
+					 loyalty_table("rejected_event")), 3, t);
 	}
 	args[0] = Int32GetDatum(att->id);
 	args[1] = loyalty_text_array(keys, NULL, n);
 	args[2] = CStringGetTextDatum(reason);
 	loyalty_enter_owner(&scope);
-	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_UPDATE,
+	loyalty_spi_check(SPI_execute_plan(plan.plan, args, NULL, false, 0), SPI_OK_UPDATE,
 					  "settle loyalty.rejected_event");
 	loyalty_leave_owner(&scope);
 }

@@ -669,25 +669,32 @@ COMMENT ON COLUMN @extschema@.settlement_run.tiers_down IS 'Accounts moved down 
 COMMENT ON COLUMN @extschema@.settlement_run.tiers_held IS 'Accounts below their tier that kept it (grace, or an upgrade reached in the period).';
 COMMENT ON COLUMN @extschema@.settlement_run.settled_by IS 'The role that ran the settlement.';
 
+-- Keyed by the account first, like every account-scoped table, so that it
+-- is distributed with the invoice table on Citus and a shard's trigger
+-- writes its letters on its own node; numbered within the rejecting
+-- transaction (as the ledger is): two ERP transactions parking rows of
+-- one customer never wait for each other, and no sequence is shared.
 CREATE TABLE @extschema@.rejected_event (
     program_id    integer NOT NULL REFERENCES @extschema@.program,
-    event_id      bigint GENERATED ALWAYS AS IDENTITY,
+    account_key   text NOT NULL,
+    rejected_xid  xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    event_no      bigint NOT NULL CHECK (event_no OPERATOR(pg_catalog.>) 0),
     attachment_id integer NOT NULL REFERENCES @extschema@.attachment,
     row_key       text,
-    account_key   text,
     reason        text NOT NULL,
     row_data      jsonb,
     rejected_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
     resolved_at   timestamptz,
-    PRIMARY KEY (program_id, event_id)
+    PRIMARY KEY (program_id, account_key, rejected_xid, event_no)
 );
 CREATE INDEX rejected_event_open ON @extschema@.rejected_event (attachment_id, row_key) WHERE resolved_at IS NULL;
-COMMENT ON TABLE @extschema@.rejected_event IS 'Dead letters: invoice rows a program could not accrue, with the reason; the ERP''s insert went through (unless the program is strict).';
+COMMENT ON TABLE @extschema@.rejected_event IS 'Dead letters: invoice rows a program could not accrue, with the reason; the ERP''s insert went through (unless the program is strict). A letter is identified by (program_id, account_key, rejected_xid, event_no).';
 COMMENT ON COLUMN @extschema@.rejected_event.program_id IS 'The program.';
-COMMENT ON COLUMN @extschema@.rejected_event.event_id IS 'Surrogate key.';
+COMMENT ON COLUMN @extschema@.rejected_event.account_key IS 'The row''s account key in text form; '''' (empty) when the row gave none (NULL or empty), since the column is part of the key: no account has the key '''' (loyalty.account refuses it). A key over 1024 bytes: its first bytes and the MD5 of the whole, as row_key.';
+COMMENT ON COLUMN @extschema@.rejected_event.rejected_xid IS 'Transaction that parked the row (on Citus, the worker''s transaction that wrote the shard); 0 for letters parked before version 1.2.';
+COMMENT ON COLUMN @extschema@.rejected_event.event_no IS 'Number within rejected_xid, from the counter that also numbers the transaction''s ledger entries (gaps mean nothing); letters parked before version 1.2 keep their former event_id here.';
 COMMENT ON COLUMN @extschema@.rejected_event.attachment_id IS 'The ERP table mapping.';
 COMMENT ON COLUMN @extschema@.rejected_event.row_key IS 'The row''s key in text form (a key over 1024 bytes: its first bytes and the MD5 of the whole, since the column is indexed).';
-COMMENT ON COLUMN @extschema@.rejected_event.account_key IS 'The account, when known.';
 COMMENT ON COLUMN @extschema@.rejected_event.reason IS 'Why it could not be accrued.';
 COMMENT ON COLUMN @extschema@.rejected_event.row_data IS 'The source row as JSON.';
 COMMENT ON COLUMN @extschema@.rejected_event.rejected_at IS 'When.';
@@ -709,7 +716,6 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.settlement_run', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.program_program_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.attachment_attachment_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.rejected_event_event_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.product_history', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.balance_delta', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.unenrolled_delta', '');

@@ -40,7 +40,7 @@ AS $$
      ORDER BY 2 DESC, c.relname
 $$;
 COMMENT ON FUNCTION @extschema@._citus_layout() IS
-'Internal: how loyalty.distribute() lays out each of loyalty''s tables on Citus: distributed (primary key led by program_id, account_key), reference (configuration, no account key; and rebate_agreement, whose account key is optional) or local (no account key in the primary key: rejected_event, partner_login).';
+'Internal: how loyalty.distribute() lays out each of loyalty''s tables on Citus: distributed (primary key led by program_id, account_key), reference (configuration, no account key; and rebate_agreement, whose account key is optional) or local (no account key in the primary key: partner_login).';
 
 CREATE FUNCTION @extschema@.distribute(invoice regclass)
 RETURNS TABLE (table_name regclass, layout text)
@@ -177,4 +177,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
-'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text customer key: configuration tables become reference tables, account-scoped tables are distributed by account_key co-located with invoice, rejected_event and partner_login stay local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
+'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text customer key: configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';

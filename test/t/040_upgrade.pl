@@ -101,6 +101,8 @@ SELECT line FROM (
 my $fresh = $node->safe_psql('fresh', $catalog);
 cmp_ok(length($fresh), '>', 1000, 'the catalog description is not empty');
 
+my %old_letters;
+
 # Installs $version in a new database $db with configuration and ERP data.
 # Only the current version's library is installed, and it refuses to run
 # against an older version's SQL objects, so the invoices of the old days
@@ -129,7 +131,23 @@ INSERT INTO inv SELECT g, g % 7, date '2026-01-01' + g, 100 + g FROM generate_se
 INSERT INTO inv VALUES (51, 3, date '2026-03-01', -75);
 INSERT INTO hdr SELECT g, g % 5, date '2026-02-01' + g FROM generate_series(1, 10) g;
 INSERT INTO line SELECT g, l, 10 * l FROM generate_series(1, 10) g, generate_series(1, 3) l;
+-- dead letters as the old version's trigger parked them: invoice 90 (no
+-- amount) in both programs, one without an account that a DBA marked
+-- handled, one under an account key too long to index
+INSERT INTO inv VALUES (90, 2, date '2026-01-15', NULL);
+INSERT INTO loyalty.rejected_event (program_id, attachment_id, row_key, account_key, reason, row_data)
+SELECT a.program_id, a.attachment_id, '90', '2', 'amount is NULL', row_to_json(i)::jsonb
+  FROM loyalty.attachment a, inv i WHERE a.source = 'inv'::regclass AND i.id = 90 ORDER BY a.attachment_id;
+INSERT INTO loyalty.rejected_event (program_id, attachment_id, row_key, account_key, reason, resolved_at)
+SELECT a.program_id, a.attachment_id, '95', NULL, 'account is NULL', '2026-02-01 12:00+00'
+  FROM loyalty.attachment a WHERE a.source = 'inv'::regclass ORDER BY a.attachment_id LIMIT 1;
+INSERT INTO loyalty.rejected_event (program_id, attachment_id, row_key, account_key, reason)
+SELECT a.program_id, a.attachment_id, '96', repeat('x', 1500), 'account key is longer than 1024 bytes'
+  FROM loyalty.attachment a WHERE a.source = 'inv'::regclass ORDER BY a.attachment_id LIMIT 1;
 });
+	$old_letters{$db} = $node->safe_psql($db, q{
+SELECT string_agg(event_id || ':' || program_id || ':' || row_key || ':' || coalesce(resolved_at::text, '-'), ',' ORDER BY event_id)
+  FROM loyalty.rejected_event});
 	is($node->safe_psql($db,
 		q{SELECT extversion FROM pg_extension WHERE extname = 'loyalty'}), $version, "$db: installed $version");
 
@@ -160,6 +178,34 @@ sub update_and_check
 		diag("only after the upgrade:\n  " . join("\n  ", grep { !$f{$_} } sort keys %u));
 		fail("$db: $version + upgrade gives the same catalog as a fresh $current install");
 	}
+
+	# the old version's dead letters survive the update, each filed under
+	# its account ('' for none, a key too long to index shortened as the
+	# accrual shortens it), numbered by its former event_id under
+	# rejected_xid 0; the new accrual settles them by their rows and files
+	# new ones beside them
+	is($node->safe_psql($db, q{
+SELECT string_agg(event_no || ':' || program_id || ':' || row_key || ':' || coalesce(resolved_at::text, '-'), ',' ORDER BY event_no)
+  FROM loyalty.rejected_event WHERE rejected_xid = '0'}), $old_letters{$db},
+		"$db: the dead letters keep their rows, numbers and resolution");
+	is($node->safe_psql($db, q{
+SELECT string_agg(row_key || '=' || CASE WHEN row_key = '96'
+                                         THEN (account_key = repeat('x', 960) || '... (md5 ' || md5(repeat('x', 1500)) || ')')::text
+                                         ELSE quote_literal(account_key) END, ',' ORDER BY event_no)
+  FROM loyalty.rejected_event}), "90='2',90='2',95='',96=true",
+		"$db: each is filed under its account, '' for none, a long key shortened");
+	$node->safe_psql($db, q{
+DELETE FROM inv WHERE id = 90;
+INSERT INTO inv VALUES (91, NULL, date '2026-01-16', 5);
+});
+	is($node->safe_psql($db, q{
+SELECT string_agg(row_key || ':' || account_key || ':' || (rejected_xid = '0') || ':' || (resolved_at IS NOT NULL), ','
+                  ORDER BY row_key, program_id)
+  FROM loyalty.rejected_event WHERE row_key IN ('90', '91')}), '90:2:true:true,90:2:true:true,91::false:false,91::false:false',
+		"$db: deleting the parked invoice settles its old letters; a new rejection is filed beside them");
+	$node->safe_psql($db, q{DELETE FROM inv WHERE id = 91});
+	is($node->safe_psql($db, q{SELECT count(*) FROM loyalty.rejected_event WHERE resolved_at IS NULL}), '1',
+		"$db: only the letter of the long key is still open");
 
 	# the data of the old version accrues (backfill), and accrues and verifies on
 	$node->safe_psql($db, q{
