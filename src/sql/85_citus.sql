@@ -166,3 +166,17 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
 'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text customer key: configuration tables become reference tables, account-scoped tables are distributed by account_key co-located with invoice, rejected_event and partner_login stay local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
+
+-- verify and backfill of a distributed table, one shard at a time, on the
+-- node that holds it (src/reconcile.c): the shard's rows, priced there,
+-- against what the co-located shards of loyalty's tables accrued; backfill
+-- posts the difference there.  Called by verify and backfill only, as the
+-- owner, through a query Citus routes to the shard; the facts query runs
+-- as caller, the role that called verify or backfill.
+CREATE FUNCTION @extschema@._reconcile_shard(attachment integer, shard text, caller text, backfill boolean,
+                                             since date, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+AS 'MODULE_PATHNAME', 'loyalty_reconcile_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._reconcile_shard(integer, text, text, boolean, date, text) IS
+    'Internal: verify''s comparison (or backfill''s posting) of one Citus shard of an attached table, on its node, with the co-located shards of loyalty''s tables.';
+REVOKE ALL ON FUNCTION @extschema@._reconcile_shard(integer, text, text, boolean, date, text) FROM PUBLIC;
