@@ -1412,6 +1412,49 @@ add_posted(Posted *out, const char *item, Datum value)
 }
 
 /*
+ * A call of a function on each shard of a Citus hash-distributed table
+ * (every shard, or the one holding account), on the node that holds it:
+ * one query per shard, which Citus routes there as a whole, filtered on a
+ * value of the distribution column that hashes to the shard.  call is the
+ * function call, with %s where the shard's name goes (as a literal); the
+ * arguments are constants in it: Citus cannot plan parameters in the
+ * arguments of a function it sends to a shard.  The count makes one row,
+ * whatever the shard holds: one call.  Returns the number of queries in
+ * *sqls; 0 when the table is not distributed.  The caller is connected to
+ * SPI.
+ */
+int
+reconcile_shard_calls(Oid source, const char *account, const char *call, char ***sqls)
+{
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2];
+	char		nulls[3] = "  ";
+	char	   *name;
+	uint64		i;
+
+	*sqls = NULL;
+	if (!loyalty_citus_installed())
+		return 0;
+	args[0] = ObjectIdGetDatum(source);
+	args[1] = account ? CStringGetTextDatum(account) : (Datum) 0;
+	nulls[1] = account ? ' ' : 'n';
+	reconcile_owner_query(SHARDS_SQL, 2, argtypes, args, nulls, true);
+	name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(source)), get_rel_name(source));
+	*sqls = palloc(sizeof(char *) * (SPI_processed + 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	shard = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		(*sqls)[i] = psprintf("SELECT r.* FROM (SELECT pg_catalog.count(*) FROM ONLY %s s"
+							  " WHERE s.%s OPERATOR(pg_catalog.=) %s) c, LATERAL %s r",
+							  name, SPI_getvalue(shard, desc, 3), quote_literal_cstr(SPI_getvalue(shard, desc, 2)),
+							  psprintf(call, quote_literal_cstr(SPI_getvalue(shard, desc, 1))));
+	}
+	return (int) SPI_processed;
+}
+
+/*
  * verify's comparison (backfill false: its rows into rsi) or backfill's
  * posting (the sums into *out) of an attachment whose table Citus
  * distributes, shard by shard, each on the node that holds it
@@ -1426,48 +1469,24 @@ static bool
 shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT since,
 				 const char *account, Posted *out)
 {
-	Oid			argtypes[2] = {OIDOID, TEXTOID};
-	Datum		args[2];
-	char		nulls[3] = "  ";
-	SPITupleTable *shards;
-	uint64		nshards,
-				i,
-				j;
-	char	   *source;
+	char	  **sqls;
+	int			n,
+				i;
+	uint64		j;
 
-	if (!loyalty_citus_installed())
-		return false;
-	args[0] = ObjectIdGetDatum(t->source);
-	args[1] = account ? CStringGetTextDatum(account) : (Datum) 0;
-	nulls[1] = account ? ' ' : 'n';
-	reconcile_owner_query(SHARDS_SQL, 2, argtypes, args, nulls, true);
-	if (SPI_processed == 0)
-		return false;
-	shards = SPI_tuptable;
-	nshards = SPI_processed;
-	source = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t->source)), get_rel_name(t->source));
-	for (i = 0; i < nshards; i++)
-	{
-		HeapTuple	shard = shards->vals[i];
-
-		/*
-		 * The values as constants: Citus cannot plan parameters in the
-		 * arguments of a function it sends to a shard.  The count makes one
-		 * row, whatever the shard holds: one call.
-		 */
-		reconcile_owner_query(psprintf("SELECT r.* FROM (SELECT pg_catalog.count(*) FROM ONLY %s s"
-									   " WHERE s.%s OPERATOR(pg_catalog.=) %s) c,"
-									   " LATERAL loyalty._reconcile_shard(%d, %s, %s, %s, %s, %s) r",
-									   source, SPI_getvalue(shard, shards->tupdesc, 3),
-									   quote_literal_cstr(SPI_getvalue(shard, shards->tupdesc, 2)),
+	/* since as a number of days: whatever the nodes' DateStyle */
+	n = reconcile_shard_calls(t->source, account,
+							  psprintf("loyalty._reconcile_shard(%d, %%s, %s, %s, %s, %s)",
 									   t->attachment_id,
-									   quote_literal_cstr(SPI_getvalue(shard, shards->tupdesc, 1)),
 									   quote_literal_cstr(GetUserNameFromId(GetUserId(), false)),
 									   backfill ? "true" : "false",
 									   since == DATEVAL_NOBEGIN ? "'-infinity'::pg_catalog.date"
 									   : psprintf("('2000-01-01'::pg_catalog.date OPERATOR(pg_catalog.+) %d)", (int) since),
 									   account ? quote_literal_cstr(account) : "NULL"),
-							  0, NULL, NULL, NULL, !backfill);
+							  &sqls);
+	for (i = 0; i < n; i++)
+	{
+		reconcile_owner_query(sqls[i], 0, NULL, NULL, NULL, !backfill);
 		for (j = 0; j < SPI_processed; j++)
 		{
 			Datum		values[6];
@@ -1483,7 +1502,27 @@ shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT sin
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
-	return true;
+	return n > 0;
+}
+
+/*
+ * The table a Citus shard (given by name) is a shard of, on this node;
+ * from now on the firing shard, whose co-located shards loyalty_table
+ * names, until loyalty_shard_leave().  The caller is connected to SPI.
+ */
+Oid
+reconcile_enter_shard(text *name, Oid *shard)
+{
+	Relation	rel;
+	Oid			logical;
+
+	*shard = RangeVarGetRelid(makeRangeVarFromNameList(textToQualifiedNameList(name)), AccessShareLock, false);
+	rel = relation_open(*shard, NoLock);
+	logical = loyalty_trigger_table(rel);
+	relation_close(rel, NoLock);
+	if (logical == *shard)
+		elog(ERROR, "%s is not a Citus shard", text_to_cstring(name));
+	return logical;
 }
 
 /*
@@ -1568,7 +1607,6 @@ loyalty_reconcile_shard(PG_FUNCTION_ARGS)
 	MemoryContext cxt;
 	Oid			shard;
 	Oid			logical;
-	Relation	rel;
 	Target	   *t;
 	Oid			save_userid;
 	int			save_sec;
@@ -1577,16 +1615,10 @@ loyalty_reconcile_shard(PG_FUNCTION_ARGS)
 		elog(ERROR, "loyalty._reconcile_shard takes no NULL but its account");
 	InitMaterializedSRF(fcinfo, 0);
 	cxt = CurrentMemoryContext;
-	shard = RangeVarGetRelid(makeRangeVarFromNameList(textToQualifiedNameList(PG_GETARG_TEXT_PP(1))),
-							 AccessShareLock, false);
 	SPI_connect();
-	rel = relation_open(shard, NoLock);
-	logical = loyalty_trigger_table(rel);	/* the firing shard, from now on */
-	relation_close(rel, NoLock);
 	PG_TRY();
 	{
-		if (logical == shard)
-			elog(ERROR, "%s is not a Citus shard", TextDatumGetCString(PG_GETARG_DATUM(1)));
+		logical = reconcile_enter_shard(PG_GETARG_TEXT_PP(1), &shard);
 		t = shard_target(PG_GETARG_INT32(0), shard, cxt);
 		if (t->source != logical)
 			elog(ERROR, "loyalty attachment %d is not of the table of shard %s",
