@@ -18,31 +18,38 @@
  * per-account query, no second pass over the sums in SQL.  A quick check
  * (one account, or the months from a date on) filters the facts query, so
  * that it reads and prices only its scope.
+ *
+ * On Citus.  A table that Citus distributes (with loyalty's account-scoped
+ * tables co-located, loyalty.distribute()) is reconciled shard by shard, on
+ * the node that holds the shard: the coordinator routes one query per shard
+ * (reconcile_shard_calls), and loyalty._reconcile_shard does there what
+ * is done here for a table of one node, with the shard as the firing shard,
+ * so that loyalty_table() names the co-located shards and the configuration's
+ * placement on that node, as for the accrual trigger.  Nothing there reads a
+ * distributed table by its name: Citus cannot run that inside a shard query.
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "common/int.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
-#include "nodes/makefuncs.h"
-#include "nodes/params.h"
-#include "access/relation.h"
-#include "catalog/namespace.h"
 #include "miscadmin.h"
-#include "parser/parse_func.h"
+#include "nodes/params.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
-#include "utils/varlena.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
+#include "utils/varlena.h"
 
 #include "accounts.h"
 #include "ledger.h"
