@@ -55,8 +55,27 @@ SELECT * FROM loyalty.verify('Verify Club');
 SELECT * FROM loyalty.verify('Verify Club', account => 'V-0007');
 SELECT * FROM loyalty.verify('Verify Club', since => '2025-04-01');
 SELECT * FROM loyalty.verify('Sales Club');
+REVOKE ALL ON erp.orders FROM citus_verify_reader;
+REVOKE ALL ON SCHEMA erp FROM citus_verify_reader;
+DROP ROLE citus_verify_reader;
 -- an account the program does not know is refused, as on one server
 SELECT * FROM loyalty.verify('Verify Club', account => 'nobody');
+
+-- On the workers the rows are read as the role that called verify: a
+-- loyalty_reader that may not read the ERP table is refused, one that may
+-- gets the same answer.
+CREATE ROLE citus_verify_reader IN ROLE loyalty_reader;
+SET ROLE citus_verify_reader;
+SELECT * FROM loyalty.verify('Verify Club');
+RESET ROLE;
+GRANT USAGE ON SCHEMA erp TO citus_verify_reader;
+GRANT SELECT ON erp.orders TO citus_verify_reader;
+SET ROLE citus_verify_reader;
+SELECT * FROM loyalty.verify('Verify Club');
+SELECT * FROM loyalty.verify('Verify Club', account => 'V-0007');
+-- and cannot call the shard function itself
+SELECT * FROM loyalty._reconcile_shard(1, 'erp.orders_1', 'postgres', true, '-infinity', NULL);
+RESET ROLE;
 
 -- A tampered ledger entry (the append-only trigger bypassed, as a superuser
 -- could) is reported, by verify(program) and by verify(program, account),
@@ -164,3 +183,6 @@ SELECT count(DISTINCT p.nodeport) AS workers_with_backfill_entries
 -- and the other programs are untouched
 SELECT * FROM loyalty.verify('Verify Club');
 SELECT * FROM loyalty.verify('Sales Club');
+REVOKE ALL ON erp.orders FROM citus_verify_reader;
+REVOKE ALL ON SCHEMA erp FROM citus_verify_reader;
+DROP ROLE citus_verify_reader;
