@@ -492,3 +492,290 @@ COMMENT ON FUNCTION @extschema@._citus_layout() IS
 'Internal: how loyalty.distribute() lays out each of loyalty''s tables on Citus: distributed (primary key led by program_id, account_key), reference (configuration, no account key; and rebate_agreement, whose account key is optional) or local (no account key in the primary key: partner_login).';
 COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
 'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text customer key: configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
+
+-- verify, explain_points and backfill of a Citus distributed table: shard by
+-- shard on the node that holds it (_reconcile_shard, _explain_shard); the
+-- facts query of an attachment row over a given table (_facts_sql(attachment,
+-- regclass)); _verify_attachments reads the attachments in a statement of
+-- its own; _verify_members and _verify_rebate_lines in PL/pgSQL (Citus cannot
+-- plan the parameters of SQL functions).
+CREATE OR REPLACE FUNCTION @extschema@._facts_sql(a @extschema@.attachment, source regclass) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key text;
+    from_clause text;
+    hdr text;
+    pl text;
+BEGIN
+    key := CASE WHEN cardinality(a.key_columns) = 1 THEN format('(s.%I)::text', a.key_columns[1])
+                ELSE format('(ROW(%s))::text', (SELECT string_agg(format('s.%I', c), ', ') FROM unnest(a.key_columns) c)) END;
+    -- a partitioned table is read with its partitions; a plain one alone
+    from_clause := format('FROM %s %s s',
+                          CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = source) = 'p' THEN '' ELSE 'ONLY' END,
+                          source);
+    IF a.header IS NULL THEN
+        hdr := format('(%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency, (%s)::text AS doc_type,'
+                      ' (%s)::date AS due_date, (%s)::date AS paid_date, true AS header_found',
+                      a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
+                      coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'));
+    ELSE
+        hdr := 'hh.account_key, hh.doc_date, hh.currency, hh.doc_type, hh.due_date, hh.paid_date, hh.found IS NOT NULL AS header_found';
+        from_clause := from_clause || format(
+            ' LEFT JOIN LATERAL (SELECT (%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency,'
+            ' (%s)::text AS doc_type, (%s)::date AS due_date, (%s)::date AS paid_date, true AS found'
+            ' FROM %s %s h WHERE h.%I %s s.%I) hh ON true',
+            a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
+            coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'),
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.header) = 'p' THEN '' ELSE 'ONLY' END,
+            a.header, a.header_match_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.header_key_column)::regtype),
+            a.header_key_column);
+    END IF;
+    -- the product line from the product table: the row of the line's product
+    -- (by the key type's own equality), or its earlier line in force on the
+    -- document's date (loyalty.product_history, matched by the key's text
+    -- form), as the trigger looks them up (src/product.c)
+    IF a.product IS NOT NULL THEN
+        pl := 'CASE WHEN ph.found THEN ph.product_line ELSE pp.product_line END';
+        from_clause := from_clause || format(
+            ' LEFT JOIN LATERAL (SELECT (%s)::text AS product_line, (p.%I)::text AS product_key'
+            ' FROM %s %s p WHERE p.%I %s s.%I) pp ON true'
+            ' LEFT JOIN LATERAL (SELECT x.product_line, true AS found FROM @extschema@.product_history x'
+            ' WHERE x.attachment_id OPERATOR(pg_catalog.=) %s'
+            ' AND x.product_key OPERATOR(pg_catalog.=) coalesce(pp.product_key, (s.%I)::text)'
+            ' AND x.valid_until OPERATOR(pg_catalog.>) %s ORDER BY x.valid_until LIMIT 1) ph ON true',
+            a.product_line_expr, a.product_id_column,
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.product) = 'p' THEN '' ELSE 'ONLY' END,
+            a.product, a.product_id_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.line_product_column)::regtype),
+            a.line_product_column, a.attachment_id, a.line_product_column,
+            CASE WHEN a.header IS NULL THEN format('(%s)::date', a.date_expr) ELSE 'hh.doc_date' END);
+    ELSE
+        pl := format('(%s)::text', coalesce(a.product_line_expr, 'NULL'));
+    END IF;
+    RETURN format('SELECT %s AS row_key, %s, (%s)::numeric AS amount, (%s)::numeric AS quantity, %s AS product_line %s',
+                  key, hdr, coalesce(a.amount_expr, 'NULL'), coalesce(a.quantity_expr, 'NULL'),
+                  pl, from_clause);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._facts_sql(@extschema@.attachment, regclass) IS 'Internal: SQL that maps every row of a table (an attachment''s source, or a Citus shard of it) to the facts the points function takes.';
+REVOKE ALL ON FUNCTION @extschema@._facts_sql(@extschema@.attachment, regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._facts_sql(attachment integer) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a @extschema@.attachment;
+BEGIN
+    SELECT * INTO a FROM @extschema@.attachment x WHERE x.attachment_id = attachment;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'loyalty attachment % does not exist', attachment USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN @extschema@._facts_sql(a, a.source);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_attachments(program_id integer)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    ids integer[];
+    sources oid[];
+    headers oid[];
+    products oid[];
+    names text[];
+BEGIN
+    SELECT pg_catalog.array_agg(x.attachment_id ORDER BY x.attachment_id),
+           pg_catalog.array_agg(x.source::oid ORDER BY x.attachment_id),
+           pg_catalog.array_agg(x.header::oid ORDER BY x.attachment_id),
+           pg_catalog.array_agg(x.product::oid ORDER BY x.attachment_id),
+           pg_catalog.array_agg(x.source_name ORDER BY x.attachment_id)
+      INTO ids, sources, headers, products, names
+      FROM @extschema@.attachment x
+     WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL;
+    RETURN QUERY
+    WITH x AS (
+        SELECT * FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(sources), pg_catalog.unnest(headers),
+                                pg_catalog.unnest(products), pg_catalog.unnest(names))
+                      AS x(attachment_id, source, header, product, source_name)),
+    att AS (
+        SELECT x.attachment_id, x.source, x.header, x.product,
+               pg_catalog.decode(x.attachment_id::text OPERATOR(pg_catalog.||) E'\\000', 'escape') AS arg
+        FROM x
+        WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source)),
+    -- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update, 32 truncate, 64 instead;
+    -- an accrual trigger must fire once, the TRUNCATE guard (shared by every
+    -- attachment of a table) at least once
+    need (attachment_id, rel, fn, arg, what, mask, bits, once) AS (
+        SELECT a.attachment_id, a.source, '@extschema@.accrue()'::regprocedure::oid, a.arg, 'accrue AFTER ' OPERATOR(pg_catalog.||) e.event,
+               67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
+        FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit)
+      UNION ALL
+        SELECT a.attachment_id, a.source, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+               '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+        FROM att a
+      UNION ALL
+        SELECT a.attachment_id, a.header, '@extschema@.accrue_header()'::regprocedure::oid, a.arg, 'accrue_header AFTER UPDATE', 83, 16, true
+        FROM att a WHERE a.header IS NOT NULL
+      UNION ALL
+        SELECT a.attachment_id, a.header, '@extschema@.stash_header()'::regprocedure::oid, a.arg,
+               'stash_header BEFORE ' OPERATOR(pg_catalog.||) e.event OPERATOR(pg_catalog.||) ' FOR EACH ROW',
+               67 OPERATOR(pg_catalog.|) e.bit, 3 OPERATOR(pg_catalog.|) e.bit, true
+        FROM att a, (VALUES ('DELETE', 8), ('UPDATE', 16)) AS e(event, bit) WHERE a.header IS NOT NULL
+      UNION ALL
+        SELECT a.attachment_id, a.header, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+               '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+        FROM att a WHERE a.header IS NOT NULL
+      UNION ALL
+        SELECT a.attachment_id, a.product, '@extschema@.track_product()'::regprocedure::oid, a.arg, 'track_product AFTER ' OPERATOR(pg_catalog.||) e.event,
+               67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
+        FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit) WHERE a.product IS NOT NULL
+      UNION ALL
+        SELECT a.attachment_id, a.product, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+               '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+        FROM att a WHERE a.product IS NOT NULL)
+    SELECT NULL::text, NULL::date, x.attachment_id, 'source_dropped: ' OPERATOR(pg_catalog.||) x.source_name, NULL::numeric, NULL::numeric
+    FROM x
+    WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source)
+    UNION ALL
+    SELECT NULL::text, NULL::date, n.attachment_id,
+           CASE WHEN t.enabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_duplicate: '
+                WHEN t.disabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_disabled: '
+                ELSE 'trigger_missing: ' END
+           OPERATOR(pg_catalog.||) n.what OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) n.rel::regclass::text,
+           1::numeric, t.enabled::numeric
+    FROM need n,
+         LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"char"[])) AS enabled,
+                         pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{D,R}'::"char"[])) AS disabled
+                  FROM pg_catalog.pg_trigger g
+                  WHERE g.tgrelid OPERATOR(pg_catalog.=) n.rel AND g.tgfoid OPERATOR(pg_catalog.=) n.fn
+                    AND g.tgargs OPERATOR(pg_catalog.=) n.arg
+                    AND (g.tgtype::integer OPERATOR(pg_catalog.&) n.mask) OPERATOR(pg_catalog.=) n.bits) AS t
+    WHERE t.enabled OPERATOR(pg_catalog.=) 0 OR (n.once AND t.enabled OPERATOR(pg_catalog.>) 1);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_members(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+-- a ledger entry whose member is not a member of its account
+SELECT l.account_key, NULL::date, NULL::integer, 'member_unknown:' OPERATOR(pg_catalog.||) l.member_id,
+       0::numeric, pg_catalog.count(*)::numeric
+FROM @extschema@.ledger l
+WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2)
+  AND l.member_id IS NOT NULL
+  AND NOT EXISTS (SELECT FROM @extschema@.member m
+                  WHERE m.program_id OPERATOR(pg_catalog.=) l.program_id AND m.account_key OPERATOR(pg_catalog.=) l.account_key
+                    AND m.member_id OPERATOR(pg_catalog.=) l.member_id)
+GROUP BY l.account_key, l.member_id
+UNION ALL
+-- a member's running total that differs from the sums of their entries,
+-- or that is below zero (redemptions check it; nothing else debits it)
+SELECT coalesce(t.account_key, l.account_key), NULL, NULL, v.item, v.e, v.a
+FROM (SELECT x.account_key, x.member_id, pg_catalog.sum(x.points) AS points, pg_catalog.count(*) AS n
+      FROM @extschema@.ledger x
+      WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)
+        AND x.member_id IS NOT NULL
+      GROUP BY 1, 2) l
+FULL JOIN (SELECT x.account_key, x.member_id, x.points, x.entry_count
+           FROM @extschema@.member_points x
+           WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) t
+  ON t.account_key OPERATOR(pg_catalog.=) l.account_key AND t.member_id OPERATOR(pg_catalog.=) l.member_id,
+LATERAL (VALUES ('member_points:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), coalesce(l.points, 0)::numeric,
+                 coalesce(t.points, 0)::numeric),
+                ('member_entries:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), coalesce(l.n, 0)::numeric,
+                 coalesce(t.entry_count, 0)::numeric),
+                ('member_overdrawn:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), 0::numeric,
+                 LEAST(coalesce(t.points, 0), 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+UNION ALL
+-- a redemption whose spending entry (or, cancelled, whose giving back) is
+-- missing from the ledger or differs from it
+SELECT d.account_key, NULL, NULL, v.item, v.e, v.a
+FROM @extschema@.redemption d
+LEFT JOIN @extschema@.ledger s
+  ON s.program_id OPERATOR(pg_catalog.=) d.program_id AND s.account_key OPERATOR(pg_catalog.=) d.account_key
+     AND s.posted_xid OPERATOR(pg_catalog.=) d.posted_xid AND s.entry_no OPERATOR(pg_catalog.=) d.entry_no
+     AND s.kind OPERATOR(pg_catalog.=) 'redeem' AND s.member_id IS NOT DISTINCT FROM d.member_id
+LEFT JOIN @extschema@.ledger c
+  ON c.program_id OPERATOR(pg_catalog.=) d.program_id AND c.account_key OPERATOR(pg_catalog.=) d.account_key
+     AND c.posted_xid OPERATOR(pg_catalog.=) d.cancel_xid AND c.entry_no OPERATOR(pg_catalog.=) d.cancel_entry_no
+     AND c.kind OPERATOR(pg_catalog.=) 'redeem' AND c.member_id IS NOT DISTINCT FROM d.member_id
+     AND c.corrects_xid OPERATOR(pg_catalog.=) d.posted_xid AND c.corrects OPERATOR(pg_catalog.=) d.entry_no,
+LATERAL (VALUES ('redemption_spent:' OPERATOR(pg_catalog.||) d.redemption_id::text, d.points::numeric,
+                 (OPERATOR(pg_catalog.-) s.points)::numeric),
+                ('redemption_given_back:' OPERATOR(pg_catalog.||) d.redemption_id::text,
+                 CASE WHEN d.status OPERATOR(pg_catalog.=) 'cancelled' THEN d.points ELSE 0 END::numeric,
+                 coalesce(c.points, 0)::numeric)) AS v(item, e, a)
+WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR d.account_key OPERATOR(pg_catalog.=) $2)
+  AND v.e IS DISTINCT FROM v.a
+UNION ALL
+-- an approved award whose entry is missing or differs, or any other award
+-- that posted
+SELECT w.account_key, NULL, NULL, 'award_points:' OPERATOR(pg_catalog.||) w.award_id::text,
+       CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END::numeric,
+       coalesce(l.points, 0)::numeric
+FROM @extschema@.award w
+LEFT JOIN @extschema@.ledger l
+  ON l.program_id OPERATOR(pg_catalog.=) w.program_id AND l.account_key OPERATOR(pg_catalog.=) w.account_key
+     AND l.posted_xid OPERATOR(pg_catalog.=) w.posted_xid AND l.entry_no OPERATOR(pg_catalog.=) w.entry_no
+     AND l.kind OPERATOR(pg_catalog.=) 'award' AND l.member_id IS NOT DISTINCT FROM w.member_id
+WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR w.account_key OPERATOR(pg_catalog.=) $2)
+  AND CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END IS DISTINCT FROM coalesce(l.points, 0);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_rebate_lines(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+WITH since AS (
+    SELECT pg_catalog.min(pg_catalog.date_trunc('month', g.valid_from))::date AS month
+    FROM @extschema@.rebate_agreement g
+    WHERE g.program_id OPERATOR(pg_catalog.=) $1 AND g.product_lines IS NOT NULL),
+accrued AS (
+    SELECT m.account_key, m.month, pg_catalog.sum(m.qualifying) AS qualifying, pg_catalog.sum(m.source_rows) AS n
+    FROM @extschema@.accrual_month m, since
+    WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.month OPERATOR(pg_catalog.>=) since.month
+      AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2)
+    GROUP BY 1, 2),
+split AS (
+    SELECT v.account_key, v.month, pg_catalog.sum(v.qualifying) AS qualifying, pg_catalog.sum(v.source_rows) AS n
+    FROM @extschema@.rebate_line_volume v
+    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR v.account_key OPERATOR(pg_catalog.=) $2)
+    GROUP BY 1, 2)
+SELECT coalesce(a.account_key, s.account_key), coalesce(a.month, s.month), NULL::integer, v.item, v.e, v.a
+FROM accrued a
+     FULL JOIN (SELECT s.* FROM split s, since WHERE s.month OPERATOR(pg_catalog.>=) since.month) s
+       ON s.account_key OPERATOR(pg_catalog.=) a.account_key AND s.month OPERATOR(pg_catalog.=) a.month,
+     LATERAL (VALUES ('rebate_line_qualifying', coalesce(a.qualifying, 0), coalesce(s.qualifying, 0)),
+                     ('rebate_line_rows', coalesce(a.n, 0)::numeric, coalesce(s.n, 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_shard(attachment integer, shard text, caller text, backfill boolean,
+                                             since date, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+AS 'MODULE_PATHNAME', 'loyalty_reconcile_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+
+CREATE OR REPLACE FUNCTION @extschema@._explain_shard(attachment integer, shard text, caller text, key text[], account text)
+RETURNS TABLE (program text, account_key text, document_date date, status text, reason text,
+               rule_valid_from date, basis numeric, points_per_unit numeric, product_line text,
+               product_line_multiplier numeric, tier_on_date text, tier_multiplier numeric,
+               segment_multiplier numeric, raw_points numeric, rounding text, points bigint,
+               on_time_bonus bigint, qualifying numeric, cap text)
+AS 'MODULE_PATHNAME', 'loyalty_explain_shard' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._reconcile_shard(integer, text, text, boolean, date, text) IS
+    'Internal: verify''s comparison (or backfill''s posting) of one Citus shard of an attached table, on its node, with the co-located shards of loyalty''s tables.';
+REVOKE ALL ON FUNCTION @extschema@._reconcile_shard(integer, text, text, boolean, date, text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) IS
+    'Internal: explain_points of the rows of one account of a Citus distributed table, on the node of its shard.';
+REVOKE ALL ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) FROM PUBLIC;

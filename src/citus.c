@@ -207,6 +207,26 @@ loyalty_shard_table(Oid relid, bool *colocated)
 }
 
 /*
+ * Is relid a Citus hash-distributed table?  Runs inside SPI; false without
+ * Citus.
+ */
+bool
+loyalty_citus_distributed(Oid relid)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		values[1] = {ObjectIdGetDatum(relid)};
+
+	if (!loyalty_citus_installed())
+		return false;
+	loyalty_spi_check(SPI_execute_with_args("SELECT FROM pg_catalog.pg_dist_partition p"
+											" WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1"
+											"   AND p.partmethod OPERATOR(pg_catalog.=) 'h'",
+											1, argtypes, values, NULL, true, 1),
+					  SPI_OK_SELECT, "read pg_dist_partition");
+	return SPI_processed == 1;
+}
+
+/*
  * The table whose attachment a trigger on rel serves: rel itself, or the
  * distributed table when rel is one of its shards, which accrues only when
  * loyalty's tables are distributed with it.  Otherwise Citus distributed

@@ -9,6 +9,8 @@
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "lib/stringinfo.h"
@@ -150,20 +152,31 @@ typedef struct Explained
 	char	   *facts_sql;
 } Explained;
 
+#define EXPLAINED_SQL \
+	"SELECT x.attachment_id, p.name, x.key_columns, loyalty._facts_sql(x.attachment_id)" \
+	" FROM loyalty.attachment x JOIN loyalty.program p" \
+	"   ON p.program_id OPERATOR(pg_catalog.=) x.program_id" \
+	" WHERE x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL" \
+	" ORDER BY x.attachment_id"
+
+/*
+ * On a Citus worker, one attachment ($1) as this node's placements of the
+ * configuration hold it, its facts query over the shard ($2).
+ */
+#define EXPLAINED_SHARD_SQL \
+	"SELECT x.attachment_id, p.name, x.key_columns," \
+	"       loyalty._facts_sql(x::pg_catalog.text::loyalty.attachment, $2::pg_catalog.regclass)" \
+	" FROM %s x JOIN %s p ON p.program_id OPERATOR(pg_catalog.=) x.program_id" \
+	" WHERE x.attachment_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
+
 static Explained *
-explained_attachments(Oid source, MemoryContext cxt, int *n)
+explained_attachments(const char *sql, int nargs, Oid *argtypes, Datum *args, MemoryContext cxt, int *n)
 {
-	Oid			argtypes[1] = {OIDOID};
-	Datum		arg = ObjectIdGetDatum(source);
 	Explained  *t;
 	uint64		i;
 	MemoryContext old;
 
-	reconcile_owner_query("SELECT x.attachment_id, p.name, x.key_columns, loyalty._facts_sql(x.attachment_id)"
-						  " FROM loyalty.attachment x JOIN loyalty.program p"
-						  "   ON p.program_id OPERATOR(pg_catalog.=) x.program_id"
-						  " WHERE x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
-						  " ORDER BY x.attachment_id", 1, argtypes, &arg, NULL, true);
+	reconcile_owner_query(sql, nargs, argtypes, args, NULL, true);
 	old = MemoryContextSwitchTo(cxt);
 	t = palloc0(sizeof(Explained) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
@@ -323,6 +336,133 @@ put_explained(ReturnSetInfo *rsi, const char *program, Program *prog,
 }
 
 /*
+ * How the rows of an attachment with that key (and, when account is given,
+ * that account) earn, into rsi.  The rows are read as the caller, who sees
+ * what they may see.  On a Citus coordinator (routed true) the rows of an
+ * account are explained on the node of its shard (loyalty._explain_shard),
+ * where its account row is: their accounts are returned in *routed_accounts
+ * instead, the other rows explained here.
+ */
+static int
+explain_attachment(ReturnSetInfo *rsi, Explained *t, Oid rel, const char *source_name,
+				   char **keys, int nkey, const char *account, bool routed, char ***routed_accounts)
+{
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty explain row", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext cxt = CurrentMemoryContext;
+	Attachment *att;
+	char	   *sql;
+	Oid		   *argtypes;
+	Datum	   *args;
+	SPITupleTable *tt;
+	uint64		nrows,
+				r;
+	int			nrouted = 0;
+
+	if (nkey != t->ncols)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is keyed by %d column(s), but key has %d value(s)", source_name, t->ncols, nkey),
+				 errdetail("The key columns of %s, as attached to program \"%s\": %s.",
+						   source_name, t->program, column_list(t)),
+				 errhint("Give one value per key column, in order.")));
+	argtypes = palloc(sizeof(Oid) * (nkey + 2));
+	args = palloc(sizeof(Datum) * (nkey + 2));
+	sql = psprintf("SELECT " RECONCILE_FACTS_COLUMNS " FROM (%s WHERE %s) f",
+				   t->facts_sql, key_condition(rel, source_name, t, keys, argtypes, args));
+	if (account != NULL)
+	{
+		sql = psprintf("%s WHERE f.account_key OPERATOR(pg_catalog.=) $%d", sql, nkey + 1);
+		argtypes[nkey] = TEXTOID;
+		args[nkey] = CStringGetTextDatum(account);
+	}
+	att = mapping_get(t->attachment_id);
+	accounts_begin();
+	/* as the caller: the mapping is the attaching user's SQL */
+	loyalty_spi_check(SPI_execute_with_args(sql, nkey + (account != NULL), argtypes, args, NULL, true, 0),
+					  SPI_OK_SELECT, "read the row to explain");
+	tt = SPI_tuptable;
+	nrows = SPI_processed;		/* account look-ups below run SPI too */
+	*routed_accounts = palloc(sizeof(char *) * (nrows + 1));
+	for (r = 0; r < nrows; r++)
+	{
+		RowFacts	f;
+		RowResult	res;
+		int			k;
+
+		MemoryContextSwitchTo(rowcxt);
+		reconcile_row_facts(att, tt->vals[r], tt->tupdesc, &f);
+		if (routed && f.account != NULL)
+		{
+			for (k = 0; k < nrouted; k++)
+				if (strcmp((*routed_accounts)[k], f.account) == 0)
+					break;
+			if (k == nrouted)
+				(*routed_accounts)[nrouted++] = MemoryContextStrdup(cxt, f.account);
+			MemoryContextReset(rowcxt);
+			continue;
+		}
+		f.explain = true;
+		rules_row_points(att->program, f.account ? reconcile_account(att->program, f.account) : NULL,
+						 &f, &res);
+		put_explained(rsi, t->program, att->program, &f, &res);
+		MemoryContextReset(rowcxt);
+	}
+	MemoryContextSwitchTo(cxt);
+	SPI_freetuptable(tt);
+	MemoryContextDelete(rowcxt);
+	return nrouted;
+}
+
+static char **array_texts(Datum array, int *n);
+
+/* key as a text[] constant, for a call routed to a shard. */
+static char *
+keys_literal(char **keys, int nkey)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "ARRAY[");
+	for (i = 0; i < nkey; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "", quote_literal_cstr(keys[i]));
+	appendStringInfoString(&buf, "]::pg_catalog.text[]");
+	return buf.data;
+}
+
+/* The rows of an account, explained on the node of its shard: into rsi. */
+static void
+explain_on_shard(ReturnSetInfo *rsi, Oid source, int32 attachment_id, char **keys, int nkey,
+				 const char *account)
+{
+	char	  **sqls;
+	int			n,
+				i;
+	uint64		j;
+
+	n = reconcile_shard_calls(source, account,
+							  psprintf("loyalty._explain_shard(%d, %%s, %s, %s, %s)", attachment_id,
+									   quote_literal_cstr(GetUserNameFromId(GetUserId(), false)),
+									   keys_literal(keys, nkey), quote_literal_cstr(account)),
+							  &sqls);
+	for (i = 0; i < n; i++)
+	{
+		reconcile_owner_query(sqls[i], 0, NULL, NULL, NULL, true);
+		for (j = 0; j < SPI_processed; j++)
+		{
+			Datum		values[19];
+			bool		nulls[19];
+			int			c;
+
+			for (c = 0; c < 19; c++)
+				values[c] = SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+			tuplestore_putvalues(rsi->setResult, rsi->setDesc, values, nulls);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+}
+
+/*
  * For each program attached to the table, how the row with that key earns.
  * The row is read as the caller, who sees what they may see; a key that no
  * row has gives no row.
@@ -331,70 +471,96 @@ static void
 explain_rows(FunctionCallInfo fcinfo, Oid source, char **keys, int nkey)
 {
 	ReturnSetInfo *rsi = (ReturnSetInfo *) fcinfo->resultinfo;
-	MemoryContext cxt,
-				rowcxt;
+	MemoryContext cxt;
 	char	   *source_name;
 	Explained  *t;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		arg = ObjectIdGetDatum(source);
+	bool		distributed;
 	int			n,
 				i;
 
 	InitMaterializedSRF(fcinfo, 0);
 	cxt = CurrentMemoryContext;
-	rowcxt = AllocSetContextCreate(cxt, "loyalty explain row", ALLOCSET_DEFAULT_SIZES);
 	source_name = DatumGetCString(DirectFunctionCall1(regclassout, ObjectIdGetDatum(source)));
 
 	SPI_connect();
-	t = explained_attachments(source, cxt, &n);
+	t = explained_attachments(EXPLAINED_SQL, 1, argtypes, &arg, cxt, &n);
 	if (n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("no loyalty program is attached to %s", source_name),
 				 errdetail("source names the ERP table whose row is explained; only attached tables earn points."),
 				 errhint("SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists the attached tables.")));
+	distributed = loyalty_citus_distributed(source);
 	for (i = 0; i < n; i++)
 	{
-		Attachment *att;
-		char	   *sql;
-		Oid		   *argtypes;
-		Datum	   *args;
-		SPITupleTable *tt;
-		uint64		nrows,
-					r;
+		char	  **accounts;
+		int			na,
+					a;
 
-		if (nkey != t[i].ncols)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s is keyed by %d column(s), but key has %d value(s)", source_name, t[i].ncols, nkey),
-					 errdetail("The key columns of %s, as attached to program \"%s\": %s.",
-							   source_name, t[i].program, column_list(&t[i])),
-					 errhint("Give one value per key column, in order.")));
-		argtypes = palloc(sizeof(Oid) * (nkey + 1));
-		args = palloc(sizeof(Datum) * (nkey + 1));
-		sql = psprintf("SELECT " RECONCILE_FACTS_COLUMNS " FROM (%s WHERE %s) f",
-					   t[i].facts_sql, key_condition(source, source_name, &t[i], keys, argtypes, args));
-		att = mapping_get(t[i].attachment_id);
-		accounts_begin();
-		/* as the caller: the mapping is the attaching user's SQL */
-		loyalty_spi_check(SPI_execute_with_args(sql, nkey, argtypes, args, NULL, true, 0), SPI_OK_SELECT,
-						  "read the row to explain");
-		tt = SPI_tuptable;
-		nrows = SPI_processed;	/* account look-ups below run SPI too */
-		for (r = 0; r < nrows; r++)
-		{
-			RowFacts	f;
-			RowResult	res;
-
-			MemoryContextSwitchTo(rowcxt);
-			reconcile_row_facts(att, tt->vals[r], tt->tupdesc, &f);
-			f.explain = true;
-			rules_row_points(att->program, f.account ? reconcile_account(att->program, f.account) : NULL,
-							 &f, &res);
-			put_explained(rsi, t[i].program, att->program, &f, &res);
-			MemoryContextReset(rowcxt);
-		}
-		SPI_freetuptable(tt);
+		MemoryContextSwitchTo(cxt);
+		na = explain_attachment(rsi, &t[i], source, source_name, keys, nkey, NULL, distributed, &accounts);
+		for (a = 0; a < na; a++)
+			explain_on_shard(rsi, source, t[i].attachment_id, keys, nkey, accounts[a]);
 	}
 	SPI_finish();
+}
+
+PG_FUNCTION_INFO_V1(loyalty_explain_shard);
+/*
+ * loyalty._explain_shard(attachment, shard, caller, key, account): the
+ * rows of account with that key, explained on the node of their shard,
+ * inside the query Citus routed there; read as caller.
+ */
+Datum
+loyalty_explain_shard(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsi = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt;
+	Oid			shard;
+	Oid			argtypes[2] = {INT4OID, OIDOID};
+	Datum		args[2];
+	char	  **keys;
+	char	  **none;
+	int			nkey;
+	int			n;
+	Explained  *t;
+	Oid			save_userid;
+	int			save_sec;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		elog(ERROR, "loyalty._explain_shard takes no NULL");
+	InitMaterializedSRF(fcinfo, 0);
+	cxt = CurrentMemoryContext;
+	keys = array_texts(PG_GETARG_DATUM(3), &nkey);
+	SPI_connect();
+	PG_TRY();
+	{
+		(void) reconcile_enter_shard(PG_GETARG_TEXT_PP(1), &shard);
+		args[0] = PG_GETARG_DATUM(0);
+		args[1] = ObjectIdGetDatum(shard);
+		t = explained_attachments(psprintf(EXPLAINED_SHARD_SQL, loyalty_table("attachment"), loyalty_table("program")),
+								  2, argtypes, args, cxt, &n);
+		if (n != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("loyalty attachment %d does not exist on this node", PG_GETARG_INT32(0))));
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(get_role_oid(TextDatumGetCString(PG_GETARG_DATUM(2)), false),
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		MemoryContextSwitchTo(cxt);
+		(void) explain_attachment(rsi, t, shard, get_rel_name(shard), keys, nkey,
+								  TextDatumGetCString(PG_GETARG_DATUM(4)), false, &none);
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_FINALLY();
+	{
+		loyalty_shard_leave();
+	}
+	PG_END_TRY();
+	SPI_finish();
+	return (Datum) 0;
 }
 
 #define EXPLAIN_EXAMPLE "For example SELECT * FROM loyalty.explain_points('erp.invoice_line', 90017, 3)."

@@ -18,23 +18,38 @@
  * per-account query, no second pass over the sums in SQL.  A quick check
  * (one account, or the months from a date on) filters the facts query, so
  * that it reads and prices only its scope.
+ *
+ * On Citus.  A table that Citus distributes (with loyalty's account-scoped
+ * tables co-located, loyalty.distribute()) is reconciled shard by shard, on
+ * the node that holds the shard: the coordinator routes one query per shard
+ * (reconcile_shard_calls), and loyalty._reconcile_shard does there what
+ * is done here for a table of one node, with the shard as the firing shard,
+ * so that loyalty_table() names the co-located shards and the configuration's
+ * placement on that node, as for the accrual trigger.  Nothing there reads a
+ * distributed table by its name: Citus cannot run that inside a shard query.
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "common/int.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "nodes/params.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
+#include "utils/varlena.h"
 
 #include "accounts.h"
 #include "ledger.h"
@@ -656,6 +671,45 @@ int128_numeric(int128 v)
 	"   AND m.attachment_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.attachment_id FROM loyalty.attachment x" \
 	"       WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $2))"
 
+/*
+ * The same on a Citus worker, for one shard (reconcile_shard): the view's
+ * query over the co-located shards of its tables, and the attachments from
+ * this node's placement.  Inside a shard query Citus cannot run a query
+ * over the distributed names.
+ */
+#define ACCRUED_SHARD_SQL \
+	"SELECT u.account_key, u.month, pg_catalog.sum(u.points)::pg_catalog.int8, pg_catalog.sum(u.qualifying)," \
+	"       pg_catalog.sum(u.source_rows)::pg_catalog.int8" \
+	" FROM (SELECT b.account_key, x.month, x.attachment_id, x.points, x.qualifying, x.source_rows" \
+	"       FROM %s b, ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment), pg_catalog.unnest(b.m_points)," \
+	"                             pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))" \
+	"            AS x(month, attachment_id, points, qualifying, source_rows)" \
+	"       WHERE b.program_id OPERATOR(pg_catalog.=) $1" \
+	"         AND ($4::pg_catalog.text IS NULL OR b.account_key OPERATOR(pg_catalog.=) $4)" \
+	"       UNION ALL" \
+	"       SELECT d.account_key, x.month, x.attachment_id, x.points, x.qualifying, x.source_rows" \
+	"       FROM %s d, ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_attachment), pg_catalog.unnest(d.m_points)," \
+	"                             pg_catalog.unnest(d.m_qualifying), pg_catalog.unnest(d.m_source_rows))" \
+	"            AS x(month, attachment_id, points, qualifying, source_rows)" \
+	"       WHERE d.program_id OPERATOR(pg_catalog.=) $1" \
+	"         AND ($4::pg_catalog.text IS NULL OR d.account_key OPERATOR(pg_catalog.=) $4)) u" \
+	" WHERE u.month OPERATOR(pg_catalog.>=) $3" \
+	"   AND u.attachment_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.attachment_id FROM %s x" \
+	"       WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $2))" \
+	" GROUP BY u.account_key, u.attachment_id, u.month" \
+	" HAVING pg_catalog.sum(u.points) OPERATOR(pg_catalog.<>) 0 OR pg_catalog.sum(u.qualifying) OPERATOR(pg_catalog.<>) 0" \
+	"     OR pg_catalog.sum(u.source_rows) OPERATOR(pg_catalog.<>) 0"
+
+/* What read_accrued runs: on a shard, over the shards of the view's tables. */
+static const char *
+accrued_sql(void)
+{
+	if (loyalty_shard_key() == 0)
+		return ACCRUED_SQL;
+	return psprintf(ACCRUED_SHARD_SQL, loyalty_table("balance_folded"), loyalty_table("balance_delta"),
+					loyalty_table("attachment"));
+}
+
 /* Opens an owner's query as a cursor; the caller is connected to SPI. */
 static Portal
 owner_cursor(const char *sql, int nargs, Oid *argtypes, Datum *values, const char *nulls)
@@ -703,7 +757,7 @@ read_accrued(SourceScan *s, const Target *t)
 	values[2] = DateADTGetDatum(s->since);
 	values[3] = s->account ? CStringGetTextDatum(s->account) : (Datum) 0;
 	nulls[3] = s->account ? ' ' : 'n';
-	portal = owner_cursor(ACCRUED_SQL, 4, argtypes, values, nulls);
+	portal = owner_cursor(accrued_sql(), 4, argtypes, values, nulls);
 	for (;;)
 	{
 		uint64		i;
@@ -883,6 +937,9 @@ verify_books(ReturnSetInfo *rsi, int32 pid, const char *account)
 }
 
 static bool account_exists(Datum *args, const char *nulls);
+typedef struct Posted Posted;
+static bool shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT since,
+							 const char *account, Posted *out);
 
 /* verify(program, account) names an account the program knows. */
 static void
@@ -929,6 +986,8 @@ verify_scope(FunctionCallInfo fcinfo, const char *account, DateADT since)
 	{
 		SourceScan	s;
 
+		if (shards_reconcile(rsi, &targets[i], false, since, account, NULL))
+			continue;
 		scan_init(&s, cxt, targets[i].attachment_id, since, account, "loyalty.verify()");
 		scan_source(&s, targets[i].facts_sql);
 		MemoryContextSwitchTo(s.cxt);
@@ -1000,7 +1059,7 @@ loyalty_verify_since(PG_FUNCTION_ARGS)
 
 /* ---- backfill and restatement: posting the difference ---- */
 
-typedef struct Posted
+struct Posted
 {
 	MemoryContext cxt;			/* of qualifying */
 	int32		accounts;
@@ -1008,7 +1067,7 @@ typedef struct Posted
 	int64		source_rows;
 	int64		points;
 	Numeric		qualifying;
-} Posted;
+};
 
 /* expected - accrued, as what a posting can carry */
 static int64
@@ -1291,12 +1350,15 @@ loyalty_backfill(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(cxt);
 	posted.cxt = cxt;
 	posted.qualifying = int64_to_numeric(0);
+	if (shards_reconcile(NULL, t, true, loyalty_month_start(PG_GETARG_DATEADT(2)), NULL, &posted))
+		goto done;
 	/* the tier history first: the points of every row then follow it */
 	backfill_replay(t, loyalty_month_start(PG_GETARG_DATEADT(2)), cxt);
 	MemoryContextSwitchTo(cxt);
 	reconcile_post(t, loyalty_month_start(PG_GETARG_DATEADT(2)), NULL, "backfill",
 				   "loyalty.backfill()", true, false, &posted);
 
+done:
 	MemoryContextSwitchTo(cxt);
 	values[0] = Int32GetDatum(posted.accounts);
 	values[1] = Int32GetDatum(posted.months);
@@ -1306,6 +1368,284 @@ loyalty_backfill(PG_FUNCTION_ARGS)
 	result = heap_form_tuple(desc, values, rnulls);
 	SPI_finish();
 	return HeapTupleGetDatum(result);
+}
+
+/* ---- a distributed table (Citus): one shard at a time, on its node ---- */
+
+/*
+ * The shards of a Citus hash-distributed table (all, or the one holding
+ * account), each with a value of the distribution column that hashes to it
+ * (the account itself when given): a query filtered on that value is
+ * routed by Citus to the shard, as a whole.  Columns: the shard's
+ * qualified name, the value, the distribution column.  No rows: the table
+ * is not distributed.  The values are tried in order, one at a time (the
+ * series in the target list, not materialized): a shard of n holds 1/n of
+ * the hash range, so about n are tried.
+ */
+#define SHARDS_SQL \
+	"SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'" \
+	"       OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s.shardid)," \
+	"       coalesce($2, (SELECT g.k FROM (SELECT pg_catalog.generate_series(0, 2147483647)::pg_catalog.text AS k) g" \
+	"                     WHERE pg_catalog.worker_hash(g.k)" \
+	"                           BETWEEN s.shardminvalue::pg_catalog.int4 AND s.shardmaxvalue::pg_catalog.int4 LIMIT 1))," \
+	"       pg_catalog.quote_ident(pg_catalog.column_to_column_name(p.logicalrelid, p.partkey))" \
+	" FROM pg_catalog.pg_dist_partition p" \
+	" JOIN pg_catalog.pg_dist_shard s ON s.logicalrelid OPERATOR(pg_catalog.=) p.logicalrelid" \
+	" JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.logicalrelid" \
+	" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace" \
+	" WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1 AND p.partmethod OPERATOR(pg_catalog.=) 'h'" \
+	"   AND ($2 IS NULL OR pg_catalog.worker_hash($2)" \
+	"        BETWEEN s.shardminvalue::pg_catalog.int4 AND s.shardmaxvalue::pg_catalog.int4)" \
+	" ORDER BY s.shardid"
+
+/* Adds a backfill row of reconcile_shard (item, value) into *out. */
+static void
+add_posted(Posted *out, const char *item, Datum value)
+{
+	MemoryContext old = MemoryContextSwitchTo(out->cxt);
+	int64		v = strcmp(item, "qualifying") == 0 ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, value));
+
+	if (strcmp(item, "accounts") == 0)
+		out->accounts += (int32) v;
+	else if (strcmp(item, "months") == 0)
+		out->months += (int32) v;
+	else if (strcmp(item, "source_rows") == 0)
+		out->source_rows += v;
+	else if (strcmp(item, "points") == 0)
+		out->points += v;
+	else
+		out->qualifying = numeric_add_opt_error(out->qualifying, DatumGetNumeric(value), NULL);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A call of a function on each shard of a Citus hash-distributed table
+ * (every shard, or the one holding account), on the node that holds it:
+ * one query per shard, which Citus routes there as a whole, filtered on a
+ * value of the distribution column that hashes to the shard.  call is the
+ * function call, with %s where the shard's name goes (as a literal); the
+ * arguments are constants in it: Citus cannot plan parameters in the
+ * arguments of a function it sends to a shard.  The count makes one row,
+ * whatever the shard holds: one call.  Returns the number of queries in
+ * *sqls; 0 when the table is not distributed.  The caller is connected to
+ * SPI.
+ */
+int
+reconcile_shard_calls(Oid source, const char *account, const char *call, char ***sqls)
+{
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2];
+	char		nulls[3] = "  ";
+	char	   *name;
+	uint64		i;
+
+	*sqls = NULL;
+	if (!loyalty_citus_installed())
+		return 0;
+	args[0] = ObjectIdGetDatum(source);
+	args[1] = account ? CStringGetTextDatum(account) : (Datum) 0;
+	nulls[1] = account ? ' ' : 'n';
+	reconcile_owner_query(SHARDS_SQL, 2, argtypes, args, nulls, true);
+	name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(source)), get_rel_name(source));
+	*sqls = palloc(sizeof(char *) * (SPI_processed + 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	shard = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		(*sqls)[i] = psprintf("SELECT r.* FROM (SELECT pg_catalog.count(*) FROM ONLY %s s"
+							  " WHERE s.%s OPERATOR(pg_catalog.=) %s) c, LATERAL %s r",
+							  name, SPI_getvalue(shard, desc, 3), quote_literal_cstr(SPI_getvalue(shard, desc, 2)),
+							  psprintf(call, quote_literal_cstr(SPI_getvalue(shard, desc, 1))));
+	}
+	return (int) SPI_processed;
+}
+
+/*
+ * verify's comparison (backfill false: its rows into rsi) or backfill's
+ * posting (the sums into *out) of an attachment whose table Citus
+ * distributes, shard by shard, each on the node that holds it
+ * (loyalty._reconcile_shard): the shard's rows are read, priced and
+ * compared there with the co-located shards of loyalty's tables, and
+ * backfill posts there, as the accrual trigger does.  The coordinator only
+ * routes one query per shard (as the owner; the function runs the facts
+ * query as the caller) and collects the answers.  Returns false when the
+ * table is not distributed: the caller reconciles it here.
+ */
+static bool
+shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT since,
+				 const char *account, Posted *out)
+{
+	char	  **sqls;
+	int			n,
+				i;
+	uint64		j;
+
+	/* since as a number of days: whatever the nodes' DateStyle */
+	n = reconcile_shard_calls(t->source, account,
+							  psprintf("loyalty._reconcile_shard(%d, %%s, %s, %s, %s, %s)",
+									   t->attachment_id,
+									   quote_literal_cstr(GetUserNameFromId(GetUserId(), false)),
+									   backfill ? "true" : "false",
+									   since == DATEVAL_NOBEGIN ? "'-infinity'::pg_catalog.date"
+									   : psprintf("('2000-01-01'::pg_catalog.date OPERATOR(pg_catalog.+) %d)", (int) since),
+									   account ? quote_literal_cstr(account) : "NULL"),
+							  &sqls);
+	for (i = 0; i < n; i++)
+	{
+		reconcile_owner_query(sqls[i], 0, NULL, NULL, NULL, !backfill);
+		for (j = 0; j < SPI_processed; j++)
+		{
+			Datum		values[6];
+			bool		vnulls[6];
+			int			c;
+
+			for (c = 0; c < 6; c++)
+				values[c] = SPI_getbinval(SPI_tuptable->vals[j], SPI_tuptable->tupdesc, c + 1, &vnulls[c]);
+			if (backfill)
+				add_posted(out, TextDatumGetCString(values[3]), values[4]);
+			else
+				tuplestore_putvalues(rsi->setResult, rsi->setDesc, values, vnulls);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	return n > 0;
+}
+
+/*
+ * The table a Citus shard (given by name) is a shard of, on this node;
+ * from now on the firing shard, whose co-located shards loyalty_table
+ * names, until loyalty_shard_leave().  The caller is connected to SPI.
+ */
+Oid
+reconcile_enter_shard(text *name, Oid *shard)
+{
+	Relation	rel;
+	Oid			logical;
+
+	*shard = RangeVarGetRelid(makeRangeVarFromNameList(textToQualifiedNameList(name)), AccessShareLock, false);
+	rel = relation_open(*shard, NoLock);
+	logical = loyalty_trigger_table(rel);
+	relation_close(rel, NoLock);
+	if (logical == *shard)
+		elog(ERROR, "%s is not a Citus shard", text_to_cstring(name));
+	return logical;
+}
+
+/*
+ * The attachment as this node's placement of loyalty.attachment holds it,
+ * its facts query over the shard.
+ */
+static Target *
+shard_target(int32 attachment_id, Oid shard, MemoryContext cxt)
+{
+	Oid			argtypes[2] = {INT4OID, OIDOID};
+	Datum		args[2] = {Int32GetDatum(attachment_id), ObjectIdGetDatum(shard)};
+	Target	   *t;
+	int			n;
+
+	t = read_targets(psprintf("SELECT x.attachment_id, x.program_id, x.source::pg_catalog.oid,"
+							  " loyalty._facts_sql(x::pg_catalog.text::loyalty.attachment, $2::pg_catalog.regclass)"
+							  " FROM %s x WHERE x.attachment_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL",
+							  loyalty_table("attachment")),
+					 2, argtypes, args, NULL, cxt, &n);
+	if (n != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("loyalty attachment %d does not exist on this node", attachment_id)));
+	return t;
+}
+
+/* Emits a backfill sum of reconcile_shard as a row (item, value). */
+static void
+put_posted(ReturnSetInfo *rsi, const char *item, Numeric value)
+{
+	Datum		values[6] = {0, 0, 0, CStringGetTextDatum(item), NumericGetDatum(value), 0};
+	bool		nulls[6] = {true, true, true, false, false, true};
+
+	tuplestore_putvalues(rsi->setResult, rsi->setDesc, values, nulls);
+}
+
+/* One shard, on its node: the firing shard is set, loyalty_table names the co-located shards. */
+static void
+shard_work(ReturnSetInfo *rsi, Target *t, bool backfill, DateADT since, const char *account,
+		   MemoryContext cxt)
+{
+	if (!backfill)
+	{
+		SourceScan	s;
+
+		scan_init(&s, cxt, t->attachment_id, since, account, "loyalty.verify()");
+		scan_source(&s, t->facts_sql);
+		MemoryContextSwitchTo(s.cxt);
+		compare_sums(&s, t);
+		MemoryContextSwitchTo(cxt);
+		put_differences(rsi, &s, t->attachment_id);
+		MemoryContextDelete(s.cxt);
+	}
+	else
+	{
+		Posted		posted = {0};
+
+		posted.cxt = cxt;
+		posted.qualifying = int64_to_numeric(0);
+		backfill_replay(t, since, cxt);
+		MemoryContextSwitchTo(cxt);
+		reconcile_post(t, since, NULL, "backfill", "loyalty.backfill()", true, false, &posted);
+		MemoryContextSwitchTo(cxt);
+		put_posted(rsi, "accounts", int64_to_numeric(posted.accounts));
+		put_posted(rsi, "months", int64_to_numeric(posted.months));
+		put_posted(rsi, "source_rows", int64_to_numeric(posted.source_rows));
+		put_posted(rsi, "points", int64_to_numeric(posted.points));
+		put_posted(rsi, "qualifying", posted.qualifying);
+	}
+}
+
+PG_FUNCTION_INFO_V1(loyalty_reconcile_shard);
+/*
+ * loyalty._reconcile_shard(attachment, shard, caller, backfill, since,
+ * account): shards_reconcile's work on the node of a shard, inside the
+ * query Citus routed there.  The facts query runs as caller.
+ */
+Datum
+loyalty_reconcile_shard(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsi = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext cxt;
+	Oid			shard;
+	Oid			logical;
+	Target	   *t;
+	Oid			save_userid;
+	int			save_sec;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		elog(ERROR, "loyalty._reconcile_shard takes no NULL but its account");
+	InitMaterializedSRF(fcinfo, 0);
+	cxt = CurrentMemoryContext;
+	SPI_connect();
+	PG_TRY();
+	{
+		logical = reconcile_enter_shard(PG_GETARG_TEXT_PP(1), &shard);
+		t = shard_target(PG_GETARG_INT32(0), shard, cxt);
+		if (t->source != logical)
+			elog(ERROR, "loyalty attachment %d is not of the table of shard %s",
+				 t->attachment_id, TextDatumGetCString(PG_GETARG_DATUM(1)));
+		t->source = logical;
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(get_role_oid(TextDatumGetCString(PG_GETARG_DATUM(2)), false),
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		MemoryContextSwitchTo(cxt);
+		shard_work(rsi, t, PG_GETARG_BOOL(3), PG_GETARG_DATEADT(4),
+				   PG_ARGISNULL(5) ? NULL : TextDatumGetCString(PG_GETARG_DATUM(5)), cxt);
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_FINALLY();
+	{
+		loyalty_shard_leave();
+	}
+	PG_END_TRY();
+	SPI_finish();
+	return (Datum) 0;
 }
 
 /* ---- enroll ---- */

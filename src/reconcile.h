@@ -29,6 +29,8 @@ extern int	reconcile_owner_query(const char *sql, int nargs, Oid *argtypes,
 								  Datum *values, const char *nulls, bool read_only);
 
 /* Restates accounts of an attachment (all when n is 0) from since's month, latest snapshot. */
+extern int	reconcile_shard_calls(Oid source, const char *account, const char *call, char ***sqls);
+extern Oid	reconcile_enter_shard(text *name, Oid *shard);
 extern void reconcile_restate(int32 attachment_id, char **accounts, int n, DateADT since,
 							  const char *what);
 

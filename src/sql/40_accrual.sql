@@ -39,25 +39,23 @@ REVOKE ALL ON FUNCTION @extschema@._equality_operator(regtype) FROM PUBLIC;
 
 -- The facts of every row of an attachment's source, as SQL: the set-based
 -- twin of the trigger's C mapping (mapping.c), over the same expressions.
-CREATE FUNCTION @extschema@._facts_sql(attachment integer) RETURNS text
+-- The attachment row is given, and the table read (its source, or on Citus
+-- one of its shards): on a worker, inside a shard query, loyalty.attachment
+-- cannot be read by its name (src/reconcile.c reads its placement).
+CREATE FUNCTION @extschema@._facts_sql(a @extschema@.attachment, source regclass) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    a @extschema@.attachment;
     key text;
     from_clause text;
     hdr text;
     pl text;
 BEGIN
-    SELECT * INTO a FROM @extschema@.attachment x WHERE x.attachment_id = attachment;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'loyalty attachment % does not exist', attachment USING ERRCODE = 'undefined_object';
-    END IF;
     key := CASE WHEN cardinality(a.key_columns) = 1 THEN format('(s.%I)::text', a.key_columns[1])
                 ELSE format('(ROW(%s))::text', (SELECT string_agg(format('s.%I', c), ', ') FROM unnest(a.key_columns) c)) END;
     -- a partitioned table is read with its partitions; a plain one alone
     from_clause := format('FROM %s %s s',
-                          CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.source) = 'p' THEN '' ELSE 'ONLY' END,
-                          a.source);
+                          CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = source) = 'p' THEN '' ELSE 'ONLY' END,
+                          source);
     IF a.header IS NULL THEN
         hdr := format('(%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency, (%s)::text AS doc_type,'
                       ' (%s)::date AS due_date, (%s)::date AS paid_date, true AS header_found',
@@ -103,6 +101,20 @@ BEGIN
     RETURN format('SELECT %s AS row_key, %s, (%s)::numeric AS amount, (%s)::numeric AS quantity, %s AS product_line %s',
                   key, hdr, coalesce(a.amount_expr, 'NULL'), coalesce(a.quantity_expr, 'NULL'),
                   pl, from_clause);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._facts_sql(@extschema@.attachment, regclass) IS 'Internal: SQL that maps every row of a table (an attachment''s source, or a Citus shard of it) to the facts the points function takes.';
+
+CREATE FUNCTION @extschema@._facts_sql(attachment integer) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a @extschema@.attachment;
+BEGIN
+    SELECT * INTO a FROM @extschema@.attachment x WHERE x.attachment_id = attachment;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'loyalty attachment % does not exist', attachment USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN @extschema@._facts_sql(a, a.source);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._facts_sql(integer) IS 'Internal: SQL that maps every row of an attachment''s source to the facts the points function takes.';
@@ -599,66 +611,90 @@ COMMENT ON FUNCTION @extschema@.explain_points(regclass, "any") IS
 -- What verify checks besides the source rows, as the owner (it reads
 -- loyalty's tables and the catalog only).  An attached table that was
 -- dropped cannot be checked; one whose triggers are missing, disabled or
--- doubled does not accrue what it should.
+-- doubled does not accrue what it should.  The attachments are read first,
+-- in a statement of their own: on Citus, attachment is a reference table,
+-- and a statement joining it to the catalog is planned by Citus (it plans
+-- the CTEs apart and loses their column names); the catalog statement
+-- over the values read is plain PostgreSQL.
 CREATE FUNCTION @extschema@._verify_attachments(program_id integer)
 RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-WITH att AS (
-    SELECT x.attachment_id, x.source::oid AS source, x.header::oid AS header, x.product::oid AS product,
-           pg_catalog.decode(x.attachment_id::text OPERATOR(pg_catalog.||) E'\\000', 'escape') AS arg
-    FROM @extschema@.attachment x
-    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
-      AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::oid)),
--- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update, 32 truncate, 64 instead;
--- an accrual trigger must fire once, the TRUNCATE guard (shared by every
--- attachment of a table) at least once
-need (attachment_id, rel, fn, arg, what, mask, bits, once) AS (
-    SELECT a.attachment_id, a.source, '@extschema@.accrue()'::regprocedure::oid, a.arg, 'accrue AFTER ' OPERATOR(pg_catalog.||) e.event,
-           67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
-    FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit)
-  UNION ALL
-    SELECT a.attachment_id, a.source, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
-           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
-    FROM att a
-  UNION ALL
-    SELECT a.attachment_id, a.header, '@extschema@.accrue_header()'::regprocedure::oid, a.arg, 'accrue_header AFTER UPDATE', 83, 16, true
-    FROM att a WHERE a.header IS NOT NULL
-  UNION ALL
-    SELECT a.attachment_id, a.header, '@extschema@.stash_header()'::regprocedure::oid, a.arg,
-           'stash_header BEFORE ' OPERATOR(pg_catalog.||) e.event OPERATOR(pg_catalog.||) ' FOR EACH ROW',
-           67 OPERATOR(pg_catalog.|) e.bit, 3 OPERATOR(pg_catalog.|) e.bit, true
-    FROM att a, (VALUES ('DELETE', 8), ('UPDATE', 16)) AS e(event, bit) WHERE a.header IS NOT NULL
-  UNION ALL
-    SELECT a.attachment_id, a.header, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
-           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
-    FROM att a WHERE a.header IS NOT NULL
-  UNION ALL
-    SELECT a.attachment_id, a.product, '@extschema@.track_product()'::regprocedure::oid, a.arg, 'track_product AFTER ' OPERATOR(pg_catalog.||) e.event,
-           67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
-    FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit) WHERE a.product IS NOT NULL
-  UNION ALL
-    SELECT a.attachment_id, a.product, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
-           '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
-    FROM att a WHERE a.product IS NOT NULL)
-SELECT NULL::text, NULL::date, x.attachment_id, 'source_dropped: ' OPERATOR(pg_catalog.||) x.source_name, NULL::numeric, NULL::numeric
-FROM @extschema@.attachment x
-WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL
-  AND NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::oid)
-UNION ALL
-SELECT NULL::text, NULL::date, n.attachment_id,
-       CASE WHEN t.enabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_duplicate: '
-            WHEN t.disabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_disabled: '
-            ELSE 'trigger_missing: ' END
-       OPERATOR(pg_catalog.||) n.what OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) n.rel::regclass::text,
-       1::numeric, t.enabled::numeric
-FROM need n,
-     LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"char"[])) AS enabled,
-                     pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{D,R}'::"char"[])) AS disabled
-              FROM pg_catalog.pg_trigger g
-              WHERE g.tgrelid OPERATOR(pg_catalog.=) n.rel AND g.tgfoid OPERATOR(pg_catalog.=) n.fn
-                AND g.tgargs OPERATOR(pg_catalog.=) n.arg
-                AND (g.tgtype::integer OPERATOR(pg_catalog.&) n.mask) OPERATOR(pg_catalog.=) n.bits) AS t
-WHERE t.enabled OPERATOR(pg_catalog.=) 0 OR (n.once AND t.enabled OPERATOR(pg_catalog.>) 1)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    ids integer[];
+    sources oid[];
+    headers oid[];
+    products oid[];
+    names text[];
+BEGIN
+    SELECT pg_catalog.array_agg(x.attachment_id ORDER BY x.attachment_id),
+           pg_catalog.array_agg(x.source::oid ORDER BY x.attachment_id),
+           pg_catalog.array_agg(x.header::oid ORDER BY x.attachment_id),
+           pg_catalog.array_agg(x.product::oid ORDER BY x.attachment_id),
+           pg_catalog.array_agg(x.source_name ORDER BY x.attachment_id)
+      INTO ids, sources, headers, products, names
+      FROM @extschema@.attachment x
+     WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL;
+    RETURN QUERY
+    WITH x AS (
+        SELECT * FROM ROWS FROM (pg_catalog.unnest(ids), pg_catalog.unnest(sources), pg_catalog.unnest(headers),
+                                pg_catalog.unnest(products), pg_catalog.unnest(names))
+                      AS x(attachment_id, source, header, product, source_name)),
+    att AS (
+        SELECT x.attachment_id, x.source, x.header, x.product,
+               pg_catalog.decode(x.attachment_id::text OPERATOR(pg_catalog.||) E'\\000', 'escape') AS arg
+        FROM x
+        WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source)),
+    -- tgtype bits: 1 row, 2 before, 4 insert, 8 delete, 16 update, 32 truncate, 64 instead;
+    -- an accrual trigger must fire once, the TRUNCATE guard (shared by every
+    -- attachment of a table) at least once
+    need (attachment_id, rel, fn, arg, what, mask, bits, once) AS (
+        SELECT a.attachment_id, a.source, '@extschema@.accrue()'::regprocedure::oid, a.arg, 'accrue AFTER ' OPERATOR(pg_catalog.||) e.event,
+               67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
+        FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit)
+      UNION ALL
+        SELECT a.attachment_id, a.source, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+               '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+        FROM att a
+      UNION ALL
+        SELECT a.attachment_id, a.header, '@extschema@.accrue_header()'::regprocedure::oid, a.arg, 'accrue_header AFTER UPDATE', 83, 16, true
+        FROM att a WHERE a.header IS NOT NULL
+      UNION ALL
+        SELECT a.attachment_id, a.header, '@extschema@.stash_header()'::regprocedure::oid, a.arg,
+               'stash_header BEFORE ' OPERATOR(pg_catalog.||) e.event OPERATOR(pg_catalog.||) ' FOR EACH ROW',
+               67 OPERATOR(pg_catalog.|) e.bit, 3 OPERATOR(pg_catalog.|) e.bit, true
+        FROM att a, (VALUES ('DELETE', 8), ('UPDATE', 16)) AS e(event, bit) WHERE a.header IS NOT NULL
+      UNION ALL
+        SELECT a.attachment_id, a.header, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+               '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+        FROM att a WHERE a.header IS NOT NULL
+      UNION ALL
+        SELECT a.attachment_id, a.product, '@extschema@.track_product()'::regprocedure::oid, a.arg, 'track_product AFTER ' OPERATOR(pg_catalog.||) e.event,
+               67 OPERATOR(pg_catalog.|) e.bit, e.bit, true
+        FROM att a, (VALUES ('INSERT', 4), ('UPDATE', 16), ('DELETE', 8)) AS e(event, bit) WHERE a.product IS NOT NULL
+      UNION ALL
+        SELECT a.attachment_id, a.product, '@extschema@._refuse_truncate()'::regprocedure::oid, ''::bytea,
+               '_refuse_truncate BEFORE TRUNCATE', 99, 34, false
+        FROM att a WHERE a.product IS NOT NULL)
+    SELECT NULL::text, NULL::date, x.attachment_id, 'source_dropped: ' OPERATOR(pg_catalog.||) x.source_name, NULL::numeric, NULL::numeric
+    FROM x
+    WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source)
+    UNION ALL
+    SELECT NULL::text, NULL::date, n.attachment_id,
+           CASE WHEN t.enabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_duplicate: '
+                WHEN t.disabled OPERATOR(pg_catalog.>) 0 THEN 'trigger_disabled: '
+                ELSE 'trigger_missing: ' END
+           OPERATOR(pg_catalog.||) n.what OPERATOR(pg_catalog.||) ' on ' OPERATOR(pg_catalog.||) n.rel::regclass::text,
+           1::numeric, t.enabled::numeric
+    FROM need n,
+         LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{O,A}'::"char"[])) AS enabled,
+                         pg_catalog.count(*) FILTER (WHERE g.tgenabled OPERATOR(pg_catalog.=) ANY ('{D,R}'::"char"[])) AS disabled
+                  FROM pg_catalog.pg_trigger g
+                  WHERE g.tgrelid OPERATOR(pg_catalog.=) n.rel AND g.tgfoid OPERATOR(pg_catalog.=) n.fn
+                    AND g.tgargs OPERATOR(pg_catalog.=) n.arg
+                    AND (g.tgtype::integer OPERATOR(pg_catalog.&) n.mask) OPERATOR(pg_catalog.=) n.bits) AS t
+    WHERE t.enabled OPERATOR(pg_catalog.=) 0 OR (n.once AND t.enabled OPERATOR(pg_catalog.>) 1);
+END
 $$;
 COMMENT ON FUNCTION @extschema@._verify_attachments(integer) IS
     'Internal: verify''s checks of a program''s attached tables: dropped tables, and accrual triggers missing, disabled or doubled.';

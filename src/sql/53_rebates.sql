@@ -441,7 +441,10 @@ GRANT EXECUTE ON FUNCTION @extschema@.accrue_rebates(text, date) TO loyalty_oper
 -- months is not split by product line, and shows here).
 CREATE FUNCTION @extschema@._verify_rebate_lines(program_id integer, account text)
 RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
 WITH since AS (
     SELECT pg_catalog.min(pg_catalog.date_trunc('month', g.valid_from))::date AS month
     FROM @extschema@.rebate_agreement g
@@ -463,7 +466,8 @@ FROM accrued a
        ON s.account_key OPERATOR(pg_catalog.=) a.account_key AND s.month OPERATOR(pg_catalog.=) a.month,
      LATERAL (VALUES ('rebate_line_qualifying', coalesce(a.qualifying, 0), coalesce(s.qualifying, 0)),
                      ('rebate_line_rows', coalesce(a.n, 0)::numeric, coalesce(s.n, 0)::numeric)) AS v(item, e, a)
-WHERE v.e IS DISTINCT FROM v.a
+WHERE v.e IS DISTINCT FROM v.a;
+END
 $$;
 COMMENT ON FUNCTION @extschema@._verify_rebate_lines(integer, text) IS
     'Internal: verify''s check of loyalty.rebate_line_volume: from the first month an agreement scoped to product lines counts on, the product-line buckets of each account and month add up to its accrual_month qualifying spend and source rows.';

@@ -99,7 +99,10 @@ COMMENT ON COLUMN @extschema@.member_balance.entry_count IS 'Ledger entries that
 -- per drift.
 CREATE FUNCTION @extschema@._verify_members(program_id integer, account text)
 RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
 -- a ledger entry whose member is not a member of its account
 SELECT l.account_key, NULL::date, NULL::integer, 'member_unknown:' OPERATOR(pg_catalog.||) l.member_id,
        0::numeric, pg_catalog.count(*)::numeric
@@ -163,7 +166,8 @@ LEFT JOIN @extschema@.ledger l
      AND l.posted_xid OPERATOR(pg_catalog.=) w.posted_xid AND l.entry_no OPERATOR(pg_catalog.=) w.entry_no
      AND l.kind OPERATOR(pg_catalog.=) 'award' AND l.member_id IS NOT DISTINCT FROM w.member_id
 WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR w.account_key OPERATOR(pg_catalog.=) $2)
-  AND CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END IS DISTINCT FROM coalesce(l.points, 0)
+  AND CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END IS DISTINCT FROM coalesce(l.points, 0);
+END
 $$;
 COMMENT ON FUNCTION @extschema@._verify_members(integer, text) IS
 'Internal: verify''s checks of member wallets (entries of unknown members, running totals that differ from the ledger or are below zero) and of the rows that posted (each redemption''s spending and giving-back entries, each approved award''s entry), for a program or one account; one row per drift.';

@@ -178,3 +178,30 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
 'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text customer key: configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
+
+-- verify and backfill of a distributed table, one shard at a time, on the
+-- node that holds it (src/reconcile.c): the shard's rows, priced there,
+-- against what the co-located shards of loyalty's tables accrued; backfill
+-- posts the difference there.  Called by verify and backfill only, as the
+-- owner, through a query Citus routes to the shard; the facts query runs
+-- as caller, the role that called verify or backfill.
+CREATE FUNCTION @extschema@._reconcile_shard(attachment integer, shard text, caller text, backfill boolean,
+                                             since date, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+AS 'MODULE_PATHNAME', 'loyalty_reconcile_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._reconcile_shard(integer, text, text, boolean, date, text) IS
+    'Internal: verify''s comparison (or backfill''s posting) of one Citus shard of an attached table, on its node, with the co-located shards of loyalty''s tables.';
+REVOKE ALL ON FUNCTION @extschema@._reconcile_shard(integer, text, text, boolean, date, text) FROM PUBLIC;
+
+-- explain_points of a distributed table: the rows of one account, on the
+-- node of its shard, where its account row is (src/explain.c).
+CREATE FUNCTION @extschema@._explain_shard(attachment integer, shard text, caller text, key text[], account text)
+RETURNS TABLE (program text, account_key text, document_date date, status text, reason text,
+               rule_valid_from date, basis numeric, points_per_unit numeric, product_line text,
+               product_line_multiplier numeric, tier_on_date text, tier_multiplier numeric,
+               segment_multiplier numeric, raw_points numeric, rounding text, points bigint,
+               on_time_bonus bigint, qualifying numeric, cap text)
+AS 'MODULE_PATHNAME', 'loyalty_explain_shard' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) IS
+    'Internal: explain_points of the rows of one account of a Citus distributed table, on the node of its shard.';
+REVOKE ALL ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) FROM PUBLIC;
