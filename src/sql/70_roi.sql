@@ -590,14 +590,19 @@ BEGIN
                sum(x.margin) FILTER (WHERE x.doc_date <@ post) AS post,
                sum(x.margin) FILTER (WHERE x.doc_date >= lower(pre) AND x.doc_date < mid) AS first_half,
                sum(x.margin) FILTER (WHERE x.doc_date >= mid AND x.doc_date < mid + (mid - lower(pre))) AS second_half
-        FROM x GROUP BY 1)
+        FROM x GROUP BY 1),
+    -- the experiment's accounts as a result of their own: on Citus the
+    -- account table is distributed, and the sub-selects over x below can
+    -- run only where the rest of the query is a result on the coordinator
+    a AS MATERIALIZED (
+        SELECT a.account_key, a.cohort FROM @extschema@.account a
+        WHERE a.program_id = pid AND a.cohort IS NOT NULL)
     SELECT @extschema@.did(a.cohort = 'pilot', coalesce(m.pre, 0) * scale, coalesce(m.post, 0)) AS d,
            @extschema@.did(a.cohort = 'pilot', coalesce(m.first_half, 0), coalesce(m.second_half, 0)) AS pd,
            (SELECT sum(x.revenue) FROM x) AS rev, (SELECT sum(x.unrated) FROM x) AS unrated
     INTO est
-    FROM @extschema@.account a
-    LEFT JOIN m ON m.account_key = a.account_key
-    WHERE a.program_id = pid AND a.cohort IS NOT NULL;
+    FROM a
+    LEFT JOIN m ON m.account_key = a.account_key;
     d := est.d;
     pd := est.pd;
     rev := est.rev;

@@ -346,11 +346,13 @@ SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.regi
        n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
        coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, ap.potential_spend,
        b.last_doc_date AS last_invoice_date,
-       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
+       p.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
        coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
 FROM @extschema@.account a
-JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
-CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
+-- today in the program's calendar, with the program's row: Citus pushes a
+-- subquery over a reference table down to the shards, not one without FROM
+JOIN (SELECT p.*, (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today FROM @extschema@.program p) p
+  ON p.program_id OPERATOR(pg_catalog.=) a.program_id
 -- staff only: a partner's row has them NULL
 LEFT JOIN @extschema@.account_private ap ON ap.program_id OPERATOR(pg_catalog.=) a.program_id
                                          AND ap.account_key OPERATOR(pg_catalog.=) a.account_key
@@ -362,8 +364,8 @@ LEFT JOIN LATERAL (
     SELECT pg_catalog.sum(m.qualifying) AS rolling
     FROM @extschema@.accrual_month m
     WHERE m.program_id OPERATOR(pg_catalog.=) a.program_id AND m.account_key OPERATOR(pg_catalog.=) a.account_key
-      AND m.month OPERATOR(pg_catalog.<=) t.today
-      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', t.today::timestamp)
+      AND m.month OPERATOR(pg_catalog.<=) p.today
+      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', p.today::timestamp)
           OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => GREATEST(1,
               (pg_catalog.date_part('year', p.qualification_window) OPERATOR(pg_catalog.*) 12
                OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
