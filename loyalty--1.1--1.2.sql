@@ -413,9 +413,12 @@ REVOKE ALL ON FUNCTION @extschema@._citus_layout(), @extschema@.distribute(regcl
 -- that reads a loyalty table by name inside a query Citus routes or pushes
 -- down to the shards (a nested distributed query, refused on the worker),
 -- no SQL function with parameters over a distributed table, no sub-select
--- nor volatile function inside a CASE in a write of a distributed table.
--- Configuration values are computed in statements of their own first.
+-- nor volatile function inside a CASE in a write of a distributed table,
+-- no volatile function in the SET of an upsert into a Citus table.
+-- Configuration values are computed in statements of their own first;
+-- account_status takes today from a materialized CTE over program.
 -- Same signatures, comments and grants; _tier_at becomes PL/pgSQL.
+-- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text,
                                     OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -941,6 +944,12 @@ END
 $$;
 
 CREATE OR REPLACE VIEW @extschema@.account_status WITH (security_invoker = true) AS
+-- each program's row with today in its calendar, a result of its own: on
+-- Citus the coordinator computes it once and sends it to the shards (a
+-- sub-select without FROM cannot go there, and now() on a shard is that
+-- node's own transaction start)
+WITH p AS MATERIALIZED (SELECT p.*, (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today
+                        FROM @extschema@.program p)
 SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, ap.cohort,
        a.tier, a.tier_since,
        coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
@@ -951,10 +960,7 @@ SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.regi
        p.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
        coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
 FROM @extschema@.account a
--- today in the program's calendar, with the program's row: Citus pushes a
--- subquery over a reference table down to the shards, not one without FROM
-JOIN (SELECT p.*, (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today FROM @extschema@.program p) p
-  ON p.program_id OPERATOR(pg_catalog.=) a.program_id
+JOIN p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
 -- staff only: a partner's row has them NULL
 LEFT JOIN @extschema@.account_private ap ON ap.program_id OPERATOR(pg_catalog.=) a.program_id
                                          AND ap.account_key OPERATOR(pg_catalog.=) a.account_key
@@ -983,3 +989,134 @@ LEFT JOIN LATERAL (
                                    AND ar.action OPERATOR(pg_catalog.=) x.action AND ar.valid_from OPERATOR(pg_catalog.=) x.rule_from
     WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
       AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
+CREATE OR REPLACE FUNCTION @extschema@._post_member(
+    program_id   integer,
+    account_key  text,
+    kind         @extschema@.ledger_kind,
+    points       bigint,
+    reason       text,
+    member_id    text,
+    corrects_xid xid8 DEFAULT NULL,
+    corrects     bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := @extschema@._post($1, $2, $3, $4, $5, member_id => $6, corrects_xid => $7, corrects => $8);
+BEGIN
+    IF n IS NOT NULL AND $6 IS NOT NULL THEN
+        INSERT INTO @extschema@.member_points AS m (program_id, account_key, member_id, points, earned, spent, entry_count)
+        VALUES ($1, $2, $6, $4,
+                CASE WHEN $3 OPERATOR(pg_catalog.<>) 'redeem' THEN $4 ELSE 0 END,
+                CASE WHEN $3 OPERATOR(pg_catalog.=) 'redeem' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)
+        ON CONFLICT ON CONSTRAINT member_points_pkey DO UPDATE
+        SET points = m.points OPERATOR(pg_catalog.+) excluded.points,
+            earned = m.earned OPERATOR(pg_catalog.+) excluded.earned,
+            spent = m.spent OPERATOR(pg_catalog.+) excluded.spent,
+            -- the inserted row's default, now(): on Citus the SET of an
+            -- upsert into a distributed table may call no volatile function
+            entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = excluded.updated_at;
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.set_roi_economics(
+    program                        text,
+    cost_per_point                 numeric DEFAULT NULL,
+    benefit_cost_per_account_month numeric DEFAULT NULL,
+    default_margin_rate            numeric DEFAULT NULL)
+RETURNS @extschema@.roi_settings
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    r @extschema@.roi_settings;
+BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF cost_per_point < 0 OR cost_per_point IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION 'cost_per_point must be 0 or more, not %', cost_per_point
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cost_per_point is what one issued point costs the company, in program currency.',
+                  HINT = 'For example cost_per_point => 0.01 (a point worth one cent).';
+    END IF;
+    IF benefit_cost_per_account_month < 0 OR benefit_cost_per_account_month IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION 'benefit_cost_per_account_month must be 0 or more, not %', benefit_cost_per_account_month
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'benefit_cost_per_account_month is what the benefits of one pilot account cost per month.',
+                  HINT = 'For example benefit_cost_per_account_month => 15.';
+    END IF;
+    IF NOT default_margin_rate BETWEEN -1 AND 1 THEN
+        RAISE EXCEPTION 'default_margin_rate must be between -1 and 1, not %', default_margin_rate
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A margin rate is margin / revenue: 0.25 when a quarter of the revenue is margin.',
+                  HINT = 'For example default_margin_rate => 0.2.';
+    END IF;
+    INSERT INTO @extschema@.roi_settings AS s (program_id, cost_per_point, benefit_cost_per_account_month, default_margin_rate)
+    VALUES (pid, coalesce(cost_per_point, 0), coalesce(benefit_cost_per_account_month, 0), default_margin_rate)
+    ON CONFLICT (program_id) DO UPDATE
+    SET cost_per_point = coalesce(set_roi_economics.cost_per_point, s.cost_per_point),
+        benefit_cost_per_account_month = coalesce(set_roi_economics.benefit_cost_per_account_month, s.benefit_cost_per_account_month),
+        default_margin_rate = coalesce(set_roi_economics.default_margin_rate, s.default_margin_rate),
+        -- the inserted row's default, now(): Citus refuses a volatile
+        -- function in the SET of an upsert into one of its tables
+        updated_at = excluded.updated_at
+    RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.set_margin_rate(program text, product_line text, rate numeric)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF product_line IS NULL THEN
+        RAISE EXCEPTION 'product_line must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'product_line is a product line as the program''s attachments map it.',
+                  HINT = 'For the lines without a rate of their own use loyalty.set_roi_economics(program, default_margin_rate => ...).';
+    END IF;
+    IF rate IS NULL THEN
+        DELETE FROM @extschema@.margin_rate m WHERE m.program_id = pid AND m.product_line = set_margin_rate.product_line;
+        RETURN;
+    END IF;
+    IF NOT rate BETWEEN -1 AND 1 THEN
+        RAISE EXCEPTION 'rate must be between -1 and 1, not %', rate
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A margin rate is margin / revenue: 0.25 when a quarter of the revenue is margin.',
+                  HINT = 'Give 0.25, not 25; rate => NULL removes the line''s rate.';
+    END IF;
+    INSERT INTO @extschema@.margin_rate AS m (program_id, product_line, rate)
+    VALUES (pid, product_line, rate)
+    -- updated_at: the inserted row's default, now() (Citus refuses now() here)
+    ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = excluded.updated_at;
+END
+$$;
+

@@ -183,7 +183,9 @@ BEGIN
     SET cost_per_point = coalesce(set_roi_economics.cost_per_point, s.cost_per_point),
         benefit_cost_per_account_month = coalesce(set_roi_economics.benefit_cost_per_account_month, s.benefit_cost_per_account_month),
         default_margin_rate = coalesce(set_roi_economics.default_margin_rate, s.default_margin_rate),
-        updated_at = pg_catalog.now()
+        -- the inserted row's default, now(): Citus refuses a volatile
+        -- function in the SET of an upsert into one of its tables
+        updated_at = excluded.updated_at
     RETURNING * INTO r;
     RETURN r;
 END
@@ -229,7 +231,8 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.margin_rate AS m (program_id, product_line, rate)
     VALUES (pid, product_line, rate)
-    ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = pg_catalog.now();
+    -- updated_at: the inserted row's default, now() (Citus refuses now() here)
+    ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = excluded.updated_at;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_margin_rate(text, text, numeric) IS
