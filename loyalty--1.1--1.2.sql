@@ -417,7 +417,8 @@ REVOKE ALL ON FUNCTION @extschema@._citus_layout(), @extschema@.distribute(regcl
 -- no volatile function in the SET of an upsert into a Citus table.
 -- Configuration values are computed in statements of their own first;
 -- account_status takes today from a materialized CTE over program.
--- Same signatures, comments and grants; _tier_at becomes PL/pgSQL.
+-- Same signatures, comments and grants; _tier_at and _action_counts become
+-- PL/pgSQL.
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text,
                                     OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
@@ -1117,6 +1118,22 @@ BEGIN
     VALUES (pid, product_line, rate)
     -- updated_at: the inserted row's default, now() (Citus refuses now() here)
     ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = excluded.updated_at;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
+RETURNS TABLE (account_key text, actions bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: on Citus, award is distributed, and Citus plans a
+    -- query with parameters on it only as PL/pgSQL's custom plan
+    RETURN QUERY
+    SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
+    FROM @extschema@.award w
+    WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
+      AND w.status OPERATOR(pg_catalog.=) 'approved'
+      AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
+    GROUP BY w.account_key;
 END
 $$;
 

@@ -433,13 +433,18 @@ COMMENT ON FUNCTION @extschema@.reject_award(uuid, text) IS
 -- Read by settlement for tier qualification on counted actions.
 CREATE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
 RETURNS TABLE (account_key text, actions bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
-FROM @extschema@.award w
-WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
-  AND w.status OPERATOR(pg_catalog.=) 'approved'
-  AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
-GROUP BY w.account_key
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: on Citus, award is distributed, and Citus plans a
+    -- query with parameters on it only as PL/pgSQL's custom plan
+    RETURN QUERY
+    SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
+    FROM @extschema@.award w
+    WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
+      AND w.status OPERATOR(pg_catalog.=) 'approved'
+      AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
+    GROUP BY w.account_key;
+END
 $$;
 COMMENT ON FUNCTION @extschema@._action_counts(integer, text, date, date) IS
 'Internal: approved actions per account that occurred in [from_date, to_date) (their quantities summed), for tier qualification at settlement.';

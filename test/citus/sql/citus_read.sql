@@ -207,6 +207,19 @@ SELECT r.pilot_accounts + r.control_accounts
   FROM loyalty.roi('Read Club', daterange(DATE :'today' - 600, DATE :'today' - 300),
                    daterange(DATE :'today' - 300, DATE :'today')) r;
 
+-- a ladder of action counts: revoke_tier and statement measure the
+-- window's approved actions (_action_counts, planned by Citus as PL/pgSQL)
+SELECT loyalty.create_program('Action Club', ladder => 'Basic:0, Pro:2') > 0 AS created;
+SELECT loyalty.set_action_rule('Action Club', 'cert', 10, category => 'certification');
+SELECT loyalty.set_tier_rules('Action Club', basis => 'action', action => 'cert');
+SELECT loyalty.enroll('Action Club', account_key) FROM (VALUES ('A-1'), ('A-2')) k(account_key);
+SELECT loyalty.award('Action Club', 'A-1', 'cert', quantity => 2) IS NOT NULL AS awarded;
+SELECT loyalty.award('Action Club', 'A-2', 'cert') IS NOT NULL AS awarded;
+SELECT loyalty.grant_tier('Action Club', account_key, 'Pro') FROM (VALUES ('A-1'), ('A-2')) k(account_key);
+SELECT loyalty.revoke_tier('Action Club', 'A-1') AS a1, loyalty.revoke_tier('Action Club', 'A-2') AS a2;
+SELECT item, value FROM loyalty.statement('Action Club', 'A-2', (date_trunc('quarter', DATE :'today') + interval '3 months - 1 day')::date)
+ WHERE section = 'tier' AND item LIKE 'measure%';
+
 -- Not on Citus yet: the rebate estimate runs _rebate_periods, a SQL
 -- function whose parameters Citus cannot plan over distributed tables
 -- (settlement's rebate pass shares it).
