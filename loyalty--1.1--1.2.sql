@@ -779,3 +779,732 @@ REVOKE ALL ON FUNCTION @extschema@._reconcile_shard(integer, text, text, boolean
 COMMENT ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) IS
     'Internal: explain_points of the rows of one account of a Citus distributed table, on the node of its shard.';
 REVOKE ALL ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) FROM PUBLIC;
+
+-- Reading and per-account functions on a distributed layout: no function
+-- that reads a loyalty table by name inside a query Citus routes or pushes
+-- down to the shards (a nested distributed query, refused on the worker),
+-- no SQL function with parameters over a distributed table, no sub-select
+-- nor volatile function inside a CASE in a write of a distributed table,
+-- no volatile function in the SET of an upsert into a Citus table.
+-- Configuration values are computed in statements of their own first;
+-- account_status takes today from a materialized CTE over program.
+-- Same signatures, comments and grants; _tier_at and _action_counts become
+-- PL/pgSQL.
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text,
+                                    OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    win_start date;
+    today date;
+BEGIN
+    IF program IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN program IS NULL THEN 'program' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'balance takes the program''s name and the ERP''s customer key in text form.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'').';
+    END IF;
+    PERFORM @extschema@._may_read(program, account_key);
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = balance.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    -- a customer without an account (not enrolled, or not yet invoiced) has
+    -- nothing: a zero row, so that a set-based BI query does not abort
+    SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key;
+    SELECT coalesce(b.points, 0), coalesce(b.qualifying, 0) INTO points, qualifying
+    FROM (SELECT) x LEFT JOIN @extschema@.balance b ON b.program_id = pid AND b.account_key = balance.account_key;
+    -- the window's bounds as values: on Citus the query below runs on the
+    -- account's shard, where a function reading loyalty.program by name
+    -- would be a distributed query nested in a shard query
+    win_start := @extschema@._rolling_start(pid);
+    today := @extschema@._today(pid);
+    SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.account_key = balance.account_key
+      AND m.month >= win_start AND m.month <= today;
+    -- an upgrade is due as soon as the rolling spend reaches the next
+    -- threshold (the next loyalty.fold() records it); below every upgrade,
+    -- the first tier applies when its threshold is 0
+    SELECT CASE WHEN tier IS NULL
+                     OR @extschema@.tier_rank(p.ladder, rolling_qualifying)
+                        > (SELECT t.rank FROM @extschema@.tiers(p.ladder) t WHERE t.name = tier)
+                THEN coalesce(@extschema@.tier_of(p.ladder, rolling_qualifying), tier) ELSE tier END
+    INTO tier FROM @extschema@.program p WHERE p.program_id = pid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text, as_of date,
+                                    OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    zone text;
+    win_start date;
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose closing balance is asked for.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.balance(program, account_key).';
+    END IF;
+    SELECT p.program_id, p.time_zone,
+           (date_trunc('month', as_of::timestamp)
+            - make_interval(months => @extschema@._window_months(p.qualification_window) - 1))::date
+    INTO pid, zone, win_start FROM @extschema@.program p WHERE p.name = balance.program;
+    -- the ledger as it stood at the end of as_of in the program's calendar
+    SELECT coalesce(sum(l.points), 0), coalesce(sum(l.qualifying), 0) INTO points, qualifying
+    FROM @extschema@.ledger l
+    WHERE l.program_id = pid AND l.account_key = balance.account_key
+      AND l.posted_at < ((as_of + 1)::timestamp AT TIME ZONE zone);
+    -- the rolling window ending with as_of's month, by document date
+    SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.account_key = balance.account_key
+      AND m.month >= win_start AND m.month <= as_of;
+    tier := @extschema@._tier_at(pid, account_key, as_of);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._tier_at(program_id integer, account_key text, as_of date) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT h.new_tier FROM @extschema@.tier_history h
+            WHERE h.program_id OPERATOR(pg_catalog.=) _tier_at.program_id
+              AND h.account_key OPERATOR(pg_catalog.=) _tier_at.account_key
+              AND h.effective_from OPERATOR(pg_catalog.<=) _tier_at.as_of
+            ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._set_tier(pid integer, account text, new_tier text, why text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old_tier text;
+    tomorrow date := @extschema@._today(pid) + 1;
+    since timestamptz;
+    change bigint;
+    last_doc date;
+BEGIN
+    PERFORM @extschema@._tier_lock(pid);
+    SELECT a.tier INTO old_tier FROM @extschema@.account a
+    WHERE a.program_id = pid AND a.account_key = account FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account,
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id = pid)
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'Enrol it first with loyalty.enroll().';
+    END IF;
+    IF old_tier IS NOT DISTINCT FROM new_tier THEN
+        RETURN;
+    END IF;
+    -- values first, then the writes: on Citus, a write to a distributed
+    -- table may hold neither a sub-select nor now() inside a CASE
+    since := CASE WHEN new_tier IS NULL THEN NULL ELSE now() END;
+    SELECT coalesce(max(h.change_no), 0) + 1 INTO change FROM @extschema@.tier_history h
+    WHERE h.program_id = pid AND h.account_key = account;
+    SELECT b.last_doc_date + 1 INTO last_doc FROM @extschema@.balance b
+    WHERE b.program_id = pid AND b.account_key = account;
+    UPDATE @extschema@.account a SET tier = new_tier, tier_since = since
+    WHERE a.program_id = pid AND a.account_key = account;
+    INSERT INTO @extschema@.tier_history (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason)
+    VALUES (pid, account, change, greatest(tomorrow, coalesce(last_doc, tomorrow)), old_tier, new_tier, why);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.statement(program text, account_key text, period_end date)
+RETURNS TABLE (section text, item text, value text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    prog @extschema@.program;
+    pstart date;
+    t text;
+    since date;
+    m numeric;
+    nxt record;
+    outcome text;
+    zone_end timestamptz;
+    zone_start timestamptz;
+    soon bigint;
+    closing bigint;
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    e := coalesce(e, @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = statement.program),
+                                                     period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.statement(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name = statement.program;
+    pid := prog.program_id;
+    pstart := @extschema@._period_start(pid, period_end);
+    zone_start := pstart::timestamp AT TIME ZONE prog.time_zone;
+    zone_end := (period_end + 1)::timestamp AT TIME ZONE prog.time_zone;
+    -- the tier the period's settlement decided (in force from the day it
+    -- ran), or, for a period not settled yet, the tier of its last day
+    SELECT s.new_tier, s.outcome, s.measure INTO t, outcome, m FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.account_key = statement.account_key AND s.period_end = statement.period_end;
+    IF NOT FOUND THEN
+        t := @extschema@._tier_at(pid, account_key, period_end);
+        m := @extschema@._measure(pid, account_key, period_end);
+        outcome := 'not settled yet';
+    END IF;
+    SELECT max(h.effective_from) INTO since FROM @extschema@.tier_history h
+    WHERE h.program_id = pid AND h.account_key = statement.account_key AND h.new_tier = t;
+    -- the next tier above the account's tier (or above what it measures)
+    SELECT x.name, x.threshold, greatest(x.threshold - m, 0) AS gap INTO nxt
+    FROM @extschema@.tiers(prog.ladder) x
+    WHERE x.rank > greatest(coalesce((SELECT y.rank FROM @extschema@.tiers(prog.ladder) y WHERE y.name = t), 0),
+                            coalesce(@extschema@.tier_rank(prog.ladder, m), 0))
+    ORDER BY x.rank LIMIT 1;
+
+    RETURN QUERY VALUES ('period', 'from', pstart::text), ('period', 'to', period_end::text),
+                        ('tier', 'tier', t), ('tier', 'since', since::text), ('tier', 'settlement', outcome),
+                        ('tier', 'measure (' || prog.tier_basis || ', rolling window)', m::text),
+                        ('progress', 'next tier', nxt.name), ('progress', 'threshold', nxt.threshold::text),
+                        ('progress', 'missing', nxt.gap::text);
+    -- points earned in the period: accrual by document month and ERP table,
+    -- the other kinds by posting date
+    RETURN QUERY
+    SELECT 'points earned', coalesce(a.source_name, '(unknown table)'), sum(x.points)::text
+    FROM @extschema@.accrual_month x LEFT JOIN @extschema@.attachment a ON a.attachment_id = x.attachment_id
+    WHERE x.program_id = pid AND x.account_key = statement.account_key AND x.month >= pstart AND x.month <= period_end
+    GROUP BY a.source_name ORDER BY a.source_name;
+    RETURN QUERY
+    SELECT 'points earned', l.kind::text, sum(l.points)::text
+    FROM @extschema@.ledger l
+    WHERE l.program_id = pid AND l.account_key = statement.account_key
+      AND l.kind IN ('award', 'adjust') AND l.posted_at >= zone_start AND l.posted_at < zone_end
+    GROUP BY l.kind ORDER BY l.kind;
+    -- as values: on Citus the query below runs on the account's shard, where
+    -- these functions could not read the configuration by name
+    soon := @extschema@._expiring_soon(pid, account_key, period_end);
+    closing := (SELECT b.points FROM @extschema@.balance(program, account_key, period_end) b);
+    RETURN QUERY
+    SELECT 'points', v.item, v.value FROM (VALUES
+        ('redeemed', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
+                      WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'redeem'
+                        AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('expired', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
+                     WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'expire'
+                       AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('expiring soon', soon::text),
+        ('balance at period end', closing::text)) v(item, value);
+    RETURN QUERY
+    SELECT 'rebates', v.item, v.value FROM (VALUES
+        ('accrued in period', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
+                               WHERE l.program_id = pid AND l.account_key = statement.account_key
+                                 AND l.rebate <> 0 AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('balance at period end', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
+                                   WHERE l.program_id = pid AND l.account_key = statement.account_key
+                                     AND l.rebate <> 0 AND l.posted_at < zone_end))) v(item, value);
+    RETURN QUERY
+    SELECT 'benefits', b.benefit, b.value::text FROM @extschema@.tier_benefit b
+    WHERE b.program_id = pid AND b.tier = t ORDER BY b.benefit;
+    -- what the next tier would add or change
+    RETURN QUERY
+    SELECT 'next tier unlocks', n.benefit, n.value::text FROM @extschema@.tier_benefit n
+    WHERE n.program_id = pid AND n.tier = nxt.name
+      AND n.value IS DISTINCT FROM (SELECT b.value FROM @extschema@.tier_benefit b
+                                    WHERE b.program_id = pid AND b.tier = t AND b.benefit = n.benefit)
+    ORDER BY n.benefit;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._decide_award(award_id uuid, approve boolean, note text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    w @extschema@.award;
+    entry bigint;
+    xid xid8;
+BEGIN
+    SELECT * INTO w FROM @extschema@.award x WHERE x.award_id = award_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM @extschema@._lock_for_debit(w.program_id, w.account_key);
+    SELECT * INTO w FROM @extschema@.award x
+    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
+    IF w.status <> 'pending' THEN
+        RETURN;
+    END IF;
+    IF approve THEN
+        entry := @extschema@._post_member(w.program_id, w.account_key, 'award', w.points,
+                                          pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
+                                          w.member_id);
+    END IF;
+    -- the entry's transaction as a value: on Citus, an UPDATE of a
+    -- distributed table may not call a volatile function inside a CASE
+    IF entry IS NOT NULL THEN
+        xid := pg_catalog.pg_current_xact_id();
+    END IF;
+    UPDATE @extschema@.award x
+    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
+        decided_by = SESSION_USER, note = _decide_award.note, posted_xid = xid, entry_no = entry
+    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._enroll(
+    program           text,
+    account_key       text,
+    cooperation_model text,
+    industry          text,
+    region            text,
+    potential_spend   numeric,
+    cohort            text,
+    enrolled_from     date,
+    OUT enrolled_program integer,
+    OUT restate       boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    policy text;
+    before @extschema@.account;
+    after @extschema@.account;
+    since date;
+    until date;
+BEGIN
+    IF account_key IS NULL OR account_key = '' THEN
+        RAISE EXCEPTION 'account_key must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cohort IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cohort', cohort, ARRAY['pilot', 'control']);
+    END IF;
+    IF cooperation_model IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cooperation_model', cooperation_model,
+                                          ARRAY['direct', 'distributor', 'integrator', 'reseller']);
+    END IF;
+    SELECT p.enrollment INTO policy FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
+    -- values first, then the writes: on Citus, a write to a distributed
+    -- table may hold neither a sub-select nor a function of the
+    -- configuration (the coordinator evaluates it, the shard runs the rest)
+    since := coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE @extschema@._today(pid) END);
+    INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
+                                          potential_spend, cohort, enrolled_by, enrolled_from)
+    VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit', since)
+    ON CONFLICT ON CONSTRAINT account_pkey DO UPDATE
+    SET cooperation_model = coalesce(excluded.cooperation_model, a.cooperation_model),
+        industry = coalesce(excluded.industry, a.industry),
+        region = coalesce(excluded.region, a.region),
+        potential_spend = coalesce(excluded.potential_spend, a.potential_spend),
+        cohort = coalesce(excluded.cohort, a.cohort),
+        enrolled_from = coalesce(_enroll.enrolled_from, a.enrolled_from);
+
+    SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
+
+    -- A new segment or cohort applies to documents dated from tomorrow (in
+    -- the program's calendar), and never to a document already accrued: after
+    -- the account's latest document date if that is later.  The old values
+    -- stay for the documents before (the first change of a day keeps them:
+    -- values that were never in force for any date are dropped).
+    IF before.account_key IS NOT NULL
+       AND (before.cooperation_model, before.industry, before.region, before.cohort)
+           IS DISTINCT FROM (after.cooperation_model, after.industry, after.region, after.cohort) THEN
+        SELECT b.last_doc_date + 1 INTO until FROM @extschema@.balance b
+        WHERE b.program_id = pid AND b.account_key = _enroll.account_key;
+        until := GREATEST(@extschema@._today(pid) + 1, until);
+        INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
+                                                 industry, region, cohort)
+        VALUES (pid, _enroll.account_key, until,
+                before.cooperation_model, before.industry, before.region, before.cohort)
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    -- A new enrolment date changes which documents earn at all; so does a
+    -- first enrolment of a customer whose documents were ignored so far.
+    enrolled_program := pid;
+    restate := (before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
+                AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = _enroll.account_key))
+               OR (before.account_key IS NULL
+                   AND EXISTS (SELECT FROM @extschema@.unenrolled_activity u
+                               WHERE u.program_id = pid AND u.account_key = _enroll.account_key AND u.source_rows <> 0));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.roi(program text, pre daterange, post daterange, benefit_cost numeric DEFAULT NULL,
+                               costs_until date DEFAULT NULL)
+RETURNS TABLE (
+    measured_on text, pilot_accounts bigint, control_accounts bigint,
+    pilot_mean_change numeric, control_mean_change numeric,
+    uplift_per_account numeric, uplift_ci_low numeric, uplift_ci_high numeric, std_error numeric, welch_df numeric,
+    incremental_margin numeric, incremental_margin_ci_low numeric, incremental_margin_ci_high numeric,
+    points_issued bigint, points_cost numeric, rebate_cost numeric, mdf_cost numeric, benefits_cost numeric,
+    program_cost numeric, roi numeric, roi_ci_low numeric, roi_ci_high numeric, payback_months numeric,
+    placebo_uplift numeric, placebo_ci_low numeric, placebo_ci_high numeric, parallel_trends text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    prog @extschema@.program;
+    pid integer;
+    c record;
+    d @extschema@.did_result;
+    pd @extschema@.did_result;
+    est record;
+    econ @extschema@.roi_settings;
+    scale numeric;
+    months numeric;
+    mid date;
+    rev numeric;
+    unrated numeric;
+    pts bigint;
+    reb numeric;
+    md numeric;
+    ben numeric;
+    cost numeric;
+    inc numeric;
+BEGIN
+    -- the program by name, read as the caller (internal functions are not theirs)
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program x WHERE x.name = program;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    pid := prog.program_id;
+    FOR c IN SELECT * FROM (VALUES (1, 'pre', pre), (2, 'post', post)) AS x(n, param, r) ORDER BY n LOOP
+        IF c.r IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL', c.param
+                USING ERRCODE = 'null_value_not_allowed',
+                      DETAIL = format('%s is a range of document dates.', c.param),
+                      HINT = format('For example %s => daterange(''2025-01-01'', ''2025-07-01'').', c.param);
+        END IF;
+        IF isempty(c.r) OR lower_inf(c.r) OR upper_inf(c.r) THEN
+            RAISE EXCEPTION '% must be a bounded, non-empty date range, not %', c.param, c.r
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Means per account need a period of known length.',
+                      HINT = format('For example %s => daterange(''2025-01-01'', ''2025-07-01'').', c.param);
+        END IF;
+    END LOOP;
+    IF upper(pre) > lower(post) THEN
+        RAISE EXCEPTION 'pre must end before post begins: % and % overlap', pre, post
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'pre is the period before the program started, post the period it ran.',
+                  HINT = 'For example pre => daterange(''2024-01-01'', ''2025-01-01''), post => daterange(''2025-01-01'', ''2026-01-01'').';
+    END IF;
+    IF costs_until <= lower(post) OR costs_until = 'infinity' THEN
+        RAISE EXCEPTION 'costs_until must be a date after post begins, not %', costs_until
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Rebates, MDF and awards posted from the start of post up to the day before costs_until count as the pilot''s cost.',
+                  HINT = 'Leave it out for the end of post; give a later date to include the rebates settled after post.';
+    END IF;
+    IF benefit_cost < 0 OR benefit_cost IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION 'benefit_cost must be 0 or more, not %', benefit_cost
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'benefit_cost is what the pilot''s benefits cost over post, in program currency.',
+                  HINT = 'Leave it out to use loyalty.roi_settings.benefit_cost_per_account_month.';
+    END IF;
+    SELECT * INTO econ FROM @extschema@.roi_settings s WHERE s.program_id = pid;
+    scale := (upper(post) - lower(post))::numeric / (upper(pre) - lower(pre));
+    months := (upper(post) - lower(post))::numeric / (365.25 / 12);
+    mid := lower(pre) + (upper(pre) - lower(pre)) / 2;
+
+    WITH x AS (
+        SELECT s.account_key, s.doc_date, sum(s.margin) AS margin, sum(s.revenue) AS revenue,
+               sum(s.unrated_revenue) AS unrated
+        FROM @extschema@.sales(program, daterange(lower(pre), upper(post))) s
+        GROUP BY 1, 2),
+    m AS (
+        SELECT x.account_key,
+               sum(x.margin) FILTER (WHERE x.doc_date <@ pre) AS pre,
+               sum(x.margin) FILTER (WHERE x.doc_date <@ post) AS post,
+               sum(x.margin) FILTER (WHERE x.doc_date >= lower(pre) AND x.doc_date < mid) AS first_half,
+               sum(x.margin) FILTER (WHERE x.doc_date >= mid AND x.doc_date < mid + (mid - lower(pre))) AS second_half
+        FROM x GROUP BY 1),
+    -- the experiment's accounts as a result of their own: on Citus the
+    -- account table is distributed, and the sub-selects over x below can
+    -- run only where the rest of the query is a result on the coordinator
+    a AS MATERIALIZED (
+        SELECT a.account_key, a.cohort FROM @extschema@.account a
+        WHERE a.program_id = pid AND a.cohort IS NOT NULL)
+    SELECT @extschema@.did(a.cohort = 'pilot', coalesce(m.pre, 0) * scale, coalesce(m.post, 0)) AS d,
+           @extschema@.did(a.cohort = 'pilot', coalesce(m.first_half, 0), coalesce(m.second_half, 0)) AS pd,
+           (SELECT sum(x.revenue) FROM x) AS rev, (SELECT sum(x.unrated) FROM x) AS unrated
+    INTO est
+    FROM a
+    LEFT JOIN m ON m.account_key = a.account_key;
+    d := est.d;
+    pd := est.pd;
+    rev := est.rev;
+    unrated := est.unrated;
+
+    -- the pilot's cost over post
+    SELECT coalesce(sum(m.points), 0) INTO pts
+    FROM @extschema@.accrual_month m JOIN @extschema@.account a USING (program_id, account_key)
+    WHERE m.program_id = pid AND a.cohort = 'pilot'
+      AND m.month >= date_trunc('month', lower(post)) AND m.month < upper(post);
+    SELECT pts + coalesce(sum(l.points) FILTER (WHERE l.kind IN ('award', 'adjust') AND l.points > 0), 0),
+           coalesce(sum(l.rebate), 0), coalesce(sum(l.mdf), 0)
+    INTO pts, reb, md
+    FROM @extschema@.ledger l JOIN @extschema@.account a USING (program_id, account_key)
+    WHERE l.program_id = pid AND a.cohort = 'pilot'
+      AND (l.posted_at AT TIME ZONE prog.time_zone)::date
+          <@ daterange(lower(post), coalesce(costs_until, upper(post)));
+    ben := coalesce(benefit_cost, coalesce(econ.benefit_cost_per_account_month, 0) * d.pilot_n * months);
+    cost := pts * coalesce(econ.cost_per_point, 0) + reb + md + ben;
+    inc := d.uplift::numeric * d.pilot_n;
+
+    measured_on := CASE WHEN coalesce(rev, 0) = 0 THEN 'no sales'
+                        WHEN unrated = 0 THEN 'margin'
+                        WHEN unrated = rev THEN 'revenue (no margin rates set)'
+                        ELSE format('margin; %s%% of revenue had no margin rate and counts as revenue',
+                                    round(100 * unrated / rev, 1)) END;
+    pilot_accounts := d.pilot_n;
+    control_accounts := d.control_n;
+    pilot_mean_change := round(d.pilot_mean_change::numeric, 2);
+    control_mean_change := round(d.control_mean_change::numeric, 2);
+    uplift_per_account := round(d.uplift::numeric, 2);
+    uplift_ci_low := round(d.ci_low::numeric, 2);
+    uplift_ci_high := round(d.ci_high::numeric, 2);
+    std_error := round(d.std_error::numeric, 2);
+    welch_df := round(d.welch_df::numeric, 1);
+    incremental_margin := round(inc, 2);
+    incremental_margin_ci_low := round(d.ci_low::numeric * d.pilot_n, 2);
+    incremental_margin_ci_high := round(d.ci_high::numeric * d.pilot_n, 2);
+    points_issued := pts;
+    points_cost := round(pts * coalesce(econ.cost_per_point, 0), 2);
+    rebate_cost := reb;
+    mdf_cost := md;
+    benefits_cost := round(ben, 2);
+    program_cost := round(cost, 2);
+    IF cost > 0 THEN
+        roi := round((inc - cost) / cost, 4);
+        roi_ci_low := round((d.ci_low::numeric * d.pilot_n - cost) / cost, 4);
+        roi_ci_high := round((d.ci_high::numeric * d.pilot_n - cost) / cost, 4);
+        IF inc > 0 THEN
+            payback_months := round(cost / (inc / months), 1);
+        END IF;
+    END IF;
+    placebo_uplift := round(pd.uplift::numeric, 2);
+    placebo_ci_low := round(pd.ci_low::numeric, 2);
+    placebo_ci_high := round(pd.ci_high::numeric, 2);
+    parallel_trends := CASE WHEN pd.ci_low IS NULL THEN 'not checked: too few accounts'
+                            WHEN pd.ci_low <= 0 AND pd.ci_high >= 0 THEN 'plausible: the placebo interval holds 0'
+                            ELSE 'doubtful: the placebo interval excludes 0' END;
+    RETURN NEXT;
+END
+$$;
+
+CREATE OR REPLACE VIEW @extschema@.account_status WITH (security_invoker = true) AS
+-- each program's row with today in its calendar, a result of its own: on
+-- Citus the coordinator computes it once and sends it to the shards (a
+-- sub-select without FROM cannot go there, and now() on a shard is that
+-- node's own transaction start)
+WITH p AS MATERIALIZED (SELECT p.*, (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today
+                        FROM @extschema@.program p)
+SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, ap.cohort,
+       a.tier, a.tier_since,
+       coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
+       coalesce(r.rolling, 0) AS rolling_qualifying,
+       n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
+       coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, ap.potential_spend,
+       b.last_doc_date AS last_invoice_date,
+       p.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
+       coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
+FROM @extschema@.account a
+JOIN p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
+-- staff only: a partner's row has them NULL
+LEFT JOIN @extschema@.account_private ap ON ap.program_id OPERATOR(pg_catalog.=) a.program_id
+                                         AND ap.account_key OPERATOR(pg_catalog.=) a.account_key
+LEFT JOIN @extschema@.balance b ON b.program_id OPERATOR(pg_catalog.=) a.program_id
+                               AND b.account_key OPERATOR(pg_catalog.=) a.account_key
+-- the tier window: whole calendar months ending with the current one (as
+-- loyalty.balance() counts it)
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(m.qualifying) AS rolling
+    FROM @extschema@.accrual_month m
+    WHERE m.program_id OPERATOR(pg_catalog.=) a.program_id AND m.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND m.month OPERATOR(pg_catalog.<=) p.today
+      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', p.today::timestamp)
+          OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => GREATEST(1,
+              (pg_catalog.date_part('year', p.qualification_window) OPERATOR(pg_catalog.*) 12
+               OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
+               OPERATOR(pg_catalog.+) pg_catalog.round(pg_catalog.date_part('day', p.qualification_window) OPERATOR(pg_catalog./) 30))::integer)
+              OPERATOR(pg_catalog.-) 1))::date) r ON true
+LEFT JOIN LATERAL @extschema@.next_tier(p.ladder, coalesce(r.rolling, 0)) n ON true
+-- approved training and certification actions, its members' included
+LEFT JOIN LATERAL (
+    SELECT pg_catalog.sum(x.quantity)::bigint AS trainings,
+           pg_catalog.sum(x.quantity) FILTER (WHERE ar.category OPERATOR(pg_catalog.=) 'certification')::bigint AS certifications
+    FROM @extschema@.award x
+    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) x.program_id
+                                   AND ar.action OPERATOR(pg_catalog.=) x.action AND ar.valid_from OPERATOR(pg_catalog.=) x.rule_from
+    WHERE x.program_id OPERATOR(pg_catalog.=) a.program_id AND x.account_key OPERATOR(pg_catalog.=) a.account_key
+      AND x.status OPERATOR(pg_catalog.=) 'approved' AND ar.category IN ('training', 'certification')) w ON true;
+CREATE OR REPLACE FUNCTION @extschema@._post_member(
+    program_id   integer,
+    account_key  text,
+    kind         @extschema@.ledger_kind,
+    points       bigint,
+    reason       text,
+    member_id    text,
+    corrects_xid xid8 DEFAULT NULL,
+    corrects     bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := @extschema@._post($1, $2, $3, $4, $5, member_id => $6, corrects_xid => $7, corrects => $8);
+BEGIN
+    IF n IS NOT NULL AND $6 IS NOT NULL THEN
+        INSERT INTO @extschema@.member_points AS m (program_id, account_key, member_id, points, earned, spent, entry_count)
+        VALUES ($1, $2, $6, $4,
+                CASE WHEN $3 OPERATOR(pg_catalog.<>) 'redeem' THEN $4 ELSE 0 END,
+                CASE WHEN $3 OPERATOR(pg_catalog.=) 'redeem' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)
+        ON CONFLICT ON CONSTRAINT member_points_pkey DO UPDATE
+        SET points = m.points OPERATOR(pg_catalog.+) excluded.points,
+            earned = m.earned OPERATOR(pg_catalog.+) excluded.earned,
+            spent = m.spent OPERATOR(pg_catalog.+) excluded.spent,
+            -- the inserted row's default, now(): on Citus the SET of an
+            -- upsert into a distributed table may call no volatile function
+            entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = excluded.updated_at;
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.set_roi_economics(
+    program                        text,
+    cost_per_point                 numeric DEFAULT NULL,
+    benefit_cost_per_account_month numeric DEFAULT NULL,
+    default_margin_rate            numeric DEFAULT NULL)
+RETURNS @extschema@.roi_settings
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    r @extschema@.roi_settings;
+BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF cost_per_point < 0 OR cost_per_point IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION 'cost_per_point must be 0 or more, not %', cost_per_point
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cost_per_point is what one issued point costs the company, in program currency.',
+                  HINT = 'For example cost_per_point => 0.01 (a point worth one cent).';
+    END IF;
+    IF benefit_cost_per_account_month < 0 OR benefit_cost_per_account_month IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION 'benefit_cost_per_account_month must be 0 or more, not %', benefit_cost_per_account_month
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'benefit_cost_per_account_month is what the benefits of one pilot account cost per month.',
+                  HINT = 'For example benefit_cost_per_account_month => 15.';
+    END IF;
+    IF NOT default_margin_rate BETWEEN -1 AND 1 THEN
+        RAISE EXCEPTION 'default_margin_rate must be between -1 and 1, not %', default_margin_rate
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A margin rate is margin / revenue: 0.25 when a quarter of the revenue is margin.',
+                  HINT = 'For example default_margin_rate => 0.2.';
+    END IF;
+    INSERT INTO @extschema@.roi_settings AS s (program_id, cost_per_point, benefit_cost_per_account_month, default_margin_rate)
+    VALUES (pid, coalesce(cost_per_point, 0), coalesce(benefit_cost_per_account_month, 0), default_margin_rate)
+    ON CONFLICT (program_id) DO UPDATE
+    SET cost_per_point = coalesce(set_roi_economics.cost_per_point, s.cost_per_point),
+        benefit_cost_per_account_month = coalesce(set_roi_economics.benefit_cost_per_account_month, s.benefit_cost_per_account_month),
+        default_margin_rate = coalesce(set_roi_economics.default_margin_rate, s.default_margin_rate),
+        -- the inserted row's default, now(): Citus refuses a volatile
+        -- function in the SET of an upsert into one of its tables
+        updated_at = excluded.updated_at
+    RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.set_margin_rate(program text, product_line text, rate numeric)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF product_line IS NULL THEN
+        RAISE EXCEPTION 'product_line must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'product_line is a product line as the program''s attachments map it.',
+                  HINT = 'For the lines without a rate of their own use loyalty.set_roi_economics(program, default_margin_rate => ...).';
+    END IF;
+    IF rate IS NULL THEN
+        DELETE FROM @extschema@.margin_rate m WHERE m.program_id = pid AND m.product_line = set_margin_rate.product_line;
+        RETURN;
+    END IF;
+    IF NOT rate BETWEEN -1 AND 1 THEN
+        RAISE EXCEPTION 'rate must be between -1 and 1, not %', rate
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A margin rate is margin / revenue: 0.25 when a quarter of the revenue is margin.',
+                  HINT = 'Give 0.25, not 25; rate => NULL removes the line''s rate.';
+    END IF;
+    INSERT INTO @extschema@.margin_rate AS m (program_id, product_line, rate)
+    VALUES (pid, product_line, rate)
+    -- updated_at: the inserted row's default, now() (Citus refuses now() here)
+    ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = excluded.updated_at;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
+RETURNS TABLE (account_key text, actions bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: on Citus, award is distributed, and Citus plans a
+    -- query with parameters on it only as PL/pgSQL's custom plan
+    RETURN QUERY
+    SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
+    FROM @extschema@.award w
+    WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
+      AND w.status OPERATOR(pg_catalog.=) 'approved'
+      AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
+    GROUP BY w.account_key;
+END
+$$;
+

@@ -388,6 +388,8 @@ DECLARE
     policy text;
     before @extschema@.account;
     after @extschema@.account;
+    since date;
+    until date;
 BEGIN
     IF account_key IS NULL OR account_key = '' THEN
         RAISE EXCEPTION 'account_key must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
@@ -401,10 +403,13 @@ BEGIN
     END IF;
     SELECT p.enrollment INTO policy FROM @extschema@.program p WHERE p.program_id = pid;
     SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
+    -- values first, then the writes: on Citus, a write to a distributed
+    -- table may hold neither a sub-select nor a function of the
+    -- configuration (the coordinator evaluates it, the shard runs the rest)
+    since := coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE @extschema@._today(pid) END);
     INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
                                           potential_spend, cohort, enrolled_by, enrolled_from)
-    VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit',
-            coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE @extschema@._today(pid) END))
+    VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit', since)
     ON CONFLICT ON CONSTRAINT account_pkey DO UPDATE
     SET cooperation_model = coalesce(excluded.cooperation_model, a.cooperation_model),
         industry = coalesce(excluded.industry, a.industry),
@@ -423,12 +428,12 @@ BEGIN
     IF before.account_key IS NOT NULL
        AND (before.cooperation_model, before.industry, before.region, before.cohort)
            IS DISTINCT FROM (after.cooperation_model, after.industry, after.region, after.cohort) THEN
+        SELECT b.last_doc_date + 1 INTO until FROM @extschema@.balance b
+        WHERE b.program_id = pid AND b.account_key = _enroll.account_key;
+        until := GREATEST(@extschema@._today(pid) + 1, until);
         INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
                                                  industry, region, cohort)
-        VALUES (pid, _enroll.account_key,
-                GREATEST(@extschema@._today(pid) + 1,
-                         (SELECT b.last_doc_date + 1 FROM @extschema@.balance b
-                          WHERE b.program_id = pid AND b.account_key = _enroll.account_key)),
+        VALUES (pid, _enroll.account_key, until,
                 before.cooperation_model, before.industry, before.region, before.cohort)
         ON CONFLICT DO NOTHING;
     END IF;

@@ -525,6 +525,8 @@ CREATE FUNCTION @extschema@.balance(program text, account_key text,
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer;
+    win_start date;
+    today date;
 BEGIN
     IF program IS NULL OR account_key IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN program IS NULL THEN 'program' ELSE 'account_key' END
@@ -545,9 +547,14 @@ BEGIN
     SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key;
     SELECT coalesce(b.points, 0), coalesce(b.qualifying, 0) INTO points, qualifying
     FROM (SELECT) x LEFT JOIN @extschema@.balance b ON b.program_id = pid AND b.account_key = balance.account_key;
+    -- the window's bounds as values: on Citus the query below runs on the
+    -- account's shard, where a function reading loyalty.program by name
+    -- would be a distributed query nested in a shard query
+    win_start := @extschema@._rolling_start(pid);
+    today := @extschema@._today(pid);
     SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
     WHERE m.program_id = pid AND m.account_key = balance.account_key
-      AND m.month >= @extschema@._rolling_start(pid) AND m.month <= @extschema@._today(pid);
+      AND m.month >= win_start AND m.month <= today;
     -- an upgrade is due as soon as the rolling spend reaches the next
     -- threshold (the next loyalty.fold() records it); below every upgrade,
     -- the first tier applies when its threshold is 0

@@ -122,14 +122,18 @@ COMMENT ON COLUMN @extschema@.account_benefits.dedicated_account_manager IS 'A d
 COMMENT ON COLUMN @extschema@.account_benefits.benefits IS 'Every benefit of the tier as a JSON object, those the admin defined included.';
 
 -- The tier of an account on a date: the tier documents dated that day earn
--- by (the tier history, as the accrual reads it).
+-- by (the tier history, as the accrual reads it).  PL/pgSQL, not SQL: on
+-- Citus, tier_history is distributed, and Citus plans a query with
+-- parameters on it only as PL/pgSQL's custom plan, never in a SQL function.
 CREATE FUNCTION @extschema@._tier_at(program_id integer, account_key text, as_of date) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-SELECT (SELECT h.new_tier FROM @extschema@.tier_history h
-        WHERE h.program_id OPERATOR(pg_catalog.=) _tier_at.program_id
-          AND h.account_key OPERATOR(pg_catalog.=) _tier_at.account_key
-          AND h.effective_from OPERATOR(pg_catalog.<=) _tier_at.as_of
-        ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT h.new_tier FROM @extschema@.tier_history h
+            WHERE h.program_id OPERATOR(pg_catalog.=) _tier_at.program_id
+              AND h.account_key OPERATOR(pg_catalog.=) _tier_at.account_key
+              AND h.effective_from OPERATOR(pg_catalog.<=) _tier_at.as_of
+            ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1);
+END
 $$;
 COMMENT ON FUNCTION @extschema@._tier_at(integer, text, date) IS 'Internal: an account''s tier on a date, from loyalty.tier_history (NULL: none).';
 
@@ -348,6 +352,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     old_tier text;
     tomorrow date := @extschema@._today(pid) + 1;
+    since timestamptz;
+    change bigint;
+    last_doc date;
 BEGIN
     PERFORM @extschema@._tier_lock(pid);
     SELECT a.tier INTO old_tier FROM @extschema@.account a
@@ -361,16 +368,17 @@ BEGIN
     IF old_tier IS NOT DISTINCT FROM new_tier THEN
         RETURN;
     END IF;
-    UPDATE @extschema@.account a SET tier = new_tier,
-           tier_since = CASE WHEN new_tier IS NULL THEN NULL ELSE now() END
+    -- values first, then the writes: on Citus, a write to a distributed
+    -- table may hold neither a sub-select nor now() inside a CASE
+    since := CASE WHEN new_tier IS NULL THEN NULL ELSE now() END;
+    SELECT coalesce(max(h.change_no), 0) + 1 INTO change FROM @extschema@.tier_history h
+    WHERE h.program_id = pid AND h.account_key = account;
+    SELECT b.last_doc_date + 1 INTO last_doc FROM @extschema@.balance b
+    WHERE b.program_id = pid AND b.account_key = account;
+    UPDATE @extschema@.account a SET tier = new_tier, tier_since = since
     WHERE a.program_id = pid AND a.account_key = account;
     INSERT INTO @extschema@.tier_history (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason)
-    VALUES (pid, account,
-            coalesce((SELECT max(h.change_no) FROM @extschema@.tier_history h
-                      WHERE h.program_id = pid AND h.account_key = account), 0) + 1,
-            greatest(tomorrow, coalesce((SELECT b.last_doc_date + 1 FROM @extschema@.balance b
-                                         WHERE b.program_id = pid AND b.account_key = account), tomorrow)),
-            old_tier, new_tier, why);
+    VALUES (pid, account, change, greatest(tomorrow, coalesce(last_doc, tomorrow)), old_tier, new_tier, why);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._set_tier(integer, text, text, text) IS 'Internal: changes an account''s tier by hand (account row and tier history), from tomorrow.';
@@ -475,6 +483,7 @@ DECLARE
     e text[] := @extschema@._program_problem(program);
     pid integer;
     zone text;
+    win_start date;
 BEGIN
     -- a partner's login reads its own account only (src/sql/80_partner.sql)
     PERFORM @extschema@._may_read(program, account_key);
@@ -492,7 +501,10 @@ BEGIN
                   DETAIL = 'as_of is the day whose closing balance is asked for.',
                   HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.balance(program, account_key).';
     END IF;
-    SELECT p.program_id, p.time_zone INTO pid, zone FROM @extschema@.program p WHERE p.name = balance.program;
+    SELECT p.program_id, p.time_zone,
+           (date_trunc('month', as_of::timestamp)
+            - make_interval(months => @extschema@._window_months(p.qualification_window) - 1))::date
+    INTO pid, zone, win_start FROM @extschema@.program p WHERE p.name = balance.program;
     -- the ledger as it stood at the end of as_of in the program's calendar
     SELECT coalesce(sum(l.points), 0), coalesce(sum(l.qualifying), 0) INTO points, qualifying
     FROM @extschema@.ledger l
@@ -501,10 +513,7 @@ BEGIN
     -- the rolling window ending with as_of's month, by document date
     SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
     WHERE m.program_id = pid AND m.account_key = balance.account_key
-      AND m.month >= (date_trunc('month', as_of::timestamp)
-                      - make_interval(months => (SELECT @extschema@._window_months(p.qualification_window) - 1
-                                                 FROM @extschema@.program p WHERE p.program_id = pid)))::date
-      AND m.month <= as_of;
+      AND m.month >= win_start AND m.month <= as_of;
     tier := @extschema@._tier_at(pid, account_key, as_of);
 END
 $$;
@@ -556,6 +565,8 @@ DECLARE
     outcome text;
     zone_end timestamptz;
     zone_start timestamptz;
+    soon bigint;
+    closing bigint;
 BEGIN
     -- a partner's login reads its own account only (src/sql/80_partner.sql)
     PERFORM @extschema@._may_read(program, account_key);
@@ -610,6 +621,10 @@ BEGIN
     WHERE l.program_id = pid AND l.account_key = statement.account_key
       AND l.kind IN ('award', 'adjust') AND l.posted_at >= zone_start AND l.posted_at < zone_end
     GROUP BY l.kind ORDER BY l.kind;
+    -- as values: on Citus the query below runs on the account's shard, where
+    -- these functions could not read the configuration by name
+    soon := @extschema@._expiring_soon(pid, account_key, period_end);
+    closing := (SELECT b.points FROM @extschema@.balance(program, account_key, period_end) b);
     RETURN QUERY
     SELECT 'points', v.item, v.value FROM (VALUES
         ('redeemed', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
@@ -618,8 +633,8 @@ BEGIN
         ('expired', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
                      WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'expire'
                        AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
-        ('expiring soon', @extschema@._expiring_soon(pid, account_key, period_end)::text),
-        ('balance at period end', (SELECT b.points::text FROM @extschema@.balance(program, account_key, period_end) b))) v(item, value);
+        ('expiring soon', soon::text),
+        ('balance at period end', closing::text)) v(item, value);
     RETURN QUERY
     SELECT 'rebates', v.item, v.value FROM (VALUES
         ('accrued in period', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l

@@ -335,6 +335,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     w @extschema@.award;
     entry bigint;
+    xid xid8;
 BEGIN
     SELECT * INTO w FROM @extschema@.award x WHERE x.award_id = award_id;
     IF NOT FOUND THEN
@@ -351,10 +352,14 @@ BEGIN
                                           pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
                                           w.member_id);
     END IF;
+    -- the entry's transaction as a value: on Citus, an UPDATE of a
+    -- distributed table may not call a volatile function inside a CASE
+    IF entry IS NOT NULL THEN
+        xid := pg_catalog.pg_current_xact_id();
+    END IF;
     UPDATE @extschema@.award x
     SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
-        decided_by = SESSION_USER, note = _decide_award.note,
-        posted_xid = CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = entry
+        decided_by = SESSION_USER, note = _decide_award.note, posted_xid = xid, entry_no = entry
     WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
 END
 $$;
@@ -428,13 +433,18 @@ COMMENT ON FUNCTION @extschema@.reject_award(uuid, text) IS
 -- Read by settlement for tier qualification on counted actions.
 CREATE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
 RETURNS TABLE (account_key text, actions bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
-FROM @extschema@.award w
-WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
-  AND w.status OPERATOR(pg_catalog.=) 'approved'
-  AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
-GROUP BY w.account_key
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: on Citus, award is distributed, and Citus plans a
+    -- query with parameters on it only as PL/pgSQL's custom plan
+    RETURN QUERY
+    SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
+    FROM @extschema@.award w
+    WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
+      AND w.status OPERATOR(pg_catalog.=) 'approved'
+      AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
+    GROUP BY w.account_key;
+END
 $$;
 COMMENT ON FUNCTION @extschema@._action_counts(integer, text, date, date) IS
 'Internal: approved actions per account that occurred in [from_date, to_date) (their quantities summed), for tier qualification at settlement.';

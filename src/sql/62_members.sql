@@ -67,7 +67,9 @@ BEGIN
         SET points = m.points OPERATOR(pg_catalog.+) excluded.points,
             earned = m.earned OPERATOR(pg_catalog.+) excluded.earned,
             spent = m.spent OPERATOR(pg_catalog.+) excluded.spent,
-            entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.now();
+            -- the inserted row's default, now(): on Citus the SET of an
+            -- upsert into a distributed table may call no volatile function
+            entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = excluded.updated_at;
     END IF;
     RETURN n;
 END

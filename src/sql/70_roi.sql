@@ -183,7 +183,9 @@ BEGIN
     SET cost_per_point = coalesce(set_roi_economics.cost_per_point, s.cost_per_point),
         benefit_cost_per_account_month = coalesce(set_roi_economics.benefit_cost_per_account_month, s.benefit_cost_per_account_month),
         default_margin_rate = coalesce(set_roi_economics.default_margin_rate, s.default_margin_rate),
-        updated_at = pg_catalog.now()
+        -- the inserted row's default, now(): Citus refuses a volatile
+        -- function in the SET of an upsert into one of its tables
+        updated_at = excluded.updated_at
     RETURNING * INTO r;
     RETURN r;
 END
@@ -229,7 +231,8 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.margin_rate AS m (program_id, product_line, rate)
     VALUES (pid, product_line, rate)
-    ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = pg_catalog.now();
+    -- updated_at: the inserted row's default, now() (Citus refuses now() here)
+    ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = excluded.updated_at;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_margin_rate(text, text, numeric) IS
@@ -590,14 +593,19 @@ BEGIN
                sum(x.margin) FILTER (WHERE x.doc_date <@ post) AS post,
                sum(x.margin) FILTER (WHERE x.doc_date >= lower(pre) AND x.doc_date < mid) AS first_half,
                sum(x.margin) FILTER (WHERE x.doc_date >= mid AND x.doc_date < mid + (mid - lower(pre))) AS second_half
-        FROM x GROUP BY 1)
+        FROM x GROUP BY 1),
+    -- the experiment's accounts as a result of their own: on Citus the
+    -- account table is distributed, and the sub-selects over x below can
+    -- run only where the rest of the query is a result on the coordinator
+    a AS MATERIALIZED (
+        SELECT a.account_key, a.cohort FROM @extschema@.account a
+        WHERE a.program_id = pid AND a.cohort IS NOT NULL)
     SELECT @extschema@.did(a.cohort = 'pilot', coalesce(m.pre, 0) * scale, coalesce(m.post, 0)) AS d,
            @extschema@.did(a.cohort = 'pilot', coalesce(m.first_half, 0), coalesce(m.second_half, 0)) AS pd,
            (SELECT sum(x.revenue) FROM x) AS rev, (SELECT sum(x.unrated) FROM x) AS unrated
     INTO est
-    FROM @extschema@.account a
-    LEFT JOIN m ON m.account_key = a.account_key
-    WHERE a.program_id = pid AND a.cohort IS NOT NULL;
+    FROM a
+    LEFT JOIN m ON m.account_key = a.account_key;
     d := est.d;
     pd := est.pd;
     rev := est.rev;

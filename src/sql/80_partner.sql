@@ -339,6 +339,12 @@ COMMENT ON COLUMN @extschema@.account_private.account_key IS 'The ERP''s custome
 COMMENT ON COLUMN @extschema@.account_private.cohort IS 'pilot or control (NULL: not in the experiment).';
 COMMENT ON COLUMN @extschema@.account_private.potential_spend IS 'Estimated annual wallet (share of wallet''s denominator).';
 CREATE VIEW @extschema@.account_status WITH (security_invoker = true) AS
+-- each program's row with today in its calendar, a result of its own: on
+-- Citus the coordinator computes it once and sends it to the shards (a
+-- sub-select without FROM cannot go there, and now() on a shard is that
+-- node's own transaction start)
+WITH p AS MATERIALIZED (SELECT p.*, (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today
+                        FROM @extschema@.program p)
 SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.region, ap.cohort,
        a.tier, a.tier_since,
        coalesce(b.points, 0) AS points, coalesce(b.qualifying, 0) AS qualifying,
@@ -346,11 +352,10 @@ SELECT p.name AS program, a.account_key, a.cooperation_model, a.industry, a.regi
        n.name AS next_tier, n.threshold AS next_tier_threshold, n.gap AS gap_to_next_tier,
        coalesce(b.rebate, 0) AS rebate, coalesce(b.mdf, 0) AS mdf, ap.potential_spend,
        b.last_doc_date AS last_invoice_date,
-       t.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
+       p.today OPERATOR(pg_catalog.-) b.last_doc_date AS days_since_last_invoice,
        coalesce(w.trainings, 0) AS trainings_completed, coalesce(w.certifications, 0) AS certifications
 FROM @extschema@.account a
-JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
-CROSS JOIN LATERAL (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date AS today) t
+JOIN p ON p.program_id OPERATOR(pg_catalog.=) a.program_id
 -- staff only: a partner's row has them NULL
 LEFT JOIN @extschema@.account_private ap ON ap.program_id OPERATOR(pg_catalog.=) a.program_id
                                          AND ap.account_key OPERATOR(pg_catalog.=) a.account_key
@@ -362,8 +367,8 @@ LEFT JOIN LATERAL (
     SELECT pg_catalog.sum(m.qualifying) AS rolling
     FROM @extschema@.accrual_month m
     WHERE m.program_id OPERATOR(pg_catalog.=) a.program_id AND m.account_key OPERATOR(pg_catalog.=) a.account_key
-      AND m.month OPERATOR(pg_catalog.<=) t.today
-      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', t.today::timestamp)
+      AND m.month OPERATOR(pg_catalog.<=) p.today
+      AND m.month OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('month', p.today::timestamp)
           OPERATOR(pg_catalog.-) pg_catalog.make_interval(months => GREATEST(1,
               (pg_catalog.date_part('year', p.qualification_window) OPERATOR(pg_catalog.*) 12
                OPERATOR(pg_catalog.+) pg_catalog.date_part('month', p.qualification_window)
