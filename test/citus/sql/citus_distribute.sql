@@ -131,6 +131,12 @@ SELECT (SELECT points FROM loyalty.balance b JOIN loyalty.program p USING (progr
          WHERE p.name = 'Sales Club' AND b.account_key = 'C-0005')
      = (SELECT sum(trunc(amount))::bigint FROM erp.sales WHERE customer = 'C-0005' AND invoice_id <> 60001)
        AS detached_row_not_counted;
+-- backfill posts what the row written while detached earns
+SELECT b.accounts, b.source_rows, b.points FROM loyalty.backfill('erp.sales', 'Sales Club', since => '-infinity') b;
+SELECT (SELECT points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
+         WHERE p.name = 'Sales Club' AND b.account_key = 'C-0005')
+     = (SELECT sum(trunc(amount))::bigint FROM erp.sales WHERE customer = 'C-0005') AS backfilled;
+SELECT * FROM loyalty.verify('Sales Club');
 
 -- After distribute(), a table of one node cannot be attached: it has no
 -- shards for its accounts.

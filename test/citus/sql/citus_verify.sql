@@ -12,39 +12,39 @@
 SET datestyle = 'ISO, YMD';
 
 SELECT loyalty.create_program('Verify Club') > 0 AS created;
-CREATE TABLE erp.orders (order_id bigint NOT NULL, customer text NOT NULL, amount numeric(12,2) NOT NULL,
+CREATE TABLE erp.verify_orders (order_id bigint NOT NULL, customer text NOT NULL, amount numeric(12,2) NOT NULL,
                          order_date date NOT NULL, doc_type text NOT NULL DEFAULT 'INV',
                          PRIMARY KEY (customer, order_id));
-SELECT create_distributed_table('erp.orders', 'customer', colocate_with => 'loyalty.account');
-SELECT loyalty.attach('erp.orders', 'Verify Club', account_column => 'customer', amount_column => 'amount',
+SELECT create_distributed_table('erp.verify_orders', 'customer', colocate_with => 'loyalty.account');
+SELECT loyalty.attach('erp.verify_orders', 'Verify Club', account_column => 'customer', amount_column => 'amount',
                       date_column => 'order_date', doc_type_column => 'doc_type',
                       credit_note_types => '{CRN}') > 0 AS attached;
 
 -- What a row earns, from the row alone.
-CREATE VIEW erp.orders_earned AS
+CREATE VIEW erp.verify_orders_earned AS
 SELECT o.*, (CASE WHEN o.doc_type = 'CRN' THEN -trunc(abs(o.amount)) ELSE trunc(o.amount) END)::bigint AS earns
-  FROM erp.orders o;
+  FROM erp.verify_orders o;
 
 -- The ERP's writes over 300 customers: a set, COPY, corrections,
 -- deletions, credit notes.
-INSERT INTO erp.orders SELECT g, 'V-' || lpad((g % 300)::text, 4, '0'), 5 + (g % 11) + (g % 100) / 100.0,
+INSERT INTO erp.verify_orders SELECT g, 'V-' || lpad((g % 300)::text, 4, '0'), 5 + (g % 11) + (g % 100) / 100.0,
                               DATE '2025-01-01' + g % 200
   FROM generate_series(1, 4000) g;
 COPY (SELECT g, 'V-' || lpad((g % 280)::text, 4, '0'), (g % 53) + 0.49, DATE '2025-02-01' + g % 150
         FROM generate_series(4001, 6000) g) TO '/tmp/loyalty_citus_orders.csv' (FORMAT csv);
-COPY erp.orders (order_id, customer, amount, order_date) FROM '/tmp/loyalty_citus_orders.csv' (FORMAT csv);
-UPDATE erp.orders SET amount = amount + 2.5 WHERE order_id % 9 = 0;
-UPDATE erp.orders SET order_date = order_date + 40 WHERE order_id % 31 = 0;
-DELETE FROM erp.orders WHERE order_id % 23 = 0;
-INSERT INTO erp.orders SELECT 7000 + g, 'V-' || lpad((g * 7 % 300)::text, 4, '0'), 3.75 + g, DATE '2025-05-01' + g, 'CRN'
+COPY erp.verify_orders (order_id, customer, amount, order_date) FROM '/tmp/loyalty_citus_orders.csv' (FORMAT csv);
+UPDATE erp.verify_orders SET amount = amount + 2.5 WHERE order_id % 9 = 0;
+UPDATE erp.verify_orders SET order_date = order_date + 40 WHERE order_id % 31 = 0;
+DELETE FROM erp.verify_orders WHERE order_id % 23 = 0;
+INSERT INTO erp.verify_orders SELECT 7000 + g, 'V-' || lpad((g * 7 % 300)::text, 4, '0'), 3.75 + g, DATE '2025-05-01' + g, 'CRN'
   FROM generate_series(1, 40) g;
-UPDATE erp.orders SET amount = -amount WHERE doc_type = 'CRN' AND order_id % 2 = 0;
+UPDATE erp.verify_orders SET amount = -amount WHERE doc_type = 'CRN' AND order_id % 2 = 0;
 
 SELECT count(*) AS rows, count(DISTINCT customer) AS customers, sum(earns) AS points
-  FROM erp.orders_earned;
+  FROM erp.verify_orders_earned;
 -- the balances are what the rows earn
 SELECT count(*) AS accounts_differing
-  FROM (SELECT customer AS account_key, sum(earns) AS points FROM erp.orders_earned GROUP BY 1) e
+  FROM (SELECT customer AS account_key, sum(earns) AS points FROM erp.verify_orders_earned GROUP BY 1) e
   FULL JOIN (SELECT account_key, points FROM loyalty.balance
               WHERE program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Verify Club')) b
     USING (account_key)
@@ -66,12 +66,12 @@ SET ROLE citus_verify_reader;
 SELECT * FROM loyalty.verify('Verify Club');
 RESET ROLE;
 GRANT USAGE ON SCHEMA erp TO citus_verify_reader;
-GRANT SELECT ON erp.orders TO citus_verify_reader;
+GRANT SELECT ON erp.verify_orders TO citus_verify_reader;
 SET ROLE citus_verify_reader;
 SELECT * FROM loyalty.verify('Verify Club');
 SELECT * FROM loyalty.verify('Verify Club', account => 'V-0007');
 -- and cannot call the shard function itself
-SELECT * FROM loyalty._reconcile_shard(1, 'erp.orders_1', 'postgres', true, '-infinity', NULL);
+SELECT * FROM loyalty._reconcile_shard(1, 'erp.verify_orders_1', 'postgres', true, '-infinity', NULL);
 RESET ROLE;
 
 -- A tampered ledger entry (the append-only trigger bypassed, as a superuser
@@ -92,7 +92,7 @@ COMMIT;
 -- the ledger's sum is off by 1000 against what V-0042's rows earn, and
 -- the balance against the ledger
 CREATE TEMP TABLE found AS SELECT * FROM loyalty.verify('Verify Club');
-CREATE TEMP TABLE rows_earn AS SELECT sum(earns) AS points FROM erp.orders_earned WHERE customer = 'V-0042';
+CREATE TEMP TABLE rows_earn AS SELECT sum(earns) AS points FROM erp.verify_orders_earned WHERE customer = 'V-0042';
 SELECT f.account_key, f.item,
        CASE f.item WHEN 'ledger_accrual_points' THEN f.expected ELSE f.actual END = r.points AS the_rows_earn,
        f.actual - f.expected AS drift
@@ -131,17 +131,17 @@ SELECT * FROM loyalty.verify('Verify Club');
 -- (explain_points is called from the coordinator: in a query over the
 -- distributed table itself, Citus would push it into the shard queries)
 CREATE TEMP TABLE some_rows AS
-SELECT order_id, customer, order_date, amount, doc_type, earns FROM erp.orders_earned
+SELECT order_id, customer, order_date, amount, doc_type, earns FROM erp.verify_orders_earned
  WHERE order_id IN (1, 18, 7001, 7002);
 SELECT o.order_id, o.amount, o.doc_type, e.account_key, e.document_date = o.order_date AS same_date, e.status,
        e.points = o.earns AS points_are_the_rows, e.points
-  FROM some_rows o, LATERAL loyalty.explain_points('erp.orders', o.customer, o.order_id::text) e
+  FROM some_rows o, LATERAL loyalty.explain_points('erp.verify_orders', o.customer, o.order_id::text) e
  ORDER BY o.order_id;
 -- in the key's own types too
-SELECT e.account_key, e.points = (SELECT earns FROM erp.orders_earned WHERE order_id = 4005) AS points_are_the_row
-  FROM loyalty.explain_points('erp.orders', 'V-0085'::text, 4005::bigint) e;
+SELECT e.account_key, e.points = (SELECT earns FROM erp.verify_orders_earned WHERE order_id = 4005) AS points_are_the_row
+  FROM loyalty.explain_points('erp.verify_orders', 'V-0085'::text, 4005::bigint) e;
 -- a key no row has gives no row
-SELECT count(*) FROM loyalty.explain_points('erp.orders', 'V-0001', '999999');
+SELECT count(*) FROM loyalty.explain_points('erp.verify_orders', 'V-0001', '999999');
 
 -- Backfill: a table whose rows existed before it was attached (to a
 -- program of its own) accrues them on the shards, exactly; a second run
@@ -180,6 +180,6 @@ SELECT count(DISTINCT p.nodeport) AS workers_with_backfill_entries
 -- and the other programs are untouched
 SELECT * FROM loyalty.verify('Verify Club');
 SELECT * FROM loyalty.verify('Sales Club');
-REVOKE ALL ON erp.orders FROM citus_verify_reader;
+REVOKE ALL ON erp.verify_orders FROM citus_verify_reader;
 REVOKE ALL ON SCHEMA erp FROM citus_verify_reader;
 DROP ROLE citus_verify_reader;
