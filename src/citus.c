@@ -47,6 +47,33 @@ loyalty_citus_installed(void)
 }
 
 /*
+ * Are loyalty's account-scoped tables Citus distributed tables
+ * (loyalty.distribute() has run)?  Asked once per transaction, inside SPI.
+ * On the coordinator their names are then shells: a statement that relies
+ * on a row's physical address (ctid) or on this node's transaction ids
+ * must say which shard it means.
+ */
+bool
+loyalty_citus_distributed(void)
+{
+	static LocalTransactionId asked = InvalidLocalTransactionId;
+	static bool distributed = false;
+
+	if (!loyalty_citus_installed())
+		return false;
+	if (asked != MyProc->lxid)
+	{
+		loyalty_spi_check(SPI_execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p"
+									  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'loyalty.balance_delta'::pg_catalog.regclass"
+									  "   AND p.partmethod OPERATOR(pg_catalog.=) 'h')", true, 1),
+						  SPI_OK_SELECT, "read pg_dist_partition");
+		distributed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &(bool){false}));
+		asked = MyProc->lxid;
+	}
+	return distributed;
+}
+
+/*
  * The shard id in a shard's name: Citus names a shard after its table,
  * "<table>_<shardid>".  0 when the name does not end that way.
  */

@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -106,11 +107,13 @@ months_of(MonthArrays *m, HeapTuple tup, TupleDesc desc, int first, const char *
  * number of deltas read.
  */
 static uint64
-read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, SPITupleTable **tt)
+read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, Datum *tid_keys,
+			SPITupleTable **tt)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		args[2];
 	Datum	   *tid;
+	char	  **tid_key;
 	uint64		i;
 	int			n = 0;
 
@@ -129,6 +132,7 @@ read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, S
 	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_SELECT, "read loyalty.balance_delta");
 	*tt = SPI_tuptable;
 	tid = palloc(sizeof(Datum) * (SPI_processed + 1));
+	tid_key = palloc(sizeof(char *) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -140,6 +144,7 @@ read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, S
 		bool		isnull;
 
 		tid[i] = SPI_getbinval(tup, desc, 1, &isnull);
+		tid_key[i] = key;
 		if (n == 0 || strcmp(accts[n - 1].key, key) != 0)
 		{
 			a = &accts[n++];
@@ -161,6 +166,7 @@ read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, S
 	*naccts = n;
 	*tids = PointerGetDatum(construct_array(tid, (int) SPI_processed, TIDOID, sizeof(ItemPointerData), false,
 											TYPALIGN_SHORT));
+	*tid_keys = loyalty_text_array(tid_key, NULL, (int) SPI_processed);
 	return SPI_processed;
 }
 
@@ -310,11 +316,12 @@ folded_rows(FoldAccount *accts, int n, Oid *type)
 
 /* Writes the round: folded rows, cap entries, and the deltas deleted. */
 static void
-write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
+write_round(const Program *prog, FoldAccount *accts, int n, Datum tids, Datum tid_keys)
 {
 	static SPIPlanPtr upsert = NULL,
 				caps = NULL,
-				del = NULL;
+				del = NULL,
+				del_sharded = NULL;
 	static Oid	upsert_type = InvalidOid;
 	Oid			type;
 	Datum		args[4];
@@ -326,25 +333,30 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
 
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = folded_rows(accts, n, &type);
+	/*
+	 * now() as a value: Citus takes no volatile function in DO UPDATE SET,
+	 * nor a parameter there (it sends that clause to the workers as is)
+	 */
+	args[2] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	if (upsert == NULL || type != upsert_type)
 	{
-		Oid			t[2] = {INT4OID, get_array_type(type)};
+		Oid			t[3] = {INT4OID, get_array_type(type), TIMESTAMPTZOID};
 
 		if (upsert != NULL)
 			SPI_freeplan(upsert);
 		upsert = NULL;
 		upsert = loyalty_prepare_batch(
 			"INSERT INTO loyalty.balance_folded AS b (program_id, account_key, points, qualifying, rebate, mdf,"
-			"  entry_count, m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date)"
+			"  entry_count, m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date, updated_at)"
 			" SELECT $1, u.account_key, u.points, u.qualifying, u.rebate, u.mdf, u.entry_count,"
-			"  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows, u.last_doc_date"
+			"  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows, u.last_doc_date, $3"
 			" FROM pg_catalog.unnest($2) AS u ORDER BY u.account_key"
 			" ON CONFLICT (program_id, account_key) DO UPDATE SET points = excluded.points,"
 			"  qualifying = excluded.qualifying, rebate = excluded.rebate, mdf = excluded.mdf,"
 			"  entry_count = excluded.entry_count, m_month = excluded.m_month, m_attachment = excluded.m_attachment,"
 			"  m_points = excluded.m_points, m_qualifying = excluded.m_qualifying,"
 			"  m_source_rows = excluded.m_source_rows, last_doc_date = excluded.last_doc_date,"
-			"  updated_at = pg_catalog.now()", 2, t);
+			"  updated_at = excluded.updated_at", 3, t);
 		upsert_type = type;
 	}
 	loyalty_spi_check(SPI_execute_plan(upsert, args, NULL, false, 0), SPI_OK_INSERT, "write loyalty.balance_folded");
@@ -374,6 +386,27 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
 		loyalty_spi_check(SPI_execute_plan(caps, args, NULL, false, 0), SPI_OK_INSERT, "write cap entries");
 	}
 
+	if (loyalty_citus_distributed())
+	{
+		/*
+		 * On Citus a ctid is an address within one shard: the same ctid names
+		 * a row in every shard.  The account key says which shard (it is the
+		 * distribution column), so each delta is deleted by the pair.
+		 */
+		if (del_sharded == NULL)
+		{
+			Oid			t[2] = {TEXTARRAYOID, TIDARRAYOID};
+
+			del_sharded = loyalty_prepare_batch(
+				"DELETE FROM loyalty.balance_delta d"
+				" USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(k, t)"
+				" WHERE d.account_key OPERATOR(pg_catalog.=) u.k AND d.ctid OPERATOR(pg_catalog.=) u.t", 2, t);
+		}
+		args[0] = tid_keys;
+		args[1] = tids;
+		loyalty_spi_check(SPI_execute_plan(del_sharded, args, NULL, false, 0), SPI_OK_DELETE, "delete folded deltas");
+		return;
+	}
 	if (del == NULL)
 	{
 		Oid			t[1] = {TIDARRAYOID};
@@ -586,18 +619,19 @@ fold_program(const Program *prog)
 	{
 		FoldAccount *accts = NULL;
 		int			naccts;
-		Datum		tids;
+		Datum		tids,
+					tid_keys;
 		SPITupleTable *deltas = NULL,
 				   *folded = NULL;
 
 		old = MemoryContextSwitchTo(round_cxt);
 		accts = palloc(sizeof(FoldAccount) * FOLD_BATCH);
-		n = read_deltas(prog, accts, &naccts, &tids, &deltas);
+		n = read_deltas(prog, accts, &naccts, &tids, &tid_keys, &deltas);
 		if (n > 0)
 		{
 			read_folded(prog, accts, naccts, &folded);
 			apply_round(prog, accts, naccts);
-			write_round(prog, accts, naccts, tids);
+			write_round(prog, accts, naccts, tids, tid_keys);
 			enroll_missing(prog, accts, naccts);
 			upgraded += upgrade_tiers(prog, accts, naccts);
 		}
