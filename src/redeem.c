@@ -606,6 +606,19 @@ loyalty_redeem(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 
+	/*
+	 * On Citus the account's balance deltas are in a shard on a worker:
+	 * the wait for postings in flight (loyalty_await_account) would scan
+	 * this node's empty shell and wait for nothing, and the redemption
+	 * would be posted with this node's transaction id next to the
+	 * workers'.  Refused until the debit runs on the account's node.
+	 */
+	if (loyalty_citus_distributed())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("loyalty.redeem() does not run on Citus yet"),
+				 errdetail("loyalty's tables are distributed (loyalty.distribute()): the redemption's check for postings in flight must run on the node holding the account's shard, which is not built; nothing was redeemed."),
+				 errhint("Redeem in a program kept on a single server; see \"Running on Citus\" in loyalty's README.")));
 	check_caller(&q);
 	no = lock_account(&q, &program_id, &today, &r);
 	check_request(&q, program_id, &r);
