@@ -779,3 +779,146 @@ END
 $$;
 
 
+
+-- Redemption on Citus: distribute() registers loyalty.redeem as a Citus
+-- distributed function by account_key (_citus_functions), so that a call
+-- runs on the node holding the account's shard.
+CREATE OR REPLACE FUNCTION @extschema@._citus_functions() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''account_key'', colocate_with => ''@extschema@.account'')'
+      USING '@extschema@.redeem(text, text, text, integer, text)'::pg_catalog.regprocedure;
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@._citus_functions() IS
+'Internal: registers the debits written in C (loyalty.redeem) as Citus distributed functions by account_key, co-located with loyalty.account, so that Citus runs a call on the node holding the account''s shard.';
+REVOKE ALL ON FUNCTION @extschema@._citus_functions() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@.distribute(invoice regclass)
+RETURNS TABLE (table_name regclass, layout text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key_column text;
+    key_type   regtype;
+    fks        text[] := '{}';
+    undo       text := '';
+    t          record;
+    r          record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty.distribute() lays out loyalty''s tables on a Citus cluster.',
+                  HINT = 'On a single server nothing needs distributing; on Citus, CREATE EXTENSION citus first.';
+    END IF;
+    IF NOT (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname OPERATOR(pg_catalog.=) current_user) THEN
+        RAISE EXCEPTION 'permission denied to distribute loyalty''s tables'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'loyalty.distribute() alters the extension''s tables on every node.',
+                  HINT = 'Run it as a superuser, once, before attaching distributed tables.';
+    END IF;
+    EXECUTE 'SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey), a.atttypid::pg_catalog.regtype'
+         || ' FROM pg_catalog.pg_dist_partition p JOIN pg_catalog.pg_attribute a'
+         || '   ON a.attrelid OPERATOR(pg_catalog.=) p.logicalrelid'
+         || '  AND a.attname OPERATOR(pg_catalog.=) pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)'
+         || ' WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1 AND p.partmethod OPERATOR(pg_catalog.=) ''h'''
+       INTO key_column, key_type USING invoice;
+    IF key_column IS NULL THEN
+        RAISE EXCEPTION '% is not a hash-distributed table', invoice
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'invoice names the ERP table distributed by customer that loyalty''s tables are co-located with.',
+                  HINT = pg_catalog.format('SELECT create_distributed_table(%L, ''customer_id''), then loyalty.distribute(%L).',
+                                           invoice::text, invoice::text);
+    END IF;
+    IF key_type OPERATOR(pg_catalog.<>) 'pg_catalog.text'::pg_catalog.regtype THEN
+        RAISE EXCEPTION '% is distributed by %, a column of type %', invoice, pg_catalog.quote_ident(key_column), key_type
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty keeps account keys as text, and Citus co-locates only tables whose distribution columns have the same type.',
+                  HINT = 'Distribute the invoice table by a text customer key, or keep it on one server; see "Running on Citus" in loyalty''s README.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.detached_at IS NULL) THEN
+        RAISE EXCEPTION 'loyalty has attached tables'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Their triggers were created for tables on this node; distributing loyalty''s tables under them would accrue on shells.',
+                  HINT = 'Detach them (loyalty.detach()), distribute, then attach the distributed invoice table.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                WHERE p.logicalrelid OPERATOR(pg_catalog.=) '@extschema@.account'::pg_catalog.regclass) THEN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p, pg_catalog.pg_dist_partition a
+                        WHERE p.logicalrelid OPERATOR(pg_catalog.=) invoice
+                          AND a.logicalrelid OPERATOR(pg_catalog.=) '@extschema@.account'::pg_catalog.regclass
+                          AND a.colocationid OPERATOR(pg_catalog.=) p.colocationid) THEN
+            RAISE EXCEPTION 'loyalty''s tables are distributed with another table'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = pg_catalog.format('%s is not co-located with loyalty.account.', invoice),
+                      HINT = 'Distribute the invoice table with colocate_with => ''loyalty.account''.';
+        END IF;
+        PERFORM @extschema@._citus_functions();
+        RETURN QUERY SELECT * FROM @extschema@._citus_layout();
+        RETURN;
+    END IF;
+
+    -- 1. the foreign keys and partner policies, on every node
+    FOR t IN SELECT c.conrelid::regclass AS rel, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def,
+                    l.layout OPERATOR(pg_catalog.<>) 'local' AND f.layout OPERATOR(pg_catalog.<>) 'local' AS kept
+               FROM pg_catalog.pg_constraint c
+               JOIN @extschema@._citus_layout() l ON l.table_name OPERATOR(pg_catalog.=) c.conrelid
+               JOIN @extschema@._citus_layout() f ON f.table_name OPERATOR(pg_catalog.=) c.confrelid
+              WHERE c.contype OPERATOR(pg_catalog.=) 'f'
+              ORDER BY 1::text, 2
+    LOOP
+        undo := undo || pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I;', t.rel, t.conname);
+        IF t.kept THEN
+            fks := fks || pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', t.rel, t.conname, t.def);
+        END IF;
+    END LOOP;
+    FOR t IN SELECT pg_catalog.format('%I.%I', p.schemaname, p.tablename) AS rel FROM pg_catalog.pg_policies p
+              WHERE p.schemaname OPERATOR(pg_catalog.=) '@extschema@' AND p.policyname OPERATOR(pg_catalog.=) 'partner'
+    LOOP
+        undo := undo || pg_catalog.format('DROP POLICY IF EXISTS partner ON %s;', t.rel);
+    END LOOP;
+    FOR r IN EXECUTE 'SELECT w.nodename, w.nodeport, w.success, w.result'
+                  || ' FROM pg_catalog.run_command_on_workers($1) w'
+               USING 'SET citus.enable_ddl_propagation = off;' || undo
+    LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'could not prepare loyalty''s tables on worker %:%', r.nodename, r.nodeport
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = r.result,
+                      HINT = 'Fix the worker (CREATE EXTENSION loyalty must have run there), then run loyalty.distribute() again; it picks up where it stopped.';
+        END IF;
+    END LOOP;
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    EXECUTE undo;
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'on', true);
+
+    -- 2. reference and distributed tables (the cache triggers on the
+    -- configuration tables only invalidate this node's caches)
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- foreign keys to reference tables need one connection per node
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    FOR t IN SELECT * FROM @extschema@._citus_layout() l WHERE l.layout OPERATOR(pg_catalog.<>) 'local' LOOP
+        IF t.layout OPERATOR(pg_catalog.=) 'reference' THEN
+            EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t.table_name;
+        ELSE
+            EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''account_key'', colocate_with => $2)'
+              USING t.table_name, invoice::text;
+        END IF;
+    END LOOP;
+
+    -- 3. the foreign keys back, except those of the local tables: a
+    -- reference or distributed table may reference a reference table, and
+    -- a distributed one a co-located table on the account key
+    FOR t IN SELECT k.def FROM pg_catalog.unnest(fks) k(def) LOOP
+        EXECUTE t.def;
+    END LOOP;
+    PERFORM @extschema@._citus_functions();
+    RETURN QUERY SELECT * FROM @extschema@._citus_layout();
+END
+$$;
+

@@ -151,6 +151,7 @@ INSERT INTO decision VALUES
 ('loyalty._attach(regclass,text,text,text,text,text,text,text,text,text,text[],text,text,text,regclass,text,text,regclass,text,text)', '', false, true, 'internal: attach''s owner phase, called by the C attach()'),
 ('loyalty._check_mapped_columns()', '', false, true, 'event trigger: refuses ALTER TABLE breaking a mapping'),
 ('loyalty._citus_layout()', '', false, true, 'reads the catalog: how distribute() lays out each table'),
+('loyalty._citus_functions()', '', false, true, 'internal: distribute() registers redeem as a Citus distributed function'),
 ('loyalty._enroll(text,text,text,text,text,numeric,text,date)', '', false, true, 'internal: the writes of enroll()'),
 ('loyalty._verify_attachments(integer)', '', false, true, 'internal: verify''s trigger checks'),
 ('loyalty._verify_ledger(integer,text)', '', false, true, 'internal: verify''s per-month sums vs ledger check'),

@@ -74,6 +74,33 @@ loyalty_citus_distributed(void)
 }
 
 /*
+ * The OID of the shard of loyalty's distributed table name that holds the
+ * account key, when that shard is on this node; InvalidOid when it is on
+ * another node.  Inside SPI.  The key is hashed by Citus itself
+ * (get_shard_id_for_distribution_column), the shard is looked up by its
+ * name on this node.
+ */
+Oid
+loyalty_account_shard(const char *name, text *account_key)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	bool		isnull;
+	int64		shardid;
+
+	values[0] = CStringGetTextDatum(psprintf("loyalty.%s", quote_identifier(name)));
+	values[1] = PointerGetDatum(account_key);
+	loyalty_spi_check(SPI_execute_with_args("SELECT pg_catalog.get_shard_id_for_distribution_column("
+											"$1::pg_catalog.regclass, $2)",
+											2, argtypes, values, NULL, true, 1),
+					  SPI_OK_SELECT, "find the account's shard");
+	shardid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		return InvalidOid;
+	return get_relname_relid(psprintf("%s_" INT64_FORMAT, name, shardid), get_namespace_oid("loyalty", false));
+}
+
+/*
  * The shard id in a shard's name: Citus names a shard after its table,
  * "<table>_<shardid>".  0 when the name does not end that way.
  */

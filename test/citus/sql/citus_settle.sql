@@ -140,8 +140,24 @@ SELECT count(*) AS tiers_differing
   FROM loyalty.account a
   JOIN quarter_tier t ON t.account_key = a.account_key AND t.q = 2
  WHERE a.program_id = :pid AND a.tier IS DISTINCT FROM t.tier;
+-- Two settlements of the same period at once (two sessions, through
+-- dblink): the second waits for the first and finds its run.
+CREATE EXTENSION IF NOT EXISTS dblink;
+SELECT format('host=127.0.0.1 port=%s dbname=%s', current_setting('port'), current_database()) AS conninfo \gset
+SELECT dblink_connect('s1', :'conninfo'), dblink_connect('s2', :'conninfo');
+SELECT dblink_exec('s1', 'BEGIN');
+SELECT * FROM dblink('s1', $$SELECT period_end FROM loyalty.settle('Settle Club', '2025-09-30')$$) AS t(period_end date);
+SELECT dblink_send_query('s2', $$SELECT period_end, accounts FROM loyalty.settle('Settle Club', '2025-09-30')$$);
+SELECT pg_sleep(0.5);
+SELECT dblink_is_busy('s2') AS second_waits;
+SELECT dblink_exec('s1', 'COMMIT');
+SELECT * FROM dblink_get_result('s2') AS t(period_end date, accounts bigint);
+SELECT dblink_disconnect('s1'), dblink_disconnect('s2');
+SELECT count(*) AS runs, sum(accounts) AS accounts FROM loyalty.settlement_run
+ WHERE program_id = :pid AND period_end = '2025-09-30';
+SELECT count(*) AS account_rows FROM loyalty.settlement_account WHERE program_id = :pid AND period_end = '2025-09-30';
 -- settle_due settles the quarters after it, up to the last one that ended
-SELECT count(*) = (SELECT count(*) FROM generate_series('2025-07-01'::date, date_trunc('quarter', current_date) - interval '1 day',
+SELECT count(*) = (SELECT count(*) FROM generate_series('2025-10-01'::date, date_trunc('quarter', current_date) - interval '1 day',
                                                           interval '3 months')) AS all_due,
        bool_and(status = 'done') AS done
   FROM loyalty.settle_due('Settle Club');
@@ -156,6 +172,75 @@ SELECT count(*) AS accounts_differing_from_erp
 SELECT loyalty.create_program('Expiring Club', point_lifetime => '12 months') > 0 AS created;
 SELECT loyalty.settle('Expiring Club', '2025-03-31');
 SELECT count(*) AS runs FROM loyalty.settlement_run r JOIN loyalty.program p USING (program_id) WHERE p.name = 'Expiring Club';
+
+-- Redemption: Citus runs loyalty.redeem, called as a statement of its own,
+-- on the node holding the account's shard (a distributed function by
+-- account_key): the lock, the wait for postings in flight and the posting
+-- happen there, with that node's transaction ids.  A new session: in this
+-- one, Citus 12.1 stopped delegating function calls after the errors above
+-- ("not pushing down function calls in CTEs or Subqueries"); redeem then
+-- refuses, as it does below inside a transaction block.
+\c -
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+SELECT program_id AS pid FROM loyalty.program WHERE name = 'Settle Club' \gset
 SELECT loyalty.set_reward('Settle Club', 'MUG', 'Mug', 100);
-SELECT loyalty.redeem('Settle Club', 'S-001', 'MUG');
-SELECT count(*) AS redeem_entries FROM loyalty.ledger WHERE program_id = :pid AND kind = 'redeem';
+SELECT success, result FROM pg_catalog.run_command_on_coordinator(
+    $$SELECT distribution_argument_index FROM pg_catalog.pg_dist_object
+       WHERE objid = 'loyalty.redeem(text, text, text, integer, text)'::regprocedure$$);
+SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Settle Club', 'S-001', 'MUG') r;
+SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Settle Club', 'S-002', 'MUG', 2) r;
+SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Settle Club', 'S-150', 'MUG', 5) r;
+SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Settle Club', 'S-399', 'MUG', 10) r;
+SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Settle Club', 'S-001', 'MUG') r;
+-- more than the balance: refused, nothing written
+SELECT points FROM loyalty.balance WHERE program_id = :pid AND account_key = 'S-003';
+SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Settle Club', 'S-003', 'MUG', 1000) r;
+-- a call Citus does not send to the account's node (inside a transaction
+-- block) is refused rather than checked on the coordinator's empty shell
+BEGIN;
+SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Settle Club', 'S-004', 'MUG') r;
+ROLLBACK;
+-- balances: the ERP's points less the redemptions; the ledger agrees
+SELECT count(*) AS accounts_differing
+  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint AS points FROM erp.orders GROUP BY 1) w
+  LEFT JOIN (SELECT account_key, sum(points)::bigint AS spent FROM loyalty.redemption
+              WHERE program_id = :pid GROUP BY 1) r USING (account_key)
+  FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :pid) b USING (account_key)
+ WHERE w.points - coalesce(r.spent, 0) IS DISTINCT FROM b.points;
+SELECT account_key, quantity, points FROM loyalty.redemption WHERE program_id = :pid ORDER BY 1, redemption_no;
+SELECT account_key, sum(points) AS redeemed FROM loyalty.ledger WHERE program_id = :pid AND kind = 'redeem'
+ GROUP BY 1 ORDER BY 1;
+-- the entries carry the transaction id of the node that wrote them: on
+-- the node holding each, posted_xid is the transaction that inserted the row
+SELECT sum(result::int) AS redeem_entries
+  FROM pg_catalog.run_command_on_shards('loyalty.ledger',
+       $$SELECT count(*) FROM %s WHERE kind = 'redeem'$$);
+SELECT sum(result::int) AS redeem_entries_with_their_nodes_xid
+  FROM pg_catalog.run_command_on_shards('loyalty.ledger',
+       $$SELECT count(*) FROM %s WHERE kind = 'redeem'
+            AND (posted_xid::text::bigint %% 4294967296)::text = xmin::text$$);
+-- A credit note in flight on the account's node: the redemption waits for
+-- it there (the shard's balance deltas, the node's transaction ids), then
+-- finds the balance it leaves and refuses.
+SELECT points AS s5 FROM loyalty.balance WHERE program_id = :pid AND account_key = 'S-005' \gset
+SELECT :s5 >= 100 AS covers_one_mug;
+SELECT dblink_connect('erp', :'conninfo'), dblink_connect('shop', :'conninfo');
+SELECT dblink_exec('erp', 'BEGIN');
+SELECT dblink_exec('erp', format('INSERT INTO erp.orders VALUES (200001, %L, %s, %L)', 'S-005', - :s5, '2025-06-15'));
+SELECT dblink_send_query('shop', $$SELECT r IS NOT NULL FROM loyalty.redeem('Settle Club', 'S-005', 'MUG') r$$);
+SELECT pg_sleep(0.5);
+SELECT dblink_is_busy('shop') AS redemption_waits;
+SELECT dblink_exec('erp', 'COMMIT');
+SELECT * FROM dblink_get_result('shop', false) AS t(redeemed boolean);
+SELECT dblink_disconnect('erp'), dblink_disconnect('shop');
+SELECT points FROM loyalty.balance WHERE program_id = :pid AND account_key = 'S-005';
+SELECT count(*) AS redemptions_of_s005 FROM loyalty.redemption WHERE program_id = :pid AND account_key = 'S-005';
+-- a fold afterwards changes no balance
+SELECT loyalty.fold('Settle Club') > 0 AS folded;
+SELECT count(*) AS accounts_differing
+  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint AS points FROM erp.orders GROUP BY 1) w
+  LEFT JOIN (SELECT account_key, sum(points)::bigint AS spent FROM loyalty.redemption
+              WHERE program_id = :pid GROUP BY 1) r USING (account_key)
+  FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :pid) b USING (account_key)
+ WHERE w.points - coalesce(r.spent, 0) IS DISTINCT FROM b.points;
