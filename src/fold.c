@@ -27,6 +27,7 @@
 #include "utils/date.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 #include "utils/typcache.h"
 
 #include "accounts.h"
@@ -470,6 +471,122 @@ upgrade_effective_from(DateADT tomorrow, DateADT last_doc_date)
 }
 
 /*
+ * The upgrades of upgrade_tiers on a distributed layout, where Citus plans
+ * neither the data-modifying CTE nor the correlated change number: the
+ * accounts first (a multi-shard UPDATE, each shard's rows on its node),
+ * then the last change numbers of those that moved, then their history
+ * rows.  The tier lock this fold holds keeps every other tier writer of
+ * the program out meanwhile.  moved[i] tells whether uk[i] was written.
+ */
+static int
+upgrade_tiers_sharded(const Program *prog, Datum *args, char **uk, char **uo, char **un, Numeric *uq,
+					  DateADT *ueff, int nu, bool *moved)
+{
+	static SPIPlanPtr upd = NULL,
+				last = NULL,
+				ins = NULL;
+	char	  **mk = palloc(sizeof(char *) * nu),
+			  **mo = palloc(sizeof(char *) * nu),
+			  **mn = palloc(sizeof(char *) * nu);
+	bool	   *monulls = palloc(sizeof(bool) * nu);
+	Numeric    *mq = palloc(sizeof(Numeric) * nu);
+	DateADT    *meff = palloc(sizeof(DateADT) * nu);
+	int64	   *mno = palloc(sizeof(int64) * nu);
+	Datum		a[8];
+	int			nm = 0,
+				i;
+	uint64		r;
+
+	if (upd == NULL)
+	{
+		Oid			t[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZOID};
+
+		upd = loyalty_prepare_batch(
+			"UPDATE loyalty.account a SET tier = u.new_tier, tier_since = $5"
+			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, old_tier, new_tier)"
+			" WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k"
+			"   AND a.tier IS NOT DISTINCT FROM u.old_tier"
+			"   AND NOT EXISTS (SELECT FROM loyalty.tier_grant g WHERE g.program_id OPERATOR(pg_catalog.=) $1"
+			"                   AND g.account_key OPERATOR(pg_catalog.=) a.account_key)"
+			" RETURNING a.account_key", 5, t);
+	}
+	a[0] = args[0];
+	a[1] = args[1];
+	a[2] = args[2];
+	a[3] = args[3];
+	a[4] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	loyalty_spi_check(SPI_execute_plan(upd, a, NULL, false, 0), SPI_OK_UPDATE_RETURNING, "record tier upgrades");
+	memset(moved, 0, sizeof(bool) * nu);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		char	   *k = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+
+		for (i = 0; i < nu; i++)
+			if (!moved[i] && strcmp(k, uk[i]) == 0)
+			{
+				moved[i] = true;
+				break;
+			}
+	}
+	for (i = 0; i < nu; i++)
+		if (moved[i])
+		{
+			mk[nm] = uk[i];
+			mo[nm] = uo[i];
+			monulls[nm] = (uo[i] == NULL);
+			mn[nm] = un[i];
+			mq[nm] = uq[i];
+			meff[nm] = ueff[i];
+			mno[nm++] = 1;
+		}
+	if (nm == 0)
+		return 0;
+
+	if (last == NULL)
+	{
+		Oid			t[2] = {INT4OID, TEXTARRAYOID};
+
+		last = loyalty_prepare_batch(
+			"SELECT h.account_key, pg_catalog.max(h.change_no) FROM loyalty.tier_history h"
+			" WHERE h.program_id OPERATOR(pg_catalog.=) $1 AND h.account_key OPERATOR(pg_catalog.=) ANY ($2)"
+			" GROUP BY h.account_key", 2, t);
+	}
+	a[1] = loyalty_text_array(mk, NULL, nm);
+	loyalty_spi_check(SPI_execute_plan(last, a, NULL, false, 0), SPI_OK_SELECT, "read tier change numbers");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		char	   *k = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+		bool		isnull;
+		int64		no = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
+
+		for (i = 0; i < nm; i++)
+			if (strcmp(k, mk[i]) == 0)
+				mno[i] = no + 1;
+	}
+
+	if (ins == NULL)
+	{
+		Oid			t[7] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		NUMERICARRAYOID};
+
+		ins = loyalty_prepare_batch(
+			"INSERT INTO loyalty.tier_history"
+			" (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)"
+			" SELECT $1, u.k, u.no, u.eff, u.old_tier, u.new_tier, 'upgrade_on_accrual', u.q"
+			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			"                 pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7))"
+			"      AS u(k, no, eff, old_tier, new_tier, q) ORDER BY u.k", 7, t);
+	}
+	a[2] = loyalty_int8_array(mno, nm);
+	a[3] = loyalty_date_array(meff, nm);
+	a[4] = loyalty_text_array(mo, monulls, nm);
+	a[5] = loyalty_text_array(mn, NULL, nm);
+	a[6] = loyalty_numeric_array(mq, nm);
+	loyalty_spi_check(SPI_execute_plan(ins, a, NULL, false, 0), SPI_OK_INSERT, "record tier upgrades");
+	return nm;
+}
+
+/*
  * Upgrades on accrual: an account whose rolling qualifying spend, folded,
  * reaches a higher tier than it has.  Downgrades wait for settlement.
  * Returns how many accounts were upgraded.
@@ -516,6 +633,21 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 	}
 	if (nu == 0)
 		return 0;
+	if (loyalty_citus_distributed())
+	{
+		bool	   *moved = palloc(sizeof(bool) * nu);
+		int			nm;
+
+		args[0] = Int32GetDatum(prog->id);
+		args[1] = loyalty_text_array(uk, NULL, nu);
+		args[2] = loyalty_text_array(uo, onulls, nu);
+		args[3] = loyalty_text_array(un, NULL, nu);
+		nm = upgrade_tiers_sharded(prog, args, uk, uo, un, uq, ueff, nu, moved);
+		for (i = 0; i < nu; i++)
+			if (moved[i])
+				accounts_note_tier((Program *) prog, uk[i], un[i], ueff[i]);
+		return nm;
+	}
 	if (plan == NULL)
 	{
 		Oid			t[6] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, DATEARRAYOID};

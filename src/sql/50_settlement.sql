@@ -207,7 +207,7 @@ BEGIN
              LEFT JOIN @extschema@.account a ON a.program_id = $1 AND a.account_key = k.account_key
              LEFT JOIN m ON m.account_key = k.account_key
              LEFT JOIN prev pv ON pv.account_key = k.account_key
-             LEFT JOIN @extschema@.tier_grant g ON g.program_id = $1 AND g.account_key = k.account_key
+             LEFT JOIN @extschema@.tier_grant g ON g.program_id = $1 AND g.account_key = a.account_key
              LEFT JOIN (SELECT h.account_key, h.new_tier FROM @extschema@.tier_history h
                          WHERE h.program_id = $1 AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= $5
                          GROUP BY h.account_key, h.new_tier) x

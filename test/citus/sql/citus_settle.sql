@@ -244,3 +244,28 @@ SELECT count(*) AS accounts_differing
               WHERE program_id = :pid GROUP BY 1) r USING (account_key)
   FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :pid) b USING (account_key)
  WHERE w.points - coalesce(r.spent, 0) IS DISTINCT FROM b.points;
+
+-- Upgrades on accrual: fold moves an account whose rolling spend reaches a
+-- tier (orders dated today), records the change, and leaves the others.
+INSERT INTO erp.orders VALUES (300001, 'U-1', 2500, current_date), (300002, 'U-2', 7000, current_date),
+                              (300003, 'U-3', 100, current_date);
+SELECT loyalty.fold('Settle Club') > 0 AS folded;
+SELECT account_key, tier FROM loyalty.account WHERE program_id = :pid AND account_key LIKE 'U-%' ORDER BY 1;
+SELECT account_key, change_no, old_tier, new_tier, reason, rolling_qualifying
+  FROM loyalty.tier_history WHERE program_id = :pid AND account_key LIKE 'U-%' ORDER BY 1, 2;
+-- a second fold changes nothing
+SELECT loyalty.fold('Settle Club') AS folded_again;
+SELECT count(*) AS history_rows FROM loyalty.tier_history WHERE program_id = :pid AND account_key LIKE 'U-%';
+-- an account with earlier tier changes: the upgrade takes the next number
+SELECT a.account_key AS again, (SELECT max(h.change_no) FROM loyalty.tier_history h
+                                 WHERE h.program_id = :pid AND h.account_key = a.account_key) AS last_no
+  FROM loyalty.account a
+ WHERE a.program_id = :pid AND a.tier IS NULL AND a.account_key LIKE 'S-%'
+   AND a.account_key IN (SELECT h.account_key FROM loyalty.tier_history h WHERE h.program_id = :pid)
+ ORDER BY 1 LIMIT 1 \gset
+INSERT INTO erp.orders VALUES (300004, :'again', 7000, current_date);
+SELECT loyalty.fold('Settle Club') > 0 AS folded;
+SELECT tier, change_no = :last_no + 1 AS next_number, reason
+  FROM loyalty.account a JOIN loyalty.tier_history h USING (program_id, account_key)
+ WHERE a.program_id = :pid AND a.account_key = :'again' AND h.change_no = (SELECT max(change_no) FROM loyalty.tier_history
+                                                                          WHERE program_id = :pid AND account_key = :'again');
