@@ -27,7 +27,6 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "executor/spi.h"
@@ -35,8 +34,8 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/timestamp.h"
 #include "utils/date.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "ledger.h"
