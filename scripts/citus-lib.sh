@@ -6,7 +6,10 @@
 
 CITUS_TARBALL=$(realpath -m "${CITUS_TARBALL:-$ROOT/../shared/vendor/citus-12.1.12.tar.gz}")
 COORDINATOR_PORT=${LOYALTY_CITUS_PORT:-54339}
-WORKER_PORTS=("$((COORDINATOR_PORT + 1))" "$((COORDINATOR_PORT + 2))")
+# CITUS_WORKERS (1 or 2, default 2): how many workers cluster_up registers
+CITUS_WORKERS=${CITUS_WORKERS:-2}
+WORKER_PORTS=("$((COORDINATOR_PORT + 1))")
+[ "$CITUS_WORKERS" = 1 ] || WORKER_PORTS+=("$((COORDINATOR_PORT + 2))")
 DATABASE=loyalty_citus
 # What Citus's configure needs besides the server's development files.
 CITUS_BUILD_PACKAGES=(liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev libpam0g-dev

@@ -48,6 +48,60 @@ loyalty_citus_installed(void)
 }
 
 /*
+ * Are loyalty's account-scoped tables Citus distributed tables
+ * (loyalty.distribute() has run)?  Asked once per transaction, inside SPI.
+ * On the coordinator their names are then shells: a statement that relies
+ * on a row's physical address (ctid) or on this node's transaction ids
+ * must say which shard it means.
+ */
+bool
+loyalty_citus_distributed(void)
+{
+	static LocalTransactionId asked = InvalidLocalTransactionId;
+	static bool distributed = false;
+
+	if (!loyalty_citus_installed())
+		return false;
+	if (asked != MyProc->lxid)
+	{
+		loyalty_spi_check(SPI_execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p"
+									  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) 'loyalty.balance_delta'::pg_catalog.regclass"
+									  "   AND p.partmethod OPERATOR(pg_catalog.=) 'h')", true, 1),
+						  SPI_OK_SELECT, "read pg_dist_partition");
+		distributed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &(bool){false}));
+		asked = MyProc->lxid;
+	}
+	return distributed;
+}
+
+/*
+ * The OID of the shard of loyalty's distributed table name that holds the
+ * account key, when that shard is on this node; InvalidOid when it is on
+ * another node.  Inside SPI.  The key is hashed by Citus itself
+ * (get_shard_id_for_distribution_column), the shard is looked up by its
+ * name on this node.
+ */
+Oid
+loyalty_account_shard(const char *name, text *account_key)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	bool		isnull;
+	int64		shardid;
+
+	values[0] = CStringGetTextDatum(psprintf("loyalty.%s", quote_identifier(name)));
+	values[1] = PointerGetDatum(account_key);
+	loyalty_spi_check(SPI_execute_with_args("SELECT pg_catalog.get_shard_id_for_distribution_column("
+											"$1::pg_catalog.regclass, $2)",
+											2, argtypes, values, NULL, true, 1),
+					  SPI_OK_SELECT, "find the account's shard");
+	shardid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		return InvalidOid;
+	return get_relname_relid(psprintf("%s_" INT64_FORMAT, name, shardid), get_namespace_oid("loyalty", false));
+}
+
+/*
  * The shard id in a shard's name: Citus names a shard after its table,
  * "<table>_<shardid>".  0 when the name does not end that way.
  */
@@ -211,7 +265,7 @@ loyalty_shard_table(Oid relid, bool *colocated)
  * Citus.
  */
 bool
-loyalty_citus_distributed(Oid relid)
+loyalty_citus_hash_table(Oid relid)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(relid)};

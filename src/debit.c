@@ -18,6 +18,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "storage/lmgr.h"
@@ -103,11 +104,35 @@ await_deltas(Relation rel, Relation idx, int32 program_id, text *account_key)
 int
 loyalty_await_account(int32 program_id, text *account_key)
 {
+	Oid			relid = InvalidOid;
 	Relation	rel;
 	Relation	idx;
 	int			waited;
 
-	rel = table_open(get_relname_relid("balance_delta", get_namespace_oid("loyalty", false)), AccessShareLock);
+	/*
+	 * On Citus the account's deltas are in a shard, and their posted_xid
+	 * are the xids of the node holding it: the wait is only right there,
+	 * on the shard.  loyalty.balance_delta is an empty shell.
+	 */
+	if (loyalty_citus_installed())
+	{
+		bool		distributed;
+
+		SPI_connect();
+		distributed = loyalty_citus_distributed();
+		if (distributed)
+			relid = loyalty_account_shard("balance_delta", account_key);
+		SPI_finish();
+		if (distributed && !OidIsValid(relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("the balance deltas of account \"%s\" are not on this node", text_to_cstring(account_key)),
+					 errdetail("On Citus, a debit waits for the postings in flight on the node holding the account's shard, with that node's transaction ids."),
+					 errhint("loyalty.redeem() called as a statement of its own, outside BEGIN ... COMMIT, runs on the account's node; other debits (MDF claims) are not built for a distributed layout.")));
+	}
+	if (!OidIsValid(relid))
+		relid = get_relname_relid("balance_delta", get_namespace_oid("loyalty", false));
+	rel = table_open(relid, AccessShareLock);
 	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
 	waited = await_deltas(rel, idx, program_id, account_key);
 	index_close(idx, AccessShareLock);

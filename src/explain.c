@@ -492,7 +492,7 @@ explain_rows(FunctionCallInfo fcinfo, Oid source, char **keys, int nkey)
 				 errmsg("no loyalty program is attached to %s", source_name),
 				 errdetail("source names the ERP table whose row is explained; only attached tables earn points."),
 				 errhint("SELECT source FROM loyalty.attachment WHERE detached_at IS NULL lists the attached tables.")));
-	distributed = loyalty_citus_distributed(source);
+	distributed = loyalty_citus_hash_table(source);
 	for (i = 0; i < n; i++)
 	{
 		char	  **accounts;

@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -26,6 +27,7 @@
 #include "utils/date.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 #include "utils/typcache.h"
 
 #include "accounts.h"
@@ -106,11 +108,13 @@ months_of(MonthArrays *m, HeapTuple tup, TupleDesc desc, int first, const char *
  * number of deltas read.
  */
 static uint64
-read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, SPITupleTable **tt)
+read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, Datum *tid_keys,
+			SPITupleTable **tt)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		args[2];
 	Datum	   *tid;
+	char	  **tid_key;
 	uint64		i;
 	int			n = 0;
 
@@ -129,6 +133,7 @@ read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, S
 	loyalty_spi_check(SPI_execute_plan(plan, args, NULL, false, 0), SPI_OK_SELECT, "read loyalty.balance_delta");
 	*tt = SPI_tuptable;
 	tid = palloc(sizeof(Datum) * (SPI_processed + 1));
+	tid_key = palloc(sizeof(char *) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -140,6 +145,7 @@ read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, S
 		bool		isnull;
 
 		tid[i] = SPI_getbinval(tup, desc, 1, &isnull);
+		tid_key[i] = key;
 		if (n == 0 || strcmp(accts[n - 1].key, key) != 0)
 		{
 			a = &accts[n++];
@@ -161,6 +167,7 @@ read_deltas(const Program *prog, FoldAccount *accts, int *naccts, Datum *tids, S
 	*naccts = n;
 	*tids = PointerGetDatum(construct_array(tid, (int) SPI_processed, TIDOID, sizeof(ItemPointerData), false,
 											TYPALIGN_SHORT));
+	*tid_keys = loyalty_text_array(tid_key, NULL, (int) SPI_processed);
 	return SPI_processed;
 }
 
@@ -310,11 +317,12 @@ folded_rows(FoldAccount *accts, int n, Oid *type)
 
 /* Writes the round: folded rows, cap entries, and the deltas deleted. */
 static void
-write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
+write_round(const Program *prog, FoldAccount *accts, int n, Datum tids, Datum tid_keys)
 {
 	static SPIPlanPtr upsert = NULL,
 				caps = NULL,
-				del = NULL;
+				del = NULL,
+				del_sharded = NULL;
 	static Oid	upsert_type = InvalidOid;
 	Oid			type;
 	Datum		args[4];
@@ -326,25 +334,30 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
 
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = folded_rows(accts, n, &type);
+	/*
+	 * now() as a value: Citus takes no volatile function in DO UPDATE SET,
+	 * nor a parameter there (it sends that clause to the workers as is)
+	 */
+	args[2] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
 	if (upsert == NULL || type != upsert_type)
 	{
-		Oid			t[2] = {INT4OID, get_array_type(type)};
+		Oid			t[3] = {INT4OID, get_array_type(type), TIMESTAMPTZOID};
 
 		if (upsert != NULL)
 			SPI_freeplan(upsert);
 		upsert = NULL;
 		upsert = loyalty_prepare_batch(
 			"INSERT INTO loyalty.balance_folded AS b (program_id, account_key, points, qualifying, rebate, mdf,"
-			"  entry_count, m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date)"
+			"  entry_count, m_month, m_attachment, m_points, m_qualifying, m_source_rows, last_doc_date, updated_at)"
 			" SELECT $1, u.account_key, u.points, u.qualifying, u.rebate, u.mdf, u.entry_count,"
-			"  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows, u.last_doc_date"
+			"  u.m_month, u.m_attachment, u.m_points, u.m_qualifying, u.m_source_rows, u.last_doc_date, $3"
 			" FROM pg_catalog.unnest($2) AS u ORDER BY u.account_key"
 			" ON CONFLICT (program_id, account_key) DO UPDATE SET points = excluded.points,"
 			"  qualifying = excluded.qualifying, rebate = excluded.rebate, mdf = excluded.mdf,"
 			"  entry_count = excluded.entry_count, m_month = excluded.m_month, m_attachment = excluded.m_attachment,"
 			"  m_points = excluded.m_points, m_qualifying = excluded.m_qualifying,"
 			"  m_source_rows = excluded.m_source_rows, last_doc_date = excluded.last_doc_date,"
-			"  updated_at = pg_catalog.now()", 2, t);
+			"  updated_at = excluded.updated_at", 3, t);
 		upsert_type = type;
 	}
 	loyalty_spi_check(SPI_execute_plan(upsert, args, NULL, false, 0), SPI_OK_INSERT, "write loyalty.balance_folded");
@@ -374,6 +387,27 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids)
 		loyalty_spi_check(SPI_execute_plan(caps, args, NULL, false, 0), SPI_OK_INSERT, "write cap entries");
 	}
 
+	if (loyalty_citus_distributed())
+	{
+		/*
+		 * On Citus a ctid is an address within one shard: the same ctid names
+		 * a row in every shard.  The account key says which shard (it is the
+		 * distribution column), so each delta is deleted by the pair.
+		 */
+		if (del_sharded == NULL)
+		{
+			Oid			t[2] = {TEXTARRAYOID, TIDARRAYOID};
+
+			del_sharded = loyalty_prepare_batch(
+				"DELETE FROM loyalty.balance_delta d"
+				" USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(k, t)"
+				" WHERE d.account_key OPERATOR(pg_catalog.=) u.k AND d.ctid OPERATOR(pg_catalog.=) u.t", 2, t);
+		}
+		args[0] = tid_keys;
+		args[1] = tids;
+		loyalty_spi_check(SPI_execute_plan(del_sharded, args, NULL, false, 0), SPI_OK_DELETE, "delete folded deltas");
+		return;
+	}
 	if (del == NULL)
 	{
 		Oid			t[1] = {TIDARRAYOID};
@@ -437,6 +471,122 @@ upgrade_effective_from(DateADT tomorrow, DateADT last_doc_date)
 }
 
 /*
+ * The upgrades of upgrade_tiers on a distributed layout, where Citus plans
+ * neither the data-modifying CTE nor the correlated change number: the
+ * accounts first (a multi-shard UPDATE, each shard's rows on its node),
+ * then the last change numbers of those that moved, then their history
+ * rows.  The tier lock this fold holds keeps every other tier writer of
+ * the program out meanwhile.  moved[i] tells whether uk[i] was written.
+ */
+static int
+upgrade_tiers_sharded(const Program *prog, Datum *args, char **uk, char **uo, char **un, Numeric *uq,
+					  DateADT *ueff, int nu, bool *moved)
+{
+	static SPIPlanPtr upd = NULL,
+				last = NULL,
+				ins = NULL;
+	char	  **mk = palloc(sizeof(char *) * nu),
+			  **mo = palloc(sizeof(char *) * nu),
+			  **mn = palloc(sizeof(char *) * nu);
+	bool	   *monulls = palloc(sizeof(bool) * nu);
+	Numeric    *mq = palloc(sizeof(Numeric) * nu);
+	DateADT    *meff = palloc(sizeof(DateADT) * nu);
+	int64	   *mno = palloc(sizeof(int64) * nu);
+	Datum		a[8];
+	int			nm = 0,
+				i;
+	uint64		r;
+
+	if (upd == NULL)
+	{
+		Oid			t[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZOID};
+
+		upd = loyalty_prepare_batch(
+			"UPDATE loyalty.account a SET tier = u.new_tier, tier_since = $5"
+			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, old_tier, new_tier)"
+			" WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k"
+			"   AND a.tier IS NOT DISTINCT FROM u.old_tier"
+			"   AND NOT EXISTS (SELECT FROM loyalty.tier_grant g WHERE g.program_id OPERATOR(pg_catalog.=) $1"
+			"                   AND g.account_key OPERATOR(pg_catalog.=) a.account_key)"
+			" RETURNING a.account_key", 5, t);
+	}
+	a[0] = args[0];
+	a[1] = args[1];
+	a[2] = args[2];
+	a[3] = args[3];
+	a[4] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	loyalty_spi_check(SPI_execute_plan(upd, a, NULL, false, 0), SPI_OK_UPDATE_RETURNING, "record tier upgrades");
+	memset(moved, 0, sizeof(bool) * nu);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		char	   *k = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+
+		for (i = 0; i < nu; i++)
+			if (!moved[i] && strcmp(k, uk[i]) == 0)
+			{
+				moved[i] = true;
+				break;
+			}
+	}
+	for (i = 0; i < nu; i++)
+		if (moved[i])
+		{
+			mk[nm] = uk[i];
+			mo[nm] = uo[i];
+			monulls[nm] = (uo[i] == NULL);
+			mn[nm] = un[i];
+			mq[nm] = uq[i];
+			meff[nm] = ueff[i];
+			mno[nm++] = 1;
+		}
+	if (nm == 0)
+		return 0;
+
+	if (last == NULL)
+	{
+		Oid			t[2] = {INT4OID, TEXTARRAYOID};
+
+		last = loyalty_prepare_batch(
+			"SELECT h.account_key, pg_catalog.max(h.change_no) FROM loyalty.tier_history h"
+			" WHERE h.program_id OPERATOR(pg_catalog.=) $1 AND h.account_key OPERATOR(pg_catalog.=) ANY ($2)"
+			" GROUP BY h.account_key", 2, t);
+	}
+	a[1] = loyalty_text_array(mk, NULL, nm);
+	loyalty_spi_check(SPI_execute_plan(last, a, NULL, false, 0), SPI_OK_SELECT, "read tier change numbers");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		char	   *k = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+		bool		isnull;
+		int64		no = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
+
+		for (i = 0; i < nm; i++)
+			if (strcmp(k, mk[i]) == 0)
+				mno[i] = no + 1;
+	}
+
+	if (ins == NULL)
+	{
+		Oid			t[7] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		NUMERICARRAYOID};
+
+		ins = loyalty_prepare_batch(
+			"INSERT INTO loyalty.tier_history"
+			" (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)"
+			" SELECT $1, u.k, u.no, u.eff, u.old_tier, u.new_tier, 'upgrade_on_accrual', u.q"
+			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			"                 pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7))"
+			"      AS u(k, no, eff, old_tier, new_tier, q) ORDER BY u.k", 7, t);
+	}
+	a[2] = loyalty_int8_array(mno, nm);
+	a[3] = loyalty_date_array(meff, nm);
+	a[4] = loyalty_text_array(mo, monulls, nm);
+	a[5] = loyalty_text_array(mn, NULL, nm);
+	a[6] = loyalty_numeric_array(mq, nm);
+	loyalty_spi_check(SPI_execute_plan(ins, a, NULL, false, 0), SPI_OK_INSERT, "record tier upgrades");
+	return nm;
+}
+
+/*
  * Upgrades on accrual: an account whose rolling qualifying spend, folded,
  * reaches a higher tier than it has.  Downgrades wait for settlement.
  * Returns how many accounts were upgraded.
@@ -483,6 +633,21 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 	}
 	if (nu == 0)
 		return 0;
+	if (loyalty_citus_distributed())
+	{
+		bool	   *moved = palloc(sizeof(bool) * nu);
+		int			nm;
+
+		args[0] = Int32GetDatum(prog->id);
+		args[1] = loyalty_text_array(uk, NULL, nu);
+		args[2] = loyalty_text_array(uo, onulls, nu);
+		args[3] = loyalty_text_array(un, NULL, nu);
+		nm = upgrade_tiers_sharded(prog, args, uk, uo, un, uq, ueff, nu, moved);
+		for (i = 0; i < nu; i++)
+			if (moved[i])
+				accounts_note_tier((Program *) prog, uk[i], un[i], ueff[i]);
+		return nm;
+	}
 	if (plan == NULL)
 	{
 		Oid			t[6] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NUMERICARRAYOID, DATEARRAYOID};
@@ -586,18 +751,19 @@ fold_program(const Program *prog)
 	{
 		FoldAccount *accts = NULL;
 		int			naccts;
-		Datum		tids;
+		Datum		tids,
+					tid_keys;
 		SPITupleTable *deltas = NULL,
 				   *folded = NULL;
 
 		old = MemoryContextSwitchTo(round_cxt);
 		accts = palloc(sizeof(FoldAccount) * FOLD_BATCH);
-		n = read_deltas(prog, accts, &naccts, &tids, &deltas);
+		n = read_deltas(prog, accts, &naccts, &tids, &tid_keys, &deltas);
 		if (n > 0)
 		{
 			read_folded(prog, accts, naccts, &folded);
 			apply_round(prog, accts, naccts);
-			write_round(prog, accts, naccts, tids);
+			write_round(prog, accts, naccts, tids, tid_keys);
 			enroll_missing(prog, accts, naccts);
 			upgraded += upgrade_tiers(prog, accts, naccts);
 		}

@@ -26,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "executor/spi.h"
@@ -34,6 +35,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "ledger.h"
@@ -84,9 +86,9 @@ static const struct
 		"   ON x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.reward_id OPERATOR(pg_catalog.=) $3"
 		" WHERE p.name OPERATOR(pg_catalog.=) $1 AND a.program_id OPERATOR(pg_catalog.=) p.program_id"
 		"   AND a.account_key OPERATOR(pg_catalog.=) $2"
-		" RETURNING a.debit_no, p.program_id, (pg_catalog.now() AT TIME ZONE p.time_zone)::pg_catalog.date,"
+		" RETURNING a.debit_no, p.program_id, ($4 AT TIME ZONE p.time_zone)::pg_catalog.date,"
 		"   x.reward_id IS NOT NULL, " REWARD_COLUMNS,
-		3, {TEXTOID, TEXTOID, TEXTOID}
+		4, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
 	},
 	[RP_PROGRAM] = {
 		/* no account locked: does the program exist? */
@@ -217,15 +219,34 @@ typedef struct Request
 	char	   *reward_s;
 } Request;
 
-/* Runs a kept plan (prepared on first use); returns SPI_processed. */
+static bool plans_custom = false;	/* plans[] made for Citus (custom plans) */
+
+/*
+ * Runs a kept plan (prepared on first use); returns SPI_processed.  On a
+ * distributed layout the plans are custom: Citus cannot plan a generic
+ * plan's parameters over its tables ("could not create distributed plan").
+ */
 static uint64
 run(RedeemPlan which, Datum *values, const char *nulls, int expected)
 {
 	int			ret;
+	bool		custom = loyalty_citus_distributed();
+	int			i;
 
+	if (custom != plans_custom)
+	{
+		for (i = 0; i < RP_COUNT; i++)
+			if (plans[i] != NULL)
+			{
+				SPI_freeplan(plans[i]);
+				plans[i] = NULL;
+			}
+		plans_custom = custom;
+	}
 	if (plans[which] == NULL)
-		plans[which] = loyalty_prepare(plan_defs[which].sql, plan_defs[which].nargs,
-									   (Oid *) plan_defs[which].argtypes);
+		plans[which] = custom
+			? loyalty_prepare_batch(plan_defs[which].sql, plan_defs[which].nargs, (Oid *) plan_defs[which].argtypes)
+			: loyalty_prepare(plan_defs[which].sql, plan_defs[which].nargs, (Oid *) plan_defs[which].argtypes);
 	ret = SPI_execute_plan(plans[which], values, nulls, false, 0);
 	loyalty_spi_check(ret, expected, "run a statement of loyalty.redeem()");
 	return SPI_processed;
@@ -341,8 +362,10 @@ check_caller(Request *q)
 static int64
 lock_account(Request *q, int32 *program_id, DateADT *today, Reward *r)
 {
-	Datum		args[3] = {PointerGetDatum(q->program), PointerGetDatum(q->account), PointerGetDatum(q->reward)};
-	char		nulls[3] = {' ', q->account ? ' ' : 'n', q->reward ? ' ' : 'n'};
+	/* now() as a value: Citus takes no volatile function in RETURNING */
+	Datum		args[4] = {PointerGetDatum(q->program), PointerGetDatum(q->account), PointerGetDatum(q->reward),
+	TimestampTzGetDatum(GetCurrentTransactionStartTimestamp())};
+	char		nulls[4] = {' ', q->account ? ' ' : 'n', q->reward ? ' ' : 'n', ' '};
 	bool		isnull;
 	int64		no;
 
@@ -366,6 +389,29 @@ lock_account(Request *q, int32 *program_id, DateADT *today, Reward *r)
 	r->found = DatumGetBool(col(4, &isnull));
 	read_reward(r, 5);
 	return no;
+}
+
+/*
+ * On Citus, a redemption runs on the node holding the account's shard:
+ * distribute() registers loyalty.redeem as a Citus distributed function by
+ * account_key, so that Citus sends a call made as a statement of its own
+ * to that node.  There the account lock, the wait for postings in flight
+ * (which reads the shard's posted_xid, this node's xids) and the postings
+ * (with this node's xid) are local.  A call Citus did not delegate (inside
+ * BEGIN ... COMMIT, or with arguments that are not constants) arrives on
+ * the coordinator, where the wait would scan an empty shell: refused.
+ */
+static void
+check_on_account_node(Request *q)
+{
+	if (q->account == NULL || !loyalty_citus_distributed())
+		return;
+	if (!OidIsValid(loyalty_account_shard("account", q->account)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("loyalty.redeem() for account \"%s\" must run on the node holding the account", q->account_s),
+				 errdetail("loyalty's tables are distributed (loyalty.distribute()): the check for postings in flight and the postings use the transaction ids of the account's node; this call was not sent there."),
+				 errhint("Call it as a statement of its own, outside BEGIN ... COMMIT, with constant arguments: SELECT loyalty.redeem('program', 'account', 'reward'); Citus then runs it on the account's node.")));
 }
 
 /* The checks of the arguments the PL/pgSQL version made before its lock. */
@@ -606,6 +652,7 @@ loyalty_redeem(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 
+	check_on_account_node(&q);
 	check_caller(&q);
 	no = lock_account(&q, &program_id, &today, &r);
 	check_request(&q, program_id, &r);

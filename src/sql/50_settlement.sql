@@ -132,6 +132,7 @@ DECLARE
     names text[];
     thresholds numeric[];
     has_req boolean;
+    distributed boolean := false;
     n bigint;
 BEGIN
     SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
@@ -144,6 +145,114 @@ BEGIN
     SELECT array_agg(t.name ORDER BY t.rank), array_agg(t.threshold ORDER BY t.rank)
     INTO names, thresholds FROM @extschema@.tiers(prog.ladder) t;
     has_req := EXISTS (SELECT FROM @extschema@.tier_requirement r WHERE r.program_id = pid);
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+           INTO distributed USING '@extschema@.settlement_account'::regclass;
+    END IF;
+    IF distributed THEN
+        -- On Citus (loyalty.distribute()), the same decision as below in a
+        -- form Citus pushes down whole: every table it reads is distributed
+        -- by account_key with settlement_account and joined on it, so the
+        -- INSERT runs as one task per shard, on the node holding it.  The
+        -- accounts are the union of the three sources (a FULL JOIN on a
+        -- coalesce is not a join on the distribution column), each CTE
+        -- read twice is inlined, and the margin grace counts the scaled
+        -- thresholds with width_bucket instead of a correlated subquery.
+        -- Action counts (tier_basis action, tier requirements) read the
+        -- action log through a function, which a shard query cannot do.
+        IF has_req OR prog.tier_basis = 'action' THEN
+            RAISE EXCEPTION 'program "%" qualifies tiers on action counts, which settlement cannot count on Citus', prog.name
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Its tier basis is action, or its tiers have action requirements (loyalty.tier_requirement): they are counted by a function that reads the distributed action log, which Citus cannot run inside the pushed-down settlement.',
+                      HINT = 'Qualify tiers on qualifying spend or points on Citus, or keep the program on a single server.';
+        END IF;
+        EXECUTE $q$
+    INSERT INTO @extschema@.settlement_account AS s
+        (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
+         period_points, carried_points, measure, old_tier, qualified_tier, new_tier, periods_below, outcome)
+    WITH m AS NOT MATERIALIZED (
+        SELECT b.account_key,
+               sum(b.q) FILTER (WHERE b.month <= $4) AS q_to_date,
+               sum(b.p) FILTER (WHERE b.month <= $4) AS p_to_date,
+               sum(b.q) FILTER (WHERE b.month >= $3 AND b.month <= $4) AS q_period,
+               sum(b.p) FILTER (WHERE b.month >= $3 AND b.month <= $4) AS p_period,
+               sum(b.q) FILTER (WHERE b.month >= $6 AND b.month <= $4) AS q_window,
+               sum(b.p) FILTER (WHERE b.month >= $6 AND b.month <= $4) AS p_window
+        FROM (SELECT f.account_key, x.month, x.q, x.p
+              FROM @extschema@.balance_folded f, unnest(f.m_month, f.m_qualifying, f.m_points) AS x(month, q, p)
+              WHERE f.program_id = $1
+              UNION ALL
+              SELECT d.account_key, x.month, x.q, x.p
+              FROM @extschema@.balance_delta d, unnest(d.m_month, d.m_qualifying, d.m_points) AS x(month, q, p)
+              WHERE d.program_id = $1) b
+        GROUP BY b.account_key),
+    prev AS NOT MATERIALIZED (
+        SELECT x.account_key, x.qualifying_to_date, x.points_to_date, x.periods_below
+        FROM @extschema@.settlement_account x
+        WHERE x.program_id = $1 AND x.period_end = $2),
+    keys AS (
+        SELECT x.account_key FROM @extschema@.account x WHERE x.program_id = $1
+        UNION SELECT m.account_key FROM m
+        UNION SELECT prev.account_key FROM prev),
+    base AS (
+        SELECT k.account_key, a.account_key IS NOT NULL AS enrolled, a.tier,
+               coalesce(m.q_to_date, 0) AS q_to_date, coalesce(m.p_to_date, 0) AS p_to_date,
+               coalesce(m.q_period, 0) AS q_period, coalesce(m.p_period, 0) AS p_period,
+               CASE $9 WHEN 'points' THEN coalesce(m.p_window, 0) ELSE coalesce(m.q_window, 0) END AS measure,
+               coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
+               coalesce(pv.periods_below, 0) AS below_prev,
+               g.account_key IS NOT NULL AS granted,
+               x.account_key IS NOT NULL AS reached
+        FROM keys k
+             LEFT JOIN @extschema@.account a ON a.program_id = $1 AND a.account_key = k.account_key
+             LEFT JOIN m ON m.account_key = k.account_key
+             LEFT JOIN prev pv ON pv.account_key = k.account_key
+             LEFT JOIN @extschema@.tier_grant g ON g.program_id = $1 AND g.account_key = a.account_key
+             LEFT JOIN (SELECT h.account_key, h.new_tier FROM @extschema@.tier_history h
+                         WHERE h.program_id = $1 AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= $5
+                         GROUP BY h.account_key, h.new_tier) x
+                    ON x.account_key = k.account_key AND x.new_tier = a.tier),
+    ranked AS (
+        SELECT b.*, array_position($7, b.tier) AS cur_rank,
+               coalesce(@extschema@.tier_rank($10, b.measure), 0) AS q_rank,
+               CASE WHEN $11 = 'margin' THEN width_bucket(b.measure, $13) ELSE 0 END AS margin_rank,
+               b.reached AS reached_in_period
+        FROM base b),
+    decided AS (
+        SELECT r.*,
+               CASE WHEN NOT r.enrolled OR $10 IS NULL THEN r.cur_rank
+                    WHEN r.granted THEN r.cur_rank
+                    WHEN r.tier IS NOT NULL AND r.cur_rank IS NULL THEN NULL
+                    WHEN r.q_rank >= coalesce(r.cur_rank, 0) THEN r.q_rank
+                    WHEN r.reached_in_period THEN r.cur_rank
+                    WHEN $11 = 'one_level' THEN greatest(r.q_rank, r.cur_rank - 1)
+                    WHEN $11 = 'margin' THEN greatest(r.q_rank, least(r.margin_rank, r.cur_rank))
+                    WHEN $11 = 'periods' AND r.below_prev + 1 < $12 THEN r.cur_rank
+                    ELSE r.q_rank END AS new_rank
+        FROM ranked r)
+    SELECT $1, d.account_key, $4, d.q_to_date, d.p_to_date, d.q_period,
+           d.q_to_date - d.q_period - d.q_prev, d.p_period, d.p_to_date - d.p_period - d.p_prev,
+           d.measure, d.tier, $7[d.q_rank],
+           CASE WHEN d.new_rank IS NULL THEN d.tier ELSE $7[d.new_rank] END,
+           CASE WHEN d.enrolled AND NOT d.granted AND d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                     AND d.new_rank = d.cur_rank AND NOT d.reached_in_period
+                THEN d.below_prev + 1 ELSE 0 END,
+           CASE WHEN d.granted THEN 'manual'
+                WHEN d.new_rank IS NULL OR d.new_rank = coalesce(d.cur_rank, 0) THEN
+                     CASE WHEN d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                          THEN CASE WHEN d.reached_in_period THEN 'kept' ELSE 'held' END
+                          ELSE 'same' END
+                WHEN d.new_rank > coalesce(d.cur_rank, 0) THEN 'up'
+                WHEN d.new_rank > d.q_rank THEN 'grace'
+                ELSE 'down' END
+    FROM decided d
+        $q$ USING pid, prev_end, period_start, period_end, cutoff, win_start, names, thresholds, prog.tier_basis,
+                  prog.ladder, prog.tier_grace, prog.tier_grace_value,
+                  (SELECT array_agg(t OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.-) prog.tier_grace_value) ORDER BY i)
+                   FROM unnest(thresholds) WITH ORDINALITY AS l(t, i));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RETURN n;
+    END IF;
 
     INSERT INTO @extschema@.settlement_account AS s
         (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
@@ -270,7 +379,47 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
     tomorrow date := @extschema@._today(pid) + 1;
+    distributed boolean := false;
 BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+           INTO distributed USING '@extschema@.settlement_account'::regclass;
+    END IF;
+    IF distributed THEN
+        -- On Citus, two statements Citus pushes down (one task per shard):
+        -- a data-modifying CTE feeding a distributed INSERT is planned on
+        -- the coordinator, and correlated subqueries are not pushed down.
+        -- The history first, for the accounts whose tier is still the one
+        -- the run read, then the accounts themselves: the same rows as
+        -- below, where the UPDATE's RETURNING feeds the history.
+        EXECUTE $q$
+    INSERT INTO @extschema@.tier_history
+        (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)
+    SELECT $1, s.account_key, coalesce(h.last_no, 0) + 1,
+           greatest($3, f.last_doc_date + 1, d.last_doc_date + 1),
+           s.old_tier, s.new_tier,
+           CASE WHEN s.outcome = 'up' THEN 'requalification' WHEN s.outcome = 'grace' THEN 'grace' ELSE 'downgrade' END,
+           s.measure
+    FROM @extschema@.settlement_account s
+    JOIN @extschema@.account a ON a.program_id = $1 AND a.account_key = s.account_key
+                              AND a.tier IS NOT DISTINCT FROM s.old_tier
+    LEFT JOIN (SELECT x.account_key, max(x.change_no) AS last_no FROM @extschema@.tier_history x
+                WHERE x.program_id = $1 GROUP BY x.account_key) h ON h.account_key = s.account_key
+    LEFT JOIN @extschema@.balance_folded f ON f.program_id = $1 AND f.account_key = s.account_key
+    LEFT JOIN (SELECT x.account_key, max(x.last_doc_date) AS last_doc_date FROM @extschema@.balance_delta x
+                WHERE x.program_id = $1 GROUP BY x.account_key) d ON d.account_key = s.account_key
+    WHERE s.program_id = $1 AND s.period_end = $2 AND s.outcome IN ('up', 'down', 'grace')
+        $q$ USING pid, period_end, tomorrow;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        EXECUTE $q$
+    UPDATE @extschema@.account a SET tier = s.new_tier,
+           tier_since = CASE WHEN s.new_tier IS NULL THEN NULL ELSE $3 END
+    FROM @extschema@.settlement_account s
+    WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.tier IS NOT DISTINCT FROM s.old_tier
+      AND s.program_id = $1 AND s.period_end = $2 AND s.outcome IN ('up', 'down', 'grace')
+        $q$ USING pid, period_end, pg_catalog.now();
+        RETURN n;
+    END IF;
     -- the latest document date of each account that moves (what
     -- loyalty.balance's last_doc_date says) and its last change number:
     -- index probes per moving account (the run's rows are too fresh for

@@ -122,9 +122,25 @@ DECLARE
     locked text[];
     t date := @extschema@._expiry_threshold($1, $3);
     total bigint;
+    distributed boolean := false;
 BEGIN
     IF t IS NULL THEN
         RETURN 0;               -- no lifetime: points never expire
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus')
+       AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+           INTO distributed USING '@extschema@.balance_delta'::regclass;
+    END IF;
+    IF distributed THEN
+        -- expiry is a debit: it locks accounts, waits for postings in flight
+        -- and posts with this node's transaction id, none of which is built
+        -- for accounts whose rows are on the workers yet
+        RAISE EXCEPTION 'points of program "%" cannot expire on Citus yet',
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The program has a point_lifetime: settlement would expire points, a debit that loyalty runs on a single server only; nothing was settled.',
+                  HINT = 'Settle programs without point_lifetime on Citus, or keep this program on a single server.';
     END IF;
     WITH due AS (SELECT d.account_key FROM @extschema@._expiry_due($1, $3, NULL) d),
     lock AS (

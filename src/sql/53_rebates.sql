@@ -343,8 +343,27 @@ CREATE FUNCTION @extschema@._settle_rebates(program_id integer, period_start dat
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
+    distributed boolean := false;
 BEGIN
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), $1);
+    -- no agreement, no rebate (_rebate_periods joins every row to one)
+    IF NOT EXISTS (SELECT FROM @extschema@.rebate_agreement g WHERE g.program_id OPERATOR(pg_catalog.=) $1) THEN
+        RETURN 0;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus')
+       AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+           INTO distributed USING '@extschema@.balance_delta'::regclass;
+    END IF;
+    IF distributed THEN
+        -- _rebate_periods is a SQL function with parameters over
+        -- distributed tables: Citus cannot plan it
+        RAISE EXCEPTION 'rebates of program "%" cannot be settled on Citus yet',
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The program has rebate agreements; their true-up reads the distributed tables through a SQL function Citus cannot plan; nothing was settled.',
+                  HINT = 'Settle programs without rebate agreements on Citus, or keep this program on a single server.';
+    END IF;
     -- a new statement, a new snapshot: after the lock
     SELECT pg_catalog.array_agg(x.agreement_id ORDER BY x.account_key, x.agreement_id, x.period_end) AS g,
            pg_catalog.array_agg(x.account_key ORDER BY x.account_key, x.agreement_id, x.period_end) AS a,

@@ -42,6 +42,23 @@ $$;
 COMMENT ON FUNCTION @extschema@._citus_layout() IS
 'Internal: how loyalty.distribute() lays out each of loyalty''s tables on Citus: distributed (primary key led by program_id, account_key), reference (configuration, no account key; and rebate_agreement, whose account key is optional) or local (no account key in the primary key: partner_login).';
 
+-- The functions Citus runs on the node holding the account's shard when
+-- called as a statement of their own (SELECT loyalty.redeem(...)): a debit
+-- locks the account, waits for the postings in flight and posts there,
+-- with that node's transaction ids (src/redeem.c refuses a call that
+-- arrives elsewhere).
+CREATE FUNCTION @extschema@._citus_functions() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''account_key'', colocate_with => ''@extschema@.account'')'
+      USING '@extschema@.redeem(text, text, text, integer, text)'::pg_catalog.regprocedure;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._citus_functions() IS
+'Internal: registers the debits written in C (loyalty.redeem) as Citus distributed functions by account_key, co-located with loyalty.account, so that Citus runs a call on the node holding the account''s shard.';
+
 CREATE FUNCTION @extschema@.distribute(invoice regclass)
 RETURNS TABLE (table_name regclass, layout text)
 LANGUAGE plpgsql
@@ -104,6 +121,7 @@ BEGIN
                       DETAIL = pg_catalog.format('%s is not co-located with loyalty.account.', invoice),
                       HINT = 'Distribute the invoice table with colocate_with => ''loyalty.account''.';
         END IF;
+        PERFORM @extschema@._citus_functions();
         RETURN QUERY SELECT * FROM @extschema@._citus_layout();
         RETURN;
     END IF;
@@ -173,6 +191,9 @@ BEGIN
         EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING t.table_name;
     END LOOP;
     PERFORM pg_catalog.set_config('session_replication_role', role, true);
+
+    -- 5. the functions Citus runs where the account is
+    PERFORM @extschema@._citus_functions();
     RETURN QUERY SELECT * FROM @extschema@._citus_layout();
 END
 $$;
