@@ -1388,6 +1388,125 @@ BEGIN
             -- upsert into a distributed table may call no volatile function
             entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = excluded.updated_at;
     END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.set_roi_economics(
+    program                        text,
+    cost_per_point                 numeric DEFAULT NULL,
+    benefit_cost_per_account_month numeric DEFAULT NULL,
+    default_margin_rate            numeric DEFAULT NULL)
+RETURNS @extschema@.roi_settings
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    r @extschema@.roi_settings;
+BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF cost_per_point < 0 OR cost_per_point IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION 'cost_per_point must be 0 or more, not %', cost_per_point
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cost_per_point is what one issued point costs the company, in program currency.',
+                  HINT = 'For example cost_per_point => 0.01 (a point worth one cent).';
+    END IF;
+    IF benefit_cost_per_account_month < 0 OR benefit_cost_per_account_month IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION 'benefit_cost_per_account_month must be 0 or more, not %', benefit_cost_per_account_month
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'benefit_cost_per_account_month is what the benefits of one pilot account cost per month.',
+                  HINT = 'For example benefit_cost_per_account_month => 15.';
+    END IF;
+    IF NOT default_margin_rate BETWEEN -1 AND 1 THEN
+        RAISE EXCEPTION 'default_margin_rate must be between -1 and 1, not %', default_margin_rate
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A margin rate is margin / revenue: 0.25 when a quarter of the revenue is margin.',
+                  HINT = 'For example default_margin_rate => 0.2.';
+    END IF;
+    INSERT INTO @extschema@.roi_settings AS s (program_id, cost_per_point, benefit_cost_per_account_month, default_margin_rate)
+    VALUES (pid, coalesce(cost_per_point, 0), coalesce(benefit_cost_per_account_month, 0), default_margin_rate)
+    ON CONFLICT (program_id) DO UPDATE
+    SET cost_per_point = coalesce(set_roi_economics.cost_per_point, s.cost_per_point),
+        benefit_cost_per_account_month = coalesce(set_roi_economics.benefit_cost_per_account_month, s.benefit_cost_per_account_month),
+        default_margin_rate = coalesce(set_roi_economics.default_margin_rate, s.default_margin_rate),
+        -- the inserted row's default, now(): Citus refuses a volatile
+        -- function in the SET of an upsert into one of its tables
+        updated_at = excluded.updated_at
+    RETURNING * INTO r;
+    RETURN r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.set_margin_rate(program text, product_line text, rate numeric)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+BEGIN
+    -- the program, checked here so that the error comes from this function
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF product_line IS NULL THEN
+        RAISE EXCEPTION 'product_line must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'product_line is a product line as the program''s attachments map it.',
+                  HINT = 'For the lines without a rate of their own use loyalty.set_roi_economics(program, default_margin_rate => ...).';
+    END IF;
+    IF rate IS NULL THEN
+        DELETE FROM @extschema@.margin_rate m WHERE m.program_id = pid AND m.product_line = set_margin_rate.product_line;
+        RETURN;
+    END IF;
+    IF NOT rate BETWEEN -1 AND 1 THEN
+        RAISE EXCEPTION 'rate must be between -1 and 1, not %', rate
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A margin rate is margin / revenue: 0.25 when a quarter of the revenue is margin.',
+                  HINT = 'Give 0.25, not 25; rate => NULL removes the line''s rate.';
+    END IF;
+    INSERT INTO @extschema@.margin_rate AS m (program_id, product_line, rate)
+    VALUES (pid, product_line, rate)
+    -- updated_at: the inserted row's default, now() (Citus refuses now() here)
+    ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = excluded.updated_at;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
+RETURNS TABLE (account_key text, actions bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: on Citus, award is distributed, and Citus plans a
+    -- query with parameters on it only as PL/pgSQL's custom plan
+    RETURN QUERY
+    SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
+    FROM @extschema@.award w
+    WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
+      AND w.status OPERATOR(pg_catalog.=) 'approved'
+      AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
+    GROUP BY w.account_key;
+END
+$$;
 
 -- Settlement on Citus: after loyalty.distribute(), _settle_accounts and
 -- _settle_tiers run statements Citus pushes down (one task per shard);
@@ -1639,120 +1758,6 @@ BEGIN
     RETURN n;
 END
 $$;
-
-CREATE OR REPLACE FUNCTION @extschema@.set_roi_economics(
-    program                        text,
-    cost_per_point                 numeric DEFAULT NULL,
-    benefit_cost_per_account_month numeric DEFAULT NULL,
-    default_margin_rate            numeric DEFAULT NULL)
-RETURNS @extschema@.roi_settings
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    pid integer;
-    r @extschema@.roi_settings;
-BEGIN
-    -- the program, checked here so that the error comes from this function
-    IF program IS NULL THEN
-        RAISE EXCEPTION 'program must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
-                  HINT = 'List programs with SELECT name FROM loyalty.program.';
-    END IF;
-    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
-    IF pid IS NULL THEN
-        RAISE EXCEPTION 'loyalty program "%" does not exist', program
-            USING ERRCODE = 'undefined_object',
-                  DETAIL = 'program names no program of this database (names are case-sensitive).',
-                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
-    END IF;
-    IF cost_per_point < 0 OR cost_per_point IN ('NaN', 'Infinity') THEN
-        RAISE EXCEPTION 'cost_per_point must be 0 or more, not %', cost_per_point
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'cost_per_point is what one issued point costs the company, in program currency.',
-                  HINT = 'For example cost_per_point => 0.01 (a point worth one cent).';
-    END IF;
-    IF benefit_cost_per_account_month < 0 OR benefit_cost_per_account_month IN ('NaN', 'Infinity') THEN
-        RAISE EXCEPTION 'benefit_cost_per_account_month must be 0 or more, not %', benefit_cost_per_account_month
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'benefit_cost_per_account_month is what the benefits of one pilot account cost per month.',
-                  HINT = 'For example benefit_cost_per_account_month => 15.';
-    END IF;
-    IF NOT default_margin_rate BETWEEN -1 AND 1 THEN
-        RAISE EXCEPTION 'default_margin_rate must be between -1 and 1, not %', default_margin_rate
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A margin rate is margin / revenue: 0.25 when a quarter of the revenue is margin.',
-                  HINT = 'For example default_margin_rate => 0.2.';
-    END IF;
-    INSERT INTO @extschema@.roi_settings AS s (program_id, cost_per_point, benefit_cost_per_account_month, default_margin_rate)
-    VALUES (pid, coalesce(cost_per_point, 0), coalesce(benefit_cost_per_account_month, 0), default_margin_rate)
-    ON CONFLICT (program_id) DO UPDATE
-    SET cost_per_point = coalesce(set_roi_economics.cost_per_point, s.cost_per_point),
-        benefit_cost_per_account_month = coalesce(set_roi_economics.benefit_cost_per_account_month, s.benefit_cost_per_account_month),
-        default_margin_rate = coalesce(set_roi_economics.default_margin_rate, s.default_margin_rate),
-        -- the inserted row's default, now(): Citus refuses a volatile
-        -- function in the SET of an upsert into one of its tables
-        updated_at = excluded.updated_at
-    RETURNING * INTO r;
-    RETURN r;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION @extschema@.set_margin_rate(program text, product_line text, rate numeric)
-RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    pid integer;
-BEGIN
-    -- the program, checked here so that the error comes from this function
-    IF program IS NULL THEN
-        RAISE EXCEPTION 'program must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
-                  HINT = 'List programs with SELECT name FROM loyalty.program.';
-    END IF;
-    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
-    IF pid IS NULL THEN
-        RAISE EXCEPTION 'loyalty program "%" does not exist', program
-            USING ERRCODE = 'undefined_object',
-                  DETAIL = 'program names no program of this database (names are case-sensitive).',
-                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
-    END IF;
-    IF product_line IS NULL THEN
-        RAISE EXCEPTION 'product_line must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'product_line is a product line as the program''s attachments map it.',
-                  HINT = 'For the lines without a rate of their own use loyalty.set_roi_economics(program, default_margin_rate => ...).';
-    END IF;
-    IF rate IS NULL THEN
-        DELETE FROM @extschema@.margin_rate m WHERE m.program_id = pid AND m.product_line = set_margin_rate.product_line;
-        RETURN;
-    END IF;
-    IF NOT rate BETWEEN -1 AND 1 THEN
-        RAISE EXCEPTION 'rate must be between -1 and 1, not %', rate
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A margin rate is margin / revenue: 0.25 when a quarter of the revenue is margin.',
-                  HINT = 'Give 0.25, not 25; rate => NULL removes the line''s rate.';
-    END IF;
-    INSERT INTO @extschema@.margin_rate AS m (program_id, product_line, rate)
-    VALUES (pid, product_line, rate)
-    -- updated_at: the inserted row's default, now() (Citus refuses now() here)
-    ON CONFLICT ON CONSTRAINT margin_rate_pkey DO UPDATE SET rate = excluded.rate, updated_at = excluded.updated_at;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
-RETURNS TABLE (account_key text, actions bigint)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    -- PL/pgSQL, not SQL: on Citus, award is distributed, and Citus plans a
-    -- query with parameters on it only as PL/pgSQL's custom plan
-    RETURN QUERY
-    SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
-    FROM @extschema@.award w
-    WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
-      AND w.status OPERATOR(pg_catalog.=) 'approved'
-      AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
-    GROUP BY w.account_key;
 
 
 CREATE OR REPLACE FUNCTION @extschema@._settle_tiers(pid integer, period_end date) RETURNS bigint
