@@ -13,19 +13,19 @@
 SET datestyle = 'ISO, YMD';
 SET timezone = 'UTC';
 
-CREATE TABLE erp.orders (order_id bigint NOT NULL, customer text NOT NULL, amount numeric(12,2) NOT NULL,
+CREATE TABLE erp.settle_orders (order_id bigint NOT NULL, customer text NOT NULL, amount numeric(12,2) NOT NULL,
                          order_date date NOT NULL, PRIMARY KEY (customer, order_id));
-SELECT create_distributed_table('erp.orders', 'customer', colocate_with => 'loyalty.account');
+SELECT create_distributed_table('erp.settle_orders', 'customer', colocate_with => 'loyalty.account');
 -- the quarter settled decides the tier (a window of three months)
 SELECT loyalty.create_program('Settle Club', ladder => 'Silver:2000, Gold:6000',
                               qualification_window => '3 months') > 0 AS created;
 SELECT program_id AS pid FROM loyalty.program WHERE name = 'Settle Club' \gset
-SELECT loyalty.attach('erp.orders', 'Settle Club', account_column => 'customer',
+SELECT loyalty.attach('erp.settle_orders', 'Settle Club', account_column => 'customer',
                       amount_column => 'amount', date_column => 'order_date') > 0 AS attached;
 -- 6,000 orders of 400 customers over the first half of 2025: a customer's
 -- spend grows with its number, so the tiers spread over the ladder; one
 -- customer in three spends a quarter as much in Q2 (downgrades)
-INSERT INTO erp.orders SELECT g, 'S-' || lpad((g % 400)::text, 3, '0'),
+INSERT INTO erp.settle_orders SELECT g, 'S-' || lpad((g % 400)::text, 3, '0'),
                               round((((g * 37) % 900) / 10.0 + (g % 400) * 2.0)
                                     * CASE WHEN (g * 7) % 181 >= 90 AND g % 400 % 3 = 0 THEN 0.25 ELSE 1 END, 2),
                               DATE '2025-01-01' + (g * 7) % 181
@@ -34,7 +34,7 @@ INSERT INTO erp.orders SELECT g, 'S-' || lpad((g % 400)::text, 3, '0'),
 -- The ERP's view of each account (points = whole currency units).
 CREATE TEMP TABLE want AS
 SELECT customer AS account_key, sum(trunc(amount))::bigint AS points, sum(amount) AS qualifying
-  FROM erp.orders GROUP BY 1;
+  FROM erp.settle_orders GROUP BY 1;
 SELECT count(*) AS accounts, sum(points) AS points FROM want;
 
 -- fold: the deltas go into balance_folded on the workers; every balance is
@@ -63,25 +63,25 @@ SELECT count(DISTINCT p.nodeport) AS workers_with_folded_rows
 -- compared below on this node, from copies (temp tables).
 CREATE TEMP TABLE quarter_tier AS
 SELECT customer AS account_key, q, CASE WHEN spend >= 6000 THEN 'Gold' WHEN spend >= 2000 THEN 'Silver' END AS tier
-  FROM (SELECT customer, 1 AS q, sum(amount) AS spend FROM erp.orders
+  FROM (SELECT customer, 1 AS q, sum(amount) AS spend FROM erp.settle_orders
          WHERE order_date <= '2025-03-31' AND order_id <= 100000 GROUP BY 1
         UNION ALL
-        SELECT customer, 2, sum(amount) FROM erp.orders
+        SELECT customer, 2, sum(amount) FROM erp.settle_orders
          WHERE order_date BETWEEN '2025-04-01' AND '2025-06-30' GROUP BY 1) x;
 SELECT q, tier, count(*) FROM quarter_tier GROUP BY 1, 2 ORDER BY 1, 2;
 
 -- Settle 2025 Q1: each account's amounts and tier as the rows say.
 SELECT period_start, period_end, status, accounts,
-       period_qualifying = (SELECT sum(amount) FROM erp.orders WHERE order_date <= '2025-03-31') AS period_ok,
+       period_qualifying = (SELECT sum(amount) FROM erp.settle_orders WHERE order_date <= '2025-03-31') AS period_ok,
        carried_qualifying,
-       tiers_up = (SELECT count(*) FROM (SELECT customer FROM erp.orders WHERE order_date <= '2025-03-31'
+       tiers_up = (SELECT count(*) FROM (SELECT customer FROM erp.settle_orders WHERE order_date <= '2025-03-31'
                                          GROUP BY 1 HAVING sum(amount) >= 2000) x) AS tiers_up_ok,
        tiers_down, points_expired
   FROM loyalty.settle('Settle Club', '2025-03-31');
 CREATE TEMP TABLE erp_q1 AS
 SELECT customer AS account_key, sum(amount) FILTER (WHERE order_date <= '2025-03-31') AS q1,
        sum(trunc(amount)) FILTER (WHERE order_date <= '2025-03-31') AS p1
-  FROM erp.orders GROUP BY 1;
+  FROM erp.settle_orders GROUP BY 1;
 CREATE TEMP TABLE run_q1 AS
 SELECT * FROM loyalty.settlement_account WHERE program_id = :pid AND period_end = '2025-03-31';
 SELECT count(*) AS accounts_differing
@@ -114,17 +114,17 @@ INSERT INTO loyalty.settlement_run SELECT * FROM loyalty.settlement_run WHERE pr
 
 -- Late for Q1: orders dated in March arrive after its settlement; Q2 counts
 -- them as carried, and decides the tiers on Q2's own spend.
-INSERT INTO erp.orders SELECT 100000 + g, 'S-' || lpad((g * 3)::text, 3, '0'), 40 + g, DATE '2025-03-20'
+INSERT INTO erp.settle_orders SELECT 100000 + g, 'S-' || lpad((g * 3)::text, 3, '0'), 40 + g, DATE '2025-03-20'
   FROM generate_series(1, 50) g;
-SELECT period_qualifying = (SELECT sum(amount) FROM erp.orders WHERE order_date BETWEEN '2025-04-01' AND '2025-06-30') AS period_ok,
-       carried_qualifying = (SELECT sum(amount) FROM erp.orders WHERE order_id > 100000) AS carried_ok,
+SELECT period_qualifying = (SELECT sum(amount) FROM erp.settle_orders WHERE order_date BETWEEN '2025-04-01' AND '2025-06-30') AS period_ok,
+       carried_qualifying = (SELECT sum(amount) FROM erp.settle_orders WHERE order_id > 100000) AS carried_ok,
        tiers_up, tiers_down
   FROM loyalty.settle('Settle Club', '2025-06-30');
 CREATE TEMP TABLE erp_q2 AS
 SELECT customer AS account_key,
        sum(amount) FILTER (WHERE order_date BETWEEN '2025-04-01' AND '2025-06-30') AS q2,
        sum(amount) FILTER (WHERE order_id > 100000) AS late
-  FROM erp.orders GROUP BY 1;
+  FROM erp.settle_orders GROUP BY 1;
 CREATE TEMP TABLE run_q2 AS
 SELECT * FROM loyalty.settlement_account WHERE program_id = :pid AND period_end = '2025-06-30';
 SELECT count(*) AS accounts_differing
@@ -135,7 +135,7 @@ SELECT count(*) AS accounts_differing
     OR s.old_tier IS DISTINCT FROM t1.tier OR s.new_tier IS DISTINCT FROM t2.tier;
 -- every order counted once over the two runs
 SELECT (SELECT sum(period_qualifying + carried_qualifying) FROM loyalty.settlement_run WHERE program_id = :pid)
-       = (SELECT sum(amount) FROM erp.orders WHERE order_date <= '2025-06-30') AS runs_add_up;
+       = (SELECT sum(amount) FROM erp.settle_orders WHERE order_date <= '2025-06-30') AS runs_add_up;
 SELECT count(*) AS tiers_differing
   FROM loyalty.account a
   JOIN quarter_tier t ON t.account_key = a.account_key AND t.q = 2
@@ -164,7 +164,7 @@ SELECT count(*) = (SELECT count(*) FROM generate_series('2025-10-01'::date, date
 SELECT count(*) AS nothing_left FROM loyalty.settle_due('Settle Club');
 -- balances are still the ERP's
 SELECT count(*) AS accounts_differing_from_erp
-  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint AS points FROM erp.orders GROUP BY 1) w
+  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint AS points FROM erp.settle_orders GROUP BY 1) w
   FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :pid) b USING (account_key)
  WHERE w.points IS DISTINCT FROM b.points;
 
@@ -203,7 +203,7 @@ SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Settle Club', 'S-004', 'MU
 ROLLBACK;
 -- balances: the ERP's points less the redemptions; the ledger agrees
 SELECT count(*) AS accounts_differing
-  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint AS points FROM erp.orders GROUP BY 1) w
+  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint AS points FROM erp.settle_orders GROUP BY 1) w
   LEFT JOIN (SELECT account_key, sum(points)::bigint AS spent FROM loyalty.redemption
               WHERE program_id = :pid GROUP BY 1) r USING (account_key)
   FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :pid) b USING (account_key)
@@ -227,7 +227,7 @@ SELECT points AS s5 FROM loyalty.balance WHERE program_id = :pid AND account_key
 SELECT :s5 >= 100 AS covers_one_mug;
 SELECT dblink_connect('erp', :'conninfo'), dblink_connect('shop', :'conninfo');
 SELECT dblink_exec('erp', 'BEGIN');
-SELECT dblink_exec('erp', format('INSERT INTO erp.orders VALUES (200001, %L, %s, %L)', 'S-005', - :s5, '2025-06-15'));
+SELECT dblink_exec('erp', format('INSERT INTO erp.settle_orders VALUES (200001, %L, %s, %L)', 'S-005', - :s5, '2025-06-15'));
 SELECT dblink_send_query('shop', $$SELECT r IS NOT NULL FROM loyalty.redeem('Settle Club', 'S-005', 'MUG') r$$);
 SELECT pg_sleep(0.5);
 SELECT dblink_is_busy('shop') AS redemption_waits;
@@ -239,7 +239,7 @@ SELECT count(*) AS redemptions_of_s005 FROM loyalty.redemption WHERE program_id 
 -- a fold afterwards changes no balance
 SELECT loyalty.fold('Settle Club') > 0 AS folded;
 SELECT count(*) AS accounts_differing
-  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint AS points FROM erp.orders GROUP BY 1) w
+  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint AS points FROM erp.settle_orders GROUP BY 1) w
   LEFT JOIN (SELECT account_key, sum(points)::bigint AS spent FROM loyalty.redemption
               WHERE program_id = :pid GROUP BY 1) r USING (account_key)
   FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :pid) b USING (account_key)
@@ -247,7 +247,7 @@ SELECT count(*) AS accounts_differing
 
 -- Upgrades on accrual: fold moves an account whose rolling spend reaches a
 -- tier (orders dated today), records the change, and leaves the others.
-INSERT INTO erp.orders VALUES (300001, 'U-1', 2500, current_date), (300002, 'U-2', 7000, current_date),
+INSERT INTO erp.settle_orders VALUES (300001, 'U-1', 2500, current_date), (300002, 'U-2', 7000, current_date),
                               (300003, 'U-3', 100, current_date);
 SELECT loyalty.fold('Settle Club') > 0 AS folded;
 SELECT account_key, tier FROM loyalty.account WHERE program_id = :pid AND account_key LIKE 'U-%' ORDER BY 1;
@@ -263,7 +263,7 @@ SELECT a.account_key AS again, (SELECT max(h.change_no) FROM loyalty.tier_histor
  WHERE a.program_id = :pid AND a.tier IS NULL AND a.account_key LIKE 'S-%'
    AND a.account_key IN (SELECT h.account_key FROM loyalty.tier_history h WHERE h.program_id = :pid)
  ORDER BY 1 LIMIT 1 \gset
-INSERT INTO erp.orders VALUES (300004, :'again', 7000, current_date);
+INSERT INTO erp.settle_orders VALUES (300004, :'again', 7000, current_date);
 SELECT loyalty.fold('Settle Club') > 0 AS folded;
 SELECT tier, change_no = :last_no + 1 AS next_number, reason
   FROM loyalty.account a JOIN loyalty.tier_history h USING (program_id, account_key)
