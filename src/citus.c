@@ -5,9 +5,10 @@
  * shards (erp.invoice_102008, ...) on the worker nodes, and its triggers
  * fire there, on the shard.  loyalty's own account-scoped tables are then
  * distributed the same way and co-located with it (loyalty.distribute()),
- * so every row a shard's trigger writes hashes to a shard on the same node,
- * and Citus executes the write locally, inside the ERP's transaction.  The
- * configuration tables are reference tables, with a copy on every node.
+ * so every row a shard's trigger writes hashes to a shard on the same node:
+ * the trigger writes those shards by their names, as plain PostgreSQL,
+ * inside the ERP's transaction (loyalty_table).  The configuration tables
+ * are reference tables, with a copy on every node, read there.
  *
  * Nothing here runs when Citus is not installed: one catalog look-up per
  * transaction answers that.
@@ -15,14 +16,14 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
-#include "catalog/namespace.h"
-#include "utils/lsyscache.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
