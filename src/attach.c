@@ -194,9 +194,8 @@ citus_table(Oid relid)
  * per copy; a Citus local table keeps its rows in a shard of its own.
  */
 static void
-check_citus_table(Oid relid, const char *param, const char *account_column)
+check_citus_table(Oid relid, CitusTable t, const char *param, const char *account_column)
 {
-	CitusTable	t = citus_table(relid);
 
 	if (t.method == 0)
 		return;
@@ -674,27 +673,29 @@ static void
 check_citus_sources(FunctionCallInfo fcinfo)
 {
 	const char *account = PG_ARGISNULL(ARG_ACCOUNT_COLUMN) ? NULL : TextDatumGetCString(PG_GETARG_DATUM(ARG_ACCOUNT_COLUMN));
+	Oid			source = PG_GETARG_OID(ARG_SOURCE);
+	CitusTable	src;
 
 	if (!loyalty_citus_installed())
 		return;
 	if (!PG_ARGISNULL(ARG_HEADER))
-		check_citus_table(PG_GETARG_OID(ARG_HEADER), "header", account);
+		check_citus_table(PG_GETARG_OID(ARG_HEADER), citus_table(PG_GETARG_OID(ARG_HEADER)), "header", account);
 	if (!PG_ARGISNULL(ARG_PRODUCT))
-		check_citus_table(PG_GETARG_OID(ARG_PRODUCT), "product", account);
-	if (citus_table(PG_GETARG_OID(ARG_SOURCE)).method == 'h' &&
-		(!PG_ARGISNULL(ARG_HEADER) || !PG_ARGISNULL(ARG_PRODUCT)))
+		check_citus_table(PG_GETARG_OID(ARG_PRODUCT), citus_table(PG_GETARG_OID(ARG_PRODUCT)), "product", account);
+	src = citus_table(source);
+	if (src.method == 'h' && (!PG_ARGISNULL(ARG_HEADER) || !PG_ARGISNULL(ARG_PRODUCT)))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("a distributed table cannot be attached with %s", PG_ARGISNULL(ARG_HEADER) ? "product" : "header"),
 				 errdetail("%s is distributed: its triggers fire on shards, on nodes that do not hold the whole %s table.",
-						   relation_name(PG_GETARG_OID(ARG_SOURCE)), PG_ARGISNULL(ARG_HEADER) ? "product" : "header"),
+						   relation_name(source), PG_ARGISNULL(ARG_HEADER) ? "product" : "header"),
 				 errhint("Attach a distributed invoice table that holds the customer, date and amount itself; see \"Running on Citus\" in loyalty's README.")));
-	check_citus_table(PG_GETARG_OID(ARG_SOURCE), "source", account);
-	if (citus_table(PG_GETARG_OID(ARG_SOURCE)).method == 0 &&
+	check_citus_table(source, src, "source", account);
+	if (src.method == 0 &&
 		citus_table(get_relname_relid("account", get_namespace_oid("loyalty", false))).method != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s is not distributed, but loyalty's tables are", relation_name(PG_GETARG_OID(ARG_SOURCE))),
+				 errmsg("%s is not distributed, but loyalty's tables are", relation_name(source)),
 				 errdetail("After loyalty.distribute() the accounts live in shards co-located with the distributed invoice table; a table of one node has no shards to write them to."),
 				 errhint("Distribute the table by its customer column with colocate_with => 'loyalty.account', then attach it.")));
 }
@@ -784,13 +785,6 @@ check_args(FunctionCallInfo fcinfo, AttachArgs *a)
 				 errhint("Give product too, or leave them out. " PRODUCT_EXAMPLE)));
 }
 
-/* Is source a Citus distributed table (admitted by check_citus_sources)? */
-static bool
-attach_distributed(Oid source)
-{
-	return loyalty_citus_installed() && citus_table(source).method == 'h';
-}
-
 /*
  * attach_as_owner on a distributed table.  Citus propagates the triggers to
  * every shard only with citus.enable_unsafe_triggers on: it warns that a
@@ -835,7 +829,8 @@ loyalty_attach(PG_FUNCTION_ARGS)
 
 		a.values[ARG_AMOUNT_EXPRESSION] = CStringGetTextDatum(amount);
 	}
-	id = attach_distributed(source) ? attach_with_shard_triggers(&a) : attach_as_owner(&a);
+	/* a distributed source: admitted by check_citus_sources */
+	id = loyalty_citus_hash_table(source) ? attach_with_shard_triggers(&a) : attach_as_owner(&a);
 	SPI_finish();
 	PG_RETURN_INT32(id);
 }

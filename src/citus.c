@@ -251,16 +251,6 @@ shard_entry(Oid relid)
 	return e;
 }
 
-/* The table relid is a shard of, or InvalidOid; *colocated as in ShardEntry. */
-Oid
-loyalty_shard_table(Oid relid, bool *colocated)
-{
-	ShardEntry *e = shard_entry(relid);
-
-	*colocated = e != NULL && e->colocated;
-	return e != NULL ? e->table : InvalidOid;
-}
-
 /*
  * Is relid a Citus hash-distributed table?  Runs inside SPI; false without
  * Citus.

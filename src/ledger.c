@@ -138,10 +138,10 @@ prepare_delta_plan(void)
 }
 
 /*
- * Prepares every posting plan, or none: a preparation that fails (a
- * lock_timeout, a cancel) must not leave some plans set and others NULL,
- * or every later posting of the backend would fail.  Plans prepared before
- * the failure are prepared again next time (a few kilobytes lost, once).
+ * Prepares the posting plans that are not ready for this shard (or for no
+ * shard).  A preparation that fails (a lock_timeout, a cancel) leaves its
+ * plan NULL, and loyalty_plan_stale() has it prepared again next time; the
+ * plans prepared before it are kept.
  */
 static void
 prepare_plans(void)

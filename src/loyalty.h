@@ -62,7 +62,6 @@ extern bool loyalty_citus_installed(void);
 extern bool loyalty_citus_hash_table(Oid relid);
 extern bool loyalty_citus_distributed(void);
 extern Oid	loyalty_account_shard(const char *name, text *account_key);
-extern Oid	loyalty_shard_table(Oid relid, bool *colocated);
 extern Oid	loyalty_trigger_table(Relation rel);
 typedef struct ShardPlan
 {
