@@ -68,25 +68,32 @@ node_sql() {  # port, psql arguments
   as_pg "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK_DIR" -p "$port" -U postgres "$@"
 }
 
-# The database on every node (Citus connects to the workers' database of the
-# coordinator's name), Citus in each, the workers registered.
+# The nodes started and the database on every node (Citus connects to the
+# workers' database of the coordinator's name), Citus in each, the workers
+# registered.
 cluster_up() {
   local p
   prepare_run_dir
   stop_all
-  rm -rf "$SOCK_DIR" "$RUN_DIR"/node* "$RUN_DIR/out"
+  rm -rf "$SOCK_DIR" "$RUN_DIR"/node* "$RUN_DIR"/out*
   mkdir -p "$SOCK_DIR" "$RUN_DIR/out"
   chown postgres: "$SOCK_DIR" "$RUN_DIR/out"
   log "starting a coordinator on port $COORDINATOR_PORT and workers on ${WORKER_PORTS[*]}"
-  for p in $(all_ports); do
-    node_start "$p"
-    node_sql "$p" -d postgres -c "CREATE DATABASE $DATABASE"
-    node_sql "$p" -d "$DATABASE" -c "CREATE EXTENSION citus"
-  done
-  node_sql "$COORDINATOR_PORT" -d "$DATABASE" \
-    -c "SELECT pg_catalog.citus_set_coordinator_host('127.0.0.1', $COORDINATOR_PORT)" >/dev/null
-  for p in "${WORKER_PORTS[@]}"; do
-    node_sql "$COORDINATOR_PORT" -d "$DATABASE" -c "SELECT pg_catalog.citus_add_node('127.0.0.1', $p)" >/dev/null
-  done
+  for p in $(all_ports); do node_start "$p"; done
+  cluster_database "$DATABASE"
 }
 
+# One more database of the cluster, laid out as cluster_up lays out the first
+# (a Citus database has its own metadata: nodes are registered per database).
+cluster_database() {
+  local db=$1 p
+  for p in $(all_ports); do
+    node_sql "$p" -d postgres -c "CREATE DATABASE $db"
+    node_sql "$p" -d "$db" -c "CREATE EXTENSION citus"
+  done
+  node_sql "$COORDINATOR_PORT" -d "$db" \
+    -c "SELECT pg_catalog.citus_set_coordinator_host('127.0.0.1', $COORDINATOR_PORT)" >/dev/null
+  for p in "${WORKER_PORTS[@]}"; do
+    node_sql "$COORDINATOR_PORT" -d "$db" -c "SELECT pg_catalog.citus_add_node('127.0.0.1', $p)" >/dev/null
+  done
+}

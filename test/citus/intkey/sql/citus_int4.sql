@@ -1,0 +1,101 @@
+--
+-- citus_int4: loyalty on a Citus cluster whose invoice lines are
+-- distributed by an integer customer key, with a composite primary key (a
+-- database of its own: distribute() sets the type of loyalty's account keys
+-- once per database).  loyalty's account-scoped tables take the integer
+-- type and are co-located with the lines; accrual is exact under INSERT,
+-- INSERT ... SELECT, COPY, UPDATE, DELETE and credit notes, from the
+-- smallest to the largest integer key; verify is empty; a key beyond the
+-- integer range or no number at all is refused with its SQLSTATE.
+-- Expected figures come from the ERP rows, in plain SQL.
+--
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+\pset null '(null)'
+SET datestyle = 'ISO, YMD';
+SET timezone = 'UTC';
+SET client_min_messages = warning;
+CREATE EXTENSION loyalty;
+RESET client_min_messages;
+
+CREATE SCHEMA erp;
+CREATE TABLE erp.invoice_line (customer_id integer NOT NULL, invoice_no integer NOT NULL, line_no smallint NOT NULL,
+                               amount numeric(12,2) NOT NULL, invoice_date date NOT NULL,
+                               PRIMARY KEY (customer_id, invoice_no, line_no));
+SELECT create_distributed_table('erp.invoice_line', 'customer_id');
+SET client_min_messages = warning;
+SELECT layout, count(*) FROM loyalty.distribute('erp.invoice_line') GROUP BY 1 ORDER BY 1;
+RESET client_min_messages;
+-- every distributed table's account_key is an integer, co-located with the lines
+SELECT a.atttypid::regtype AS account_key_type, count(*) AS distributed_tables,
+       count(*) FILTER (WHERE p.colocationid = (SELECT colocationid FROM pg_catalog.pg_dist_partition
+                                                 WHERE logicalrelid = 'erp.invoice_line'::regclass)) AS with_lines
+  FROM pg_catalog.pg_dist_partition p
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = p.logicalrelid AND a.attname = 'account_key'
+ WHERE p.logicalrelid::text LIKE 'loyalty.%' AND p.partmethod = 'h'
+ GROUP BY 1;
+SELECT table_name, data_type FROM information_schema.columns
+ WHERE table_schema = 'loyalty' AND column_name = 'account_key'
+   AND table_name IN ('balance', 'accrual_month', 'ledger') ORDER BY 1;
+
+SELECT loyalty.create_program('Int Club') > 0 AS created;
+SELECT program_id AS pid FROM loyalty.program WHERE name = 'Int Club' \gset
+SELECT loyalty.attach('erp.invoice_line', 'Int Club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'invoice_date') > 0 AS attached;
+
+-- every account's points and qualifying spend against its rows
+CREATE VIEW erp.check_points AS
+SELECT count(*) AS accounts, sum(e.points) AS erp_points, sum(b.points) AS loyalty_points,
+       count(*) FILTER (WHERE e.points IS DISTINCT FROM b.points
+                           OR e.qualifying IS DISTINCT FROM b.qualifying) AS accounts_differing
+  FROM (SELECT customer_id AS account_key, sum(trunc(amount))::bigint AS points, sum(amount) AS qualifying
+          FROM erp.invoice_line GROUP BY 1) e
+  FULL JOIN (SELECT b.account_key, b.points, b.qualifying FROM loyalty.balance b
+               JOIN loyalty.program p USING (program_id) WHERE p.name = 'Int Club') b
+ USING (account_key);
+
+-- INSERT: the extremes of the type, then 1,500 customers
+INSERT INTO erp.invoice_line VALUES (2147483647, 1, 1, 10.50, '2025-01-02'), (-2147483648, 2, 1, 20.25, '2025-01-03'),
+                                    (0, 3, 1, 30.99, '2025-01-04');
+INSERT INTO erp.invoice_line SELECT 1 + g % 1500, g / 3, (g % 3)::smallint, 5 + (g % 61) + (g % 100) / 100.0,
+                                    DATE '2025-01-01' + g % 200
+  FROM generate_series(100, 15099) g;
+SELECT * FROM erp.check_points;
+-- COPY from the client
+COPY erp.invoice_line FROM STDIN (FORMAT csv);
+7,90001,1,19.99,2025-03-01
+7,90001,2,0.99,2025-03-01
+2147483647,90002,1,100.00,2025-03-02
+-2147483648,90003,1,-5.50,2025-03-03
+\.
+SELECT * FROM erp.check_points;
+-- UPDATE of amounts and dates, DELETE, credit notes (negative amounts)
+UPDATE erp.invoice_line SET amount = amount * 2 WHERE invoice_no % 7 = 0;
+UPDATE erp.invoice_line SET invoice_date = invoice_date + 45 WHERE invoice_no % 11 = 0;
+DELETE FROM erp.invoice_line WHERE invoice_no % 13 = 0 AND line_no = 2;
+INSERT INTO erp.invoice_line SELECT 1 + g * 7 % 1500, 100000 + g, 1, -(2.5 + g), DATE '2025-04-01' + g % 30
+  FROM generate_series(1, 100) g;
+SELECT * FROM erp.check_points;
+SELECT (SELECT sum(points) FROM loyalty.ledger WHERE program_id = :pid)
+     = (SELECT sum(trunc(amount))::bigint FROM erp.invoice_line) AS ledger_exact;
+
+SELECT * FROM loyalty.verify('Int Club');
+SELECT * FROM loyalty.verify('Int Club', account => '2147483647');
+SELECT * FROM loyalty.verify('Int Club', account => '-2147483648');
+SELECT b.points = e.points AS exact
+  FROM loyalty.balance('Int Club', '2147483647') b,
+       (SELECT sum(trunc(amount))::bigint AS points FROM erp.invoice_line WHERE customer_id = 2147483647) e;
+-- explain_points by the composite key, in its columns' order
+SELECT e.account_key, e.status, e.points FROM loyalty.explain_points('erp.invoice_line', '7', '90001', '2') e;
+SELECT loyalty.fold('Int Club') > 0 AS folded;
+SELECT * FROM erp.check_points;
+SELECT * FROM loyalty.verify('Int Club');
+
+-- keys the integer column cannot hold: refused with their SQLSTATE
+\set VERBOSITY sqlstate
+SELECT * FROM loyalty.balance('Int Club', '3000000000');
+SELECT * FROM loyalty.balance('Int Club', 'abc');
+SELECT * FROM loyalty.verify('Int Club', account => '2147483648');
+SELECT loyalty.enroll('Int Club', '-2147483649');
+\set VERBOSITY default
+SELECT count(*) AS accounts FROM loyalty.account WHERE program_id = :pid;
