@@ -33,6 +33,7 @@
 #include "utils/memutils.h"
 
 #include "accounts.h"
+#include "keytype.h"
 
 typedef struct AccountKey
 {
@@ -293,7 +294,7 @@ load_accounts(Program *prog, char **keys, int n)
 
 	if (loyalty_plan_stale(&plans[hist]))
 		plans[hist].plan = loyalty_prepare(
-			psprintf("%s %s FROM pg_catalog.unnest($2) AS k(key)"
+			psprintf("%s %s FROM pg_catalog.unnest($2" KEYS_CAST ") AS k(key)"
 					 " CROSS JOIN LATERAL (SELECT a0.*, a0.xmin AS row_xmin FROM %s a0"
 					 "   WHERE a0.program_id OPERATOR(pg_catalog.=) $1"
 					 "     AND a0.account_key OPERATOR(pg_catalog.=) k.key OFFSET 0) a"
@@ -445,12 +446,13 @@ enrolling_elsewhere(Relation rel, Relation idx, int32 program_id, const char *ke
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	bool		found = false;
+	Oid			key_type = TupleDescAttr(RelationGetDescr(idx), 1)->atttypid;
 
 	InitDirtySnapshot(dirty);
 	ScanKeyEntryInitialize(&sk[0], 0, 1, BTEqualStrategyNumber, InvalidOid, InvalidOid,
 						   F_INT4EQ, Int32GetDatum(program_id));
-	ScanKeyEntryInitialize(&sk[1], 0, 2, BTEqualStrategyNumber, InvalidOid, DEFAULT_COLLATION_OID,
-						   F_TEXTEQ, CStringGetTextDatum(key));
+	ScanKeyEntryInitialize(&sk[1], 0, 2, BTEqualStrategyNumber, InvalidOid, loyalty_key_collation(key_type),
+						   loyalty_key_eq(key_type), loyalty_key_datum(key_type, key));
 	slot = table_slot_create(rel, NULL);
 	scan = index_beginscan(rel, idx, &dirty, 2, 0);
 	index_rescan(scan, sk, 2, NULL, 0);
@@ -523,7 +525,7 @@ enroll_accounts(int32 program_id, char **keys, int n)
 	if (loyalty_plan_stale(&plan))
 		plan.plan = loyalty_prepare(
 			psprintf("INSERT INTO %s AS a (program_id, account_key, enrolled_by, enrolled_from)"
-					 " SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2) AS k ORDER BY k"
+					 " SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2" KEYS_CAST ") AS k ORDER BY k"
 					 " ON CONFLICT DO NOTHING RETURNING a.account_key", loyalty_table("account")), 2, argtypes);
 	qsort(keys, n, sizeof(char *), cmp_str);
 	args[0] = Int32GetDatum(program_id);

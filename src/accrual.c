@@ -36,6 +36,7 @@
 #include "keymap.h"
 #include "accrual.h"
 #include "header_race.h"
+#include "keytype.h"
 #include "ledger.h"
 #include "product.h"
 #include "rebate_lines.h"
@@ -929,7 +930,7 @@ write_rejects(Batch *b)
 
 		plan.plan = loyalty_prepare(
 			psprintf("INSERT INTO %s (program_id, account_key, event_no, attachment_id, row_key, reason, row_data)"
-					 " SELECT $1, u.a, $7 OPERATOR(pg_catalog.+) u.i, $2, u.k, u.r, u.j::pg_catalog.jsonb"
+					 " SELECT $1, u.a" KEY_CAST ", $7 OPERATOR(pg_catalog.+) u.i, $2, u.k, u.r, u.j::pg_catalog.jsonb"
 					 " FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
 					 "      WITH ORDINALITY AS u(k, a, r, j, i)", loyalty_table("rejected_event")), 7, t);
 	}
@@ -1024,7 +1025,7 @@ write_unenrolled(Batch *b)
 		/* appended, never updated: see loyalty.unenrolled_delta */
 		plan.plan = loyalty_prepare(
 			psprintf("INSERT INTO %s (program_id, attachment_id, delta_no, account_key, source_rows, amount)"
-					 " SELECT $1, $2, $6 OPERATOR(pg_catalog.+) u.i, u.k, u.r, u.a"
+					 " SELECT $1, $2, $6 OPERATOR(pg_catalog.+) u.i, u.k" KEY_CAST ", u.r, u.a"
 					 " FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
 					 "      WITH ORDINALITY AS u(k, r, a, i)", loyalty_table("unenrolled_delta")), 6, t);
 	}

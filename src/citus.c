@@ -27,6 +27,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
+#include "keytype.h"
 #include "loyalty.h"
 
 /*
@@ -93,7 +94,7 @@ loyalty_account_shard(const char *name, text *account_key)
 	values[0] = CStringGetTextDatum(psprintf("loyalty.%s", quote_identifier(name)));
 	values[1] = PointerGetDatum(account_key);
 	loyalty_spi_check(SPI_execute_with_args("SELECT pg_catalog.get_shard_id_for_distribution_column("
-											"$1::pg_catalog.regclass, $2)",
+											"$1::pg_catalog.regclass, $2" KEY_CAST ")",
 											2, argtypes, values, NULL, true, 1),
 					  SPI_OK_SELECT, "find the account's shard");
 	shardid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

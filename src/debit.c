@@ -30,6 +30,7 @@
 #include "utils/snapmgr.h"
 #include "utils/xid8.h"
 
+#include "keytype.h"
 #include "loyalty.h"
 
 /*
@@ -66,11 +67,12 @@ await_deltas(Relation rel, Relation idx, int32 program_id, text *account_key)
 	FullTransactionId mine = GetTopFullTransactionIdIfAny();
 	TransactionId last = InvalidTransactionId;
 	int			waited = 0;
+	Oid			key_type = TupleDescAttr(RelationGetDescr(idx), 1)->atttypid;
 
 	ScanKeyEntryInitialize(&sk[0], 0, 1, BTEqualStrategyNumber, InvalidOid, InvalidOid,
 						   F_INT4EQ, Int32GetDatum(program_id));
-	ScanKeyEntryInitialize(&sk[1], 0, 2, BTEqualStrategyNumber, InvalidOid, DEFAULT_COLLATION_OID,
-						   F_TEXTEQ, PointerGetDatum(account_key));
+	ScanKeyEntryInitialize(&sk[1], 0, 2, BTEqualStrategyNumber, InvalidOid, loyalty_key_collation(key_type),
+						   loyalty_key_eq(key_type), loyalty_key_datum(key_type, text_to_cstring(account_key)));
 	scan = index_beginscan(rel, idx, SnapshotAny, 2, 0);
 	scan->xs_want_itup = true;
 	index_rescan(scan, sk, 2, NULL, 0);

@@ -31,6 +31,7 @@
 #include "utils/typcache.h"
 
 #include "accounts.h"
+#include "keytype.h"
 #include "ledger.h"
 #include "loyalty.h"
 #include "mapping.h"
@@ -188,7 +189,7 @@ read_folded(const Program *prog, FoldAccount *accts, int n, SPITupleTable **tt)
 			"SELECT k.i, f.points, f.qualifying, f.rebate, f.mdf, f.entry_count,"
 			"  f.m_month, f.m_attachment, f.m_points, f.m_qualifying, f.m_source_rows, f.last_doc_date, a.tier,"
 			"  a.account_key IS NOT NULL"
-			" FROM pg_catalog.unnest($2) WITH ORDINALITY AS k(key, i)"
+			" FROM pg_catalog.unnest($2" KEYS_CAST ") WITH ORDINALITY AS k(key, i)"
 			" LEFT JOIN loyalty.balance_folded f"
 			"   ON f.program_id OPERATOR(pg_catalog.=) $1 AND f.account_key OPERATOR(pg_catalog.=) k.key"
 			" LEFT JOIN loyalty.account a"
@@ -295,7 +296,7 @@ folded_rows(FoldAccount *accts, int n, Oid *type)
 		memset(nulls, true, sizeof(bool) * desc->natts);
 		for (c = 0; c < (int) lengthof(names); c++)
 			nulls[col[c]] = false;
-		values[col[0]] = CStringGetTextDatum(a->key);
+		values[col[0]] = loyalty_key_datum(TupleDescAttr(desc, col[0])->atttypid, a->key);
 		values[col[1]] = Int64GetDatum(a->f_points);
 		values[col[2]] = NumericGetDatum(a->f_qualifying);
 		values[col[3]] = NumericGetDatum(a->f_rebate);
@@ -378,7 +379,7 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids, Datum ti
 			caps = loyalty_prepare_batch(
 				"INSERT INTO loyalty.ledger (program_id, account_key, entry_no, kind, points, reason)"
 				" SELECT $1, u.k, u.e, 'cap', u.p, 'fold'"
-				" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, e, p)",
+				" FROM ROWS FROM (pg_catalog.unnest($2" KEYS_CAST "), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, e, p)",
 				4, t);
 		}
 		args[1] = loyalty_text_array(ck, NULL, nc);
@@ -400,7 +401,7 @@ write_round(const Program *prog, FoldAccount *accts, int n, Datum tids, Datum ti
 
 			del_sharded = loyalty_prepare_batch(
 				"DELETE FROM loyalty.balance_delta d"
-				" USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(k, t)"
+				" USING ROWS FROM (pg_catalog.unnest($1" KEYS_CAST "), pg_catalog.unnest($2)) AS u(k, t)"
 				" WHERE d.account_key OPERATOR(pg_catalog.=) u.k AND d.ctid OPERATOR(pg_catalog.=) u.t", 2, t);
 		}
 		args[0] = tid_keys;
@@ -449,7 +450,7 @@ enroll_missing(const Program *prog, FoldAccount *accts, int n)
 
 		plan = loyalty_prepare_batch(
 			"INSERT INTO loyalty.account (program_id, account_key, enrolled_by, enrolled_from)"
-			" SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2) AS k ORDER BY k"
+			" SELECT $1, k, 'auto', '-infinity' FROM pg_catalog.unnest($2" KEYS_CAST ") AS k ORDER BY k"
 			" ON CONFLICT DO NOTHING", 2, t);
 	}
 	args[0] = Int32GetDatum(prog->id);
@@ -503,7 +504,7 @@ upgrade_tiers_sharded(const Program *prog, Datum *args, char **uk, char **uo, ch
 
 		upd = loyalty_prepare_batch(
 			"UPDATE loyalty.account a SET tier = u.new_tier, tier_since = $5"
-			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, old_tier, new_tier)"
+			" FROM ROWS FROM (pg_catalog.unnest($2" KEYS_CAST "), pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, old_tier, new_tier)"
 			" WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k"
 			"   AND a.tier IS NOT DISTINCT FROM u.old_tier"
 			"   AND NOT EXISTS (SELECT FROM loyalty.tier_grant g WHERE g.program_id OPERATOR(pg_catalog.=) $1"
@@ -548,7 +549,7 @@ upgrade_tiers_sharded(const Program *prog, Datum *args, char **uk, char **uo, ch
 
 		last = loyalty_prepare_batch(
 			"SELECT h.account_key, pg_catalog.max(h.change_no) FROM loyalty.tier_history h"
-			" WHERE h.program_id OPERATOR(pg_catalog.=) $1 AND h.account_key OPERATOR(pg_catalog.=) ANY ($2)"
+			" WHERE h.program_id OPERATOR(pg_catalog.=) $1 AND h.account_key OPERATOR(pg_catalog.=) ANY ($2" KEYS_CAST ")"
 			" GROUP BY h.account_key", 2, t);
 	}
 	a[1] = loyalty_text_array(mk, NULL, nm);
@@ -573,7 +574,7 @@ upgrade_tiers_sharded(const Program *prog, Datum *args, char **uk, char **uo, ch
 			"INSERT INTO loyalty.tier_history"
 			" (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)"
 			" SELECT $1, u.k, u.no, u.eff, u.old_tier, u.new_tier, 'upgrade_on_accrual', u.q"
-			" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			" FROM ROWS FROM (pg_catalog.unnest($2" KEYS_CAST "), pg_catalog.unnest($3), pg_catalog.unnest($4),"
 			"                 pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7))"
 			"      AS u(k, no, eff, old_tier, new_tier, q) ORDER BY u.k", 7, t);
 	}
@@ -659,7 +660,7 @@ upgrade_tiers(const Program *prog, FoldAccount *accts, int n)
 		 * holds the tier lock this fold holds, so no other can take it.
 		 */
 		plan = loyalty_prepare_batch(
-			"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
+			"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($2" KEYS_CAST "), pg_catalog.unnest($3), pg_catalog.unnest($4),"
 			"                                    pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(k, old_tier, new_tier, q, eff)),"
 			" upd AS (UPDATE loyalty.account a SET tier = u.new_tier, tier_since = pg_catalog.now()"
 			"   FROM u WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k"
@@ -864,7 +865,7 @@ loyalty_pending_caps(PG_FUNCTION_ARGS)
 	loyalty_spi_check(SPI_execute_with_args(
 						  "SELECT f.m_month, f.m_attachment, f.m_points, f.m_qualifying, f.m_source_rows"
 						  " FROM loyalty.balance_folded f"
-						  " WHERE f.program_id OPERATOR(pg_catalog.=) $1 AND f.account_key OPERATOR(pg_catalog.=) $2",
+						  " WHERE f.program_id OPERATOR(pg_catalog.=) $1 AND f.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST,
 						  2, t, args, NULL, true, 0), SPI_OK_SELECT, "read loyalty.balance_folded");
 	if (SPI_processed > 0)
 		months_of(&before, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, "balance_folded.m_");
@@ -872,7 +873,7 @@ loyalty_pending_caps(PG_FUNCTION_ARGS)
 	loyalty_spi_check(SPI_execute_with_args(
 						  "SELECT d.m_month, d.m_attachment, d.m_points, d.m_qualifying, d.m_source_rows"
 						  " FROM loyalty.balance_delta d"
-						  " WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND d.account_key OPERATOR(pg_catalog.=) $2",
+						  " WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND d.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST,
 						  2, t, args, NULL, true, 0), SPI_OK_SELECT, "read loyalty.balance_delta");
 	for (i = 0; i < SPI_processed; i++)
 	{

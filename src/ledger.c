@@ -29,6 +29,7 @@
 
 #include "accounts.h"
 #include "append.h"
+#include "keytype.h"
 #include "ledger.h"
 
 /*
@@ -155,7 +156,7 @@ prepare_plans(void)
 	ledger_plan.plan = loyalty_prepare(
 		psprintf("INSERT INTO %s"
 				 " (program_id, account_key, entry_no, kind, points, qualifying, attachment_id, source_rows, reason)"
-				 " SELECT $1, u.k, u.e, u.kind::loyalty.ledger_kind, u.p, u.q, $2, u.r, $3"
+				 " SELECT $1, u.k" KEY_CAST ", u.e, u.kind::loyalty.ledger_kind, u.p, u.q, $2, u.r, $3"
 				 " FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
 				 "                 pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)) AS u(k, e, kind, p, q, r)",
 				 loyalty_table("ledger")),
@@ -642,7 +643,7 @@ delta_rows(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSums 
 		memset(nulls, true, sizeof(bool) * desc->natts);
 		for (a = 0; a < (int) lengthof(names); a++)
 			nulls[col[a]] = false;
-		values[col[0]] = CStringGetTextDatum(s->account);
+		values[col[0]] = loyalty_key_datum(TupleDescAttr(desc, col[0])->atttypid, s->account);
 		values[col[1]] = Int64GetDatum(s->first_no);
 		values[col[2]] = Int64GetDatum(s->points);
 		values[col[3]] = NumericGetDatum(s->qualifying);
@@ -692,7 +693,7 @@ append_deltas(const Program *prog, int32 attachment_id, MonthDelta *d, AccountSu
 		delta_arrays(prog, &d[s->first_delta], s->ndeltas, attachment_id, &m);
 		memset(nulls, true, sizeof(bool) * desc->natts);
 		values[col[0]] = Int32GetDatum(prog->id);
-		values[col[1]] = CStringGetTextDatum(s->account);
+		values[col[1]] = loyalty_key_datum(TupleDescAttr(desc, col[1])->atttypid, s->account);
 		values[col[2]] = xid;
 		values[col[3]] = Int64GetDatum(s->first_no);
 		values[col[4]] = Int64GetDatum(s->points);
@@ -758,7 +759,7 @@ append_entries(const Program *prog, int32 attachment_id, const char *reason, int
 			kind = kind_value(last_kind = ekind[i]);
 		memset(nulls, true, sizeof(bool) * desc->natts);
 		values[col[0]] = Int32GetDatum(prog->id);
-		values[col[1]] = CStringGetTextDatum(ek[i]);
+		values[col[1]] = loyalty_key_datum(TupleDescAttr(desc, col[1])->atttypid, ek[i]);
 		values[col[2]] = Int64GetDatum(eno[i]);
 		values[col[3]] = kind;
 		values[col[4]] = Int64GetDatum(ep[i]);
@@ -888,7 +889,7 @@ check_balance_fits(const Program *prog, AccountSums *s)
 
 		plan = loyalty_prepare(
 			"SELECT b.points FROM loyalty.balance b"
-			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $2", 2, t);
+			" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST, 2, t);
 	}
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = CStringGetTextDatum(s->account);

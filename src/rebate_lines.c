@@ -29,6 +29,7 @@
 
 #include "fixedpoint.h"
 #include "loyalty.h"
+#include "keytype.h"
 #include "rebate_lines.h"
 
 typedef struct LineKey
@@ -158,7 +159,7 @@ rebate_lines_post(Program *prog, HTAB *sums)
 		plan.plan = loyalty_prepare(
 			psprintf("INSERT INTO %s (program_id, account_key, entry_no, month, product_line,"
 					 " qualifying, source_rows)"
-					 " SELECT $1, u.a, loyalty._ledger_number(), u.m, u.l, u.q, u.r"
+					 " SELECT $1, u.a" KEY_CAST ", loyalty._ledger_number(), u.m, u.l, u.q, u.r"
 					 " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
 					 " pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(a, m, l, q, r)",
 					 loyalty_table("rebate_line_volume")), 6, t);

@@ -52,6 +52,7 @@
 #include "utils/varlena.h"
 
 #include "accounts.h"
+#include "keytype.h"
 #include "ledger.h"
 #include "reconcile.h"
 #include "replay.h"
@@ -664,10 +665,10 @@ int128_numeric(int128 v)
  * the scan's table, not by a GROUP BY.
  */
 #define ACCRUED_SQL \
-	"SELECT m.account_key, m.month, m.points, m.qualifying, m.source_rows" \
+	"SELECT (m.account_key)" KEY_TEXT ", m.month, m.points, m.qualifying, m.source_rows" \
 	" FROM loyalty.accrual_month m" \
 	" WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.month OPERATOR(pg_catalog.>=) $3" \
-	"   AND ($4::pg_catalog.text IS NULL OR m.account_key OPERATOR(pg_catalog.=) $4)" \
+	"   AND ($4::pg_catalog.text IS NULL OR m.account_key OPERATOR(pg_catalog.=) $4" KEY_CAST ")" \
 	"   AND m.attachment_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.attachment_id FROM loyalty.attachment x" \
 	"       WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $2))"
 
@@ -678,21 +679,21 @@ int128_numeric(int128 v)
  * over the distributed names.
  */
 #define ACCRUED_SHARD_SQL \
-	"SELECT u.account_key, u.month, pg_catalog.sum(u.points)::pg_catalog.int8, pg_catalog.sum(u.qualifying)," \
+	"SELECT (u.account_key)" KEY_TEXT ", u.month, pg_catalog.sum(u.points)::pg_catalog.int8, pg_catalog.sum(u.qualifying)," \
 	"       pg_catalog.sum(u.source_rows)::pg_catalog.int8" \
 	" FROM (SELECT b.account_key, x.month, x.attachment_id, x.points, x.qualifying, x.source_rows" \
 	"       FROM %s b, ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment), pg_catalog.unnest(b.m_points)," \
 	"                             pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))" \
 	"            AS x(month, attachment_id, points, qualifying, source_rows)" \
 	"       WHERE b.program_id OPERATOR(pg_catalog.=) $1" \
-	"         AND ($4::pg_catalog.text IS NULL OR b.account_key OPERATOR(pg_catalog.=) $4)" \
+	"         AND ($4::pg_catalog.text IS NULL OR b.account_key OPERATOR(pg_catalog.=) $4" KEY_CAST ")" \
 	"       UNION ALL" \
 	"       SELECT d.account_key, x.month, x.attachment_id, x.points, x.qualifying, x.source_rows" \
 	"       FROM %s d, ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_attachment), pg_catalog.unnest(d.m_points)," \
 	"                             pg_catalog.unnest(d.m_qualifying), pg_catalog.unnest(d.m_source_rows))" \
 	"            AS x(month, attachment_id, points, qualifying, source_rows)" \
 	"       WHERE d.program_id OPERATOR(pg_catalog.=) $1" \
-	"         AND ($4::pg_catalog.text IS NULL OR d.account_key OPERATOR(pg_catalog.=) $4)) u" \
+	"         AND ($4::pg_catalog.text IS NULL OR d.account_key OPERATOR(pg_catalog.=) $4" KEY_CAST ")) u" \
 	" WHERE u.month OPERATOR(pg_catalog.>=) $3" \
 	"   AND u.attachment_id OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x.attachment_id FROM %s x" \
 	"       WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $2))" \
@@ -1386,7 +1387,7 @@ done:
 	"SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'" \
 	"       OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s.shardid)," \
 	"       coalesce($2, (SELECT g.k FROM (SELECT pg_catalog.generate_series(0, 2147483647)::pg_catalog.text AS k) g" \
-	"                     WHERE pg_catalog.worker_hash(g.k)" \
+	"                     WHERE pg_catalog.worker_hash(g.k" KEY_CAST ")" \
 	"                           BETWEEN s.shardminvalue::pg_catalog.int4 AND s.shardmaxvalue::pg_catalog.int4 LIMIT 1))," \
 	"       pg_catalog.quote_ident(pg_catalog.column_to_column_name(p.logicalrelid, p.partkey))" \
 	" FROM pg_catalog.pg_dist_partition p" \
@@ -1394,7 +1395,7 @@ done:
 	" JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) p.logicalrelid" \
 	" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace" \
 	" WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1 AND p.partmethod OPERATOR(pg_catalog.=) 'h'" \
-	"   AND ($2 IS NULL OR pg_catalog.worker_hash($2)" \
+	"   AND ($2 IS NULL OR pg_catalog.worker_hash($2" KEY_CAST ")" \
 	"        BETWEEN s.shardminvalue::pg_catalog.int4 AND s.shardmaxvalue::pg_catalog.int4)" \
 	" ORDER BY s.shardid"
 
@@ -1673,7 +1674,7 @@ account_exists(Datum *args, const char *nulls)
 		return false;
 	reconcile_owner_query("SELECT EXISTS (SELECT FROM loyalty.account a JOIN loyalty.program p"
 						  " ON p.program_id OPERATOR(pg_catalog.=) a.program_id"
-						  " WHERE p.name OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2)",
+						  " WHERE p.name OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST ")",
 						  2, argtypes, args, NULL, true);
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
@@ -1688,7 +1689,7 @@ back_dated(int32 program_id, const char *account)
 
 	reconcile_owner_query("SELECT a.enrolled_from OPERATOR(pg_catalog.<) loyalty._today(a.program_id)"
 						  " FROM loyalty.account a WHERE a.program_id OPERATOR(pg_catalog.=) $1"
-						  " AND a.account_key OPERATOR(pg_catalog.=) $2", 2, argtypes, args, NULL, false);
+						  " AND a.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST, 2, argtypes, args, NULL, false);
 	if (SPI_processed != 1)
 		elog(ERROR, "account \"%s\" was not enrolled", account);
 	return

@@ -38,6 +38,7 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "keytype.h"
 #include "ledger.h"
 #include "loyalty.h"
 
@@ -85,7 +86,7 @@ static const struct
 		" FROM loyalty.program p LEFT JOIN loyalty.reward x"
 		"   ON x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.reward_id OPERATOR(pg_catalog.=) $3"
 		" WHERE p.name OPERATOR(pg_catalog.=) $1 AND a.program_id OPERATOR(pg_catalog.=) p.program_id"
-		"   AND a.account_key OPERATOR(pg_catalog.=) $2"
+		"   AND a.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST
 		" RETURNING a.debit_no, p.program_id, ($4 AT TIME ZONE p.time_zone)::pg_catalog.date,"
 		"   x.reward_id IS NOT NULL, " REWARD_COLUMNS,
 		4, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
@@ -97,7 +98,7 @@ static const struct
 	},
 	[RP_MEMBER] = {
 		"SELECT FROM loyalty.member m WHERE m.program_id OPERATOR(pg_catalog.=) $1"
-		" AND m.account_key OPERATOR(pg_catalog.=) $2 AND m.member_id OPERATOR(pg_catalog.=) $3",
+		" AND m.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST " AND m.member_id OPERATOR(pg_catalog.=) $3",
 		3, {INT4OID, TEXTOID, TEXTOID}
 	},
 	[RP_REWARD] = {
@@ -124,18 +125,18 @@ static const struct
 		"   coalesce(pg_catalog.sum(d.quantity) FILTER (WHERE d.redeemed_on OPERATOR(pg_catalog.>=)"
 		"       pg_catalog.date_trunc($4, $5::pg_catalog.timestamp)::pg_catalog.date), 0)::pg_catalog.int8"
 		" FROM loyalty.redemption d"
-		" WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND d.account_key OPERATOR(pg_catalog.=) $2"
+		" WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND d.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST
 		"   AND d.reward_id OPERATOR(pg_catalog.=) $3 AND d.status OPERATOR(pg_catalog.=) 'redeemed'",
 		5, {INT4OID, TEXTOID, TEXTOID, TEXTOID, DATEOID}
 	},
 	[RP_BALANCE] = {
 		"SELECT b.points FROM loyalty.balance b"
-		" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $2",
+		" WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST,
 		2, {INT4OID, TEXTOID}
 	},
 	[RP_MEMBER_BALANCE] = {
 		"SELECT coalesce(pg_catalog.sum(t.points), 0)::pg_catalog.int8 FROM loyalty.member_points t"
-		" WHERE t.program_id OPERATOR(pg_catalog.=) $1 AND t.account_key OPERATOR(pg_catalog.=) $2"
+		" WHERE t.program_id OPERATOR(pg_catalog.=) $1 AND t.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST
 		"   AND t.member_id OPERATOR(pg_catalog.=) $3",
 		3, {INT4OID, TEXTOID, TEXTOID}
 	},
@@ -156,16 +157,16 @@ static const struct
 		 */
 		"WITH b AS (SELECT coalesce((SELECT b.points FROM loyalty.balance b"
 		"                            WHERE b.program_id OPERATOR(pg_catalog.=) $1"
-		"                              AND b.account_key OPERATOR(pg_catalog.=) $2), 0) AS points),"
+		"                              AND b.account_key OPERATOR(pg_catalog.=) $2" KEY_CAST "), 0) AS points),"
 		"     l AS (INSERT INTO loyalty.ledger (program_id, account_key, entry_no, kind, points, rebate, mdf,"
 		"                                       member_id, corrects, corrects_xid, reason)"
-		"           SELECT $1, $2, $3, 'redeem', $4, 0, 0, NULL, NULL, NULL, $5 FROM b"
+		"           SELECT $1, $2" KEY_CAST ", $3, 'redeem', $4, 0, 0, NULL, NULL, NULL, $5 FROM b"
 		"           WHERE b.points OPERATOR(pg_catalog.>=) $9),"
 		"     d AS (INSERT INTO loyalty.balance_delta (program_id, account_key, delta_no, points, rebate, mdf, entry_count)"
-		"           SELECT $1, $2, $3, $4, 0, 0, 1 FROM b WHERE b.points OPERATOR(pg_catalog.>=) $9),"
+		"           SELECT $1, $2" KEY_CAST ", $3, $4, 0, 0, 1 FROM b WHERE b.points OPERATOR(pg_catalog.>=) $9),"
 		"     r AS (INSERT INTO loyalty.redemption AS r (program_id, account_key, redemption_no, reward_id, member_id,"
 		"                                                quantity, points, redeemed_on, entry_no)"
-		"           SELECT $1, $2, $6, $7, NULL, $8, $9, $10, $3 FROM b WHERE b.points OPERATOR(pg_catalog.>=) $9"
+		"           SELECT $1, $2" KEY_CAST ", $6, $7, NULL, $8, $9, $10, $3 FROM b WHERE b.points OPERATOR(pg_catalog.>=) $9"
 		"           RETURNING r.redemption_id)"
 		" SELECT b.points, r.redemption_id FROM b LEFT JOIN r ON true",
 		10, {INT4OID, TEXTOID, INT8OID, INT8OID, TEXTOID, INT8OID, TEXTOID, INT4OID, INT8OID, DATEOID}
@@ -177,7 +178,7 @@ static const struct
 	[RP_RECORD] = {
 		"INSERT INTO loyalty.redemption AS r (program_id, account_key, redemption_no, reward_id, member_id, quantity,"
 		"                                     points, redeemed_on, entry_no)"
-		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING r.redemption_id",
+		" VALUES ($1, $2" KEY_CAST ", $3, $4, $5, $6, $7, $8, $9) RETURNING r.redemption_id",
 		9, {INT4OID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID, INT8OID, DATEOID, INT8OID}
 	},
 };

@@ -48,6 +48,7 @@
 
 #include "accounts.h"
 #include "loyalty.h"
+#include "keytype.h"
 #include "reconcile.h"
 #include "replay.h"
 #include "tier_ladder.h"
@@ -219,7 +220,7 @@ read_accounts(Program *prog, DateADT since, ReplayState *st, int n)
 		"       ORDER BY h.effective_from, h.change_no),"
 		" coalesce((SELECT pg_catalog.max(h.change_no) FROM loyalty.tier_history h WHERE " OF_ACCOUNT("h")
 		"           AND NOT " REPLACEABLE("h") "), 0)"
-		" FROM pg_catalog.unnest($3) WITH ORDINALITY AS k(k, i) ORDER BY k.i",
+		" FROM pg_catalog.unnest($3" KEYS_CAST ") WITH ORDINALITY AS k(k, i) ORDER BY k.i",
 		3, argtypes, args, NULL, true);
 	Assert(SPI_processed == (uint64) n);
 	MemoryContextSwitchTo(cxt);
@@ -303,12 +304,12 @@ read_background(Program *prog, Oid source, DateADT since, ReplayState *st, int n
 	args[3] = ObjectIdGetDatum(source);
 	reconcile_owner_query(
 		"SELECT m.account_key, m.month, m.qualifying FROM loyalty.accrual_month m"
-		" JOIN pg_catalog.unnest($3) AS k(k) ON k.k OPERATOR(pg_catalog.=) m.account_key"
+		" JOIN pg_catalog.unnest($3" KEYS_CAST ") AS k(k) ON k.k OPERATOR(pg_catalog.=) m.account_key"
 		" WHERE m.program_id OPERATOR(pg_catalog.=) $1"
 		"   AND (m.month OPERATOR(pg_catalog.<) $2"
 		"        OR m.attachment_id OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT x.attachment_id FROM loyalty.attachment x"
 		"           WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $4)))"
-		" ORDER BY m.account_key COLLATE \"C\"",
+		" ORDER BY (m.account_key)" KEY_TEXT " COLLATE \"C\"",
 		4, argtypes, args, NULL, true);
 	MemoryContextSwitchTo(cxt);
 	/* both in key order: one walk */
@@ -553,7 +554,7 @@ write_changes(const Program *prog, DateADT since, ReplayState *st, int n, int *n
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = DateADTGetDatum(since);
 	args[2] = loyalty_text_array(keys, NULL, nk);
-	reconcile_owner_query("DELETE FROM loyalty.tier_history h USING pg_catalog.unnest($3) AS k(k)"
+	reconcile_owner_query("DELETE FROM loyalty.tier_history h USING pg_catalog.unnest($3" KEYS_CAST ") AS k(k)"
 						  " WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h"),
 						  3, dt, args, NULL, false);
 	if (nc > 0)
@@ -566,7 +567,7 @@ write_changes(const Program *prog, DateADT since, ReplayState *st, int n, int *n
 		args[6] = loyalty_numeric_array(cq, nc);
 		reconcile_owner_query("INSERT INTO loyalty.tier_history"
 							  " (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)"
-							  " SELECT $1, c.k, c.no, c.eff, c.o, c.n, 'backfill', c.q"
+							  " SELECT $1, c.k" KEY_CAST ", c.no, c.eff, c.o, c.n, 'backfill', c.q"
 							  " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
 							  "                 pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7))"
 							  "      AS c(k, no, eff, o, n, q)",
@@ -580,7 +581,7 @@ write_changes(const Program *prog, DateADT since, ReplayState *st, int n, int *n
 
 		reconcile_owner_query("UPDATE loyalty.account a SET tier = u.t,"
 							  " tier_since = CASE WHEN u.t IS NULL THEN NULL ELSE pg_catalog.now() END"
-							  " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(k, t)"
+							  " FROM ROWS FROM (pg_catalog.unnest($2" KEYS_CAST "), pg_catalog.unnest($3)) AS u(k, t)"
 							  " WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k"
 							  "   AND a.tier IS DISTINCT FROM u.t",
 							  3, ut, args, NULL, false);

@@ -268,3 +268,19 @@ ROWS 8;
 
 COMMENT ON FUNCTION @extschema@.brackets(@extschema@.rebate_schedule) IS
 'The brackets of a schedule, one row each, lowest first: threshold and rate in percent.';
+
+-- account_key ---------------------------------------------------------------
+
+-- The type of the account keys loyalty stores: text, unless
+-- loyalty.distribute() laid the tables out around an ERP table distributed
+-- by an integer or bigint customer key (Citus co-locates only tables whose
+-- distribution columns have one type); it then re-creates this domain over
+-- that type.  The API takes account keys as text; a statement compares or
+-- stores one as p::@extschema@.account_key, which is the column's own type
+-- on any layout (and no cast at all on text), so indexes and Citus's
+-- routing by account still apply.  Used only inside function bodies and
+-- statements, never by a column or a signature, so that it can be
+-- re-created.
+CREATE DOMAIN @extschema@.account_key AS text;
+COMMENT ON DOMAIN @extschema@.account_key IS
+'The type of loyalty''s account_key columns (text; integer or bigint after loyalty.distribute() around an ERP table distributed by such a key). Internal: statements cast account keys given as text to it.';

@@ -59,6 +59,139 @@ $$;
 COMMENT ON FUNCTION @extschema@._citus_functions() IS
 'Internal: registers the debits written in C (loyalty.redeem) as Citus distributed functions by account_key, co-located with loyalty.account, so that Citus runs a call on the node holding the account''s shard.';
 
+-- The account keys' type follows the ERP's distribution column, because
+-- Citus co-locates only tables whose distribution columns have one type:
+-- every account_key column of loyalty's tables and the domain
+-- @extschema@.account_key (src/sql/10_types.sql) become that type.  The
+-- views over those columns are dropped and re-created from their own
+-- definitions, with their options, owner, comments and grants; a check on
+-- the key alone (account_key <> '') is about its text form and goes.  Run
+-- by distribute() on each node, before any table is distributed.
+CREATE FUNCTION @extschema@._set_key_type(key_type regtype) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ext      oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty');
+    recreate text[] := '{}';
+    retrigger text[] := '{}';
+    doomed   text[] := '{}';
+    comment  text := pg_catalog.obj_description('@extschema@.account_key'::pg_catalog.regtype, 'pg_type');
+    t        record;
+    k        record;
+BEGIN
+    IF key_type NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                        'pg_catalog.int8'::pg_catalog.regtype) THEN
+        RAISE EXCEPTION 'account keys of type % are not supported', key_type
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty stores account keys as text, integer or bigint.',
+                  HINT = 'Distribute the invoice table by a text, integer or bigint customer key.';
+    END IF;
+    IF (SELECT d.typbasetype FROM pg_catalog.pg_type d
+         WHERE d.oid OPERATOR(pg_catalog.=) '@extschema@.account_key'::pg_catalog.regtype) OPERATOR(pg_catalog.=) key_type THEN
+        RETURN;
+    END IF;
+
+    -- the views, in creation order (a view is created after those it reads)
+    FOR t IN SELECT c.oid::pg_catalog.regclass AS v, c.reloptions, c.relowner::pg_catalog.regrole AS owner,
+                    pg_catalog.pg_get_viewdef(c.oid) AS def, pg_catalog.obj_description(c.oid, 'pg_class') AS note
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                AND d.refobjid OPERATOR(pg_catalog.=) ext
+              WHERE c.relkind OPERATOR(pg_catalog.=) 'v'
+              ORDER BY c.oid
+    LOOP
+        doomed := doomed || t.v::text;
+        recreate := recreate
+            || pg_catalog.format('CREATE VIEW %s%s AS %s', t.v,
+                                 CASE WHEN t.reloptions IS NOT NULL
+                                      THEN pg_catalog.format(' WITH (%s)', pg_catalog.array_to_string(t.reloptions, ', ')) END,
+                                 t.def)
+            || pg_catalog.format('ALTER VIEW %s OWNER TO %s', t.v, t.owner)
+            || pg_catalog.format('ALTER EXTENSION loyalty ADD VIEW %s', t.v)
+            || pg_catalog.format('COMMENT ON VIEW %s IS %L', t.v, t.note)
+            || ARRAY(SELECT pg_catalog.format('COMMENT ON COLUMN %s.%I IS %L', t.v, a.attname,
+                                              pg_catalog.col_description(t.v, a.attnum))
+                       FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid OPERATOR(pg_catalog.=) t.v AND a.attnum OPERATOR(pg_catalog.>) 0
+                        AND pg_catalog.col_description(t.v, a.attnum) IS NOT NULL)
+            || ARRAY(SELECT pg_catalog.format('GRANT %s ON %s TO %s%s', g.privilege_type, t.v,
+                                              CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                                   ELSE pg_catalog.quote_ident(g.grantee::pg_catalog.regrole::text) END,
+                                              CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+                       FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) g
+                      WHERE c.oid OPERATOR(pg_catalog.=) t.v);
+    END LOOP;
+    FOR t IN SELECT v FROM pg_catalog.unnest(doomed) v LOOP
+        EXECUTE pg_catalog.format('ALTER EXTENSION loyalty DROP VIEW %s', t.v);
+    END LOOP;
+    IF pg_catalog.cardinality(doomed) OPERATOR(pg_catalog.>) 0 THEN
+        EXECUTE 'DROP VIEW ' || pg_catalog.array_to_string(doomed, ', ');
+    END IF;
+
+    -- the triggers that name the key among their columns (UPDATE OF)
+    FOR t IN SELECT DISTINCT g.oid, g.tgrelid::pg_catalog.regclass AS rel, g.tgname, g.tgenabled,
+                    pg_catalog.pg_get_triggerdef(g.oid) AS def, pg_catalog.obj_description(g.oid, 'pg_trigger') AS note
+               FROM pg_catalog.pg_trigger g
+               JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+                AND d.objid OPERATOR(pg_catalog.=) g.oid AND d.refobjsubid OPERATOR(pg_catalog.>) 0
+               JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid
+                AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid AND a.attname OPERATOR(pg_catalog.=) 'account_key'
+              ORDER BY g.oid
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+        retrigger := retrigger || t.def
+            || CASE t.tgenabled WHEN 'D' THEN pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER %I', t.rel, t.tgname)
+                                WHEN 'R' THEN pg_catalog.format('ALTER TABLE %s ENABLE REPLICA TRIGGER %I', t.rel, t.tgname)
+                                WHEN 'A' THEN pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', t.rel, t.tgname)
+                                ELSE 'SELECT' END
+            || pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', t.tgname, t.rel, t.note);
+    END LOOP;
+
+    -- the columns
+    FOR t IN SELECT a.attrelid::pg_catalog.regclass AS rel, a.attnum
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid
+               JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                AND d.refobjid OPERATOR(pg_catalog.=) ext
+              WHERE c.relkind OPERATOR(pg_catalog.=) 'r' AND a.attname OPERATOR(pg_catalog.=) 'account_key'
+                AND NOT a.attisdropped
+              ORDER BY c.oid
+    LOOP
+        FOR k IN SELECT c.conname FROM pg_catalog.pg_constraint c
+                  WHERE c.conrelid OPERATOR(pg_catalog.=) t.rel AND c.contype OPERATOR(pg_catalog.=) 'c'
+                    AND c.conkey OPERATOR(pg_catalog.=) ARRAY[t.attnum]
+        LOOP
+            EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', t.rel, k.conname);
+        END LOOP;
+        BEGIN
+            EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN account_key TYPE %s USING account_key::%s',
+                                      t.rel, key_type, key_type);
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            RAISE EXCEPTION '% holds an account key that is not of type %', t.rel, key_type
+                USING ERRCODE = 'data_exception',
+                      DETAIL = SQLERRM,
+                      HINT = 'The ERP''s customer keys and loyalty''s account keys must be one type; distribute before accruing, or convert the keys.';
+        END;
+    END LOOP;
+
+    -- the domain statements cast keys to
+    ALTER EXTENSION loyalty DROP DOMAIN @extschema@.account_key;
+    DROP DOMAIN @extschema@.account_key;
+    EXECUTE pg_catalog.format('CREATE DOMAIN @extschema@.account_key AS %s', key_type);
+    ALTER EXTENSION loyalty ADD DOMAIN @extschema@.account_key;
+    EXECUTE pg_catalog.format('COMMENT ON DOMAIN @extschema@.account_key IS %L', comment);
+
+    FOR t IN SELECT s FROM pg_catalog.unnest(retrigger || recreate) s LOOP
+        EXECUTE t.s;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._set_key_type(regtype) IS
+'Internal: makes every account_key column of loyalty''s tables, and the domain loyalty.account_key, of type key_type (text, integer or bigint), re-creating the views over them; loyalty.distribute() runs it on each node so that loyalty''s tables can be co-located with an ERP table distributed by such a key.';
+
 CREATE FUNCTION @extschema@.distribute(invoice regclass)
 RETURNS TABLE (table_name regclass, layout text)
 LANGUAGE plpgsql
@@ -98,11 +231,12 @@ BEGIN
                   HINT = pg_catalog.format('SELECT create_distributed_table(%L, ''customer_id''), then loyalty.distribute(%L).',
                                            invoice::text, invoice::text);
     END IF;
-    IF key_type OPERATOR(pg_catalog.<>) 'pg_catalog.text'::pg_catalog.regtype THEN
+    IF key_type NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                        'pg_catalog.int8'::pg_catalog.regtype) THEN
         RAISE EXCEPTION '% is distributed by %, a column of type %', invoice, pg_catalog.quote_ident(key_column), key_type
             USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'loyalty keeps account keys as text, and Citus co-locates only tables whose distribution columns have the same type.',
-                  HINT = 'Distribute the invoice table by a text customer key, or keep it on one server; see "Running on Citus" in loyalty''s README.';
+                  DETAIL = 'loyalty stores account keys as text, integer or bigint, and Citus co-locates only tables whose distribution columns have the same type.',
+                  HINT = 'Distribute the invoice table by a text, integer or bigint customer key; see "Running on Citus" in loyalty''s README.';
     END IF;
     IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.detached_at IS NULL) THEN
         RAISE EXCEPTION 'loyalty has attached tables'
@@ -145,6 +279,9 @@ BEGIN
     LOOP
         undo := undo || pg_catalog.format('DROP POLICY IF EXISTS partner ON %s;', t.rel);
     END LOOP;
+    -- the account keys in the type of the invoice table's key, once nothing
+    -- (keys, policies) stands in the way
+    undo := undo || pg_catalog.format('SELECT @extschema@._set_key_type(%L);', key_type);
     FOR r IN EXECUTE 'SELECT w.nodename, w.nodeport, w.success, w.result'
                   || ' FROM pg_catalog.run_command_on_workers($1) w'
                USING 'SET citus.enable_ddl_propagation = off;' || undo
@@ -198,7 +335,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
-'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text customer key: configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
+'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text, integer or bigint customer key: account keys take that type; configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
 
 -- verify and backfill of a distributed table, one shard at a time, on the
 -- node that holds it (src/reconcile.c): the shard's rows, priced there,

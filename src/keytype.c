@@ -1,0 +1,57 @@
+/*
+ * keytype.c — account keys in C and in loyalty's tables.  C handles an
+ * account key as the text the ERP's key column prints (its output
+ * function); loyalty's account_key columns are text, or integer/bigint
+ * once loyalty.distribute() laid them out around an ERP table distributed
+ * by such a key (Citus co-locates only columns of one type).  SQL statements
+ * convert with KEY_CAST and KEY_TEXT; the few places that build a row or an
+ * index scan key themselves convert here, by the column's own type.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+
+#include "keytype.h"
+
+/* The value of key in a column of type type (text, integer or bigint). */
+Datum
+loyalty_key_datum(Oid type, const char *key)
+{
+	Oid			input,
+				ioparam;
+
+	if (type == TEXTOID)
+		return CStringGetTextDatum(key);
+	if (type != INT4OID && type != INT8OID)
+		elog(ERROR, "account keys of type %s are not supported", format_type_be(type));
+	getTypeInputInfo(type, &input, &ioparam);
+	return OidInputFunctionCall(input, unconstify(char *, key), ioparam, -1);
+}
+
+/* Equality of the key column's type, for an index scan key. */
+RegProcedure
+loyalty_key_eq(Oid type)
+{
+	switch (type)
+	{
+		case TEXTOID:
+			return F_TEXTEQ;
+		case INT4OID:
+			return F_INT4EQ;
+		case INT8OID:
+			return F_INT8EQ;
+	}
+	elog(ERROR, "account keys of type %s are not supported", format_type_be(type));
+	return InvalidOid;
+}
+
+/* The collation a scan key on the column compares with. */
+Oid
+loyalty_key_collation(Oid type)
+{
+	return type == TEXTOID ? DEFAULT_COLLATION_OID : InvalidOid;
+}
