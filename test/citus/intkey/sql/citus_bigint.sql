@@ -56,9 +56,8 @@ SELECT table_name, data_type FROM information_schema.columns
 SELECT layout, count(*) FROM loyalty.distribute('erp.orders') GROUP BY 1 ORDER BY 1;
 
 -- A program: 1 point per unit until March 2025, then 2 per unit with a
--- minimum of 5; a ladder on a quarter's spend; credit notes by document type.
-SELECT loyalty.create_program('Big Club', ladder => 'Silver:500, Gold:1000',
-                              qualification_window => '3 months') > 0 AS created;
+-- minimum of 5; credit notes by document type.
+SELECT loyalty.create_program('Big Club') > 0 AS created;
 SELECT program_id AS pid FROM loyalty.program WHERE name = 'Big Club' \gset
 SELECT loyalty.add_rule('Big Club', valid_from => '2025-04-01', points_per_unit => 2, min_amount => 5) IS NOT NULL AS rule_added;
 SELECT loyalty.attach('erp.orders', 'Big Club', account_column => 'customer_id', amount_column => 'amount',
@@ -172,13 +171,19 @@ SELECT * FROM loyalty.verify('Big Club', since => '2025-04-01');
 -- explain_points of rows of one customer: before and after the rule
 -- change, below the minimum, a credit note; the key as text and as bigints
 CREATE TEMP TABLE some_rows AS
-SELECT order_id, customer_id, order_date, amount, doc_type, earns FROM erp.orders_earned
- WHERE order_id IN (1, 42001, 42002) OR (customer_id = 5000002999 AND order_id = 42003);
-SELECT o.order_id, o.amount, o.doc_type, e.account_key, pg_typeof(e.account_key) AS key_type,
+SELECT DISTINCT ON (c) c AS kind, order_id, customer_id, order_date, amount, doc_type, earns
+  FROM (SELECT CASE WHEN order_date < '2025-04-01' THEN 'before April'
+                    WHEN doc_type = 'CRN' AND amount < 0 THEN 'credit note, negative'
+                    WHEN doc_type = 'CRN' THEN 'credit note'
+                    WHEN amount < 5 THEN 'below the minimum'
+                    ELSE 'from April' END AS c, *
+          FROM erp.orders_earned WHERE customer_id > 5000000000) r
+ ORDER BY c, order_id;
+SELECT o.kind, e.account_key = o.customer_id::text AS same_account, pg_typeof(e.account_key) AS key_type,
        e.document_date = o.order_date AS same_date, e.status, e.rule_valid_from, e.points_per_unit,
-       e.points = o.earns AS points_are_the_rows, e.points
+       e.points = o.earns AS points_are_the_rows
   FROM some_rows o, LATERAL loyalty.explain_points('erp.orders', o.customer_id::text, o.order_id::text) e
- ORDER BY o.order_id;
+ ORDER BY o.kind;
 SELECT e.account_key, e.points = (SELECT earns FROM erp.orders_earned WHERE order_id = 42001) AS points_are_the_row
   FROM loyalty.explain_points('erp.orders', 5000000042::bigint, 42001::bigint) e;
 SELECT count(*) AS no_such_row FROM loyalty.explain_points('erp.orders', '5000000042', '999999');
@@ -240,84 +245,128 @@ SELECT count(DISTINCT p.nodeport) AS workers_with_folded_rows
   JOIN pg_catalog.pg_dist_shard_placement p USING (shardid)
  WHERE r.result::bigint > 0;
 
--- Settlement of Q1 and Q2 2025: each account's amounts and tier as the
--- rows say.  The tier a quarter's rows reach, in plain SQL:
+-- Tiers and settlement, on a program of their own (backfill above replays
+-- the tiers of a program with a ladder, and settle() then refuses the
+-- periods it replayed): a ladder on a quarter's spend, its own ERP table
+-- distributed by a bigint customer key with loyalty's tables; 12,000 orders
+-- of 1,500 customers in the first half of 2025, one customer in three
+-- spending a quarter as much in Q2 (downgrades).
+CREATE TABLE erp.tier_orders (order_id bigint NOT NULL, customer_id bigint NOT NULL, amount numeric(12,2) NOT NULL,
+                              order_date date NOT NULL, PRIMARY KEY (customer_id, order_id));
+SELECT create_distributed_table('erp.tier_orders', 'customer_id', colocate_with => 'loyalty.account');
+SELECT loyalty.create_program('Tier Club', ladder => 'Silver:500, Gold:1000',
+                              qualification_window => '3 months') > 0 AS created;
+SELECT program_id AS tid FROM loyalty.program WHERE name = 'Tier Club' \gset
+SELECT loyalty.attach('erp.tier_orders', 'Tier Club', account_column => 'customer_id',
+                      amount_column => 'amount', date_column => 'order_date') > 0 AS attached;
+INSERT INTO erp.tier_orders SELECT g, 7000000000 + g % 1500,
+                            round((((g * 37) % 900) / 10.0 + (g % 1500 % 100) * 3.0)
+                                  * CASE WHEN (g * 7) % 181 >= 90 AND g % 1500 % 3 = 0 THEN 0.25 ELSE 1 END, 2),
+                            DATE '2025-01-01' + (g * 7) % 181
+  FROM generate_series(1, 12000) g;
+-- the tier each quarter's rows reach, in plain SQL
 CREATE TEMP TABLE quarter_tier AS
 SELECT customer_id AS account_key, q, spend, points,
        CASE WHEN spend >= 1000 THEN 'Gold' WHEN spend >= 500 THEN 'Silver' END AS tier
-  FROM (SELECT customer_id, 1 AS q, sum(qualifies) AS spend, sum(earns) AS points FROM erp.orders_earned
+  FROM (SELECT customer_id, 1 AS q, sum(amount) AS spend, sum(trunc(amount))::bigint AS points FROM erp.tier_orders
          WHERE order_date <= '2025-03-31' GROUP BY 1
         UNION ALL
-        SELECT customer_id, 2, sum(qualifies), sum(earns) FROM erp.orders_earned
+        SELECT customer_id, 2, sum(amount), sum(trunc(amount))::bigint FROM erp.tier_orders
          WHERE order_date BETWEEN '2025-04-01' AND '2025-06-30' GROUP BY 1) x;
 SELECT q, tier, count(*) FROM quarter_tier GROUP BY 1, 2 ORDER BY 1, 2;
+CREATE VIEW erp.check_tier_points AS
+SELECT count(*) AS accounts, sum(e.points) AS erp_points, sum(b.points) AS loyalty_points,
+       count(*) FILTER (WHERE e.points IS DISTINCT FROM b.points
+                           OR e.qualifying IS DISTINCT FROM b.qualifying) AS accounts_differing
+  FROM (SELECT customer_id AS account_key, sum(trunc(amount))::bigint AS points, sum(amount) AS qualifying
+          FROM erp.tier_orders GROUP BY 1) e
+  FULL JOIN (SELECT b.account_key, b.points, b.qualifying FROM loyalty.balance b
+               JOIN loyalty.program p USING (program_id) WHERE p.name = 'Tier Club') b
+ USING (account_key);
+SELECT * FROM erp.check_tier_points;
+SELECT loyalty.fold('Tier Club') > 0 AS folded;
+SELECT * FROM erp.check_tier_points;
+
+-- Settle Q1: each account's amounts and tier as its rows say (compared on
+-- this node, from copies: temporary tables)
 SELECT period_start, period_end, status,
-       period_qualifying = (SELECT sum(qualifies) FROM erp.orders_earned WHERE order_date <= '2025-03-31') AS period_ok,
+       period_qualifying = (SELECT sum(amount) FROM erp.tier_orders WHERE order_date <= '2025-03-31') AS period_ok,
        tiers_up = (SELECT count(*) FROM quarter_tier WHERE q = 1 AND tier IS NOT NULL) AS tiers_up_ok, tiers_down
-  FROM loyalty.settle('Big Club', '2025-03-31');
--- every account of the program against its Q1 rows (none: zero, no
--- tier), compared on this node from copies (temporary tables)
-CREATE TEMP TABLE accounts AS SELECT account_key, tier FROM loyalty.account WHERE program_id = :pid;
-CREATE TEMP TABLE run_q1 AS SELECT * FROM loyalty.settlement_account WHERE program_id = :pid AND period_end = '2025-03-31';
+  FROM loyalty.settle('Tier Club', '2025-03-31');
+CREATE TEMP TABLE accounts AS SELECT account_key, tier FROM loyalty.account WHERE program_id = :tid;
+CREATE TEMP TABLE run_q1 AS SELECT * FROM loyalty.settlement_account WHERE program_id = :tid AND period_end = '2025-03-31';
+SELECT count(*) AS accounts, count(*) FILTER (WHERE account_key > 2147483647) AS beyond_int,
+       (SELECT count(*) FROM run_q1) AS settled_rows
+  FROM accounts;
 SELECT count(*) AS accounts_differing
   FROM accounts k
   LEFT JOIN quarter_tier t ON t.q = 1 AND t.account_key = k.account_key
   LEFT JOIN run_q1 s ON s.account_key = k.account_key
- WHERE coalesce(s.period_qualifying, 0) IS DISTINCT FROM coalesce(t.spend, 0)
-    OR coalesce(s.measure, 0) IS DISTINCT FROM coalesce(t.spend, 0)
-    OR coalesce(s.period_points, 0) IS DISTINCT FROM coalesce(t.points, 0)
+ WHERE s.account_key IS NULL
+    OR s.period_qualifying IS DISTINCT FROM coalesce(t.spend, 0)
+    OR s.measure IS DISTINCT FROM coalesce(t.spend, 0)
+    OR s.period_points IS DISTINCT FROM coalesce(t.points, 0)
     OR s.new_tier IS DISTINCT FROM t.tier;
-SELECT count(*) AS accounts, (SELECT count(DISTINCT customer_id) FROM erp.orders) AS customers,
-       (SELECT count(*) FROM run_q1) AS settled_rows
-  FROM accounts;
 SELECT count(*) AS tiers_differing
   FROM accounts a LEFT JOIN quarter_tier t ON t.account_key = a.account_key AND t.q = 1
  WHERE a.tier IS DISTINCT FROM t.tier;
--- tier() of a Gold and a Silver account beyond 2^31
-SELECT min(account_key) AS gold FROM quarter_tier WHERE q = 1 AND tier = 'Gold' AND account_key > 5000000000 \gset
-SELECT min(account_key) AS silver FROM quarter_tier WHERE q = 1 AND tier = 'Silver' AND account_key > 5000000000 \gset
-SELECT :gold > 2147483647 AND :silver > 2147483647 AS beyond_int,
-       loyalty.tier('Big Club', :'gold') AS gold_tier, loyalty.tier('Big Club', :'silver') AS silver_tier,
-       (loyalty.balance('Big Club', :'gold')).tier AS gold_balance_tier;
+-- tier() and balance() of an account Gold in both quarters and of a
+-- Silver one
+SELECT min(t1.account_key) AS gold FROM quarter_tier t1 JOIN quarter_tier t2 USING (account_key)
+ WHERE t1.q = 1 AND t2.q = 2 AND t1.tier = 'Gold' AND t2.tier = 'Gold' \gset
+SELECT min(account_key) AS silver FROM quarter_tier WHERE q = 1 AND tier = 'Silver' \gset
+SELECT loyalty.tier('Tier Club', :'gold') AS gold_tier, loyalty.tier('Tier Club', :'silver') AS silver_tier,
+       (loyalty.balance('Tier Club', :'gold')).tier AS gold_balance_tier,
+       loyalty.tier('Tier Club', :'gold', '2025-03-31') AS gold_before_settling,
+       loyalty.tier('Tier Club', :'gold', current_date + 1) AS gold_tomorrow;
 -- settling again returns the same run
 SELECT period_end, accounts, finished_at = (SELECT finished_at FROM loyalty.settlement_run
-                                             WHERE program_id = :pid AND period_end = '2025-03-31') AS same_run
-  FROM loyalty.settle('Big Club', '2025-03-31');
+                                             WHERE program_id = :tid AND period_end = '2025-03-31') AS same_run
+  FROM loyalty.settle('Tier Club', '2025-03-31');
+SELECT success, result FROM pg_catalog.run_command_on_all_nodes(
+    $$SELECT count(*) FROM loyalty.settlement_run r JOIN loyalty.program p USING (program_id) WHERE p.name = 'Tier Club'$$);
 -- Q2: the old tier is Q1's, the new one Q2's
-SELECT period_qualifying = (SELECT sum(qualifies) FROM erp.orders_earned
-                             WHERE order_date BETWEEN '2025-04-01' AND '2025-06-30') AS period_ok
-  FROM loyalty.settle('Big Club', '2025-06-30');
-CREATE TEMP TABLE run_q2 AS SELECT * FROM loyalty.settlement_account WHERE program_id = :pid AND period_end = '2025-06-30';
+SELECT period_qualifying = (SELECT sum(amount) FROM erp.tier_orders
+                             WHERE order_date BETWEEN '2025-04-01' AND '2025-06-30') AS period_ok,
+       tiers_down > 0 AS some_down
+  FROM loyalty.settle('Tier Club', '2025-06-30');
+CREATE TEMP TABLE run_q2 AS SELECT * FROM loyalty.settlement_account WHERE program_id = :tid AND period_end = '2025-06-30';
 SELECT count(*) AS accounts_differing
   FROM accounts k
   LEFT JOIN quarter_tier t1 ON t1.q = 1 AND t1.account_key = k.account_key
   LEFT JOIN quarter_tier t2 ON t2.q = 2 AND t2.account_key = k.account_key
   LEFT JOIN run_q2 s ON s.account_key = k.account_key
- WHERE coalesce(s.period_qualifying, 0) IS DISTINCT FROM coalesce(t2.spend, 0)
-    OR coalesce(s.period_points, 0) IS DISTINCT FROM coalesce(t2.points, 0)
+ WHERE s.account_key IS NULL
+    OR s.period_qualifying IS DISTINCT FROM coalesce(t2.spend, 0)
+    OR s.period_points IS DISTINCT FROM coalesce(t2.points, 0)
     OR s.old_tier IS DISTINCT FROM t1.tier OR s.new_tier IS DISTINCT FROM t2.tier;
--- statement of a key beyond 2^31: the points its rows earned in each quarter
-SELECT (SELECT value::bigint FROM loyalty.statement('Big Club', :'gold', '2025-03-31')
-         WHERE section = 'points earned' AND item = 'erp.orders')
+-- statement of the Gold account: the points its rows earned in each quarter
+SELECT (SELECT value::bigint FROM loyalty.statement('Tier Club', :'gold', '2025-03-31')
+         WHERE section = 'points earned' AND item = 'erp.tier_orders')
        = (SELECT points FROM quarter_tier WHERE q = 1 AND account_key = :gold) AS q1_earned_exact,
-       (SELECT value::bigint FROM loyalty.statement('Big Club', :'gold', '2025-06-30')
-         WHERE section = 'points earned' AND item = 'erp.orders')
+       (SELECT value::bigint FROM loyalty.statement('Tier Club', :'gold', '2025-06-30')
+         WHERE section = 'points earned' AND item = 'erp.tier_orders')
        = (SELECT points FROM quarter_tier WHERE q = 2 AND account_key = :gold) AS q2_earned_exact;
--- settle_due settles the quarters up to the last one that ended
-SELECT count(*) > 0 AS settled, bool_and(status = 'done') AS done FROM loyalty.settle_due('Big Club');
-SELECT count(*) AS nothing_left FROM loyalty.settle_due('Big Club');
-SELECT * FROM erp.check_points;
+SELECT item, value FROM loyalty.statement('Tier Club', :'gold', '2025-06-30') WHERE section = 'tier' AND item IN ('tier', 'settlement')
+ ORDER BY 1;
+-- settle_due settles the quarters after Q2 up to the last one that ended
+SELECT count(*) > 0 AS settled, bool_and(status = 'done') AS done FROM loyalty.settle_due('Tier Club');
+SELECT count(*) AS nothing_left FROM loyalty.settle_due('Tier Club');
+SELECT * FROM erp.check_tier_points;
+SELECT * FROM loyalty.verify('Tier Club');
 
--- enroll, grant_tier and revoke_tier with keys beyond 2^31 given as text
-SELECT loyalty.enroll('Big Club', '6000000001', region => 'north', enrolled_from => '-infinity');
+-- enroll, grant_tier and revoke_tier with a key beyond 2^31 given as text
+SELECT loyalty.enroll('Tier Club', '7000009999', region => 'north', enrolled_from => '-infinity');
 SELECT account_key, pg_typeof(account_key) AS key_type, region FROM loyalty.account
- WHERE program_id = :pid AND account_key = 6000000001;
-INSERT INTO erp.orders VALUES (70001, 6000000001, 321.00, '2025-08-01');
-SELECT points = 642 AS accrued FROM loyalty.balance('Big Club', '6000000001');
-SELECT loyalty.grant_tier('Big Club', '6000000001', 'Gold', 'key account');
-SELECT loyalty.tier('Big Club', '6000000001') AS granted;
-SELECT loyalty.revoke_tier('Big Club', '6000000001') AS back_to_ladder;
-SELECT * FROM loyalty.verify('Big Club');
+ WHERE program_id = :tid AND account_key = 7000009999;
+INSERT INTO erp.tier_orders VALUES (20001, 7000009999, 321.75, '2025-08-01');
+SELECT points = 321 AS accrued FROM loyalty.balance('Tier Club', '7000009999');
+SELECT loyalty.grant_tier('Tier Club', '7000009999', 'Gold', 'key account');
+SELECT loyalty.tier('Tier Club', '7000009999') AS granted;
+SELECT loyalty.revoke_tier('Tier Club', '7000009999') AS back_to_ladder;
+SELECT account_key, new_tier, reason FROM loyalty.tier_history WHERE program_id = :tid AND account_key = 7000009999
+ ORDER BY change_no;
+SELECT * FROM loyalty.verify('Tier Club');
 
 -- Redemption, in a new session (as in citus_settle): Citus runs redeem on
 -- the node holding the account's shard.
@@ -347,11 +396,12 @@ SELECT * FROM loyalty.verify('Big Club');
 SELECT * FROM loyalty.balance('Big Club', 'abc');
 SELECT * FROM loyalty.balance('Big Club', '');
 SELECT * FROM loyalty.balance('Big Club', '99999999999999999999');
-SELECT loyalty.tier('Big Club', 'abc');
+SELECT loyalty.tier('Tier Club', 'abc');
 SELECT * FROM loyalty.verify('Big Club', account => 'abc');
 SELECT loyalty.enroll('Big Club', 'abc');
-SELECT loyalty.grant_tier('Big Club', 'abc', 'Gold');
-SELECT * FROM loyalty.statement('Big Club', 'abc', '2025-03-31');
+SELECT loyalty.grant_tier('Tier Club', 'abc', 'Gold');
+SELECT * FROM loyalty.statement('Tier Club', 'abc', '2025-03-31');
+SELECT loyalty.tier('Tier Club', '5000000042x', '2025-03-31');
 SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Big Club', 'abc', 'MUG') r;
 \set VERBOSITY default
 -- the same, caught in PL/pgSQL
