@@ -280,7 +280,9 @@ COMMENT ON FUNCTION @extschema@.brackets(@extschema@.rebate_schedule) IS
 -- on any layout (and no cast at all on text), so indexes and Citus's
 -- routing by account still apply.  Used only inside function bodies and
 -- statements, never by a column or a signature, so that it can be
--- re-created.
+-- re-created.  A view that hands a key column to a function taking text
+-- writes key::pg_catalog.varchar::text: distribute() re-creates the views
+-- from their stored definitions, and a cast from text to text leaves none.
 CREATE DOMAIN @extschema@.account_key AS text;
 COMMENT ON DOMAIN @extschema@.account_key IS
 'The type of loyalty''s account_key columns (text; integer or bigint after loyalty.distribute() around an ERP table distributed by such a key). Internal: statements cast account keys given as text to it.';

@@ -398,7 +398,7 @@ COMMENT ON FUNCTION @extschema@.pending_caps(integer, text) IS
 
 CREATE VIEW @extschema@.balance AS
 SELECT s.program_id, s.account_key,
-       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@.pending_caps(s.program_id, s.account_key) ELSE 0 END)::bigint AS points,
+       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@.pending_caps(s.program_id, s.account_key::pg_catalog.varchar::text) ELSE 0 END)::bigint AS points,
        s.qualifying, s.rebate, s.mdf, s.entry_count::bigint AS entry_count, s.updated_at, s.last_doc_date
 FROM (SELECT u.program_id, u.account_key, pg_catalog.sum(u.points) AS points, pg_catalog.sum(u.qualifying) AS qualifying,
              pg_catalog.sum(u.rebate) AS rebate, pg_catalog.sum(u.mdf) AS mdf, pg_catalog.sum(u.entry_count) AS entry_count,

@@ -402,14 +402,14 @@ BEGIN
                                           ARRAY['direct', 'distributor', 'integrator', 'reseller']);
     END IF;
     SELECT p.enrollment INTO policy FROM @extschema@.program p WHERE p.program_id = pid;
-    SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
+    SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key::@extschema@.account_key;
     -- values first, then the writes: on Citus, a write to a distributed
     -- table may hold neither a sub-select nor a function of the
     -- configuration (the coordinator evaluates it, the shard runs the rest)
     since := coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE @extschema@._today(pid) END);
     INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
                                           potential_spend, cohort, enrolled_by, enrolled_from)
-    VALUES (pid, account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit', since)
+    VALUES (pid, account_key::@extschema@.account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit', since)
     ON CONFLICT ON CONSTRAINT account_pkey DO UPDATE
     SET cooperation_model = coalesce(excluded.cooperation_model, a.cooperation_model),
         industry = coalesce(excluded.industry, a.industry),
@@ -418,7 +418,7 @@ BEGIN
         cohort = coalesce(excluded.cohort, a.cohort),
         enrolled_from = coalesce(_enroll.enrolled_from, a.enrolled_from);
 
-    SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key;
+    SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key::@extschema@.account_key;
 
     -- A new segment or cohort applies to documents dated from tomorrow (in
     -- the program's calendar), and never to a document already accrued: after
@@ -429,11 +429,11 @@ BEGIN
        AND (before.cooperation_model, before.industry, before.region, before.cohort)
            IS DISTINCT FROM (after.cooperation_model, after.industry, after.region, after.cohort) THEN
         SELECT b.last_doc_date + 1 INTO until FROM @extschema@.balance b
-        WHERE b.program_id = pid AND b.account_key = _enroll.account_key;
+        WHERE b.program_id = pid AND b.account_key = _enroll.account_key::@extschema@.account_key;
         until := GREATEST(@extschema@._today(pid) + 1, until);
         INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
                                                  industry, region, cohort)
-        VALUES (pid, _enroll.account_key, until,
+        VALUES (pid, _enroll.account_key::@extschema@.account_key, until,
                 before.cooperation_model, before.industry, before.region, before.cohort)
         ON CONFLICT DO NOTHING;
     END IF;
@@ -442,10 +442,10 @@ BEGIN
     -- first enrolment of a customer whose documents were ignored so far.
     enrolled_program := pid;
     restate := (before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
-                AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = _enroll.account_key))
+                AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = _enroll.account_key::@extschema@.account_key))
                OR (before.account_key IS NULL
                    AND EXISTS (SELECT FROM @extschema@.unenrolled_activity u
-                               WHERE u.program_id = pid AND u.account_key = _enroll.account_key AND u.source_rows <> 0));
+                               WHERE u.program_id = pid AND u.account_key = _enroll.account_key::@extschema@.account_key AND u.source_rows <> 0));
 END
 $$;
 COMMENT ON FUNCTION @extschema@._enroll(text, text, text, text, text, numeric, text, date) IS

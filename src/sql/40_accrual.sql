@@ -544,16 +544,16 @@ BEGIN
     END IF;
     -- a customer without an account (not enrolled, or not yet invoiced) has
     -- nothing: a zero row, so that a set-based BI query does not abort
-    SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key;
+    SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key::@extschema@.account_key;
     SELECT coalesce(b.points, 0), coalesce(b.qualifying, 0) INTO points, qualifying
-    FROM (SELECT) x LEFT JOIN @extschema@.balance b ON b.program_id = pid AND b.account_key = balance.account_key;
+    FROM (SELECT) x LEFT JOIN @extschema@.balance b ON b.program_id = pid AND b.account_key = balance.account_key::@extschema@.account_key;
     -- the window's bounds as values: on Citus the query below runs on the
     -- account's shard, where a function reading loyalty.program by name
     -- would be a distributed query nested in a shard query
     win_start := @extschema@._rolling_start(pid);
     today := @extschema@._today(pid);
     SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
-    WHERE m.program_id = pid AND m.account_key = balance.account_key
+    WHERE m.program_id = pid AND m.account_key = balance.account_key::@extschema@.account_key
       AND m.month >= win_start AND m.month <= today;
     -- an upgrade is due as soon as the rolling spend reaches the next
     -- threshold (the next loyalty.fold() records it); below every upgrade,
@@ -730,26 +730,26 @@ BEGIN
                         pg_catalog.sum(m.points)) AS points,
                pg_catalog.sum(m.qualifying) AS qualifying
         FROM @extschema@.accrual_month m
-        WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2)
+        WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
         GROUP BY 1),
     posted AS (
         SELECT l.account_key, pg_catalog.sum(l.points) AS points, pg_catalog.sum(l.qualifying) AS qualifying
         FROM @extschema@.ledger l
-        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2)
+        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
           AND l.kind OPERATOR(pg_catalog.=) ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[])
         GROUP BY 1),
     -- the cap entries the next fold books, for the accounts with unfolded postings
     pending AS (
-        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key) AS points
+        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key::text) AS points
         FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
-              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) d
+              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)) d
         WHERE capped)
-    SELECT coalesce(e.account_key, p.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+    SELECT coalesce(e.account_key, p.account_key)::text, NULL::date, NULL::integer, v.item, v.e, v.a
     FROM expected e
          FULL JOIN (SELECT coalesce(po.account_key, pe.account_key) AS account_key,
                            coalesce(po.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, po.qualifying
-                    FROM posted po FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) po.account_key) p
-           ON p.account_key OPERATOR(pg_catalog.=) e.account_key,
+                    FROM posted po FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) po.account_key::@extschema@.account_key) p
+           ON p.account_key OPERATOR(pg_catalog.=) e.account_key::@extschema@.account_key,
          LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
                          ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
     WHERE v.e IS DISTINCT FROM v.a;
@@ -772,24 +772,24 @@ BEGIN
     -- the ledger, plus the cap entries the next fold books (loyalty.balance
     -- applies them already)
     WITH pending AS (
-        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key) AS points
+        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key::text) AS points
         FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
-              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) d
+              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)) d
         WHERE capped)
-    SELECT coalesce(l.account_key, b.account_key), NULL::date, NULL::integer, v.item, v.e, v.a
+    SELECT coalesce(l.account_key, b.account_key)::text, NULL::date, NULL::integer, v.item, v.e, v.a
     FROM (SELECT coalesce(x.account_key, pe.account_key) AS account_key,
                  coalesce(x.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, x.qualifying,
                  x.rebate, x.mdf, x.n
           FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying,
                        pg_catalog.sum(x.rebate) AS rebate, pg_catalog.sum(x.mdf) AS mdf, pg_catalog.count(*) AS n
                 FROM @extschema@.ledger x
-                WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)
+                WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
                 GROUP BY 1) x
-               FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) x.account_key) l
+               FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) x.account_key::@extschema@.account_key) l
          FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.rebate, x.mdf, x.entry_count AS n
                     FROM @extschema@.balance x
-                    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) b
-           ON b.account_key OPERATOR(pg_catalog.=) l.account_key,
+                    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)) b
+           ON b.account_key OPERATOR(pg_catalog.=) l.account_key::@extschema@.account_key,
          LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
                          ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
                          ('balance_rebate', coalesce(l.rebate, 0), coalesce(b.rebate, 0)),

@@ -36,9 +36,9 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
                                          member_id, corrects, corrects_xid, reason)
-    VALUES ($1, $2, n, $3, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), $8, $10, $9, $5);
+    VALUES ($1, $2::@extschema@.account_key, n, $3, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), $8, $10, $9, $5);
     INSERT INTO @extschema@.balance_delta AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
-    VALUES ($1, $2, n, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), 1);
+    VALUES ($1, $2::@extschema@.account_key, n, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), 1);
     RETURN n;
 END
 $$;
@@ -59,7 +59,7 @@ DECLARE
     n bigint;
 BEGIN
     UPDATE @extschema@.account a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1
-    WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2
+    WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key
     RETURNING a.debit_no INTO n;
     IF n IS NULL THEN
         RAISE EXCEPTION 'account "%" is not enrolled in program "%"', $2,

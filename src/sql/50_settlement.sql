@@ -306,7 +306,7 @@ BEGIN
                CASE prog.tier_basis WHEN 'qualifying' THEN coalesce(m.q_window, 0)
                                     WHEN 'points' THEN coalesce(m.p_window, 0)
                                     ELSE coalesce((SELECT c.actions FROM acts c
-                                                   WHERE c.account_key = coalesce(a.account_key, m.account_key, pv.account_key)
+                                                   WHERE c.account_key = coalesce(a.account_key, m.account_key, pv.account_key)::text
                                                      AND c.action = prog.tier_action), 0) END AS measure,
                coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
                coalesce(pv.periods_below, 0) AS below_prev,
@@ -327,7 +327,7 @@ BEGIN
                                      AND NOT EXISTS (SELECT FROM @extschema@.tier_requirement r
                                                      WHERE r.program_id = pid AND r.tier = l.name
                                                        AND coalesce((SELECT c.actions FROM acts c
-                                                                     WHERE c.account_key = b.account_key AND c.action = r.action), 0)
+                                                                     WHERE c.account_key = b.account_key::text AND c.action = r.action), 0)
                                                            < r.min_count)), 0) END AS q_rank,
                -- the margin grace: the highest tier kept within the margin
                CASE WHEN prog.tier_grace = 'margin'

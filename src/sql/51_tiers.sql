@@ -130,7 +130,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN (SELECT h.new_tier FROM @extschema@.tier_history h
             WHERE h.program_id OPERATOR(pg_catalog.=) _tier_at.program_id
-              AND h.account_key OPERATOR(pg_catalog.=) _tier_at.account_key
+              AND h.account_key OPERATOR(pg_catalog.=) _tier_at.account_key::@extschema@.account_key
               AND h.effective_from OPERATOR(pg_catalog.<=) _tier_at.as_of
             ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1);
 END
@@ -142,7 +142,7 @@ CREATE FUNCTION @extschema@._benefit(program_id integer, account_key text, benef
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT (SELECT b.value FROM @extschema@.tier_benefit b
         WHERE b.program_id OPERATOR(pg_catalog.=) _benefit.program_id
-          AND b.tier OPERATOR(pg_catalog.=) @extschema@._tier_at(_benefit.program_id, _benefit.account_key, _benefit.as_of)
+          AND b.tier OPERATOR(pg_catalog.=) @extschema@._tier_at(_benefit.program_id, _benefit.account_key::text, _benefit.as_of)
           AND b.benefit OPERATOR(pg_catalog.=) _benefit.benefit)
 $$;
 COMMENT ON FUNCTION @extschema@._benefit(integer, text, text, date) IS 'Internal: the value of one benefit of an account on a date (by its tier that day), NULL when its tier has none; e.g. _benefit(program_id, account_key, ''mdf_rate'', d)::numeric.';
@@ -157,10 +157,10 @@ SELECT (SELECT b.value FROM @extschema@.tier_benefit b
           -- before its first recorded tier (a period settled from documents
           -- older than the program's history), the account counts at that tier
           AND b.tier OPERATOR(pg_catalog.=) coalesce(
-                @extschema@._tier_at(_mdf_rate.program_id, _mdf_rate.account_key, _mdf_rate.as_of),
+                @extschema@._tier_at(_mdf_rate.program_id, _mdf_rate.account_key::text, _mdf_rate.as_of),
                 (SELECT h.new_tier FROM @extschema@.tier_history h
                  WHERE h.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
-                   AND h.account_key OPERATOR(pg_catalog.=) _mdf_rate.account_key
+                   AND h.account_key OPERATOR(pg_catalog.=) _mdf_rate.account_key::@extschema@.account_key
                  ORDER BY h.effective_from, h.change_no LIMIT 1)))::numeric
 $$;
 COMMENT ON FUNCTION @extschema@._mdf_rate(integer, text, date) IS 'Internal: the MDF rate (a fraction) of an account on a date, from the mdf_rate benefit of its tier that day (of its first recorded tier, before it had one); NULL when that tier has none.';
@@ -184,7 +184,7 @@ BEGIN
     ELSE
         SELECT coalesce(sum(CASE prog.tier_basis WHEN 'points' THEN m.points ELSE m.qualifying END), 0) INTO r
         FROM @extschema@.accrual_month m
-        WHERE m.program_id = prog.program_id AND m.account_key = _measure.account_key
+        WHERE m.program_id = prog.program_id AND m.account_key = _measure.account_key::@extschema@.account_key
           AND m.month >= win_start AND m.month <= as_of;
     END IF;
     RETURN r;
@@ -358,7 +358,7 @@ DECLARE
 BEGIN
     PERFORM @extschema@._tier_lock(pid);
     SELECT a.tier INTO old_tier FROM @extschema@.account a
-    WHERE a.program_id = pid AND a.account_key = account FOR UPDATE;
+    WHERE a.program_id = pid AND a.account_key = account::@extschema@.account_key FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account,
                         (SELECT p.name FROM @extschema@.program p WHERE p.program_id = pid)
@@ -372,13 +372,13 @@ BEGIN
     -- table may hold neither a sub-select nor now() inside a CASE
     since := CASE WHEN new_tier IS NULL THEN NULL ELSE now() END;
     SELECT coalesce(max(h.change_no), 0) + 1 INTO change FROM @extschema@.tier_history h
-    WHERE h.program_id = pid AND h.account_key = account;
+    WHERE h.program_id = pid AND h.account_key = account::@extschema@.account_key;
     SELECT b.last_doc_date + 1 INTO last_doc FROM @extschema@.balance b
-    WHERE b.program_id = pid AND b.account_key = account;
+    WHERE b.program_id = pid AND b.account_key = account::@extschema@.account_key;
     UPDATE @extschema@.account a SET tier = new_tier, tier_since = since
-    WHERE a.program_id = pid AND a.account_key = account;
+    WHERE a.program_id = pid AND a.account_key = account::@extschema@.account_key;
     INSERT INTO @extschema@.tier_history (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason)
-    VALUES (pid, account, change, greatest(tomorrow, coalesce(last_doc, tomorrow)), old_tier, new_tier, why);
+    VALUES (pid, account::@extschema@.account_key, change, greatest(tomorrow, coalesce(last_doc, tomorrow)), old_tier, new_tier, why);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._set_tier(integer, text, text, text) IS 'Internal: changes an account''s tier by hand (account row and tier history), from tomorrow.';
@@ -394,7 +394,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
     SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = grant_tier.program;
-    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = grant_tier.account_key) THEN
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = grant_tier.account_key::@extschema@.account_key) THEN
         RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', coalesce(account_key, 'NULL'), program
             USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
                   DETAIL = 'A tier is granted to an enrolled account.',
@@ -411,7 +411,7 @@ BEGIN
     END IF;
     PERFORM @extschema@._set_tier(pid, account_key, tier, 'manual');
     INSERT INTO @extschema@.tier_grant AS g (program_id, account_key, tier, reason)
-    VALUES (pid, account_key, tier, reason)
+    VALUES (pid, account_key::@extschema@.account_key, tier, reason)
     ON CONFLICT ON CONSTRAINT tier_grant_pkey DO UPDATE
     SET tier = excluded.tier, reason = excluded.reason, granted_at = excluded.granted_at, granted_by = excluded.granted_by;
 END
@@ -431,7 +431,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
     END IF;
     SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = revoke_tier.program;
-    DELETE FROM @extschema@.tier_grant g WHERE g.program_id = pid AND g.account_key = revoke_tier.account_key;
+    DELETE FROM @extschema@.tier_grant g WHERE g.program_id = pid AND g.account_key = revoke_tier.account_key::@extschema@.account_key;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'account_key "%" holds no tier granted by hand in program "%"', coalesce(account_key, 'NULL'), program
             USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
@@ -508,11 +508,11 @@ BEGIN
     -- the ledger as it stood at the end of as_of in the program's calendar
     SELECT coalesce(sum(l.points), 0), coalesce(sum(l.qualifying), 0) INTO points, qualifying
     FROM @extschema@.ledger l
-    WHERE l.program_id = pid AND l.account_key = balance.account_key
+    WHERE l.program_id = pid AND l.account_key = balance.account_key::@extschema@.account_key
       AND l.posted_at < ((as_of + 1)::timestamp AT TIME ZONE zone);
     -- the rolling window ending with as_of's month, by document date
     SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
-    WHERE m.program_id = pid AND m.account_key = balance.account_key
+    WHERE m.program_id = pid AND m.account_key = balance.account_key::@extschema@.account_key
       AND m.month >= win_start AND m.month <= as_of;
     tier := @extschema@._tier_at(pid, account_key, as_of);
 END
@@ -541,7 +541,7 @@ BEGIN
     RETURN QUERY
     SELECT b.benefit, b.value, b.tier
     FROM @extschema@.account a JOIN @extschema@.tier_benefit b ON b.program_id = a.program_id AND b.tier = a.tier
-    WHERE a.program_id = pid AND a.account_key = benefits.account_key
+    WHERE a.program_id = pid AND a.account_key = benefits.account_key::@extschema@.account_key
     ORDER BY b.benefit;
 END
 $$;
@@ -588,14 +588,14 @@ BEGIN
     -- the tier the period's settlement decided (in force from the day it
     -- ran), or, for a period not settled yet, the tier of its last day
     SELECT s.new_tier, s.outcome, s.measure INTO t, outcome, m FROM @extschema@.settlement_account s
-    WHERE s.program_id = pid AND s.account_key = statement.account_key AND s.period_end = statement.period_end;
+    WHERE s.program_id = pid AND s.account_key = statement.account_key::@extschema@.account_key AND s.period_end = statement.period_end;
     IF NOT FOUND THEN
         t := @extschema@._tier_at(pid, account_key, period_end);
         m := @extschema@._measure(pid, account_key, period_end);
         outcome := 'not settled yet';
     END IF;
     SELECT max(h.effective_from) INTO since FROM @extschema@.tier_history h
-    WHERE h.program_id = pid AND h.account_key = statement.account_key AND h.new_tier = t;
+    WHERE h.program_id = pid AND h.account_key = statement.account_key::@extschema@.account_key AND h.new_tier = t;
     -- the next tier above the account's tier (or above what it measures)
     SELECT x.name, x.threshold, greatest(x.threshold - m, 0) AS gap INTO nxt
     FROM @extschema@.tiers(prog.ladder) x
@@ -613,12 +613,12 @@ BEGIN
     RETURN QUERY
     SELECT 'points earned', coalesce(a.source_name, '(unknown table)'), sum(x.points)::text
     FROM @extschema@.accrual_month x LEFT JOIN @extschema@.attachment a ON a.attachment_id = x.attachment_id
-    WHERE x.program_id = pid AND x.account_key = statement.account_key AND x.month >= pstart AND x.month <= period_end
+    WHERE x.program_id = pid AND x.account_key = statement.account_key::@extschema@.account_key AND x.month >= pstart AND x.month <= period_end
     GROUP BY a.source_name ORDER BY a.source_name;
     RETURN QUERY
     SELECT 'points earned', l.kind::text, sum(l.points)::text
     FROM @extschema@.ledger l
-    WHERE l.program_id = pid AND l.account_key = statement.account_key
+    WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key
       AND l.kind IN ('award', 'adjust') AND l.posted_at >= zone_start AND l.posted_at < zone_end
     GROUP BY l.kind ORDER BY l.kind;
     -- as values: on Citus the query below runs on the account's shard, where
@@ -628,20 +628,20 @@ BEGIN
     RETURN QUERY
     SELECT 'points', v.item, v.value FROM (VALUES
         ('redeemed', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
-                      WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'redeem'
+                      WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key AND l.kind = 'redeem'
                         AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
         ('expired', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
-                     WHERE l.program_id = pid AND l.account_key = statement.account_key AND l.kind = 'expire'
+                     WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key AND l.kind = 'expire'
                        AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
         ('expiring soon', soon::text),
         ('balance at period end', closing::text)) v(item, value);
     RETURN QUERY
     SELECT 'rebates', v.item, v.value FROM (VALUES
         ('accrued in period', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
-                               WHERE l.program_id = pid AND l.account_key = statement.account_key
+                               WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key
                                  AND l.rebate <> 0 AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
         ('balance at period end', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
-                                   WHERE l.program_id = pid AND l.account_key = statement.account_key
+                                   WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key
                                      AND l.rebate <> 0 AND l.posted_at < zone_end))) v(item, value);
     RETURN QUERY
     SELECT 'benefits', b.benefit, b.value::text FROM @extschema@.tier_benefit b

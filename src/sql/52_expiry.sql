@@ -66,7 +66,7 @@ BEGIN
                    OR l.points OPERATOR(pg_catalog.<) 0 AS debit,
                l.points
         FROM @extschema@.ledger l
-        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($3 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $3)
+        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($3 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $3::@extschema@.account_key)
           AND l.points OPERATOR(pg_catalog.<>) 0
           AND l.kind OPERATOR(pg_catalog.<>) ALL ('{earn,reverse,cap,backfill,restate}'::@extschema@.ledger_kind[])
           AND NOT (l.kind OPERATOR(pg_catalog.=) 'bonus' AND l.attachment_id IS NOT NULL)),
@@ -74,7 +74,7 @@ BEGIN
         SELECT u.account_key, u.month, pg_catalog.sum(u.acc)::bigint AS acc, pg_catalog.sum(u.cred)::bigint AS cred
         FROM (SELECT m.account_key, m.month, m.points AS acc, 0::bigint AS cred
               FROM @extschema@.accrual_month m
-              WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($3 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $3)
+              WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($3 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $3::@extschema@.account_key)
               UNION ALL
               SELECT o.account_key, o.month, 0, o.points FROM other o WHERE NOT o.debit) u
         GROUP BY 1, 2),
@@ -84,7 +84,7 @@ BEGIN
                CASE WHEN capped
                     THEN (SELECT coalesce(@extschema@._capped_points($1, pg_catalog.array_agg(x.month), pg_catalog.array_agg(x.acc)), 0)
                           FROM series x
-                          WHERE x.account_key OPERATOR(pg_catalog.=) s.account_key AND x.month OPERATOR(pg_catalog.<=) s.month)
+                          WHERE x.account_key OPERATOR(pg_catalog.=) s.account_key::@extschema@.account_key AND x.month OPERATOR(pg_catalog.<=) s.month)
                     ELSE pg_catalog.sum(s.acc) OVER w END
                OPERATOR(pg_catalog.+) pg_catalog.sum(s.cred) OVER w AS total
         FROM series s
@@ -99,8 +99,8 @@ BEGIN
     spent AS (
         SELECT o.account_key, OPERATOR(pg_catalog.-) pg_catalog.sum(o.points) AS consumed
         FROM other o WHERE o.debit GROUP BY 1)
-    SELECT o.account_key, (o.earned OPERATOR(pg_catalog.-) coalesce(s.consumed, 0))::bigint
-    FROM old o LEFT JOIN spent s ON s.account_key OPERATOR(pg_catalog.=) o.account_key
+    SELECT o.account_key::text, (o.earned OPERATOR(pg_catalog.-) coalesce(s.consumed, 0))::bigint
+    FROM old o LEFT JOIN spent s ON s.account_key OPERATOR(pg_catalog.=) o.account_key::@extschema@.account_key
     WHERE o.earned OPERATOR(pg_catalog.-) coalesce(s.consumed, 0) OPERATOR(pg_catalog.>) 0;
 END
 $$;
@@ -145,13 +145,13 @@ BEGIN
     WITH due AS (SELECT d.account_key FROM @extschema@._expiry_due($1, $3, NULL) d),
     lock AS (
         SELECT a.account_key FROM @extschema@.account a
-        WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key IN (SELECT due.account_key FROM due)
+        WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key IN (SELECT due.account_key::@extschema@.account_key FROM due)
         ORDER BY a.account_key
         FOR NO KEY UPDATE OF a),
     numbered AS (
         UPDATE @extschema@.account a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1
         FROM lock k
-        WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) k.account_key
+        WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) k.account_key::@extschema@.account_key
         RETURNING a.account_key)
     SELECT pg_catalog.array_agg(n.account_key) INTO locked FROM numbered n;
     IF locked IS NULL THEN
@@ -166,13 +166,13 @@ BEGIN
     entries AS (
         INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
                                              member_id, corrects, corrects_xid, reason)
-        SELECT $1, d.account_key, d.n, 'expire', OPERATOR(pg_catalog.-) d.points, 0, 0, NULL, NULL, NULL,
+        SELECT $1, d.account_key::@extschema@.account_key, d.n, 'expire', OPERATOR(pg_catalog.-) d.points, 0, 0, NULL, NULL, NULL,
                pg_catalog.format('expiry at %s: points of months before %s', $3, t)
         FROM due d
         RETURNING l.points),
     deltas AS (
         INSERT INTO @extschema@.balance_delta AS b (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
-        SELECT $1, d.account_key, d.n, OPERATOR(pg_catalog.-) d.points, 0, 0, 1
+        SELECT $1, d.account_key::@extschema@.account_key, d.n, OPERATOR(pg_catalog.-) d.points, 0, 0, 1
         FROM due d
         RETURNING b.points)
     SELECT coalesce(OPERATOR(pg_catalog.-) pg_catalog.sum(e.points), 0)::bigint INTO total FROM entries e;

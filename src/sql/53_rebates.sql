@@ -183,11 +183,11 @@ WITH r AS (
 entries AS (
     INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
                                          member_id, corrects, corrects_xid, reason)
-    SELECT $1, r.account_key, r.n, 'rebate', 0, r.amount, 0, NULL, NULL, NULL, r.reason FROM r
+    SELECT $1, r.account_key::@extschema@.account_key, r.n, 'rebate', 0, r.amount, 0, NULL, NULL, NULL, r.reason FROM r
     RETURNING l.entry_no),
 deltas AS (
     INSERT INTO @extschema@.balance_delta AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
-    SELECT $1, r.account_key, r.n, 0, r.amount, 0, 1 FROM r
+    SELECT $1, r.account_key::@extschema@.account_key, r.n, 0, r.amount, 0, 1 FROM r
     RETURNING d.delta_no)
 SELECT r.ord, r.n FROM r
 $$;
@@ -312,14 +312,14 @@ BEGIN
     postings AS (
         INSERT INTO @extschema@.rebate_posting (program_id, account_key, agreement_id, period_end, entry_no,
                                                 period_start, kind, volume, amount)
-        SELECT $1, l.a, l.g, l.e, l.entry_no, l.s, CASE WHEN l.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'trueup' END,
+        SELECT $1, l.a::@extschema@.account_key, l.g, l.e, l.entry_no, l.s, CASE WHEN l.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'trueup' END,
                l.v, l.f OPERATOR(pg_catalog.-) l.c
         FROM lines l WHERE l.entry_no IS NOT NULL),
     written AS (
         INSERT INTO @extschema@.settlement_line AS x (program_id, account_key, agreement_id, period_end, adjustment_no,
                                                       document_key, period_start, volume, final, accrued, amount,
                                                       credit_note, currency, settled_through, entry_no)
-        SELECT $1, l.a, l.g, l.e, l.n, l.k, l.s, l.v, l.f, l.c, l.f OPERATOR(pg_catalog.-) l.c,
+        SELECT $1, l.a::@extschema@.account_key, l.g, l.e, l.n, l.k, l.s, l.v, l.f, l.c, l.f OPERATOR(pg_catalog.-) l.c,
                l.f OPERATOR(pg_catalog.-) coalesce(l.lf, 0), cur, settled_through, l.entry_no
         FROM lines l
         RETURNING x.amount)
@@ -440,7 +440,7 @@ BEGIN
     rows AS (
         INSERT INTO @extschema@.rebate_posting AS r (program_id, account_key, agreement_id, period_end, entry_no,
                                                      period_start, kind, volume, amount)
-        SELECT pid, u.a, u.g, u.e, p.entry_no, u.s, 'estimate', u.v, u.d
+        SELECT pid, u.a::@extschema@.account_key, u.g, u.e, p.entry_no, u.s, 'estimate', u.v, u.d
         FROM ROWS FROM (pg_catalog.unnest(g), pg_catalog.unnest(a), pg_catalog.unnest(s), pg_catalog.unnest(e),
                         pg_catalog.unnest(v), pg_catalog.unnest(d)) WITH ORDINALITY AS u(g, a, s, e, v, d, ord)
         JOIN posted p ON p.ord OPERATOR(pg_catalog.=) u.ord
@@ -472,17 +472,17 @@ accrued AS (
     SELECT m.account_key, m.month, pg_catalog.sum(m.qualifying) AS qualifying, pg_catalog.sum(m.source_rows) AS n
     FROM @extschema@.accrual_month m, since
     WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.month OPERATOR(pg_catalog.>=) since.month
-      AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2)
+      AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
     GROUP BY 1, 2),
 split AS (
     SELECT v.account_key, v.month, pg_catalog.sum(v.qualifying) AS qualifying, pg_catalog.sum(v.source_rows) AS n
     FROM @extschema@.rebate_line_volume v
-    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR v.account_key OPERATOR(pg_catalog.=) $2)
+    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR v.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
     GROUP BY 1, 2)
-SELECT coalesce(a.account_key, s.account_key), coalesce(a.month, s.month), NULL::integer, v.item, v.e, v.a
+SELECT coalesce(a.account_key, s.account_key)::text, coalesce(a.month, s.month), NULL::integer, v.item, v.e, v.a
 FROM accrued a
      FULL JOIN (SELECT s.* FROM split s, since WHERE s.month OPERATOR(pg_catalog.>=) since.month) s
-       ON s.account_key OPERATOR(pg_catalog.=) a.account_key AND s.month OPERATOR(pg_catalog.=) a.month,
+       ON s.account_key OPERATOR(pg_catalog.=) a.account_key::@extschema@.account_key AND s.month OPERATOR(pg_catalog.=) a.month,
      LATERAL (VALUES ('rebate_line_qualifying', coalesce(a.qualifying, 0), coalesce(s.qualifying, 0)),
                      ('rebate_line_rows', coalesce(a.n, 0)::numeric, coalesce(s.n, 0)::numeric)) AS v(item, e, a)
 WHERE v.e IS DISTINCT FROM v.a;
@@ -553,7 +553,7 @@ BEGIN
     END IF;
     IF account_key IS NOT NULL AND NOT EXISTS (
             SELECT FROM @extschema@.account a
-            WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) create_rebate_agreement.account_key) THEN
+            WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) create_rebate_agreement.account_key::@extschema@.account_key) THEN
         RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account_key, program
             USING ERRCODE = 'no_data_found',
                   DETAIL = 'account_key must name an account of the program.',
@@ -623,7 +623,7 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.rebate_agreement (program_id, agreement_id, account_key, cooperation_model, region, industry,
                                               schedule, product_lines, period, valid_from, valid_until)
-    VALUES (pid, agreement_id, account_key, cooperation_model, region, industry,
+    VALUES (pid, agreement_id, account_key::@extschema@.account_key, cooperation_model, region, industry,
             schedule, product_lines, coalesce(period, prog.settlement_period), valid_from, valid_until);
 END
 $$;

@@ -175,7 +175,7 @@ BEGIN
                   HINT = 'Find it in loyalty.redemption.';
     END IF;
     -- the same lock order as redeem: the account, then the reward
-    PERFORM @extschema@._lock_for_debit(d.program_id, d.account_key);
+    PERFORM @extschema@._lock_for_debit(d.program_id, d.account_key::text);
     SELECT * INTO d FROM @extschema@.redemption x
     WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
     IF d.status = 'cancelled' THEN
@@ -186,7 +186,7 @@ BEGIN
     END IF;
     UPDATE @extschema@.reward x SET stock = x.stock + d.quantity
     WHERE x.program_id = d.program_id AND x.reward_id = d.reward_id AND x.stock IS NOT NULL;
-    entry := @extschema@._post_member(d.program_id, d.account_key, 'redeem', d.points,
+    entry := @extschema@._post_member(d.program_id, d.account_key::text, 'redeem', d.points,
                                       pg_catalog.format('cancel redemption of %s x %s', d.quantity, d.reward_id),
                                       d.member_id, corrects_xid => d.posted_xid, corrects => d.entry_no);
     UPDATE @extschema@.redemption x

@@ -235,14 +235,14 @@ BEGIN
                   DETAIL = 'program names no program of this database (names are case-sensitive).',
                   HINT = 'List programs with SELECT name FROM loyalty.program.';
     END IF;
-    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key) THEN
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key::@extschema@.account_key) THEN
         RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
             USING ERRCODE = 'no_data_found',
                   DETAIL = 'Only enrolled accounts earn points for actions.',
                   HINT = 'Enrol it with loyalty.enroll() first.';
     END IF;
     IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
-                                          AND m.account_key = account_key AND m.member_id = member) THEN
+                                          AND m.account_key = account_key::@extschema@.account_key AND m.member_id = member) THEN
         RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
             USING ERRCODE = 'no_data_found',
                   DETAIL = 'A member earns for the account they belong to.',
@@ -282,7 +282,7 @@ BEGIN
     no := @extschema@._lock_for_debit(pid, account_key);
     IF reference IS NOT NULL THEN
         SELECT * INTO prior FROM @extschema@.award w
-        WHERE w.program_id = pid AND w.account_key = account_key AND w.reference = reference;
+        WHERE w.program_id = pid AND w.account_key = account_key::@extschema@.account_key AND w.reference = reference;
         IF FOUND THEN
             IF (prior.action, prior.member_id, prior.occurred_on, prior.quantity)
                IS DISTINCT FROM (action, member, day, quantity) THEN
@@ -301,7 +301,7 @@ BEGIN
     IF rule.cap_points IS NOT NULL THEN
         period_start := pg_catalog.date_trunc(rule.cap_period, day::timestamp)::date;
         SELECT coalesce(pg_catalog.sum(w.points), 0) INTO used FROM @extschema@.award w
-        WHERE w.program_id = pid AND w.account_key = account_key AND w.action = action
+        WHERE w.program_id = pid AND w.account_key = account_key::@extschema@.account_key AND w.action = action
           AND w.status <> 'rejected' AND w.occurred_on >= period_start
           AND w.occurred_on < (period_start + CASE rule.cap_period WHEN 'month' THEN interval '1 month'
                                                                    WHEN 'quarter' THEN interval '3 months'
@@ -316,7 +316,7 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.award AS w (program_id, account_key, award_no, action, member_id, occurred_on, quantity, rule_from,
                                         points, capped, reference, status, decided_at, posted_xid, entry_no)
-    VALUES (pid, account_key, no, action, member, day, quantity, rule.valid_from, granted,
+    VALUES (pid, account_key::@extschema@.account_key, no, action, member, day, quantity, rule.valid_from, granted,
             LEAST(earned - granted, 9223372036854775807), reference, st,
             CASE WHEN st = 'approved' THEN pg_catalog.now() END,
             CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry)
@@ -341,14 +341,14 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    PERFORM @extschema@._lock_for_debit(w.program_id, w.account_key);
+    PERFORM @extschema@._lock_for_debit(w.program_id, w.account_key::text);
     SELECT * INTO w FROM @extschema@.award x
     WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
     IF w.status <> 'pending' THEN
         RETURN;
     END IF;
     IF approve THEN
-        entry := @extschema@._post_member(w.program_id, w.account_key, 'award', w.points,
+        entry := @extschema@._post_member(w.program_id, w.account_key::text, 'award', w.points,
                                           pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
                                           w.member_id);
     END IF;
@@ -438,7 +438,7 @@ BEGIN
     -- PL/pgSQL, not SQL: on Citus, award is distributed, and Citus plans a
     -- query with parameters on it only as PL/pgSQL's custom plan
     RETURN QUERY
-    SELECT w.account_key, pg_catalog.sum(w.quantity)::bigint
+    SELECT w.account_key::text, pg_catalog.sum(w.quantity)::bigint
     FROM @extschema@.award w
     WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
       AND w.status OPERATOR(pg_catalog.=) 'approved'

@@ -60,7 +60,7 @@ DECLARE
 BEGIN
     IF n IS NOT NULL AND $6 IS NOT NULL THEN
         INSERT INTO @extschema@.member_points AS m (program_id, account_key, member_id, points, earned, spent, entry_count)
-        VALUES ($1, $2, $6, $4,
+        VALUES ($1, $2::@extschema@.account_key, $6, $4,
                 CASE WHEN $3 OPERATOR(pg_catalog.<>) 'redeem' THEN $4 ELSE 0 END,
                 CASE WHEN $3 OPERATOR(pg_catalog.=) 'redeem' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)
         ON CONFLICT ON CONSTRAINT member_points_pkey DO UPDATE
@@ -106,28 +106,28 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
 -- a ledger entry whose member is not a member of its account
-SELECT l.account_key, NULL::date, NULL::integer, 'member_unknown:' OPERATOR(pg_catalog.||) l.member_id,
+SELECT l.account_key::text, NULL::date, NULL::integer, 'member_unknown:' OPERATOR(pg_catalog.||) l.member_id,
        0::numeric, pg_catalog.count(*)::numeric
 FROM @extschema@.ledger l
-WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2)
+WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
   AND l.member_id IS NOT NULL
   AND NOT EXISTS (SELECT FROM @extschema@.member m
-                  WHERE m.program_id OPERATOR(pg_catalog.=) l.program_id AND m.account_key OPERATOR(pg_catalog.=) l.account_key
+                  WHERE m.program_id OPERATOR(pg_catalog.=) l.program_id AND m.account_key OPERATOR(pg_catalog.=) l.account_key::@extschema@.account_key
                     AND m.member_id OPERATOR(pg_catalog.=) l.member_id)
 GROUP BY l.account_key, l.member_id
 UNION ALL
 -- a member's running total that differs from the sums of their entries,
 -- or that is below zero (redemptions check it; nothing else debits it)
-SELECT coalesce(t.account_key, l.account_key), NULL, NULL, v.item, v.e, v.a
+SELECT coalesce(t.account_key, l.account_key)::text, NULL, NULL, v.item, v.e, v.a
 FROM (SELECT x.account_key, x.member_id, pg_catalog.sum(x.points) AS points, pg_catalog.count(*) AS n
       FROM @extschema@.ledger x
-      WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)
+      WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
         AND x.member_id IS NOT NULL
       GROUP BY 1, 2) l
 FULL JOIN (SELECT x.account_key, x.member_id, x.points, x.entry_count
            FROM @extschema@.member_points x
-           WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2)) t
-  ON t.account_key OPERATOR(pg_catalog.=) l.account_key AND t.member_id OPERATOR(pg_catalog.=) l.member_id,
+           WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)) t
+  ON t.account_key OPERATOR(pg_catalog.=) l.account_key::@extschema@.account_key AND t.member_id OPERATOR(pg_catalog.=) l.member_id,
 LATERAL (VALUES ('member_points:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), coalesce(l.points, 0)::numeric,
                  coalesce(t.points, 0)::numeric),
                 ('member_entries:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), coalesce(l.n, 0)::numeric,
@@ -138,14 +138,14 @@ WHERE v.e IS DISTINCT FROM v.a
 UNION ALL
 -- a redemption whose spending entry (or, cancelled, whose giving back) is
 -- missing from the ledger or differs from it
-SELECT d.account_key, NULL, NULL, v.item, v.e, v.a
+SELECT d.account_key::text, NULL, NULL, v.item, v.e, v.a
 FROM @extschema@.redemption d
 LEFT JOIN @extschema@.ledger s
-  ON s.program_id OPERATOR(pg_catalog.=) d.program_id AND s.account_key OPERATOR(pg_catalog.=) d.account_key
+  ON s.program_id OPERATOR(pg_catalog.=) d.program_id AND s.account_key OPERATOR(pg_catalog.=) d.account_key::@extschema@.account_key
      AND s.posted_xid OPERATOR(pg_catalog.=) d.posted_xid AND s.entry_no OPERATOR(pg_catalog.=) d.entry_no
      AND s.kind OPERATOR(pg_catalog.=) 'redeem' AND s.member_id IS NOT DISTINCT FROM d.member_id
 LEFT JOIN @extschema@.ledger c
-  ON c.program_id OPERATOR(pg_catalog.=) d.program_id AND c.account_key OPERATOR(pg_catalog.=) d.account_key
+  ON c.program_id OPERATOR(pg_catalog.=) d.program_id AND c.account_key OPERATOR(pg_catalog.=) d.account_key::@extschema@.account_key
      AND c.posted_xid OPERATOR(pg_catalog.=) d.cancel_xid AND c.entry_no OPERATOR(pg_catalog.=) d.cancel_entry_no
      AND c.kind OPERATOR(pg_catalog.=) 'redeem' AND c.member_id IS NOT DISTINCT FROM d.member_id
      AND c.corrects_xid OPERATOR(pg_catalog.=) d.posted_xid AND c.corrects OPERATOR(pg_catalog.=) d.entry_no,
@@ -154,20 +154,20 @@ LATERAL (VALUES ('redemption_spent:' OPERATOR(pg_catalog.||) d.redemption_id::te
                 ('redemption_given_back:' OPERATOR(pg_catalog.||) d.redemption_id::text,
                  CASE WHEN d.status OPERATOR(pg_catalog.=) 'cancelled' THEN d.points ELSE 0 END::numeric,
                  coalesce(c.points, 0)::numeric)) AS v(item, e, a)
-WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR d.account_key OPERATOR(pg_catalog.=) $2)
+WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR d.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
   AND v.e IS DISTINCT FROM v.a
 UNION ALL
 -- an approved award whose entry is missing or differs, or any other award
 -- that posted
-SELECT w.account_key, NULL, NULL, 'award_points:' OPERATOR(pg_catalog.||) w.award_id::text,
+SELECT w.account_key::text, NULL, NULL, 'award_points:' OPERATOR(pg_catalog.||) w.award_id::text,
        CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END::numeric,
        coalesce(l.points, 0)::numeric
 FROM @extschema@.award w
 LEFT JOIN @extschema@.ledger l
-  ON l.program_id OPERATOR(pg_catalog.=) w.program_id AND l.account_key OPERATOR(pg_catalog.=) w.account_key
+  ON l.program_id OPERATOR(pg_catalog.=) w.program_id AND l.account_key OPERATOR(pg_catalog.=) w.account_key::@extschema@.account_key
      AND l.posted_xid OPERATOR(pg_catalog.=) w.posted_xid AND l.entry_no OPERATOR(pg_catalog.=) w.entry_no
      AND l.kind OPERATOR(pg_catalog.=) 'award' AND l.member_id IS NOT DISTINCT FROM w.member_id
-WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR w.account_key OPERATOR(pg_catalog.=) $2)
+WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR w.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
   AND CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END IS DISTINCT FROM coalesce(l.points, 0);
 END
 $$;

@@ -99,14 +99,14 @@ BEGIN
         WHERE m.program_id = $1 AND m.month >= pg_catalog.date_trunc('month', $2)::date AND m.month <= $3
         GROUP BY m.account_key
     ), due AS (
-        SELECT s.account_key, s.spend, @extschema@._mdf_rate($1, s.account_key, $3) AS rate
+        SELECT s.account_key, s.spend, @extschema@._mdf_rate($1, s.account_key::text, $3) AS rate
         FROM spend s
         WHERE NOT EXISTS (SELECT FROM @extschema@.mdf_accrual a
                           WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.period_end = $3)
     ), credited AS (
         INSERT INTO @extschema@.mdf_accrual AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
         SELECT $1, d.account_key, $3, $2, d.spend, d.rate, x.amount,
-               @extschema@._post($1, d.account_key, 'mdf', 0, pg_catalog.format('mdf accrual %s..%s', $2, $3), mdf => x.amount)
+               @extschema@._post($1, d.account_key::text, 'mdf', 0, pg_catalog.format('mdf accrual %s..%s', $2, $3), mdf => x.amount)
         FROM due d, LATERAL (SELECT pg_catalog.round(GREATEST(d.spend, 0) * coalesce(d.rate, 0), 2) AS amount) x
         WHERE x.amount > 0
         ORDER BY d.account_key
@@ -149,7 +149,7 @@ BEGIN
                   DETAIL = 'program names no program of this database (names are case-sensitive).',
                   HINT = 'List programs with SELECT name FROM loyalty.program.';
     END IF;
-    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key) THEN
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key::@extschema@.account_key) THEN
         RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
             USING ERRCODE = 'no_data_found',
                   DETAIL = 'Only enrolled accounts have an MDF wallet.',
@@ -178,7 +178,7 @@ BEGIN
     PERFORM @extschema@._await_postings(pid, account_key);
     IF reference IS NOT NULL THEN
         SELECT * INTO prior FROM @extschema@.mdf_claim c
-        WHERE c.program_id = pid AND c.account_key = account_key AND c.reference = reference;
+        WHERE c.program_id = pid AND c.account_key = account_key::@extschema@.account_key AND c.reference = reference;
         IF FOUND THEN
             IF prior.amount <> amount OR prior.purpose <> purpose THEN
                 RAISE EXCEPTION 'reference "%" of account "%" was already claimed for another amount or purpose', reference, account_key
@@ -189,9 +189,9 @@ BEGIN
             RETURN prior.claim_id;      -- the same claim again
         END IF;
     END IF;
-    SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key;
+    SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key::@extschema@.account_key;
     SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO reserved FROM @extschema@.mdf_claim c
-    WHERE c.program_id = pid AND c.account_key = account_key AND c.status = 'pending';
+    WHERE c.program_id = pid AND c.account_key = account_key::@extschema@.account_key AND c.status = 'pending';
     IF coalesce(wallet, 0) - reserved < amount THEN
         RAISE EXCEPTION 'account "%" has % of MDF available, % claimed', account_key, coalesce(wallet, 0) - reserved, amount
             USING ERRCODE = 'LY001',
@@ -200,7 +200,7 @@ BEGIN
                   HINT = 'Nothing was claimed. Claim less, or after the next settlement credits the wallet.';
     END IF;
     INSERT INTO @extschema@.mdf_claim AS c (program_id, account_key, claim_no, amount, purpose, reference)
-    VALUES (pid, account_key, no, amount, purpose, reference)
+    VALUES (pid, account_key::@extschema@.account_key, no, amount, purpose, reference)
     RETURNING c.claim_id INTO id;
     RETURN id;
 END
@@ -221,8 +221,8 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    PERFORM @extschema@._lock_for_debit(c.program_id, c.account_key);
-    PERFORM @extschema@._await_postings(c.program_id, c.account_key);
+    PERFORM @extschema@._lock_for_debit(c.program_id, c.account_key::text);
+    PERFORM @extschema@._await_postings(c.program_id, c.account_key::text);
     SELECT * INTO c FROM @extschema@.mdf_claim x
     WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
     IF c.status <> 'pending' THEN
@@ -233,7 +233,7 @@ BEGIN
         IF coalesce(wallet, 0) < c.amount THEN
             RETURN;             -- the caller reports it
         END IF;
-        entry := @extschema@._post(c.program_id, c.account_key, 'mdf', 0,
+        entry := @extschema@._post(c.program_id, c.account_key::text, 'mdf', 0,
                                    pg_catalog.format('mdf claim: %s', c.purpose) || coalesce(' ref ' || c.reference, ''),
                                    mdf => -c.amount);
     END IF;

@@ -605,7 +605,7 @@ BEGIN
            (SELECT sum(x.revenue) FROM x) AS rev, (SELECT sum(x.unrated) FROM x) AS unrated
     INTO est
     FROM a
-    LEFT JOIN m ON m.account_key = a.account_key;
+    LEFT JOIN m ON m.account_key = a.account_key::text;
     d := est.d;
     pd := est.pd;
     rev := est.rev;

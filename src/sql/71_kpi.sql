@@ -106,11 +106,11 @@ cross_sold AS (
     JOIN first_buy f ON f.program_id OPERATOR(pg_catalog.=) l.program_id AND f.account_key OPERATOR(pg_catalog.=) l.account_key
     WHERE l.quarter OPERATOR(pg_catalog.>) f.quarter),
 pts AS (
-    SELECT m.program_id, m.account_key, pg_catalog.date_trunc('quarter', m.month::timestamp)::date AS quarter,
+    SELECT m.program_id, m.account_key::pg_catalog.varchar::text, pg_catalog.date_trunc('quarter', m.month::timestamp)::date AS quarter,
            pg_catalog.sum(m.points) AS earned, 0::numeric AS redeemed
     FROM @extschema@.accrual_month m GROUP BY 1, 2, 3
     UNION ALL
-    SELECT l.program_id, l.account_key, pg_catalog.date_trunc('quarter', l.posted_at AT TIME ZONE p.time_zone)::date,
+    SELECT l.program_id, l.account_key::pg_catalog.varchar::text, pg_catalog.date_trunc('quarter', l.posted_at AT TIME ZONE p.time_zone)::date,
            pg_catalog.sum(l.points) FILTER (WHERE l.kind IN ('award', 'adjust') AND l.points OPERATOR(pg_catalog.>) 0),
            OPERATOR(pg_catalog.-) pg_catalog.sum(l.points) FILTER (WHERE l.kind OPERATOR(pg_catalog.=) 'redeem')
     FROM @extschema@.ledger l JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) l.program_id
@@ -120,7 +120,7 @@ pq AS (SELECT pts.program_id, pts.account_key, pts.quarter, pg_catalog.sum(pts.e
 -- approved actions by the quarter they occurred in (as tier qualification
 -- and the caps count them), the members' with their account's
 act AS (
-    SELECT w.program_id, w.account_key, pg_catalog.date_trunc('quarter', w.occurred_on::timestamp)::date AS quarter,
+    SELECT w.program_id, w.account_key::pg_catalog.varchar::text, pg_catalog.date_trunc('quarter', w.occurred_on::timestamp)::date AS quarter,
            pg_catalog.sum(w.quantity) FILTER (WHERE ar.category IN ('training', 'certification')) AS trainings,
            pg_catalog.sum(w.quantity) FILTER (WHERE ar.category IN ('referral', 'review', 'survey', 'lead')) AS advocacy
     FROM @extschema@.award w
@@ -150,7 +150,8 @@ r AS (
            coalesce(q.earned, 0) AS earned, coalesce(q.redeemed, 0) AS redeemed,
            coalesce(t.trainings, 0) AS trainings, coalesce(t.advocacy, 0) AS advocacy
     FROM grid g
-    LEFT JOIN @extschema@.account a ON a.program_id OPERATOR(pg_catalog.=) g.program_id AND a.account_key OPERATOR(pg_catalog.=) g.account_key
+    LEFT JOIN @extschema@.account a ON a.program_id OPERATOR(pg_catalog.=) g.program_id
+                                   AND a.account_key::pg_catalog.varchar::text OPERATOR(pg_catalog.=) g.account_key
     LEFT JOIN aq c ON c.program_id OPERATOR(pg_catalog.=) g.program_id AND c.account_key OPERATOR(pg_catalog.=) g.account_key
                   AND c.quarter OPERATOR(pg_catalog.=) g.quarter
     LEFT JOIN aq pr ON pr.program_id OPERATOR(pg_catalog.=) g.program_id AND pr.account_key OPERATOR(pg_catalog.=) g.account_key

@@ -68,7 +68,7 @@ BEGIN
     IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p USING (program_id)
                    WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
                      AND p.name OPERATOR(pg_catalog.=) program
-                     AND pl.account_key OPERATOR(pg_catalog.=) _may_read.account_key) THEN
+                     AND pl.account_key OPERATOR(pg_catalog.=) _may_read.account_key::@extschema@.account_key) THEN
         RAISE EXCEPTION 'permission denied for this account'
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'A partner login reads its own account only.',
@@ -90,7 +90,7 @@ BEGIN
     IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p USING (program_id)
                    WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
                      AND p.name OPERATOR(pg_catalog.=) program
-                     AND pl.account_key OPERATOR(pg_catalog.=) _may_act.account_key
+                     AND pl.account_key OPERATOR(pg_catalog.=) _may_act.account_key::@extschema@.account_key
                      AND (_may_act.member_id IS NULL OR pl.member_id OPERATOR(pg_catalog.=) _may_act.member_id)) THEN
         RAISE EXCEPTION 'permission denied for this account'
             USING ERRCODE = 'insufficient_privilege',
@@ -129,14 +129,14 @@ BEGIN
                   HINT = 'Create a login role for the partner alone, e.g. CREATE ROLE acme_portal LOGIN.';
     END IF;
     IF NOT EXISTS (SELECT FROM @extschema@.account a
-                   WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) grant_partner.account_key) THEN
+                   WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) grant_partner.account_key::@extschema@.account_key) THEN
         RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account_key, program
             USING ERRCODE = 'no_data_found',
                   DETAIL = 'account_key must name an account of the program (loyalty.account).',
                   HINT = 'Enrol it with loyalty.enroll() first.';
     END IF;
     IF member_id IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m
-                   WHERE m.program_id OPERATOR(pg_catalog.=) pid AND m.account_key OPERATOR(pg_catalog.=) grant_partner.account_key
+                   WHERE m.program_id OPERATOR(pg_catalog.=) pid AND m.account_key OPERATOR(pg_catalog.=) grant_partner.account_key::@extschema@.account_key
                      AND m.member_id OPERATOR(pg_catalog.=) grant_partner.member_id) THEN
         RAISE EXCEPTION 'member "%" does not exist at account "%"', member_id, account_key
             USING ERRCODE = 'no_data_found',
@@ -144,7 +144,7 @@ BEGIN
                   HINT = 'Members are rows of loyalty.member.';
     END IF;
     INSERT INTO @extschema@.partner_login AS pl (login, program_id, account_key, member_id)
-    VALUES (login, pid, account_key, member_id)
+    VALUES (login, pid, account_key::@extschema@.account_key, member_id)
     ON CONFLICT ON CONSTRAINT partner_login_pkey DO UPDATE
     SET account_key = excluded.account_key, member_id = excluded.member_id, granted_at = pg_catalog.now();
     EXECUTE pg_catalog.format('GRANT loyalty_partner TO %I', pg_catalog.pg_get_userbyid(login));
