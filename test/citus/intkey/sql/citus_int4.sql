@@ -54,14 +54,19 @@ SELECT count(*) AS accounts, sum(e.points) AS erp_points, sum(b.points) AS loyal
                JOIN loyalty.program p USING (program_id) WHERE p.name = 'Int Club') b
  USING (account_key);
 
--- INSERT: the extremes of the type, then 1,500 customers
+-- INSERT: the extremes of the type and zero, then 15,000 lines of 1,500
+-- customers
 INSERT INTO erp.invoice_line VALUES (2147483647, 1, 1, 10.50, '2025-01-02'), (-2147483648, 2, 1, 20.25, '2025-01-03'),
                                     (0, 3, 1, 30.99, '2025-01-04');
 INSERT INTO erp.invoice_line SELECT 1 + g % 1500, g / 3, (g % 3)::smallint, 5 + (g % 61) + (g % 100) / 100.0,
                                     DATE '2025-01-01' + g % 200
   FROM generate_series(100, 15099) g;
 SELECT * FROM erp.check_points;
--- COPY from the client
+-- COPY: 6,000 lines from a file, four from the client
+SELECT '/tmp/loyalty_citus_int4_' || current_setting('port') || '.csv' AS csv \gset
+COPY (SELECT 1 + (g * 13) % 1600, 50000 + g / 2, (g % 2)::smallint, (g % 47) + 0.49, DATE '2025-02-01' + g % 120
+        FROM generate_series(1, 6000) g) TO :'csv' (FORMAT csv);
+COPY erp.invoice_line FROM :'csv' (FORMAT csv);
 COPY erp.invoice_line FROM STDIN (FORMAT csv);
 7,90001,1,19.99,2025-03-01
 7,90001,2,0.99,2025-03-01
@@ -82,11 +87,18 @@ SELECT (SELECT sum(points) FROM loyalty.ledger WHERE program_id = :pid)
 SELECT * FROM loyalty.verify('Int Club');
 SELECT * FROM loyalty.verify('Int Club', account => '2147483647');
 SELECT * FROM loyalty.verify('Int Club', account => '-2147483648');
-SELECT b.points = e.points AS exact
-  FROM loyalty.balance('Int Club', '2147483647') b,
-       (SELECT sum(trunc(amount))::bigint AS points FROM erp.invoice_line WHERE customer_id = 2147483647) e;
--- explain_points by the composite key, in its columns' order
-SELECT e.account_key, e.status, e.points FROM loyalty.explain_points('erp.invoice_line', '7', '90001', '2') e;
+-- balance() of the extremes (read first: in one query with the ERP table,
+-- Citus would push the call into the shard query)
+SELECT points AS top FROM loyalty.balance('Int Club', '2147483647') \gset
+SELECT points AS bottom FROM loyalty.balance('Int Club', '-2147483648') \gset
+SELECT :top = (SELECT sum(trunc(amount)) FROM erp.invoice_line WHERE customer_id = 2147483647) AS top_exact,
+       :bottom = (SELECT sum(trunc(amount)) FROM erp.invoice_line WHERE customer_id = -2147483648) AS bottom_exact;
+-- explain_points by the composite key, in its columns' order (from a copy
+-- of the rows, on the coordinator)
+CREATE TEMP TABLE lines AS SELECT * FROM erp.invoice_line WHERE customer_id = 7 AND invoice_no = 90001;
+SELECT l.line_no, e.account_key, e.status, e.points, e.points = trunc(l.amount) AS points_are_the_rows
+  FROM lines l, LATERAL loyalty.explain_points('erp.invoice_line', l.customer_id::text, l.invoice_no::text, l.line_no::text) e
+ ORDER BY 1;
 SELECT loyalty.fold('Int Club') > 0 AS folded;
 SELECT * FROM erp.check_points;
 SELECT * FROM loyalty.verify('Int Club');
