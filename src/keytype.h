@@ -14,6 +14,13 @@
  */
 #define KEY_CAST "::loyalty.account_key"
 #define KEYS_CAST "::loyalty.account_key[]"
+/*
+ * A key given as text, as the value of a key column in INSERT ... VALUES.
+ * Citus routes such an INSERT by the value, and (12.1) cannot evaluate a
+ * parameter cast straight to a domain ("failed to evaluate partition key
+ * in insert"); with an operator between them it evaluates both.
+ */
+#define KEY_VALUE(p) "(" p " OPERATOR(pg_catalog.||) '')" KEY_CAST
 /* and back, for a key read into C as text */
 #define KEY_TEXT "::pg_catalog.text"
 

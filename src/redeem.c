@@ -178,7 +178,7 @@ static const struct
 	[RP_RECORD] = {
 		"INSERT INTO loyalty.redemption AS r (program_id, account_key, redemption_no, reward_id, member_id, quantity,"
 		"                                     points, redeemed_on, entry_no)"
-		" VALUES ($1, $2" KEY_CAST ", $3, $4, $5, $6, $7, $8, $9) RETURNING r.redemption_id",
+		" VALUES ($1, " KEY_VALUE("$2") ", $3, $4, $5, $6, $7, $8, $9) RETURNING r.redemption_id",
 		9, {INT4OID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID, INT8OID, DATEOID, INT8OID}
 	},
 };

@@ -283,6 +283,10 @@ COMMENT ON FUNCTION @extschema@.brackets(@extschema@.rebate_schedule) IS
 -- re-created.  A view that hands a key column to a function taking text
 -- writes key::pg_catalog.varchar::text: distribute() re-creates the views
 -- from their stored definitions, and a cast from text to text leaves none.
+-- A key given as text, as the value of a key column in INSERT ... VALUES,
+-- is written (k OPERATOR(pg_catalog.||) '')::@extschema@.account_key: Citus
+-- routes such an INSERT by that value and (12.1) cannot evaluate a parameter
+-- cast straight to a domain ("failed to evaluate partition key in insert").
 CREATE DOMAIN @extschema@.account_key AS text;
 COMMENT ON DOMAIN @extschema@.account_key IS
 'The type of loyalty''s account_key columns (text; integer or bigint after loyalty.distribute() around an ERP table distributed by such a key). Internal: statements cast account keys given as text to it.';

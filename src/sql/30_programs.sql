@@ -409,7 +409,7 @@ BEGIN
     since := coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE @extschema@._today(pid) END);
     INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
                                           potential_spend, cohort, enrolled_by, enrolled_from)
-    VALUES (pid, account_key::@extschema@.account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit', since)
+    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit', since)
     ON CONFLICT ON CONSTRAINT account_pkey DO UPDATE
     SET cooperation_model = coalesce(excluded.cooperation_model, a.cooperation_model),
         industry = coalesce(excluded.industry, a.industry),
@@ -433,7 +433,7 @@ BEGIN
         until := GREATEST(@extschema@._today(pid) + 1, until);
         INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
                                                  industry, region, cohort)
-        VALUES (pid, _enroll.account_key::@extschema@.account_key, until,
+        VALUES (pid, (_enroll.account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, until,
                 before.cooperation_model, before.industry, before.region, before.cohort)
         ON CONFLICT DO NOTHING;
     END IF;

@@ -36,9 +36,9 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
                                          member_id, corrects, corrects_xid, reason)
-    VALUES ($1, $2::@extschema@.account_key, n, $3, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), $8, $10, $9, $5);
+    VALUES ($1, ($2 OPERATOR(pg_catalog.||) '')::@extschema@.account_key, n, $3, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), $8, $10, $9, $5);
     INSERT INTO @extschema@.balance_delta AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
-    VALUES ($1, $2::@extschema@.account_key, n, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), 1);
+    VALUES ($1, ($2 OPERATOR(pg_catalog.||) '')::@extschema@.account_key, n, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), 1);
     RETURN n;
 END
 $$;

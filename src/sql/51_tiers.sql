@@ -378,7 +378,7 @@ BEGIN
     UPDATE @extschema@.account a SET tier = new_tier, tier_since = since
     WHERE a.program_id = pid AND a.account_key = account::@extschema@.account_key;
     INSERT INTO @extschema@.tier_history (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason)
-    VALUES (pid, account::@extschema@.account_key, change, greatest(tomorrow, coalesce(last_doc, tomorrow)), old_tier, new_tier, why);
+    VALUES (pid, (account OPERATOR(pg_catalog.||) '')::@extschema@.account_key, change, greatest(tomorrow, coalesce(last_doc, tomorrow)), old_tier, new_tier, why);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._set_tier(integer, text, text, text) IS 'Internal: changes an account''s tier by hand (account row and tier history), from tomorrow.';
@@ -411,7 +411,7 @@ BEGIN
     END IF;
     PERFORM @extschema@._set_tier(pid, account_key, tier, 'manual');
     INSERT INTO @extschema@.tier_grant AS g (program_id, account_key, tier, reason)
-    VALUES (pid, account_key::@extschema@.account_key, tier, reason)
+    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, tier, reason)
     ON CONFLICT ON CONSTRAINT tier_grant_pkey DO UPDATE
     SET tier = excluded.tier, reason = excluded.reason, granted_at = excluded.granted_at, granted_by = excluded.granted_by;
 END

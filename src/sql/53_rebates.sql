@@ -623,7 +623,7 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.rebate_agreement (program_id, agreement_id, account_key, cooperation_model, region, industry,
                                               schedule, product_lines, period, valid_from, valid_until)
-    VALUES (pid, agreement_id, account_key::@extschema@.account_key, cooperation_model, region, industry,
+    VALUES (pid, agreement_id, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, cooperation_model, region, industry,
             schedule, product_lines, coalesce(period, prog.settlement_period), valid_from, valid_until);
 END
 $$;

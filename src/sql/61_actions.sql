@@ -316,7 +316,7 @@ BEGIN
     END IF;
     INSERT INTO @extschema@.award AS w (program_id, account_key, award_no, action, member_id, occurred_on, quantity, rule_from,
                                         points, capped, reference, status, decided_at, posted_xid, entry_no)
-    VALUES (pid, account_key::@extschema@.account_key, no, action, member, day, quantity, rule.valid_from, granted,
+    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, no, action, member, day, quantity, rule.valid_from, granted,
             LEAST(earned - granted, 9223372036854775807), reference, st,
             CASE WHEN st = 'approved' THEN pg_catalog.now() END,
             CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry)

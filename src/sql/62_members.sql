@@ -60,7 +60,7 @@ DECLARE
 BEGIN
     IF n IS NOT NULL AND $6 IS NOT NULL THEN
         INSERT INTO @extschema@.member_points AS m (program_id, account_key, member_id, points, earned, spent, entry_count)
-        VALUES ($1, $2::@extschema@.account_key, $6, $4,
+        VALUES ($1, ($2 OPERATOR(pg_catalog.||) '')::@extschema@.account_key, $6, $4,
                 CASE WHEN $3 OPERATOR(pg_catalog.<>) 'redeem' THEN $4 ELSE 0 END,
                 CASE WHEN $3 OPERATOR(pg_catalog.=) 'redeem' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)
         ON CONFLICT ON CONSTRAINT member_points_pkey DO UPDATE

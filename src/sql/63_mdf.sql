@@ -200,7 +200,7 @@ BEGIN
                   HINT = 'Nothing was claimed. Claim less, or after the next settlement credits the wallet.';
     END IF;
     INSERT INTO @extschema@.mdf_claim AS c (program_id, account_key, claim_no, amount, purpose, reference)
-    VALUES (pid, account_key::@extschema@.account_key, no, amount, purpose, reference)
+    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, no, amount, purpose, reference)
     RETURNING c.claim_id INTO id;
     RETURN id;
 END

@@ -144,7 +144,7 @@ BEGIN
                   HINT = 'Members are rows of loyalty.member.';
     END IF;
     INSERT INTO @extschema@.partner_login AS pl (login, program_id, account_key, member_id)
-    VALUES (login, pid, account_key::@extschema@.account_key, member_id)
+    VALUES (login, pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, member_id)
     ON CONFLICT ON CONSTRAINT partner_login_pkey DO UPDATE
     SET account_key = excluded.account_key, member_id = excluded.member_id, granted_at = pg_catalog.now();
     EXECUTE pg_catalog.format('GRANT loyalty_partner TO %I', pg_catalog.pg_get_userbyid(login));

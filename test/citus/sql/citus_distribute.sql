@@ -11,14 +11,14 @@ SET datestyle = 'ISO, YMD';
 
 CREATE TABLE erp.sales (invoice_id bigint NOT NULL, customer text NOT NULL, amount numeric(12,2) NOT NULL,
                         invoice_date date NOT NULL, PRIMARY KEY (customer, invoice_id));
-CREATE TABLE erp.sales_by_int (invoice_id bigint NOT NULL, customer_id int NOT NULL, amount numeric(12,2) NOT NULL,
-                               invoice_date date NOT NULL, PRIMARY KEY (customer_id, invoice_id));
+CREATE TABLE erp.sales_by_number (invoice_id bigint NOT NULL, customer_id numeric NOT NULL, amount numeric(12,2) NOT NULL,
+                                  invoice_date date NOT NULL, PRIMARY KEY (customer_id, invoice_id));
 SELECT create_distributed_table('erp.sales', 'customer');
-SELECT create_distributed_table('erp.sales_by_int', 'customer_id');
+SELECT create_distributed_table('erp.sales_by_number', 'customer_id');
 
 -- distribute() refuses what it cannot lay out, saying why.
 SELECT * FROM loyalty.distribute('erp.invoice_local');     -- not distributed
-SELECT * FROM loyalty.distribute('erp.sales_by_int');      -- an int key
+SELECT * FROM loyalty.distribute('erp.sales_by_number');   -- a numeric key (text, integer and bigint are taken)
 SELECT * FROM loyalty.distribute('erp.sales');             -- invoice_local is still attached
 CREATE ROLE citus_dba;
 SET ROLE citus_dba;
