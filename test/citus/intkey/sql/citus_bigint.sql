@@ -372,6 +372,14 @@ SELECT loyalty.tier('Tier Club', '7000009999') AS granted;
 SELECT loyalty.revoke_tier('Tier Club', '7000009999') AS back_to_ladder;
 SELECT account_key, new_tier, reason FROM loyalty.tier_history WHERE program_id = :tid AND account_key = 7000009999
  ORDER BY change_no;
+-- the same functions once per row of a query (keys that are no constants)
+CREATE TEMP TABLE some_keys AS SELECT account_key FROM quarter_tier WHERE q = 2 AND tier IS NULL ORDER BY 1 LIMIT 3;
+SELECT loyalty.grant_tier('Tier Club', account_key::text, 'Silver', 'by query') FROM some_keys;
+SELECT count(*) FILTER (WHERE loyalty.tier('Tier Club', account_key::text) = 'Silver') AS silver FROM some_keys;
+SELECT count(*) FILTER (WHERE loyalty.revoke_tier('Tier Club', account_key::text) IS NULL) AS back_to_no_tier FROM some_keys;
+SELECT loyalty.enroll('Tier Club', account_key::text, region => 'south') FROM some_keys;
+SELECT count(*) AS in_the_south FROM loyalty.account
+ WHERE program_id = :tid AND region = 'south' AND account_key IN (SELECT account_key FROM some_keys);
 SELECT * FROM loyalty.verify('Tier Club');
 
 -- Redemption, in a new session (as in citus_settle): Citus runs redeem on
