@@ -2109,3 +2109,2467 @@ BEGIN
 END
 $$;
 
+
+-- ---------------------------------------------------------------------------
+-- Account keys in the type of the ERP's distribution column on Citus (text,
+-- integer or bigint): the domain loyalty.account_key, loyalty._set_key_type(),
+-- distribute() taking int and bigint keys, and the functions and views that
+-- cast keys given as text to it (or key columns to text).
+-- ---------------------------------------------------------------------------
+-- account_key ---------------------------------------------------------------
+
+-- The type of the account keys loyalty stores: text, unless
+-- loyalty.distribute() laid the tables out around an ERP table distributed
+-- by an integer or bigint customer key (Citus co-locates only tables whose
+-- distribution columns have one type); it then re-creates this domain over
+-- that type.  The API takes account keys as text; a statement compares or
+-- stores one as p::@extschema@.account_key, which is the column's own type
+-- on any layout (and no cast at all on text), so indexes and Citus's
+-- routing by account still apply.  Used only inside function bodies and
+-- statements, never by a column or a signature, so that it can be
+-- re-created.  A view that hands a key column to a function taking text
+-- writes key::pg_catalog.varchar::text: distribute() re-creates the views
+-- from their stored definitions, and a cast from text to text leaves none.
+-- A key given as text, as the value of a key column in INSERT ... VALUES,
+-- is written (k OPERATOR(pg_catalog.||) '')::@extschema@.account_key: Citus
+-- routes such an INSERT by that value and (12.1) cannot evaluate a parameter
+-- cast straight to a domain ("failed to evaluate partition key in insert").
+CREATE DOMAIN @extschema@.account_key AS text;
+COMMENT ON DOMAIN @extschema@.account_key IS
+'The type of loyalty''s account_key columns (text; integer or bigint after loyalty.distribute() around an ERP table distributed by such a key). Internal: statements cast account keys given as text to it.';
+
+CREATE OR REPLACE VIEW @extschema@.balance WITH (security_invoker = true) AS
+SELECT s.program_id, s.account_key,
+       (s.points OPERATOR(pg_catalog.+) CASE WHEN s.pending THEN @extschema@.pending_caps(s.program_id, s.account_key::pg_catalog.varchar::text) ELSE 0 END)::bigint AS points,
+       s.qualifying, s.rebate, s.mdf, s.entry_count::bigint AS entry_count, s.updated_at, s.last_doc_date
+FROM (SELECT u.program_id, u.account_key, pg_catalog.sum(u.points) AS points, pg_catalog.sum(u.qualifying) AS qualifying,
+             pg_catalog.sum(u.rebate) AS rebate, pg_catalog.sum(u.mdf) AS mdf, pg_catalog.sum(u.entry_count) AS entry_count,
+             pg_catalog.max(u.updated_at) AS updated_at, pg_catalog.max(u.last_doc_date) AS last_doc_date,
+             pg_catalog.bool_or(u.pending) AS pending
+      FROM (SELECT f.program_id, f.account_key, f.points, f.qualifying, f.rebate, f.mdf, f.entry_count,
+                   f.updated_at, f.last_doc_date, false AS pending
+            FROM @extschema@.balance_folded f
+            UNION ALL
+            SELECT d.program_id, d.account_key, d.points, d.qualifying, d.rebate, d.mdf, d.entry_count,
+                   d.posted_at, d.last_doc_date, true
+            FROM @extschema@.balance_delta d) u
+      GROUP BY u.program_id, u.account_key) s;
+
+CREATE OR REPLACE VIEW @extschema@.kpi WITH (security_invoker = true) AS
+WITH s AS (
+    SELECT p.program_id, x.account_key, pg_catalog.date_trunc('quarter', x.doc_date::timestamp)::date AS quarter,
+           x.product_line, x.revenue, x.margin
+    FROM @extschema@.program p CROSS JOIN LATERAL @extschema@.sales(p.name) x
+    -- the programs whose ERP tables the reader may read
+    WHERE NOT EXISTS (
+          SELECT FROM @extschema@.attachment x
+          CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[x.source, x.header, x.product]) AS r(rel)
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.rel::oid
+          WHERE x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.detached_at IS NULL
+            AND NOT (pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+                     AND pg_catalog.has_table_privilege(c.oid, 'SELECT')))),
+aq AS (
+    SELECT s.program_id, s.account_key, s.quarter, pg_catalog.sum(s.revenue) AS revenue, pg_catalog.sum(s.margin) AS margin
+    FROM s GROUP BY 1, 2, 3),
+last_q AS (SELECT aq.program_id, pg_catalog.max(aq.quarter) AS quarter FROM aq GROUP BY 1),
+-- an account buys a product line for the first time, after earlier purchases
+first_buy AS (SELECT s.program_id, s.account_key, pg_catalog.min(s.quarter) AS quarter FROM s WHERE s.revenue OPERATOR(pg_catalog.>) 0 GROUP BY 1, 2),
+cross_sold AS (
+    SELECT DISTINCT l.program_id, l.account_key, l.quarter
+    FROM (SELECT s.program_id, s.account_key, s.product_line, pg_catalog.min(s.quarter) AS quarter
+          FROM s WHERE s.revenue OPERATOR(pg_catalog.>) 0 AND s.product_line IS NOT NULL GROUP BY 1, 2, 3) l
+    JOIN first_buy f ON f.program_id OPERATOR(pg_catalog.=) l.program_id AND f.account_key OPERATOR(pg_catalog.=) l.account_key
+    WHERE l.quarter OPERATOR(pg_catalog.>) f.quarter),
+pts AS (
+    SELECT m.program_id, m.account_key::pg_catalog.varchar::text, pg_catalog.date_trunc('quarter', m.month::timestamp)::date AS quarter,
+           pg_catalog.sum(m.points) AS earned, 0::numeric AS redeemed
+    FROM @extschema@.accrual_month m GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT l.program_id, l.account_key::pg_catalog.varchar::text, pg_catalog.date_trunc('quarter', l.posted_at AT TIME ZONE p.time_zone)::date,
+           pg_catalog.sum(l.points) FILTER (WHERE l.kind IN ('award', 'adjust') AND l.points OPERATOR(pg_catalog.>) 0),
+           OPERATOR(pg_catalog.-) pg_catalog.sum(l.points) FILTER (WHERE l.kind OPERATOR(pg_catalog.=) 'redeem')
+    FROM @extschema@.ledger l JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) l.program_id
+    WHERE l.kind IN ('award', 'adjust', 'redeem') GROUP BY 1, 2, 3),
+pq AS (SELECT pts.program_id, pts.account_key, pts.quarter, pg_catalog.sum(pts.earned) AS earned,
+              pg_catalog.sum(pts.redeemed) AS redeemed FROM pts GROUP BY 1, 2, 3),
+-- approved actions by the quarter they occurred in (as tier qualification
+-- and the caps count them), the members' with their account's
+act AS (
+    SELECT w.program_id, w.account_key::pg_catalog.varchar::text, pg_catalog.date_trunc('quarter', w.occurred_on::timestamp)::date AS quarter,
+           pg_catalog.sum(w.quantity) FILTER (WHERE ar.category IN ('training', 'certification')) AS trainings,
+           pg_catalog.sum(w.quantity) FILTER (WHERE ar.category IN ('referral', 'review', 'survey', 'lead')) AS advocacy
+    FROM @extschema@.award w
+    JOIN @extschema@.action_rule ar ON ar.program_id OPERATOR(pg_catalog.=) w.program_id
+                                   AND ar.action OPERATOR(pg_catalog.=) w.action AND ar.valid_from OPERATOR(pg_catalog.=) w.rule_from
+    WHERE w.status OPERATOR(pg_catalog.=) 'approved'
+      AND ar.category IN ('training', 'certification', 'referral', 'review', 'survey', 'lead')
+    GROUP BY 1, 2, 3),
+-- every account and quarter with revenue or points, and the quarter after
+-- one with revenue (up to the last quarter with data)
+grid AS (
+    SELECT aq.program_id, aq.account_key, aq.quarter FROM aq
+    UNION
+    SELECT aq.program_id, aq.account_key, (aq.quarter OPERATOR(pg_catalog.+) '3 months'::interval)::date
+    FROM aq JOIN last_q USING (program_id) WHERE aq.quarter OPERATOR(pg_catalog.<) last_q.quarter
+    UNION
+    SELECT pq.program_id, pq.account_key, pq.quarter FROM pq
+    UNION
+    SELECT act.program_id, act.account_key, act.quarter FROM act),
+r AS (
+    SELECT g.program_id, g.quarter, coalesce(a.cooperation_model, 'none') AS segment, coalesce(a.cohort, 'none') AS cohort,
+           a.potential_spend, coalesce(c.revenue, 0) AS revenue, coalesce(c.margin, 0) AS margin,
+           coalesce(pr.revenue, 0) AS prev_revenue,
+           coalesce(c.revenue OPERATOR(pg_catalog.>) 0, false) AS active,
+           coalesce(pr.revenue OPERATOR(pg_catalog.>) 0, false) AS prev_active,
+           x.account_key IS NOT NULL AS cross_sold,
+           coalesce(q.earned, 0) AS earned, coalesce(q.redeemed, 0) AS redeemed,
+           coalesce(t.trainings, 0) AS trainings, coalesce(t.advocacy, 0) AS advocacy
+    FROM grid g
+    LEFT JOIN @extschema@.account a ON a.program_id OPERATOR(pg_catalog.=) g.program_id
+                                   AND a.account_key::pg_catalog.varchar::text OPERATOR(pg_catalog.=) g.account_key
+    LEFT JOIN aq c ON c.program_id OPERATOR(pg_catalog.=) g.program_id AND c.account_key OPERATOR(pg_catalog.=) g.account_key
+                  AND c.quarter OPERATOR(pg_catalog.=) g.quarter
+    LEFT JOIN aq pr ON pr.program_id OPERATOR(pg_catalog.=) g.program_id AND pr.account_key OPERATOR(pg_catalog.=) g.account_key
+                   AND pr.quarter OPERATOR(pg_catalog.=) (g.quarter OPERATOR(pg_catalog.-) '3 months'::interval)::date
+    LEFT JOIN cross_sold x ON x.program_id OPERATOR(pg_catalog.=) g.program_id AND x.account_key OPERATOR(pg_catalog.=) g.account_key
+                          AND x.quarter OPERATOR(pg_catalog.=) g.quarter
+    LEFT JOIN pq q ON q.program_id OPERATOR(pg_catalog.=) g.program_id AND q.account_key OPERATOR(pg_catalog.=) g.account_key
+                  AND q.quarter OPERATOR(pg_catalog.=) g.quarter
+    LEFT JOIN act t ON t.program_id OPERATOR(pg_catalog.=) g.program_id AND t.account_key OPERATOR(pg_catalog.=) g.account_key
+                   AND t.quarter OPERATOR(pg_catalog.=) g.quarter),
+k AS (
+    SELECT r.program_id, r.quarter, r.segment, r.cohort,
+           pg_catalog.count(*) FILTER (WHERE r.active) AS active_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.prev_active) AS previously_active,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.prev_active) AS retained_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.active AND NOT r.prev_active) AS new_or_returning,
+           pg_catalog.sum(r.revenue) AS revenue, pg_catalog.sum(r.margin) AS margin,
+           pg_catalog.sum(r.prev_revenue) FILTER (WHERE r.prev_active) AS prev_revenue,
+           pg_catalog.sum(LEAST(GREATEST(r.revenue, 0), r.prev_revenue)) FILTER (WHERE r.prev_active) AS kept_revenue,
+           pg_catalog.sum(r.revenue) FILTER (WHERE r.prev_active) AS cohort_revenue,
+           pg_catalog.count(*) FILTER (WHERE r.prev_active AND r.revenue OPERATOR(pg_catalog.>) r.prev_revenue) AS expansion_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.cross_sold) AS cross_sell_accounts,
+           pg_catalog.sum(r.revenue) FILTER (WHERE r.active AND r.potential_spend OPERATOR(pg_catalog.>) 0) AS wallet_revenue,
+           pg_catalog.sum(r.potential_spend) FILTER (WHERE r.active AND r.potential_spend OPERATOR(pg_catalog.>) 0) AS wallet,
+           pg_catalog.sum(r.earned) AS points_earned, pg_catalog.sum(r.redeemed) AS points_redeemed,
+           pg_catalog.sum(r.margin) FILTER (WHERE r.active) AS active_margin,
+           pg_catalog.sum(r.trainings) AS trainings,
+           pg_catalog.count(*) FILTER (WHERE r.trainings OPERATOR(pg_catalog.>) 0) AS accounts_trained,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.trainings OPERATOR(pg_catalog.>) 0) AS active_trained,
+           pg_catalog.sum(r.advocacy) AS advocacy,
+           pg_catalog.count(*) FILTER (WHERE r.advocacy OPERATOR(pg_catalog.>) 0) AS advocating_accounts,
+           pg_catalog.count(*) FILTER (WHERE r.active AND r.advocacy OPERATOR(pg_catalog.>) 0) AS active_advocating
+    FROM r GROUP BY 1, 2, 3, 4)
+SELECT p.name AS program, k.quarter, k.segment, k.cohort, k.active_accounts, k.previously_active, k.retained_accounts,
+       k.new_or_returning,
+       pg_catalog.round(k.retained_accounts::numeric OPERATOR(pg_catalog./) NULLIF(k.previously_active, 0), 4) AS account_retention,
+       k.revenue, k.margin,
+       pg_catalog.round(k.kept_revenue OPERATOR(pg_catalog./) NULLIF(k.prev_revenue, 0), 4) AS gross_revenue_retention,
+       pg_catalog.round(k.cohort_revenue OPERATOR(pg_catalog./) NULLIF(k.prev_revenue, 0), 4) AS net_revenue_retention,
+       k.expansion_accounts, k.cross_sell_accounts,
+       pg_catalog.round(4 OPERATOR(pg_catalog.*) k.wallet_revenue OPERATOR(pg_catalog./) NULLIF(k.wallet, 0), 4) AS share_of_wallet,
+       k.points_earned, k.points_redeemed,
+       pg_catalog.round(k.points_redeemed OPERATOR(pg_catalog./) NULLIF(k.points_earned, 0), 4) AS programme_utilisation,
+       pg_catalog.round(k.active_margin OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0)
+                        OPERATOR(pg_catalog./) NULLIF(1 OPERATOR(pg_catalog.-) (k.retained_accounts::numeric
+                                                      OPERATOR(pg_catalog./) NULLIF(k.previously_active, 0)), 0), 2) AS clv_estimate,
+       k.trainings::bigint AS trainings_completed, k.accounts_trained,
+       pg_catalog.round(k.active_trained::numeric OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0), 4) AS trained_share,
+       k.advocacy::bigint AS advocacy_actions, k.advocating_accounts,
+       pg_catalog.round(k.active_advocating::numeric OPERATOR(pg_catalog./) NULLIF(k.active_accounts, 0), 4) AS advocacy_share
+FROM k JOIN @extschema@.program p ON p.program_id OPERATOR(pg_catalog.=) k.program_id
+WHERE NOT EXISTS (
+          SELECT FROM @extschema@.attachment x
+          CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[x.source, x.header, x.product]) AS r(rel)
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) r.rel::oid
+          WHERE x.program_id OPERATOR(pg_catalog.=) p.program_id AND x.detached_at IS NULL
+            AND NOT (pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+                     AND pg_catalog.has_table_privilege(c.oid, 'SELECT')));
+
+CREATE OR REPLACE FUNCTION @extschema@._action_counts(program_id integer, action text, from_date date, to_date date)
+RETURNS TABLE (account_key text, actions bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- PL/pgSQL, not SQL: on Citus, award is distributed, and Citus plans a
+    -- query with parameters on it only as PL/pgSQL's custom plan
+    RETURN QUERY
+    SELECT w.account_key::text, pg_catalog.sum(w.quantity)::bigint
+    FROM @extschema@.award w
+    WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.action OPERATOR(pg_catalog.=) $2
+      AND w.status OPERATOR(pg_catalog.=) 'approved'
+      AND w.occurred_on OPERATOR(pg_catalog.>=) $3 AND w.occurred_on OPERATOR(pg_catalog.<) $4
+    GROUP BY w.account_key;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._benefit(program_id integer, account_key text, benefit text, as_of date) RETURNS pg_catalog.jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT b.value FROM @extschema@.tier_benefit b
+        WHERE b.program_id OPERATOR(pg_catalog.=) _benefit.program_id
+          AND b.tier OPERATOR(pg_catalog.=) @extschema@._tier_at(_benefit.program_id, _benefit.account_key::text, _benefit.as_of)
+          AND b.benefit OPERATOR(pg_catalog.=) _benefit.benefit)
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._decide_award(award_id uuid, approve boolean, note text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    w @extschema@.award;
+    entry bigint;
+    xid xid8;
+BEGIN
+    SELECT * INTO w FROM @extschema@.award x WHERE x.award_id = award_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM @extschema@._lock_for_debit(w.program_id, w.account_key::text);
+    SELECT * INTO w FROM @extschema@.award x
+    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
+    IF w.status <> 'pending' THEN
+        RETURN;
+    END IF;
+    IF approve THEN
+        entry := @extschema@._post_member(w.program_id, w.account_key::text, 'award', w.points,
+                                          pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
+                                          w.member_id);
+    END IF;
+    -- the entry's transaction as a value: on Citus, an UPDATE of a
+    -- distributed table may not call a volatile function inside a CASE
+    IF entry IS NOT NULL THEN
+        xid := pg_catalog.pg_current_xact_id();
+    END IF;
+    UPDATE @extschema@.award x
+    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
+        decided_by = SESSION_USER, note = _decide_award.note, posted_xid = xid, entry_no = entry
+    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._decide_mdf_claim(claim_id uuid, approve boolean, note text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    c @extschema@.mdf_claim;
+    wallet numeric;
+    entry bigint;
+BEGIN
+    SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM @extschema@._lock_for_debit(c.program_id, c.account_key::text);
+    PERFORM @extschema@._await_postings(c.program_id, c.account_key::text);
+    SELECT * INTO c FROM @extschema@.mdf_claim x
+    WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
+    IF c.status <> 'pending' THEN
+        RETURN;
+    END IF;
+    IF approve THEN
+        SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
+        IF coalesce(wallet, 0) < c.amount THEN
+            RETURN;             -- the caller reports it
+        END IF;
+        entry := @extschema@._post(c.program_id, c.account_key::text, 'mdf', 0,
+                                   pg_catalog.format('mdf claim: %s', c.purpose) || coalesce(' ref ' || c.reference, ''),
+                                   mdf => -c.amount);
+    END IF;
+    UPDATE @extschema@.mdf_claim x
+    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
+        decided_by = SESSION_USER, note = _decide_mdf_claim.note,
+        posted_xid = CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = entry
+    WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._enroll(
+    program           text,
+    account_key       text,
+    cooperation_model text,
+    industry          text,
+    region            text,
+    potential_spend   numeric,
+    cohort            text,
+    enrolled_from     date,
+    OUT enrolled_program integer,
+    OUT restate       boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    policy text;
+    before @extschema@.account;
+    after @extschema@.account;
+    since date;
+    until date;
+BEGIN
+    IF account_key IS NULL OR account_key = '' THEN
+        RAISE EXCEPTION 'account_key must not be NULL or empty' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cohort IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cohort', cohort, ARRAY['pilot', 'control']);
+    END IF;
+    IF cooperation_model IS NOT NULL THEN
+        PERFORM @extschema@._check_choice('cooperation_model', cooperation_model,
+                                          ARRAY['direct', 'distributor', 'integrator', 'reseller']);
+    END IF;
+    SELECT p.enrollment INTO policy FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT * INTO before FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key::@extschema@.account_key;
+    -- values first, then the writes: on Citus, a write to a distributed
+    -- table may hold neither a sub-select nor a function of the
+    -- configuration (the coordinator evaluates it, the shard runs the rest)
+    since := coalesce(enrolled_from, CASE policy WHEN 'auto' THEN '-infinity'::date ELSE @extschema@._today(pid) END);
+    INSERT INTO @extschema@.account AS a (program_id, account_key, cooperation_model, industry, region,
+                                          potential_spend, cohort, enrolled_by, enrolled_from)
+    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, cooperation_model, industry, region, potential_spend, cohort, 'explicit', since)
+    ON CONFLICT ON CONSTRAINT account_pkey DO UPDATE
+    SET cooperation_model = coalesce(excluded.cooperation_model, a.cooperation_model),
+        industry = coalesce(excluded.industry, a.industry),
+        region = coalesce(excluded.region, a.region),
+        potential_spend = coalesce(excluded.potential_spend, a.potential_spend),
+        cohort = coalesce(excluded.cohort, a.cohort),
+        enrolled_from = coalesce(_enroll.enrolled_from, a.enrolled_from);
+
+    SELECT * INTO after FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = _enroll.account_key::@extschema@.account_key;
+
+    -- A new segment or cohort applies to documents dated from tomorrow (in
+    -- the program's calendar), and never to a document already accrued: after
+    -- the account's latest document date if that is later.  The old values
+    -- stay for the documents before (the first change of a day keeps them:
+    -- values that were never in force for any date are dropped).
+    IF before.account_key IS NOT NULL
+       AND (before.cooperation_model, before.industry, before.region, before.cohort)
+           IS DISTINCT FROM (after.cooperation_model, after.industry, after.region, after.cohort) THEN
+        SELECT b.last_doc_date + 1 INTO until FROM @extschema@.balance b
+        WHERE b.program_id = pid AND b.account_key = _enroll.account_key::@extschema@.account_key;
+        until := GREATEST(@extschema@._today(pid) + 1, until);
+        INSERT INTO @extschema@.account_history (program_id, account_key, valid_until, cooperation_model,
+                                                 industry, region, cohort)
+        VALUES (pid, (_enroll.account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, until,
+                before.cooperation_model, before.industry, before.region, before.cohort)
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    -- A new enrolment date changes which documents earn at all; so does a
+    -- first enrolment of a customer whose documents were ignored so far.
+    enrolled_program := pid;
+    restate := (before.account_key IS NOT NULL AND before.enrolled_from IS DISTINCT FROM after.enrolled_from
+                AND EXISTS (SELECT FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = _enroll.account_key::@extschema@.account_key))
+               OR (before.account_key IS NULL
+                   AND EXISTS (SELECT FROM @extschema@.unenrolled_activity u
+                               WHERE u.program_id = pid AND u.account_key = _enroll.account_key::@extschema@.account_key AND u.source_rows <> 0));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._expiry_due(program_id integer, cutoff date, account text)
+RETURNS TABLE (account_key text, points bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    t date := @extschema@._expiry_threshold($1, $2);
+    zone text;
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
+BEGIN
+    IF t IS NULL THEN
+        RETURN;                 -- points of this program never expire
+    END IF;
+    SELECT p.time_zone INTO zone FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1;
+    RETURN QUERY
+    WITH other AS (
+        -- the entries that are not accrual: credits by posting month, debits
+        SELECT l.account_key,
+               pg_catalog.date_trunc('month', l.posted_at AT TIME ZONE zone)::date AS month,
+               l.kind OPERATOR(pg_catalog.=) ANY ('{redeem,expire}'::@extschema@.ledger_kind[])
+                   OR l.points OPERATOR(pg_catalog.<) 0 AS debit,
+               l.points
+        FROM @extschema@.ledger l
+        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($3 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $3::@extschema@.account_key)
+          AND l.points OPERATOR(pg_catalog.<>) 0
+          AND l.kind OPERATOR(pg_catalog.<>) ALL ('{earn,reverse,cap,backfill,restate}'::@extschema@.ledger_kind[])
+          AND NOT (l.kind OPERATOR(pg_catalog.=) 'bonus' AND l.attachment_id IS NOT NULL)),
+    series AS (
+        SELECT u.account_key, u.month, pg_catalog.sum(u.acc)::bigint AS acc, pg_catalog.sum(u.cred)::bigint AS cred
+        FROM (SELECT m.account_key, m.month, m.points AS acc, 0::bigint AS cred
+              FROM @extschema@.accrual_month m
+              WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($3 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $3::@extschema@.account_key)
+              UNION ALL
+              SELECT o.account_key, o.month, 0, o.points FROM other o WHERE NOT o.debit) u
+        GROUP BY 1, 2),
+    running AS (
+        -- points earned up to each month, caps applied as the engine applies them
+        SELECT s.account_key, s.month,
+               CASE WHEN capped
+                    THEN (SELECT coalesce(@extschema@._capped_points($1, pg_catalog.array_agg(x.month), pg_catalog.array_agg(x.acc)), 0)
+                          FROM series x
+                          WHERE x.account_key OPERATOR(pg_catalog.=) s.account_key::@extschema@.account_key AND x.month OPERATOR(pg_catalog.<=) s.month)
+                    ELSE pg_catalog.sum(s.acc) OVER w END
+               OPERATOR(pg_catalog.+) pg_catalog.sum(s.cred) OVER w AS total
+        FROM series s
+        WINDOW w AS (PARTITION BY s.account_key ORDER BY s.month)),
+    old AS (
+        SELECT r.account_key,
+               LEAST((pg_catalog.array_agg(r.total ORDER BY r.month DESC) FILTER (WHERE r.month OPERATOR(pg_catalog.<) t))[1],
+                                pg_catalog.min(r.total) FILTER (WHERE r.month OPERATOR(pg_catalog.>=) t)) AS earned
+        FROM running r
+        GROUP BY 1
+        HAVING pg_catalog.bool_or(r.month OPERATOR(pg_catalog.<) t)),
+    spent AS (
+        SELECT o.account_key, OPERATOR(pg_catalog.-) pg_catalog.sum(o.points) AS consumed
+        FROM other o WHERE o.debit GROUP BY 1)
+    SELECT o.account_key::text, (o.earned OPERATOR(pg_catalog.-) coalesce(s.consumed, 0))::bigint
+    FROM old o LEFT JOIN spent s ON s.account_key OPERATOR(pg_catalog.=) o.account_key::@extschema@.account_key
+    WHERE o.earned OPERATOR(pg_catalog.-) coalesce(s.consumed, 0) OPERATOR(pg_catalog.>) 0;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._lock_for_debit(program_id integer, account_key text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE @extschema@.account a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1
+    WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key
+    RETURNING a.debit_no INTO n;
+    IF n IS NULL THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', $2,
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1)
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have balances to spend from.',
+                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._may_act(program text, account_key text, member_id text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF @extschema@._is_staff() THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p USING (program_id)
+                   WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
+                     AND p.name OPERATOR(pg_catalog.=) program
+                     AND pl.account_key OPERATOR(pg_catalog.=) _may_act.account_key::@extschema@.account_key
+                     AND (_may_act.member_id IS NULL OR pl.member_id OPERATOR(pg_catalog.=) _may_act.member_id)) THEN
+        RAISE EXCEPTION 'permission denied for this account'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A partner login acts for its own account only, as the account or as its own member.',
+                  HINT = 'The account and member your login acts for are in loyalty.partner_login.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._may_read(program text, account_key text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF @extschema@._is_staff() THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.partner_login pl JOIN @extschema@.program p USING (program_id)
+                   WHERE pl.login OPERATOR(pg_catalog.=) @extschema@._caller()
+                     AND p.name OPERATOR(pg_catalog.=) program
+                     AND pl.account_key OPERATOR(pg_catalog.=) _may_read.account_key::@extschema@.account_key) THEN
+        RAISE EXCEPTION 'permission denied for this account'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A partner login reads its own account only.',
+                  HINT = 'The account your login may read is in loyalty.partner_login.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._mdf_rate(program_id integer, account_key text, as_of date) RETURNS numeric
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+SELECT (SELECT b.value FROM @extschema@.tier_benefit b
+        WHERE b.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
+          AND b.benefit OPERATOR(pg_catalog.=) 'mdf_rate'
+          -- before its first recorded tier (a period settled from documents
+          -- older than the program's history), the account counts at that tier
+          AND b.tier OPERATOR(pg_catalog.=) coalesce(
+                @extschema@._tier_at(_mdf_rate.program_id, _mdf_rate.account_key::text, _mdf_rate.as_of),
+                (SELECT h.new_tier FROM @extschema@.tier_history h
+                 WHERE h.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
+                   AND h.account_key OPERATOR(pg_catalog.=) _mdf_rate.account_key::@extschema@.account_key
+                 ORDER BY h.effective_from, h.change_no LIMIT 1)))::numeric
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._measure(program_id integer, account_key text, as_of date) RETURNS numeric
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prog @extschema@.program;
+    win_start date;
+    r numeric;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = _measure.program_id;
+    win_start := (date_trunc('month', as_of::timestamp)
+                  - make_interval(months => @extschema@._window_months(prog.qualification_window) - 1))::date;
+    IF prog.tier_basis = 'action' THEN
+        SELECT coalesce(sum(c.actions), 0) INTO r
+        FROM @extschema@._action_counts(prog.program_id, prog.tier_action, win_start, as_of + 1) c
+        WHERE c.account_key = _measure.account_key;
+    ELSE
+        SELECT coalesce(sum(CASE prog.tier_basis WHEN 'points' THEN m.points ELSE m.qualifying END), 0) INTO r
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id = prog.program_id AND m.account_key = _measure.account_key::@extschema@.account_key
+          AND m.month >= win_start AND m.month <= as_of;
+    END IF;
+    RETURN r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._post(
+    program_id   integer,
+    account_key  text,
+    kind         @extschema@.ledger_kind,
+    points       bigint,
+    reason       text,
+    rebate       numeric DEFAULT 0,
+    mdf          numeric DEFAULT 0,
+    member_id    text DEFAULT NULL,
+    corrects_xid xid8 DEFAULT NULL,
+    corrects     bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := @extschema@._ledger_number();
+BEGIN
+    IF kind = ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[]) THEN
+        RAISE EXCEPTION 'ledger kind % is posted by accrual only', kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Accrual kinds are derived from invoice rows and checked against them by verify().';
+    END IF;
+    IF coalesce(points, 0) = 0 AND coalesce(rebate, 0) = 0 AND coalesce(mdf, 0) = 0 THEN
+        RETURN NULL;            -- nothing to post
+    END IF;
+    INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                                         member_id, corrects, corrects_xid, reason)
+    VALUES ($1, ($2 OPERATOR(pg_catalog.||) '')::@extschema@.account_key, n, $3, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), $8, $10, $9, $5);
+    INSERT INTO @extschema@.balance_delta AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+    VALUES ($1, ($2 OPERATOR(pg_catalog.||) '')::@extschema@.account_key, n, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), 1);
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._post_member(
+    program_id   integer,
+    account_key  text,
+    kind         @extschema@.ledger_kind,
+    points       bigint,
+    reason       text,
+    member_id    text,
+    corrects_xid xid8 DEFAULT NULL,
+    corrects     bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := @extschema@._post($1, $2, $3, $4, $5, member_id => $6, corrects_xid => $7, corrects => $8);
+BEGIN
+    IF n IS NOT NULL AND $6 IS NOT NULL THEN
+        INSERT INTO @extschema@.member_points AS m (program_id, account_key, member_id, points, earned, spent, entry_count)
+        VALUES ($1, ($2 OPERATOR(pg_catalog.||) '')::@extschema@.account_key, $6, $4,
+                CASE WHEN $3 OPERATOR(pg_catalog.<>) 'redeem' THEN $4 ELSE 0 END,
+                CASE WHEN $3 OPERATOR(pg_catalog.=) 'redeem' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)
+        ON CONFLICT ON CONSTRAINT member_points_pkey DO UPDATE
+        SET points = m.points OPERATOR(pg_catalog.+) excluded.points,
+            earned = m.earned OPERATOR(pg_catalog.+) excluded.earned,
+            spent = m.spent OPERATOR(pg_catalog.+) excluded.spent,
+            -- the inserted row's default, now(): on Citus the SET of an
+            -- upsert into a distributed table may call no volatile function
+            entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = excluded.updated_at;
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._post_rebates(program_id integer, account_keys text[], amounts numeric[], reasons text[])
+RETURNS TABLE (ord bigint, entry_no bigint)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+WITH r AS (
+    SELECT u.ord, u.account_key, u.amount, u.reason, @extschema@._ledger_number() AS n
+    FROM ROWS FROM (pg_catalog.unnest(account_keys), pg_catalog.unnest(amounts), pg_catalog.unnest(reasons))
+         WITH ORDINALITY AS u(account_key, amount, reason, ord)
+    WHERE u.amount OPERATOR(pg_catalog.<>) 0),
+entries AS (
+    INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                                         member_id, corrects, corrects_xid, reason)
+    SELECT $1, r.account_key::@extschema@.account_key, r.n, 'rebate', 0, r.amount, 0, NULL, NULL, NULL, r.reason FROM r
+    RETURNING l.entry_no),
+deltas AS (
+    INSERT INTO @extschema@.balance_delta AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+    SELECT $1, r.account_key::@extschema@.account_key, r.n, 0, r.amount, 0, 1 FROM r
+    RETURNING d.delta_no)
+SELECT r.ord, r.n FROM r
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._set_tier(pid integer, account text, new_tier text, why text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    old_tier text;
+    tomorrow date := @extschema@._today(pid) + 1;
+    since timestamptz;
+    change bigint;
+    last_doc date;
+BEGIN
+    PERFORM @extschema@._tier_lock(pid);
+    SELECT a.tier INTO old_tier FROM @extschema@.account a
+    WHERE a.program_id = pid AND a.account_key = account::@extschema@.account_key FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account,
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id = pid)
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'Enrol it first with loyalty.enroll().';
+    END IF;
+    IF old_tier IS NOT DISTINCT FROM new_tier THEN
+        RETURN;
+    END IF;
+    -- values first, then the writes: on Citus, a write to a distributed
+    -- table may hold neither a sub-select nor now() inside a CASE
+    since := CASE WHEN new_tier IS NULL THEN NULL ELSE now() END;
+    SELECT coalesce(max(h.change_no), 0) + 1 INTO change FROM @extschema@.tier_history h
+    WHERE h.program_id = pid AND h.account_key = account::@extschema@.account_key;
+    SELECT b.last_doc_date + 1 INTO last_doc FROM @extschema@.balance b
+    WHERE b.program_id = pid AND b.account_key = account::@extschema@.account_key;
+    UPDATE @extschema@.account a SET tier = new_tier, tier_since = since
+    WHERE a.program_id = pid AND a.account_key = account::@extschema@.account_key;
+    INSERT INTO @extschema@.tier_history (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason)
+    VALUES (pid, (account OPERATOR(pg_catalog.||) '')::@extschema@.account_key, change, greatest(tomorrow, coalesce(last_doc, tomorrow)), old_tier, new_tier, why);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._settle_accounts(pid integer, period_start date, period_end date) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prog @extschema@.program;
+    prev_end date;
+    cutoff timestamptz;
+    win_start date;
+    names text[];
+    thresholds numeric[];
+    has_req boolean;
+    distributed boolean := false;
+    n bigint;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT max(r.period_end) INTO prev_end FROM @extschema@.settlement_run r
+    WHERE r.program_id = pid AND r.period_end < _settle_accounts.period_end;
+    cutoff := period_start::timestamp AT TIME ZONE prog.time_zone;
+    win_start := (date_trunc('month', period_end::timestamp)
+                  - make_interval(months => @extschema@._window_months(prog.qualification_window) - 1))::date;
+    -- the ladder by rank (1 = lowest), for array look-ups instead of joins
+    SELECT array_agg(t.name ORDER BY t.rank), array_agg(t.threshold ORDER BY t.rank)
+    INTO names, thresholds FROM @extschema@.tiers(prog.ladder) t;
+    has_req := EXISTS (SELECT FROM @extschema@.tier_requirement r WHERE r.program_id = pid);
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+           INTO distributed USING '@extschema@.settlement_account'::regclass;
+    END IF;
+    IF distributed THEN
+        -- On Citus (loyalty.distribute()), the same decision as below in a
+        -- form Citus pushes down whole: every table it reads is distributed
+        -- by account_key with settlement_account and joined on it, so the
+        -- INSERT runs as one task per shard, on the node holding it.  The
+        -- accounts are the union of the three sources (a FULL JOIN on a
+        -- coalesce is not a join on the distribution column), each CTE
+        -- read twice is inlined, and the margin grace counts the scaled
+        -- thresholds with width_bucket instead of a correlated subquery.
+        -- Action counts (tier_basis action, tier requirements) read the
+        -- action log through a function, which a shard query cannot do.
+        IF has_req OR prog.tier_basis = 'action' THEN
+            RAISE EXCEPTION 'program "%" qualifies tiers on action counts, which settlement cannot count on Citus', prog.name
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Its tier basis is action, or its tiers have action requirements (loyalty.tier_requirement): they are counted by a function that reads the distributed action log, which Citus cannot run inside the pushed-down settlement.',
+                      HINT = 'Qualify tiers on qualifying spend or points on Citus, or keep the program on a single server.';
+        END IF;
+        EXECUTE $q$
+    INSERT INTO @extschema@.settlement_account AS s
+        (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
+         period_points, carried_points, measure, old_tier, qualified_tier, new_tier, periods_below, outcome)
+    WITH m AS NOT MATERIALIZED (
+        SELECT b.account_key,
+               sum(b.q) FILTER (WHERE b.month <= $4) AS q_to_date,
+               sum(b.p) FILTER (WHERE b.month <= $4) AS p_to_date,
+               sum(b.q) FILTER (WHERE b.month >= $3 AND b.month <= $4) AS q_period,
+               sum(b.p) FILTER (WHERE b.month >= $3 AND b.month <= $4) AS p_period,
+               sum(b.q) FILTER (WHERE b.month >= $6 AND b.month <= $4) AS q_window,
+               sum(b.p) FILTER (WHERE b.month >= $6 AND b.month <= $4) AS p_window
+        FROM (SELECT f.account_key, x.month, x.q, x.p
+              FROM @extschema@.balance_folded f, unnest(f.m_month, f.m_qualifying, f.m_points) AS x(month, q, p)
+              WHERE f.program_id = $1
+              UNION ALL
+              SELECT d.account_key, x.month, x.q, x.p
+              FROM @extschema@.balance_delta d, unnest(d.m_month, d.m_qualifying, d.m_points) AS x(month, q, p)
+              WHERE d.program_id = $1) b
+        GROUP BY b.account_key),
+    prev AS NOT MATERIALIZED (
+        SELECT x.account_key, x.qualifying_to_date, x.points_to_date, x.periods_below
+        FROM @extschema@.settlement_account x
+        WHERE x.program_id = $1 AND x.period_end = $2),
+    keys AS (
+        SELECT x.account_key FROM @extschema@.account x WHERE x.program_id = $1
+        UNION SELECT m.account_key FROM m
+        UNION SELECT prev.account_key FROM prev),
+    base AS (
+        SELECT k.account_key, a.account_key IS NOT NULL AS enrolled, a.tier,
+               coalesce(m.q_to_date, 0) AS q_to_date, coalesce(m.p_to_date, 0) AS p_to_date,
+               coalesce(m.q_period, 0) AS q_period, coalesce(m.p_period, 0) AS p_period,
+               CASE $9 WHEN 'points' THEN coalesce(m.p_window, 0) ELSE coalesce(m.q_window, 0) END AS measure,
+               coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
+               coalesce(pv.periods_below, 0) AS below_prev,
+               g.account_key IS NOT NULL AS granted,
+               x.account_key IS NOT NULL AS reached
+        FROM keys k
+             LEFT JOIN @extschema@.account a ON a.program_id = $1 AND a.account_key = k.account_key
+             LEFT JOIN m ON m.account_key = k.account_key
+             LEFT JOIN prev pv ON pv.account_key = k.account_key
+             LEFT JOIN @extschema@.tier_grant g ON g.program_id = $1 AND g.account_key = a.account_key
+             LEFT JOIN (SELECT h.account_key, h.new_tier FROM @extschema@.tier_history h
+                         WHERE h.program_id = $1 AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= $5
+                         GROUP BY h.account_key, h.new_tier) x
+                    ON x.account_key = k.account_key AND x.new_tier = a.tier),
+    ranked AS (
+        SELECT b.*, array_position($7, b.tier) AS cur_rank,
+               coalesce(@extschema@.tier_rank($10, b.measure), 0) AS q_rank,
+               CASE WHEN $11 = 'margin' THEN width_bucket(b.measure, $13) ELSE 0 END AS margin_rank,
+               b.reached AS reached_in_period
+        FROM base b),
+    decided AS (
+        SELECT r.*,
+               CASE WHEN NOT r.enrolled OR $10 IS NULL THEN r.cur_rank
+                    WHEN r.granted THEN r.cur_rank
+                    WHEN r.tier IS NOT NULL AND r.cur_rank IS NULL THEN NULL
+                    WHEN r.q_rank >= coalesce(r.cur_rank, 0) THEN r.q_rank
+                    WHEN r.reached_in_period THEN r.cur_rank
+                    WHEN $11 = 'one_level' THEN greatest(r.q_rank, r.cur_rank - 1)
+                    WHEN $11 = 'margin' THEN greatest(r.q_rank, least(r.margin_rank, r.cur_rank))
+                    WHEN $11 = 'periods' AND r.below_prev + 1 < $12 THEN r.cur_rank
+                    ELSE r.q_rank END AS new_rank
+        FROM ranked r)
+    SELECT $1, d.account_key, $4, d.q_to_date, d.p_to_date, d.q_period,
+           d.q_to_date - d.q_period - d.q_prev, d.p_period, d.p_to_date - d.p_period - d.p_prev,
+           d.measure, d.tier, $7[d.q_rank],
+           CASE WHEN d.new_rank IS NULL THEN d.tier ELSE $7[d.new_rank] END,
+           CASE WHEN d.enrolled AND NOT d.granted AND d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                     AND d.new_rank = d.cur_rank AND NOT d.reached_in_period
+                THEN d.below_prev + 1 ELSE 0 END,
+           CASE WHEN d.granted THEN 'manual'
+                WHEN d.new_rank IS NULL OR d.new_rank = coalesce(d.cur_rank, 0) THEN
+                     CASE WHEN d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                          THEN CASE WHEN d.reached_in_period THEN 'kept' ELSE 'held' END
+                          ELSE 'same' END
+                WHEN d.new_rank > coalesce(d.cur_rank, 0) THEN 'up'
+                WHEN d.new_rank > d.q_rank THEN 'grace'
+                ELSE 'down' END
+    FROM decided d
+        $q$ USING pid, prev_end, period_start, period_end, cutoff, win_start, names, thresholds, prog.tier_basis,
+                  prog.ladder, prog.tier_grace, prog.tier_grace_value,
+                  (SELECT array_agg(t OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.-) prog.tier_grace_value) ORDER BY i)
+                   FROM unnest(thresholds) WITH ORDINALITY AS l(t, i));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RETURN n;
+    END IF;
+
+    INSERT INTO @extschema@.settlement_account AS s
+        (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
+         period_points, carried_points, measure, old_tier, qualified_tier, new_tier, periods_below, outcome)
+    -- The month sums of every account, summed over the three ranges the run
+    -- needs.  These are the per-month arrays loyalty.accrual_month unnests
+    -- (folded rows and deltas not folded yet), summed row by row: grouping
+    -- them by month first, as the view does, costs ten times more and is
+    -- not needed for sums over ranges.
+    WITH m AS (
+        SELECT u.account_key, sum(u.q_to_date) AS q_to_date, sum(u.p_to_date) AS p_to_date,
+               sum(u.q_period) AS q_period, sum(u.p_period) AS p_period,
+               sum(u.q_window) AS q_window, sum(u.p_window) AS p_window
+        FROM (SELECT f.account_key, f.m_month, f.m_qualifying, f.m_points
+              FROM @extschema@.balance_folded f WHERE f.program_id = pid
+              UNION ALL
+              SELECT d.account_key, d.m_month, d.m_qualifying, d.m_points
+              FROM @extschema@.balance_delta d WHERE d.program_id = pid) b,
+             LATERAL (SELECT b.account_key,
+                             sum(x.q) FILTER (WHERE x.month <= period_end) AS q_to_date,
+                             sum(x.p) FILTER (WHERE x.month <= period_end) AS p_to_date,
+                             sum(x.q) FILTER (WHERE x.month >= period_start AND x.month <= period_end) AS q_period,
+                             sum(x.p) FILTER (WHERE x.month >= period_start AND x.month <= period_end) AS p_period,
+                             sum(x.q) FILTER (WHERE x.month >= win_start AND x.month <= period_end) AS q_window,
+                             sum(x.p) FILTER (WHERE x.month >= win_start AND x.month <= period_end) AS p_window
+                      FROM unnest(b.m_month, b.m_qualifying, b.m_points) AS x(month, q, p)) u
+        GROUP BY u.account_key),
+    -- upgrades on accrual recorded in the period or after it (a run late
+    -- after the period's end): they stand until the next period's end
+    recent AS (
+        SELECT DISTINCT h.account_key, h.new_tier
+        FROM @extschema@.tier_history h
+        WHERE h.program_id = pid AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= cutoff),
+    granted AS (
+        SELECT g.account_key FROM @extschema@.tier_grant g WHERE g.program_id = pid),
+    prev AS (
+        SELECT x.account_key, x.qualifying_to_date, x.points_to_date, x.periods_below
+        FROM @extschema@.settlement_account x
+        WHERE x.program_id = pid AND x.period_end = prev_end),
+    acts AS (
+        SELECT c.account_key, c.action, c.actions
+        FROM (SELECT DISTINCT r.action FROM @extschema@.tier_requirement r WHERE r.program_id = pid
+              UNION SELECT prog.tier_action WHERE prog.tier_action IS NOT NULL) a,
+             LATERAL (SELECT x.account_key, a.action, x.actions
+                      FROM @extschema@._action_counts(pid, a.action, win_start, period_end + 1) x) c),
+    base AS (
+        SELECT coalesce(a.account_key, m.account_key, pv.account_key) AS account_key,
+               a.account_key IS NOT NULL AS enrolled, a.tier,
+               coalesce(m.q_to_date, 0) AS q_to_date, coalesce(m.p_to_date, 0) AS p_to_date,
+               coalesce(m.q_period, 0) AS q_period, coalesce(m.p_period, 0) AS p_period,
+               CASE prog.tier_basis WHEN 'qualifying' THEN coalesce(m.q_window, 0)
+                                    WHEN 'points' THEN coalesce(m.p_window, 0)
+                                    ELSE coalesce((SELECT c.actions FROM acts c
+                                                   WHERE c.account_key = coalesce(a.account_key, m.account_key, pv.account_key)::text
+                                                     AND c.action = prog.tier_action), 0) END AS measure,
+               coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
+               coalesce(pv.periods_below, 0) AS below_prev,
+               g.account_key IS NOT NULL AS granted
+        FROM (SELECT * FROM @extschema@.account x WHERE x.program_id = pid) a
+             FULL JOIN m ON m.account_key = a.account_key
+             FULL JOIN prev pv ON pv.account_key = coalesce(a.account_key, m.account_key)
+             LEFT JOIN granted g ON g.account_key = a.account_key),
+    ranked AS (
+        SELECT b.*,
+               array_position(names, b.tier) AS cur_rank,
+               -- the highest tier whose threshold the measure reaches (and,
+               -- when the program has any, whose extra requirements the
+               -- account meets)
+               CASE WHEN NOT has_req THEN coalesce(@extschema@.tier_rank(prog.ladder, b.measure), 0)
+                    ELSE coalesce((SELECT max(l.rank) FROM unnest(names, thresholds) WITH ORDINALITY AS l(name, threshold, rank)
+                                   WHERE l.threshold <= b.measure
+                                     AND NOT EXISTS (SELECT FROM @extschema@.tier_requirement r
+                                                     WHERE r.program_id = pid AND r.tier = l.name
+                                                       AND coalesce((SELECT c.actions FROM acts c
+                                                                     WHERE c.account_key = b.account_key::text AND c.action = r.action), 0)
+                                                           < r.min_count)), 0) END AS q_rank,
+               -- the margin grace: the highest tier kept within the margin
+               CASE WHEN prog.tier_grace = 'margin'
+                    THEN coalesce((SELECT max(l.rank) FROM unnest(thresholds) WITH ORDINALITY AS l(threshold, rank)
+                                   WHERE l.threshold * (1 - prog.tier_grace_value) <= b.measure), 0)
+                    ELSE 0 END AS margin_rank,
+               x.account_key IS NOT NULL AS reached_in_period
+        FROM base b LEFT JOIN recent x ON x.account_key = b.account_key AND x.new_tier = b.tier),
+    decided AS (
+        SELECT r.*,
+               CASE WHEN NOT r.enrolled OR prog.ladder IS NULL THEN r.cur_rank
+                    WHEN r.granted THEN r.cur_rank
+                    WHEN r.tier IS NOT NULL AND r.cur_rank IS NULL THEN NULL   -- a tier off the ladder: kept
+                    WHEN r.q_rank >= coalesce(r.cur_rank, 0) THEN r.q_rank
+                    WHEN r.reached_in_period THEN r.cur_rank
+                    WHEN prog.tier_grace = 'one_level' THEN greatest(r.q_rank, r.cur_rank - 1)
+                    WHEN prog.tier_grace = 'margin' THEN greatest(r.q_rank, least(r.margin_rank, r.cur_rank))
+                    WHEN prog.tier_grace = 'periods' AND r.below_prev + 1 < prog.tier_grace_value THEN r.cur_rank
+                    ELSE r.q_rank END AS new_rank
+        FROM ranked r)
+    SELECT pid, d.account_key, period_end, d.q_to_date, d.p_to_date, d.q_period,
+           d.q_to_date - d.q_period - d.q_prev, d.p_period, d.p_to_date - d.p_period - d.p_prev,
+           d.measure, d.tier, names[d.q_rank],
+           CASE WHEN d.new_rank IS NULL THEN d.tier ELSE names[d.new_rank] END,
+           CASE WHEN d.enrolled AND NOT d.granted AND d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                     AND d.new_rank = d.cur_rank AND NOT d.reached_in_period
+                THEN d.below_prev + 1 ELSE 0 END,
+           CASE WHEN d.granted THEN 'manual'
+                WHEN d.new_rank IS NULL OR d.new_rank = coalesce(d.cur_rank, 0) THEN
+                     CASE WHEN d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                          THEN CASE WHEN d.reached_in_period THEN 'kept' ELSE 'held' END
+                          ELSE 'same' END
+                WHEN d.new_rank > coalesce(d.cur_rank, 0) THEN 'up'
+                WHEN d.new_rank > d.q_rank THEN 'grace'
+                ELSE 'down' END
+    FROM decided d;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._settle_expiry(program_id integer, period_start date, period_end date) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    locked text[];
+    t date := @extschema@._expiry_threshold($1, $3);
+    total bigint;
+    distributed boolean := false;
+BEGIN
+    IF t IS NULL THEN
+        RETURN 0;               -- no lifetime: points never expire
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus')
+       AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
+           INTO distributed USING '@extschema@.balance_delta'::regclass;
+    END IF;
+    IF distributed THEN
+        -- expiry is a debit: it locks accounts, waits for postings in flight
+        -- and posts with this node's transaction id, none of which is built
+        -- for accounts whose rows are on the workers yet
+        RAISE EXCEPTION 'points of program "%" cannot expire on Citus yet',
+                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The program has a point_lifetime: settlement would expire points, a debit that loyalty runs on a single server only; nothing was settled.',
+                  HINT = 'Settle programs without point_lifetime on Citus, or keep this program on a single server.';
+    END IF;
+    WITH due AS (SELECT d.account_key FROM @extschema@._expiry_due($1, $3, NULL) d),
+    lock AS (
+        SELECT a.account_key FROM @extschema@.account a
+        WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key IN (SELECT due.account_key::@extschema@.account_key FROM due)
+        ORDER BY a.account_key
+        FOR NO KEY UPDATE OF a),
+    numbered AS (
+        UPDATE @extschema@.account a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1
+        FROM lock k
+        WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) k.account_key::@extschema@.account_key
+        RETURNING a.account_key)
+    SELECT pg_catalog.array_agg(n.account_key) INTO locked FROM numbered n;
+    IF locked IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- a new statement, a new snapshot: every debit of these accounts that
+    -- committed before the lock is counted
+    WITH due AS (
+        SELECT d.account_key, d.points, @extschema@._ledger_number() AS n
+        FROM @extschema@._expiry_due($1, $3, NULL) d
+        JOIN pg_catalog.unnest(locked) k(account_key) ON k.account_key OPERATOR(pg_catalog.=) d.account_key),
+    entries AS (
+        INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                                             member_id, corrects, corrects_xid, reason)
+        SELECT $1, d.account_key::@extschema@.account_key, d.n, 'expire', OPERATOR(pg_catalog.-) d.points, 0, 0, NULL, NULL, NULL,
+               pg_catalog.format('expiry at %s: points of months before %s', $3, t)
+        FROM due d
+        RETURNING l.points),
+    deltas AS (
+        INSERT INTO @extschema@.balance_delta AS b (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+        SELECT $1, d.account_key::@extschema@.account_key, d.n, OPERATOR(pg_catalog.-) d.points, 0, 0, 1
+        FROM due d
+        RETURNING b.points)
+    SELECT coalesce(OPERATOR(pg_catalog.-) pg_catalog.sum(e.points), 0)::bigint INTO total FROM entries e;
+    RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total numeric;
+BEGIN
+    IF period_start IS NULL OR period_end IS NULL OR period_end < period_start THEN
+        RAISE EXCEPTION 'MDF period [%, %] is empty', period_start, period_end
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period_start and period_end are the period''s first and last days, both included (as loyalty.settle passes them).',
+                  HINT = 'Give period_start <= period_end.';
+    END IF;
+    -- no tier of the program has an MDF rate: nothing to credit, without
+    -- summing every account's spend and looking up its tier to find that out
+    IF NOT EXISTS (SELECT FROM @extschema@.tier_benefit b
+                   WHERE b.program_id = $1 AND b.benefit = 'mdf_rate') THEN
+        RETURN 0;
+    END IF;
+    WITH spend AS (
+        SELECT m.account_key, pg_catalog.sum(m.qualifying) AS spend
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id = $1 AND m.month >= pg_catalog.date_trunc('month', $2)::date AND m.month <= $3
+        GROUP BY m.account_key
+    ), due AS (
+        SELECT s.account_key, s.spend, @extschema@._mdf_rate($1, s.account_key::text, $3) AS rate
+        FROM spend s
+        WHERE NOT EXISTS (SELECT FROM @extschema@.mdf_accrual a
+                          WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.period_end = $3)
+    ), credited AS (
+        INSERT INTO @extschema@.mdf_accrual AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
+        SELECT $1, d.account_key, $3, $2, d.spend, d.rate, x.amount,
+               @extschema@._post($1, d.account_key::text, 'mdf', 0, pg_catalog.format('mdf accrual %s..%s', $2, $3), mdf => x.amount)
+        FROM due d, LATERAL (SELECT pg_catalog.round(GREATEST(d.spend, 0) * coalesce(d.rate, 0), 2) AS amount) x
+        WHERE x.amount > 0
+        ORDER BY d.account_key
+        RETURNING a.amount
+    )
+    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO total FROM credited c;
+    RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._tier_at(program_id integer, account_key text, as_of date) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT h.new_tier FROM @extschema@.tier_history h
+            WHERE h.program_id OPERATOR(pg_catalog.=) _tier_at.program_id
+              AND h.account_key OPERATOR(pg_catalog.=) _tier_at.account_key::@extschema@.account_key
+              AND h.effective_from OPERATOR(pg_catalog.<=) _tier_at.as_of
+            ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_balance(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
+BEGIN
+    RETURN QUERY
+    -- the ledger, plus the cap entries the next fold books (loyalty.balance
+    -- applies them already)
+    WITH pending AS (
+        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key::text) AS points
+        FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
+              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)) d
+        WHERE capped)
+    SELECT coalesce(l.account_key, b.account_key)::text, NULL::date, NULL::integer, v.item, v.e, v.a
+    FROM (SELECT coalesce(x.account_key, pe.account_key) AS account_key,
+                 coalesce(x.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, x.qualifying,
+                 x.rebate, x.mdf, x.n
+          FROM (SELECT x.account_key, pg_catalog.sum(x.points) AS points, pg_catalog.sum(x.qualifying) AS qualifying,
+                       pg_catalog.sum(x.rebate) AS rebate, pg_catalog.sum(x.mdf) AS mdf, pg_catalog.count(*) AS n
+                FROM @extschema@.ledger x
+                WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+                GROUP BY 1) x
+               FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) x.account_key::@extschema@.account_key) l
+         FULL JOIN (SELECT x.account_key, x.points, x.qualifying, x.rebate, x.mdf, x.entry_count AS n
+                    FROM @extschema@.balance x
+                    WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)) b
+           ON b.account_key OPERATOR(pg_catalog.=) l.account_key::@extschema@.account_key,
+         LATERAL (VALUES ('balance_points', coalesce(l.points, 0)::numeric, coalesce(b.points, 0)::numeric),
+                         ('balance_qualifying', coalesce(l.qualifying, 0), coalesce(b.qualifying, 0)),
+                         ('balance_rebate', coalesce(l.rebate, 0), coalesce(b.rebate, 0)),
+                         ('balance_mdf', coalesce(l.mdf, 0), coalesce(b.mdf, 0)),
+                         ('balance_entries', coalesce(l.n, 0)::numeric, coalesce(b.n, 0)::numeric)) AS v(item, e, a)
+    WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_ledger(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    capped boolean := EXISTS (SELECT FROM @extschema@.rule r
+                              WHERE r.program_id OPERATOR(pg_catalog.=) $1 AND r.cap_points IS NOT NULL);
+BEGIN
+    RETURN QUERY
+    -- _capped_points adds up the elements of a month (one per attachment);
+    -- a program without caps needs only the sum
+    WITH expected AS (
+        SELECT m.account_key,
+               coalesce(@extschema@._capped_points($1, pg_catalog.array_agg(m.month) FILTER (WHERE capped),
+                                                   pg_catalog.array_agg(m.points) FILTER (WHERE capped)),
+                        pg_catalog.sum(m.points)) AS points,
+               pg_catalog.sum(m.qualifying) AS qualifying
+        FROM @extschema@.accrual_month m
+        WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+        GROUP BY 1),
+    posted AS (
+        SELECT l.account_key, pg_catalog.sum(l.points) AS points, pg_catalog.sum(l.qualifying) AS qualifying
+        FROM @extschema@.ledger l
+        WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+          AND l.kind OPERATOR(pg_catalog.=) ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[])
+        GROUP BY 1),
+    -- the cap entries the next fold books, for the accounts with unfolded postings
+    pending AS (
+        SELECT d.account_key, @extschema@.pending_caps($1, d.account_key::text) AS points
+        FROM (SELECT DISTINCT x.account_key FROM @extschema@.balance_delta x
+              WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)) d
+        WHERE capped)
+    SELECT coalesce(e.account_key, p.account_key)::text, NULL::date, NULL::integer, v.item, v.e, v.a
+    FROM expected e
+         FULL JOIN (SELECT coalesce(po.account_key, pe.account_key) AS account_key,
+                           coalesce(po.points, 0) OPERATOR(pg_catalog.+) coalesce(pe.points, 0) AS points, po.qualifying
+                    FROM posted po FULL JOIN pending pe ON pe.account_key OPERATOR(pg_catalog.=) po.account_key::@extschema@.account_key) p
+           ON p.account_key OPERATOR(pg_catalog.=) e.account_key::@extschema@.account_key,
+         LATERAL (VALUES ('ledger_accrual_points', coalesce(e.points, 0)::numeric, coalesce(p.points, 0)::numeric),
+                         ('ledger_qualifying', coalesce(e.qualifying, 0), coalesce(p.qualifying, 0))) AS v(item, e, a)
+    WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_members(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+-- a ledger entry whose member is not a member of its account
+SELECT l.account_key::text, NULL::date, NULL::integer, 'member_unknown:' OPERATOR(pg_catalog.||) l.member_id,
+       0::numeric, pg_catalog.count(*)::numeric
+FROM @extschema@.ledger l
+WHERE l.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR l.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+  AND l.member_id IS NOT NULL
+  AND NOT EXISTS (SELECT FROM @extschema@.member m
+                  WHERE m.program_id OPERATOR(pg_catalog.=) l.program_id AND m.account_key OPERATOR(pg_catalog.=) l.account_key::@extschema@.account_key
+                    AND m.member_id OPERATOR(pg_catalog.=) l.member_id)
+GROUP BY l.account_key, l.member_id
+UNION ALL
+-- a member's running total that differs from the sums of their entries,
+-- or that is below zero (redemptions check it; nothing else debits it)
+SELECT coalesce(t.account_key, l.account_key)::text, NULL, NULL, v.item, v.e, v.a
+FROM (SELECT x.account_key, x.member_id, pg_catalog.sum(x.points) AS points, pg_catalog.count(*) AS n
+      FROM @extschema@.ledger x
+      WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+        AND x.member_id IS NOT NULL
+      GROUP BY 1, 2) l
+FULL JOIN (SELECT x.account_key, x.member_id, x.points, x.entry_count
+           FROM @extschema@.member_points x
+           WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)) t
+  ON t.account_key OPERATOR(pg_catalog.=) l.account_key::@extschema@.account_key AND t.member_id OPERATOR(pg_catalog.=) l.member_id,
+LATERAL (VALUES ('member_points:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), coalesce(l.points, 0)::numeric,
+                 coalesce(t.points, 0)::numeric),
+                ('member_entries:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), coalesce(l.n, 0)::numeric,
+                 coalesce(t.entry_count, 0)::numeric),
+                ('member_overdrawn:' OPERATOR(pg_catalog.||) coalesce(t.member_id, l.member_id), 0::numeric,
+                 LEAST(coalesce(t.points, 0), 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a
+UNION ALL
+-- a redemption whose spending entry (or, cancelled, whose giving back) is
+-- missing from the ledger or differs from it
+SELECT d.account_key::text, NULL, NULL, v.item, v.e, v.a
+FROM @extschema@.redemption d
+LEFT JOIN @extschema@.ledger s
+  ON s.program_id OPERATOR(pg_catalog.=) d.program_id AND s.account_key OPERATOR(pg_catalog.=) d.account_key::@extschema@.account_key
+     AND s.posted_xid OPERATOR(pg_catalog.=) d.posted_xid AND s.entry_no OPERATOR(pg_catalog.=) d.entry_no
+     AND s.kind OPERATOR(pg_catalog.=) 'redeem' AND s.member_id IS NOT DISTINCT FROM d.member_id
+LEFT JOIN @extschema@.ledger c
+  ON c.program_id OPERATOR(pg_catalog.=) d.program_id AND c.account_key OPERATOR(pg_catalog.=) d.account_key::@extschema@.account_key
+     AND c.posted_xid OPERATOR(pg_catalog.=) d.cancel_xid AND c.entry_no OPERATOR(pg_catalog.=) d.cancel_entry_no
+     AND c.kind OPERATOR(pg_catalog.=) 'redeem' AND c.member_id IS NOT DISTINCT FROM d.member_id
+     AND c.corrects_xid OPERATOR(pg_catalog.=) d.posted_xid AND c.corrects OPERATOR(pg_catalog.=) d.entry_no,
+LATERAL (VALUES ('redemption_spent:' OPERATOR(pg_catalog.||) d.redemption_id::text, d.points::numeric,
+                 (OPERATOR(pg_catalog.-) s.points)::numeric),
+                ('redemption_given_back:' OPERATOR(pg_catalog.||) d.redemption_id::text,
+                 CASE WHEN d.status OPERATOR(pg_catalog.=) 'cancelled' THEN d.points ELSE 0 END::numeric,
+                 coalesce(c.points, 0)::numeric)) AS v(item, e, a)
+WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR d.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+  AND v.e IS DISTINCT FROM v.a
+UNION ALL
+-- an approved award whose entry is missing or differs, or any other award
+-- that posted
+SELECT w.account_key::text, NULL, NULL, 'award_points:' OPERATOR(pg_catalog.||) w.award_id::text,
+       CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END::numeric,
+       coalesce(l.points, 0)::numeric
+FROM @extschema@.award w
+LEFT JOIN @extschema@.ledger l
+  ON l.program_id OPERATOR(pg_catalog.=) w.program_id AND l.account_key OPERATOR(pg_catalog.=) w.account_key::@extschema@.account_key
+     AND l.posted_xid OPERATOR(pg_catalog.=) w.posted_xid AND l.entry_no OPERATOR(pg_catalog.=) w.entry_no
+     AND l.kind OPERATOR(pg_catalog.=) 'award' AND l.member_id IS NOT DISTINCT FROM w.member_id
+WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR w.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+  AND CASE WHEN w.status OPERATOR(pg_catalog.=) 'approved' THEN w.points ELSE 0 END IS DISTINCT FROM coalesce(l.points, 0);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._verify_rebate_lines(program_id integer, account text)
+RETURNS TABLE (account_key text, month date, attachment_id integer, item text, expected numeric, actual numeric)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+WITH since AS (
+    SELECT pg_catalog.min(pg_catalog.date_trunc('month', g.valid_from))::date AS month
+    FROM @extschema@.rebate_agreement g
+    WHERE g.program_id OPERATOR(pg_catalog.=) $1 AND g.product_lines IS NOT NULL),
+accrued AS (
+    SELECT m.account_key, m.month, pg_catalog.sum(m.qualifying) AS qualifying, pg_catalog.sum(m.source_rows) AS n
+    FROM @extschema@.accrual_month m, since
+    WHERE m.program_id OPERATOR(pg_catalog.=) $1 AND m.month OPERATOR(pg_catalog.>=) since.month
+      AND ($2 IS NULL OR m.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+    GROUP BY 1, 2),
+split AS (
+    SELECT v.account_key, v.month, pg_catalog.sum(v.qualifying) AS qualifying, pg_catalog.sum(v.source_rows) AS n
+    FROM @extschema@.rebate_line_volume v
+    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND ($2 IS NULL OR v.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key)
+    GROUP BY 1, 2)
+SELECT coalesce(a.account_key, s.account_key)::text, coalesce(a.month, s.month), NULL::integer, v.item, v.e, v.a
+FROM accrued a
+     FULL JOIN (SELECT s.* FROM split s, since WHERE s.month OPERATOR(pg_catalog.>=) since.month) s
+       ON s.account_key OPERATOR(pg_catalog.=) a.account_key::@extschema@.account_key AND s.month OPERATOR(pg_catalog.=) a.month,
+     LATERAL (VALUES ('rebate_line_qualifying', coalesce(a.qualifying, 0), coalesce(s.qualifying, 0)),
+                     ('rebate_line_rows', coalesce(a.n, 0)::numeric, coalesce(s.n, 0)::numeric)) AS v(item, e, a)
+WHERE v.e IS DISTINCT FROM v.a;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._write_settlement_lines(program_id integer, settled_through date,
+                                         agreement_ids text[], account_keys text[], period_starts date[], period_ends date[],
+                                         volumes numeric[], finals numeric[], accrueds numeric[], last_finals numeric[],
+                                         adjustment_nos integer[])
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur text := (SELECT p.currency FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1);
+    keys text[];
+    total numeric;
+BEGIN
+    -- the date in ISO form whatever the session's DateStyle: the key is stable
+    keys := ARRAY(SELECT pg_catalog.format('LOY-%s-%s-%s-%s', $1, u.g, u.a, pg_catalog.to_char(u.e, 'YYYY-MM-DD'))
+                         OPERATOR(pg_catalog.||) CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN '-ADJ-' OPERATOR(pg_catalog.||) u.n ELSE '' END
+                  FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys),
+                                  pg_catalog.unnest(period_ends), pg_catalog.unnest(adjustment_nos))
+                       WITH ORDINALITY AS u(g, a, e, n, ord) ORDER BY u.ord);
+    WITH posted AS (
+        SELECT p.ord, p.entry_no
+        FROM @extschema@._post_rebates($1, account_keys,
+                                       ARRAY(SELECT f OPERATOR(pg_catalog.-) c
+                                             FROM ROWS FROM (pg_catalog.unnest(finals), pg_catalog.unnest(accrueds))
+                                                  WITH ORDINALITY AS u(f, c, ord) ORDER BY u.ord),
+                                       ARRAY(SELECT pg_catalog.format('rebate %s %s', CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'true-up' END, u.k)
+                                             FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(adjustment_nos))
+                                                  WITH ORDINALITY AS u(k, n, ord) ORDER BY u.ord)) p),
+    lines AS (
+        SELECT u.*, p.entry_no
+        FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys), pg_catalog.unnest(period_starts),
+                        pg_catalog.unnest(period_ends), pg_catalog.unnest(volumes), pg_catalog.unnest(finals),
+                        pg_catalog.unnest(accrueds), pg_catalog.unnest(last_finals), pg_catalog.unnest(adjustment_nos),
+                        pg_catalog.unnest(keys))
+             WITH ORDINALITY AS u(g, a, s, e, v, f, c, lf, n, k, ord)
+        LEFT JOIN posted p ON p.ord OPERATOR(pg_catalog.=) u.ord),
+    postings AS (
+        INSERT INTO @extschema@.rebate_posting (program_id, account_key, agreement_id, period_end, entry_no,
+                                                period_start, kind, volume, amount)
+        SELECT $1, l.a::@extschema@.account_key, l.g, l.e, l.entry_no, l.s, CASE WHEN l.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'trueup' END,
+               l.v, l.f OPERATOR(pg_catalog.-) l.c
+        FROM lines l WHERE l.entry_no IS NOT NULL),
+    written AS (
+        INSERT INTO @extschema@.settlement_line AS x (program_id, account_key, agreement_id, period_end, adjustment_no,
+                                                      document_key, period_start, volume, final, accrued, amount,
+                                                      credit_note, currency, settled_through, entry_no)
+        SELECT $1, l.a::@extschema@.account_key, l.g, l.e, l.n, l.k, l.s, l.v, l.f, l.c, l.f OPERATOR(pg_catalog.-) l.c,
+               l.f OPERATOR(pg_catalog.-) coalesce(l.lf, 0), cur, settled_through, l.entry_no
+        FROM lines l
+        RETURNING x.amount)
+    SELECT coalesce(pg_catalog.sum(w.amount), 0) INTO total FROM written w;
+    RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.accrue_rebates(program text, as_of date DEFAULT NULL) RETURNS numeric
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    day date;
+    keys text[];
+    g text[]; a text[]; s date[]; e date[]; v numeric[]; d numeric[];
+    total numeric;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF as_of IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'as_of must be a finite date, not %', as_of
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'as_of is the day the estimate is made for: the periods open on it are estimated.',
+                  HINT = 'Leave it out for today in the program''s time zone.';
+    END IF;
+    day := coalesce(as_of, (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date
+                            FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) pid));
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), pid);
+    SELECT pg_catalog.array_agg(x.agreement_id ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.account_key ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.period_start ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.period_end ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.volume ORDER BY x.account_key, x.agreement_id, x.period_end),
+           pg_catalog.array_agg(x.final OPERATOR(pg_catalog.-) x.accrued ORDER BY x.account_key, x.agreement_id, x.period_end)
+    INTO g, a, s, e, v, d
+    FROM @extschema@._rebate_periods(pid, day, true) x
+    WHERE x.adjustments IS NULL AND x.final OPERATOR(pg_catalog.<>) x.accrued;
+    IF g IS NULL THEN
+        RETURN 0;
+    END IF;
+    keys := ARRAY(SELECT pg_catalog.format('rebate estimate %s %s %s..%s', u.g, u.a, u.s, u.e)
+                  FROM ROWS FROM (pg_catalog.unnest(g), pg_catalog.unnest(a), pg_catalog.unnest(s), pg_catalog.unnest(e))
+                       WITH ORDINALITY AS u(g, a, s, e, ord) ORDER BY u.ord);
+    WITH posted AS (SELECT p.ord, p.entry_no FROM @extschema@._post_rebates(pid, a, d, keys) p),
+    rows AS (
+        INSERT INTO @extschema@.rebate_posting AS r (program_id, account_key, agreement_id, period_end, entry_no,
+                                                     period_start, kind, volume, amount)
+        SELECT pid, u.a::@extschema@.account_key, u.g, u.e, p.entry_no, u.s, 'estimate', u.v, u.d
+        FROM ROWS FROM (pg_catalog.unnest(g), pg_catalog.unnest(a), pg_catalog.unnest(s), pg_catalog.unnest(e),
+                        pg_catalog.unnest(v), pg_catalog.unnest(d)) WITH ORDINALITY AS u(g, a, s, e, v, d, ord)
+        JOIN posted p ON p.ord OPERATOR(pg_catalog.=) u.ord
+        RETURNING r.amount)
+    SELECT coalesce(pg_catalog.sum(x.amount), 0) INTO total FROM rows x;
+    RETURN total;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.award(
+    program     text,
+    account_key text,
+    action      text,
+    occurred_on date DEFAULT NULL,
+    member      text DEFAULT NULL,
+    reference   text DEFAULT NULL,
+    quantity    integer DEFAULT 1)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    today date;
+    day date;
+    rule @extschema@.action_rule;
+    prior @extschema@.award;
+    no bigint;
+    earned numeric;
+    granted bigint;
+    used bigint;
+    period_start date;
+    st text;
+    entry bigint;
+    id uuid;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id, (pg_catalog.now() AT TIME ZONE p.time_zone)::date INTO pid, today
+    FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key::@extschema@.account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts earn points for actions.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
+                                          AND m.account_key = account_key::@extschema@.account_key AND m.member_id = member) THEN
+        RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'A member earns for the account they belong to.',
+                  HINT = 'Add the person to loyalty.member first, or award the account (member => NULL).';
+    END IF;
+    day := coalesce(occurred_on, today);
+    IF NOT pg_catalog.isfinite(day) OR day > today THEN
+        RAISE EXCEPTION 'occurred_on % is not a day that has happened', day
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('Today is %s in the program''s calendar.', today),
+                  HINT = 'Give the day the action took place, or NULL for today.';
+    END IF;
+    IF quantity IS NULL OR quantity <= 0 THEN
+        RAISE EXCEPTION 'quantity must be a positive number of actions'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
+                  HINT = 'Give 1 for one action.';
+    END IF;
+    IF reference = '' THEN
+        RAISE EXCEPTION 'reference must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'reference is the CRM''s identifier of the event.',
+                  HINT = 'Give the event''s identifier, or NULL when there is none.';
+    END IF;
+    SELECT * INTO rule FROM @extschema@.action_rule r
+    WHERE r.program_id = pid AND r.action = action AND r.valid_from <= day
+    ORDER BY r.valid_from DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action "%" has no rule in program "%" on %', action, program, day
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'action is an action of loyalty.action_rule in force on the day it occurred.',
+                  HINT = 'Define it with loyalty.set_action_rule().';
+    END IF;
+
+    -- One award of the account at a time: the cap and the reference are
+    -- checked on everything committed before.
+    no := @extschema@._lock_for_debit(pid, account_key);
+    IF reference IS NOT NULL THEN
+        SELECT * INTO prior FROM @extschema@.award w
+        WHERE w.program_id = pid AND w.account_key = account_key::@extschema@.account_key AND w.reference = reference;
+        IF FOUND THEN
+            IF (prior.action, prior.member_id, prior.occurred_on, prior.quantity)
+               IS DISTINCT FROM (action, member, day, quantity) THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already awarded for another event', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It was awarded for %s x %s on %s%s.', prior.quantity, prior.action,
+                                                     prior.occurred_on, coalesce(' by member ' || prior.member_id, '')),
+                          HINT = 'A reference names one CRM event; give the new event its own reference.';
+            END IF;
+            RETURN prior.award_id;      -- the same event again: awarded once
+        END IF;
+    END IF;
+
+    earned := rule.points::numeric * quantity;
+    granted := LEAST(earned, 9223372036854775807);
+    IF rule.cap_points IS NOT NULL THEN
+        period_start := pg_catalog.date_trunc(rule.cap_period, day::timestamp)::date;
+        SELECT coalesce(pg_catalog.sum(w.points), 0) INTO used FROM @extschema@.award w
+        WHERE w.program_id = pid AND w.account_key = account_key::@extschema@.account_key AND w.action = action
+          AND w.status <> 'rejected' AND w.occurred_on >= period_start
+          AND w.occurred_on < (period_start + CASE rule.cap_period WHEN 'month' THEN interval '1 month'
+                                                                   WHEN 'quarter' THEN interval '3 months'
+                                                                   ELSE interval '1 year' END)::date;
+        granted := GREATEST(0, LEAST(granted, rule.cap_points - used));
+    END IF;
+    st := CASE WHEN rule.needs_approval THEN 'pending' ELSE 'approved' END;
+    IF st = 'approved' THEN
+        entry := @extschema@._post_member(pid, account_key, 'award', granted,
+                                          pg_catalog.format('%s x %s', quantity, action) || coalesce(' ref ' || reference, ''),
+                                          member);
+    END IF;
+    INSERT INTO @extschema@.award AS w (program_id, account_key, award_no, action, member_id, occurred_on, quantity, rule_from,
+                                        points, capped, reference, status, decided_at, posted_xid, entry_no)
+    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, no, action, member, day, quantity, rule.valid_from, granted,
+            LEAST(earned - granted, 9223372036854775807), reference, st,
+            CASE WHEN st = 'approved' THEN pg_catalog.now() END,
+            CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry)
+    RETURNING w.award_id INTO id;
+    RETURN id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text,
+                                    OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    win_start date;
+    today date;
+BEGIN
+    IF program IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN program IS NULL THEN 'program' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'balance takes the program''s name and the ERP''s customer key in text form.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'').';
+    END IF;
+    PERFORM @extschema@._may_read(program, account_key);
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = balance.program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    -- a customer without an account (not enrolled, or not yet invoiced) has
+    -- nothing: a zero row, so that a set-based BI query does not abort
+    SELECT a.tier INTO tier FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = balance.account_key::@extschema@.account_key;
+    SELECT coalesce(b.points, 0), coalesce(b.qualifying, 0) INTO points, qualifying
+    FROM (SELECT) x LEFT JOIN @extschema@.balance b ON b.program_id = pid AND b.account_key = balance.account_key::@extschema@.account_key;
+    -- the window's bounds as values: on Citus the query below runs on the
+    -- account's shard, where a function reading loyalty.program by name
+    -- would be a distributed query nested in a shard query
+    win_start := @extschema@._rolling_start(pid);
+    today := @extschema@._today(pid);
+    SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.account_key = balance.account_key::@extschema@.account_key
+      AND m.month >= win_start AND m.month <= today;
+    -- an upgrade is due as soon as the rolling spend reaches the next
+    -- threshold (the next loyalty.fold() records it); below every upgrade,
+    -- the first tier applies when its threshold is 0
+    SELECT CASE WHEN tier IS NULL
+                     OR @extschema@.tier_rank(p.ladder, rolling_qualifying)
+                        > (SELECT t.rank FROM @extschema@.tiers(p.ladder) t WHERE t.name = tier)
+                THEN coalesce(@extschema@.tier_of(p.ladder, rolling_qualifying), tier) ELSE tier END
+    INTO tier FROM @extschema@.program p WHERE p.program_id = pid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.balance(program text, account_key text, as_of date,
+                                    OUT points bigint, OUT qualifying numeric, OUT rolling_qualifying numeric, OUT tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    zone text;
+    win_start date;
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    IF as_of IS NULL OR NOT isfinite(as_of) THEN
+        RAISE EXCEPTION 'as_of must be a date, not %', coalesce(as_of::text, 'NULL')
+            USING ERRCODE = CASE WHEN as_of IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'as_of is the day whose closing balance is asked for.',
+                  HINT = 'For example loyalty.balance(''Distributor Club'', ''1042'', ''2025-03-31''); without a date: loyalty.balance(program, account_key).';
+    END IF;
+    SELECT p.program_id, p.time_zone,
+           (date_trunc('month', as_of::timestamp)
+            - make_interval(months => @extschema@._window_months(p.qualification_window) - 1))::date
+    INTO pid, zone, win_start FROM @extschema@.program p WHERE p.name = balance.program;
+    -- the ledger as it stood at the end of as_of in the program's calendar
+    SELECT coalesce(sum(l.points), 0), coalesce(sum(l.qualifying), 0) INTO points, qualifying
+    FROM @extschema@.ledger l
+    WHERE l.program_id = pid AND l.account_key = balance.account_key::@extschema@.account_key
+      AND l.posted_at < ((as_of + 1)::timestamp AT TIME ZONE zone);
+    -- the rolling window ending with as_of's month, by document date
+    SELECT coalesce(sum(m.qualifying), 0) INTO rolling_qualifying FROM @extschema@.accrual_month m
+    WHERE m.program_id = pid AND m.account_key = balance.account_key::@extschema@.account_key
+      AND m.month >= win_start AND m.month <= as_of;
+    tier := @extschema@._tier_at(pid, account_key, as_of);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.benefits(program text, account_key text)
+RETURNS TABLE (benefit text, value pg_catalog.jsonb, tier text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.benefits(''Distributor Club'', ''1042'').';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = benefits.program;
+    RETURN QUERY
+    SELECT b.benefit, b.value, b.tier
+    FROM @extschema@.account a JOIN @extschema@.tier_benefit b ON b.program_id = a.program_id AND b.tier = a.tier
+    WHERE a.program_id = pid AND a.account_key = benefits.account_key::@extschema@.account_key
+    ORDER BY b.benefit;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.cancel_redemption(redemption_id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    d @extschema@.redemption;
+    entry bigint;
+BEGIN
+    IF redemption_id IS NULL THEN
+        RAISE EXCEPTION 'redemption_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'redemption_id is what loyalty.redeem() returned.',
+                  HINT = 'Find it in loyalty.redemption.';
+    END IF;
+    SELECT * INTO d FROM @extschema@.redemption x WHERE x.redemption_id = redemption_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'redemption_id names no redemption'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No redemption has id %s; redemption_id is what loyalty.redeem() returned.', redemption_id),
+                  HINT = 'Find it in loyalty.redemption.';
+    END IF;
+    -- the same lock order as redeem: the account, then the reward
+    PERFORM @extschema@._lock_for_debit(d.program_id, d.account_key::text);
+    SELECT * INTO d FROM @extschema@.redemption x
+    WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
+    IF d.status = 'cancelled' THEN
+        RAISE EXCEPTION 'the redemption is already cancelled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Redemption %s was cancelled at %s; its points were given back then.', redemption_id, d.cancelled_at),
+                  HINT = 'Nothing to do.';
+    END IF;
+    UPDATE @extschema@.reward x SET stock = x.stock + d.quantity
+    WHERE x.program_id = d.program_id AND x.reward_id = d.reward_id AND x.stock IS NOT NULL;
+    entry := @extschema@._post_member(d.program_id, d.account_key::text, 'redeem', d.points,
+                                      pg_catalog.format('cancel redemption of %s x %s', d.quantity, d.reward_id),
+                                      d.member_id, corrects_xid => d.posted_xid, corrects => d.entry_no);
+    UPDATE @extschema@.redemption x
+    SET status = 'cancelled', cancelled_at = pg_catalog.now(), cancel_xid = pg_catalog.pg_current_xact_id(), cancel_entry_no = entry
+    WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.claim_mdf(
+    program     text,
+    account_key text,
+    amount      numeric,
+    purpose     text,
+    reference   text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    no bigint;
+    prior @extschema@.mdf_claim;
+    wallet numeric;
+    reserved numeric;
+    id uuid;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key::@extschema@.account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have an MDF wallet.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF amount IS NULL OR amount <= 0 OR amount = 'Infinity' OR amount = 'NaN' OR amount <> pg_catalog.round(amount, 2) THEN
+        RAISE EXCEPTION 'amount must be a positive sum of money in cents'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('amount %s was given.', coalesce(amount::text, 'NULL')),
+                  HINT = 'For example amount => 1500.00.';
+    END IF;
+    IF purpose IS NULL OR btrim(purpose) = '' THEN
+        RAISE EXCEPTION 'purpose must not be NULL or empty'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'purpose says what the funds pay for; the approver reads it.',
+                  HINT = 'For example purpose => ''Trade show booth, spring fair''.';
+    END IF;
+    IF reference = '' THEN
+        RAISE EXCEPTION 'reference must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'reference is the partner portal''s identifier of the claim.',
+                  HINT = 'Give the claim''s identifier, or NULL when there is none.';
+    END IF;
+
+    no := @extschema@._lock_for_debit(pid, account_key);
+    PERFORM @extschema@._await_postings(pid, account_key);
+    IF reference IS NOT NULL THEN
+        SELECT * INTO prior FROM @extschema@.mdf_claim c
+        WHERE c.program_id = pid AND c.account_key = account_key::@extschema@.account_key AND c.reference = reference;
+        IF FOUND THEN
+            IF prior.amount <> amount OR prior.purpose <> purpose THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already claimed for another amount or purpose', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It claimed %s for %s.', prior.amount, pg_catalog.quote_literal(prior.purpose)),
+                          HINT = 'A reference names one claim; give a new claim its own reference.';
+            END IF;
+            RETURN prior.claim_id;      -- the same claim again
+        END IF;
+    END IF;
+    SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key::@extschema@.account_key;
+    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO reserved FROM @extschema@.mdf_claim c
+    WHERE c.program_id = pid AND c.account_key = account_key::@extschema@.account_key AND c.status = 'pending';
+    IF coalesce(wallet, 0) - reserved < amount THEN
+        RAISE EXCEPTION 'account "%" has % of MDF available, % claimed', account_key, coalesce(wallet, 0) - reserved, amount
+            USING ERRCODE = 'LY001',
+                  DETAIL = pg_catalog.format('The wallet holds %s, of which pending claims reserve %s; it never goes below zero.',
+                                             coalesce(wallet, 0), reserved),
+                  HINT = 'Nothing was claimed. Claim less, or after the next settlement credits the wallet.';
+    END IF;
+    INSERT INTO @extschema@.mdf_claim AS c (program_id, account_key, claim_no, amount, purpose, reference)
+    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, no, amount, purpose, reference)
+    RETURNING c.claim_id INTO id;
+    RETURN id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.create_rebate_agreement(
+    program           text,
+    agreement_id      text,
+    schedule          @extschema@.rebate_schedule,
+    account_key       text DEFAULT NULL,
+    cooperation_model text DEFAULT NULL,
+    region            text DEFAULT NULL,
+    industry          text DEFAULT NULL,
+    product_lines     text[] DEFAULT NULL,
+    period            text DEFAULT NULL,
+    valid_from        date DEFAULT NULL,
+    valid_until       date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    prog @extschema@.program;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF prog.program_id IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    pid := prog.program_id;
+    IF agreement_id IS NULL OR NOT agreement_id OPERATOR(pg_catalog.~) '^[A-Za-z0-9_.]{1,40}$' THEN
+        RAISE EXCEPTION 'invalid agreement_id: %', coalesce(pg_catalog.quote_literal(agreement_id), 'NULL')
+            USING ERRCODE = CASE WHEN agreement_id IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END,
+                  DETAIL = 'agreement_id is the agreement''s code: 1 to 40 letters, digits, _ or . (it is part of the document keys of its settlement lines).',
+                  HINT = 'For example agreement_id => ''DIST2026''.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.rebate_agreement g
+               WHERE g.program_id OPERATOR(pg_catalog.=) pid AND g.agreement_id OPERATOR(pg_catalog.=) create_rebate_agreement.agreement_id) THEN
+        RAISE EXCEPTION 'agreement_id "%" is already used in program "%"', agreement_id, program
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = 'Agreement codes are unique within a program, and never reused: settlement lines carry them.',
+                  HINT = 'Choose another agreement_id, or end the existing one with loyalty.end_rebate_agreement().';
+    END IF;
+    IF schedule IS NULL THEN
+        RAISE EXCEPTION 'schedule must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'schedule is the rebate brackets applied to each period''s volume.',
+                  HINT = 'For example schedule => ''retro: 0:0%, 100000:2%, 500000:3.5%''.';
+    END IF;
+    IF account_key IS NOT NULL AND (cooperation_model IS NOT NULL OR region IS NOT NULL OR industry IS NOT NULL) THEN
+        RAISE EXCEPTION 'account_key and a segment cannot be given together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An agreement covers one account (account_key) or every account of a segment (cooperation_model, region, industry).',
+                  HINT = 'Give account_key alone, or the segment attributes alone.';
+    END IF;
+    IF account_key IS NOT NULL AND NOT EXISTS (
+            SELECT FROM @extschema@.account a
+            WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) create_rebate_agreement.account_key::@extschema@.account_key) THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'account_key must name an account of the program.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF cooperation_model IS NOT NULL AND NOT cooperation_model OPERATOR(pg_catalog.=) ANY (ARRAY['direct', 'distributor', 'integrator', 'reseller']) THEN
+        RAISE EXCEPTION 'invalid value for cooperation_model: %', pg_catalog.quote_literal(cooperation_model)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'cooperation_model must be one of direct, distributor, integrator, reseller.',
+                  HINT = 'For example cooperation_model => ''distributor''; leave it out to match any.';
+    END IF;
+    IF region OPERATOR(pg_catalog.=) '' OR industry OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION '% must not be empty', CASE WHEN region OPERATOR(pg_catalog.=) '' THEN 'region' ELSE 'industry' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An empty segment attribute matches no account.',
+                  HINT = 'Leave it out to match any value.';
+    END IF;
+    IF period IS NOT NULL AND NOT period OPERATOR(pg_catalog.=) ANY (ARRAY['month', 'quarter', 'year']) THEN
+        RAISE EXCEPTION 'invalid value for period: %', pg_catalog.quote_literal(period)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period must be one of month, quarter, year (calendar periods).',
+                  HINT = 'For example period => ''quarter''; leave it out for the program''s settlement period.';
+    END IF;
+    IF valid_from IN ('infinity', '-infinity') OR valid_until IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION '% must be a finite date', CASE WHEN valid_from IN ('infinity', '-infinity') THEN 'valid_from' ELSE 'valid_until' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_from is the first day the agreement applies to, valid_until the first day it no longer does.',
+                  HINT = 'Leave valid_from out for today, valid_until for an open-ended agreement.';
+    END IF;
+    valid_from := coalesce(valid_from, (pg_catalog.now() AT TIME ZONE prog.time_zone)::date);
+    IF valid_until IS NOT NULL AND valid_until OPERATOR(pg_catalog.<=) valid_from THEN
+        RAISE EXCEPTION 'valid_until (%) must be after valid_from (%)', valid_until, valid_from
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'valid_until is the first day the agreement no longer applies to.',
+                  HINT = 'Give a later valid_until, or leave it out for an open-ended agreement.';
+    END IF;
+    IF product_lines IS NOT NULL THEN
+        product_lines := ARRAY(SELECT DISTINCT l FROM pg_catalog.unnest(product_lines) l ORDER BY 1);
+        IF pg_catalog.cardinality(product_lines) OPERATOR(pg_catalog.=) 0
+           OR EXISTS (SELECT FROM pg_catalog.unnest(product_lines) l WHERE l IS NULL OR l OPERATOR(pg_catalog.=) '') THEN
+            RAISE EXCEPTION 'product_lines must list product lines, none NULL or empty'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'product_lines are the product lines (as the attachments map them) whose qualifying spend counts.',
+                      HINT = 'For example product_lines => ''{networking,storage}''; leave it out to count all spend.';
+        END IF;
+        IF NOT EXISTS (SELECT FROM @extschema@.attachment x
+                       WHERE x.program_id OPERATOR(pg_catalog.=) pid AND x.detached_at IS NULL
+                         AND (x.product IS NOT NULL OR x.product_line_expr IS NOT NULL)) THEN
+            RAISE EXCEPTION 'product_lines cannot be given: program "%" maps no product line', program
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'A product-line scope needs an attachment that maps each row''s product line.',
+                      HINT = 'Attach the ERP table with product_line_column (or product => ...), or leave product_lines out.';
+        END IF;
+        -- The trigger splits the spend by these lines from now on: the
+        -- documents the agreement counts must all be accrued after it.
+        -- (Serialised with other agreements of the program.)
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), pid);
+        IF EXISTS (SELECT FROM @extschema@.accrual_month m
+                   WHERE m.program_id OPERATOR(pg_catalog.=) pid
+                     AND m.month OPERATOR(pg_catalog.>=) pg_catalog.date_trunc('month', valid_from)::date) THEN
+            RAISE EXCEPTION 'valid_from % is too early for product_lines: program "%" has documents dated in % or later',
+                            valid_from, program, pg_catalog.to_char(valid_from, 'YYYY-MM')
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'The spend of a product line is recorded as documents are accrued, from the first agreement scoping it on; documents accrued before cannot be split by product line.',
+                      HINT = 'Give a valid_from whose month has no accrued documents yet (usually the first day of the next month).';
+        END IF;
+    END IF;
+    INSERT INTO @extschema@.rebate_agreement (program_id, agreement_id, account_key, cooperation_model, region, industry,
+                                              schedule, product_lines, period, valid_from, valid_until)
+    VALUES (pid, agreement_id, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, cooperation_model, region, industry,
+            schedule, product_lines, coalesce(period, prog.settlement_period), valid_from, valid_until);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.distribute(invoice regclass)
+RETURNS TABLE (table_name regclass, layout text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key_column text;
+    key_type   regtype;
+    fks        text[] := '{}';
+    undo       text := '';
+    role       text := pg_catalog.current_setting('session_replication_role');
+    t          record;
+    r          record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty.distribute() lays out loyalty''s tables on a Citus cluster.',
+                  HINT = 'On a single server nothing needs distributing; on Citus, CREATE EXTENSION citus first.';
+    END IF;
+    IF NOT (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname OPERATOR(pg_catalog.=) current_user) THEN
+        RAISE EXCEPTION 'permission denied to distribute loyalty''s tables'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'loyalty.distribute() alters the extension''s tables on every node.',
+                  HINT = 'Run it as a superuser, once, before attaching distributed tables.';
+    END IF;
+    EXECUTE 'SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey), a.atttypid::pg_catalog.regtype'
+         || ' FROM pg_catalog.pg_dist_partition p JOIN pg_catalog.pg_attribute a'
+         || '   ON a.attrelid OPERATOR(pg_catalog.=) p.logicalrelid'
+         || '  AND a.attname OPERATOR(pg_catalog.=) pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)'
+         || ' WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1 AND p.partmethod OPERATOR(pg_catalog.=) ''h'''
+       INTO key_column, key_type USING invoice;
+    IF key_column IS NULL THEN
+        RAISE EXCEPTION '% is not a hash-distributed table', invoice
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'invoice names the ERP table distributed by customer that loyalty''s tables are co-located with.',
+                  HINT = pg_catalog.format('SELECT create_distributed_table(%L, ''customer_id''), then loyalty.distribute(%L).',
+                                           invoice::text, invoice::text);
+    END IF;
+    IF key_type NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                        'pg_catalog.int8'::pg_catalog.regtype) THEN
+        RAISE EXCEPTION '% is distributed by %, a column of type %', invoice, pg_catalog.quote_ident(key_column), key_type
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty stores account keys as text, integer or bigint, and Citus co-locates only tables whose distribution columns have the same type.',
+                  HINT = 'Distribute the invoice table by a text, integer or bigint customer key; see "Running on Citus" in loyalty''s README.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.detached_at IS NULL) THEN
+        RAISE EXCEPTION 'loyalty has attached tables'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Their triggers were created for tables on this node; distributing loyalty''s tables under them would accrue on shells.',
+                  HINT = 'Detach them (loyalty.detach()), distribute, then attach the distributed invoice table.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                WHERE p.logicalrelid OPERATOR(pg_catalog.=) '@extschema@.account'::pg_catalog.regclass) THEN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p, pg_catalog.pg_dist_partition a
+                        WHERE p.logicalrelid OPERATOR(pg_catalog.=) invoice
+                          AND a.logicalrelid OPERATOR(pg_catalog.=) '@extschema@.account'::pg_catalog.regclass
+                          AND a.colocationid OPERATOR(pg_catalog.=) p.colocationid) THEN
+            RAISE EXCEPTION 'loyalty''s tables are distributed with another table'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = pg_catalog.format('%s is not co-located with loyalty.account.', invoice),
+                      HINT = 'Distribute the invoice table with colocate_with => ''loyalty.account''.';
+        END IF;
+        PERFORM @extschema@._citus_functions();
+        RETURN QUERY SELECT * FROM @extschema@._citus_layout();
+        RETURN;
+    END IF;
+
+    -- 1. the foreign keys and partner policies, on every node
+    FOR t IN SELECT c.conrelid::regclass AS rel, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def,
+                    l.layout OPERATOR(pg_catalog.<>) 'local' AND f.layout OPERATOR(pg_catalog.<>) 'local' AS kept
+               FROM pg_catalog.pg_constraint c
+               JOIN @extschema@._citus_layout() l ON l.table_name OPERATOR(pg_catalog.=) c.conrelid
+               JOIN @extschema@._citus_layout() f ON f.table_name OPERATOR(pg_catalog.=) c.confrelid
+              WHERE c.contype OPERATOR(pg_catalog.=) 'f'
+              ORDER BY 1::text, 2
+    LOOP
+        undo := undo || pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I;', t.rel, t.conname);
+        IF t.kept THEN
+            fks := fks || pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', t.rel, t.conname, t.def);
+        END IF;
+    END LOOP;
+    FOR t IN SELECT pg_catalog.format('%I.%I', p.schemaname, p.tablename) AS rel FROM pg_catalog.pg_policies p
+              WHERE p.schemaname OPERATOR(pg_catalog.=) '@extschema@' AND p.policyname OPERATOR(pg_catalog.=) 'partner'
+    LOOP
+        undo := undo || pg_catalog.format('DROP POLICY IF EXISTS partner ON %s;', t.rel);
+    END LOOP;
+    -- the account keys in the type of the invoice table's key, once nothing
+    -- (keys, policies) stands in the way
+    undo := undo || pg_catalog.format('SELECT @extschema@._set_key_type(%L);', key_type);
+    FOR r IN EXECUTE 'SELECT w.nodename, w.nodeport, w.success, w.result'
+                  || ' FROM pg_catalog.run_command_on_workers($1) w'
+               USING 'SET citus.enable_ddl_propagation = off;' || undo
+    LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'could not prepare loyalty''s tables on worker %:%', r.nodename, r.nodeport
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = r.result,
+                      HINT = 'Fix the worker (CREATE EXTENSION loyalty must have run there), then run loyalty.distribute() again; it picks up where it stopped.';
+        END IF;
+    END LOOP;
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    EXECUTE undo;
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'on', true);
+
+    -- 2. reference and distributed tables (the cache triggers on the
+    -- configuration tables only invalidate this node's caches)
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- foreign keys to reference tables need one connection per node
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    FOR t IN SELECT * FROM @extschema@._citus_layout() l WHERE l.layout OPERATOR(pg_catalog.<>) 'local' LOOP
+        IF t.layout OPERATOR(pg_catalog.=) 'reference' THEN
+            EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t.table_name;
+        ELSE
+            EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''account_key'', colocate_with => $2)'
+              USING t.table_name, invoice::text;
+        END IF;
+    END LOOP;
+
+    -- 3. the foreign keys back, except those of the local tables: a
+    -- reference or distributed table may reference a reference table, and
+    -- a distributed one a co-located table on the account key
+    FOR t IN SELECT k.def FROM pg_catalog.unnest(fks) k(def) LOOP
+        EXECUTE t.def;
+    END LOOP;
+
+    -- 4. the rows Citus copied into the shards stay on disk in this node's
+    -- tables, out of sight but read by anything that opens them directly:
+    -- removed, with loyalty's own guards (append-only ledger, accounts
+    -- kept) silenced for this, since nothing is lost
+    PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+    FOR t IN SELECT l.table_name FROM @extschema@._citus_layout() l
+              WHERE l.layout OPERATOR(pg_catalog.<>) 'local' LOOP
+        EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING t.table_name;
+    END LOOP;
+    PERFORM pg_catalog.set_config('session_replication_role', role, true);
+
+    -- 5. the functions Citus runs where the account is
+    PERFORM @extschema@._citus_functions();
+    RETURN QUERY SELECT * FROM @extschema@._citus_layout();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.grant_partner(login regrole, program text, account_key text, member_id text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    -- the shared check of a program argument, raised here so that the
+    -- error comes from this function (no internal helper in its CONTEXT)
+    e text[] := @extschema@._program_problem(program);
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) grant_partner.program;
+    IF login IS NULL OR account_key IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN login IS NULL THEN 'login' ELSE 'account_key' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'grant_partner maps a login role to one account of a program.',
+                  HINT = 'For example loyalty.grant_partner(''acme_portal'', ''Distributor Club'', ''1042'').';
+    END IF;
+    IF (SELECT r.rolsuper OR r.rolcreaterole OR r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) login)
+       OR pg_catalog.pg_has_role(login, 'loyalty_reader', 'USAGE') OR pg_catalog.pg_has_role(login, 'loyalty_operator', 'USAGE')
+       OR pg_catalog.pg_has_role(login, 'loyalty_admin', 'USAGE') THEN
+        RAISE EXCEPTION 'role % cannot be a partner login', login
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A superuser, a role that creates roles or bypasses row-level security, or a loyalty role reads every account: mapping it to one account would restrict nothing.',
+                  HINT = 'Create a login role for the partner alone, e.g. CREATE ROLE acme_portal LOGIN.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a
+                   WHERE a.program_id OPERATOR(pg_catalog.=) pid AND a.account_key OPERATOR(pg_catalog.=) grant_partner.account_key::@extschema@.account_key) THEN
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'account_key must name an account of the program (loyalty.account).',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF member_id IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m
+                   WHERE m.program_id OPERATOR(pg_catalog.=) pid AND m.account_key OPERATOR(pg_catalog.=) grant_partner.account_key::@extschema@.account_key
+                     AND m.member_id OPERATOR(pg_catalog.=) grant_partner.member_id) THEN
+        RAISE EXCEPTION 'member "%" does not exist at account "%"', member_id, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'member_id must name a member of the account, or be NULL.',
+                  HINT = 'Members are rows of loyalty.member.';
+    END IF;
+    INSERT INTO @extschema@.partner_login AS pl (login, program_id, account_key, member_id)
+    VALUES (login, pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, member_id)
+    ON CONFLICT ON CONSTRAINT partner_login_pkey DO UPDATE
+    SET account_key = excluded.account_key, member_id = excluded.member_id, granted_at = pg_catalog.now();
+    EXECUTE pg_catalog.format('GRANT loyalty_partner TO %I', pg_catalog.pg_get_userbyid(login));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.grant_tier(program text, account_key text, tier text, reason text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = grant_tier.program;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = grant_tier.account_key::@extschema@.account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', coalesce(account_key, 'NULL'), program
+            USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
+                  DETAIL = 'A tier is granted to an enrolled account.',
+                  HINT = 'Enrol it first with loyalty.enroll().';
+    END IF;
+    IF tier IS NULL OR NOT (EXISTS (SELECT FROM @extschema@.program p, @extschema@.tiers(p.ladder) t
+                                    WHERE p.program_id = pid AND t.name = grant_tier.tier)
+                            OR EXISTS (SELECT FROM @extschema@.tier_benefit b
+                                       WHERE b.program_id = pid AND b.tier = grant_tier.tier)) THEN
+        RAISE EXCEPTION 'program "%" has no tier "%"', program, coalesce(tier, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A tier granted by hand is a ladder tier or a benefit-only tier (one with benefits and no threshold).',
+                  HINT = 'Define a benefit-only tier with loyalty.set_benefit(program, tier, benefit, value) first.';
+    END IF;
+    PERFORM @extschema@._set_tier(pid, account_key, tier, 'manual');
+    INSERT INTO @extschema@.tier_grant AS g (program_id, account_key, tier, reason)
+    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, tier, reason)
+    ON CONFLICT ON CONSTRAINT tier_grant_pkey DO UPDATE
+    SET tier = excluded.tier, reason = excluded.reason, granted_at = excluded.granted_at, granted_by = excluded.granted_by;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.revoke_tier(program text, account_key text)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    qualified text;
+BEGIN
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = revoke_tier.program;
+    DELETE FROM @extschema@.tier_grant g WHERE g.program_id = pid AND g.account_key = revoke_tier.account_key::@extschema@.account_key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'account_key "%" holds no tier granted by hand in program "%"', coalesce(account_key, 'NULL'), program
+            USING ERRCODE = CASE WHEN account_key IS NULL THEN 'null_value_not_allowed' ELSE 'no_data_found' END,
+                  DETAIL = 'revoke_tier ends a tier given with loyalty.grant_tier().',
+                  HINT = 'Granted tiers: SELECT * FROM loyalty.tier_grant.';
+    END IF;
+    -- back to what the account qualifies for today
+    SELECT @extschema@.tier_of(p.ladder, @extschema@._measure(pid, revoke_tier.account_key, @extschema@._today(pid)))
+    INTO qualified FROM @extschema@.program p WHERE p.program_id = pid;
+    PERFORM @extschema@._set_tier(pid, account_key, qualified, 'manual');
+    RETURN qualified;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.roi(program text, pre daterange, post daterange, benefit_cost numeric DEFAULT NULL,
+                               costs_until date DEFAULT NULL)
+RETURNS TABLE (
+    measured_on text, pilot_accounts bigint, control_accounts bigint,
+    pilot_mean_change numeric, control_mean_change numeric,
+    uplift_per_account numeric, uplift_ci_low numeric, uplift_ci_high numeric, std_error numeric, welch_df numeric,
+    incremental_margin numeric, incremental_margin_ci_low numeric, incremental_margin_ci_high numeric,
+    points_issued bigint, points_cost numeric, rebate_cost numeric, mdf_cost numeric, benefits_cost numeric,
+    program_cost numeric, roi numeric, roi_ci_low numeric, roi_ci_high numeric, payback_months numeric,
+    placebo_uplift numeric, placebo_ci_low numeric, placebo_ci_high numeric, parallel_trends text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    prog @extschema@.program;
+    pid integer;
+    c record;
+    d @extschema@.did_result;
+    pd @extschema@.did_result;
+    est record;
+    econ @extschema@.roi_settings;
+    scale numeric;
+    months numeric;
+    mid date;
+    rev numeric;
+    unrated numeric;
+    pts bigint;
+    reb numeric;
+    md numeric;
+    ben numeric;
+    cost numeric;
+    inc numeric;
+BEGIN
+    -- the program by name, read as the caller (internal functions are not theirs)
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program x WHERE x.name = program;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    pid := prog.program_id;
+    FOR c IN SELECT * FROM (VALUES (1, 'pre', pre), (2, 'post', post)) AS x(n, param, r) ORDER BY n LOOP
+        IF c.r IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL', c.param
+                USING ERRCODE = 'null_value_not_allowed',
+                      DETAIL = format('%s is a range of document dates.', c.param),
+                      HINT = format('For example %s => daterange(''2025-01-01'', ''2025-07-01'').', c.param);
+        END IF;
+        IF isempty(c.r) OR lower_inf(c.r) OR upper_inf(c.r) THEN
+            RAISE EXCEPTION '% must be a bounded, non-empty date range, not %', c.param, c.r
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Means per account need a period of known length.',
+                      HINT = format('For example %s => daterange(''2025-01-01'', ''2025-07-01'').', c.param);
+        END IF;
+    END LOOP;
+    IF upper(pre) > lower(post) THEN
+        RAISE EXCEPTION 'pre must end before post begins: % and % overlap', pre, post
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'pre is the period before the program started, post the period it ran.',
+                  HINT = 'For example pre => daterange(''2024-01-01'', ''2025-01-01''), post => daterange(''2025-01-01'', ''2026-01-01'').';
+    END IF;
+    IF costs_until <= lower(post) OR costs_until = 'infinity' THEN
+        RAISE EXCEPTION 'costs_until must be a date after post begins, not %', costs_until
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Rebates, MDF and awards posted from the start of post up to the day before costs_until count as the pilot''s cost.',
+                  HINT = 'Leave it out for the end of post; give a later date to include the rebates settled after post.';
+    END IF;
+    IF benefit_cost < 0 OR benefit_cost IN ('NaN', 'Infinity') THEN
+        RAISE EXCEPTION 'benefit_cost must be 0 or more, not %', benefit_cost
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'benefit_cost is what the pilot''s benefits cost over post, in program currency.',
+                  HINT = 'Leave it out to use loyalty.roi_settings.benefit_cost_per_account_month.';
+    END IF;
+    SELECT * INTO econ FROM @extschema@.roi_settings s WHERE s.program_id = pid;
+    scale := (upper(post) - lower(post))::numeric / (upper(pre) - lower(pre));
+    months := (upper(post) - lower(post))::numeric / (365.25 / 12);
+    mid := lower(pre) + (upper(pre) - lower(pre)) / 2;
+
+    WITH x AS (
+        SELECT s.account_key, s.doc_date, sum(s.margin) AS margin, sum(s.revenue) AS revenue,
+               sum(s.unrated_revenue) AS unrated
+        FROM @extschema@.sales(program, daterange(lower(pre), upper(post))) s
+        GROUP BY 1, 2),
+    m AS (
+        SELECT x.account_key,
+               sum(x.margin) FILTER (WHERE x.doc_date <@ pre) AS pre,
+               sum(x.margin) FILTER (WHERE x.doc_date <@ post) AS post,
+               sum(x.margin) FILTER (WHERE x.doc_date >= lower(pre) AND x.doc_date < mid) AS first_half,
+               sum(x.margin) FILTER (WHERE x.doc_date >= mid AND x.doc_date < mid + (mid - lower(pre))) AS second_half
+        FROM x GROUP BY 1),
+    -- the experiment's accounts as a result of their own: on Citus the
+    -- account table is distributed, and the sub-selects over x below can
+    -- run only where the rest of the query is a result on the coordinator
+    a AS MATERIALIZED (
+        SELECT a.account_key, a.cohort FROM @extschema@.account a
+        WHERE a.program_id = pid AND a.cohort IS NOT NULL)
+    SELECT @extschema@.did(a.cohort = 'pilot', coalesce(m.pre, 0) * scale, coalesce(m.post, 0)) AS d,
+           @extschema@.did(a.cohort = 'pilot', coalesce(m.first_half, 0), coalesce(m.second_half, 0)) AS pd,
+           (SELECT sum(x.revenue) FROM x) AS rev, (SELECT sum(x.unrated) FROM x) AS unrated
+    INTO est
+    FROM a
+    LEFT JOIN m ON m.account_key = a.account_key::text;
+    d := est.d;
+    pd := est.pd;
+    rev := est.rev;
+    unrated := est.unrated;
+
+    -- the pilot's cost over post
+    SELECT coalesce(sum(m.points), 0) INTO pts
+    FROM @extschema@.accrual_month m JOIN @extschema@.account a USING (program_id, account_key)
+    WHERE m.program_id = pid AND a.cohort = 'pilot'
+      AND m.month >= date_trunc('month', lower(post)) AND m.month < upper(post);
+    SELECT pts + coalesce(sum(l.points) FILTER (WHERE l.kind IN ('award', 'adjust') AND l.points > 0), 0),
+           coalesce(sum(l.rebate), 0), coalesce(sum(l.mdf), 0)
+    INTO pts, reb, md
+    FROM @extschema@.ledger l JOIN @extschema@.account a USING (program_id, account_key)
+    WHERE l.program_id = pid AND a.cohort = 'pilot'
+      AND (l.posted_at AT TIME ZONE prog.time_zone)::date
+          <@ daterange(lower(post), coalesce(costs_until, upper(post)));
+    ben := coalesce(benefit_cost, coalesce(econ.benefit_cost_per_account_month, 0) * d.pilot_n * months);
+    cost := pts * coalesce(econ.cost_per_point, 0) + reb + md + ben;
+    inc := d.uplift::numeric * d.pilot_n;
+
+    measured_on := CASE WHEN coalesce(rev, 0) = 0 THEN 'no sales'
+                        WHEN unrated = 0 THEN 'margin'
+                        WHEN unrated = rev THEN 'revenue (no margin rates set)'
+                        ELSE format('margin; %s%% of revenue had no margin rate and counts as revenue',
+                                    round(100 * unrated / rev, 1)) END;
+    pilot_accounts := d.pilot_n;
+    control_accounts := d.control_n;
+    pilot_mean_change := round(d.pilot_mean_change::numeric, 2);
+    control_mean_change := round(d.control_mean_change::numeric, 2);
+    uplift_per_account := round(d.uplift::numeric, 2);
+    uplift_ci_low := round(d.ci_low::numeric, 2);
+    uplift_ci_high := round(d.ci_high::numeric, 2);
+    std_error := round(d.std_error::numeric, 2);
+    welch_df := round(d.welch_df::numeric, 1);
+    incremental_margin := round(inc, 2);
+    incremental_margin_ci_low := round(d.ci_low::numeric * d.pilot_n, 2);
+    incremental_margin_ci_high := round(d.ci_high::numeric * d.pilot_n, 2);
+    points_issued := pts;
+    points_cost := round(pts * coalesce(econ.cost_per_point, 0), 2);
+    rebate_cost := reb;
+    mdf_cost := md;
+    benefits_cost := round(ben, 2);
+    program_cost := round(cost, 2);
+    IF cost > 0 THEN
+        roi := round((inc - cost) / cost, 4);
+        roi_ci_low := round((d.ci_low::numeric * d.pilot_n - cost) / cost, 4);
+        roi_ci_high := round((d.ci_high::numeric * d.pilot_n - cost) / cost, 4);
+        IF inc > 0 THEN
+            payback_months := round(cost / (inc / months), 1);
+        END IF;
+    END IF;
+    placebo_uplift := round(pd.uplift::numeric, 2);
+    placebo_ci_low := round(pd.ci_low::numeric, 2);
+    placebo_ci_high := round(pd.ci_high::numeric, 2);
+    parallel_trends := CASE WHEN pd.ci_low IS NULL THEN 'not checked: too few accounts'
+                            WHEN pd.ci_low <= 0 AND pd.ci_high >= 0 THEN 'plausible: the placebo interval holds 0'
+                            ELSE 'doubtful: the placebo interval excludes 0' END;
+    RETURN NEXT;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.statement(program text, account_key text, period_end date)
+RETURNS TABLE (section text, item text, value text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e text[] := @extschema@._program_problem(program);
+    pid integer;
+    prog @extschema@.program;
+    pstart date;
+    t text;
+    since date;
+    m numeric;
+    nxt record;
+    outcome text;
+    zone_end timestamptz;
+    zone_start timestamptz;
+    soon bigint;
+    closing bigint;
+BEGIN
+    -- a partner's login reads its own account only (src/sql/80_partner.sql)
+    PERFORM @extschema@._may_read(program, account_key);
+    e := coalesce(e, @extschema@._period_end_problem((SELECT p.program_id FROM @extschema@.program p WHERE p.name = statement.program),
+                                                     period_end));
+    IF e IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = e[1], MESSAGE = e[2], DETAIL = e[3], HINT = e[4];
+    END IF;
+    IF account_key IS NULL THEN
+        RAISE EXCEPTION 'account_key must not be NULL' USING ERRCODE = 'null_value_not_allowed',
+            DETAIL = 'account_key is the ERP''s customer key in text form.',
+            HINT = 'For example loyalty.statement(''Distributor Club'', ''1042'', ''2025-03-31'').';
+    END IF;
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.name = statement.program;
+    pid := prog.program_id;
+    pstart := @extschema@._period_start(pid, period_end);
+    zone_start := pstart::timestamp AT TIME ZONE prog.time_zone;
+    zone_end := (period_end + 1)::timestamp AT TIME ZONE prog.time_zone;
+    -- the tier the period's settlement decided (in force from the day it
+    -- ran), or, for a period not settled yet, the tier of its last day
+    SELECT s.new_tier, s.outcome, s.measure INTO t, outcome, m FROM @extschema@.settlement_account s
+    WHERE s.program_id = pid AND s.account_key = statement.account_key::@extschema@.account_key AND s.period_end = statement.period_end;
+    IF NOT FOUND THEN
+        t := @extschema@._tier_at(pid, account_key, period_end);
+        m := @extschema@._measure(pid, account_key, period_end);
+        outcome := 'not settled yet';
+    END IF;
+    SELECT max(h.effective_from) INTO since FROM @extschema@.tier_history h
+    WHERE h.program_id = pid AND h.account_key = statement.account_key::@extschema@.account_key AND h.new_tier = t;
+    -- the next tier above the account's tier (or above what it measures)
+    SELECT x.name, x.threshold, greatest(x.threshold - m, 0) AS gap INTO nxt
+    FROM @extschema@.tiers(prog.ladder) x
+    WHERE x.rank > greatest(coalesce((SELECT y.rank FROM @extschema@.tiers(prog.ladder) y WHERE y.name = t), 0),
+                            coalesce(@extschema@.tier_rank(prog.ladder, m), 0))
+    ORDER BY x.rank LIMIT 1;
+
+    RETURN QUERY VALUES ('period', 'from', pstart::text), ('period', 'to', period_end::text),
+                        ('tier', 'tier', t), ('tier', 'since', since::text), ('tier', 'settlement', outcome),
+                        ('tier', 'measure (' || prog.tier_basis || ', rolling window)', m::text),
+                        ('progress', 'next tier', nxt.name), ('progress', 'threshold', nxt.threshold::text),
+                        ('progress', 'missing', nxt.gap::text);
+    -- points earned in the period: accrual by document month and ERP table,
+    -- the other kinds by posting date
+    RETURN QUERY
+    SELECT 'points earned', coalesce(a.source_name, '(unknown table)'), sum(x.points)::text
+    FROM @extschema@.accrual_month x LEFT JOIN @extschema@.attachment a ON a.attachment_id = x.attachment_id
+    WHERE x.program_id = pid AND x.account_key = statement.account_key::@extschema@.account_key AND x.month >= pstart AND x.month <= period_end
+    GROUP BY a.source_name ORDER BY a.source_name;
+    RETURN QUERY
+    SELECT 'points earned', l.kind::text, sum(l.points)::text
+    FROM @extschema@.ledger l
+    WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key
+      AND l.kind IN ('award', 'adjust') AND l.posted_at >= zone_start AND l.posted_at < zone_end
+    GROUP BY l.kind ORDER BY l.kind;
+    -- as values: on Citus the query below runs on the account's shard, where
+    -- these functions could not read the configuration by name
+    soon := @extschema@._expiring_soon(pid, account_key, period_end);
+    closing := (SELECT b.points FROM @extschema@.balance(program, account_key, period_end) b);
+    RETURN QUERY
+    SELECT 'points', v.item, v.value FROM (VALUES
+        ('redeemed', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
+                      WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key AND l.kind = 'redeem'
+                        AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('expired', (SELECT coalesce(-sum(l.points), 0)::text FROM @extschema@.ledger l
+                     WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key AND l.kind = 'expire'
+                       AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('expiring soon', soon::text),
+        ('balance at period end', closing::text)) v(item, value);
+    RETURN QUERY
+    SELECT 'rebates', v.item, v.value FROM (VALUES
+        ('accrued in period', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
+                               WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key
+                                 AND l.rebate <> 0 AND l.posted_at >= zone_start AND l.posted_at < zone_end)),
+        ('balance at period end', (SELECT coalesce(sum(l.rebate), 0)::text FROM @extschema@.ledger l
+                                   WHERE l.program_id = pid AND l.account_key = statement.account_key::@extschema@.account_key
+                                     AND l.rebate <> 0 AND l.posted_at < zone_end))) v(item, value);
+    RETURN QUERY
+    SELECT 'benefits', b.benefit, b.value::text FROM @extschema@.tier_benefit b
+    WHERE b.program_id = pid AND b.tier = t ORDER BY b.benefit;
+    -- what the next tier would add or change
+    RETURN QUERY
+    SELECT 'next tier unlocks', n.benefit, n.value::text FROM @extschema@.tier_benefit n
+    WHERE n.program_id = pid AND n.tier = nxt.name
+      AND n.value IS DISTINCT FROM (SELECT b.value FROM @extschema@.tier_benefit b
+                                    WHERE b.program_id = pid AND b.tier = t AND b.benefit = n.benefit)
+    ORDER BY n.benefit;
+END
+$$;
+
+-- The account keys' type follows the ERP's distribution column, because
+-- Citus co-locates only tables whose distribution columns have one type:
+-- every account_key column of loyalty's tables and the domain
+-- @extschema@.account_key (src/sql/10_types.sql) become that type.  The
+-- views over those columns are dropped and re-created from their own
+-- definitions, with their options, owner, comments and grants; a check on
+-- the key alone (account_key <> '') is about its text form and goes.  Run
+-- by distribute() on each node, before any table is distributed.
+CREATE FUNCTION @extschema@._set_key_type(key_type regtype) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    ext      oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty');
+    recreate text[] := '{}';
+    retrigger text[] := '{}';
+    doomed   text[] := '{}';
+    comment  text := pg_catalog.obj_description('@extschema@.account_key'::pg_catalog.regtype, 'pg_type');
+    t        record;
+    k        record;
+BEGIN
+    IF key_type NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                        'pg_catalog.int8'::pg_catalog.regtype) THEN
+        RAISE EXCEPTION 'account keys of type % are not supported', key_type
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty stores account keys as text, integer or bigint.',
+                  HINT = 'Distribute the invoice table by a text, integer or bigint customer key.';
+    END IF;
+    IF (SELECT d.typbasetype FROM pg_catalog.pg_type d
+         WHERE d.oid OPERATOR(pg_catalog.=) '@extschema@.account_key'::pg_catalog.regtype) OPERATOR(pg_catalog.=) key_type THEN
+        RETURN;
+    END IF;
+
+    -- the views, in creation order (a view is created after those it reads)
+    FOR t IN SELECT c.oid::pg_catalog.regclass AS v, c.reloptions, c.relowner::pg_catalog.regrole AS owner,
+                    pg_catalog.pg_get_viewdef(c.oid) AS def, pg_catalog.obj_description(c.oid, 'pg_class') AS note
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                AND d.refobjid OPERATOR(pg_catalog.=) ext
+              WHERE c.relkind OPERATOR(pg_catalog.=) 'v'
+              ORDER BY c.oid
+    LOOP
+        doomed := doomed || t.v::text;
+        recreate := recreate
+            || pg_catalog.format('CREATE VIEW %s%s AS %s', t.v,
+                                 CASE WHEN t.reloptions IS NOT NULL
+                                      THEN pg_catalog.format(' WITH (%s)', pg_catalog.array_to_string(t.reloptions, ', ')) END,
+                                 t.def)
+            || pg_catalog.format('ALTER VIEW %s OWNER TO %s', t.v, t.owner)
+            || pg_catalog.format('ALTER EXTENSION loyalty ADD VIEW %s', t.v)
+            || pg_catalog.format('COMMENT ON VIEW %s IS %L', t.v, t.note)
+            || ARRAY(SELECT pg_catalog.format('COMMENT ON COLUMN %s.%I IS %L', t.v, a.attname,
+                                              pg_catalog.col_description(t.v, a.attnum))
+                       FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid OPERATOR(pg_catalog.=) t.v AND a.attnum OPERATOR(pg_catalog.>) 0
+                        AND pg_catalog.col_description(t.v, a.attnum) IS NOT NULL)
+            || ARRAY(SELECT pg_catalog.format('GRANT %s ON %s TO %s%s', g.privilege_type, t.v,
+                                              CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                                   ELSE pg_catalog.quote_ident(g.grantee::pg_catalog.regrole::text) END,
+                                              CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+                       FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) g
+                      WHERE c.oid OPERATOR(pg_catalog.=) t.v);
+    END LOOP;
+    FOR t IN SELECT v FROM pg_catalog.unnest(doomed) v LOOP
+        EXECUTE pg_catalog.format('ALTER EXTENSION loyalty DROP VIEW %s', t.v);
+    END LOOP;
+    IF pg_catalog.cardinality(doomed) OPERATOR(pg_catalog.>) 0 THEN
+        EXECUTE 'DROP VIEW ' || pg_catalog.array_to_string(doomed, ', ');
+    END IF;
+
+    -- the triggers that name the key among their columns (UPDATE OF)
+    FOR t IN SELECT DISTINCT g.oid, g.tgrelid::pg_catalog.regclass AS rel, g.tgname, g.tgenabled,
+                    pg_catalog.pg_get_triggerdef(g.oid) AS def, pg_catalog.obj_description(g.oid, 'pg_trigger') AS note
+               FROM pg_catalog.pg_trigger g
+               JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+                AND d.objid OPERATOR(pg_catalog.=) g.oid AND d.refobjsubid OPERATOR(pg_catalog.>) 0
+               JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid
+                AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid AND a.attname OPERATOR(pg_catalog.=) 'account_key'
+              ORDER BY g.oid
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+        retrigger := retrigger || t.def
+            || CASE t.tgenabled WHEN 'D' THEN pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER %I', t.rel, t.tgname)
+                                WHEN 'R' THEN pg_catalog.format('ALTER TABLE %s ENABLE REPLICA TRIGGER %I', t.rel, t.tgname)
+                                WHEN 'A' THEN pg_catalog.format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', t.rel, t.tgname)
+                                ELSE 'SELECT' END
+            || pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', t.tgname, t.rel, t.note);
+    END LOOP;
+
+    -- the columns
+    FOR t IN SELECT a.attrelid::pg_catalog.regclass AS rel, a.attnum
+               FROM pg_catalog.pg_attribute a
+               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid
+               JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.objid OPERATOR(pg_catalog.=) c.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                AND d.refobjid OPERATOR(pg_catalog.=) ext
+              WHERE c.relkind OPERATOR(pg_catalog.=) 'r' AND a.attname OPERATOR(pg_catalog.=) 'account_key'
+                AND NOT a.attisdropped
+              ORDER BY c.oid
+    LOOP
+        FOR k IN SELECT c.conname FROM pg_catalog.pg_constraint c
+                  WHERE c.conrelid OPERATOR(pg_catalog.=) t.rel AND c.contype OPERATOR(pg_catalog.=) 'c'
+                    AND c.conkey OPERATOR(pg_catalog.=) ARRAY[t.attnum]
+        LOOP
+            EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', t.rel, k.conname);
+        END LOOP;
+        BEGIN
+            EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN account_key TYPE %s USING account_key::%s',
+                                      t.rel, key_type, key_type);
+        EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+            RAISE EXCEPTION '% holds an account key that is not of type %', t.rel, key_type
+                USING ERRCODE = 'data_exception',
+                      DETAIL = SQLERRM,
+                      HINT = 'The ERP''s customer keys and loyalty''s account keys must be one type; distribute before accruing, or convert the keys.';
+        END;
+    END LOOP;
+
+    -- the domain statements cast keys to
+    ALTER EXTENSION loyalty DROP DOMAIN @extschema@.account_key;
+    DROP DOMAIN @extschema@.account_key;
+    EXECUTE pg_catalog.format('CREATE DOMAIN @extschema@.account_key AS %s', key_type);
+    ALTER EXTENSION loyalty ADD DOMAIN @extschema@.account_key;
+    EXECUTE pg_catalog.format('COMMENT ON DOMAIN @extschema@.account_key IS %L', comment);
+
+    FOR t IN SELECT s FROM pg_catalog.unnest(retrigger || recreate) s LOOP
+        EXECUTE t.s;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._set_key_type(regtype) IS
+'Internal: makes every account_key column of loyalty''s tables, and the domain loyalty.account_key, of type key_type (text, integer or bigint), re-creating the views over them; loyalty.distribute() runs it on each node so that loyalty''s tables can be co-located with an ERP table distributed by such a key.';
+REVOKE ALL ON FUNCTION @extschema@._set_key_type(regtype) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
+'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text, integer or bigint customer key: account keys take that type; configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
