@@ -4573,3 +4573,46 @@ COMMENT ON FUNCTION @extschema@._set_key_type(regtype) IS
 REVOKE ALL ON FUNCTION @extschema@._set_key_type(regtype) FROM PUBLIC;
 COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
 'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text, integer or bigint customer key: account keys take that type; configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
+
+-- ---------------------------------------------------------------------------
+-- redeem with the account key as a number, the form Citus routes to the
+-- account's node around an ERP table distributed by an integer or bigint key.
+-- ---------------------------------------------------------------------------
+-- The same with the account key as a number, for an ERP whose customer keys
+-- are integer or bigint.  On Citus (loyalty.distribute() around a table
+-- distributed by such a key) Citus runs a call on the account's node by
+-- this argument: a text key cannot be routed to an integer distribution
+-- column.  A quoted key ('42') still calls the text version.
+CREATE FUNCTION @extschema@.redeem(
+    program     text,
+    account_key bigint,
+    reward      text,
+    quantity    integer DEFAULT 1,
+    member      text DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'loyalty_redeem'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off;
+COMMENT ON FUNCTION @extschema@.redeem(text, bigint, text, integer, text) IS
+'loyalty.redeem(program, account_key, reward, quantity, member) with the account key as a number: the same redemption; on Citus around an ERP table distributed by an integer or bigint key, the form Citus runs on the account''s node.';
+REVOKE ALL ON FUNCTION @extschema@.redeem(text, bigint, text, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.redeem(text, bigint, text, integer, text) TO loyalty_operator, loyalty_partner;
+
+CREATE OR REPLACE FUNCTION @extschema@._citus_functions() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- by the form whose key Citus can turn into the distribution column's
+    -- type: text keys as text, integer and bigint keys as numbers
+    EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''account_key'', colocate_with => ''@extschema@.account'')'
+      USING CASE WHEN (SELECT d.typbasetype FROM pg_catalog.pg_type d
+                        WHERE d.oid OPERATOR(pg_catalog.=) '@extschema@.account_key'::pg_catalog.regtype)
+                      OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype
+                 THEN '@extschema@.redeem(text, text, text, integer, text)'::pg_catalog.regprocedure
+                 ELSE '@extschema@.redeem(text, bigint, text, integer, text)'::pg_catalog.regprocedure END;
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@._citus_functions() IS
+'Internal: registers the debits written in C (loyalty.redeem: the text form on text keys, the bigint form on integer and bigint keys) as Citus distributed functions by account_key, co-located with loyalty.account, so that Citus runs a call on the node holding the account''s shard.';

@@ -117,6 +117,7 @@ INSERT INTO decision VALUES
 ('loyalty.set_action_rule(text,text,bigint,boolean,bigint,text,date,text)',
  'loyalty_admin', true, true, 'configures action rules; typed arguments, no dynamic SQL'),
 ('loyalty.redeem(text,text,text,integer,text)', 'loyalty_operator,loyalty_partner', true, true, 'a debit; typed arguments, no dynamic SQL; _may_act first (a partner: for itself)'),
+('loyalty.redeem(text,bigint,text,integer,text)', 'loyalty_operator,loyalty_partner', true, true, 'redeem with the key as a number (Citus routes it by an integer distribution column); the same C function'),
 ('loyalty.cancel_redemption(uuid)', 'loyalty_operator', true, true, 'reverses a redemption; no dynamic SQL'),
 ('loyalty.award(text,text,text,date,text,text,integer)', 'loyalty_operator', true, true, 'posts awards; typed arguments, no dynamic SQL'),
 ('loyalty.approve_award(uuid,text)', 'loyalty_operator', true, true, 'decides an award; no dynamic SQL'),
@@ -264,7 +265,7 @@ WHERE (a.fn LIKE 'loyalty.\_%' OR a.is_trigger) AND a.grantees ~ '(^|,)PUBLIC(,|
 SELECT a.fn, a.language, a.definer, a.proconfig FROM actual a
 WHERE ((a.language <> 'c' OR a.definer) AND NOT a.pinned AND a.prokind <> 'a')
    OR (a.proconfig IS NOT NULL AND a.proconfig <> ARRAY['search_path=pg_catalog, pg_temp']
-       AND NOT (a.fn = 'loyalty.redeem(text,text,text,integer,text)'
+       AND NOT (a.fn IN ('loyalty.redeem(text,text,text,integer,text)', 'loyalty.redeem(text,bigint,text,integer,text)')
                 AND a.proconfig = ARRAY['search_path=pg_catalog, pg_temp', 'enable_seqscan=off']));
 
 --

@@ -150,7 +150,16 @@ SET ROLE rd_operator;
 SELECT loyalty.redeem('rd_club', '1', 'HOUR') IS NOT NULL AS operator_redeems;
 INSERT INTO loyalty.redemption (program_id, account_key, redemption_no, reward_id, quantity, points, redeemed_on, entry_no)
 VALUES (1, '1', 999, 'HOUR', 1, 1, current_date, 1);
+-- the key as a number (the form Citus routes on integer keys): the same
+-- redemption of the same account
+SELECT (SELECT points FROM loyalty.balance b JOIN loyalty.program p USING (program_id)
+         WHERE p.name = 'rd_club' AND b.account_key = '2') AS before_numeric \gset
+SELECT loyalty.redeem('rd_club', 2, 'PEN') IS NOT NULL AS operator_redeems_by_number;
+SELECT :before_numeric - points AS spent_by_number, (SELECT d.account_key FROM loyalty.redemption d
+         ORDER BY d.redeemed_at DESC LIMIT 1) AS redeemed_account
+FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'rd_club' AND b.account_key = '2';
 SET ROLE rd_reader;
+SELECT loyalty.redeem('rd_club', 2, 'PEN');
 SELECT loyalty.redeem('rd_club', '1', 'HOUR');
 SELECT loyalty.cancel_redemption(:'seat');
 UPDATE loyalty.redemption SET status = 'cancelled';

@@ -9,11 +9,13 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 #include "keytype.h"
 
@@ -54,4 +56,33 @@ Oid
 loyalty_key_collation(Oid type)
 {
 	return type == TEXTOID ? DEFAULT_COLLATION_OID : InvalidOid;
+}
+
+/* The type of loyalty's account_key columns: the base type of the domain. */
+Oid
+loyalty_key_type(void)
+{
+	Oid			domain = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid, CStringGetDatum("account_key"),
+										 ObjectIdGetDatum(get_namespace_oid("loyalty", false)));
+
+	if (!OidIsValid(domain))
+		elog(ERROR, "type loyalty.account_key does not exist");
+	return getBaseType(domain);
+}
+
+/*
+ * An account key argument as text: the API takes keys as text, and redeem
+ * also as a number (for Citus to route it by an integer distribution column).
+ */
+text *
+loyalty_key_arg(FunctionCallInfo fcinfo, int arg)
+{
+	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, arg);
+	Oid			output;
+	bool		varlena;
+
+	if (!OidIsValid(type) || type == TEXTOID)
+		return PG_GETARG_TEXT_PP(arg);
+	getTypeOutputInfo(type, &output, &varlena);
+	return cstring_to_text(OidOutputFunctionCall(output, PG_GETARG_DATUM(arg)));
 }

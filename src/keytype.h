@@ -6,6 +6,8 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
+
 /*
  * The cast that turns an account key given as text (a parameter, an
  * unnested text array) into the type of loyalty's account_key columns:
@@ -27,5 +29,7 @@
 extern Datum loyalty_key_datum(Oid type, const char *key);
 extern RegProcedure loyalty_key_eq(Oid type);
 extern Oid	loyalty_key_collation(Oid type);
+extern Oid	loyalty_key_type(void);
+extern text *loyalty_key_arg(FunctionCallInfo fcinfo, int arg);
 
 #endif

@@ -412,7 +412,9 @@ check_on_account_node(Request *q)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("loyalty.redeem() for account \"%s\" must run on the node holding the account", q->account_s),
 				 errdetail("loyalty's tables are distributed (loyalty.distribute()): the check for postings in flight and the postings use the transaction ids of the account's node; this call was not sent there."),
-				 errhint("Call it as a statement of its own, outside BEGIN ... COMMIT, with constant arguments: SELECT loyalty.redeem('program', 'account', 'reward'); Citus then runs it on the account's node.")));
+				 loyalty_key_type() == TEXTOID ?
+				 errhint("Call it as a statement of its own, outside BEGIN ... COMMIT, with constant arguments: SELECT loyalty.redeem('program', 'account', 'reward'); Citus then runs it on the account's node.") :
+				 errhint("Call it as a statement of its own, outside BEGIN ... COMMIT, with constant arguments and the account key as a number: SELECT loyalty.redeem('program', 42, 'reward'); Citus then runs it on the account's node.")));
 }
 
 /* The checks of the arguments the PL/pgSQL version made before its lock. */
@@ -642,7 +644,7 @@ loyalty_redeem(PG_FUNCTION_ARGS)
 	memset(&q, 0, sizeof(q));
 	memset(&r, 0, sizeof(r));
 	q.program = PG_GETARG_TEXT_PP(0);
-	q.account = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	q.account = PG_ARGISNULL(1) ? NULL : loyalty_key_arg(fcinfo, 1);
 	q.reward = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
 	q.has_quantity = !PG_ARGISNULL(3);
 	q.quantity = q.has_quantity ? PG_GETARG_INT32(3) : 0;

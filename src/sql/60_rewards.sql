@@ -153,6 +153,24 @@ SET enable_seqscan = off;
 COMMENT ON FUNCTION @extschema@.redeem(text, text, text, integer, text) IS
 'Redeems quantity units of a reward for an account (or for one of its members, from the points they earned): checks the catalogue (active, validity window, minimum tier, stock, per-account and per-period limits) and the balance after locking the account, posts a ledger entry of kind redeem and returns the redemption''s id. Never overdraws: an insufficient balance fails with SQLSTATE LY001, a reward out of stock, out of its window or over a limit with LY002, and nothing is written.';
 
+-- The same with the account key as a number, for an ERP whose customer keys
+-- are integer or bigint.  On Citus (loyalty.distribute() around a table
+-- distributed by such a key) Citus runs a call on the account's node by
+-- this argument: a text key cannot be routed to an integer distribution
+-- column.  A quoted key ('42') still calls the text version.
+CREATE FUNCTION @extschema@.redeem(
+    program     text,
+    account_key bigint,
+    reward      text,
+    quantity    integer DEFAULT 1,
+    member      text DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'loyalty_redeem'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off;
+COMMENT ON FUNCTION @extschema@.redeem(text, bigint, text, integer, text) IS
+'loyalty.redeem(program, account_key, reward, quantity, member) with the account key as a number: the same redemption; on Citus around an ERP table distributed by an integer or bigint key, the form Citus runs on the account''s node.';
+
 CREATE FUNCTION @extschema@.cancel_redemption(redemption_id uuid)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -200,8 +218,10 @@ COMMENT ON FUNCTION @extschema@.cancel_redemption(uuid) IS
 REVOKE ALL ON FUNCTION @extschema@._await_postings(integer, text),
                       @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean),
                       @extschema@.redeem(text, text, text, integer, text),
+                      @extschema@.redeem(text, bigint, text, integer, text),
                       @extschema@.cancel_redemption(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean)
 TO loyalty_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.redeem(text, text, text, integer, text),
+                          @extschema@.redeem(text, bigint, text, integer, text),
                           @extschema@.cancel_redemption(uuid) TO loyalty_operator;

@@ -52,12 +52,18 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- by the form whose key Citus can turn into the distribution column's
+    -- type: text keys as text, integer and bigint keys as numbers
     EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''account_key'', colocate_with => ''@extschema@.account'')'
-      USING '@extschema@.redeem(text, text, text, integer, text)'::pg_catalog.regprocedure;
+      USING CASE WHEN (SELECT d.typbasetype FROM pg_catalog.pg_type d
+                        WHERE d.oid OPERATOR(pg_catalog.=) '@extschema@.account_key'::pg_catalog.regtype)
+                      OPERATOR(pg_catalog.=) 'pg_catalog.text'::pg_catalog.regtype
+                 THEN '@extschema@.redeem(text, text, text, integer, text)'::pg_catalog.regprocedure
+                 ELSE '@extschema@.redeem(text, bigint, text, integer, text)'::pg_catalog.regprocedure END;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._citus_functions() IS
-'Internal: registers the debits written in C (loyalty.redeem) as Citus distributed functions by account_key, co-located with loyalty.account, so that Citus runs a call on the node holding the account''s shard.';
+'Internal: registers the debits written in C (loyalty.redeem: the text form on text keys, the bigint form on integer and bigint keys) as Citus distributed functions by account_key, co-located with loyalty.account, so that Citus runs a call on the node holding the account''s shard.';
 
 -- The account keys' type follows the ERP's distribution column, because
 -- Citus co-locates only tables whose distribution columns have one type:

@@ -56,5 +56,6 @@ TO loyalty_partner;
 GRANT EXECUTE ON FUNCTION @extschema@.tier(text, text, date), @extschema@.balance(text, text, date),
                           @extschema@.benefits(text, text), @extschema@.statement(text, text, date),
                           @extschema@.expiring_points(text, text, date),
-                          @extschema@.redeem(text, text, text, integer, text)
+                          @extschema@.redeem(text, text, text, integer, text),
+                          @extschema@.redeem(text, bigint, text, integer, text)
 TO loyalty_partner;
