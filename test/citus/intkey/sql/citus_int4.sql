@@ -103,16 +103,20 @@ SELECT loyalty.fold('Int Club') > 0 AS folded;
 SELECT * FROM erp.check_points;
 SELECT * FROM loyalty.verify('Int Club');
 
--- a redemption of the largest key, in a new session (as in citus_settle:
--- Citus runs redeem on the node holding the account's shard)
+-- a redemption of the largest key, in a new session (as in citus_settle):
+-- Citus runs redeem on the node holding the account's shard when the key
+-- is given as a number
 \c -
 \set VERBOSITY default
 \set SHOW_CONTEXT never
 SELECT program_id AS pid FROM loyalty.program WHERE name = 'Int Club' \gset
 SELECT loyalty.set_reward('Int Club', 'CAP', 'Cap', 50);
 SELECT points AS before FROM loyalty.balance('Int Club', '2147483647') \gset
+SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Int Club', 2147483647, 'CAP') r;
+-- the key as text is not routed: refused, nothing written
 SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Int Club', '2147483647', 'CAP') r;
 SELECT :before - points AS spent FROM loyalty.balance('Int Club', '2147483647');
+SELECT account_key, pg_typeof(account_key) AS key_type, points FROM loyalty.redemption WHERE program_id = :pid;
 SELECT * FROM loyalty.verify('Int Club');
 
 -- keys the integer column cannot hold: refused with their SQLSTATE
