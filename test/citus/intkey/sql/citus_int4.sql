@@ -2,8 +2,10 @@
 -- citus_int4: loyalty on a Citus cluster whose invoice lines are
 -- distributed by an integer customer key, with a composite primary key (a
 -- database of its own: distribute() sets the type of loyalty's account keys
--- once per database).  loyalty's account-scoped tables take the integer
--- type and are co-located with the lines; accrual is exact under INSERT,
+-- once per database).  Accounts accrued as text before distribute() keep
+-- their points as integer keys; a key that is no integer stops it.
+-- loyalty's account-scoped tables take the integer type and are co-located
+-- with the lines; accrual is exact under INSERT,
 -- INSERT ... SELECT, COPY, UPDATE, DELETE and credit notes, from the
 -- smallest to the largest integer key; verify is empty; a key beyond the
 -- integer range or no number at all is refused with its SQLSTATE.
@@ -23,9 +25,53 @@ CREATE TABLE erp.invoice_line (customer_id integer NOT NULL, invoice_no integer 
                                amount numeric(12,2) NOT NULL, invoice_date date NOT NULL,
                                PRIMARY KEY (customer_id, invoice_no, line_no));
 SELECT create_distributed_table('erp.invoice_line', 'customer_id');
+
+-- Before distribute(): a program accrues on the coordinator from a local
+-- table, its account keys stored as text ('-150' to '149'), folded and not.
+CREATE TABLE erp.legacy (invoice_no integer NOT NULL, customer_id integer NOT NULL, amount numeric(12,2) NOT NULL,
+                         invoice_date date NOT NULL, PRIMARY KEY (customer_id, invoice_no));
+SELECT loyalty.create_program('Legacy Club') > 0 AS created;
+SELECT loyalty.attach('erp.legacy', 'Legacy Club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'invoice_date') > 0 AS attached;
+INSERT INTO erp.legacy SELECT g, g % 300 - 150, 3 + (g % 71) + (g % 10) / 10.0, DATE '2024-06-01' + g % 300
+  FROM generate_series(1, 3000) g;
+UPDATE erp.legacy SET amount = amount + 1 WHERE invoice_no % 5 = 0;
+SELECT loyalty.fold('Legacy Club') > 0 AS folded;
+DELETE FROM erp.legacy WHERE invoice_no % 7 = 0;
+INSERT INTO erp.legacy VALUES (5001, 149, -20.00, '2025-01-10');
+CREATE TEMP TABLE legacy_rows AS
+SELECT customer_id, sum(trunc(amount))::bigint AS points, sum(amount) AS qualifying FROM erp.legacy GROUP BY 1;
+CREATE TEMP TABLE legacy_before AS
+SELECT b.account_key::text AS account_key, b.points, b.qualifying
+  FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'Legacy Club';
+SELECT count(*) AS accounts, count(*) FILTER (WHERE (b.points, b.qualifying) IS DISTINCT FROM (e.points, e.qualifying)) AS differing
+  FROM legacy_before b FULL JOIN legacy_rows e ON e.customer_id::text = b.account_key;
+SELECT loyalty.detach('erp.legacy', 'Legacy Club');
+
+-- A key that is no integer stops distribute() before anything is
+-- distributed; the transaction rolls back.
+BEGIN;
+SELECT loyalty.enroll('Legacy Club', 'abc');
+SELECT layout, count(*) FROM loyalty.distribute('erp.invoice_line') GROUP BY 1 ORDER BY 1;
+ROLLBACK;
+SELECT count(*) AS distributed_loyalty_tables FROM pg_catalog.pg_dist_partition WHERE logicalrelid::text LIKE 'loyalty.%';
+SELECT pg_typeof(account_key) AS key_type_here FROM loyalty.account LIMIT 1;
+
 SET client_min_messages = warning;
 SELECT layout, count(*) FROM loyalty.distribute('erp.invoice_line') GROUP BY 1 ORDER BY 1;
 RESET client_min_messages;
+-- the accounts of before kept their points, their keys now integers
+CREATE TEMP TABLE legacy_after AS
+SELECT b.account_key, b.points, b.qualifying
+  FROM loyalty.balance b JOIN loyalty.program p USING (program_id) WHERE p.name = 'Legacy Club';
+SELECT count(*) AS accounts, count(*) FILTER (WHERE (a.points, a.qualifying) IS DISTINCT FROM (e.points, e.qualifying)) AS differing,
+       min(pg_typeof(a.account_key)::text) AS key_type
+  FROM legacy_after a FULL JOIN legacy_rows e ON e.customer_id = a.account_key;
+SELECT (SELECT sum(points) FROM loyalty.ledger l JOIN loyalty.program p USING (program_id) WHERE p.name = 'Legacy Club')
+     = (SELECT sum(points) FROM legacy_rows) AS ledger_exact;
+SELECT * FROM loyalty.verify('Legacy Club');
+SELECT b.points = e.points AND b.qualifying = e.qualifying AS exact
+  FROM loyalty.balance('Legacy Club', '-150') b, legacy_rows e WHERE e.customer_id = -150;
 -- every distributed table's account_key is an integer, co-located with the lines
 SELECT a.atttypid::regtype AS account_key_type, count(*) AS distributed_tables,
        count(*) FILTER (WHERE p.colocationid = (SELECT colocationid FROM pg_catalog.pg_dist_partition
