@@ -15,7 +15,9 @@
 #
 # Run as root:  bash bench/citus.sh [CITUS_SOURCE_TARBALL]
 # Knobs: BENCH_LINES (200000 per COPY), BENCH_CUSTOMERS (20000), BENCH_RUNS (5),
-# BENCH_CLIENTS (4), BENCH_SECONDS (10 per pgbench run), BENCH_PAIRS (3).
+# BENCH_CLIENTS (4), BENCH_SECONDS (10 per pgbench run), BENCH_PAIRS (3),
+# BENCH_KEY (text: customers 'C000042'; bigint: customers 5000000042, and
+# loyalty's account keys bigint after distribute()).
 set -euo pipefail
 RUN_KIND=citus-bench
 export LOYALTY_CITUS_PORT=${LOYALTY_CITUS_PORT:-54345}
@@ -30,6 +32,12 @@ RUNS=${BENCH_RUNS:-5}
 CLIENTS=${BENCH_CLIENTS:-4}
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 PAIRS=${BENCH_PAIRS:-3}
+KEY=${BENCH_KEY:-text}
+case "$KEY" in
+  text) KEY_TYPE=text; key_of() { echo "'C' || lpad(($1)::text, 6, '0')"; } ;;
+  bigint) KEY_TYPE=bigint; key_of() { echo "5000000000 + ($1)"; } ;;
+  *) die "BENCH_KEY must be text or bigint" ;;
+esac
 
 ensure_packages
 prepare_run_dir
@@ -46,7 +54,7 @@ sql >/dev/null <<SQL
 SET client_min_messages = warning;
 CREATE EXTENSION loyalty;
 CREATE SCHEMA bench;
-CREATE TABLE bench.sales (invoice_id bigint NOT NULL, customer text NOT NULL, amount numeric(12,2) NOT NULL,
+CREATE TABLE bench.sales (invoice_id bigint NOT NULL, customer $KEY_TYPE NOT NULL, amount numeric(12,2) NOT NULL,
                           invoice_date date NOT NULL, PRIMARY KEY (customer, invoice_id));
 CREATE TABLE bench.bare (LIKE bench.sales INCLUDING ALL);
 SELECT create_distributed_table('bench.sales', 'customer');
@@ -57,7 +65,7 @@ SELECT loyalty.attach('bench.sales', 'Bench Club', account_column => 'customer',
                       amount_column => 'amount', date_column => 'invoice_date');
 SQL
 for r in $(seq 1 "$RUNS"); do
-  sql -c "COPY (SELECT $r * $LINES + g, 'C' || lpad(((g * 7919) % $CUSTOMERS)::text, 6, '0'),
+  sql -c "COPY (SELECT $r * $LINES + g, $(key_of "(g * 7919) % $CUSTOMERS"),
                        (g % 997) / 10.0 + 1, DATE '2025-01-01' + g % 365
                   FROM generate_series(1, $LINES) g) TO '$DATA/run$r.csv' (FORMAT csv)" >/dev/null
 done
@@ -70,7 +78,7 @@ copy_secs() {  # table, file
   awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}'
 }
 
-log "COPY of $LINES rows, $CUSTOMERS customers, 32 shards on 2 workers, $RUNS runs"
+log "COPY of $LINES rows, $CUSTOMERS customers ($KEY_TYPE keys), 32 shards on 2 workers, $RUNS runs"
 bare=(); loyalty=()
 for r in $(seq 1 "$RUNS"); do
   b=$(copy_secs bench.bare "$DATA/run$r.csv")
@@ -88,7 +96,7 @@ for t in bare sales; do
   cat >"$DATA/insert_$t.sql" <<PGB
 \\set c random(0, $((CUSTOMERS - 1)))
 \\set i random(1000000000, 9000000000)
-INSERT INTO bench.$t VALUES (:i, 'C' || lpad(:c::text, 6, '0'), 12.34, '2025-06-01') ON CONFLICT DO NOTHING;
+INSERT INTO bench.$t VALUES (:i, $(key_of ":c"), 12.34, '2025-06-01') ON CONFLICT DO NOTHING;
 PGB
 done
 chown -R postgres: "$DATA"
