@@ -1463,6 +1463,26 @@ reconcile_shard_calls(Oid source, const char *account, const char *call, char **
 }
 
 /*
+ * backfill replays the tier history of a program with a ladder before it
+ * posts (backfill_replay): on a shard's node that replay would read and
+ * write loyalty's tables through their distributed names, which Citus does
+ * not allow inside the shard's query.  Refused before any shard is touched.
+ */
+static void
+refuse_shard_replay(const Target *t)
+{
+	Attachment *att = mapping_get(t->attachment_id);
+
+	if (att == NULL || att->program->ladder == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("backfill of program \"%s\" cannot run on a distributed table yet", att->program->name),
+			 errdetail("The program has a tier ladder: backfill replays its tier history from the rows before it posts them, which loyalty does on one server only; nothing was posted."),
+			 errhint("On Citus, backfill programs without a tier ladder; loyalty.verify() still lists what the rows of this one are missing.")));
+}
+
+/*
  * verify's comparison (backfill false: its rows into rsi) or backfill's
  * posting (the sums into *out) of an attachment whose table Citus
  * distributes, shard by shard, each on the node that holds it
@@ -1492,6 +1512,8 @@ shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT sin
 									   : psprintf("('2000-01-01'::pg_catalog.date OPERATOR(pg_catalog.+) %d)", (int) since),
 									   account ? quote_literal_cstr(account) : "NULL"),
 							  &sqls);
+	if (n > 0 && backfill)
+		refuse_shard_replay(t);
 	for (i = 0; i < n; i++)
 	{
 		reconcile_owner_query(sqls[i], 0, NULL, NULL, NULL, !backfill);

@@ -144,6 +144,10 @@ BEGIN
                 AND d.objid OPERATOR(pg_catalog.=) g.oid AND d.refobjsubid OPERATOR(pg_catalog.>) 0
                JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid
                 AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid AND a.attname OPERATOR(pg_catalog.=) 'account_key'
+              WHERE EXISTS (SELECT FROM pg_catalog.pg_depend e
+                             WHERE e.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                               AND e.objid OPERATOR(pg_catalog.=) g.tgrelid AND e.deptype OPERATOR(pg_catalog.=) 'e'
+                               AND e.refobjid OPERATOR(pg_catalog.=) ext)
               ORDER BY g.oid
     LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.rel);

@@ -177,6 +177,24 @@ SELECT count(DISTINCT p.nodeport) AS workers_with_backfill_entries
        $$SELECT count(*) FROM %s WHERE kind = 'backfill'$$) r
   JOIN pg_catalog.pg_dist_shard_placement p USING (shardid)
  WHERE r.result::bigint > 0;
+-- A program with a tier ladder: backfill would replay its tier history
+-- first, which runs on one server only; refused before any shard is
+-- touched (0A000), nothing posted, verify still reports what is missing.
+CREATE TABLE erp.laddered_orders (LIKE erp.old_orders INCLUDING ALL);
+SELECT create_distributed_table('erp.laddered_orders', 'customer', colocate_with => 'loyalty.account');
+INSERT INTO erp.laddered_orders SELECT * FROM erp.old_orders WHERE order_id <= 300;
+SELECT loyalty.create_program('Ladder Club', ladder => 'Silver:100, Gold:1000') > 0 AS created;
+SELECT loyalty.attach('erp.laddered_orders', 'Ladder Club', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'order_date') > 0 AS attached;
+\set VERBOSITY sqlstate
+SELECT * FROM loyalty.backfill('erp.laddered_orders', 'Ladder Club', since => '-infinity');
+\set VERBOSITY default
+SELECT * FROM loyalty.backfill('erp.laddered_orders', 'Ladder Club', since => '-infinity');
+SELECT count(*) AS entries FROM loyalty.ledger
+ WHERE program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Ladder Club');
+SELECT count(DISTINCT account_key) AS accounts_reported,
+       (SELECT count(DISTINCT customer) FROM erp.laddered_orders) AS customers
+  FROM loyalty.verify('Ladder Club');
 -- and the other programs are untouched
 SELECT * FROM loyalty.verify('Verify Club');
 SELECT * FROM loyalty.verify('Sales Club');
