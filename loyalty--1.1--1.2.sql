@@ -3976,6 +3976,31 @@ BEGIN
         RETURN;
     END IF;
 
+    -- 0. every key already stored converts to the new type: checked here,
+    -- before anything changes on any node (the workers' part commits on
+    -- its own), so that a key that does not fit leaves the cluster as it was
+    IF key_type OPERATOR(pg_catalog.<>) 'pg_catalog.text'::pg_catalog.regtype THEN
+        FOR t IN SELECT a.attrelid::pg_catalog.regclass AS rel
+                   FROM pg_catalog.pg_attribute a
+                   JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+                    AND d.objid OPERATOR(pg_catalog.=) a.attrelid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+                    AND d.refobjid OPERATOR(pg_catalog.=) (SELECT e.oid FROM pg_catalog.pg_extension e
+                                                            WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty')
+                  WHERE a.attname OPERATOR(pg_catalog.=) 'account_key' AND NOT a.attisdropped AND a.attnum OPERATOR(pg_catalog.>) 0
+                    AND (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) a.attrelid) OPERATOR(pg_catalog.=) 'r'
+                  ORDER BY 1::text
+        LOOP
+            BEGIN
+                EXECUTE pg_catalog.format('SELECT pg_catalog.count(x.account_key::%s) FROM %s x', key_type, t.rel);
+            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                RAISE EXCEPTION '% holds an account key that is not of type %', t.rel, key_type
+                    USING ERRCODE = 'data_exception',
+                          DETAIL = SQLERRM,
+                          HINT = 'The ERP''s customer keys and loyalty''s account keys must be one type: convert or remove the rows whose key does not fit (a dead letter without an account has the key ''''), then run loyalty.distribute() again.';
+            END;
+        END LOOP;
+    END IF;
+
     -- 1. the foreign keys and partner policies, on every node
     FOR t IN SELECT c.conrelid::regclass AS rel, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def,
                     l.layout OPERATOR(pg_catalog.<>) 'local' AND f.layout OPERATOR(pg_catalog.<>) 'local' AS kept

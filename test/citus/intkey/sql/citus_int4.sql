@@ -56,6 +56,13 @@ SELECT layout, count(*) FROM loyalty.distribute('erp.invoice_line') GROUP BY 1 O
 ROLLBACK;
 SELECT count(*) AS distributed_loyalty_tables FROM pg_catalog.pg_dist_partition WHERE logicalrelid::text LIKE 'loyalty.%';
 SELECT pg_typeof(account_key) AS key_type_here FROM loyalty.account LIMIT 1;
+-- and nothing changed on the workers either (checked before any node is
+-- touched): text keys, foreign keys and partner policies still there
+SELECT success, result FROM pg_catalog.run_command_on_workers($$
+    SELECT (SELECT a.atttypid::regtype FROM pg_attribute a
+             WHERE a.attrelid = 'loyalty.account'::regclass AND a.attname = 'account_key')::text
+           || ', ' || ((SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'loyalty'::regnamespace) > 0)::text
+           || ', ' || ((SELECT count(*) FROM pg_policies WHERE schemaname = 'loyalty' AND policyname = 'partner') > 0)::text$$);
 
 SET client_min_messages = warning;
 SELECT layout, count(*) FROM loyalty.distribute('erp.invoice_line') GROUP BY 1 ORDER BY 1;
