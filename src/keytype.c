@@ -77,11 +77,18 @@ loyalty_key_type(void)
 text *
 loyalty_key_arg(FunctionCallInfo fcinfo, int arg)
 {
-	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, arg);
+	Oid		   *argtypes;
+	int			nargs;
+	Oid			type;
 	Oid			output;
 	bool		varlena;
 
-	if (!OidIsValid(type) || type == TEXTOID)
+	/* the declared type: the call's expression is not always at hand */
+	(void) get_func_signature(fcinfo->flinfo->fn_oid, &argtypes, &nargs);
+	if (arg >= nargs)
+		elog(ERROR, "function %u has no argument %d", fcinfo->flinfo->fn_oid, arg + 1);
+	type = argtypes[arg];
+	if (type == TEXTOID)
 		return PG_GETARG_TEXT_PP(arg);
 	getTypeOutputInfo(type, &output, &varlena);
 	return cstring_to_text(OidOutputFunctionCall(output, PG_GETARG_DATUM(arg)));
