@@ -23,15 +23,17 @@
 Datum
 loyalty_key_datum(Oid type, const char *key)
 {
-	Oid			input,
-				ioparam;
-
-	if (type == TEXTOID)
-		return CStringGetTextDatum(key);
-	if (type != INT4OID && type != INT8OID)
-		elog(ERROR, "account keys of type %s are not supported", format_type_be(type));
-	getTypeInputInfo(type, &input, &ioparam);
-	return OidInputFunctionCall(input, unconstify(char *, key), ioparam, -1);
+	switch (type)
+	{
+		case TEXTOID:
+			return CStringGetTextDatum(key);
+		case INT4OID:
+			return DirectFunctionCall1(int4in, CStringGetDatum(key));
+		case INT8OID:
+			return DirectFunctionCall1(int8in, CStringGetDatum(key));
+	}
+	elog(ERROR, "account keys of type %s are not supported", format_type_be(type));
+	return (Datum) 0;
 }
 
 /* Equality of the key column's type, for an index scan key. */
