@@ -183,7 +183,7 @@ BEGIN
             RAISE EXCEPTION '% holds an account key that is not of type %', t.rel, key_type
                 USING ERRCODE = 'data_exception',
                       DETAIL = SQLERRM,
-                      HINT = 'The ERP''s customer keys and loyalty''s account keys must be one type; distribute before accruing, or convert the keys.';
+                      HINT = 'The ERP''s customer keys and loyalty''s account keys must be one type: convert or remove the rows whose key does not fit (a dead letter without an account has the key ''''), then run loyalty.distribute() again.';
         END;
     END LOOP;
 
@@ -270,31 +270,6 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 0. every key already stored converts to the new type: checked here,
-    -- before anything changes on any node (the workers' part commits on
-    -- its own), so that a key that does not fit leaves the cluster as it was
-    IF key_type OPERATOR(pg_catalog.<>) 'pg_catalog.text'::pg_catalog.regtype THEN
-        FOR t IN SELECT a.attrelid::pg_catalog.regclass AS rel
-                   FROM pg_catalog.pg_attribute a
-                   JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
-                    AND d.objid OPERATOR(pg_catalog.=) a.attrelid AND d.deptype OPERATOR(pg_catalog.=) 'e'
-                    AND d.refobjid OPERATOR(pg_catalog.=) (SELECT e.oid FROM pg_catalog.pg_extension e
-                                                            WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty')
-                  WHERE a.attname OPERATOR(pg_catalog.=) 'account_key' AND NOT a.attisdropped AND a.attnum OPERATOR(pg_catalog.>) 0
-                    AND (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) a.attrelid) OPERATOR(pg_catalog.=) 'r'
-                  ORDER BY 1::text
-        LOOP
-            BEGIN
-                EXECUTE pg_catalog.format('SELECT pg_catalog.count(x.account_key::%s) FROM %s x', key_type, t.rel);
-            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
-                RAISE EXCEPTION '% holds an account key that is not of type %', t.rel, key_type
-                    USING ERRCODE = 'data_exception',
-                          DETAIL = SQLERRM,
-                          HINT = 'The ERP''s customer keys and loyalty''s account keys must be one type: convert or remove the rows whose key does not fit (a dead letter without an account has the key ''''), then run loyalty.distribute() again.';
-            END;
-        END LOOP;
-    END IF;
-
     -- 1. the foreign keys and partner policies, on every node
     FOR t IN SELECT c.conrelid::regclass AS rel, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def,
                     l.layout OPERATOR(pg_catalog.<>) 'local' AND f.layout OPERATOR(pg_catalog.<>) 'local' AS kept
@@ -314,12 +289,18 @@ BEGIN
     LOOP
         undo := undo || pg_catalog.format('DROP POLICY IF EXISTS partner ON %s;', t.rel);
     END LOOP;
-    -- the account keys in the type of the invoice table's key, once nothing
-    -- (keys, policies) stands in the way
-    undo := undo || pg_catalog.format('SELECT @extschema@._set_key_type(%L);', key_type);
+    -- and the account keys in the type of the invoice table's key, once
+    -- nothing (keys, policies) stands in the way.  This node first, in this
+    -- transaction: a stored key that does not fit the type stops it here,
+    -- before the workers, whose part commits on its own.
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    EXECUTE undo;
+    PERFORM @extschema@._set_key_type(key_type);
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'on', true);
     FOR r IN EXECUTE 'SELECT w.nodename, w.nodeport, w.success, w.result'
                   || ' FROM pg_catalog.run_command_on_workers($1) w'
                USING 'SET citus.enable_ddl_propagation = off;' || undo
+                  || pg_catalog.format('SELECT @extschema@._set_key_type(%L);', key_type)
     LOOP
         IF NOT r.success THEN
             RAISE EXCEPTION 'could not prepare loyalty''s tables on worker %:%', r.nodename, r.nodeport
@@ -328,9 +309,6 @@ BEGIN
                       HINT = 'Fix the worker (CREATE EXTENSION loyalty must have run there), then run loyalty.distribute() again; it picks up where it stopped.';
         END IF;
     END LOOP;
-    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
-    EXECUTE undo;
-    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'on', true);
 
     -- 2. reference and distributed tables (the cache triggers on the
     -- configuration tables only invalidate this node's caches)
