@@ -64,8 +64,23 @@ SELECT loyalty.redeem('rd_club', '1', 'SEAT');
 SELECT loyalty.redeem('rd_club', '2', 'SEAT', 2);
 -- tier too low (3 is Member, the visit needs Silver)
 SELECT loyalty.redeem('rd_club', '3', 'VISIT');
--- not yet offered, no longer active
-SELECT loyalty.redeem('rd_club', '1', 'FAIR');
+-- not yet offered (its window starts tomorrow: the detail, which names the
+-- dates, is compared rather than printed), no longer active
+DO $$
+DECLARE
+    m text;
+    d text;
+    h text;
+BEGIN
+    PERFORM loyalty.redeem('rd_club', '1', 'FAIR');
+    RAISE NOTICE 'redeemed: not refused';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL, h = PG_EXCEPTION_HINT;
+    RAISE NOTICE '% (%); detail names the window and today: %; %', m, SQLSTATE,
+        d = format('It is offered from %s until (not including) %s; today is %s.',
+                   current_date + 1, current_date + 60, current_date), h;
+END
+$$;
 SELECT loyalty.redeem('rd_club', '1', 'OLD');
 -- over the per-period limit (3 a month)
 SELECT loyalty.redeem('rd_club', '3', 'HOUR', 4);
