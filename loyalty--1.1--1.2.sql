@@ -4623,3 +4623,133 @@ $$;
 
 COMMENT ON FUNCTION @extschema@._citus_functions() IS
 'Internal: registers the debits written in C (loyalty.redeem: the text form on text keys, the bigint form on integer and bigint keys) as Citus distributed functions by account_key, co-located with loyalty.account, so that Citus runs a call on the node holding the account''s shard.';
+
+
+-- ---------------------------------------------------------------------------
+-- Invoice lines with a header table on Citus: both distributed by customer,
+-- co-located with loyalty's tables; a line's header is the row of its key
+-- and of the line's own customer, read in the co-located shard.
+-- ---------------------------------------------------------------------------
+-- The shard of tbl co-located with shard (a shard of another table
+-- distributed with it), on this node; NULL when there is none.  PL/pgSQL:
+-- it reads Citus's catalog, which exists only where Citus is installed.
+CREATE FUNCTION @extschema@._colocated_shard(tbl regclass, shard regclass) RETURNS regclass
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', tn.nspname,
+                   tc.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s2.shardid))
+              FROM pg_catalog.pg_class sc
+              JOIN pg_catalog.pg_dist_shard s1 ON true
+              JOIN pg_catalog.pg_class lc ON lc.oid OPERATOR(pg_catalog.=) s1.logicalrelid
+              JOIN pg_catalog.pg_dist_partition p1 ON p1.logicalrelid OPERATOR(pg_catalog.=) s1.logicalrelid
+              JOIN pg_catalog.pg_dist_partition p2 ON p2.logicalrelid OPERATOR(pg_catalog.=) tbl
+                                                  AND p2.colocationid OPERATOR(pg_catalog.=) p1.colocationid
+              JOIN pg_catalog.pg_dist_shard s2 ON s2.logicalrelid OPERATOR(pg_catalog.=) tbl
+                                              AND s2.shardminvalue OPERATOR(pg_catalog.=) s1.shardminvalue
+              JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) tbl
+              JOIN pg_catalog.pg_namespace tn ON tn.oid OPERATOR(pg_catalog.=) tc.relnamespace
+             WHERE sc.oid OPERATOR(pg_catalog.=) shard
+               AND sc.relnamespace OPERATOR(pg_catalog.=) lc.relnamespace
+               AND sc.relname OPERATOR(pg_catalog.=) (lc.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s1.shardid)
+             LIMIT 1);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._colocated_shard(regclass, regclass) IS
+    'Internal: on a Citus node, the shard of a table co-located with a given shard of another table (an invoice header''s shard for a shard of its lines).';
+REVOKE ALL ON FUNCTION @extschema@._colocated_shard(regclass, regclass) FROM PUBLIC;
+
+-- The condition that a line's header is of the line's customer: both
+-- distribution columns equal (h the header, s the line), when lines and
+-- header are Citus tables distributed together; '' otherwise.  Citus joins
+-- them on it, shard by shard.
+CREATE FUNCTION @extschema@._citus_same_customer(source regclass, header regclass) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT pg_catalog.format(' AND h.%I OPERATOR(pg_catalog.=) s.%I',
+                                              pg_catalog.column_to_column_name(h.logicalrelid, h.partkey),
+                                              pg_catalog.column_to_column_name(l.logicalrelid, l.partkey))
+                       FROM pg_catalog.pg_dist_partition l, pg_catalog.pg_dist_partition h
+                      WHERE l.logicalrelid OPERATOR(pg_catalog.=) source AND h.logicalrelid OPERATOR(pg_catalog.=) header
+                        AND l.partmethod OPERATOR(pg_catalog.=) 'h' AND h.partmethod OPERATOR(pg_catalog.=) 'h'
+                        AND l.colocationid OPERATOR(pg_catalog.=) h.colocationid), '');
+END
+$$;
+COMMENT ON FUNCTION @extschema@._citus_same_customer(regclass, regclass) IS
+    'Internal: the join condition that a line''s header is of the line''s own customer, for lines and header distributed together on Citus.';
+REVOKE ALL ON FUNCTION @extschema@._citus_same_customer(regclass, regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._facts_sql(a @extschema@.attachment, source regclass) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    key text;
+    from_clause text;
+    hdr text;
+    hdr_rel regclass := a.header;
+    same_customer text := '';
+    pl text;
+BEGIN
+    -- On Citus, lines and header are distributed by customer: a line's
+    -- header is the row of its key in the line's own customer, in the
+    -- co-located shard (as the trigger reads it: src/accrual.c)
+    IF a.header IS NOT NULL AND EXISTS (SELECT FROM pg_extension e WHERE e.extname = 'citus') THEN
+        same_customer := @extschema@._citus_same_customer(a.source, a.header);
+        IF source IS DISTINCT FROM a.source THEN
+            hdr_rel := coalesce(@extschema@._colocated_shard(a.header, source), a.header);
+        END IF;
+    END IF;
+    key := CASE WHEN cardinality(a.key_columns) = 1 THEN format('(s.%I)::text', a.key_columns[1])
+                ELSE format('(ROW(%s))::text', (SELECT string_agg(format('s.%I', c), ', ') FROM unnest(a.key_columns) c)) END;
+    -- a partitioned table is read with its partitions; a plain one alone
+    from_clause := format('FROM %s %s s',
+                          CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = source) = 'p' THEN '' ELSE 'ONLY' END,
+                          source);
+    IF a.header IS NULL THEN
+        hdr := format('(%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency, (%s)::text AS doc_type,'
+                      ' (%s)::date AS due_date, (%s)::date AS paid_date, true AS header_found',
+                      a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
+                      coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'));
+    ELSE
+        hdr := 'hh.account_key, hh.doc_date, hh.currency, hh.doc_type, hh.due_date, hh.paid_date, hh.found IS NOT NULL AS header_found';
+        from_clause := from_clause || format(
+            ' LEFT JOIN LATERAL (SELECT (%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency,'
+            ' (%s)::text AS doc_type, (%s)::date AS due_date, (%s)::date AS paid_date, true AS found'
+            ' FROM %s %s h WHERE h.%I %s s.%I%s) hh ON true',
+            a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
+            coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'),
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = hdr_rel) = 'p' THEN '' ELSE 'ONLY' END,
+            hdr_rel, a.header_match_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.header_key_column)::regtype),
+            a.header_key_column, same_customer);
+    END IF;
+    -- the product line from the product table: the row of the line's product
+    -- (by the key type's own equality), or its earlier line in force on the
+    -- document's date (loyalty.product_history, matched by the key's text
+    -- form), as the trigger looks them up (src/product.c)
+    IF a.product IS NOT NULL THEN
+        pl := 'CASE WHEN ph.found THEN ph.product_line ELSE pp.product_line END';
+        from_clause := from_clause || format(
+            ' LEFT JOIN LATERAL (SELECT (%s)::text AS product_line, (p.%I)::text AS product_key'
+            ' FROM %s %s p WHERE p.%I %s s.%I) pp ON true'
+            ' LEFT JOIN LATERAL (SELECT x.product_line, true AS found FROM @extschema@.product_history x'
+            ' WHERE x.attachment_id OPERATOR(pg_catalog.=) %s'
+            ' AND x.product_key OPERATOR(pg_catalog.=) coalesce(pp.product_key, (s.%I)::text)'
+            ' AND x.valid_until OPERATOR(pg_catalog.>) %s ORDER BY x.valid_until LIMIT 1) ph ON true',
+            a.product_line_expr, a.product_id_column,
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.product) = 'p' THEN '' ELSE 'ONLY' END,
+            a.product, a.product_id_column,
+            @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
+                                            WHERE t.attrelid = a.source AND t.attname = a.line_product_column)::regtype),
+            a.line_product_column, a.attachment_id, a.line_product_column,
+            CASE WHEN a.header IS NULL THEN format('(%s)::date', a.date_expr) ELSE 'hh.doc_date' END);
+    ELSE
+        pl := format('(%s)::text', coalesce(a.product_line_expr, 'NULL'));
+    END IF;
+    RETURN format('SELECT %s AS row_key, %s, (%s)::numeric AS amount, (%s)::numeric AS quantity, %s AS product_line %s',
+                  key, hdr, coalesce(a.amount_expr, 'NULL'), coalesce(a.quantity_expr, 'NULL'),
+                  pl, from_clause);
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) IS
+    'Internal: explain_points of the rows of one account (NULL: of every account) of a Citus distributed table, on the node of its shard.';

@@ -156,6 +156,8 @@ INSERT INTO decision VALUES
 ('loyalty._reconcile_shard(integer,text,text,boolean,date,text)', '', false, true, 'internal: verify or backfill of one Citus shard on its node, called by them as the owner; runs the facts query as the given caller'),
 ('loyalty._explain_shard(integer,text,text,text[],text)', '', false, true, 'internal: explain_points of one account''s rows on the node of its Citus shard, called as the owner; reads the rows as the given caller'),
 ('loyalty._citus_functions()', '', false, true, 'internal: distribute() registers redeem as a Citus distributed function'),
+('loyalty._colocated_shard(regclass,regclass)', '', false, true, 'internal: the facts query of a Citus shard of lines reads the co-located shard of their header'),
+('loyalty._citus_same_customer(regclass,regclass)', '', false, true, 'internal: the facts query joins lines and header distributed together on Citus by customer too'),
 ('loyalty._set_key_type(regtype)', '', false, true, 'internal: distribute() makes the account keys the type of the ERP''s distribution column, on each node'),
 ('loyalty._enroll(text,text,text,text,text,numeric,text,date)', '', false, true, 'internal: the writes of enroll()'),
 ('loyalty._verify_attachments(integer)', '', false, true, 'internal: verify''s trigger checks'),

@@ -254,6 +254,8 @@ typedef struct Batch
 	char	  **settled_keys;	/* by row number of the chunk's removed rows */
 	Numeric		zero;
 	DateADT		today;			/* in the program's time zone */
+	int			customer_attnum;	/* on a Citus shard, with a header: the lines' distribution column */
+	FmgrInfo	customer_out;	/* ... and its output function */
 } Batch;
 
 typedef struct Reject
@@ -405,6 +407,45 @@ given_header(Batch *b, RowSet *rs, TupleTableSlot *slot)
 	return e ? (const HeaderFacts *) e->value : NULL;
 }
 
+/*
+ * On a Citus shard, lines and header are distributed by customer: a line's
+ * header is the row of its header key and of the line's own customer, as
+ * the facts query joins them (loyalty._facts_sql), and as the shards hold
+ * them.  The lines' distribution column, when the trigger fires on a shard.
+ */
+static void
+find_customer_column(Batch *b, TupleDesc desc)
+{
+	const char *column;
+	Oid			typoutput;
+	bool		varlena;
+
+	if (loyalty_shard_key() == 0 || (column = loyalty_colocated_column(b->att->source)) == NULL ||
+		(b->customer_attnum = SPI_fnumber(desc, column)) <= 0)
+	{
+		b->customer_attnum = 0;
+		return;
+	}
+	getTypeOutputInfo(TupleDescAttr(desc, b->customer_attnum - 1)->atttypid, &typoutput, &varlena);
+	fmgr_info_cxt(typoutput, &b->customer_out, b->cxt);
+}
+
+/* The header facts hf, unless the line's customer is not the header's (on a shard). */
+static const HeaderFacts *
+same_customer(Batch *b, TupleTableSlot *slot, const HeaderFacts *hf)
+{
+	bool		isnull;
+	Datum		customer;
+
+	if (hf == NULL || b->customer_attnum == 0)
+		return hf;
+	customer = slot_getattr(slot, b->customer_attnum, &isnull);
+	if (isnull || hf->account == NULL ||
+		strcmp(OutputFunctionCall(&b->customer_out, customer), hf->account) != 0)
+		return NULL;
+	return hf;
+}
+
 /* Pass 1: which accounts and header rows does the chunk touch? */
 static void
 collect_keys(Batch *b, RowSet *sets, int nsets)
@@ -478,7 +519,7 @@ collect_keys(Batch *b, RowSet *sets, int nsets)
 static SPIPlanPtr
 header_plan(Attachment *att)
 {
-	if (att->header_plan == NULL)
+	if (loyalty_plan_stale(&att->header_plan))
 	{
 		Oid			argtype = get_array_type(att->header_key_type);
 		char	   *sql = psprintf("SELECT u.k, h, h.xmin, h.tableoid, h.ctid FROM pg_catalog.unnest($1) AS u(k) JOIN %s h"
@@ -493,9 +534,9 @@ header_plan(Attachment *att)
 				 SPI_result_code_string(SPI_result));
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "SPI_keepplan failed");
-		att->header_plan = plan;
+		att->header_plan.plan = plan;
 	}
-	return att->header_plan;
+	return att->header_plan.plan;
 }
 
 /*
@@ -671,14 +712,31 @@ stored_row_key(char *key)
 /*
  * The account key a dead letter is filed under: the row's, or '' when it
  * gave none, since the column leads the table's key and cannot be NULL (no
- * account has the key '', so it names none).  On Citus the account is the
- * distribution column, never NULL, and the letter goes to the shard of the
- * row's own key, co-located with the row.
+ * account has the key '', so it names none).  On Citus the letter goes to
+ * the shard of the row's own distribution column, co-located with the row:
+ * that is its account, or for a line without its header the customer the
+ * line is distributed by (a shard holds no key '', nor can a number).
  */
 static char *
-stored_account_key(const char *account)
+stored_account_key(Attachment *att, TupleTableSlot *slot, const char *account)
 {
-	return account == NULL ? "" : stored_row_key((char *) account);
+	const char *column;
+	int			attnum;
+	bool		isnull;
+	Datum		value;
+	Oid			typoutput;
+	bool		varlena;
+
+	if (account != NULL)
+		return stored_row_key((char *) account);
+	if (loyalty_shard_key() == 0 || (column = loyalty_colocated_column(att->source)) == NULL ||
+		(attnum = SPI_fnumber(slot->tts_tupleDescriptor, column)) <= 0)
+		return "";
+	value = slot_getattr(slot, attnum, &isnull);
+	if (isnull)
+		return "";
+	getTypeOutputInfo(TupleDescAttr(slot->tts_tupleDescriptor, attnum - 1)->atttypid, &typoutput, &varlena);
+	return stored_row_key(OidOutputFunctionCall(typoutput, value));
 }
 
 static void
@@ -699,7 +757,7 @@ add_reject(Batch *b, TupleTableSlot *slot, const RowFacts *f, const RowResult *r
 				 errhint("Fix the row: the program is strict, so a row it cannot accrue fails the statement instead of waiting in loyalty.rejected_event.")));
 	rj = palloc(sizeof(Reject));
 	rj->row_key = row_key ? pstrdup(row_key) : NULL;
-	rj->account = pstrdup(stored_account_key(f->account));
+	rj->account = pstrdup(stored_account_key(b->att, slot, f->account));
 	rj->reason = pstrdup(r->reason);
 	rj->row_json = pstrdup(json);
 	b->rejects = lappend(b->rejects, rj);
@@ -786,7 +844,7 @@ sum_points(Batch *b, RowSet *sets, int nsets, TupleDesc desc)
 				Datum		key = mapping_header_key(att, b->econtext, slot, &isnull);
 				KeyMapEntry *e = isnull ? NULL : keymap_find(hmap, att->header_key, key);
 
-				mapping_apply_header(att, e ? (HeaderFacts *) e->value : NULL, &f);
+				mapping_apply_header(att, same_customer(b, slot, e ? (HeaderFacts *) e->value : NULL), &f);
 			}
 			if (f.account != NULL && acct == NULL)
 			{
@@ -1175,6 +1233,8 @@ accrual_process(Attachment *att, TupleDesc desc, RowSet *sets, int nsets, const 
 	if (att->has_header)
 		b.header_slot = MakeSingleTupleTableSlot(lookup_rowtype_tupdesc_copy(att->header_rowtype, -1),
 												 &TTSOpsHeapTuple);
+	if (att->has_header)
+		find_customer_column(&b, desc);
 	b.zero = int64_to_numeric(0);
 	b.today = rules_today(b.prog);
 	b.rebate_lines = rebate_lines_of(b.prog);
@@ -1664,6 +1724,7 @@ loyalty_accrue_header(PG_FUNCTION_ARGS)
 		header_updated(td, att);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
+	loyalty_shard_leave();
 	SPI_finish();
 	return PointerGetDatum(NULL);
 }
@@ -1727,6 +1788,7 @@ loyalty_stash_header(PG_FUNCTION_ARGS)
 	}
 	FreeExprContext(econtext, true);
 	ExecDropSingleTupleTableSlot(slot);
+	loyalty_shard_leave();
 	SPI_finish();
 	return PointerGetDatum(result);
 }

@@ -186,17 +186,20 @@ citus_table(Oid relid)
 /*
  * A Citus table as source, header or product.  A table distributed by
  * customer accrues on its shards once loyalty's tables are distributed
- * with it (loyalty.distribute()), when the account is its distribution
- * column: then every row a shard's trigger writes belongs to a co-located
- * shard on the same node.  A header or product table would be read by a
- * shard's trigger on a node that holds other shards of it: not supported.
- * A reference table has a copy on every node, and its triggers fire once
- * per copy; a Citus local table keeps its rows in a shard of its own.
+ * with it (loyalty.distribute()): then every row a shard's trigger writes
+ * belongs to a co-located shard on the same node.  The account is then the
+ * distribution column: of the table itself, or of its header, which is
+ * distributed the same way, so that a line's header lives in the shard
+ * of the same customer, next to the line's.  A product table would be read
+ * by a shard's trigger on a node that holds other shards of it: not
+ * supported.  A reference table has a copy on every node, and its triggers
+ * fire once per copy; a Citus local table keeps its rows in a shard of its
+ * own.  account_column NULL: the account is not this table's (lines with a
+ * header).
  */
 static void
 check_citus_table(Oid relid, CitusTable t, const char *param, const char *account_column)
 {
-
 	if (t.method == 0)
 		return;
 	if (t.method == 'n' && t.model == 't')
@@ -211,23 +214,24 @@ check_citus_table(Oid relid, CitusTable t, const char *param, const char *accoun
 				 errmsg("%s is a Citus %s table", relation_name(relid), t.method == 'n' ? "local" : "range or append distributed"),
 				 errdetail("%s: its rows live in shards that loyalty's tables cannot be co-located with.", param),
 				 errhint("Keep the ERP's invoice tables local, or distribute them by customer (hash); see \"Running on Citus\" in loyalty's README.")));
-	if (strcmp(param, "source") != 0)
+	if (strcmp(param, "product") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s is a Citus distributed table", relation_name(relid)),
-				 errdetail("%s: on Citus only the table that earns the points may be distributed; a shard's trigger cannot read the rows of a distributed header or product table that live on other nodes.", param),
-				 errhint("Keep header and product tables local, or attach a table distributed by customer without them; see \"Running on Citus\" in loyalty's README.")));
+				 errdetail("product: a shard's trigger cannot read the rows of a distributed product table that live on other nodes."),
+				 errhint("Attach a distributed invoice table without product, with its product line on the lines; see \"Running on Citus\" in loyalty's README.")));
 	if (!t.colocated)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s is distributed, but loyalty's tables are not distributed with it", relation_name(relid)),
 				 errdetail("Its triggers fire on its shards, on the worker nodes; they write the accounts of their own rows, which must live in co-located shards."),
 				 errhint("Run SELECT loyalty.distribute('%s') first; see \"Running on Citus\" in loyalty's README.", relation_name(relid))));
-	if (t.column == NULL || account_column == NULL || strcmp(t.column, account_column) != 0)
+	if (account_column != NULL && (t.column == NULL || strcmp(t.column, account_column) != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("account_column must be %s, the distribution column of %s", t.column ? quote_identifier(t.column) : "the distribution column", relation_name(relid)),
-				 errdetail("A row accrues on the shard that holds it, so its account must hash to the same shard: the account is the column Citus distributes the table by."),
+				 errdetail("A row accrues on the shard that holds it, so its account must hash to the same shard: the account is the column Citus distributes the %s by.",
+						   strcmp(param, "header") == 0 ? "header table" : "table"),
 				 errhint("Attach with account_column => '%s'.", t.column ? t.column : "")));
 }
 
@@ -668,29 +672,47 @@ check_key_column(const char *list)
 	}
 }
 
-/* The Citus checks of source, header and product (check_citus_table). */
+/*
+ * The Citus checks of source, header and product (check_citus_table).  A
+ * distributed table of lines takes a header distributed with it, by the
+ * customer the account comes from.
+ */
 static void
 check_citus_sources(FunctionCallInfo fcinfo)
 {
-	const char *account = PG_ARGISNULL(ARG_ACCOUNT_COLUMN) ? NULL : TextDatumGetCString(PG_GETARG_DATUM(ARG_ACCOUNT_COLUMN));
+	const char *account = PG_ARGISNULL(ARG_ACCOUNT_COLUMN) ? "" : TextDatumGetCString(PG_GETARG_DATUM(ARG_ACCOUNT_COLUMN));
 	Oid			source = PG_GETARG_OID(ARG_SOURCE);
 	CitusTable	src;
 
 	if (!loyalty_citus_installed())
 		return;
-	if (!PG_ARGISNULL(ARG_HEADER))
-		check_citus_table(PG_GETARG_OID(ARG_HEADER), citus_table(PG_GETARG_OID(ARG_HEADER)), "header", account);
+	src = citus_table(source);
 	if (!PG_ARGISNULL(ARG_PRODUCT))
 		check_citus_table(PG_GETARG_OID(ARG_PRODUCT), citus_table(PG_GETARG_OID(ARG_PRODUCT)), "product", account);
-	src = citus_table(source);
-	if (src.method == 'h' && (!PG_ARGISNULL(ARG_HEADER) || !PG_ARGISNULL(ARG_PRODUCT)))
+	if (src.method == 'h' && !PG_ARGISNULL(ARG_PRODUCT))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("a distributed table cannot be attached with %s", PG_ARGISNULL(ARG_HEADER) ? "product" : "header"),
-				 errdetail("%s is distributed: its triggers fire on shards, on nodes that do not hold the whole %s table.",
-						   relation_name(source), PG_ARGISNULL(ARG_HEADER) ? "product" : "header"),
-				 errhint("Attach a distributed invoice table that holds the customer, date and amount itself; see \"Running on Citus\" in loyalty's README.")));
-	check_citus_table(source, src, "source", account);
+				 errmsg("a distributed table cannot be attached with product"),
+				 errdetail("%s is distributed: its triggers fire on shards, on nodes that do not hold the whole product table.",
+						   relation_name(source)),
+				 errhint("Attach a distributed invoice table that holds its product line itself; see \"Running on Citus\" in loyalty's README.")));
+	if (!PG_ARGISNULL(ARG_HEADER))
+	{
+		Oid			header = PG_GETARG_OID(ARG_HEADER);
+		CitusTable	hdr = citus_table(header);
+
+		if ((src.method == 'h') != (hdr.method == 'h'))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("%s is distributed, but %s is not", relation_name(src.method == 'h' ? source : header),
+							relation_name(src.method == 'h' ? header : source)),
+					 errdetail("On Citus a lines table and its header are distributed together, by customer, so that a line's header is in the shard of the same customer, on the same node."),
+					 errhint("Distribute both by their customer column, co-located with loyalty.account; see \"Running on Citus\" in loyalty's README.")));
+		check_citus_table(header, hdr, "header", account);
+		check_citus_table(source, src, "source", NULL);
+	}
+	else
+		check_citus_table(source, src, "source", account);
 	if (src.method == 0 &&
 		citus_table(get_relname_relid("account", get_namespace_oid("loyalty", false))).method != 0)
 		ereport(ERROR,

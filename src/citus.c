@@ -137,11 +137,15 @@ typedef struct ShardEntry
 	int64		shardid;
 	Oid			table;			/* the distributed table */
 	bool		colocated;		/* with loyalty.account */
-	bool		mapped;			/* names..oids read */
+	bool		mapped;			/* tables..oids read */
 	int			n;
-	char	  **names;			/* loyalty's distributed tables ... */
-	int64	   *shards;			/* ... their co-located shard ids */
-	Oid		   *oids;			/* ... and those shards' OIDs here */
+	Oid		   *tables;			/* the distributed tables co-located with it ... */
+	bool	   *ours;			/* ... which of them are loyalty's */
+	char	  **names;			/* ... their names */
+	char	  **shard_names;	/* ... their co-located shards, schema-qualified */
+	char	  **columns;		/* ... their distribution columns */
+	int64	   *shards;			/* ... the shards' ids */
+	Oid		   *oids;			/* ... and the shards' OIDs here */
 } ShardEntry;
 
 static HTAB *shard_entries = NULL;
@@ -163,6 +167,7 @@ typedef struct PlanEntry
 static HTAB *shard_plans = NULL;
 
 static void load_shard_map(ShardEntry *e);
+static void free_shard_map(ShardEntry *e);
 
 /*
  * What Citus says of relid, when its name is a shard's ("<table>_<id>"):
@@ -302,42 +307,84 @@ loyalty_trigger_table(Relation rel)
 	return e->table;
 }
 
-/* Reads the shards of loyalty's distributed tables co-located with e's. */
+/*
+ * Reads the shards co-located with e's: loyalty's, and the ERP's other
+ * tables distributed with the invoices (an invoice header).
+ */
 static void
 load_shard_map(ShardEntry *e)
 {
 	Oid			nsp = get_namespace_oid("loyalty", false);
-	Oid			argtypes[2] = {INT8OID, OIDOID};
-	Datum		values[2] = {Int64GetDatum(e->shardid), ObjectIdGetDatum(nsp)};
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(e->shardid)};
 	MemoryContext old;
 	uint64		i;
 
-	loyalty_spi_check(SPI_execute_with_args("SELECT c.relname::pg_catalog.text, s2.shardid"
+	loyalty_spi_check(SPI_execute_with_args("SELECT c.oid, c.relname::pg_catalog.text, n.nspname::pg_catalog.text, s2.shardid,"
+											"       pg_catalog.column_to_column_name(p2.logicalrelid, p2.partkey)"
 											" FROM pg_catalog.pg_dist_shard s1"
 											" JOIN pg_catalog.pg_dist_partition p1 ON p1.logicalrelid OPERATOR(pg_catalog.=) s1.logicalrelid"
 											" JOIN pg_catalog.pg_dist_partition p2 ON p2.colocationid OPERATOR(pg_catalog.=) p1.colocationid"
 											" JOIN pg_catalog.pg_dist_shard s2 ON s2.logicalrelid OPERATOR(pg_catalog.=) p2.logicalrelid"
 											"  AND s2.shardminvalue OPERATOR(pg_catalog.=) s1.shardminvalue"
 											" JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s2.logicalrelid"
-											" WHERE s1.shardid OPERATOR(pg_catalog.=) $1 AND c.relnamespace OPERATOR(pg_catalog.=) $2",
-											2, argtypes, values, NULL, true, 0),
+											" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
+											" WHERE s1.shardid OPERATOR(pg_catalog.=) $1",
+											1, argtypes, values, NULL, true, 0),
 					  SPI_OK_SELECT, "read the co-located shards");
+	if (e->mapped)
+		free_shard_map(e);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	e->n = (int) SPI_processed;
+	e->tables = palloc(sizeof(Oid) * (SPI_processed + 1));
+	e->ours = palloc(sizeof(bool) * (SPI_processed + 1));
 	e->names = palloc(sizeof(char *) * (SPI_processed + 1));
+	e->shard_names = palloc(sizeof(char *) * (SPI_processed + 1));
+	e->columns = palloc(sizeof(char *) * (SPI_processed + 1));
 	e->shards = palloc(sizeof(int64) * (SPI_processed + 1));
 	e->oids = palloc(sizeof(Oid) * (SPI_processed + 1));
-	MemoryContextSwitchTo(old);
 	for (i = 0; i < SPI_processed; i++)
 	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *name = SPI_getvalue(row, desc, 2);
+		char	   *schema = SPI_getvalue(row, desc, 3);
+		char	   *shard;
 
-		e->names[i] = MemoryContextStrdup(TopMemoryContext, name);
-		e->shards[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		e->oids[i] = get_relname_relid(psprintf("%s_" INT64_FORMAT, name, e->shards[i]), nsp);
+		e->tables[i] = DatumGetObjectId(SPI_getbinval(row, desc, 1, &isnull));
+		e->ours[i] = get_rel_namespace(e->tables[i]) == nsp;
+		e->names[i] = pstrdup(name);
+		e->shards[i] = DatumGetInt64(SPI_getbinval(row, desc, 4, &isnull));
+		e->columns[i] = SPI_getvalue(row, desc, 5);
+		shard = psprintf("%s_" INT64_FORMAT, name, e->shards[i]);
+		e->shard_names[i] = psprintf("%s.%s", quote_identifier(schema), quote_identifier(shard));
+		e->oids[i] = get_relname_relid(shard, get_rel_namespace(e->tables[i]));
 	}
+	MemoryContextSwitchTo(old);
 	e->mapped = true;
+}
+
+/* Frees e's map (it is read again: a table was distributed with it since). */
+static void
+free_shard_map(ShardEntry *e)
+{
+	int			i;
+
+	for (i = 0; i < e->n; i++)
+	{
+		pfree(e->names[i]);
+		pfree(e->shard_names[i]);
+		pfree(e->columns[i]);
+	}
+	pfree(e->columns);
+	pfree(e->tables);
+	pfree(e->ours);
+	pfree(e->names);
+	pfree(e->shard_names);
+	pfree(e->shards);
+	pfree(e->oids);
+	e->mapped = false;
 }
 
 /* The position of loyalty's table name in the firing shard's map; -1: none. */
@@ -349,9 +396,88 @@ shard_of(const char *name)
 	if (firing == NULL)
 		return -1;
 	for (i = 0; i < firing->n; i++)
-		if (strcmp(firing->names[i], name) == 0)
+		if (firing->ours[i] && strcmp(firing->names[i], name) == 0)
 			return i;
 	return -1;
+}
+
+/*
+ * The position of an ERP table in the firing shard's map; -1 when it is not
+ * distributed with it.  A table distributed since the map was read (in
+ * this backend's life) is found by reading the map again, once.
+ */
+static int
+colocated_position(Oid table)
+{
+	int			i;
+	bool		reread = false;
+
+	if (firing == NULL)
+		return -1;
+	for (;;)
+	{
+		for (i = 0; i < firing->n; i++)
+			if (firing->tables[i] == table)
+				return i;
+		if (reread || !loyalty_citus_hash_table(table))
+			return -1;
+		load_shard_map(firing);
+		reread = true;
+	}
+}
+
+/*
+ * The shard of an ERP table co-located with the firing shard, as a
+ * statement names it (schema-qualified), or NULL when no trigger fires on
+ * a shard or the table is not distributed with it.  Inside SPI.  Statements
+ * of the accrual path that read an ERP table distributed with the invoices
+ * (the invoice header, the lines of a header shard) read this shard: a
+ * line's header lives in the shard of the same customer, on this node.
+ */
+const char *
+loyalty_colocated_shard(Oid table)
+{
+	int			i = colocated_position(table);
+
+	if (i < 0)
+		return NULL;
+	if (!OidIsValid(firing->oids[i]))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("shard " INT64_FORMAT " of %s is not on this node", firing->shards[i], get_rel_name(table)),
+				 errdetail("The trigger fired on shard " INT64_FORMAT ", whose co-located shards must be on the same node.", firing->shardid),
+				 errhint("Move co-located shards together (Citus's rebalancer does).")));
+	return firing->shard_names[i];
+}
+
+/*
+ * The distribution column of an ERP table distributed with the firing
+ * shard, or NULL.  Inside SPI.
+ */
+const char *
+loyalty_colocated_column(Oid table)
+{
+	int			i = colocated_position(table);
+
+	return i < 0 ? NULL : firing->columns[i];
+}
+
+/* The shard a trigger fires on (an opaque handle), or NULL. */
+void *
+loyalty_shard_current(void)
+{
+	return firing;
+}
+
+/*
+ * Fires on a shard again (one recorded with loyalty_shard_current), for the
+ * checks at commit of what statements on it read; loyalty_shard_leave()
+ * after.
+ */
+void
+loyalty_shard_resume(void *shard)
+{
+	firing = shard;
 }
 
 /* The firing shard's id, or 0 when no trigger is firing on a shard. */

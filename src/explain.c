@@ -430,7 +430,10 @@ keys_literal(char **keys, int nkey)
 	return buf.data;
 }
 
-/* The rows of an account, explained on the node of its shard: into rsi. */
+/*
+ * The rows of an account, explained on the node of its shard, or with
+ * account NULL the rows of every shard, each on its node: into rsi.
+ */
 static void
 explain_on_shard(ReturnSetInfo *rsi, Oid source, int32 attachment_id, char **keys, int nkey,
 				 const char *account)
@@ -443,7 +446,7 @@ explain_on_shard(ReturnSetInfo *rsi, Oid source, int32 attachment_id, char **key
 	n = reconcile_shard_calls(source, account,
 							  psprintf("loyalty._explain_shard(%d, %%s, %s, %s, %s)", attachment_id,
 									   quote_literal_cstr(GetUserNameFromId(GetUserId(), false)),
-									   keys_literal(keys, nkey), quote_literal_cstr(account)),
+									   keys_literal(keys, nkey), account ? quote_literal_cstr(account) : "NULL"),
 							  &sqls);
 	for (i = 0; i < n; i++)
 	{
@@ -500,6 +503,12 @@ explain_rows(FunctionCallInfo fcinfo, Oid source, char **keys, int nkey)
 					a;
 
 		MemoryContextSwitchTo(cxt);
+		if (distributed && mapping_get(t[i].attachment_id)->has_header)
+		{
+			/* lines and header are joined in each shard group, on its node */
+			explain_on_shard(rsi, source, t[i].attachment_id, keys, nkey, NULL);
+			continue;
+		}
 		na = explain_attachment(rsi, &t[i], source, source_name, keys, nkey, NULL, distributed, &accounts);
 		for (a = 0; a < na; a++)
 			explain_on_shard(rsi, source, t[i].attachment_id, keys, nkey, accounts[a]);
@@ -529,8 +538,8 @@ loyalty_explain_shard(PG_FUNCTION_ARGS)
 	Oid			save_userid;
 	int			save_sec;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
-		elog(ERROR, "loyalty._explain_shard takes no NULL");
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
+		elog(ERROR, "loyalty._explain_shard takes no NULL but its account");
 	InitMaterializedSRF(fcinfo, 0);
 	cxt = CurrentMemoryContext;
 	keys = array_texts(PG_GETARG_DATUM(3), &nkey);
@@ -551,7 +560,7 @@ loyalty_explain_shard(PG_FUNCTION_ARGS)
 							   save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		MemoryContextSwitchTo(cxt);
 		(void) explain_attachment(rsi, t, shard, get_rel_name(shard), keys, nkey,
-								  TextDatumGetCString(PG_GETARG_DATUM(4)), false, &none);
+								  PG_ARGISNULL(4) ? NULL : TextDatumGetCString(PG_GETARG_DATUM(4)), false, &none);
 		SetUserIdAndSecContext(save_userid, save_sec);
 	}
 	PG_FINALLY();

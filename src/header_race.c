@@ -107,6 +107,7 @@ typedef struct RaceGroup
 {
 	int32		attachment_id;
 	Oid			role;			/* who ran the statements: reads and restates as it */
+	void	   *shard;			/* on Citus, the shard they fired on (loyalty_shard_current) */
 	KeyType    *keytype;
 	HTAB	   *headers;		/* header key -> RaceHeader */
 	int			nline;
@@ -189,6 +190,7 @@ race_group(Attachment *att)
 {
 	static bool registered = false;
 	Oid			role = GetUserId();
+	void	   *shard = loyalty_shard_current();
 	ListCell   *lc;
 	RaceGroup  *g;
 	MemoryContext old;
@@ -201,7 +203,7 @@ race_group(Attachment *att)
 	foreach(lc, race_groups)
 	{
 		g = lfirst(lc);
-		if (g->attachment_id == att->id && g->role == role)
+		if (g->attachment_id == att->id && g->role == role && g->shard == shard)
 			return g;
 	}
 	if (race_cxt == NULL)
@@ -211,6 +213,7 @@ race_group(Attachment *att)
 	g = palloc0(sizeof(RaceGroup));
 	g->attachment_id = att->id;
 	g->role = role;
+	g->shard = shard;
 	/* the attachment's own may go with a cache rebuild before commit */
 	g->keytype = keytype_get(att->header_key_type, att->header_key->collation, race_cxt);
 	g->headers = keymap_create("loyalty headers of concurrent transactions", race_cxt);
@@ -809,10 +812,11 @@ still_attached(RaceGroup *g)
 	Datum		arg = Int32GetDatum(g->attachment_id);
 	bool		isnull;
 
-	reconcile_owner_query("SELECT EXISTS (SELECT FROM loyalty.attachment x"
-						  " WHERE x.attachment_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
-						  " AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::pg_catalog.oid)"
-						  " AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.header::pg_catalog.oid))",
+	reconcile_owner_query(psprintf("SELECT EXISTS (SELECT FROM %s x"
+								   " WHERE x.attachment_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
+								   " AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.source::pg_catalog.oid)"
+								   " AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) x.header::pg_catalog.oid))",
+								   loyalty_table("attachment")),
 						  1, &argtype, &arg, NULL, true);
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
@@ -832,6 +836,8 @@ check_group(RaceGroup *g)
 
 	GetUserIdAndSecContext(&save_user, &save_sec);
 	SetUserIdAndSecContext(g->role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	/* on a Citus worker: the shards co-located with the one they fired on */
+	loyalty_shard_resume(g->shard);
 	att = mapping_get(g->attachment_id);
 	if (!all)
 	{
@@ -852,6 +858,7 @@ check_group(RaceGroup *g)
 			accounts[n++] = strVal(lfirst(lc));
 		reconcile_restate(g->attachment_id, accounts, n, restate.since, RACE_WHAT);
 	}
+	loyalty_shard_leave();
 	SetUserIdAndSecContext(save_user, save_sec);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);

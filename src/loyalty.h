@@ -70,6 +70,10 @@ typedef struct ShardPlan
 } ShardPlan;
 extern int64 loyalty_shard_key(void);
 extern void loyalty_shard_leave(void);
+extern const char *loyalty_colocated_shard(Oid table);
+extern const char *loyalty_colocated_column(Oid table);
+extern void *loyalty_shard_current(void);
+extern void loyalty_shard_resume(void *shard);
 extern const char *loyalty_table(const char *name);
 extern Oid	loyalty_table_oid(const char *name);
 extern bool loyalty_plan_stale(ShardPlan *p);

@@ -110,8 +110,7 @@ mapping_refresh(void)
 		hash_seq_init(&seq, attachments);
 		while ((e = hash_seq_search(&seq)) != NULL)
 		{
-			if (e->att->header_plan != NULL)
-				SPI_freeplan(e->att->header_plan);
+			loyalty_plan_forget(&e->att->header_plan);
 			if (e->att->product_plan != NULL)
 				SPI_freeplan(e->att->product_plan);
 		}
@@ -922,7 +921,7 @@ build_for_user(Attachment *config, Oid role)
 		check_read_privilege(att, att->header, "header", role);
 		header_key_type(att, att->header_name);
 		att->header_rowtype = get_rel_type_id(att->header);
-		att->header_plan = NULL;	/* prepared on first use (accrual.c), as this user */
+		memset(&att->header_plan, 0, sizeof(ShardPlan));	/* prepared on first use (accrual.c), as this user */
 	}
 	if (att->has_product)
 	{
@@ -1164,11 +1163,16 @@ mapping_apply_header(Attachment *att, const HeaderFacts *hf, RowFacts *f)
 
 /*
  * FROM clause item for an ERP table: ONLY for a plain table (inheritance is
- * refused at attach), the whole tree for a partitioned one.
+ * refused at attach), the whole tree for a partitioned one.  While a
+ * trigger fires on a Citus shard, a table distributed with it is read in
+ * its co-located shard on this node (loyalty_colocated_shard).
  */
 char *
 mapping_table_ref(Oid relid, const char *qualified_name)
 {
+	const char *shard = loyalty_colocated_shard(relid);
+
+	/* a shard of a partitioned table is partitioned alike */
 	return psprintf("%s%s", get_rel_relkind(relid) == RELKIND_PARTITIONED_TABLE ? "" : "ONLY ",
-					qualified_name);
+					shard ? shard : qualified_name);
 }

@@ -60,7 +60,7 @@ typedef struct Attachment
 	char	   *header_name;	/* the header table, schema-qualified */
 	Oid			header_key_type;	/* the type of both */
 	struct KeyType *header_key; /* its hash and equality, with the column's collation */
-	SPIPlanPtr	header_plan;	/* the header rows of an array of keys (accrual.c) */
+	ShardPlan	header_plan;	/* the header rows of an array of keys (accrual.c), per shard */
 	Oid			header_rowtype;
 	bool		has_product;	/* the product line comes from a product table */
 	Oid			product;

@@ -48,6 +48,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/regproc.h"
 #include "utils/tuplestore.h"
 #include "utils/varlena.h"
 
@@ -939,6 +940,8 @@ verify_books(ReturnSetInfo *rsi, int32 pid, const char *account)
 
 static bool account_exists(Datum *args, const char *nulls);
 typedef struct Posted Posted;
+static Target *shard_target(int32 attachment_id, Oid shard, MemoryContext cxt);
+static Target *restated_shard(int32 attachment_id, MemoryContext cxt, int *n);
 static bool shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT since,
 							 const char *account, Posted *out);
 
@@ -1204,9 +1207,12 @@ reconcile_restate(int32 attachment_id, char **accounts, int n, DateADT since, co
 				i;
 	Posted		posted = {0};
 
-	t = read_targets("SELECT " TARGET_COLUMNS " FROM loyalty.attachment x"
-					 " WHERE x.attachment_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
-					 " AND " SOURCE_EXISTS, 1, argtypes, args, NULL, cxt, &nt);
+	if (loyalty_shard_key() != 0)
+		t = restated_shard(attachment_id, cxt, &nt);
+	else
+		t = read_targets("SELECT " TARGET_COLUMNS " FROM loyalty.attachment x"
+						 " WHERE x.attachment_id OPERATOR(pg_catalog.=) $1 AND x.detached_at IS NULL"
+						 " AND " SOURCE_EXISTS, 1, argtypes, args, NULL, cxt, &nt);
 	MemoryContextSwitchTo(cxt);
 	posted.cxt = cxt;
 	posted.qualifying = int64_to_numeric(0);
@@ -1460,6 +1466,28 @@ reconcile_shard_calls(Oid source, const char *account, const char *call, char **
 							  psprintf(call, quote_literal_cstr(SPI_getvalue(shard, desc, 1))));
 	}
 	return (int) SPI_processed;
+}
+
+/*
+ * On a Citus worker, at the commit of statements that fired on a shard
+ * (header_race.c): the attachment over the shard of its source co-located
+ * with that shard, the only rows of the accounts it restates on this node.
+ */
+static Target *
+restated_shard(int32 attachment_id, MemoryContext cxt, int *n)
+{
+	Attachment *att = mapping_get(attachment_id);
+	const char *name = loyalty_colocated_shard(att->source);
+	Oid			shard;
+	Target	   *t;
+
+	if (name == NULL)
+		elog(ERROR, "%s is not distributed with the shard loyalty's check fired on", att->source_name);
+	shard = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(name)), AccessShareLock, false);
+	t = shard_target(attachment_id, shard, cxt);
+	t->source = att->source;
+	*n = 1;
+	return t;
 }
 
 /*

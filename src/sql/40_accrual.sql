@@ -48,8 +48,19 @@ DECLARE
     key text;
     from_clause text;
     hdr text;
+    hdr_rel regclass := a.header;
+    same_customer text := '';
     pl text;
 BEGIN
+    -- On Citus, lines and header are distributed by customer: a line's
+    -- header is the row of its key in the line's own customer, in the
+    -- co-located shard (as the trigger reads it: src/accrual.c)
+    IF a.header IS NOT NULL AND EXISTS (SELECT FROM pg_extension e WHERE e.extname = 'citus') THEN
+        same_customer := @extschema@._citus_same_customer(a.source, a.header);
+        IF source IS DISTINCT FROM a.source THEN
+            hdr_rel := coalesce(@extschema@._colocated_shard(a.header, source), a.header);
+        END IF;
+    END IF;
     key := CASE WHEN cardinality(a.key_columns) = 1 THEN format('(s.%I)::text', a.key_columns[1])
                 ELSE format('(ROW(%s))::text', (SELECT string_agg(format('s.%I', c), ', ') FROM unnest(a.key_columns) c)) END;
     -- a partitioned table is read with its partitions; a plain one alone
@@ -66,14 +77,14 @@ BEGIN
         from_clause := from_clause || format(
             ' LEFT JOIN LATERAL (SELECT (%s)::text AS account_key, (%s)::date AS doc_date, (%s)::text AS currency,'
             ' (%s)::text AS doc_type, (%s)::date AS due_date, (%s)::date AS paid_date, true AS found'
-            ' FROM %s %s h WHERE h.%I %s s.%I) hh ON true',
+            ' FROM %s %s h WHERE h.%I %s s.%I%s) hh ON true',
             a.account_expr, a.date_expr, coalesce(a.currency_expr, 'NULL'), coalesce(a.doc_type_expr, 'NULL'),
             coalesce(a.due_date_expr, 'NULL'), coalesce(a.paid_date_expr, 'NULL'),
-            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = a.header) = 'p' THEN '' ELSE 'ONLY' END,
-            a.header, a.header_match_column,
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = hdr_rel) = 'p' THEN '' ELSE 'ONLY' END,
+            hdr_rel, a.header_match_column,
             @extschema@._equality_operator((SELECT t.atttypid FROM pg_attribute t
                                             WHERE t.attrelid = a.source AND t.attname = a.header_key_column)::regtype),
-            a.header_key_column);
+            a.header_key_column, same_customer);
     END IF;
     -- the product line from the product table: the row of the line's product
     -- (by the key type's own equality), or its earlier line in force on the

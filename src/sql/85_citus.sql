@@ -374,5 +374,53 @@ RETURNS TABLE (program text, account_key text, document_date date, status text, 
                on_time_bonus bigint, qualifying numeric, cap text)
 AS 'MODULE_PATHNAME', 'loyalty_explain_shard' LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) IS
-    'Internal: explain_points of the rows of one account of a Citus distributed table, on the node of its shard.';
+    'Internal: explain_points of the rows of one account (NULL: of every account) of a Citus distributed table, on the node of its shard.';
 REVOKE ALL ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text) FROM PUBLIC;
+
+-- The shard of tbl co-located with shard (a shard of another table
+-- distributed with it), on this node; NULL when there is none.  PL/pgSQL:
+-- it reads Citus's catalog, which exists only where Citus is installed.
+CREATE FUNCTION @extschema@._colocated_shard(tbl regclass, shard regclass) RETURNS regclass
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', tn.nspname,
+                   tc.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s2.shardid))
+              FROM pg_catalog.pg_class sc
+              JOIN pg_catalog.pg_dist_shard s1 ON true
+              JOIN pg_catalog.pg_class lc ON lc.oid OPERATOR(pg_catalog.=) s1.logicalrelid
+              JOIN pg_catalog.pg_dist_partition p1 ON p1.logicalrelid OPERATOR(pg_catalog.=) s1.logicalrelid
+              JOIN pg_catalog.pg_dist_partition p2 ON p2.logicalrelid OPERATOR(pg_catalog.=) tbl
+                                                  AND p2.colocationid OPERATOR(pg_catalog.=) p1.colocationid
+              JOIN pg_catalog.pg_dist_shard s2 ON s2.logicalrelid OPERATOR(pg_catalog.=) tbl
+                                              AND s2.shardminvalue OPERATOR(pg_catalog.=) s1.shardminvalue
+              JOIN pg_catalog.pg_class tc ON tc.oid OPERATOR(pg_catalog.=) tbl
+              JOIN pg_catalog.pg_namespace tn ON tn.oid OPERATOR(pg_catalog.=) tc.relnamespace
+             WHERE sc.oid OPERATOR(pg_catalog.=) shard
+               AND sc.relnamespace OPERATOR(pg_catalog.=) lc.relnamespace
+               AND sc.relname OPERATOR(pg_catalog.=) (lc.relname OPERATOR(pg_catalog.||) '_' OPERATOR(pg_catalog.||) s1.shardid)
+             LIMIT 1);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._colocated_shard(regclass, regclass) IS
+    'Internal: on a Citus node, the shard of a table co-located with a given shard of another table (an invoice header''s shard for a shard of its lines).';
+REVOKE ALL ON FUNCTION @extschema@._colocated_shard(regclass, regclass) FROM PUBLIC;
+
+-- The condition that a line's header is of the line's customer: both
+-- distribution columns equal (h the header, s the line), when lines and
+-- header are Citus tables distributed together; '' otherwise.  Citus joins
+-- them on it, shard by shard.
+CREATE FUNCTION @extschema@._citus_same_customer(source regclass, header regclass) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN coalesce((SELECT pg_catalog.format(' AND h.%I OPERATOR(pg_catalog.=) s.%I',
+                                              pg_catalog.column_to_column_name(h.logicalrelid, h.partkey),
+                                              pg_catalog.column_to_column_name(l.logicalrelid, l.partkey))
+                       FROM pg_catalog.pg_dist_partition l, pg_catalog.pg_dist_partition h
+                      WHERE l.logicalrelid OPERATOR(pg_catalog.=) source AND h.logicalrelid OPERATOR(pg_catalog.=) header
+                        AND l.partmethod OPERATOR(pg_catalog.=) 'h' AND h.partmethod OPERATOR(pg_catalog.=) 'h'
+                        AND l.colocationid OPERATOR(pg_catalog.=) h.colocationid), '');
+END
+$$;
+COMMENT ON FUNCTION @extschema@._citus_same_customer(regclass, regclass) IS
+    'Internal: the join condition that a line''s header is of the line''s own customer, for lines and header distributed together on Citus.';
+REVOKE ALL ON FUNCTION @extschema@._citus_same_customer(regclass, regclass) FROM PUBLIC;
