@@ -1071,6 +1071,7 @@ struct Posted
 	int64		source_rows;
 	int64		points;
 	Numeric		qualifying;
+	ReplayTotals replay;		/* the shards' replays of the tier history */
 };
 
 /* expected - accrued, as what a posting can carry */
@@ -1250,7 +1251,7 @@ replay_key_order(const void *a, const void *b)
  * which then prices every row with the replayed history.
  */
 static void
-backfill_replay(const Target *t, DateADT since, MemoryContext cxt)
+backfill_replay(const Target *t, DateADT since, MemoryContext cxt, ReplayTotals *totals)
 {
 	SourceScan	s;
 	HASH_SEQ_STATUS seq;
@@ -1291,7 +1292,7 @@ backfill_replay(const Target *t, DateADT since, MemoryContext cxt)
 		qsort(a->days, a->ndays, sizeof(ReplayDay), day_order);
 	}
 	qsort(accts, n, sizeof(ReplayAccount), replay_key_order);
-	replay_tiers(s.att->program, t->attachment_id, t->source, since, accts, n);
+	replay_tiers(s.att->program, t->attachment_id, t->source, since, accts, n, totals);
 	PopActiveSnapshot();
 	MemoryContextSwitchTo(cxt);
 	MemoryContextDelete(s.cxt);
@@ -1360,7 +1361,7 @@ loyalty_backfill(PG_FUNCTION_ARGS)
 	if (shards_reconcile(NULL, t, true, loyalty_month_start(PG_GETARG_DATEADT(2)), NULL, &posted))
 		goto done;
 	/* the tier history first: the points of every row then follow it */
-	backfill_replay(t, loyalty_month_start(PG_GETARG_DATEADT(2)), cxt);
+	backfill_replay(t, loyalty_month_start(PG_GETARG_DATEADT(2)), cxt, NULL);
 	MemoryContextSwitchTo(cxt);
 	reconcile_post(t, loyalty_month_start(PG_GETARG_DATEADT(2)), NULL, "backfill",
 				   "loyalty.backfill()", true, false, &posted);
@@ -1414,6 +1415,14 @@ add_posted(Posted *out, const char *item, Datum value)
 
 	if (strcmp(item, "accounts") == 0)
 		out->accounts += (int32) v;
+	else if (strcmp(item, "replay_accounts") == 0)
+		out->replay.accounts += (int32) v;
+	else if (strcmp(item, "replay_changes") == 0)
+		out->replay.changes += v;
+	else if (strcmp(item, "replay_written") == 0)
+		out->replay.written += (int32) v;
+	else if (strcmp(item, "replay_through") == 0)
+		out->replay.through = (DateADT) v;
 	else if (strcmp(item, "months") == 0)
 		out->months += (int32) v;
 	else if (strcmp(item, "source_rows") == 0)
@@ -1491,23 +1500,26 @@ restated_shard(int32 attachment_id, MemoryContext cxt, int *n)
 }
 
 /*
- * backfill replays the tier history of a program with a ladder before it
- * posts (backfill_replay): on a shard's node that replay would read and
- * write loyalty's tables through their distributed names, which Citus does
- * not allow inside the shard's query.  Refused before any shard is touched.
+ * backfill of a program with a tier ladder on a distributed table: the
+ * replay of the tier history runs on each shard's node (an account's rows
+ * and tier history are all in its shard), before that shard posts; the
+ * coordinator checks the program's rules once before any shard, and
+ * records the shards' replays once after them.  True when the shards will
+ * replay.
  */
-static void
-refuse_shard_replay(const Target *t)
+static bool
+shard_replay_begins(const Target *t, DateADT since)
 {
 	Attachment *att = mapping_get(t->attachment_id);
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1];
 
-	if (att == NULL || att->program->ladder == NULL)
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("backfill of program \"%s\" cannot run on a distributed table yet", att->program->name),
-			 errdetail("The program has a tier ladder: backfill replays its tier history from the rows before it posts them, which loyalty does on one server only; nothing was posted."),
-			 errhint("On Citus, backfill programs without a tier ladder; loyalty.verify() still lists what the rows of this one are missing.")));
+	if (att == NULL || !replay_will_run(att->program, since))
+		return false;
+	/* tier writes of a program one transaction at a time: fold() tries this lock here */
+	args[0] = Int32GetDatum(att->program->id);
+	reconcile_owner_query("SELECT loyalty._tier_lock($1)", 1, argtypes, args, NULL, false);
+	return true;
 }
 
 /*
@@ -1529,6 +1541,7 @@ shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT sin
 	int			n,
 				i;
 	uint64		j;
+	bool		replays;
 
 	/* since as a number of days: whatever the nodes' DateStyle */
 	n = reconcile_shard_calls(t->source, account,
@@ -1540,8 +1553,7 @@ shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT sin
 									   : psprintf("('2000-01-01'::pg_catalog.date OPERATOR(pg_catalog.+) %d)", (int) since),
 									   account ? quote_literal_cstr(account) : "NULL"),
 							  &sqls);
-	if (n > 0 && backfill)
-		refuse_shard_replay(t);
+	replays = n > 0 && backfill && shard_replay_begins(t, since);
 	for (i = 0; i < n; i++)
 	{
 		reconcile_owner_query(sqls[i], 0, NULL, NULL, NULL, !backfill);
@@ -1560,6 +1572,8 @@ shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT sin
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
+	if (replays)
+		replay_record(mapping_get(t->attachment_id)->program, t->attachment_id, since, &out->replay);
 	return n > 0;
 }
 
@@ -1640,10 +1654,14 @@ shard_work(ReturnSetInfo *rsi, Target *t, bool backfill, DateADT since, const ch
 
 		posted.cxt = cxt;
 		posted.qualifying = int64_to_numeric(0);
-		backfill_replay(t, since, cxt);
+		backfill_replay(t, since, cxt, &posted.replay);
 		MemoryContextSwitchTo(cxt);
 		reconcile_post(t, since, NULL, "backfill", "loyalty.backfill()", true, false, &posted);
 		MemoryContextSwitchTo(cxt);
+		put_posted(rsi, "replay_accounts", int64_to_numeric(posted.replay.accounts));
+		put_posted(rsi, "replay_changes", int64_to_numeric(posted.replay.changes));
+		put_posted(rsi, "replay_written", int64_to_numeric(posted.replay.written));
+		put_posted(rsi, "replay_through", int64_to_numeric(posted.replay.through));
 		put_posted(rsi, "accounts", int64_to_numeric(posted.accounts));
 		put_posted(rsi, "months", int64_to_numeric(posted.months));
 		put_posted(rsi, "source_rows", int64_to_numeric(posted.source_rows));

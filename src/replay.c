@@ -35,6 +35,8 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/array.h"
@@ -130,7 +132,7 @@ col(int c, bool *isnull)
  * error: their tier history is settlement's.
  */
 static bool
-read_rules(Program *prog, DateADT since, ReplayRules *r)
+read_rules(Program *prog, DateADT since, ReplayRules *r, bool quiet)
 {
 	Oid			argtypes[2] = {INT4OID, DATEOID};
 	Datum		args[2] = {Int32GetDatum(prog->id), DateADTGetDatum(since)};
@@ -141,11 +143,13 @@ read_rules(Program *prog, DateADT since, ReplayRules *r)
 	bool		has_req;
 	Datum		settled;
 
-	reconcile_owner_query("SELECT p.settlement_period, p.tier_grace, p.tier_grace_value, p.tier_basis,"
-						  " EXISTS (SELECT FROM loyalty.tier_requirement q WHERE q.program_id OPERATOR(pg_catalog.=) $1),"
-						  " (SELECT pg_catalog.max(s.period_end) FROM loyalty.settlement_run s"
-						  "   WHERE s.program_id OPERATOR(pg_catalog.=) $1 AND s.period_end OPERATOR(pg_catalog.>=) $2)"
-						  " FROM loyalty.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1",
+	reconcile_owner_query(psprintf("SELECT p.settlement_period, p.tier_grace, p.tier_grace_value, p.tier_basis,"
+								   " EXISTS (SELECT FROM %s q WHERE q.program_id OPERATOR(pg_catalog.=) $1),"
+								   " (SELECT pg_catalog.max(s.period_end) FROM %s s"
+								   "   WHERE s.program_id OPERATOR(pg_catalog.=) $1 AND s.period_end OPERATOR(pg_catalog.>=) $2)"
+								   " FROM %s p WHERE p.program_id OPERATOR(pg_catalog.=) $1",
+								   loyalty_table("tier_requirement"), loyalty_table("settlement_run"),
+								   loyalty_table("program")),
 						  2, argtypes, args, NULL, true);
 	period = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	grace = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
@@ -161,7 +165,7 @@ read_rules(Program *prog, DateADT since, ReplayRules *r)
 				 errhint("Backfill from the day after the last settled period, or from a month in a period not settled yet.")));
 	if (strcmp(basis, "qualifying") != 0 || has_req)
 	{
-		ereport(NOTICE,
+		ereport(quiet ? DEBUG1 : NOTICE,
 				(errmsg("backfill does not replay the tier history of program \"%s\"", prog->name),
 				 errdetail("Its tiers qualify on %s%s; the replay re-qualifies on qualifying spend only.",
 						   strcmp(basis, "qualifying") == 0 ? "qualifying spend" : basis,
@@ -205,22 +209,23 @@ read_accounts(Program *prog, DateADT since, ReplayState *st, int n)
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = DateADTGetDatum(since);
 	args[2] = loyalty_text_array(keys, NULL, n);
-	reconcile_owner_query(
-		"SELECT EXISTS (SELECT FROM loyalty.tier_grant g WHERE " OF_ACCOUNT("g") ")"
-		"    OR EXISTS (SELECT FROM loyalty.tier_history h WHERE " OF_ACCOUNT("h")
+	reconcile_owner_query(psprintf(
+		"SELECT EXISTS (SELECT FROM %1$s g WHERE " OF_ACCOUNT("g") ")"
+		"    OR EXISTS (SELECT FROM %2$s h WHERE " OF_ACCOUNT("h")
 		"               AND h.reason OPERATOR(pg_catalog.=) 'manual' AND h.effective_from OPERATOR(pg_catalog.>) $2),"
-		" (SELECT h.new_tier FROM loyalty.tier_history h WHERE " OF_ACCOUNT("h") " AND NOT " REPLACEABLE("h")
+		" (SELECT h.new_tier FROM %2$s h WHERE " OF_ACCOUNT("h") " AND NOT " REPLACEABLE("h")
 		"    AND ($2 OPERATOR(pg_catalog.=) '-infinity' OR h.effective_from OPERATOR(pg_catalog.<=) ($2 OPERATOR(pg_catalog.+) 1))"
 		"  ORDER BY h.effective_from DESC, h.change_no DESC LIMIT 1),"
-		" ARRAY(SELECT h.effective_from FROM loyalty.tier_history h WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h")
+		" ARRAY(SELECT h.effective_from FROM %2$s h WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h")
 		"       ORDER BY h.effective_from, h.change_no),"
-		" ARRAY(SELECT h.old_tier FROM loyalty.tier_history h WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h")
+		" ARRAY(SELECT h.old_tier FROM %2$s h WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h")
 		"       ORDER BY h.effective_from, h.change_no),"
-		" ARRAY(SELECT h.new_tier FROM loyalty.tier_history h WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h")
+		" ARRAY(SELECT h.new_tier FROM %2$s h WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h")
 		"       ORDER BY h.effective_from, h.change_no),"
-		" coalesce((SELECT pg_catalog.max(h.change_no) FROM loyalty.tier_history h WHERE " OF_ACCOUNT("h")
+		" coalesce((SELECT pg_catalog.max(h.change_no) FROM %2$s h WHERE " OF_ACCOUNT("h")
 		"           AND NOT " REPLACEABLE("h") "), 0)"
 		" FROM pg_catalog.unnest($3" KEYS_CAST ") WITH ORDINALITY AS k(k, i) ORDER BY k.i",
+		loyalty_table("tier_grant"), loyalty_table("tier_history")),
 		3, argtypes, args, NULL, true);
 	Assert(SPI_processed == (uint64) n);
 	MemoryContextSwitchTo(cxt);
@@ -282,6 +287,40 @@ month_add(ReplayState *s, DateADT month, Numeric q)
 	s->q[s->nmonths++] = q;
 }
 
+
+/*
+ * The qualifying spend per account and month of the months before since
+ * and of the program's other tables ($1 program, $2 since, $3 keys, $4
+ * source), in key order: loyalty.accrual_month's query, over the tables
+ * loyalty_table names (on a Citus shard, the co-located shards: a shard's
+ * query cannot read the distributed view).
+ */
+static char *
+background_sql(void)
+{
+	return psprintf("SELECT u.account_key, u.month, pg_catalog.sum(u.qualifying)"
+					" FROM (SELECT b.account_key, x.month, x.attachment_id, x.points, x.qualifying, x.source_rows"
+					"       FROM %1$s b, ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment),"
+					"            pg_catalog.unnest(b.m_points), pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))"
+					"            AS x(month, attachment_id, points, qualifying, source_rows)"
+					"       WHERE b.program_id OPERATOR(pg_catalog.=) $1"
+					"       UNION ALL"
+					"       SELECT d.account_key, x.month, x.attachment_id, x.points, x.qualifying, x.source_rows"
+					"       FROM %2$s d, ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_attachment),"
+					"            pg_catalog.unnest(d.m_points), pg_catalog.unnest(d.m_qualifying), pg_catalog.unnest(d.m_source_rows))"
+					"            AS x(month, attachment_id, points, qualifying, source_rows)"
+					"       WHERE d.program_id OPERATOR(pg_catalog.=) $1) u"
+					" JOIN pg_catalog.unnest($3" KEYS_CAST ") AS k(k) ON k.k OPERATOR(pg_catalog.=) u.account_key"
+					" WHERE u.month OPERATOR(pg_catalog.<) $2"
+					"    OR u.attachment_id OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT x.attachment_id FROM %3$s x"
+					"       WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $4))"
+					" GROUP BY u.account_key, u.attachment_id, u.month"
+					" HAVING pg_catalog.sum(u.points) OPERATOR(pg_catalog.<>) 0 OR pg_catalog.sum(u.qualifying) OPERATOR(pg_catalog.<>) 0"
+					"     OR pg_catalog.sum(u.source_rows) OPERATOR(pg_catalog.<>) 0"
+					" ORDER BY (u.account_key)" KEY_TEXT " COLLATE \"C\"",
+					loyalty_table("balance_folded"), loyalty_table("balance_delta"), loyalty_table("attachment"));
+}
+
 /*
  * What the books hold for the windows and the scan does not replay: the
  * months before since, and the months of the program's other tables.
@@ -302,15 +341,7 @@ read_background(Program *prog, Oid source, DateADT since, ReplayState *st, int n
 	args[1] = DateADTGetDatum(since);
 	args[2] = loyalty_text_array(keys, NULL, n);
 	args[3] = ObjectIdGetDatum(source);
-	reconcile_owner_query(
-		"SELECT m.account_key, m.month, m.qualifying FROM loyalty.accrual_month m"
-		" JOIN pg_catalog.unnest($3" KEYS_CAST ") AS k(k) ON k.k OPERATOR(pg_catalog.=) m.account_key"
-		" WHERE m.program_id OPERATOR(pg_catalog.=) $1"
-		"   AND (m.month OPERATOR(pg_catalog.<) $2"
-		"        OR m.attachment_id OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT x.attachment_id FROM loyalty.attachment x"
-		"           WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.source::pg_catalog.oid OPERATOR(pg_catalog.=) $4)))"
-		" ORDER BY (m.account_key)" KEY_TEXT " COLLATE \"C\"",
-		4, argtypes, args, NULL, true);
+	reconcile_owner_query(background_sql(), 4, argtypes, args, NULL, true);
 	MemoryContextSwitchTo(cxt);
 	/* both in key order: one walk */
 	for (r = 0, i = 0; r < SPI_processed; r++)
@@ -554,8 +585,8 @@ write_changes(const Program *prog, DateADT since, ReplayState *st, int n, int *n
 	args[0] = Int32GetDatum(prog->id);
 	args[1] = DateADTGetDatum(since);
 	args[2] = loyalty_text_array(keys, NULL, nk);
-	reconcile_owner_query("DELETE FROM loyalty.tier_history h USING pg_catalog.unnest($3" KEYS_CAST ") AS k(k)"
-						  " WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h"),
+	reconcile_owner_query(psprintf("DELETE FROM %s h USING pg_catalog.unnest($3" KEYS_CAST ") AS k(k)"
+								   " WHERE " OF_ACCOUNT("h") " AND " REPLACEABLE("h"), loyalty_table("tier_history")),
 						  3, dt, args, NULL, false);
 	if (nc > 0)
 	{
@@ -565,12 +596,12 @@ write_changes(const Program *prog, DateADT since, ReplayState *st, int n, int *n
 		args[4] = loyalty_text_array(co, conulls, nc);
 		args[5] = loyalty_text_array(cn, cnnulls, nc);
 		args[6] = loyalty_numeric_array(cq, nc);
-		reconcile_owner_query("INSERT INTO loyalty.tier_history"
+		reconcile_owner_query(psprintf("INSERT INTO %s"
 							  " (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)"
 							  " SELECT $1, c.k" KEY_CAST ", c.no, c.eff, c.o, c.n, 'backfill', c.q"
 							  " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4),"
 							  "                 pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7))"
-							  "      AS c(k, no, eff, o, n, q)",
+							  "      AS c(k, no, eff, o, n, q)", loyalty_table("tier_history")),
 							  7, it, args, NULL, false);
 	}
 	/* the accounts' rows in key order, as every writer of them locks them */
@@ -579,11 +610,11 @@ write_changes(const Program *prog, DateADT since, ReplayState *st, int n, int *n
 	{
 		Oid			ut[3] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID};
 
-		reconcile_owner_query("UPDATE loyalty.account a SET tier = u.t,"
+		reconcile_owner_query(psprintf("UPDATE %s a SET tier = u.t,"
 							  " tier_since = CASE WHEN u.t IS NULL THEN NULL ELSE pg_catalog.now() END"
 							  " FROM ROWS FROM (pg_catalog.unnest($2" KEYS_CAST "), pg_catalog.unnest($3)) AS u(k, t)"
 							  " WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) u.k"
-							  "   AND a.tier IS DISTINCT FROM u.t",
+							  "   AND a.tier IS DISTINCT FROM u.t", loyalty_table("account")),
 							  3, ut, args, NULL, false);
 	}
 	return nc;
@@ -594,37 +625,39 @@ static void
 record_replay(const Program *prog, int32 attachment_id, DateADT since, DateADT through,
 			  int accounts, int64 changes)
 {
-	Oid			t[6] = {INT4OID, INT4OID, DATEOID, DATEOID, INT4OID, INT8OID};
-	Datum		args[6] = {Int32GetDatum(prog->id), Int32GetDatum(attachment_id), DateADTGetDatum(since),
-	DateADTGetDatum(through), Int32GetDatum(accounts), Int64GetDatum(changes)};
+	Oid			t[7] = {INT4OID, INT4OID, DATEOID, DATEOID, INT4OID, INT8OID, TIMESTAMPTZOID};
+	Datum		args[7] = {Int32GetDatum(prog->id), Int32GetDatum(attachment_id), DateADTGetDatum(since),
+		DateADTGetDatum(through), Int32GetDatum(accounts), Int64GetDatum(changes),
+	TimestampTzGetDatum(GetCurrentTransactionStartTimestamp())};
 
+	/* now() as a value: Citus takes no function in DO UPDATE of a reference table */
 	reconcile_owner_query("INSERT INTO loyalty.tier_replay AS r"
-						  " (program_id, attachment_id, since, through, accounts, tier_changes)"
-						  " VALUES ($1, $2, $3, $4, $5, $6)"
+						  " (program_id, attachment_id, since, through, accounts, tier_changes, replayed_at)"
+						  " VALUES ($1, $2, $3, $4, $5, $6, $7)"
 						  " ON CONFLICT (program_id, attachment_id) DO UPDATE"
-						  " SET since = excluded.since, through = excluded.through, replayed_at = pg_catalog.now(),"
+						  " SET since = excluded.since, through = excluded.through, replayed_at = excluded.replayed_at,"
 						  "     accounts = excluded.accounts, tier_changes = excluded.tier_changes",
-						  6, t, args, NULL, false);
+						  7, t, args, NULL, false);
 }
 
 void
 replay_tiers(Program *prog, int32 attachment_id, Oid source, DateADT since,
-			 ReplayAccount *accts, int n)
+			 ReplayAccount *accts, int n, ReplayTotals *totals)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ReplayRules r;
 	ReplayState *st;
 	Oid			lt[1] = {INT4OID};
 	Datum		la[1] = {Int32GetDatum(prog->id)};
-	int64		changes;
-	int			naccounts,
-				i;
+	ReplayTotals mine = {0};
+	int			i;
 
 	if (prog->ladder == NULL)
 		return;
 	/* tier writes of a program one transaction at a time (fold, settle, grants) */
 	reconcile_owner_query("SELECT loyalty._tier_lock($1)", 1, lt, la, NULL, false);
-	if (!read_rules(prog, since, &r))
+	/* on a shard quiet: the coordinator said it (replay_will_run) */
+	if (!read_rules(prog, since, &r, totals != NULL))
 		return;
 	MemoryContextSwitchTo(cxt);
 	st = palloc0(sizeof(ReplayState) * (n + 1));
@@ -638,19 +671,50 @@ replay_tiers(Program *prog, int32 attachment_id, Oid source, DateADT since,
 	for (i = 0; i < n; i++)
 		if (!st[i].skip)
 			walk_account(prog, &r, since, &st[i]);
-	changes = write_changes(prog, since, st, n, &naccounts);
+	mine.changes = write_changes(prog, since, st, n, &mine.written);
+	mine.accounts = n;
+	mine.through = r.first_open - 1;
 	MemoryContextSwitchTo(cxt);
-	/* with no account replayed, settlement decides every period as usual */
-	if (n > 0)
-		record_replay(prog, attachment_id, since, r.first_open - 1, n, changes);
-	MemoryContextSwitchTo(cxt);
-	if (naccounts > 0)
+	if (mine.written > 0)
 	{
 		/* other backends cached the old tier history */
 		CacheInvalidateRelcacheByRelid(get_relname_relid("account", get_namespace_oid("loyalty", false)));
 		accounts_forget();
 	}
+	if (totals == NULL)
+	{
+		replay_record(prog, attachment_id, since, &mine);
+		return;
+	}
+	totals->accounts += mine.accounts;
+	totals->changes += mine.changes;
+	totals->written += mine.written;
+	totals->through = mine.through;
+}
+
+/*
+ * Whether replay_tiers replays the program's tiers from since: its checks
+ * (an error for a settled period, a notice for tiers it cannot replay),
+ * made once on the Citus coordinator before the shards replay.  Inside SPI.
+ */
+bool
+replay_will_run(Program *prog, DateADT since)
+{
+	ReplayRules r;
+
+	return prog->ladder != NULL && read_rules(prog, since, &r, false);
+}
+
+/*
+ * The periods replayed, for settle() and settle_due() (with no account
+ * replayed, settlement decides every period as usual), and the report.
+ */
+void
+replay_record(Program *prog, int32 attachment_id, DateADT since, const ReplayTotals *totals)
+{
+	if (totals->accounts > 0)
+		record_replay(prog, attachment_id, since, totals->through, totals->accounts, totals->changes);
 	ereport(NOTICE,
 			(errmsg("backfill replayed the tiers of %d accounts: %lld tier changes written for %d accounts",
-					n, (long long) changes, naccounts)));
+					totals->accounts, (long long) totals->changes, totals->written)));
 }

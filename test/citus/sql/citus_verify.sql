@@ -177,24 +177,88 @@ SELECT count(DISTINCT p.nodeport) AS workers_with_backfill_entries
        $$SELECT count(*) FROM %s WHERE kind = 'backfill'$$) r
   JOIN pg_catalog.pg_dist_shard_placement p USING (shardid)
  WHERE r.result::bigint > 0;
--- A program with a tier ladder: backfill would replay its tier history
--- first, which runs on one server only; refused before any shard is
--- touched (0A000), nothing posted, verify still reports what is missing.
+-- A program with a tier ladder: backfill replays its tier history from the
+-- rows before it posts them, on each shard's node (an account's rows and
+-- history are all in its shard).  The same rows backfilled into the same
+-- program on a single server (a database of its own on the coordinator's
+-- node, through dblink) give the same tier history, change for change.
 CREATE TABLE erp.laddered_orders (LIKE erp.old_orders INCLUDING ALL);
 SELECT create_distributed_table('erp.laddered_orders', 'customer', colocate_with => 'loyalty.account');
-INSERT INTO erp.laddered_orders SELECT * FROM erp.old_orders WHERE order_id <= 300;
+-- 60 customers, 25 orders each, from a few to about 90 a piece: Silver
+-- (100) and Gold (1,000, earning double) reached on different days
+INSERT INTO erp.laddered_orders SELECT g, 'L-' || lpad((g % 60)::text, 2, '0'), 1 + (g % 60) * 1.5 + (g % 10) / 10.0,
+                                       DATE '2024-06-01' + g % 300
+  FROM generate_series(1, 1500) g;
 SELECT loyalty.create_program('Ladder Club', ladder => 'Silver:100, Gold:1000') > 0 AS created;
+SELECT loyalty.add_rule('Ladder Club', valid_from => '2024-01-01', points_per_unit => 1, tier_multipliers => '{"Gold": 2}');
 SELECT loyalty.attach('erp.laddered_orders', 'Ladder Club', account_column => 'customer', amount_column => 'amount',
                       date_column => 'order_date') > 0 AS attached;
-\set VERBOSITY sqlstate
-SELECT * FROM loyalty.backfill('erp.laddered_orders', 'Ladder Club', since => '-infinity');
-\set VERBOSITY default
-SELECT * FROM loyalty.backfill('erp.laddered_orders', 'Ladder Club', since => '-infinity');
-SELECT count(*) AS entries FROM loyalty.ledger
+SELECT b.accounts, b.source_rows FROM loyalty.backfill('erp.laddered_orders', 'Ladder Club', since => '-infinity') b;
+SELECT * FROM loyalty.verify('Ladder Club');
+SELECT b.accounts, b.source_rows FROM loyalty.backfill('erp.laddered_orders', 'Ladder Club', since => '-infinity') b;
+SELECT since, accounts, tier_changes > 0 AS changed FROM loyalty.tier_replay
  WHERE program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Ladder Club');
-SELECT count(DISTINCT account_key) AS accounts_reported,
-       (SELECT count(DISTINCT customer) FROM erp.laddered_orders) AS customers
-  FROM loyalty.verify('Ladder Club');
+SELECT count(DISTINCT p.nodeport) AS workers_with_replayed_history
+  FROM pg_catalog.run_command_on_shards('loyalty.tier_history',
+       $$SELECT count(*) FROM %s WHERE reason = 'backfill'$$) r
+  JOIN pg_catalog.pg_dist_shard_placement p USING (shardid)
+ WHERE r.result::bigint > 0;
+-- the single server
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS dblink;
+CREATE DATABASE loyalty_ladder_single;
+RESET client_min_messages;
+SELECT pg_catalog.format('dbname=loyalty_ladder_single port=%s host=%s user=%s', current_setting('port'),
+                         split_part(current_setting('unix_socket_directories'), ',', 1), current_user) AS single \gset
+SELECT dblink_exec(:'single', $$
+    SET client_min_messages = warning;
+    CREATE EXTENSION loyalty;
+    CREATE TABLE laddered_orders (order_id bigint NOT NULL, customer text NOT NULL, amount numeric(12,2) NOT NULL,
+                                  order_date date NOT NULL, PRIMARY KEY (customer, order_id));
+    INSERT INTO laddered_orders SELECT g, 'L-' || lpad((g % 60)::text, 2, '0'), 1 + (g % 60) * 1.5 + (g % 10) / 10.0,
+                                       DATE '2024-06-01' + g % 300
+      FROM generate_series(1, 1500) g;
+    SELECT loyalty.create_program('Ladder Club', ladder => 'Silver:100, Gold:1000');
+    SELECT loyalty.add_rule('Ladder Club', valid_from => '2024-01-01', points_per_unit => 1, tier_multipliers => '{"Gold": 2}');
+    SELECT loyalty.attach('laddered_orders', 'Ladder Club', account_column => 'customer', amount_column => 'amount',
+                          date_column => 'order_date');
+    DO $d$ BEGIN PERFORM loyalty.backfill('laddered_orders', 'Ladder Club', since => '-infinity'); END $d$;
+$$);
+-- the same rows on both
+SELECT (SELECT count(*) FROM erp.laddered_orders) AS rows,
+       (SELECT n FROM dblink(:'single', 'SELECT count(*) FROM laddered_orders') AS r(n bigint)) AS single_rows,
+       (SELECT sum(amount) FROM erp.laddered_orders)
+     = (SELECT n FROM dblink(:'single', 'SELECT sum(amount) FROM laddered_orders') AS r(n numeric)) AS same_amounts;
+CREATE TEMP TABLE single_history AS
+SELECT * FROM dblink(:'single', $$SELECT account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying
+                                  FROM loyalty.tier_history$$)
+    AS h(account_key text, change_no bigint, effective_from date, old_tier text, new_tier text, reason text,
+         rolling_qualifying numeric);
+CREATE TEMP TABLE single_points AS
+SELECT * FROM dblink(:'single', $$SELECT b.account_key, b.points, a.tier
+                                  FROM loyalty.balance b JOIN loyalty.account a USING (program_id, account_key)$$)
+    AS b(account_key text, points bigint, tier text);
+SELECT new_tier, count(*) AS changes, count(DISTINCT account_key) AS accounts
+  FROM single_history GROUP BY 1 ORDER BY 1;
+SELECT count(*) AS history_differing FROM (
+    (SELECT account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying
+       FROM loyalty.tier_history WHERE program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Ladder Club')
+     EXCEPT SELECT * FROM single_history)
+    UNION ALL
+    (SELECT * FROM single_history
+     EXCEPT SELECT account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying
+       FROM loyalty.tier_history WHERE program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Ladder Club'))) d;
+-- and the points, priced with the replayed tiers (Gold earns double)
+SELECT count(*) AS accounts_differing
+  FROM single_points s
+  FULL JOIN (SELECT b.account_key, b.points, a.tier FROM loyalty.balance b JOIN loyalty.account a USING (program_id, account_key)
+              WHERE b.program_id = (SELECT program_id FROM loyalty.program WHERE name = 'Ladder Club')) b USING (account_key)
+ WHERE s.points IS DISTINCT FROM b.points OR s.tier IS DISTINCT FROM b.tier;
+SELECT count(*) FILTER (WHERE points > 0) AS accounts_with_points,
+       sum(points) > (SELECT sum(trunc(amount)) FROM erp.laddered_orders) AS gold_earned_double
+  FROM single_points;
+DROP DATABASE loyalty_ladder_single;
+DROP EXTENSION dblink;
 -- and the other programs are untouched
 SELECT * FROM loyalty.verify('Verify Club');
 SELECT * FROM loyalty.verify('Sales Club');
