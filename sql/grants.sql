@@ -181,8 +181,12 @@ INSERT INTO decision VALUES
 ('loyalty._set_tier(integer,text,text,text)', '', false, true, 'internal: tier change by hand'),
 -- Settlement steps of the other wallets (52_expiry, 53_rebates, 61_actions,
 -- 63_mdf): called by settle() as the owner.
-('loyalty._expiry_threshold(integer,date)', '', false, true, 'internal: the first month still valid at a cutoff'),
 ('loyalty._expiry_due(integer,date,text)', '', false, true, 'internal: points due to expire at a cutoff (FIFO closed form)'),
+('loyalty._expiry_due_in(integer,text,date,text,boolean,regclass,regclass,regclass)', '', false, true, 'internal: the same over given tables (loyalty''s, or a Citus shard group)'),
+('loyalty._expiry_settings(integer,date,regclass,regclass)', '', false, true, 'internal: a program''s expiry threshold, time zone and caps at a cutoff'),
+('loyalty._settle_expiry_in(integer,date,date,text,boolean,regclass,regclass,regclass,regclass)', '', false, true, 'internal: settlement''s expiry over given tables'),
+('loyalty._expire_shards(integer,date)', '', false, true, 'internal: settlement''s expiry on Citus, one routed call per shard'),
+('loyalty._expire_shard(integer,date,text)', '', false, true, 'internal: settlement''s expiry of one shard group, on its Citus node'),
 ('loyalty._settle_expiry(integer,date,date)', '', false, true, 'internal: settlement''s expiry, called by settle()'),
 ('loyalty._expiry_cutoffs(integer,date)', '', false, true, 'internal: settlement cutoffs of the next 90 days'),
 ('loyalty._expiring_soon(integer,text,date)', '', false, true, 'internal: points expiring in the next 90 days, for the statement'),

@@ -168,10 +168,61 @@ SELECT count(*) AS accounts_differing_from_erp
   FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :pid) b USING (account_key)
  WHERE w.points IS DISTINCT FROM b.points;
 
--- What is not built on a distributed layout is refused, and nothing is written.
-SELECT loyalty.create_program('Expiring Club', point_lifetime => '12 months') > 0 AS created;
-SELECT loyalty.settle('Expiring Club', '2025-03-31');
-SELECT count(*) AS runs FROM loyalty.settlement_run r JOIN loyalty.program p USING (program_id) WHERE p.name = 'Expiring Club';
+-- Point expiry: settlement expires, on each shard group's node, the points
+-- older than the lifetime, oldest first.  Orders of 2024, some credit notes;
+-- with a 12-month lifetime the quarter ending 2025-03-31 (cutoff
+-- 2025-04-01) expires the points of the months before April 2024, the next
+-- quarter those before July 2024 less what the first expiry took.
+-- Expected figures from the ERP rows, in plain SQL.
+CREATE TABLE erp.expiring_orders (order_id bigint NOT NULL, customer text NOT NULL, amount numeric(12,2) NOT NULL,
+                                  order_date date NOT NULL, PRIMARY KEY (customer, order_id));
+SELECT create_distributed_table('erp.expiring_orders', 'customer', colocate_with => 'loyalty.account');
+SELECT loyalty.create_program('Expiring Club', point_lifetime => '12 months') AS xid \gset
+SELECT loyalty.attach('erp.expiring_orders', 'Expiring Club', account_column => 'customer', amount_column => 'amount',
+                      date_column => 'order_date') > 0 AS attached;
+INSERT INTO erp.expiring_orders SELECT g, 'X-' || lpad((g % 120)::text, 3, '0'), 5 + (g % 23) + (g % 10) / 10.0,
+                                       DATE '2024-01-01' + (g * 7) % 366
+  FROM generate_series(1, 2400) g;
+INSERT INTO erp.expiring_orders SELECT 5000 + g, 'X-' || lpad((g * 3 % 120)::text, 3, '0'), -4.50, DATE '2024-02-15'
+  FROM generate_series(1, 40) g;
+CREATE VIEW erp.expiring_expected AS
+SELECT customer AS account_key,
+       greatest(sum(trunc(amount)) FILTER (WHERE order_date < '2024-04-01'), 0)::bigint AS q1_expires,
+       sum(trunc(amount))::bigint AS earned
+  FROM erp.expiring_orders GROUP BY 1;
+SELECT count(*) AS accounts, sum(q1_expires) AS q1_expires FROM erp.expiring_expected;
+SELECT r.status, r.points_expired = (SELECT sum(q1_expires) FROM erp.expiring_expected) AS q1_expired_exact
+  FROM loyalty.settle('Expiring Club', '2025-03-31') r;
+-- every account's expire entry is what its rows say; nothing twice
+SELECT count(*) AS accounts_differing
+  FROM erp.expiring_expected e
+  FULL JOIN (SELECT account_key, -sum(points) AS expired, count(*) AS entries FROM loyalty.ledger
+              WHERE program_id = :xid AND kind = 'expire' GROUP BY 1) l USING (account_key)
+ WHERE coalesce(l.expired, 0) <> e.q1_expires OR l.entries > 1;
+SELECT count(*) AS runs, sum(points_expired) = (SELECT sum(q1_expires) FROM erp.expiring_expected) AS once
+  FROM loyalty.settle('Expiring Club', '2025-03-31');
+SELECT count(*) AS settlement_runs FROM loyalty.settlement_run WHERE program_id = :xid;
+-- the entries were written on the shards of both workers
+SELECT count(DISTINCT p.nodeport) AS workers_with_expire_entries
+  FROM pg_catalog.run_command_on_shards('loyalty.ledger', $$SELECT count(*) FROM %s WHERE kind = 'expire'$$) r
+  JOIN pg_catalog.pg_dist_shard_placement p USING (shardid)
+ WHERE r.result::bigint > 0;
+-- the next quarter: the months before July 2024, less what Q1 took
+SELECT r.status FROM loyalty.settle('Expiring Club', '2025-06-30') r;
+SELECT count(*) AS accounts_differing
+  FROM (SELECT customer AS account_key,
+               greatest(sum(trunc(amount)) FILTER (WHERE order_date < '2024-07-01'), 0)::bigint AS expires_by_q2
+          FROM erp.expiring_orders GROUP BY 1) e
+  FULL JOIN (SELECT account_key, -sum(points) AS expired FROM loyalty.ledger
+              WHERE program_id = :xid AND kind = 'expire' GROUP BY 1) l USING (account_key)
+ WHERE coalesce(l.expired, 0) <> e.expires_by_q2;
+-- balances: what the rows earned, less what expired
+SELECT count(*) AS balances_differing
+  FROM (SELECT customer AS account_key, sum(trunc(amount))::bigint
+                 - greatest(sum(trunc(amount)) FILTER (WHERE order_date < '2024-07-01'), 0)::bigint AS points
+          FROM erp.expiring_orders GROUP BY 1) e
+  FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :xid) b USING (account_key)
+ WHERE e.points IS DISTINCT FROM b.points;
 
 -- Redemption: Citus runs loyalty.redeem, called as a statement of its own,
 -- on the node holding the account's shard (a distributed function by
