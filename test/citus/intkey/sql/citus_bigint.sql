@@ -361,6 +361,30 @@ SELECT count(*) AS runs_differing
 SELECT * FROM erp.check_tier_points;
 SELECT * FROM loyalty.verify('Tier Club');
 
+-- Point expiry on bigint keys: a 12-month lifetime, orders of 2024; the
+-- quarter ending 2025-03-31 expires the points of the months before April
+-- 2024 on each shard group's node.  Expected from the rows, in plain SQL.
+CREATE TABLE erp.expiring_orders (order_id bigint NOT NULL, customer_id bigint NOT NULL, amount numeric(12,2) NOT NULL,
+                                  order_date date NOT NULL, PRIMARY KEY (customer_id, order_id));
+SELECT create_distributed_table('erp.expiring_orders', 'customer_id', colocate_with => 'loyalty.account');
+SELECT loyalty.create_program('Expiring Club', point_lifetime => '12 months') AS xid \gset
+SELECT loyalty.attach('erp.expiring_orders', 'Expiring Club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'order_date') > 0 AS attached;
+INSERT INTO erp.expiring_orders SELECT g, 9000000000 + g % 90, 3 + (g % 29) + (g % 10) / 10.0, DATE '2024-01-01' + (g * 11) % 366
+  FROM generate_series(1, 1800) g;
+SET client_min_messages = warning;
+SELECT r.status, r.points_expired FROM loyalty.settle('Expiring Club', '2025-03-31') r;
+RESET client_min_messages;
+SELECT count(*) AS accounts_differing
+  FROM (SELECT customer_id AS account_key, greatest(sum(trunc(amount)) FILTER (WHERE order_date < '2024-04-01'), 0)::bigint AS due
+          FROM erp.expiring_orders GROUP BY 1) e
+  FULL JOIN (SELECT account_key, -sum(points) AS expired FROM loyalty.ledger
+              WHERE program_id = :xid AND kind = 'expire' GROUP BY 1) l USING (account_key)
+ WHERE coalesce(l.expired, 0) <> e.due;
+SELECT (SELECT sum(points_expired) FROM loyalty.settlement_run WHERE program_id = :xid)
+     = (SELECT sum(d) FROM (SELECT greatest(sum(trunc(amount)) FILTER (WHERE order_date < '2024-04-01'), 0) AS d
+                              FROM erp.expiring_orders GROUP BY customer_id) x) AS run_total_exact;
+
 -- enroll, grant_tier and revoke_tier with a key beyond 2^31 given as text
 SELECT loyalty.enroll('Tier Club', '7000009999', region => 'north', enrolled_from => '-infinity');
 SELECT account_key, pg_typeof(account_key) AS key_type, region FROM loyalty.account
