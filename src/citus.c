@@ -317,7 +317,6 @@ load_shard_map(ShardEntry *e)
 	Oid			nsp = get_namespace_oid("loyalty", false);
 	Oid			argtypes[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(e->shardid)};
-	MemoryContext old;
 	uint64		i;
 
 	loyalty_spi_check(SPI_execute_with_args("SELECT c.oid, c.relname::pg_catalog.text, n.nspname::pg_catalog.text, s2.shardid,"
@@ -334,34 +333,33 @@ load_shard_map(ShardEntry *e)
 					  SPI_OK_SELECT, "read the co-located shards");
 	if (e->mapped)
 		free_shard_map(e);
-	old = MemoryContextSwitchTo(TopMemoryContext);
 	e->n = (int) SPI_processed;
-	e->tables = palloc(sizeof(Oid) * (SPI_processed + 1));
-	e->ours = palloc(sizeof(bool) * (SPI_processed + 1));
-	e->names = palloc(sizeof(char *) * (SPI_processed + 1));
-	e->shard_names = palloc(sizeof(char *) * (SPI_processed + 1));
-	e->columns = palloc(sizeof(char *) * (SPI_processed + 1));
-	e->shards = palloc(sizeof(int64) * (SPI_processed + 1));
-	e->oids = palloc(sizeof(Oid) * (SPI_processed + 1));
+	e->tables = MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * (SPI_processed + 1));
+	e->ours = MemoryContextAlloc(TopMemoryContext, sizeof(bool) * (SPI_processed + 1));
+	e->names = MemoryContextAlloc(TopMemoryContext, sizeof(char *) * (SPI_processed + 1));
+	e->shard_names = MemoryContextAlloc(TopMemoryContext, sizeof(char *) * (SPI_processed + 1));
+	e->columns = MemoryContextAlloc(TopMemoryContext, sizeof(char *) * (SPI_processed + 1));
+	e->shards = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * (SPI_processed + 1));
+	e->oids = MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		char	   *name = SPI_getvalue(row, desc, 2);
-		char	   *schema = SPI_getvalue(row, desc, 3);
 		char	   *shard;
 
 		e->tables[i] = DatumGetObjectId(SPI_getbinval(row, desc, 1, &isnull));
 		e->ours[i] = get_rel_namespace(e->tables[i]) == nsp;
-		e->names[i] = pstrdup(name);
+		e->names[i] = MemoryContextStrdup(TopMemoryContext, name);
 		e->shards[i] = DatumGetInt64(SPI_getbinval(row, desc, 4, &isnull));
-		e->columns[i] = SPI_getvalue(row, desc, 5);
+		e->columns[i] = MemoryContextStrdup(TopMemoryContext, SPI_getvalue(row, desc, 5));
 		shard = psprintf("%s_" INT64_FORMAT, name, e->shards[i]);
-		e->shard_names[i] = psprintf("%s.%s", quote_identifier(schema), quote_identifier(shard));
+		e->shard_names[i] = MemoryContextStrdup(TopMemoryContext,
+												psprintf("%s.%s", quote_identifier(SPI_getvalue(row, desc, 3)),
+														 quote_identifier(shard)));
 		e->oids[i] = get_relname_relid(shard, get_rel_namespace(e->tables[i]));
 	}
-	MemoryContextSwitchTo(old);
 	e->mapped = true;
 }
 
