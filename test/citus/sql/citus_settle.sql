@@ -191,6 +191,14 @@ SELECT customer AS account_key,
        sum(trunc(amount))::bigint AS earned
   FROM erp.expiring_orders GROUP BY 1;
 SELECT count(*) AS accounts, sum(q1_expires) AS q1_expires FROM erp.expiring_expected;
+-- a settlement rolled back leaves nothing behind on any node
+BEGIN;
+SET LOCAL client_min_messages = warning;
+SELECT r.status, r.points_expired = (SELECT sum(q1_expires) FROM erp.expiring_expected) AS q1_expired_exact
+  FROM loyalty.settle('Expiring Club', '2025-03-31') r;
+ROLLBACK;
+SELECT count(*) AS expire_entries FROM loyalty.ledger WHERE program_id = :xid AND kind = 'expire';
+SELECT count(*) AS settlement_runs FROM loyalty.settlement_run WHERE program_id = :xid;
 SELECT r.status, r.points_expired = (SELECT sum(q1_expires) FROM erp.expiring_expected) AS q1_expired_exact
   FROM loyalty.settle('Expiring Club', '2025-03-31') r;
 -- every account's expire entry is what its rows say; nothing twice
