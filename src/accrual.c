@@ -718,25 +718,17 @@ stored_row_key(char *key)
  * line is distributed by (a shard holds no key '', nor can a number).
  */
 static char *
-stored_account_key(Attachment *att, TupleTableSlot *slot, const char *account)
+stored_account_key(Batch *b, TupleTableSlot *slot, const char *account)
 {
-	const char *column;
-	int			attnum;
 	bool		isnull;
-	Datum		value;
-	Oid			typoutput;
-	bool		varlena;
+	Datum		customer;
 
 	if (account != NULL)
 		return stored_row_key((char *) account);
-	if (loyalty_shard_key() == 0 || (column = loyalty_colocated_column(att->source)) == NULL ||
-		(attnum = SPI_fnumber(slot->tts_tupleDescriptor, column)) <= 0)
+	if (b->customer_attnum == 0)
 		return "";
-	value = slot_getattr(slot, attnum, &isnull);
-	if (isnull)
-		return "";
-	getTypeOutputInfo(TupleDescAttr(slot->tts_tupleDescriptor, attnum - 1)->atttypid, &typoutput, &varlena);
-	return stored_row_key(OidOutputFunctionCall(typoutput, value));
+	customer = slot_getattr(slot, b->customer_attnum, &isnull);
+	return isnull ? "" : stored_row_key(OutputFunctionCall(&b->customer_out, customer));
 }
 
 static void
@@ -757,7 +749,7 @@ add_reject(Batch *b, TupleTableSlot *slot, const RowFacts *f, const RowResult *r
 				 errhint("Fix the row: the program is strict, so a row it cannot accrue fails the statement instead of waiting in loyalty.rejected_event.")));
 	rj = palloc(sizeof(Reject));
 	rj->row_key = row_key ? pstrdup(row_key) : NULL;
-	rj->account = pstrdup(stored_account_key(b->att, slot, f->account));
+	rj->account = pstrdup(stored_account_key(b, slot, f->account));
 	rj->reason = pstrdup(r->reason);
 	rj->row_json = pstrdup(json);
 	b->rejects = lappend(b->rejects, rj);
