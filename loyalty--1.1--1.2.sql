@@ -4762,7 +4762,7 @@ COMMENT ON FUNCTION @extschema@._explain_shard(integer, text, text, text[], text
 -- ---------------------------------------------------------------------------
 -- What must expire at cutoff, per account with something to expire (account
 -- NULL: every account of the program), from the given tables: loyalty's
--- own, or on a Citus worker their co-located shards (_expire_shard).  The
+-- own, or on a Citus worker their co-located shards (_settle_shard).  The
 -- accrued months are loyalty.accrual_month's query over folded and delta.
 -- Reads in the caller's snapshot.  $1 program, $2 account, $3 threshold,
 -- $4 the program's time zone, $5 whether a rule caps points.
@@ -4883,7 +4883,7 @@ COMMENT ON FUNCTION @extschema@._expiry_due(integer, date, text) IS
 
 -- Settlement's expiry: one expire entry per account with points older than
 -- the lifetime at cutoff, in the given tables (loyalty's, or on a Citus
--- worker one shard group: _expire_shard).  Idempotent by construction: the
+-- worker one shard group: _settle_shard).  Idempotent by construction: the
 -- entries it posts count as consumed, so a second call at the same cutoff
 -- finds nothing due.  Each account is locked as a debit is (its next debit
 -- number, in ascending key order, in one statement), and what is due is
@@ -4945,20 +4945,42 @@ COMMENT ON FUNCTION @extschema@._settle_expiry_in(integer, date, date, text, boo
 
 REVOKE ALL ON FUNCTION @extschema@._settle_expiry_in(integer, date, date, text, boolean, regclass, regclass, regclass, regclass) FROM PUBLIC;
 
--- On Citus: the expiry of every shard group, each on its node.
-CREATE FUNCTION @extschema@._expire_shards(program_id integer, cutoff date) RETURNS bigint
-AS 'MODULE_PATHNAME', 'loyalty_expire_shards' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._expire_shards(integer, date) IS
-    'Internal: settlement''s expiry on a Citus cluster: one routed call of _expire_shard per shard of loyalty.account; returns the points expired.';
-CREATE FUNCTION @extschema@._expire_shard(program_id integer, cutoff date, shard text) RETURNS bigint
-AS 'MODULE_PATHNAME', 'loyalty_expire_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._expire_shard(integer, date, text) IS
-    'Internal: settlement''s expiry of the accounts of one shard of loyalty.account, on its Citus node, over the co-located shards.';
-REVOKE ALL ON FUNCTION @extschema@._expire_shards(integer, date) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@._expire_shard(integer, date, text) FROM PUBLIC;
+-- On Citus: a settlement step that posts to accounts (expiry, rebates,
+-- rebate_estimates) on every shard group, each on its node.
+CREATE FUNCTION @extschema@._settle_shards(step text, program_id integer, day date) RETURNS numeric
+AS 'MODULE_PATHNAME', 'loyalty_settle_shards' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._settle_shards(text, integer, date) IS
+    'Internal: a settlement step that posts to accounts (expiry, rebates, rebate_estimates) on a Citus cluster: one routed call of _settle_shard per shard of loyalty.account; returns what they posted, summed.';
+CREATE FUNCTION @extschema@._settle_shard(step text, program_id integer, day date, shard text) RETURNS numeric
+AS 'MODULE_PATHNAME', 'loyalty_settle_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._settle_shard(text, integer, date, text) IS
+    'Internal: a settlement step for the accounts of one shard of loyalty.account, on its Citus node, over the co-located shards.';
+REVOKE ALL ON FUNCTION @extschema@._settle_shards(text, integer, date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._settle_shard(text, integer, date, text) FROM PUBLIC;
+
+-- Whether loyalty.distribute() made loyalty's tables Citus tables: the
+-- settlement steps take their Citus form then (statements Citus pushes
+-- down, or one routed call per shard group).  pg_dist_partition is read
+-- through EXECUTE: it exists only where Citus is installed.
+CREATE FUNCTION @extschema@._distributed() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    distributed boolean := false;
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus')
+       AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1)'
+           INTO distributed USING '@extschema@.balance_delta'::pg_catalog.regclass;
+    END IF;
+    RETURN distributed;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._distributed() IS
+'Internal: whether loyalty.distribute() has made loyalty''s account-scoped tables Citus distributed tables.';
+REVOKE ALL ON FUNCTION @extschema@._distributed() FROM PUBLIC;
 
 -- Settlement's expiry at period_end (exclusive).  On Citus each shard group
--- expires its own accounts on its node (_expire_shards): an account's
+-- expires its own accounts on its node (_settle_shards): an account's
 -- ledger, balance rows and account row are all in its shard group, and the
 -- locks, the wait for redemptions and the entries' transaction ids are that
 -- node's, as for a redemption there.
@@ -4966,18 +4988,12 @@ CREATE OR REPLACE FUNCTION @extschema@._settle_expiry(program_id integer, period
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e record := @extschema@._expiry_settings($1, $3, '@extschema@.program', '@extschema@.rule');
-    distributed boolean := false;
 BEGIN
     IF e.threshold IS NULL THEN
         RETURN 0;               -- no lifetime: points never expire
     END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_extension x WHERE x.extname = 'citus')
-       AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
-           INTO distributed USING '@extschema@.balance_delta'::regclass;
-    END IF;
-    IF distributed THEN
-        RETURN @extschema@._expire_shards($1, $3);
+    IF @extschema@._distributed() THEN
+        RETURN @extschema@._settle_shards('expiry', $1, $3)::bigint;
     END IF;
     RETURN @extschema@._settle_expiry_in($1, $3, e.threshold, e.zone, e.capped, '@extschema@.account',
                                          '@extschema@.ledger', '@extschema@.balance_folded', '@extschema@.balance_delta');
@@ -4987,3 +5003,566 @@ COMMENT ON FUNCTION @extschema@._settle_expiry(integer, date, date) IS
     'Internal: settlement''s expiry at period_end (exclusive): posts one expire entry per account whose points are older than the program''s point_lifetime, oldest points consumed first; returns the points expired. Idempotent: a second call at the same cutoff posts nothing. On Citus, each shard group on its node.';
 
 DROP FUNCTION @extschema@._expiry_threshold(integer, date);
+
+-- ---------------------------------------------------------------------------
+-- Rebates on Citus: the estimate and settlement's rebate pass run on each
+-- shard group's node over the co-located shards (_rebates_in, one statement
+-- over tables given as arguments; _settle_shards routes it), like expiry.
+-- The settlement steps ask _distributed() whether the tables are Citus's.
+-- ---------------------------------------------------------------------------
+DROP FUNCTION @extschema@._write_settlement_lines(integer, date, text[], text[], date[], date[], numeric[], numeric[], numeric[], numeric[], integer[]);
+DROP FUNCTION @extschema@._rebate_periods(integer, date, boolean);
+DROP FUNCTION @extschema@._post_rebates(integer, text[], numeric[], text[]);
+
+-- The rebate pass over the given tables: loyalty's own on one server, or
+-- on a Citus worker one shard group (settle_shards.c), with this node's
+-- placements of the reference tables.  Settling (estimate false): every
+-- agreement period that ends by to_end gets its settlement line when it has
+-- none yet (final on the volume now; the true-up final - accrued posted),
+-- and an adjustment line when its final rebate on the volume now differs
+-- from its last line's.  Estimating (estimate true): every open period
+-- (started by to_end, not settled) gets the rebate on its volume so far
+-- minus what is already posted for it.  A period with no volume and
+-- nothing posted needs nothing.  One statement, in the caller's snapshot
+-- (taken after the caller's lock): one grouped pass over the volumes
+-- (loyalty.accrual_month's query over folded and delta, and the
+-- product-line buckets), the postings and the lines, no join between them
+-- (each row of every source is a fact of its period); then each posting
+-- with the exact shape of _post's (one ledger entry and one balance delta,
+-- numbered in the transaction in key order), its rebate_posting row and,
+-- when settling, its settlement line.  A segment's accounts are its
+-- members now; an account that left the segment keeps the periods it
+-- already has postings or lines for.  Returns the money posted.
+CREATE FUNCTION @extschema@._rebates_in(program_id integer, to_end date, estimate boolean,
+                                        agreement_table regclass, program_table regclass, account_table regclass,
+                                        posting_table regclass, line_table regclass, folded regclass, delta regclass,
+                                        line_volume_table regclass, ledger regclass)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total numeric;
+BEGIN
+    EXECUTE pg_catalog.format($q$
+WITH ag AS (
+    SELECT g.agreement_id, g.account_key, g.cooperation_model, g.region, g.industry, g.schedule, g.period,
+           g.product_lines, pg_catalog.date_trunc('month', g.valid_from)::date AS first_month, g.valid_until,
+           CASE g.period WHEN 'month' THEN interval '1 month' WHEN 'quarter' THEN interval '3 months'
+                         ELSE interval '1 year' END AS step
+    FROM %1$s g
+    WHERE g.program_id OPERATOR(pg_catalog.=) $1),
+known AS (
+    SELECT r.agreement_id, r.account_key, r.period_start, r.amount AS accrued, NULL::numeric AS final, NULL::integer AS adj
+    FROM %4$s r WHERE r.program_id OPERATOR(pg_catalog.=) $1
+    UNION ALL
+    SELECT s.agreement_id, s.account_key, s.period_start, 0, s.final, s.adjustment_no
+    FROM %5$s s WHERE s.program_id OPERATOR(pg_catalog.=) $1),
+pairs AS (
+    SELECT u.agreement_id, u.account_key, pg_catalog.bool_or(u.member) AS member
+    FROM (SELECT ag.agreement_id, a.account_key, true AS member
+          FROM ag JOIN %3$s a
+            ON a.program_id OPERATOR(pg_catalog.=) $1
+           AND (ag.account_key IS NULL OR a.account_key OPERATOR(pg_catalog.=) ag.account_key)
+           AND (ag.cooperation_model IS NULL OR a.cooperation_model OPERATOR(pg_catalog.=) ag.cooperation_model)
+           AND (ag.region IS NULL OR a.region OPERATOR(pg_catalog.=) ag.region)
+           AND (ag.industry IS NULL OR a.industry OPERATOR(pg_catalog.=) ag.industry)
+          UNION ALL
+          SELECT k.agreement_id, k.account_key, false FROM known k) u
+    GROUP BY 1, 2),
+-- loyalty.accrual_month's rows (per attachment), over folded and delta
+months AS (
+    SELECT u.account_key, u.month, pg_catalog.sum(u.qualifying) AS qualifying
+    FROM (SELECT b.account_key, x.attachment_id, x.month, x.points, x.qualifying, x.source_rows
+          FROM %6$s b,
+               ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment), pg_catalog.unnest(b.m_points),
+                          pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))
+                   AS x(month, attachment_id, points, qualifying, source_rows)
+          WHERE b.program_id OPERATOR(pg_catalog.=) $1
+          UNION ALL
+          SELECT d.account_key, x.attachment_id, x.month, x.points, x.qualifying, x.source_rows
+          FROM %7$s d,
+               ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_attachment), pg_catalog.unnest(d.m_points),
+                          pg_catalog.unnest(d.m_qualifying), pg_catalog.unnest(d.m_source_rows))
+                   AS x(month, attachment_id, points, qualifying, source_rows)
+          WHERE d.program_id OPERATOR(pg_catalog.=) $1) u
+    GROUP BY u.account_key, u.attachment_id, u.month
+    HAVING pg_catalog.sum(u.points) OPERATOR(pg_catalog.<>) 0 OR pg_catalog.sum(u.qualifying) OPERATOR(pg_catalog.<>) 0
+        OR pg_catalog.sum(u.source_rows) OPERATOR(pg_catalog.<>) 0),
+-- the spend of every product line for unscoped agreements, the scoped
+-- lines' buckets (rebate_line_volume) for the others
+volumes AS (
+    SELECT m.account_key, m.month, m.qualifying, NULL::text AS product_line FROM months m
+    UNION ALL
+    SELECT v.account_key, v.month, v.qualifying, v.product_line
+    FROM %8$s v
+    WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND v.product_line IS NOT NULL),
+facts AS (
+    SELECT ag.agreement_id, x.account_key, pg_catalog.date_trunc(ag.period, x.month)::date AS period_start,
+           x.qualifying AS volume, 0 AS accrued, NULL::numeric AS final, NULL::integer AS adj, p.member, false AS known
+    FROM volumes x
+    JOIN pairs p ON p.account_key OPERATOR(pg_catalog.=) x.account_key
+    JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) p.agreement_id
+    WHERE x.month OPERATOR(pg_catalog.>=) ag.first_month
+      AND CASE WHEN ag.product_lines IS NULL THEN x.product_line IS NULL
+               ELSE x.product_line OPERATOR(pg_catalog.=) ANY (ag.product_lines) END
+      AND (ag.valid_until IS NULL OR x.month OPERATOR(pg_catalog.<) ag.valid_until)
+      -- an estimate counts the months up to to_end's (the volume so far)
+      AND (NOT $3 OR x.month OPERATOR(pg_catalog.<=) $2)
+    UNION ALL
+    SELECT k.agreement_id, k.account_key, k.period_start, 0, k.accrued, k.final, k.adj, false, true FROM known k),
+-- per agreement, account and period that has a volume, a posting or a
+-- line (and starts by to_end when estimating, else ends by it)
+periods AS (
+    SELECT t.agreement_id, t.account_key, t.period_start, t.period_end, t.volume,
+           pg_catalog.round(@extschema@.rebate(ag.schedule, GREATEST(t.volume, 0)), 2) AS final,
+           t.accrued, t.last_final, t.adjustments
+    FROM (SELECT f.agreement_id, f.account_key, f.period_start, (f.period_start OPERATOR(pg_catalog.+) ag.step)::date AS period_end,
+                 pg_catalog.sum(f.volume) AS volume, pg_catalog.sum(f.accrued) AS accrued,
+                 (pg_catalog.array_agg(f.final ORDER BY f.adj DESC) FILTER (WHERE f.adj IS NOT NULL))[1] AS last_final,
+                 pg_catalog.max(f.adj) AS adjustments
+          FROM facts f JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) f.agreement_id
+          WHERE CASE WHEN $3 THEN f.period_start OPERATOR(pg_catalog.<=) $2
+                     ELSE (f.period_start OPERATOR(pg_catalog.+) ag.step)::date OPERATOR(pg_catalog.<=) $2 END
+          GROUP BY f.agreement_id, f.account_key, f.period_start, ag.step
+          -- a member's periods with a volume, and every period already posted or settled
+          HAVING pg_catalog.bool_or(f.member) OR pg_catalog.bool_or(f.known)) t
+    JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) t.agreement_id),
+-- what to post: the open periods' estimates; the settled periods' first
+-- lines and the changed finals' adjustment lines
+due AS (
+    SELECT p.*, p.final OPERATOR(pg_catalog.-) p.accrued AS amount,
+           coalesce(p.adjustments OPERATOR(pg_catalog.+) 1, 0) AS adjustment_no
+    FROM periods p
+    WHERE CASE WHEN $3 THEN p.adjustments IS NULL AND p.final OPERATOR(pg_catalog.<>) p.accrued
+               WHEN p.adjustments IS NULL THEN p.final OPERATOR(pg_catalog.<>) 0 OR p.accrued OPERATOR(pg_catalog.<>) 0
+               ELSE p.final OPERATOR(pg_catalog.<>) p.last_final END),
+-- the document key is stable: the date in ISO form whatever the DateStyle
+keyed AS (
+    SELECT d.*, pg_catalog.format('LOY-%%s-%%s-%%s-%%s', $1, d.agreement_id, d.account_key, pg_catalog.to_char(d.period_end, 'YYYY-MM-DD'))
+                OPERATOR(pg_catalog.||) CASE WHEN d.adjustment_no OPERATOR(pg_catalog.>) 0
+                                             THEN '-ADJ-' OPERATOR(pg_catalog.||) d.adjustment_no ELSE '' END AS document_key
+    FROM due d),
+-- numbered in key order (a volatile target is computed after the sort)
+numbered AS (
+    SELECT k.*, CASE WHEN k.amount OPERATOR(pg_catalog.<>) 0 THEN @extschema@._ledger_number() END AS entry_no
+    FROM keyed k
+    ORDER BY k.account_key, k.agreement_id, k.period_end),
+entries AS (
+    INSERT INTO %9$s AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                           member_id, corrects, corrects_xid, reason)
+    SELECT $1, n.account_key, n.entry_no, 'rebate', 0, n.amount, 0, NULL, NULL, NULL,
+           CASE WHEN $3 THEN pg_catalog.format('rebate estimate %%s %%s %%s..%%s', n.agreement_id, n.account_key,
+                                               pg_catalog.to_char(n.period_start, 'YYYY-MM-DD'), pg_catalog.to_char(n.period_end, 'YYYY-MM-DD'))
+                WHEN n.adjustment_no OPERATOR(pg_catalog.>) 0 THEN 'rebate adjustment ' OPERATOR(pg_catalog.||) n.document_key
+                ELSE 'rebate true-up ' OPERATOR(pg_catalog.||) n.document_key END
+    FROM numbered n WHERE n.entry_no IS NOT NULL
+    RETURNING l.entry_no),
+deltas AS (
+    INSERT INTO %7$s AS b (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+    SELECT $1, n.account_key, n.entry_no, 0, n.amount, 0, 1 FROM numbered n WHERE n.entry_no IS NOT NULL
+    RETURNING b.delta_no),
+postings AS (
+    INSERT INTO %4$s AS r (program_id, account_key, agreement_id, period_end, entry_no, period_start, kind, volume, amount)
+    SELECT $1, n.account_key, n.agreement_id, n.period_end, n.entry_no, n.period_start,
+           CASE WHEN $3 THEN 'estimate' WHEN n.adjustment_no OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'trueup' END,
+           n.volume, n.amount
+    FROM numbered n WHERE n.entry_no IS NOT NULL
+    RETURNING r.entry_no),
+written AS (
+    INSERT INTO %5$s AS x (program_id, account_key, agreement_id, period_end, adjustment_no, document_key, period_start,
+                           volume, final, accrued, amount, credit_note, currency, settled_through, entry_no)
+    SELECT $1, n.account_key, n.agreement_id, n.period_end, n.adjustment_no, n.document_key, n.period_start,
+           n.volume, n.final, n.accrued, n.amount, n.final OPERATOR(pg_catalog.-) coalesce(n.last_final, 0),
+           (SELECT p.currency FROM %2$s p WHERE p.program_id OPERATOR(pg_catalog.=) $1), $2, n.entry_no
+    FROM numbered n WHERE NOT $3
+    RETURNING x.entry_no)
+SELECT coalesce(pg_catalog.sum(n.amount), 0) FROM numbered n$q$,
+        agreement_table, program_table, account_table, posting_table, line_table, folded, delta, line_volume_table, ledger)
+    INTO total USING program_id, to_end, estimate;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._rebates_in(integer, date, boolean, regclass, regclass, regclass, regclass, regclass, regclass, regclass, regclass, regclass) IS
+    'Internal: the rebate pass over the given tables (loyalty''s, or one shard group on a Citus worker): settling, the settlement line (and true-up) of every agreement period ending by to_end that has none and an adjustment line for every settled period whose final rebate changed; estimating, the estimate of every open period started by to_end. Returns the money posted.';
+REVOKE ALL ON FUNCTION @extschema@._rebates_in(integer, date, boolean, regclass, regclass, regclass, regclass, regclass, regclass, regclass, regclass, regclass) FROM PUBLIC;
+
+-- The rebate pass of a program, on one server or on every shard group of
+-- a Citus cluster (each on its node: _settle_shards).  The caller holds
+-- the program's rebate lock.
+CREATE FUNCTION @extschema@._rebates(program_id integer, to_end date, estimate boolean) RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF @extschema@._distributed() THEN
+        RETURN @extschema@._settle_shards(CASE WHEN estimate THEN 'rebate_estimates' ELSE 'rebates' END, $1, $2);
+    END IF;
+    RETURN @extschema@._rebates_in($1, $2, $3, '@extschema@.rebate_agreement', '@extschema@.program', '@extschema@.account',
+                                   '@extschema@.rebate_posting', '@extschema@.settlement_line', '@extschema@.balance_folded',
+                                   '@extschema@.balance_delta', '@extschema@.rebate_line_volume', '@extschema@.ledger');
+END
+$$;
+COMMENT ON FUNCTION @extschema@._rebates(integer, date, boolean) IS
+    'Internal: the rebate pass of a program (_rebates_in) over loyalty''s tables, or on Citus over every shard group on its node; returns the money posted.';
+REVOKE ALL ON FUNCTION @extschema@._rebates(integer, date, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._settle_rebates(program_id integer, period_start date, period_end date) RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), $1);
+    -- no agreement, no rebate
+    IF NOT EXISTS (SELECT FROM @extschema@.rebate_agreement g WHERE g.program_id OPERATOR(pg_catalog.=) $1) THEN
+        RETURN 0;
+    END IF;
+    -- a new statement, a new snapshot: after the lock
+    RETURN @extschema@._rebates($1, $3, false);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.accrue_rebates(program text, as_of date DEFAULT NULL) RETURNS numeric
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer;
+    day date;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name OPERATOR(pg_catalog.=) program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'Create it with loyalty.create_program(), or list programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF as_of IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'as_of must be a finite date, not %', as_of
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'as_of is the day the estimate is made for: the periods open on it are estimated.',
+                  HINT = 'Leave it out for today in the program''s time zone.';
+    END IF;
+    day := coalesce(as_of, (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date
+                            FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) pid));
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), pid);
+    IF NOT EXISTS (SELECT FROM @extschema@.rebate_agreement g WHERE g.program_id OPERATOR(pg_catalog.=) pid) THEN
+        RETURN 0;
+    END IF;
+    RETURN @extschema@._rebates(pid, day, true);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._settle_accounts(pid integer, period_start date, period_end date) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prog @extschema@.program;
+    prev_end date;
+    cutoff timestamptz;
+    win_start date;
+    names text[];
+    thresholds numeric[];
+    has_req boolean;
+    n bigint;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    SELECT max(r.period_end) INTO prev_end FROM @extschema@.settlement_run r
+    WHERE r.program_id = pid AND r.period_end < _settle_accounts.period_end;
+    cutoff := period_start::timestamp AT TIME ZONE prog.time_zone;
+    win_start := (date_trunc('month', period_end::timestamp)
+                  - make_interval(months => @extschema@._window_months(prog.qualification_window) - 1))::date;
+    -- the ladder by rank (1 = lowest), for array look-ups instead of joins
+    SELECT array_agg(t.name ORDER BY t.rank), array_agg(t.threshold ORDER BY t.rank)
+    INTO names, thresholds FROM @extschema@.tiers(prog.ladder) t;
+    has_req := EXISTS (SELECT FROM @extschema@.tier_requirement r WHERE r.program_id = pid);
+    IF @extschema@._distributed() THEN
+        -- On Citus (loyalty.distribute()), the same decision as below in a
+        -- form Citus pushes down whole: every table it reads is distributed
+        -- by account_key with settlement_account and joined on it, so the
+        -- INSERT runs as one task per shard, on the node holding it.  The
+        -- accounts are the union of the three sources (a FULL JOIN on a
+        -- coalesce is not a join on the distribution column), each CTE
+        -- read twice is inlined, and the margin grace counts the scaled
+        -- thresholds with width_bucket instead of a correlated subquery.
+        -- Action counts (tier_basis action, tier requirements) read the
+        -- action log through a function, which a shard query cannot do.
+        IF has_req OR prog.tier_basis = 'action' THEN
+            RAISE EXCEPTION 'program "%" qualifies tiers on action counts, which settlement cannot count on Citus', prog.name
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Its tier basis is action, or its tiers have action requirements (loyalty.tier_requirement): they are counted by a function that reads the distributed action log, which Citus cannot run inside the pushed-down settlement.',
+                      HINT = 'Qualify tiers on qualifying spend or points on Citus, or keep the program on a single server.';
+        END IF;
+        EXECUTE $q$
+    INSERT INTO @extschema@.settlement_account AS s
+        (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
+         period_points, carried_points, measure, old_tier, qualified_tier, new_tier, periods_below, outcome)
+    WITH m AS NOT MATERIALIZED (
+        SELECT b.account_key,
+               sum(b.q) FILTER (WHERE b.month <= $4) AS q_to_date,
+               sum(b.p) FILTER (WHERE b.month <= $4) AS p_to_date,
+               sum(b.q) FILTER (WHERE b.month >= $3 AND b.month <= $4) AS q_period,
+               sum(b.p) FILTER (WHERE b.month >= $3 AND b.month <= $4) AS p_period,
+               sum(b.q) FILTER (WHERE b.month >= $6 AND b.month <= $4) AS q_window,
+               sum(b.p) FILTER (WHERE b.month >= $6 AND b.month <= $4) AS p_window
+        FROM (SELECT f.account_key, x.month, x.q, x.p
+              FROM @extschema@.balance_folded f, unnest(f.m_month, f.m_qualifying, f.m_points) AS x(month, q, p)
+              WHERE f.program_id = $1
+              UNION ALL
+              SELECT d.account_key, x.month, x.q, x.p
+              FROM @extschema@.balance_delta d, unnest(d.m_month, d.m_qualifying, d.m_points) AS x(month, q, p)
+              WHERE d.program_id = $1) b
+        GROUP BY b.account_key),
+    prev AS NOT MATERIALIZED (
+        SELECT x.account_key, x.qualifying_to_date, x.points_to_date, x.periods_below
+        FROM @extschema@.settlement_account x
+        WHERE x.program_id = $1 AND x.period_end = $2),
+    keys AS (
+        SELECT x.account_key FROM @extschema@.account x WHERE x.program_id = $1
+        UNION SELECT m.account_key FROM m
+        UNION SELECT prev.account_key FROM prev),
+    base AS (
+        SELECT k.account_key, a.account_key IS NOT NULL AS enrolled, a.tier,
+               coalesce(m.q_to_date, 0) AS q_to_date, coalesce(m.p_to_date, 0) AS p_to_date,
+               coalesce(m.q_period, 0) AS q_period, coalesce(m.p_period, 0) AS p_period,
+               CASE $9 WHEN 'points' THEN coalesce(m.p_window, 0) ELSE coalesce(m.q_window, 0) END AS measure,
+               coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
+               coalesce(pv.periods_below, 0) AS below_prev,
+               g.account_key IS NOT NULL AS granted,
+               x.account_key IS NOT NULL AS reached
+        FROM keys k
+             LEFT JOIN @extschema@.account a ON a.program_id = $1 AND a.account_key = k.account_key
+             LEFT JOIN m ON m.account_key = k.account_key
+             LEFT JOIN prev pv ON pv.account_key = k.account_key
+             LEFT JOIN @extschema@.tier_grant g ON g.program_id = $1 AND g.account_key = a.account_key
+             LEFT JOIN (SELECT h.account_key, h.new_tier FROM @extschema@.tier_history h
+                         WHERE h.program_id = $1 AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= $5
+                         GROUP BY h.account_key, h.new_tier) x
+                    ON x.account_key = k.account_key AND x.new_tier = a.tier),
+    ranked AS (
+        SELECT b.*, array_position($7, b.tier) AS cur_rank,
+               coalesce(@extschema@.tier_rank($10, b.measure), 0) AS q_rank,
+               CASE WHEN $11 = 'margin' THEN width_bucket(b.measure, $13) ELSE 0 END AS margin_rank,
+               b.reached AS reached_in_period
+        FROM base b),
+    decided AS (
+        SELECT r.*,
+               CASE WHEN NOT r.enrolled OR $10 IS NULL THEN r.cur_rank
+                    WHEN r.granted THEN r.cur_rank
+                    WHEN r.tier IS NOT NULL AND r.cur_rank IS NULL THEN NULL
+                    WHEN r.q_rank >= coalesce(r.cur_rank, 0) THEN r.q_rank
+                    WHEN r.reached_in_period THEN r.cur_rank
+                    WHEN $11 = 'one_level' THEN greatest(r.q_rank, r.cur_rank - 1)
+                    WHEN $11 = 'margin' THEN greatest(r.q_rank, least(r.margin_rank, r.cur_rank))
+                    WHEN $11 = 'periods' AND r.below_prev + 1 < $12 THEN r.cur_rank
+                    ELSE r.q_rank END AS new_rank
+        FROM ranked r)
+    SELECT $1, d.account_key, $4, d.q_to_date, d.p_to_date, d.q_period,
+           d.q_to_date - d.q_period - d.q_prev, d.p_period, d.p_to_date - d.p_period - d.p_prev,
+           d.measure, d.tier, $7[d.q_rank],
+           CASE WHEN d.new_rank IS NULL THEN d.tier ELSE $7[d.new_rank] END,
+           CASE WHEN d.enrolled AND NOT d.granted AND d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                     AND d.new_rank = d.cur_rank AND NOT d.reached_in_period
+                THEN d.below_prev + 1 ELSE 0 END,
+           CASE WHEN d.granted THEN 'manual'
+                WHEN d.new_rank IS NULL OR d.new_rank = coalesce(d.cur_rank, 0) THEN
+                     CASE WHEN d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                          THEN CASE WHEN d.reached_in_period THEN 'kept' ELSE 'held' END
+                          ELSE 'same' END
+                WHEN d.new_rank > coalesce(d.cur_rank, 0) THEN 'up'
+                WHEN d.new_rank > d.q_rank THEN 'grace'
+                ELSE 'down' END
+    FROM decided d
+        $q$ USING pid, prev_end, period_start, period_end, cutoff, win_start, names, thresholds, prog.tier_basis,
+                  prog.ladder, prog.tier_grace, prog.tier_grace_value,
+                  (SELECT array_agg(t OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.-) prog.tier_grace_value) ORDER BY i)
+                   FROM unnest(thresholds) WITH ORDINALITY AS l(t, i));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RETURN n;
+    END IF;
+
+    INSERT INTO @extschema@.settlement_account AS s
+        (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
+         period_points, carried_points, measure, old_tier, qualified_tier, new_tier, periods_below, outcome)
+    -- The month sums of every account, summed over the three ranges the run
+    -- needs.  These are the per-month arrays loyalty.accrual_month unnests
+    -- (folded rows and deltas not folded yet), summed row by row: grouping
+    -- them by month first, as the view does, costs ten times more and is
+    -- not needed for sums over ranges.
+    WITH m AS (
+        SELECT u.account_key, sum(u.q_to_date) AS q_to_date, sum(u.p_to_date) AS p_to_date,
+               sum(u.q_period) AS q_period, sum(u.p_period) AS p_period,
+               sum(u.q_window) AS q_window, sum(u.p_window) AS p_window
+        FROM (SELECT f.account_key, f.m_month, f.m_qualifying, f.m_points
+              FROM @extschema@.balance_folded f WHERE f.program_id = pid
+              UNION ALL
+              SELECT d.account_key, d.m_month, d.m_qualifying, d.m_points
+              FROM @extschema@.balance_delta d WHERE d.program_id = pid) b,
+             LATERAL (SELECT b.account_key,
+                             sum(x.q) FILTER (WHERE x.month <= period_end) AS q_to_date,
+                             sum(x.p) FILTER (WHERE x.month <= period_end) AS p_to_date,
+                             sum(x.q) FILTER (WHERE x.month >= period_start AND x.month <= period_end) AS q_period,
+                             sum(x.p) FILTER (WHERE x.month >= period_start AND x.month <= period_end) AS p_period,
+                             sum(x.q) FILTER (WHERE x.month >= win_start AND x.month <= period_end) AS q_window,
+                             sum(x.p) FILTER (WHERE x.month >= win_start AND x.month <= period_end) AS p_window
+                      FROM unnest(b.m_month, b.m_qualifying, b.m_points) AS x(month, q, p)) u
+        GROUP BY u.account_key),
+    -- upgrades on accrual recorded in the period or after it (a run late
+    -- after the period's end): they stand until the next period's end
+    recent AS (
+        SELECT DISTINCT h.account_key, h.new_tier
+        FROM @extschema@.tier_history h
+        WHERE h.program_id = pid AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= cutoff),
+    granted AS (
+        SELECT g.account_key FROM @extschema@.tier_grant g WHERE g.program_id = pid),
+    prev AS (
+        SELECT x.account_key, x.qualifying_to_date, x.points_to_date, x.periods_below
+        FROM @extschema@.settlement_account x
+        WHERE x.program_id = pid AND x.period_end = prev_end),
+    acts AS (
+        SELECT c.account_key, c.action, c.actions
+        FROM (SELECT DISTINCT r.action FROM @extschema@.tier_requirement r WHERE r.program_id = pid
+              UNION SELECT prog.tier_action WHERE prog.tier_action IS NOT NULL) a,
+             LATERAL (SELECT x.account_key, a.action, x.actions
+                      FROM @extschema@._action_counts(pid, a.action, win_start, period_end + 1) x) c),
+    base AS (
+        SELECT coalesce(a.account_key, m.account_key, pv.account_key) AS account_key,
+               a.account_key IS NOT NULL AS enrolled, a.tier,
+               coalesce(m.q_to_date, 0) AS q_to_date, coalesce(m.p_to_date, 0) AS p_to_date,
+               coalesce(m.q_period, 0) AS q_period, coalesce(m.p_period, 0) AS p_period,
+               CASE prog.tier_basis WHEN 'qualifying' THEN coalesce(m.q_window, 0)
+                                    WHEN 'points' THEN coalesce(m.p_window, 0)
+                                    ELSE coalesce((SELECT c.actions FROM acts c
+                                                   WHERE c.account_key = coalesce(a.account_key, m.account_key, pv.account_key)::text
+                                                     AND c.action = prog.tier_action), 0) END AS measure,
+               coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
+               coalesce(pv.periods_below, 0) AS below_prev,
+               g.account_key IS NOT NULL AS granted
+        FROM (SELECT * FROM @extschema@.account x WHERE x.program_id = pid) a
+             FULL JOIN m ON m.account_key = a.account_key
+             FULL JOIN prev pv ON pv.account_key = coalesce(a.account_key, m.account_key)
+             LEFT JOIN granted g ON g.account_key = a.account_key),
+    ranked AS (
+        SELECT b.*,
+               array_position(names, b.tier) AS cur_rank,
+               -- the highest tier whose threshold the measure reaches (and,
+               -- when the program has any, whose extra requirements the
+               -- account meets)
+               CASE WHEN NOT has_req THEN coalesce(@extschema@.tier_rank(prog.ladder, b.measure), 0)
+                    ELSE coalesce((SELECT max(l.rank) FROM unnest(names, thresholds) WITH ORDINALITY AS l(name, threshold, rank)
+                                   WHERE l.threshold <= b.measure
+                                     AND NOT EXISTS (SELECT FROM @extschema@.tier_requirement r
+                                                     WHERE r.program_id = pid AND r.tier = l.name
+                                                       AND coalesce((SELECT c.actions FROM acts c
+                                                                     WHERE c.account_key = b.account_key::text AND c.action = r.action), 0)
+                                                           < r.min_count)), 0) END AS q_rank,
+               -- the margin grace: the highest tier kept within the margin
+               CASE WHEN prog.tier_grace = 'margin'
+                    THEN coalesce((SELECT max(l.rank) FROM unnest(thresholds) WITH ORDINALITY AS l(threshold, rank)
+                                   WHERE l.threshold * (1 - prog.tier_grace_value) <= b.measure), 0)
+                    ELSE 0 END AS margin_rank,
+               x.account_key IS NOT NULL AS reached_in_period
+        FROM base b LEFT JOIN recent x ON x.account_key = b.account_key AND x.new_tier = b.tier),
+    decided AS (
+        SELECT r.*,
+               CASE WHEN NOT r.enrolled OR prog.ladder IS NULL THEN r.cur_rank
+                    WHEN r.granted THEN r.cur_rank
+                    WHEN r.tier IS NOT NULL AND r.cur_rank IS NULL THEN NULL   -- a tier off the ladder: kept
+                    WHEN r.q_rank >= coalesce(r.cur_rank, 0) THEN r.q_rank
+                    WHEN r.reached_in_period THEN r.cur_rank
+                    WHEN prog.tier_grace = 'one_level' THEN greatest(r.q_rank, r.cur_rank - 1)
+                    WHEN prog.tier_grace = 'margin' THEN greatest(r.q_rank, least(r.margin_rank, r.cur_rank))
+                    WHEN prog.tier_grace = 'periods' AND r.below_prev + 1 < prog.tier_grace_value THEN r.cur_rank
+                    ELSE r.q_rank END AS new_rank
+        FROM ranked r)
+    SELECT pid, d.account_key, period_end, d.q_to_date, d.p_to_date, d.q_period,
+           d.q_to_date - d.q_period - d.q_prev, d.p_period, d.p_to_date - d.p_period - d.p_prev,
+           d.measure, d.tier, names[d.q_rank],
+           CASE WHEN d.new_rank IS NULL THEN d.tier ELSE names[d.new_rank] END,
+           CASE WHEN d.enrolled AND NOT d.granted AND d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                     AND d.new_rank = d.cur_rank AND NOT d.reached_in_period
+                THEN d.below_prev + 1 ELSE 0 END,
+           CASE WHEN d.granted THEN 'manual'
+                WHEN d.new_rank IS NULL OR d.new_rank = coalesce(d.cur_rank, 0) THEN
+                     CASE WHEN d.cur_rank IS NOT NULL AND d.q_rank < d.cur_rank
+                          THEN CASE WHEN d.reached_in_period THEN 'kept' ELSE 'held' END
+                          ELSE 'same' END
+                WHEN d.new_rank > coalesce(d.cur_rank, 0) THEN 'up'
+                WHEN d.new_rank > d.q_rank THEN 'grace'
+                ELSE 'down' END
+    FROM decided d;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._settle_tiers(pid integer, period_end date) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+    tomorrow date := @extschema@._today(pid) + 1;
+BEGIN
+    IF @extschema@._distributed() THEN
+        -- On Citus, two statements Citus pushes down (one task per shard):
+        -- a data-modifying CTE feeding a distributed INSERT is planned on
+        -- the coordinator, and correlated subqueries are not pushed down.
+        -- The history first, for the accounts whose tier is still the one
+        -- the run read, then the accounts themselves: the same rows as
+        -- below, where the UPDATE's RETURNING feeds the history.
+        EXECUTE $q$
+    INSERT INTO @extschema@.tier_history
+        (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)
+    SELECT $1, s.account_key, coalesce(h.last_no, 0) + 1,
+           greatest($3, f.last_doc_date + 1, d.last_doc_date + 1),
+           s.old_tier, s.new_tier,
+           CASE WHEN s.outcome = 'up' THEN 'requalification' WHEN s.outcome = 'grace' THEN 'grace' ELSE 'downgrade' END,
+           s.measure
+    FROM @extschema@.settlement_account s
+    JOIN @extschema@.account a ON a.program_id = $1 AND a.account_key = s.account_key
+                              AND a.tier IS NOT DISTINCT FROM s.old_tier
+    LEFT JOIN (SELECT x.account_key, max(x.change_no) AS last_no FROM @extschema@.tier_history x
+                WHERE x.program_id = $1 GROUP BY x.account_key) h ON h.account_key = s.account_key
+    LEFT JOIN @extschema@.balance_folded f ON f.program_id = $1 AND f.account_key = s.account_key
+    LEFT JOIN (SELECT x.account_key, max(x.last_doc_date) AS last_doc_date FROM @extschema@.balance_delta x
+                WHERE x.program_id = $1 GROUP BY x.account_key) d ON d.account_key = s.account_key
+    WHERE s.program_id = $1 AND s.period_end = $2 AND s.outcome IN ('up', 'down', 'grace')
+        $q$ USING pid, period_end, tomorrow;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        EXECUTE $q$
+    UPDATE @extschema@.account a SET tier = s.new_tier,
+           tier_since = CASE WHEN s.new_tier IS NULL THEN NULL ELSE $3 END
+    FROM @extschema@.settlement_account s
+    WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.tier IS NOT DISTINCT FROM s.old_tier
+      AND s.program_id = $1 AND s.period_end = $2 AND s.outcome IN ('up', 'down', 'grace')
+        $q$ USING pid, period_end, pg_catalog.now();
+        RETURN n;
+    END IF;
+    -- the latest document date of each account that moves (what
+    -- loyalty.balance's last_doc_date says) and its last change number:
+    -- index probes per moving account (the run's rows are too fresh for
+    -- the planner to size a join with them)
+    WITH c AS (
+        SELECT s.account_key, s.old_tier, s.new_tier, s.outcome, s.measure,
+               coalesce((SELECT max(h.change_no) FROM @extschema@.tier_history h
+                         WHERE h.program_id = pid AND h.account_key = s.account_key), 0) + 1 AS change_no,
+               greatest(tomorrow,
+                        (SELECT f.last_doc_date FROM @extschema@.balance_folded f
+                         WHERE f.program_id = pid AND f.account_key = s.account_key) + 1,
+                        (SELECT max(d.last_doc_date) FROM @extschema@.balance_delta d
+                         WHERE d.program_id = pid AND d.account_key = s.account_key) + 1) AS effective_from
+        FROM @extschema@.settlement_account s
+        WHERE s.program_id = pid AND s.period_end = _settle_tiers.period_end
+          AND s.outcome IN ('up', 'down', 'grace')),
+    upd AS (
+        UPDATE @extschema@.account a SET tier = c.new_tier,
+               tier_since = CASE WHEN c.new_tier IS NULL THEN NULL ELSE pg_catalog.now() END
+        FROM c
+        WHERE a.program_id = pid AND a.account_key = c.account_key AND a.tier IS NOT DISTINCT FROM c.old_tier
+        RETURNING c.*)
+    INSERT INTO @extschema@.tier_history
+        (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason, rolling_qualifying)
+    SELECT pid, u.account_key, u.change_no, u.effective_from, u.old_tier, u.new_tier,
+           CASE u.outcome WHEN 'up' THEN 'requalification' WHEN 'grace' THEN 'grace' ELSE 'downgrade' END,
+           u.measure
+    FROM upd u ORDER BY u.account_key;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;

@@ -132,7 +132,6 @@ DECLARE
     names text[];
     thresholds numeric[];
     has_req boolean;
-    distributed boolean := false;
     n bigint;
 BEGIN
     SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
@@ -145,11 +144,7 @@ BEGIN
     SELECT array_agg(t.name ORDER BY t.rank), array_agg(t.threshold ORDER BY t.rank)
     INTO names, thresholds FROM @extschema@.tiers(prog.ladder) t;
     has_req := EXISTS (SELECT FROM @extschema@.tier_requirement r WHERE r.program_id = pid);
-    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
-           INTO distributed USING '@extschema@.settlement_account'::regclass;
-    END IF;
-    IF distributed THEN
+    IF @extschema@._distributed() THEN
         -- On Citus (loyalty.distribute()), the same decision as below in a
         -- form Citus pushes down whole: every table it reads is distributed
         -- by account_key with settlement_account and joined on it, so the
@@ -379,13 +374,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n bigint;
     tomorrow date := @extschema@._today(pid) + 1;
-    distributed boolean := false;
 BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus') THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
-           INTO distributed USING '@extschema@.settlement_account'::regclass;
-    END IF;
-    IF distributed THEN
+    IF @extschema@._distributed() THEN
         -- On Citus, two statements Citus pushes down (one task per shard):
         -- a data-modifying CTE feeding a distributed INSERT is planned on
         -- the coordinator, and correlated subqueries are not pushed down.

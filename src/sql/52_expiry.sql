@@ -32,7 +32,7 @@
 
 -- What must expire at cutoff, per account with something to expire (account
 -- NULL: every account of the program), from the given tables: loyalty's
--- own, or on a Citus worker their co-located shards (_expire_shard).  The
+-- own, or on a Citus worker their co-located shards (_settle_shard).  The
 -- accrued months are loyalty.accrual_month's query over folded and delta.
 -- Reads in the caller's snapshot.  $1 program, $2 account, $3 threshold,
 -- $4 the program's time zone, $5 whether a rule caps points.
@@ -149,7 +149,7 @@ COMMENT ON FUNCTION @extschema@._expiry_due(integer, date, text) IS
 
 -- Settlement's expiry: one expire entry per account with points older than
 -- the lifetime at cutoff, in the given tables (loyalty's, or on a Citus
--- worker one shard group: _expire_shard).  Idempotent by construction: the
+-- worker one shard group: _settle_shard).  Idempotent by construction: the
 -- entries it posts count as consumed, so a second call at the same cutoff
 -- finds nothing due.  Each account is locked as a debit is (its next debit
 -- number, in ascending key order, in one statement), and what is due is
@@ -210,7 +210,7 @@ COMMENT ON FUNCTION @extschema@._settle_expiry_in(integer, date, date, text, boo
     'Internal: settlement''s expiry at cutoff over the given tables (loyalty''s, or one shard group on a Citus worker): posts one expire entry per account whose points are older than the threshold month, oldest points consumed first; returns the points expired.';
 
 -- Settlement's expiry at period_end (exclusive).  On Citus each shard group
--- expires its own accounts on its node (_expire_shards): an account's
+-- expires its own accounts on its node (_settle_shards): an account's
 -- ledger, balance rows and account row are all in its shard group, and the
 -- locks, the wait for redemptions and the entries' transaction ids are that
 -- node's, as for a redemption there.
@@ -218,18 +218,12 @@ CREATE FUNCTION @extschema@._settle_expiry(program_id integer, period_start date
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e record := @extschema@._expiry_settings($1, $3, '@extschema@.program', '@extschema@.rule');
-    distributed boolean := false;
 BEGIN
     IF e.threshold IS NULL THEN
         RETURN 0;               -- no lifetime: points never expire
     END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_extension x WHERE x.extname = 'citus')
-       AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
-           INTO distributed USING '@extschema@.balance_delta'::regclass;
-    END IF;
-    IF distributed THEN
-        RETURN @extschema@._expire_shards($1, $3);
+    IF @extschema@._distributed() THEN
+        RETURN @extschema@._settle_shards('expiry', $1, $3)::bigint;
     END IF;
     RETURN @extschema@._settle_expiry_in($1, $3, e.threshold, e.zone, e.capped, '@extschema@.account',
                                          '@extschema@.ledger', '@extschema@.balance_folded', '@extschema@.balance_delta');
@@ -238,17 +232,17 @@ $$;
 COMMENT ON FUNCTION @extschema@._settle_expiry(integer, date, date) IS
     'Internal: settlement''s expiry at period_end (exclusive): posts one expire entry per account whose points are older than the program''s point_lifetime, oldest points consumed first; returns the points expired. Idempotent: a second call at the same cutoff posts nothing. On Citus, each shard group on its node.';
 
--- On Citus: the expiry of every shard group, each on its node.
-CREATE FUNCTION @extschema@._expire_shards(program_id integer, cutoff date) RETURNS bigint
-AS 'MODULE_PATHNAME', 'loyalty_expire_shards' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._expire_shards(integer, date) IS
-    'Internal: settlement''s expiry on a Citus cluster: one routed call of _expire_shard per shard of loyalty.account; returns the points expired.';
-CREATE FUNCTION @extschema@._expire_shard(program_id integer, cutoff date, shard text) RETURNS bigint
-AS 'MODULE_PATHNAME', 'loyalty_expire_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._expire_shard(integer, date, text) IS
-    'Internal: settlement''s expiry of the accounts of one shard of loyalty.account, on its Citus node, over the co-located shards.';
+-- On Citus: a settlement step that posts to accounts (expiry, rebates,
+-- rebate_estimates) on every shard group, each on its node.
+CREATE FUNCTION @extschema@._settle_shards(step text, program_id integer, day date) RETURNS numeric
+AS 'MODULE_PATHNAME', 'loyalty_settle_shards' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._settle_shards(text, integer, date) IS
+    'Internal: a settlement step that posts to accounts (expiry, rebates, rebate_estimates) on a Citus cluster: one routed call of _settle_shard per shard of loyalty.account; returns what they posted, summed.';
+CREATE FUNCTION @extschema@._settle_shard(step text, program_id integer, day date, shard text) RETURNS numeric
+AS 'MODULE_PATHNAME', 'loyalty_settle_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._settle_shard(text, integer, date, text) IS
+    'Internal: a settlement step for the accounts of one shard of loyalty.account, on its Citus node, over the co-located shards.';
 
--- The settlement cutoffs (period ends) after as_of up to 90 days on.
 CREATE FUNCTION @extschema@._expiry_cutoffs(program_id integer, as_of date) RETURNS SETOF date
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT c::date

@@ -169,62 +169,52 @@ GRANT SELECT ON @extschema@.rebate_agreement, @extschema@.rebate_posting, @extsc
     TO loyalty_reader, loyalty_operator, loyalty_admin;
 GRANT SELECT ON @extschema@.rebate_line_volume TO loyalty_reader, loyalty_operator, loyalty_admin;
 
--- Several rebate postings at once, each with the exact shape of _post's:
--- one ledger entry and one balance delta, numbered in the transaction.
--- Returns each account's entry number, in the order given.
-CREATE FUNCTION @extschema@._post_rebates(program_id integer, account_keys text[], amounts numeric[], reasons text[])
-RETURNS TABLE (ord bigint, entry_no bigint)
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-WITH r AS (
-    SELECT u.ord, u.account_key, u.amount, u.reason, @extschema@._ledger_number() AS n
-    FROM ROWS FROM (pg_catalog.unnest(account_keys), pg_catalog.unnest(amounts), pg_catalog.unnest(reasons))
-         WITH ORDINALITY AS u(account_key, amount, reason, ord)
-    WHERE u.amount OPERATOR(pg_catalog.<>) 0),
-entries AS (
-    INSERT INTO @extschema@.ledger AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
-                                         member_id, corrects, corrects_xid, reason)
-    SELECT $1, r.account_key::@extschema@.account_key, r.n, 'rebate', 0, r.amount, 0, NULL, NULL, NULL, r.reason FROM r
-    RETURNING l.entry_no),
-deltas AS (
-    INSERT INTO @extschema@.balance_delta AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
-    SELECT $1, r.account_key::@extschema@.account_key, r.n, 0, r.amount, 0, 1 FROM r
-    RETURNING d.delta_no)
-SELECT r.ord, r.n FROM r
-$$;
-COMMENT ON FUNCTION @extschema@._post_rebates(integer, text[], numeric[], text[]) IS
-    'Internal: posts rebate money to several accounts, one ledger entry and balance delta each (the shape of _post''s); zero amounts are skipped. Returns the entry number of each posted element by its position.';
-
--- Every agreement period that has a volume, a posting or a line, per
--- account: the volume now (one pass over loyalty.accrual_month, the months
--- of the period within the agreement's validity), the final rebate on it,
--- what is posted for it, and its last settlement line (open: the volume
--- of the months up to to_end's, for estimates).  A segment's
--- accounts are its members now; an account that left the segment keeps the
--- periods it already has postings or lines for.  Only periods that start by
--- to_end (open) or end by it (not open) are returned.
-CREATE FUNCTION @extschema@._rebate_periods(program_id integer, to_end date, open boolean)
-RETURNS TABLE (agreement_id text, account_key text, period_start date, period_end date,
-               volume numeric, final numeric, accrued numeric, last_final numeric, adjustments integer)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
--- one grouped pass over the volumes, the postings and the lines (no join
--- between them: each row of every source is a fact of its period)
+-- The rebate pass over the given tables: loyalty's own on one server, or
+-- on a Citus worker one shard group (settle_shards.c), with this node's
+-- placements of the reference tables.  Settling (estimate false): every
+-- agreement period that ends by to_end gets its settlement line when it has
+-- none yet (final on the volume now; the true-up final - accrued posted),
+-- and an adjustment line when its final rebate on the volume now differs
+-- from its last line's.  Estimating (estimate true): every open period
+-- (started by to_end, not settled) gets the rebate on its volume so far
+-- minus what is already posted for it.  A period with no volume and
+-- nothing posted needs nothing.  One statement, in the caller's snapshot
+-- (taken after the caller's lock): one grouped pass over the volumes
+-- (loyalty.accrual_month's query over folded and delta, and the
+-- product-line buckets), the postings and the lines, no join between them
+-- (each row of every source is a fact of its period); then each posting
+-- with the exact shape of _post's (one ledger entry and one balance delta,
+-- numbered in the transaction in key order), its rebate_posting row and,
+-- when settling, its settlement line.  A segment's accounts are its
+-- members now; an account that left the segment keeps the periods it
+-- already has postings or lines for.  Returns the money posted.
+CREATE FUNCTION @extschema@._rebates_in(program_id integer, to_end date, estimate boolean,
+                                        agreement_table regclass, program_table regclass, account_table regclass,
+                                        posting_table regclass, line_table regclass, folded regclass, delta regclass,
+                                        line_volume_table regclass, ledger regclass)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total numeric;
+BEGIN
+    EXECUTE pg_catalog.format($q$
 WITH ag AS (
     SELECT g.agreement_id, g.account_key, g.cooperation_model, g.region, g.industry, g.schedule, g.period,
            g.product_lines, pg_catalog.date_trunc('month', g.valid_from)::date AS first_month, g.valid_until,
            CASE g.period WHEN 'month' THEN interval '1 month' WHEN 'quarter' THEN interval '3 months'
                          ELSE interval '1 year' END AS step
-    FROM @extschema@.rebate_agreement g
+    FROM %1$s g
     WHERE g.program_id OPERATOR(pg_catalog.=) $1),
 known AS (
     SELECT r.agreement_id, r.account_key, r.period_start, r.amount AS accrued, NULL::numeric AS final, NULL::integer AS adj
-    FROM @extschema@.rebate_posting r WHERE r.program_id OPERATOR(pg_catalog.=) $1
+    FROM %4$s r WHERE r.program_id OPERATOR(pg_catalog.=) $1
     UNION ALL
     SELECT s.agreement_id, s.account_key, s.period_start, 0, s.final, s.adjustment_no
-    FROM @extschema@.settlement_line s WHERE s.program_id OPERATOR(pg_catalog.=) $1),
+    FROM %5$s s WHERE s.program_id OPERATOR(pg_catalog.=) $1),
 pairs AS (
     SELECT u.agreement_id, u.account_key, pg_catalog.bool_or(u.member) AS member
     FROM (SELECT ag.agreement_id, a.account_key, true AS member
-          FROM ag JOIN @extschema@.account a
+          FROM ag JOIN %3$s a
             ON a.program_id OPERATOR(pg_catalog.=) $1
            AND (ag.account_key IS NULL OR a.account_key OPERATOR(pg_catalog.=) ag.account_key)
            AND (ag.cooperation_model IS NULL OR a.cooperation_model OPERATOR(pg_catalog.=) ag.cooperation_model)
@@ -233,14 +223,32 @@ pairs AS (
           UNION ALL
           SELECT k.agreement_id, k.account_key, false FROM known k) u
     GROUP BY 1, 2),
--- the spend of every product line (accrual_month) for unscoped agreements,
--- the scoped lines' buckets (rebate_line_volume) for the others
+-- loyalty.accrual_month's rows (per attachment), over folded and delta
+months AS (
+    SELECT u.account_key, u.month, pg_catalog.sum(u.qualifying) AS qualifying
+    FROM (SELECT b.account_key, x.attachment_id, x.month, x.points, x.qualifying, x.source_rows
+          FROM %6$s b,
+               ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_attachment), pg_catalog.unnest(b.m_points),
+                          pg_catalog.unnest(b.m_qualifying), pg_catalog.unnest(b.m_source_rows))
+                   AS x(month, attachment_id, points, qualifying, source_rows)
+          WHERE b.program_id OPERATOR(pg_catalog.=) $1
+          UNION ALL
+          SELECT d.account_key, x.attachment_id, x.month, x.points, x.qualifying, x.source_rows
+          FROM %7$s d,
+               ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_attachment), pg_catalog.unnest(d.m_points),
+                          pg_catalog.unnest(d.m_qualifying), pg_catalog.unnest(d.m_source_rows))
+                   AS x(month, attachment_id, points, qualifying, source_rows)
+          WHERE d.program_id OPERATOR(pg_catalog.=) $1) u
+    GROUP BY u.account_key, u.attachment_id, u.month
+    HAVING pg_catalog.sum(u.points) OPERATOR(pg_catalog.<>) 0 OR pg_catalog.sum(u.qualifying) OPERATOR(pg_catalog.<>) 0
+        OR pg_catalog.sum(u.source_rows) OPERATOR(pg_catalog.<>) 0),
+-- the spend of every product line for unscoped agreements, the scoped
+-- lines' buckets (rebate_line_volume) for the others
 volumes AS (
-    SELECT x.account_key, x.month, x.qualifying, NULL::text AS product_line
-    FROM @extschema@.accrual_month x WHERE x.program_id OPERATOR(pg_catalog.=) $1
+    SELECT m.account_key, m.month, m.qualifying, NULL::text AS product_line FROM months m
     UNION ALL
     SELECT v.account_key, v.month, v.qualifying, v.product_line
-    FROM @extschema@.rebate_line_volume v
+    FROM %8$s v
     WHERE v.program_id OPERATOR(pg_catalog.=) $1 AND v.product_line IS NOT NULL),
 facts AS (
     SELECT ag.agreement_id, x.account_key, pg_catalog.date_trunc(ag.period, x.month)::date AS period_start,
@@ -253,135 +261,116 @@ facts AS (
                ELSE x.product_line OPERATOR(pg_catalog.=) ANY (ag.product_lines) END
       AND (ag.valid_until IS NULL OR x.month OPERATOR(pg_catalog.<) ag.valid_until)
       -- an estimate counts the months up to to_end's (the volume so far)
-      AND (NOT open OR x.month OPERATOR(pg_catalog.<=) to_end)
+      AND (NOT $3 OR x.month OPERATOR(pg_catalog.<=) $2)
     UNION ALL
-    SELECT k.agreement_id, k.account_key, k.period_start, 0, k.accrued, k.final, k.adj, false, true FROM known k)
-SELECT t.agreement_id, t.account_key, t.period_start, t.period_end, t.volume,
-       pg_catalog.round(@extschema@.rebate(ag.schedule, GREATEST(t.volume, 0)), 2),
-       t.accrued, t.last_final, t.adjustments
-FROM (SELECT f.agreement_id, f.account_key, f.period_start, (f.period_start OPERATOR(pg_catalog.+) ag.step)::date AS period_end,
-             pg_catalog.sum(f.volume) AS volume, pg_catalog.sum(f.accrued) AS accrued,
-             (pg_catalog.array_agg(f.final ORDER BY f.adj DESC) FILTER (WHERE f.adj IS NOT NULL))[1] AS last_final,
-             pg_catalog.max(f.adj) AS adjustments
-      FROM facts f JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) f.agreement_id
-      WHERE CASE WHEN open THEN f.period_start OPERATOR(pg_catalog.<=) to_end
-                 ELSE (f.period_start OPERATOR(pg_catalog.+) ag.step)::date OPERATOR(pg_catalog.<=) to_end END
-      GROUP BY f.agreement_id, f.account_key, f.period_start, ag.step
-      -- a member's periods with a volume, and every period already posted or settled
-      HAVING pg_catalog.bool_or(f.member) OR pg_catalog.bool_or(f.known)) t
-JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) t.agreement_id
-$$;
-COMMENT ON FUNCTION @extschema@._rebate_periods(integer, date, boolean) IS
-    'Internal: per rebate agreement, account and period that has a volume, a posting or a settlement line (and starts by to_end when open, else ends by it): the volume now, the final rebate on it, what is posted for it, and its last line''s final and number.';
-
--- Writes settlement lines for the given periods and posts their amounts.
-CREATE FUNCTION @extschema@._write_settlement_lines(program_id integer, settled_through date,
-                                         agreement_ids text[], account_keys text[], period_starts date[], period_ends date[],
-                                         volumes numeric[], finals numeric[], accrueds numeric[], last_finals numeric[],
-                                         adjustment_nos integer[])
-RETURNS numeric
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cur text := (SELECT p.currency FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1);
-    keys text[];
-    total numeric;
-BEGIN
-    -- the date in ISO form whatever the session's DateStyle: the key is stable
-    keys := ARRAY(SELECT pg_catalog.format('LOY-%s-%s-%s-%s', $1, u.g, u.a, pg_catalog.to_char(u.e, 'YYYY-MM-DD'))
-                         OPERATOR(pg_catalog.||) CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN '-ADJ-' OPERATOR(pg_catalog.||) u.n ELSE '' END
-                  FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys),
-                                  pg_catalog.unnest(period_ends), pg_catalog.unnest(adjustment_nos))
-                       WITH ORDINALITY AS u(g, a, e, n, ord) ORDER BY u.ord);
-    WITH posted AS (
-        SELECT p.ord, p.entry_no
-        FROM @extschema@._post_rebates($1, account_keys,
-                                       ARRAY(SELECT f OPERATOR(pg_catalog.-) c
-                                             FROM ROWS FROM (pg_catalog.unnest(finals), pg_catalog.unnest(accrueds))
-                                                  WITH ORDINALITY AS u(f, c, ord) ORDER BY u.ord),
-                                       ARRAY(SELECT pg_catalog.format('rebate %s %s', CASE WHEN u.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'true-up' END, u.k)
-                                             FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(adjustment_nos))
-                                                  WITH ORDINALITY AS u(k, n, ord) ORDER BY u.ord)) p),
-    lines AS (
-        SELECT u.*, p.entry_no
-        FROM ROWS FROM (pg_catalog.unnest(agreement_ids), pg_catalog.unnest(account_keys), pg_catalog.unnest(period_starts),
-                        pg_catalog.unnest(period_ends), pg_catalog.unnest(volumes), pg_catalog.unnest(finals),
-                        pg_catalog.unnest(accrueds), pg_catalog.unnest(last_finals), pg_catalog.unnest(adjustment_nos),
-                        pg_catalog.unnest(keys))
-             WITH ORDINALITY AS u(g, a, s, e, v, f, c, lf, n, k, ord)
-        LEFT JOIN posted p ON p.ord OPERATOR(pg_catalog.=) u.ord),
-    postings AS (
-        INSERT INTO @extschema@.rebate_posting (program_id, account_key, agreement_id, period_end, entry_no,
-                                                period_start, kind, volume, amount)
-        SELECT $1, l.a::@extschema@.account_key, l.g, l.e, l.entry_no, l.s, CASE WHEN l.n OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'trueup' END,
-               l.v, l.f OPERATOR(pg_catalog.-) l.c
-        FROM lines l WHERE l.entry_no IS NOT NULL),
-    written AS (
-        INSERT INTO @extschema@.settlement_line AS x (program_id, account_key, agreement_id, period_end, adjustment_no,
-                                                      document_key, period_start, volume, final, accrued, amount,
-                                                      credit_note, currency, settled_through, entry_no)
-        SELECT $1, l.a::@extschema@.account_key, l.g, l.e, l.n, l.k, l.s, l.v, l.f, l.c, l.f OPERATOR(pg_catalog.-) l.c,
-               l.f OPERATOR(pg_catalog.-) coalesce(l.lf, 0), cur, settled_through, l.entry_no
-        FROM lines l
-        RETURNING x.amount)
-    SELECT coalesce(pg_catalog.sum(w.amount), 0) INTO total FROM written w;
+    SELECT k.agreement_id, k.account_key, k.period_start, 0, k.accrued, k.final, k.adj, false, true FROM known k),
+-- per agreement, account and period that has a volume, a posting or a
+-- line (and starts by to_end when estimating, else ends by it)
+periods AS (
+    SELECT t.agreement_id, t.account_key, t.period_start, t.period_end, t.volume,
+           pg_catalog.round(@extschema@.rebate(ag.schedule, GREATEST(t.volume, 0)), 2) AS final,
+           t.accrued, t.last_final, t.adjustments
+    FROM (SELECT f.agreement_id, f.account_key, f.period_start, (f.period_start OPERATOR(pg_catalog.+) ag.step)::date AS period_end,
+                 pg_catalog.sum(f.volume) AS volume, pg_catalog.sum(f.accrued) AS accrued,
+                 (pg_catalog.array_agg(f.final ORDER BY f.adj DESC) FILTER (WHERE f.adj IS NOT NULL))[1] AS last_final,
+                 pg_catalog.max(f.adj) AS adjustments
+          FROM facts f JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) f.agreement_id
+          WHERE CASE WHEN $3 THEN f.period_start OPERATOR(pg_catalog.<=) $2
+                     ELSE (f.period_start OPERATOR(pg_catalog.+) ag.step)::date OPERATOR(pg_catalog.<=) $2 END
+          GROUP BY f.agreement_id, f.account_key, f.period_start, ag.step
+          -- a member's periods with a volume, and every period already posted or settled
+          HAVING pg_catalog.bool_or(f.member) OR pg_catalog.bool_or(f.known)) t
+    JOIN ag ON ag.agreement_id OPERATOR(pg_catalog.=) t.agreement_id),
+-- what to post: the open periods' estimates; the settled periods' first
+-- lines and the changed finals' adjustment lines
+due AS (
+    SELECT p.*, p.final OPERATOR(pg_catalog.-) p.accrued AS amount,
+           coalesce(p.adjustments OPERATOR(pg_catalog.+) 1, 0) AS adjustment_no
+    FROM periods p
+    WHERE CASE WHEN $3 THEN p.adjustments IS NULL AND p.final OPERATOR(pg_catalog.<>) p.accrued
+               WHEN p.adjustments IS NULL THEN p.final OPERATOR(pg_catalog.<>) 0 OR p.accrued OPERATOR(pg_catalog.<>) 0
+               ELSE p.final OPERATOR(pg_catalog.<>) p.last_final END),
+-- the document key is stable: the date in ISO form whatever the DateStyle
+keyed AS (
+    SELECT d.*, pg_catalog.format('LOY-%%s-%%s-%%s-%%s', $1, d.agreement_id, d.account_key, pg_catalog.to_char(d.period_end, 'YYYY-MM-DD'))
+                OPERATOR(pg_catalog.||) CASE WHEN d.adjustment_no OPERATOR(pg_catalog.>) 0
+                                             THEN '-ADJ-' OPERATOR(pg_catalog.||) d.adjustment_no ELSE '' END AS document_key
+    FROM due d),
+-- numbered in key order (a volatile target is computed after the sort)
+numbered AS (
+    SELECT k.*, CASE WHEN k.amount OPERATOR(pg_catalog.<>) 0 THEN @extschema@._ledger_number() END AS entry_no
+    FROM keyed k
+    ORDER BY k.account_key, k.agreement_id, k.period_end),
+entries AS (
+    INSERT INTO %9$s AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                           member_id, corrects, corrects_xid, reason)
+    SELECT $1, n.account_key, n.entry_no, 'rebate', 0, n.amount, 0, NULL, NULL, NULL,
+           CASE WHEN $3 THEN pg_catalog.format('rebate estimate %%s %%s %%s..%%s', n.agreement_id, n.account_key,
+                                               pg_catalog.to_char(n.period_start, 'YYYY-MM-DD'), pg_catalog.to_char(n.period_end, 'YYYY-MM-DD'))
+                WHEN n.adjustment_no OPERATOR(pg_catalog.>) 0 THEN 'rebate adjustment ' OPERATOR(pg_catalog.||) n.document_key
+                ELSE 'rebate true-up ' OPERATOR(pg_catalog.||) n.document_key END
+    FROM numbered n WHERE n.entry_no IS NOT NULL
+    RETURNING l.entry_no),
+deltas AS (
+    INSERT INTO %7$s AS b (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+    SELECT $1, n.account_key, n.entry_no, 0, n.amount, 0, 1 FROM numbered n WHERE n.entry_no IS NOT NULL
+    RETURNING b.delta_no),
+postings AS (
+    INSERT INTO %4$s AS r (program_id, account_key, agreement_id, period_end, entry_no, period_start, kind, volume, amount)
+    SELECT $1, n.account_key, n.agreement_id, n.period_end, n.entry_no, n.period_start,
+           CASE WHEN $3 THEN 'estimate' WHEN n.adjustment_no OPERATOR(pg_catalog.>) 0 THEN 'adjustment' ELSE 'trueup' END,
+           n.volume, n.amount
+    FROM numbered n WHERE n.entry_no IS NOT NULL
+    RETURNING r.entry_no),
+written AS (
+    INSERT INTO %5$s AS x (program_id, account_key, agreement_id, period_end, adjustment_no, document_key, period_start,
+                           volume, final, accrued, amount, credit_note, currency, settled_through, entry_no)
+    SELECT $1, n.account_key, n.agreement_id, n.period_end, n.adjustment_no, n.document_key, n.period_start,
+           n.volume, n.final, n.accrued, n.amount, n.final OPERATOR(pg_catalog.-) coalesce(n.last_final, 0),
+           (SELECT p.currency FROM %2$s p WHERE p.program_id OPERATOR(pg_catalog.=) $1), $2, n.entry_no
+    FROM numbered n WHERE NOT $3
+    RETURNING x.entry_no)
+SELECT coalesce(pg_catalog.sum(n.amount), 0) FROM numbered n$q$,
+        agreement_table, program_table, account_table, posting_table, line_table, folded, delta, line_volume_table, ledger)
+    INTO total USING program_id, to_end, estimate;
     RETURN total;
 END
 $$;
-COMMENT ON FUNCTION @extschema@._write_settlement_lines(integer, date, text[], text[], date[], date[], numeric[], numeric[], numeric[], numeric[], integer[]) IS
-    'Internal: writes settlement lines (and their rebate postings and ledger entries) for the given periods; returns the money posted.';
+COMMENT ON FUNCTION @extschema@._rebates_in(integer, date, boolean, regclass, regclass, regclass, regclass, regclass, regclass, regclass, regclass, regclass) IS
+    'Internal: the rebate pass over the given tables (loyalty''s, or one shard group on a Citus worker): settling, the settlement line (and true-up) of every agreement period ending by to_end that has none and an adjustment line for every settled period whose final rebate changed; estimating, the estimate of every open period started by to_end. Returns the money posted.';
 
--- Settlement's rebates at period_end: every agreement period that ends
--- by period_end gets its settlement line when it has none yet (final on
--- the volume now; the true-up final - accrued posted), and an adjustment
--- line when its final rebate on the volume now differs from its last
--- line's (invoices or credit notes dated in it that arrived since).  A
--- period with no volume and nothing posted needs no line.  Serialised with
+-- The rebate pass of a program, on one server or on every shard group of
+-- a Citus cluster (each on its node: _settle_shards).  The caller holds
+-- the program's rebate lock.
+CREATE FUNCTION @extschema@._rebates(program_id integer, to_end date, estimate boolean) RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF @extschema@._distributed() THEN
+        RETURN @extschema@._settle_shards(CASE WHEN estimate THEN 'rebate_estimates' ELSE 'rebates' END, $1, $2);
+    END IF;
+    RETURN @extschema@._rebates_in($1, $2, $3, '@extschema@.rebate_agreement', '@extschema@.program', '@extschema@.account',
+                                   '@extschema@.rebate_posting', '@extschema@.settlement_line', '@extschema@.balance_folded',
+                                   '@extschema@.balance_delta', '@extschema@.rebate_line_volume', '@extschema@.ledger');
+END
+$$;
+COMMENT ON FUNCTION @extschema@._rebates(integer, date, boolean) IS
+    'Internal: the rebate pass of a program (_rebates_in) over loyalty''s tables, or on Citus over every shard group on its node; returns the money posted.';
+
+-- Settlement's rebates at period_end (exclusive): lines and true-ups of
+-- every period ending by then (_rebates_in).  Serialised with
 -- accrue_rebates per program.  Idempotent: a second call finds every
 -- period settled and every final unchanged.  (period_start is not needed:
 -- every period ending by period_end is settled, earlier ones included.)
 CREATE FUNCTION @extschema@._settle_rebates(program_id integer, period_start date, period_end date) RETURNS numeric
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r record;
-    distributed boolean := false;
 BEGIN
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), $1);
-    -- no agreement, no rebate (_rebate_periods joins every row to one)
+    -- no agreement, no rebate
     IF NOT EXISTS (SELECT FROM @extschema@.rebate_agreement g WHERE g.program_id OPERATOR(pg_catalog.=) $1) THEN
         RETURN 0;
     END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname = 'citus')
-       AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
-        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1)'
-           INTO distributed USING '@extschema@.balance_delta'::regclass;
-    END IF;
-    IF distributed THEN
-        -- _rebate_periods is a SQL function with parameters over
-        -- distributed tables: Citus cannot plan it
-        RAISE EXCEPTION 'rebates of program "%" cannot be settled on Citus yet',
-                        (SELECT p.name FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) $1)
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'The program has rebate agreements; their true-up reads the distributed tables through a SQL function Citus cannot plan; nothing was settled.',
-                  HINT = 'Settle programs without rebate agreements on Citus, or keep this program on a single server.';
-    END IF;
     -- a new statement, a new snapshot: after the lock
-    SELECT pg_catalog.array_agg(x.agreement_id ORDER BY x.account_key, x.agreement_id, x.period_end) AS g,
-           pg_catalog.array_agg(x.account_key ORDER BY x.account_key, x.agreement_id, x.period_end) AS a,
-           pg_catalog.array_agg(x.period_start ORDER BY x.account_key, x.agreement_id, x.period_end) AS s,
-           pg_catalog.array_agg(x.period_end ORDER BY x.account_key, x.agreement_id, x.period_end) AS e,
-           pg_catalog.array_agg(x.volume ORDER BY x.account_key, x.agreement_id, x.period_end) AS v,
-           pg_catalog.array_agg(x.final ORDER BY x.account_key, x.agreement_id, x.period_end) AS f,
-           pg_catalog.array_agg(x.accrued ORDER BY x.account_key, x.agreement_id, x.period_end) AS c,
-           pg_catalog.array_agg(x.last_final ORDER BY x.account_key, x.agreement_id, x.period_end) AS lf,
-           pg_catalog.array_agg(coalesce(x.adjustments OPERATOR(pg_catalog.+) 1, 0) ORDER BY x.account_key, x.agreement_id, x.period_end) AS n
-    INTO r
-    FROM @extschema@._rebate_periods($1, $3, false) x
-    WHERE CASE WHEN x.adjustments IS NULL THEN x.final OPERATOR(pg_catalog.<>) 0 OR x.accrued OPERATOR(pg_catalog.<>) 0
-               ELSE x.final OPERATOR(pg_catalog.<>) x.last_final END;
-    IF r.g IS NULL THEN
-        RETURN 0;
-    END IF;
-    RETURN @extschema@._write_settlement_lines($1, $3, r.g, r.a, r.s, r.e, r.v, r.f, r.c, r.lf, r.n);
+    RETURN @extschema@._rebates($1, $3, false);
 END
 $$;
 COMMENT ON FUNCTION @extschema@._settle_rebates(integer, date, date) IS
@@ -395,9 +384,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer;
     day date;
-    keys text[];
-    g text[]; a text[]; s date[]; e date[]; v numeric[]; d numeric[];
-    total numeric;
 BEGIN
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
@@ -421,32 +407,10 @@ BEGIN
     day := coalesce(as_of, (SELECT (pg_catalog.now() AT TIME ZONE p.time_zone)::date
                             FROM @extschema@.program p WHERE p.program_id OPERATOR(pg_catalog.=) pid));
     PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('loyalty.rebates'), pid);
-    SELECT pg_catalog.array_agg(x.agreement_id ORDER BY x.account_key, x.agreement_id, x.period_end),
-           pg_catalog.array_agg(x.account_key ORDER BY x.account_key, x.agreement_id, x.period_end),
-           pg_catalog.array_agg(x.period_start ORDER BY x.account_key, x.agreement_id, x.period_end),
-           pg_catalog.array_agg(x.period_end ORDER BY x.account_key, x.agreement_id, x.period_end),
-           pg_catalog.array_agg(x.volume ORDER BY x.account_key, x.agreement_id, x.period_end),
-           pg_catalog.array_agg(x.final OPERATOR(pg_catalog.-) x.accrued ORDER BY x.account_key, x.agreement_id, x.period_end)
-    INTO g, a, s, e, v, d
-    FROM @extschema@._rebate_periods(pid, day, true) x
-    WHERE x.adjustments IS NULL AND x.final OPERATOR(pg_catalog.<>) x.accrued;
-    IF g IS NULL THEN
+    IF NOT EXISTS (SELECT FROM @extschema@.rebate_agreement g WHERE g.program_id OPERATOR(pg_catalog.=) pid) THEN
         RETURN 0;
     END IF;
-    keys := ARRAY(SELECT pg_catalog.format('rebate estimate %s %s %s..%s', u.g, u.a, u.s, u.e)
-                  FROM ROWS FROM (pg_catalog.unnest(g), pg_catalog.unnest(a), pg_catalog.unnest(s), pg_catalog.unnest(e))
-                       WITH ORDINALITY AS u(g, a, s, e, ord) ORDER BY u.ord);
-    WITH posted AS (SELECT p.ord, p.entry_no FROM @extschema@._post_rebates(pid, a, d, keys) p),
-    rows AS (
-        INSERT INTO @extschema@.rebate_posting AS r (program_id, account_key, agreement_id, period_end, entry_no,
-                                                     period_start, kind, volume, amount)
-        SELECT pid, u.a::@extschema@.account_key, u.g, u.e, p.entry_no, u.s, 'estimate', u.v, u.d
-        FROM ROWS FROM (pg_catalog.unnest(g), pg_catalog.unnest(a), pg_catalog.unnest(s), pg_catalog.unnest(e),
-                        pg_catalog.unnest(v), pg_catalog.unnest(d)) WITH ORDINALITY AS u(g, a, s, e, v, d, ord)
-        JOIN posted p ON p.ord OPERATOR(pg_catalog.=) u.ord
-        RETURNING r.amount)
-    SELECT coalesce(pg_catalog.sum(x.amount), 0) INTO total FROM rows x;
-    RETURN total;
+    RETURN @extschema@._rebates(pid, day, true);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.accrue_rebates(text, date) IS

@@ -42,6 +42,27 @@ $$;
 COMMENT ON FUNCTION @extschema@._citus_layout() IS
 'Internal: how loyalty.distribute() lays out each of loyalty''s tables on Citus: distributed (primary key led by program_id, account_key), reference (configuration, no account key; and rebate_agreement, whose account key is optional) or local (no account key in the primary key: partner_login).';
 
+-- Whether loyalty.distribute() made loyalty's tables Citus tables: the
+-- settlement steps take their Citus form then (statements Citus pushes
+-- down, or one routed call per shard group).  pg_dist_partition is read
+-- through EXECUTE: it exists only where Citus is installed.
+CREATE FUNCTION @extschema@._distributed() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    distributed boolean := false;
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus')
+       AND pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1)'
+           INTO distributed USING '@extschema@.balance_delta'::pg_catalog.regclass;
+    END IF;
+    RETURN distributed;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._distributed() IS
+'Internal: whether loyalty.distribute() has made loyalty''s account-scoped tables Citus distributed tables.';
+REVOKE ALL ON FUNCTION @extschema@._distributed() FROM PUBLIC;
+
 -- The functions Citus runs on the node holding the account's shard when
 -- called as a statement of their own (SELECT loyalty.redeem(...)): a debit
 -- locks the account, waits for the postings in flight and posts there,

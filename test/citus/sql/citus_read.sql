@@ -222,12 +222,6 @@ SELECT loyalty.revoke_tier('Action Club', 'A-1') AS a1, loyalty.revoke_tier('Act
 SELECT item, value FROM loyalty.statement('Action Club', 'A-2', (date_trunc('quarter', DATE :'today') + interval '3 months - 1 day')::date)
  WHERE section = 'tier' AND item LIKE 'measure%';
 
--- Not on Citus yet: the rebate estimate runs _rebate_periods, a SQL
--- function whose parameters Citus cannot plan over distributed tables
--- (settlement's rebate pass shares it).
-SELECT loyalty.create_rebate_agreement('Read Club', 'AG1', 'retro: 0:1%, 10000:2%', account_key => 'R-001');
-SELECT loyalty.accrue_rebates('Read Club');
-
 -- a reader reads one account
 CREATE ROLE citus_reader LOGIN IN ROLE loyalty_reader;     -- Citus connects to the workers as it
 SET ROLE citus_reader;

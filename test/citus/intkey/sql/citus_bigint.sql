@@ -385,6 +385,47 @@ SELECT (SELECT sum(points_expired) FROM loyalty.settlement_run WHERE program_id 
      = (SELECT sum(d) FROM (SELECT greatest(sum(trunc(amount)) FILTER (WHERE order_date < '2024-04-01'), 0) AS d
                               FROM erp.expiring_orders GROUP BY customer_id) x) AS run_total_exact;
 
+-- Rebates on bigint keys: an agreement for one key beyond 2^31 (retro,
+-- quarterly) and one for every account (marginal, monthly) over the same
+-- orders; the estimate of February and the settlement lines of Q1, each
+-- shard group on its node.  The brackets by hand, in plain SQL.
+SELECT loyalty.create_program('Rebate Club', currency => 'EUR', settlement_period => 'quarter') AS rid \gset
+SELECT loyalty.attach('erp.expiring_orders', 'Rebate Club', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'order_date') > 0 AS attached;
+SELECT b.accounts AS backfilled_accounts FROM loyalty.backfill('erp.expiring_orders', 'Rebate Club', since => '-infinity') b;
+SELECT loyalty.create_rebate_agreement('Rebate Club', 'ONE', 'retro: 0:1%, 500:2%', account_key => '9000000007',
+                                       valid_from => '2024-01-01');
+SELECT loyalty.create_rebate_agreement('Rebate Club', 'ALL', 'marginal: 0:1%, 100:3%', period => 'month',
+                                       valid_from => '2024-01-01');
+CREATE VIEW erp.rebate_expected AS
+SELECT agreement_id, account_key, period_start, month, amount
+  FROM (SELECT 'ONE' AS agreement_id, customer_id AS account_key, date_trunc('quarter', order_date)::date AS period_start,
+               date_trunc('month', order_date)::date AS month, amount
+          FROM erp.expiring_orders WHERE customer_id = 9000000007
+        UNION ALL
+        SELECT 'ALL', customer_id, date_trunc('month', order_date)::date, date_trunc('month', order_date)::date, amount
+          FROM erp.expiring_orders) x;
+CREATE FUNCTION erp.rebate_of(agreement text, v numeric) RETURNS numeric LANGUAGE sql
+RETURN CASE WHEN v <= 0 THEN 0
+            WHEN agreement = 'ONE' THEN round(v * CASE WHEN v >= 500 THEN 0.02 ELSE 0.01 END, 2)
+            ELSE round(least(v, 100) * 0.01 + greatest(v - 100, 0) * 0.03, 2) END;
+SELECT loyalty.accrue_rebates('Rebate Club', '2024-02-15')
+     = (SELECT sum(erp.rebate_of(agreement_id, v))
+          FROM (SELECT agreement_id, account_key, period_start, sum(amount) AS v FROM erp.rebate_expected
+                 WHERE month <= '2024-02-01' GROUP BY 1, 2, 3) x) AS estimated_exact;
+SET client_min_messages = warning;
+SELECT r.status FROM loyalty.settle('Rebate Club', '2024-03-31') r;
+RESET client_min_messages;
+SELECT count(*) AS lines_differing
+  FROM (SELECT agreement_id, account_key, period_start, erp.rebate_of(agreement_id, sum(amount)) AS final
+          FROM erp.rebate_expected WHERE period_start < '2024-04-01' GROUP BY 1, 2, 3) e
+  FULL JOIN (SELECT agreement_id, account_key, period_start, final, credit_note
+               FROM loyalty.settlement_line WHERE program_id = :rid) l USING (agreement_id, account_key, period_start)
+ WHERE (l.final IS DISTINCT FROM e.final OR l.credit_note IS DISTINCT FROM e.final) AND coalesce(e.final, 0) <> 0;
+SELECT account_key, pg_typeof(account_key) AS key_type, final,
+       replace(document_key, 'LOY-' || :rid || '-', 'LOY-<program>-') AS document_key
+  FROM loyalty.settlement_line WHERE program_id = :rid AND agreement_id = 'ONE';
+
 -- enroll, grant_tier and revoke_tier with a key beyond 2^31 given as text
 SELECT loyalty.enroll('Tier Club', '7000009999', region => 'north', enrolled_from => '-infinity');
 SELECT account_key, pg_typeof(account_key) AS key_type, region FROM loyalty.account
