@@ -12,7 +12,10 @@
 #
 # Run as root:  bash bench/citus_settlement.sh [CITUS_SOURCE_TARBALL]
 # Knobs: BENCH_ACCOUNTS (50000), BENCH_LINES (1000000), BENCH_RUNS (3: settles
-# of consecutive quarters, median reported).
+# of consecutive quarters, median reported), BENCH_REBATES (0; 1: a quarterly
+# marginal rebate agreement covers every account, so each settlement also
+# writes a settlement line and a true-up per account, on each shard group's
+# node; the lines are checked against the rows too).
 set -euo pipefail
 RUN_KIND=citus-bench
 export LOYALTY_CITUS_PORT=${LOYALTY_CITUS_PORT:-54345}
@@ -24,6 +27,7 @@ CITUS_TARBALL=${1:-}
 ACCOUNTS=${BENCH_ACCOUNTS:-50000}
 LINES=${BENCH_LINES:-1000000}
 RUNS=${BENCH_RUNS:-3}
+REBATES=${BENCH_REBATES:-0}
 
 ensure_packages
 prepare_run_dir
@@ -57,6 +61,9 @@ INSERT INTO bench.sales SELECT g, 'C' || lpad((g % $ACCOUNTS)::text, 6, '0'), (g
                                DATE '2025-01-01' + g % 365
   FROM generate_series(1, $LINES) g;
 SELECT loyalty.fold('Bench Club');
+SELECT loyalty.create_rebate_agreement('Bench Club', 'ALL', 'marginal: 0:1%, 500:2%', period => 'quarter',
+                                       valid_from => '2025-01-01')
+ WHERE $REBATES = 1;
 VACUUM ANALYZE;
 SQL
   for r in $(seq 1 "$RUNS"); do
@@ -72,12 +79,22 @@ SQL
                               WHERE period_end = '$pend') s USING (account_key)
                   WHERE coalesce(e.q, 0) IS DISTINCT FROM s.period_qualifying")
     [ "$bad" = 0 ] || die "$bad accounts' settled amounts differ from their rows ($workers workers, $pend)"
+    if [ "$REBATES" = 1 ]; then
+      bad=$(sql -c "SELECT count(*) FROM (SELECT customer AS account_key,
+                            round(least(sum(amount), 500) * 0.01 + greatest(sum(amount) - 500, 0) * 0.02, 2) AS f
+                       FROM bench.sales WHERE invoice_date BETWEEN DATE '$pend' + 1 - interval '3 months' AND '$pend'
+                      GROUP BY 1) e
+                    FULL JOIN (SELECT account_key, final FROM loyalty.settlement_line
+                                WHERE period_end = DATE '$pend' + 1) l USING (account_key)
+                    WHERE e.f IS DISTINCT FROM l.final")
+      [ "$bad" = 0 ] || die "$bad accounts' rebate lines differ from their rows ($workers workers, $pend)"
+    fi
     printf '%d worker(s), settle %s: %.3f s, every account equal to its rows\n' "$workers" "$pend" "${times[-1]}" >&2
   done
   median "${times[@]}"
 }
 
-log "settling $ACCOUNTS accounts, $LINES ERP rows (one ledger entry each), 32 shards, $RUNS quarters"
+log "settling $ACCOUNTS accounts, $LINES ERP rows (one ledger entry each), 32 shards, $RUNS quarters$([ "$REBATES" = 1 ] && echo ', a rebate agreement for every account')"
 one=$(settle_on 1)
 two=$(settle_on 2)
 printf '\nmedian settle, 1 worker:  %.3f s\n' "$one"

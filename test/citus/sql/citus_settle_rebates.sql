@@ -64,7 +64,7 @@ SELECT count(*) AS estimates_differing
   FROM estimate_expected e
   FULL JOIN (SELECT agreement_id, account_key, period_start, sum(amount) AS amount FROM loyalty.rebate_posting
               WHERE program_id = :rid GROUP BY 1, 2, 3) p USING (agreement_id, account_key, period_start)
- WHERE e.amount IS DISTINCT FROM p.amount AND coalesce(e.amount, 0) <> 0;
+ WHERE coalesce(e.amount, 0) <> coalesce(p.amount, 0);
 SELECT count(*) > 100 AS many_estimates, count(DISTINCT kind) AS kinds FROM loyalty.rebate_posting WHERE program_id = :rid;
 -- idempotent
 SELECT loyalty.accrue_rebates('Rebate Club', '2025-02-15') AS estimated_again;
@@ -99,7 +99,7 @@ SELECT agreement_id, account_key, period_start, period_end, volume, final,
 SELECT count(*) AS wallets_differing
   FROM (SELECT account_key, sum(final) AS rebate FROM q1_expected GROUP BY 1) e
   FULL JOIN (SELECT account_key, rebate FROM loyalty.balance WHERE program_id = :rid AND rebate <> 0) b USING (account_key)
- WHERE e.rebate IS DISTINCT FROM b.rebate AND coalesce(e.rebate, 0) <> 0;
+ WHERE coalesce(e.rebate, 0) <> coalesce(b.rebate, 0);
 -- every rebate entry has its posting, and each posting its entry
 SELECT count(*) AS entries_unmatched
   FROM (SELECT account_key, posted_xid, entry_no, rebate FROM loyalty.ledger WHERE program_id = :rid AND kind = 'rebate') l
@@ -141,5 +141,43 @@ SELECT count(*) AS periods_differing
 SELECT count(*) AS wallets_differing
   FROM (SELECT account_key, sum(final) AS rebate FROM h1_expected GROUP BY 1) e
   FULL JOIN (SELECT account_key, rebate FROM loyalty.balance WHERE program_id = :rid AND rebate <> 0) b USING (account_key)
- WHERE e.rebate IS DISTINCT FROM b.rebate AND coalesce(e.rebate, 0) <> 0;
+ WHERE coalesce(e.rebate, 0) <> coalesce(b.rebate, 0);
+-- An estimate and a settlement at once (two sessions, through dblink): the
+-- settlement waits for the estimate's transaction on the coordinator's
+-- rebate lock, then trues up what it posted (the estimate saw July, the
+-- settlement August too).  Orders of July and August.
+INSERT INTO erp.rebate_orders
+SELECT 40000 + g, 'B-' || lpad((g % 240)::text, 3, '0'), 100 + (g * 13) % 700, DATE '2025-07-01' + (g * 3) % 62
+  FROM generate_series(1, 1200) g;
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS dblink;
+RESET client_min_messages;
+SELECT format('host=127.0.0.1 port=%s dbname=%s', current_setting('port'), current_database()) AS conninfo \gset
+SELECT dblink_connect('s1', :'conninfo'), dblink_connect('s2', :'conninfo');
+SELECT dblink_exec('s1', 'BEGIN');
+SELECT * FROM dblink('s1', $$SELECT loyalty.accrue_rebates('Rebate Club', '2025-07-15') > 0$$) AS t(estimated boolean);
+SELECT dblink_send_query('s2', $$SELECT status FROM loyalty.settle('Rebate Club', '2025-09-30')$$);
+SELECT pg_sleep(0.5);
+SELECT dblink_is_busy('s2') AS settlement_waits;
+SELECT dblink_exec('s1', 'COMMIT');
+SELECT * FROM dblink_get_result('s2') AS t(status text);
+SELECT dblink_disconnect('s1'), dblink_disconnect('s2');
+SELECT count(*) FILTER (WHERE kind = 'estimate' AND period_start >= '2025-07-01') > 0 AS q3_estimated,
+       count(*) FILTER (WHERE kind = 'trueup' AND period_start >= '2025-07-01') > 0 AS q3_trued_up
+  FROM loyalty.rebate_posting WHERE program_id = :rid;
+CREATE TEMP TABLE q3_expected AS
+SELECT agreement_id, account_key, period_start,
+       CASE agreement_id WHEN 'ONE' THEN erp.retro(sum(amount)) ELSE erp.marginal(sum(amount)) END AS final
+  FROM erp.rebate_volume GROUP BY 1, 2, 3;
+SELECT count(*) AS periods_differing
+  FROM (SELECT * FROM q3_expected WHERE final <> 0) e
+  FULL JOIN (SELECT agreement_id, account_key, period_start,
+                    (array_agg(final ORDER BY adjustment_no DESC))[1] AS final, sum(credit_note) AS credit_notes
+               FROM loyalty.settlement_line WHERE program_id = :rid GROUP BY 1, 2, 3) l
+       USING (agreement_id, account_key, period_start)
+ WHERE l.final IS DISTINCT FROM e.final OR l.credit_notes IS DISTINCT FROM e.final;
+SELECT count(*) AS wallets_differing
+  FROM (SELECT account_key, sum(final) AS rebate FROM q3_expected GROUP BY 1) e
+  FULL JOIN (SELECT account_key, rebate FROM loyalty.balance WHERE program_id = :rid AND rebate <> 0) b USING (account_key)
+ WHERE coalesce(e.rebate, 0) <> coalesce(b.rebate, 0);
 SELECT count(*) AS findings FROM loyalty.verify('Rebate Club');

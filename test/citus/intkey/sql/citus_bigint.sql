@@ -421,7 +421,7 @@ SELECT count(*) AS lines_differing
           FROM erp.rebate_expected WHERE period_start < '2024-04-01' GROUP BY 1, 2, 3) e
   FULL JOIN (SELECT agreement_id, account_key, period_start, final, credit_note
                FROM loyalty.settlement_line WHERE program_id = :rid) l USING (agreement_id, account_key, period_start)
- WHERE (l.final IS DISTINCT FROM e.final OR l.credit_note IS DISTINCT FROM e.final) AND coalesce(e.final, 0) <> 0;
+ WHERE coalesce(l.final, 0) <> coalesce(e.final, 0) OR coalesce(l.credit_note, 0) <> coalesce(e.final, 0);
 SELECT account_key, pg_typeof(account_key) AS key_type, final,
        replace(document_key, 'LOY-' || :rid || '-', 'LOY-<program>-') AS document_key
   FROM loyalty.settlement_line WHERE program_id = :rid AND agreement_id = 'ONE';
