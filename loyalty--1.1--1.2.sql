@@ -5282,14 +5282,10 @@ BEGIN
         -- coalesce is not a join on the distribution column), each CTE
         -- read twice is inlined, and the margin grace counts the scaled
         -- thresholds with width_bucket instead of a correlated subquery.
-        -- Action counts (tier_basis action, tier requirements) read the
-        -- action log through a function, which a shard query cannot do.
-        IF has_req OR prog.tier_basis = 'action' THEN
-            RAISE EXCEPTION 'program "%" qualifies tiers on action counts, which settlement cannot count on Citus', prog.name
-                USING ERRCODE = 'feature_not_supported',
-                      DETAIL = 'Its tier basis is action, or its tiers have action requirements (loyalty.tier_requirement): they are counted by a function that reads the distributed action log, which Citus cannot run inside the pushed-down settlement.',
-                      HINT = 'Qualify tiers on qualifying spend or points on Citus, or keep the program on a single server.';
-        END IF;
+        -- Action counts (tier_basis action, tier requirements) come from
+        -- the co-located award shard, grouped by account; the requirements
+        -- (a reference table) are passed as arrays and checked by
+        -- _rank_meeting, a function of its arguments alone.
         EXECUTE $q$
     INSERT INTO @extschema@.settlement_account AS s
         (program_id, account_key, period_end, qualifying_to_date, points_to_date, period_qualifying, carried_qualifying,
@@ -5314,6 +5310,15 @@ BEGIN
         SELECT x.account_key, x.qualifying_to_date, x.points_to_date, x.periods_below
         FROM @extschema@.settlement_account x
         WHERE x.program_id = $1 AND x.period_end = $2),
+    -- approved actions in the window, per account: the actions and their counts
+    acts AS NOT MATERIALIZED (
+        SELECT c.account_key, array_agg(c.action) AS actions, array_agg(c.n) AS counts
+        FROM (SELECT w.account_key, w.action, sum(w.quantity)::bigint AS n
+              FROM @extschema@.award w
+              WHERE w.program_id = $1 AND w.status = 'approved' AND w.action = ANY ($14)
+                AND w.occurred_on >= $6 AND w.occurred_on <= $4
+              GROUP BY w.account_key, w.action) c
+        GROUP BY c.account_key),
     keys AS (
         SELECT x.account_key FROM @extschema@.account x WHERE x.program_id = $1
         UNION SELECT m.account_key FROM m
@@ -5322,7 +5327,10 @@ BEGIN
         SELECT k.account_key, a.account_key IS NOT NULL AS enrolled, a.tier,
                coalesce(m.q_to_date, 0) AS q_to_date, coalesce(m.p_to_date, 0) AS p_to_date,
                coalesce(m.q_period, 0) AS q_period, coalesce(m.p_period, 0) AS p_period,
-               CASE $9 WHEN 'points' THEN coalesce(m.p_window, 0) ELSE coalesce(m.q_window, 0) END AS measure,
+               CASE $9 WHEN 'points' THEN coalesce(m.p_window, 0)
+                       WHEN 'action' THEN coalesce(ac.counts[array_position(ac.actions, $15)], 0)
+                       ELSE coalesce(m.q_window, 0) END AS measure,
+               ac.actions, ac.counts,
                coalesce(pv.qualifying_to_date, 0) AS q_prev, coalesce(pv.points_to_date, 0) AS p_prev,
                coalesce(pv.periods_below, 0) AS below_prev,
                g.account_key IS NOT NULL AS granted,
@@ -5331,6 +5339,7 @@ BEGIN
              LEFT JOIN @extschema@.account a ON a.program_id = $1 AND a.account_key = k.account_key
              LEFT JOIN m ON m.account_key = k.account_key
              LEFT JOIN prev pv ON pv.account_key = k.account_key
+             LEFT JOIN acts ac ON ac.account_key = k.account_key
              LEFT JOIN @extschema@.tier_grant g ON g.program_id = $1 AND g.account_key = a.account_key
              LEFT JOIN (SELECT h.account_key, h.new_tier FROM @extschema@.tier_history h
                          WHERE h.program_id = $1 AND h.reason = 'upgrade_on_accrual' AND h.changed_at >= $5
@@ -5338,7 +5347,8 @@ BEGIN
                     ON x.account_key = k.account_key AND x.new_tier = a.tier),
     ranked AS (
         SELECT b.*, array_position($7, b.tier) AS cur_rank,
-               coalesce(@extschema@.tier_rank($10, b.measure), 0) AS q_rank,
+               CASE WHEN $19 THEN @extschema@._rank_meeting($8, b.measure, $16, $17, $18, b.actions, b.counts)
+                    ELSE coalesce(@extschema@.tier_rank($10, b.measure), 0) END AS q_rank,
                CASE WHEN $11 = 'margin' THEN width_bucket(b.measure, $13) ELSE 0 END AS margin_rank,
                b.reached AS reached_in_period
         FROM base b),
@@ -5373,7 +5383,15 @@ BEGIN
         $q$ USING pid, prev_end, period_start, period_end, cutoff, win_start, names, thresholds, prog.tier_basis,
                   prog.ladder, prog.tier_grace, prog.tier_grace_value,
                   (SELECT array_agg(t OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.-) prog.tier_grace_value) ORDER BY i)
-                   FROM unnest(thresholds) WITH ORDINALITY AS l(t, i));
+                   FROM unnest(thresholds) WITH ORDINALITY AS l(t, i)),
+                  ARRAY(SELECT r.action FROM @extschema@.tier_requirement r WHERE r.program_id = pid
+                        UNION SELECT prog.tier_action WHERE prog.tier_action IS NOT NULL),
+                  prog.tier_action,
+                  ARRAY(SELECT array_position(names, r.tier) FROM @extschema@.tier_requirement r
+                        WHERE r.program_id = pid ORDER BY r.tier, r.action),
+                  ARRAY(SELECT r.action FROM @extschema@.tier_requirement r WHERE r.program_id = pid ORDER BY r.tier, r.action),
+                  ARRAY(SELECT r.min_count FROM @extschema@.tier_requirement r WHERE r.program_id = pid ORDER BY r.tier, r.action),
+                  has_req;
         GET DIAGNOSTICS n = ROW_COUNT;
         RETURN n;
     END IF;
@@ -5566,3 +5584,24 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- Tiers on action counts at settlement on Citus: the pushed-down decision
+-- counts the co-located awards and checks the requirements with _rank_meeting.
+-- The highest tier (its rank, 0: none) whose threshold a measure reaches
+-- and all of whose action requirements an account meets, from arguments
+-- alone: the requirements (rank, action, minimum count) and the account's
+-- approved actions with their counts.  Citus runs it inside the pushed-down
+-- settlement, where a function may not read tables.
+CREATE FUNCTION @extschema@._rank_meeting(thresholds numeric[], measure numeric, req_ranks integer[], req_actions text[],
+                                          req_mins bigint[], actions text[], counts bigint[])
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+SELECT coalesce(max(l.rank), 0)::integer
+FROM unnest(thresholds) WITH ORDINALITY AS l(threshold, rank)
+WHERE l.threshold <= measure
+  AND NOT EXISTS (SELECT FROM unnest(req_ranks, req_actions, req_mins) AS r(rank, action, min_count)
+                  WHERE r.rank = l.rank AND coalesce(counts[array_position(actions, r.action)], 0) < r.min_count)
+$$;
+COMMENT ON FUNCTION @extschema@._rank_meeting(numeric[], numeric, integer[], text[], bigint[], text[], bigint[]) IS
+    'Internal: the highest tier rank whose threshold the measure reaches and whose action requirements (given as arrays) the account''s action counts meet; 0 if none.';
+REVOKE ALL ON FUNCTION @extschema@._rank_meeting(numeric[], numeric, integer[], text[], bigint[], text[], bigint[]) FROM PUBLIC;

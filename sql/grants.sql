@@ -179,6 +179,7 @@ INSERT INTO decision VALUES
 ('loyalty._tier_at(integer,text,date)', '', false, true, 'internal: tier on a date'),
 ('loyalty._benefit(integer,text,text,date)', '', false, true, 'internal: a benefit of an account on a date (MDF rate)'),
 ('loyalty._measure(integer,text,date)', '', false, true, 'internal: the tier basis over the window'),
+('loyalty._rank_meeting(numeric[],numeric,integer[],text[],bigint[],text[],bigint[])', '', false, true, 'internal: a tier rank meeting action requirements given as arrays (settlement on Citus)'),
 ('loyalty._set_tier(integer,text,text,text)', '', false, true, 'internal: tier change by hand'),
 -- Settlement steps of the other wallets (52_expiry, 53_rebates, 61_actions,
 -- 63_mdf): called by settle() as the owner.
