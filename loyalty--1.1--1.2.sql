@@ -4946,17 +4946,19 @@ COMMENT ON FUNCTION @extschema@._settle_expiry_in(integer, date, date, text, boo
 REVOKE ALL ON FUNCTION @extschema@._settle_expiry_in(integer, date, date, text, boolean, regclass, regclass, regclass, regclass) FROM PUBLIC;
 
 -- On Citus: a settlement step that posts to accounts (expiry, rebates,
--- rebate_estimates) on every shard group, each on its node.
-CREATE FUNCTION @extschema@._settle_shards(step text, program_id integer, day date) RETURNS numeric
+-- rebate_estimates, mdf) on every shard group, each on its node; period_end
+-- as the step takes it (exclusive for expiry and rebates, the estimate's
+-- day, inclusive for mdf), period_start for mdf (NULL for the others).
+CREATE FUNCTION @extschema@._settle_shards(step text, program_id integer, period_start date, period_end date) RETURNS numeric
 AS 'MODULE_PATHNAME', 'loyalty_settle_shards' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._settle_shards(text, integer, date) IS
-    'Internal: a settlement step that posts to accounts (expiry, rebates, rebate_estimates) on a Citus cluster: one routed call of _settle_shard per shard of loyalty.account; returns what they posted, summed.';
-CREATE FUNCTION @extschema@._settle_shard(step text, program_id integer, day date, shard text) RETURNS numeric
+COMMENT ON FUNCTION @extschema@._settle_shards(text, integer, date, date) IS
+    'Internal: a settlement step that posts to accounts (expiry, rebates, rebate_estimates, mdf) on a Citus cluster: one routed call of _settle_shard per shard of loyalty.account; returns what they posted, summed.';
+CREATE FUNCTION @extschema@._settle_shard(step text, program_id integer, period_start date, period_end date, shard text) RETURNS numeric
 AS 'MODULE_PATHNAME', 'loyalty_settle_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._settle_shard(text, integer, date, text) IS
+COMMENT ON FUNCTION @extschema@._settle_shard(text, integer, date, date, text) IS
     'Internal: a settlement step for the accounts of one shard of loyalty.account, on its Citus node, over the co-located shards.';
-REVOKE ALL ON FUNCTION @extschema@._settle_shards(text, integer, date) FROM PUBLIC;
-REVOKE ALL ON FUNCTION @extschema@._settle_shard(text, integer, date, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._settle_shards(text, integer, date, date) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._settle_shard(text, integer, date, date, text) FROM PUBLIC;
 
 -- Whether loyalty.distribute() made loyalty's tables Citus tables: the
 -- settlement steps take their Citus form then (statements Citus pushes
@@ -4993,7 +4995,7 @@ BEGIN
         RETURN 0;               -- no lifetime: points never expire
     END IF;
     IF @extschema@._distributed() THEN
-        RETURN @extschema@._settle_shards('expiry', $1, $3)::bigint;
+        RETURN @extschema@._settle_shards('expiry', $1, NULL, $3)::bigint;
     END IF;
     RETURN @extschema@._settle_expiry_in($1, $3, e.threshold, e.zone, e.capped, '@extschema@.account',
                                          '@extschema@.ledger', '@extschema@.balance_folded', '@extschema@.balance_delta');
@@ -5192,7 +5194,7 @@ CREATE FUNCTION @extschema@._rebates(program_id integer, to_end date, estimate b
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF @extschema@._distributed() THEN
-        RETURN @extschema@._settle_shards(CASE WHEN estimate THEN 'rebate_estimates' ELSE 'rebates' END, $1, $2);
+        RETURN @extschema@._settle_shards(CASE WHEN estimate THEN 'rebate_estimates' ELSE 'rebates' END, $1, NULL, $2);
     END IF;
     RETURN @extschema@._rebates_in($1, $2, $3, '@extschema@.rebate_agreement', '@extschema@.program', '@extschema@.account',
                                    '@extschema@.rebate_posting', '@extschema@.settlement_line', '@extschema@.balance_folded',
@@ -5605,3 +5607,121 @@ $$;
 COMMENT ON FUNCTION @extschema@._rank_meeting(numeric[], numeric, integer[], text[], bigint[], text[], bigint[]) IS
     'Internal: the highest tier rank whose threshold the measure reaches and whose action requirements (given as arrays) the account''s action counts meet; 0 if none.';
 REVOKE ALL ON FUNCTION @extschema@._rank_meeting(numeric[], numeric, integer[], text[], bigint[], text[], bigint[]) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- MDF credits at settlement run in one statement over tables given as
+-- arguments (_mdf_in), on one server or on each Citus shard group's node
+-- (_settle_shards).  The rate is that of the tier held on the period's last
+-- day: an account that lost its tier no longer earns at its first tier's
+-- rate (_mdf_rate, which did, goes).
+-- ---------------------------------------------------------------------------
+-- Settlement's MDF credit over the given tables: loyalty's own on one
+-- server, or on a Citus worker one shard group (settle_shards.c), with this
+-- node's placements of the reference tables.  Per account, the qualifying
+-- spend of the document months from period_start's to period_end's (both
+-- days included; loyalty.accrual_month's sums over folded and delta) times
+-- the mdf_rate benefit of the tier it holds on period_end: the last tier
+-- change in effect that day (none: no rate), or before its first change
+-- its first recorded tier (a period settled before the tier it decided
+-- takes effect).  Rounded to cents; accounts already credited for the
+-- period are skipped.  One statement; each credit with the exact shape of
+-- _post's (one ledger entry and one balance delta, numbered in key order)
+-- and its mdf_accrual row.  Returns the total credited.
+CREATE FUNCTION @extschema@._mdf_in(program_id integer, period_start date, period_end date,
+                                    benefit_table regclass, history_table regclass, folded regclass, delta regclass,
+                                    accrual_table regclass, ledger regclass)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    total numeric;
+BEGIN
+    EXECUTE pg_catalog.format($q$
+WITH spend AS (
+    SELECT u.account_key, pg_catalog.sum(u.qualifying) AS spend
+    FROM (SELECT b.account_key, x.month, x.qualifying
+          FROM %3$s b, ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_qualifying)) AS x(month, qualifying)
+          WHERE b.program_id OPERATOR(pg_catalog.=) $1
+          UNION ALL
+          SELECT d.account_key, x.month, x.qualifying
+          FROM %4$s d, ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_qualifying)) AS x(month, qualifying)
+          WHERE d.program_id OPERATOR(pg_catalog.=) $1) u
+    WHERE u.month OPERATOR(pg_catalog.>=) pg_catalog.date_trunc('month', $2)::date AND u.month OPERATOR(pg_catalog.<=) $3
+    GROUP BY u.account_key),
+-- the tier on period_end: the last change in effect, else the first one's
+held AS (
+    SELECT h.account_key,
+           CASE WHEN pg_catalog.bool_or(h.effective_from OPERATOR(pg_catalog.<=) $3)
+                THEN (pg_catalog.array_agg(h.new_tier ORDER BY h.effective_from DESC, h.change_no DESC)
+                        FILTER (WHERE h.effective_from OPERATOR(pg_catalog.<=) $3))[1]
+                ELSE (pg_catalog.array_agg(h.new_tier ORDER BY h.effective_from, h.change_no))[1] END AS tier
+    FROM %2$s h
+    WHERE h.program_id OPERATOR(pg_catalog.=) $1
+    GROUP BY h.account_key),
+due AS (
+    SELECT s.account_key, s.spend, r.rate,
+           pg_catalog.round(GREATEST(s.spend, 0) OPERATOR(pg_catalog.*) r.rate, 2) AS amount
+    FROM spend s
+    JOIN held t ON t.account_key OPERATOR(pg_catalog.=) s.account_key
+    JOIN LATERAL (SELECT b.value::numeric AS rate FROM %1$s b
+                  WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.benefit OPERATOR(pg_catalog.=) 'mdf_rate'
+                    AND b.tier OPERATOR(pg_catalog.=) t.tier) r ON true
+    WHERE NOT EXISTS (SELECT FROM %5$s a
+                      WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) s.account_key
+                        AND a.period_end OPERATOR(pg_catalog.=) $3)),
+-- numbered in key order (a volatile target is computed after the sort)
+numbered AS (
+    SELECT d.*, @extschema@._ledger_number() AS entry_no
+    FROM due d WHERE d.amount OPERATOR(pg_catalog.>) 0
+    ORDER BY d.account_key),
+entries AS (
+    INSERT INTO %6$s AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                           member_id, corrects, corrects_xid, reason)
+    SELECT $1, n.account_key, n.entry_no, 'mdf', 0, 0, n.amount, NULL, NULL, NULL,
+           pg_catalog.format('mdf accrual %%s..%%s', pg_catalog.to_char($2, 'YYYY-MM-DD'), pg_catalog.to_char($3, 'YYYY-MM-DD'))
+    FROM numbered n
+    RETURNING l.entry_no),
+deltas AS (
+    INSERT INTO %4$s AS b (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+    SELECT $1, n.account_key, n.entry_no, 0, 0, n.amount, 1 FROM numbered n
+    RETURNING b.delta_no),
+credited AS (
+    INSERT INTO %5$s AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
+    SELECT $1, n.account_key, $3, $2, n.spend, n.rate, n.amount, n.entry_no FROM numbered n
+    RETURNING a.amount)
+SELECT coalesce(pg_catalog.sum(c.amount), 0) FROM credited c$q$,
+        benefit_table, history_table, folded, delta, accrual_table, ledger)
+    INTO total USING program_id, period_start, period_end;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._mdf_in(integer, date, date, regclass, regclass, regclass, regclass, regclass, regclass) IS
+'Internal: settlement''s MDF credit over the given tables (loyalty''s, or one shard group on a Citus worker): per account, the qualifying spend of the document months from period_start''s to period_end''s times the mdf_rate benefit of its tier on period_end, rounded to cents, posted once per period. Returns the total credited.';
+REVOKE ALL ON FUNCTION @extschema@._mdf_in(integer, date, date, regclass, regclass, regclass, regclass, regclass, regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF period_start IS NULL OR period_end IS NULL OR period_end < period_start THEN
+        RAISE EXCEPTION 'MDF period [%, %] is empty', period_start, period_end
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'period_start and period_end are the period''s first and last days, both included (as loyalty.settle passes them).',
+                  HINT = 'Give period_start <= period_end.';
+    END IF;
+    -- no tier of the program has an MDF rate: nothing to credit, without
+    -- summing every account's spend and looking up its tier to find that out
+    IF NOT EXISTS (SELECT FROM @extschema@.tier_benefit b
+                   WHERE b.program_id = $1 AND b.benefit = 'mdf_rate') THEN
+        RETURN 0;
+    END IF;
+    IF @extschema@._distributed() THEN
+        RETURN @extschema@._settle_shards('mdf', $1, $2, $3);
+    END IF;
+    RETURN @extschema@._mdf_in($1, $2, $3, '@extschema@.tier_benefit', '@extschema@.tier_history', '@extschema@.balance_folded',
+                               '@extschema@.balance_delta', '@extschema@.mdf_accrual', '@extschema@.ledger');
+END
+$$;
+COMMENT ON FUNCTION @extschema@._settle_mdf(integer, date, date) IS
+'Internal: credits the MDF wallets for a settlement period (called by loyalty.settle): per account, the qualifying spend of the document months from period_start''s to period_end''s (both days included) times the MDF rate of its tier at period_end, rounded to cents; accounts already credited for the period are skipped (loyalty._mdf_in; on Citus on each shard group''s node). Returns the total credited.';
+
+DROP FUNCTION @extschema@._mdf_rate(integer, text, date);

@@ -104,3 +104,21 @@ SELECT loyalty.approve_mdf_claim(:'c3');
 RESET ROLE;
 DROP ROLE mdf_operator, mdf_reader;
 SELECT * FROM loyalty.verify('mdf_partners');
+
+-- The rate is that of the tier the account holds on the period's last day:
+-- the last tier change in effect then, even one that took its tier away;
+-- only before its first change does it count at its first recorded tier.
+-- (An account that lost its tier earned MDF at its first tier's rate.)
+SELECT loyalty.create_program('mdf_tiers', ladder => 'Silver:1000, Gold:5000') AS tid \gset
+CREATE TABLE mdf.invoice2 (id int PRIMARY KEY, customer_id text NOT NULL, invoice_date date NOT NULL, amount numeric(12,2) NOT NULL);
+SELECT loyalty.attach('mdf.invoice2', 'mdf_tiers', account_column => 'customer_id', amount_column => 'amount',
+                      date_column => 'invoice_date') > 0 AS attached;
+INSERT INTO mdf.invoice2 VALUES (1, 'lost', '2025-02-10', 1000), (2, 'lost', '2025-05-10', 2000), (3, 'lost', '2025-08-10', 4000);
+SELECT loyalty.set_benefit('mdf_tiers', 'Silver', 'mdf_rate', '0.05');
+INSERT INTO loyalty.tier_history (program_id, account_key, change_no, effective_from, old_tier, new_tier, reason)
+VALUES (:tid, 'lost', 1, '2025-04-02', NULL, 'Silver', 'requalification'),
+       (:tid, 'lost', 2, '2025-07-02', 'Silver', NULL, 'downgrade');
+-- Q1 (before the first change: Silver) 50.00, Q2 (Silver) 100.00, Q3 (no tier) nothing
+SELECT loyalty._settle_mdf(:tid, '2025-01-01', '2025-03-31') AS q1, loyalty._settle_mdf(:tid, '2025-04-01', '2025-06-30') AS q2,
+       loyalty._settle_mdf(:tid, '2025-07-01', '2025-09-30') AS q3;
+SELECT period_end, spend, rate, amount FROM loyalty.mdf_accrual WHERE program_id = :tid ORDER BY 1;

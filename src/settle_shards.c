@@ -1,6 +1,6 @@
 /*
  * settle_shards.c — the settlement steps that post to accounts, on a Citus
- * cluster: point expiry, and rebate true-ups and estimates.
+ * cluster: point expiry, rebate true-ups and estimates, MDF credits.
  *
  * Each is a debit or a posting per account: it locks or reads the account's
  * ledger, balance and rebate rows, and posts entries and balance deltas
@@ -28,7 +28,7 @@
 #include "reconcile.h"
 
 /* The steps, by the name the SQL callers give. */
-static const char *const steps[] = {"expiry", "rebates", "rebate_estimates"};
+static const char *const steps[] = {"expiry", "rebates", "rebate_estimates", "mdf"};
 
 static const char *
 step_of(text *name)
@@ -49,37 +49,49 @@ account_table(void)
 	return get_relname_relid("account", get_namespace_oid("loyalty", false));
 }
 
+/*
+ * A date argument of the routed call: a number of days, whatever the
+ * nodes' DateStyle; NULL stays NULL.
+ */
+static char *
+date_constant(FunctionCallInfo fcinfo, int arg)
+{
+	DateADT		d;
+
+	if (PG_ARGISNULL(arg))
+		return "NULL::pg_catalog.date";
+	d = PG_GETARG_DATEADT(arg);
+	if (DATE_NOT_FINITE(d))
+		elog(ERROR, "loyalty's settlement steps take finite dates");
+	return psprintf("('2000-01-01'::pg_catalog.date OPERATOR(pg_catalog.+) %d)", (int) d);
+}
+
 PG_FUNCTION_INFO_V1(loyalty_settle_shards);
 /*
- * loyalty._settle_shards(step, program, day): the step on every shard
- * group, each on its node; what they posted, summed.  The arguments are
- * constants in the routed query (Citus plans no parameters in a function
- * call it sends to a shard); the day as a number of days, whatever the
- * nodes' DateStyle.
+ * loyalty._settle_shards(step, program, period_start, period_end): the step
+ * on every shard group, each on its node; what they posted, summed.  The
+ * arguments are constants in the routed query (Citus plans no parameters in
+ * a function call it sends to a shard).
  */
 Datum
 loyalty_settle_shards(PG_FUNCTION_ARGS)
 {
 	const char *step;
 	int32		program;
-	DateADT		day;
 	char	  **sqls;
 	Numeric		total = int64_to_numeric(0);
 	int			n,
 				i;
 
 	/* not STRICT: the planner would fold a call with a NULL past the EXECUTE check */
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
-		elog(ERROR, "loyalty._settle_shards takes no NULL");
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3))
+		elog(ERROR, "loyalty._settle_shards takes a step, a program and a period end");
 	step = step_of(PG_GETARG_TEXT_PP(0));
 	program = PG_GETARG_INT32(1);
-	day = PG_GETARG_DATEADT(2);
-	if (DATE_NOT_FINITE(day))
-		elog(ERROR, "loyalty._settle_shards takes a finite day");
 	SPI_connect();
 	n = reconcile_shard_calls(account_table(), NULL,
-							  psprintf("loyalty._settle_shard('%s', %d, ('2000-01-01'::pg_catalog.date OPERATOR(pg_catalog.+) %d), %%s)",
-									   step, program, (int) day),
+							  psprintf("loyalty._settle_shard('%s', %d, %s, %s, %%s)",
+									   step, program, date_constant(fcinfo, 2), date_constant(fcinfo, 3)),
 							  &sqls);
 	if (n == 0)
 		elog(ERROR, "loyalty.account is not a Citus distributed table");
@@ -105,15 +117,15 @@ loyalty_settle_shards(PG_FUNCTION_ARGS)
 
 /*
  * The step's statement on a shard group: loyalty's SQL over the shards of
- * this node ($1 program, $2 day).
+ * this node ($1 program, $2 period_start, $3 period_end).
  */
 static char *
 shard_step_sql(const char *step)
 {
 	if (strcmp(step, "expiry") == 0)
-		return psprintf("SELECT loyalty._settle_expiry_in($1, $2, e.threshold, e.zone, e.capped,"
+		return psprintf("SELECT loyalty._settle_expiry_in($1, $3, e.threshold, e.zone, e.capped,"
 						" %s, %s, %s, %s)::pg_catalog.numeric"
-						" FROM loyalty._expiry_settings($1, $2, %s, %s) e"
+						" FROM loyalty._expiry_settings($1, $3, %s, %s) e"
 						" WHERE e.threshold IS NOT NULL",
 						quote_literal_cstr(loyalty_table("account")),
 						quote_literal_cstr(loyalty_table("ledger")),
@@ -121,7 +133,15 @@ shard_step_sql(const char *step)
 						quote_literal_cstr(loyalty_table("balance_delta")),
 						quote_literal_cstr(loyalty_table("program")),
 						quote_literal_cstr(loyalty_table("rule")));
-	return psprintf("SELECT loyalty._rebates_in($1, $2, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+	if (strcmp(step, "mdf") == 0)
+		return psprintf("SELECT loyalty._mdf_in($1, $2, $3, %s, %s, %s, %s, %s, %s)",
+						quote_literal_cstr(loyalty_table("tier_benefit")),
+						quote_literal_cstr(loyalty_table("tier_history")),
+						quote_literal_cstr(loyalty_table("balance_folded")),
+						quote_literal_cstr(loyalty_table("balance_delta")),
+						quote_literal_cstr(loyalty_table("mdf_accrual")),
+						quote_literal_cstr(loyalty_table("ledger")));
+	return psprintf("SELECT loyalty._rebates_in($1, $3, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
 					strcmp(step, "rebate_estimates") == 0 ? "true" : "false",
 					quote_literal_cstr(loyalty_table("rebate_agreement")),
 					quote_literal_cstr(loyalty_table("program")),
@@ -136,7 +156,7 @@ shard_step_sql(const char *step)
 
 PG_FUNCTION_INFO_V1(loyalty_settle_shard);
 /*
- * loyalty._settle_shard(step, program, day, shard): on the node of a shard
+ * loyalty._settle_shard(step, program, period_start, period_end, shard): on the node of a shard
  * of loyalty.account, inside the query Citus routed there, the step for its
  * accounts over the co-located shards; the configuration from this node's
  * placements.
@@ -145,28 +165,29 @@ Datum
 loyalty_settle_shard(PG_FUNCTION_ARGS)
 {
 	const char *step;
-	int32		program;
-	DateADT		day;
 	Oid			shard;
 	Numeric volatile total = int64_to_numeric(0);
+	Oid			argtypes[3] = {INT4OID, DATEOID, DATEOID};
+	Datum		args[3];
+	char		nulls[4] = "   ";
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
-		elog(ERROR, "loyalty._settle_shard takes no NULL");
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || PG_ARGISNULL(4))
+		elog(ERROR, "loyalty._settle_shard takes a step, a program, a period end and a shard");
 	step = step_of(PG_GETARG_TEXT_PP(0));
-	program = PG_GETARG_INT32(1);
-	day = PG_GETARG_DATEADT(2);
+	args[0] = PG_GETARG_DATUM(1);
+	args[1] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[1] = PG_ARGISNULL(2) ? 'n' : ' ';
+	args[2] = PG_GETARG_DATUM(3);
 	SPI_connect();
 	PG_TRY();
 	{
-		Oid			logical = reconcile_enter_shard(PG_GETARG_TEXT_PP(3), &shard);
-		Oid			argtypes[2] = {INT4OID, DATEOID};
-		Datum		args[2] = {Int32GetDatum(program), DateADTGetDatum(day)};
+		Oid			logical = reconcile_enter_shard(PG_GETARG_TEXT_PP(4), &shard);
 		bool		isnull;
 		Datum		d;
 
 		if (logical != account_table())
-			elog(ERROR, "%s is not a shard of loyalty.account", text_to_cstring(PG_GETARG_TEXT_PP(3)));
-		reconcile_owner_query(shard_step_sql(step), 2, argtypes, args, NULL, false);
+			elog(ERROR, "%s is not a shard of loyalty.account", text_to_cstring(PG_GETARG_TEXT_PP(4)));
+		reconcile_owner_query(shard_step_sql(step), 3, argtypes, args, nulls, false);
 		if (SPI_processed == 1)
 		{
 			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

@@ -147,24 +147,6 @@ SELECT (SELECT b.value FROM @extschema@.tier_benefit b
 $$;
 COMMENT ON FUNCTION @extschema@._benefit(integer, text, text, date) IS 'Internal: the value of one benefit of an account on a date (by its tier that day), NULL when its tier has none; e.g. _benefit(program_id, account_key, ''mdf_rate'', d)::numeric.';
 
--- The MDF rate of an account on a date: the mdf_rate benefit of its tier
--- that day (loyalty._settle_mdf credits the period's spend at it).
-CREATE FUNCTION @extschema@._mdf_rate(program_id integer, account_key text, as_of date) RETURNS numeric
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-SELECT (SELECT b.value FROM @extschema@.tier_benefit b
-        WHERE b.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
-          AND b.benefit OPERATOR(pg_catalog.=) 'mdf_rate'
-          -- before its first recorded tier (a period settled from documents
-          -- older than the program's history), the account counts at that tier
-          AND b.tier OPERATOR(pg_catalog.=) coalesce(
-                @extschema@._tier_at(_mdf_rate.program_id, _mdf_rate.account_key::text, _mdf_rate.as_of),
-                (SELECT h.new_tier FROM @extschema@.tier_history h
-                 WHERE h.program_id OPERATOR(pg_catalog.=) _mdf_rate.program_id
-                   AND h.account_key OPERATOR(pg_catalog.=) _mdf_rate.account_key::@extschema@.account_key
-                 ORDER BY h.effective_from, h.change_no LIMIT 1)))::numeric
-$$;
-COMMENT ON FUNCTION @extschema@._mdf_rate(integer, text, date) IS 'Internal: the MDF rate (a fraction) of an account on a date, from the mdf_rate benefit of its tier that day (of its first recorded tier, before it had one); NULL when that tier has none.';
-
 -- What the tier basis measures for one account over the window ending with
 -- as_of's month.
 CREATE FUNCTION @extschema@._measure(program_id integer, account_key text, as_of date) RETURNS numeric

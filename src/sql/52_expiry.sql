@@ -223,7 +223,7 @@ BEGIN
         RETURN 0;               -- no lifetime: points never expire
     END IF;
     IF @extschema@._distributed() THEN
-        RETURN @extschema@._settle_shards('expiry', $1, $3)::bigint;
+        RETURN @extschema@._settle_shards('expiry', $1, NULL, $3)::bigint;
     END IF;
     RETURN @extschema@._settle_expiry_in($1, $3, e.threshold, e.zone, e.capped, '@extschema@.account',
                                          '@extschema@.ledger', '@extschema@.balance_folded', '@extschema@.balance_delta');
@@ -233,14 +233,16 @@ COMMENT ON FUNCTION @extschema@._settle_expiry(integer, date, date) IS
     'Internal: settlement''s expiry at period_end (exclusive): posts one expire entry per account whose points are older than the program''s point_lifetime, oldest points consumed first; returns the points expired. Idempotent: a second call at the same cutoff posts nothing. On Citus, each shard group on its node.';
 
 -- On Citus: a settlement step that posts to accounts (expiry, rebates,
--- rebate_estimates) on every shard group, each on its node.
-CREATE FUNCTION @extschema@._settle_shards(step text, program_id integer, day date) RETURNS numeric
+-- rebate_estimates, mdf) on every shard group, each on its node; period_end
+-- as the step takes it (exclusive for expiry and rebates, the estimate's
+-- day, inclusive for mdf), period_start for mdf (NULL for the others).
+CREATE FUNCTION @extschema@._settle_shards(step text, program_id integer, period_start date, period_end date) RETURNS numeric
 AS 'MODULE_PATHNAME', 'loyalty_settle_shards' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._settle_shards(text, integer, date) IS
-    'Internal: a settlement step that posts to accounts (expiry, rebates, rebate_estimates) on a Citus cluster: one routed call of _settle_shard per shard of loyalty.account; returns what they posted, summed.';
-CREATE FUNCTION @extschema@._settle_shard(step text, program_id integer, day date, shard text) RETURNS numeric
+COMMENT ON FUNCTION @extschema@._settle_shards(text, integer, date, date) IS
+    'Internal: a settlement step that posts to accounts (expiry, rebates, rebate_estimates, mdf) on a Citus cluster: one routed call of _settle_shard per shard of loyalty.account; returns what they posted, summed.';
+CREATE FUNCTION @extschema@._settle_shard(step text, program_id integer, period_start date, period_end date, shard text) RETURNS numeric
 AS 'MODULE_PATHNAME', 'loyalty_settle_shard' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION @extschema@._settle_shard(text, integer, date, text) IS
+COMMENT ON FUNCTION @extschema@._settle_shard(text, integer, date, date, text) IS
     'Internal: a settlement step for the accounts of one shard of loyalty.account, on its Citus node, over the co-located shards.';
 
 CREATE FUNCTION @extschema@._expiry_cutoffs(program_id integer, as_of date) RETURNS SETOF date

@@ -346,7 +346,7 @@ CREATE FUNCTION @extschema@._rebates(program_id integer, to_end date, estimate b
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF @extschema@._distributed() THEN
-        RETURN @extschema@._settle_shards(CASE WHEN estimate THEN 'rebate_estimates' ELSE 'rebates' END, $1, $2);
+        RETURN @extschema@._settle_shards(CASE WHEN estimate THEN 'rebate_estimates' ELSE 'rebates' END, $1, NULL, $2);
     END IF;
     RETURN @extschema@._rebates_in($1, $2, $3, '@extschema@.rebate_agreement', '@extschema@.program', '@extschema@.account',
                                    '@extschema@.rebate_posting', '@extschema@.settlement_line', '@extschema@.balance_folded',

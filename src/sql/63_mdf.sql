@@ -74,12 +74,93 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.mdf_accrual', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.mdf_claim', '');
 GRANT SELECT ON @extschema@.mdf_accrual, @extschema@.mdf_claim TO loyalty_reader, loyalty_operator, loyalty_admin;
 
--- Called by loyalty.settle() inside its settlement transaction.
-CREATE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date)
+-- Settlement's MDF credit over the given tables: loyalty's own on one
+-- server, or on a Citus worker one shard group (settle_shards.c), with this
+-- node's placements of the reference tables.  Per account, the qualifying
+-- spend of the document months from period_start's to period_end's (both
+-- days included; loyalty.accrual_month's sums over folded and delta) times
+-- the mdf_rate benefit of the tier it holds on period_end: the last tier
+-- change in effect that day (none: no rate), or before its first change
+-- its first recorded tier (a period settled before the tier it decided
+-- takes effect).  Rounded to cents; accounts already credited for the
+-- period are skipped.  One statement; each credit with the exact shape of
+-- _post's (one ledger entry and one balance delta, numbered in key order)
+-- and its mdf_accrual row.  Returns the total credited.
+CREATE FUNCTION @extschema@._mdf_in(program_id integer, period_start date, period_end date,
+                                    benefit_table regclass, history_table regclass, folded regclass, delta regclass,
+                                    accrual_table regclass, ledger regclass)
 RETURNS numeric
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     total numeric;
+BEGIN
+    EXECUTE pg_catalog.format($q$
+WITH spend AS (
+    SELECT u.account_key, pg_catalog.sum(u.qualifying) AS spend
+    FROM (SELECT b.account_key, x.month, x.qualifying
+          FROM %3$s b, ROWS FROM (pg_catalog.unnest(b.m_month), pg_catalog.unnest(b.m_qualifying)) AS x(month, qualifying)
+          WHERE b.program_id OPERATOR(pg_catalog.=) $1
+          UNION ALL
+          SELECT d.account_key, x.month, x.qualifying
+          FROM %4$s d, ROWS FROM (pg_catalog.unnest(d.m_month), pg_catalog.unnest(d.m_qualifying)) AS x(month, qualifying)
+          WHERE d.program_id OPERATOR(pg_catalog.=) $1) u
+    WHERE u.month OPERATOR(pg_catalog.>=) pg_catalog.date_trunc('month', $2)::date AND u.month OPERATOR(pg_catalog.<=) $3
+    GROUP BY u.account_key),
+-- the tier on period_end: the last change in effect, else the first one's
+held AS (
+    SELECT h.account_key,
+           CASE WHEN pg_catalog.bool_or(h.effective_from OPERATOR(pg_catalog.<=) $3)
+                THEN (pg_catalog.array_agg(h.new_tier ORDER BY h.effective_from DESC, h.change_no DESC)
+                        FILTER (WHERE h.effective_from OPERATOR(pg_catalog.<=) $3))[1]
+                ELSE (pg_catalog.array_agg(h.new_tier ORDER BY h.effective_from, h.change_no))[1] END AS tier
+    FROM %2$s h
+    WHERE h.program_id OPERATOR(pg_catalog.=) $1
+    GROUP BY h.account_key),
+due AS (
+    SELECT s.account_key, s.spend, r.rate,
+           pg_catalog.round(GREATEST(s.spend, 0) OPERATOR(pg_catalog.*) r.rate, 2) AS amount
+    FROM spend s
+    JOIN held t ON t.account_key OPERATOR(pg_catalog.=) s.account_key
+    JOIN LATERAL (SELECT b.value::numeric AS rate FROM %1$s b
+                  WHERE b.program_id OPERATOR(pg_catalog.=) $1 AND b.benefit OPERATOR(pg_catalog.=) 'mdf_rate'
+                    AND b.tier OPERATOR(pg_catalog.=) t.tier) r ON true
+    WHERE NOT EXISTS (SELECT FROM %5$s a
+                      WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) s.account_key
+                        AND a.period_end OPERATOR(pg_catalog.=) $3)),
+-- numbered in key order (a volatile target is computed after the sort)
+numbered AS (
+    SELECT d.*, @extschema@._ledger_number() AS entry_no
+    FROM due d WHERE d.amount OPERATOR(pg_catalog.>) 0
+    ORDER BY d.account_key),
+entries AS (
+    INSERT INTO %6$s AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,
+                           member_id, corrects, corrects_xid, reason)
+    SELECT $1, n.account_key, n.entry_no, 'mdf', 0, 0, n.amount, NULL, NULL, NULL,
+           pg_catalog.format('mdf accrual %%s..%%s', pg_catalog.to_char($2, 'YYYY-MM-DD'), pg_catalog.to_char($3, 'YYYY-MM-DD'))
+    FROM numbered n
+    RETURNING l.entry_no),
+deltas AS (
+    INSERT INTO %4$s AS b (program_id, account_key, delta_no, points, rebate, mdf, entry_count)
+    SELECT $1, n.account_key, n.entry_no, 0, 0, n.amount, 1 FROM numbered n
+    RETURNING b.delta_no),
+credited AS (
+    INSERT INTO %5$s AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
+    SELECT $1, n.account_key, $3, $2, n.spend, n.rate, n.amount, n.entry_no FROM numbered n
+    RETURNING a.amount)
+SELECT coalesce(pg_catalog.sum(c.amount), 0) FROM credited c$q$,
+        benefit_table, history_table, folded, delta, accrual_table, ledger)
+    INTO total USING program_id, period_start, period_end;
+    RETURN total;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._mdf_in(integer, date, date, regclass, regclass, regclass, regclass, regclass, regclass) IS
+'Internal: settlement''s MDF credit over the given tables (loyalty''s, or one shard group on a Citus worker): per account, the qualifying spend of the document months from period_start''s to period_end''s times the mdf_rate benefit of its tier on period_end, rounded to cents, posted once per period. Returns the total credited.';
+
+-- Settlement's MDF credit (called by loyalty.settle), over loyalty's
+-- tables, or on Citus on every shard group on its node (_settle_shards).
+CREATE FUNCTION @extschema@._settle_mdf(program_id integer, period_start date, period_end date)
+RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF period_start IS NULL OR period_end IS NULL OR period_end < period_start THEN
         RAISE EXCEPTION 'MDF period [%, %] is empty', period_start, period_end
@@ -93,31 +174,15 @@ BEGIN
                    WHERE b.program_id = $1 AND b.benefit = 'mdf_rate') THEN
         RETURN 0;
     END IF;
-    WITH spend AS (
-        SELECT m.account_key, pg_catalog.sum(m.qualifying) AS spend
-        FROM @extschema@.accrual_month m
-        WHERE m.program_id = $1 AND m.month >= pg_catalog.date_trunc('month', $2)::date AND m.month <= $3
-        GROUP BY m.account_key
-    ), due AS (
-        SELECT s.account_key, s.spend, @extschema@._mdf_rate($1, s.account_key::text, $3) AS rate
-        FROM spend s
-        WHERE NOT EXISTS (SELECT FROM @extschema@.mdf_accrual a
-                          WHERE a.program_id = $1 AND a.account_key = s.account_key AND a.period_end = $3)
-    ), credited AS (
-        INSERT INTO @extschema@.mdf_accrual AS a (program_id, account_key, period_end, period_start, spend, rate, amount, entry_no)
-        SELECT $1, d.account_key, $3, $2, d.spend, d.rate, x.amount,
-               @extschema@._post($1, d.account_key::text, 'mdf', 0, pg_catalog.format('mdf accrual %s..%s', $2, $3), mdf => x.amount)
-        FROM due d, LATERAL (SELECT pg_catalog.round(GREATEST(d.spend, 0) * coalesce(d.rate, 0), 2) AS amount) x
-        WHERE x.amount > 0
-        ORDER BY d.account_key
-        RETURNING a.amount
-    )
-    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO total FROM credited c;
-    RETURN total;
+    IF @extschema@._distributed() THEN
+        RETURN @extschema@._settle_shards('mdf', $1, $2, $3);
+    END IF;
+    RETURN @extschema@._mdf_in($1, $2, $3, '@extschema@.tier_benefit', '@extschema@.tier_history', '@extschema@.balance_folded',
+                               '@extschema@.balance_delta', '@extschema@.mdf_accrual', '@extschema@.ledger');
 END
 $$;
 COMMENT ON FUNCTION @extschema@._settle_mdf(integer, date, date) IS
-'Internal: credits the MDF wallets for a settlement period (called by loyalty.settle): per account, the qualifying spend of the document months from period_start''s to period_end''s (both days included) times the MDF rate of its tier at period_end (loyalty._mdf_rate), rounded to cents; accounts already credited for the period are skipped. Returns the total credited.';
+'Internal: credits the MDF wallets for a settlement period (called by loyalty.settle): per account, the qualifying spend of the document months from period_start''s to period_end''s (both days included) times the MDF rate of its tier at period_end, rounded to cents; accounts already credited for the period are skipped (loyalty._mdf_in; on Citus on each shard group''s node). Returns the total credited.';
 
 CREATE FUNCTION @extschema@.claim_mdf(
     program     text,

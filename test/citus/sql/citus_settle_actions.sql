@@ -82,3 +82,4 @@ SELECT count(*) AS accounts_differing
   FULL JOIN (SELECT account_key, measure, new_tier FROM loyalty.settlement_account
               WHERE program_id = :qid AND period_end = '2025-03-31') s USING (account_key)
  WHERE s.measure IS DISTINCT FROM e.spend OR s.new_tier IS DISTINCT FROM e.tier;
+
