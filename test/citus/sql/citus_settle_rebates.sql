@@ -125,23 +125,27 @@ SELECT r.status FROM loyalty.settle('Rebate Club', '2025-06-30') r;
 SELECT agreement_id, account_key, period_start, adjustment_no,
        replace(document_key, 'LOY-' || :rid || '-', 'LOY-<program>-') AS document_key
   FROM loyalty.settlement_line WHERE program_id = :rid AND adjustment_no > 0 ORDER BY 1, 2;
--- every period's last line has the final on the ERP rows now, and its
--- credit notes add up to it
-CREATE TEMP TABLE h1_expected AS
-SELECT agreement_id, account_key, period_start, sum(amount) AS volume,
-       CASE agreement_id WHEN 'ONE' THEN erp.retro(sum(amount)) ELSE erp.marginal(sum(amount)) END AS final
-  FROM erp.rebate_volume GROUP BY 1, 2, 3;
-SELECT count(*) AS periods_differing
-  FROM (SELECT * FROM h1_expected WHERE final <> 0) e
-  FULL JOIN (SELECT agreement_id, account_key, period_start,
-                    (array_agg(final ORDER BY adjustment_no DESC))[1] AS final, sum(credit_note) AS credit_notes
-               FROM loyalty.settlement_line WHERE program_id = :rid GROUP BY 1, 2, 3) l
-       USING (agreement_id, account_key, period_start)
- WHERE l.final IS DISTINCT FROM e.final OR l.credit_notes IS DISTINCT FROM e.final;
-SELECT count(*) AS wallets_differing
-  FROM (SELECT account_key, sum(final) AS rebate FROM h1_expected GROUP BY 1) e
-  FULL JOIN (SELECT account_key, rebate FROM loyalty.balance WHERE program_id = :rid AND rebate <> 0) b USING (account_key)
- WHERE coalesce(e.rebate, 0) <> coalesce(b.rebate, 0);
+-- every settled period's last line has the final on the ERP rows now, its
+-- credit notes add up to it, and each account's rebate wallet holds its
+-- finals (read again below, after the next settlement)
+CREATE VIEW erp.rebate_differences AS
+WITH e AS (
+    SELECT agreement_id, account_key, period_start,
+           CASE agreement_id WHEN 'ONE' THEN erp.retro(sum(amount)) ELSE erp.marginal(sum(amount)) END AS final
+      FROM erp.rebate_volume GROUP BY 1, 2, 3)
+SELECT (SELECT count(*)
+          FROM (SELECT * FROM e WHERE final <> 0) e
+          FULL JOIN (SELECT agreement_id, account_key, period_start,
+                            (array_agg(final ORDER BY adjustment_no DESC))[1] AS final, sum(credit_note) AS credit_notes
+                       FROM loyalty.settlement_line WHERE program_id = :rid GROUP BY 1, 2, 3) l
+               USING (agreement_id, account_key, period_start)
+         WHERE l.final IS DISTINCT FROM e.final OR l.credit_notes IS DISTINCT FROM e.final) AS periods_differing,
+       (SELECT count(*)
+          FROM (SELECT account_key, sum(final) AS rebate FROM e GROUP BY 1) e
+          FULL JOIN (SELECT account_key, rebate FROM loyalty.balance WHERE program_id = :rid AND rebate <> 0) b
+               USING (account_key)
+         WHERE coalesce(e.rebate, 0) <> coalesce(b.rebate, 0)) AS wallets_differing;
+SELECT * FROM erp.rebate_differences;
 -- An estimate and a settlement at once (two sessions, through dblink): the
 -- settlement waits for the estimate's transaction on the coordinator's
 -- rebate lock, then trues up what it posted (the estimate saw July, the
@@ -165,19 +169,5 @@ SELECT dblink_disconnect('s1'), dblink_disconnect('s2');
 SELECT count(*) FILTER (WHERE kind = 'estimate' AND period_start >= '2025-07-01') > 0 AS q3_estimated,
        count(*) FILTER (WHERE kind = 'trueup' AND period_start >= '2025-07-01') > 0 AS q3_trued_up
   FROM loyalty.rebate_posting WHERE program_id = :rid;
-CREATE TEMP TABLE q3_expected AS
-SELECT agreement_id, account_key, period_start,
-       CASE agreement_id WHEN 'ONE' THEN erp.retro(sum(amount)) ELSE erp.marginal(sum(amount)) END AS final
-  FROM erp.rebate_volume GROUP BY 1, 2, 3;
-SELECT count(*) AS periods_differing
-  FROM (SELECT * FROM q3_expected WHERE final <> 0) e
-  FULL JOIN (SELECT agreement_id, account_key, period_start,
-                    (array_agg(final ORDER BY adjustment_no DESC))[1] AS final, sum(credit_note) AS credit_notes
-               FROM loyalty.settlement_line WHERE program_id = :rid GROUP BY 1, 2, 3) l
-       USING (agreement_id, account_key, period_start)
- WHERE l.final IS DISTINCT FROM e.final OR l.credit_notes IS DISTINCT FROM e.final;
-SELECT count(*) AS wallets_differing
-  FROM (SELECT account_key, sum(final) AS rebate FROM q3_expected GROUP BY 1) e
-  FULL JOIN (SELECT account_key, rebate FROM loyalty.balance WHERE program_id = :rid AND rebate <> 0) b USING (account_key)
- WHERE coalesce(e.rebate, 0) <> coalesce(b.rebate, 0);
+SELECT * FROM erp.rebate_differences;
 SELECT count(*) AS findings FROM loyalty.verify('Rebate Club');
