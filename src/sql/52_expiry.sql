@@ -245,6 +245,7 @@ AS 'MODULE_PATHNAME', 'loyalty_settle_shard' LANGUAGE C VOLATILE SET search_path
 COMMENT ON FUNCTION @extschema@._settle_shard(text, integer, date, date, text) IS
     'Internal: a settlement step for the accounts of one shard of loyalty.account, on its Citus node, over the co-located shards.';
 
+-- The settlement cutoffs (period ends) after as_of up to 90 days on.
 CREATE FUNCTION @extschema@._expiry_cutoffs(program_id integer, as_of date) RETURNS SETOF date
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 SELECT c::date
