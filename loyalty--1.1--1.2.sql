@@ -5725,3 +5725,662 @@ COMMENT ON FUNCTION @extschema@._settle_mdf(integer, date, date) IS
 'Internal: credits the MDF wallets for a settlement period (called by loyalty.settle): per account, the qualifying spend of the document months from period_start''s to period_end''s (both days included) times the MDF rate of its tier at period_end, rounded to cents; accounts already credited for the period are skipped (loyalty._mdf_in; on Citus on each shard group''s node). Returns the total credited.';
 
 DROP FUNCTION @extschema@._mdf_rate(integer, text, date);
+
+-- ---------------------------------------------------------------------------
+-- The writes of one account that an operator or a portal calls (MDF claims
+-- and their decisions, cancel_redemption, award and its decisions) run
+-- their account part, loyalty._<step>_in(program, account, args), through
+-- loyalty._on_account_node (src/account_calls.c): on one server right
+-- there, on Citus routed to the node holding the account's shard group,
+-- where it posts with that node's transaction ids (src/sql/45_postings.sql,
+-- 60_rewards.sql, 61_actions.sql, 63_mdf.sql).  _post, _post_member and
+-- _lock_for_debit address loyalty's tables through loyalty._table.
+-- _decide_award and _decide_mdf_claim now return the status.
+-- ---------------------------------------------------------------------------
+DROP FUNCTION @extschema@._decide_award(uuid, boolean, text);
+DROP FUNCTION @extschema@._decide_mdf_claim(uuid, boolean, text);
+CREATE OR REPLACE FUNCTION @extschema@._table(name text) RETURNS text
+AS 'MODULE_PATHNAME', 'loyalty_table_name' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._table(text) IS
+'Internal: loyalty''s table of that name as the account steps address it (loyalty.<name>; inside _account_shard on a Citus worker, its shard co-located with the account''s, or this node''s placement of a reference table), quoted for a statement.';
+
+CREATE OR REPLACE FUNCTION @extschema@._on_account_node(step text, program_id integer, account_key text, args text[]) RETURNS text
+AS 'MODULE_PATHNAME', 'loyalty_on_account_node' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._on_account_node(text, integer, text, text[]) IS
+'Internal: runs loyalty._<step>_in(program_id, account_key, args) (steps claim_mdf, decide_mdf_claim, cancel_redemption, award, decide_award) on the node holding the account''s rows: here on one server, on Citus in one query routed to the account''s shard of loyalty.account (_account_shard); returns its result as text.';
+
+CREATE OR REPLACE FUNCTION @extschema@._account_shard(step text, program_id integer, account_key text, args text[], shard text) RETURNS text
+AS 'MODULE_PATHNAME', 'loyalty_account_shard_call' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._account_shard(text, integer, text, text[], text) IS
+'Internal: on a Citus worker, inside the query _on_account_node routed there, loyalty._<step>_in over the shards co-located with the given shard of loyalty.account; returns its result as text.';
+
+CREATE OR REPLACE FUNCTION @extschema@._post(
+    program_id   integer,
+    account_key  text,
+    kind         @extschema@.ledger_kind,
+    points       bigint,
+    reason       text,
+    rebate       numeric DEFAULT 0,
+    mdf          numeric DEFAULT 0,
+    member_id    text DEFAULT NULL,
+    corrects_xid xid8 DEFAULT NULL,
+    corrects     bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := @extschema@._ledger_number();
+BEGIN
+    IF kind = ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[]) THEN
+        RAISE EXCEPTION 'ledger kind % is posted by accrual only', kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Accrual kinds are derived from invoice rows and checked against them by verify().';
+    END IF;
+    IF coalesce(points, 0) = 0 AND coalesce(rebate, 0) = 0 AND coalesce(mdf, 0) = 0 THEN
+        RETURN NULL;            -- nothing to post
+    END IF;
+    -- loyalty._table: on Citus, inside _account_shard, the account's shards
+    EXECUTE pg_catalog.format('INSERT INTO %s AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,'
+                              ' member_id, corrects, corrects_xid, reason)'
+                              ' VALUES ($1, $2::@extschema@.account_key, $3, $4, $5, $6, $7, $8, $9, $10, $11)',
+                              @extschema@._table('ledger'))
+    USING $1, $2, n, $3, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), $8, $10, $9, $5;
+    EXECUTE pg_catalog.format('INSERT INTO %s AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)'
+                              ' VALUES ($1, $2::@extschema@.account_key, $3, $4, $5, $6, 1)',
+                              @extschema@._table('balance_delta'))
+    USING $1, $2, n, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0);
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._lock_for_debit(program_id integer, account_key text) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+    program_name text;
+BEGIN
+    EXECUTE pg_catalog.format('UPDATE %s a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1'
+                              ' WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' RETURNING a.debit_no', @extschema@._table('account'))
+    INTO n USING $1, $2;
+    IF n IS NULL THEN
+        EXECUTE pg_catalog.format('SELECT p.name FROM %s p WHERE p.program_id OPERATOR(pg_catalog.=) $1',
+                                  @extschema@._table('program'))
+        INTO program_name USING $1;
+        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', $2, program_name
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have balances to spend from.',
+                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._post_member(
+    program_id   integer,
+    account_key  text,
+    kind         @extschema@.ledger_kind,
+    points       bigint,
+    reason       text,
+    member_id    text,
+    corrects_xid xid8 DEFAULT NULL,
+    corrects     bigint DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint := @extschema@._post($1, $2, $3, $4, $5, member_id => $6, corrects_xid => $7, corrects => $8);
+BEGIN
+    IF n IS NOT NULL AND $6 IS NOT NULL THEN
+        EXECUTE pg_catalog.format(
+            'INSERT INTO %s AS m (program_id, account_key, member_id, points, earned, spent, entry_count)'
+            ' VALUES ($1, $2::@extschema@.account_key, $3, $4,'
+            '         CASE WHEN $5 OPERATOR(pg_catalog.<>) ''redeem'' THEN $4 ELSE 0 END,'
+            '         CASE WHEN $5 OPERATOR(pg_catalog.=) ''redeem'' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)'
+            ' ON CONFLICT (program_id, account_key, member_id) DO UPDATE'
+            ' SET points = m.points OPERATOR(pg_catalog.+) excluded.points,'
+            '     earned = m.earned OPERATOR(pg_catalog.+) excluded.earned,'
+            '     spent = m.spent OPERATOR(pg_catalog.+) excluded.spent,'
+            '     entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = excluded.updated_at',
+            @extschema@._table('member_points'))
+        USING $1, $2, $6, $4, $3;
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._mdf_wallet(program_id integer, account_key text) RETURNS numeric
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wallet numeric;
+BEGIN
+    EXECUTE pg_catalog.format(
+        'SELECT coalesce(pg_catalog.sum(u.mdf), 0) FROM'
+        ' (SELECT f.mdf FROM %s f WHERE f.program_id OPERATOR(pg_catalog.=) $1 AND f.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+        '  UNION ALL'
+        '  SELECT d.mdf FROM %s d WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND d.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key) u',
+        @extschema@._table('balance_folded'), @extschema@._table('balance_delta'))
+    INTO wallet USING $1, $2;
+    RETURN wallet;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._mdf_wallet(integer, text) IS
+'Internal: the MDF money of an account (folded balance plus the deltas not folded yet), over loyalty''s tables or, on a Citus worker, the account''s shards.';
+
+CREATE OR REPLACE FUNCTION @extschema@._claim_mdf_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    amount numeric := args[1]::numeric;
+    purpose text := args[2];
+    reference text := args[3];
+    claims text := @extschema@._table('mdf_claim');
+    no bigint;
+    prior_id uuid;
+    prior_amount numeric;
+    prior_purpose text;
+    wallet numeric;
+    reserved numeric;
+    id uuid;
+BEGIN
+    no := @extschema@._lock_for_debit(program_id, account_key);
+    PERFORM @extschema@._await_postings(program_id, account_key);
+    IF reference IS NOT NULL THEN
+        EXECUTE pg_catalog.format('SELECT c.claim_id, c.amount, c.purpose FROM %s c WHERE c.program_id OPERATOR(pg_catalog.=) $1'
+                                  ' AND c.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key AND c.reference OPERATOR(pg_catalog.=) $3',
+                                  claims)
+        INTO prior_id, prior_amount, prior_purpose USING program_id, account_key, reference;
+        IF prior_id IS NOT NULL THEN
+            IF prior_amount <> amount OR prior_purpose <> purpose THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already claimed for another amount or purpose', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It claimed %s for %s.', prior_amount, pg_catalog.quote_literal(prior_purpose)),
+                          HINT = 'A reference names one claim; give a new claim its own reference.';
+            END IF;
+            RETURN prior_id;      -- the same claim again
+        END IF;
+    END IF;
+    wallet := @extschema@._mdf_wallet(program_id, account_key);
+    EXECUTE pg_catalog.format('SELECT coalesce(pg_catalog.sum(c.amount), 0) FROM %s c WHERE c.program_id OPERATOR(pg_catalog.=) $1'
+                              ' AND c.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key AND c.status OPERATOR(pg_catalog.=) ''pending''',
+                              claims)
+    INTO reserved USING program_id, account_key;
+    IF wallet - reserved < amount THEN
+        RAISE EXCEPTION 'account "%" has % of MDF available, % claimed', account_key, wallet - reserved, amount
+            USING ERRCODE = 'LY001',
+                  DETAIL = pg_catalog.format('The wallet holds %s, of which pending claims reserve %s; it never goes below zero.',
+                                             wallet, reserved),
+                  HINT = 'Nothing was claimed. Claim less, or after the next settlement credits the wallet.';
+    END IF;
+    EXECUTE pg_catalog.format('INSERT INTO %s AS c (program_id, account_key, claim_no, amount, purpose, reference)'
+                              ' VALUES ($1, $2::@extschema@.account_key, $3, $4, $5, $6) RETURNING c.claim_id', claims)
+    INTO id USING program_id, account_key, no, amount, purpose, reference;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._claim_mdf_in(integer, text, text[]) IS
+'Internal: loyalty.claim_mdf''s account part (args: amount, purpose, reference) on the node holding the account: under its lock, once the postings in flight are in, returns the claim of the same reference or files a new one if the wallet less the pending claims covers it (LY001 otherwise).';
+
+CREATE OR REPLACE FUNCTION @extschema@._decide_mdf_claim_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claim_no bigint := args[1]::bigint;
+    claim_id uuid := args[2]::uuid;
+    approve boolean := args[3]::boolean;
+    claims text := @extschema@._table('mdf_claim');
+    st text;
+    amount numeric;
+    purpose text;
+    reference text;
+    wallet numeric;
+    entry bigint;
+BEGIN
+    PERFORM @extschema@._lock_for_debit(program_id, account_key);
+    PERFORM @extschema@._await_postings(program_id, account_key);
+    EXECUTE pg_catalog.format('SELECT c.status, c.amount, c.purpose, c.reference FROM %s c WHERE c.program_id OPERATOR(pg_catalog.=) $1'
+                              ' AND c.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key AND c.claim_no OPERATOR(pg_catalog.=) $3',
+                              claims)
+    INTO st, amount, purpose, reference USING program_id, account_key, claim_no;
+    IF approve AND st = 'rejected' THEN
+        RAISE EXCEPTION 'the MDF claim was rejected and cannot be approved'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Claim %s was rejected; a decision on a claim is final.', claim_id),
+                  HINT = 'File a new claim if it is genuine.';
+    ELSIF NOT approve AND st = 'approved' THEN
+        RAISE EXCEPTION 'the MDF claim was approved and cannot be rejected'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Claim %s was paid from the wallet; a decision on a claim is final.', claim_id),
+                  HINT = 'Nothing to do.';
+    ELSIF st IS DISTINCT FROM 'pending' THEN
+        RETURN st;              -- the same decision again
+    END IF;
+    IF approve THEN
+        wallet := @extschema@._mdf_wallet(program_id, account_key);
+        IF wallet < amount THEN
+            RAISE EXCEPTION 'account "%" has % of MDF, the claim asks %', account_key, wallet, amount
+                USING ERRCODE = 'LY001',
+                      DETAIL = pg_catalog.format('Claim %s stays pending: the MDF wallet never goes below zero.', claim_id),
+                      HINT = 'The claim stays pending: approve it after the next settlement credits the wallet, or reject it.';
+        END IF;
+        entry := @extschema@._post(program_id, account_key, 'mdf', 0,
+                                   pg_catalog.format('mdf claim: %s', purpose) || coalesce(' ref ' || reference, ''),
+                                   mdf => -amount);
+    END IF;
+    st := CASE WHEN approve THEN 'approved' ELSE 'rejected' END;
+    EXECUTE pg_catalog.format('UPDATE %s x SET status = $4, decided_at = pg_catalog.now(), decided_by = $5, note = $6,'
+                              ' posted_xid = CASE WHEN $7 IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = $7'
+                              ' WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' AND x.claim_no OPERATOR(pg_catalog.=) $3', claims)
+    USING program_id, account_key, claim_no, st, args[5], args[4], entry;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_mdf_claim_in(integer, text, text[]) IS
+'Internal: approves (pays from the wallet, if it still holds the amount; LY001 otherwise) or rejects a pending MDF claim (args: claim_no, claim_id, approve, note, decided_by) on the node holding the account, under its lock; a decision is final (the other one is refused, the same one changes nothing). Returns the status.';
+
+CREATE FUNCTION @extschema@._decide_mdf_claim(claim_id uuid, approve boolean, note text)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    c record;
+BEGIN
+    IF claim_id IS NULL THEN
+        RAISE EXCEPTION 'claim_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    END IF;
+    SELECT x.program_id, x.account_key::text AS account_key, x.claim_no INTO c
+    FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'claim_id names no MDF claim'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
+                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
+    END IF;
+    RETURN @extschema@._on_account_node('decide_mdf_claim', c.program_id, c.account_key,
+                                        ARRAY[c.claim_no::text, claim_id::text, approve::text, note, SESSION_USER::text]);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_mdf_claim(uuid, boolean, text) IS
+'Internal: finds an MDF claim by its id and decides it on the node holding its account (loyalty._decide_mdf_claim_in); returns the status.';
+
+CREATE OR REPLACE FUNCTION @extschema@.claim_mdf(
+    program     text,
+    account_key text,
+    amount      numeric,
+    purpose     text,
+    reference   text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id INTO pid FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key::@extschema@.account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts have an MDF wallet.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF amount IS NULL OR amount <= 0 OR amount = 'Infinity' OR amount = 'NaN' OR amount <> pg_catalog.round(amount, 2) THEN
+        RAISE EXCEPTION 'amount must be a positive sum of money in cents'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('amount %s was given.', coalesce(amount::text, 'NULL')),
+                  HINT = 'For example amount => 1500.00.';
+    END IF;
+    IF purpose IS NULL OR btrim(purpose) = '' THEN
+        RAISE EXCEPTION 'purpose must not be NULL or empty'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'purpose says what the funds pay for; the approver reads it.',
+                  HINT = 'For example purpose => ''Trade show booth, spring fair''.';
+    END IF;
+    IF reference = '' THEN
+        RAISE EXCEPTION 'reference must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'reference is the partner portal''s identifier of the claim.',
+                  HINT = 'Give the claim''s identifier, or NULL when there is none.';
+    END IF;
+
+    -- the reference, the wallet and the claim: on the account's node
+    RETURN @extschema@._on_account_node('claim_mdf', pid, account_key, ARRAY[amount::text, purpose, reference])::uuid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.approve_mdf_claim(claim_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._decide_mdf_claim(claim_id, true, note);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.reject_mdf_claim(claim_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._decide_mdf_claim(claim_id, false, note);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.cancel_redemption(redemption_id uuid)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    d record;
+BEGIN
+    IF redemption_id IS NULL THEN
+        RAISE EXCEPTION 'redemption_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'redemption_id is what loyalty.redeem() returned.',
+                  HINT = 'Find it in loyalty.redemption.';
+    END IF;
+    SELECT x.program_id, x.account_key::text AS account_key, x.redemption_no, x.reward_id, x.quantity INTO d
+    FROM @extschema@.redemption x WHERE x.redemption_id = redemption_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'redemption_id names no redemption'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No redemption has id %s; redemption_id is what loyalty.redeem() returned.', redemption_id),
+                  HINT = 'Find it in loyalty.redemption.';
+    END IF;
+    -- the same lock order as redeem: the account (on its node), then the
+    -- reward (a reference table on Citus, written from here)
+    PERFORM @extschema@._on_account_node('cancel_redemption', d.program_id, d.account_key,
+                                         ARRAY[d.redemption_no::text, redemption_id::text]);
+    UPDATE @extschema@.reward x SET stock = x.stock + d.quantity
+    WHERE x.program_id = d.program_id AND x.reward_id = d.reward_id AND x.stock IS NOT NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._cancel_redemption_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    redemption_no bigint := args[1]::bigint;
+    redemptions text := @extschema@._table('redemption');
+    d record;
+    entry bigint;
+BEGIN
+    PERFORM @extschema@._lock_for_debit(program_id, account_key);
+    EXECUTE pg_catalog.format('SELECT x.status, x.cancelled_at, x.quantity, x.reward_id, x.points, x.member_id, x.posted_xid, x.entry_no'
+                              ' FROM %s x WHERE x.program_id OPERATOR(pg_catalog.=) $1'
+                              ' AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key AND x.redemption_no OPERATOR(pg_catalog.=) $3',
+                              redemptions)
+    INTO d USING program_id, account_key, redemption_no;
+    IF d.status = 'cancelled' THEN
+        RAISE EXCEPTION 'the redemption is already cancelled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Redemption %s was cancelled at %s; its points were given back then.', args[2], d.cancelled_at),
+                  HINT = 'Nothing to do.';
+    END IF;
+    entry := @extschema@._post_member(program_id, account_key, 'redeem', d.points,
+                                      pg_catalog.format('cancel redemption of %s x %s', d.quantity, d.reward_id),
+                                      d.member_id, corrects_xid => d.posted_xid, corrects => d.entry_no);
+    EXECUTE pg_catalog.format('UPDATE %s x SET status = ''cancelled'', cancelled_at = pg_catalog.now(),'
+                              ' cancel_xid = pg_catalog.pg_current_xact_id(), cancel_entry_no = $4'
+                              ' WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' AND x.redemption_no OPERATOR(pg_catalog.=) $3', redemptions)
+    USING program_id, account_key, redemption_no, entry;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._cancel_redemption_in(integer, text, text[]) IS
+'Internal: loyalty.cancel_redemption''s account part (args: redemption_no, redemption_id) on the node holding the account, under its lock: posts the points back pointing at the entry that spent them and marks the redemption cancelled (refused if it already is).';
+
+CREATE OR REPLACE FUNCTION @extschema@._award_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    action text := args[1];
+    member text := args[2];
+    day date := args[3]::date;
+    quantity integer := args[4]::integer;
+    reference text := args[5];
+    rule_from date := args[6]::date;
+    cap_points bigint := args[8]::bigint;
+    cap_period text := args[9];
+    awards text := @extschema@._table('award');
+    prior record;
+    no bigint;
+    earned numeric := args[7]::numeric * quantity;
+    granted bigint := LEAST(earned, 9223372036854775807);
+    used bigint;
+    period_start date;
+    st text := CASE WHEN args[10]::boolean THEN 'pending' ELSE 'approved' END;
+    entry bigint;
+    id uuid;
+BEGIN
+    no := @extschema@._lock_for_debit(program_id, account_key);
+    IF reference IS NOT NULL THEN
+        EXECUTE pg_catalog.format('SELECT w.award_id, w.action, w.member_id, w.occurred_on, w.quantity FROM %s w'
+                                  ' WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                                  ' AND w.reference OPERATOR(pg_catalog.=) $3', awards)
+        INTO prior USING program_id, account_key, reference;
+        IF prior.award_id IS NOT NULL THEN
+            IF (prior.action, prior.member_id, prior.occurred_on, prior.quantity)
+               IS DISTINCT FROM (action, member, day, quantity) THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already awarded for another event', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It was awarded for %s x %s on %s%s.', prior.quantity, prior.action,
+                                                     prior.occurred_on, coalesce(' by member ' || prior.member_id, '')),
+                          HINT = 'A reference names one CRM event; give the new event its own reference.';
+            END IF;
+            RETURN prior.award_id;      -- the same event again: awarded once
+        END IF;
+    END IF;
+    IF cap_points IS NOT NULL THEN
+        period_start := pg_catalog.date_trunc(cap_period, day::timestamp)::date;
+        EXECUTE pg_catalog.format('SELECT coalesce(pg_catalog.sum(w.points), 0) FROM %s w'
+                                  ' WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                                  ' AND w.action OPERATOR(pg_catalog.=) $3 AND w.status OPERATOR(pg_catalog.<>) ''rejected'''
+                                  ' AND w.occurred_on OPERATOR(pg_catalog.>=) $4 AND w.occurred_on OPERATOR(pg_catalog.<) $5', awards)
+        INTO used USING program_id, account_key, action, period_start,
+                        (period_start + CASE cap_period WHEN 'month' THEN interval '1 month'
+                                                        WHEN 'quarter' THEN interval '3 months'
+                                                        ELSE interval '1 year' END)::date;
+        granted := GREATEST(0, LEAST(granted, cap_points - used));
+    END IF;
+    IF st = 'approved' THEN
+        entry := @extschema@._post_member(program_id, account_key, 'award', granted,
+                                          pg_catalog.format('%s x %s', quantity, action) || coalesce(' ref ' || reference, ''),
+                                          member);
+    END IF;
+    EXECUTE pg_catalog.format('INSERT INTO %s AS w (program_id, account_key, award_no, action, member_id, occurred_on, quantity, rule_from,'
+                              ' points, capped, reference, status, decided_at, posted_xid, entry_no)'
+                              ' VALUES ($1, $2::@extschema@.account_key, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,'
+                              ' CASE WHEN $12 OPERATOR(pg_catalog.=) ''approved'' THEN pg_catalog.now() END,'
+                              ' CASE WHEN $13 IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, $13)'
+                              ' RETURNING w.award_id', awards)
+    INTO id USING program_id, account_key, no, action, member, day, quantity, rule_from, granted,
+                  LEAST(earned - granted, 9223372036854775807), reference, st, entry;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._award_in(integer, text, text[]) IS
+'Internal: loyalty.award''s account part on the node holding the account, under its lock (args: action, member, occurred_on, quantity, reference, and the rule''s valid_from, points, cap_points, cap_period, needs_approval): the award of the same reference again, or a new one capped by what the period already granted, posted unless it waits for approval.';
+
+CREATE OR REPLACE FUNCTION @extschema@._decide_award_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    award_no bigint := args[1]::bigint;
+    approve boolean := args[3]::boolean;
+    awards text := @extschema@._table('award');
+    w record;
+    st text;
+    entry bigint;
+BEGIN
+    PERFORM @extschema@._lock_for_debit(program_id, account_key);
+    EXECUTE pg_catalog.format('SELECT x.status, x.points, x.quantity, x.action, x.reference, x.member_id FROM %s x'
+                              ' WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' AND x.award_no OPERATOR(pg_catalog.=) $3', awards)
+    INTO w USING program_id, account_key, award_no;
+    IF approve AND w.status = 'rejected' THEN
+        RAISE EXCEPTION 'the award was rejected and cannot be approved'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Award %s was rejected; a decision on an award is final.', args[2]),
+                  HINT = 'Record the event again with a new reference if it is genuine.';
+    ELSIF NOT approve AND w.status = 'approved' THEN
+        RAISE EXCEPTION 'the award was approved and cannot be rejected'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Award %s was approved and its points posted; a decision on an award is final.', args[2]),
+                  HINT = 'Take the points back with an adjustment if the approval was a mistake.';
+    ELSIF w.status IS DISTINCT FROM 'pending' THEN
+        RETURN w.status;        -- the same decision again
+    END IF;
+    IF approve THEN
+        entry := @extschema@._post_member(program_id, account_key, 'award', w.points,
+                                          pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
+                                          w.member_id);
+    END IF;
+    st := CASE WHEN approve THEN 'approved' ELSE 'rejected' END;
+    EXECUTE pg_catalog.format('UPDATE %s x SET status = $4, decided_at = pg_catalog.now(), decided_by = $5, note = $6,'
+                              ' posted_xid = CASE WHEN $7 IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = $7'
+                              ' WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' AND x.award_no OPERATOR(pg_catalog.=) $3', awards)
+    USING program_id, account_key, award_no, st, args[5], args[4], entry;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_award_in(integer, text, text[]) IS
+'Internal: approves (posts the points) or rejects a pending award (args: award_no, award_id, approve, note, decided_by) on the node holding the account, under its lock; a decision is final (the other one is refused, the same one changes nothing). Returns the status.';
+
+CREATE FUNCTION @extschema@._decide_award(award_id uuid, approve boolean, note text)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    w record;
+BEGIN
+    IF award_id IS NULL THEN
+        RAISE EXCEPTION 'award_id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'award_id is what loyalty.award() returned.',
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    END IF;
+    SELECT x.program_id, x.account_key::text AS account_key, x.award_no INTO w
+    FROM @extschema@.award x WHERE x.award_id = award_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'award_id names no award'
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
+                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
+    END IF;
+    RETURN @extschema@._on_account_node('decide_award', w.program_id, w.account_key,
+                                        ARRAY[w.award_no::text, award_id::text, approve::text, note, SESSION_USER::text]);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_award(uuid, boolean, text) IS
+'Internal: finds an award by its id and decides it on the node holding its account (loyalty._decide_award_in); returns the status.';
+
+CREATE OR REPLACE FUNCTION @extschema@.award(
+    program     text,
+    account_key text,
+    action      text,
+    occurred_on date DEFAULT NULL,
+    member      text DEFAULT NULL,
+    reference   text DEFAULT NULL,
+    quantity    integer DEFAULT 1)
+RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    pid integer;
+    today date;
+    day date;
+    rule @extschema@.action_rule;
+BEGIN
+    IF program IS NULL THEN
+        RAISE EXCEPTION 'program must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'program is the name of a loyalty program, as given to loyalty.create_program().',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    SELECT p.program_id, (pg_catalog.now() AT TIME ZONE p.time_zone)::date INTO pid, today
+    FROM @extschema@.program p WHERE p.name = program;
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'loyalty program "%" does not exist', program
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'program names no program of this database (names are case-sensitive).',
+                  HINT = 'List programs with SELECT name FROM loyalty.program.';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.account a WHERE a.program_id = pid AND a.account_key = account_key::@extschema@.account_key) THEN
+        RAISE EXCEPTION 'account_key "%" is not enrolled in program "%"', account_key, program
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'Only enrolled accounts earn points for actions.',
+                  HINT = 'Enrol it with loyalty.enroll() first.';
+    END IF;
+    IF member IS NOT NULL AND NOT EXISTS (SELECT FROM @extschema@.member m WHERE m.program_id = pid
+                                          AND m.account_key = account_key::@extschema@.account_key AND m.member_id = member) THEN
+        RAISE EXCEPTION 'member "%" is not a member of account "%"', member, account_key
+            USING ERRCODE = 'no_data_found',
+                  DETAIL = 'A member earns for the account they belong to.',
+                  HINT = 'Add the person to loyalty.member first, or award the account (member => NULL).';
+    END IF;
+    day := coalesce(occurred_on, today);
+    IF NOT pg_catalog.isfinite(day) OR day > today THEN
+        RAISE EXCEPTION 'occurred_on % is not a day that has happened', day
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('Today is %s in the program''s calendar.', today),
+                  HINT = 'Give the day the action took place, or NULL for today.';
+    END IF;
+    IF quantity IS NULL OR quantity <= 0 THEN
+        RAISE EXCEPTION 'quantity must be a positive number of actions'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = pg_catalog.format('quantity %s was given.', coalesce(quantity::text, 'NULL')),
+                  HINT = 'Give 1 for one action.';
+    END IF;
+    IF reference = '' THEN
+        RAISE EXCEPTION 'reference must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'reference is the CRM''s identifier of the event.',
+                  HINT = 'Give the event''s identifier, or NULL when there is none.';
+    END IF;
+    SELECT * INTO rule FROM @extschema@.action_rule r
+    WHERE r.program_id = pid AND r.action = action AND r.valid_from <= day
+    ORDER BY r.valid_from DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action "%" has no rule in program "%" on %', action, program, day
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = 'action is an action of loyalty.action_rule in force on the day it occurred.',
+                  HINT = 'Define it with loyalty.set_action_rule().';
+    END IF;
+
+    -- the reference, the cap and the posting: on the account's node
+    RETURN @extschema@._on_account_node('award', pid, account_key,
+               ARRAY[action, member, day::text, quantity::text, reference, rule.valid_from::text, rule.points::text,
+                     rule.cap_points::text, rule.cap_period, rule.needs_approval::text])::uuid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.approve_award(award_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._decide_award(award_id, true, note);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.reject_award(award_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._decide_award(award_id, false, note);
+END
+$$;
+
+REVOKE ALL ON FUNCTION @extschema@._table(text), @extschema@._on_account_node(text, integer, text, text[]),
+                      @extschema@._account_shard(text, integer, text, text[], text),
+                      @extschema@._mdf_wallet(integer, text), @extschema@._claim_mdf_in(integer, text, text[]),
+                      @extschema@._decide_mdf_claim_in(integer, text, text[]), @extschema@._decide_mdf_claim(uuid, boolean, text),
+                      @extschema@._cancel_redemption_in(integer, text, text[]), @extschema@._award_in(integer, text, text[]),
+                      @extschema@._decide_award_in(integer, text, text[]), @extschema@._decide_award(uuid, boolean, text) FROM PUBLIC;

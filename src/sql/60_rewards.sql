@@ -176,8 +176,7 @@ RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    d @extschema@.redemption;
-    entry bigint;
+    d record;
 BEGIN
     IF redemption_id IS NULL THEN
         RAISE EXCEPTION 'redemption_id must not be NULL'
@@ -185,41 +184,68 @@ BEGIN
                   DETAIL = 'redemption_id is what loyalty.redeem() returned.',
                   HINT = 'Find it in loyalty.redemption.';
     END IF;
-    SELECT * INTO d FROM @extschema@.redemption x WHERE x.redemption_id = redemption_id;
+    SELECT x.program_id, x.account_key::text AS account_key, x.redemption_no, x.reward_id, x.quantity INTO d
+    FROM @extschema@.redemption x WHERE x.redemption_id = redemption_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'redemption_id names no redemption'
             USING ERRCODE = 'no_data_found',
                   DETAIL = pg_catalog.format('No redemption has id %s; redemption_id is what loyalty.redeem() returned.', redemption_id),
                   HINT = 'Find it in loyalty.redemption.';
     END IF;
-    -- the same lock order as redeem: the account, then the reward
-    PERFORM @extschema@._lock_for_debit(d.program_id, d.account_key::text);
-    SELECT * INTO d FROM @extschema@.redemption x
-    WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
-    IF d.status = 'cancelled' THEN
-        RAISE EXCEPTION 'the redemption is already cancelled'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('Redemption %s was cancelled at %s; its points were given back then.', redemption_id, d.cancelled_at),
-                  HINT = 'Nothing to do.';
-    END IF;
+    -- the same lock order as redeem: the account (on its node), then the
+    -- reward (a reference table on Citus, written from here)
+    PERFORM @extschema@._on_account_node('cancel_redemption', d.program_id, d.account_key,
+                                         ARRAY[d.redemption_no::text, redemption_id::text]);
     UPDATE @extschema@.reward x SET stock = x.stock + d.quantity
     WHERE x.program_id = d.program_id AND x.reward_id = d.reward_id AND x.stock IS NOT NULL;
-    entry := @extschema@._post_member(d.program_id, d.account_key::text, 'redeem', d.points,
-                                      pg_catalog.format('cancel redemption of %s x %s', d.quantity, d.reward_id),
-                                      d.member_id, corrects_xid => d.posted_xid, corrects => d.entry_no);
-    UPDATE @extschema@.redemption x
-    SET status = 'cancelled', cancelled_at = pg_catalog.now(), cancel_xid = pg_catalog.pg_current_xact_id(), cancel_entry_no = entry
-    WHERE x.program_id = d.program_id AND x.account_key = d.account_key AND x.redemption_no = d.redemption_no;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.cancel_redemption(uuid) IS
 'Cancels a redemption: gives its points back with a ledger entry of kind redeem pointing at the original (corrects_xid, corrects), and its units back to the stock. A redemption is cancelled once.';
 
+-- cancel_redemption's account part (args: redemption_no, redemption_id), on
+-- the account's node, under the account's lock: the points back, pointing
+-- at the entry that spent them, and the redemption marked cancelled.
+CREATE FUNCTION @extschema@._cancel_redemption_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    redemption_no bigint := args[1]::bigint;
+    redemptions text := @extschema@._table('redemption');
+    d record;
+    entry bigint;
+BEGIN
+    PERFORM @extschema@._lock_for_debit(program_id, account_key);
+    EXECUTE pg_catalog.format('SELECT x.status, x.cancelled_at, x.quantity, x.reward_id, x.points, x.member_id, x.posted_xid, x.entry_no'
+                              ' FROM %s x WHERE x.program_id OPERATOR(pg_catalog.=) $1'
+                              ' AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key AND x.redemption_no OPERATOR(pg_catalog.=) $3',
+                              redemptions)
+    INTO d USING program_id, account_key, redemption_no;
+    IF d.status = 'cancelled' THEN
+        RAISE EXCEPTION 'the redemption is already cancelled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Redemption %s was cancelled at %s; its points were given back then.', args[2], d.cancelled_at),
+                  HINT = 'Nothing to do.';
+    END IF;
+    entry := @extschema@._post_member(program_id, account_key, 'redeem', d.points,
+                                      pg_catalog.format('cancel redemption of %s x %s', d.quantity, d.reward_id),
+                                      d.member_id, corrects_xid => d.posted_xid, corrects => d.entry_no);
+    EXECUTE pg_catalog.format('UPDATE %s x SET status = ''cancelled'', cancelled_at = pg_catalog.now(),'
+                              ' cancel_xid = pg_catalog.pg_current_xact_id(), cancel_entry_no = $4'
+                              ' WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' AND x.redemption_no OPERATOR(pg_catalog.=) $3', redemptions)
+    USING program_id, account_key, redemption_no, entry;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._cancel_redemption_in(integer, text, text[]) IS
+'Internal: loyalty.cancel_redemption''s account part (args: redemption_no, redemption_id) on the node holding the account, under its lock: posts the points back pointing at the entry that spent them and marks the redemption cancelled (refused if it already is).';
+
 REVOKE ALL ON FUNCTION @extschema@._await_postings(integer, text),
                       @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean),
                       @extschema@.redeem(text, text, text, integer, text),
                       @extschema@.redeem(text, bigint, text, integer, text),
-                      @extschema@.cancel_redemption(uuid) FROM PUBLIC;
+                      @extschema@.cancel_redemption(uuid),
+                      @extschema@._cancel_redemption_in(integer, text, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.set_reward(text, text, text, bigint, text, text, integer, integer, integer, text, date, date, text, boolean)
 TO loyalty_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.redeem(text, text, text, integer, text),

@@ -211,15 +211,6 @@ DECLARE
     today date;
     day date;
     rule @extschema@.action_rule;
-    prior @extschema@.award;
-    no bigint;
-    earned numeric;
-    granted bigint;
-    used bigint;
-    period_start date;
-    st text;
-    entry bigint;
-    id uuid;
 BEGIN
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
@@ -277,13 +268,49 @@ BEGIN
                   HINT = 'Define it with loyalty.set_action_rule().';
     END IF;
 
-    -- One award of the account at a time: the cap and the reference are
-    -- checked on everything committed before.
-    no := @extschema@._lock_for_debit(pid, account_key);
+    -- the reference, the cap and the posting: on the account's node
+    RETURN @extschema@._on_account_node('award', pid, account_key,
+               ARRAY[action, member, day::text, quantity::text, reference, rule.valid_from::text, rule.points::text,
+                     rule.cap_points::text, rule.cap_period, rule.needs_approval::text])::uuid;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.award(text, text, text, date, text, text, integer) IS
+'Awards points for a non-purchase action to an account (or one of its members) by the rule version in force on occurred_on (default today), capped per period; returns the award''s id. Idempotent by reference: the same CRM event again returns the first award and posts nothing. An action that needs approval waits as pending and posts nothing until loyalty.approve_award().';
+
+-- award's account part (args: action, member, occurred_on, quantity,
+-- reference, and the rule's valid_from, points, cap_points, cap_period,
+-- needs_approval), on the account's node.  One award of the account at a
+-- time: the cap and the reference are checked on everything committed
+-- before.
+CREATE FUNCTION @extschema@._award_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    action text := args[1];
+    member text := args[2];
+    day date := args[3]::date;
+    quantity integer := args[4]::integer;
+    reference text := args[5];
+    rule_from date := args[6]::date;
+    cap_points bigint := args[8]::bigint;
+    cap_period text := args[9];
+    awards text := @extschema@._table('award');
+    prior record;
+    no bigint;
+    earned numeric := args[7]::numeric * quantity;
+    granted bigint := LEAST(earned, 9223372036854775807);
+    used bigint;
+    period_start date;
+    st text := CASE WHEN args[10]::boolean THEN 'pending' ELSE 'approved' END;
+    entry bigint;
+    id uuid;
+BEGIN
+    no := @extschema@._lock_for_debit(program_id, account_key);
     IF reference IS NOT NULL THEN
-        SELECT * INTO prior FROM @extschema@.award w
-        WHERE w.program_id = pid AND w.account_key = account_key::@extschema@.account_key AND w.reference = reference;
-        IF FOUND THEN
+        EXECUTE pg_catalog.format('SELECT w.award_id, w.action, w.member_id, w.occurred_on, w.quantity FROM %s w'
+                                  ' WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                                  ' AND w.reference OPERATOR(pg_catalog.=) $3', awards)
+        INTO prior USING program_id, account_key, reference;
+        IF prior.award_id IS NOT NULL THEN
             IF (prior.action, prior.member_id, prior.occurred_on, prior.quantity)
                IS DISTINCT FROM (action, member, day, quantity) THEN
                 RAISE EXCEPTION 'reference "%" of account "%" was already awarded for another event', reference, account_key
@@ -295,83 +322,46 @@ BEGIN
             RETURN prior.award_id;      -- the same event again: awarded once
         END IF;
     END IF;
-
-    earned := rule.points::numeric * quantity;
-    granted := LEAST(earned, 9223372036854775807);
-    IF rule.cap_points IS NOT NULL THEN
-        period_start := pg_catalog.date_trunc(rule.cap_period, day::timestamp)::date;
-        SELECT coalesce(pg_catalog.sum(w.points), 0) INTO used FROM @extschema@.award w
-        WHERE w.program_id = pid AND w.account_key = account_key::@extschema@.account_key AND w.action = action
-          AND w.status <> 'rejected' AND w.occurred_on >= period_start
-          AND w.occurred_on < (period_start + CASE rule.cap_period WHEN 'month' THEN interval '1 month'
-                                                                   WHEN 'quarter' THEN interval '3 months'
-                                                                   ELSE interval '1 year' END)::date;
-        granted := GREATEST(0, LEAST(granted, rule.cap_points - used));
+    IF cap_points IS NOT NULL THEN
+        period_start := pg_catalog.date_trunc(cap_period, day::timestamp)::date;
+        EXECUTE pg_catalog.format('SELECT coalesce(pg_catalog.sum(w.points), 0) FROM %s w'
+                                  ' WHERE w.program_id OPERATOR(pg_catalog.=) $1 AND w.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                                  ' AND w.action OPERATOR(pg_catalog.=) $3 AND w.status OPERATOR(pg_catalog.<>) ''rejected'''
+                                  ' AND w.occurred_on OPERATOR(pg_catalog.>=) $4 AND w.occurred_on OPERATOR(pg_catalog.<) $5', awards)
+        INTO used USING program_id, account_key, action, period_start,
+                        (period_start + CASE cap_period WHEN 'month' THEN interval '1 month'
+                                                        WHEN 'quarter' THEN interval '3 months'
+                                                        ELSE interval '1 year' END)::date;
+        granted := GREATEST(0, LEAST(granted, cap_points - used));
     END IF;
-    st := CASE WHEN rule.needs_approval THEN 'pending' ELSE 'approved' END;
     IF st = 'approved' THEN
-        entry := @extschema@._post_member(pid, account_key, 'award', granted,
+        entry := @extschema@._post_member(program_id, account_key, 'award', granted,
                                           pg_catalog.format('%s x %s', quantity, action) || coalesce(' ref ' || reference, ''),
                                           member);
     END IF;
-    INSERT INTO @extschema@.award AS w (program_id, account_key, award_no, action, member_id, occurred_on, quantity, rule_from,
-                                        points, capped, reference, status, decided_at, posted_xid, entry_no)
-    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, no, action, member, day, quantity, rule.valid_from, granted,
-            LEAST(earned - granted, 9223372036854775807), reference, st,
-            CASE WHEN st = 'approved' THEN pg_catalog.now() END,
-            CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry)
-    RETURNING w.award_id INTO id;
+    EXECUTE pg_catalog.format('INSERT INTO %s AS w (program_id, account_key, award_no, action, member_id, occurred_on, quantity, rule_from,'
+                              ' points, capped, reference, status, decided_at, posted_xid, entry_no)'
+                              ' VALUES ($1, $2::@extschema@.account_key, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,'
+                              ' CASE WHEN $12 OPERATOR(pg_catalog.=) ''approved'' THEN pg_catalog.now() END,'
+                              ' CASE WHEN $13 IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, $13)'
+                              ' RETURNING w.award_id', awards)
+    INTO id USING program_id, account_key, no, action, member, day, quantity, rule_from, granted,
+                  LEAST(earned - granted, 9223372036854775807), reference, st, entry;
     RETURN id;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.award(text, text, text, date, text, text, integer) IS
-'Awards points for a non-purchase action to an account (or one of its members) by the rule version in force on occurred_on (default today), capped per period; returns the award''s id. Idempotent by reference: the same CRM event again returns the first award and posts nothing. An action that needs approval waits as pending and posts nothing until loyalty.approve_award().';
+COMMENT ON FUNCTION @extschema@._award_in(integer, text, text[]) IS
+'Internal: loyalty.award''s account part on the node holding the account, under its lock (args: action, member, occurred_on, quantity, reference, and the rule''s valid_from, points, cap_points, cap_period, needs_approval): the award of the same reference again, or a new one capped by what the period already granted, posted unless it waits for approval.';
 
--- Approval and rejection: one decision per award.
+-- Approval and rejection: one decision per award.  The award's account is
+-- found where the call is made (on Citus a query over every shard); the
+-- decision is made on the account's node (_decide_award_in).
 CREATE FUNCTION @extschema@._decide_award(award_id uuid, approve boolean, note text)
-RETURNS void
+RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    w @extschema@.award;
-    entry bigint;
-    xid xid8;
-BEGIN
-    SELECT * INTO w FROM @extschema@.award x WHERE x.award_id = award_id;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    PERFORM @extschema@._lock_for_debit(w.program_id, w.account_key::text);
-    SELECT * INTO w FROM @extschema@.award x
-    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
-    IF w.status <> 'pending' THEN
-        RETURN;
-    END IF;
-    IF approve THEN
-        entry := @extschema@._post_member(w.program_id, w.account_key::text, 'award', w.points,
-                                          pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
-                                          w.member_id);
-    END IF;
-    -- the entry's transaction as a value: on Citus, an UPDATE of a
-    -- distributed table may not call a volatile function inside a CASE
-    IF entry IS NOT NULL THEN
-        xid := pg_catalog.pg_current_xact_id();
-    END IF;
-    UPDATE @extschema@.award x
-    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
-        decided_by = SESSION_USER, note = _decide_award.note, posted_xid = xid, entry_no = entry
-    WHERE x.program_id = w.program_id AND x.account_key = w.account_key AND x.award_no = w.award_no;
-END
-$$;
-COMMENT ON FUNCTION @extschema@._decide_award(uuid, boolean, text) IS
-'Internal: approves (posts the points) or rejects a pending award, under the account''s lock; does nothing to an award that is not pending.';
-
-CREATE FUNCTION @extschema@.approve_award(award_id uuid, note text DEFAULT NULL)
-RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_variable
-DECLARE
-    st text;
+    w record;
 BEGIN
     IF award_id IS NULL THEN
         RAISE EXCEPTION 'award_id must not be NULL'
@@ -379,20 +369,75 @@ BEGIN
                   DETAIL = 'award_id is what loyalty.award() returned.',
                   HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
     END IF;
-    PERFORM @extschema@._decide_award(award_id, true, note);
-    SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
-    IF st IS NULL THEN
+    SELECT x.program_id, x.account_key::text AS account_key, x.award_no INTO w
+    FROM @extschema@.award x WHERE x.award_id = award_id;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'award_id names no award'
             USING ERRCODE = 'no_data_found',
                   DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
                   HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
-    ELSIF st = 'rejected' THEN
+    END IF;
+    RETURN @extschema@._on_account_node('decide_award', w.program_id, w.account_key,
+                                        ARRAY[w.award_no::text, award_id::text, approve::text, note, SESSION_USER::text]);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_award(uuid, boolean, text) IS
+'Internal: finds an award by its id and decides it on the node holding its account (loyalty._decide_award_in); returns the status.';
+
+-- A decision on an award (args: award_no, award_id, approve, note, the
+-- deciding session user), on the account's node, under the account's lock:
+-- an approval posts the points; a decision is final, the same one again
+-- changes nothing.  Returns the award's status.
+CREATE FUNCTION @extschema@._decide_award_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    award_no bigint := args[1]::bigint;
+    approve boolean := args[3]::boolean;
+    awards text := @extschema@._table('award');
+    w record;
+    st text;
+    entry bigint;
+BEGIN
+    PERFORM @extschema@._lock_for_debit(program_id, account_key);
+    EXECUTE pg_catalog.format('SELECT x.status, x.points, x.quantity, x.action, x.reference, x.member_id FROM %s x'
+                              ' WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' AND x.award_no OPERATOR(pg_catalog.=) $3', awards)
+    INTO w USING program_id, account_key, award_no;
+    IF approve AND w.status = 'rejected' THEN
         RAISE EXCEPTION 'the award was rejected and cannot be approved'
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('Award %s was rejected; a decision on an award is final.', award_id),
+                  DETAIL = pg_catalog.format('Award %s was rejected; a decision on an award is final.', args[2]),
                   HINT = 'Record the event again with a new reference if it is genuine.';
+    ELSIF NOT approve AND w.status = 'approved' THEN
+        RAISE EXCEPTION 'the award was approved and cannot be rejected'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Award %s was approved and its points posted; a decision on an award is final.', args[2]),
+                  HINT = 'Take the points back with an adjustment if the approval was a mistake.';
+    ELSIF w.status IS DISTINCT FROM 'pending' THEN
+        RETURN w.status;        -- the same decision again
     END IF;
+    IF approve THEN
+        entry := @extschema@._post_member(program_id, account_key, 'award', w.points,
+                                          pg_catalog.format('%s x %s', w.quantity, w.action) || coalesce(' ref ' || w.reference, ''),
+                                          w.member_id);
+    END IF;
+    st := CASE WHEN approve THEN 'approved' ELSE 'rejected' END;
+    EXECUTE pg_catalog.format('UPDATE %s x SET status = $4, decided_at = pg_catalog.now(), decided_by = $5, note = $6,'
+                              ' posted_xid = CASE WHEN $7 IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = $7'
+                              ' WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' AND x.award_no OPERATOR(pg_catalog.=) $3', awards)
+    USING program_id, account_key, award_no, st, args[5], args[4], entry;
     RETURN st;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_award_in(integer, text, text[]) IS
+'Internal: approves (posts the points) or rejects a pending award (args: award_no, award_id, approve, note, decided_by) on the node holding the account, under its lock; a decision is final (the other one is refused, the same one changes nothing). Returns the status.';
+
+CREATE FUNCTION @extschema@.approve_award(award_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._decide_award(award_id, true, note);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.approve_award(uuid, text) IS
@@ -401,30 +446,8 @@ COMMENT ON FUNCTION @extschema@.approve_award(uuid, text) IS
 CREATE FUNCTION @extschema@.reject_award(award_id uuid, note text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_variable
-DECLARE
-    st text;
 BEGIN
-    IF award_id IS NULL THEN
-        RAISE EXCEPTION 'award_id must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'award_id is what loyalty.award() returned.',
-                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
-    END IF;
-    PERFORM @extschema@._decide_award(award_id, false, note);
-    SELECT w.status INTO st FROM @extschema@.award w WHERE w.award_id = award_id;
-    IF st IS NULL THEN
-        RAISE EXCEPTION 'award_id names no award'
-            USING ERRCODE = 'no_data_found',
-                  DETAIL = pg_catalog.format('No award has id %s; award_id is what loyalty.award() returned.', award_id),
-                  HINT = 'Pending awards: SELECT award_id FROM loyalty.award WHERE status = ''pending''.';
-    ELSIF st = 'approved' THEN
-        RAISE EXCEPTION 'the award was approved and cannot be rejected'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('Award %s was approved and its points posted; a decision on an award is final.', award_id),
-                  HINT = 'Take the points back with an adjustment if the approval was a mistake.';
-    END IF;
-    RETURN st;
+    RETURN @extschema@._decide_award(award_id, false, note);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.reject_award(uuid, text) IS
@@ -452,6 +475,7 @@ COMMENT ON FUNCTION @extschema@._action_counts(integer, text, date, date) IS
 REVOKE ALL ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date, text),
                       @extschema@.award(text, text, text, date, text, text, integer),
                       @extschema@._decide_award(uuid, boolean, text),
+                      @extschema@._award_in(integer, text, text[]), @extschema@._decide_award_in(integer, text, text[]),
                       @extschema@.approve_award(uuid, text), @extschema@.reject_award(uuid, text),
                       @extschema@._action_counts(integer, text, date, date) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.set_action_rule(text, text, bigint, boolean, bigint, text, date, text) TO loyalty_admin;

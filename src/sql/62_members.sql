@@ -59,17 +59,18 @@ DECLARE
     n bigint := @extschema@._post($1, $2, $3, $4, $5, member_id => $6, corrects_xid => $7, corrects => $8);
 BEGIN
     IF n IS NOT NULL AND $6 IS NOT NULL THEN
-        INSERT INTO @extschema@.member_points AS m (program_id, account_key, member_id, points, earned, spent, entry_count)
-        VALUES ($1, ($2 OPERATOR(pg_catalog.||) '')::@extschema@.account_key, $6, $4,
-                CASE WHEN $3 OPERATOR(pg_catalog.<>) 'redeem' THEN $4 ELSE 0 END,
-                CASE WHEN $3 OPERATOR(pg_catalog.=) 'redeem' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)
-        ON CONFLICT ON CONSTRAINT member_points_pkey DO UPDATE
-        SET points = m.points OPERATOR(pg_catalog.+) excluded.points,
-            earned = m.earned OPERATOR(pg_catalog.+) excluded.earned,
-            spent = m.spent OPERATOR(pg_catalog.+) excluded.spent,
-            -- the inserted row's default, now(): on Citus the SET of an
-            -- upsert into a distributed table may call no volatile function
-            entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = excluded.updated_at;
+        EXECUTE pg_catalog.format(
+            'INSERT INTO %s AS m (program_id, account_key, member_id, points, earned, spent, entry_count)'
+            ' VALUES ($1, $2::@extschema@.account_key, $3, $4,'
+            '         CASE WHEN $5 OPERATOR(pg_catalog.<>) ''redeem'' THEN $4 ELSE 0 END,'
+            '         CASE WHEN $5 OPERATOR(pg_catalog.=) ''redeem'' THEN OPERATOR(pg_catalog.-) $4 ELSE 0 END, 1)'
+            ' ON CONFLICT (program_id, account_key, member_id) DO UPDATE'
+            ' SET points = m.points OPERATOR(pg_catalog.+) excluded.points,'
+            '     earned = m.earned OPERATOR(pg_catalog.+) excluded.earned,'
+            '     spent = m.spent OPERATOR(pg_catalog.+) excluded.spent,'
+            '     entry_count = m.entry_count OPERATOR(pg_catalog.+) 1, updated_at = excluded.updated_at',
+            @extschema@._table('member_points'))
+        USING $1, $2, $6, $4, $3;
     END IF;
     RETURN n;
 END

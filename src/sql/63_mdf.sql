@@ -195,11 +195,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     pid integer;
-    no bigint;
-    prior @extschema@.mdf_claim;
-    wallet numeric;
-    reserved numeric;
-    id uuid;
 BEGIN
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
@@ -239,86 +234,160 @@ BEGIN
                   HINT = 'Give the claim''s identifier, or NULL when there is none.';
     END IF;
 
-    no := @extschema@._lock_for_debit(pid, account_key);
-    PERFORM @extschema@._await_postings(pid, account_key);
-    IF reference IS NOT NULL THEN
-        SELECT * INTO prior FROM @extschema@.mdf_claim c
-        WHERE c.program_id = pid AND c.account_key = account_key::@extschema@.account_key AND c.reference = reference;
-        IF FOUND THEN
-            IF prior.amount <> amount OR prior.purpose <> purpose THEN
-                RAISE EXCEPTION 'reference "%" of account "%" was already claimed for another amount or purpose', reference, account_key
-                    USING ERRCODE = 'duplicate_object',
-                          DETAIL = pg_catalog.format('It claimed %s for %s.', prior.amount, pg_catalog.quote_literal(prior.purpose)),
-                          HINT = 'A reference names one claim; give a new claim its own reference.';
-            END IF;
-            RETURN prior.claim_id;      -- the same claim again
-        END IF;
-    END IF;
-    SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = pid AND b.account_key = account_key::@extschema@.account_key;
-    SELECT coalesce(pg_catalog.sum(c.amount), 0) INTO reserved FROM @extschema@.mdf_claim c
-    WHERE c.program_id = pid AND c.account_key = account_key::@extschema@.account_key AND c.status = 'pending';
-    IF coalesce(wallet, 0) - reserved < amount THEN
-        RAISE EXCEPTION 'account "%" has % of MDF available, % claimed', account_key, coalesce(wallet, 0) - reserved, amount
-            USING ERRCODE = 'LY001',
-                  DETAIL = pg_catalog.format('The wallet holds %s, of which pending claims reserve %s; it never goes below zero.',
-                                             coalesce(wallet, 0), reserved),
-                  HINT = 'Nothing was claimed. Claim less, or after the next settlement credits the wallet.';
-    END IF;
-    INSERT INTO @extschema@.mdf_claim AS c (program_id, account_key, claim_no, amount, purpose, reference)
-    VALUES (pid, (account_key OPERATOR(pg_catalog.||) '')::@extschema@.account_key, no, amount, purpose, reference)
-    RETURNING c.claim_id INTO id;
-    RETURN id;
+    -- the reference, the wallet and the claim: on the account's node
+    RETURN @extschema@._on_account_node('claim_mdf', pid, account_key, ARRAY[amount::text, purpose, reference])::uuid;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.claim_mdf(text, text, numeric, text, text) IS
 'Claims an amount from an account''s MDF wallet, pending an operator''s approval; returns the claim''s id. The amount must be available: the wallet less the pending claims (SQLSTATE LY001 otherwise, nothing written). Idempotent by reference.';
 
-CREATE FUNCTION @extschema@._decide_mdf_claim(claim_id uuid, approve boolean, note text)
-RETURNS void
+-- The MDF wallet of an account: its folded balance and the deltas not
+-- folded yet, over loyalty's tables or the account's shards (_table).
+CREATE FUNCTION @extschema@._mdf_wallet(program_id integer, account_key text) RETURNS numeric
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_variable
 DECLARE
-    c @extschema@.mdf_claim;
+    wallet numeric;
+BEGIN
+    EXECUTE pg_catalog.format(
+        'SELECT coalesce(pg_catalog.sum(u.mdf), 0) FROM'
+        ' (SELECT f.mdf FROM %s f WHERE f.program_id OPERATOR(pg_catalog.=) $1 AND f.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+        '  UNION ALL'
+        '  SELECT d.mdf FROM %s d WHERE d.program_id OPERATOR(pg_catalog.=) $1 AND d.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key) u',
+        @extschema@._table('balance_folded'), @extschema@._table('balance_delta'))
+    INTO wallet USING $1, $2;
+    RETURN wallet;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._mdf_wallet(integer, text) IS
+'Internal: the MDF money of an account (folded balance plus the deltas not folded yet), over loyalty''s tables or, on a Citus worker, the account''s shards.';
+
+-- claim_mdf's account part (args: amount, purpose, reference), on the
+-- account's node: under the account's lock, once the postings in flight
+-- are in, the reference, the wallet less the pending claims, the claim.
+CREATE FUNCTION @extschema@._claim_mdf_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    amount numeric := args[1]::numeric;
+    purpose text := args[2];
+    reference text := args[3];
+    claims text := @extschema@._table('mdf_claim');
+    no bigint;
+    prior_id uuid;
+    prior_amount numeric;
+    prior_purpose text;
+    wallet numeric;
+    reserved numeric;
+    id uuid;
+BEGIN
+    no := @extschema@._lock_for_debit(program_id, account_key);
+    PERFORM @extschema@._await_postings(program_id, account_key);
+    IF reference IS NOT NULL THEN
+        EXECUTE pg_catalog.format('SELECT c.claim_id, c.amount, c.purpose FROM %s c WHERE c.program_id OPERATOR(pg_catalog.=) $1'
+                                  ' AND c.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key AND c.reference OPERATOR(pg_catalog.=) $3',
+                                  claims)
+        INTO prior_id, prior_amount, prior_purpose USING program_id, account_key, reference;
+        IF prior_id IS NOT NULL THEN
+            IF prior_amount <> amount OR prior_purpose <> purpose THEN
+                RAISE EXCEPTION 'reference "%" of account "%" was already claimed for another amount or purpose', reference, account_key
+                    USING ERRCODE = 'duplicate_object',
+                          DETAIL = pg_catalog.format('It claimed %s for %s.', prior_amount, pg_catalog.quote_literal(prior_purpose)),
+                          HINT = 'A reference names one claim; give a new claim its own reference.';
+            END IF;
+            RETURN prior_id;      -- the same claim again
+        END IF;
+    END IF;
+    wallet := @extschema@._mdf_wallet(program_id, account_key);
+    EXECUTE pg_catalog.format('SELECT coalesce(pg_catalog.sum(c.amount), 0) FROM %s c WHERE c.program_id OPERATOR(pg_catalog.=) $1'
+                              ' AND c.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key AND c.status OPERATOR(pg_catalog.=) ''pending''',
+                              claims)
+    INTO reserved USING program_id, account_key;
+    IF wallet - reserved < amount THEN
+        RAISE EXCEPTION 'account "%" has % of MDF available, % claimed', account_key, wallet - reserved, amount
+            USING ERRCODE = 'LY001',
+                  DETAIL = pg_catalog.format('The wallet holds %s, of which pending claims reserve %s; it never goes below zero.',
+                                             wallet, reserved),
+                  HINT = 'Nothing was claimed. Claim less, or after the next settlement credits the wallet.';
+    END IF;
+    EXECUTE pg_catalog.format('INSERT INTO %s AS c (program_id, account_key, claim_no, amount, purpose, reference)'
+                              ' VALUES ($1, $2::@extschema@.account_key, $3, $4, $5, $6) RETURNING c.claim_id', claims)
+    INTO id USING program_id, account_key, no, amount, purpose, reference;
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._claim_mdf_in(integer, text, text[]) IS
+'Internal: loyalty.claim_mdf''s account part (args: amount, purpose, reference) on the node holding the account: under its lock, once the postings in flight are in, returns the claim of the same reference or files a new one if the wallet less the pending claims covers it (LY001 otherwise).';
+
+-- A decision on a claim (args: claim_no, claim_id, approve, note, the
+-- deciding session user), on the account's node, under the account's lock:
+-- an approval pays from the wallet if it still holds the amount (LY001
+-- otherwise, the claim stays pending); a decision is final, the same one
+-- again changes nothing.  Returns the claim's status.
+CREATE FUNCTION @extschema@._decide_mdf_claim_in(program_id integer, account_key text, args text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claim_no bigint := args[1]::bigint;
+    claim_id uuid := args[2]::uuid;
+    approve boolean := args[3]::boolean;
+    claims text := @extschema@._table('mdf_claim');
+    st text;
+    amount numeric;
+    purpose text;
+    reference text;
     wallet numeric;
     entry bigint;
 BEGIN
-    SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    PERFORM @extschema@._lock_for_debit(c.program_id, c.account_key::text);
-    PERFORM @extschema@._await_postings(c.program_id, c.account_key::text);
-    SELECT * INTO c FROM @extschema@.mdf_claim x
-    WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
-    IF c.status <> 'pending' THEN
-        RETURN;
+    PERFORM @extschema@._lock_for_debit(program_id, account_key);
+    PERFORM @extschema@._await_postings(program_id, account_key);
+    EXECUTE pg_catalog.format('SELECT c.status, c.amount, c.purpose, c.reference FROM %s c WHERE c.program_id OPERATOR(pg_catalog.=) $1'
+                              ' AND c.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key AND c.claim_no OPERATOR(pg_catalog.=) $3',
+                              claims)
+    INTO st, amount, purpose, reference USING program_id, account_key, claim_no;
+    IF approve AND st = 'rejected' THEN
+        RAISE EXCEPTION 'the MDF claim was rejected and cannot be approved'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Claim %s was rejected; a decision on a claim is final.', claim_id),
+                  HINT = 'File a new claim if it is genuine.';
+    ELSIF NOT approve AND st = 'approved' THEN
+        RAISE EXCEPTION 'the MDF claim was approved and cannot be rejected'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = pg_catalog.format('Claim %s was paid from the wallet; a decision on a claim is final.', claim_id),
+                  HINT = 'Nothing to do.';
+    ELSIF st IS DISTINCT FROM 'pending' THEN
+        RETURN st;              -- the same decision again
     END IF;
     IF approve THEN
-        SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
-        IF coalesce(wallet, 0) < c.amount THEN
-            RETURN;             -- the caller reports it
+        wallet := @extschema@._mdf_wallet(program_id, account_key);
+        IF wallet < amount THEN
+            RAISE EXCEPTION 'account "%" has % of MDF, the claim asks %', account_key, wallet, amount
+                USING ERRCODE = 'LY001',
+                      DETAIL = pg_catalog.format('Claim %s stays pending: the MDF wallet never goes below zero.', claim_id),
+                      HINT = 'The claim stays pending: approve it after the next settlement credits the wallet, or reject it.';
         END IF;
-        entry := @extschema@._post(c.program_id, c.account_key::text, 'mdf', 0,
-                                   pg_catalog.format('mdf claim: %s', c.purpose) || coalesce(' ref ' || c.reference, ''),
-                                   mdf => -c.amount);
+        entry := @extschema@._post(program_id, account_key, 'mdf', 0,
+                                   pg_catalog.format('mdf claim: %s', purpose) || coalesce(' ref ' || reference, ''),
+                                   mdf => -amount);
     END IF;
-    UPDATE @extschema@.mdf_claim x
-    SET status = CASE WHEN approve THEN 'approved' ELSE 'rejected' END, decided_at = pg_catalog.now(),
-        decided_by = SESSION_USER, note = _decide_mdf_claim.note,
-        posted_xid = CASE WHEN entry IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = entry
-    WHERE x.program_id = c.program_id AND x.account_key = c.account_key AND x.claim_no = c.claim_no;
+    st := CASE WHEN approve THEN 'approved' ELSE 'rejected' END;
+    EXECUTE pg_catalog.format('UPDATE %s x SET status = $4, decided_at = pg_catalog.now(), decided_by = $5, note = $6,'
+                              ' posted_xid = CASE WHEN $7 IS NOT NULL THEN pg_catalog.pg_current_xact_id() END, entry_no = $7'
+                              ' WHERE x.program_id OPERATOR(pg_catalog.=) $1 AND x.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
+                              ' AND x.claim_no OPERATOR(pg_catalog.=) $3', claims)
+    USING program_id, account_key, claim_no, st, args[5], args[4], entry;
+    RETURN st;
 END
 $$;
-COMMENT ON FUNCTION @extschema@._decide_mdf_claim(uuid, boolean, text) IS
-'Internal: approves (pays from the wallet, if it still holds the amount) or rejects a pending MDF claim, under the account''s lock; does nothing to a claim that is not pending.';
+COMMENT ON FUNCTION @extschema@._decide_mdf_claim_in(integer, text, text[]) IS
+'Internal: approves (pays from the wallet, if it still holds the amount; LY001 otherwise) or rejects a pending MDF claim (args: claim_no, claim_id, approve, note, decided_by) on the node holding the account, under its lock; a decision is final (the other one is refused, the same one changes nothing). Returns the status.';
 
-CREATE FUNCTION @extschema@.approve_mdf_claim(claim_id uuid, note text DEFAULT NULL)
+-- A decision on a claim given by its id: its account is found where the
+-- call is made (on Citus a query over every shard), the decision is made on
+-- the account's node.  Returns the claim's status.
+CREATE FUNCTION @extschema@._decide_mdf_claim(claim_id uuid, approve boolean, note text)
 RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    c @extschema@.mdf_claim;
-    wallet numeric;
+    c record;
 BEGIN
     IF claim_id IS NULL THEN
         RAISE EXCEPTION 'claim_id must not be NULL'
@@ -326,26 +395,26 @@ BEGIN
                   DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
                   HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
     END IF;
-    PERFORM @extschema@._decide_mdf_claim(claim_id, true, note);
-    SELECT * INTO c FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
+    SELECT x.program_id, x.account_key::text AS account_key, x.claim_no INTO c
+    FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'claim_id names no MDF claim'
             USING ERRCODE = 'no_data_found',
                   DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
                   HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
-    ELSIF c.status = 'rejected' THEN
-        RAISE EXCEPTION 'the MDF claim was rejected and cannot be approved'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('Claim %s was rejected; a decision on a claim is final.', claim_id),
-                  HINT = 'File a new claim if it is genuine.';
-    ELSIF c.status = 'pending' THEN
-        SELECT b.mdf INTO wallet FROM @extschema@.balance b WHERE b.program_id = c.program_id AND b.account_key = c.account_key;
-        RAISE EXCEPTION 'account "%" has % of MDF, the claim asks %', c.account_key, coalesce(wallet, 0), c.amount
-            USING ERRCODE = 'LY001',
-                  DETAIL = pg_catalog.format('Claim %s stays pending: the MDF wallet never goes below zero.', claim_id),
-                  HINT = 'The claim stays pending: approve it after the next settlement credits the wallet, or reject it.';
     END IF;
-    RETURN c.status;
+    RETURN @extschema@._on_account_node('decide_mdf_claim', c.program_id, c.account_key,
+                                        ARRAY[c.claim_no::text, claim_id::text, approve::text, note, SESSION_USER::text]);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._decide_mdf_claim(uuid, boolean, text) IS
+'Internal: finds an MDF claim by its id and decides it on the node holding its account (loyalty._decide_mdf_claim_in); returns the status.';
+
+CREATE FUNCTION @extschema@.approve_mdf_claim(claim_id uuid, note text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._decide_mdf_claim(claim_id, true, note);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.approve_mdf_claim(uuid, text) IS
@@ -354,30 +423,8 @@ COMMENT ON FUNCTION @extschema@.approve_mdf_claim(uuid, text) IS
 CREATE FUNCTION @extschema@.reject_mdf_claim(claim_id uuid, note text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_variable
-DECLARE
-    st text;
 BEGIN
-    IF claim_id IS NULL THEN
-        RAISE EXCEPTION 'claim_id must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'claim_id is what loyalty.claim_mdf() returned.',
-                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
-    END IF;
-    PERFORM @extschema@._decide_mdf_claim(claim_id, false, note);
-    SELECT x.status INTO st FROM @extschema@.mdf_claim x WHERE x.claim_id = claim_id;
-    IF st IS NULL THEN
-        RAISE EXCEPTION 'claim_id names no MDF claim'
-            USING ERRCODE = 'no_data_found',
-                  DETAIL = pg_catalog.format('No claim has id %s; claim_id is what loyalty.claim_mdf() returned.', claim_id),
-                  HINT = 'Pending claims: SELECT claim_id FROM loyalty.mdf_claim WHERE status = ''pending''.';
-    ELSIF st = 'approved' THEN
-        RAISE EXCEPTION 'the MDF claim was approved and cannot be rejected'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = pg_catalog.format('Claim %s was paid from the wallet; a decision on a claim is final.', claim_id),
-                  HINT = 'Nothing to do.';
-    END IF;
-    RETURN st;
+    RETURN @extschema@._decide_mdf_claim(claim_id, false, note);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.reject_mdf_claim(uuid, text) IS
@@ -386,6 +433,8 @@ COMMENT ON FUNCTION @extschema@.reject_mdf_claim(uuid, text) IS
 REVOKE ALL ON FUNCTION @extschema@._settle_mdf(integer, date, date),
                       @extschema@.claim_mdf(text, text, numeric, text, text),
                       @extschema@._decide_mdf_claim(uuid, boolean, text),
+                      @extschema@._mdf_wallet(integer, text), @extschema@._claim_mdf_in(integer, text, text[]),
+                      @extschema@._decide_mdf_claim_in(integer, text, text[]),
                       @extschema@.approve_mdf_claim(uuid, text), @extschema@.reject_mdf_claim(uuid, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.claim_mdf(text, text, numeric, text, text),
                           @extschema@.approve_mdf_claim(uuid, text), @extschema@.reject_mdf_claim(uuid, text) TO loyalty_operator;
