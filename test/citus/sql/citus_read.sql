@@ -173,8 +173,8 @@ SELECT count(*) AS sales_rows_differing
   FULL JOIN (SELECT customer AS account_key, sum(amount) AS revenue FROM erp.rsales GROUP BY 1) e USING (account_key)
  WHERE s.revenue IS DISTINCT FROM e.revenue;
 SELECT count(*) AS attachment_facts FROM loyalty.attachment_facts('Read Club');
--- MDF claims are debits, which wait for postings in flight on the account's
--- node: not built for a distributed layout, refused with what to do
+-- an MDF claim runs on the account's node (citus_wallets): this program
+-- credits no MDF, so the wallet is empty
 SELECT loyalty.claim_mdf('Read Club', 'R-006', 10, 'ads');
 SELECT count(*) AS benefit_rows FROM loyalty.account_benefits b JOIN loyalty.program p USING (program_id)
  WHERE p.name = 'Read Club' AND b.tier IS NOT NULL;

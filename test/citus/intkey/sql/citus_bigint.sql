@@ -473,6 +473,34 @@ SELECT count(*) AS accounts_differing
  WHERE w.points - coalesce(r.spent, 0) IS DISTINCT FROM b.points;
 SELECT * FROM loyalty.verify('Big Club');
 
+-- A cancelled redemption, awards and an MDF claim on bigint keys: their
+-- account part is routed to the account's node by the key in its own type
+-- (citus_wallets checks them on text keys)
+SELECT redemption_id AS big_r FROM loyalty.redemption WHERE program_id = :pid AND account_key = 5000002999 \gset
+SELECT loyalty.cancel_redemption(:'big_r');
+SELECT loyalty.set_action_rule('Big Club', 'webinar', 25, valid_from => '2025-01-01');
+SELECT loyalty.award('Big Club', '5000000042', 'webinar', '2025-03-01') IS NOT NULL AS awarded;
+SELECT loyalty.award('Big Club', '9223372036854775807', 'webinar', '2025-03-01', reference => 'crm-1') IS NOT NULL AS awarded;
+SELECT loyalty.award('Big Club', '9223372036854775807', 'webinar', '2025-03-01', reference => 'crm-1') IS NOT NULL AS same_event;
+SELECT loyalty.claim_mdf('Big Club', '5000000042', 1.00, 'ads');     -- no MDF credited: the wallet is empty
+SELECT account_key, pg_typeof(account_key) AS key_type, points, status FROM loyalty.award WHERE program_id = :pid ORDER BY 1;
+SELECT account_key, status FROM loyalty.redemption WHERE program_id = :pid ORDER BY 1, redemption_no;
+-- balances: the rows' points, less what stays redeemed, plus the awards
+SELECT count(*) AS accounts_differing
+  FROM (SELECT customer_id AS account_key, sum(earns) AS points FROM erp.orders_earned GROUP BY 1) w
+  LEFT JOIN (SELECT account_key, sum(points)::bigint AS spent FROM loyalty.redemption
+              WHERE program_id = :pid AND status <> 'cancelled' GROUP BY 1) r USING (account_key)
+  LEFT JOIN (VALUES (5000000042::bigint, 25), (9223372036854775807, 25)) a(account_key, awarded) USING (account_key)
+  FULL JOIN (SELECT account_key, points FROM loyalty.balance WHERE program_id = :pid) b USING (account_key)
+ WHERE w.points - coalesce(r.spent, 0) + coalesce(a.awarded, 0) IS DISTINCT FROM b.points;
+SELECT sum(result::int) AS award_and_cancel_entries
+  FROM pg_catalog.run_command_on_shards('loyalty.ledger', $$SELECT count(*) FROM %s WHERE kind IN ('award', 'redeem') AND points > 0$$);
+SELECT sum(result::int) AS with_their_nodes_xid
+  FROM pg_catalog.run_command_on_shards('loyalty.ledger',
+       $$SELECT count(*) FROM %s WHERE kind IN ('award', 'redeem') AND points > 0
+            AND (posted_xid::text::bigint %% 4294967296)::text = xmin::text$$);
+SELECT * FROM loyalty.verify('Big Club');
+
 -- A key that is no bigint: refused with its SQLSTATE, nothing written.
 \set VERBOSITY sqlstate
 SELECT * FROM loyalty.balance('Big Club', 'abc');
