@@ -130,7 +130,7 @@ loyalty_await_account(int32 program_id, text *account_key)
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("the balance deltas of account \"%s\" are not on this node", text_to_cstring(account_key)),
 					 errdetail("On Citus, a debit waits for the postings in flight on the node holding the account's shard, with that node's transaction ids."),
-					 errhint("loyalty.redeem() called as a statement of its own, outside BEGIN ... COMMIT, runs on the account's node; other debits (MDF claims) are not built for a distributed layout.")));
+					 errhint("loyalty.redeem() runs on the account's node when called as a statement of its own, outside BEGIN ... COMMIT; the other debits send their account part there themselves.")));
 	}
 	if (!OidIsValid(relid))
 		relid = get_relname_relid("balance_delta", get_namespace_oid("loyalty", false));

@@ -56,6 +56,11 @@ SELECT f.claims_filed, f.amount = c.amount AS amounts_agree
 SELECT loyalty.claim_mdf('Wallet Club', 'W-07', round(mdf * 0.7, 2), 'Showroom') FROM credited WHERE account_key = 'W-07';
 SELECT loyalty.claim_mdf('Wallet Club', 'W-09', 1.00, 'Showroom', 'portal-W-09');   -- the reference of another claim
 SELECT loyalty.claim_mdf('Wallet Club', 'W-99', 1.00, 'Showroom');                  -- not enrolled
+-- what the portal types goes to the account's node as it was typed
+SELECT loyalty.claim_mdf('Wallet Club', 'W-12', 0.50, $$10% off 'spring' %s \ fair$$, $$ref-'%'$$) AS odd_claim \gset
+SELECT purpose, reference, amount FROM loyalty.mdf_claim WHERE claim_id = :'odd_claim';
+SELECT loyalty.reject_mdf_claim(:'odd_claim', $$note %% 'x'$$);
+SELECT status, note FROM loyalty.mdf_claim WHERE claim_id = :'odd_claim';
 -- approve the even accounts' claims, reject the odd ones'
 SELECT count(*) FILTER (WHERE s = 'approved') AS approved, count(*) FILTER (WHERE s = 'rejected') AS rejected
   FROM (SELECT CASE WHEN right(account_key, 2)::int % 2 = 0 THEN loyalty.approve_mdf_claim(claim_id, 'ok')
