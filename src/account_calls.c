@@ -39,20 +39,7 @@ static const char *const steps[] = {"claim_mdf", "decide_mdf_claim", "cancel_red
 static const char *
 step_of(text *name)
 {
-	char	   *s = text_to_cstring(name);
-	size_t		i;
-
-	for (i = 0; i < lengthof(steps); i++)
-		if (strcmp(s, steps[i]) == 0)
-			return steps[i];
-	elog(ERROR, "loyalty has no account step \"%s\"", s);
-	return NULL;				/* keep compiler quiet */
-}
-
-static Oid
-account_table(void)
-{
-	return get_relname_relid("account", get_namespace_oid("loyalty", false));
+	return reconcile_step(name, steps, lengthof(steps), "account step");
 }
 
 /*
@@ -146,7 +133,7 @@ loyalty_on_account_node(PG_FUNCTION_ARGS)
 		elog(ERROR, "loyalty._on_account_node takes a step, a program and an account");
 	step = step_of(PG_GETARG_TEXT_PP(0));
 	SPI_connect();
-	n = reconcile_shard_calls(account_table(), text_to_cstring(PG_GETARG_TEXT_PP(2)),
+	n = reconcile_shard_calls(reconcile_account_table(), text_to_cstring(PG_GETARG_TEXT_PP(2)),
 							  shard_call(step, PG_GETARG_INT32(1), text_to_cstring(PG_GETARG_TEXT_PP(2)),
 										 PG_ARGISNULL(3) ? NULL : PG_GETARG_ARRAYTYPE_P(3)),
 							  &sqls);
@@ -190,7 +177,7 @@ loyalty_account_shard_call(PG_FUNCTION_ARGS)
 	SPI_connect();
 	PG_TRY();
 	{
-		if (reconcile_enter_shard(PG_GETARG_TEXT_PP(4), &shard) != account_table())
+		if (reconcile_enter_shard(PG_GETARG_TEXT_PP(4), &shard) != reconcile_account_table())
 			elog(ERROR, "%s is not a shard of loyalty.account", text_to_cstring(PG_GETARG_TEXT_PP(4)));
 		result = run_step(step, PG_GETARG_DATUM(1), PG_GETARG_DATUM(2), PG_GETARG_DATUM(3), PG_ARGISNULL(3));
 	}

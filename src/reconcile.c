@@ -1577,6 +1577,30 @@ shards_reconcile(ReturnSetInfo *rsi, const Target *t, bool backfill, DateADT sin
 	return n > 0;
 }
 
+/* loyalty.account, whose shards the calls routed per account or per shard group go to. */
+Oid
+reconcile_account_table(void)
+{
+	return get_relname_relid("account", get_namespace_oid("loyalty", false));
+}
+
+/*
+ * The step a routed call names, one of steps (n of them), as the constant
+ * string of the list; an error for any other name.
+ */
+const char *
+reconcile_step(text *name, const char *const *steps, int n, const char *what)
+{
+	char	   *s = text_to_cstring(name);
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(s, steps[i]) == 0)
+			return steps[i];
+	elog(ERROR, "loyalty has no %s \"%s\"", what, s);
+	return NULL;				/* keep compiler quiet */
+}
+
 /*
  * The table a Citus shard (given by name) is a shard of, on this node;
  * from now on the firing shard, whose co-located shards loyalty_table

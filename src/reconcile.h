@@ -31,6 +31,8 @@ extern int	reconcile_owner_query(const char *sql, int nargs, Oid *argtypes,
 /* Restates accounts of an attachment (all when n is 0) from since's month, latest snapshot. */
 extern int	reconcile_shard_calls(Oid source, const char *account, const char *call, char ***sqls);
 extern Oid	reconcile_enter_shard(text *name, Oid *shard);
+extern Oid	reconcile_account_table(void);
+extern const char *reconcile_step(text *name, const char *const *steps, int n, const char *what);
 extern void reconcile_restate(int32 attachment_id, char **accounts, int n, DateADT since,
 							  const char *what);
 

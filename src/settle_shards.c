@@ -33,20 +33,7 @@ static const char *const steps[] = {"expiry", "rebates", "rebate_estimates", "md
 static const char *
 step_of(text *name)
 {
-	char	   *s = text_to_cstring(name);
-	size_t		i;
-
-	for (i = 0; i < lengthof(steps); i++)
-		if (strcmp(s, steps[i]) == 0)
-			return steps[i];
-	elog(ERROR, "loyalty has no settlement step \"%s\" on shards", s);
-	return NULL;				/* keep compiler quiet */
-}
-
-static Oid
-account_table(void)
-{
-	return get_relname_relid("account", get_namespace_oid("loyalty", false));
+	return reconcile_step(name, steps, lengthof(steps), "settlement step");
 }
 
 /*
@@ -89,7 +76,7 @@ loyalty_settle_shards(PG_FUNCTION_ARGS)
 	step = step_of(PG_GETARG_TEXT_PP(0));
 	program = PG_GETARG_INT32(1);
 	SPI_connect();
-	n = reconcile_shard_calls(account_table(), NULL,
+	n = reconcile_shard_calls(reconcile_account_table(), NULL,
 							  psprintf("loyalty._settle_shard('%s', %d, %s, %s, %%s)",
 									   step, program, date_constant(fcinfo, 2), date_constant(fcinfo, 3)),
 							  &sqls);
@@ -185,7 +172,7 @@ loyalty_settle_shard(PG_FUNCTION_ARGS)
 		bool		isnull;
 		Datum		d;
 
-		if (logical != account_table())
+		if (logical != reconcile_account_table())
 			elog(ERROR, "%s is not a shard of loyalty.account", text_to_cstring(PG_GETARG_TEXT_PP(4)));
 		reconcile_owner_query(shard_step_sql(step), 3, argtypes, args, nulls, false);
 		if (SPI_processed == 1)
