@@ -5733,8 +5733,9 @@ DROP FUNCTION @extschema@._mdf_rate(integer, text, date);
 -- loyalty._on_account_node (src/account_calls.c): on one server right
 -- there, on Citus routed to the node holding the account's shard group,
 -- where it posts with that node's transaction ids (src/sql/45_postings.sql,
--- 60_rewards.sql, 61_actions.sql, 63_mdf.sql).  _post, _post_member and
--- _lock_for_debit address loyalty's tables through loyalty._table.
+-- 60_rewards.sql, 61_actions.sql, 63_mdf.sql).  _post and _lock_for_debit
+-- become C (src/postings.c: a plan per backend and shard), _post_member
+-- addresses member_points through loyalty._table.
 -- _decide_award and _decide_mdf_claim now return the status.
 -- ---------------------------------------------------------------------------
 DROP FUNCTION @extschema@._decide_award(uuid, boolean, text);
@@ -5766,54 +5767,10 @@ CREATE OR REPLACE FUNCTION @extschema@._post(
     corrects_xid xid8 DEFAULT NULL,
     corrects     bigint DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    n bigint := @extschema@._ledger_number();
-BEGIN
-    IF kind = ANY ('{earn,reverse,bonus,cap,backfill,restate}'::@extschema@.ledger_kind[]) THEN
-        RAISE EXCEPTION 'ledger kind % is posted by accrual only', kind
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'Accrual kinds are derived from invoice rows and checked against them by verify().';
-    END IF;
-    IF coalesce(points, 0) = 0 AND coalesce(rebate, 0) = 0 AND coalesce(mdf, 0) = 0 THEN
-        RETURN NULL;            -- nothing to post
-    END IF;
-    -- loyalty._table: on Citus, inside _account_shard, the account's shards
-    EXECUTE pg_catalog.format('INSERT INTO %s AS l (program_id, account_key, entry_no, kind, points, rebate, mdf,'
-                              ' member_id, corrects, corrects_xid, reason)'
-                              ' VALUES ($1, $2::@extschema@.account_key, $3, $4, $5, $6, $7, $8, $9, $10, $11)',
-                              @extschema@._table('ledger'))
-    USING $1, $2, n, $3, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0), $8, $10, $9, $5;
-    EXECUTE pg_catalog.format('INSERT INTO %s AS d (program_id, account_key, delta_no, points, rebate, mdf, entry_count)'
-                              ' VALUES ($1, $2::@extschema@.account_key, $3, $4, $5, $6, 1)',
-                              @extschema@._table('balance_delta'))
-    USING $1, $2, n, coalesce($4, 0), coalesce($6, 0), coalesce($7, 0);
-    RETURN n;
-END
-$$;
+AS 'MODULE_PATHNAME', 'loyalty_post' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION @extschema@._lock_for_debit(program_id integer, account_key text) RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    n bigint;
-    program_name text;
-BEGIN
-    EXECUTE pg_catalog.format('UPDATE %s a SET debit_no = a.debit_no OPERATOR(pg_catalog.+) 1'
-                              ' WHERE a.program_id OPERATOR(pg_catalog.=) $1 AND a.account_key OPERATOR(pg_catalog.=) $2::@extschema@.account_key'
-                              ' RETURNING a.debit_no', @extschema@._table('account'))
-    INTO n USING $1, $2;
-    IF n IS NULL THEN
-        EXECUTE pg_catalog.format('SELECT p.name FROM %s p WHERE p.program_id OPERATOR(pg_catalog.=) $1',
-                                  @extschema@._table('program'))
-        INTO program_name USING $1;
-        RAISE EXCEPTION 'account "%" is not enrolled in program "%"', $2, program_name
-            USING ERRCODE = 'no_data_found',
-                  DETAIL = 'Only enrolled accounts have balances to spend from.',
-                  HINT = 'Enrol it with loyalty.enroll(); accounts enrolled automatically appear after loyalty.fold().';
-    END IF;
-    RETURN n;
-END
-$$;
+AS 'MODULE_PATHNAME', 'loyalty_lock_for_debit' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION @extschema@._post_member(
     program_id   integer,

@@ -44,21 +44,30 @@ step_of(text *name)
 
 /*
  * Runs the step's function with ($1 program, $2 account, $3 args) as the
- * extension owner; its text result, copied out of SPI (NULL for none).
- * The caller is connected to SPI.
+ * extension owner, by a plan kept for the backend's life; its text result,
+ * copied out of SPI (NULL for none).  The caller is connected to SPI.
  */
 static text *
 run_step(const char *step, Datum program, Datum account, Datum args, bool args_null)
 {
+	static SPIPlanPtr plans[lengthof(steps)];
 	Oid			argtypes[3] = {INT4OID, TEXTOID, TEXTARRAYOID};
 	Datum		values[3] = {program, account, args};
 	char		nulls[4] = "   ";
 	bool		isnull = true;
 	Datum		d = (Datum) 0;
+	OwnerScope	scope;
+	int			i;
 
+	for (i = 0; steps[i] != step; i++)
+		;
+	if (plans[i] == NULL)
+		plans[i] = loyalty_prepare(psprintf("SELECT loyalty.%s($1, $2, $3)::pg_catalog.text",
+											quote_identifier(psprintf("_%s_in", step))), 3, argtypes);
 	nulls[2] = args_null ? 'n' : ' ';
-	reconcile_owner_query(psprintf("SELECT loyalty.%s($1, $2, $3)::pg_catalog.text", quote_identifier(psprintf("_%s_in", step))),
-						  3, argtypes, values, nulls, false);
+	loyalty_enter_owner(&scope);
+	loyalty_spi_check(SPI_execute_plan(plans[i], values, nulls, false, 0), SPI_OK_SELECT, "run an account step");
+	loyalty_leave_owner(&scope);
 	if (SPI_processed == 1)
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? NULL : DatumGetTextP(SPI_datumTransfer(d, false, -1));
