@@ -210,12 +210,18 @@ PG_FUNCTION_INFO_V1(loyalty_table_name);
 Datum
 loyalty_table_name(PG_FUNCTION_ARGS)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	char	   *name;
+	char	   *table;
 
 	if (PG_ARGISNULL(0))
 		elog(ERROR, "loyalty._table takes a table name");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	if (!OidIsValid(get_relname_relid(name, get_namespace_oid("loyalty", false))))
 		elog(ERROR, "loyalty has no table \"%s\"", name);
-	PG_RETURN_TEXT_P(cstring_to_text(loyalty_table(name)));
+	/* a connection of its own: on Citus the reference tables' placements are read */
+	SPI_connect();
+	table = MemoryContextStrdup(cxt, loyalty_table(name));
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(table));
 }
