@@ -185,6 +185,12 @@ SELECT loyalty.approve_award(:'approve_me') AS again;
 SELECT loyalty.approve_award(:'reject_me');
 SELECT loyalty.reject_award(:'approve_me');
 \set VERBOSITY default
+-- an account key with a quote, a % and a backslash is routed by its value
+SELECT loyalty.enroll('Wallet Club', $$O'Neil %s 100% \$$) IS NOT NULL AS enrolled;
+SELECT loyalty.award('Wallet Club', $$O'Neil %s 100% \$$, 'training', '2025-02-05', reference => $$it's 50%$$) AS odd_award \gset
+SELECT loyalty.approve_award(:'odd_award');
+SELECT account_key, points, reference, status FROM loyalty.award WHERE award_id = :'odd_award';
+SELECT points FROM loyalty.balance WHERE program_id = :wid AND account_key = $$O'Neil %s 100% \$$;
 SELECT account_key, reference, points, capped, status, decided_by = session_user AS by_this_user
   FROM loyalty.award WHERE program_id = :wid ORDER BY 1, 2;
 SELECT account_key, sum(points) AS awarded FROM loyalty.ledger WHERE program_id = :wid AND kind = 'award' GROUP BY 1 ORDER BY 1;
