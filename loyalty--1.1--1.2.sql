@@ -5735,7 +5735,8 @@ DROP FUNCTION @extschema@._mdf_rate(integer, text, date);
 -- where it posts with that node's transaction ids (src/sql/45_postings.sql,
 -- 60_rewards.sql, 61_actions.sql, 63_mdf.sql).  _post and _lock_for_debit
 -- become C (src/postings.c: a plan per backend and shard), _post_member
--- addresses member_points through loyalty._table.
+-- addresses member_points through loyalty._table.  A call Citus sent into
+-- a query on a shard is refused (_refuse_shard_query).
 -- _decide_award and _decide_mdf_claim now return the status.
 -- ---------------------------------------------------------------------------
 DROP FUNCTION @extschema@._decide_award(uuid, boolean, text);
@@ -5754,6 +5755,20 @@ CREATE OR REPLACE FUNCTION @extschema@._account_shard(step text, program_id inte
 AS 'MODULE_PATHNAME', 'loyalty_account_shard_call' LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._account_shard(text, integer, text, text[], text) IS
 'Internal: on a Citus worker, inside the query _on_account_node routed there, loyalty._<step>_in over the shards co-located with the given shard of loyalty.account; returns its result as text.';
+
+CREATE OR REPLACE FUNCTION @extschema@._refuse_shard_query(fn text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.current_setting('application_name') LIKE 'citus\_internal gpid=%' THEN
+        RAISE EXCEPTION '% cannot run inside a query on a Citus shard', fn
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Citus sent the call to a worker with a query over one of loyalty''s distributed tables; the call finds its account and sends the account''s part to its node itself.',
+                  HINT = 'Read the ids first (a temporary table, \gset, the application), then call it in a statement of its own, e.g. SELECT loyalty.approve_award(award_id) FROM my_ids.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._refuse_shard_query(text) IS
+'Internal: refuses (0A000) a call of fn that Citus sent to a worker inside a query on a shard, where the account steps cannot run.';
 
 CREATE OR REPLACE FUNCTION @extschema@._post(
     program_id   integer,
@@ -5939,6 +5954,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c record;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query(CASE WHEN approve THEN 'loyalty.approve_mdf_claim()' ELSE 'loyalty.reject_mdf_claim()' END);
     IF claim_id IS NULL THEN
         RAISE EXCEPTION 'claim_id must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -5972,6 +5988,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query('loyalty.claim_mdf()');
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -6038,6 +6055,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d record;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query('loyalty.cancel_redemption()');
     IF redemption_id IS NULL THEN
         RAISE EXCEPTION 'redemption_id must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -6218,6 +6236,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     w record;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query(CASE WHEN approve THEN 'loyalty.approve_award()' ELSE 'loyalty.reject_award()' END);
     IF award_id IS NULL THEN
         RAISE EXCEPTION 'award_id must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -6256,6 +6275,7 @@ DECLARE
     day date;
     rule @extschema@.action_rule;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query('loyalty.award()');
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -6336,7 +6356,7 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION @extschema@._table(text), @extschema@._on_account_node(text, integer, text, text[]),
-                      @extschema@._account_shard(text, integer, text, text[], text),
+                      @extschema@._account_shard(text, integer, text, text[], text), @extschema@._refuse_shard_query(text),
                       @extschema@._mdf_wallet(integer, text), @extschema@._claim_mdf_in(integer, text, text[]),
                       @extschema@._decide_mdf_claim_in(integer, text, text[]), @extschema@._decide_mdf_claim(uuid, boolean, text),
                       @extschema@._cancel_redemption_in(integer, text, text[]), @extschema@._award_in(integer, text, text[]),

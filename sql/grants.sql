@@ -204,6 +204,7 @@ INSERT INTO decision VALUES
 ('loyalty._settle_mdf(integer,date,date)', '', false, true, 'internal: MDF accrual at settlement'),
 ('loyalty._decide_mdf_claim(uuid,boolean,text)', '', false, true, 'internal: approval or rejection of an MDF claim'),
 ('loyalty._mdf_in(integer,date,date,regclass,regclass,regclass,regclass,regclass,regclass)', '', false, true, 'internal: settlement''s MDF credit over given tables (loyalty''s, or a Citus shard group)'),
+('loyalty._refuse_shard_query(text)', '', false, true, 'internal: refuses an account step Citus sent into a query on a shard'),
 ('loyalty._table(text)', '', false, true, 'internal: a table of loyalty as the account steps address it (its shard on a Citus worker)'),
 ('loyalty._on_account_node(text,integer,text,text[])', '', false, true, 'internal: an account step here, or routed to the account''s Citus node'),
 ('loyalty._account_shard(text,integer,text,text[],text)', '', false, true, 'internal: an account step on a Citus worker, over the account''s shards'),

@@ -62,3 +62,22 @@ AS 'MODULE_PATHNAME', 'loyalty_account_shard_call' LANGUAGE C VOLATILE SET searc
 COMMENT ON FUNCTION @extschema@._account_shard(text, integer, text, text[], text) IS
 'Internal: on a Citus worker, inside the query _on_account_node routed there, loyalty._<step>_in over the shards co-located with the given shard of loyalty.account; returns its result as text.';
 
+-- A call Citus sent into a query on a shard (SELECT loyalty.approve_award(id)
+-- FROM loyalty.award ...: Citus pushes the call down with the query) runs on
+-- a worker, inside the shard's task, where it can neither read loyalty's
+-- distributed tables nor route its account part: refused, saying what to do
+-- instead.  Citus's own connections name themselves citus_internal.
+CREATE FUNCTION @extschema@._refuse_shard_query(fn text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.current_setting('application_name') LIKE 'citus\_internal gpid=%' THEN
+        RAISE EXCEPTION '% cannot run inside a query on a Citus shard', fn
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Citus sent the call to a worker with a query over one of loyalty''s distributed tables; the call finds its account and sends the account''s part to its node itself.',
+                  HINT = 'Read the ids first (a temporary table, \gset, the application), then call it in a statement of its own, e.g. SELECT loyalty.approve_award(award_id) FROM my_ids.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._refuse_shard_query(text) IS
+'Internal: refuses (0A000) a call of fn that Citus sent to a worker inside a query on a shard, where the account steps cannot run.';
+

@@ -178,6 +178,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d record;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query('loyalty.cancel_redemption()');
     IF redemption_id IS NULL THEN
         RAISE EXCEPTION 'redemption_id must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',

@@ -212,6 +212,7 @@ DECLARE
     day date;
     rule @extschema@.action_rule;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query('loyalty.award()');
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -363,6 +364,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     w record;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query(CASE WHEN approve THEN 'loyalty.approve_award()' ELSE 'loyalty.reject_award()' END);
     IF award_id IS NULL THEN
         RAISE EXCEPTION 'award_id must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',

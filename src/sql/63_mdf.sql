@@ -196,6 +196,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pid integer;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query('loyalty.claim_mdf()');
     IF program IS NULL THEN
         RAISE EXCEPTION 'program must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -389,6 +390,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c record;
 BEGIN
+    PERFORM @extschema@._refuse_shard_query(CASE WHEN approve THEN 'loyalty.approve_mdf_claim()' ELSE 'loyalty.reject_mdf_claim()' END);
     IF claim_id IS NULL THEN
         RAISE EXCEPTION 'claim_id must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',

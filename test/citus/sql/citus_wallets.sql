@@ -140,8 +140,9 @@ SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Wallet Club', 'W-31', 'CAP
 SELECT r IS NOT NULL AS redeemed FROM loyalty.redeem('Wallet Club', 'W-32', 'CAP', 1) r;
 SELECT stock AS before_cancel FROM loyalty.reward WHERE program_id = :wid AND reward_id = 'CAP';
 -- called in a query over loyalty.redemption itself, Citus pushes the call
--- into the shard queries, where it cannot run (as for explain_points)...
+-- into the shard queries, where it cannot run: refused, saying so...
 SELECT loyalty.cancel_redemption(redemption_id) FROM loyalty.redemption WHERE program_id = :wid AND account_key = 'W-30';
+SELECT loyalty.reject_mdf_claim(claim_id) FROM loyalty.mdf_claim WHERE program_id = :wid AND status = 'pending';
 -- ...the ids read first (a temporary table, \gset), it runs
 CREATE TEMP TABLE to_cancel AS
 SELECT redemption_id, account_key FROM loyalty.redemption WHERE program_id = :wid AND account_key IN ('W-30', 'W-31');
