@@ -63,7 +63,8 @@ await_deltas(Relation rel, Relation idx, int32 program_id, text *account_key)
 {
 	ScanKeyData sk[2];
 	IndexScanDesc scan;
-	FullTransactionId horizon = full_xid_before(ReadNextFullTransactionId(), RecentXmin);
+	FullTransactionId next = ReadNextFullTransactionId();
+	FullTransactionId horizon = full_xid_before(next, RecentXmin);
 	FullTransactionId mine = GetTopFullTransactionIdIfAny();
 	TransactionId last = InvalidTransactionId;
 	int			waited = 0;
@@ -87,6 +88,14 @@ await_deltas(Relation rel, Relation idx, int32 program_id, text *account_key)
 			continue;
 		fxid = DatumGetFullTransactionId(d);
 		xid = XidFromFullTransactionId(fxid);
+		/*
+		 * Not this node's transaction at all: on Citus, a row written on
+		 * another node (copied into its shard by distribute(), or by a shard
+		 * move) keeps that node's id, which may be past this node's next one.
+		 * Rows are copied committed: nothing to wait for.
+		 */
+		if (!FullTransactionIdPrecedes(fxid, next))
+			continue;
 		if (FullTransactionIdPrecedes(fxid, horizon) || FullTransactionIdEquals(fxid, mine) ||
 			TransactionIdEquals(xid, last) || !TransactionIdIsInProgress(xid))
 			continue;

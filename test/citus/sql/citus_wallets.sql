@@ -211,3 +211,29 @@ SELECT loyalty.fold('Wallet Club') > 0 AS folded;
 SELECT count(*) AS balances_changed_by_fold
   FROM before_fold f FULL JOIN (SELECT account_key, points, mdf FROM loyalty.balance WHERE program_id = :wid) b USING (account_key)
  WHERE (f.points, f.mdf) IS DISTINCT FROM (b.points, b.mdf);
+
+-- A shard group moved to the other worker keeps its rows' transaction ids,
+-- which are the first node's: ids this node may not have reached yet.  A
+-- claim there waits only for this node's transactions still posting.
+SELECT p.nodeport AS src, (SELECT min(nodeport) FROM pg_catalog.pg_dist_node
+                            WHERE groupid > 0 AND nodeport <> p.nodeport) AS dst,
+       p.shardid AS moving
+  FROM pg_catalog.pg_dist_shard_placement p
+ WHERE p.shardid = pg_catalog.get_shard_id_for_distribution_column('loyalty.account', 'W-50') \gset
+-- the first node runs ahead: 3,000 transaction ids more than the other
+SELECT dblink_connect('src', format('host=127.0.0.1 port=%s dbname=%s', :src, current_database()));
+SELECT dblink_exec('src', $$CREATE TABLE burn (i int)$$);
+SELECT dblink_exec('src', $b$DO $d$ BEGIN FOR i IN 1..3000 LOOP BEGIN INSERT INTO burn VALUES (i); RAISE EXCEPTION 'next'; EXCEPTION WHEN raise_exception THEN NULL; END; END LOOP; END $d$$b$);
+SELECT dblink_exec('src', $$DROP TABLE burn$$);
+SELECT dblink_disconnect('src');
+-- a posting of W-50 there, with one of those ids, then the move
+SELECT loyalty.claim_mdf('Wallet Club', 'W-50', 1.00, 'Before the move') AS before_move \gset
+SELECT loyalty.approve_mdf_claim(:'before_move');
+SELECT pg_catalog.citus_move_shard_placement(:moving, '127.0.0.1', :src, '127.0.0.1', :dst, shard_transfer_mode => 'block_writes');
+SELECT nodeport = :dst AS moved FROM pg_catalog.pg_dist_shard_placement WHERE shardid = :moving;
+SELECT loyalty.claim_mdf('Wallet Club', 'W-50', 1.00, 'After the move') IS NOT NULL AS claimed_after_the_move;
+SELECT r IS NOT NULL AS redeemed_after_the_move FROM loyalty.redeem('Wallet Club', 'W-50', 'CAP') r;
+SELECT b.mdf = c.mdf - k.amount - 1.00 AS w50_wallet_right
+  FROM loyalty.balance b, credited c, claims k
+ WHERE b.program_id = :wid AND b.account_key = 'W-50' AND c.account_key = 'W-50' AND k.account_key = 'W-50';
+SELECT count(*) AS verify_findings FROM loyalty.verify('Wallet Club');
