@@ -5725,7 +5725,6 @@ COMMENT ON FUNCTION @extschema@._settle_mdf(integer, date, date) IS
 'Internal: credits the MDF wallets for a settlement period (called by loyalty.settle): per account, the qualifying spend of the document months from period_start''s to period_end''s (both days included) times the MDF rate of its tier at period_end, rounded to cents; accounts already credited for the period are skipped (loyalty._mdf_in; on Citus on each shard group''s node). Returns the total credited.';
 
 DROP FUNCTION @extschema@._mdf_rate(integer, text, date);
-
 -- ---------------------------------------------------------------------------
 -- The writes of one account that an operator or a portal calls (MDF claims
 -- and their decisions, cancel_redemption, award and its decisions) run
@@ -6361,3 +6360,11 @@ REVOKE ALL ON FUNCTION @extschema@._table(text), @extschema@._on_account_node(te
                       @extschema@._decide_mdf_claim_in(integer, text, text[]), @extschema@._decide_mdf_claim(uuid, boolean, text),
                       @extschema@._cancel_redemption_in(integer, text, text[]), @extschema@._award_in(integer, text, text[]),
                       @extschema@._decide_award_in(integer, text, text[]), @extschema@._decide_award(uuid, boolean, text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
+-- On a Citus worker, ledger entry numbers start at the node's group times
+-- 2^40 (src/ledger.c): a shard holds rows written on other nodes (copied
+-- from the coordinator by distribute(), or moved by the rebalancer), whose
+-- (posted_xid, entry_no) must never be repeated by this node's postings.
+-- ---------------------------------------------------------------------------
+COMMENT ON COLUMN @extschema@.ledger.entry_no IS 'Entry number within the posting transaction (posted_xid), from 1 (on a Citus worker from its node group times 2^40, plus 1: transaction ids are each node''s own, and a shard holds rows written on other nodes too); with the account and posted_xid it identifies the entry. No sequence and no per-account counter is involved, so postings never wait for each other.';

@@ -124,6 +124,27 @@ shard_call(const char *step, int32 program, const char *account, ArrayType *args
 	return buf.data;
 }
 
+/*
+ * Makes the account's node a part of this transaction before the routed
+ * call: Citus sends a query it sees as a read (the call is a SELECT) to a
+ * worker outside any transaction there when the caller has none open on
+ * it, and the call's writes would commit at once, whatever became of the
+ * caller's statement.  A write to the account's row (it sets debit_no to
+ * itself, under the row lock the account part takes anyway) opens the
+ * worker's transaction, which Citus commits or rolls back with the
+ * caller's, and ties the account's shard group to that connection, where
+ * the routed call then runs.
+ */
+static void
+join_on_node(int32 program, const char *account)
+{
+	reconcile_owner_query(psprintf("UPDATE loyalty.account a SET debit_no = a.debit_no"
+								   " WHERE a.program_id OPERATOR(pg_catalog.=) %d"
+								   " AND a.account_key OPERATOR(pg_catalog.=) %s::loyalty.account_key",
+								   program, quote_literal_cstr(account)),
+						  0, NULL, NULL, NULL, false);
+}
+
 PG_FUNCTION_INFO_V1(loyalty_on_account_node);
 /*
  * loyalty._on_account_node(step, program, account, args): the step's
@@ -154,6 +175,7 @@ loyalty_on_account_node(PG_FUNCTION_ARGS)
 		Datum		d = (Datum) 0;
 
 		Assert(n == 1);
+		join_on_node(PG_GETARG_INT32(1), text_to_cstring(PG_GETARG_TEXT_PP(2)));
 		reconcile_owner_query(sqls[0], 0, NULL, NULL, NULL, false);
 		if (SPI_processed == 1)
 			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

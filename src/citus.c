@@ -17,6 +17,7 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -47,6 +48,38 @@ loyalty_citus_installed(void)
 		asked = MyProc->lxid;
 	}
 	return installed;
+}
+
+/*
+ * This node's Citus group (0 on the coordinator, and on a server without
+ * Citus).  Read once per backend: a node's group is set when it joins the
+ * cluster and never changes.  A group of 0 is read again at the next call
+ * (a backend of a worker that joined since).
+ */
+int32
+loyalty_node_group(void)
+{
+	static int32 group = 0;
+	static LocalTransactionId asked = InvalidLocalTransactionId;
+
+	if (group != 0 || asked == MyProc->lxid || !loyalty_citus_installed())
+		return group;
+	asked = MyProc->lxid;
+	if (!OidIsValid(get_relname_relid("pg_dist_local_group", PG_CATALOG_NAMESPACE)))
+		return group;
+	SPI_connect();
+	loyalty_spi_check(SPI_execute("SELECT g.groupid FROM pg_catalog.pg_dist_local_group g", true, 1),
+					  SPI_OK_SELECT, "read this node's Citus group");
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			group = DatumGetInt32(d);
+	}
+	SPI_finish();
+	return group;
 }
 
 /*

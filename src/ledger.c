@@ -166,8 +166,14 @@ prepare_plans(void)
 /*
  * Numbers for ledger entries and balance deltas, from 1 within the top
  * transaction: unique with the transaction's id, and handed out without a
- * sequence or a row that two transactions would both have to lock.
+ * sequence or a row that two transactions would both have to lock.  On a
+ * Citus worker they start at the node's group times 2^40: transaction ids
+ * are each node's own, and an account's shard holds rows of other nodes
+ * too (copied from the coordinator by distribute(), or moved from another
+ * worker), whose (posted_xid, entry_no) a posting here must never repeat.
+ * On one server and on the coordinator (group 0) they start at 1.
  */
+#define NODE_ENTRY_BITS 40
 int64
 ledger_numbers(int count)
 {
@@ -179,7 +185,7 @@ ledger_numbers(int count)
 	if (!FullTransactionIdEquals(now, xid))
 	{
 		xid = now;
-		next = 1;
+		next = ((int64) loyalty_node_group() << NODE_ENTRY_BITS) + 1;
 	}
 	first = next;
 	next += count;

@@ -61,6 +61,7 @@ extern Datum *loyalty_array_items(Datum array, Oid elemtype, const char *prefix,
 extern bool loyalty_citus_installed(void);
 extern bool loyalty_citus_hash_table(Oid relid);
 extern bool loyalty_citus_distributed(void);
+extern int32 loyalty_node_group(void);
 extern Oid	loyalty_account_shard(const char *name, text *account_key);
 extern Oid	loyalty_trigger_table(Relation rel);
 typedef struct ShardPlan

@@ -300,7 +300,7 @@ CREATE TABLE @extschema@.ledger (
 COMMENT ON TABLE @extschema@.ledger IS 'Append-only journal of every movement. Nothing is updated or deleted; corrections are new entries. Wallets are columns: points, qualifying (tier spend), rebate and mdf (money).';
 COMMENT ON COLUMN @extschema@.ledger.program_id IS 'The program.';
 COMMENT ON COLUMN @extschema@.ledger.account_key IS 'The account.';
-COMMENT ON COLUMN @extschema@.ledger.entry_no IS 'Entry number within the posting transaction (posted_xid), from 1; with the account and posted_xid it identifies the entry. No sequence and no per-account counter is involved, so postings never wait for each other.';
+COMMENT ON COLUMN @extschema@.ledger.entry_no IS 'Entry number within the posting transaction (posted_xid), from 1 (on a Citus worker from its node group times 2^40, plus 1: transaction ids are each node''s own, and a shard holds rows written on other nodes too); with the account and posted_xid it identifies the entry. No sequence and no per-account counter is involved, so postings never wait for each other.';
 COMMENT ON COLUMN @extschema@.ledger.kind IS 'earn / reverse: what an ERP statement''s new / old rows earn; bonus: on-time payment bonus; cap: points withheld (or given back) by a cap; backfill: history accrued by loyalty.backfill; restate: what an account''s documents earn differently after its enrolment date changed; redeem, expire, adjust, award, rebate, mdf.';
 COMMENT ON COLUMN @extschema@.ledger.points IS 'Points moved (negative for reversals, redemptions, expiry).';
 COMMENT ON COLUMN @extschema@.ledger.qualifying IS 'Tier-qualifying spend moved, in program currency.';

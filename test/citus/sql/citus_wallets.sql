@@ -113,6 +113,12 @@ SELECT b.mdf = c.mdf - k.amount - 1.00 AS w10_paid
   FROM loyalty.balance b, credited c, claims k
  WHERE b.program_id = :wid AND b.account_key = 'W-10' AND c.account_key = 'W-10' AND k.account_key = 'W-10';
 
+-- One statement that claims three times and fails at the third: nothing
+-- of it stays, on any node
+SELECT loyalty.claim_mdf('Wallet Club', k, CASE WHEN k = 'W-53' THEN 1000000 ELSE 1 END, 'Atomic')
+  FROM (VALUES ('W-51'), ('W-52'), ('W-53')) v(k);
+SELECT count(*) AS claims_of_the_failed_statement FROM loyalty.mdf_claim WHERE program_id = :wid AND purpose = 'Atomic';
+
 -- Two portals claim most of one wallet at once: the account's lock on its
 -- node lets one through; the other then finds the wallet spent.
 CREATE EXTENSION IF NOT EXISTS dblink;
@@ -236,4 +242,34 @@ SELECT r IS NOT NULL AS redeemed_after_the_move FROM loyalty.redeem('Wallet Club
 SELECT b.mdf = c.mdf - k.amount - 1.00 AS w50_wallet_right
   FROM loyalty.balance b, credited c, claims k
  WHERE b.program_id = :wid AND b.account_key = 'W-50' AND c.account_key = 'W-50' AND k.account_key = 'W-50';
+SELECT count(*) AS verify_findings FROM loyalty.verify('Wallet Club');
+
+-- ...and the moved rows' ids are ids this node will reach: postings of the
+-- same account with them must not repeat a moved entry's key (posted_xid,
+-- entry_no).  The node is run up to just below the id of W-50's entry from
+-- the first node, then 200 approvals of W-50 follow, one transaction each
+-- on this node, past that id: all are posted (one with an id a moved
+-- entry of W-50 has was refused as a duplicate key before entries were
+-- numbered per node).
+SELECT max(posted_xid::text::bigint) AS moved_xid FROM loyalty.ledger
+ WHERE program_id = :wid AND account_key = 'W-50' AND reason LIKE 'mdf claim: Before the move%' \gset
+SELECT dblink_connect('dst', format('host=127.0.0.1 port=%s dbname=%s', :dst, current_database()));
+SELECT dblink_exec('dst', $$CREATE TABLE burn (i int)$$);
+SELECT xid AS dst_xid FROM dblink('dst', $$SELECT pg_catalog.pg_current_xact_id()::text::bigint$$) AS t(xid bigint) \gset
+SELECT :moved_xid > :dst_xid + 60 AS first_node_was_ahead;
+SELECT dblink_exec('dst', format($b$DO $d$ BEGIN FOR i IN 1..%s LOOP BEGIN INSERT INTO burn VALUES (i); RAISE EXCEPTION 'next'; EXCEPTION WHEN raise_exception THEN NULL; END; END LOOP; END $d$$b$,
+                                 :moved_xid - :dst_xid - 60));
+SELECT dblink_exec('dst', $$DROP TABLE burn$$);
+SELECT dblink_disconnect('dst');
+CREATE TEMP TABLE near_claims AS
+SELECT g, loyalty.claim_mdf('Wallet Club', 'W-50', 0.01, 'Near ' || g) AS claim_id FROM generate_series(1, 200) g;
+-- (one statement each, their echo and results left out: they name ids)
+\set ECHO none
+\o /dev/null
+SELECT format('SELECT loyalty.approve_mdf_claim(%L)', claim_id) FROM near_claims ORDER BY g \gexec
+\o
+\set ECHO all
+SELECT count(*) AS approved FROM loyalty.mdf_claim WHERE program_id = :wid AND purpose LIKE 'Near %' AND status = 'approved';
+SELECT min(posted_xid::text::bigint) <= :moved_xid AND max(posted_xid::text::bigint) >= :moved_xid AS approvals_spanned_the_moved_id
+  FROM loyalty.ledger WHERE program_id = :wid AND account_key = 'W-50' AND reason LIKE 'mdf claim: Near%';
 SELECT count(*) AS verify_findings FROM loyalty.verify('Wallet Club');
