@@ -6362,6 +6362,507 @@ REVOKE ALL ON FUNCTION @extschema@._table(text), @extschema@._on_account_node(te
                       @extschema@._decide_award_in(integer, text, text[]), @extschema@._decide_award(uuid, boolean, text) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------
+-- A worker added after distribute().  loyalty.add_node(host, port) lays it
+-- out as distribute() laid out the others (src/sql/85_citus.sql); what
+-- distribute() does on each node becomes loyalty._prepare_node(key_type).
+-- Superuser only: nothing is granted.  loyalty.attachment gains
+-- names_at_attach, of a row type, which makes Citus copy the table to the
+-- new node as text: its regclass columns are resolved there by name.
+-- ---------------------------------------------------------------------------
+CREATE TYPE @extschema@.attached_names AS (source text, header text, product text);
+COMMENT ON TYPE @extschema@.attached_names IS 'The qualified names of an attachment''s source, header and product tables when loyalty.attach ran (loyalty.attachment.names_at_attach).';
+ALTER TABLE @extschema@.attachment ADD COLUMN names_at_attach @extschema@.attached_names;
+UPDATE @extschema@.attachment
+   SET names_at_attach = ROW(source_name, header::pg_catalog.text, product::pg_catalog.text)::@extschema@.attached_names;
+ALTER TABLE @extschema@.attachment ALTER COLUMN names_at_attach SET NOT NULL;
+COMMENT ON COLUMN @extschema@.attachment.names_at_attach IS 'The qualified names of source, header and product when attached, for the audit trail after a table is renamed or dropped. Its row type also makes Citus copy this table to a new node as text, so that source, header and product name that node''s own tables (see loyalty.add_node).';
+CREATE OR REPLACE FUNCTION @extschema@._attach(
+    source              regclass,
+    program             text,
+    account_column      text,
+    amount_column       text,
+    quantity_column     text,
+    date_column         text,
+    key_column          text,
+    product_line_column text,
+    currency_column     text,
+    doc_type_column     text,
+    credit_note_types   text[],
+    due_date_column     text,
+    paid_date_column    text,
+    amount_expression   text,
+    header              regclass,
+    header_key_column   text,
+    header_match_column text,
+    product             regclass,
+    line_product_column text,
+    product_id_column   text)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pid integer := @extschema@._program_id(program);
+    prog @extschema@.program;
+    keys text[];
+    dside regclass := coalesce(header, source);
+    dalias text := CASE WHEN header IS NULL THEN 's' ELSE 'h' END;
+    ints regtype[] := ARRAY['smallint', 'integer', 'bigint']::regtype[];
+    texts regtype[] := ARRAY['text', 'character varying', 'character']::regtype[];
+    nums regtype[] := ARRAY['numeric', 'smallint', 'integer', 'bigint']::regtype[];
+    dates regtype[] := ARRAY['date', 'timestamp without time zone', 'timestamp with time zone']::regtype[];
+    acc text; amt text; qty text; dat text; pl text; cur text; dt text; due text; paid text;
+    hk text; hm text; lp text; pk text;
+    id integer;
+    trg text;
+BEGIN
+    SELECT * INTO prog FROM @extschema@.program p WHERE p.program_id = pid;
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) = 'p' THEN
+        RAISE NOTICE 'rows written straight into a partition of % will not accrue', source
+            USING DETAIL = 'Statement triggers on a partitioned table see the rows written through it, not those written to a partition directly, and TRUNCATE of a partition is not refused.',
+                  HINT = 'Make the ERP write through the partitioned table.';
+    ELSIF (SELECT c.relkind FROM pg_class c WHERE c.oid = source) <> 'r' THEN
+        RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type',
+            DETAIL = 'source names the table whose rows earn points; attach creates triggers on it.',
+            HINT = 'Attach the table the ERP writes invoices or invoice lines to.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.program_id = pid AND x.source = _attach.source AND x.detached_at IS NULL) THEN
+        RAISE EXCEPTION 'program "%" is already attached to %', program, source USING ERRCODE = 'duplicate_object',
+            DETAIL = 'A program is attached to a table once.',
+            HINT = 'Detach it first with loyalty.detach() to change the mapping.';
+    END IF;
+    IF account_column IS NULL OR date_column IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN account_column IS NULL THEN 'account_column' ELSE 'date_column' END
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'account_column and date_column name the customer key and document date columns.',
+                  HINT = 'For example account_column => ''customer_id'', date_column => ''invoice_date''.';
+    END IF;
+    IF header IS NOT NULL THEN
+        IF header_key_column IS NULL THEN
+            RAISE EXCEPTION 'line_header_column must not be NULL when header is given' USING ERRCODE = 'null_value_not_allowed',
+                DETAIL = 'line_header_column names the column of the lines table that references the header table.',
+                HINT = 'Name it, e.g. line_header_column => ''invoice_id''.';
+        END IF;
+        hk := @extschema@._check_column(source, 'line_header_column', header_key_column, NULL, NULL);
+        hm := coalesce(header_match_column,
+                       (SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                        WHERE i.indrelid = header AND i.indisprimary AND i.indnatts = 1));
+        IF hm IS NULL THEN
+            RAISE EXCEPTION 'header % has no single-column primary key', header USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'header_id_column names the header''s column that the lines reference; by default its primary key.',
+                HINT = 'Name it with header_id_column, e.g. header_id_column => ''invoice_id''.';
+        END IF;
+        hm := @extschema@._check_column(header, 'header_id_column', hm, NULL, NULL);
+    END IF;
+
+    -- account, date and document columns live on the header when there is one
+    acc := @extschema@._check_column(dside, 'account_column', account_column, ints || texts, 'int, bigint or text');
+    dat := @extschema@._check_column(dside, 'date_column', date_column, dates, 'a date or timestamp');
+    cur := @extschema@._check_column(dside, 'currency_column', currency_column, texts, 'text');
+    dt := @extschema@._check_column(dside, 'doc_type_column', doc_type_column, texts || ints, 'text or integer');
+    due := @extschema@._check_column(dside, 'due_date_column', due_date_column, dates, 'a date or timestamp');
+    paid := @extschema@._check_column(dside, 'paid_date_column', paid_date_column, dates, 'a date or timestamp');
+    amt := @extschema@._check_column(source, 'amount_column', amount_column, nums, 'numeric or integer (money is never float)');
+    qty := @extschema@._check_column(source, 'quantity_column', quantity_column, nums || ARRAY['real', 'double precision']::regtype[], 'numeric');
+    -- the product line is a column of the product table when there is one
+    pl := @extschema@._check_column(coalesce(product, source), 'product_line_column', product_line_column, texts || ints, 'text or integer');
+    IF product IS NOT NULL THEN
+        IF line_product_column IS NULL OR product_line_column IS NULL THEN
+            RAISE EXCEPTION '% must not be NULL when product is given',
+                            CASE WHEN line_product_column IS NULL THEN 'line_product_column' ELSE 'product_line_column' END
+                USING ERRCODE = 'null_value_not_allowed',
+                      DETAIL = 'line_product_column names the lines'' column that references the product table; product_line_column the product table''s column that holds the product line.',
+                      HINT = 'For example product => ''erp.product'', line_product_column => ''product_id'', product_line_column => ''category_id''.';
+        END IF;
+        lp := @extschema@._check_column(source, 'line_product_column', line_product_column, NULL, NULL);
+        pk := @extschema@._check_column(product, 'product_id_column', product_id_column, NULL, NULL);
+    END IF;
+    -- each column as alias.column, quoted from its catalog name: s for the
+    -- source, h for the header; a timestamptz becomes a date in the time
+    -- zone in force at attach time, fixed in the mapping, so that no
+    -- session setting can move a document
+    acc := format('%I.%I', dalias, acc);
+    dat := @extschema@._as_local(dside, dat, format('%I.%I', dalias, dat), prog.time_zone);
+    cur := CASE WHEN cur IS NOT NULL THEN format('%I.%I', dalias, cur) END;
+    dt := CASE WHEN dt IS NOT NULL THEN format('%I.%I', dalias, dt) END;
+    due := CASE WHEN due IS NOT NULL THEN @extschema@._as_local(dside, due, format('%I.%I', dalias, due), prog.time_zone) END;
+    paid := CASE WHEN paid IS NOT NULL THEN @extschema@._as_local(dside, paid, format('%I.%I', dalias, paid), prog.time_zone) END;
+    amt := CASE WHEN amt IS NOT NULL THEN format('s.%I', amt) END;
+    qty := CASE WHEN qty IS NOT NULL THEN format('s.%I', qty) END;
+    pl := CASE WHEN pl IS NOT NULL THEN format('%I.%I', CASE WHEN product IS NULL THEN 's' ELSE 'p' END, pl) END;
+    IF (doc_type_column IS NULL) <> (credit_note_types IS NULL) THEN
+        RAISE EXCEPTION 'doc_type_column and credit_note_types go together' USING ERRCODE = 'invalid_parameter_value',
+            DETAIL = CASE WHEN doc_type_column IS NULL THEN 'credit_note_types was given without doc_type_column.'
+                          ELSE 'doc_type_column was given without credit_note_types.' END,
+            HINT = 'For example doc_type_column => ''doc_type'', credit_note_types => ''{CRN}''.';
+    END IF;
+    IF amount_expression IS NOT NULL THEN
+        IF amount_column IS NOT NULL THEN
+            RAISE EXCEPTION 'give amount_column or amount_expression, not both' USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'Both say where the amount comes from.',
+                HINT = 'Map a column with amount_column, or compute the amount with amount_expression.';
+        END IF;
+        amt := amount_expression;
+    END IF;
+    IF prog.basis = 'quantity' AND qty IS NULL THEN
+        RAISE EXCEPTION 'program "%" accrues per quantity: quantity_column is required', program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The program was created with basis => ''quantity'': points are paid per unit of the quantity column.',
+                  HINT = 'For example quantity_column => ''quantity''.';
+    END IF;
+    IF prog.basis = 'amount' AND amt IS NULL THEN
+        RAISE EXCEPTION 'program "%" accrues per amount: amount_column or amount_expression is required', program
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Points are paid per currency unit of the amount.',
+                  HINT = 'For example amount_column => ''amount'', or amount_expression => ''quantity * unit_price''.';
+    END IF;
+
+    -- the row key: given, or the primary key; it must be unique
+    IF key_column IS NOT NULL THEN
+        keys := (SELECT array_agg(btrim(k) ORDER BY o) FROM unnest(string_to_array(key_column, ',')) WITH ORDINALITY AS u(k, o));
+        PERFORM @extschema@._check_column(source, 'key_column', k, NULL, NULL) FROM unnest(keys) k;
+        IF NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL
+                       AND i.indexprs IS NULL
+                       AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                            WHERE a.attrelid = source AND a.attnum = ANY (i.indkey::int2[]))
+                           = (SELECT array_agg(k ORDER BY k) FROM unnest(keys) k)) THEN
+            RAISE EXCEPTION 'key columns (%) of % are not unique', key_column, source
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'key_column names the columns that identify a row: those of the primary key or of a unique index.',
+                      HINT = 'Name the columns of the primary key or of a unique index, e.g. key_column => ''invoice_id, line_no''.';
+        END IF;
+    ELSE
+        keys := (SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey::int2[], a.attnum))
+                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+                 WHERE i.indrelid = source AND i.indisprimary);
+        IF keys IS NULL THEN
+            RAISE EXCEPTION '% has no primary key', source USING ERRCODE = 'invalid_parameter_value',
+                DETAIL = 'key_column, by default the primary key, names the columns that identify a row.',
+                HINT = 'Name the columns of a unique index with key_column => ''col1, col2''.';
+        END IF;
+    END IF;
+
+    INSERT INTO @extschema@.attachment AS x (program_id, source, source_name, key_columns, account_expr, amount_expr,
+        quantity_expr, date_expr, product_line_expr, currency_expr, doc_type_expr, credit_note_types,
+        due_date_expr, paid_date_expr, header, header_key_column, header_match_column,
+        product, line_product_column, product_id_column, names_at_attach)
+    VALUES (pid, source, source::text, keys, acc, amt, qty, dat, pl, cur, dt, credit_note_types,
+            due, paid, header, hk, hm, product, lp, pk,
+            ROW(source::text, header::text, product::text)::@extschema@.attached_names)
+    RETURNING x.attachment_id INTO id;
+
+    trg := 'loyalty_accrual_' || id;
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_ins', source, id);
+    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_upd', source, id);
+    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS loyalty_old'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue(%s)', trg || '_del', source, id);
+    EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                   trg || '_truncate', source);
+    IF header IS NOT NULL THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header', header, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.accrue_header(%s)', trg || '_header_ins', header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE DELETE OR UPDATE OF %I ON %s FOR EACH ROW EXECUTE FUNCTION @extschema@.stash_header(%s)',
+                       trg || '_header_delete', hm, header, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                       trg || '_header_truncate', header);
+    END IF;
+    IF product IS NOT NULL THEN
+        -- a product's line changed, a product deleted, or inserted after
+        -- lines named it: its earlier line is kept for the documents dated
+        -- before the change (loyalty.product_history)
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_upd', product, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS loyalty_old'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_del', product, id);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS loyalty_new'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.track_product(%s)', trg || '_product_ins', product, id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._refuse_truncate()',
+                       trg || '_product_truncate', product);
+    END IF;
+    RETURN id;
+END
+$$;
+
+CREATE FUNCTION @extschema@._prepare_node(key_type regtype) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    undo text := '';
+    t    record;
+BEGIN
+    -- this node's own tables: nothing to send to other nodes
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    FOR t IN SELECT c.conrelid::regclass AS rel, c.conname
+               FROM pg_catalog.pg_constraint c
+               JOIN @extschema@._citus_layout() l ON l.table_name OPERATOR(pg_catalog.=) c.conrelid
+               JOIN @extschema@._citus_layout() f ON f.table_name OPERATOR(pg_catalog.=) c.confrelid
+              WHERE c.contype OPERATOR(pg_catalog.=) 'f'
+              ORDER BY 1::text, 2
+    LOOP
+        undo := undo || pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I;', t.rel, t.conname);
+    END LOOP;
+    FOR t IN SELECT pg_catalog.format('%I.%I', p.schemaname, p.tablename) AS rel FROM pg_catalog.pg_policies p
+              WHERE p.schemaname OPERATOR(pg_catalog.=) '@extschema@' AND p.policyname OPERATOR(pg_catalog.=) 'partner'
+    LOOP
+        undo := undo || pg_catalog.format('DROP POLICY IF EXISTS partner ON %s;', t.rel);
+    END LOOP;
+    IF undo OPERATOR(pg_catalog.<>) '' THEN
+        EXECUTE undo;
+    END IF;
+    PERFORM @extschema@._set_key_type(key_type);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._prepare_node(regtype) IS
+'Internal: on one node, from its own catalog, drops the foreign keys between loyalty''s tables and the partner policies, and gives the account keys key_type (loyalty._set_key_type): what distribute() does on every node, and add_node() on a new one.';
+
+CREATE FUNCTION @extschema@._unlink_detached() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    x    record;
+    rel  regclass;
+    kept regclass[];
+    n    integer := 0;
+BEGIN
+    -- read first, then written by id: once the attachments are a reference
+    -- table, Citus cannot plan a write of them that reads pg_dist_partition
+    FOR x IN EXECUTE 'SELECT a.attachment_id, a.source, a.header, a.product FROM @extschema@.attachment a'
+                  || ' WHERE a.detached_at IS NOT NULL ORDER BY a.attachment_id' LOOP
+        kept := '{}';
+        FOREACH rel IN ARRAY ARRAY[x.source, x.header, x.product] LOOP
+            IF rel IS NOT NULL AND rel OPERATOR(pg_catalog.<>) 0::pg_catalog.regclass THEN
+                EXECUTE 'SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_dist_partition p'
+                     || '   WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1'
+                     || '     AND (p.partmethod OPERATOR(pg_catalog.<>) ''n'' OR p.repmodel OPERATOR(pg_catalog.=) ''t''))'
+                     || ' THEN $1 ELSE 0::pg_catalog.regclass END'
+                   INTO rel USING rel;
+            END IF;
+            kept := kept || rel;
+        END LOOP;
+        IF kept IS DISTINCT FROM ARRAY[x.source, x.header, x.product] THEN
+            EXECUTE 'UPDATE @extschema@.attachment SET source = $2, header = $3, product = $4'
+                 || ' WHERE attachment_id OPERATOR(pg_catalog.=) $1'
+              USING x.attachment_id, kept[1], kept[2], kept[3];
+            n := n OPERATOR(pg_catalog.+) 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._unlink_detached() IS
+'Internal: on Citus, the source, header and product of detached attachments become ''-'' where the relation is not on every node (a table of the coordinator only, or dropped); their names stay in source_name and names_at_attach. distribute() and add_node() run it, since Citus copies loyalty.attachment to each node by the names of its relations.';
+
+CREATE OR REPLACE FUNCTION @extschema@.distribute(invoice regclass)
+RETURNS TABLE (table_name regclass, layout text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key_column text;
+    key_type   regtype;
+    fks        text[] := '{}';
+    role       text := pg_catalog.current_setting('session_replication_role');
+    t          record;
+    r          record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty.distribute() lays out loyalty''s tables on a Citus cluster.',
+                  HINT = 'On a single server nothing needs distributing; on Citus, CREATE EXTENSION citus first.';
+    END IF;
+    IF NOT (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname OPERATOR(pg_catalog.=) current_user) THEN
+        RAISE EXCEPTION 'permission denied to distribute loyalty''s tables'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'loyalty.distribute() alters the extension''s tables on every node.',
+                  HINT = 'Run it as a superuser, once, before attaching distributed tables.';
+    END IF;
+    EXECUTE 'SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey), a.atttypid::pg_catalog.regtype'
+         || ' FROM pg_catalog.pg_dist_partition p JOIN pg_catalog.pg_attribute a'
+         || '   ON a.attrelid OPERATOR(pg_catalog.=) p.logicalrelid'
+         || '  AND a.attname OPERATOR(pg_catalog.=) pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)'
+         || ' WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1 AND p.partmethod OPERATOR(pg_catalog.=) ''h'''
+       INTO key_column, key_type USING invoice;
+    IF key_column IS NULL THEN
+        RAISE EXCEPTION '% is not a hash-distributed table', invoice
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'invoice names the ERP table distributed by customer that loyalty''s tables are co-located with.',
+                  HINT = pg_catalog.format('SELECT create_distributed_table(%L, ''customer_id''), then loyalty.distribute(%L).',
+                                           invoice::text, invoice::text);
+    END IF;
+    IF key_type NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                        'pg_catalog.int8'::pg_catalog.regtype) THEN
+        RAISE EXCEPTION '% is distributed by %, a column of type %', invoice, pg_catalog.quote_ident(key_column), key_type
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty stores account keys as text, integer or bigint, and Citus co-locates only tables whose distribution columns have the same type.',
+                  HINT = 'Distribute the invoice table by a text, integer or bigint customer key; see "Running on Citus" in loyalty''s README.';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.attachment x WHERE x.detached_at IS NULL) THEN
+        RAISE EXCEPTION 'loyalty has attached tables'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Their triggers were created for tables on this node; distributing loyalty''s tables under them would accrue on shells.',
+                  HINT = 'Detach them (loyalty.detach()), distribute, then attach the distributed invoice table.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_dist_partition p
+                WHERE p.logicalrelid OPERATOR(pg_catalog.=) '@extschema@.account'::pg_catalog.regclass) THEN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p, pg_catalog.pg_dist_partition a
+                        WHERE p.logicalrelid OPERATOR(pg_catalog.=) invoice
+                          AND a.logicalrelid OPERATOR(pg_catalog.=) '@extschema@.account'::pg_catalog.regclass
+                          AND a.colocationid OPERATOR(pg_catalog.=) p.colocationid) THEN
+            RAISE EXCEPTION 'loyalty''s tables are distributed with another table'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = pg_catalog.format('%s is not co-located with loyalty.account.', invoice),
+                      HINT = 'Distribute the invoice table with colocate_with => ''loyalty.account''.';
+        END IF;
+        PERFORM @extschema@._citus_functions();
+        RETURN QUERY SELECT * FROM @extschema@._citus_layout();
+        RETURN;
+    END IF;
+
+    -- 1. the foreign keys to re-create once the tables are distributed (not
+    -- those of the local tables), then on every node the foreign keys and
+    -- partner policies dropped and the account keys in the type of the
+    -- invoice table's key (_prepare_node).  This node first, in this
+    -- transaction: a stored key that does not fit the type stops it here,
+    -- before the workers, whose part commits on its own.
+    FOR t IN SELECT pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass, c.conname,
+                                      pg_catalog.pg_get_constraintdef(c.oid)) AS def
+               FROM pg_catalog.pg_constraint c
+               JOIN @extschema@._citus_layout() l ON l.table_name OPERATOR(pg_catalog.=) c.conrelid
+               JOIN @extschema@._citus_layout() f ON f.table_name OPERATOR(pg_catalog.=) c.confrelid
+              WHERE c.contype OPERATOR(pg_catalog.=) 'f'
+                AND l.layout OPERATOR(pg_catalog.<>) 'local' AND f.layout OPERATOR(pg_catalog.<>) 'local'
+              ORDER BY c.conrelid::regclass::text, c.conname
+    LOOP
+        fks := fks || t.def;
+    END LOOP;
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    PERFORM @extschema@._prepare_node(key_type);
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'on', true);
+    FOR r IN EXECUTE 'SELECT w.nodename, w.nodeport, w.success, w.result'
+                  || ' FROM pg_catalog.run_command_on_workers($1) w'
+               USING pg_catalog.format('SET citus.enable_ddl_propagation = off; SELECT @extschema@._prepare_node(%L);', key_type)
+    LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'could not prepare loyalty''s tables on worker %:%', r.nodename, r.nodeport
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = r.result,
+                      HINT = 'Fix the worker (CREATE EXTENSION loyalty must have run there), then run loyalty.distribute() again; it picks up where it stopped.';
+        END IF;
+    END LOOP;
+
+    -- 2. reference and distributed tables (the cache triggers on the
+    -- configuration tables only invalidate this node's caches); detached
+    -- attachments of tables that stay on this node keep their names only,
+    -- since Citus copies the attachments to the workers by name
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    -- foreign keys to reference tables need one connection per node
+    PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    PERFORM @extschema@._unlink_detached();
+    FOR t IN SELECT * FROM @extschema@._citus_layout() l WHERE l.layout OPERATOR(pg_catalog.<>) 'local' LOOP
+        IF t.layout OPERATOR(pg_catalog.=) 'reference' THEN
+            EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t.table_name;
+        ELSE
+            EXECUTE 'SELECT pg_catalog.create_distributed_table($1, ''account_key'', colocate_with => $2)'
+              USING t.table_name, invoice::text;
+        END IF;
+    END LOOP;
+
+    -- 3. the foreign keys back, except those of the local tables: a
+    -- reference or distributed table may reference a reference table, and
+    -- a distributed one a co-located table on the account key
+    FOR t IN SELECT k.def FROM pg_catalog.unnest(fks) k(def) LOOP
+        EXECUTE t.def;
+    END LOOP;
+
+    -- 4. the rows Citus copied into the shards stay on disk in this node's
+    -- tables, out of sight but read by anything that opens them directly:
+    -- removed, with loyalty's own guards (append-only ledger, accounts
+    -- kept) silenced for this, since nothing is lost
+    PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+    FOR t IN SELECT l.table_name FROM @extschema@._citus_layout() l
+              WHERE l.layout OPERATOR(pg_catalog.<>) 'local' LOOP
+        EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING t.table_name;
+    END LOOP;
+    PERFORM pg_catalog.set_config('session_replication_role', role, true);
+
+    -- 5. the functions Citus runs where the account is
+    PERFORM @extschema@._citus_functions();
+    RETURN QUERY SELECT * FROM @extschema@._citus_layout();
+END
+$$;
+
+CREATE FUNCTION @extschema@.add_node(host text, port integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key_type regtype;
+    known    boolean;
+    version  text;
+    step     text;
+    r        record;
+    node     integer;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty.add_node() adds a worker to a Citus cluster.',
+                  HINT = 'On a single server there is no node to add; on Citus, CREATE EXTENSION citus first.';
+    END IF;
+    IF NOT (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname OPERATOR(pg_catalog.=) current_user) THEN
+        RAISE EXCEPTION 'permission denied to add a node'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'loyalty.add_node() creates and alters the extension''s tables on the new node.',
+                  HINT = 'Run it as a superuser.';
+    END IF;
+    IF host IS NULL OR port IS NULL THEN
+        RAISE EXCEPTION 'host and port must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'They name the new worker as citus_add_node() takes it.',
+                  HINT = 'For example SELECT loyalty.add_node(''10.0.0.7'', 5432).';
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_node n'
+         || ' WHERE n.nodename OPERATOR(pg_catalog.=) $1 AND n.nodeport OPERATOR(pg_catalog.=) $2)'
+       INTO known USING host, port;
+    IF @extschema@._distributed() THEN
+        key_type := (SELECT d.typbasetype::pg_catalog.regtype FROM pg_catalog.pg_type d
+                      WHERE d.oid OPERATOR(pg_catalog.=) '@extschema@.account_key'::pg_catalog.regtype);
+    END IF;
+    IF key_type IS NOT NULL AND NOT known THEN
+        version := (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty');
+        FOREACH step IN ARRAY ARRAY['CREATE EXTENSION IF NOT EXISTS citus',
+                                    pg_catalog.format('CREATE EXTENSION IF NOT EXISTS loyalty VERSION %L', version),
+                                    pg_catalog.format('SELECT @extschema@._prepare_node(%L)', key_type)] LOOP
+            EXECUTE 'SELECT w.success, w.result FROM pg_catalog.master_run_on_worker($1, $2, $3, false) w'
+               INTO r USING ARRAY[host], ARRAY[port], ARRAY[step];
+            IF NOT r.success THEN
+                RAISE EXCEPTION 'could not prepare loyalty on %:%', host, port
+                    USING ERRCODE = 'object_not_in_prerequisite_state',
+                          DETAIL = pg_catalog.format('%s: %s', step, r.result),
+                          HINT = pg_catalog.format('The node must run Citus (shared_preload_libraries), have a database %I and accept this node''s connections, as for citus_add_node(); then run loyalty.add_node() again.',
+                                                   pg_catalog.current_database());
+            END IF;
+        END LOOP;
+    END IF;
+    IF key_type IS NOT NULL THEN
+        PERFORM @extschema@._unlink_detached();  -- before Citus copies the attachments there
+    END IF;
+    EXECUTE 'SELECT pg_catalog.citus_add_node($1, $2)' INTO node USING host, port;
+    RETURN node;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.add_node(text, integer) IS
+'Adds a worker to the Citus cluster after loyalty.distribute(): creates the extension there and lays out its tables as distribute() laid out the other nodes (account keys in the invoice key''s type, foreign keys and partner policies dropped), then citus_add_node(host, port); returns the node id. Before distribute() it is citus_add_node(). Superuser. Move shards to the node with Citus''s rebalancer.';
+
+REVOKE ALL ON FUNCTION @extschema@._prepare_node(regtype), @extschema@._unlink_detached(), @extschema@.add_node(text, integer) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------------
 -- On a Citus worker, ledger entry numbers start at the node's group times
 -- 2^40 (src/ledger.c): a shard holds rows written on other nodes (copied
 -- from the coordinator by distribute(), or moved by the rebalancer), whose

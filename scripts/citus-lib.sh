@@ -10,6 +10,11 @@ COORDINATOR_PORT=${LOYALTY_CITUS_PORT:-54339}
 CITUS_WORKERS=${CITUS_WORKERS:-2}
 WORKER_PORTS=("$((COORDINATOR_PORT + 1))")
 [ "$CITUS_WORKERS" = 1 ] || WORKER_PORTS+=("$((COORDINATOR_PORT + 2))")
+# CITUS_SPARE=1: one more node (the port after the workers'), started with
+# the others and given each database and Citus, but not registered: the
+# suite adds it with loyalty.add_node()
+SPARE_PORTS=()
+[ "${CITUS_SPARE:-0}" = 1 ] && SPARE_PORTS=("$((COORDINATOR_PORT + 3))")
 DATABASE=loyalty_citus
 # What Citus's configure needs besides the server's development files.
 CITUS_BUILD_PACKAGES=(liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev libpam0g-dev
@@ -60,7 +65,7 @@ node_stop() {
     || as_pg "$PGBIN/pg_ctl" -D "$dir" -m immediate -w -t 60 stop >/dev/null 2>&1 || true
 }
 
-all_ports() { echo "$COORDINATOR_PORT" "${WORKER_PORTS[@]}"; }
+all_ports() { echo "$COORDINATOR_PORT" "${WORKER_PORTS[@]}" "${SPARE_PORTS[@]}"; }
 stop_all() { local p; for p in $(all_ports); do node_stop "$p"; done; }
 
 node_sql() {  # port, psql arguments
@@ -78,7 +83,7 @@ cluster_up() {
   rm -rf "$SOCK_DIR" "$RUN_DIR"/node* "$RUN_DIR"/out*
   mkdir -p "$SOCK_DIR" "$RUN_DIR/out"
   chown postgres: "$SOCK_DIR" "$RUN_DIR/out"
-  log "starting a coordinator on port $COORDINATOR_PORT and workers on ${WORKER_PORTS[*]}"
+  log "starting a coordinator on port $COORDINATOR_PORT and workers on ${WORKER_PORTS[*]}${SPARE_PORTS:+ (and a spare node on ${SPARE_PORTS[*]})}"
   for p in $(all_ports); do node_start "$p"; done
   cluster_database "$DATABASE"
 }

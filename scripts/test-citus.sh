@@ -10,14 +10,17 @@
 #
 #   scripts/test-citus.sh [CITUS_SOURCE_TARBALL]
 #
+# A third worker is started but not registered: test/citus/intkey's
+# citus_add_node adds it in its own database with loyalty.add_node().
 # Uses the Citus installed in the server tree when there is one; otherwise
 # builds and installs it from the tarball (default: the one in ../shared/vendor
 # beside the clone; about two minutes on 2 cores).  Ports: LOYALTY_CITUS_PORT
-# (default 54339) for the coordinator, the next two for the workers.
+# (default 54339) for the coordinator, the next two for the workers, the one after for the spare node.
 # Output: .run-citus/citus-output.txt, diffs in .run-citus/out/regression.diffs
 # and .run-citus/out-<file>/regression.diffs.
 set -euo pipefail
 RUN_KIND=citus
+CITUS_SPARE=1  # a node for citus_add_node.sql to add (scripts/citus-lib.sh)
 . "$(dirname "$0")/lib.sh"
 
 CITUS_TARBALL=${1:-}

@@ -233,3 +233,29 @@ SELECT p.oid::regprocedure AS sql_standard_body
   FROM pg_proc p
  WHERE p.pronamespace = 'loyalty'::regnamespace AND p.prosqlbody IS NOT NULL
  ORDER BY 1;
+
+--
+-- 8. Tables Citus copies to a new node by name, not by OID
+--
+-- Citus copies a table's rows to a node it adds (and moves shards) in
+-- binary when every column's type has a binary form: a regclass or other
+-- OID column would then arrive as another node's OID.  Every table of the
+-- schema with such a column also has a column of a row type, which has no
+-- binary form in Citus's eyes, so that the copy is text and the names are
+-- resolved on the new node.  (partner_login stays a plain table of each
+-- node: Citus never copies it.)
+SELECT c.relname, l.layout, string_agg(a.attname, ', ' ORDER BY a.attnum) AS oid_columns,
+       EXISTS (SELECT FROM pg_attribute r JOIN pg_type t ON t.oid = r.atttypid
+                WHERE r.attrelid = c.oid AND r.attnum > 0 AND NOT r.attisdropped AND t.typtype = 'c') AS copied_as_text
+  FROM pg_class c
+  JOIN loyalty._citus_layout() l ON l.table_name = c.oid
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('r', 'p')
+   AND a.atttypid IN ('oid'::regtype, 'regclass'::regtype, 'regtype'::regtype, 'regproc'::regtype,
+                      'regprocedure'::regtype, 'regoper'::regtype, 'regoperator'::regtype,
+                      'regnamespace'::regtype, 'regrole'::regtype, 'regcollation'::regtype, 'regconfig'::regtype)
+ GROUP BY c.oid, c.relname, l.layout
+ ORDER BY 1;
+-- and an attachment keeps the names it was made with
+SELECT (x.names_at_attach).source IS NOT DISTINCT FROM x.source_name AS source_named, count(*) > 0 AS attachments
+  FROM loyalty.attachment x GROUP BY 1;

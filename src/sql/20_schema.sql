@@ -193,6 +193,15 @@ COMMENT ON COLUMN @extschema@.rule.cap_points IS 'Most points an account can ear
 COMMENT ON COLUMN @extschema@.rule.cap_period IS 'Calendar period of the cap: month, quarter or year (the version in force on the period''s first day decides).';
 COMMENT ON COLUMN @extschema@.rule.created_at IS 'When the version was added.';
 
+-- The names of the tables an attachment reads, as they were when attached.
+-- A row type on purpose: Citus copies a table to a new node in binary
+-- unless a column's type has no binary form, and a row type has none
+-- (CanUseBinaryCopyFormatForType); in binary the regclass columns of
+-- loyalty.attachment would reach the node as another node's OIDs, in text
+-- they are resolved there by name.
+CREATE TYPE @extschema@.attached_names AS (source text, header text, product text);
+COMMENT ON TYPE @extschema@.attached_names IS 'The qualified names of an attachment''s source, header and product tables when loyalty.attach ran (loyalty.attachment.names_at_attach).';
+
 CREATE TABLE @extschema@.attachment (
     attachment_id       integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     program_id          integer NOT NULL REFERENCES @extschema@.program,
@@ -217,6 +226,7 @@ CREATE TABLE @extschema@.attachment (
     product             regclass,
     line_product_column text,
     product_id_column   text,
+    names_at_attach     @extschema@.attached_names NOT NULL,
     CHECK (amount_expr IS NOT NULL OR quantity_expr IS NOT NULL),
     CHECK ((header IS NULL) = (header_key_column IS NULL) AND (header IS NULL) = (header_match_column IS NULL)),
     CHECK ((doc_type_expr IS NULL) = (credit_note_types IS NULL)),
@@ -248,6 +258,7 @@ COMMENT ON COLUMN @extschema@.attachment.attached_at IS 'When loyalty.attach ran
 COMMENT ON COLUMN @extschema@.attachment.detached_at IS 'When loyalty.detach ran; NULL while attached.';
 COMMENT ON COLUMN @extschema@.attachment.product IS 'Product table (the product master) holding the product line of each line''s product; product_line_expr is then over it (alias p). NULL: the product line is a column of the source.';
 COMMENT ON COLUMN @extschema@.attachment.line_product_column IS 'The lines'' column (of source) that references the product table.';
+COMMENT ON COLUMN @extschema@.attachment.names_at_attach IS 'The qualified names of source, header and product when attached, for the audit trail after a table is renamed or dropped. Its row type also makes Citus copy this table to a new node as text, so that source, header and product name that node''s own tables (see loyalty.add_node).';
 COMMENT ON COLUMN @extschema@.attachment.product_id_column IS 'The product table''s own column that line_product_column references (its primary key by default).';
 
 -- A product's earlier product lines, per attachment: written by the trigger

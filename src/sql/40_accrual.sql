@@ -346,9 +346,10 @@ BEGIN
     INSERT INTO @extschema@.attachment AS x (program_id, source, source_name, key_columns, account_expr, amount_expr,
         quantity_expr, date_expr, product_line_expr, currency_expr, doc_type_expr, credit_note_types,
         due_date_expr, paid_date_expr, header, header_key_column, header_match_column,
-        product, line_product_column, product_id_column)
+        product, line_product_column, product_id_column, names_at_attach)
     VALUES (pid, source, source::text, keys, acc, amt, qty, dat, pl, cur, dt, credit_note_types,
-            due, paid, header, hk, hm, product, lp, pk)
+            due, paid, header, hk, hm, product, lp, pk,
+            ROW(source::text, header::text, product::text)::@extschema@.attached_names)
     RETURNING x.attachment_id INTO id;
 
     trg := 'loyalty_accrual_' || id;

@@ -223,6 +223,93 @@ $$;
 COMMENT ON FUNCTION @extschema@._set_key_type(regtype) IS
 'Internal: makes every account_key column of loyalty''s tables, and the domain loyalty.account_key, of type key_type (text, integer or bigint), re-creating the views over them; loyalty.distribute() runs it on each node so that loyalty''s tables can be co-located with an ERP table distributed by such a key.';
 
+-- What distribute() changes on each node before any table is distributed,
+-- from that node's own catalog: the foreign keys between loyalty's tables
+-- and the partner policies go (distribute() re-creates on the coordinator
+-- the keys Citus can take), and the account keys take key_type.  Run on
+-- every node by distribute(), and by add_node() on a node before Citus adds
+-- it.  Harmless to run again.
+CREATE FUNCTION @extschema@._prepare_node(key_type regtype) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    undo text := '';
+    t    record;
+BEGIN
+    -- this node's own tables: nothing to send to other nodes
+    PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    FOR t IN SELECT c.conrelid::regclass AS rel, c.conname
+               FROM pg_catalog.pg_constraint c
+               JOIN @extschema@._citus_layout() l ON l.table_name OPERATOR(pg_catalog.=) c.conrelid
+               JOIN @extschema@._citus_layout() f ON f.table_name OPERATOR(pg_catalog.=) c.confrelid
+              WHERE c.contype OPERATOR(pg_catalog.=) 'f'
+              ORDER BY 1::text, 2
+    LOOP
+        undo := undo || pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I;', t.rel, t.conname);
+    END LOOP;
+    FOR t IN SELECT pg_catalog.format('%I.%I', p.schemaname, p.tablename) AS rel FROM pg_catalog.pg_policies p
+              WHERE p.schemaname OPERATOR(pg_catalog.=) '@extschema@' AND p.policyname OPERATOR(pg_catalog.=) 'partner'
+    LOOP
+        undo := undo || pg_catalog.format('DROP POLICY IF EXISTS partner ON %s;', t.rel);
+    END LOOP;
+    IF undo OPERATOR(pg_catalog.<>) '' THEN
+        EXECUTE undo;
+    END IF;
+    PERFORM @extschema@._set_key_type(key_type);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._prepare_node(regtype) IS
+'Internal: on one node, from its own catalog, drops the foreign keys between loyalty''s tables and the partner policies, and gives the account keys key_type (loyalty._set_key_type): what distribute() does on every node, and add_node() on a new one.';
+
+-- Citus copies loyalty.attachment to every node as text (its row-typed
+-- column names_at_attach sees to it), so that source, header and product
+-- are resolved there by name: a node added later gets its own OIDs, not
+-- another node's.  A name that a node does not have stops the copy, and a
+-- detached attachment may name a table that stays on this node only (a
+-- plain table, a Citus local table) or hold the OID of a dropped one, which
+-- another node may give to a different table.  Such a detached attachment
+-- keeps its names (source_name, names_at_attach) and its relations become
+-- '-' (no relation).  Attached ones name distributed tables (attach()
+-- refuses others once loyalty is distributed).  Returns how many changed.
+CREATE FUNCTION @extschema@._unlink_detached() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    x    record;
+    rel  regclass;
+    kept regclass[];
+    n    integer := 0;
+BEGIN
+    -- read first, then written by id: once the attachments are a reference
+    -- table, Citus cannot plan a write of them that reads pg_dist_partition
+    FOR x IN EXECUTE 'SELECT a.attachment_id, a.source, a.header, a.product FROM @extschema@.attachment a'
+                  || ' WHERE a.detached_at IS NOT NULL ORDER BY a.attachment_id' LOOP
+        kept := '{}';
+        FOREACH rel IN ARRAY ARRAY[x.source, x.header, x.product] LOOP
+            IF rel IS NOT NULL AND rel OPERATOR(pg_catalog.<>) 0::pg_catalog.regclass THEN
+                EXECUTE 'SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_dist_partition p'
+                     || '   WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1'
+                     || '     AND (p.partmethod OPERATOR(pg_catalog.<>) ''n'' OR p.repmodel OPERATOR(pg_catalog.=) ''t''))'
+                     || ' THEN $1 ELSE 0::pg_catalog.regclass END'
+                   INTO rel USING rel;
+            END IF;
+            kept := kept || rel;
+        END LOOP;
+        IF kept IS DISTINCT FROM ARRAY[x.source, x.header, x.product] THEN
+            EXECUTE 'UPDATE @extschema@.attachment SET source = $2, header = $3, product = $4'
+                 || ' WHERE attachment_id OPERATOR(pg_catalog.=) $1'
+              USING x.attachment_id, kept[1], kept[2], kept[3];
+            n := n OPERATOR(pg_catalog.+) 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._unlink_detached() IS
+'Internal: on Citus, the source, header and product of detached attachments become ''-'' where the relation is not on every node (a table of the coordinator only, or dropped); their names stay in source_name and names_at_attach. distribute() and add_node() run it, since Citus copies loyalty.attachment to each node by the names of its relations.';
+
 CREATE FUNCTION @extschema@.distribute(invoice regclass)
 RETURNS TABLE (table_name regclass, layout text)
 LANGUAGE plpgsql
@@ -232,7 +319,6 @@ DECLARE
     key_column text;
     key_type   regtype;
     fks        text[] := '{}';
-    undo       text := '';
     role       text := pg_catalog.current_setting('session_replication_role');
     t          record;
     r          record;
@@ -291,37 +377,29 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 1. the foreign keys and partner policies, on every node
-    FOR t IN SELECT c.conrelid::regclass AS rel, c.conname, pg_catalog.pg_get_constraintdef(c.oid) AS def,
-                    l.layout OPERATOR(pg_catalog.<>) 'local' AND f.layout OPERATOR(pg_catalog.<>) 'local' AS kept
+    -- 1. the foreign keys to re-create once the tables are distributed (not
+    -- those of the local tables), then on every node the foreign keys and
+    -- partner policies dropped and the account keys in the type of the
+    -- invoice table's key (_prepare_node).  This node first, in this
+    -- transaction: a stored key that does not fit the type stops it here,
+    -- before the workers, whose part commits on its own.
+    FOR t IN SELECT pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass, c.conname,
+                                      pg_catalog.pg_get_constraintdef(c.oid)) AS def
                FROM pg_catalog.pg_constraint c
                JOIN @extschema@._citus_layout() l ON l.table_name OPERATOR(pg_catalog.=) c.conrelid
                JOIN @extschema@._citus_layout() f ON f.table_name OPERATOR(pg_catalog.=) c.confrelid
               WHERE c.contype OPERATOR(pg_catalog.=) 'f'
-              ORDER BY 1::text, 2
+                AND l.layout OPERATOR(pg_catalog.<>) 'local' AND f.layout OPERATOR(pg_catalog.<>) 'local'
+              ORDER BY c.conrelid::regclass::text, c.conname
     LOOP
-        undo := undo || pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I;', t.rel, t.conname);
-        IF t.kept THEN
-            fks := fks || pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', t.rel, t.conname, t.def);
-        END IF;
+        fks := fks || t.def;
     END LOOP;
-    FOR t IN SELECT pg_catalog.format('%I.%I', p.schemaname, p.tablename) AS rel FROM pg_catalog.pg_policies p
-              WHERE p.schemaname OPERATOR(pg_catalog.=) '@extschema@' AND p.policyname OPERATOR(pg_catalog.=) 'partner'
-    LOOP
-        undo := undo || pg_catalog.format('DROP POLICY IF EXISTS partner ON %s;', t.rel);
-    END LOOP;
-    -- and the account keys in the type of the invoice table's key, once
-    -- nothing (keys, policies) stands in the way.  This node first, in this
-    -- transaction: a stored key that does not fit the type stops it here,
-    -- before the workers, whose part commits on its own.
     PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
-    EXECUTE undo;
-    PERFORM @extschema@._set_key_type(key_type);
+    PERFORM @extschema@._prepare_node(key_type);
     PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'on', true);
     FOR r IN EXECUTE 'SELECT w.nodename, w.nodeport, w.success, w.result'
                   || ' FROM pg_catalog.run_command_on_workers($1) w'
-               USING 'SET citus.enable_ddl_propagation = off;' || undo
-                  || pg_catalog.format('SELECT @extschema@._set_key_type(%L);', key_type)
+               USING pg_catalog.format('SET citus.enable_ddl_propagation = off; SELECT @extschema@._prepare_node(%L);', key_type)
     LOOP
         IF NOT r.success THEN
             RAISE EXCEPTION 'could not prepare loyalty''s tables on worker %:%', r.nodename, r.nodeport
@@ -332,10 +410,13 @@ BEGIN
     END LOOP;
 
     -- 2. reference and distributed tables (the cache triggers on the
-    -- configuration tables only invalidate this node's caches)
+    -- configuration tables only invalidate this node's caches); detached
+    -- attachments of tables that stay on this node keep their names only,
+    -- since Citus copies the attachments to the workers by name
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
     -- foreign keys to reference tables need one connection per node
     PERFORM pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    PERFORM @extschema@._unlink_detached();
     FOR t IN SELECT * FROM @extschema@._citus_layout() l WHERE l.layout OPERATOR(pg_catalog.<>) 'local' LOOP
         IF t.layout OPERATOR(pg_catalog.=) 'reference' THEN
             EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING t.table_name;
@@ -370,6 +451,78 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.distribute(regclass) IS
 'Lays out loyalty''s tables on a Citus cluster around invoice, an ERP table hash-distributed by a text, integer or bigint customer key: account keys take that type; configuration tables become reference tables, account-scoped tables (the dead letters of rejected_event included) are distributed by account_key co-located with invoice, partner_login stays local to each node. Drops the foreign keys and partner policies Citus cannot take on every node, re-creates the keys it can. Superuser, once, before attaching the distributed invoice table; running it again is harmless. Returns each table''s layout.';
+
+-- A worker added after distribute().  Citus would run CREATE EXTENSION
+-- loyalty there itself, which makes loyalty's tables as on a single server
+-- (text keys, foreign keys, partner policies): on an integer or bigint
+-- layout it then refuses the node (the distribution column types differ),
+-- on a text layout the node's tables would differ from the others'.
+-- add_node() makes the extension there first and lays it out as
+-- distribute() laid out the other nodes (_prepare_node), then adds the node
+-- with citus_add_node().  Shards move to it with Citus's rebalancer.
+CREATE FUNCTION @extschema@.add_node(host text, port integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key_type regtype;
+    known    boolean;
+    version  text;
+    step     text;
+    r        record;
+    node     integer;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'citus') THEN
+        RAISE EXCEPTION 'Citus is not installed in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'loyalty.add_node() adds a worker to a Citus cluster.',
+                  HINT = 'On a single server there is no node to add; on Citus, CREATE EXTENSION citus first.';
+    END IF;
+    IF NOT (SELECT u.rolsuper FROM pg_catalog.pg_roles u WHERE u.rolname OPERATOR(pg_catalog.=) current_user) THEN
+        RAISE EXCEPTION 'permission denied to add a node'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'loyalty.add_node() creates and alters the extension''s tables on the new node.',
+                  HINT = 'Run it as a superuser.';
+    END IF;
+    IF host IS NULL OR port IS NULL THEN
+        RAISE EXCEPTION 'host and port must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'They name the new worker as citus_add_node() takes it.',
+                  HINT = 'For example SELECT loyalty.add_node(''10.0.0.7'', 5432).';
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_node n'
+         || ' WHERE n.nodename OPERATOR(pg_catalog.=) $1 AND n.nodeport OPERATOR(pg_catalog.=) $2)'
+       INTO known USING host, port;
+    IF @extschema@._distributed() THEN
+        key_type := (SELECT d.typbasetype::pg_catalog.regtype FROM pg_catalog.pg_type d
+                      WHERE d.oid OPERATOR(pg_catalog.=) '@extschema@.account_key'::pg_catalog.regtype);
+    END IF;
+    IF key_type IS NOT NULL AND NOT known THEN
+        version := (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty');
+        FOREACH step IN ARRAY ARRAY['CREATE EXTENSION IF NOT EXISTS citus',
+                                    pg_catalog.format('CREATE EXTENSION IF NOT EXISTS loyalty VERSION %L', version),
+                                    pg_catalog.format('SELECT @extschema@._prepare_node(%L)', key_type)] LOOP
+            EXECUTE 'SELECT w.success, w.result FROM pg_catalog.master_run_on_worker($1, $2, $3, false) w'
+               INTO r USING ARRAY[host], ARRAY[port], ARRAY[step];
+            IF NOT r.success THEN
+                RAISE EXCEPTION 'could not prepare loyalty on %:%', host, port
+                    USING ERRCODE = 'object_not_in_prerequisite_state',
+                          DETAIL = pg_catalog.format('%s: %s', step, r.result),
+                          HINT = pg_catalog.format('The node must run Citus (shared_preload_libraries), have a database %I and accept this node''s connections, as for citus_add_node(); then run loyalty.add_node() again.',
+                                                   pg_catalog.current_database());
+            END IF;
+        END LOOP;
+    END IF;
+    IF key_type IS NOT NULL THEN
+        PERFORM @extschema@._unlink_detached();  -- before Citus copies the attachments there
+    END IF;
+    EXECUTE 'SELECT pg_catalog.citus_add_node($1, $2)' INTO node USING host, port;
+    RETURN node;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.add_node(text, integer) IS
+'Adds a worker to the Citus cluster after loyalty.distribute(): creates the extension there and lays out its tables as distribute() laid out the other nodes (account keys in the invoice key''s type, foreign keys and partner policies dropped), then citus_add_node(host, port); returns the node id. Before distribute() it is citus_add_node(). Superuser. Move shards to the node with Citus''s rebalancer.';
 
 -- verify and backfill of a distributed table, one shard at a time, on the
 -- node that holds it (src/reconcile.c): the shard's rows, priced there,

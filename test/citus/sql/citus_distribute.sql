@@ -52,6 +52,14 @@ SELECT count(*) AS accounts, count(*) FILTER (WHERE b.points IS DISTINCT FROM a.
 SELECT success, result FROM pg_catalog.run_command_on_all_nodes(
     $$SELECT count(*) FROM pg_catalog.pg_policies WHERE schemaname = 'loyalty' AND policyname = 'partner'$$);
 
+-- the detached attachment of erp.invoice_local, a table of the coordinator
+-- only, keeps its names; its source is '-' on every node (Citus copied the
+-- attachments to the workers by name, and they have no such table)
+SELECT x.source, x.source_name, x.names_at_attach FROM loyalty.attachment x
+ WHERE x.source_name = 'erp.invoice_local' ORDER BY x.attachment_id;
+SELECT success, result FROM pg_catalog.run_command_on_workers(
+    $$SELECT string_agg(x.source::text, ',') FROM loyalty.attachment x WHERE x.source_name = 'erp.invoice_local'$$);
+
 -- a program created afterwards goes to every node (a reference table)
 SELECT loyalty.create_program('Sales Club') > 0 AS created;
 SELECT success, result FROM pg_catalog.run_command_on_workers(
