@@ -259,3 +259,6 @@ SELECT c.relname, l.layout, string_agg(a.attname, ', ' ORDER BY a.attnum) AS oid
 -- and an attachment keeps the names it was made with
 SELECT (x.names_at_attach).source IS NOT DISTINCT FROM x.source_name AS source_named, count(*) > 0 AS attachments
   FROM loyalty.attachment x GROUP BY 1;
+-- without Citus there is nothing to distribute and no node to add
+SELECT loyalty.distribute('sch.invoice');
+SELECT loyalty.add_node('10.0.0.7', 5432);
